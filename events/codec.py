@@ -1,0 +1,118 @@
+"""HTTP encoding and decoding of CloudEvents.
+
+The only module that imports the CloudEvents SDK. Its 2.x release moved the 1.x API to
+``cloudevents.v1``; the ``kserve`` SDK pins ``cloudevents<2``. Both are accepted here.
+Encoding is pure: it returns headers and a body and sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+try:  # cloudevents >= 2
+    from cloudevents.v1 import exceptions as ce_errors
+    from cloudevents.v1.conversion import to_binary, to_structured
+    from cloudevents.v1.http import CloudEvent, from_dict, from_http
+except ImportError:  # cloudevents 1.x
+    from cloudevents import exceptions as ce_errors  # type: ignore[no-redef]
+    from cloudevents.conversion import to_binary, to_structured  # type: ignore[no-redef]
+    from cloudevents.http import CloudEvent, from_dict, from_http  # type: ignore[no-redef]
+
+from events.envelope import Event, parse_payload
+from events.errors import MalformedEventError
+from events.types import EventType
+
+Mode = Literal["binary", "structured"]
+REQUIRED = ("specversion", "id", "source", "type")
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+
+
+def encode(event: Event, mode: Mode = "binary") -> tuple[dict[str, str], bytes]:
+    """Headers and body of an HTTP request carrying ``event``."""
+    attributes: dict[str, Any] = {
+        "type": event.type.value,
+        "source": event.source,
+        "id": event.id,
+        "time": event.time,
+        "datacontenttype": "application/json",
+    }
+    if event.subject:
+        attributes["subject"] = event.subject
+    ce = CloudEvent(attributes, event.data.model_dump(mode="json"))
+    headers, body = to_structured(ce) if mode == "structured" else to_binary(ce)
+    return dict(headers), body
+
+
+def decode(headers: Mapping[str, str], body: bytes) -> list[Event]:
+    """Events in a request, in binary, structured or batched structured mode.
+
+    Raises ``MalformedEventError`` listing every problem found, ``UnknownEventTypeError``
+    for a type outside ``dev.retrain.*`` and ``InvalidPayloadError`` for bad data.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == BATCH:
+        items = _json(body)
+        if not isinstance(items, list):
+            raise MalformedEventError(["batched mode body must be a JSON array of events"])
+        if not items:
+            raise MalformedEventError(["batched mode body holds no events"])
+        return [_from_structured_dict(item, index) for index, item in enumerate(items)]
+    if content_type == STRUCTURED:
+        return [_from_structured_dict(_json(body), None)]
+    missing = [a for a in REQUIRED if not lowered.get(f"ce-{a}")]
+    if missing:
+        raise MalformedEventError(
+            [f"missing required attribute {a!r} (header ce-{a})" for a in missing]
+        )
+    try:
+        ce = from_http(dict(lowered), body)
+    except ce_errors.GenericException as exc:
+        raise MalformedEventError([str(exc)]) from None
+    return [_to_event(ce)]
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEventError([f"body is not valid JSON: {exc}"]) from None
+
+
+def _from_structured_dict(item: Any, index: int | None) -> Event:
+    where = "" if index is None else f"event {index}: "
+    if not isinstance(item, dict):
+        raise MalformedEventError([f"{where}a structured event must be a JSON object"])
+    missing = [a for a in REQUIRED if not item.get(a)]
+    if missing:
+        raise MalformedEventError([f"{where}missing required attribute {a!r}" for a in missing])
+    if item.get("specversion") != "1.0":
+        raise MalformedEventError([f"{where}specversion must be '1.0', got {item['specversion']!r}"])
+    try:
+        ce = from_dict(item)
+    except ce_errors.GenericException as exc:
+        raise MalformedEventError([f"{where}{exc}"]) from None
+    return _to_event(ce)
+
+
+def _to_event(ce: Any) -> Event:
+    attrs = ce.get_attributes()
+    if attrs.get("specversion") != "1.0":
+        raise MalformedEventError([f"specversion must be '1.0', got {attrs.get('specversion')!r}"])
+    etype = EventType.parse(str(attrs["type"]))
+    data = ce.get_data()
+    if isinstance(data, (bytes, str)):
+        data = _json(data.encode() if isinstance(data, str) else data)
+    if data is not None and not isinstance(data, dict):
+        raise MalformedEventError(["data must be a JSON object"])
+    return Event(
+        type=etype,
+        source=str(attrs["source"]),
+        id=str(attrs["id"]),
+        time=str(attrs.get("time") or ""),
+        subject=attrs.get("subject"),
+        data=parse_payload(etype, data),
+    )

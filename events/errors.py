@@ -1,0 +1,36 @@
+"""Errors of the CloudEvents contract."""
+
+from __future__ import annotations
+
+from retrain.errors import RetrainError
+
+
+class EventError(RetrainError):
+    """Base of every event-contract failure."""
+
+
+class MalformedEventError(EventError):
+    """The request does not carry a valid CloudEvent; ``problems`` lists every one found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
+class UnknownEventTypeError(EventError):
+    def __init__(self, event_type: str) -> None:
+        super().__init__(f"unknown event type {event_type!r} (expected one of dev.retrain.*)")
+        self.event_type = event_type
+
+
+class InvalidPayloadError(EventError):
+    def __init__(self, event_type: str, problems: list[str]) -> None:
+        super().__init__(f"{event_type}: invalid data: " + "; ".join(problems))
+        self.event_type = event_type
+        self.problems = tuple(problems)
+
+
+class SinkUnavailableError(EventError):
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"cannot deliver event to {target}: {reason}")
+        self.target = target

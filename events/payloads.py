@@ -1,0 +1,144 @@
+"""Data payloads of each event type: frozen pydantic models with a schema version."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from events.types import EventType
+
+SCHEMA_VERSION = "1"
+MODEL_TYPES = ("cnn", "dropout", "batch_norm")
+Trigger = Literal["watcher", "github", "gitlab", "s3", "minio", "manual", "schedule"]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    schema_version: str = SCHEMA_VERSION
+
+
+class RunParameters(BaseModel):
+    """What a run trains and how; flows unchanged from an event into the run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    models: tuple[str, ...] = MODEL_TYPES
+    epochs: int = Field(1, ge=1, le=1000)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1, le=65536)
+    learning_rate: float = Field(1e-3, gt=0, lt=10)
+    cache_policy: str = "exact"
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [m for m in value if m not in MODEL_TYPES]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; expected some of {list(MODEL_TYPES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("models must not repeat")
+        return value
+
+
+class FileChanges(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+class DatasetUpdated(Payload):
+    dataset: str = "fashion-mnist"
+    uri: str
+    digest: str | None = None
+    previous_digest: str | None = None
+    files: FileChanges = FileChanges()
+    trigger: Trigger = "manual"
+    parameters: RunParameters | None = None
+
+
+class TrainingRequested(Payload):
+    dataset: str = "fashion-mnist"
+    uri: str
+    parameters: RunParameters = RunParameters()
+
+
+class IngestionCompleted(Payload):
+    run_id: str
+    digest: str
+    dataset_uri: str
+    records: dict[str, int]
+    seconds: float
+    reused_shards: int = 0
+    new_shards: int = 0
+
+
+class IngestionSkipped(Payload):
+    run_id: str
+    digest: str
+    dataset_uri: str
+    reason: str
+
+
+class IngestionFailed(Payload):
+    run_id: str
+    uri: str
+    problems: tuple[str, ...]
+
+
+class TrainingStarted(Payload):
+    run_id: str
+    model_type: str
+    dataset_uri: str
+    workers: int = 1
+
+
+class ModelTrained(Payload):
+    run_id: str
+    model_type: str
+    model_uri: str
+    dataset_uri: str
+    dataset_digest: str
+    val_accuracy: float
+    val_loss: float
+    seconds: float
+    workers: int = 1
+    steps: int = 0
+
+
+class TrainingFailed(Payload):
+    run_id: str
+    model_type: str
+    reason: str
+
+
+class Decision(Payload):
+    run_id: str
+    model_type: str
+    model_uri: str
+    candidate_accuracy: float
+    champion_accuracy: float | None
+    champion_version: int | None
+    reason: str
+
+
+class ModelPromoted(Decision):
+    version: int
+
+
+class ModelRejected(Decision):
+    pass
+
+
+PAYLOADS: dict[EventType, type[Payload]] = {
+    EventType.DATASET_UPDATED: DatasetUpdated,
+    EventType.TRAINING_REQUESTED: TrainingRequested,
+    EventType.INGESTION_COMPLETED: IngestionCompleted,
+    EventType.INGESTION_SKIPPED: IngestionSkipped,
+    EventType.INGESTION_FAILED: IngestionFailed,
+    EventType.TRAINING_STARTED: TrainingStarted,
+    EventType.MODEL_TRAINED: ModelTrained,
+    EventType.TRAINING_FAILED: TrainingFailed,
+    EventType.MODEL_PROMOTED: ModelPromoted,
+    EventType.MODEL_REJECTED: ModelRejected,
+}

@@ -1,0 +1,76 @@
+"""Where events go: an HTTP endpoint (Argo Events webhook, the local stack) or a Redis stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol
+
+import httpx
+import redis
+
+from events.codec import Mode, encode
+from events.envelope import Event
+from events.errors import SinkUnavailableError
+
+
+class Sink(Protocol):
+    def send(self, event: Event) -> None: ...
+
+
+class HttpSink:
+    """POSTs each event; retries transient failures with exponential backoff."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        mode: Mode = "binary",
+        api_key: str | None = None,
+        attempts: int = 5,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._mode = mode
+        self._attempts = attempts
+        self._timeout = timeout
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def send(self, event: Event) -> None:
+        headers, body = encode(event, self._mode)
+        headers.update(self._auth)
+        delay = 0.2
+        last = ""
+        for attempt in range(self._attempts):
+            try:
+                response = httpx.post(self.url, content=body, headers=headers, timeout=self._timeout)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 300:
+                    return
+                if response.status_code < 500 and response.status_code != 429:
+                    raise SinkUnavailableError(
+                        self.url, f"rejected with {response.status_code}: {response.text[:300]}"
+                    )
+                last = f"HTTP {response.status_code}"
+            if attempt + 1 < self._attempts:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise SinkUnavailableError(self.url, last)
+
+
+class RedisStreamSink:
+    """Appends each event, structured-mode JSON, to a Redis stream."""
+
+    def __init__(self, client: redis.Redis, stream: str = "retrain:events") -> None:
+        self._client = client
+        self.stream = stream
+
+    def send(self, event: Event) -> None:
+        headers, body = encode(event, "structured")
+        self._client.xadd(self.stream, {"event": body, "type": event.type.value})
+
+
+def read_stream(client: redis.Redis, stream: str = "retrain:events") -> list[dict[str, object]]:
+    return [json.loads(fields[b"event"]) for _id, fields in client.xrange(stream)]

@@ -1,0 +1,284 @@
+"""``retrain``: one console script for every service and step. Imports are lazy so quick
+commands (publish, status) start fast; TensorFlow loads only where it is needed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from retrain.errors import ConfigurationError, RetrainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Event-driven retraining for Fashion-MNIST.")
+console = Console(stderr=True)
+
+
+def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+    from retrain.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"RETRAIN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _params(models: str | None, epochs: int | None, steps: int | None, batch: int | None,
+            lr: float | None, policy: str | None):  # type: ignore[no-untyped-def]
+    from events.payloads import RunParameters
+
+    fields: dict[str, object] = {}
+    if models is not None:
+        fields["models"] = () if models.strip() == "none" else tuple(
+            m.strip() for m in models.split(",") if m.strip())
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("batch_size", batch),
+                        ("learning_rate", lr), ("cache_policy", policy)):
+        if value is not None:
+            fields[name] = value
+    try:
+        return RunParameters(**fields)
+    except ValidationError as exc:
+        raise ConfigurationError("invalid run parameters: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+
+
+@app.command()
+def demo(
+    train_size: Annotated[int, typer.Option(help="stand-in training images")] = 20_000,
+    test_size: Annotated[int, typer.Option(help="stand-in test images")] = 4_000,
+    steps: Annotated[int, typer.Option(help="training steps per model")] = 150,
+    increment: Annotated[int, typer.Option(help="images in the pushed increment")] = 1_000,
+    verbose: bool = False,
+) -> None:
+    """The whole event chain on embedded defaults, end to end, with a timeline."""
+    _logging(verbose)
+    from retrain.demo import DemoConfig, run_demo
+
+    run_demo(_settings(), DemoConfig(train_size, test_size, steps, increment), Console(width=150))
+
+
+@app.command()
+def up(
+    data: Annotated[Optional[str], typer.Option(help="dataset folder to watch")] = None,
+    verbose: bool = True,
+) -> None:
+    """Run the local stack (watcher, trigger, runner, selector, model server) until stopped."""
+    _logging(verbose)
+    import signal
+    import threading
+
+    from retrain.stack import LocalStack
+
+    settings = _settings(data_uri=data)
+    root = Path(settings.data_uri) if settings.data_uri else settings.data_dir
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalStack(settings, data_root=root, console=console) as stack:
+        console.print(f"watching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
+                      f"/v1/models/fashion-mnist:predict\nRedis   {stack.redis.url}\n"
+                      "Ctrl-C to stop")
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def run(
+    data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],
+    models: Annotated[Optional[str], typer.Option(help="cnn,dropout,batch_norm or none")] = None,
+    epochs: Optional[int] = None,
+    steps_per_epoch: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    cache_policy: Annotated[Optional[str], typer.Option(help="exact, max-age=15m, min-change=0.1")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    verbose: bool = False,
+) -> None:
+    """One workflow run on this machine, synchronously; promotes as each model finishes."""
+    _logging(verbose)
+    from retrain.oneshot import run_once
+
+    params = _params(models, epochs, steps_per_epoch, batch_size, learning_rate, cache_policy)
+    summary = run_once(_settings(), data, params, console)
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        from retrain.report import print_run
+
+        print_run(Console(), summary)
+    if summary["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def publish(
+    event_type: Annotated[str, typer.Argument(help="e.g. dev.retrain.dataset.updated")],
+    data: Annotated[str, typer.Option("--data", help="the event's data as JSON")],
+    sink: Annotated[Optional[str], typer.Option(help="URL to POST to (default: the local stack)")] = None,
+    source: str = "retrain/cli",
+    event_id: Annotated[Optional[str], typer.Option("--id")] = None,
+    structured: bool = False,
+) -> None:
+    """Publish a CloudEvent by hand (to the local stack or an Argo Events webhook)."""
+    from events import make_event
+    from events.sinks import HttpSink
+
+    settings = _settings()
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"--data is not valid JSON: {exc}") from None
+    event = make_event(event_type, payload, source=source, id=event_id)
+    target = sink or settings.events_url
+    HttpSink(target, mode="structured" if structured else "binary",
+             api_key=settings.api_keys[0] if settings.api_keys else None).send(event)
+    console.print(f"published {event.type.value} id={event.id} to {target}")
+
+
+@app.command()
+def serve(
+    model_repo: Annotated[Optional[Path], typer.Option(help="model repository root")] = None,
+    port: Optional[int] = None,
+) -> None:
+    """Serve the newest model version (KServe V1 and Open Inference Protocol V2)."""
+    _logging(True)
+    from retrain.http import serve_forever
+    from services.serving.app import create_app
+
+    settings = _settings(serve_port=port)
+    serve_forever(create_app(model_repo or settings.model_repo), settings.host,
+                  settings.serve_port, "model server")
+
+
+@app.command()
+def watch(
+    data: Annotated[str, typer.Option("--data", help="dataset folder to watch")],
+    sink: Annotated[Optional[str], typer.Option(help="where to send dataset.updated")] = None,
+    verbose: bool = True,
+) -> None:
+    """Watch a dataset folder and send one dataset.updated per settled change."""
+    _logging(verbose)
+    import threading
+
+    from events.sinks import HttpSink
+    from retrain.redis_store import open_redis
+    from services.ingest_watcher.watcher import DirectoryWatcher
+    from workflows.steps import resolve_root
+
+    settings = _settings()
+    root = resolve_root(data)
+    with open_redis(settings.redis_url, settings.home) as handle:
+        watcher = DirectoryWatcher(root, HttpSink(sink or settings.events_url), handle.client,
+                                   settings.home / "watcher", interval=settings.watch_interval,
+                                   settle=settings.watch_settle)
+        try:
+            watcher.run(threading.Event())
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def ingest(
+    data: Annotated[str, typer.Option("--data", help="dataset folder")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fingerprint, check the cache and ingest a dataset (no training)."""
+    from events.payloads import RunParameters
+    from retrain.oneshot import run_once
+
+    summary = run_once(_settings(), data, RunParameters(models=()), console)
+    print(json.dumps(summary, default=str) if as_json else
+          f"{summary['status']}: {summary['cache']['reason'] if summary['cache'] else ''} "
+          f"-> {summary['dataset_uri']}")
+    if summary["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="cnn, dropout or batch_norm")],
+    dataset: Annotated[str, typer.Option(help="ingested dataset folder")],
+    out: Annotated[Path, typer.Option(help="where to write the SavedModel")],
+    epochs: int = 1,
+    steps_per_epoch: Optional[int] = None,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    run_id: str = "manual",
+    sink: Annotated[Optional[str], typer.Option(help="send model.trained here")] = None,
+) -> None:
+    """Train one model variant and export it for serving."""
+    from events.sinks import HttpSink
+    from services.trainer.main import run as run_training
+    from services.trainer.train import TrainConfig
+
+    settings = _settings()
+    if model not in ("cnn", "dropout", "batch_norm"):
+        raise ConfigurationError(f"--model {model!r}: expected cnn, dropout or batch_norm")
+    if not (Path(dataset) / "metadata.json").is_file():
+        raise ConfigurationError(f"--dataset {dataset}: not an ingested dataset (no metadata.json)")
+    client = None
+    if settings.redis_url:
+        from retrain.redis_store import connect
+
+        client = connect(settings.redis_url)
+    config = TrainConfig(model, dataset, out, epochs, steps_per_epoch, batch_size, learning_rate)
+    result = run_training(config, run_id, client, HttpSink(sink) if sink else None)
+    print(json.dumps({"model_uri": result.model_uri, "val_accuracy": result.val_accuracy,
+                      "seconds": round(result.seconds, 2)}))
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Runs, cache entries and the champion model."""
+    from retrain.redis_store import open_redis
+    from retrain.report import collect_status, print_status
+
+    settings = _settings()
+    with open_redis(settings.redis_url, settings.home) as handle:
+        info = collect_status(handle.client)
+    if as_json:
+        print(json.dumps(info, default=str))
+    else:
+        print_status(Console(), info)
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    try:
+        app(standalone_mode=False)
+    except RetrainError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Running an ASGI app with uvicorn on a socket bound up front (so a taken port is a clear error)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+
+import uvicorn
+
+from retrain.errors import PortInUseError, RetrainError
+
+
+def bind(host: str, port: int, service: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port, service) from None
+        raise RetrainError(f"{service}: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class BackgroundServer:
+    """A uvicorn server in a thread, on an already-bound socket."""
+
+    def __init__(self, app: object, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.name = name
+        self.port = sock.getsockname()[1]
+        self.host = sock.getsockname()[0]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)  # type: ignore[arg-type]
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name=name, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RetrainError(f"{self.name} did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.sock.close()
+
+
+def serve_forever(app: object, host: str, port: int, service: str) -> None:
+    """Foreground serving for ``retrain serve``/``watch``: binds first, then runs uvicorn."""
+    sock = bind(host, port, service)
+    config = uvicorn.Config(app, log_level="info", lifespan="on")  # type: ignore[arg-type]
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,50 @@
+"""``retrain run``: one workflow run in this process, with the selector judging each model
+as its training finishes (the same Selector the stack runs, called directly)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from events import Event, EventType
+from events.payloads import RunParameters
+from retrain import timeline
+from retrain.redis_store import open_redis
+from retrain.settings import MODEL_NAME, Settings
+from retrain.stack import describe
+
+
+def run_once(settings: Settings, data_uri: str, params: RunParameters,
+             console: Console) -> dict[str, Any]:
+    from workflows.runner import LocalRunner, RunRequest
+
+    with open_redis(settings.redis_url, settings.home) as handle:
+        client = handle.client
+        selector = None
+        decisions: list[dict[str, Any]] = []
+
+        def emit(event: Event) -> None:
+            nonlocal selector
+            timeline.record(client, "event", event.type.short, **describe(event))
+            if event.type is EventType.MODEL_TRAINED:
+                if selector is None:
+                    selector = _selector(settings, client, emit)
+                selector.handle(event)
+            elif event.type in (EventType.MODEL_PROMOTED, EventType.MODEL_REJECTED):
+                decisions.append({"decision": event.type.short, **event.data.model_dump()})
+
+        runner = LocalRunner(settings, client, handle.url, emit, console)
+        summary = runner.run(RunRequest(data_uri=data_uri, parameters=params, trigger="cli"))
+        summary["decisions"] = decisions
+        return summary
+
+
+def _selector(settings: Settings, client: Any, emit: Any) -> Any:
+    from services.selector.backends import LocalBackend
+    from services.selector.champion import ChampionStore
+    from services.selector.evaluate import Evaluator
+    from services.selector.service import Selector
+
+    return Selector(ChampionStore(client), LocalBackend(settings.model_repo, MODEL_NAME),
+                    Evaluator(), emit)

@@ -1,0 +1,109 @@
+"""Human-readable output: run summaries, status and the demo's timeline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from retrain import timeline
+
+
+def print_run(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title=f"run {summary['run_id']}: {summary['status']} "
+                        f"in {summary.get('seconds', 0):.1f}s")
+    table.add_column("step")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    table.add_column("detail")
+    for step in summary["steps"]:
+        detail = step.get("reason") or step.get("error") or ""
+        if "val_accuracy" in step:
+            detail = f"val accuracy {step['val_accuracy']:.4f}"
+        table.add_row(step["name"], step["status"], f"{step['seconds']:.2f}", str(detail)[:90])
+    console.print(table)
+    for decision in summary.get("decisions", []):
+        console.print(f"  {decision['model_type']}: {decision['decision']} — {decision['reason']}"
+                      + (f" (version {decision['version']})" if decision.get("version") else ""))
+    if summary.get("error"):
+        console.print(f"[red]error:[/] {summary['error']}")
+
+
+def collect_status(client: redis.Redis) -> dict[str, Any]:
+    from services.selector.champion import ChampionStore
+    from workflows.cache import ContentCache
+
+    runs = []
+    for run_id in client.zrevrange("retrain:runs", 0, 9):
+        raw = client.get(f"retrain:run:{run_id.decode()}")
+        if raw:
+            runs.append(json.loads(raw))
+    progress = {}
+    for key in client.scan_iter("retrain:progress:*", count=500):
+        name = key.decode()
+        if name.endswith(":history"):
+            continue
+        fields = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+        progress[name.removeprefix("retrain:progress:")] = {
+            "state": fields.get("state"), **json.loads(fields.get("latest", "{}"))}
+    champion = ChampionStore(client).get()
+    return {
+        "runs": runs,
+        "cache": [e.__dict__ for e in ContentCache(client, 1).entries()],
+        "champion": champion.__dict__ if champion else None,
+        "training": progress,
+    }
+
+
+def print_status(console: Console, info: dict[str, Any]) -> None:
+    champion = info["champion"]
+    console.print("[bold]champion:[/] " + (
+        f"version {champion['version']} ({champion['model_type']}, accuracy "
+        f"{champion['accuracy']:.4f}, run {champion['run_id']})" if champion else "none yet"))
+    runs = Table(title="recent runs")
+    for col in ("run", "trigger", "status", "cache", "seconds", "models"):
+        runs.add_column(col)
+    for run in info["runs"]:
+        cache = run.get("cache") or {}
+        models = ", ".join(f"{m}:{r.get('val_accuracy', r['status']) if r['status'] == 'trained' else r['status']}"
+                           if not isinstance(r.get("val_accuracy"), float) else f"{m}:{r['val_accuracy']:.3f}"
+                           for m, r in run.get("models", {}).items())
+        runs.add_row(run["run_id"], run.get("trigger", ""), run["status"],
+                     ("hit" if cache.get("hit") else "miss") if cache else "-",
+                     f"{run.get('seconds', 0):.1f}", models)
+    console.print(runs)
+    cache = Table(title="cache entries")
+    for col in ("key", "digest", "records", "hits", "dataset"):
+        cache.add_column(col)
+    for entry in info["cache"]:
+        cache.add_row(entry["key"][:12], entry["digest"][:12], json.dumps(entry["records"]),
+                      str(entry["hits"]), entry["dataset_uri"])
+    console.print(cache)
+    for name, p in info["training"].items():
+        console.print(f"training {name}: {p.get('state')} step {p.get('step')}/{p.get('planned')} "
+                      f"loss {p.get('loss')} acc {p.get('accuracy')}")
+
+
+def print_timeline(console: Console, entries: list[timeline.Entry], start: float) -> None:
+    table = Table(title="timeline")
+    for col in ("t+s", "what", "step / event", "seconds", "cache", "accuracy", "version", "note"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        d = e.detail
+        accuracy = d.get("candidate_accuracy", d.get("val_accuracy"))
+        cache = ""
+        if e.step == "check_cache":
+            cache = "hit" if d.get("hit") else "miss"
+        note = d.get("reason") or d.get("trigger") or d.get("model_type") or d.get("error") or ""
+        if e.kind == "event" and d.get("model_type") and d.get("reason"):
+            note = f"{d['model_type']}: {d['reason']}"
+        table.add_row(
+            f"{e.at - start:6.1f}", e.kind, e.step,
+            f"{d['seconds']:.2f}" if isinstance(d.get("seconds"), (int, float)) else "",
+            cache, f"{accuracy:.4f}" if isinstance(accuracy, float) else "",
+            str(d.get("version", "")), str(note)[:70],
+        )
+    console.print(table)

@@ -1,0 +1,73 @@
+"""Settings shared by every service: environment variables prefixed ``RETRAIN_``.
+
+Built once in an entry point and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MODEL_NAME = "fashion-mnist"
+ALL_MODELS = ("cnn", "dropout", "batch_norm")
+
+
+class Settings(BaseSettings):
+    """Configuration of the local stack and of each service run on its own."""
+
+    model_config = SettingsConfigDict(env_prefix="RETRAIN_", frozen=True, extra="ignore")
+
+    home: Path = Path(".retrain")
+    redis_url: str | None = None
+    data_uri: str | None = None
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    host: str = "127.0.0.1"
+    serve_port: int = Field(8080, ge=0, le=65535)
+    events_port: int = Field(8090, ge=0, le=65535)
+    watch_interval: float = Field(0.5, gt=0)
+    watch_settle: float = Field(1.0, ge=0)
+    dedup_ttl_seconds: int = Field(24 * 3600, gt=0)
+    cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
+    offline: bool = False
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> tuple[str, ...]:
+        if value is None or value == "":
+            return ()
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return tuple(value)  # type: ignore[arg-type]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data" / "fashion-mnist"
+
+    @property
+    def store_dir(self) -> Path:
+        """Where ingested datasets and content-addressed shards live."""
+        return self.home / "store"
+
+    @property
+    def model_repo(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def events_url(self) -> str:
+        return f"http://{self.host}:{self.events_port}/events"

@@ -1,0 +1,172 @@
+"""The local stack: trigger, runner, selector, model server and watcher on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+
+from events import Event, EventType
+from events.dedup import Deduplicator
+from events.payloads import DatasetUpdated, RunParameters, TrainingRequested
+from events.sinks import HttpSink
+from retrain import timeline
+from retrain.http import BackgroundServer, bind
+from retrain.redis_store import RedisHandle, open_redis
+from retrain.settings import MODEL_NAME, Settings
+
+log = logging.getLogger(__name__)
+QUEUE = "retrain:queue"
+
+
+def describe(event: Event) -> dict[str, Any]:
+    """The few fields of an event worth a timeline line."""
+    data = event.data.model_dump()
+    keep = ("run_id", "model_type", "trigger", "digest", "reason", "val_accuracy",
+            "candidate_accuracy", "champion_accuracy", "version", "records", "seconds")
+    return {"id": event.id, **{k: data[k] for k in keep if data.get(k) is not None}}
+
+
+def run_request_from(event: Event) -> dict[str, Any]:
+    data = event.data
+    assert isinstance(data, (DatasetUpdated, TrainingRequested))
+    params = data.parameters or RunParameters()
+    return {"data_uri": data.uri, "parameters": params.model_dump(),
+            "trigger": event.type.short + ("/" + data.trigger if isinstance(data, DatasetUpdated) else ""),
+            "event_id": event.id}
+
+
+class LocalStack:
+    """Everything ``retrain up`` runs, as a context manager (also used by the demo and tests)."""
+
+    def __init__(self, settings: Settings, *, data_root: Path | None = None,
+                 default_parameters: RunParameters | None = None,
+                 console: Console | None = None) -> None:
+        self.settings = settings
+        self.data_root = data_root
+        self.default_parameters = default_parameters
+        self.console = console or Console(stderr=True)
+        self._exit = contextlib.ExitStack()
+        self._stop = threading.Event()
+        self._selector_queue: queue.Queue[Event | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self.redis: RedisHandle
+        self.serve_url = ""
+        self.events_url = ""
+
+    # lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._selector_queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._exit.close()
+
+    def _start(self) -> None:
+        from services.selector.backends import LocalBackend
+        from services.selector.champion import ChampionStore
+        from services.selector.evaluate import Evaluator
+        from services.selector.service import Selector
+        from services.serving.app import create_app as create_server
+        from workflows.trigger import create_app as create_trigger
+
+        s = self.settings
+        serve_sock = bind(s.host, s.serve_port, "model server")
+        self._exit.callback(serve_sock.close)
+        events_sock = bind(s.host, s.events_port, "event trigger")
+        self._exit.callback(events_sock.close)
+        self.redis = self._exit.enter_context(open_redis(s.redis_url, s.home))
+        client = self.redis.client
+
+        server_app = create_server(s.model_repo, poll_seconds=1.0)
+        server = BackgroundServer(server_app, serve_sock, "model-server").start()
+        self._exit.callback(server.stop)
+        self.serve_url = server.url
+        holder = server_app.state.holder
+
+        dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
+        trigger = BackgroundServer(create_trigger(dedup, self.dispatch, s.api_keys), events_sock,
+                                   "trigger").start()
+        self._exit.callback(trigger.stop)
+        self.events_url = trigger.url + "/events"
+        self.sink = HttpSink(self.events_url, api_key=s.api_keys[0] if s.api_keys else None)
+
+        self.selector = Selector(ChampionStore(client),
+                                 LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()),
+                                 Evaluator(), self.sink.send)
+        self._spawn("selector", self._selector_loop)
+        self._spawn("runner", self._runner_loop)
+        if self.data_root is not None:
+            from services.ingest_watcher.watcher import DirectoryWatcher
+
+            self.watcher = DirectoryWatcher(self.data_root, self.sink, client, s.home / "watcher",
+                                            interval=s.watch_interval, settle=s.watch_settle)
+            self._spawn("watcher", lambda: self.watcher.run(self._stop))
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # routing (what a Sensor does on a cluster) ---------------------------------------------
+    def dispatch(self, event: Event) -> None:
+        client = self.redis.client
+        timeline.record(client, "event", event.type.short, **describe(event))
+        if event.type in (EventType.DATASET_UPDATED, EventType.TRAINING_REQUESTED):
+            request = run_request_from(event)
+            if self.default_parameters is not None and getattr(event.data, "parameters", None) is None:
+                request["parameters"] = self.default_parameters.model_dump()
+            client.rpush(QUEUE, json.dumps(request))
+        elif event.type is EventType.MODEL_TRAINED:
+            self._selector_queue.put(event)
+
+    def _selector_loop(self) -> None:
+        while True:
+            event = self._selector_queue.get()
+            if event is None:
+                return
+            try:
+                self.selector.handle(event)
+            except Exception as exc:  # one bad candidate must not stop the selector
+                log.exception("selection failed")
+                timeline.record(self.redis.client, "error", "select", error=str(exc),
+                                id=event.id)
+
+    def _runner_loop(self) -> None:
+        from workflows.runner import LocalRunner, RunRequest
+
+        runner = LocalRunner(self.settings, self.redis.client, self.redis.url, self.sink.send,
+                             self.console)
+        while not self._stop.is_set():
+            try:
+                item = self.redis.client.blpop([QUEUE], timeout=1)
+            except redis.RedisError:
+                if self._stop.is_set():
+                    return
+                raise
+            if item is None:
+                continue
+            raw = json.loads(item[1])
+            request = RunRequest(data_uri=raw["data_uri"],
+                                 parameters=RunParameters(**raw["parameters"]),
+                                 trigger=raw["trigger"], event_id=raw["event_id"])
+            try:
+                runner.run(request)
+            except Exception as exc:
+                log.exception("run failed")
+                timeline.record(self.redis.client, "error", "run", error=str(exc))

@@ -1,0 +1,137 @@
+"""Dataset fingerprints: BLAKE3 over the sorted manifest of (relative path, size, file hash).
+
+A stat cache of (size, mtime_ns, inode) per file means an unchanged dataset is
+re-fingerprinted without reading file contents; cost grows with the bytes that changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from blake3 import blake3
+
+CHUNK = 1 << 20
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    digest: str
+    files: tuple[FileEntry, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class Changes:
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+def manifest_digest(files: tuple[FileEntry, ...]) -> str:
+    """The dataset digest: pure function of the sorted manifest."""
+    hasher = blake3()
+    for entry in sorted(files, key=lambda f: f.path):
+        hasher.update(f"{entry.path}\t{entry.size}\t{entry.hash}\n".encode())
+    return hasher.hexdigest()
+
+
+def diff(old: Fingerprint | None, new: Fingerprint) -> Changes:
+    before = {f.path: f.hash for f in old.files} if old else {}
+    after = {f.path: f.hash for f in new.files}
+    return Changes(
+        added=tuple(sorted(p for p in after if p not in before)),
+        changed=tuple(sorted(p for p in after if p in before and before[p] != after[p])),
+        removed=tuple(sorted(p for p in before if p not in after)),
+    )
+
+
+def hash_file(path: Path) -> str:
+    hasher = blake3()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def is_dataset_file(relative: str) -> bool:
+    name = relative.rsplit("/", 1)[-1]
+    parts = relative.split("/")
+    return not any(p.startswith(".") for p in parts) and not name.endswith(IGNORED_SUFFIXES)
+
+
+class StatCache:
+    """(size, mtime_ns, inode) -> hash per relative path, persisted as JSON beside nothing else."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._entries: dict[str, tuple[int, int, int, str]] = {}
+        if path and path.exists():
+            try:
+                raw = json.loads(path.read_text())
+                self._entries = {k: tuple(v) for k, v in raw.items()}  # type: ignore[misc]
+            except (OSError, ValueError):
+                self._entries = {}
+
+    def lookup(self, relative: str, st: os.stat_result) -> str | None:
+        hit = self._entries.get(relative)
+        if hit and hit[:3] == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return hit[3]
+        return None
+
+    def store(self, relative: str, st: os.stat_result, digest: str) -> None:
+        self._entries[relative] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
+
+    def retain(self, paths: set[str]) -> None:
+        self._entries = {k: v for k, v in self._entries.items() if k in paths}
+
+    def save(self) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._entries))
+        tmp.replace(self._path)
+
+
+def fingerprint(root: Path, cache: StatCache | None = None) -> Fingerprint:
+    """Fingerprint every dataset file under ``root``, reading only files the cache cannot vouch for."""
+    cache = cache if cache is not None else StatCache()
+    entries: list[FileEntry] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            full = Path(dirpath) / name
+            relative = full.relative_to(root).as_posix()
+            if not is_dataset_file(relative):
+                continue
+            try:
+                st = full.stat()
+            except FileNotFoundError:
+                continue  # removed while we walked; the next scan sees the settled state
+            digest = cache.lookup(relative, st)
+            if digest is None:
+                digest = hash_file(full)
+                cache.store(relative, st, digest)
+            entries.append(FileEntry(relative, st.st_size, digest))
+    files = tuple(sorted(entries, key=lambda f: f.path))
+    cache.retain({f.path for f in files})
+    cache.save()
+    return Fingerprint(manifest_digest(files), files)

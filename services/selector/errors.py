@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from retrain.errors import RetrainError
+
+
+class SelectorError(RetrainError):
+    """Base of every selection and promotion failure."""
+
+
+class EvaluationError(SelectorError):
+    pass
+
+
+class NothingToRollBackError(SelectorError):
+    pass

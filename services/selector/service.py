@@ -1,0 +1,114 @@
+"""The selector: each ``model.trained`` is judged as it arrives, never waiting for a round."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from events import Event, EventType, make_event
+from events.payloads import ModelPromoted, ModelRejected, ModelTrained
+from services.selector.backends import PromotionBackend
+from services.selector.champion import Champion, ChampionStore
+from services.selector.evaluate import Evaluator
+from services.selector.policy import ChampionPolicy, judge
+
+log = logging.getLogger(__name__)
+SOURCE = "retrain/selector"
+
+
+class Selector:
+    def __init__(
+        self,
+        store: ChampionStore,
+        backend: PromotionBackend,
+        evaluator: Evaluator,
+        emit: Callable[[Event], None],
+        policy: ChampionPolicy = ChampionPolicy(),
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self._evaluator = evaluator
+        self._emit = emit
+        self._policy = policy
+        self._lock = threading.Lock()
+
+    def handle(self, event: Event) -> Event:
+        """Evaluate the candidate, compare it fairly with the champion, promote or reject."""
+        if event.type is not EventType.MODEL_TRAINED:
+            raise ValueError(f"selector consumes model.trained, not {event.type.value}")
+        trained = event.data
+        assert isinstance(trained, ModelTrained)
+        with self._lock:  # one decision at a time in this process; CAS guards the rest
+            started = time.perf_counter()
+            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+            for _attempt in range(5):
+                champion = self._store.get()
+                champion_score = self._score_champion(champion, trained)
+                verdict = judge(self._policy, candidate, champion_score)
+                if not verdict.promote:
+                    decision = self._rejected(trained, candidate, champion, champion_score,
+                                              verdict.reason)
+                    break
+                version = self._backend.next_version()
+                new = Champion(
+                    version=version,
+                    model_uri=str(self._backend_path(version)),
+                    model_type=trained.model_type,
+                    accuracy=candidate,
+                    dataset_digest=trained.dataset_digest,
+                    dataset_uri=trained.dataset_uri,
+                    run_id=trained.run_id,
+                    generation=(champion.generation if champion else 0) + 1,
+                )
+                if self._store.replace(champion.generation if champion else 0, new):
+                    self._backend.publish(trained.model_uri, version)
+                    decision = self._promoted(trained, candidate, champion, champion_score,
+                                              verdict.reason, version)
+                    break
+                log.info("champion changed while deciding; judging %s again", trained.model_type)
+            else:
+                decision = self._rejected(trained, candidate, self._store.get(), None,
+                                          "champion kept changing; gave up after 5 attempts")
+            self._store.audit({
+                "type": decision.type.short, "seconds": round(time.perf_counter() - started, 3),
+                **decision.data.model_dump(),
+            })
+        self._emit(decision)
+        return decision
+
+    def _backend_path(self, version: int) -> str:
+        model_dir = getattr(self._backend, "model_dir", None)
+        return f"{model_dir}/{version}" if model_dir is not None else str(version)
+
+    def _score_champion(self, champion: Champion | None, trained: ModelTrained) -> float | None:
+        if champion is None:
+            return None
+        if champion.dataset_uri == trained.dataset_uri:
+            return champion.accuracy
+        # the data changed: re-score the champion on the candidate's test split
+        return self._evaluator.accuracy(champion.model_uri, trained.dataset_uri)
+
+    @staticmethod
+    def _fields(trained: ModelTrained, candidate: float, champion: Champion | None,
+                champion_score: float | None, reason: str) -> dict[str, object]:
+        return {
+            "run_id": trained.run_id, "model_type": trained.model_type,
+            "model_uri": trained.model_uri, "candidate_accuracy": candidate,
+            "champion_accuracy": champion_score,
+            "champion_version": champion.version if champion else None, "reason": reason,
+        }
+
+    def _promoted(self, trained: ModelTrained, candidate: float, champion: Champion | None,
+                  champion_score: float | None, reason: str, version: int) -> Event:
+        data = ModelPromoted(version=version,
+                             **self._fields(trained, candidate, champion, champion_score, reason))
+        return make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
+                          id=f"{trained.run_id}/{trained.model_type}/decision")
+
+    def _rejected(self, trained: ModelTrained, candidate: float, champion: Champion | None,
+                  champion_score: float | None, reason: str) -> Event:
+        data = ModelRejected(**self._fields(trained, candidate, champion, champion_score, reason))
+        return make_event(EventType.MODEL_REJECTED, data, source=SOURCE,
+                          id=f"{trained.run_id}/{trained.model_type}/decision")

@@ -1,0 +1,93 @@
+"""A loaded SavedModel version, and the holder that swaps versions without dropping requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.trainer.tf_env import configure
+
+configure()
+
+import tensorflow as tf  # noqa: E402
+
+from services.selector.backends import versions  # noqa: E402
+from services.serving.errors import BadRequestError, ModelNotReadyError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    path: str
+    serve_bytes: object
+    serve_arrays: object
+
+    def predict_bytes(self, images: list[bytes]) -> np.ndarray:
+        try:
+            out = self.serve_bytes(image_bytes=tf.constant(images))  # type: ignore[operator]
+        except tf.errors.InvalidArgumentError as exc:
+            raise BadRequestError(f"cannot decode image bytes: {exc.message.splitlines()[0]}") from None
+        return out["probabilities"].numpy()
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
+        return out["probabilities"].numpy()
+
+
+def load(path: Path, version: int) -> LoadedModel:
+    loaded = tf.saved_model.load(str(path))
+    model = LoadedModel(version, str(path), loaded.signatures["serving_default"],
+                        loaded.signatures["predict_images"])
+    model.predict_arrays(np.zeros((1, 28, 28), np.float32))  # warm up before taking traffic
+    return model
+
+
+class ModelHolder:
+    """Holds the serving version; a new one is loaded and warmed aside, then swapped in."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+        self._current: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self.loaded_at: float | None = None
+
+    @property
+    def current(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise ModelNotReadyError("no model version is loaded yet")
+        return model
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def refresh(self) -> int | None:
+        """Load the newest version if it is not the one being served; returns the version served."""
+        with self._lock:
+            available = versions(self.model_dir)
+            current = self._current
+            if not available:
+                self._current = None if current and not (self.model_dir / str(current.version)).exists() else current
+                return self._current.version if self._current else None
+            newest = available[-1]
+            if current is not None and current.version == newest:
+                return newest
+            started = time.perf_counter()
+            try:
+                model = load(self.model_dir / str(newest), newest)
+            except Exception as exc:  # a broken version must not take the server down
+                log.error("cannot load version %d: %s", newest, exc)
+                return current.version if current else None
+            self._current = model  # in-flight requests keep their reference to the old one
+            self.loaded_at = time.time()
+            log.info("serving version %d (loaded and warmed in %.2fs)", newest,
+                     time.perf_counter() - started)
+            return newest

@@ -1,0 +1,81 @@
+"""What ``retrain train`` runs in a process (locally, or in a TFJob pod): train, report, emit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import redis
+
+from events import EventType, make_event
+from events.payloads import ModelTrained, TrainingFailed
+from events.sinks import Sink
+from services.trainer.train import TrainConfig, TrainingError, TrainResult, train
+
+log = logging.getLogger(__name__)
+SOURCE = "retrain/trainer"
+
+
+def progress_key(run_id: str, model_type: str) -> str:
+    return f"retrain:progress:{run_id}:{model_type}"
+
+
+def run(
+    config: TrainConfig,
+    run_id: str,
+    client: redis.Redis | None = None,
+    sink: Sink | None = None,
+    echo: bool = True,
+) -> TrainResult:
+    key = progress_key(run_id, config.model_type)
+    history: list[dict[str, Any]] = []
+    last_line = [0.0]
+
+    def report(point: dict[str, Any]) -> None:
+        point = {**point, "at": round(time.time(), 3)}
+        history.append(point)
+        if client is not None:
+            client.hset(key, mapping={"state": "training", "latest": json.dumps(point)})
+            client.rpush(key + ":history", json.dumps(point))
+            client.expire(key, 7 * 86400)
+            client.expire(key + ":history", 7 * 86400)
+        if echo and (time.monotonic() - last_line[0] > 5 or point["step"] == point["planned"]):
+            last_line[0] = time.monotonic()
+            print(f"[{config.model_type}] step {point['step']}/{point['planned']} "
+                  f"loss {point['loss']:.4f} acc {point['accuracy']:.4f} "
+                  f"{point['examples_per_second']:.0f} ex/s", flush=True)
+
+    try:
+        result = train(config, report)
+    except (TrainingError, OSError, ValueError) as exc:
+        if client is not None:
+            client.hset(key, mapping={"state": "failed", "reason": str(exc)})
+        if sink is not None:
+            sink.send(make_event(
+                EventType.TRAINING_FAILED,
+                TrainingFailed(run_id=run_id, model_type=config.model_type, reason=str(exc)),
+                source=SOURCE, id=f"{run_id}/{config.model_type}/failed"))
+        raise
+    (config.out.parent / "result.json").write_text(json.dumps(asdict(result), indent=1))
+    if client is not None:
+        client.hset(key, mapping={"state": "done", "result": json.dumps(asdict(result))})
+    if sink is not None:
+        sink.send(trained_event(run_id, config, result))
+    return result
+
+
+def trained_event(run_id: str, config: TrainConfig, result: TrainResult, workers: int = 1):  # type: ignore[no-untyped-def]
+    return make_event(
+        EventType.MODEL_TRAINED,
+        ModelTrained(
+            run_id=run_id, model_type=config.model_type, model_uri=result.model_uri,
+            dataset_uri=config.dataset_uri, dataset_digest=result.digest,
+            val_accuracy=result.val_accuracy, val_loss=result.val_loss,
+            seconds=round(result.seconds, 3), workers=workers, steps=result.steps,
+        ),
+        source=SOURCE,
+        id=f"{run_id}/{config.model_type}/trained",
+    )

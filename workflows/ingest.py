@@ -1,0 +1,345 @@
+"""Ingestion: validate the source layout, write TFRecord shards, publish atomically.
+
+Shards derived from a source unit (a split's IDX pair, or one increment) are stored under a
+hash of that unit's file hashes, so a dataset version that adds one increment ingests only
+the increment. Everything is written under a hidden temporary name and published by
+rename: a crash at any point leaves no visible partial dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from blake3 import blake3
+
+from services.ingest_watcher.fingerprint import Fingerprint, hash_file
+from workflows import idx
+from workflows.errors import DatasetNotFoundError, DatasetValidationError
+from workflows.layout import IdxPair, ImageFolder, Unit, discover
+
+log = logging.getLogger(__name__)
+
+CODE_VERSION = "ingest-v1"  # bump whenever the shard format or parsing changes
+SHARD_SIZE = 10_000
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    dataset_uri: str
+    digest: str
+    records: dict[str, int]
+    per_class: dict[str, list[int]]
+    reused_units: int
+    new_units: int
+    seconds: float
+
+
+def _example(image: bytes, label: int) -> bytes:
+    """A serialized tf.train.Example {image: bytes, label: int64}, built without TF."""
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            if value:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:  # length-delimited field
+        return varint((number << 3) | 2) + varint(len(payload)) + payload
+
+    bytes_list = field(1, field(1, image))          # Feature{bytes_list{value}}
+    int64_list = field(3, field(1, varint(label)))  # Feature{int64_list{value (packed)}}
+    feature_map = field(1, field(1, b"image") + field(2, bytes_list))
+    feature_map += field(1, field(1, b"label") + field(2, int64_list))
+    return field(1, feature_map)                    # Example{features{feature map}}
+
+
+class _ShardWriter:
+    """Writes records into numbered TFRecord shards of at most ``shard_size`` records."""
+
+    def __init__(self, folder: Path, shard_size: int) -> None:
+        import tensorflow as tf  # TFRecord framing (length + masked CRC32C)
+
+        self._tf = tf
+        self._folder = folder
+        self._shard_size = shard_size
+        self._writer = None
+        self._in_shard = 0
+        self.names: list[str] = []
+        self.count = 0
+        self.per_class = [0] * idx.NUM_CLASSES
+
+    def write(self, images: np.ndarray, labels: np.ndarray) -> None:
+        for image, label in zip(images, labels, strict=True):
+            if self._writer is None or self._in_shard >= self._shard_size:
+                self._roll()
+            self._writer.write(_example(image.tobytes(), int(label)))  # type: ignore[union-attr]
+            self._in_shard += 1
+            self.count += 1
+            self.per_class[int(label)] += 1
+
+    def _roll(self) -> None:
+        self.close()
+        name = f"shard-{len(self.names):05d}.tfrecord"
+        self.names.append(name)
+        self._writer = self._tf.io.TFRecordWriter(str(self._folder / name))
+        self._in_shard = 0
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def unit_id(unit: Unit, hashes: dict[str, str], shard_size: int) -> str:
+    hasher = blake3()
+    hasher.update(f"{CODE_VERSION}\n{shard_size}\n{type(unit).__name__}\n{unit.split}\n".encode())
+    if isinstance(unit, ImageFolder):
+        for path, label in unit.images:
+            hasher.update(f"{label}\t{hashes[path]}\n".encode())
+    else:
+        for path in unit.files:
+            hasher.update(f"{hashes[path]}\n".encode())
+    return hasher.hexdigest()[:32]
+
+
+def _batches(root: Path, unit: Unit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if isinstance(unit, IdxPair):
+        labels = idx.read_labels(root / unit.labels)
+        offset = 0
+        for images in idx.iter_images(root / unit.images):
+            end = offset + len(images)
+            if end > len(labels):
+                break
+            yield images, labels[offset:end]
+            offset = end
+        declared = idx.image_count(root / unit.images)
+        if declared != len(labels):
+            raise idx.IdxError(
+                unit.images, f"holds {declared} images but {unit.labels} holds {len(labels)} labels"
+            )
+        return
+    yield from _folder_batches(root, unit)
+
+
+def _folder_batches(root: Path, unit: ImageFolder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, problems = [], [], []
+    for path, label in unit.images:
+        try:
+            with Image.open(io.BytesIO((root / path).read_bytes())) as img:
+                img.load()
+                if img.size != (idx.COLS, idx.ROWS):
+                    problems.append(f"{path}: image is {img.size[0]}x{img.size[1]}, expected 28x28")
+                    continue
+                images.append(np.asarray(img.convert("L"), dtype=np.uint8))
+                labels.append(label)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            problems.append(f"{path}: not a decodable PNG/JPEG image ({exc})")
+        if len(images) >= idx.BATCH:
+            yield np.stack(images), np.asarray(labels, np.uint8)
+            images, labels = [], []
+    if problems:
+        raise DatasetValidationError(problems)
+    if images:
+        yield np.stack(images), np.asarray(labels, np.uint8)
+
+
+def _write_unit(root: Path, unit: Unit, tmp: Path, shard_size: int) -> dict[str, object]:
+    tmp.mkdir(parents=True)
+    writer = _ShardWriter(tmp, shard_size)
+    try:
+        for images, labels in _batches(root, unit):
+            writer.write(images, labels)
+    finally:
+        writer.close()
+    if writer.count == 0:
+        raise idx.IdxError(unit.files[0], "holds no records")
+    shards = [
+        {"name": n, "size": (tmp / n).stat().st_size, "blake3": hash_file(tmp / n)}
+        for n in writer.names
+    ]
+    meta = {
+        "split": unit.split,
+        "files": list(unit.files) if isinstance(unit, IdxPair) else [unit.batch],
+        "count": writer.count,
+        "per_class": writer.per_class,
+        "shards": shards,
+    }
+    (tmp / "unit.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def ingest(
+    root: Path,
+    store: Path,
+    fp: Fingerprint,
+    *,
+    dataset_key: str,
+    shard_size: int = SHARD_SIZE,
+    on_unit: Callable[[str, str], None] | None = None,
+) -> IngestResult:
+    """Ingest ``root`` (fingerprinted as ``fp``) into ``store/datasets/<dataset_key>``.
+
+    Raises ``DatasetValidationError`` naming every problem; nothing is published then.
+    """
+    started = time.perf_counter()
+    if not root.is_dir():
+        raise DatasetNotFoundError(str(root))
+    layout = discover(root)
+    problems = list(layout.problems)
+    hashes = {f.path: f.hash for f in fp.files}
+    shards_root = store / "shards"
+    shards_root.mkdir(parents=True, exist_ok=True)
+    work = store / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    pending: list[tuple[Path, Path]] = []
+    units_meta: list[dict[str, object]] = []
+    reused = 0
+    try:
+        for unit in layout.units:
+            missing = [p for p in unit.files if p not in hashes]
+            if missing:
+                problems.append(f"{missing[0]}: changed since the dataset was fingerprinted")
+                continue
+            uid = unit_id(unit, hashes, shard_size)
+            final = shards_root / uid
+            if (final / "unit.json").is_file():
+                meta = json.loads((final / "unit.json").read_text())
+                reused += 1
+                if on_unit:
+                    on_unit(uid, "reused")
+            else:
+                try:
+                    meta = _write_unit(root, unit, work / uid, shard_size)
+                except idx.IdxError as exc:
+                    problems.append(str(exc))
+                    continue
+                except DatasetValidationError as exc:
+                    problems.extend(exc.problems)
+                    continue
+                pending.append((work / uid, final))
+                if on_unit:
+                    on_unit(uid, "ingested")
+            units_meta.append({"id": uid, **meta})
+        if problems:
+            raise DatasetValidationError(problems)
+        for tmp, final in pending:  # publish shards: each rename is atomic
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / "unit.json").is_file():  # a concurrent run did not publish it
+                    raise
+        result = _publish_dataset(store, dataset_key, fp, units_meta, shard_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    log.info(
+        "ingested %s: %s records, %d unit(s) reused, %d new, %.2fs",
+        dataset_key[:12], result[0], reused, len(pending), seconds,
+    )
+    records, per_class, uri = result
+    return IngestResult(uri, fp.digest, records, per_class, reused, len(pending), seconds)
+
+
+def _publish_dataset(
+    store: Path, key: str, fp: Fingerprint, units: list[dict[str, object]], shard_size: int
+) -> tuple[dict[str, int], dict[str, list[int]], str]:
+    splits: dict[str, dict[str, object]] = {}
+    for unit in units:
+        split = splits.setdefault(
+            str(unit["split"]), {"count": 0, "per_class": [0] * idx.NUM_CLASSES, "shards": []}
+        )
+        split["count"] = int(split["count"]) + int(unit["count"])  # type: ignore[call-overload]
+        split["per_class"] = [a + b for a, b in zip(split["per_class"], unit["per_class"])]  # type: ignore[call-overload]
+        split["shards"].extend(  # type: ignore[union-attr]
+            {"path": f"shards/{unit['id']}/{s['name']}", "size": s["size"], "blake3": s["blake3"]}
+            for s in unit["shards"]  # type: ignore[union-attr]
+        )
+    metadata = {
+        "key": key,
+        "digest": fp.digest,
+        "code_version": CODE_VERSION,
+        "shard_size": shard_size,
+        "created_at": time.time(),
+        "splits": splits,
+        "units": [{"id": u["id"], "split": u["split"], "files": u["files"]} for u in units],
+        "manifest": [[f.path, f.size, f.hash] for f in fp.files],
+    }
+    datasets = store / "datasets"
+    datasets.mkdir(parents=True, exist_ok=True)
+    final = datasets / key
+    if not (final / "metadata.json").is_file():
+        tmp = datasets / f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / "metadata.json").is_file():
+                raise
+    records = {name: int(s["count"]) for name, s in splits.items()}  # type: ignore[call-overload]
+    per_class = {name: list(s["per_class"]) for name, s in splits.items()}  # type: ignore[call-overload]
+    return records, per_class, str(final)
+
+
+def load_metadata(dataset_uri: str | Path) -> dict[str, object]:
+    return json.loads((Path(dataset_uri) / "metadata.json").read_text())
+
+
+def shard_paths(dataset_uri: str | Path, split: str) -> list[str]:
+    """Absolute paths of a split's shards (the store is the dataset folder's grandparent)."""
+    folder = Path(dataset_uri)
+    store = folder.parent.parent
+    meta = load_metadata(folder)
+    return [str(store / s["path"]) for s in meta["splits"][split]["shards"]]  # type: ignore[index]
+
+
+def verify(dataset_uri: str | Path) -> str | None:
+    """Why an ingested dataset cannot be trusted any more, or None when every shard checks out."""
+    folder = Path(dataset_uri)
+    try:
+        meta = load_metadata(folder)
+    except (OSError, ValueError) as exc:
+        return f"ingested dataset {folder} is gone or unreadable ({type(exc).__name__})"
+    store = folder.parent.parent
+    for split in meta["splits"].values():  # type: ignore[union-attr]
+        for shard in split["shards"]:
+            path = store / shard["path"]
+            try:
+                if path.stat().st_size != shard["size"]:
+                    return f"shard {shard['path']} has a different size than recorded"
+            except FileNotFoundError:
+                return f"shard {shard['path']} is missing"
+            if hash_file(path) != shard["blake3"]:
+                return f"shard {shard['path']} checksum differs from the recorded one"
+    return None
+
+
+def clean_temporaries(store: Path, older_than: float = 3600.0) -> int:
+    """Remove leftovers of crashed ingestions (hidden temporary folders)."""
+    removed = 0
+    now = time.time()
+    for folder in (store, store / "datasets", store / "shards"):
+        if not folder.is_dir():
+            continue
+        for tmp in folder.glob(f"{TMP_PREFIX}*"):
+            if now - tmp.stat().st_mtime > older_than:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed += 1
+    return removed

@@ -1,0 +1,129 @@
+"""The dataset source layout of DESIGN.md, discovered from a folder.
+
+``<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` plus increments under
+``increments/<batch>/``: IDX pairs, or class folders of PNG/JPEG images.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+CLASS_NAMES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)
+BASE_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_IMAGES_RE = re.compile(r"^(?P<stem>.+)-images-idx3-ubyte(?P<gz>\.gz)?$")
+
+
+def class_index(folder: str) -> int | None:
+    """0-9 for a class folder named by index or by (a slug of) its Fashion-MNIST name."""
+    slug = folder.strip().lower().replace("_", "-").replace(" ", "-").replace("/", "-")
+    if slug.isdigit() and int(slug) < len(CLASS_NAMES):
+        return int(slug)
+    aliases = {name: i for i, name in enumerate(CLASS_NAMES)}
+    aliases.update({"t-shirt-top": 0, "tshirt": 0, "ankle-boots": 9, "ankleboot": 9})
+    return aliases.get(slug)
+
+
+@dataclass(frozen=True)
+class IdxPair:
+    """Images and labels of one split (the base files, or an IDX increment)."""
+
+    split: str
+    images: str  # relative paths
+    labels: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.images, self.labels)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A batch of class folders of images: ``increments/<batch>/<class>/<file>``."""
+
+    split: str
+    batch: str
+    images: tuple[tuple[str, int], ...]  # (relative path, label)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(path for path, _ in self.images)
+
+
+Unit = IdxPair | ImageFolder
+
+
+@dataclass(frozen=True)
+class Layout:
+    units: tuple[Unit, ...]
+    problems: tuple[str, ...]
+
+
+def discover(root: Path) -> Layout:
+    """Every ingestion unit under ``root``, and every layout problem found on the way."""
+    problems: list[str] = []
+    units: list[Unit] = []
+    for split, (images, labels) in BASE_FILES.items():
+        missing = [name for name in (images, labels) if not (root / name).is_file()]
+        problems.extend(f"{name}: missing (required in the dataset root)" for name in missing)
+        if not missing:
+            units.append(IdxPair(split, images, labels))
+    increments = root / "increments"
+    if increments.is_dir():
+        for batch in sorted(p for p in increments.iterdir() if not p.name.startswith(".")):
+            if batch.is_dir():
+                units.extend(_discover_batch(root, batch, problems))
+            else:
+                problems.append(f"{_rel(root, batch)}: increments must be folders, found a file")
+    return Layout(tuple(units), tuple(problems))
+
+
+def _discover_batch(root: Path, batch: Path, problems: list[str]) -> list[Unit]:
+    units: list[Unit] = []
+    entries = sorted(p for p in batch.iterdir() if not p.name.startswith("."))
+    idx_files = {p.name for p in entries if p.is_file()}
+    for name in sorted(idx_files):
+        match = _IMAGES_RE.match(name)
+        if match:
+            labels = f"{match['stem']}-labels-idx1-ubyte{match['gz'] or ''}"
+            if labels in idx_files:
+                units.append(IdxPair("train", _rel(root, batch / name), _rel(root, batch / labels)))
+            else:
+                problems.append(f"{_rel(root, batch / name)}: no matching labels file {labels}")
+        elif not re.match(r"^.+-labels-idx1-ubyte(\.gz)?$", name):
+            problems.append(f"{_rel(root, batch / name)}: not an IDX file or a class folder")
+        elif name.replace("-labels-idx1-", "-images-idx3-") not in idx_files:
+            problems.append(f"{_rel(root, batch / name)}: no matching images file")
+    images: list[tuple[str, int]] = []
+    for folder in (p for p in entries if p.is_dir()):
+        label = class_index(folder.name)
+        if label is None:
+            problems.append(
+                f"{_rel(root, folder)}: unknown class folder {folder.name!r} "
+                f"(expected one of {', '.join(CLASS_NAMES)} or 0-9)"
+            )
+            continue
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if file.name.startswith("."):
+                continue
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                problems.append(f"{_rel(root, file)}: not a PNG or JPEG file")
+                continue
+            images.append((_rel(root, file), label))
+    if images:
+        units.append(ImageFolder("train", _rel(root, batch), tuple(images)))
+    if not units and not any(_rel(root, batch) in p for p in problems):
+        problems.append(f"{_rel(root, batch)}: empty increment (no IDX pair and no images)")
+    return units
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()

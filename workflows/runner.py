@@ -1,0 +1,269 @@
+"""The local runner: the retrain workflow's steps on this machine, trainings in parallel processes.
+
+Every step's start, end, outcome and reason is recorded in Redis (``retrain:run:<id>``), so
+``retrain status`` and later steps can see why something ran or was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from events import Event, EventType, make_event
+from events.payloads import (IngestionCompleted, IngestionFailed, IngestionSkipped,
+                             ModelTrained, RunParameters, TrainingFailed, TrainingStarted)
+from retrain import timeline
+from retrain.settings import Settings
+from workflows import steps
+from workflows.cache import ContentCache, Policy
+from workflows.errors import DatasetValidationError, WorkflowError
+
+log = logging.getLogger(__name__)
+SOURCE = "retrain/runner"
+Emit = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    data_uri: str
+    parameters: RunParameters = RunParameters()
+    trigger: str = "cli"
+    event_id: str | None = None
+    run_id: str = field(default_factory=lambda: time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "running"
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class RunRecorder:
+    def __init__(self, client: redis.Redis, request: RunRequest) -> None:
+        self._r = client
+        self.summary: dict[str, Any] = {
+            "run_id": request.run_id, "trigger": request.trigger, "event_id": request.event_id,
+            "data": request.data_uri, "parameters": request.parameters.model_dump(),
+            "status": "running", "started_at": time.time(), "steps": [], "models": {},
+            "cache": None, "dataset_uri": None, "digest": None,
+        }
+        self.save()
+        self._r.zadd("retrain:runs", {request.run_id: time.time()})
+
+    def save(self) -> None:
+        self._r.set(f"retrain:run:{self.summary['run_id']}", json.dumps(self.summary),
+                    ex=30 * 86400)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[StepRecord]:
+        record = StepRecord(name)
+        started = time.perf_counter()
+        try:
+            yield record
+        except BaseException as exc:
+            record.status = "failed"
+            record.detail.setdefault("error", str(exc))
+            raise
+        else:
+            if record.status == "running":
+                record.status = "succeeded"
+        finally:
+            record.seconds = round(time.perf_counter() - started, 3)
+            self.summary["steps"].append(
+                {"name": name, "status": record.status, "seconds": record.seconds, **record.detail})
+            self.save()
+            timeline.record(self._r, "step", name, status=record.status, seconds=record.seconds,
+                            run_id=self.summary["run_id"], **record.detail)
+
+
+class LocalRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        redis_url: str,
+        emit: Emit,
+        console: Console | None = None,
+    ) -> None:
+        self._settings = settings
+        self._r = client
+        self._redis_url = redis_url
+        self._emit = emit
+        self._console = console or Console(stderr=True)
+        self._cache = ContentCache(client, settings.cache_ttl_seconds)
+
+    def run(self, request: RunRequest) -> dict[str, Any]:
+        """Run the workflow; returns its summary (also stored in Redis)."""
+        rec = RunRecorder(self._r, request)
+        started = time.perf_counter()
+        params = request.parameters
+        try:
+            policy = Policy.parse(params.cache_policy)
+            with rec.step("fingerprint") as step:
+                root = steps.resolve_root(request.data_uri)
+                fp = steps.fingerprint_step(root, self._settings.home / "statcache")
+                step.detail.update(digest=fp.digest, files=len(fp.files), bytes=fp.total_bytes)
+                rec.summary["digest"] = fp.digest
+            with rec.step("check_cache") as step:
+                check = steps.check_cache(self._cache, root, fp, policy)
+                step.detail.update(hit=check.decision.hit, reason=check.decision.reason,
+                                   policy=check.policy, key=check.key)
+                rec.summary["cache"] = {"hit": check.decision.hit, "reason": check.decision.reason,
+                                        "policy": check.policy, "key": check.key}
+            if check.decision.hit and check.decision.entry is not None:
+                entry = check.decision.entry
+                with rec.step("ingest") as step:
+                    step.status = "skipped"
+                    step.detail.update(reason=check.decision.reason)
+                self._emit(make_event(
+                    EventType.INGESTION_SKIPPED,
+                    IngestionSkipped(run_id=request.run_id, digest=fp.digest,
+                                     dataset_uri=entry.dataset_uri, reason=check.decision.reason),
+                    source=SOURCE, id=f"{request.run_id}/ingestion"))
+            else:
+                with rec.step("ingest") as step:
+                    try:
+                        outcome = steps.ingest_step(self._cache, root, self._settings.store_dir,
+                                                    fp, check.key)
+                    except DatasetValidationError as exc:
+                        self._emit(make_event(
+                            EventType.INGESTION_FAILED,
+                            IngestionFailed(run_id=request.run_id, uri=request.data_uri,
+                                            problems=exc.problems),
+                            source=SOURCE, id=f"{request.run_id}/ingestion"))
+                        step.detail.update(problems=list(exc.problems))
+                        raise
+                    entry = outcome.entry
+                    step.detail.update(records=entry.records, reason=outcome.reason)
+                    if outcome.result is not None:
+                        step.detail.update(reused_units=outcome.result.reused_units,
+                                           new_units=outcome.result.new_units)
+                    else:
+                        step.status = "skipped"
+                        rec.summary["cache"].update(hit=True, reason=outcome.reason)
+                self._emit(make_event(
+                    EventType.INGESTION_COMPLETED,
+                    IngestionCompleted(
+                        run_id=request.run_id, digest=fp.digest, dataset_uri=entry.dataset_uri,
+                        records=entry.records, seconds=rec.summary["steps"][-1]["seconds"],
+                        reused_shards=outcome.result.reused_units if outcome.result else 0,
+                        new_shards=outcome.result.new_units if outcome.result else 0),
+                    source=SOURCE, id=f"{request.run_id}/ingestion"))
+            rec.summary["dataset_uri"] = entry.dataset_uri
+            rec.save()
+            if params.models:
+                self._train_all(request, entry.dataset_uri, rec)
+            failed = [m for m, r in rec.summary["models"].items() if r["status"] != "trained"]
+            rec.summary["status"] = "failed" if failed else "succeeded"
+        except (WorkflowError, OSError) as exc:
+            rec.summary["status"] = "failed"
+            rec.summary["error"] = str(exc)
+            if not isinstance(exc, WorkflowError):
+                log.exception("run %s failed", request.run_id)
+        finally:
+            rec.summary["seconds"] = round(time.perf_counter() - started, 3)
+            rec.save()
+            timeline.record(self._r, "run", "run", run_id=request.run_id,
+                            status=rec.summary["status"], seconds=rec.summary["seconds"],
+                            error=rec.summary.get("error"))
+        return rec.summary
+
+    # training fan-out ------------------------------------------------------------------------
+    def _train_all(self, request: RunRequest, dataset_uri: str, rec: RunRecorder) -> None:
+        params = request.parameters
+        run_dir = self._settings.runs_dir / request.run_id
+        threads = max(1, (os.cpu_count() or 2) // len(params.models))
+        env = {**os.environ, "RETRAIN_REDIS_URL": self._redis_url,
+               "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
+               "TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
+        procs: dict[str, tuple[subprocess.Popen[str], float, Path]] = {}
+        for model in params.models:
+            out = run_dir / model / "model"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "retrain.cli", "train", "--model", model,
+                   "--dataset", dataset_uri, "--out", str(out), "--run-id", request.run_id,
+                   "--epochs", str(params.epochs), "--batch-size", str(params.batch_size),
+                   "--learning-rate", str(params.learning_rate)]
+            if params.steps_per_epoch:
+                cmd += ["--steps-per-epoch", str(params.steps_per_epoch)]
+            log_file = (out.parent / "train.log").open("w")
+            procs[model] = (subprocess.Popen(cmd, env=env, stdout=log_file,
+                                             stderr=subprocess.STDOUT, text=True),
+                            time.perf_counter(), out)
+            self._emit(make_event(
+                EventType.TRAINING_STARTED,
+                TrainingStarted(run_id=request.run_id, model_type=model, dataset_uri=dataset_uri),
+                source=SOURCE, id=f"{request.run_id}/{model}/started"))
+        self._wait(request, procs, rec)
+
+    def _wait(self, request: RunRequest,
+              procs: dict[str, tuple[subprocess.Popen[str], float, Path]],
+              rec: RunRecorder) -> None:
+        from services.trainer.main import progress_key
+
+        pending = dict(procs)
+        with Progress(TextColumn("  train {task.description:<10}"), BarColumn(),
+                      TextColumn("{task.completed:>5.0f}/{task.total:<5.0f} {task.fields[info]}"),
+                      TimeElapsedColumn(), console=self._console, transient=False) as bar:
+            tasks = {m: bar.add_task(m, total=1, info="starting") for m in procs}
+            while pending:
+                for model in list(pending):
+                    proc, started, out = pending[model]
+                    raw = self._r.hget(progress_key(request.run_id, model), "latest")
+                    if raw:
+                        p = json.loads(raw)
+                        bar.update(tasks[model], total=p["planned"], completed=p["step"],
+                                   info=f"loss {p['loss']:.3f} acc {p['accuracy']:.3f}")
+                    if proc.poll() is None:
+                        continue
+                    del pending[model]
+                    seconds = round(time.perf_counter() - started, 3)
+                    self._finished(request, model, proc.returncode, out, seconds, rec)
+                    bar.update(tasks[model], info="done" if proc.returncode == 0 else "FAILED")
+                time.sleep(0.2)
+
+    def _finished(self, request: RunRequest, model: str, code: int, out: Path,
+                  seconds: float, rec: RunRecorder) -> None:
+        result_file = out.parent / "result.json"
+        if code == 0 and result_file.is_file():
+            result = json.loads(result_file.read_text())
+            event = make_event(
+                EventType.MODEL_TRAINED,
+                ModelTrained(run_id=request.run_id, model_type=model, model_uri=result["model_uri"],
+                             dataset_uri=rec.summary["dataset_uri"], dataset_digest=result["digest"],
+                             val_accuracy=result["val_accuracy"], val_loss=result["val_loss"],
+                             seconds=seconds, steps=result["steps"]),
+                source=SOURCE, id=f"{request.run_id}/{model}/trained")
+            rec.summary["models"][model] = {"status": "trained", "seconds": seconds,
+                                            "val_accuracy": result["val_accuracy"],
+                                            "model_uri": result["model_uri"]}
+            rec.summary["steps"].append({"name": f"train:{model}", "status": "succeeded",
+                                         "seconds": seconds, "val_accuracy": result["val_accuracy"]})
+        else:
+            log_tail = (out.parent / "train.log").read_text().strip().splitlines()[-3:]
+            reason = f"trainer exited with code {code}: " + " | ".join(log_tail)
+            event = make_event(
+                EventType.TRAINING_FAILED,
+                TrainingFailed(run_id=request.run_id, model_type=model, reason=reason[:2000]),
+                source=SOURCE, id=f"{request.run_id}/{model}/failed")
+            rec.summary["models"][model] = {"status": "failed", "seconds": seconds, "reason": reason}
+            rec.summary["steps"].append({"name": f"train:{model}", "status": "failed",
+                                         "seconds": seconds, "error": reason})
+        rec.save()
+        self._emit(event)  # each model goes to the selector the moment it is done

@@ -1,0 +1,131 @@
+"""The retrain workflow's steps: plain typed functions the local runner calls and the hera
+definition wraps. Each takes plain inputs and returns a frozen value."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.ingest_watcher.fingerprint import Fingerprint, StatCache, fingerprint
+from workflows import ingest as ingestion
+from workflows.cache import CacheEntry, ContentCache, Decision, Policy, cache_key, decide
+from workflows.errors import DatasetNotFoundError, WorkflowError
+from workflows.layout import IdxPair, discover
+
+LEASE_MS = 30_000
+
+
+def resolve_root(data_uri: str) -> Path:
+    """A local dataset root from a URI (a path or ``file://``)."""
+    if data_uri.startswith("file://"):
+        data_uri = data_uri.removeprefix("file://")
+    elif "://" in data_uri:
+        scheme = data_uri.split("://", 1)[0]
+        raise WorkflowError(
+            f"data URI {data_uri!r}: scheme {scheme}:// is not supported by the local runner yet "
+            "(use a folder path or file://)"
+        )
+    root = Path(data_uri).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(data_uri)
+    return root.resolve()
+
+
+def fingerprint_step(root: Path, state_dir: Path) -> Fingerprint:
+    import hashlib
+
+    cache_file = state_dir / f"statcache-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.json"
+    return fingerprint(root, StatCache(cache_file))
+
+
+def ingestion_params(shard_size: int = ingestion.SHARD_SIZE) -> dict[str, object]:
+    return {"shard_size": shard_size}
+
+
+def record_count(root: Path) -> int:
+    """Training plus test records, from IDX headers and image counts (no data is decoded)."""
+    total = 0
+    for unit in discover(root).units:
+        if isinstance(unit, IdxPair):
+            total += ingestion.idx.image_count(root / unit.images)
+        else:
+            total += len(unit.images)
+    return total
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    key: str
+    policy: str
+    decision: Decision
+
+
+def check_cache(
+    cache: ContentCache, root: Path, fp: Fingerprint, policy: Policy, dataset: str = "fashion-mnist"
+) -> CacheCheck:
+    key = cache_key(fp.digest, ingestion.CODE_VERSION, ingestion_params())
+    latest = cache.latest(dataset) if policy.kind == "min-change" else None
+    new_records = record_count(root) if latest is not None else None
+    decision = decide(
+        policy, fp.digest, cache.get(key), latest,
+        lambda e: ingestion.verify(e.dataset_uri), time.time(), new_records,
+    )
+    if decision.hit and decision.entry is not None:
+        decision = Decision(True, decision.reason, cache.touch(decision.entry))
+    elif cache.get(key) is not None:
+        cache.delete(key)  # failed verification or too old: replace it
+    return CacheCheck(key, str(policy), decision)
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    entry: CacheEntry
+    ingested: bool  # False when a concurrent run did it and we waited for its result
+    reason: str
+    result: ingestion.IngestResult | None
+
+
+def ingest_step(
+    cache: ContentCache, root: Path, store: Path, fp: Fingerprint, key: str,
+    dataset: str = "fashion-mnist", wait_timeout: float = 3600.0,
+) -> IngestOutcome:
+    """Ingest once per key across concurrent runs (single flight with a renewed lease)."""
+    deadline = time.monotonic() + wait_timeout
+    while True:
+        lease = cache.acquire(key, LEASE_MS)
+        if lease is not None:
+            break
+        entry = cache.wait(key, max(0.0, deadline - time.monotonic()))
+        if entry is not None:
+            return IngestOutcome(cache.touch(entry), False,
+                                 "hit: ingested by a concurrent run with the same key", None)
+        if time.monotonic() > deadline:
+            raise WorkflowError(f"gave up waiting for a concurrent ingestion of key {key[:12]}…")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_MS / 3000):
+            cache.renew(lease, LEASE_MS)
+
+    renewer = threading.Thread(target=renew, daemon=True, name="lease-renewer")
+    renewer.start()
+    try:
+        existing = cache.get(key)  # the previous holder may have finished just before we got in
+        if existing is not None and ingestion.verify(existing.dataset_uri) is None:
+            return IngestOutcome(cache.touch(existing), False,
+                                 "hit: ingested by a concurrent run with the same key", None)
+        result = ingestion.ingest(root, store, fp, dataset_key=key)
+        now = time.time()
+        entry = CacheEntry(
+            key=key, digest=fp.digest, dataset_uri=result.dataset_uri, records=result.records,
+            per_class=result.per_class, created_at=now, last_hit=now, hits=0,
+            fence=lease.fence, dataset=dataset,
+        )
+        if not cache.put(entry):
+            raise WorkflowError(f"lease on {key[:12]}… was lost to a newer holder; not recording")
+        return IngestOutcome(entry, True, "ingested", result)
+    finally:
+        stop.set()
+        cache.release(lease)

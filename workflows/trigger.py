@@ -1,0 +1,66 @@
+"""The local trigger: receives CloudEvents over HTTP, drops duplicates, hands them on.
+
+On a cluster an Argo Events Sensor plays this part; locally ``POST /events`` is where the
+watcher, ``retrain publish``, the runner and the selector send their events.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from events.codec import decode
+from events.dedup import Deduplicator
+from events.envelope import Event
+from events.errors import EventError
+
+log = logging.getLogger(__name__)
+MAX_EVENT_BODY = 64 * 1024
+
+
+def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
+               api_keys: tuple[str, ...] = ()) -> FastAPI:
+    app = FastAPI(title="retrain trigger")
+
+    def _error(status: int, message: str) -> JSONResponse:
+        log.warning("rejected event request (%d): %s", status, message)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/events")
+    async def receive(request: Request) -> JSONResponse:
+        if api_keys:
+            header = request.headers.get("authorization", "")
+            presented = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            if not any(hmac.compare_digest(presented, key) for key in api_keys):
+                return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_EVENT_BODY:
+            return _error(413, f"event body of {length} bytes exceeds {MAX_EVENT_BODY}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_EVENT_BODY:
+                return _error(413, f"event body exceeds {MAX_EVENT_BODY} bytes")
+        try:
+            events = decode(dict(request.headers), bytes(body))
+        except EventError as exc:
+            return _error(400, str(exc))
+        accepted, duplicates = [], []
+        for event in events:
+            if dedup.first_time(event):
+                dispatch(event)
+                accepted.append(event.id)
+            else:
+                log.info("dropped duplicate event %s from %s", event.id, event.source)
+                duplicates.append(event.id)
+        return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
+
+    return app
