@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from events import EventType, make_event
+from events.codec import BATCH, decode, encode
+from events.errors import InvalidPayloadError, MalformedEventError, UnknownEventTypeError
+
+
+def _event():
+    return make_event("dataset.updated", {"uri": "/data/fm", "trigger": "manual",
+                                          "parameters": {"models": ["cnn"], "epochs": 2}},
+                      source="tests")
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_round_trip_keeps_every_attribute_and_the_payload(mode):
+    event = _event()
+    headers, body = encode(event, mode)
+    assert decode(headers, body) == [event]
+
+
+def test_binary_mode_puts_attributes_in_ce_headers():
+    headers, body = encode(_event(), "binary")
+    assert headers["ce-type"] == "dev.retrain.dataset.updated"
+    assert headers["ce-source"] == "tests"
+    assert json.loads(body)["uri"] == "/data/fm"
+
+
+def test_batched_structured_mode_yields_every_event():
+    events = [_event(), _event()]
+    items = [json.loads(encode(e, "structured")[1]) for e in events]
+    decoded = decode({"Content-Type": BATCH}, json.dumps(items).encode())
+    assert [e.id for e in decoded] == [e.id for e in events]
+
+
+def test_missing_attributes_are_all_listed():
+    with pytest.raises(MalformedEventError) as info:
+        decode({"content-type": "application/json", "ce-type": "dev.retrain.dataset.updated"}, b"{}")
+    assert {p.split("'")[1] for p in info.value.problems} == {"specversion", "id", "source"}
+
+
+def test_structured_missing_attributes_are_all_listed():
+    with pytest.raises(MalformedEventError) as info:
+        decode({"content-type": "application/cloudevents+json"}, b'{"data": {}}')
+    assert len(info.value.problems) == 4
+
+
+def test_unknown_type_is_refused():
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "x", "ce-type": "com.other.thing",
+               "content-type": "application/json"}
+    with pytest.raises(UnknownEventTypeError):
+        decode(headers, b"{}")
+
+
+def test_payload_is_validated_against_its_model():
+    headers, _ = encode(_event(), "binary")
+    with pytest.raises(InvalidPayloadError) as info:
+        decode(headers, json.dumps({"uri": "/x", "parameters": {"models": ["resnet"]}}).encode())
+    assert "resnet" in str(info.value)
+
+
+def test_malformed_json_is_a_clear_error():
+    with pytest.raises(MalformedEventError, match="not valid JSON"):
+        decode({"content-type": "application/cloudevents+json"}, b"{nope")
+
+
+def test_short_type_names_are_accepted():
+    assert EventType.parse("model.trained") is EventType.MODEL_TRAINED

@@ -1,0 +1,50 @@
+import os
+
+from services.ingest_watcher import fingerprint as fpmod
+from services.ingest_watcher.fingerprint import StatCache, diff, fingerprint
+
+
+def test_identical_content_under_a_new_mtime_keeps_the_digest(dataset):
+    before = fingerprint(dataset)
+    for f in dataset.iterdir():
+        os.utime(f, (1_000_000, 1_000_000))
+    assert fingerprint(dataset).digest == before.digest
+
+
+def test_any_content_change_changes_the_digest(dataset):
+    before = fingerprint(dataset)
+    target = dataset / "t10k-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes() + b"x")
+    assert fingerprint(dataset).digest != before.digest
+
+
+def test_unchanged_files_are_not_read_again(dataset, tmp_path, monkeypatch):
+    cache = StatCache(tmp_path / "stat.json")
+    fingerprint(dataset, cache)
+    reads = []
+    real = fpmod.hash_file
+    monkeypatch.setattr(fpmod, "hash_file", lambda p: reads.append(p) or real(p))
+    fingerprint(dataset, StatCache(tmp_path / "stat.json"))  # reloaded from disk, as on restart
+    assert reads == []
+    (dataset / "increments" / "b1").mkdir(parents=True)
+    (dataset / "increments" / "b1" / "new.png").write_bytes(b"png")
+    fingerprint(dataset, StatCache(tmp_path / "stat.json"))
+    assert [p.name for p in reads] == ["new.png"]
+
+
+def test_diff_names_added_changed_and_removed(dataset):
+    before = fingerprint(dataset)
+    (dataset / "extra.txt").write_text("hi")
+    (dataset / "train-labels-idx1-ubyte.gz").write_bytes(b"changed")
+    (dataset / "t10k-labels-idx1-ubyte.gz").unlink()
+    changes = diff(before, fingerprint(dataset))
+    assert changes.added == ("extra.txt",)
+    assert changes.changed == ("train-labels-idx1-ubyte.gz",)
+    assert changes.removed == ("t10k-labels-idx1-ubyte.gz",)
+
+
+def test_partial_and_hidden_files_are_ignored(dataset):
+    before = fingerprint(dataset).digest
+    (dataset / "upload.png.part").write_bytes(b"half")
+    (dataset / ".DS_Store").write_bytes(b"mac")
+    assert fingerprint(dataset).digest == before

@@ -1,0 +1,107 @@
+import base64
+import io
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from services.serving.app import create_app
+from services.trainer import export, models
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sm") / "model"
+    export.export(models.build("cnn"), path)
+    return path
+
+
+@pytest.fixture
+def client(tmp_path, saved_model):
+    shutil.copytree(saved_model, tmp_path / "repo" / "fashion-mnist" / "1")
+    with TestClient(create_app(tmp_path / "repo", poll_seconds=0.1)) as c:
+        yield c
+
+
+def _png(value=128):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((28, 28), value, np.uint8), "L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_v1_predict_with_the_books_request(client):
+    r = client.post("/v1/models/fashion-mnist:predict",
+                    json={"instances": [{"image_bytes": {"b64": _png()}}, {"image_bytes": {"b64": _png(9)}}]})
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert len(preds) == 2 and len(preds[0]) == 10 and abs(sum(preds[0]) - 1) < 1e-4
+    assert r.headers["x-model-version"] == "1"
+
+
+def test_v1_predict_with_raw_arrays(client):
+    r = client.post("/v1/models/fashion-mnist:predict", json={"instances": [np.zeros((28, 28)).tolist()]})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]) == 10
+
+
+def test_v2_infer_with_bytes_and_with_floats(client):
+    r = client.post("/v2/models/fashion-mnist/infer", json={
+        "inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [_png()]}]})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_version"] == "1" and body["outputs"][0]["shape"] == [1, 10]
+    r = client.post("/v2/models/fashion-mnist/infer", json={
+        "inputs": [{"name": "images", "shape": [2, 28, 28], "datatype": "FP32", "data": [0.0] * 1568}]})
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 10]
+
+
+def test_ready_and_metadata_endpoints(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models/fashion-mnist/ready").json()["ready"] is True
+    assert client.get("/v2/models/fashion-mnist").json()["versions"] == ["1"]
+    assert client.get("/v1/models/fashion-mnist").json()["model_version"] == "1"
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ({"nope": 1}, '"instances"'),
+    ({"instances": []}, "non-empty"),
+    ({"instances": [{"image_bytes": {"b64": "!!!"}}]}, "not valid base64"),
+    ({"instances": [{"image_bytes": {"b64": base64.b64encode(b"not an image").decode()}}]}, "cannot decode"),
+    ({"instances": [np.zeros((27, 28)).tolist()]}, "28x28"),
+    ({"instances": [[["a"] * 28] * 28]}, "numbers"),
+])
+def test_v1_bad_inputs_are_400_with_the_reason(client, body, fragment):
+    r = client.post("/v1/models/fashion-mnist:predict", json=body)
+    assert r.status_code == 400 and fragment in r.json()["error"]
+
+
+def test_v2_shape_mismatch_is_400(client):
+    r = client.post("/v2/models/fashion-mnist/infer", json={
+        "inputs": [{"name": "images", "shape": [2, 28, 28], "datatype": "FP32", "data": [0.0] * 10}]})
+    assert r.status_code == 400 and "needs 1568 values" in r.json()["error"]
+
+
+def test_invalid_json_unknown_model_and_oversized_body(client):
+    assert client.post("/v1/models/fashion-mnist:predict", content=b"{").status_code == 400
+    assert client.post("/v1/models/other:predict", json={"instances": [[0]]}).status_code == 404
+    big = b"[" + b"0," * (5 * 1024 * 1024) + b"0]"
+    assert client.post("/v1/models/fashion-mnist:predict", content=big).status_code == 413
+
+
+def test_not_ready_without_a_model(tmp_path):
+    with TestClient(create_app(tmp_path / "empty")) as c:
+        assert c.get("/v2/health/ready").status_code == 503
+        valid = {"instances": [np.zeros((28, 28)).tolist()]}
+        assert c.post("/v1/models/fashion-mnist:predict", json=valid).status_code == 503
+
+
+def test_a_new_version_is_picked_up(client, tmp_path, saved_model):
+    shutil.copytree(saved_model, tmp_path / "repo" / "fashion-mnist" / "2")
+    client.app.state.holder.refresh()
+    r = client.post("/v1/models/fashion-mnist:predict", json={"instances": [{"image_bytes": {"b64": _png()}}]})
+    assert r.headers["x-model-version"] == "2"

@@ -1,0 +1,87 @@
+"""Bad input at the command line: one clear line naming the problem, a non-zero exit."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _retrain(*args, env=None, timeout=300):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "retrain.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def test_unreachable_redis_url(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    done = _retrain("status", env={"RETRAIN_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                                   "RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode != 0
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_redis_url_setting(tmp_path):
+    done = _retrain("status", env={"RETRAIN_REDIS_URL": "http://nope", "RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode == 2 and "RETRAIN_REDIS_URL" in done.stderr
+
+
+def test_port_in_use(tmp_path, redis_handle):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = _retrain("serve", "--model-repo", str(tmp_path), "--port", str(port),
+                        env={"RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode != 0
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_and_corrupt_idx_files(tmp_path, redis_handle):
+    from tests.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "data", train=100, test=50)
+    (root / "t10k-images-idx3-ubyte.gz").unlink()
+    (root / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    done = _retrain("run", "--data", str(root), "--models", "none", "--json",
+                    env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url})
+    assert done.returncode == 1
+    summary = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "failed"
+    assert "t10k-images-idx3-ubyte.gz: missing" in summary["error"]
+    assert "train-labels-idx1-ubyte.gz" in summary["error"]
+    assert not (tmp_path / "home" / "store" / "datasets").exists()
+
+
+def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle):
+    from tests.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "data", train=100, test=50)
+    env = {"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url}
+    import json
+
+    first = json.loads(_retrain("run", "--data", str(root), "--models", "none", "--json",
+                                env=env).stdout.strip().splitlines()[-1])
+    second = json.loads(_retrain("run", "--data", str(root), "--models", "none", "--json",
+                                 env=env).stdout.strip().splitlines()[-1])
+    assert first["cache"]["hit"] is False and second["cache"]["hit"] is True
+    assert second["cache"]["reason"].startswith("hit: same content digest")
+    assert first["dataset_uri"] == second["dataset_uri"]
+    assert [s["name"] for s in second["steps"]] == ["fingerprint", "check_cache", "ingest"]
+    assert second["steps"][2]["status"] == "skipped"
+    assert all(isinstance(s["seconds"], float) for s in second["steps"])
+
+
+def test_publish_validates_the_payload(tmp_path):
+    done = _retrain("publish", "dev.retrain.dataset.updated", "--data", '{"trigger": "manual"}',
+                    env={"RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode != 0 and "uri" in done.stderr and "Field required" in done.stderr
+    done = _retrain("publish", "dev.retrain.nope", "--data", "{}", env={"RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode != 0 and "unknown event type" in done.stderr

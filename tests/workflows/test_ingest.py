@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.ingest_watcher.fingerprint import fingerprint
+from workflows import idx
+from workflows.errors import DatasetValidationError
+from workflows.ingest import ingest, shard_paths, verify
+from workflows.seed import write_png_increment
+
+
+def _ingest(root, store, key="k"):
+    return ingest(root, store, fingerprint(root), dataset_key=key, shard_size=250)
+
+
+def test_ingests_records_that_tensorflow_reads_back(dataset, tmp_path):
+    import tensorflow as tf
+
+    result = _ingest(dataset, tmp_path / "store")
+    assert result.records == {"train": 600, "test": 200}
+    assert sum(result.per_class["train"]) == 600
+    labels = idx.read_labels(dataset / "train-labels-idx1-ubyte.gz")
+    images = np.concatenate(list(idx.iter_images(dataset / "train-images-idx3-ubyte.gz")))
+    feats = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    records = list(tf.data.TFRecordDataset(shard_paths(result.dataset_uri, "train")))
+    assert len(records) == 600
+    first = tf.io.parse_single_example(records[0], feats)
+    assert int(first["label"]) == labels[0]
+    assert first["image"].numpy() == images[0].tobytes()
+    assert len(shard_paths(result.dataset_uri, "train")) == 3  # 600 records, shards of 250
+
+
+def test_an_increment_is_ingested_alone_and_the_rest_reused(dataset, tmp_path):
+    store = tmp_path / "store"
+    _ingest(dataset, store, "v1")
+    write_png_increment(dataset, "b1", 40, seed=9)
+    second = _ingest(dataset, store, "v2")
+    assert (second.reused_units, second.new_units) == (2, 1)
+    assert second.records["train"] == 640
+
+
+def test_validation_collects_every_problem_and_publishes_nothing(dataset, tmp_path):
+    store = tmp_path / "store"
+    (dataset / "t10k-labels-idx1-ubyte.gz").unlink()
+    bad = dataset / "increments" / "b1"
+    (bad / "socks").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(bad / "socks" / "a.png")
+    (bad / "coat").mkdir()
+    (bad / "coat" / "notes.txt").write_text("hello")
+    Image.new("L", (30, 30)).save(bad / "coat" / "big.png")
+    (bad / "coat" / "broken.png").write_bytes(b"\x89PNG not really")
+    (dataset / "increments" / "empty").mkdir()
+    with pytest.raises(DatasetValidationError) as info:
+        _ingest(dataset, store)
+    text = "\n".join(info.value.problems)
+    for expected in ("t10k-labels-idx1-ubyte.gz: missing", "unknown class folder 'socks'",
+                     "notes.txt: not a PNG or JPEG", "big.png: image is 30x30",
+                     "broken.png: not a decodable", "increments/empty: empty increment"):
+        assert expected in text
+    assert not (store / "datasets").exists() or not any((store / "datasets").iterdir())
+    assert not any(p.name.startswith(".tmp") for p in store.iterdir())
+
+
+def test_image_label_count_mismatch(dataset, tmp_path):
+    idx.write_labels(dataset / "train-labels-idx1-ubyte.gz", np.zeros(599, np.uint8))
+    with pytest.raises(DatasetValidationError, match="holds 600 images but .* holds 599 labels"):
+        _ingest(dataset, tmp_path / "store")
+
+
+def test_verify_notices_missing_and_altered_shards(dataset, tmp_path):
+    result = _ingest(dataset, tmp_path / "store")
+    assert verify(result.dataset_uri) is None
+    shard = shard_paths(result.dataset_uri, "train")[0]
+    with open(shard, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff\xff")
+    assert "checksum differs" in verify(result.dataset_uri)
+    shutil.rmtree(tmp_path / "store" / "shards")
+    assert "missing" in verify(result.dataset_uri)
+
+
+def test_metadata_records_digest_and_manifest(dataset, tmp_path):
+    fp = fingerprint(dataset)
+    result = ingest(dataset, tmp_path / "store", fp, dataset_key="k")
+    meta = json.loads((tmp_path / "store" / "datasets" / "k" / "metadata.json").read_text())
+    assert meta["digest"] == fp.digest == result.digest
+    assert len(meta["manifest"]) == 4

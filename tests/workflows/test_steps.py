@@ -1,0 +1,53 @@
+import threading
+
+import pytest
+
+from services.ingest_watcher.fingerprint import fingerprint
+from workflows import steps
+from workflows.cache import ContentCache, Policy
+from workflows.errors import DatasetNotFoundError, WorkflowError
+
+pytestmark = pytest.mark.integration
+
+
+def test_concurrent_runs_with_the_same_key_ingest_once(r, dataset, tmp_path):
+    cache = ContentCache(r, ttl_seconds=600)
+    fp = fingerprint(dataset)
+    check = steps.check_cache(cache, dataset, fp, Policy())
+    assert not check.decision.hit
+    outcomes = []
+    barrier = threading.Barrier(6)
+
+    def run():
+        barrier.wait()
+        outcomes.append(steps.ingest_step(cache, dataset, tmp_path / "store", fp, check.key))
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(o.ingested for o in outcomes) == 1
+    assert len({o.entry.dataset_uri for o in outcomes}) == 1
+    assert steps.check_cache(cache, dataset, fp, Policy()).decision.hit
+
+
+def test_a_hit_whose_files_are_gone_becomes_a_miss(r, dataset, tmp_path):
+    import shutil
+
+    cache = ContentCache(r, ttl_seconds=600)
+    fp = fingerprint(dataset)
+    key = steps.check_cache(cache, dataset, fp, Policy()).key
+    steps.ingest_step(cache, dataset, tmp_path / "store", fp, key)
+    shutil.rmtree(tmp_path / "store" / "shards")
+    decision = steps.check_cache(cache, dataset, fp, Policy()).decision
+    assert not decision.hit and "missing" in decision.reason
+    assert cache.get(key) is None  # replaced by the next ingestion
+
+
+def test_data_uris_are_checked(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="no such folder"):
+        steps.resolve_root(str(tmp_path / "nope"))
+    with pytest.raises(WorkflowError, match="s3:// is not supported"):
+        steps.resolve_root("s3://bucket/prefix")
+    assert steps.resolve_root(f"file://{tmp_path}") == tmp_path.resolve()

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from events import make_event
+from events.codec import encode
+from events.dedup import Deduplicator
+from workflows.trigger import create_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def received():
+    return []
+
+
+@pytest.fixture
+def client(r, received):
+    return TestClient(create_app(Deduplicator(r, 60), received.append, api_keys=("sekret",)))
+
+
+def _post(client, event, key="sekret", mode="binary"):
+    headers, body = encode(event, mode)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return client.post("/events", content=body, headers=headers)
+
+
+def test_accepts_and_dispatches_once(client, received):
+    event = make_event("dataset.updated", {"uri": "/d"}, source="s")
+    assert _post(client, event).status_code == 202
+    again = _post(client, event, mode="structured")
+    assert again.status_code == 202 and again.json()["duplicates"] == [event.id]
+    assert [e.id for e in received] == [event.id]
+
+
+def test_api_key_required_when_configured(client, received):
+    event = make_event("dataset.updated", {"uri": "/d"}, source="s")
+    assert _post(client, event, key=None).status_code == 401
+    assert _post(client, event, key="wrong").status_code == 401
+    assert received == []
+
+
+def test_bad_requests_are_400_and_oversized_413(client):
+    headers = {"Authorization": "Bearer sekret", "content-type": "application/cloudevents+json"}
+    r = client.post("/events", content=b"{bad", headers=headers)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = client.post("/events", content=json.dumps({"specversion": "1.0"}).encode(), headers=headers)
+    assert r.status_code == 400 and "'id'" in r.json()["error"] and "'type'" in r.json()["error"]
+    r = client.post("/events", content=b"x" * 70_000, headers=headers)
+    assert r.status_code == 413
