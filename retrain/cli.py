@@ -250,7 +250,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     settings = _settings()
     with open_redis(settings.redis_url, settings.home) as handle:
-        info = collect_status(handle.client)
+        info = collect_status(handle.client, str(settings.model_repo.resolve()))
     if as_json:
         print(json.dumps(info, default=str))
     else:

@@ -26,7 +26,6 @@ from retrain.errors import RetrainError
 from retrain.report import print_timeline
 from retrain.settings import Settings
 from retrain.stack import LocalStack
-from services.selector.champion import ChampionStore
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def _wait_for_run(stack: LocalStack, after: float, timeout: float) -> dict[str, 
             if not run or run["status"] == "running":
                 continue
             trained = [m for m, r in run["models"].items() if r["status"] == "trained"]
-            decisions = [d for d in ChampionStore(client).decisions() if d["run_id"] == run["run_id"]]
+            decisions = [d for d in stack.champions.decisions() if d["run_id"] == run["run_id"]]
             if len(decisions) >= len(trained):
                 return {**run, "decisions": decisions}
         time.sleep(0.3)
@@ -71,7 +70,7 @@ def _wait_for_run(stack: LocalStack, after: float, timeout: float) -> dict[str, 
 
 def _predict(console: Console, stack: LocalStack, data_root: Path) -> dict[str, Any]:
     from PIL import Image
-    if ChampionStore(stack.redis.client).get() is None:
+    if stack.champions.get() is None:
         raise DemoError("no model was promoted, so there is nothing to serve; see the run's "
                         "train.log files under the runs folder for why training failed")
 
@@ -172,7 +171,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
 
         console.rule("timeline")
         print_timeline(console, timeline.read(stack.redis.client, since=started), started)
-        champion = ChampionStore(stack.redis.client).get()
+        champion = stack.champions.get()
         result["champion"] = champion.__dict__ if champion else None
     console.print(f"[bold green]demo finished in {time.time() - started:.0f}s[/]; champion: "
                   f"version {champion.version if champion else '-'} "

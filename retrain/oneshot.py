@@ -46,5 +46,5 @@ def _selector(settings: Settings, client: Any, emit: Any) -> Any:
     from services.selector.evaluate import Evaluator
     from services.selector.service import Selector
 
-    return Selector(ChampionStore(client), LocalBackend(settings.model_repo, MODEL_NAME),
+    return Selector(ChampionStore(client, str(settings.model_repo.resolve())), LocalBackend(settings.model_repo, MODEL_NAME),
                     Evaluator(), emit)

@@ -32,7 +32,7 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
         console.print(f"[red]error:[/] {summary['error']}")
 
 
-def collect_status(client: redis.Redis) -> dict[str, Any]:
+def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
     from services.selector.champion import ChampionStore
     from workflows.cache import ContentCache
 
@@ -49,7 +49,7 @@ def collect_status(client: redis.Redis) -> dict[str, Any]:
         fields = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
         progress[name.removeprefix("retrain:progress:")] = {
             "state": fields.get("state"), **json.loads(fields.get("latest", "{}"))}
-    champion = ChampionStore(client).get()
+    champion = ChampionStore(client, model_repo).get()
     return {
         "runs": runs,
         "cache": [e.__dict__ for e in ContentCache(client, 1).entries()],

@@ -106,7 +106,8 @@ class LocalStack:
         self.events_url = trigger.url + "/events"
         self.sink = HttpSink(self.events_url, api_key=s.api_keys[0] if s.api_keys else None)
 
-        self.selector = Selector(ChampionStore(client),
+        self.champions = ChampionStore(client, str(s.model_repo.resolve()))
+        self.selector = Selector(self.champions,
                                  LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()),
                                  Evaluator(), self.sink.send)
         self._spawn("selector", self._selector_loop)

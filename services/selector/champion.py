@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
 import redis
 
-KEY = "retrain:champion"
-HISTORY = "retrain:champion:history"
-AUDIT = "retrain:selector:audit"
+PREFIX = "retrain:champion:"
 
 # Replace the champion only if its generation is still the one the caller read.
 _CAS = """
@@ -36,20 +35,26 @@ class Champion:
 
 
 class ChampionStore:
-    def __init__(self, client: redis.Redis) -> None:
+    """One champion per model repository (``scope``), so several stacks can share a Redis."""
+
+    def __init__(self, client: redis.Redis, scope: str = "default") -> None:
         self._r = client
         self._cas = client.register_script(_CAS)
+        tag = hashlib.sha256(scope.encode()).hexdigest()[:12]
+        self._key = f"{PREFIX}{tag}"
+        self._history = f"{PREFIX}{tag}:history"
+        self._audit = f"{PREFIX}{tag}:audit"
 
     def get(self) -> Champion | None:
-        raw = self._r.get(KEY)
+        raw = self._r.get(self._key)
         return Champion(**json.loads(raw)) if raw else None
 
     def replace(self, expected_generation: int, new: Champion) -> bool:
         """Atomically install ``new`` if the champion is still at ``expected_generation``."""
-        return bool(self._cas(keys=[KEY, HISTORY], args=[expected_generation, json.dumps(asdict(new))]))
+        return bool(self._cas(keys=[self._key, self._history], args=[expected_generation, json.dumps(asdict(new))]))
 
     def audit(self, decision: dict[str, object]) -> None:
-        self._r.rpush(AUDIT, json.dumps(decision))
+        self._r.rpush(self._audit, json.dumps(decision))
 
     def decisions(self) -> list[dict[str, object]]:
-        return [json.loads(x) for x in self._r.lrange(AUDIT, 0, -1)]
+        return [json.loads(x) for x in self._r.lrange(self._audit, 0, -1)]
