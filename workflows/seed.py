@@ -33,9 +33,9 @@ class SeedResult:
 
 def _shape(draw: ImageDraw.ImageDraw, label: int, rng: np.random.Generator) -> None:
     """Draw one garment of class ``label`` on a 56x56 canvas (downscaled later)."""
-    s = rng.uniform(0.8, 1.1)
-    cx, cy = 28 + rng.uniform(-4, 4), 28 + rng.uniform(-4, 4)
-    shade = int(rng.uniform(120, 255))
+    s = rng.uniform(0.65, 1.2)
+    cx, cy = 28 + rng.uniform(-6, 6), 28 + rng.uniform(-6, 6)
+    shade = int(rng.uniform(70, 255))
 
     def box(x0: float, y0: float, x1: float, y1: float, fill: int = shade) -> None:
         draw.rectangle([cx + x0 * s, cy + y0 * s, cx + x1 * s, cy + y1 * s], fill=fill)
@@ -79,6 +79,11 @@ def _shape(draw: ImageDraw.ImageDraw, label: int, rng: np.random.Generator) -> N
         poly([(-10, 4), (20, 8), (20, 16), (-10, 16)])
 
 
+# Classes people confuse in the real data too: a few labels are drawn from the same group.
+_CONFUSABLE = ((0, 2, 4, 6), (5, 7, 9))
+AMBIGUOUS_FRACTION = 0.03
+
+
 def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` stand-in images (uint8, n x 28 x 28) and balanced labels."""
     rng = np.random.default_rng(seed)
@@ -88,10 +93,19 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for i, label in enumerate(labels):
         canvas = Image.new("L", (56, 56), 0)
         _shape(ImageDraw.Draw(canvas), int(label), rng)
+        if rng.random() < 0.5:  # occlusion: part of the garment hidden
+            x, y = rng.integers(0, 44, size=2)
+            ImageDraw.Draw(canvas).rectangle([x, y, x + rng.integers(6, 16), y + rng.integers(6, 16)],
+                                             fill=int(rng.uniform(0, 60)))
+        canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
         images[i] = np.asarray(canvas.resize((28, 28), Image.BILINEAR))
-    texture = rng.normal(0, 18, size=images.shape) + rng.uniform(-20, 20, size=(n, 1, 1))
+    texture = rng.normal(0, 30, size=images.shape) + rng.uniform(-40, 20, size=(n, 1, 1))
     mask = images > 0
-    noisy = images.astype(np.float32) + texture * mask + rng.normal(0, 8, size=images.shape)
+    noisy = images.astype(np.float32) + texture * mask + rng.normal(0, 20, size=images.shape)
+    for group in _CONFUSABLE:  # ambiguous examples, as in any hand-labelled dataset
+        members = np.flatnonzero(np.isin(labels, group))
+        flip = members[rng.random(members.size) < AMBIGUOUS_FRACTION]
+        labels[flip] = rng.choice(group, size=flip.size)
     return np.clip(noisy, 0, 255).astype(np.uint8), labels
 
 

@@ -1,0 +1,28 @@
+# One image for every step and service: watcher, ingestion, trainer, selector, model server.
+# syntax=docker/dockerfile:1
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml README.md ./
+COPY retrain ./retrain
+COPY events ./events
+COPY services ./services
+COPY workflows ./workflows
+# The same install step as the Makefile (without the test extra).
+RUN pip install --no-cache-dir --disable-pip-version-check .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 retrain
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    TF_USE_LEGACY_KERAS=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    RETRAIN_HOME=/var/lib/retrain \
+    RETRAIN_HOST=0.0.0.0
+RUN mkdir -p /var/lib/retrain && chown retrain /var/lib/retrain
+USER retrain
+WORKDIR /home/retrain
+EXPOSE 8080 8090
+ENTRYPOINT ["retrain"]
+CMD ["--help"]
