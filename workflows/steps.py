@@ -116,6 +116,7 @@ def ingest_step(
         if existing is not None and ingestion.verify(existing.dataset_uri) is None:
             return IngestOutcome(cache.touch(existing), False,
                                  "hit: ingested by a concurrent run with the same key", None)
+        ingestion.clean_temporaries(store)  # leftovers of a crashed (e.g. SIGKILLed) ingestion
         result = ingestion.ingest(root, store, fp, dataset_key=key)
         now = time.time()
         entry = CacheEntry(

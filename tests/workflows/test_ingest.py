@@ -88,3 +88,21 @@ def test_metadata_records_digest_and_manifest(dataset, tmp_path):
     meta = json.loads((tmp_path / "store" / "datasets" / "k" / "metadata.json").read_text())
     assert meta["digest"] == fp.digest == result.digest
     assert len(meta["manifest"]) == 4
+
+
+def test_leftovers_of_a_crashed_ingestion_are_invisible_and_cleaned(dataset, tmp_path):
+    import os
+    import time
+
+    from workflows.ingest import clean_temporaries
+
+    store = tmp_path / "store"
+    crashed = store / "shards" / ".tmp-deadbeef"
+    crashed.mkdir(parents=True)
+    (crashed / "shard-00000.tfrecord").write_bytes(b"half written")
+    old = time.time() - 7200
+    os.utime(crashed, (old, old))
+    result = _ingest(dataset, store)
+    assert not any(".tmp" in path for path in shard_paths(result.dataset_uri, "train"))
+    assert verify(result.dataset_uri) is None
+    assert clean_temporaries(store) == 1 and not crashed.exists()
