@@ -265,7 +265,7 @@ def _publish_dataset(
             str(unit["split"]), {"count": 0, "per_class": [0] * idx.NUM_CLASSES, "shards": []}
         )
         split["count"] = int(split["count"]) + int(unit["count"])  # type: ignore[call-overload]
-        split["per_class"] = [a + b for a, b in zip(split["per_class"], unit["per_class"])]  # type: ignore[call-overload]
+        split["per_class"] = [a + b for a, b in zip(split["per_class"], unit["per_class"], strict=True)]  # type: ignore[call-overload]
         split["shards"].extend(  # type: ignore[union-attr]
             {"path": f"shards/{unit['id']}/{s['name']}", "size": s["size"], "blake3": s["blake3"]}
             for s in unit["shards"]  # type: ignore[union-attr]
