@@ -263,7 +263,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # click returns Exit codes instead of raising here
     except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -25,11 +25,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from events import Event, EventType, make_event
 from events.payloads import (IngestionCompleted, IngestionFailed, IngestionSkipped,
-                             ModelTrained, RunParameters, TrainingFailed, TrainingStarted)
+                             RunParameters, TrainingStarted)
 from retrain import timeline
 from retrain.settings import Settings
 from workflows import steps
-from workflows.cache import ContentCache, Policy
+from services.ingest_watcher.fingerprint import Fingerprint
+from workflows.cache import CacheEntry, ContentCache, Policy
 from workflows.errors import DatasetValidationError, WorkflowError
 
 log = logging.getLogger(__name__)
@@ -126,45 +127,7 @@ class LocalRunner:
                                    policy=check.policy, key=check.key)
                 rec.summary["cache"] = {"hit": check.decision.hit, "reason": check.decision.reason,
                                         "policy": check.policy, "key": check.key}
-            if check.decision.hit and check.decision.entry is not None:
-                entry = check.decision.entry
-                with rec.step("ingest") as step:
-                    step.status = "skipped"
-                    step.detail.update(reason=check.decision.reason)
-                self._emit(make_event(
-                    EventType.INGESTION_SKIPPED,
-                    IngestionSkipped(run_id=request.run_id, digest=fp.digest,
-                                     dataset_uri=entry.dataset_uri, reason=check.decision.reason),
-                    source=SOURCE, id=f"{request.run_id}/ingestion"))
-            else:
-                with rec.step("ingest") as step:
-                    try:
-                        outcome = steps.ingest_step(self._cache, root, self._settings.store_dir,
-                                                    fp, check.key)
-                    except DatasetValidationError as exc:
-                        self._emit(make_event(
-                            EventType.INGESTION_FAILED,
-                            IngestionFailed(run_id=request.run_id, uri=request.data_uri,
-                                            problems=exc.problems),
-                            source=SOURCE, id=f"{request.run_id}/ingestion"))
-                        step.detail.update(problems=list(exc.problems))
-                        raise
-                    entry = outcome.entry
-                    step.detail.update(records=entry.records, reason=outcome.reason)
-                    if outcome.result is not None:
-                        step.detail.update(reused_units=outcome.result.reused_units,
-                                           new_units=outcome.result.new_units)
-                    else:
-                        step.status = "skipped"
-                        rec.summary["cache"].update(hit=True, reason=outcome.reason)
-                self._emit(make_event(
-                    EventType.INGESTION_COMPLETED,
-                    IngestionCompleted(
-                        run_id=request.run_id, digest=fp.digest, dataset_uri=entry.dataset_uri,
-                        records=entry.records, seconds=rec.summary["steps"][-1]["seconds"],
-                        reused_shards=outcome.result.reused_units if outcome.result else 0,
-                        new_shards=outcome.result.new_units if outcome.result else 0),
-                    source=SOURCE, id=f"{request.run_id}/ingestion"))
+            entry = self._ingest(request, root, fp, check, rec)
             rec.summary["dataset_uri"] = entry.dataset_uri
             rec.save()
             if params.models:
@@ -184,6 +147,49 @@ class LocalRunner:
                             error=rec.summary.get("error"))
         return rec.summary
 
+    def _ingest(self, request: RunRequest, root: Path, fp: Fingerprint,
+                check: steps.CacheCheck, rec: RunRecorder) -> CacheEntry:
+        """The ingest step: skipped on a hit, else run once per key; emits what happened."""
+        event_id = f"{request.run_id}/ingestion"
+        with rec.step("ingest") as step:
+            if check.decision.hit and check.decision.entry is not None:
+                entry, reason, result = check.decision.entry, check.decision.reason, None
+            else:
+                try:
+                    outcome = steps.ingest_step(self._cache, root, self._settings.store_dir, fp,
+                                                check.key)
+                except DatasetValidationError as exc:
+                    step.detail.update(problems=list(exc.problems))
+                    self._emit(make_event(
+                        EventType.INGESTION_FAILED,
+                        IngestionFailed(run_id=request.run_id, uri=request.data_uri,
+                                        problems=exc.problems),
+                        source=SOURCE, id=event_id))
+                    raise
+                entry, reason, result = outcome.entry, outcome.reason, outcome.result
+            step.detail.update(records=entry.records, reason=reason)
+            if result is None:  # a cache hit, or a concurrent run with the same key ingested it
+                step.status = "skipped"
+                rec.summary["cache"].update(hit=True, reason=reason)
+            else:
+                step.detail.update(reused_units=result.reused_units, new_units=result.new_units)
+        if result is None:
+            event = make_event(
+                EventType.INGESTION_SKIPPED,
+                IngestionSkipped(run_id=request.run_id, digest=fp.digest,
+                                 dataset_uri=entry.dataset_uri, reason=reason),
+                source=SOURCE, id=event_id)
+        else:
+            event = make_event(
+                EventType.INGESTION_COMPLETED,
+                IngestionCompleted(
+                    run_id=request.run_id, digest=fp.digest, dataset_uri=entry.dataset_uri,
+                    records=entry.records, seconds=round(result.seconds, 3),
+                    reused_shards=result.reused_units, new_shards=result.new_units),
+                source=SOURCE, id=event_id)
+        self._emit(event)
+        return entry
+
     # training fan-out ------------------------------------------------------------------------
     def _train_all(self, request: RunRequest, dataset_uri: str, rec: RunRecorder) -> None:
         params = request.parameters
@@ -202,10 +208,10 @@ class LocalRunner:
                    "--learning-rate", str(params.learning_rate)]
             if params.steps_per_epoch:
                 cmd += ["--steps-per-epoch", str(params.steps_per_epoch)]
-            log_file = (out.parent / "train.log").open("w")
-            procs[model] = (subprocess.Popen(cmd, env=env, stdout=log_file,
-                                             stderr=subprocess.STDOUT, text=True),
-                            time.perf_counter(), out)
+            with (out.parent / "train.log").open("w") as log_file:  # the child keeps its copy
+                proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                        text=True)
+            procs[model] = (proc, time.perf_counter(), out)
             self._emit(make_event(
                 EventType.TRAINING_STARTED,
                 TrainingStarted(run_id=request.run_id, model_type=model, dataset_uri=dataset_uri),
@@ -240,28 +246,20 @@ class LocalRunner:
 
     def _finished(self, request: RunRequest, model: str, code: int, out: Path,
                   seconds: float, rec: RunRecorder) -> None:
-        result_file = out.parent / "result.json"
-        if code == 0 and result_file.is_file():
-            result = json.loads(result_file.read_text())
-            event = make_event(
-                EventType.MODEL_TRAINED,
-                ModelTrained(run_id=request.run_id, model_type=model, model_uri=result["model_uri"],
-                             dataset_uri=rec.summary["dataset_uri"], dataset_digest=result["digest"],
-                             val_accuracy=result["val_accuracy"], val_loss=result["val_loss"],
-                             seconds=seconds, steps=result["steps"]),
-                source=SOURCE, id=f"{request.run_id}/{model}/trained")
+        from services.trainer.main import failed_event, read_result, trained_event
+
+        result = read_result(out) if code == 0 else None
+        if result is not None:
+            event = trained_event(request.run_id, model, rec.summary["dataset_uri"], result)
             rec.summary["models"][model] = {"status": "trained", "seconds": seconds,
-                                            "val_accuracy": result["val_accuracy"],
-                                            "model_uri": result["model_uri"]}
+                                            "val_accuracy": result.val_accuracy,
+                                            "model_uri": result.model_uri}
             rec.summary["steps"].append({"name": f"train:{model}", "status": "succeeded",
-                                         "seconds": seconds, "val_accuracy": result["val_accuracy"]})
+                                         "seconds": seconds, "val_accuracy": result.val_accuracy})
         else:
             log_tail = (out.parent / "train.log").read_text().strip().splitlines()[-3:]
             reason = f"trainer exited with code {code}: " + " | ".join(log_tail)
-            event = make_event(
-                EventType.TRAINING_FAILED,
-                TrainingFailed(run_id=request.run_id, model_type=model, reason=reason[:2000]),
-                source=SOURCE, id=f"{request.run_id}/{model}/failed")
+            event = failed_event(request.run_id, model, reason)
             rec.summary["models"][model] = {"status": "failed", "seconds": seconds, "reason": reason}
             rec.summary["steps"].append({"name": f"train:{model}", "status": "failed",
                                          "seconds": seconds, "error": reason})

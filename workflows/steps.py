@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.ingest_watcher.fingerprint import Fingerprint, StatCache, fingerprint
+from workflows import idx
 from workflows import ingest as ingestion
 from workflows.cache import CacheEntry, ContentCache, Decision, Policy, cache_key, decide
 from workflows.errors import DatasetNotFoundError, WorkflowError
@@ -49,7 +50,7 @@ def record_count(root: Path) -> int:
     total = 0
     for unit in discover(root).units:
         if isinstance(unit, IdxPair):
-            total += ingestion.idx.image_count(root / unit.images)
+            total += idx.image_count(root / unit.images)
         else:
             total += len(unit.images)
     return total
@@ -68,13 +69,14 @@ def check_cache(
     key = cache_key(fp.digest, ingestion.CODE_VERSION, ingestion_params())
     latest = cache.latest(dataset) if policy.kind == "min-change" else None
     new_records = record_count(root) if latest is not None else None
+    exact = cache.get(key)
     decision = decide(
-        policy, fp.digest, cache.get(key), latest,
+        policy, fp.digest, exact, latest,
         lambda e: ingestion.verify(e.dataset_uri), time.time(), new_records,
     )
     if decision.hit and decision.entry is not None:
         decision = Decision(True, decision.reason, cache.touch(decision.entry))
-    elif cache.get(key) is not None:
+    elif exact is not None:
         cache.delete(key)  # failed verification or too old: replace it
     return CacheCheck(key, str(policy), decision)
 

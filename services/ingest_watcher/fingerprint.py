@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,8 @@ class StatCache:
         if self._path is None:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
+        # a name of its own: concurrent runs may save the same cache; the last rename wins
+        tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(self._entries))
         tmp.replace(self._path)
 

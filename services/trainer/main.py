@@ -6,17 +6,20 @@ import json
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import redis
 
-from events import EventType, make_event
+from events import Event, EventType, make_event
 from events.payloads import ModelTrained, TrainingFailed
 from events.sinks import Sink
 from services.trainer.train import TrainConfig, TrainingError, TrainResult, train
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/trainer"
+RESULT_FILE = "result.json"
+PROGRESS_TTL = 7 * 86400
 
 
 def progress_key(run_id: str, model_type: str) -> str:
@@ -31,17 +34,17 @@ def run(
     echo: bool = True,
 ) -> TrainResult:
     key = progress_key(run_id, config.model_type)
-    history: list[dict[str, Any]] = []
     last_line = [0.0]
 
     def report(point: dict[str, Any]) -> None:
-        point = {**point, "at": round(time.time(), 3)}
-        history.append(point)
+        line = json.dumps({**point, "at": round(time.time(), 3)})
         if client is not None:
-            client.hset(key, mapping={"state": "training", "latest": json.dumps(point)})
-            client.rpush(key + ":history", json.dumps(point))
-            client.expire(key, 7 * 86400)
-            client.expire(key + ":history", 7 * 86400)
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(key, mapping={"state": "training", "latest": line})
+            pipe.rpush(key + ":history", line)
+            pipe.expire(key, PROGRESS_TTL)
+            pipe.expire(key + ":history", PROGRESS_TTL)
+            pipe.execute()
         if echo and (time.monotonic() - last_line[0] > 5 or point["step"] == point["planned"]):
             last_line[0] = time.monotonic()
             print(f"[{config.model_type}] step {point['step']}/{point['planned']} "
@@ -54,28 +57,41 @@ def run(
         if client is not None:
             client.hset(key, mapping={"state": "failed", "reason": str(exc)})
         if sink is not None:
-            sink.send(make_event(
-                EventType.TRAINING_FAILED,
-                TrainingFailed(run_id=run_id, model_type=config.model_type, reason=str(exc)),
-                source=SOURCE, id=f"{run_id}/{config.model_type}/failed"))
+            sink.send(failed_event(run_id, config.model_type, str(exc)))
         raise
-    (config.out.parent / "result.json").write_text(json.dumps(asdict(result), indent=1))
+    (config.out.parent / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
     if client is not None:
         client.hset(key, mapping={"state": "done", "result": json.dumps(asdict(result))})
     if sink is not None:
-        sink.send(trained_event(run_id, config, result))
+        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result))
     return result
 
 
-def trained_event(run_id: str, config: TrainConfig, result: TrainResult, workers: int = 1):  # type: ignore[no-untyped-def]
+def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainResult,
+                  workers: int = 1) -> Event:
     return make_event(
         EventType.MODEL_TRAINED,
         ModelTrained(
-            run_id=run_id, model_type=config.model_type, model_uri=result.model_uri,
-            dataset_uri=config.dataset_uri, dataset_digest=result.digest,
+            run_id=run_id, model_type=model_type, model_uri=result.model_uri,
+            dataset_uri=dataset_uri, dataset_digest=result.digest,
             val_accuracy=result.val_accuracy, val_loss=result.val_loss,
             seconds=round(result.seconds, 3), workers=workers, steps=result.steps,
         ),
         source=SOURCE,
-        id=f"{run_id}/{config.model_type}/trained",
+        id=f"{run_id}/{model_type}/trained",
     )
+
+
+def failed_event(run_id: str, model_type: str, reason: str) -> Event:
+    return make_event(
+        EventType.TRAINING_FAILED,
+        TrainingFailed(run_id=run_id, model_type=model_type, reason=reason[:2000]),
+        source=SOURCE,
+        id=f"{run_id}/{model_type}/failed",
+    )
+
+
+def read_result(out: Path) -> TrainResult | None:
+    """The result a finished trainer process left beside its model, if it finished."""
+    path = out.parent / RESULT_FILE
+    return TrainResult(**json.loads(path.read_text())) if path.is_file() else None

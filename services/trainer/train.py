@@ -19,15 +19,16 @@ configure()
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+from retrain.errors import RetrainError  # noqa: E402
 from services.trainer import data, export, models  # noqa: E402
-from workflows.ingest import load_metadata  # noqa: E402
+from workflows.ingest import load_metadata, verify  # noqa: E402
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
 
 
-class TrainingError(Exception):
-    pass
+class TrainingError(RetrainError):
+    """Training cannot go on; the message names the model and the cause."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class _ProgressCallback(keras.callbacks.Callback):
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train ``config.model_type`` and export it to ``config.out`` (a SavedModel folder)."""
     started = time.perf_counter()
+    problem = verify(config.dataset_uri)  # TFRecord readers stop quietly at a truncated shard
+    if problem:
+        raise TrainingError(f"dataset {config.dataset_uri} cannot be trained on: {problem}")
     meta = load_metadata(config.dataset_uri)
     train_count = int(meta["splits"]["train"]["count"])  # type: ignore[index]
     usable = train_count - math.ceil(train_count / data.VALIDATION_EVERY)

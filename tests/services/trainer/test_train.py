@@ -39,3 +39,26 @@ def test_each_variant_trains_and_exports_a_serving_model(model_type, ingested, t
 def test_the_cnn_learns_the_stand_in(ingested, tmp_path):
     result = train(TrainConfig("cnn", ingested, tmp_path / "m", epochs=3, batch_size=32))
     assert result.val_accuracy > 0.5  # chance is 0.1
+
+
+def test_a_corrupt_shard_fails_training_with_its_name(tmp_path):
+    import subprocess
+    import sys
+
+    from services.ingest_watcher.fingerprint import fingerprint
+    from tests.conftest import write_dataset
+    from workflows.ingest import ingest, shard_paths
+
+    root = write_dataset(tmp_path / "data", train=600, test=100)
+    uri = ingest(root, tmp_path / "store", fingerprint(root), dataset_key="k",
+                 shard_size=200).dataset_uri
+    shard = shard_paths(uri, "train")[1]
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[: len(data) // 2])
+    done = subprocess.run([sys.executable, "-m", "retrain.cli", "train", "--model", "cnn",
+                           "--dataset", uri, "--out", str(tmp_path / "m"), "--batch-size", "32"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "shard-00001.tfrecord has a different size than recorded" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m").exists()
