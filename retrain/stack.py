@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import threading
@@ -14,13 +13,15 @@ import redis
 from rich.console import Console
 
 from events import Event, EventType
+from events.types import RUN_REQUESTS
 from events.dedup import Deduplicator
-from events.payloads import DatasetUpdated, RunParameters, TrainingRequested
+from events.payloads import RunParameters
 from events.sinks import HttpSink
 from retrain import timeline
 from retrain.http import BackgroundServer, bind
 from retrain.redis_store import RedisHandle, open_redis
 from retrain.settings import MODEL_NAME, Settings
+from workflows.runner import RunRequest
 
 log = logging.getLogger(__name__)
 QUEUE = "retrain:queue"
@@ -32,15 +33,6 @@ def describe(event: Event) -> dict[str, Any]:
     keep = ("run_id", "model_type", "trigger", "digest", "reason", "val_accuracy",
             "candidate_accuracy", "champion_accuracy", "version", "records", "seconds")
     return {"id": event.id, **{k: data[k] for k in keep if data.get(k) is not None}}
-
-
-def run_request_from(event: Event) -> dict[str, Any]:
-    data = event.data
-    assert isinstance(data, (DatasetUpdated, TrainingRequested))
-    params = data.parameters or RunParameters()
-    return {"data_uri": data.uri, "parameters": params.model_dump(),
-            "trigger": event.type.short + ("/" + data.trigger if isinstance(data, DatasetUpdated) else ""),
-            "event_id": event.id}
 
 
 class LocalStack:
@@ -128,11 +120,8 @@ class LocalStack:
     def dispatch(self, event: Event) -> None:
         client = self.redis.client
         timeline.record(client, "event", event.type.short, **describe(event))
-        if event.type in (EventType.DATASET_UPDATED, EventType.TRAINING_REQUESTED):
-            request = run_request_from(event)
-            if self.default_parameters is not None and getattr(event.data, "parameters", None) is None:
-                request["parameters"] = self.default_parameters.model_dump()
-            client.rpush(QUEUE, json.dumps(request))
+        if event.type in RUN_REQUESTS:
+            client.rpush(QUEUE, RunRequest.from_event(event, self.default_parameters).to_json())
         elif event.type is EventType.MODEL_TRAINED:
             self._selector_queue.put(event)
 
@@ -149,7 +138,7 @@ class LocalStack:
                                 id=event.id)
 
     def _runner_loop(self) -> None:
-        from workflows.runner import LocalRunner, RunRequest
+        from workflows.runner import LocalRunner
 
         runner = LocalRunner(self.settings, self.redis.client, self.redis.url, self.sink.send,
                              self.console)
@@ -162,12 +151,8 @@ class LocalStack:
                 raise
             if item is None:
                 continue
-            raw = json.loads(item[1])
-            request = RunRequest(data_uri=raw["data_uri"],
-                                 parameters=RunParameters(**raw["parameters"]),
-                                 trigger=raw["trigger"], event_id=raw["event_id"])
             try:
-                runner.run(request)
+                runner.run(RunRequest.from_json(item[1]))
             except Exception as exc:
                 log.exception("run failed")
                 timeline.record(self.redis.client, "error", "run", error=str(exc))

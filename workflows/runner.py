@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from events import Event, EventType, make_event
-from events.payloads import (IngestionCompleted, IngestionFailed, IngestionSkipped,
-                             RunParameters, TrainingStarted)
+from events.payloads import (DatasetUpdated, IngestionCompleted, IngestionFailed, IngestionSkipped,
+                             RunParameters, TrainingRequested, TrainingStarted)
 from retrain import timeline
 from retrain.settings import Settings
 from workflows import steps
@@ -45,6 +45,29 @@ class RunRequest:
     trigger: str = "cli"
     event_id: str | None = None
     run_id: str = field(default_factory=lambda: time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+
+    @classmethod
+    def from_event(cls, event: Event, defaults: RunParameters | None = None) -> RunRequest:
+        """The run a ``dataset.updated`` or ``training.requested`` asks for; the event's own
+        parameters win, then ``defaults``, then the built-in ones."""
+        data = event.data
+        if not isinstance(data, (DatasetUpdated, TrainingRequested)):
+            raise ValueError(f"{event.type.value} does not request a run")
+        trigger = event.type.short
+        if isinstance(data, DatasetUpdated):
+            trigger += "/" + data.trigger
+        params = data.parameters or defaults or RunParameters()
+        return cls(data.uri, params, trigger, event.id)
+
+    def to_json(self) -> str:
+        return json.dumps({"data_uri": self.data_uri, "parameters": self.parameters.model_dump(),
+                           "trigger": self.trigger, "event_id": self.event_id,
+                           "run_id": self.run_id})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> RunRequest:
+        fields = json.loads(raw)
+        return cls(**{**fields, "parameters": RunParameters(**fields["parameters"])})
 
 
 @dataclass
