@@ -5,16 +5,31 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A model copied next to its final place, not yet visible to any server."""
+
+    version: int
+    location: str  # where it will be served from once published
+    handle: str  # where it waits
+
+
 class PromotionBackend(Protocol):
+    """Two phases, so the champion record never points at a model that is not there:
+    ``stage`` (may fail; nothing visible changes), then ``publish`` or ``discard``."""
+
     def next_version(self) -> int: ...
 
-    def publish(self, model_uri: str, version: int) -> str: ...
+    def stage(self, model_uri: str, version: int) -> Staged: ...
 
-    def withdraw(self, version: int) -> None: ...
+    def publish(self, staged: Staged) -> None: ...
+
+    def discard(self, staged: Staged) -> None: ...
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -33,17 +48,20 @@ class LocalBackend:
     def next_version(self) -> int:
         return (versions(self.model_dir) or [0])[-1] + 1
 
-    def publish(self, model_uri: str, version: int) -> str:
+    def stage(self, model_uri: str, version: int) -> Staged:
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        final = self.model_dir / str(version)
         tmp = self.model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(model_uri, tmp)
-        tmp.rename(final)
-        if self._notify:
-            self._notify(version)
-        return str(final)
+        try:
+            shutil.copytree(model_uri, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Staged(version, str(self.model_dir / str(version)), str(tmp))
 
-    def withdraw(self, version: int) -> None:
-        shutil.rmtree(self.model_dir / str(version), ignore_errors=True)
+    def publish(self, staged: Staged) -> None:
+        Path(staged.handle).rename(staged.location)  # atomic: the server sees all or nothing
         if self._notify:
-            self._notify(version)
+            self._notify(staged.version)
+
+    def discard(self, staged: Staged) -> None:
+        shutil.rmtree(staged.handle, ignore_errors=True)

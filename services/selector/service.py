@@ -51,10 +51,10 @@ class Selector:
                     decision = self._rejected(trained, candidate, champion, champion_score,
                                               verdict.reason)
                     break
-                version = self._backend.next_version()
+                staged = self._backend.stage(trained.model_uri, self._backend.next_version())
                 new = Champion(
-                    version=version,
-                    model_uri=str(self._backend_path(version)),
+                    version=staged.version,
+                    model_uri=staged.location,
                     model_type=trained.model_type,
                     accuracy=candidate,
                     dataset_digest=trained.dataset_digest,
@@ -63,10 +63,11 @@ class Selector:
                     generation=(champion.generation if champion else 0) + 1,
                 )
                 if self._store.replace(champion.generation if champion else 0, new):
-                    self._backend.publish(trained.model_uri, version)
+                    self._backend.publish(staged)
                     decision = self._promoted(trained, candidate, champion, champion_score,
-                                              verdict.reason, version)
+                                              verdict.reason, staged.version)
                     break
+                self._backend.discard(staged)
                 log.info("champion changed while deciding; judging %s again", trained.model_type)
             else:
                 decision = self._rejected(trained, candidate, self._store.get(), None,
@@ -77,10 +78,6 @@ class Selector:
             })
         self._emit(decision)
         return decision
-
-    def _backend_path(self, version: int) -> str:
-        model_dir = getattr(self._backend, "model_dir", None)
-        return f"{model_dir}/{version}" if model_dir is not None else str(version)
 
     def _score_champion(self, champion: Champion | None, trained: ModelTrained) -> float | None:
         if champion is None:

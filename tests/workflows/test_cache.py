@@ -1,3 +1,4 @@
+import dataclasses
 import threading
 import time
 
@@ -59,7 +60,7 @@ def test_sliding_ttl_and_hits(r):
     cache = ContentCache(r, ttl_seconds=100)
     entry = _entry()
     lease = cache.acquire("k")
-    assert cache.put(CacheEntry(**{**entry.__dict__, "fence": lease.fence}))
+    assert cache.put(dataclasses.replace(entry, fence=lease.fence))
     r.expire("retrain:cache:entry:k", 5)
     touched = cache.touch(cache.get("k"))
     assert touched.hits == 1 and r.ttl("retrain:cache:entry:k") > 50

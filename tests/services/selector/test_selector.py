@@ -42,9 +42,9 @@ class _Scores:
         return self.table[(model_uri.rsplit("/", 1)[-1], dataset_uri)]
 
 
-def _trained(name, dataset="/ds1"):
+def _trained(base, name, dataset="/ds1"):
     return make_event(EventType.MODEL_TRAINED, ModelTrained(
-        run_id="r1", model_type="cnn", model_uri=f"/cands/{name}", dataset_uri=dataset,
+        run_id="r1", model_type="cnn", model_uri=str(base / "cands" / name), dataset_uri=dataset,
         dataset_digest="d", val_accuracy=0.5, val_loss=1.0, seconds=1.0), source="t")
 
 
@@ -57,14 +57,12 @@ def repo_with_models(tmp_path):
 
 
 @pytest.mark.integration
-def test_late_worse_candidates_never_replace_a_better_champion(r, repo_with_models, monkeypatch):
+def test_late_worse_candidates_never_replace_a_better_champion(r, repo_with_models):
     base = repo_with_models
     scores = _Scores({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.9, ("c", "/ds1"): 0.8})
     emitted = []
     selector = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, emitted.append)
-    events = [_trained(n) for n in ("a", "b", "c")]
-    for e in events:
-        e.data.__dict__["model_uri"] = str(base / "cands" / e.data.model_uri.rsplit("/", 1)[-1])
+    events = [_trained(base, n) for n in ("a", "b", "c")]
     threads = [threading.Thread(target=selector.handle, args=(e,)) for e in events]
     for t in threads:
         t.start()
@@ -82,16 +80,26 @@ def test_champion_is_rescored_on_the_new_test_split(r, repo_with_models):
     base = repo_with_models
     scores = _Scores({("a", "/ds1"): 0.9, ("1", "/ds2"): 0.6, ("b", "/ds2"): 0.7})
     selector = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, lambda e: None)
-    first = _trained("a")
-    first.data.__dict__["model_uri"] = str(base / "cands" / "a")
-    selector.handle(first)
-    second = _trained("b", dataset="/ds2")
-    second.data.__dict__["model_uri"] = str(base / "cands" / "b")
-    decision = selector.handle(second)
+    selector.handle(_trained(base, "a"))
+    decision = selector.handle(_trained(base, "b", dataset="/ds2"))
     # 0.7 < 0.9 on the old split, but the fair comparison is on the new split: 0.7 > 0.6
     assert decision.type is EventType.MODEL_PROMOTED
     assert (str(base / "repo" / "fm" / "1"), "/ds2") in scores.calls
     assert versions(base / "repo" / "fm") == [1, 2]
+
+
+@pytest.mark.integration
+def test_a_failed_copy_changes_neither_champion_nor_repository(r, repo_with_models):
+    base = repo_with_models
+    scores = _Scores({("a", "/ds1"): 0.7, ("ghost", "/ds1"): 0.9})
+    store = ChampionStore(r)
+    selector = Selector(store, LocalBackend(base / "repo", "fm"), scores, lambda e: None)
+    selector.handle(_trained(base, "a"))
+    before = store.get()
+    with pytest.raises(FileNotFoundError):
+        selector.handle(_trained(base, "ghost"))  # scored, better, but its files are gone
+    assert store.get() == before
+    assert sorted(p.name for p in (base / "repo" / "fm").iterdir()) == ["1"]
 
 
 @pytest.mark.integration
