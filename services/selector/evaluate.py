@@ -14,6 +14,9 @@ from services.selector.errors import EvaluationError  # noqa: E402
 from services.trainer.data import test_arrays  # noqa: E402
 
 
+KEEP_SPLITS = 2  # the newest test splits: the candidate's and, rarely, the champion's
+
+
 class Evaluator:
     """Accuracy of a model on a test split; scores are memoised per (model, dataset)."""
 
@@ -28,6 +31,8 @@ class Evaluator:
             if key in self._scores:
                 return self._scores[key]
             if dataset_uri not in self._splits:
+                while len(self._splits) >= KEEP_SPLITS:  # a long-running stack sees many versions
+                    self._splits.pop(next(iter(self._splits)))
                 self._splits[dataset_uri] = test_arrays(dataset_uri)
             images, labels = self._splits[dataset_uri]
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import threading
 import time
 import uuid
@@ -149,8 +150,6 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
             raw.extend(chunk)
             if len(raw) > MAX_BODY:
                 raise PayloadTooLargeError(f"body exceeds the limit of {MAX_BODY} bytes")
-        import json
-
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -56,6 +56,7 @@ class ModelHolder:
         self.model_dir = model_dir
         self._current: LoadedModel | None = None
         self._lock = threading.Lock()
+        self._unloadable: set[int] = set()
         self.loaded_at: float | None = None
 
     @property
@@ -70,21 +71,28 @@ class ModelHolder:
         return self._current is not None
 
     def refresh(self) -> int | None:
-        """Load the newest version if it is not the one being served; returns the version served."""
+        """Serve the newest loadable version; returns the version served (None: nothing yet).
+
+        A version that fails to load is remembered and not tried again; the server keeps
+        serving what it had. If the served version's folder disappears and no other is there,
+        the server stops serving (as TF Serving unloads a removed version).
+        """
         with self._lock:
-            available = versions(self.model_dir)
             current = self._current
-            if not available:
-                self._current = None if current and not (self.model_dir / str(current.version)).exists() else current
-                return self._current.version if self._current else None
-            newest = available[-1]
+            candidates = [v for v in versions(self.model_dir) if v not in self._unloadable]
+            if not candidates:
+                if current is not None and not Path(current.path).exists():
+                    self._current = current = None
+                return current.version if current else None
+            newest = candidates[-1]
             if current is not None and current.version == newest:
                 return newest
             started = time.perf_counter()
             try:
                 model = load(self.model_dir / str(newest), newest)
             except Exception as exc:  # a broken version must not take the server down
-                log.error("cannot load version %d: %s", newest, exc)
+                self._unloadable.add(newest)
+                log.error("version %d cannot be loaded, skipping it: %s", newest, exc)
                 return current.version if current else None
             self._current = model  # in-flight requests keep their reference to the old one
             self.loaded_at = time.time()

@@ -104,3 +104,14 @@ def test_a_new_version_is_picked_up(client, tmp_path, saved_model):
     client.app.state.holder.refresh()
     r = client.post("/v1/models/fashion-mnist:predict", json={"instances": [{"image_bytes": {"b64": _png()}}]})
     assert r.headers["x-model-version"] == "2"
+
+
+def test_a_broken_version_is_skipped_and_the_old_one_kept(client, tmp_path):
+    broken = tmp_path / "repo" / "fashion-mnist" / "2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a model")
+    holder = client.app.state.holder
+    assert holder.refresh() == 1
+    assert 2 in holder._unloadable
+    r = client.post("/v1/models/fashion-mnist:predict", json={"instances": [{"image_bytes": {"b64": _png()}}]})
+    assert r.status_code == 200 and r.headers["x-model-version"] == "1"
