@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -50,8 +51,6 @@ class DemoError(RetrainError):
 
 def _wait_for_run(stack: LocalStack, after: float, timeout: float) -> dict[str, Any]:
     """The first run that starts after ``after``, once it and all its model decisions are done."""
-    import json
-
     client = stack.redis.client
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,11 +150,11 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
         t2 = time.time()
         from retrain.cli import publish
 
-        console.print(f"  $ retrain publish dev.retrain.dataset.updated --data "
-                      f"'{{\"uri\": \"{data_root}\", \"trigger\": \"manual\"}}'")
-        publish("dev.retrain.dataset.updated",
-                data=f'{{"uri": "{data_root}", "trigger": "manual"}}',
-                sink=stack.events_url, source="retrain/cli", event_id=None, structured=False)
+        payload = json.dumps({"uri": str(data_root), "trigger": "manual"})
+        console.print(f"  $ retrain publish dev.retrain.dataset.updated --data '{payload}'",
+                      highlight=False)
+        publish("dev.retrain.dataset.updated", data=payload, sink=stack.events_url,
+                source="retrain/cli", event_id=None, structured=False)
         run2 = _wait_for_run(stack, t2, config.timeout)
         _stage_report(console, run2)
         result["stage2"] = run2

@@ -21,7 +21,6 @@ def bind(host: str, port: int, service: str) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise PortInUseError(host, port, service) from None
         raise RetrainError(f"{service}: cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
     return sock
 
 

@@ -68,9 +68,9 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
         runs.add_column(col)
     for run in info["runs"]:
         cache = run.get("cache") or {}
-        models = ", ".join(f"{m}:{r.get('val_accuracy', r['status']) if r['status'] == 'trained' else r['status']}"
-                           if not isinstance(r.get("val_accuracy"), float) else f"{m}:{r['val_accuracy']:.3f}"
-                           for m, r in run.get("models", {}).items())
+        models = ", ".join(
+            f"{m}:{r['val_accuracy']:.3f}" if r["status"] == "trained" else f"{m}:{r['status']}"
+            for m, r in run.get("models", {}).items())
         runs.add_row(run["run_id"], run.get("trigger", ""), run["status"],
                      ("hit" if cache.get("hit") else "miss") if cache else "-",
                      f"{run.get('seconds', 0):.1f}", models)

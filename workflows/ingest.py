@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,18 +120,15 @@ def unit_id(unit: Unit, hashes: dict[str, str], shard_size: int) -> str:
 def _batches(root: Path, unit: Unit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if isinstance(unit, IdxPair):
         labels = idx.read_labels(root / unit.labels)
-        offset = 0
-        for images in idx.iter_images(root / unit.images):
-            end = offset + len(images)
-            if end > len(labels):
-                break
-            yield images, labels[offset:end]
-            offset = end
         declared = idx.image_count(root / unit.images)
         if declared != len(labels):
             raise idx.IdxError(
                 unit.images, f"holds {declared} images but {unit.labels} holds {len(labels)} labels"
             )
+        offset = 0
+        for images in idx.iter_images(root / unit.images):  # checks the data matches its header
+            yield images, labels[offset : offset + len(images)]
+            offset += len(images)
         return
     yield from _folder_batches(root, unit)
 
@@ -192,7 +189,6 @@ def ingest(
     *,
     dataset_key: str,
     shard_size: int = SHARD_SIZE,
-    on_unit: Callable[[str, str], None] | None = None,
 ) -> IngestResult:
     """Ingest ``root`` (fingerprinted as ``fp``) into ``store/datasets/<dataset_key>``.
 
@@ -221,8 +217,6 @@ def ingest(
             if (final / "unit.json").is_file():
                 meta = json.loads((final / "unit.json").read_text())
                 reused += 1
-                if on_unit:
-                    on_unit(uid, "reused")
             else:
                 try:
                     meta = _write_unit(root, unit, work / uid, shard_size)
@@ -233,8 +227,6 @@ def ingest(
                     problems.extend(exc.problems)
                     continue
                 pending.append((work / uid, final))
-                if on_unit:
-                    on_unit(uid, "ingested")
             units_meta.append({"id": uid, **meta})
         if problems:
             raise DatasetValidationError(problems)
