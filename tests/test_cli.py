@@ -60,7 +60,7 @@ def test_missing_and_corrupt_idx_files(tmp_path, redis_handle):
     assert not (tmp_path / "home" / "store" / "datasets").exists()
 
 
-def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle):
+def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle, r):
     from tests.conftest import write_dataset
 
     root = write_dataset(tmp_path / "data", train=100, test=50)
