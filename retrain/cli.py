@@ -147,7 +147,7 @@ def publish(
     target = sink or settings.events_url
     HttpSink(target, mode="structured" if structured else "binary",
              api_key=settings.api_keys[0] if settings.api_keys else None).send(event)
-    console.print(f"published {event.type.value} id={event.id} to {target}")
+    console.print(f"published {event.type.value} id={event.id} to {target}", soft_wrap=True)
 
 
 @app.command()
