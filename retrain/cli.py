@@ -257,6 +257,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         print_status(Console(), info)
 
 
+from retrain.cli_cache import cache_app  # noqa: E402  (sub-commands register on the app)
+
+app.add_typer(cache_app, name="cache")
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

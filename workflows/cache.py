@@ -27,7 +27,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class CachePolicyError(WorkflowError):
-    pass
+    """A cache policy that cannot be parsed: a usage error."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -217,12 +219,25 @@ class ContentCache:
     def delete(self, key: str) -> None:
         self._r.delete(PREFIX + "entry:" + key)
 
+    def expires_in(self, key: str) -> int:
+        """Seconds until the entry expires unless hit (-2 when it is gone)."""
+        return int(self._r.ttl(PREFIX + "entry:" + key))
+
     def entries(self) -> list[CacheEntry]:
-        out = []
+        """Every live entry, oldest first (one SCAN, values fetched a thousand at a time)."""
+        out: list[CacheEntry] = []
+        names: list[bytes] = []
+
+        def fetch() -> None:
+            out.extend(CacheEntry(**json.loads(raw)) for raw in self._r.mget(names) if raw)
+            names.clear()
+
         for name in self._r.scan_iter(PREFIX + "entry:*", count=1000):
-            raw = self._r.get(name)
-            if raw:
-                out.append(CacheEntry(**json.loads(raw)))
+            names.append(name)
+            if len(names) >= 1000:
+                fetch()
+        if names:
+            fetch()
         return sorted(out, key=lambda e: e.created_at)
 
     # single flight -------------------------------------------------------------------------

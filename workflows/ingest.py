@@ -216,6 +216,7 @@ def ingest(
             final = shards_root / uid
             if (final / "unit.json").is_file():
                 meta = json.loads((final / "unit.json").read_text())
+                os.utime(final / "unit.json")  # recently used: `cache gc` keeps it
                 reused += 1
             else:
                 try:

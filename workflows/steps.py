@@ -61,24 +61,38 @@ class CacheCheck:
     key: str
     policy: str
     decision: Decision
+    parts: dict[str, object]  # what the key was derived from
+
+
+def explain_cache(
+    cache: ContentCache, root: Path, fp: Fingerprint, policy: Policy, dataset: str = "fashion-mnist"
+) -> CacheCheck:
+    """The cache decision for ``fp`` under ``policy``, changing nothing (no hit recorded, no
+    entry replaced): what ``retrain cache explain`` shows."""
+    params = ingestion_params()
+    key = cache_key(fp.digest, ingestion.CODE_VERSION, params)
+    latest = cache.latest(dataset) if policy.kind == "min-change" else None
+    new_records = record_count(root) if latest is not None else None
+    decision = decide(
+        policy, fp.digest, cache.get(key), latest,
+        lambda e: ingestion.verify(e.dataset_uri), time.time(), new_records,
+    )
+    parts = {"digest": fp.digest, "code_version": ingestion.CODE_VERSION, "params": params}
+    return CacheCheck(key, str(policy), decision, parts)
 
 
 def check_cache(
     cache: ContentCache, root: Path, fp: Fingerprint, policy: Policy, dataset: str = "fashion-mnist"
 ) -> CacheCheck:
-    key = cache_key(fp.digest, ingestion.CODE_VERSION, ingestion_params())
-    latest = cache.latest(dataset) if policy.kind == "min-change" else None
-    new_records = record_count(root) if latest is not None else None
-    exact = cache.get(key)
-    decision = decide(
-        policy, fp.digest, exact, latest,
-        lambda e: ingestion.verify(e.dataset_uri), time.time(), new_records,
-    )
+    """The workflow's cache step: decides, records a hit (sliding the TTL), and drops an entry
+    that failed verification or is too old so the ingestion that follows replaces it."""
+    check = explain_cache(cache, root, fp, policy, dataset)
+    decision = check.decision
     if decision.hit and decision.entry is not None:
         decision = Decision(True, decision.reason, cache.touch(decision.entry))
-    elif exact is not None:
-        cache.delete(key)  # failed verification or too old: replace it
-    return CacheCheck(key, str(policy), decision)
+    elif cache.get(check.key) is not None:
+        cache.delete(check.key)
+    return CacheCheck(check.key, check.policy, decision, check.parts)
 
 
 @dataclass(frozen=True)
@@ -91,12 +105,13 @@ class IngestOutcome:
 
 def ingest_step(
     cache: ContentCache, root: Path, store: Path, fp: Fingerprint, key: str,
-    dataset: str = "fashion-mnist", wait_timeout: float = 3600.0,
+    dataset: str = "fashion-mnist", wait_timeout: float = 3600.0, lease_ms: int = LEASE_MS,
 ) -> IngestOutcome:
-    """Ingest once per key across concurrent runs (single flight with a renewed lease)."""
+    """Ingest once per key across concurrent runs (single flight with a renewed lease: if the
+    holder dies, its lease lapses within ``lease_ms`` and a waiter takes over)."""
     deadline = time.monotonic() + wait_timeout
     while True:
-        lease = cache.acquire(key, LEASE_MS)
+        lease = cache.acquire(key, lease_ms)
         if lease is not None:
             break
         entry = cache.wait(key, max(0.0, deadline - time.monotonic()))
@@ -108,8 +123,8 @@ def ingest_step(
     stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(LEASE_MS / 3000):
-            cache.renew(lease, LEASE_MS)
+        while not stop.wait(lease_ms / 3000):
+            cache.renew(lease, lease_ms)
 
     renewer = threading.Thread(target=renew, daemon=True, name="lease-renewer")
     renewer.start()

@@ -89,3 +89,27 @@ def test_waiters_wake_when_the_holder_publishes(r):
     cache.put(_entry(fence=lease.fence))
     waiter.join()
     assert got[0] is not None and time.monotonic() - started < 0.5
+
+
+@pytest.mark.integration
+def test_entries_expire_by_themselves_unless_hit(r):
+    cache = ContentCache(r, ttl_seconds=1)
+    cache.put(_entry(key="cold"))
+    cache.put(_entry(key="warm"))
+    time.sleep(0.6)
+    cache.touch(cache.get("warm"))  # a hit slides the TTL
+    time.sleep(0.7)
+    assert cache.get("cold") is None  # nobody swept: Redis expired it
+    assert cache.get("warm") is not None
+    assert cache.expires_in("cold") == -2
+    time.sleep(1.1)
+    assert cache.entries() == [] and cache.latest("fashion-mnist") is None
+
+
+@pytest.mark.integration
+def test_entries_lists_every_live_entry_oldest_first(r):
+    cache = ContentCache(r, ttl_seconds=100)
+    for i in range(2500):  # more than one MGET batch
+        cache.put(dataclasses.replace(_entry(key=f"k{i}"), created_at=float(i)))
+    listed = cache.entries()
+    assert len(listed) == 2500 and [e.created_at for e in listed[:3]] == [0.0, 1.0, 2.0]

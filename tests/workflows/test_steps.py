@@ -51,3 +51,19 @@ def test_data_uris_are_checked(tmp_path):
     with pytest.raises(WorkflowError, match="s3:// is not supported"):
         steps.resolve_root("s3://bucket/prefix")
     assert steps.resolve_root(f"file://{tmp_path}") == tmp_path.resolve()
+
+
+def test_explaining_changes_nothing(r, dataset, tmp_path):
+    cache = ContentCache(r, ttl_seconds=600)
+    fp = fingerprint(dataset)
+    key = steps.check_cache(cache, dataset, fp, Policy()).key
+    steps.ingest_step(cache, dataset, tmp_path / "store", fp, key)
+    ttl_before = r.ttl("retrain:cache:entry:" + key)
+    r.expire("retrain:cache:entry:" + key, 100)
+    check = steps.explain_cache(cache, dataset, fp, Policy())
+    assert check.decision.hit and check.key == key
+    assert check.parts["digest"] == fp.digest and check.parts["params"] == {"shard_size": 10000}
+    assert cache.get(key).hits == 0 and r.ttl("retrain:cache:entry:" + key) <= 100 < ttl_before
+    # a stale entry is explained as a miss but left for the run to replace
+    assert not steps.explain_cache(cache, dataset, fp, Policy.parse("max-age=0s")).decision.hit
+    assert cache.get(key) is not None

@@ -51,3 +51,12 @@ def test_bad_requests_are_400_and_oversized_413(client):
     assert r.status_code == 400 and "'id'" in r.json()["error"] and "'type'" in r.json()["error"]
     r = client.post("/events", content=b"x" * 70_000, headers=headers)
     assert r.status_code == 413
+
+
+def test_a_run_request_with_an_unknown_cache_policy_is_refused(client, received):
+    headers = {"Authorization": "Bearer sekret", "content-type": "application/cloudevents+json"}
+    body = {"specversion": "1.0", "id": "x1", "source": "me", "type": "dev.retrain.training.requested",
+            "data": {"uri": "/d", "parameters": {"cache_policy": "max-age=forever"}}}
+    r = client.post("/events", content=json.dumps(body).encode(), headers=headers)
+    assert r.status_code == 400 and "cache_policy" in r.json()["error"]
+    assert received == []
