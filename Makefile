@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install manifests bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow"
+
+# Regenerate the committed manifests from their generators (tests check they are current).
+manifests: $(STAMP)
+	$(BIN)/retrain workflow render --out manifests/base/workflowtemplate.yaml
+
+# Side-by-side measurements; each prints its ratios (see benchmarks/README.md).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_cache.py
 
 clean:
 	rm -rf $(VENV) .retrain .pytest_cache

@@ -8,6 +8,7 @@ rename: a crash at any point leaves no visible partial dataset.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -68,6 +69,34 @@ def _example(image: bytes, label: int) -> bytes:
     return field(1, feature_map)                    # Example{features{feature map}}
 
 
+@functools.lru_cache(maxsize=4)
+def _layout(image_len: int) -> tuple[bytes, bytes, bytes]:
+    """The constant bytes around the image and the label in a serialized Example whose image
+    has ``image_len`` bytes and whose label is 0-9 (a one-byte varint): every length inside is
+    fixed, so a record is ``head + image + middle + label + tail``."""
+    zeros = _example(bytes(image_len), 0)
+    ones = _example(b"\xff" * image_len, 0)
+    labelled = _example(bytes(image_len), 1)
+    start = next(i for i, (a, b) in enumerate(zip(zeros, ones)) if a != b)
+    where = next(i for i, (a, b) in enumerate(zip(zeros, labelled)) if a != b)
+    assert len(zeros) == len(ones) == len(labelled) and where > start + image_len
+    return zeros[:start], zeros[start + image_len:where], zeros[where + 1:]
+
+
+def _records(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Serialized Examples for a batch, one row each, assembled with array copies."""
+    flat = images.reshape(len(images), -1)
+    head, middle, tail = _layout(flat.shape[1])
+    width = len(head) + flat.shape[1] + len(middle) + 1 + len(tail)
+    out = np.empty((len(flat), width), np.uint8)
+    at = 0
+    for part in (head, flat, middle, labels.reshape(-1, 1), tail):
+        block = np.frombuffer(part, np.uint8) if isinstance(part, bytes) else part
+        out[:, at:at + block.shape[-1]] = block
+        at += block.shape[-1]
+    return out
+
+
 class _ShardWriter:
     """Writes records into numbered TFRecord shards of at most ``shard_size`` records."""
 
@@ -84,13 +113,20 @@ class _ShardWriter:
         self.per_class = [0] * idx.NUM_CLASSES
 
     def write(self, images: np.ndarray, labels: np.ndarray) -> None:
-        for image, label in zip(images, labels, strict=True):
+        records = _records(images, labels)
+        done = 0
+        while done < len(records):
             if self._writer is None or self._in_shard >= self._shard_size:
                 self._roll()
-            self._writer.write(_example(image.tobytes(), int(label)))  # type: ignore[union-attr]
-            self._in_shard += 1
-            self.count += 1
-            self.per_class[int(label)] += 1
+            take = min(self._shard_size - self._in_shard, len(records) - done)
+            write = self._writer.write  # type: ignore[union-attr]
+            for row in records[done:done + take]:
+                write(row.tobytes())
+            self._in_shard += take
+            done += take
+        self.count += len(records)
+        counts = np.bincount(labels, minlength=idx.NUM_CLASSES)
+        self.per_class = [a + int(b) for a, b in zip(self.per_class, counts, strict=True)]
 
     def _roll(self) -> None:
         self.close()

@@ -32,10 +32,35 @@ from workflows import steps
 from services.ingest_watcher.fingerprint import Fingerprint
 from workflows.cache import CacheEntry, ContentCache, Policy
 from workflows.errors import DatasetValidationError, WorkflowError
+from workflows.ingest import IngestResult
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/runner"
 Emit = Callable[[Event], None]
+
+
+def ingestion_skipped(run_id: str, digest: str, entry: CacheEntry, reason: str) -> Event:
+    return make_event(EventType.INGESTION_SKIPPED,
+                      IngestionSkipped(run_id=run_id, digest=digest,
+                                       dataset_uri=entry.dataset_uri, reason=reason),
+                      source=SOURCE, id=f"{run_id}/ingestion")
+
+
+def ingestion_completed(run_id: str, digest: str, entry: CacheEntry,
+                        result: IngestResult) -> Event:
+    return make_event(EventType.INGESTION_COMPLETED,
+                      IngestionCompleted(run_id=run_id, digest=digest,
+                                         dataset_uri=entry.dataset_uri, records=entry.records,
+                                         seconds=round(result.seconds, 3),
+                                         reused_shards=result.reused_units,
+                                         new_shards=result.new_units),
+                      source=SOURCE, id=f"{run_id}/ingestion")
+
+
+def ingestion_failed(run_id: str, data_uri: str, exc: DatasetValidationError) -> Event:
+    return make_event(EventType.INGESTION_FAILED,
+                      IngestionFailed(run_id=run_id, uri=data_uri, problems=exc.problems),
+                      source=SOURCE, id=f"{run_id}/ingestion")
 
 
 @dataclass(frozen=True)
@@ -173,7 +198,6 @@ class LocalRunner:
     def _ingest(self, request: RunRequest, root: Path, fp: Fingerprint,
                 check: steps.CacheCheck, rec: RunRecorder) -> CacheEntry:
         """The ingest step: skipped on a hit, else run once per key; emits what happened."""
-        event_id = f"{request.run_id}/ingestion"
         with rec.step("ingest") as step:
             if check.decision.hit and check.decision.entry is not None:
                 entry, reason, result = check.decision.entry, check.decision.reason, None
@@ -183,11 +207,7 @@ class LocalRunner:
                                                 check.key)
                 except DatasetValidationError as exc:
                     step.detail.update(problems=list(exc.problems))
-                    self._emit(make_event(
-                        EventType.INGESTION_FAILED,
-                        IngestionFailed(run_id=request.run_id, uri=request.data_uri,
-                                        problems=exc.problems),
-                        source=SOURCE, id=event_id))
+                    self._emit(ingestion_failed(request.run_id, request.data_uri, exc))
                     raise
                 entry, reason, result = outcome.entry, outcome.reason, outcome.result
             step.detail.update(records=entry.records, reason=reason)
@@ -197,19 +217,9 @@ class LocalRunner:
             else:
                 step.detail.update(reused_units=result.reused_units, new_units=result.new_units)
         if result is None:
-            event = make_event(
-                EventType.INGESTION_SKIPPED,
-                IngestionSkipped(run_id=request.run_id, digest=fp.digest,
-                                 dataset_uri=entry.dataset_uri, reason=reason),
-                source=SOURCE, id=event_id)
+            event = ingestion_skipped(request.run_id, fp.digest, entry, reason)
         else:
-            event = make_event(
-                EventType.INGESTION_COMPLETED,
-                IngestionCompleted(
-                    run_id=request.run_id, digest=fp.digest, dataset_uri=entry.dataset_uri,
-                    records=entry.records, seconds=round(result.seconds, 3),
-                    reused_shards=result.reused_units, new_shards=result.new_units),
-                source=SOURCE, id=event_id)
+            event = ingestion_completed(request.run_id, fp.digest, entry, result)
         self._emit(event)
         return entry
 

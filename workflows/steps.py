@@ -56,6 +56,11 @@ def record_count(root: Path) -> int:
     return total
 
 
+def key_for(fp: Fingerprint) -> str:
+    """The cache key of ingesting the dataset fingerprinted as ``fp`` with this code."""
+    return cache_key(fp.digest, ingestion.CODE_VERSION, ingestion_params())
+
+
 @dataclass(frozen=True)
 class CacheCheck:
     key: str
@@ -70,7 +75,7 @@ def explain_cache(
     """The cache decision for ``fp`` under ``policy``, changing nothing (no hit recorded, no
     entry replaced): what ``retrain cache explain`` shows."""
     params = ingestion_params()
-    key = cache_key(fp.digest, ingestion.CODE_VERSION, params)
+    key = key_for(fp)
     latest = cache.latest(dataset) if policy.kind == "min-change" else None
     new_records = record_count(root) if latest is not None else None
     decision = decide(

@@ -1,0 +1,214 @@
+"""The workflow cache and ingestion, side by side (issue: the retrain workflow).
+
+    .venv/bin/python benchmarks/bench_cache.py [--train 60000 --test 10000] [--reps 20]
+
+Prints, for a generated 70,000-image stand-in dataset:
+  1. a re-run on unchanged data (fingerprint + cache decision) vs a full ingestion
+  2. ingestion throughput vs simply reading and decompressing the IDX files (the floor)
+  3. pushing one 1,000-image increment vs a full ingestion
+  4. 50 concurrent runs (processes) on the same data, over --reps repetitions, every fourth
+     with the lock holder SIGKILLed mid-ingestion: how many ingestions each repetition ran
+  5. 100,000 cache entries on loopback Redis: lookup p50/p99, and expiry without a sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from _common import ROOT, heading, line, loopback_redis, median, percentile, timed, verdict
+
+from services.ingest_watcher.fingerprint import fingerprint
+from workflows import idx, steps
+from workflows.cache import PREFIX, CacheEntry, ContentCache, Policy
+from workflows.ingest import TMP_PREFIX, ingest
+from workflows.layout import BASE_FILES
+from workflows.seed import write_png_increment, write_standin
+
+
+def full_run(cache: ContentCache, root: Path, store: Path, state: Path) -> tuple[float, dict]:
+    """fingerprint → check_cache → ingest, as the runner does; returns seconds and phases."""
+    phases: dict[str, float] = {}
+    t, fp = timed(lambda: steps.fingerprint_step(root, state))
+    phases["fingerprint"] = t
+    t, check = timed(lambda: steps.check_cache(cache, root, fp, Policy()))
+    phases["check_cache"] = t
+    if not check.decision.hit:
+        t, outcome = timed(lambda: steps.ingest_step(cache, root, store, fp, check.key))
+        phases["ingest"] = t
+        phases["new_units"] = outcome.result.new_units if outcome.result else 0
+    phases["hit"] = check.decision.hit
+    return sum(v for k, v in phases.items() if k in ("fingerprint", "check_cache", "ingest")), phases
+
+
+def read_floor(root: Path) -> float:
+    """Read and decompress every IDX file, validating as ingestion does, writing nothing."""
+    started = time.perf_counter()
+    for images_name, labels_name in BASE_FILES.values():
+        idx.read_labels(root / labels_name)
+        for _ in idx.iter_images(root / images_name):
+            pass
+    return time.perf_counter() - started
+
+
+def single_flight(url: str, client, data: Path, work: Path, reps: int, runs: int) -> bool:
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "_flight_worker.py"),
+                                 "worker", url, str(i)], stderr=subprocess.DEVNULL)
+               for i in range(runs)]
+    try:
+        for _ in range(runs):
+            client.blpop(["bench:ready"], timeout=300)
+        all_ok = True
+        for rep in range(reps):
+            store = work / f"rep-{rep}"
+            for key in client.scan_iter(PREFIX + "*"):
+                client.delete(key)
+            killed = rep % 4 == 3
+            if killed:
+                holder = subprocess.Popen(
+                    [sys.executable, str(ROOT / "benchmarks" / "_flight_worker.py"), "holder", url,
+                     str(data), str(store)], stderr=subprocess.DEVNULL)
+                deadline = time.monotonic() + 120
+                while not (client.keys(PREFIX + "lock:*") and store.is_dir()
+                           and any(p.name.startswith(TMP_PREFIX) for p in store.iterdir())):
+                    if time.monotonic() > deadline or holder.poll() is not None:
+                        raise RuntimeError("the holder never started ingesting")
+                    time.sleep(0.002)
+                holder.send_signal(signal.SIGKILL)
+                holder.wait()
+            started = time.perf_counter()
+            pipe = client.pipeline()
+            for i in range(runs):
+                pipe.rpush(f"bench:go:{i}", json.dumps({"data": str(data), "store": str(store),
+                                                        "rep": rep}))
+            pipe.execute()
+            results = [json.loads(client.blpop(["bench:done"], timeout=600)[1]) for _ in range(runs)]
+            seconds = time.perf_counter() - started
+            ingestions = sum(r["ingested"] for r in results)
+            datasets = [p for p in (store / "datasets").iterdir() if not p.name.startswith(TMP_PREFIX)]
+            ok = ingestions == 1 and len(datasets) == 1
+            all_ok &= ok
+            line(f"rep {rep + 1:>2}{' (holder SIGKILLed)' if killed else ''}",
+                 f"{ingestions} ingestion(s), {len(datasets)} dataset, all {runs} done in "
+                 f"{seconds:5.2f} s {'ok' if ok else 'WRONG'}")
+            shutil.rmtree(store, ignore_errors=True)
+        return all_ok
+    finally:
+        for i in range(runs):
+            client.rpush(f"bench:go:{i}", json.dumps({"quit": True}))
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+
+
+def at_scale(client, entries: int, lookups: int, expire_seconds: int) -> tuple[float, float, bool]:
+    client.flushdb()
+    cache = ContentCache(client, ttl_seconds=expire_seconds)
+    now = time.time()
+    keys = [f"{i:064x}" for i in range(entries)]
+    pipe = client.pipeline(transaction=False)
+    for n, key in enumerate(keys):  # a day of 1,000 workflows x 100 memoized steps
+        entry = CacheEntry(key=key, digest=key, dataset_uri=f"/store/datasets/{key}",
+                           records={"train": 60000, "test": 10000},
+                           per_class={"train": [6000] * 10, "test": [1000] * 10},
+                           created_at=now, last_hit=now, hits=0, fence=1)
+        pipe.set(PREFIX + "entry:" + key, json.dumps(asdict(entry)), ex=expire_seconds)
+        if n % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    line("entries written", f"{client.dbsize():,}")
+    latencies = []
+    for key in random.choices(keys, k=lookups):
+        started = time.perf_counter()
+        assert cache.get(key) is not None
+        latencies.append(time.perf_counter() - started)
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    time.sleep(expire_seconds + 0.5)
+    visible = sum(cache.get(k) is not None for k in random.sample(keys, min(1000, entries)))
+    line("lookups of expired entries that still answer", f"{visible} of {min(1000, entries)} sampled (no sweep ran)")
+    started = time.perf_counter()
+    while client.dbsize() and time.perf_counter() - started < 120:
+        time.sleep(0.25)
+    line("memory reclaimed by Redis's own expiry", f"{client.dbsize():,} keys left after "
+         f"{time.perf_counter() - started:.1f} s")
+    return p50, p99, visible == 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=60_000)
+    parser.add_argument("--test", type=int, default=10_000)
+    parser.add_argument("--increment", type=int, default=1_000)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--entries", type=int, default=100_000)
+    args = parser.parse_args()
+    results: list[bool] = []
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+        work = Path(tmp)
+        root = work / "data"
+        t, _ = timed(lambda: write_standin(root, args.train, args.test))
+        total = args.train + args.test
+        print(f"generated a {total:,}-image stand-in dataset in {t:.1f} s under {root}")
+        t, _ = timed(lambda: __import__("tensorflow"))  # both sides run with TensorFlow loaded
+        print(f"imported TensorFlow in {t:.1f} s (kept out of every timing below)")
+        with loopback_redis(work / "redis") as (client, url):
+            cache = ContentCache(client, ttl_seconds=3600)
+
+            heading(f"1. re-run on unchanged data vs full ingestion ({total:,} images)")
+            full, phases = full_run(cache, root, work / "store", work / "state")
+            line("full run (cold stat cache, empty store)",
+                 f"{full:7.3f} s  (fingerprint {phases['fingerprint']:.2f}, "
+                 f"ingest {phases['ingest']:.2f}; {total / phases['ingest']:,.0f} images/s)")
+            reruns = [full_run(cache, root, work / "store", work / "state") for _ in range(5)]
+            assert all(p["hit"] for _, p in reruns)
+            rerun = median([s for s, _ in reruns])
+            line("re-run, unchanged (median of 5; hit verified)", f"{rerun:7.3f} s")
+            results.append(verdict("re-run / full", rerun / full, 0.02, "%"))
+
+            heading("2. ingestion throughput vs reading + decompressing the IDX files")
+            floor = median([read_floor(root) for _ in range(3)])
+            line("read + decompress + validate (the floor)",
+                 f"{floor:7.3f} s  ({total / floor:,.0f} images/s)")
+            fp = fingerprint(root)
+            ingest_alone, _ = timed(lambda: ingest(root, work / "store-2", fp, dataset_key="again"))
+            line("ingestion alone, into an empty store",
+                 f"{ingest_alone:7.3f} s  ({total / ingest_alone:,.0f} images/s)")
+            results.append(verdict("ingestion / floor", ingest_alone / floor, 3.0))
+
+            heading(f"3. one {args.increment:,}-image increment vs full ingestion")
+            write_png_increment(root, "push-1", args.increment, seed=99)
+            inc, phases = full_run(cache, root, work / "store", work / "state")
+            line("run after the push", f"{inc:7.3f} s  (new units: {phases['new_units']}, "
+                 f"fingerprint {phases['fingerprint']:.2f}, ingest {phases['ingest']:.2f})")
+            results.append(verdict("increment / full", inc / full, 0.10, "%"))
+
+            heading(f"4. {args.runs} concurrent runs on the same data, {args.reps} repetitions")
+            small = work / "small"
+            write_standin(small, 5_000, 1_000, seed=7)
+            ok = single_flight(url, client, small, work / "flight", args.reps, args.runs)
+            line("every repetition ingested exactly once", "PASS" if ok else "MISS")
+            results.append(ok)
+
+            heading(f"5. {args.entries:,} cache entries on loopback Redis")
+            p50, p99, expired = at_scale(client, args.entries, 20_000, expire_seconds=5)
+            line("lookup latency (20,000 random gets)", f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+            results.append(verdict("lookup p99 (ms) / 2 ms", p99 / 2.0, 1.0))
+            line("expired entries gone without a manual sweep", "PASS" if expired else "MISS")
+            results.append(expired)
+    print(f"\n{sum(results)} of {len(results)} targets met")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""``retrain step``: the workflow's steps one at a time, as an Argo template runs them.
+
+Each calls the same functions the local runner calls, prints its outputs as one JSON line,
+and with ``--outputs DIR`` also writes one file per output (Argo output parameters read
+them with ``valueFrom.path``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+step_app = typer.Typer(no_args_is_help=True, help="Run one workflow step (what an Argo template runs).")
+
+OutputsOption = Annotated[Optional[Path], typer.Option(help="write each output to a file here")]
+SinkOption = Annotated[Optional[str], typer.Option(help="send ingestion.* events here")]
+
+
+def _emit_outputs(outputs: dict[str, object], folder: Path | None) -> None:
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, value in outputs.items():
+            text = json.dumps(value) if not isinstance(value, str) else value
+            (folder / name).write_text(text)
+    print(json.dumps(outputs))
+
+
+def _send(sink: str | None, event: object) -> None:
+    if sink:
+        from events.sinks import HttpSink
+
+        HttpSink(sink).send(event)  # type: ignore[arg-type]
+
+
+@step_app.command("check-cache")
+def check_cache(
+    data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],
+    cache_policy: Annotated[str, typer.Option(help="exact, max-age=15m, min-change=0.1")] = "exact",
+    run_id: str = "manual",
+    outputs: OutputsOption = None,
+    sink: SinkOption = None,
+) -> None:
+    """Fingerprint the dataset and decide from the content cache whether ingestion must run.
+
+    Outputs: hit (true|false), reason, key, digest, dataset-uri (where the ingested dataset
+    is, or will be once the ingest step has run)."""
+    from retrain.cli import _settings
+    from retrain.redis_store import open_redis
+    from workflows import steps
+    from workflows.cache import ContentCache, Policy
+    from workflows.runner import ingestion_skipped
+
+    settings = _settings()
+    policy = Policy.parse(cache_policy)
+    root = steps.resolve_root(data)
+    fp = steps.fingerprint_step(root, settings.home / "statcache")
+    with open_redis(settings.redis_url, settings.home) as handle:
+        check = steps.check_cache(ContentCache(handle.client, settings.cache_ttl_seconds),
+                                  root, fp, policy)
+    entry = check.decision.entry
+    dataset_uri = entry.dataset_uri if entry else str(settings.store_dir / "datasets" / check.key)
+    if entry is not None:
+        _send(sink, ingestion_skipped(run_id, fp.digest, entry, check.decision.reason))
+    _emit_outputs({"hit": "true" if check.decision.hit else "false",
+                   "reason": check.decision.reason, "key": check.key, "digest": fp.digest,
+                   "dataset-uri": dataset_uri}, outputs)
+
+
+@step_app.command("ingest")
+def ingest(
+    data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],
+    key: Annotated[str, typer.Option(help="the cache key check-cache derived")],
+    run_id: str = "manual",
+    outputs: OutputsOption = None,
+    sink: SinkOption = None,
+) -> None:
+    """Ingest the dataset once per key (single flight) and record it in the cache.
+
+    Outputs: dataset-uri, records (JSON), ingested (false when a concurrent run did it)."""
+    from retrain.cli import _settings
+    from retrain.errors import ConfigurationError
+    from retrain.redis_store import open_redis
+    from workflows import steps
+    from workflows.cache import ContentCache
+    from workflows.errors import DatasetValidationError
+    from workflows.runner import ingestion_completed, ingestion_failed
+
+    settings = _settings()
+    root = steps.resolve_root(data)
+    fp = steps.fingerprint_step(root, settings.home / "statcache")
+    expected = steps.key_for(fp)
+    if key != expected:
+        raise ConfigurationError(
+            f"--key {key[:12]}…: the dataset changed since the cache check (its key is now "
+            f"{expected[:12]}…); re-run check-cache")
+    with open_redis(settings.redis_url, settings.home) as handle:
+        try:
+            outcome = steps.ingest_step(ContentCache(handle.client, settings.cache_ttl_seconds),
+                                        root, settings.store_dir, fp, key)
+        except DatasetValidationError as exc:
+            _send(sink, ingestion_failed(run_id, data, exc))
+            raise
+    if outcome.result is not None:
+        _send(sink, ingestion_completed(run_id, fp.digest, outcome.entry, outcome.result))
+    _emit_outputs({"dataset-uri": outcome.entry.dataset_uri, "records": outcome.entry.records,
+                   "ingested": "true" if outcome.ingested else "false"}, outputs)

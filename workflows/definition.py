@@ -1,0 +1,194 @@
+"""The retrain workflow as an Argo WorkflowTemplate, built with hera from the same steps.
+
+Every template runs the one image's ``retrain`` CLI, which calls the functions the local
+runner calls (``retrain step check-cache``, ``retrain step ingest``, ``retrain train``):
+one definition of each step, two orchestrators. Building is pure: ``build()`` returns the
+hera object and ``render()`` its YAML; nothing here talks to a cluster.
+
+    check-cache ──hit──────────────────────────► train (TFJob per model, withParam)
+         └─miss──► ingest (when hit == false) ──┘        each emits model.trained → selector
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import yaml
+from hera.workflows import (DAG, ConfigMapEnvFrom, Container, Env, ExistingVolume, Parameter,
+                            Resource, RetryStrategy, WorkflowTemplate)
+from hera.workflows.models import (Backoff, PodGC, Probe, TTLStrategy, VolumeMount)
+
+from events.payloads import MODEL_TYPES
+
+NAME = "retrain"
+HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
+OUTPUTS = "/tmp/outputs"  # noqa: S108  (inside the step's own container)
+_REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
+
+
+@dataclass(frozen=True)
+class ClusterNames:
+    """Names the WorkflowTemplate refers to; the manifests define each of them."""
+
+    image: str = "ghcr.io/retrain-dev/retrain:0.1.0"
+    namespace: str = "retrain"
+    service_account: str = "retrain-workflow"
+    trainer_service_account: str = "retrain-trainer"
+    volume_claim: str = "retrain-data"
+    config_map: str = "retrain-config"
+    model_trained_sink: str = "http://retrain-selector.retrain.svc:8090/events"
+
+
+def _container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,
+               inputs: list[Parameter] | None = None,
+               outputs: list[str] | None = None) -> Container:
+    from hera.workflows import Resources
+
+    return Container(
+        name=name,
+        image=names.image,
+        command=["retrain"],
+        args=args,
+        inputs=inputs,
+        outputs=[Parameter(name=o, value_from={"path": f"{OUTPUTS}/{o}"}) for o in outputs or []],
+        env=[Env(name="RETRAIN_HOME", value=HOME)],
+        env_from=[ConfigMapEnvFrom(name=names.config_map)],
+        volume_mounts=[VolumeMount(name="data", mount_path=HOME)],
+        resources=Resources(cpu_request=cpu, memory_request=memory, memory_limit=memory),
+        retry_strategy=RetryStrategy(
+            limit=3, retry_policy="OnError",
+            backoff=Backoff(duration="10s", factor=2, max_duration="5m")),
+    )
+
+
+def tfjob_manifest(names: ClusterNames) -> str:
+    """The TFJob one training runs as; Argo fills ``{{...}}`` from the task's inputs."""
+    trainer = {
+        "name": "tensorflow",  # the container name the Training Operator expects
+        "image": names.image,
+        "command": ["retrain"],
+        "args": [
+            "train", "--model", "{{inputs.parameters.model}}",
+            "--dataset", "{{inputs.parameters.dataset-uri}}",
+            "--out", f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model",
+            "--run-id", "{{workflow.name}}",
+            "--epochs", "{{workflow.parameters.epochs}}",
+            "--steps-per-epoch", "{{workflow.parameters.steps-per-epoch}}",
+            "--batch-size", "{{workflow.parameters.batch-size}}",
+            "--learning-rate", "{{workflow.parameters.learning-rate}}",
+            "--sink", names.model_trained_sink,
+        ],
+        "env": [{"name": "RETRAIN_HOME", "value": HOME},
+                {"name": "TF_USE_LEGACY_KERAS", "value": "1"}],
+        "envFrom": [{"configMapRef": {"name": names.config_map}}],
+        "volumeMounts": [{"name": "data", "mountPath": HOME}],
+        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
+    }
+    pod = {
+        "spec": {
+            "serviceAccountName": names.trainer_service_account,
+            "containers": [trainer],
+            "volumes": [{"name": "data",
+                         "persistentVolumeClaim": {"claimName": names.volume_claim}}],
+        },
+    }
+    job = {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "TFJob",
+        "metadata": {
+            "generateName": "{{workflow.name}}-train-",
+            "namespace": names.namespace,
+            "labels": {"app.kubernetes.io/part-of": NAME,
+                       "retrain.dev/run-id": "{{workflow.name}}",
+                       "retrain.dev/model": "{{inputs.parameters.model}}"},
+        },
+        "spec": {
+            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 3},
+            "tfReplicaSpecs": {
+                # all workers run the same code; worker 0 acts as chief and alone keeps the model
+                "Worker": {"replicas": _REPLICAS,
+                           "restartPolicy": "OnFailure", "template": pod},
+            },
+        },
+    }
+    # an integer once Argo substitutes it: YAML would quote the placeholder into a string
+    return yaml.safe_dump(job, sort_keys=False).replace(
+        f"replicas: {_REPLICAS}", "replicas: {{workflow.parameters.workers}}")
+
+
+def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
+    with WorkflowTemplate(
+        name=NAME,
+        namespace=names.namespace,
+        labels={"app.kubernetes.io/part-of": NAME},
+        entrypoint="retrain",
+        service_account_name=names.service_account,
+        arguments=[
+            Parameter(name="data-uri", description="the dataset root to (re)train on"),
+            Parameter(name="digest", value="", description="the dataset digest the event saw"),
+            Parameter(name="cache-policy", value="exact", description="exact, max-age=DURATION or min-change=FRACTION"),
+            Parameter(name="models", value=json.dumps(list(MODEL_TYPES)),
+                      description="JSON list of model variants to train"),
+            Parameter(name="epochs", value="1"),
+            Parameter(name="steps-per-epoch", value="0", description="0: a full pass"),
+            Parameter(name="batch-size", value="64"),
+            Parameter(name="learning-rate", value="0.001"),
+            Parameter(name="workers", value="2", description="TFJob workers per model"),
+            Parameter(name="event-id", value="", description="the triggering CloudEvent's id"),
+        ],
+        volumes=[ExistingVolume(name="data", claim_name=names.volume_claim)],
+        pod_gc=PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
+        active_deadline_seconds=6 * 3600,
+    ) as template:
+        check = _container(
+            "check-cache",
+            ["step", "check-cache", "--data", "{{workflow.parameters.data-uri}}",
+             "--cache-policy", "{{workflow.parameters.cache-policy}}",
+             "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
+            names, cpu="250m", memory="512Mi",
+            outputs=["hit", "key", "digest", "dataset-uri", "reason"])
+        ingest = _container(
+            "ingest",
+            ["step", "ingest", "--data", "{{workflow.parameters.data-uri}}",
+             "--key", "{{inputs.parameters.key}}", "--run-id", "{{workflow.name}}",
+             "--outputs", OUTPUTS],
+            names, cpu="1", memory="2Gi", inputs=[Parameter(name="key")],
+            outputs=["dataset-uri", "records", "ingested"])
+        train = Resource(
+            name="train",
+            inputs=[Parameter(name="model"), Parameter(name="dataset-uri")],
+            action="create",
+            set_owner_reference=True,
+            manifest=tfjob_manifest(names),
+            success_condition="status.replicaStatuses.Worker.succeeded = "
+                              "{{workflow.parameters.workers}}",
+            failure_condition="status.replicaStatuses.Worker.failed > 0",
+            retry_strategy=RetryStrategy(
+                limit=2, retry_policy="OnError",
+                backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
+        )
+        with DAG(name="retrain"):
+            checked = check(name="check-cache")
+            ingested = ingest(
+                name="ingest",
+                arguments={"key": checked.get_parameter("key").value},
+                when=f"{checked.get_parameter('hit').value} == false",
+            )
+            trained = train(
+                name="train",
+                arguments={
+                    "model": "{{item}}",
+                    "dataset-uri": checked.get_parameter("dataset-uri").value,
+                },
+                with_param="{{workflow.parameters.models}}",
+            )
+            checked >> ingested
+            trained.depends = "check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)"
+    return template
+
+
+def render(names: ClusterNames = ClusterNames()) -> str:
+    """The WorkflowTemplate as YAML (what ``retrain workflow render`` prints)."""
+    return yaml.safe_dump(build(names).to_dict(), sort_keys=False)
