@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,18 +112,28 @@ def _discover_batch(root: Path, batch: Path, problems: list[str]) -> list[Unit]:
                 f"(expected one of {', '.join(CLASS_NAMES)} or 0-9)"
             )
             continue
-        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if file.name.startswith("."):
+        for relative in _files_under(folder, _rel(root, folder)):
+            if os.path.splitext(relative)[1].lower() not in IMAGE_SUFFIXES:
+                problems.append(f"{relative}: not a PNG or JPEG file")
                 continue
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                problems.append(f"{_rel(root, file)}: not a PNG or JPEG file")
-                continue
-            images.append((_rel(root, file), label))
+            images.append((relative, label))
     if images:
         units.append(ImageFolder("train", _rel(root, batch), tuple(images)))
     if not units and not any(_rel(root, batch) in p for p in problems):
         problems.append(f"{_rel(root, batch)}: empty increment (no IDX pair and no images)")
     return units
+
+
+def _files_under(folder: Path, relative: str) -> list[str]:
+    """Relative paths of the non-hidden files below ``folder``, sorted (hidden folders are
+    skipped, as fingerprinting skips them). Plain strings: a push can hold many files."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        sub = os.path.relpath(dirpath, folder)
+        prefix = relative + "/" if sub == "." else f"{relative}/{sub}/"
+        found.extend(prefix + name for name in filenames if not name.startswith("."))
+    return sorted(found)
 
 
 def _rel(root: Path, path: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +65,14 @@ def diff(old: Fingerprint | None, new: Fingerprint) -> Changes:
     )
 
 
-def hash_file(path: Path) -> str:
-    hasher = blake3()
-    with path.open("rb") as handle:
+def hash_file(path: Path | str, size: int | None = None) -> str:
+    with open(path, "rb", buffering=0) as handle:
+        if size is not None and size < CHUNK:  # one read for the many small files of a push
+            return blake3(handle.read(size + 1)).hexdigest()
+        hasher = blake3()
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)
-    return hasher.hexdigest()
+        return hasher.hexdigest()
 
 
 def is_dataset_file(relative: str) -> bool:
@@ -83,6 +86,7 @@ class StatCache:
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
+        self._dirty = False
         self._entries: dict[str, tuple[int, int, int, str]] = {}
         if path and path.exists():
             try:
@@ -99,40 +103,58 @@ class StatCache:
 
     def store(self, relative: str, st: os.stat_result, digest: str) -> None:
         self._entries[relative] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        self._dirty = True
 
     def retain(self, paths: set[str]) -> None:
-        self._entries = {k: v for k, v in self._entries.items() if k in paths}
+        if len(paths) != len(self._entries) or any(k not in paths for k in self._entries):
+            self._entries = {k: v for k, v in self._entries.items() if k in paths}
+            self._dirty = True
 
     def save(self) -> None:
-        if self._path is None:
+        if self._path is None or not self._dirty:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # a name of its own: concurrent runs may save the same cache; the last rename wins
         tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(self._entries))
         tmp.replace(self._path)
+        self._dirty = False
+
+
+def _walk(folder: str, prefix: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative path, full path, stat) of every dataset file, hidden entries skipped; plain
+    strings and scandir, as this runs over every file on every scan."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # removed while we walked; the next scan sees the settled state
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        relative = prefix + entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(entry.path, relative + "/")
+            elif entry.is_file() and not entry.name.endswith(IGNORED_SUFFIXES):
+                yield relative, entry.path, entry.stat()
+        except FileNotFoundError:
+            continue
 
 
 def fingerprint(root: Path, cache: StatCache | None = None) -> Fingerprint:
     """Fingerprint every dataset file under ``root``, reading only files the cache cannot vouch for."""
     cache = cache if cache is not None else StatCache()
     entries: list[FileEntry] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            full = Path(dirpath) / name
-            relative = full.relative_to(root).as_posix()
-            if not is_dataset_file(relative):
-                continue
+    for relative, full, st in _walk(str(root), ""):
+        digest = cache.lookup(relative, st)
+        if digest is None:
             try:
-                st = full.stat()
+                digest = hash_file(full, st.st_size)
             except FileNotFoundError:
-                continue  # removed while we walked; the next scan sees the settled state
-            digest = cache.lookup(relative, st)
-            if digest is None:
-                digest = hash_file(full)
-                cache.store(relative, st, digest)
-            entries.append(FileEntry(relative, st.st_size, digest))
+                continue
+            cache.store(relative, st, digest)
+        entries.append(FileEntry(relative, st.st_size, digest))
     files = tuple(sorted(entries, key=lambda f: f.path))
     cache.retain({f.path for f in files})
     cache.save()

@@ -82,6 +82,23 @@ def test_verify_notices_missing_and_altered_shards(dataset, tmp_path):
     assert "missing" in verify(result.dataset_uri)
 
 
+def test_verify_is_not_fooled_by_a_restored_mtime(dataset, tmp_path):
+    import os
+    import time
+
+    result = _ingest(dataset, tmp_path / "store")
+    shard = shard_paths(result.dataset_uri, "test")[0]
+    before = os.stat(shard)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    with open(shard, "r+b") as handle:
+        handle.seek(50)
+        handle.write(b"\x00\x01")
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # hide the write's mtime
+    time.sleep(0.2)  # old enough that verify would trust an unchanged stat signature
+    assert "checksum differs" in verify(result.dataset_uri)  # the ctime still moved
+    assert "checksum differs" in verify(result.dataset_uri, deep=True)
+
+
 def test_metadata_records_digest_and_manifest(dataset, tmp_path):
     fp = fingerprint(dataset)
     result = ingest(dataset, tmp_path / "store", fp, dataset_key="k")

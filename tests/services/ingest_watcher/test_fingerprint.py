@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 from services.ingest_watcher import fingerprint as fpmod
 from services.ingest_watcher.fingerprint import StatCache, diff, fingerprint
@@ -23,13 +24,13 @@ def test_unchanged_files_are_not_read_again(dataset, tmp_path, monkeypatch):
     fingerprint(dataset, cache)
     reads = []
     real = fpmod.hash_file
-    monkeypatch.setattr(fpmod, "hash_file", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(fpmod, "hash_file", lambda p, size=None: reads.append(p) or real(p, size))
     fingerprint(dataset, StatCache(tmp_path / "stat.json"))  # reloaded from disk, as on restart
     assert reads == []
     (dataset / "increments" / "b1").mkdir(parents=True)
     (dataset / "increments" / "b1" / "new.png").write_bytes(b"png")
     fingerprint(dataset, StatCache(tmp_path / "stat.json"))
-    assert [p.name for p in reads] == ["new.png"]
+    assert [Path(p).name for p in reads] == ["new.png"]
 
 
 def test_diff_names_added_changed_and_removed(dataset):
