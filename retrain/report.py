@@ -50,9 +50,11 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
         progress[name.removeprefix("retrain:progress:")] = {
             "state": fields.get("state"), **json.loads(fields.get("latest", "{}"))}
     champion = ChampionStore(client, model_repo).get()
+    entries = ContentCache(client, 1).entries()
     return {
         "runs": runs,
-        "cache": [e.__dict__ for e in ContentCache(client, 1).entries()],
+        "cache": [e.__dict__ for e in entries[-10:]],  # the newest; `retrain cache ls` has all
+        "cache_entries": len(entries),
         "champion": champion.__dict__ if champion else None,
         "training": progress,
     }
@@ -75,7 +77,8 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
                      ("hit" if cache.get("hit") else "miss") if cache else "-",
                      f"{run.get('seconds', 0):.1f}", models)
     console.print(runs)
-    cache = Table(title="cache entries")
+    cache = Table(title=f"cache entries (newest {len(info['cache'])} of {info['cache_entries']}; "
+                        "all: retrain cache ls)")
     for col in ("key", "digest", "records", "hits", "dataset"):
         cache.add_column(col)
     for entry in info["cache"]:

@@ -77,9 +77,12 @@ def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle, r):
     assert [s["name"] for s in second["steps"]] == ["fingerprint", "check_cache", "ingest"]
     assert second["steps"][2]["status"] == "skipped"
     assert all(isinstance(s["seconds"], float) for s in second["steps"])
+    assert all(s["started_at"] <= s["ended_at"] for s in second["steps"])
+    assert second["steps"][0]["digest"] == first["digest"]  # each step's outputs are recorded
+    assert second["steps"][1]["key"] == first["cache"]["key"]
     status = json.loads(_retrain("status", "--json", env=env).stdout)
     assert [r["run_id"] for r in status["runs"]] == [second["run_id"], first["run_id"]]
-    assert [e["hits"] for e in status["cache"]] == [1]
+    assert [e["hits"] for e in status["cache"]] == [1] and status["cache_entries"] == 1
     assert status["champion"] is None
     table = _retrain("status", env=env)
     assert table.returncode == 0 and second["run_id"] in table.stdout and "none yet" in table.stdout

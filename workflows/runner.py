@@ -95,6 +95,12 @@ class RunRequest:
         return cls(**{**fields, "parameters": RunParameters(**fields["parameters"])})
 
 
+def _span(seconds: float) -> dict[str, float]:
+    """started_at/ended_at of something that just ended after ``seconds``."""
+    now = time.time()
+    return {"started_at": round(now - seconds, 3), "ended_at": round(now, 3)}
+
+
 @dataclass
 class StepRecord:
     name: str
@@ -122,7 +128,7 @@ class RunRecorder:
     @contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:
         record = StepRecord(name)
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         try:
             yield record
         except BaseException as exc:
@@ -135,7 +141,9 @@ class RunRecorder:
         finally:
             record.seconds = round(time.perf_counter() - started, 3)
             self.summary["steps"].append(
-                {"name": name, "status": record.status, "seconds": record.seconds, **record.detail})
+                {"name": name, "status": record.status, "seconds": record.seconds,
+                 "started_at": round(started_at, 3), "ended_at": round(time.time(), 3),
+                 **record.detail})
             self.save()
             timeline.record(self._r, "step", name, status=record.status, seconds=record.seconds,
                             run_id=self.summary["run_id"], **record.detail)
@@ -288,13 +296,14 @@ class LocalRunner:
                                             "val_accuracy": result.val_accuracy,
                                             "model_uri": result.model_uri}
             rec.summary["steps"].append({"name": f"train:{model}", "status": "succeeded",
-                                         "seconds": seconds, "val_accuracy": result.val_accuracy})
+                                         "seconds": seconds, **_span(seconds),
+                                         "val_accuracy": result.val_accuracy})
         else:
             log_tail = (out.parent / "train.log").read_text().strip().splitlines()[-3:]
             reason = f"trainer exited with code {code}: " + " | ".join(log_tail)
             event = failed_event(request.run_id, model, reason)
             rec.summary["models"][model] = {"status": "failed", "seconds": seconds, "reason": reason}
             rec.summary["steps"].append({"name": f"train:{model}", "status": "failed",
-                                         "seconds": seconds, "error": reason})
+                                         "seconds": seconds, **_span(seconds), "error": reason})
         rec.save()
         self._emit(event)  # each model goes to the selector the moment it is done
