@@ -38,7 +38,8 @@ def _logging(verbose: bool) -> None:
 
 
 def _params(models: str | None, epochs: int | None, steps: int | None, batch: int | None,
-            lr: float | None, policy: str | None):  # type: ignore[no-untyped-def]
+            lr: float | None, policy: str | None, workers: int | None = None,
+            warm_start: bool | None = None):  # type: ignore[no-untyped-def]
     from events.payloads import RunParameters
 
     fields: dict[str, object] = {}
@@ -46,7 +47,8 @@ def _params(models: str | None, epochs: int | None, steps: int | None, batch: in
         fields["models"] = () if models.strip() == "none" else tuple(
             m.strip() for m in models.split(",") if m.strip())
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("batch_size", batch),
-                        ("learning_rate", lr), ("cache_policy", policy)):
+                        ("learning_rate", lr), ("cache_policy", policy), ("workers", workers),
+                        ("warm_start", warm_start)):
         if value is not None:
             fields[name] = value
     try:
@@ -106,6 +108,8 @@ def run(
     batch_size: Optional[int] = None,
     learning_rate: Optional[float] = None,
     cache_policy: Annotated[Optional[str], typer.Option(help="exact, max-age=15m, min-change=0.1")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="worker processes per model (all-reduce)")] = None,
+    warm_start: Annotated[Optional[bool], typer.Option("--warm-start/--no-warm-start", help="start from the champion's weights when it is the same variant")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     verbose: bool = False,
 ) -> None:
@@ -113,7 +117,8 @@ def run(
     _logging(verbose)
     from retrain.oneshot import run_once
 
-    params = _params(models, epochs, steps_per_epoch, batch_size, learning_rate, cache_policy)
+    params = _params(models, epochs, steps_per_epoch, batch_size, learning_rate, cache_policy,
+                     workers, warm_start)
     summary = run_once(_settings(), data, params, console)
     if as_json:
         print(json.dumps(summary, default=str))
@@ -215,32 +220,68 @@ def train(
     dataset: Annotated[str, typer.Option(help="ingested dataset folder")],
     out: Annotated[Path, typer.Option(help="where to write the SavedModel")],
     epochs: int = 1,
-    steps_per_epoch: Optional[int] = None,
-    batch_size: int = 64,
+    steps_per_epoch: Annotated[Optional[int], typer.Option(help="0 or unset: a full pass")] = None,
+    batch_size: Annotated[int, typer.Option(help="per worker; the global batch is this x workers")] = 64,
     learning_rate: float = 1e-3,
+    workers: Annotated[int, typer.Option(help="local worker processes on 127.0.0.1 (all-reduce)")] = 1,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="steps between checkpoints (default: each epoch)")] = None,
+    warm_start: Annotated[Optional[str], typer.Option(help="start from this exported model's weights if it is the same variant")] = None,
     run_id: str = "manual",
     sink: Annotated[Optional[str], typer.Option(help="send model.trained here")] = None,
 ) -> None:
-    """Train one model variant and export it for serving."""
+    """Train one model variant and export it for serving (one process, --workers N local
+    processes, or whatever cluster TF_CONFIG describes, as in a TFJob)."""
+    problems = []
+    if model not in ("cnn", "dropout", "batch_norm"):
+        problems.append(f"--model {model!r}: expected cnn, dropout or batch_norm")
+    if not (Path(dataset) / "metadata.json").is_file():
+        problems.append(f"--dataset {dataset}: not an ingested dataset (no metadata.json)")
+    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1),
+                             ("--workers", workers, 1), ("--steps-per-epoch", steps_per_epoch, 0),
+                             ("--checkpoint-every", checkpoint_every, 1)):
+        if value is not None and value < low:
+            problems.append(f"{name} {value}: must be at least {low}")
+    if not 0 < learning_rate < 10:
+        problems.append(f"--learning-rate {learning_rate}: must be between 0 and 10")
+    if workers > 1 and os.environ.get("TF_CONFIG"):
+        problems.append("--workers: TF_CONFIG already describes the cluster (as in a TFJob)")
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+    if workers > 1:
+        from services.trainer.cluster import launch_local
+
+        argv = ["train", "--model", model, "--dataset", dataset, "--out", str(out),
+                "--epochs", str(epochs), "--batch-size", str(batch_size),
+                "--learning-rate", repr(learning_rate), "--run-id", run_id]
+        for name, value in (("--steps-per-epoch", steps_per_epoch),
+                            ("--checkpoint-every", checkpoint_every),
+                            ("--warm-start", warm_start), ("--sink", sink)):
+            if value is not None:
+                argv += [name, str(value)]
+        launch_local(argv, workers, out.parent / "workers")
+        result = json.loads((out.parent / "result.json").read_text())
+        print(json.dumps({k: result[k] for k in ("model_uri", "val_accuracy", "seconds",
+                                                 "workers", "resumed_from_step",
+                                                 "weights_digest")}))
+        return
     from events.sinks import HttpSink
     from services.trainer.main import run as run_training
     from services.trainer.train import TrainConfig
 
     settings = _settings()
-    if model not in ("cnn", "dropout", "batch_norm"):
-        raise ConfigurationError(f"--model {model!r}: expected cnn, dropout or batch_norm")
-    if not (Path(dataset) / "metadata.json").is_file():
-        raise ConfigurationError(f"--dataset {dataset}: not an ingested dataset (no metadata.json)")
     client = None
     if settings.redis_url:
         from retrain.redis_store import connect
 
         client = connect(settings.redis_url)
     config = TrainConfig(model, dataset, out, epochs, steps_per_epoch or None, batch_size,
-                         learning_rate)  # 0 steps per epoch: a full pass, as in the workflow
+                         learning_rate, checkpoint_every=checkpoint_every,
+                         warm_start=warm_start)  # 0 steps per epoch: a full pass, as in the workflow
     result = run_training(config, run_id, client, HttpSink(sink) if sink else None)
     print(json.dumps({"model_uri": result.model_uri, "val_accuracy": result.val_accuracy,
-                      "seconds": round(result.seconds, 2)}))
+                      "seconds": round(result.seconds, 2), "workers": result.workers,
+                      "resumed_from_step": result.resumed_from_step,
+                      "weights_digest": result.weights_digest}))
 
 
 @app.command()

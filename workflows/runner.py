@@ -235,11 +235,12 @@ class LocalRunner:
     def _train_all(self, request: RunRequest, dataset_uri: str, rec: RunRecorder) -> None:
         params = request.parameters
         run_dir = self._settings.runs_dir / request.run_id
-        threads = max(1, (os.cpu_count() or 2) // len(params.models))
+        threads = max(1, (os.cpu_count() or 2) // (len(params.models) * params.workers))
         env = {**os.environ, "RETRAIN_REDIS_URL": self._redis_url,
                "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
                "TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
         procs: dict[str, tuple[subprocess.Popen[str], float, Path]] = {}
+        warm = self._warm_starts(params) if params.warm_start else {}
         for model in params.models:
             out = run_dir / model / "model"
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +250,11 @@ class LocalRunner:
                    "--learning-rate", str(params.learning_rate)]
             if params.steps_per_epoch:
                 cmd += ["--steps-per-epoch", str(params.steps_per_epoch)]
+            if params.workers > 1:
+                cmd += ["--workers", str(params.workers)]
+            start = warm.get(model)
+            if start:
+                cmd += ["--warm-start", start]
             with (out.parent / "train.log").open("w") as log_file:  # the child keeps its copy
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                         text=True)
@@ -258,6 +264,16 @@ class LocalRunner:
                 TrainingStarted(run_id=request.run_id, model_type=model, dataset_uri=dataset_uri),
                 source=SOURCE, id=f"{request.run_id}/{model}/started"))
         self._wait(request, procs, rec)
+
+    def _warm_starts(self, params: RunParameters) -> dict[str, str]:
+        """The champion's model for the variant it is (the others start from scratch)."""
+        from services.selector.champion import ChampionStore
+
+        champion = ChampionStore(self._r, str(self._settings.model_repo.resolve())).get()
+        if champion is None or not Path(champion.model_uri).is_dir():
+            log.info("warm start asked for, but there is no champion yet")
+            return {}
+        return {champion.model_type: champion.model_uri} if champion.model_type in params.models else {}
 
     def _wait(self, request: RunRequest,
               procs: dict[str, tuple[subprocess.Popen[str], float, Path]],

@@ -8,6 +8,7 @@ Both return ``probabilities`` (n, 10).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from services.trainer.tf_env import configure
@@ -44,8 +45,14 @@ class ServingModule(tf.Module):
         return {"probabilities": self.model(scaled[..., tf.newaxis], training=False)}
 
 
-def export(model: tf.keras.Model, path: Path) -> Path:  # type: ignore[name-defined]
-    """Write a SavedModel at ``path`` (a version folder such as ``.../fashion-mnist/3``)."""
+INFO_FILE = "assets.extra/retrain.json"  # what it is (TF Serving ignores assets.extra)
+WEIGHTS_FILE = "assets.extra/weights.h5"  # Keras weights, for warm starts
+
+
+def export(model: tf.keras.Model, path: Path,  # type: ignore[name-defined]
+           info: dict[str, object] | None = None) -> Path:
+    """Write a SavedModel at ``path`` (a version folder such as ``.../fashion-mnist/3``), with
+    ``info`` and the Keras weights under ``assets.extra/``."""
     module = ServingModule(model)
     tf.saved_model.save(
         module,
@@ -55,4 +62,7 @@ def export(model: tf.keras.Model, path: Path) -> Path:  # type: ignore[name-defi
             "predict_images": module.serve_arrays.get_concrete_function(),
         },
     )
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / INFO_FILE).write_text(json.dumps(info or {}, indent=1, default=str))
+    model.save_weights(str(path / WEIGHTS_FILE))
     return path

@@ -1,9 +1,19 @@
-"""Training one model variant on an ingested dataset, and exporting it for serving."""
+"""Training one model variant on an ingested dataset, and exporting it for serving.
+
+One code path for one process, N local processes and a TFJob: when TF_CONFIG describes a
+cluster, training runs under ``MultiWorkerMirroredStrategy`` (collective all-reduce), the
+global batch is the per-replica batch times the replicas, and only the chief keeps the
+model (the others write to a scratch folder that is removed). ``BackupAndRestore`` saves
+every ``checkpoint_every`` steps, so a run killed mid-epoch resumes from its last checkpoint
+when started again with the same output folder.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import resource
 import shutil
 import time
@@ -19,8 +29,9 @@ configure()
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from retrain.errors import RetrainError  # noqa: E402
+from retrain.errors import ConfigurationError, RetrainError  # noqa: E402
 from services.trainer import data, export, models  # noqa: E402
+from services.trainer.cluster import Role, role_from_tf_config  # noqa: E402
 from workflows.ingest import load_metadata, verify  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -38,9 +49,12 @@ class TrainConfig:
     out: Path
     epochs: int = 1
     steps_per_epoch: int | None = None
-    batch_size: int = 64
+    batch_size: int = 64  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
     seed: int = 7
+    checkpoint_every: int | None = None  # steps between checkpoints; None: every epoch
+    warm_start: str | None = None  # a model exported by retrain (e.g. the champion's folder)
+    collective_timeout: float = 600.0  # a dead peer fails the run instead of hanging it
 
 
 @dataclass(frozen=True)
@@ -52,69 +66,133 @@ class TrainResult:
     steps: int
     examples_per_second: float
     digest: str
+    workers: int = 1
+    resumed_from_step: int = 0
+    warm_start: str = ""
+    weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
 
 
 class _ProgressCallback(keras.callbacks.Callback):
-    def __init__(self, report: Progress, planned: int, batch: int, every: int = 10) -> None:
+    """Reports the optimizer's own step count, so a resumed run continues where it was."""
+
+    def __init__(self, report: Progress, planned: int, batch: int, replicas: int = 1,
+                 every: int = 10) -> None:
         super().__init__()
         self._report = report
+        self._replicas = replicas
         self._planned = planned
         self._batch = batch
         self._every = every
-        self._step = 0
+        self._first = 0
+        self._started = time.perf_counter()
+        self.resumed_from = 0
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self._first = self.resumed_from = self._step()
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-        self._step += 1
-        if self._step % self._every == 0 or self._step == self._planned:
+        step = self._step()
+        if step % self._every == 0 or step == self._planned:
             elapsed = time.perf_counter() - self._started
             logs = logs or {}
             self._report({
-                "step": self._step,
+                "step": step,
                 "planned": self._planned,
-                "loss": round(float(logs.get("loss", 0.0)), 4),
+                "resumed_from": self.resumed_from,
+                # batch logs under MultiWorkerMirroredStrategy carry this worker's loss
+                # multiplied by the replica count (seen with tf_keras 2.21); undo it
+                "loss": round(float(logs.get("loss", 0.0)) / self._replicas, 4),
                 "accuracy": round(float(logs.get("accuracy", 0.0)), 4),
-                "examples_per_second": round(self._step * self._batch / max(elapsed, 1e-9), 1),
+                "examples_per_second": round((step - self._first) * self._batch
+                                             / max(elapsed, 1e-9), 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             })
 
 
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def _strategy(role: Role, timeout: float) -> tf.distribute.Strategy:
+    if not role.distributed:
+        return tf.distribute.get_strategy()
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+        timeout_seconds=timeout)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def warm_start(model: keras.Model, source: str, model_type: str) -> str:
+    """Load a previous model's weights when its architecture matches; says what happened."""
+    folder = Path(source)
+    info_file, weights = folder / export.INFO_FILE, folder / export.WEIGHTS_FILE
+    if not info_file.is_file() or not weights.is_file():
+        raise ConfigurationError(
+            f"cannot warm-start from {source}: not a model exported by retrain "
+            f"(no {export.INFO_FILE} and {export.WEIGHTS_FILE})")
+    info = json.loads(info_file.read_text())
+    if info.get("model_type") != model_type:
+        return f"trained from scratch: {source} is a {info.get('model_type')}, not a {model_type}"
+    model.load_weights(str(weights))
+    return f"warm-started from {source}"
+
+
+def train(config: TrainConfig, progress: Progress | None = None,
+          role: Role | None = None) -> TrainResult:
     """Train ``config.model_type`` and export it to ``config.out`` (a SavedModel folder)."""
     started = time.perf_counter()
+    role = role or role_from_tf_config(os.environ.get("TF_CONFIG"))
+    strategy = _strategy(role, config.collective_timeout)  # before any other TensorFlow op
     problem = verify(config.dataset_uri)  # TFRecord readers stop quietly at a truncated shard
     if problem:
         raise TrainingError(f"dataset {config.dataset_uri} cannot be trained on: {problem}")
     meta = load_metadata(config.dataset_uri)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
     train_count = int(meta["splits"]["train"]["count"])  # type: ignore[index]
     usable = train_count - math.ceil(train_count / data.VALIDATION_EVERY)
-    if usable < config.batch_size:
+    if usable < global_batch:
         raise TrainingError(
-            f"dataset has {usable} training records, fewer than one batch of {config.batch_size}"
-        )
-    steps = config.steps_per_epoch or max(1, usable // config.batch_size)
+            f"dataset has {usable} training records, fewer than one global batch of {global_batch}")
+    steps = config.steps_per_epoch or max(1, usable // global_batch)
     tf.keras.utils.set_random_seed(config.seed)
-    train_ds, val_ds = data.train_and_validation(config.dataset_uri, config.batch_size, config.seed)
-    model = models.build(config.model_type, config.learning_rate)
+    with strategy.scope():
+        model = models.build(config.model_type, config.learning_rate)
+        note = warm_start(model, config.warm_start, config.model_type) if config.warm_start else ""
+    if note:
+        log.info("%s: %s", config.model_type, note)
+    train_ds, val_ds = data.train_and_validation(config.dataset_uri, global_batch, config.seed)
+    work = config.out.parent
+    scratch = work / f".scratch-{role.name}"  # what a non-chief writes, then removes
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.TensorBoard(str(config.out.parent / "tensorboard"), update_freq="epoch"),
+        keras.callbacks.BackupAndRestore(str(work / "backup"),
+                                         save_freq=config.checkpoint_every or "epoch"),
+        keras.callbacks.TensorBoard(str((work if role.is_chief else scratch) / "tensorboard"),
+                                    update_freq="epoch"),
     ]
-    if progress:
-        callbacks.append(_ProgressCallback(progress, steps * config.epochs, config.batch_size))
+    tracker = _ProgressCallback(progress or (lambda _: None), steps * config.epochs, global_batch,
+                                strategy.num_replicas_in_sync)
+    callbacks.append(tracker)
     try:
-        history = model.fit(
-            train_ds, epochs=config.epochs, steps_per_epoch=steps,
-            validation_data=val_ds, callbacks=callbacks, verbose=0,
-        )
+        history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
+                            validation_data=val_ds, callbacks=callbacks, verbose=0)
     except tf.errors.OpError as exc:
-        raise TrainingError(f"training {config.model_type} failed reading data: {exc.message}") from exc
+        raise TrainingError(f"training {config.model_type} failed ({role.name}): "
+                            f"{exc.message}") from exc
     val_loss = float(history.history["val_loss"][-1])
     val_acc = float(history.history["val_accuracy"][-1])
-    tmp = config.out.with_name(config.out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export.export(model, tmp)
-    shutil.rmtree(config.out, ignore_errors=True)
-    tmp.rename(config.out)
+    info = {"model_type": config.model_type, "dataset_digest": meta["digest"],
+            "val_accuracy": val_acc, "workers": role.workers}
+    if role.is_chief:
+        tmp = config.out.with_name(config.out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        export.export(model, tmp, info)
+        shutil.rmtree(config.out, ignore_errors=True)
+        tmp.rename(config.out)
+    else:  # every worker takes part in saving (variables are synchronised); only the chief keeps it
+        export.export(model, scratch / "model", info)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if role.is_chief:
+        shutil.rmtree(work / "backup", ignore_errors=True)  # finished: nothing to resume
     seconds = time.perf_counter() - started
     total = steps * config.epochs
     return TrainResult(
@@ -123,6 +201,19 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         val_loss=val_loss,
         seconds=seconds,
         steps=total,
-        examples_per_second=total * config.batch_size / max(seconds, 1e-9),
+        examples_per_second=(total - tracker.resumed_from) * global_batch / max(seconds, 1e-9),
         digest=str(meta["digest"]),
+        workers=role.workers,
+        resumed_from_step=tracker.resumed_from,
+        warm_start=note,
+        weights_digest=weights_digest(model),
     )
+
+
+def weights_digest(model: keras.Model) -> str:
+    from blake3 import blake3
+
+    hasher = blake3()
+    for weight in model.get_weights():
+        hasher.update(weight.tobytes())
+    return hasher.hexdigest()

@@ -37,3 +37,31 @@ def test_concurrent_runs_emit_one_completed_and_the_rest_skipped(settings, redis
     assert len({s["dataset_uri"] for s in summaries}) == 1
     completed = next(e for e in emitted if e.type is EventType.INGESTION_COMPLETED)
     assert completed.data.records == {"train": 600, "test": 200} and completed.data.new_shards == 2
+
+
+@pytest.mark.slow
+def test_a_warm_started_run_starts_the_matching_variant_from_the_champion(
+        settings, redis_handle, ingested, tmp_path):
+    import json
+    from pathlib import Path
+
+    from services.selector.champion import Champion, ChampionStore
+    from services.trainer.train import TrainConfig, train
+    from tests.conftest import write_dataset
+
+    served = train(TrainConfig("cnn", ingested, tmp_path / "served" / "model", steps_per_epoch=3,
+                               batch_size=32))
+    ChampionStore(redis_handle.client, str(settings.model_repo.resolve())).replace(0, Champion(
+        version=1, model_uri=served.model_uri, model_type="cnn", accuracy=0.5,
+        dataset_digest=served.digest, dataset_uri=ingested, run_id="before", generation=1))
+    data = write_dataset(tmp_path / "data", train=600, test=100)
+    runner = LocalRunner(settings, redis_handle.client, redis_handle.url, lambda e: None,
+                         Console(quiet=True))
+    request = RunRequest(str(data), RunParameters(models=("cnn", "dropout"), steps_per_epoch=3,
+                                                  batch_size=32, warm_start=True))
+    summary = runner.run(request)
+    assert summary["status"] == "succeeded", summary
+    results = {m: json.loads((Path(settings.runs_dir) / request.run_id / m / "result.json")
+                             .read_text()) for m in ("cnn", "dropout")}
+    assert results["cnn"]["warm_start"] == f"warm-started from {served.model_uri}"
+    assert results["dropout"]["warm_start"] == ""  # a different variant starts from scratch
