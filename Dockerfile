@@ -1,16 +1,18 @@
-# One image for every step and service: watcher, ingestion, trainer, selector, model server.
 # syntax=docker/dockerfile:1
+# One image for every step and service: watcher, ingestion, trainer, selector, model server.
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
+COPY scripts/install.sh ./scripts/
 COPY retrain ./retrain
 COPY events ./events
 COPY services ./services
 COPY workflows ./workflows
-# The same install step as the Makefile (without the test extra).
-RUN pip install --no-cache-dir --disable-pip-version-check .
+# The same install step as the Makefile (scripts/install.sh), without the test extra.
+RUN sh scripts/install.sh pip .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 retrain
@@ -21,7 +23,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     RETRAIN_HOME=/var/lib/retrain \
     RETRAIN_HOST=0.0.0.0
 RUN mkdir -p /var/lib/retrain && chown retrain /var/lib/retrain
-USER retrain
+USER 10001
 WORKDIR /home/retrain
 EXPOSE 8080 8090
 ENTRYPOINT ["retrain"]

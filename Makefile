@@ -11,8 +11,8 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # The one install step (the Dockerfile runs the same command).
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+$(STAMP): $(BIN)/python pyproject.toml scripts/install.sh
+	sh scripts/install.sh $(BIN)/pip -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -284,6 +284,22 @@ def train(
                       "weights_digest": result.weights_digest}))
 
 
+@app.command("seed")
+def seed_command(
+    out: Annotated[Path, typer.Option(help="dataset folder to write the four IDX files into")],
+    train_size: Annotated[int, typer.Option(help="stand-in training images")] = 60_000,
+    test_size: Annotated[int, typer.Option(help="stand-in test images")] = 10_000,
+) -> None:
+    """Write a dataset: the real Fashion-MNIST through tensorflow-datasets when it can be
+    downloaded (unless RETRAIN_OFFLINE=1), else a labelled stand-in in the same format."""
+    from workflows.seed import seed
+
+    if train_size < 1 or test_size < 1:
+        raise ConfigurationError("--train-size and --test-size must be at least 1")
+    result = seed(out, offline=_settings().offline, train=train_size, test=test_size)
+    console.print(result.note, soft_wrap=True)
+
+
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Runs, cache entries and the champion model."""
@@ -305,6 +321,36 @@ from retrain.cli_step import step_app  # noqa: E402
 
 app.add_typer(cache_app, name="cache")
 app.add_typer(step_app, name="step")
+select_app = typer.Typer(no_args_is_help=True, help="The selector (champion and promotion).")
+app.add_typer(select_app, name="select")
+
+
+@select_app.command("serve")
+def select_serve(port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None) -> None:
+    """Receive model.trained CloudEvents on POST /events and promote each candidate that beats
+    the champion into RETRAIN_HOME's model repository (TF Serving / KServe poll it)."""
+    _logging(True)
+    from events.dedup import Deduplicator
+    from events.sinks import RedisStreamSink
+    from retrain.http import serve_forever
+    from retrain.redis_store import open_redis
+    from retrain.settings import MODEL_NAME
+    from services.selector.app import create_app as create_selector
+    from services.selector.backends import LocalBackend
+    from services.selector.champion import ChampionStore
+    from services.selector.evaluate import Evaluator
+    from services.selector.service import Selector
+
+    settings = _settings(events_port=port)
+    with open_redis(settings.redis_url, settings.home) as handle:
+        selector = Selector(ChampionStore(handle.client, str(settings.model_repo.resolve())),
+                            LocalBackend(settings.model_repo, MODEL_NAME, lambda _version: None),
+                            Evaluator(), RedisStreamSink(handle.client).send)
+        dedup = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector")
+        serve_forever(create_selector(selector, dedup, settings.api_keys), settings.host,
+                      settings.events_port, "selector")
+
+
 workflow_app = typer.Typer(no_args_is_help=True, help="The Argo WorkflowTemplate (hera).")
 app.add_typer(workflow_app, name="workflow")
 

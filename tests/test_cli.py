@@ -94,3 +94,18 @@ def test_publish_validates_the_payload(tmp_path):
     assert done.returncode != 0 and "uri" in done.stderr and "Field required" in done.stderr
     done = _retrain("publish", "dev.retrain.nope", "--data", "{}", env={"RETRAIN_HOME": str(tmp_path)})
     assert done.returncode != 0 and "unknown event type" in done.stderr
+
+
+def test_seed_writes_a_stand_in_offline_and_says_so(tmp_path):
+    from workflows import idx
+    from workflows.layout import BASE_FILES
+
+    done = _retrain("seed", "--out", str(tmp_path / "fm"), "--train-size", "50", "--test-size", "20",
+                    env={"RETRAIN_HOME": str(tmp_path), "RETRAIN_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "stand-in" in done.stderr
+    assert idx.image_count(tmp_path / "fm" / BASE_FILES["train"][0]) == 50
+    assert len(idx.read_labels(tmp_path / "fm" / BASE_FILES["test"][1])) == 20
+    bad = _retrain("seed", "--out", str(tmp_path / "x"), "--train-size", "0",
+                   env={"RETRAIN_HOME": str(tmp_path), "RETRAIN_OFFLINE": "1"})
+    assert bad.returncode == 2 and "--train-size" in bad.stderr

@@ -77,6 +77,7 @@ def tfjob_manifest(names: ClusterNames) -> str:
             "--steps-per-epoch", "{{workflow.parameters.steps-per-epoch}}",
             "--batch-size", "{{workflow.parameters.batch-size}}",
             "--learning-rate", "{{workflow.parameters.learning-rate}}",
+            "--checkpoint-every", "100",  # a restarted worker resumes from here
             "--sink", names.model_trained_sink,
         ],
         "env": [{"name": "RETRAIN_HOME", "value": HOME},

@@ -84,6 +84,21 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _echo_progress(log: Path, offset: int) -> int:
+    """Copy the chief's progress lines (``[model worker-0] step ...``) to our standard error."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return offset
+    complete = chunk.rfind(b"\n") + 1
+    for raw in chunk[:complete].splitlines():
+        if raw.startswith(b"["):
+            print(raw.decode(errors="replace"), file=sys.stderr, flush=True)
+    return offset + complete
+
+
 def launch_local(argv: Sequence[str], workers: int, log_dir: Path,
                  env: Mapping[str, str] | None = None, poll: float = 0.2) -> str:
     """Run ``retrain train`` (``argv`` without ``--workers``) as ``workers`` processes on
@@ -104,7 +119,9 @@ def launch_local(argv: Sequence[str], workers: int, log_dir: Path,
             with log.open("wb") as err, chief_out.open("wb") if index == 0 else err as out:
                 procs.append((subprocess.Popen([sys.executable, "-m", "retrain.cli", *argv],
                                                env=child_env, stdout=out, stderr=err), log))
+        echoed = 0
         while True:
+            echoed = _echo_progress(procs[0][1], echoed)
             codes = [p.poll() for p, _ in procs]
             failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
             if failed:

@@ -64,9 +64,10 @@ class TrainResult:
     val_loss: float
     seconds: float
     steps: int
-    examples_per_second: float
+    examples_per_second: float  # in the training loop (validation included), all workers
     digest: str
     workers: int = 1
+    fit_seconds: float = 0.0  # the training loop alone; ``seconds`` adds setup and export
     resumed_from_step: int = 0
     warm_start: str = ""
     weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
@@ -103,10 +104,10 @@ class _ProgressCallback(keras.callbacks.Callback):
                 "step": step,
                 "planned": self._planned,
                 "resumed_from": self.resumed_from,
-                # batch logs under MultiWorkerMirroredStrategy carry this worker's loss
-                # multiplied by the replica count (seen with tf_keras 2.21); undo it
+                # batch logs under MultiWorkerMirroredStrategy hold the sum over the replicas
+                # of each one's value (an accuracy of 1.48 with two; tf_keras 2.21): average
                 "loss": round(float(logs.get("loss", 0.0)) / self._replicas, 4),
-                "accuracy": round(float(logs.get("accuracy", 0.0)), 4),
+                "accuracy": round(float(logs.get("accuracy", 0.0)) / self._replicas, 4),
                 "examples_per_second": round((step - self._first) * self._batch
                                              / max(elapsed, 1e-9), 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -172,12 +173,14 @@ def train(config: TrainConfig, progress: Progress | None = None,
     tracker = _ProgressCallback(progress or (lambda _: None), steps * config.epochs, global_batch,
                                 strategy.num_replicas_in_sync)
     callbacks.append(tracker)
+    fit_started = time.perf_counter()
     try:
         history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
                             validation_data=val_ds, callbacks=callbacks, verbose=0)
     except tf.errors.OpError as exc:
         raise TrainingError(f"training {config.model_type} failed ({role.name}): "
                             f"{exc.message}") from exc
+    fit_seconds = time.perf_counter() - fit_started
     val_loss = float(history.history["val_loss"][-1])
     val_acc = float(history.history["val_accuracy"][-1])
     info = {"model_type": config.model_type, "dataset_digest": meta["digest"],
@@ -201,7 +204,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         val_loss=val_loss,
         seconds=seconds,
         steps=total,
-        examples_per_second=(total - tracker.resumed_from) * global_batch / max(seconds, 1e-9),
+        examples_per_second=(total - tracker.resumed_from) * global_batch / max(fit_seconds, 1e-9),
+        fit_seconds=fit_seconds,
         digest=str(meta["digest"]),
         workers=role.workers,
         resumed_from_step=tracker.resumed_from,

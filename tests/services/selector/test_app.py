@@ -1,0 +1,49 @@
+"""``retrain select serve``'s app: model.trained over HTTP, judged and promoted for real."""
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from events import make_event
+from events.codec import encode
+from events.dedup import Deduplicator
+from events.payloads import ModelTrained
+from events.sinks import RedisStreamSink, read_stream
+from services.selector.app import create_app
+from services.selector.backends import LocalBackend, versions
+from services.selector.champion import ChampionStore
+from services.selector.evaluate import Evaluator
+from services.selector.service import Selector
+from services.trainer.train import TrainConfig, train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
+        r, ingested, tmp_path):
+    result = train(TrainConfig("cnn", ingested, tmp_path / "run" / "model", steps_per_epoch=5,
+                               batch_size=32))
+    repo = tmp_path / "models"
+    selector = Selector(ChampionStore(r, str(repo)), LocalBackend(repo, "fashion-mnist",
+                                                                  lambda _v: None),
+                        Evaluator(), RedisStreamSink(r).send)
+    app = create_app(selector, Deduplicator(r, 60, namespace="selector"), api_keys=("k",))
+    client = TestClient(app)
+    trained = make_event("model.trained", ModelTrained(
+        run_id="r1", model_type="cnn", model_uri=result.model_uri, dataset_uri=ingested,
+        dataset_digest=result.digest, val_accuracy=result.val_accuracy, val_loss=result.val_loss,
+        seconds=1.0, workers=1, steps=5), source="trainer", id="r1/cnn/trained")
+    headers, body = encode(trained, "binary")
+    headers["Authorization"] = "Bearer k"
+    assert client.post("/events", content=body, headers=headers).status_code == 202
+    again = client.post("/events", content=body, headers=headers)
+    assert again.status_code == 202 and again.json()["duplicates"] == [trained.id]
+    other_headers, other = encode(make_event("dataset.updated", {"uri": "/d"}, source="w"), "binary")
+    other_headers["Authorization"] = "Bearer k"
+    assert client.post("/events", content=other, headers=other_headers).status_code == 202
+    app.state.pending.join()
+    champion = ChampionStore(r, str(repo)).get()
+    assert champion is not None and champion.version == 1 and champion.run_id == "r1"
+    assert versions(repo / "fashion-mnist") == [1]
+    assert [e["type"] for e in read_stream(r)] == ["dev.retrain.model.promoted"]
