@@ -33,6 +33,7 @@ manifests: $(STAMP)
 # Side-by-side measurements; each prints its ratios (see benchmarks/README.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cache.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) .retrain .pytest_cache
