@@ -28,7 +28,8 @@ test-fast: $(STAMP)
 
 # Regenerate the committed manifests from their generators (tests check they are current).
 manifests: $(STAMP)
-	$(BIN)/retrain workflow render --out manifests/base/workflowtemplate.yaml
+	$(BIN)/retrain workflow render --image retrain:dev --out manifests/overlays/local/workflowtemplate.yaml
+	$(BIN)/retrain workflow render --image ghcr.io/retrain-dev/retrain:0.1.0 --out manifests/overlays/production/workflowtemplate.yaml
 
 # Side-by-side measurements; each prints its ratios (see benchmarks/README.md).
 bench: $(STAMP)

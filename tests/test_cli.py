@@ -103,7 +103,7 @@ def test_seed_writes_a_stand_in_offline_and_says_so(tmp_path):
     done = _retrain("seed", "--out", str(tmp_path / "fm"), "--train-size", "50", "--test-size", "20",
                     env={"RETRAIN_HOME": str(tmp_path), "RETRAIN_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
-    assert "stand-in" in done.stderr
+    assert "GENERATED STAND-IN DATA" in done.stderr
     assert idx.image_count(tmp_path / "fm" / BASE_FILES["train"][0]) == 50
     assert len(idx.read_labels(tmp_path / "fm" / BASE_FILES["test"][1])) == 20
     bad = _retrain("seed", "--out", str(tmp_path / "x"), "--train-size", "0",

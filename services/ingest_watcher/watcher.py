@@ -49,7 +49,10 @@ class DirectoryWatcher:
         self._state_key = f"retrain:watcher:{dataset}:{root_id}"
         self._cache = StatCache(state_dir / f"statcache-{root_id}.json")
         self._previous_scan: str | None = None
+        self._wake = threading.Event()
         self.emitted = 0
+        self.scans = 0
+        self.last_scan: float | None = None  # wall time of the last completed scan
 
     def last_emitted(self) -> Fingerprint | None:
         raw = self._r.get(self._state_key)
@@ -63,6 +66,8 @@ class DirectoryWatcher:
         if not self.root.is_dir():
             return None
         fp = fingerprint(self.root, self._cache)
+        self.scans += 1
+        self.last_scan = time.time()
         stable = fp.digest == self._previous_scan
         self._previous_scan = fp.digest
         last = self.last_emitted()
@@ -103,10 +108,17 @@ class DirectoryWatcher:
                     continue
         return time.time() - newest >= self._settle
 
+    def rescan(self) -> None:
+        """Scan now instead of at the next interval (a webhook or a calendar asked)."""
+        self._wake.set()
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.scan_once()
             except Exception:  # keep watching; the next scan retries
                 log.exception("watcher scan of %s failed", self.root)
-            stop.wait(self._interval)
+            if self._wake.wait(self._interval):
+                self._wake.clear()
+            if stop.is_set():
+                return

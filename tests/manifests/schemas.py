@@ -1,0 +1,93 @@
+"""Strict schema validation of every kind we deploy: core kinds with kubernetes-validate,
+the TFJob and InferenceService against their CRDs, Argo Events kinds against the project's
+swagger, Argo Workflows kinds through hera's models. Unknown fields are errors everywhere
+(Kubernetes would drop them silently)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+from tests.strict import strict_problems
+
+SCHEMAS = Path(__file__).parent / "schemas"
+KUBERNETES_VERSION = "1.30"
+ARGO_EVENTS = "io.argoproj.events.v1alpha1."
+
+
+def _strict(schema: Any) -> Any:
+    """Objects that list properties accept no others, unless they preserve unknown fields."""
+    if isinstance(schema, dict):
+        if schema.get("format") == "int-or-string":  # swagger says string; Kubernetes takes both
+            return {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+        out = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def _read(name: str) -> str:
+    path = SCHEMAS / name
+    return gzip.decompress(path.read_bytes()).decode() if name.endswith(".gz") else path.read_text()
+
+
+@functools.cache
+def _crd_validator(name: str, version: str) -> jsonschema.Validator:
+    crd = yaml.safe_load(_read(name))
+    [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = copy.deepcopy(entry["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
+@functools.cache
+def _argo_events_definitions() -> dict[str, Any]:
+    return _strict(json.loads(_read("argo-events-v1.9.11-swagger.json.gz"))["definitions"])
+
+
+def _argo_events_validator(kind: str) -> jsonschema.Validator:
+    root = {"definitions": _argo_events_definitions(), "$ref": f"#/definitions/{ARGO_EVENTS}{kind}"}
+    return jsonschema.Draft7Validator(root)
+
+
+def _errors(validator: jsonschema.Validator, doc: Any) -> list[str]:
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                  for e in validator.iter_errors(doc))
+
+
+def problems(doc: dict[str, Any]) -> list[str]:
+    """Every schema problem of one object; [] when it is valid."""
+    kind, api = doc.get("kind"), doc.get("apiVersion", "")
+    if api == "kubeflow.org/v1" and kind == "TFJob":
+        return _errors(_crd_validator("kubeflow-tfjobs-crd-v1.9.0.yaml.gz", "v1"), doc)
+    if api == "serving.kserve.io/v1beta1" and kind == "InferenceService":
+        return _errors(_crd_validator("kserve-v0.20.0-inferenceservices-crd.yaml.gz", "v1beta1"), doc)
+    if api == "argoproj.io/v1alpha1" and kind in ("EventBus", "EventSource", "Sensor"):
+        return _errors(_argo_events_validator(kind), doc)
+    if api == "argoproj.io/v1alpha1" and kind in ("WorkflowTemplate", "Workflow"):
+        from hera.workflows import models
+
+        model = getattr(models, kind)
+        try:
+            model.model_validate(doc)
+        except Exception as exc:  # pydantic's ValidationError lists every problem
+            return [str(exc)]
+        return strict_problems(model, doc)
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(map(str, exc.path))}: {exc.message}"]
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return [f"no schema for {api} {kind}: {exc}"]
+    return []

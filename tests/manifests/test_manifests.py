@@ -1,0 +1,240 @@
+"""The cluster deployment, checked here since no cluster runs here: every overlay builds, every
+object is valid against its kind's schema (strictly), and the objects refer to each other
+consistently."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.manifests.kustomize import build
+from tests.manifests.schemas import problems
+from workflows.definition import ClusterNames, tfjob_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = ["local", "production"]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request):
+    return request.param, build(ROOT / "manifests" / "overlays" / request.param)
+
+
+def _by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _pod_specs(docs):
+    """(owner, pod spec) of every Deployment, and of the TFJob the workflow creates."""
+    for deployment in _by_kind(docs, "Deployment").values():
+        yield deployment["metadata"]["name"], deployment["spec"]["template"]["spec"]
+    yield "tfjob", _tfjob()["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+
+
+def _tfjob():
+    samples = {"workflow.parameters.workers": "2"}
+    text = re.sub(r"\{\{([^}]+)\}\}", lambda m: samples.get(m[1], "x"), tfjob_manifest(ClusterNames()))
+    return yaml.safe_load(text)
+
+
+def test_every_object_is_valid_against_its_schema(overlay):
+    name, docs = overlay
+    failures = {f"{d['kind']}/{d['metadata']['name']}": problems(d) for d in docs}
+    assert {k: v for k, v in failures.items() if v} == {}
+    assert {d["kind"] for d in docs} >= {
+        "Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "ServiceAccount", "Role",
+        "RoleBinding", "Deployment", "Service", "InferenceService", "WorkflowTemplate",
+        "EventBus", "EventSource", "Sensor"}
+
+
+def test_the_tfjob_the_workflow_creates_is_valid():
+    assert problems(_tfjob()) == []
+
+
+def test_the_workflows_the_sensors_submit_are_valid(overlay):
+    _, docs = overlay
+    for sensor in _by_kind(docs, "Sensor").values():
+        for trigger in sensor["spec"]["triggers"]:
+            workflow = trigger["template"].get("argoWorkflow")
+            if workflow:
+                assert problems(workflow["source"]["resource"]) == []
+
+
+@pytest.mark.parametrize("typo", ["endpont", "imagee"])
+def test_a_typo_anywhere_fails(typo):
+    docs = build(ROOT / "manifests" / "overlays" / "local")
+    source = _by_kind(docs, "EventSource")["retrain-webhook"]
+    deployment = _by_kind(docs, "Deployment")["retrain-watcher"]
+    if typo == "endpont":
+        source["spec"]["webhook"]["dataset-updated"]["endpont"] = "/x"
+        assert any("'endpont' was unexpected" in p for p in problems(source))
+    else:
+        deployment["spec"]["template"]["spec"]["containers"][0]["imagee"] = "x"
+        assert any("'imagee' was unexpected" in p for p in problems(deployment))
+    tfjob = _tfjob()
+    tfjob["spec"]["runPolicy"]["cleanPodPolicyy"] = "All"
+    assert any("cleanPodPolicyy" in p for p in problems(tfjob))
+
+
+def test_names_refer_to_objects_that_exist(overlay):
+    _, docs = overlay
+    accounts = set(_by_kind(docs, "ServiceAccount"))
+    claims = set(_by_kind(docs, "PersistentVolumeClaim"))
+    config_maps = set(_by_kind(docs, "ConfigMap"))
+    secrets = {n: set(s.get("stringData", {})) | set(s.get("data", {}))
+               for n, s in _by_kind(docs, "Secret").items()}
+    template = _by_kind(docs, "WorkflowTemplate")["retrain"]
+    used_accounts = {template["spec"]["serviceAccountName"]}
+    used_claims = {v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"]}
+    used_maps = {e["configMapRef"]["name"] for t in template["spec"]["templates"]
+                 for e in t.get("container", {}).get("envFrom", [])}
+    used_secrets = set()
+    for _, spec in _pod_specs(docs):
+        used_accounts.add(spec.get("serviceAccountName", "default"))
+        used_claims |= {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", [])
+                        if "persistentVolumeClaim" in v}
+        for container in spec["containers"]:
+            used_maps |= {e["configMapRef"]["name"] for e in container.get("envFrom", [])}
+            used_secrets |= {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                             for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    for sensor in _by_kind(docs, "Sensor").values():
+        used_accounts.add(sensor["spec"]["template"]["serviceAccountName"])
+        for trigger in sensor["spec"]["triggers"]:
+            for header in trigger["template"].get("http", {}).get("secureHeaders", []):
+                ref = header["valueFrom"]["secretKeyRef"]
+                used_secrets.add((ref["name"], ref["key"]))
+    for source in _by_kind(docs, "EventSource").values():
+        for kind in source["spec"].values():
+            for entry in (kind.values() if isinstance(kind, dict) else []):
+                for field in ("authSecret", "apiToken", "webhookSecret", "accessKey", "secretKey"):
+                    if isinstance(entry, dict) and field in entry:
+                        used_secrets.add((entry[field]["name"], entry[field]["key"]))
+    assert used_accounts <= accounts, used_accounts - accounts  # no pod runs as "default"
+    assert used_claims <= claims and used_maps <= config_maps
+    missing = [(n, k) for n, k in used_secrets if k not in secrets.get(n, set())]
+    assert missing == [] and len(used_secrets) >= 6
+    isvc = _by_kind(docs, "InferenceService")["fashion-mnist"]
+    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert uri.split("/")[2] in claims and uri.endswith("/models/fashion-mnist")
+    for binding in _by_kind(docs, "RoleBinding").values():
+        assert binding["roleRef"]["name"] in _by_kind(docs, "Role")
+        assert {s["name"] for s in binding["subjects"]} <= accounts
+
+
+def _service_ports(docs):
+    ports = {}
+    for name, service in _by_kind(docs, "Service").items():
+        ports[name] = {p["port"] for p in service["spec"]["ports"]}
+    for name, source in _by_kind(docs, "EventSource").items():  # Argo Events makes these
+        if "service" in source["spec"]:
+            ports[f"{name}-eventsource-svc"] = {p["port"] for p in source["spec"]["service"]["ports"]}
+    return ports
+
+
+def test_every_url_points_at_a_service_port_that_exists(overlay):
+    _, docs = overlay
+    ports = _service_ports(docs)
+    text = yaml.safe_dump_all(docs) + tfjob_manifest(ClusterNames())
+    urls = set(re.findall(r"(?:http|redis)://([a-z0-9-]+)\.retrain\.svc:(\d+)(/[\w/-]*)?", text))
+    assert len(urls) >= 4
+    for host, port, path in urls:
+        assert int(port) in ports.get(host, set()), f"{host}:{port} is not a service port"
+        if host.endswith("-eventsource-svc") and path:  # the path is one of its endpoints
+            source = _by_kind(docs, "EventSource")[host.removesuffix("-eventsource-svc")]
+            endpoints = {w["endpoint"] for w in source["spec"]["webhook"].values()}
+            assert path in endpoints
+
+
+def test_services_select_pods_and_target_ports_they_expose(overlay):
+    _, docs = overlay
+    deployments = _by_kind(docs, "Deployment")
+    for name, service in _by_kind(docs, "Service").items():
+        pods = [d for d in deployments.values()
+                if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(pods) == 1, name
+        spec = pods[0]["spec"]["template"]["spec"]
+        exposed = {p.get("name") for c in spec["containers"] for p in c.get("ports", [])}
+        exposed |= {p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in exposed, f"{name} targets {port['targetPort']}"
+    for deployment in deployments.values():
+        spec = deployment["spec"]
+        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_sensors_trigger_what_exists(overlay):
+    _, docs = overlay
+    sources = _by_kind(docs, "EventSource")
+    template = _by_kind(docs, "WorkflowTemplate")["retrain"]
+    declared = {p["name"] for p in template["spec"]["arguments"]["parameters"]}
+    for sensor in _by_kind(docs, "Sensor").values():
+        for dependency in sensor["spec"]["dependencies"]:
+            source = sources[dependency["eventSourceName"]]
+            events = {e for kind in source["spec"].values() if isinstance(kind, dict)
+                      for e in kind}
+            assert dependency["eventName"] in events
+        names = {d["name"] for d in sensor["spec"]["dependencies"]}
+        for trigger in sensor["spec"]["triggers"]:
+            assert trigger["atLeastOnce"] is True and trigger["rateLimit"]["requestsPerUnit"] > 0
+            assert set(re.findall(r"[\w-]+", trigger["template"]["conditions"])) <= names
+            workflow = trigger["template"].get("argoWorkflow")
+            if not workflow:
+                continue
+            resource = workflow["source"]["resource"]
+            assert resource["spec"]["workflowTemplateRef"]["name"] == template["metadata"]["name"]
+            given = [p["name"] for p in resource["spec"]["arguments"]["parameters"]]
+            assert set(given) <= declared and "data-uri" in given
+            for parameter in workflow["parameters"]:
+                index = int(parameter["dest"].split(".")[3])
+                assert parameter["dest"] == f"spec.arguments.parameters.{index}.value"
+                assert index < len(given) and parameter["src"]["dependencyName"] in names
+
+
+def test_every_step_and_service_runs_the_overlays_image(overlay):
+    _, docs = overlay
+    ours = {c["image"] for d in _by_kind(docs, "Deployment").values()
+            for c in d["spec"]["template"]["spec"]["containers"] if "retrain" in c["image"]}
+    template = _by_kind(docs, "WorkflowTemplate")["retrain"]
+    steps = {t["container"]["image"] for t in template["spec"]["templates"] if "container" in t}
+    [train] = [t for t in template["spec"]["templates"] if "resource" in t]
+    tfjob = yaml.safe_load(train["resource"]["manifest"].replace("{{workflow.parameters.workers}}", "2"))
+    trainers = {c["image"] for c in tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]}
+    assert len(ours) == 1 and steps == ours and trainers == ours
+
+
+def test_the_overlays_differ_where_they_should():
+    local = build(ROOT / "manifests" / "overlays" / "local")
+    production = build(ROOT / "manifests" / "overlays" / "production")
+    image = lambda docs: _by_kind(docs, "Deployment")["retrain-watcher"]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    assert image(local) == "retrain:dev" and image(production) == "ghcr.io/retrain-dev/retrain:0.1.0"
+    claim = lambda docs: _by_kind(docs, "PersistentVolumeClaim")["retrain-data"]["spec"]  # noqa: E731
+    assert claim(local)["storageClassName"] == "local-path" and claim(production)["accessModes"] == ["ReadWriteMany"]
+    selector = _by_kind(production, "Deployment")["retrain-selector"]["spec"]["template"]["spec"]["containers"][0]
+    assert selector["resources"]["requests"]["cpu"] == "2" and selector["args"][0] == "select"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="cross-check with the real kustomize")
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_real_kustomize_builds_the_same_objects(name):
+    done = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests" / "overlays" / name)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    real = sorted((d for d in yaml.safe_load_all(done.stdout) if d), key=key)
+    ours = sorted(build(ROOT / "manifests" / "overlays" / name), key=key)
+    assert real == ours
+
+
+def test_the_dockerfile_is_lint_clean_and_installs_as_the_makefile_does():
+    hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
+    done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "RUN sh scripts/install.sh pip ." in dockerfile
+    assert "\tsh scripts/install.sh $(BIN)/pip -e '.[test]'" in makefile
+    assert re.search(r"^USER \d+$", dockerfile, re.M) and 'ENTRYPOINT ["retrain"]' in dockerfile
+    assert dockerfile.count("\nFROM ") == 2  # multi-stage
