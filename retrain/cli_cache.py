@@ -14,20 +14,12 @@ from rich.table import Table
 cache_app = typer.Typer(no_args_is_help=True, help="The content-based step cache (Redis).")
 
 
-def _ago(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 @cache_app.command("ls")
 def ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every live entry: key, digest, records, age, hits, and when it expires unless hit."""
     from retrain.cli import _settings
     from retrain.redis_store import open_redis
-    from workflows.cache import ContentCache
+    from workflows.cache import ContentCache, ago
 
     settings = _settings()
     with open_redis(settings.redis_url, settings.home) as handle:
@@ -42,9 +34,11 @@ def ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         table.add_column(col, no_wrap=True)
     for row in rows:
         records = f"{row['records'].get('train', 0)}+{row['records'].get('test', 0)}"
-        table.add_row(row["key"][:10], row["digest"][:10], records, _ago(now - row["created_at"]),
-                      _ago(now - row["last_hit"]) if row["hits"] else "-", str(row["hits"]),
-                      _ago(row["expires_in"]) if row["expires_in"] >= 0 else "gone")
+        table.add_row(row["key"][:10], row["digest"][:10], records,
+                      ago(now - row["created_at"], short=True),
+                      ago(now - row["last_hit"], short=True) if row["hits"] else "-",
+                      str(row["hits"]),
+                      ago(row["expires_in"], short=True) if row["expires_in"] >= 0 else "gone")
     Console().print(table)
 
 
@@ -56,17 +50,10 @@ def explain(
 ) -> None:
     """The key's parts and whether a run would hit, without running or changing anything."""
     from retrain.cli import _settings
-    from retrain.redis_store import open_redis
-    from workflows import steps
-    from workflows.cache import ContentCache, Policy
+    from retrain.cli_step import decide_from_cli
 
     settings = _settings()
-    policy = Policy.parse(cache_policy)
-    root = steps.resolve_root(data)
-    fp = steps.fingerprint_step(root, settings.home / "statcache")
-    with open_redis(settings.redis_url, settings.home) as handle:
-        check = steps.explain_cache(ContentCache(handle.client, settings.cache_ttl_seconds),
-                                    root, fp, policy)
+    fp, check = decide_from_cli(settings, data, cache_policy, record=False)
     entry = check.decision.entry
     info = {"key": check.key, "parts": check.parts, "policy": check.policy,
             "would_hit": check.decision.hit, "reason": check.decision.reason,

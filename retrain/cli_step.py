@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -17,6 +17,22 @@ step_app = typer.Typer(no_args_is_help=True, help="Run one workflow step (what a
 
 OutputsOption = Annotated[Optional[Path], typer.Option(help="write each output to a file here")]
 SinkOption = Annotated[Optional[str], typer.Option(help="send ingestion.* events here")]
+
+
+def decide_from_cli(settings: Any, data: str, cache_policy: str, *, record: bool) -> tuple[Any, Any]:
+    """Fingerprint ``data`` and decide from the cache: the check-cache step (``record``: a hit
+    is counted, a stale entry dropped) or ``retrain cache explain`` (nothing changes)."""
+    from retrain.redis_store import open_redis
+    from workflows import steps
+    from workflows.cache import ContentCache, Policy
+
+    policy = Policy.parse(cache_policy)
+    root = steps.resolve_root(data)
+    fp = steps.fingerprint_step(root, settings.home / "statcache")
+    decide = steps.check_cache if record else steps.explain_cache
+    with open_redis(settings.redis_url, settings.home) as handle:
+        check = decide(ContentCache(handle.client, settings.cache_ttl_seconds), root, fp, policy)
+    return fp, check
 
 
 def _emit_outputs(outputs: dict[str, object], folder: Path | None) -> None:
@@ -48,18 +64,10 @@ def check_cache(
     Outputs: hit (true|false), reason, key, digest, dataset-uri (where the ingested dataset
     is, or will be once the ingest step has run)."""
     from retrain.cli import _settings
-    from retrain.redis_store import open_redis
-    from workflows import steps
-    from workflows.cache import ContentCache, Policy
     from workflows.runner import ingestion_skipped
 
     settings = _settings()
-    policy = Policy.parse(cache_policy)
-    root = steps.resolve_root(data)
-    fp = steps.fingerprint_step(root, settings.home / "statcache")
-    with open_redis(settings.redis_url, settings.home) as handle:
-        check = steps.check_cache(ContentCache(handle.client, settings.cache_ttl_seconds),
-                                  root, fp, policy)
+    fp, check = decide_from_cli(settings, data, cache_policy, record=True)
     entry = check.decision.entry
     dataset_uri = entry.dataset_uri if entry else str(settings.store_dir / "datasets" / check.key)
     if entry is not None:

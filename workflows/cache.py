@@ -104,12 +104,15 @@ def cache_key(digest: str, code_version: str, params: dict[str, Any]) -> str:
     return blake3(material.encode()).hexdigest()
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float, short: bool = False) -> str:
+    """``12 min ago`` (or ``12m`` when ``short``)."""
     if seconds < 90:
-        return f"{seconds:.0f} s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
+        value, unit = f"{seconds:.0f}", "s"
+    elif seconds < 5400:
+        value, unit = f"{seconds / 60:.0f}", "m" if short else "min"
+    else:
+        value, unit = f"{seconds / 3600:.1f}", "h"
+    return f"{value}{unit}" if short else f"{value} {unit} ago"
 
 
 def decide(
@@ -132,7 +135,7 @@ def decide(
             return Decision(False, f"miss: cached dataset failed verification ({problem})", None)
         return Decision(
             True,
-            f"hit: same content digest {digest[:8]}…, ingested {_ago(now - exact.created_at)}",
+            f"hit: same content digest {digest[:8]}…, ingested {ago(now - exact.created_at)}",
             exact,
         )
     if policy.kind == "min-change" and latest is not None and new_records is not None:

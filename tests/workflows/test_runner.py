@@ -65,3 +65,30 @@ def test_a_warm_started_run_starts_the_matching_variant_from_the_champion(
                              .read_text()) for m in ("cnn", "dropout")}
     assert results["cnn"]["warm_start"] == f"warm-started from {served.model_uri}"
     assert results["dropout"]["warm_start"] == ""  # a different variant starts from scratch
+
+
+def test_a_bad_push_fails_with_ingestion_failed_and_leaves_the_last_good_dataset(
+        settings, redis_handle, dataset):
+    from workflows.cache import ContentCache
+    from workflows.ingest import verify
+
+    emitted = []
+    runner = LocalRunner(settings, redis_handle.client, redis_handle.url, emitted.append,
+                         Console(quiet=True))
+    good = runner.run(RunRequest(str(dataset), RunParameters(models=())))
+    assert good["status"] == "succeeded"
+    bad = dataset / "increments" / "b7" / "sneaker"
+    bad.mkdir(parents=True)
+    (bad / "notes.txt").write_text("not an image")
+    (dataset / "increments" / "b7" / "socks").mkdir()
+    failed = runner.run(RunRequest(str(dataset), RunParameters(models=())))
+    assert failed["status"] == "failed"
+    assert "notes.txt: not a PNG or JPEG file" in failed["error"]
+    assert "unknown class folder 'socks'" in failed["error"]
+    event = emitted[-1]
+    assert event.type is EventType.INGESTION_FAILED and len(event.data.problems) == 2
+    assert event.data.run_id == failed["run_id"]
+    latest = ContentCache(redis_handle.client, 60).latest("fashion-mnist")
+    assert latest.dataset_uri == good["dataset_uri"] and verify(good["dataset_uri"]) is None
+    published = list((settings.store_dir / "datasets").iterdir())
+    assert [p.name for p in published] == [latest.key]  # nothing half-written beside it
