@@ -166,7 +166,10 @@ def serve(
     from services.serving.app import create_app
 
     settings = _settings(serve_port=port)
-    serve_forever(create_app(model_repo or settings.model_repo), settings.host,
+    from services.serving.limits import RateLimiter
+
+    limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
+    serve_forever(create_app(model_repo or settings.model_repo, limiter=limiter), settings.host,
                   settings.serve_port, "model server")
 
 

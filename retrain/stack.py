@@ -75,6 +75,7 @@ class LocalStack:
         from services.selector.evaluate import Evaluator
         from services.selector.service import Selector
         from services.serving.app import create_app as create_server
+        from services.serving.limits import RateLimiter
         from workflows.trigger import create_app as create_trigger
 
         s = self.settings
@@ -85,7 +86,8 @@ class LocalStack:
         self.redis = self._exit.enter_context(open_redis(s.redis_url, s.home))
         client = self.redis.client
 
-        server_app = create_server(s.model_repo, poll_seconds=1.0)
+        server_app = create_server(s.model_repo, poll_seconds=1.0, limiter=RateLimiter(
+            s.rate_limit_anon, s.rate_limit_keyed, s.api_keys))
         server = BackgroundServer(server_app, serve_sock, "model-server").start()
         self._exit.callback(server.stop)
         self.serve_url = server.url

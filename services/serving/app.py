@@ -20,7 +20,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from retrain.settings import MODEL_NAME
-from services.serving.errors import BadRequestError, ModelNotFoundError, PayloadTooLargeError, ServingError
+from services.serving.errors import (BadRequestError, ModelNotFoundError, PayloadTooLargeError,
+                                     RateLimitedError, ServingError, UnauthorizedError)
+from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import LoadedModel, ModelHolder
 
 MAX_BODY = 8 * 1024 * 1024
@@ -110,7 +112,9 @@ def _predict(model: LoadedModel, kind: str, inputs: list[bytes] | np.ndarray) ->
     return model.predict_arrays(inputs)  # type: ignore[arg-type]
 
 
-def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME) -> FastAPI:
+def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
+               limiter: RateLimiter | None = None) -> FastAPI:
+    """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints."""
     holder = ModelHolder(model_repo / model_name)
     registry = CollectorRegistry()
     requests_total = Counter("retrain_serving_requests", "Requests", ["protocol", "code"], registry=registry)
@@ -139,7 +143,20 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
         protocol = "v2" if request.url.path.startswith("/v2") else "v1"
         requests_total.labels(protocol, str(exc.status)).inc()
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+
+    def _admit(request: Request) -> None:
+        if limiter is None:
+            return
+        address = request.client.host if request.client else "unknown"
+        try:
+            verdict = limiter.check(address, request.headers.get("authorization"))
+        except UnknownKeyError as exc:
+            raise UnauthorizedError(str(exc)) from None
+        if not verdict.allowed:
+            raise RateLimitedError(
+                f"rate limit of {verdict.rate:g} requests/s exceeded for {verdict.client}",
+                retry_after_header(verdict.retry_after))
 
     async def _body(request: Request) -> Any:
         length = request.headers.get("content-length")
@@ -169,6 +186,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     @app.post("/v1/models/{name}:predict")
     async def v1_predict(name: str, request: Request) -> Response:
         _check_name(name)
+        _admit(request)
         started = time.perf_counter()
         kind, inputs = _v1_inputs(await _body(request))
         model = holder.current
@@ -207,6 +225,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     @app.post("/v2/models/{name}/infer")
     async def v2_infer(name: str, request: Request) -> Response:
         _check_name(name)
+        _admit(request)
         started = time.perf_counter()
         body = await _body(request)
         kind, inputs = _v2_inputs(body)

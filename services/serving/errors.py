@@ -7,10 +7,23 @@ from retrain.errors import RetrainError
 
 class ServingError(RetrainError):
     status = 500
+    headers: dict[str, str] = {}
 
 
 class BadRequestError(ServingError):
     status = 400
+
+
+class UnauthorizedError(ServingError):
+    status = 401
+
+
+class RateLimitedError(ServingError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": retry_after}
 
 
 class ModelNotFoundError(ServingError):

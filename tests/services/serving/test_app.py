@@ -115,3 +115,26 @@ def test_a_broken_version_is_skipped_and_the_old_one_kept(client, tmp_path):
     assert 2 in holder._unloadable
     r = client.post("/v1/models/fashion-mnist:predict", json={"instances": [{"image_bytes": {"b64": _png()}}]})
     assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+
+
+def test_rate_limits_answer_429_with_retry_after_and_keys_get_their_own(tmp_path, saved_model):
+    from services.serving.limits import RateLimiter
+
+    shutil.copytree(saved_model, tmp_path / "repo" / "fashion-mnist" / "1")
+    limiter = RateLimiter(anon_rate=2, keyed_rate=0, api_keys=("sekret",))
+    body = {"instances": [{"image_bytes": {"b64": _png()}}]}
+    with TestClient(create_app(tmp_path / "repo", limiter=limiter)) as c:
+        codes = [c.post("/v1/models/fashion-mnist:predict", json=body).status_code for _ in range(4)]
+        assert codes[:2] == [200, 200] and 429 in codes[2:]
+        refused = c.post("/v2/models/fashion-mnist/infer", json={"inputs": []})
+        assert refused.status_code == 429  # limited before the body is even looked at
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "rate limit of 2 requests/s exceeded" in refused.json()["error"]
+        keyed = [c.post("/v1/models/fashion-mnist:predict", json=body,
+                        headers={"Authorization": "Bearer sekret"}).status_code for _ in range(10)]
+        assert keyed == [200] * 10
+        wrong = c.post("/v1/models/fashion-mnist:predict", json=body,
+                       headers={"Authorization": "Bearer guess"})
+        assert wrong.status_code == 401 and "not one of RETRAIN_API_KEYS" in wrong.json()["error"]
+        assert c.get("/v2/health/ready").status_code == 200  # health is never limited
+        assert 'code="429"' in c.get("/metrics").text

@@ -1,0 +1,79 @@
+"""Rate limiting against overload: a token bucket per client, pure and clock-driven.
+
+Anonymous clients are told apart by address and get ``anon_rate`` requests per second;
+clients presenting a known API key (``Authorization: Bearer KEY``) are told apart by key and
+get ``keyed_rate``. A rate of 0 means no limit. Each bucket holds one second's worth of
+requests (at least one), so short bursts pass and sustained excess is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+IDLE_SECONDS = 60.0  # buckets untouched this long are forgotten
+MAX_BUCKETS = 100_000
+
+
+class UnknownKeyError(Exception):
+    """A key was presented that is not one of ours."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    client: str  # "anon:<address>" or "key:<fingerprint>"
+    rate: float
+    retry_after: float = 0.0
+
+
+class RateLimiter:
+    def __init__(self, anon_rate: float, keyed_rate: float, api_keys: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._anon, self._keyed = anon_rate, keyed_rate
+        self._keys = api_keys
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated)
+        self._lock = threading.Lock()
+
+    def _client(self, address: str, authorization: str | None) -> tuple[str, float]:
+        if not authorization:
+            return f"anon:{address}", self._anon
+        token = authorization.removeprefix("Bearer ").strip()
+        for key in self._keys:
+            if hmac.compare_digest(token.encode(), key.encode()):
+                return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}", self._keyed
+        raise UnknownKeyError("the API key presented is not one of RETRAIN_API_KEYS")
+
+    def check(self, address: str, authorization: str | None) -> Verdict:
+        """Take one token for this client, or say how long until one is there."""
+        client, rate = self._client(address, authorization)
+        if rate <= 0:
+            return Verdict(True, client, rate)
+        burst = max(1.0, rate)
+        now = self._clock()
+        with self._lock:
+            tokens, updated = self._buckets.get(client, (burst, now))
+            tokens = min(burst, tokens + (now - updated) * rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                verdict = Verdict(True, client, rate)
+            else:
+                self._buckets[client] = (tokens, now)
+                verdict = Verdict(False, client, rate, (1.0 - tokens) / rate)
+            if len(self._buckets) > MAX_BUCKETS:
+                self._forget_idle(now)
+        return verdict
+
+    def _forget_idle(self, now: float) -> None:
+        self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < IDLE_SECONDS}
+
+
+def retry_after_header(seconds: float) -> str:
+    """Retry-After is whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))

@@ -1,0 +1,45 @@
+"""Rate limits: a token bucket per client, anonymous by address, keyed by key."""
+
+import pytest
+
+from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_anonymous_clients_get_their_own_small_budget():
+    clock = Clock()
+    limiter = RateLimiter(anon_rate=2, keyed_rate=0, api_keys=("k",), clock=clock)
+    assert [limiter.check("10.0.0.1", None).allowed for _ in range(3)] == [True, True, False]
+    assert limiter.check("10.0.0.2", None).allowed  # another address, another bucket
+    refused = limiter.check("10.0.0.1", None)
+    assert refused.client == "anon:10.0.0.1" and refused.retry_after == pytest.approx(0.5)
+    clock.now += 0.5
+    assert limiter.check("10.0.0.1", None).allowed
+
+
+def test_keyed_clients_are_unlimited_by_default_and_limited_when_asked():
+    limiter = RateLimiter(anon_rate=1, keyed_rate=0, api_keys=("k",), clock=Clock())
+    assert all(limiter.check("10.0.0.1", "Bearer k").allowed for _ in range(1000))
+    limited = RateLimiter(anon_rate=1, keyed_rate=5, api_keys=("k",), clock=Clock())
+    verdicts = [limited.check(f"10.0.0.{i}", "Bearer k") for i in range(7)]
+    assert [v.allowed for v in verdicts] == [True] * 5 + [False] * 2  # one key, one bucket
+    assert verdicts[0].client.startswith("key:") and "k" not in verdicts[0].client[4:]
+
+
+def test_an_unknown_key_is_refused():
+    limiter = RateLimiter(anon_rate=1, keyed_rate=0, api_keys=("k",), clock=Clock())
+    with pytest.raises(UnknownKeyError):
+        limiter.check("10.0.0.1", "Bearer nope")
+
+
+def test_zero_means_no_limit_and_retry_after_is_whole_seconds():
+    limiter = RateLimiter(anon_rate=0, keyed_rate=0, clock=Clock())
+    assert all(limiter.check("a", None).allowed for _ in range(500))
+    assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
