@@ -340,30 +340,61 @@ select_app = typer.Typer(no_args_is_help=True, help="The selector (champion and 
 app.add_typer(select_app, name="select")
 
 
+def _selector(client, settings):  # type: ignore[no-untyped-def]
+    """The selector as configured: champion scoped to the model repository, its backend, and
+    decisions emitted to the local Redis stream."""
+    from events.sinks import RedisStreamSink
+    from services.selector.champion import ChampionStore
+    from services.selector.evaluate import Evaluator
+    from services.selector.service import Selector
+
+    return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
+                    _promotion_backend(settings), Evaluator(), RedisStreamSink(client).send,
+                    _champion_policy(settings))
+
+
+def _promotion_backend(settings):  # type: ignore[no-untyped-def]
+    from retrain.settings import MODEL_NAME
+    from services.selector.backends import LocalBackend
+
+    return LocalBackend(settings.model_repo, MODEL_NAME, lambda _version: None)
+
+
+def _champion_policy(settings):  # type: ignore[no-untyped-def]
+    from services.selector.policy import ChampionPolicy
+
+    return ChampionPolicy()
+
+
 @select_app.command("serve")
 def select_serve(port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None) -> None:
     """Receive model.trained CloudEvents on POST /events and promote each candidate that beats
     the champion into RETRAIN_HOME's model repository (TF Serving / KServe poll it)."""
     _logging(True)
     from events.dedup import Deduplicator
-    from events.sinks import RedisStreamSink
     from retrain.http import serve_forever
     from retrain.redis_store import open_redis
-    from retrain.settings import MODEL_NAME
     from services.selector.app import create_app as create_selector
-    from services.selector.backends import LocalBackend
-    from services.selector.champion import ChampionStore
-    from services.selector.evaluate import Evaluator
-    from services.selector.service import Selector
 
     settings = _settings(events_port=port)
     with open_redis(settings.redis_url, settings.home) as handle:
-        selector = Selector(ChampionStore(handle.client, str(settings.model_repo.resolve())),
-                            LocalBackend(settings.model_repo, MODEL_NAME, lambda _version: None),
-                            Evaluator(), RedisStreamSink(handle.client).send)
         dedup = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector")
-        serve_forever(create_selector(selector, dedup, settings.api_keys), settings.host,
-                      settings.events_port, "selector")
+        serve_forever(create_selector(_selector(handle.client, settings), dedup, settings.api_keys),
+                      settings.host, settings.events_port, "selector")
+
+
+@select_app.command("rollback")
+def select_rollback(
+    reason: Annotated[str, typer.Option(help="recorded in the audit log and the event")] = "rolled back by hand",
+) -> None:
+    """Serve the previous champion again (as the next version), atomically; the decision is
+    audited and emitted as model.promoted."""
+    from retrain.redis_store import open_redis
+
+    settings = _settings()
+    with open_redis(settings.redis_url, settings.home) as handle:
+        decision = _selector(handle.client, settings).rollback(reason)
+    console.print(decision.data.reason, highlight=False, soft_wrap=True)
 
 
 workflow_app = typer.Typer(no_args_is_help=True, help="The Argo WorkflowTemplate (hera).")

@@ -109,3 +109,11 @@ def test_seed_writes_a_stand_in_offline_and_says_so(tmp_path):
     bad = _retrain("seed", "--out", str(tmp_path / "x"), "--train-size", "0",
                    env={"RETRAIN_HOME": str(tmp_path), "RETRAIN_OFFLINE": "1"})
     assert bad.returncode == 2 and "--train-size" in bad.stderr
+
+
+def test_select_rollback_without_a_previous_champion(tmp_path, redis_handle, r):
+    done = _retrain("select", "rollback", env={"RETRAIN_HOME": str(tmp_path),
+                                                "RETRAIN_REDIS_URL": redis_handle.url})
+    assert done.returncode == 1
+    assert "no previous champion to roll back to (no champion at all yet)" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

@@ -21,6 +21,17 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
+# Put the previous champion back (the caller has staged its model as a new version).
+_ROLLBACK = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if cjson.decode(current)['generation'] ~= tonumber(ARGV[1]) then return 0 end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('RPOP', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Champion:
@@ -40,6 +51,7 @@ class ChampionStore:
     def __init__(self, client: redis.Redis, scope: str = "default") -> None:
         self._r = client
         self._cas = client.register_script(_CAS)
+        self._rollback = client.register_script(_ROLLBACK)
         tag = hashlib.sha256(scope.encode()).hexdigest()[:12]
         self._key = f"{PREFIX}{tag}"
         self._history = f"{PREFIX}{tag}:history"
@@ -52,6 +64,19 @@ class ChampionStore:
     def replace(self, expected_generation: int, new: Champion) -> bool:
         """Atomically install ``new`` if the champion is still at ``expected_generation``."""
         return bool(self._cas(keys=[self._key, self._history], args=[expected_generation, json.dumps(asdict(new))]))
+
+    def previous(self) -> tuple[Champion | None, int]:
+        """The champion before the current one, and the history's length (for ``restore``)."""
+        length = int(self._r.llen(self._history))
+        raw = self._r.lindex(self._history, -1) if length else None
+        return (Champion(**json.loads(raw)) if raw else None), length
+
+    def restore(self, expected_generation: int, history_length: int, restored: Champion) -> bool:
+        """Atomically make ``restored`` (the previous champion, as newly staged) the champion and
+        drop it from the history, if nothing changed since ``previous()`` was read."""
+        return bool(self._rollback(keys=[self._key, self._history],
+                                   args=[expected_generation, json.dumps(asdict(restored)),
+                                         history_length]))
 
     def audit(self, decision: dict[str, object]) -> None:
         self._r.rpush(self._audit, json.dumps(decision))

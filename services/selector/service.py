@@ -11,6 +11,7 @@ from events import Event, EventType, make_event
 from events.payloads import ModelPromoted, ModelRejected, ModelTrained
 from services.selector.backends import PromotionBackend
 from services.selector.champion import Champion, ChampionStore
+from services.selector.errors import NothingToRollBackError, SelectorError
 from services.selector.evaluate import Evaluator
 from services.selector.policy import ChampionPolicy, judge
 
@@ -76,6 +77,43 @@ class Selector:
                 "type": decision.type.short, "seconds": round(time.perf_counter() - started, 3),
                 **decision.data.model_dump(),
             })
+        self._emit(decision)
+        return decision
+
+    def rollback(self, reason: str = "rolled back by hand") -> Event:
+        """Serve the previous champion again, as a new version (versions only grow, so every
+        server and KServe see an ordinary promotion). Atomic like a promotion: if the champion
+        changes meanwhile, nothing is changed and the caller is told."""
+        with self._lock:
+            current = self._store.get()
+            previous, length = self._store.previous()
+            if current is None or previous is None:
+                raise NothingToRollBackError(
+                    "there is no previous champion to roll back to"
+                    + ("" if current else " (no champion at all yet)"))
+            try:
+                staged = self._backend.stage(previous.model_uri, self._backend.next_version())
+            except FileNotFoundError:
+                raise NothingToRollBackError(
+                    f"the previous champion's model {previous.model_uri} is gone") from None
+            restored = Champion(**{**previous.__dict__, "version": staged.version,
+                                   "model_uri": staged.location,
+                                   "generation": current.generation + 1})
+            if not self._store.restore(current.generation, length, restored):
+                self._backend.discard(staged)
+                raise SelectorError("the champion changed during the rollback; nothing was changed")
+            self._backend.publish(staged)
+            text = (f"rollback: {reason}; version {current.version} ({current.model_type}, "
+                    f"{current.accuracy:.4f}) replaced by the previous champion "
+                    f"{previous.model_type} {previous.accuracy:.4f} (was version {previous.version})")
+            data = ModelPromoted(
+                run_id=previous.run_id, model_type=previous.model_type, model_uri=previous.model_uri,
+                candidate_accuracy=previous.accuracy, champion_accuracy=current.accuracy,
+                champion_version=current.version, reason=text, version=staged.version)
+            decision = make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
+                                  id=f"rollback/{current.generation}")
+            self._store.audit({"type": "rollback", "seconds": 0.0, **data.model_dump()})
+            log.warning("%s", text)
         self._emit(decision)
         return decision
 

@@ -121,3 +121,61 @@ def test_real_models_are_evaluated_and_promoted(r, ingested, tmp_path):
     assert selector.handle(event(good)).type is EventType.MODEL_PROMOTED
     assert selector.handle(event(weak)).type is EventType.MODEL_REJECTED
     assert ChampionStore(r).get().version == 1
+
+
+@pytest.mark.integration
+def test_rollback_serves_the_previous_champion_as_a_new_version(r, repo_with_models):
+    from services.selector.errors import NothingToRollBackError
+
+    base = repo_with_models
+    scores = _Scores({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.9})
+    emitted = []
+    store = ChampionStore(r)
+    selector = Selector(store, LocalBackend(base / "repo", "fm"), scores, emitted.append)
+    with pytest.raises(NothingToRollBackError, match="no champion at all"):
+        selector.rollback()
+    selector.handle(_trained(base, "a"))
+    with pytest.raises(NothingToRollBackError, match="no previous champion"):
+        selector.rollback()
+    selector.handle(_trained(base, "b"))
+    assert store.get().version == 2
+    decision = selector.rollback("b misbehaves in production")
+    champion = store.get()
+    # versions only grow: the old model comes back as version 3, which every server picks up
+    assert champion.version == 3 and champion.accuracy == 0.7 and champion.generation == 3
+    assert (base / "repo" / "fm" / "3" / "saved_model.pb").read_text() == "a"
+    assert decision.type is EventType.MODEL_PROMOTED and decision.data.version == 3
+    assert "b misbehaves" in decision.data.reason and "was version 1" in decision.data.reason
+    assert store.decisions()[-1]["type"] == "rollback"
+    assert emitted[-1] is decision
+    # the history is consumed: there is nothing before the first champion
+    with pytest.raises(NothingToRollBackError):
+        selector.rollback()
+    # a later, better candidate is judged against the restored champion as usual
+    assert selector.handle(_trained(base, "b")).type is EventType.MODEL_PROMOTED
+
+
+@pytest.mark.integration
+def test_rollback_refuses_when_the_champion_moved_meanwhile(r, repo_with_models):
+    from services.selector.errors import SelectorError
+
+    base = repo_with_models
+    store = ChampionStore(r)
+    selector = Selector(store, LocalBackend(base / "repo", "fm"),
+                        _Scores({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.9}), lambda e: None)
+    selector.handle(_trained(base, "a"))
+    selector.handle(_trained(base, "b"))
+    current, (previous, length) = store.get(), store.previous()
+    intruder = Champion(9, "/x", "cnn", 0.95, "d", "/ds1", "other", current.generation + 1)
+    assert store.replace(current.generation, intruder)  # another selector promoted meanwhile
+    assert not store.restore(current.generation, length, previous)
+    assert store.get() == intruder
+    original = store.previous
+    store.previous = lambda: (previous, length)  # the stale read a racing rollback would make
+    try:
+        with pytest.raises(SelectorError, match="changed during the rollback"):
+            Selector(store, LocalBackend(base / "repo", "fm"), _Scores({}), lambda e: None).rollback()
+    finally:
+        store.previous = original
+    assert store.get() == intruder
+    assert not [p for p in (base / "repo" / "fm").iterdir() if p.name.startswith(".tmp")]
