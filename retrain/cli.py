@@ -169,8 +169,9 @@ def serve(
     from services.serving.limits import RateLimiter
 
     limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
-    serve_forever(create_app(model_repo or settings.model_repo, limiter=limiter), settings.host,
-                  settings.serve_port, "model server")
+    serve_forever(create_app(model_repo or settings.model_repo, limiter=limiter,
+                             batching=settings.batch_config()),
+                  settings.host, settings.serve_port, "model server")
 
 
 @app.command()

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     # model server: requests per second per client, 0 meaning no limit
     rate_limit_anon: float = Field(50.0, ge=0)
     rate_limit_keyed: float = Field(0.0, ge=0)
+    # micro-batching: images per model call (1 turns batching off), wait for stragglers (ms)
+    serve_max_batch: int = Field(64, ge=1, le=1024)
+    serve_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+
+    def batch_config(self):  # type: ignore[no-untyped-def]
+        from services.serving.batching import BatchConfig
+
+        if self.serve_max_batch == 1:
+            return None
+        return BatchConfig(self.serve_max_batch, self.serve_batch_wait_ms / 1000)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -87,7 +87,7 @@ class LocalStack:
         client = self.redis.client
 
         server_app = create_server(s.model_repo, poll_seconds=1.0, limiter=RateLimiter(
-            s.rate_limit_anon, s.rate_limit_keyed, s.api_keys))
+            s.rate_limit_anon, s.rate_limit_keyed, s.api_keys), batching=s.batch_config())
         server = BackgroundServer(server_app, serve_sock, "model-server").start()
         self._exit.callback(server.stop)
         self.serve_url = server.url

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from retrain.settings import MODEL_NAME
+from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (BadRequestError, ModelNotFoundError, PayloadTooLargeError,
                                      RateLimitedError, ServingError, UnauthorizedError)
 from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
@@ -113,10 +114,14 @@ def _predict(model: LoadedModel, kind: str, inputs: list[bytes] | np.ndarray) ->
 
 
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
-               limiter: RateLimiter | None = None) -> FastAPI:
-    """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints."""
+               limiter: RateLimiter | None = None,
+               batching: BatchConfig | None = BatchConfig()) -> FastAPI:
+    """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints;
+    ``batching`` (None: every request is its own model call) groups concurrent requests."""
     holder = ModelHolder(model_repo / model_name)
     registry = CollectorRegistry()
+    batch_sizes = Histogram("retrain_serving_batch_size", "Images per model call",
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=registry)
     requests_total = Counter("retrain_serving_requests", "Requests", ["protocol", "code"], registry=registry)
     latency = Histogram("retrain_serving_latency_seconds", "Latency", ["protocol"], registry=registry)
     version_gauge = Gauge("retrain_serving_model_version", "Version being served", registry=registry)
@@ -128,13 +133,27 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
             version_gauge.set(version or 0)
             stop.wait(poll_seconds)
 
+    batcher: list[MicroBatcher] = []
+
+    async def predict(kind: str, inputs: list[bytes] | np.ndarray) -> tuple[np.ndarray, int]:
+        if batcher:
+            return await batcher[0].predict(kind, inputs)
+        model = holder.current  # the version answering, even if a swap happens meanwhile
+        probs = await run_in_threadpool(_predict, model, kind, inputs)
+        batch_sizes.observe(len(inputs))
+        return probs, model.version
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Iterator[None]:  # type: ignore[misc]
         await run_in_threadpool(holder.refresh)
         thread = threading.Thread(target=poll, name="model-poller", daemon=True)
         thread.start()
+        if batching is not None:
+            batcher.append(MicroBatcher(lambda: holder.current, batching, batch_sizes.observe))
         yield
         stop.set()
+        if batcher:
+            batcher.pop().close()
 
     app = FastAPI(title="retrain model server", lifespan=lifespan)
     app.state.holder = holder
@@ -189,12 +208,11 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         _admit(request)
         started = time.perf_counter()
         kind, inputs = _v1_inputs(await _body(request))
-        model = holder.current
-        probs = await run_in_threadpool(_predict, model, kind, inputs)
+        probs, version = await predict(kind, inputs)
         latency.labels("v1").observe(time.perf_counter() - started)
         requests_total.labels("v1", "200").inc()
-        return JSONResponse({"predictions": probs.tolist(), "model_version": str(model.version)},
-                            headers={"X-Model-Version": str(model.version)})
+        return JSONResponse({"predictions": probs.tolist(), "model_version": str(version)},
+                            headers={"X-Model-Version": str(version)})
 
     # Open Inference Protocol V2 --------------------------------------------------------------
     @app.get("/v2/health/live")
@@ -227,18 +245,20 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         _check_name(name)
         _admit(request)
         started = time.perf_counter()
+        if "inference-header-content-length" in request.headers:
+            raise BadRequestError("the binary tensor data extension is not supported; send the "
+                                  "tensors as JSON (tritonclient: binary_data=False)")
         body = await _body(request)
         kind, inputs = _v2_inputs(body)
-        model = holder.current
-        probs = await run_in_threadpool(_predict, model, kind, inputs)
+        probs, version = await predict(kind, inputs)
         latency.labels("v2").observe(time.perf_counter() - started)
         requests_total.labels("v2", "200").inc()
         return JSONResponse(
-            {"model_name": name, "model_version": str(model.version),
+            {"model_name": name, "model_version": str(version),
              "id": str(body.get("id") or uuid.uuid4()),
              "outputs": [{"name": "probabilities", "datatype": "FP32",
                           "shape": list(probs.shape), "data": probs.ravel().tolist()}]},
-            headers={"X-Model-Version": str(model.version)},
+            headers={"X-Model-Version": str(version)},
         )
 
     @app.get("/metrics")

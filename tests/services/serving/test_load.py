@@ -1,0 +1,203 @@
+"""The model server on a real socket under concurrent load: micro-batching returns each
+client its own answer, one bad request fails alone, swaps drop nothing, and a standard Open
+Inference Protocol client (tritonclient) talks to it."""
+
+import base64
+import io
+import re
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrain.http import BackgroundServer, bind
+from services.serving.app import create_app
+from services.serving.batching import BatchConfig
+from services.trainer import export, models
+
+pytestmark = [pytest.mark.integration]
+PREDICT = "/v1/models/fashion-mnist:predict"
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """Two differently initialised models, so a response shows which one answered."""
+    base = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (1, 2):
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(seed)
+        export.export(models.build("cnn"), base / str(seed))
+        paths.append(base / str(seed))
+    return paths
+
+
+def _serve(repo, **kwargs):
+    app = create_app(repo, poll_seconds=0.05, **kwargs)
+    return BackgroundServer(app, bind("127.0.0.1", 0, "model server"), "model-server").start()
+
+
+def _png(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _publish(saved_model, repo, version):
+    tmp = repo / "fashion-mnist" / f".tmp-{uuid.uuid4().hex}"
+    shutil.copytree(saved_model, tmp)
+    tmp.rename(repo / "fashion-mnist" / str(version))  # as the selector's local backend does
+
+
+def _histogram(metrics_text, name):
+    count = float(re.search(rf"^{name}_count (\S+)$", metrics_text, re.M).group(1))
+    total = float(re.search(rf"^{name}_sum (\S+)$", metrics_text, re.M).group(1))
+    return count, total
+
+
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(tmp_path, saved_models):
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(192, 28, 28), dtype=np.uint8)
+    server = _serve(repo, batching=BatchConfig(max_batch=64, max_wait=0.005))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            one_by_one = [client.post(PREDICT, json={"instances": [(images[i] / 255).tolist()]})
+                          .json()["predictions"][0] for i in range(len(images))]
+
+            def ask(i):
+                if i % 2:
+                    body = {"instances": [{"image_bytes": {"b64": _png(images[i])}}]}
+                else:
+                    body = {"instances": [(images[i] / 255).tolist()]}
+                response = client.post(PREDICT, json=body)
+                assert response.status_code == 200, response.text
+                return response.json()["predictions"][0]
+
+            with ThreadPoolExecutor(32) as pool:
+                concurrent = list(pool.map(ask, range(len(images))))
+            calls, served = _histogram(client.get("/metrics").text, "retrain_serving_batch_size")
+    finally:
+        server.stop()
+    # each client received the probabilities of its own image, not a neighbour's in the batch
+    np.testing.assert_allclose(np.array(concurrent), np.array(one_by_one), atol=2e-3)
+    assert served == 2 * len(images)
+    concurrent_calls = calls - len(images)  # the sequential phase made one call per request
+    assert concurrent_calls < len(images) * 0.8, f"{concurrent_calls} calls for {len(images)} requests"
+
+
+def test_an_undecodable_request_fails_alone_inside_a_batch(tmp_path, saved_models):
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    good = {"instances": [{"image_bytes": {"b64": _png(np.zeros((28, 28), np.uint8))}}]}
+    bad = {"instances": [{"image_bytes": {"b64": base64.b64encode(b"not an image").decode()}}]}
+    server = _serve(repo, batching=BatchConfig(max_batch=64, max_wait=0.02))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(lambda i: client.post(PREDICT, json=bad if i == 7 else good),
+                                        range(48)))
+    finally:
+        server.stop()
+    codes = [a.status_code for a in answers]
+    assert codes[7] == 400 and "cannot decode image bytes" in answers[7].json()["error"]
+    assert codes[:7] + codes[8:] == [200] * 47
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batching", [BatchConfig(), None], ids=["batched", "unbatched"])
+def test_hot_swaps_under_concurrent_load_fail_no_request(tmp_path, saved_models, batching):
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    server = _serve(repo, batching=batching)
+    body = {"instances": [{"image_bytes": {"b64": _png(np.full((28, 28), 90, np.uint8))}}]}
+    stop = threading.Event()
+    seen: list[list[tuple[int, int, list[float]]]] = [[] for _ in range(12)]
+
+    def hammer(n):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(PREDICT, json=body)
+                version = int(response.headers.get("x-model-version", -1))
+                seen[n].append((response.status_code, version, response.json().get("predictions")))
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(12)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        for version in (2, 3):  # alternate between the two models, as promotions would
+            _publish(saved_models[(version - 1) % 2], repo, version)
+            deadline = time.monotonic() + 60
+            while not any(v == version for s in seen for _, v, _ in s[-3:]):
+                assert time.monotonic() < deadline, f"version {version} never served"
+                time.sleep(0.05)
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        server.stop()
+    answers = [a for s in seen for a in s]
+    assert len(answers) > 100
+    assert {code for code, _, _ in answers} == {200}, "a request failed during a swap"
+    for s in seen:  # each client sees versions only move forward
+        versions = [v for _, v, _ in s]
+        assert versions == sorted(versions)
+    assert {v for _, v, _ in answers} == {1, 2, 3}
+    by_version = {v: np.array(p) for _, v, p in answers}
+    # the answer matches the model that says it answered: 1 and 3 are the same weights
+    np.testing.assert_allclose(by_version[1], by_version[3], atol=1e-5)
+    assert not np.allclose(by_version[1], by_version[2], atol=1e-5)
+
+
+def test_open_inference_protocol_through_tritonclient(tmp_path, saved_models):
+    import tritonclient.http as triton
+
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 4)
+    server = _serve(repo)
+    try:
+        client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("fashion-mnist")
+        metadata = client.get_model_metadata("fashion-mnist")
+        assert metadata["versions"] == ["4"]
+        assert {i["name"] for i in metadata["inputs"]} == {"image_bytes", "images"}
+
+        images = np.random.default_rng(1).random((3, 28, 28), dtype=np.float32)
+        tensor = triton.InferInput("images", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, binary_data=False)
+        result = client.infer("fashion-mnist", [tensor], outputs=[
+            triton.InferRequestedOutput("probabilities", binary_data=False)])
+        probs = result.as_numpy("probabilities")
+        assert probs.shape == (3, 10)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+        assert result.get_response()["model_version"] == "4"
+
+        encoded = np.array([_png((images[0] * 255).astype(np.uint8)).encode()], dtype=object)
+        tensor = triton.InferInput("image_bytes", [1], "BYTES")
+        tensor.set_data_from_numpy(encoded, binary_data=False)
+        from_bytes = client.infer("fashion-mnist", [tensor]).as_numpy("probabilities")
+        assert from_bytes.shape == (1, 10)
+        np.testing.assert_allclose(from_bytes[0], probs[0], atol=0.02)  # PNG rounds to 8 bits
+
+        with pytest.raises(triton.InferenceServerException, match="shape"):
+            wrong = triton.InferInput("images", [1, 27, 28], "FP32")
+            wrong.set_data_from_numpy(np.zeros((1, 27, 28), np.float32), binary_data=False)
+            client.infer("fashion-mnist", [wrong])
+        with pytest.raises(triton.InferenceServerException, match="binary tensor data extension"):
+            binary = triton.InferInput("images", [1, 28, 28], "FP32")
+            binary.set_data_from_numpy(np.zeros((1, 28, 28), np.float32), binary_data=True)
+            client.infer("fashion-mnist", [binary])
+        client.close()
+    finally:
+        server.stop()
