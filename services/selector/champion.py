@@ -78,6 +78,22 @@ class ChampionStore:
                                    args=[expected_generation, json.dumps(asdict(restored)),
                                          history_length]))
 
+    def clear(self, expected_generation: int) -> bool:
+        """Remove the champion if it is still at ``expected_generation`` (a first promotion
+        that could not be published)."""
+        with self._r.pipeline() as pipe:
+            try:
+                pipe.watch(self._key)
+                current = self.get()
+                if current is None or current.generation != expected_generation:
+                    return False
+                pipe.multi()
+                pipe.delete(self._key)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
     def audit(self, decision: dict[str, object]) -> None:
         self._r.rpush(self._audit, json.dumps(decision))
 

@@ -1,4 +1,4 @@
-"""The champion policy as code: a pure decision from two scores on the same test split."""
+"""The champion policy as code: pure decisions from scores on the same test split."""
 
 from __future__ import annotations
 
@@ -7,13 +7,48 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ChampionPolicy:
-    min_improvement: float = 0.0  # absolute accuracy a candidate must add to replace the champion
+    """``min_improvement``: absolute accuracy a candidate must add to replace the champion (a
+    tie always keeps the champion). ``quorum`` / ``deadline_seconds``: when either is set, the
+    candidates of one run form a round that closes after ``quorum`` models or
+    ``deadline_seconds`` after its first model, whichever comes first; only the round's best
+    is then judged against the champion. Unset (the default), each model is judged as it
+    arrives. A model arriving after its round closed is judged on its own."""
+
+    min_improvement: float = 0.0
+    quorum: int | None = None
+    deadline_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_improvement < 1:
+            raise ValueError(f"min_improvement must be within [0, 1), got {self.min_improvement}")
+        if self.quorum is not None and self.quorum < 1:
+            raise ValueError(f"quorum must be at least 1, got {self.quorum}")
+        if self.deadline_seconds is not None and self.deadline_seconds <= 0:
+            raise ValueError(f"deadline must be positive, got {self.deadline_seconds}")
+
+    @property
+    def rounds(self) -> bool:
+        return self.quorum is not None or self.deadline_seconds is not None
 
 
 @dataclass(frozen=True)
 class Verdict:
     promote: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A scored candidate of a round."""
+
+    accuracy: float
+    val_loss: float
+    arrival: int  # order of arrival within the round
+
+
+def rank_key(entry: Entry) -> tuple[float, float, int]:
+    """Best first: higher test accuracy; on a tie, lower validation loss; then the earlier."""
+    return (-entry.accuracy, entry.val_loss, entry.arrival)
 
 
 def judge(policy: ChampionPolicy, candidate: float, champion: float | None) -> Verdict:

@@ -1,4 +1,5 @@
-"""The selector: each ``model.trained`` is judged as it arrives, never waiting for a round."""
+"""The selector: each ``model.trained`` is judged as it arrives (or, with a quorum or deadline
+policy, each round's best when the round closes); promotions are compare-and-set."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from services.selector.backends import PromotionBackend
 from services.selector.champion import Champion, ChampionStore
 from services.selector.errors import NothingToRollBackError, SelectorError
 from services.selector.evaluate import Evaluator
-from services.selector.policy import ChampionPolicy, judge
+from services.selector.policy import ChampionPolicy, Entry, judge, rank_key
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/selector"
@@ -34,23 +35,75 @@ class Selector:
         self._emit = emit
         self._policy = policy
         self._lock = threading.Lock()
+        self._rounds_lock = threading.Lock()
+        self._rounds: dict[str, list[tuple[Entry, ModelTrained, float]]] = {}
+        self._closed: dict[str, None] = {}  # recently closed rounds, oldest first
 
-    def handle(self, event: Event) -> Event:
-        """Evaluate the candidate, compare it fairly with the champion, promote or reject."""
+    def handle(self, event: Event) -> Event | None:
+        """Evaluate the candidate, compare it fairly with the champion, promote or reject.
+        Returns the decision, or None while the candidate waits for its round to close."""
         if event.type is not EventType.MODEL_TRAINED:
             raise ValueError(f"selector consumes model.trained, not {event.type.value}")
         trained = event.data
         assert isinstance(trained, ModelTrained)
+        started = time.perf_counter()
+        candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+        if not self._policy.rounds:
+            return self._decide(trained, candidate, started)
+        return self._join_round(trained, candidate, started)
+
+    # rounds ------------------------------------------------------------------------------------
+    def _join_round(self, trained: ModelTrained, candidate: float, started: float) -> Event | None:
+        with self._rounds_lock:
+            if trained.run_id in self._closed:
+                late = True
+            else:
+                late = False
+                entries = self._rounds.setdefault(trained.run_id, [])
+                entries.append((Entry(candidate, trained.val_loss, len(entries)), trained, started))
+                if len(entries) == 1 and self._policy.deadline_seconds is not None:
+                    timer = threading.Timer(self._policy.deadline_seconds, self.close_round,
+                                            args=(trained.run_id, "deadline"))
+                    timer.daemon = True
+                    timer.start()
+                full = self._policy.quorum is not None and len(entries) >= self._policy.quorum
+        if late:
+            return self._decide(trained, candidate, started, "arrived after its round closed; ")
+        if full:
+            return self.close_round(trained.run_id, "quorum").get(trained.model_type)
+        return None
+
+    def close_round(self, run_id: str, why: str = "closed") -> dict[str, Event]:
+        """Judge the round's best against the champion and reject the others; returns the
+        decisions by model type. Closing a closed or unknown round does nothing."""
+        with self._rounds_lock:
+            entries = self._rounds.pop(run_id, None)
+            if entries is None:
+                return {}
+            self._closed[run_id] = None
+            while len(self._closed) > 1000:
+                self._closed.pop(next(iter(self._closed)))
+        entries.sort(key=lambda e: rank_key(e[0]))
+        (best, best_trained, best_started), rest = entries[0], entries[1:]
+        note = f"round {run_id} closed by {why} with {len(entries)} model(s); best of the round; "
+        decisions = {best_trained.model_type: self._decide(best_trained, best.accuracy, best_started, note)}
+        for entry, trained, started in rest:
+            reason = (f"round {run_id} closed by {why}: {best_trained.model_type} "
+                      f"{best.accuracy:.4f} beat it ({entry.accuracy:.4f})")
+            decisions[trained.model_type] = self._record(
+                self._rejected(trained, entry.accuracy, self._store.get(), None, reason), started)
+        return decisions
+
+    # one decision ------------------------------------------------------------------------------
+    def _decide(self, trained: ModelTrained, candidate: float, started: float, note: str = "") -> Event:
         with self._lock:  # one decision at a time in this process; CAS guards the rest
-            started = time.perf_counter()
-            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
             for _attempt in range(5):
                 champion = self._store.get()
                 champion_score = self._score_champion(champion, trained)
                 verdict = judge(self._policy, candidate, champion_score)
                 if not verdict.promote:
                     decision = self._rejected(trained, candidate, champion, champion_score,
-                                              verdict.reason)
+                                              note + verdict.reason)
                     break
                 staged = self._backend.stage(trained.model_uri, self._backend.next_version())
                 new = Champion(
@@ -64,21 +117,40 @@ class Selector:
                     generation=(champion.generation if champion else 0) + 1,
                 )
                 if self._store.replace(champion.generation if champion else 0, new):
-                    self._backend.publish(staged)
+                    try:
+                        self._backend.publish(staged)
+                    except Exception as exc:
+                        self._revert(new, champion)
+                        decision = self._rejected(trained, candidate, champion, champion_score,
+                                                  f"{note}promotion failed, champion kept: {exc}")
+                        break
                     decision = self._promoted(trained, candidate, champion, champion_score,
-                                              verdict.reason, staged.version)
+                                              note + verdict.reason, staged.version)
                     break
                 self._backend.discard(staged)
                 log.info("champion changed while deciding; judging %s again", trained.model_type)
             else:
                 decision = self._rejected(trained, candidate, self._store.get(), None,
-                                          "champion kept changing; gave up after 5 attempts")
-            self._store.audit({
-                "type": decision.type.short, "seconds": round(time.perf_counter() - started, 3),
-                **decision.data.model_dump(),
-            })
+                                          f"{note}champion kept changing; gave up after 5 attempts")
+        return self._record(decision, started)
+
+    def _record(self, decision: Event, started: float) -> Event:
+        self._store.audit({"type": decision.type.short,
+                           "seconds": round(time.perf_counter() - started, 3),
+                           **decision.data.model_dump()})
         self._emit(decision)
         return decision
+
+    def _revert(self, new: Champion, previous: Champion | None) -> None:
+        """Undo a champion record whose model could not be published (e.g. a canary rolled
+        back), unless someone else has replaced it meanwhile."""
+        if previous is None:
+            self._store.clear(new.generation)
+            return
+        before, length = self._store.previous()
+        restored = Champion(**{**previous.__dict__, "generation": new.generation + 1})
+        if before is None or not self._store.restore(new.generation, length, restored):
+            log.error("could not put champion %d back after a failed promotion", previous.version)
 
     def rollback(self, reason: str = "rolled back by hand") -> Event:
         """Serve the previous champion again, as a new version (versions only grow, so every

@@ -179,3 +179,72 @@ def test_rollback_refuses_when_the_champion_moved_meanwhile(r, repo_with_models)
         store.previous = original
     assert store.get() == intruder
     assert not [p for p in (base / "repo" / "fm").iterdir() if p.name.startswith(".tmp")]
+
+
+def _candidate(base, name, model_type, val_loss=1.0, run_id="r1"):
+    return make_event(EventType.MODEL_TRAINED, ModelTrained(
+        run_id=run_id, model_type=model_type, model_uri=str(base / "cands" / name),
+        dataset_uri="/ds1", dataset_digest="d", val_accuracy=0.5, val_loss=val_loss, seconds=1.0),
+        source="t")
+
+
+def test_policy_settings_are_validated():
+    with pytest.raises(ValueError, match="quorum must be at least 1"):
+        ChampionPolicy(quorum=0)
+    with pytest.raises(ValueError, match="deadline must be positive"):
+        ChampionPolicy(deadline_seconds=0)
+    with pytest.raises(ValueError, match="min_improvement"):
+        ChampionPolicy(min_improvement=-0.1)
+
+
+@pytest.mark.integration
+def test_a_quorum_round_promotes_only_its_best_and_late_models_are_judged_alone(r, repo_with_models):
+    base = repo_with_models
+    scores = _Scores({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.9, ("c", "/ds1"): 0.95})
+    emitted = []
+    store = ChampionStore(r)
+    selector = Selector(store, LocalBackend(base / "repo", "fm"), scores, emitted.append,
+                        ChampionPolicy(quorum=2))
+    assert selector.handle(_candidate(base, "a", "cnn")) is None  # waits for its round
+    assert emitted == [] and store.get() is None
+    decision = selector.handle(_candidate(base, "b", "dropout"))
+    assert decision.type is EventType.MODEL_PROMOTED
+    assert decision.data.reason.startswith("round r1 closed by quorum with 2 model(s); best of the round")
+    rejected = [e for e in emitted if e.type is EventType.MODEL_REJECTED]
+    assert [e.data.model_type for e in rejected] == ["cnn"]
+    assert "dropout 0.9000 beat it (0.7000)" in rejected[0].data.reason
+    assert versions(base / "repo" / "fm") == [1]  # one promotion for the round, not two
+    late = selector.handle(_candidate(base, "c", "batch_norm"))
+    assert late.type is EventType.MODEL_PROMOTED
+    assert late.data.reason.startswith("arrived after its round closed; better: 0.9500")
+    assert [d["model_type"] for d in store.decisions()] == ["dropout", "cnn", "batch_norm"]
+
+
+@pytest.mark.integration
+def test_a_deadline_closes_the_round_with_what_arrived(r, repo_with_models):
+    import time
+
+    base = repo_with_models
+    emitted = []
+    selector = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"),
+                        _Scores({("a", "/ds1"): 0.7}), emitted.append,
+                        ChampionPolicy(quorum=3, deadline_seconds=0.3))
+    assert selector.handle(_candidate(base, "a", "cnn")) is None
+    deadline = time.monotonic() + 10
+    while not emitted:
+        assert time.monotonic() < deadline, "the deadline never closed the round"
+        time.sleep(0.02)
+    assert emitted[0].type is EventType.MODEL_PROMOTED
+    assert "closed by deadline with 1 model(s)" in emitted[0].data.reason
+    assert selector.close_round("r1") == {}  # already closed: nothing happens twice
+
+
+@pytest.mark.integration
+def test_ties_in_a_round_go_to_the_lower_validation_loss(r, repo_with_models):
+    base = repo_with_models
+    selector = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"),
+                        _Scores({("a", "/ds1"): 0.8, ("b", "/ds1"): 0.8}), lambda e: None,
+                        ChampionPolicy(quorum=2))
+    selector.handle(_candidate(base, "a", "cnn", val_loss=0.6))
+    decision = selector.handle(_candidate(base, "b", "dropout", val_loss=0.4))
+    assert decision.type is EventType.MODEL_PROMOTED and decision.data.model_type == "dropout"
