@@ -351,20 +351,34 @@ def _selector(client, settings):  # type: ignore[no-untyped-def]
 
     return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
                     _promotion_backend(settings), Evaluator(), RedisStreamSink(client).send,
-                    _champion_policy(settings))
+                    settings.champion_policy())
 
 
 def _promotion_backend(settings):  # type: ignore[no-untyped-def]
+    from retrain.errors import ConfigurationError
     from retrain.settings import MODEL_NAME
     from services.selector.backends import LocalBackend
 
-    return LocalBackend(settings.model_repo, MODEL_NAME, lambda _version: None)
+    if settings.promotion_backend == "local":
+        return LocalBackend(settings.model_repo, MODEL_NAME, lambda _version: None)
+    from services.selector.kserve import KServeBackend, KubeApi, Rollout, ScrapedHealth
 
-
-def _champion_policy(settings):  # type: ignore[no-untyped-def]
-    from services.selector.policy import ChampionPolicy
-
-    return ChampionPolicy()
+    try:
+        rollout = Rollout(settings.kserve_rollout, settings.kserve_canary_steps,
+                          settings.kserve_canary_step_seconds, settings.kserve_canary_max_error_rate,
+                          settings.kserve_canary_max_p99_ms / 1000)
+    except ValueError as exc:
+        raise ConfigurationError(f"RETRAIN_KSERVE_*: {exc}") from None
+    health = None
+    if rollout.strategy == "canary":
+        if not settings.kserve_canary_metrics_url:
+            raise ConfigurationError("RETRAIN_KSERVE_ROLLOUT=canary needs RETRAIN_KSERVE_CANARY_METRICS_URL "
+                              "(the canary's Prometheus /metrics) to judge its health")
+        health = ScrapedHealth(settings.kserve_canary_metrics_url)
+    api = (KubeApi(settings.kube_api_url, settings.kube_token) if settings.kube_api_url
+           else KubeApi.in_cluster())
+    return KServeBackend(api, settings.kserve_namespace, MODEL_NAME, settings.model_repo,
+                         settings.kserve_storage_prefix, rollout, health)
 
 
 @select_app.command("serve")

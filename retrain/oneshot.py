@@ -36,6 +36,8 @@ def run_once(settings: Settings, data_uri: str, params: RunParameters,
 
         runner = LocalRunner(settings, client, handle.url, emit, console)
         summary = runner.run(RunRequest(data_uri=data_uri, parameters=params, trigger="cli"))
+        if selector is not None:  # every training has ended: a round still open closes now
+            selector.close_round(summary["run_id"], "the end of the run")
         summary["decisions"] = decisions
         return summary
 
@@ -46,5 +48,6 @@ def _selector(settings: Settings, client: Any, emit: Any) -> Any:
     from services.selector.evaluate import Evaluator
     from services.selector.service import Selector
 
-    return Selector(ChampionStore(client, str(settings.model_repo.resolve())), LocalBackend(settings.model_repo, MODEL_NAME),
-                    Evaluator(), emit)
+    return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
+                    LocalBackend(settings.model_repo, MODEL_NAME), Evaluator(), emit,
+                    settings.champion_policy())

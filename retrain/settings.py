@@ -6,7 +6,7 @@ Built once in an entry point and passed down; nothing reads the environment else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,38 @@ class Settings(BaseSettings):
     # micro-batching: images per model call (1 turns batching off), wait for stragglers (ms)
     serve_max_batch: int = Field(64, ge=1, le=1024)
     serve_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+
+    # selector: the champion policy (a round closes after QUORUM models or DEADLINE seconds)
+    min_improvement: float = Field(0.0, ge=0, lt=1)
+    round_quorum: int | None = Field(None, ge=1)
+    round_deadline_seconds: float | None = Field(None, gt=0)
+    # selector: where promoted models go. kserve: an InferenceService through the Kubernetes API
+    promotion_backend: Literal["local", "kserve"] = "local"
+    kube_api_url: str | None = None  # unset: the in-cluster API server and service account
+    kube_token: str | None = None
+    kserve_namespace: str = "retrain"
+    kserve_storage_prefix: str = "pvc://retrain-data/models"  # the model repository's URI
+    kserve_rollout: Literal["replace", "canary"] = "replace"
+    kserve_canary_steps: Annotated[tuple[int, ...], NoDecode] = (10, 50)
+    kserve_canary_step_seconds: float = Field(60.0, gt=0)
+    kserve_canary_max_error_rate: float = Field(0.01, ge=0, le=1)
+    kserve_canary_max_p99_ms: float = Field(500.0, gt=0)
+    kserve_canary_metrics_url: str | None = None  # the canary's Prometheus /metrics
+
+    @field_validator("kserve_canary_steps", mode="before")
+    @classmethod
+    def _split_steps(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(int(v) for v in value.split(",") if v.strip())
+            except ValueError:
+                raise ValueError(f"must be comma-separated percentages, got {value!r}") from None
+        return value
+
+    def champion_policy(self):  # type: ignore[no-untyped-def]
+        from services.selector.policy import ChampionPolicy
+
+        return ChampionPolicy(self.min_improvement, self.round_quorum, self.round_deadline_seconds)
 
     def batch_config(self):  # type: ignore[no-untyped-def]
         from services.serving.batching import BatchConfig

@@ -103,7 +103,7 @@ class LocalStack:
         self.champions = ChampionStore(client, str(s.model_repo.resolve()))
         self.selector = Selector(self.champions,
                                  LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()),
-                                 Evaluator(), self.sink.send)
+                                 Evaluator(), self.sink.send, s.champion_policy())
         self._spawn("selector", self._selector_loop)
         self._spawn("runner", self._runner_loop)
         if self.data_root is not None:

@@ -117,3 +117,27 @@ def test_select_rollback_without_a_previous_champion(tmp_path, redis_handle, r):
     assert done.returncode == 1
     assert "no previous champion to roll back to (no champion at all yet)" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("env, message, code", [
+    ({"RETRAIN_PROMOTION_BACKEND": "kserve", "RETRAIN_KSERVE_ROLLOUT": "canary",
+      "RETRAIN_KUBE_API_URL": "http://127.0.0.1:9"},
+     "RETRAIN_KSERVE_ROLLOUT=canary needs RETRAIN_KSERVE_CANARY_METRICS_URL", 2),
+    ({"RETRAIN_PROMOTION_BACKEND": "kserve", "KUBERNETES_SERVICE_HOST": ""},
+     "not running in a cluster: KUBERNETES_SERVICE_HOST is not set", 1),
+    ({"RETRAIN_PROMOTION_BACKEND": "kserve", "RETRAIN_KSERVE_CANARY_STEPS": "10,x"},
+     "RETRAIN_KSERVE_CANARY_STEPS", 2),
+    ({"RETRAIN_PROMOTION_BACKEND": "kserve", "RETRAIN_KSERVE_ROLLOUT": "canary",
+      "RETRAIN_KSERVE_CANARY_STEPS": "50,10", "RETRAIN_KUBE_API_URL": "http://127.0.0.1:9",
+      "RETRAIN_KSERVE_CANARY_METRICS_URL": "http://127.0.0.1:9/metrics"},
+     "canary steps must rise within 1..99", 2),
+    ({"RETRAIN_PROMOTION_BACKEND": "triton"}, "RETRAIN_PROMOTION_BACKEND", 2),
+    ({"RETRAIN_ROUND_QUORUM": "0"}, "RETRAIN_ROUND_QUORUM", 2),
+])
+def test_selector_configuration_errors(tmp_path, redis_handle, env, message, code):
+    done = _retrain("select", "rollback", env={"RETRAIN_HOME": str(tmp_path),
+                                                "RETRAIN_REDIS_URL": redis_handle.url, **env})
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == code, output
+    assert message in output
+    assert "Traceback" not in done.stderr
