@@ -21,6 +21,17 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
+# Record the score of the champion at this generation (the first model is served before it).
+_SCORE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local champion = cjson.decode(current)
+if champion['generation'] ~= tonumber(ARGV[1]) then return 0 end
+champion['accuracy'] = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], cjson.encode(champion))
+return 1
+"""
+
 # Put the previous champion back (the caller has staged its model as a new version).
 _ROLLBACK = """
 local current = redis.call('GET', KEYS[1])
@@ -38,7 +49,7 @@ class Champion:
     version: int
     model_uri: str
     model_type: str
-    accuracy: float
+    accuracy: float | None  # None: served before its score was known (the first model)
     dataset_digest: str
     dataset_uri: str
     run_id: str
@@ -52,6 +63,7 @@ class ChampionStore:
         self._r = client
         self._cas = client.register_script(_CAS)
         self._rollback = client.register_script(_ROLLBACK)
+        self._score = client.register_script(_SCORE)
         tag = hashlib.sha256(scope.encode()).hexdigest()[:12]
         self._key = f"{PREFIX}{tag}"
         self._history = f"{PREFIX}{tag}:history"
@@ -64,6 +76,9 @@ class ChampionStore:
     def replace(self, expected_generation: int, new: Champion) -> bool:
         """Atomically install ``new`` if the champion is still at ``expected_generation``."""
         return bool(self._cas(keys=[self._key, self._history], args=[expected_generation, json.dumps(asdict(new))]))
+
+    def set_accuracy(self, generation: int, accuracy: float) -> bool:
+        return bool(self._score(keys=[self._key], args=[generation, repr(accuracy)]))
 
     def previous(self) -> tuple[Champion | None, int]:
         """The champion before the current one, and the history's length (for ``restore``)."""

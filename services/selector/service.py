@@ -47,9 +47,9 @@ class Selector:
         trained = event.data
         assert isinstance(trained, ModelTrained)
         started = time.perf_counter()
-        candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
         if not self._policy.rounds:
-            return self._decide(trained, candidate, started)
+            return self._decide(trained, None, started)
+        candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
         return self._join_round(trained, candidate, started)
 
     # rounds ------------------------------------------------------------------------------------
@@ -95,10 +95,21 @@ class Selector:
         return decisions
 
     # one decision ------------------------------------------------------------------------------
-    def _decide(self, trained: ModelTrained, candidate: float, started: float, note: str = "") -> Event:
+    def _decide(self, trained: ModelTrained, candidate: float | None, started: float,
+                note: str = "") -> Event:
+        """``candidate`` None: not scored yet; if there is no champion at all the model is
+        served first and scored after (nothing to compare with: every second counts)."""
         with self._lock:  # one decision at a time in this process; CAS guards the rest
             for _attempt in range(5):
                 champion = self._store.get()
+                if champion is None and candidate is None:
+                    first = self._serve_first(trained, note)
+                    if first is not None:
+                        decision = first
+                        break
+                    continue  # another selector installed a champion meanwhile
+                if candidate is None:
+                    candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
                 champion_score = self._score_champion(champion, trained)
                 verdict = judge(self._policy, candidate, champion_score)
                 if not verdict.promote:
@@ -130,9 +141,36 @@ class Selector:
                 self._backend.discard(staged)
                 log.info("champion changed while deciding; judging %s again", trained.model_type)
             else:
-                decision = self._rejected(trained, candidate, self._store.get(), None,
-                                          f"{note}champion kept changing; gave up after 5 attempts")
+                decision = self._rejected(
+                    trained, candidate if candidate is not None else float("nan"), self._store.get(),
+                    None, f"{note}champion kept changing; gave up after 5 attempts")
         return self._record(decision, started)
+
+    def _serve_first(self, trained: ModelTrained, note: str) -> Event | None:
+        staged = self._backend.stage(trained.model_uri, self._backend.next_version())
+        new = Champion(version=staged.version, model_uri=staged.location,
+                       model_type=trained.model_type, accuracy=None,
+                       dataset_digest=trained.dataset_digest, dataset_uri=trained.dataset_uri,
+                       run_id=trained.run_id, generation=1)
+        if not self._store.replace(0, new):
+            self._backend.discard(staged)
+            return None
+        try:
+            self._backend.publish(staged)
+        except Exception as exc:
+            self._revert(new, None)
+            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+            return self._rejected(trained, candidate, None, None,
+                                  f"{note}promotion failed, no champion: {exc}")
+        try:  # scored while the server loads it
+            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+        except Exception:
+            self._revert(new, None)
+            raise
+        self._store.set_accuracy(new.generation, candidate)
+        return self._promoted(trained, candidate, None, None,
+                              f"{note}first model: served at once, no champion to compare with; "
+                              f"accuracy {candidate:.4f}", staged.version)
 
     def _record(self, decision: Event, started: float) -> Event:
         self._store.audit({"type": decision.type.short,
@@ -176,11 +214,12 @@ class Selector:
                 raise SelectorError("the champion changed during the rollback; nothing was changed")
             self._backend.publish(staged)
             text = (f"rollback: {reason}; version {current.version} ({current.model_type}, "
-                    f"{current.accuracy:.4f}) replaced by the previous champion "
-                    f"{previous.model_type} {previous.accuracy:.4f} (was version {previous.version})")
+                    f"{_score(current.accuracy)}) replaced by the previous champion "
+                    f"{previous.model_type} {_score(previous.accuracy)} (was version {previous.version})")
             data = ModelPromoted(
                 run_id=previous.run_id, model_type=previous.model_type, model_uri=previous.model_uri,
-                candidate_accuracy=previous.accuracy, champion_accuracy=current.accuracy,
+                candidate_accuracy=previous.accuracy if previous.accuracy is not None else float("nan"),
+                champion_accuracy=current.accuracy,
                 champion_version=current.version, reason=text, version=staged.version)
             decision = make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
                                   id=f"rollback/{current.generation}")
@@ -192,7 +231,7 @@ class Selector:
     def _score_champion(self, champion: Champion | None, trained: ModelTrained) -> float | None:
         if champion is None:
             return None
-        if champion.dataset_uri == trained.dataset_uri:
+        if champion.dataset_uri == trained.dataset_uri and champion.accuracy is not None:
             return champion.accuracy
         # the data changed: re-score the champion on the candidate's test split
         return self._evaluator.accuracy(champion.model_uri, trained.dataset_uri)
@@ -219,3 +258,7 @@ class Selector:
         data = ModelRejected(**self._fields(trained, candidate, champion, champion_score, reason))
         return make_event(EventType.MODEL_REJECTED, data, source=SOURCE,
                           id=f"{trained.run_id}/{trained.model_type}/decision")
+
+
+def _score(accuracy: float | None) -> str:
+    return "unscored" if accuracy is None else f"{accuracy:.4f}"

@@ -248,3 +248,24 @@ def test_ties_in_a_round_go_to_the_lower_validation_loss(r, repo_with_models):
     selector.handle(_candidate(base, "a", "cnn", val_loss=0.6))
     decision = selector.handle(_candidate(base, "b", "dropout", val_loss=0.4))
     assert decision.type is EventType.MODEL_PROMOTED and decision.data.model_type == "dropout"
+
+
+@pytest.mark.integration
+def test_the_first_model_is_served_before_it_is_scored(r, repo_with_models):
+    base = repo_with_models
+    served_when_scored = []
+
+    class Watching(_Scores):
+        def accuracy(self, model_uri, dataset_uri):
+            served_when_scored.append((base / "repo" / "fm" / "1").is_dir())
+            return super().accuracy(model_uri, dataset_uri)
+
+    store = ChampionStore(r)
+    selector = Selector(store, LocalBackend(base / "repo", "fm"),
+                        Watching({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.6}), lambda e: None)
+    first = selector.handle(_trained(base, "a"))
+    assert served_when_scored == [True]  # nothing to compare with: served, then scored
+    assert first.data.candidate_accuracy == 0.7 and "served at once" in first.data.reason
+    assert store.get().accuracy == 0.7  # the score is recorded on the champion afterwards
+    second = selector.handle(_trained(base, "b"))  # judged against the recorded score
+    assert second.type is EventType.MODEL_REJECTED and "vs champion 0.7000" in second.data.reason
