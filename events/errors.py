@@ -34,3 +34,7 @@ class SinkUnavailableError(EventError):
     def __init__(self, target: str, reason: str) -> None:
         super().__init__(f"cannot deliver event to {target}: {reason}")
         self.target = target
+
+
+class SinkRejectedError(SinkUnavailableError):
+    """The sink answered and refused the event (a 4xx other than 429): retrying cannot help."""

@@ -11,7 +11,7 @@ import redis
 
 from events.codec import Mode, encode
 from events.envelope import Event
-from events.errors import SinkUnavailableError
+from events.errors import SinkRejectedError, SinkUnavailableError
 
 
 class Sink(Protocol):
@@ -50,7 +50,7 @@ class HttpSink:
                 if response.status_code < 300:
                     return
                 if response.status_code < 500 and response.status_code != 429:
-                    raise SinkUnavailableError(
+                    raise SinkRejectedError(
                         self.url, f"rejected with {response.status_code}: {response.text[:300]}"
                     )
                 last = f"HTTP {response.status_code}"

@@ -176,41 +176,76 @@ def serve(
 
 @app.command()
 def watch(
-    data: Annotated[str, typer.Option("--data", help="dataset folder to watch")],
+    data: Annotated[Optional[str], typer.Option("--data", help="dataset folder to watch")] = None,
     sink: Annotated[Optional[str], typer.Option(help="where to send dataset.updated")] = None,
-    port: Annotated[int, typer.Option(help="port of /healthz, /metrics and POST /rescan")] = 8081,
+    port: Annotated[int, typer.Option(help="port of /healthz, /metrics, POST /rescan and the webhooks")] = 8081,
     structured: Annotated[bool, typer.Option(help="structured-mode CloudEvents (Argo Events webhooks)")] = False,
+    git: Annotated[Optional[str], typer.Option("--git", help="a Git repository holding the dataset (clone URL)")] = None,
+    git_branch: Annotated[str, typer.Option(help="the branch whose pushes count")] = "main",
+    git_path: Annotated[str, typer.Option(help="the dataset folder inside the repository")] = ".",
     verbose: bool = True,
 ) -> None:
-    """Watch a dataset folder and send one dataset.updated per settled change."""
+    """Watch a dataset folder (or a Git repository's folder, fetched on each push webhook) and
+    send one dataset.updated per settled change, through a durable outbox in Redis: a sink
+    outage delays events, never loses them."""
     _logging(verbose)
+    import hashlib
     import threading
 
+    from events import make_event
+    from events.outbox import Outbox
     from events.sinks import HttpSink
     from retrain.http import serve_forever
     from retrain.redis_store import open_redis
+    from services.ingest_watcher.app import GitWebhooks
     from services.ingest_watcher.app import create_app as create_watcher_app
+    from services.ingest_watcher.git import Clone, GitFetcher, GitSource
     from services.ingest_watcher.watcher import DirectoryWatcher
     from workflows.steps import resolve_root
 
     settings = _settings()
-    root = resolve_root(data)
+    if (data is None) == (git is None):
+        raise ConfigurationError("give exactly one of --data DIR and --git URL")
+    clone = None
+    if git is not None:
+        try:
+            source = GitSource(git, git_branch, git_path)
+        except ValueError as exc:
+            raise ConfigurationError(f"--git-path: {exc}") from None
+        tag = hashlib.sha256(f"{git}#{git_branch}".encode()).hexdigest()[:12]
+        clone = Clone(source, settings.home / "git" / tag)
+        root = clone.dataset_root
+    else:
+        root = resolve_root(data)
     api_key = settings.api_keys[0] if settings.api_keys else None
     with open_redis(settings.redis_url, settings.home) as handle:
-        watcher = DirectoryWatcher(
-            root, HttpSink(sink or settings.events_url, mode="structured" if structured else "binary",
-                           api_key=api_key),
-            handle.client, settings.home / "watcher", interval=settings.watch_interval,
-            settle=settings.watch_settle)
-        stop = threading.Event()
-        thread = threading.Thread(target=watcher.run, args=(stop,), name="watcher", daemon=True)
-        thread.start()
+        outbox = Outbox(handle.client, HttpSink(sink or settings.events_url, attempts=1,
+                                                mode="structured" if structured else "binary",
+                                                api_key=api_key), "watcher").start()
+        watcher = DirectoryWatcher(root, outbox, handle.client, settings.home / "watcher",
+                                   interval=settings.watch_interval, settle=settings.watch_settle)
+        hooks, stop, threads = None, threading.Event(), []
+        if clone is not None:
+            jobs = Outbox(handle.client, GitFetcher(clone, watcher), f"git:{tag}").start()
+            jobs.put(make_event("dataset.updated", {"uri": git, "trigger": "github"},
+                                source="retrain/watcher/start"))  # catch up with the branch
+            hooks = GitWebhooks(handle.client, source, jobs, settings.github_webhook_secret,
+                                settings.gitlab_webhook_token)
+        else:
+            threads.append(threading.Thread(target=watcher.run, args=(stop,), name="watcher",
+                                            daemon=True))
+        for thread in threads:
+            thread.start()
         try:
-            serve_forever(create_watcher_app(watcher, settings.api_keys), settings.host, port,
-                          "watcher")
+            serve_forever(create_watcher_app(watcher, settings.api_keys, hooks), settings.host,
+                          port, "watcher")
         finally:
             stop.set()
-            thread.join(timeout=10)
+            for thread in threads:
+                thread.join(timeout=10)
+            if hooks is not None:
+                hooks.jobs.stop()
+            outbox.stop()
 
 
 @app.command()

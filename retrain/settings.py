@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     dedup_ttl_seconds: int = Field(24 * 3600, gt=0)
     cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
     offline: bool = False
+    # the watcher's Git webhooks
+    github_webhook_secret: str | None = None
+    gitlab_webhook_token: str | None = None
     # model server: requests per second per client, 0 meaning no limit
     rate_limit_anon: float = Field(50.0, ge=0)
     rate_limit_keyed: float = Field(0.0, ge=0)

@@ -1,20 +1,73 @@
-"""The watcher's HTTP face: health, Prometheus metrics, and ``POST /rescan`` so a webhook
-(GitHub push, a bucket notification, a calendar) can ask for a scan now."""
+"""The watcher's HTTP face: health, Prometheus metrics, ``POST /rescan`` so a webhook
+(a bucket notification, a calendar) can ask for a scan now, and the Git push webhooks
+``POST /webhooks/github`` and ``POST /webhooks/gitlab``."""
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Response
+import redis
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from events import make_event
+from events.outbox import Outbox
+from events.payloads import DatasetUpdated
+from services.ingest_watcher.git import (GitSource, changed_paths, first_delivery,
+                                         github_signature_ok, token_ok)
 from services.ingest_watcher.watcher import DirectoryWatcher
 
+log = logging.getLogger(__name__)
+GITHUB_MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
+GITLAB_MAX_BODY = 25 * 1024 * 1024
 
-def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = ()) -> FastAPI:
+
+@dataclass(frozen=True)
+class GitWebhooks:
+    """What the Git webhooks need: where pushes are verified against, and where accepted
+    pushes wait for their fetch (a durable outbox whose sink is the fetcher)."""
+
+    client: redis.Redis
+    source: GitSource
+    jobs: Outbox
+    github_secret: str | None = None
+    gitlab_token: str | None = None
+    replay_ttl: int = 7 * 24 * 3600
+
+
+def _digest(delivery: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(delivery.encode()).hexdigest()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit``."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise _Refused(413, f"body of {length} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _Refused(413, f"body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
+               git: GitWebhooks | None = None) -> FastAPI:
     app = FastAPI(title="retrain watcher", docs_url=None, redoc_url=None)
     registry = CollectorRegistry()
     scans = Gauge("retrain_watcher_scans", "Scans of the dataset root since start", registry=registry)
@@ -22,6 +75,15 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = ()) -> Fas
                     registry=registry)
     age = Gauge("retrain_watcher_last_scan_age_seconds", "Seconds since the last completed scan",
                 registry=registry)
+    webhooks = Counter("retrain_watcher_webhooks", "Webhook deliveries by provider and outcome",
+                       ["provider", "outcome"], registry=registry)
+
+    @app.exception_handler(_Refused)
+    async def _refused(request: Request, exc: _Refused) -> JSONResponse:
+        provider = request.url.path.rsplit("/", 1)[-1]
+        webhooks.labels(provider, str(exc.status)).inc()
+        log.warning("%s webhook refused (%d): %s", provider, exc.status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     def authorized(authorization: str | None) -> bool:
         if not api_keys:
@@ -48,5 +110,71 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = ()) -> Fas
             return JSONResponse({"error": "missing or wrong API key"}, status_code=401)
         watcher.rescan()
         return {"rescan": "requested"}
+
+    def _accept_push(provider: str, delivery: str | None, body: bytes) -> JSONResponse:
+        assert git is not None
+        try:
+            push = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Refused(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(push, dict) or not isinstance(push.get("ref"), str):
+            raise _Refused(400, 'a push payload is a JSON object with a "ref"')
+        if delivery and not first_delivery(git.client, provider, delivery, git.replay_ttl):
+            webhooks.labels(provider, "replay").inc()
+            log.info("%s delivery %s seen before: no new event", provider, delivery)
+            return JSONResponse({"status": "duplicate delivery", "delivery": delivery})
+        if push["ref"] != f"refs/heads/{git.source.branch}":
+            webhooks.labels(provider, "ignored").inc()
+            return JSONResponse({"status": f"ignored: {push['ref']} is not the watched branch "
+                                           f"{git.source.branch}"})
+        changed = changed_paths(push)
+        if changed is not None and not git.source.touches(changed):
+            webhooks.labels(provider, "ignored").inc()
+            log.info("%s push touches nothing under %s: no event", provider, git.source.path)
+            return JSONResponse({"status": f"ignored: no file under {git.source.path} changed"})
+        after = str(push.get("after") or push.get("checkout_sha") or "")
+        notification = make_event(
+            "dataset.updated", DatasetUpdated(uri=git.source.url, trigger=provider),  # type: ignore[arg-type]
+            source=f"retrain/webhooks/{provider}", id=delivery or f"{provider}@{after}")
+        try:
+            git.jobs.put(notification)  # durable before the answer; fetched after it
+        except redis.RedisError:
+            if delivery:  # not accepted: the sender's retry must not look like a replay
+                git.client.delete(f"retrain:webhook:{provider}:" + _digest(delivery))
+            raise
+        webhooks.labels(provider, "accepted").inc()
+        return JSONResponse({"status": "accepted: fetching", "commit": after}, status_code=202)
+
+    @app.post("/webhooks/github")
+    async def github(request: Request) -> JSONResponse:
+        if git is None or not git.github_secret:
+            raise _Refused(404, "GitHub webhooks are not configured on this watcher "
+                                "(--git and RETRAIN_GITHUB_WEBHOOK_SECRET)")
+        body = await _read_limited(request, GITHUB_MAX_BODY)
+        if not github_signature_ok(git.github_secret, body, request.headers.get("x-hub-signature-256")):
+            raise _Refused(401, "missing or wrong X-Hub-Signature-256")
+        event = request.headers.get("x-github-event", "")
+        if event == "ping":
+            webhooks.labels("github", "ping").inc()
+            return JSONResponse({"status": "pong"})
+        if event != "push":
+            webhooks.labels("github", "ignored").inc()
+            return JSONResponse({"status": f"ignored: {event or 'no'} event (only push)"})
+        return _accept_push("github", request.headers.get("x-github-delivery"), body)
+
+    @app.post("/webhooks/gitlab")
+    async def gitlab(request: Request) -> JSONResponse:
+        if git is None or not git.gitlab_token:
+            raise _Refused(404, "GitLab webhooks are not configured on this watcher "
+                                "(--git and RETRAIN_GITLAB_WEBHOOK_TOKEN)")
+        if not token_ok(git.gitlab_token, request.headers.get("x-gitlab-token")):
+            raise _Refused(401, "missing or wrong X-Gitlab-Token")
+        body = await _read_limited(request, GITLAB_MAX_BODY)
+        event = request.headers.get("x-gitlab-event", "")
+        if event != "Push Hook":
+            webhooks.labels("gitlab", "ignored").inc()
+            return JSONResponse({"status": f"ignored: {event or 'no'} event (only Push Hook)"})
+        delivery = request.headers.get("x-gitlab-event-uuid") or request.headers.get("idempotency-key")
+        return _accept_push("gitlab", delivery, body)
 
     return app

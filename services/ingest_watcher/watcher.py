@@ -61,8 +61,9 @@ class DirectoryWatcher:
         state = json.loads(raw)
         return Fingerprint(state["digest"], tuple(FileEntry(*f) for f in state["files"]))
 
-    def scan_once(self) -> Event | None:
-        """Fingerprint the root; emit and return an event if it changed and has settled."""
+    def scan_once(self, settled: bool = False, trigger: str = "watcher") -> Event | None:
+        """Fingerprint the root; emit and return an event if it changed and has settled.
+        ``settled``: the caller knows the writes are complete (a git checkout returned)."""
         if not self.root.is_dir():
             return None
         fp = fingerprint(self.root, self._cache)
@@ -73,7 +74,7 @@ class DirectoryWatcher:
         last = self.last_emitted()
         if last is not None and last.digest == fp.digest:
             return None
-        if not fp.files or not stable or not self._quiet():
+        if not fp.files or (not settled and (not stable or not self._quiet())):
             return None
         changes = diff(last, fp)
         event = make_event(
@@ -83,7 +84,7 @@ class DirectoryWatcher:
                 previous_digest=last.digest if last else None,
                 files=FileChanges(added=changes.added, changed=changes.changed,
                                   removed=changes.removed),
-                trigger="watcher",
+                trigger=trigger,  # type: ignore[arg-type]
             ),
             source=f"retrain/watcher/{self._dataset}",
             id=f"{self._dataset}@{fp.digest}",  # a retry is recognised as the same event

@@ -1,0 +1,127 @@
+"""A durable outbox: at-least-once delivery of events to a sink that may be down.
+
+``put`` returns once Redis holds the event (a stream entry), so a caller can acknowledge its
+own upstream (a webhook sender, the watcher's state) right after. A sender thread delivers
+the entries in order and deletes each only after the sink acknowledged it; while the sink is
+down it retries the oldest entry with exponential backoff, so an outage of minutes loses
+nothing and a restarted process delivers what its predecessor left. An event the sink refuses
+outright (a 4xx) is moved to a dead-letter stream with the reason instead of blocking the rest.
+Receivers drop the duplicates at-least-once can produce by (source, id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from events.codec import decode, encode
+from events.envelope import Event
+from events.errors import EventError, SinkRejectedError
+from events.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(self, client: redis.Redis, sink: Sink, name: str, *,
+                 first_backoff: float = 0.2, max_backoff: float = 30.0) -> None:
+        self._r = client
+        self._sink = sink
+        self.stream = f"retrain:outbox:{name}"
+        self.dead = f"{self.stream}:dead"
+        self._first_backoff = first_backoff
+        self._max_backoff = max_backoff
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+        self.failures = 0
+
+    # the producer side: what Sink.send means for whoever holds an outbox
+    def send(self, event: Event) -> None:
+        self.put(event)
+
+    def put(self, event: Event) -> str:
+        _headers, body = encode(event, "structured")
+        entry = self._r.xadd(self.stream, {"event": body})
+        self._wake.set()
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    def pending(self) -> int:
+        return int(self._r.xlen(self.stream))
+
+    def dead_letters(self) -> list[dict[str, str]]:
+        return [{k.decode(): v.decode() for k, v in fields.items()}
+                for _id, fields in self._r.xrange(self.dead)]
+
+    # the sender side
+    def start(self) -> Outbox:
+        self._thread = threading.Thread(target=self._run, name=f"outbox-{self.stream}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def deliver_once(self) -> bool:
+        """Try the oldest entry once: True if it left the outbox (delivered or dead-lettered),
+        False if the outbox is empty or the sink is unavailable."""
+        entries = self._r.xrange(self.stream, count=1)
+        if not entries:
+            return False
+        entry_id, fields = entries[0]
+        body = fields[b"event"]
+        try:
+            [event] = decode({"content-type": "application/cloudevents+json"}, body)
+        except EventError as exc:  # cannot happen for what put() wrote; never block on it
+            self._bury(entry_id, body, f"undecodable: {exc}")
+            return True
+        try:
+            self._sink.send(event)
+        except SinkRejectedError as exc:
+            self._bury(entry_id, body, str(exc))
+            return True
+        except Exception as exc:
+            self.failures += 1
+            log.warning("outbox %s: %s not delivered yet (%d waiting): %s", self.stream, event.id,
+                        self.pending(), exc)
+            return False
+        self._r.xdel(self.stream, entry_id)
+        self.delivered += 1
+        return True
+
+    def _bury(self, entry_id: bytes, body: bytes, reason: str) -> None:
+        log.error("outbox %s: event refused, moved to %s: %s", self.stream, self.dead, reason)
+        with self._r.pipeline() as pipe:  # one transaction: never both, never neither
+            pipe.xadd(self.dead, {"event": body, "reason": reason})
+            pipe.xdel(self.stream, entry_id)
+            pipe.execute()
+
+    def _run(self) -> None:
+        backoff = self._first_backoff
+        while not self._stop.is_set():
+            try:
+                moved = self.deliver_once()
+            except redis.RedisError as exc:
+                log.warning("outbox %s: Redis unavailable: %s", self.stream, exc)
+                moved = False
+            if moved:
+                backoff = self._first_backoff
+                continue
+            try:
+                empty = self.pending() == 0
+            except redis.RedisError:
+                empty = False
+            if empty:
+                self._wake.wait(1.0)  # new entries wake us at once
+                self._wake.clear()
+                continue
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self._max_backoff)

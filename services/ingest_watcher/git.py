@@ -1,0 +1,134 @@
+"""Datasets kept in a Git repository: push webhooks (GitHub, GitLab) and a local clone.
+
+A webhook is verified (GitHub: ``X-Hub-Signature-256``, HMAC-SHA256 of the body; GitLab:
+``X-Gitlab-Token``; both compared in constant time), its delivery id remembered in Redis so
+a replay is answered without a second event, and a push that touches nothing under the
+dataset path is answered and dropped. A push that does touch it is written to a durable
+outbox before the answer; the fetch happens after: the clone is brought to the pushed branch
+with ``git fetch`` and a forced checkout, and the dataset folder inside it is fingerprinted
+like any folder, so a push whose content ends up identical emits nothing.
+
+Only the repository configured for the watcher is ever fetched; the URL in a webhook body
+is not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import redis
+
+from events import Event
+from services.ingest_watcher.watcher import DirectoryWatcher
+
+log = logging.getLogger(__name__)
+
+
+class GitError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class GitSource:
+    url: str  # what `git clone` takes: https://..., git@..., or a path
+    branch: str = "main"
+    path: str = "."  # the dataset folder inside the repository
+
+    def __post_init__(self) -> None:
+        pure = PurePosixPath(self.path)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise ValueError(f"dataset path {self.path!r} must be relative, inside the repository")
+
+    def touches(self, changed: list[str]) -> bool:
+        """Whether any changed repository path lies under the dataset path."""
+        prefix = PurePosixPath(self.path)
+        if prefix == PurePosixPath("."):
+            return bool(changed)
+        return any(PurePosixPath(c) == prefix or prefix in PurePosixPath(c).parents for c in changed)
+
+
+class Clone:
+    """A working copy of the source under ``folder``, brought to the branch head on demand."""
+
+    def __init__(self, source: GitSource, folder: Path) -> None:
+        self.source = source
+        self.folder = folder
+
+    @property
+    def dataset_root(self) -> Path:
+        return self.folder / self.source.path
+
+    def _git(self, *args: str, cwd: Path | None = None) -> str:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                              env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"})
+        if done.returncode:
+            raise GitError(f"git {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+        return done.stdout.strip()
+
+    def sync(self) -> str:
+        """Fetch the branch and check it out; returns the commit now checked out."""
+        if not (self.folder / ".git").is_dir():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._git("init", "-q", cwd=self.folder)
+        self._git("fetch", "-q", "--depth", "1", self.source.url,
+                  f"refs/heads/{self.source.branch}", cwd=self.folder)
+        self._git("checkout", "-q", "--force", "--detach", "FETCH_HEAD", cwd=self.folder)
+        self._git("clean", "-q", "-d", "-f", "-x", cwd=self.folder)
+        return self._git("rev-parse", "HEAD", cwd=self.folder)
+
+
+class GitFetcher:
+    """The sink of the git outbox: each push notification becomes a sync of the clone and a
+    fingerprint of the dataset folder (an event only if its content changed). Raising makes
+    the outbox retry later (the remote may be unreachable for a while)."""
+
+    def __init__(self, clone: Clone, watcher: DirectoryWatcher) -> None:
+        self._clone = clone
+        self._watcher = watcher
+
+    def send(self, notification: Event) -> None:
+        commit = self._clone.sync()
+        trigger = getattr(notification.data, "trigger", "github")
+        emitted = self._watcher.scan_once(settled=True, trigger=trigger)
+        log.info("%s push %s: clone at %s, %s", trigger, notification.id, commit[:12],
+                 f"dataset.updated {emitted.id}" if emitted else "dataset content unchanged")
+
+
+def github_signature_ok(secret: str, body: bytes, header: str | None) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+
+
+def token_ok(expected: str, given: str | None) -> bool:
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def first_delivery(client: redis.Redis, provider: str, delivery: str, ttl: int) -> bool:
+    """True the first time this delivery id is seen (replay protection, atomic)."""
+    digest = hashlib.sha256(delivery.encode()).hexdigest()
+    return bool(client.set(f"retrain:webhook:{provider}:{digest}", 1, nx=True, ex=ttl))
+
+
+def changed_paths(push: dict[str, Any]) -> list[str] | None:
+    """Every path a push payload lists as added, modified or removed (GitHub and GitLab share
+    the shape); None when the payload cannot tell (no commit list, e.g. a force push)."""
+    commits = push.get("commits")
+    if not isinstance(commits, list) or not commits or len(commits) >= 20:
+        return None  # GitHub lists at most 20 commits: beyond that the list is not the push
+    paths: list[str] = []
+    for commit in commits:
+        if not isinstance(commit, dict):
+            continue
+        for key in ("added", "modified", "removed"):
+            value = commit.get(key)
+            if isinstance(value, list):
+                paths.extend(p for p in value if isinstance(p, str))
+    return paths
