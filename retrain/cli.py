@@ -183,10 +183,14 @@ def watch(
     git: Annotated[Optional[str], typer.Option("--git", help="a Git repository holding the dataset (clone URL)")] = None,
     git_branch: Annotated[str, typer.Option(help="the branch whose pushes count")] = "main",
     git_path: Annotated[str, typer.Option(help="the dataset folder inside the repository")] = ".",
+    s3: Annotated[Optional[str], typer.Option("--s3", help="a bucket prefix holding the dataset: s3://BUCKET/PREFIX")] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option(help="S3-compatible endpoint (MinIO)")] = None,
+    s3_poll: Annotated[float, typer.Option(help="seconds between listings of the bucket (0: notifications only)")] = 60.0,
     verbose: bool = True,
 ) -> None:
-    """Watch a dataset folder (or a Git repository's folder, fetched on each push webhook) and
-    send one dataset.updated per settled change, through a durable outbox in Redis: a sink
+    """Watch a dataset folder, a Git repository's folder (fetched on each push webhook) or an
+    S3/MinIO bucket prefix (mirrored on each notification, and polled), and send one
+    dataset.updated per settled change, through a durable outbox in Redis: a sink
     outage delays events, never loses them."""
     _logging(verbose)
     import hashlib
@@ -204,9 +208,9 @@ def watch(
     from workflows.steps import resolve_root
 
     settings = _settings()
-    if (data is None) == (git is None):
-        raise ConfigurationError("give exactly one of --data DIR and --git URL")
-    clone = None
+    if sum(x is not None for x in (data, git, s3)) != 1:
+        raise ConfigurationError("give exactly one of --data DIR, --git URL and --s3 s3://BUCKET/PREFIX")
+    clone = mirror = None
     if git is not None:
         try:
             source = GitSource(git, git_branch, git_path)
@@ -215,6 +219,19 @@ def watch(
         tag = hashlib.sha256(f"{git}#{git_branch}".encode()).hexdigest()[:12]
         clone = Clone(source, settings.home / "git" / tag)
         root = clone.dataset_root
+    elif s3 is not None:
+        import boto3
+
+        from services.ingest_watcher.s3 import BucketMirror, BucketSource
+
+        try:
+            bucket_source = BucketSource.parse(s3, s3_endpoint)
+        except ValueError as exc:
+            raise ConfigurationError(f"--s3: {exc}") from None
+        tag = hashlib.sha256(bucket_source.uri.encode()).hexdigest()[:12]
+        mirror = BucketMirror(boto3.client("s3", endpoint_url=s3_endpoint), bucket_source,
+                              settings.home / "s3" / tag / "data")
+        root = mirror.folder
     else:
         root = resolve_root(data)
     api_key = settings.api_keys[0] if settings.api_keys else None
@@ -224,8 +241,23 @@ def watch(
                                                 api_key=api_key), "watcher").start()
         watcher = DirectoryWatcher(root, outbox, handle.client, settings.home / "watcher",
                                    interval=settings.watch_interval, settle=settings.watch_settle)
-        hooks, stop, threads = None, threading.Event(), []
-        if clone is not None:
+        hooks, bucket_hooks, stop, threads = None, None, threading.Event(), []
+        if mirror is not None:
+            from services.ingest_watcher.app import BucketWebhooks
+            from services.ingest_watcher.s3 import BucketFetcher, Poller
+
+            jobs = Outbox(handle.client, BucketFetcher(mirror, watcher), f"s3:{tag}").start()
+
+            def request_sync(trigger: str = "s3") -> None:
+                jobs.put(make_event("dataset.updated", {"uri": mirror.source.uri, "trigger": trigger},
+                                    source="retrain/watcher/poll"))
+
+            request_sync()  # catch up with the bucket on start
+            bucket_hooks = BucketWebhooks(mirror.source, jobs, settings.s3_webhook_token)
+            if s3_poll > 0:
+                threads.append(threading.Thread(target=Poller(mirror, request_sync, s3_poll).run,
+                                                args=(stop,), name="bucket-poller", daemon=True))
+        elif clone is not None:
             jobs = Outbox(handle.client, GitFetcher(clone, watcher), f"git:{tag}").start()
             jobs.put(make_event("dataset.updated", {"uri": git, "trigger": "github"},
                                 source="retrain/watcher/start"))  # catch up with the branch
@@ -237,14 +269,15 @@ def watch(
         for thread in threads:
             thread.start()
         try:
-            serve_forever(create_watcher_app(watcher, settings.api_keys, hooks), settings.host,
-                          port, "watcher")
+            serve_forever(create_watcher_app(watcher, settings.api_keys, hooks, bucket_hooks),
+                          settings.host, port, "watcher")
         finally:
             stop.set()
             for thread in threads:
                 thread.join(timeout=10)
-            if hooks is not None:
-                hooks.jobs.stop()
+            for hooked in (hooks, bucket_hooks):
+                if hooked is not None:
+                    hooked.jobs.stop()
             outbox.stop()
 
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # the watcher's Git webhooks
     github_webhook_secret: str | None = None
     gitlab_webhook_token: str | None = None
+    s3_webhook_token: str | None = None  # bearer token bucket notifications must present
     # model server: requests per second per client, 0 meaning no limit
     rate_limit_anon: float = Field(50.0, ge=0)
     rate_limit_keyed: float = Field(0.0, ge=0)

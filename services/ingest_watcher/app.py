@@ -21,11 +21,23 @@ from events.outbox import Outbox
 from events.payloads import DatasetUpdated
 from services.ingest_watcher.git import (GitSource, changed_paths, first_delivery,
                                          github_signature_ok, token_ok)
+from services.ingest_watcher.s3 import BucketSource, relevant_records
 from services.ingest_watcher.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 GITHUB_MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
 GITLAB_MAX_BODY = 25 * 1024 * 1024
+S3_MAX_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BucketWebhooks:
+    """Bucket notifications: the watched prefix, where accepted ones wait for their sync, and
+    the bearer token the notifier presents (MinIO's webhook target ``auth_token``)."""
+
+    source: BucketSource
+    jobs: Outbox
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 
 def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
-               git: GitWebhooks | None = None) -> FastAPI:
+               git: GitWebhooks | None = None, bucket: BucketWebhooks | None = None) -> FastAPI:
     app = FastAPI(title="retrain watcher", docs_url=None, redoc_url=None)
     registry = CollectorRegistry()
     scans = Gauge("retrain_watcher_scans", "Scans of the dataset root since start", registry=registry)
@@ -176,5 +188,28 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
             return JSONResponse({"status": f"ignored: {event or 'no'} event (only Push Hook)"})
         delivery = request.headers.get("x-gitlab-event-uuid") or request.headers.get("idempotency-key")
         return _accept_push("gitlab", delivery, body)
+
+    @app.post("/webhooks/s3")
+    async def s3(request: Request) -> JSONResponse:
+        if bucket is None:
+            raise _Refused(404, "bucket notifications are not configured on this watcher (--s3)")
+        if bucket.token is not None:
+            given = request.headers.get("authorization", "")
+            if not token_ok(bucket.token, given.removeprefix("Bearer ").strip() if given.startswith("Bearer ") else None):
+                raise _Refused(401, "missing or wrong bearer token (RETRAIN_S3_WEBHOOK_TOKEN)")
+        body = await _read_limited(request, S3_MAX_BODY)
+        try:
+            trigger, keys = relevant_records(json.loads(body), bucket.source)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Refused(400, f"body is not valid JSON: {exc}") from None
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+        if not keys:
+            webhooks.labels("s3", "ignored").inc()
+            return JSONResponse({"status": f"ignored: no object under {bucket.source.uri}"})
+        bucket.jobs.put(make_event("dataset.updated", DatasetUpdated(
+            uri=bucket.source.uri, trigger=trigger), source=f"retrain/webhooks/{trigger}"))  # type: ignore[arg-type]
+        webhooks.labels("s3", "accepted").inc()
+        return JSONResponse({"status": "accepted: syncing", "objects": len(keys)}, status_code=202)
 
     return app

@@ -1,0 +1,193 @@
+"""Datasets kept under an S3 (or MinIO) bucket prefix: notifications, polling, and a mirror.
+
+The prefix is mirrored into a local folder: objects are listed (key, ETag, size), new or
+changed ones downloaded (to a temporary name, then renamed), vanished ones removed, and the
+listing that was mirrored is remembered so an unchanged object is never downloaded again. The
+mirror is then fingerprinted like any folder, so a notification whose content ends up
+identical emits nothing.
+
+Bucket notifications (``Records`` in the AWS S3 format, ``eventSource`` ``aws:s3``, and
+MinIO's, ``minio:s3``) arrive on ``POST /webhooks/s3``; buckets without notifications are
+polled: a listing that differs from the mirrored one triggers the same sync.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote_plus, urlparse
+
+from events import Event
+from services.ingest_watcher.watcher import DirectoryWatcher
+
+log = logging.getLogger(__name__)
+SOURCES = {"aws:s3": "s3", "minio:s3": "minio"}
+
+
+class UnsafeKeyError(ValueError):
+    """An object key that would land outside the mirror (``..`` or an absolute path)."""
+
+
+@dataclass(frozen=True)
+class BucketSource:
+    bucket: str
+    prefix: str = ""  # "" or ends with "/"
+    endpoint_url: str | None = None  # MinIO, or any S3-compatible server
+
+    @classmethod
+    def parse(cls, uri: str, endpoint_url: str | None = None) -> BucketSource:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"expected s3://BUCKET[/PREFIX], got {uri!r}")
+        prefix = parsed.path.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return cls(parsed.netloc, prefix, endpoint_url)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def relative(self, key: str) -> str | None:
+        """The key's path inside the mirror; None when it is not under the prefix.
+        Raises UnsafeKeyError for keys that would escape it."""
+        if not key.startswith(self.prefix):
+            return None
+        rest = key[len(self.prefix):]
+        pure = PurePosixPath(rest)
+        if key.startswith("/") or pure.is_absolute() or ".." in pure.parts or not rest:
+            raise UnsafeKeyError(f"object key {key!r} is not a safe relative path")
+        return str(pure)
+
+
+class BucketMirror:
+    def __init__(self, client: Any, source: BucketSource, folder: Path) -> None:
+        self._s3 = client  # a boto3 S3 client
+        self.source = source
+        self.folder = folder
+        self._state = folder.parent / f".{folder.name}.listing.json"
+        self._lock = threading.Lock()
+
+    def listing(self) -> dict[str, list[Any]]:
+        """{relative path: [etag, size]} of every safe object under the prefix."""
+        out: dict[str, list[Any]] = {}
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.source.bucket, Prefix=self.source.prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                try:
+                    rel = self.source.relative(item["Key"])
+                except UnsafeKeyError as exc:
+                    log.warning("skipping %s", exc)
+                    continue
+                if rel is not None and not item["Key"].endswith("/"):
+                    out[rel] = [item["ETag"].strip('"'), int(item["Size"])]
+        return out
+
+    def mirrored(self) -> dict[str, list[Any]]:
+        try:
+            return json.loads(self._state.read_text())  # type: ignore[no-any-return]
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def changed(self) -> bool:
+        return self.listing() != self.mirrored()
+
+    def sync(self) -> tuple[int, int]:
+        """Bring the folder to the bucket's listing; returns (downloaded, removed)."""
+        with self._lock:
+            listing, before = self.listing(), self.mirrored()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            downloaded = removed = 0
+            for rel, meta in listing.items():
+                target = self.folder / rel
+                if before.get(rel) == meta and target.is_file():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
+                try:
+                    self._s3.download_file(self.source.bucket, self.source.prefix + rel, str(tmp))
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                downloaded += 1
+            for rel in set(before) - set(listing):
+                (self.folder / rel).unlink(missing_ok=True)
+                removed += 1
+            tmp_state = self._state.with_suffix(".tmp")
+            tmp_state.write_text(json.dumps(listing))
+            os.replace(tmp_state, self._state)
+            return downloaded, removed
+
+
+class BucketFetcher:
+    """The sink of the bucket's job outbox: sync the mirror, then fingerprint it."""
+
+    def __init__(self, mirror: BucketMirror, watcher: DirectoryWatcher) -> None:
+        self._mirror = mirror
+        self._watcher = watcher
+
+    def send(self, notification: Event) -> None:
+        downloaded, removed = self._mirror.sync()
+        trigger = getattr(notification.data, "trigger", "s3")
+        emitted = self._watcher.scan_once(settled=True, trigger=trigger)
+        log.info("%s notification %s: %d downloaded, %d removed, %s", trigger, notification.id,
+                 downloaded, removed, f"dataset.updated {emitted.id}" if emitted else "content unchanged")
+
+
+def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:
+    """Validate a notification body; returns (trigger, relevant keys under the prefix).
+    Raises ValueError naming what is wrong (the caller answers 400)."""
+    if not isinstance(body, dict) or not isinstance(body.get("Records"), list):
+        raise ValueError('a bucket notification is a JSON object with a "Records" list')
+    trigger, keys = "s3", []
+    for n, record in enumerate(body["Records"]):
+        where = f"Records[{n}]"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where} is not an object")
+        origin = record.get("eventSource")
+        if origin not in SOURCES:
+            raise ValueError(f"{where}.eventSource is {origin!r}, expected aws:s3 or minio:s3")
+        trigger = SOURCES[origin]
+        s3 = record.get("s3")
+        try:
+            bucket = s3["bucket"]["name"]
+            raw_key = s3["object"]["key"]
+        except (TypeError, KeyError):
+            raise ValueError(f"{where} lacks s3.bucket.name or s3.object.key") from None
+        if not isinstance(bucket, str) or not isinstance(raw_key, str):
+            raise ValueError(f"{where}: bucket name and object key must be strings")
+        key = unquote_plus(raw_key)  # notifications carry URL-encoded keys
+        if bucket != source.bucket:
+            continue
+        try:
+            rel = source.relative(key)
+        except UnsafeKeyError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if rel is not None:
+            keys.append(key)
+    return trigger, keys
+
+
+class Poller:
+    """For buckets without notifications: compare the listing every ``interval`` seconds and
+    ask for a sync when it moved."""
+
+    def __init__(self, mirror: BucketMirror, request_sync: Any, interval: float) -> None:
+        self._mirror = mirror
+        self._request = request_sync
+        self._interval = interval
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval):
+            try:
+                if self._mirror.changed():
+                    self._request()
+            except Exception as exc:  # the bucket may be unreachable for a while
+                log.warning("polling %s failed: %s", self._mirror.source.uri, exc)
