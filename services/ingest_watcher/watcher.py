@@ -1,10 +1,12 @@
 """The folder watcher: one ``dataset.updated`` per settled change of a dataset root.
 
-A periodic rescan (cheap thanks to the stat cache) notices changes; a change is emitted
-only after the folder has settled (the same digest on two scans and no write for
-``settle`` seconds), so a slow copy or 500 files dropped at once yield one event. The last
-emitted fingerprint is kept in Redis, so a restarted watcher catches up on what changed
-while it was down and emits nothing for what did not.
+File-system notifications (inotify, through watchdog) wake the watcher at once; writes are
+debounced: the scan waits until no notification has arrived for ``settle`` seconds, so a slow
+copy or 500 files dropped at once yield one event. A periodic rescan (cheap thanks to the stat
+cache) catches whatever notifications missed, and then a change is emitted only after the
+folder has settled by itself (the same digest on two scans and no write for ``settle``
+seconds). The last emitted fingerprint is kept in Redis, so a restarted watcher catches up on
+what changed while it was down and emits nothing for what did not.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DirectoryWatcher:
         self.emitted = 0
         self.scans = 0
         self.last_scan: float | None = None  # wall time of the last completed scan
+        self._last_notice: float | None = None  # monotonic time of the latest notification
+        self.notifications = False  # whether file-system notifications are running
 
     def last_emitted(self) -> Fingerprint | None:
         raw = self._r.get(self._state_key)
@@ -113,13 +117,57 @@ class DirectoryWatcher:
         """Scan now instead of at the next interval (a webhook or a calendar asked)."""
         self._wake.set()
 
+    def notice(self) -> None:
+        """A file-system notification: something under the root is being written."""
+        self._last_notice = time.monotonic()
+        self._wake.set()
+
+    def _observe(self) -> object | None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:  # pragma: no cover - watchdog is a dependency
+            return None
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: object) -> None:
+                if getattr(event, "event_type", "") not in ("opened", "closed_no_write"):
+                    watcher.notice()
+
+        try:
+            observer = Observer()
+            observer.schedule(Handler(), str(self.root), recursive=True)
+            observer.start()
+        except OSError as exc:  # e.g. the inotify watch limit: the rescan still works
+            log.warning("no file-system notifications for %s (%s); rescanning every %.1fs",
+                        self.root, exc, self._interval)
+            return None
+        self.notifications = True
+        return observer
+
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.scan_once()
-            except Exception:  # keep watching; the next scan retries
-                log.exception("watcher scan of %s failed", self.root)
-            if self._wake.wait(self._interval):
-                self._wake.clear()
-            if stop.is_set():
-                return
+        observer = self._observe()
+        try:
+            while not stop.is_set():
+                notice = self._last_notice
+                if notice is not None:
+                    quiet_for = time.monotonic() - notice
+                    if quiet_for < self._settle:  # debounce: wait for the writes to settle
+                        if stop.wait(self._settle - quiet_for):
+                            return
+                        continue
+                try:
+                    # settled by the notifications: no write for `settle` seconds
+                    self.scan_once(settled=notice is not None)
+                except Exception:  # keep watching; the next scan retries
+                    log.exception("watcher scan of %s failed", self.root)
+                else:
+                    if self._last_notice == notice:
+                        self._last_notice = None
+                if self._wake.wait(self._interval):
+                    self._wake.clear()
+        finally:
+            if observer is not None:
+                observer.stop()  # type: ignore[attr-defined]
+                observer.join(timeout=5)  # type: ignore[attr-defined]

@@ -47,3 +47,81 @@ def test_a_restarted_watcher_catches_up_on_changes_only(r, dataset, tmp_path):
     assert event.data.previous_digest == emitted[0].data.digest
     assert event.data.files.added == ("increments/b1/train-images-idx3-ubyte.gz",)
     assert _settle(_watcher(r, dataset, tmp_path)) == [None, None]
+
+
+def _running(r, root, tmp_path, settle, interval=30.0):
+    """A watcher loop whose rescan is too rare to explain anything a test sees within
+    seconds: what it sees comes from file-system notifications."""
+    import threading
+
+    import time
+
+    watcher = DirectoryWatcher(root, RedisStreamSink(r), r, tmp_path / "state", settle=settle,
+                               interval=interval)
+    time.sleep(settle)
+    assert [e is not None for e in _settle(watcher)] == [False, True]  # the initial sight
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    return watcher, stop, thread
+
+
+def _wait(condition, seconds=20):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_notifications_bring_a_dropped_file_at_once(r, dataset, tmp_path):
+    import time
+
+    watcher, stop, thread = _running(r, dataset, tmp_path, settle=0.3)
+    try:
+        _wait(lambda: watcher.notifications)
+        time.sleep(0.5)
+        dropped = time.monotonic()
+        (dataset / "increments" / "b1").mkdir(parents=True)
+        (dataset / "increments" / "b1" / "train-labels-idx1-ubyte.gz").write_bytes(b"x" * 100)
+        _wait(lambda: watcher.emitted == 2, seconds=10)
+        assert time.monotonic() - dropped < 5  # far below the 30 s rescan
+        last = read_stream(r)[-1]
+        assert last["data"]["files"]["added"] == ["increments/b1/train-labels-idx1-ubyte.gz"]
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_five_hundred_files_at_once_and_a_slow_copy_each_yield_one_event(r, dataset, tmp_path):
+    import time
+
+    watcher, stop, thread = _running(r, dataset, tmp_path, settle=0.5)
+    try:
+        _wait(lambda: watcher.notifications)
+        batch = dataset / "increments" / "b2" / "T-shirt_top"
+        batch.mkdir(parents=True)
+        for n in range(500):
+            (batch / f"{n:04d}.png").write_bytes(bytes([n % 256]) * 64)
+        _wait(lambda: watcher.emitted == 2)
+        time.sleep(1.0)
+        assert watcher.emitted == 2
+        assert len(read_stream(r)[-1]["data"]["files"]["added"]) == 500
+
+        big = dataset / "increments" / "b3" / "train-images-idx3-ubyte.gz"
+        big.parent.mkdir(parents=True)
+        with big.open("wb") as f:  # 30 MB copied in slowly: 30 writes, 0.1 s apart
+            for _ in range(30):
+                f.write(os.urandom(1024 * 1024))
+                f.flush()
+                time.sleep(0.1)
+        _wait(lambda: watcher.emitted == 3)
+        time.sleep(1.0)
+        assert watcher.emitted == 3  # one event, after the copy, for the whole file
+        from services.ingest_watcher.fingerprint import fingerprint
+
+        assert read_stream(r)[-1]["data"]["digest"] == fingerprint(dataset).digest
+    finally:
+        stop.set()
+        thread.join()
