@@ -152,7 +152,7 @@ def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:
         if not isinstance(record, dict):
             raise ValueError(f"{where} is not an object")
         origin = record.get("eventSource")
-        if origin not in SOURCES:
+        if not isinstance(origin, str) or origin not in SOURCES:
             raise ValueError(f"{where}.eventSource is {origin!r}, expected aws:s3 or minio:s3")
         trigger = SOURCES[origin]
         s3 = record.get("s3")
