@@ -81,3 +81,20 @@ def loopback_redis(folder: Path) -> Iterator[tuple[redis.Redis, str]]:
         client.close()
         with contextlib.suppress(Exception):
             server.shutdown(save=False, now=True)
+
+
+def ensure_tool(name: str) -> str:
+    """A Debian tool a benchmark compares with or loads with (hey, b3sum), installed with apt
+    when missing."""
+    import shutil
+    import subprocess
+
+    found = shutil.which(name)
+    if found:
+        return found
+    print(f"installing {name} (apt) ...", flush=True)
+    apt = ["apt-get", "install", "-y", "-q", name]
+    if os.geteuid() != 0:
+        apt = ["sudo", "-n", *apt]
+    subprocess.run(apt, check=True, stdout=subprocess.DEVNULL)
+    return shutil.which(name) or f"/usr/bin/{name}"

@@ -31,25 +31,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from _common import ROOT, free_port, heading, line, loopback_redis, median, verdict
+from _common import ROOT, ensure_tool, free_port, heading, line, loopback_redis, median, verdict
 
 KSERVE_VENV = ROOT / ".venv-kserve"
 PREDICT = "/v1/models/fashion-mnist:predict"
 
 
 # tools ------------------------------------------------------------------------------------------
-def ensure_hey() -> str:
-    found = shutil.which("hey")
-    if found:
-        return found
-    print("installing hey (apt) ...", flush=True)
-    apt = ["apt-get", "install", "-y", "-q", "hey"]
-    if os.geteuid() != 0:
-        apt = ["sudo", "-n", *apt]
-    subprocess.run(apt, check=True, stdout=subprocess.DEVNULL)
-    return shutil.which("hey") or "/usr/bin/hey"
-
-
 def ensure_kserve_venv() -> Path:
     python = KSERVE_VENV / "bin" / "python"
     if not python.exists():
@@ -287,7 +275,7 @@ def main() -> None:
 
     from services.trainer import export, models
 
-    binary = ensure_hey()
+    binary = ensure_tool("hey")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
         repo = work / "repo"

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlparse
 
 from events import Event
+from services.ingest_watcher.git import Coalescer
 from services.ingest_watcher.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,11 @@ class BucketFetcher:
     def __init__(self, mirror: BucketMirror, watcher: DirectoryWatcher) -> None:
         self._mirror = mirror
         self._watcher = watcher
+        self._covered = Coalescer()
 
     def send(self, notification: Event) -> None:
+        if self._covered(notification):
+            return
         downloaded, removed = self._mirror.sync()
         trigger = getattr(notification.data, "trigger", "s3")
         emitted = self._watcher.scan_once(settled=True, trigger=trigger)
