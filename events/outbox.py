@@ -24,6 +24,12 @@ from events.sinks import Sink
 
 log = logging.getLogger(__name__)
 
+# Append the event only the first time KEYS[1] (a delivery id) is seen: one round trip.
+_PUT_ONCE = """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[2]) then return false end
+return redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
+"""
+
 
 class Outbox:
     def __init__(self, client: redis.Redis, sink: Sink, name: str, *,
@@ -39,6 +45,7 @@ class Outbox:
         self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failures = 0
+        self._put_once = client.register_script(_PUT_ONCE)
 
     # the producer side: what Sink.send means for whoever holds an outbox
     def send(self, event: Event) -> None:
@@ -49,6 +56,15 @@ class Outbox:
         entry = self._r.xadd(self.stream, {"event": body})
         self._wake.set()
         return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    def put_once(self, event: Event, seen_key: str, ttl_seconds: int) -> bool:
+        """``put`` unless ``seen_key`` was set within ``ttl_seconds`` (a replayed delivery);
+        the check and the append are one atomic step. True if the event was appended."""
+        _headers, body = encode(event, "structured")
+        appended = self._put_once(keys=[seen_key, self.stream], args=[body, ttl_seconds])
+        if appended:
+            self._wake.set()
+        return bool(appended)
 
     def pending(self) -> int:
         return int(self._r.xlen(self.stream))
@@ -69,32 +85,36 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def deliver_once(self) -> bool:
-        """Try the oldest entry once: True if it left the outbox (delivered or dead-lettered),
-        False if the outbox is empty or the sink is unavailable."""
-        entries = self._r.xrange(self.stream, count=1)
-        if not entries:
-            return False
-        entry_id, fields = entries[0]
-        body = fields[b"event"]
+    def deliver_once(self, batch: int = 1) -> bool:
+        """Try the oldest entries (up to ``batch``) in order: True if any left the outbox
+        (delivered or dead-lettered), False if it is empty or the sink is unavailable.
+        Delivered entries are deleted together, after the sink acknowledged each."""
+        entries = self._r.xrange(self.stream, count=batch)
+        done: list[bytes] = []
         try:
-            [event] = decode({"content-type": "application/cloudevents+json"}, body)
-        except EventError as exc:  # cannot happen for what put() wrote; never block on it
-            self._bury(entry_id, body, f"undecodable: {exc}")
-            return True
-        try:
-            self._sink.send(event)
-        except SinkRejectedError as exc:
-            self._bury(entry_id, body, str(exc))
-            return True
-        except Exception as exc:
-            self.failures += 1
-            log.warning("outbox %s: %s not delivered yet (%d waiting): %s", self.stream, event.id,
-                        self.pending(), exc)
-            return False
-        self._r.xdel(self.stream, entry_id)
-        self.delivered += 1
-        return True
+            for entry_id, fields in entries:
+                body = fields[b"event"]
+                try:
+                    [event] = decode({"content-type": "application/cloudevents+json"}, body)
+                except EventError as exc:  # cannot happen for what put() wrote; never block
+                    self._bury(entry_id, body, f"undecodable: {exc}")
+                    continue
+                try:
+                    self._sink.send(event)
+                except SinkRejectedError as exc:
+                    self._bury(entry_id, body, str(exc))
+                    continue
+                except Exception as exc:
+                    self.failures += 1
+                    log.warning("outbox %s: %s not delivered yet (%d waiting): %s", self.stream,
+                                event.id, self.pending(), exc)
+                    return bool(done)
+                done.append(entry_id)
+                self.delivered += 1
+            return bool(entries)
+        finally:
+            if done:
+                self._r.xdel(self.stream, *done)
 
     def _bury(self, entry_id: bytes, body: bytes, reason: str) -> None:
         log.error("outbox %s: event refused, moved to %s: %s", self.stream, self.dead, reason)
@@ -107,7 +127,7 @@ class Outbox:
         backoff = self._first_backoff
         while not self._stop.is_set():
             try:
-                moved = self.deliver_once()
+                moved = self.deliver_once(batch=100)
             except redis.RedisError as exc:
                 log.warning("outbox %s: Redis unavailable: %s", self.stream, exc)
                 moved = False

@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from events import make_event
 from events.outbox import Outbox
 from events.payloads import DatasetUpdated
-from services.ingest_watcher.git import (GitSource, changed_paths, first_delivery,
-                                         github_signature_ok, token_ok)
+from services.ingest_watcher.git import (GitSource, changed_paths, github_signature_ok, seen_key,
+                                         token_ok)
 from services.ingest_watcher.s3 import BucketSource, relevant_records
 from services.ingest_watcher.watcher import DirectoryWatcher
 
@@ -51,12 +51,6 @@ class GitWebhooks:
     github_secret: str | None = None
     gitlab_token: str | None = None
     replay_ttl: int = 7 * 24 * 3600
-
-
-def _digest(delivery: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(delivery.encode()).hexdigest()
 
 
 class _Refused(Exception):
@@ -131,10 +125,6 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
             raise _Refused(400, f"body is not valid JSON: {exc}") from None
         if not isinstance(push, dict) or not isinstance(push.get("ref"), str):
             raise _Refused(400, 'a push payload is a JSON object with a "ref"')
-        if delivery and not first_delivery(git.client, provider, delivery, git.replay_ttl):
-            webhooks.labels(provider, "replay").inc()
-            log.info("%s delivery %s seen before: no new event", provider, delivery)
-            return JSONResponse({"status": "duplicate delivery", "delivery": delivery})
         if push["ref"] != f"refs/heads/{git.source.branch}":
             webhooks.labels(provider, "ignored").inc()
             return JSONResponse({"status": f"ignored: {push['ref']} is not the watched branch "
@@ -148,12 +138,14 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
         notification = make_event(
             "dataset.updated", DatasetUpdated(uri=git.source.url, trigger=provider),  # type: ignore[arg-type]
             source=f"retrain/webhooks/{provider}", id=delivery or f"{provider}@{after}")
-        try:
-            git.jobs.put(notification)  # durable before the answer; fetched after it
-        except redis.RedisError:
-            if delivery:  # not accepted: the sender's retry must not look like a replay
-                git.client.delete(f"retrain:webhook:{provider}:" + _digest(delivery))
-            raise
+        # durable before the answer (fetched after it); a delivery id seen before is a replay,
+        # checked and appended in one atomic step
+        if delivery is None:
+            git.jobs.put(notification)
+        elif not git.jobs.put_once(notification, seen_key(provider, delivery), git.replay_ttl):
+            webhooks.labels(provider, "replay").inc()
+            log.info("%s delivery %s seen before: no new event", provider, delivery)
+            return JSONResponse({"status": "duplicate delivery", "delivery": delivery})
         webhooks.labels(provider, "accepted").inc()
         return JSONResponse({"status": "accepted: fetching", "commit": after}, status_code=202)
 

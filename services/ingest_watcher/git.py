@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import redis
-
 from events import Event
 from services.ingest_watcher.watcher import DirectoryWatcher
 
@@ -143,10 +141,9 @@ def token_ok(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-def first_delivery(client: redis.Redis, provider: str, delivery: str, ttl: int) -> bool:
-    """True the first time this delivery id is seen (replay protection, atomic)."""
-    digest = hashlib.sha256(delivery.encode()).hexdigest()
-    return bool(client.set(f"retrain:webhook:{provider}:{digest}", 1, nx=True, ex=ttl))
+def seen_key(provider: str, delivery: str) -> str:
+    """The Redis key remembering a webhook delivery id (replay protection)."""
+    return f"retrain:webhook:{provider}:{hashlib.sha256(delivery.encode()).hexdigest()}"
 
 
 def changed_paths(push: dict[str, Any]) -> list[str] | None:
