@@ -236,9 +236,10 @@ def watch(
         root = resolve_root(data)
     api_key = settings.api_keys[0] if settings.api_keys else None
     with open_redis(settings.redis_url, settings.home) as handle:
+        scope = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
         outbox = Outbox(handle.client, HttpSink(sink or settings.events_url, attempts=1,
                                                 mode="structured" if structured else "binary",
-                                                api_key=api_key), "watcher").start()
+                                                api_key=api_key), f"watcher:{scope}").start()
         watcher = DirectoryWatcher(root, outbox, handle.client, settings.home / "watcher",
                                    interval=settings.watch_interval, settle=settings.watch_settle)
         hooks, bucket_hooks, stop, threads = None, None, threading.Event(), []
@@ -246,7 +247,8 @@ def watch(
             from services.ingest_watcher.app import BucketWebhooks
             from services.ingest_watcher.s3 import BucketFetcher, Poller
 
-            jobs = Outbox(handle.client, BucketFetcher(mirror, watcher), f"s3:{tag}").start()
+            jobs = Outbox(handle.client, BucketFetcher(mirror, watcher, settings.watch_settle),
+                          f"s3:{tag}").start()
 
             def request_sync(trigger: str = "s3") -> None:
                 jobs.put(make_event("dataset.updated", {"uri": mirror.source.uri, "trigger": trigger},

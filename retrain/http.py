@@ -6,6 +6,7 @@ import errno
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -63,3 +64,21 @@ def serve_forever(app: object, host: str, port: int, service: str) -> None:
     sock = bind(host, port, service)
     config = uvicorn.Config(app, log_level="info", lifespan="on")  # type: ignore[arg-type]
     uvicorn.Server(config).run(sockets=[sock])
+
+
+class BodyTooLargeError(RetrainError):
+    """A request body over the endpoint's limit (each service answers it with 413)."""
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes: by its
+    Content-Length before anything is read, or while streaming it."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise BodyTooLargeError(f"body of {length} bytes exceeds the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise BodyTooLargeError(f"body exceeds the limit of {limit} bytes")
+    return bytes(body)

@@ -107,9 +107,16 @@ class LocalStack:
         self._spawn("selector", self._selector_loop)
         self._spawn("runner", self._runner_loop)
         if self.data_root is not None:
+            from events.outbox import Outbox
             from services.ingest_watcher.watcher import DirectoryWatcher
 
-            self.watcher = DirectoryWatcher(self.data_root, self.sink, client, s.home / "watcher",
+            # as `retrain watch` does: events wait in Redis until the trigger has them
+            import hashlib
+
+            scope = hashlib.sha256(str(self.data_root.resolve()).encode()).hexdigest()[:12]
+            outbox = Outbox(client, self.sink, f"stack-watcher:{scope}", max_backoff=2.0).start()
+            self._exit.callback(outbox.stop)
+            self.watcher = DirectoryWatcher(self.data_root, outbox, client, s.home / "watcher",
                                             interval=s.watch_interval, settle=s.watch_settle)
             self._spawn("watcher", lambda: self.watcher.run(self._stop))
 

@@ -67,3 +67,22 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def images_array(n: int, seed: int = 0) -> np.ndarray:
     return generate(n, seed)[0]
+
+
+@pytest.fixture(scope="session")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An (untrained) cnn exported once in the serving layout, for the serving tests."""
+    from services.trainer import export, models
+
+    path = tmp_path_factory.mktemp("saved-model") / "model"
+    export.export(models.build("cnn"), path)
+    return path
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for a server the test starts in a subprocess)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -105,11 +105,9 @@ def test_structured_bucket_notifications_never_answer_5xx(watcher_client, record
 
 
 @pytest.fixture(scope="module")
-def model_repo(tmp_path_factory):
-    from services.trainer import export, models
-
+def model_repo(tmp_path_factory, saved_model):
     repo = tmp_path_factory.mktemp("fuzz-repo")
-    export.export(models.build("cnn"), repo / "fashion-mnist" / "1")
+    shutil.copytree(saved_model, repo / "fashion-mnist" / "1")
     return repo
 
 

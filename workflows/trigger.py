@@ -17,6 +17,7 @@ from events.codec import decode
 from events.dedup import Deduplicator
 from events.envelope import Event
 from events.errors import EventError
+from retrain.http import BodyTooLargeError, read_body
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BODY = 64 * 1024
@@ -41,16 +42,12 @@ def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
             presented = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
             if not any(hmac.compare_digest(presented, key) for key in api_keys):
                 return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_EVENT_BODY:
-            return _error(413, f"event body of {length} bytes exceeds {MAX_EVENT_BODY}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > MAX_EVENT_BODY:
-                return _error(413, f"event body exceeds {MAX_EVENT_BODY} bytes")
         try:
-            events = decode(dict(request.headers), bytes(body))
+            body = await read_body(request, MAX_EVENT_BODY)
+        except BodyTooLargeError as exc:
+            return _error(413, f"event {exc}")
+        try:
+            events = decode(dict(request.headers), body)
         except EventError as exc:
             return _error(400, str(exc))
         accepted, duplicates = [], []

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from events import make_event
+from retrain.http import BodyTooLargeError, read_body
 from events.outbox import Outbox
 from events.payloads import DatasetUpdated
 from services.ingest_watcher.git import (GitSource, changed_paths, github_signature_ok, seen_key,
@@ -60,16 +61,10 @@ class _Refused(Exception):
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit``."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise _Refused(413, f"body of {length} bytes exceeds the limit of {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise _Refused(413, f"body exceeds the limit of {limit} bytes")
-    return bytes(body)
+    try:
+        return await read_body(request, limit)
+    except BodyTooLargeError as exc:
+        raise _Refused(413, str(exc)) from None
 
 
 def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -100,10 +101,23 @@ class BucketMirror:
     def changed(self) -> bool:
         return self.listing() != self.mirrored()
 
-    def sync(self) -> tuple[int, int]:
-        """Bring the folder to the bucket's listing; returns (downloaded, removed)."""
+    def settled_listing(self, settle: float, timeout: float = 600.0) -> dict[str, list[Any]]:
+        """The listing once it has stayed the same for ``settle`` seconds: an upload of many
+        objects (or a slow multipart one) is synced once, complete, not half-way."""
+        current = self.listing()
+        deadline = time.monotonic() + timeout
+        while settle > 0 and time.monotonic() < deadline:
+            time.sleep(settle)
+            again = self.listing()
+            if again == current:
+                break
+            current = again
+        return current
+
+    def sync(self, settle: float = 0.0) -> tuple[int, int]:
+        """Bring the folder to the bucket's (settled) listing; returns (downloaded, removed)."""
         with self._lock:
-            listing, before = self.listing(), self.mirrored()
+            listing, before = self.settled_listing(settle), self.mirrored()
             self.folder.mkdir(parents=True, exist_ok=True)
             downloaded = removed = 0
             for rel, meta in listing.items():
@@ -130,15 +144,16 @@ class BucketMirror:
 class BucketFetcher:
     """The sink of the bucket's job outbox: sync the mirror, then fingerprint it."""
 
-    def __init__(self, mirror: BucketMirror, watcher: DirectoryWatcher) -> None:
+    def __init__(self, mirror: BucketMirror, watcher: DirectoryWatcher, settle: float = 1.0) -> None:
         self._mirror = mirror
         self._watcher = watcher
+        self._settle = settle
         self._covered = Coalescer()
 
     def send(self, notification: Event) -> None:
         if self._covered(notification):
             return
-        downloaded, removed = self._mirror.sync()
+        downloaded, removed = self._mirror.sync(self._settle)
         trigger = getattr(notification.data, "trigger", "s3")
         emitted = self._watcher.scan_once(settled=True, trigger=trigger)
         log.info("%s notification %s: %d downloaded, %d removed, %s", trigger, notification.id,

@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from retrain.http import BodyTooLargeError, read_body
 from retrain.settings import MODEL_NAME
 from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (BadRequestError, ModelNotFoundError, PayloadTooLargeError,
@@ -178,14 +179,10 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                 retry_after_header(verdict.retry_after))
 
     async def _body(request: Request) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY:
-            raise PayloadTooLargeError(f"body of {length} bytes exceeds the limit of {MAX_BODY}")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw.extend(chunk)
-            if len(raw) > MAX_BODY:
-                raise PayloadTooLargeError(f"body exceeds the limit of {MAX_BODY} bytes")
+        try:
+            raw = await read_body(request, MAX_BODY)
+        except BodyTooLargeError as exc:
+            raise PayloadTooLargeError(str(exc)) from None
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

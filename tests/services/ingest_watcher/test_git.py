@@ -20,7 +20,7 @@ from services.ingest_watcher.app import GitWebhooks, create_app
 from services.ingest_watcher.fingerprint import fingerprint
 from services.ingest_watcher.git import Clone, GitFetcher, GitSource
 from services.ingest_watcher.watcher import DirectoryWatcher
-from tests.conftest import write_dataset
+from tests.conftest import free_port, write_dataset
 from workflows.trigger import create_app as create_trigger
 
 pytestmark = pytest.mark.integration
@@ -237,9 +237,7 @@ def test_retrain_watch_git_catches_up_on_start_then_follows_webhooks(tmp_path, r
     received = []
     receiver = BackgroundServer(create_trigger(Deduplicator(r, 600, "cli-git"), received.append),
                                 bind("127.0.0.1", 0, "receiver"), "receiver").start()
-    sock = bind("127.0.0.1", 0, "probe")
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url,
            "RETRAIN_GITHUB_WEBHOOK_SECRET": SECRET}
     proc = subprocess.Popen([sys.executable, "-m", "retrain.cli", "watch", "--git", str(upstream.bare),

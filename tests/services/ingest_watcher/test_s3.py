@@ -20,7 +20,7 @@ from services.ingest_watcher.app import BucketWebhooks, create_app
 from services.ingest_watcher.fingerprint import fingerprint
 from services.ingest_watcher.s3 import BucketFetcher, BucketMirror, BucketSource, Poller
 from services.ingest_watcher.watcher import DirectoryWatcher
-from tests.conftest import write_dataset
+from tests.conftest import free_port, write_dataset
 from workflows.trigger import create_app as create_trigger
 
 pytestmark = pytest.mark.integration
@@ -51,10 +51,12 @@ def s3(s3_endpoint, monkeypatch):
     return client, name
 
 
-def upload_dataset(client, bucket, tmp_path, prefix="datasets/fm/", **kwargs):
+def upload_dataset(client, bucket, tmp_path, prefix="datasets/fm/", after_each=None, **kwargs):
     local = write_dataset(tmp_path / f"upload-{time.monotonic_ns()}", **kwargs)
     for path in sorted(local.iterdir()):
         client.upload_file(str(path), bucket, prefix + path.name)
+        if after_each:
+            after_each(prefix + path.name)
     return local
 
 
@@ -75,7 +77,8 @@ def stack(tmp_path, r, s3):
     source = BucketSource.parse(f"s3://{bucket}/datasets/fm")
     mirror = BucketMirror(client, source, tmp_path / "mirror" / "data")
     watcher = DirectoryWatcher(mirror.folder, events, r, tmp_path / "state")
-    jobs = Outbox(r, BucketFetcher(mirror, watcher), f"s3-jobs-{bucket}", first_backoff=0.05).start()
+    jobs = Outbox(r, BucketFetcher(mirror, watcher, settle=0.3), f"s3-jobs-{bucket}",
+                  first_backoff=0.05).start()
     server = BackgroundServer(create_app(watcher, (), bucket=BucketWebhooks(source, jobs, TOKEN)),
                               bind("127.0.0.1", 0, "watcher"), "watcher").start()
 
@@ -129,6 +132,21 @@ def test_a_notification_mirrors_the_prefix_and_emits_one_event(stack, tmp_path, 
     notify(stack, {"Records": [record(stack.bucket, keys[0], origin, "ObjectRemoved:Delete")]})
     wait_for(lambda: len(stack.received) == 2)
     assert list(stack.received[1].data.files.removed) == [keys[0].rsplit("/", 1)[1]]
+
+
+def test_an_upload_notified_object_by_object_yields_one_event_for_the_whole(stack, tmp_path):
+    def notify_and_pause(key):
+        assert notify(stack, {"Records": [record(stack.bucket, key, "minio:s3")]}).status_code == 202
+        time.sleep(0.1)  # the next object follows while the first notification is handled
+
+    local = upload_dataset(stack.client, stack.bucket, tmp_path, after_each=notify_and_pause,
+                           train=60, test=20)
+    wait_for(lambda: stack.received)
+    wait_for(lambda: stack.jobs.pending() == 0)
+    time.sleep(1.0)
+    assert len(stack.received) == 1
+    assert stack.received[0].data.digest == fingerprint(local).digest
+    assert len(stack.received[0].data.files.added) == 4
 
 
 def test_polling_notices_a_bucket_without_notifications(stack, tmp_path):
@@ -204,9 +222,7 @@ def test_retrain_watch_s3_catches_up_on_start_and_polls(tmp_path, r, redis_handl
     received = []
     receiver = BackgroundServer(create_trigger(Deduplicator(r, 600, "cli-s3"), received.append),
                                 bind("127.0.0.1", 0, "receiver"), "receiver").start()
-    sock = bind("127.0.0.1", 0, "probe")
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url}
     proc = subprocess.Popen([sys.executable, "-m", "retrain.cli", "watch", "--s3", f"s3://{bucket}/datasets/fm",
                              "--s3-endpoint", s3_endpoint, "--s3-poll", "0.3", "--sink",

@@ -18,20 +18,12 @@ from services.selector.champion import Champion, ChampionStore
 from services.selector.kserve import (CanaryRolledBackError, CanaryUnsupportedError, KServeBackend,
                                       KubeApi, Rollout, ScrapedHealth)
 from services.serving.app import create_app as create_server
-from services.trainer import export, models
 from tests.services.selector.kube_standin import TOKEN, KubeStandIn
 
 pytestmark = [pytest.mark.integration]
 PREFIX = "pvc://retrain-data/models"
 RELEASES = f"{PREFIX}/releases/fashion-mnist"
 BASE_URI = "pvc://retrain-data/models/fashion-mnist"  # what manifests/base serves at first
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sm") / "model"
-    export.export(models.build("cnn"), path)
-    return path
 
 
 @pytest.fixture

@@ -8,16 +8,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from services.serving.app import create_app
-from services.trainer import export, models
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sm") / "model"
-    export.export(models.build("cnn"), path)
-    return path
 
 
 @pytest.fixture
