@@ -452,20 +452,42 @@ def _promotion_backend(settings):  # type: ignore[no-untyped-def]
 
 
 @select_app.command("serve")
-def select_serve(port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None) -> None:
-    """Receive model.trained CloudEvents on POST /events and promote each candidate that beats
-    the champion into RETRAIN_HOME's model repository (TF Serving / KServe poll it)."""
+def select_serve(
+    port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None,
+    stream: Annotated[bool, typer.Option(help="also consume model.trained from the Redis stream retrain:events")] = False,
+) -> None:
+    """Receive model.trained CloudEvents on POST /events (and, with --stream, from the Redis
+    stream the local stack writes) and promote each candidate that beats the champion."""
     _logging(True)
+    import os
+    import socket
+    import threading
+
+    from events import EventType
     from events.dedup import Deduplicator
+    from events.streams import StreamConsumer
     from retrain.http import serve_forever
     from retrain.redis_store import open_redis
     from services.selector.app import create_app as create_selector
 
     settings = _settings(events_port=port)
     with open_redis(settings.redis_url, settings.home) as handle:
+        selector = _selector(handle.client, settings)
         dedup = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector")
-        serve_forever(create_selector(_selector(handle.client, settings), dedup, settings.api_keys),
-                      settings.host, settings.events_port, "selector")
+        stop = threading.Event()
+        if stream:
+            def judge(event):  # type: ignore[no-untyped-def]
+                if event.type is EventType.MODEL_TRAINED and dedup.first_time(event):
+                    selector.handle(event)
+
+            consumer = StreamConsumer(handle.client, "retrain:events", "selector",
+                                      f"{socket.gethostname()}-{os.getpid()}", judge)
+            threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True).start()
+        try:
+            serve_forever(create_selector(selector, dedup, settings.api_keys),
+                          settings.host, settings.events_port, "selector")
+        finally:
+            stop.set()
 
 
 @select_app.command("rollback")

@@ -1,0 +1,78 @@
+"""Consuming a Redis stream of CloudEvents (what ``RedisStreamSink`` writes) with a consumer
+group: each entry is handled by one consumer of the group and acknowledged only after it was
+handled, so a consumer that dies mid-way leaves the entry pending, and another consumer of
+the group claims it once it has been idle for ``claim_after`` seconds. At-least-once, like
+every delivery here; receivers drop duplicates by (source, id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from events.codec import decode
+from events.envelope import Event
+from events.errors import EventError
+
+log = logging.getLogger(__name__)
+
+
+class StreamConsumer:
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str,
+                 handle: Callable[[Event], None], *, claim_after: float = 30.0,
+                 block_ms: int = 1000) -> None:
+        self._r = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self._handle = handle
+        self._claim_after_ms = int(claim_after * 1000)
+        self._block_ms = block_ms
+        self.handled = 0
+        try:  # from the start of the stream the first time the group exists
+            client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def poll(self) -> int:
+        """Handle what is waiting (entries idle in a dead consumer first); returns how many."""
+        done = 0
+        _next, claimed, *_ = self._r.xautoclaim(self.stream, self.group, self.consumer,
+                                                 min_idle_time=self._claim_after_ms, start_id="0-0",
+                                                 count=100)
+        for entry_id, fields in claimed:
+            if fields:  # None for entries deleted meanwhile
+                done += self._one(entry_id, fields)
+        reply = self._r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=100,
+                                   block=self._block_ms)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                done += self._one(entry_id, fields)
+        return done
+
+    def _one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> int:
+        try:
+            [event] = decode({"content-type": "application/cloudevents+json"}, fields[b"event"])
+        except (EventError, KeyError, ValueError) as exc:
+            log.error("stream %s entry %s is not a CloudEvent, skipped: %s", self.stream, entry_id, exc)
+            self._r.xack(self.stream, self.group, entry_id)
+            return 0
+        self._handle(event)  # raising leaves the entry pending: retried by a later claim
+        self._r.xack(self.stream, self.group, entry_id)
+        self.handled += 1
+        return 1
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.poll()
+            except redis.RedisError as exc:
+                log.warning("stream %s: Redis unavailable: %s", self.stream, exc)
+                stop.wait(1.0)
+            except Exception:
+                log.exception("stream %s: handling failed; the entry stays pending", self.stream)
+                stop.wait(1.0)
