@@ -203,7 +203,8 @@ def watch(
     from retrain.redis_store import open_redis
     from services.ingest_watcher.app import GitWebhooks
     from services.ingest_watcher.app import create_app as create_watcher_app
-    from services.ingest_watcher.git import Clone, GitFetcher, GitSource
+    from services.ingest_watcher.fetch import SourceFetcher
+    from services.ingest_watcher.git import Clone, GitSource
     from services.ingest_watcher.watcher import DirectoryWatcher
     from workflows.steps import resolve_root
 
@@ -230,7 +231,7 @@ def watch(
             raise ConfigurationError(f"--s3: {exc}") from None
         tag = hashlib.sha256(bucket_source.uri.encode()).hexdigest()[:12]
         mirror = BucketMirror(boto3.client("s3", endpoint_url=s3_endpoint), bucket_source,
-                              settings.home / "s3" / tag / "data")
+                              settings.home / "s3" / tag / "data", settings.watch_settle)
         root = mirror.folder
     else:
         root = resolve_root(data)
@@ -245,10 +246,9 @@ def watch(
         hooks, bucket_hooks, stop, threads = None, None, threading.Event(), []
         if mirror is not None:
             from services.ingest_watcher.app import BucketWebhooks
-            from services.ingest_watcher.s3 import BucketFetcher, Poller
+            from services.ingest_watcher.s3 import Poller
 
-            jobs = Outbox(handle.client, BucketFetcher(mirror, watcher, settings.watch_settle),
-                          f"s3:{tag}").start()
+            jobs = Outbox(handle.client, SourceFetcher(mirror.sync, watcher), f"s3:{tag}").start()
 
             def request_sync(trigger: str = "s3") -> None:
                 jobs.put(make_event("dataset.updated", {"uri": mirror.source.uri, "trigger": trigger},
@@ -260,7 +260,7 @@ def watch(
                 threads.append(threading.Thread(target=Poller(mirror, request_sync, s3_poll).run,
                                                 args=(stop,), name="bucket-poller", daemon=True))
         elif clone is not None:
-            jobs = Outbox(handle.client, GitFetcher(clone, watcher), f"git:{tag}").start()
+            jobs = Outbox(handle.client, SourceFetcher(clone.sync, watcher), f"git:{tag}").start()
             jobs.put(make_event("dataset.updated", {"uri": git, "trigger": "github"},
                                 source="retrain/watcher/start"))  # catch up with the branch
             hooks = GitWebhooks(handle.client, source, jobs, settings.github_webhook_secret,

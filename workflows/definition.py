@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import yaml
 from hera.workflows import (DAG, ConfigMapEnvFrom, Container, Env, ExistingVolume, Parameter,
                             Resource, RetryStrategy, WorkflowTemplate)
-from hera.workflows.models import (Backoff, PodGC, Probe, TTLStrategy, VolumeMount)
+from hera.workflows.models import (Backoff, PodGC, TTLStrategy, VolumeMount)
 
 from events.payloads import MODEL_TYPES
 

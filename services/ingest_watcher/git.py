@@ -18,14 +18,10 @@ import hashlib
 import hmac
 import logging
 import subprocess
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from events import Event
-from services.ingest_watcher.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +68,7 @@ class Clone:
         return done.stdout.strip()
 
     def sync(self) -> str:
-        """Fetch the branch and check it out; returns the commit now checked out."""
+        """Fetch the branch and check it out; says which commit is now checked out."""
         if not (self.folder / ".git").is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)
             self._git("init", "-q", cwd=self.folder)
@@ -80,54 +76,7 @@ class Clone:
                   f"refs/heads/{self.source.branch}", cwd=self.folder)
         self._git("checkout", "-q", "--force", "--detach", "FETCH_HEAD", cwd=self.folder)
         self._git("clean", "-q", "-d", "-f", "-x", cwd=self.folder)
-        return self._git("rev-parse", "HEAD", cwd=self.folder)
-
-
-class GitFetcher:
-    """The sink of the git outbox: each push notification becomes a sync of the clone and a
-    fingerprint of the dataset folder (an event only if its content changed). Raising makes
-    the outbox retry later (the remote may be unreachable for a while)."""
-
-    def __init__(self, clone: Clone, watcher: DirectoryWatcher) -> None:
-        self._clone = clone
-        self._watcher = watcher
-        self._covered = Coalescer()
-
-    def send(self, notification: Event) -> None:
-        if self._covered(notification):
-            return
-        commit = self._clone.sync()
-        trigger = getattr(notification.data, "trigger", "github")
-        emitted = self._watcher.scan_once(settled=True, trigger=trigger)
-        log.info("%s push %s: clone at %s, %s", trigger, notification.id, commit[:12],
-                 f"dataset.updated {emitted.id}" if emitted else "dataset content unchanged")
-
-
-class Coalescer:
-    """Notifications queued before the latest sync started are covered by it, and syncs start
-    at most every ``min_interval`` seconds: a storm of pushes or bucket events becomes one
-    sync per interval, not one each (the notifications arriving meanwhile wait in the outbox
-    and are covered by the next)."""
-
-    def __init__(self, min_interval: float = 1.0) -> None:
-        self._last_start: datetime | None = None
-        self._min_interval = min_interval
-
-    def __call__(self, notification: Event) -> bool:
-        try:
-            sent: datetime | None = datetime.fromisoformat(str(notification.time))
-        except ValueError:
-            sent = None
-        if sent is not None and sent.tzinfo is None:
-            sent = sent.replace(tzinfo=timezone.utc)
-        if self._last_start is not None and sent is not None and sent < self._last_start:
-            return True
-        if self._last_start is not None:
-            wait = self._min_interval - (datetime.now(timezone.utc) - self._last_start).total_seconds()
-            if wait > 0:
-                time.sleep(wait)
-        self._last_start = datetime.now(timezone.utc)
-        return False
+        return f"clone at {self._git('rev-parse', 'HEAD', cwd=self.folder)[:12]}"
 
 
 def github_signature_ok(secret: str, body: bytes, header: str | None) -> bool:

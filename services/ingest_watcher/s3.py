@@ -24,9 +24,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote_plus, urlparse
 
-from events import Event
-from services.ingest_watcher.git import Coalescer
-from services.ingest_watcher.watcher import DirectoryWatcher
 
 log = logging.getLogger(__name__)
 SOURCES = {"aws:s3": "s3", "minio:s3": "minio"}
@@ -69,10 +66,11 @@ class BucketSource:
 
 
 class BucketMirror:
-    def __init__(self, client: Any, source: BucketSource, folder: Path) -> None:
+    def __init__(self, client: Any, source: BucketSource, folder: Path, settle: float = 1.0) -> None:
         self._s3 = client  # a boto3 S3 client
         self.source = source
         self.folder = folder
+        self.settle = settle  # seconds the listing must stay the same before a sync
         self._state = folder.parent / f".{folder.name}.listing.json"
         self._lock = threading.Lock()
 
@@ -114,10 +112,10 @@ class BucketMirror:
             current = again
         return current
 
-    def sync(self, settle: float = 0.0) -> tuple[int, int]:
-        """Bring the folder to the bucket's (settled) listing; returns (downloaded, removed)."""
+    def sync(self) -> str:
+        """Bring the folder to the bucket's settled listing; says what it downloaded and removed."""
         with self._lock:
-            listing, before = self.settled_listing(settle), self.mirrored()
+            listing, before = self.settled_listing(self.settle), self.mirrored()
             self.folder.mkdir(parents=True, exist_ok=True)
             downloaded = removed = 0
             for rel, meta in listing.items():
@@ -138,26 +136,7 @@ class BucketMirror:
             tmp_state = self._state.with_suffix(".tmp")
             tmp_state.write_text(json.dumps(listing))
             os.replace(tmp_state, self._state)
-            return downloaded, removed
-
-
-class BucketFetcher:
-    """The sink of the bucket's job outbox: sync the mirror, then fingerprint it."""
-
-    def __init__(self, mirror: BucketMirror, watcher: DirectoryWatcher, settle: float = 1.0) -> None:
-        self._mirror = mirror
-        self._watcher = watcher
-        self._settle = settle
-        self._covered = Coalescer()
-
-    def send(self, notification: Event) -> None:
-        if self._covered(notification):
-            return
-        downloaded, removed = self._mirror.sync(self._settle)
-        trigger = getattr(notification.data, "trigger", "s3")
-        emitted = self._watcher.scan_once(settled=True, trigger=trigger)
-        log.info("%s notification %s: %d downloaded, %d removed, %s", trigger, notification.id,
-                 downloaded, removed, f"dataset.updated {emitted.id}" if emitted else "content unchanged")
+            return f"{downloaded} downloaded, {removed} removed"
 
 
 def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:

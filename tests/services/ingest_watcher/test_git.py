@@ -18,7 +18,8 @@ from retrain.http import BackgroundServer, bind
 from services.ingest_watcher import app as watcher_app
 from services.ingest_watcher.app import GitWebhooks, create_app
 from services.ingest_watcher.fingerprint import fingerprint
-from services.ingest_watcher.git import Clone, GitFetcher, GitSource
+from services.ingest_watcher.fetch import SourceFetcher
+from services.ingest_watcher.git import Clone, GitSource
 from services.ingest_watcher.watcher import DirectoryWatcher
 from tests.conftest import free_port, write_dataset
 from workflows.trigger import create_app as create_trigger
@@ -85,7 +86,7 @@ def stack(tmp_path, r, upstream):
     source = GitSource(str(upstream.bare), "main", "data/fm")
     clone = Clone(source, tmp_path / "clone")
     watcher = DirectoryWatcher(clone.dataset_root, events, r, tmp_path / "state")
-    jobs = Outbox(r, GitFetcher(clone, watcher), "git-test-jobs", first_backoff=0.05).start()
+    jobs = Outbox(r, SourceFetcher(clone.sync, watcher), "git-test-jobs", first_backoff=0.05).start()
     app = create_app(watcher, (), GitWebhooks(r, source, jobs, SECRET, TOKEN))
     server = BackgroundServer(app, bind("127.0.0.1", 0, "watcher"), "watcher").start()
 

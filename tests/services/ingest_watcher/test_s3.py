@@ -15,10 +15,10 @@ from events.dedup import Deduplicator
 from events.outbox import Outbox
 from events.sinks import HttpSink
 from retrain.http import BackgroundServer, bind
-from services.ingest_watcher import app as watcher_app
 from services.ingest_watcher.app import BucketWebhooks, create_app
 from services.ingest_watcher.fingerprint import fingerprint
-from services.ingest_watcher.s3 import BucketFetcher, BucketMirror, BucketSource, Poller
+from services.ingest_watcher.fetch import SourceFetcher
+from services.ingest_watcher.s3 import BucketMirror, BucketSource, Poller
 from services.ingest_watcher.watcher import DirectoryWatcher
 from tests.conftest import free_port, write_dataset
 from workflows.trigger import create_app as create_trigger
@@ -75,9 +75,9 @@ def stack(tmp_path, r, s3):
     events = Outbox(r, HttpSink(receiver.url + "/events", attempts=1), f"s3-ev-{bucket}",
                     first_backoff=0.05).start()
     source = BucketSource.parse(f"s3://{bucket}/datasets/fm")
-    mirror = BucketMirror(client, source, tmp_path / "mirror" / "data")
+    mirror = BucketMirror(client, source, tmp_path / "mirror" / "data", settle=0.3)
     watcher = DirectoryWatcher(mirror.folder, events, r, tmp_path / "state")
-    jobs = Outbox(r, BucketFetcher(mirror, watcher, settle=0.3), f"s3-jobs-{bucket}",
+    jobs = Outbox(r, SourceFetcher(mirror.sync, watcher), f"s3-jobs-{bucket}",
                   first_backoff=0.05).start()
     server = BackgroundServer(create_app(watcher, (), bucket=BucketWebhooks(source, jobs, TOKEN)),
                               bind("127.0.0.1", 0, "watcher"), "watcher").start()

@@ -1,6 +1,5 @@
 """``retrain select serve``'s app: model.trained over HTTP, judged and promoted for real."""
 
-import time
 
 import pytest
 from fastapi.testclient import TestClient
