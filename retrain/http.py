@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hmac
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import uvicorn
@@ -82,3 +84,22 @@ async def read_body(request: Any, limit: int) -> bytes:
         if len(body) > limit:
             raise BodyTooLargeError(f"body exceeds the limit of {limit} bytes")
     return bytes(body)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header; None for anything else."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    return authorization.removeprefix("Bearer ").strip()
+
+
+def secret_matches(given: str | None, secrets: Iterable[str]) -> str | None:
+    """The secret ``given`` equals (compared in constant time, as bytes, so any header text is
+    safe), or None."""
+    if given is None:
+        return None
+    presented = given.encode("utf-8", "surrogateescape")
+    for secret in secrets:
+        if hmac.compare_digest(presented, secret.encode()):
+            return secret
+    return None

@@ -40,11 +40,16 @@ bodies = st.one_of(
 )
 header_names = st.sampled_from(["ce-specversion", "ce-type", "ce-source", "ce-id", "ce-time",
                                 "content-type", "x-github-event", "x-gitlab-event",
-                                "x-gitlab-token", "authorization", "x-github-delivery"])
+                                "x-gitlab-token", "authorization", "x-github-delivery",
+                                "x-hub-signature-256"])
+latin1 = st.text(alphabet=st.characters(min_codepoint=160, max_codepoint=255), min_size=1, max_size=8)
 header_values = st.sampled_from(["1.0", "dev.retrain.dataset.updated", "application/json",
                                  "application/cloudevents+json", "application/cloudevents-batch+json",
                                  "push", "ping", "Push Hook", "Bearer k", "", "x" * 40]) | st.text(
-    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20) | (
+    # HTTP headers are bytes: what arrives need not be ASCII (a token, a signature)
+    st.sampled_from(["Bearer ", "sha256=", ""]).flatmap(
+        lambda prefix: latin1.map(lambda t: (prefix + t).encode("latin-1"))))
 headers = st.dictionaries(header_names, header_values, max_size=6)
 
 
@@ -115,7 +120,10 @@ def model_repo(tmp_path_factory, saved_model):
 def serving_client(model_repo):
     from services.serving.app import create_app
 
-    with TestClient(create_app(model_repo), raise_server_exceptions=False) as client:
+    from services.serving.limits import RateLimiter
+
+    limiter = RateLimiter(anon_rate=0, keyed_rate=0, api_keys=("k",))  # keys checked, no limit
+    with TestClient(create_app(model_repo, limiter=limiter), raise_server_exceptions=False) as client:
         yield client
 
 
@@ -136,9 +144,9 @@ v2_inputs = st.lists(st.fixed_dictionaries({
 
 
 @EXAMPLES
-@given(v1=instances, v2=v2_inputs, raw=bodies)
-def test_model_server_never_answers_5xx(serving_client, v1, v2, raw):
+@given(v1=instances, v2=v2_inputs, raw=bodies, hdrs=headers)
+def test_model_server_never_answers_5xx(serving_client, v1, v2, raw, hdrs):
     _no_5xx(serving_client, "/v1/models/fashion-mnist:predict", json.dumps({"instances": v1}).encode(), {})
     _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", json.dumps({"inputs": v2}).encode(), {})
-    _no_5xx(serving_client, "/v1/models/fashion-mnist:predict", raw, {})
-    _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", raw, {})
+    _no_5xx(serving_client, "/v1/models/fashion-mnist:predict", raw, hdrs)
+    _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", raw, hdrs)

@@ -6,7 +6,6 @@ watcher, ``retrain publish``, the runner and the selector send their events.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 
@@ -17,7 +16,7 @@ from events.codec import decode
 from events.dedup import Deduplicator
 from events.envelope import Event
 from events.errors import EventError
-from retrain.http import BodyTooLargeError, read_body
+from retrain.http import BodyTooLargeError, bearer, read_body, secret_matches
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BODY = 64 * 1024
@@ -37,11 +36,8 @@ def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
 
     @app.post("/events")
     async def receive(request: Request) -> JSONResponse:
-        if api_keys:
-            header = request.headers.get("authorization", "")
-            presented = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-            if not any(hmac.compare_digest(presented, key) for key in api_keys):
-                return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
+        if api_keys and not secret_matches(bearer(request.headers.get("authorization")), api_keys):
+            return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
         try:
             body = await read_body(request, MAX_EVENT_BODY)
         except BodyTooLargeError as exc:

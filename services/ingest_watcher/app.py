@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -17,11 +16,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from events import make_event
-from retrain.http import BodyTooLargeError, read_body
 from events.outbox import Outbox
 from events.payloads import DatasetUpdated
-from services.ingest_watcher.git import (GitSource, changed_paths, github_signature_ok, seen_key,
-                                         token_ok)
+from retrain.http import BodyTooLargeError, bearer, read_body, secret_matches
+from services.ingest_watcher.git import GitSource, changed_paths, github_signature_ok, seen_key
 from services.ingest_watcher.s3 import BucketSource, relevant_records
 from services.ingest_watcher.watcher import DirectoryWatcher
 
@@ -87,10 +85,7 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     def authorized(authorization: str | None) -> bool:
-        if not api_keys:
-            return True
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        return any(hmac.compare_digest(token.encode(), key.encode()) for key in api_keys)
+        return not api_keys or secret_matches(bearer(authorization), api_keys) is not None
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -166,7 +161,7 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
         if git is None or not git.gitlab_token:
             raise _Refused(404, "GitLab webhooks are not configured on this watcher "
                                 "(--git and RETRAIN_GITLAB_WEBHOOK_TOKEN)")
-        if not token_ok(git.gitlab_token, request.headers.get("x-gitlab-token")):
+        if secret_matches(request.headers.get("x-gitlab-token"), (git.gitlab_token,)) is None:
             raise _Refused(401, "missing or wrong X-Gitlab-Token")
         body = await _read_limited(request, GITLAB_MAX_BODY)
         event = request.headers.get("x-gitlab-event", "")
@@ -181,8 +176,7 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
         if bucket is None:
             raise _Refused(404, "bucket notifications are not configured on this watcher (--s3)")
         if bucket.token is not None:
-            given = request.headers.get("authorization", "")
-            if not token_ok(bucket.token, given.removeprefix("Bearer ").strip() if given.startswith("Bearer ") else None):
+            if secret_matches(bearer(request.headers.get("authorization")), (bucket.token,)) is None:
                 raise _Refused(401, "missing or wrong bearer token (RETRAIN_S3_WEBHOOK_TOKEN)")
         body = await _read_limited(request, S3_MAX_BODY)
         try:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from retrain.http import secret_matches
+
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,7 @@ def github_signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     if not header or not header.startswith("sha256="):
         return False
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256="))
-
-
-def token_ok(expected: str, given: str | None) -> bool:
-    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+    return secret_matches(header.removeprefix("sha256="), (expected,)) is not None
 
 
 def seen_key(provider: str, delivery: str) -> str:

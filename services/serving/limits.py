@@ -9,12 +9,13 @@ requests (at least one), so short bursts pass and sustained excess is refused.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from retrain.http import bearer, secret_matches
 
 IDLE_SECONDS = 60.0  # buckets untouched this long are forgotten
 MAX_BUCKETS = 100_000
@@ -44,10 +45,9 @@ class RateLimiter:
     def _client(self, address: str, authorization: str | None) -> tuple[str, float]:
         if not authorization:
             return f"anon:{address}", self._anon
-        token = authorization.removeprefix("Bearer ").strip()
-        for key in self._keys:
-            if hmac.compare_digest(token.encode(), key.encode()):
-                return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}", self._keyed
+        key = secret_matches(bearer(authorization), self._keys)
+        if key is not None:
+            return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}", self._keyed
         raise UnknownKeyError("the API key presented is not one of RETRAIN_API_KEYS")
 
     def check(self, address: str, authorization: str | None) -> Verdict:
