@@ -263,7 +263,7 @@ def watch(
             jobs = Outbox(handle.client, SourceFetcher(clone.sync, watcher), f"git:{tag}").start()
             jobs.put(make_event("dataset.updated", {"uri": git, "trigger": "github"},
                                 source="retrain/watcher/start"))  # catch up with the branch
-            hooks = GitWebhooks(handle.client, source, jobs, settings.github_webhook_secret,
+            hooks = GitWebhooks(source, jobs, settings.github_webhook_secret,
                                 settings.gitlab_webhook_token)
         else:
             threads.append(threading.Thread(target=watcher.run, args=(stop,), name="watcher",

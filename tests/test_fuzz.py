@@ -68,7 +68,7 @@ def trigger_client(r):
 @pytest.fixture
 def watcher_client(r, tmp_path):
     watcher = DirectoryWatcher(tmp_path / "data", Outbox(r, None, "fuzz-events"), r, tmp_path / "s")
-    git = GitWebhooks(r, GitSource(str(tmp_path / "nowhere"), "main", "data"),
+    git = GitWebhooks(GitSource(str(tmp_path / "nowhere"), "main", "data"),
                       Outbox(r, None, "fuzz-git"), "secret", "token")
     bucket = BucketWebhooks(BucketSource.parse("s3://b/p"), Outbox(r, None, "fuzz-s3"), None)
     with TestClient(create_watcher(watcher, ("k",), git, bucket), raise_server_exceptions=False) as client:

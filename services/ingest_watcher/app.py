@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import redis
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -44,7 +43,6 @@ class GitWebhooks:
     """What the Git webhooks need: where pushes are verified against, and where accepted
     pushes wait for their fetch (a durable outbox whose sink is the fetcher)."""
 
-    client: redis.Redis
     source: GitSource
     jobs: Outbox
     github_secret: str | None = None

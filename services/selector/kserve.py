@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -102,6 +102,15 @@ class Health:
         return self.errors / self.requests if self.requests else 0.0
 
 
+class CanaryHealth(Protocol):
+    """How a canary is doing: ``start`` opens a window, calling closes it and says what
+    happened in it."""
+
+    def start(self) -> None: ...
+
+    def __call__(self) -> Health: ...
+
+
 class ScrapedHealth:
     """The canary's health over a window, from two scrapes of its Prometheus ``/metrics``:
     requests and 5xx answers from a counter labelled ``code``, p99 from a latency histogram.
@@ -176,7 +185,7 @@ class Rollout:
 
 class KServeBackend:
     def __init__(self, api: KubeApi, namespace: str, name: str, repo: Path, storage_prefix: str,
-                 rollout: Rollout = Rollout(), health: Callable[[], Health] | None = None,
+                 rollout: Rollout = Rollout(), health: CanaryHealth | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._api = api
         self._path = f"/apis/{GROUP}/namespaces/{namespace}/inferenceservices/{name}"
@@ -268,9 +277,7 @@ class KServeBackend:
         for percent in self._rollout.steps:
             self._patch({"canaryTrafficPercent": percent, "model": {"storageUri": uri}})
             self._wait_ready()
-            start = getattr(self._health, "start", None)
-            if start:
-                start()
+            self._health.start()
             self._sleep(self._rollout.step_seconds)
             health = self._health()
             problem = self._judge(health)

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from events import Event, EventType, make_event
 from events.payloads import ModelPromoted, ModelRejected, ModelTrained
@@ -186,7 +187,7 @@ class Selector:
             self._store.clear(new.generation)
             return
         before, length = self._store.previous()
-        restored = Champion(**{**previous.__dict__, "generation": new.generation + 1})
+        restored = replace(previous, generation=new.generation + 1)
         if before is None or not self._store.restore(new.generation, length, restored):
             log.error("could not put champion %d back after a failed promotion", previous.version)
 
@@ -206,9 +207,8 @@ class Selector:
             except FileNotFoundError:
                 raise NothingToRollBackError(
                     f"the previous champion's model {previous.model_uri} is gone") from None
-            restored = Champion(**{**previous.__dict__, "version": staged.version,
-                                   "model_uri": staged.location,
-                                   "generation": current.generation + 1})
+            restored = replace(previous, version=staged.version, model_uri=staged.location,
+                               generation=current.generation + 1)
             if not self._store.restore(current.generation, length, restored):
                 self._backend.discard(staged)
                 raise SelectorError("the champion changed during the rollback; nothing was changed")

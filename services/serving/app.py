@@ -25,7 +25,7 @@ from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (BadRequestError, ModelNotFoundError, PayloadTooLargeError,
                                      RateLimitedError, ServingError, UnauthorizedError)
 from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
-from services.serving.model import LoadedModel, ModelHolder
+from services.serving.model import ModelHolder
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_INSTANCES = 1024
@@ -108,12 +108,6 @@ def _v2_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
     raise BadRequestError(f"unsupported datatype {datatype!r} (BYTES or FP32)")
 
 
-def _predict(model: LoadedModel, kind: str, inputs: list[bytes] | np.ndarray) -> np.ndarray:
-    if kind == "bytes":
-        return model.predict_bytes(inputs)  # type: ignore[arg-type]
-    return model.predict_arrays(inputs)  # type: ignore[arg-type]
-
-
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
                limiter: RateLimiter | None = None,
                batching: BatchConfig | None = BatchConfig()) -> FastAPI:
@@ -140,7 +134,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         if batcher:
             return await batcher[0].predict(kind, inputs)
         model = holder.current  # the version answering, even if a swap happens meanwhile
-        probs = await run_in_threadpool(_predict, model, kind, inputs)
+        probs = await run_in_threadpool(model.predict, kind, [inputs])
         batch_sizes.observe(len(inputs))
         return probs, model.version
 

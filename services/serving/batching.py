@@ -110,7 +110,7 @@ class MicroBatcher:
 
     def _call(self, model: LoadedModel, kind: str, group: list[_Request]) -> None:
         try:
-            probs = _predict(model, kind, [r.inputs for r in group])
+            probs = model.predict(kind, [r.inputs for r in group])
         except BadRequestError as exc:
             if len(group) == 1:
                 group[0].future.set_exception(exc)
@@ -128,10 +128,4 @@ class MicroBatcher:
         for request in group:
             request.future.set_result((probs[start : start + request.size], model.version))
             start += request.size
-
-
-def _predict(model: LoadedModel, kind: str, parts: list[list[bytes] | np.ndarray]) -> np.ndarray:
-    if kind == "bytes":
-        return model.predict_bytes([b for part in parts for b in part])
-    return model.predict_arrays(np.concatenate(parts))  # type: ignore[arg-type]
 

@@ -40,6 +40,13 @@ class LoadedModel:
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
         return out["probabilities"].numpy()
 
+    def predict(self, kind: str, parts: list[list[bytes] | np.ndarray]) -> np.ndarray:
+        """One model call for the inputs of one or more requests of the same kind ("bytes":
+        encoded images, "arrays": 28x28 floats), in order."""
+        if kind == "bytes":
+            return self.predict_bytes([b for part in parts for b in part])
+        return self.predict_arrays(np.concatenate(parts))  # type: ignore[arg-type]
+
 
 def load(path: Path, version: int) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))

@@ -87,7 +87,7 @@ def stack(tmp_path, r, upstream):
     clone = Clone(source, tmp_path / "clone")
     watcher = DirectoryWatcher(clone.dataset_root, events, r, tmp_path / "state")
     jobs = Outbox(r, SourceFetcher(clone.sync, watcher), "git-test-jobs", first_backoff=0.05).start()
-    app = create_app(watcher, (), GitWebhooks(r, source, jobs, SECRET, TOKEN))
+    app = create_app(watcher, (), GitWebhooks(source, jobs, SECRET, TOKEN))
     server = BackgroundServer(app, bind("127.0.0.1", 0, "watcher"), "watcher").start()
 
     class Stack:

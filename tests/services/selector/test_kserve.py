@@ -144,7 +144,8 @@ def test_an_unhealthy_canary_is_rolled_back(kube, tmp_path, saved_model, failure
 @pytest.mark.parametrize("where", ["annotation", "cluster default"])
 def test_canary_is_refused_where_kserve_would_ignore_it(kube, tmp_path, saved_model, where):
     standin = kube(mode_annotation="RawDeployment") if where == "annotation" else kube(default_mode="RawDeployment")
-    backend = _backend(standin, tmp_path, _canary(), health=lambda: None)
+    never_read = ScrapedHealth("http://127.0.0.1:9/metrics")  # refused before any canary step
+    backend = _backend(standin, tmp_path, _canary(), health=never_read)
     with pytest.raises(CanaryUnsupportedError, match="RawDeployment mode, where KServe ignores "
                                                      "canaryTrafficPercent"):
         backend.stage(str(saved_model), backend.next_version())
