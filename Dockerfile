@@ -7,10 +7,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY scripts/install.sh ./scripts/
-COPY retrain ./retrain
+COPY core ./core
 COPY events ./events
+COPY dataset ./dataset
 COPY services ./services
 COPY workflows ./workflows
+COPY retrain ./retrain
 # The same install step as the Makefile (scripts/install.sh), without the test extra.
 RUN sh scripts/install.sh pip .
 

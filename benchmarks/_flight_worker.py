@@ -14,10 +14,10 @@ from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository on sys.path)
 
-from retrain.redis_store import connect
-from services.ingest_watcher.fingerprint import fingerprint
+from core.redis_store import connect
+from dataset.cache import ContentCache, Policy
+from dataset.fingerprint import fingerprint
 from workflows import steps
-from workflows.cache import ContentCache, Policy
 
 LEASE_MS = 2000
 

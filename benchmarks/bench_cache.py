@@ -27,12 +27,14 @@ from pathlib import Path
 
 from _common import ROOT, heading, line, loopback_redis, median, percentile, timed, verdict
 
-from services.ingest_watcher.fingerprint import fingerprint
-from workflows import idx, steps
-from workflows.cache import PREFIX, CacheEntry, ContentCache, Policy
-from workflows.ingest import TMP_PREFIX, ingest
-from workflows.layout import BASE_FILES
-from workflows.seed import write_png_increment, write_standin
+from dataset import idx
+from dataset.cache import PREFIX, CacheEntry, ContentCache, Policy
+from dataset.fingerprint import fingerprint
+from dataset.ingest import ingest
+from dataset.layout import BASE_FILES
+from dataset.seed import write_png_increment, write_standin
+from dataset.store import TMP_PREFIX
+from workflows import steps
 
 
 def full_run(cache: ContentCache, root: Path, store: Path, state: Path) -> tuple[float, dict]:

@@ -34,18 +34,17 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from _common import ensure_tool, heading, line, loopback_redis, percentile, timed, verdict
 from PIL import Image
 
-from _common import ensure_tool, heading, line, loopback_redis, percentile, timed, verdict
-
+from core.http import BackgroundServer, bind
+from dataset.fingerprint import StatCache, fingerprint
+from dataset.seed import CLASS_NAMES, generate, write_standin
 from events import make_event
 from events.codec import encode
 from events.dedup import Deduplicator
 from events.sinks import RedisStreamSink
-from retrain.http import BackgroundServer, bind
-from services.ingest_watcher.fingerprint import StatCache, fingerprint
 from services.ingest_watcher.watcher import DirectoryWatcher
-from workflows.seed import CLASS_NAMES, generate, write_standin
 from workflows.trigger import create_app as create_trigger
 
 SECRET = "bench-secret"
@@ -76,7 +75,7 @@ def rescan_vs_cold(root: Path, work: Path, label: str, target: bool) -> list[boo
 
 
 def cold_vs_b3sum(b3sum: str, files: list[Path], label: str) -> bool:
-    from services.ingest_watcher.fingerprint import hash_file
+    from dataset.fingerprint import hash_file
 
     def ours() -> None:
         for path in files:

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
-
 from _common import ROOT, ensure_tool, free_port, heading, line, loopback_redis, median, verdict
+from PIL import Image
 
 KSERVE_VENV = ROOT / ".venv-kserve"
 PREDICT = "/v1/models/fashion-mnist:predict"
@@ -183,17 +182,17 @@ def promotions_under_load(binary: str, repo: Path, body: Path, saved: Path, seco
 
 
 def time_to_first_model(work: Path, fast_steps: int, slow_steps: int) -> list[bool]:
+    from core.http import BackgroundServer, bind
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
+    from dataset.seed import write_standin
     from events import EventType, make_event
     from events.payloads import ModelTrained
-    from retrain.http import BackgroundServer, bind
-    from services.ingest_watcher.fingerprint import fingerprint
     from services.selector.backends import LocalBackend
     from services.selector.champion import ChampionStore
     from services.selector.evaluate import Evaluator
     from services.selector.service import Selector
     from services.serving.app import create_app
-    from workflows.ingest import ingest
-    from workflows.seed import write_standin
 
     heading(f"4. time to the first served model: trainings of {fast_steps} and {slow_steps} steps")
     root = work / "ttfm-data"

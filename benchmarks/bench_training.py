@@ -23,9 +23,9 @@ from pathlib import Path
 
 from _common import ROOT, heading, line, median, timed, verdict
 
-from services.ingest_watcher.fingerprint import fingerprint
-from workflows.ingest import ingest
-from workflows.seed import write_standin
+from dataset.fingerprint import fingerprint
+from dataset.ingest import ingest
+from dataset.seed import write_standin
 
 
 class _Clock:

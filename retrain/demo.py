@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from core import timeline
+from core.errors import RetrainError
+from core.settings import Settings
 from events.payloads import RunParameters
-from retrain import timeline
-from retrain.errors import RetrainError
+from retrain.publishing import publish_event
 from retrain.report import print_timeline
-from retrain.settings import Settings
 from retrain.stack import LocalStack
 
 
@@ -73,8 +74,8 @@ def _predict(console: Console, stack: LocalStack, data_root: Path) -> dict[str, 
         raise DemoError("no model was promoted, so there is nothing to serve; see the run's "
                         "train.log files under the runs folder for why training failed")
 
-    from workflows import idx
-    from workflows.layout import BASE_FILES, CLASS_NAMES
+    from dataset import idx
+    from dataset.layout import BASE_FILES, CLASS_NAMES
 
     image = next(idx.iter_images(data_root / BASE_FILES["test"][0], batch=1))[0]
     label = int(idx.read_labels(data_root / BASE_FILES["test"][1])[0])
@@ -114,7 +115,7 @@ def _stage_report(console: Console, run: dict[str, Any]) -> None:
 
 def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[str, Any]:
     """Run the three stages; returns what happened (tests assert on it)."""
-    from workflows.seed import seed, write_png_increment
+    from dataset.seed import seed, write_png_increment
 
     if settings.data_uri:
         data_root = Path(settings.data_uri)
@@ -148,13 +149,12 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
 
         console.rule("stage 2: the same data published again by hand")
         t2 = time.time()
-        from retrain.cli import publish
-
         payload = json.dumps({"uri": str(data_root), "trigger": "manual"})
         console.print(f"  $ retrain publish dev.retrain.dataset.updated --data '{payload}'",
                       highlight=False)
-        publish("dev.retrain.dataset.updated", data=payload, sink=stack.events_url,
-                source="retrain/cli", event_id=None, structured=False)
+        event, target = publish_event(settings, "dev.retrain.dataset.updated", payload,
+                                      sink=stack.events_url)
+        console.print(f"published {event.type.value} id={event.id} to {target}", soft_wrap=True)
         run2 = _wait_for_run(stack, t2, config.timeout)
         _stage_report(console, run2)
         result["stage2"] = run2

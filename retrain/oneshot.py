@@ -7,12 +7,12 @@ from typing import Any
 
 from rich.console import Console
 
+from core import timeline
+from core.redis_store import open_redis
+from core.settings import MODEL_NAME, Settings
 from events import Event, EventType
 from events.payloads import RunParameters
-from retrain import timeline
-from retrain.redis_store import open_redis
-from retrain.settings import MODEL_NAME, Settings
-from retrain.stack import describe
+from workflows.trigger import describe
 
 
 def run_once(settings: Settings, data_uri: str, params: RunParameters,
@@ -44,10 +44,6 @@ def run_once(settings: Settings, data_uri: str, params: RunParameters,
 
 def _selector(settings: Settings, client: Any, emit: Any) -> Any:
     from services.selector.backends import LocalBackend
-    from services.selector.champion import ChampionStore
-    from services.selector.evaluate import Evaluator
-    from services.selector.service import Selector
+    from services.selector.main import build_selector
 
-    return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
-                    LocalBackend(settings.model_repo, MODEL_NAME), Evaluator(), emit,
-                    settings.champion_policy())
+    return build_selector(settings, client, emit, LocalBackend(settings.model_repo, MODEL_NAME))

@@ -9,7 +9,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from retrain import timeline
+from core import timeline
 
 
 def print_run(console: Console, summary: dict[str, Any]) -> None:
@@ -33,8 +33,8 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
 
 
 def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
+    from dataset.cache import ContentCache
     from services.selector.champion import ChampionStore
-    from workflows.cache import ContentCache
 
     runs = []
     for run_id in client.zrevrange("retrain:runs", 0, 9):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,27 +13,18 @@ from typing import Any
 import redis
 from rich.console import Console
 
-from events import Event, EventType
-from events.types import RUN_REQUESTS
+from core import timeline
+from core.http import BackgroundServer, bind
+from core.redis_store import RedisHandle, open_redis
+from core.settings import MODEL_NAME, Settings
+from events import Event
 from events.dedup import Deduplicator
 from events.payloads import RunParameters
 from events.sinks import HttpSink
-from retrain import timeline
-from retrain.http import BackgroundServer, bind
-from retrain.redis_store import RedisHandle, open_redis
-from retrain.settings import MODEL_NAME, Settings
 from workflows.runner import RunRequest
+from workflows.trigger import QUEUE, Trigger
 
 log = logging.getLogger(__name__)
-QUEUE = "retrain:queue"
-
-
-def describe(event: Event) -> dict[str, Any]:
-    """The few fields of an event worth a timeline line."""
-    data = event.data.model_dump()
-    keep = ("run_id", "model_type", "trigger", "digest", "reason", "val_accuracy",
-            "candidate_accuracy", "champion_accuracy", "version", "records", "seconds")
-    return {"id": event.id, **{k: data[k] for k in keep if data.get(k) is not None}}
 
 
 class LocalStack:
@@ -70,12 +62,11 @@ class LocalStack:
         self._exit.close()
 
     def _start(self) -> None:
+        from services.ingest_watcher.main import FolderSource, watching
         from services.selector.backends import LocalBackend
         from services.selector.champion import ChampionStore
-        from services.selector.evaluate import Evaluator
-        from services.selector.service import Selector
-        from services.serving.app import create_app as create_server
-        from services.serving.limits import RateLimiter
+        from services.selector.main import build_selector
+        from services.serving.main import create_server
         from workflows.trigger import create_app as create_trigger
 
         s = self.settings
@@ -86,14 +77,14 @@ class LocalStack:
         self.redis = self._exit.enter_context(open_redis(s.redis_url, s.home))
         client = self.redis.client
 
-        server_app = create_server(s.model_repo, poll_seconds=1.0, limiter=RateLimiter(
-            s.rate_limit_anon, s.rate_limit_keyed, s.api_keys), batching=s.batch_config())
+        server_app = create_server(s, poll_seconds=1.0)
         server = BackgroundServer(server_app, serve_sock, "model-server").start()
         self._exit.callback(server.stop)
         self.serve_url = server.url
         holder = server_app.state.holder
 
         dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
+        self.trigger = Trigger(client, self._selector_queue.put, self.default_parameters)
         trigger = BackgroundServer(create_trigger(dedup, self.dispatch, s.api_keys), events_sock,
                                    "trigger").start()
         self._exit.callback(trigger.stop)
@@ -101,24 +92,16 @@ class LocalStack:
         self.sink = HttpSink(self.events_url, api_key=s.api_keys[0] if s.api_keys else None)
 
         self.champions = ChampionStore(client, str(s.model_repo.resolve()))
-        self.selector = Selector(self.champions,
-                                 LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()),
-                                 Evaluator(), self.sink.send, s.champion_policy())
+        self.selector = build_selector(
+            s, client, self.sink.send,
+            LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
         self._spawn("selector", self._selector_loop)
         self._spawn("runner", self._runner_loop)
         if self.data_root is not None:
-            from events.outbox import Outbox
-            from services.ingest_watcher.watcher import DirectoryWatcher
-
-            # as `retrain watch` does: events wait in Redis until the trigger has them
-            import hashlib
-
-            scope = hashlib.sha256(str(self.data_root.resolve()).encode()).hexdigest()[:12]
-            outbox = Outbox(client, self.sink, f"stack-watcher:{scope}", max_backoff=2.0).start()
-            self._exit.callback(outbox.stop)
-            self.watcher = DirectoryWatcher(self.data_root, outbox, client, s.home / "watcher",
-                                            interval=s.watch_interval, settle=s.watch_settle)
-            self._spawn("watcher", lambda: self.watcher.run(self._stop))
+            # as `retrain watch` does: events wait in Redis's outbox until the trigger has them
+            self.watcher = self._exit.enter_context(watching(
+                s, client, FolderSource(self.data_root), self.sink,
+                outbox_name="stack-watcher", max_backoff=2.0, stop=self._stop)).watcher
 
     def _spawn(self, name: str, target: Any) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -127,12 +110,7 @@ class LocalStack:
 
     # routing (what a Sensor does on a cluster) ---------------------------------------------
     def dispatch(self, event: Event) -> None:
-        client = self.redis.client
-        timeline.record(client, "event", event.type.short, **describe(event))
-        if event.type in RUN_REQUESTS:
-            client.rpush(QUEUE, RunRequest.from_event(event, self.default_parameters).to_json())
-        elif event.type is EventType.MODEL_TRAINED:
-            self._selector_queue.put(event)
+        self.trigger.dispatch(event)
 
     def _selector_loop(self) -> None:
         while True:
@@ -165,3 +143,19 @@ class LocalStack:
             except Exception as exc:
                 log.exception("run failed")
                 timeline.record(self.redis.client, "error", "run", error=str(exc))
+
+
+def run_until_stopped(settings: Settings, console: Console) -> None:
+    """``retrain up``: the stack on ``settings.data_uri`` (default: the home's data folder)
+    until Ctrl-C or SIGTERM."""
+    root = Path(settings.data_uri) if settings.data_uri else settings.data_dir
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalStack(settings, data_root=root, console=console) as stack:
+        console.print(f"watching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
+                      f"/v1/models/fashion-mnist:predict\nRedis   {stack.redis.url}\n"
+                      "Ctrl-C to stop")
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass

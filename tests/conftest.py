@@ -14,11 +14,11 @@ import redis
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from retrain.redis_store import RedisHandle, open_redis  # noqa: E402
-from retrain.settings import Settings  # noqa: E402
-from workflows import idx  # noqa: E402
-from workflows.layout import BASE_FILES  # noqa: E402
-from workflows.seed import generate  # noqa: E402
+from core.redis_store import RedisHandle, open_redis  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from dataset import idx  # noqa: E402
+from dataset.layout import BASE_FILES  # noqa: E402
+from dataset.seed import generate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +57,8 @@ def dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def ingested(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small dataset ingested once for the TensorFlow tests."""
-    from services.ingest_watcher.fingerprint import fingerprint
-    from workflows.ingest import ingest
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
 
     base = tmp_path_factory.mktemp("ingested")
     root = write_dataset(base / "data", train=1200, test=300)

@@ -97,8 +97,8 @@ def test_publish_validates_the_payload(tmp_path):
 
 
 def test_seed_writes_a_stand_in_offline_and_says_so(tmp_path):
-    from workflows import idx
-    from workflows.layout import BASE_FILES
+    from dataset import idx
+    from dataset.layout import BASE_FILES
 
     done = _retrain("seed", "--out", str(tmp_path / "fm"), "--train-size", "50", "--test-size", "20",
                     env={"RETRAIN_HOME": str(tmp_path), "RETRAIN_OFFLINE": "1"})

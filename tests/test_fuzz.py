@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from events.dedup import Deduplicator
 from events.outbox import Outbox
-from services.ingest_watcher.app import BucketWebhooks, GitWebhooks, create_app as create_watcher
+from services.ingest_watcher.app import BucketWebhooks, GitWebhooks
+from services.ingest_watcher.app import create_app as create_watcher
 from services.ingest_watcher.git import GitSource
 from services.ingest_watcher.s3 import BucketSource
 from services.ingest_watcher.watcher import DirectoryWatcher
@@ -119,7 +120,6 @@ def model_repo(tmp_path_factory, saved_model):
 @pytest.fixture
 def serving_client(model_repo):
     from services.serving.app import create_app
-
     from services.serving.limits import RateLimiter
 
     limiter = RateLimiter(anon_rate=0, keyed_rate=0, api_keys=("k",))  # keys checked, no limit

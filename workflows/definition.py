@@ -15,11 +15,21 @@ import json
 from dataclasses import dataclass
 
 import yaml
-from hera.workflows import (DAG, ConfigMapEnvFrom, Container, Env, ExistingVolume, Parameter,
-                            Resource, RetryStrategy, WorkflowTemplate)
-from hera.workflows.models import (Backoff, PodGC, TTLStrategy, VolumeMount)
+from hera.workflows import (
+    DAG,
+    ConfigMapEnvFrom,
+    Container,
+    Env,
+    ExistingVolume,
+    Parameter,
+    Resource,
+    RetryStrategy,
+    WorkflowTemplate,
+)
+from hera.workflows.models import Backoff, PodGC, TTLStrategy, VolumeMount
 
 from events.payloads import MODEL_TYPES
+from services.trainer.options import train_argv
 
 NAME = "retrain"
 HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
@@ -68,18 +78,18 @@ def tfjob_manifest(names: ClusterNames) -> str:
         "name": "tensorflow",  # the container name the Training Operator expects
         "image": names.image,
         "command": ["retrain"],
-        "args": [
-            "train", "--model", "{{inputs.parameters.model}}",
-            "--dataset", "{{inputs.parameters.dataset-uri}}",
-            "--out", f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model",
-            "--run-id", "{{workflow.name}}",
-            "--epochs", "{{workflow.parameters.epochs}}",
-            "--steps-per-epoch", "{{workflow.parameters.steps-per-epoch}}",
-            "--batch-size", "{{workflow.parameters.batch-size}}",
-            "--learning-rate", "{{workflow.parameters.learning-rate}}",
-            "--checkpoint-every", "100",  # a restarted worker resumes from here
-            "--sink", names.model_trained_sink,
-        ],
+        "args": train_argv({
+            "model": "{{inputs.parameters.model}}",
+            "dataset": "{{inputs.parameters.dataset-uri}}",
+            "out": f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model",
+            "run_id": "{{workflow.name}}",
+            "epochs": "{{workflow.parameters.epochs}}",
+            "steps_per_epoch": "{{workflow.parameters.steps-per-epoch}}",
+            "batch_size": "{{workflow.parameters.batch-size}}",
+            "learning_rate": "{{workflow.parameters.learning-rate}}",
+            "checkpoint_every": 100,  # a restarted worker resumes from here
+            "sink": names.model_trained_sink,
+        }),
         "env": [{"name": "RETRAIN_HOME", "value": HOME},
                 {"name": "TF_USE_LEGACY_KERAS", "value": "1"}],
         "envFrom": [{"configMapRef": {"name": names.config_map}}],

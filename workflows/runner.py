@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,16 +22,25 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from core import timeline
+from core.settings import Settings
+from dataset.cache import CacheEntry, ContentCache, Policy
+from dataset.errors import DatasetError, DatasetValidationError
+from dataset.fingerprint import Fingerprint
+from dataset.ingest import IngestResult
 from events import Event, EventType, make_event
-from events.payloads import (DatasetUpdated, IngestionCompleted, IngestionFailed, IngestionSkipped,
-                             RunParameters, TrainingRequested, TrainingStarted)
-from retrain import timeline
-from retrain.settings import Settings
+from events.payloads import (
+    DatasetUpdated,
+    IngestionCompleted,
+    IngestionFailed,
+    IngestionSkipped,
+    RunParameters,
+    TrainingRequested,
+    TrainingStarted,
+)
+from services.trainer.options import TrainOptions
 from workflows import steps
-from services.ingest_watcher.fingerprint import Fingerprint
-from workflows.cache import CacheEntry, ContentCache, Policy
-from workflows.errors import DatasetValidationError, WorkflowError
-from workflows.ingest import IngestResult
+from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/runner"
@@ -190,10 +198,10 @@ class LocalRunner:
                 self._train_all(request, entry.dataset_uri, rec)
             failed = [m for m, r in rec.summary["models"].items() if r["status"] != "trained"]
             rec.summary["status"] = "failed" if failed else "succeeded"
-        except (WorkflowError, OSError) as exc:
+        except (WorkflowError, DatasetError, OSError) as exc:
             rec.summary["status"] = "failed"
             rec.summary["error"] = str(exc)
-            if not isinstance(exc, WorkflowError):
+            if not isinstance(exc, (WorkflowError, DatasetError)):
                 log.exception("run %s failed", request.run_id)
         finally:
             rec.summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -244,17 +252,8 @@ class LocalRunner:
         for model in params.models:
             out = run_dir / model / "model"
             out.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "retrain.cli", "train", "--model", model,
-                   "--dataset", dataset_uri, "--out", str(out), "--run-id", request.run_id,
-                   "--epochs", str(params.epochs), "--batch-size", str(params.batch_size),
-                   "--learning-rate", str(params.learning_rate)]
-            if params.steps_per_epoch:
-                cmd += ["--steps-per-epoch", str(params.steps_per_epoch)]
-            if params.workers > 1:
-                cmd += ["--workers", str(params.workers)]
-            start = warm.get(model)
-            if start:
-                cmd += ["--warm-start", start]
+            cmd = self.train_options(request, model, dataset_uri, out,
+                                     warm.get(model)).local_command()
             with (out.parent / "train.log").open("w") as log_file:  # the child keeps its copy
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                         text=True)
@@ -264,6 +263,16 @@ class LocalRunner:
                 TrainingStarted(run_id=request.run_id, model_type=model, dataset_uri=dataset_uri),
                 source=SOURCE, id=f"{request.run_id}/{model}/started"))
         self._wait(request, procs, rec)
+
+    @staticmethod
+    def train_options(request: RunRequest, model: str, dataset_uri: str, out: Path,
+                      warm_start: str | None = None) -> TrainOptions:
+        """The training ``request`` asks for, for one variant."""
+        params = request.parameters
+        return TrainOptions(model=model, dataset=dataset_uri, out=out, run_id=request.run_id,
+                            epochs=params.epochs, steps_per_epoch=params.steps_per_epoch or None,
+                            batch_size=params.batch_size, learning_rate=params.learning_rate,
+                            workers=params.workers, warm_start=warm_start)
 
     def _warm_starts(self, params: RunParameters) -> dict[str, str]:
         """The champion's model for the variant it is (the others start from scratch)."""
@@ -278,7 +287,7 @@ class LocalRunner:
     def _wait(self, request: RunRequest,
               procs: dict[str, tuple[subprocess.Popen[str], float, Path]],
               rec: RunRecorder) -> None:
-        from services.trainer.main import progress_key
+        from services.trainer.process import progress_key
 
         pending = dict(procs)
         with Progress(TextColumn("  train {task.description:<10}"), BarColumn(),
@@ -303,7 +312,7 @@ class LocalRunner:
 
     def _finished(self, request: RunRequest, model: str, code: int, out: Path,
                   seconds: float, rec: RunRecorder) -> None:
-        from services.trainer.main import failed_event, read_result, trained_event
+        from services.trainer.process import failed_event, read_result, trained_event
 
         result = read_result(out) if code == 0 else None
         if result is not None:

@@ -8,30 +8,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.ingest_watcher.fingerprint import Fingerprint, StatCache, fingerprint
-from workflows import idx
-from workflows import ingest as ingestion
-from workflows.cache import CacheEntry, ContentCache, Decision, Policy, cache_key, decide
-from workflows.errors import DatasetNotFoundError, WorkflowError
-from workflows.layout import IdxPair, discover
+from dataset import idx
+from dataset import ingest as ingestion
+from dataset.cache import CacheEntry, ContentCache, Decision, Policy, cache_key, decide
+from dataset.fingerprint import Fingerprint, StatCache, fingerprint
+from dataset.layout import IdxPair, discover, resolve_root
+from dataset.store import clean_temporaries, verify
+from workflows.errors import WorkflowError
+
+__all__ = ["resolve_root"]  # re-exported: the runner's and the step commands' first call
 
 LEASE_MS = 30_000
-
-
-def resolve_root(data_uri: str) -> Path:
-    """A local dataset root from a URI (a path or ``file://``)."""
-    if data_uri.startswith("file://"):
-        data_uri = data_uri.removeprefix("file://")
-    elif "://" in data_uri:
-        scheme = data_uri.split("://", 1)[0]
-        raise WorkflowError(
-            f"data URI {data_uri!r}: scheme {scheme}:// is not supported by the local runner yet "
-            "(use a folder path or file://)"
-        )
-    root = Path(data_uri).expanduser()
-    if not root.is_dir():
-        raise DatasetNotFoundError(data_uri)
-    return root.resolve()
 
 
 def fingerprint_step(root: Path, state_dir: Path) -> Fingerprint:
@@ -80,7 +67,7 @@ def explain_cache(
     new_records = record_count(root) if latest is not None else None
     decision = decide(
         policy, fp.digest, cache.get(key), latest,
-        lambda e: ingestion.verify(e.dataset_uri), time.time(), new_records,
+        lambda e: verify(e.dataset_uri), time.time(), new_records,
     )
     parts = {"digest": fp.digest, "code_version": ingestion.CODE_VERSION, "params": params}
     return CacheCheck(key, str(policy), decision, parts)
@@ -135,10 +122,10 @@ def ingest_step(
     renewer.start()
     try:
         existing = cache.get(key)  # the previous holder may have finished just before we got in
-        if existing is not None and ingestion.verify(existing.dataset_uri) is None:
+        if existing is not None and verify(existing.dataset_uri) is None:
             return IngestOutcome(cache.touch(existing), False,
                                  "hit: ingested by a concurrent run with the same key", None)
-        ingestion.clean_temporaries(store)  # leftovers of a crashed (e.g. SIGKILLed) ingestion
+        clean_temporaries(store)  # leftovers of a crashed (e.g. SIGKILLed) ingestion
         result = ingestion.ingest(root, store, fp, dataset_key=key)
         now = time.time()
         entry = CacheEntry(

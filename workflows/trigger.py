@@ -1,59 +1,57 @@
-"""The local trigger: receives CloudEvents over HTTP, drops duplicates, hands them on.
+"""The local trigger: what an Argo Events Sensor does on a cluster.
 
-On a cluster an Argo Events Sensor plays this part; locally ``POST /events`` is where the
-watcher, ``retrain publish``, the runner and the selector send their events.
+``POST /events`` (the CloudEvents receiver) takes what the watcher, ``retrain publish``, the
+runner and the trainers send; ``Trigger.dispatch`` routes each new event: a run request
+(``dataset.updated``, ``training.requested``) is queued for the runner, a ``model.trained``
+goes to the selector, and everything is written to the timeline.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import redis
+from fastapi import FastAPI
 
-from events.codec import decode
+from core import timeline
+from events import Event, EventType
 from events.dedup import Deduplicator
-from events.envelope import Event
-from events.errors import EventError
-from retrain.http import BodyTooLargeError, bearer, read_body, secret_matches
+from events.payloads import RunParameters
+from events.receiver import create_receiver
+from events.types import RUN_REQUESTS
+from workflows.runner import RunRequest
 
-log = logging.getLogger(__name__)
-MAX_EVENT_BODY = 64 * 1024
+QUEUE = "retrain:queue"  # run requests, oldest first, for the local runner
 
 
 def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
                api_keys: tuple[str, ...] = ()) -> FastAPI:
-    app = FastAPI(title="retrain trigger")
+    """The trigger's HTTP endpoint: new events go to ``dispatch``, duplicates are dropped."""
+    return create_receiver(dedup, dispatch, api_keys, title="retrain trigger")
 
-    def _error(status: int, message: str) -> JSONResponse:
-        log.warning("rejected event request (%d): %s", status, message)
-        return JSONResponse({"error": message}, status_code=status)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+def describe(event: Event) -> dict[str, Any]:
+    """The few fields of an event worth a timeline line."""
+    data = event.data.model_dump()
+    keep = ("run_id", "model_type", "trigger", "digest", "reason", "val_accuracy",
+            "candidate_accuracy", "champion_accuracy", "version", "records", "seconds")
+    return {"id": event.id, **{k: data[k] for k in keep if data.get(k) is not None}}
 
-    @app.post("/events")
-    async def receive(request: Request) -> JSONResponse:
-        if api_keys and not secret_matches(bearer(request.headers.get("authorization")), api_keys):
-            return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
-        try:
-            body = await read_body(request, MAX_EVENT_BODY)
-        except BodyTooLargeError as exc:
-            return _error(413, f"event {exc}")
-        try:
-            events = decode(dict(request.headers), body)
-        except EventError as exc:
-            return _error(400, str(exc))
-        accepted, duplicates = [], []
-        for event in events:
-            if dedup.first_time(event):
-                dispatch(event)
-                accepted.append(event.id)
-            else:
-                log.info("dropped duplicate event %s from %s", event.id, event.source)
-                duplicates.append(event.id)
-        return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
 
-    return app
+class Trigger:
+    """Routes events as the cluster's Sensors do: run requests to the run queue in Redis,
+    trained models to ``judge``."""
+
+    def __init__(self, client: redis.Redis, judge: Callable[[Event], None],
+                 default_parameters: RunParameters | None = None) -> None:
+        self._r = client
+        self._judge = judge
+        self._defaults = default_parameters
+
+    def dispatch(self, event: Event) -> None:
+        timeline.record(self._r, "event", event.type.short, **describe(event))
+        if event.type in RUN_REQUESTS:
+            self._r.rpush(QUEUE, RunRequest.from_event(event, self._defaults).to_json())
+        elif event.type is EventType.MODEL_TRAINED:
+            self._judge(event)

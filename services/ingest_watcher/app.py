@@ -12,12 +12,18 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
+from core.http import BodyTooLargeError, bearer, read_body, secret_matches
 from events import make_event
 from events.outbox import Outbox
 from events.payloads import DatasetUpdated
-from retrain.http import BodyTooLargeError, bearer, read_body, secret_matches
 from services.ingest_watcher.git import GitSource, changed_paths, github_signature_ok, seen_key
 from services.ingest_watcher.s3 import BucketSource, relevant_records
 from services.ingest_watcher.watcher import DirectoryWatcher

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from retrain.http import secret_matches
-
+from core.http import secret_matches
 
 log = logging.getLogger(__name__)
 

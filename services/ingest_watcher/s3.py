@@ -24,7 +24,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote_plus, urlparse
 
-
 log = logging.getLogger(__name__)
 SOURCES = {"aws:s3": "s3", "minio:s3": "minio"}
 

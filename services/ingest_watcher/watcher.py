@@ -21,10 +21,10 @@ from pathlib import Path
 
 import redis
 
+from dataset.fingerprint import FileEntry, Fingerprint, StatCache, diff, fingerprint
 from events import Event, EventType, make_event
 from events.payloads import DatasetUpdated, FileChanges
 from events.sinks import Sink
-from services.ingest_watcher.fingerprint import FileEntry, Fingerprint, StatCache, diff, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from events import Event, EventType
 from events.dedup import Deduplicator
+from events.receiver import create_receiver
 from services.selector.service import Selector
-from workflows.trigger import create_app as create_trigger
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,6 @@ def create_app(selector: Selector, dedup: Deduplicator, api_keys: tuple[str, ...
                 workers[0].start()
         pending.put(event)
 
-    app = create_trigger(dedup, dispatch, api_keys)
+    app = create_receiver(dedup, dispatch, api_keys, title="retrain selector")
     app.state.pending = pending
     return app

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from retrain.errors import RetrainError
+from core.errors import RetrainError
 
 
 class SelectorError(RetrainError):

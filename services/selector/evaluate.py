@@ -13,7 +13,6 @@ import tensorflow as tf  # noqa: E402
 from services.selector.errors import EvaluationError  # noqa: E402
 from services.trainer.data import test_arrays  # noqa: E402
 
-
 KEEP_SPLITS = 2  # the newest test splits: the candidate's and, rarely, the champion's
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 import uuid
@@ -33,10 +32,11 @@ from services.selector.errors import SelectorError
 
 log = logging.getLogger(__name__)
 
-GROUP = "serving.kserve.io/v1beta1"
+GROUP = "serving.kserve.io"
+VERSION = "v1beta1"
+PLURAL = "inferenceservices"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 CANARY_MODES = frozenset({"Serverless", "Knative"})  # KServe 0.15 renamed Serverless to Knative
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class KServeError(SelectorError):
@@ -51,44 +51,75 @@ class CanaryRolledBackError(KServeError):
     """The canary was unhealthy; the previous model serves all traffic again."""
 
 
-class KubeApi:
-    """The few calls the backend makes, over HTTPS with the pod's service-account token
-    (or a given URL and token: a kubeconfig-less setup and the tests)."""
+class KubeClient:
+    """The few Kubernetes calls the backend makes, through the ``kubernetes`` client: read and
+    merge-patch the InferenceService, read KServe's cluster configuration."""
 
-    def __init__(self, base_url: str, token: str | None = None, verify: bool | str = True,
-                 timeout: float = 10.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, verify=verify, timeout=timeout)
+    def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
+        from kubernetes import client
 
-    @classmethod
-    def in_cluster(cls) -> KubeApi:
-        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-        if not host or not port:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._timeout = timeout
+
+    def _call(self, verb: str, path: str, call: Callable[..., Any], **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return call(**kwargs, _request_timeout=self._timeout)
+        except ApiException as exc:
+            try:
+                message = json.loads(exc.body or "{}").get("message") or exc.reason
+            except (ValueError, AttributeError):
+                message = exc.body or exc.reason
+            raise KServeError(f"Kubernetes API answered {exc.status} to {verb} {path}: "
+                              f"{message}") from None
+        except HTTPError as exc:
+            raise KServeError(f"Kubernetes API unreachable ({verb} {path}): {exc}") from None
+
+    def get_isvc(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call("GET", isvc_path(namespace, name), self._custom.get_namespaced_custom_object,
+                          group=GROUP, version=VERSION, namespace=namespace, plural=PLURAL,
+                          name=name)  # type: ignore[no-any-return]
+
+    def patch_isvc(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7396: a null removes the field)."""
+        return self._call("PATCH", isvc_path(namespace, name),
+                          self._custom.patch_namespaced_custom_object, group=GROUP,
+                          version=VERSION, namespace=namespace, plural=PLURAL, name=name,
+                          body=body)  # type: ignore[no-any-return]
+
+    def config_map_data(self, namespace: str, name: str) -> dict[str, str]:
+        found = self._call("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}",
+                           self._core.read_namespaced_config_map, name=name, namespace=namespace)
+        return dict(found.data or {})
+
+
+def isvc_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+
+
+def kube_client(api_url: str | None = None, token: str | None = None) -> KubeClient:
+    """A client for ``api_url`` with a bearer ``token`` (a kubeconfig-less setup and the tests),
+    or, with no URL, for the API server of the cluster this pod runs in (its service account)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if api_url:
+        configuration.host = api_url.rstrip("/")
+        if token:
+            configuration.api_key = {"authorization": token}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
+    else:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
             raise KServeError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set "
                               "(set RETRAIN_KUBE_API_URL to reach an API server from outside)")
-        return cls(f"https://{host}:{port}", (SERVICE_ACCOUNT / "token").read_text().strip(),
-                   str(SERVICE_ACCOUNT / "ca.crt"))
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise KServeError(f"Kubernetes API unreachable ({method} {path}): {exc}") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("message", response.text)
-            except ValueError:
-                message = response.text
-            raise KServeError(f"Kubernetes API answered {response.status_code} to {method} {path}: "
-                              f"{message}")
-        return response.json()  # type: ignore[no-any-return]
-
-    def get(self, path: str) -> dict[str, Any]:
-        return self._call("GET", path)
-
-    def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("PATCH", path, json=body,
-                          headers={"Content-Type": "application/merge-patch+json"})
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException as exc:
+            raise KServeError(f"cannot use the pod's service account: {exc}") from None
+    return KubeClient(client.ApiClient(configuration))
 
 
 @dataclass(frozen=True)
@@ -124,23 +155,27 @@ class ScrapedHealth:
         self._last: tuple[float, float, dict[float, float]] | None = None
 
     def _scrape(self) -> tuple[float, float, dict[float, float]]:
+        from prometheus_client.parser import text_string_to_metric_families
+
         try:
             text = httpx.get(self.url, timeout=5).text
         except httpx.HTTPError as exc:
             raise KServeError(f"cannot read the canary's metrics at {self.url}: {exc}") from None
         total = errors = 0.0
         buckets: dict[float, float] = {}
-        for line in text.splitlines():
-            if line.startswith(self._requests + "{"):
-                value = float(line.rsplit(" ", 1)[1])
-                code = re.search(r'code="(\d+)"', line)
-                total += value
-                errors += value if code and code.group(1).startswith("5") else 0.0
-            elif line.startswith(self._latency + "_bucket{"):
-                le = re.search(r'le="([^"]+)"', line)
-                if le:
-                    bound = math.inf if le.group(1) == "+Inf" else float(le.group(1))
-                    buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        try:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == self._requests:
+                        total += sample.value
+                        if sample.labels.get("code", "").startswith("5"):
+                            errors += sample.value
+                    elif sample.name == self._latency + "_bucket" and "le" in sample.labels:
+                        bound = float(sample.labels["le"])  # "+Inf" parses to infinity
+                        buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        except ValueError as exc:
+            raise KServeError(f"the canary's metrics at {self.url} are not Prometheus text: "
+                              f"{exc}") from None
         return total, errors, buckets
 
     def start(self) -> None:
@@ -184,11 +219,11 @@ class Rollout:
 
 
 class KServeBackend:
-    def __init__(self, api: KubeApi, namespace: str, name: str, repo: Path, storage_prefix: str,
+    def __init__(self, api: KubeClient, namespace: str, name: str, repo: Path, storage_prefix: str,
                  rollout: Rollout = Rollout(), health: CanaryHealth | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._api = api
-        self._path = f"/apis/{GROUP}/namespaces/{namespace}/inferenceservices/{name}"
+        self._namespace, self._name = namespace, name
         self.releases = repo / "releases" / name
         self._prefix = storage_prefix.rstrip("/") + f"/releases/{name}"
         self._rollout = rollout
@@ -204,7 +239,7 @@ class KServeBackend:
     def stage(self, model_uri: str, version: int) -> Staged:
         """Check the InferenceService first (a canary the cluster would ignore is refused here,
         before anything changes), then copy the model to its release folder."""
-        isvc = self._api.get(self._path)
+        isvc = self._api.get_isvc(self._namespace, self._name)
         if self._rollout.strategy == "canary":
             mode = self.deployment_mode(isvc)
             if mode not in CANARY_MODES:
@@ -225,7 +260,7 @@ class KServeBackend:
     def publish(self, staged: Staged) -> None:
         Path(staged.handle).rename(Path(staged.location).parent)
         uri = f"{self._prefix}/{staged.version}"
-        isvc = self._api.get(self._path)
+        isvc = self._api.get_isvc(self._namespace, self._name)
         previous = self._storage_uri(isvc)
         if self._rollout.strategy == "canary" and previous and previous != uri:
             self._canary(uri, previous)
@@ -243,9 +278,9 @@ class KServeBackend:
         annotations = isvc.get("metadata", {}).get("annotations") or {}
         if MODE_ANNOTATION in annotations:
             return str(annotations[MODE_ANNOTATION])
-        config = self._api.get("/api/v1/namespaces/kserve/configmaps/inferenceservice-config")
+        config = self._api.config_map_data("kserve", "inferenceservice-config")
         try:
-            deploy = json.loads(config.get("data", {}).get("deploy", "{}"))
+            deploy = json.loads(config.get("deploy", "{}"))
         except ValueError:
             raise KServeError("KServe's inferenceservice-config has an unreadable 'deploy' entry") from None
         return str(deploy.get("defaultDeploymentMode", "Serverless"))
@@ -255,12 +290,12 @@ class KServeBackend:
         return isvc.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
 
     def _patch(self, predictor: dict[str, Any]) -> None:
-        self._api.merge_patch(self._path, {"spec": {"predictor": predictor}})
+        self._api.patch_isvc(self._namespace, self._name, {"spec": {"predictor": predictor}})
 
     def _wait_ready(self) -> dict[str, Any]:
         deadline = time.monotonic() + self._rollout.ready_timeout
         while True:
-            isvc = self._api.get(self._path)
+            isvc = self._api.get_isvc(self._namespace, self._name)
             status = isvc.get("status", {})
             predictor = status.get("components", {}).get("predictor", {})
             ready = any(c.get("type") == "Ready" and c.get("status") == "True"

@@ -17,13 +17,26 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
-from retrain.http import BodyTooLargeError, read_body
-from retrain.settings import MODEL_NAME
+from core.http import BodyTooLargeError, read_body
+from core.settings import MODEL_NAME
 from services.serving.batching import BatchConfig, MicroBatcher
-from services.serving.errors import (BadRequestError, ModelNotFoundError, PayloadTooLargeError,
-                                     RateLimitedError, ServingError, UnauthorizedError)
+from services.serving.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    ServingError,
+    UnauthorizedError,
+)
 from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import ModelHolder
 

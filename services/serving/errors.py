@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrain.errors import RetrainError
+from core.errors import RetrainError
 
 
 class ServingError(RetrainError):

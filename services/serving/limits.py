@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from retrain.http import bearer, secret_matches
+from core.http import bearer, secret_matches
 
 IDLE_SECONDS = 60.0  # buckets untouched this long are forgotten
 MAX_BUCKETS = 100_000

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrain.errors import RetrainError
+from core.errors import RetrainError
+from services.trainer.options import LOCAL_ENTRY
 
 
 class ClusterError(RetrainError):
@@ -117,7 +118,7 @@ def launch_local(argv: Sequence[str], workers: int, log_dir: Path,
             child_env = {**os.environ, **(env or {}), "TF_CONFIG": tf_config(addresses, index),
                          "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
             with log.open("wb") as err, chief_out.open("wb") if index == 0 else err as out:
-                procs.append((subprocess.Popen([sys.executable, "-m", "retrain.cli", *argv],
+                procs.append((subprocess.Popen([*LOCAL_ENTRY, *argv],
                                                env=child_env, stdout=out, stderr=err), log))
         echoed = 0
         while True:

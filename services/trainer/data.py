@@ -8,7 +8,7 @@ configure()
 
 import tensorflow as tf  # noqa: E402
 
-from workflows.ingest import shard_paths  # noqa: E402
+from dataset.store import shard_paths  # noqa: E402
 
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),

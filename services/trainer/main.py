@@ -1,106 +1,53 @@
-"""What ``retrain train`` runs in a process (locally, or in a TFJob pod): train, report, emit."""
+"""The trainer, composed: one entry that ``retrain train``, the local runner's child processes
+and a TFJob's pods all call.
+
+With ``workers > 1`` it launches that many local processes on 127.0.0.1 (each running this
+same entry as one worker of the cluster its TF_CONFIG describes); otherwise it trains in
+this process, reporting progress to Redis when ``RETRAIN_REDIS_URL`` is set and sending
+``model.trained`` to ``options.sink`` when given.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import redis
+from core.errors import ConfigurationError
+from core.settings import Settings
+from services.trainer.options import TrainOptions
 
-from events import Event, EventType, make_event
-from events.payloads import ModelTrained, TrainingFailed
-from events.sinks import Sink
-from retrain.errors import RetrainError
-from services.trainer.cluster import role_from_tf_config
-from services.trainer.train import TrainConfig, TrainResult, train
-
-log = logging.getLogger(__name__)
-SOURCE = "retrain/trainer"
-RESULT_FILE = "result.json"
-PROGRESS_TTL = 7 * 86400
+SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest")
 
 
-def progress_key(run_id: str, model_type: str) -> str:
-    return f"retrain:progress:{run_id}:{model_type}"
+def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
+    """Train as ``options`` say; returns the summary ``retrain train`` prints."""
+    problems = options.problems(os.environ.get("TF_CONFIG"))
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+    out = Path(options.out)
+    if options.workers > 1:
+        from services.trainer.cluster import launch_local
+        from services.trainer.process import RESULT_FILE
 
+        launch_local(options.single_process().argv(), options.workers, out.parent / "workers")
+        result = json.loads((out.parent / RESULT_FILE).read_text())
+        return {k: result[k] for k in SUMMARY}
 
-def run(
-    config: TrainConfig,
-    run_id: str,
-    client: redis.Redis | None = None,
-    sink: Sink | None = None,
-    echo: bool = True,
-) -> TrainResult:
-    """Train; the chief (the only process when not distributed) reports progress, writes
-    ``result.json`` and emits ``model.trained`` or ``training.failed``."""
-    role = role_from_tf_config(os.environ.get("TF_CONFIG"))
-    chief = role.is_chief
-    key = progress_key(run_id, config.model_type)
-    last_line = [0.0]
+    from core.redis_store import connect
+    from events.sinks import HttpSink
+    from services.trainer.process import run as run_process
+    from services.trainer.train import TrainConfig
 
-    def report(point: dict[str, Any]) -> None:
-        line = json.dumps({**point, "workers": role.workers, "at": round(time.time(), 3)})
-        if client is not None and chief:
-            pipe = client.pipeline(transaction=False)
-            pipe.hset(key, mapping={"state": "training", "latest": line})
-            pipe.rpush(key + ":history", line)
-            pipe.expire(key, PROGRESS_TTL)
-            pipe.expire(key + ":history", PROGRESS_TTL)
-            pipe.execute()
-        if echo and (time.monotonic() - last_line[0] > 5 or point["step"] == point["planned"]):
-            last_line[0] = time.monotonic()
-            print(f"[{config.model_type} {role.name}] step {point['step']}/{point['planned']} "
-                  f"loss {point['loss']:.4f} acc {point['accuracy']:.4f} "
-                  f"{point['examples_per_second']:.0f} ex/s", file=sys.stderr, flush=True)
-
-    try:
-        result = train(config, report, role)
-    except (RetrainError, OSError, ValueError) as exc:
-        if chief and client is not None:
-            client.hset(key, mapping={"state": "failed", "reason": str(exc)})
-        if chief and sink is not None:
-            sink.send(failed_event(run_id, config.model_type, str(exc)))
-        raise
-    if not chief:
-        return result
-    (config.out.parent / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
-    if client is not None:
-        client.hset(key, mapping={"state": "done", "result": json.dumps(asdict(result))})
-    if sink is not None:
-        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result))
-    return result
-
-
-def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainResult) -> Event:
-    return make_event(
-        EventType.MODEL_TRAINED,
-        ModelTrained(
-            run_id=run_id, model_type=model_type, model_uri=result.model_uri,
-            dataset_uri=dataset_uri, dataset_digest=result.digest,
-            val_accuracy=result.val_accuracy, val_loss=result.val_loss,
-            seconds=round(result.seconds, 3), workers=result.workers, steps=result.steps,
-        ),
-        source=SOURCE,
-        id=f"{run_id}/{model_type}/trained",
-    )
-
-
-def failed_event(run_id: str, model_type: str, reason: str) -> Event:
-    return make_event(
-        EventType.TRAINING_FAILED,
-        TrainingFailed(run_id=run_id, model_type=model_type, reason=reason[:2000]),
-        source=SOURCE,
-        id=f"{run_id}/{model_type}/failed",
-    )
-
-
-def read_result(out: Path) -> TrainResult | None:
-    """The result a finished trainer process left beside its model, if it finished."""
-    path = out.parent / RESULT_FILE
-    return TrainResult(**json.loads(path.read_text())) if path.is_file() else None
+    client = connect(settings.redis_url) if settings.redis_url else None
+    config = TrainConfig(options.model, options.dataset, out, options.epochs,
+                         options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
+                         options.batch_size, options.learning_rate,
+                         checkpoint_every=options.checkpoint_every, warm_start=options.warm_start)
+    trained = run_process(config, options.run_id, client,
+                          HttpSink(options.sink) if options.sink else None)
+    return {"model_uri": trained.model_uri, "val_accuracy": trained.val_accuracy,
+            "seconds": round(trained.seconds, 2), "workers": trained.workers,
+            "resumed_from_step": trained.resumed_from_step,
+            "weights_digest": trained.weights_digest}

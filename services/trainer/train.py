@@ -29,10 +29,10 @@ configure()
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from retrain.errors import ConfigurationError, RetrainError  # noqa: E402
+from core.errors import ConfigurationError, RetrainError  # noqa: E402
+from dataset.store import load_metadata, verify  # noqa: E402
 from services.trainer import data, export, models  # noqa: E402
 from services.trainer.cluster import Role, role_from_tf_config  # noqa: E402
-from workflows.ingest import load_metadata, verify  # noqa: E402
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]

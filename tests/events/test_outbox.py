@@ -6,11 +6,11 @@ import time
 
 import pytest
 
+from core.http import BackgroundServer, bind
 from events import make_event
 from events.dedup import Deduplicator
 from events.outbox import Outbox
 from events.sinks import HttpSink
-from retrain.http import BackgroundServer, bind
 from workflows.trigger import create_app
 
 pytestmark = pytest.mark.integration

@@ -69,8 +69,8 @@ def test_a_warm_started_run_starts_the_matching_variant_from_the_champion(
 
 def test_a_bad_push_fails_with_ingestion_failed_and_leaves_the_last_good_dataset(
         settings, redis_handle, dataset):
-    from workflows.cache import ContentCache
-    from workflows.ingest import verify
+    from dataset.cache import ContentCache
+    from dataset.store import verify
 
     emitted = []
     runner = LocalRunner(settings, redis_handle.client, redis_handle.url, emitted.append,

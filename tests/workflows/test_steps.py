@@ -2,10 +2,10 @@ import threading
 
 import pytest
 
-from services.ingest_watcher.fingerprint import fingerprint
+from dataset.cache import ContentCache, Policy
+from dataset.errors import DatasetNotFoundError, UnsupportedSourceError
+from dataset.fingerprint import fingerprint
 from workflows import steps
-from workflows.cache import ContentCache, Policy
-from workflows.errors import DatasetNotFoundError, WorkflowError
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_a_hit_whose_files_are_gone_becomes_a_miss(r, dataset, tmp_path):
 def test_data_uris_are_checked(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="no such folder"):
         steps.resolve_root(str(tmp_path / "nope"))
-    with pytest.raises(WorkflowError, match="s3:// is not supported"):
+    with pytest.raises(UnsupportedSourceError, match="s3:// is not supported"):
         steps.resolve_root("s3://bucket/prefix")
     assert steps.resolve_root(f"file://{tmp_path}") == tmp_path.resolve()
 

@@ -11,13 +11,13 @@ import uuid
 import httpx
 import pytest
 
+from core.http import BackgroundServer, bind
+from dataset.fingerprint import fingerprint
 from events.dedup import Deduplicator
 from events.outbox import Outbox
 from events.sinks import HttpSink
-from retrain.http import BackgroundServer, bind
 from services.ingest_watcher import app as watcher_app
 from services.ingest_watcher.app import GitWebhooks, create_app
-from services.ingest_watcher.fingerprint import fingerprint
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.git import Clone, GitSource
 from services.ingest_watcher.watcher import DirectoryWatcher

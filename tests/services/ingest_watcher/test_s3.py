@@ -10,13 +10,13 @@ from urllib.parse import quote_plus
 import httpx
 import pytest
 
+from core.http import BackgroundServer, bind
+from dataset.fingerprint import fingerprint
 from events import make_event
 from events.dedup import Deduplicator
 from events.outbox import Outbox
 from events.sinks import HttpSink
-from retrain.http import BackgroundServer, bind
 from services.ingest_watcher.app import BucketWebhooks, create_app
-from services.ingest_watcher.fingerprint import fingerprint
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.s3 import BucketMirror, BucketSource, Poller
 from services.ingest_watcher.watcher import DirectoryWatcher

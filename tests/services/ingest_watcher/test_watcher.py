@@ -53,7 +53,6 @@ def _running(r, root, tmp_path, settle, interval=30.0):
     """A watcher loop whose rescan is too rare to explain anything a test sees within
     seconds: what it sees comes from file-system notifications."""
     import threading
-
     import time
 
     watcher = DirectoryWatcher(root, RedisStreamSink(r), r, tmp_path / "state", settle=settle,
@@ -119,7 +118,7 @@ def test_five_hundred_files_at_once_and_a_slow_copy_each_yield_one_event(r, data
         _wait(lambda: watcher.emitted == 3)
         time.sleep(1.0)
         assert watcher.emitted == 3  # one event, after the copy, for the whole file
-        from services.ingest_watcher.fingerprint import fingerprint
+        from dataset.fingerprint import fingerprint
 
         assert read_stream(r)[-1]["data"]["digest"] == fingerprint(dataset).digest
     finally:

@@ -22,7 +22,7 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from retrain.http import BackgroundServer, bind
+from core.http import BackgroundServer, bind
 from tests.manifests.schemas import problems
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.http import BackgroundServer, bind
 from events import EventType, make_event
 from events.payloads import ModelTrained
-from retrain.http import BackgroundServer, bind
 from services.selector.champion import Champion, ChampionStore
-from services.selector.kserve import (CanaryRolledBackError, CanaryUnsupportedError, KServeBackend,
-                                      KubeApi, Rollout, ScrapedHealth)
+from services.selector.kserve import (
+    CanaryRolledBackError,
+    CanaryUnsupportedError,
+    KServeBackend,
+    Rollout,
+    ScrapedHealth,
+    kube_client,
+)
 from services.serving.app import create_app as create_server
 from tests.services.selector.kube_standin import TOKEN, KubeStandIn
 
@@ -42,7 +48,7 @@ def kube():
 
 
 def _backend(standin, tmp_path, rollout=Rollout(), health=None):
-    return KServeBackend(KubeApi(standin.server.url, TOKEN), "retrain", "fashion-mnist",
+    return KServeBackend(kube_client(standin.server.url, TOKEN), "retrain", "fashion-mnist",
                          tmp_path / "models", PREFIX, rollout, health)
 
 
@@ -161,12 +167,12 @@ def test_api_errors_are_reported_with_the_servers_message(kube, tmp_path, saved_
     from services.selector.kserve import KServeError
 
     standin = kube()
-    wrong_token = KServeBackend(KubeApi(standin.server.url, "nope"), "retrain", "fashion-mnist",
+    wrong_token = KServeBackend(kube_client(standin.server.url, "nope"), "retrain", "fashion-mnist",
                                 tmp_path / "models", PREFIX)
     with pytest.raises(KServeError, match="answered 401 to GET .*without the bearer token"):
         wrong_token.stage(str(saved_model), 1)
     standin.violations.clear()  # refused as it should be
-    missing = KServeBackend(KubeApi(standin.server.url, TOKEN), "retrain", "no-such-model",
+    missing = KServeBackend(kube_client(standin.server.url, TOKEN), "retrain", "no-such-model",
                             tmp_path / "models", PREFIX)
     with pytest.raises(KServeError, match="answered 404"):
         missing.stage(str(saved_model), 1)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrain.http import BackgroundServer, bind
+from core.http import BackgroundServer, bind
 from services.serving.app import create_app
 from services.serving.batching import BatchConfig
 from services.trainer import export, models

@@ -65,9 +65,10 @@ def test_two_workers_train_in_one_collective_group_and_only_the_chief_keeps_the_
 
 
 def test_a_corrupt_shard_fails_every_worker_quickly_with_its_name(tmp_path):
-    from services.ingest_watcher.fingerprint import fingerprint
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
+    from dataset.store import shard_paths
     from tests.conftest import write_dataset
-    from workflows.ingest import ingest, shard_paths
 
     root = write_dataset(tmp_path / "data", train=600, test=100)
     uri = ingest(root, tmp_path / "store", fingerprint(root), dataset_key="k",
@@ -85,7 +86,7 @@ def test_a_corrupt_shard_fails_every_worker_quickly_with_its_name(tmp_path):
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint(ingested, tmp_path, redis_handle, r):
-    from services.trainer.main import progress_key
+    from services.trainer.process import progress_key
 
     out = tmp_path / "run" / "cnn" / "model"
     args = ["train", "--model", "cnn", "--dataset", ingested, "--out", str(out),
@@ -118,7 +119,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(ingested, tmp_path, 
 
 
 def test_warm_start_loads_a_matching_champion_and_skips_a_different_variant(ingested, tmp_path):
-    from retrain.errors import ConfigurationError
+    from core.errors import ConfigurationError
     from services.trainer import models
     from services.trainer.train import TrainConfig, train, warm_start, weights_digest
 
@@ -141,7 +142,7 @@ def test_warm_start_loads_a_matching_champion_and_skips_a_different_variant(inge
 
 def test_model_trained_is_emitted_with_its_fields(ingested, tmp_path, r):
     from events.sinks import RedisStreamSink, read_stream
-    from services.trainer.main import run
+    from services.trainer.process import run
     from services.trainer.train import TrainConfig
 
     result = run(TrainConfig("dropout", ingested, tmp_path / "m" / "model", steps_per_epoch=6,

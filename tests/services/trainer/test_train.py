@@ -45,9 +45,10 @@ def test_a_corrupt_shard_fails_training_with_its_name(tmp_path):
     import subprocess
     import sys
 
-    from services.ingest_watcher.fingerprint import fingerprint
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
+    from dataset.store import shard_paths
     from tests.conftest import write_dataset
-    from workflows.ingest import ingest, shard_paths
 
     root = write_dataset(tmp_path / "data", train=600, test=100)
     uri = ingest(root, tmp_path / "store", fingerprint(root), dataset_key="k",

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.ingest_watcher.fingerprint import fingerprint
-from workflows import idx
-from workflows.errors import DatasetValidationError
-from workflows.ingest import ingest, shard_paths, verify
-from workflows.seed import write_png_increment
+from dataset import idx
+from dataset.errors import DatasetValidationError
+from dataset.fingerprint import fingerprint
+from dataset.ingest import ingest
+from dataset.seed import write_png_increment
+from dataset.store import shard_paths, verify
 
 
 def _ingest(root, store, key="k"):
@@ -111,7 +112,7 @@ def test_leftovers_of_a_crashed_ingestion_are_invisible_and_cleaned(dataset, tmp
     import os
     import time
 
-    from workflows.ingest import clean_temporaries
+    from dataset.store import clean_temporaries
 
     store = tmp_path / "store"
     crashed = store / "shards" / ".tmp-deadbeef"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from retrain.errors import RedisUnavailableError
+from core.errors import RedisUnavailableError
 
 log = logging.getLogger(__name__)
 

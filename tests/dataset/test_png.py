@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workflows import png
-from workflows.ingest import _decode_batch
+from dataset import png
+from dataset.ingest import _decode_batch
 
 
 def _pillow(data: bytes) -> np.ndarray:

@@ -11,17 +11,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from retrain.commands.support import load_settings
+
 cache_app = typer.Typer(no_args_is_help=True, help="The content-based step cache (Redis).")
 
 
 @cache_app.command("ls")
 def ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every live entry: key, digest, records, age, hits, and when it expires unless hit."""
-    from retrain.cli import _settings
-    from retrain.redis_store import open_redis
-    from workflows.cache import ContentCache, ago
+    from core.redis_store import open_redis
+    from dataset.cache import ContentCache, ago
 
-    settings = _settings()
+    settings = load_settings()
     with open_redis(settings.redis_url, settings.home) as handle:
         cache = ContentCache(handle.client, settings.cache_ttl_seconds)
         rows = [{**asdict(e), "expires_in": cache.expires_in(e.key)} for e in cache.entries()]
@@ -49,10 +50,9 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The key's parts and whether a run would hit, without running or changing anything."""
-    from retrain.cli import _settings
-    from retrain.cli_step import decide_from_cli
+    from retrain.commands.step import decide_from_cli
 
-    settings = _settings()
+    settings = load_settings()
     fp, check = decide_from_cli(settings, data, cache_policy, record=False)
     entry = check.decision.entry
     info = {"key": check.key, "parts": check.parts, "policy": check.policy,
@@ -82,15 +82,14 @@ def gc(
 ) -> None:
     """Remove ingested datasets and shards no live cache entry needs (entries expire by
     themselves; this frees the disk they pointed at)."""
-    from retrain.cli import _settings
-    from retrain.errors import ConfigurationError
-    from retrain.redis_store import open_redis
-    from workflows.cache import ContentCache
-    from workflows.gc import collect_garbage
+    from core.errors import ConfigurationError
+    from core.redis_store import open_redis
+    from dataset.cache import ContentCache
+    from dataset.gc import collect_garbage
 
     if grace < 0:
         raise ConfigurationError(f"--grace {grace}: must be zero or more seconds")
-    settings = _settings()
+    settings = load_settings()
     with open_redis(settings.redis_url, settings.home) as handle:
         report, dropped = collect_garbage(
             ContentCache(handle.client, settings.cache_ttl_seconds), settings.store_dir,

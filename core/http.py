@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from retrain.errors import PortInUseError, RetrainError
+from core.errors import PortInUseError, RetrainError
 
 
 def bind(host: str, port: int, service: str) -> socket.socket:

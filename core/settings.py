@@ -70,18 +70,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be comma-separated percentages, got {value!r}") from None
         return value
 
-    def champion_policy(self):  # type: ignore[no-untyped-def]
-        from services.selector.policy import ChampionPolicy
-
-        return ChampionPolicy(self.min_improvement, self.round_quorum, self.round_deadline_seconds)
-
-    def batch_config(self):  # type: ignore[no-untyped-def]
-        from services.serving.batching import BatchConfig
-
-        if self.serve_max_batch == 1:
-            return None
-        return BatchConfig(self.serve_max_batch, self.serve_batch_wait_ms / 1000)
-
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from workflows.cache import CacheEntry, CachePolicyError, ContentCache, Policy, cache_key, decide
+from dataset.cache import CacheEntry, CachePolicyError, ContentCache, Policy, cache_key, decide
 
 
 def _entry(key="k", fence=1, created=None, records=None):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from workflows import idx
-from workflows.layout import BASE_FILES, CLASS_NAMES
+from dataset import idx
+from dataset.layout import BASE_FILES, CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,8 @@ def write_png_increment(root: Path, batch: str, n: int, seed: int) -> Path:
 _REAL_LOADER = """
 import sys, numpy as np, tensorflow_datasets as tfds
 from pathlib import Path
-from workflows import idx
-from workflows.layout import BASE_FILES
+from dataset import idx
+from dataset.layout import BASE_FILES
 root = Path(sys.argv[1])
 for split, tfds_split in (("train", "train"), ("test", "test")):
     ds = tfds.as_numpy(tfds.load("fashion_mnist", split=tfds_split, batch_size=-1,

@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 from blake3 import blake3
 
-from services.ingest_watcher.fingerprint import Fingerprint, hash_file
-from workflows import idx, png
-from workflows.errors import DatasetNotFoundError, DatasetValidationError
-from workflows.layout import IdxPair, ImageFolder, Unit, discover
+from dataset import idx, png
+from dataset.errors import DatasetNotFoundError, DatasetValidationError
+from dataset.fingerprint import Fingerprint, hash_file
+from dataset.layout import IdxPair, ImageFolder, Unit, discover
+from dataset.store import TMP_PREFIX, stat_signature
 
 log = logging.getLogger(__name__)
 
 CODE_VERSION = "ingest-v1"  # bump whenever the shard format or parsing changes
 SHARD_SIZE = 10_000
-TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | Non
 def _decode_batch(root: Path, items: list[tuple[str, int]],
                   problems: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Decode a batch of class-folder images in order: grayscale PNGs through the batched fast
-    path (workflows.png), everything else through Pillow."""
+    path (dataset.png), everything else through Pillow."""
     decoded: list[np.ndarray | None] = [None] * len(items)
     fast_rows, fast_at, datas = [], [], {}
     base = str(root)
@@ -358,66 +358,3 @@ def _publish_dataset(
     records = {name: int(s["count"]) for name, s in splits.items()}  # type: ignore[call-overload]
     per_class = {name: list(s["per_class"]) for name, s in splits.items()}  # type: ignore[call-overload]
     return records, per_class, str(final)
-
-
-def load_metadata(dataset_uri: str | Path) -> dict[str, object]:
-    return json.loads((Path(dataset_uri) / "metadata.json").read_text())
-
-
-def shard_paths(dataset_uri: str | Path, split: str) -> list[str]:
-    """Absolute paths of a split's shards (the store is the dataset folder's grandparent)."""
-    folder = Path(dataset_uri)
-    store = folder.parent.parent
-    meta = load_metadata(folder)
-    return [str(store / s["path"]) for s in meta["splits"][split]["shards"]]  # type: ignore[index]
-
-
-def stat_signature(path: Path) -> list[int]:
-    """What changes whenever a file's bytes are written: mtime and ctime (which no user call
-    can set back) and the inode."""
-    st = path.stat()
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-def verify(dataset_uri: str | Path, deep: bool = False) -> str | None:
-    """Why an ingested dataset cannot be trusted any more, or None when every shard checks out.
-
-    Every shard must exist with its recorded size. Its BLAKE3 is recomputed unless its stat
-    signature is the one recorded when it was written (any write since changes the ctime);
-    ``deep`` recomputes every checksum regardless."""
-    folder = Path(dataset_uri)
-    try:
-        meta = load_metadata(folder)
-    except (OSError, ValueError) as exc:
-        return f"ingested dataset {folder} is gone or unreadable ({type(exc).__name__})"
-    store = folder.parent.parent
-    for split in meta["splits"].values():  # type: ignore[union-attr]
-        for shard in split["shards"]:
-            path = store / shard["path"]
-            try:
-                if path.stat().st_size != shard["size"]:
-                    return f"shard {shard['path']} has a different size than recorded"
-                signature = stat_signature(path)
-                # timestamps tick coarsely (a few ms): a signature from the last 100 ms proves
-                # nothing, as a second write may have landed in the same tick
-                unchanged = (not deep and shard.get("stat") == signature
-                             and time.time_ns() - signature[1] > 100_000_000)
-            except FileNotFoundError:
-                return f"shard {shard['path']} is missing"
-            if not unchanged and hash_file(path) != shard["blake3"]:
-                return f"shard {shard['path']} checksum differs from the recorded one"
-    return None
-
-
-def clean_temporaries(store: Path, older_than: float = 3600.0) -> int:
-    """Remove leftovers of crashed ingestions (hidden temporary folders)."""
-    removed = 0
-    now = time.time()
-    for folder in (store, store / "datasets", store / "shards"):
-        if not folder.is_dir():
-            continue
-        for tmp in folder.glob(f"{TMP_PREFIX}*"):
-            if now - tmp.stat().st_mtime > older_than:
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed += 1
-    return removed

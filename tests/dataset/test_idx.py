@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from workflows import idx
+from dataset import idx
 
 
 def _gz(path, payload):

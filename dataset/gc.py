@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workflows.cache import ContentCache
-from workflows.ingest import TMP_PREFIX
+from dataset.cache import ContentCache
+from dataset.store import TMP_PREFIX
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,14 @@ import time
 
 import pytest
 
-from services.ingest_watcher.fingerprint import fingerprint
+from dataset import gc
+from dataset.cache import ContentCache, Policy
+from dataset.fingerprint import fingerprint
+from dataset.ingest import ingest
+from dataset.seed import write_png_increment
+from dataset.store import verify
 from tests.conftest import write_dataset
-from workflows import gc, steps
-from workflows.cache import ContentCache, Policy
-from workflows.ingest import ingest, verify
-from workflows.seed import write_png_increment
+from workflows import steps
 
 
 def _age(folder, seconds):

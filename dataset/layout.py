@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataset.errors import DatasetNotFoundError, UnsupportedSourceError
+
 CLASS_NAMES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle-boot",
@@ -138,3 +140,16 @@ def _files_under(folder: Path, relative: str) -> list[str]:
 
 def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def resolve_root(data_uri: str) -> Path:
+    """A local dataset root from a URI (a path or ``file://``)."""
+    if data_uri.startswith("file://"):
+        data_uri = data_uri.removeprefix("file://")
+    elif "://" in data_uri:
+        scheme = data_uri.split("://", 1)[0]
+        raise UnsupportedSourceError(data_uri, scheme)
+    root = Path(data_uri).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(data_uri)
+    return root.resolve()

@@ -1,8 +1,8 @@
 import os
 from pathlib import Path
 
-from services.ingest_watcher import fingerprint as fpmod
-from services.ingest_watcher.fingerprint import StatCache, diff, fingerprint
+from dataset import fingerprint as fpmod
+from dataset.fingerprint import StatCache, diff, fingerprint
 
 
 def test_identical_content_under_a_new_mtime_keeps_the_digest(dataset):

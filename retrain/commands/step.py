@@ -13,6 +13,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from retrain.commands.support import load_settings
+
 step_app = typer.Typer(no_args_is_help=True, help="Run one workflow step (what an Argo template runs).")
 
 OutputsOption = Annotated[Optional[Path], typer.Option(help="write each output to a file here")]
@@ -22,9 +24,9 @@ SinkOption = Annotated[Optional[str], typer.Option(help="send ingestion.* events
 def decide_from_cli(settings: Any, data: str, cache_policy: str, *, record: bool) -> tuple[Any, Any]:
     """Fingerprint ``data`` and decide from the cache: the check-cache step (``record``: a hit
     is counted, a stale entry dropped) or ``retrain cache explain`` (nothing changes)."""
-    from retrain.redis_store import open_redis
+    from core.redis_store import open_redis
+    from dataset.cache import ContentCache, Policy
     from workflows import steps
-    from workflows.cache import ContentCache, Policy
 
     policy = Policy.parse(cache_policy)
     root = steps.resolve_root(data)
@@ -63,10 +65,9 @@ def check_cache(
 
     Outputs: hit (true|false), reason, key, digest, dataset-uri (where the ingested dataset
     is, or will be once the ingest step has run)."""
-    from retrain.cli import _settings
     from workflows.runner import ingestion_skipped
 
-    settings = _settings()
+    settings = load_settings()
     fp, check = decide_from_cli(settings, data, cache_policy, record=True)
     entry = check.decision.entry
     dataset_uri = entry.dataset_uri if entry else str(settings.store_dir / "datasets" / check.key)
@@ -88,15 +89,14 @@ def ingest(
     """Ingest the dataset once per key (single flight) and record it in the cache.
 
     Outputs: dataset-uri, records (JSON), ingested (false when a concurrent run did it)."""
-    from retrain.cli import _settings
-    from retrain.errors import ConfigurationError
-    from retrain.redis_store import open_redis
+    from core.errors import ConfigurationError
+    from core.redis_store import open_redis
+    from dataset.cache import ContentCache
+    from dataset.errors import DatasetValidationError
     from workflows import steps
-    from workflows.cache import ContentCache
-    from workflows.errors import DatasetValidationError
     from workflows.runner import ingestion_completed, ingestion_failed
 
-    settings = _settings()
+    settings = load_settings()
     root = steps.resolve_root(data)
     fp = steps.fingerprint_step(root, settings.home / "statcache")
     expected = steps.key_for(fp)

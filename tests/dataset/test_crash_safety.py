@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest_watcher.fingerprint import fingerprint
+from dataset.cache import PREFIX, ContentCache, Policy
+from dataset.fingerprint import fingerprint
+from dataset.store import TMP_PREFIX, verify
 from workflows import steps
-from workflows.cache import PREFIX, ContentCache, Policy
-from workflows.ingest import TMP_PREFIX, verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _child(redis_url, data, store, lease_ms=1500):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.workflows.ingest_child", redis_url, str(data), str(store),
+        [sys.executable, "-m", "tests.dataset.ingest_child", redis_url, str(data), str(store),
          str(lease_ms)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         text=True)
 
@@ -45,9 +45,9 @@ def big_dataset(tmp_path_factory):
     """Large enough that ingestion takes a good fraction of a second (tiled, to write fast)."""
     import numpy as np
 
-    from workflows import idx
-    from workflows.layout import BASE_FILES
-    from workflows.seed import generate
+    from dataset import idx
+    from dataset.layout import BASE_FILES
+    from dataset.seed import generate
 
     root = tmp_path_factory.mktemp("big") / "data"
     images, labels = generate(2_000, seed=11)

@@ -19,14 +19,14 @@ from typing import Any
 import redis
 from blake3 import blake3
 
-from workflows.errors import WorkflowError
+from dataset.errors import DatasetError
 
 PREFIX = "retrain:cache:"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class CachePolicyError(WorkflowError):
+class CachePolicyError(DatasetError):
     """A cache policy that cannot be parsed: a usage error."""
 
     exit_code = 2

@@ -1,6 +1,6 @@
 """A run that ingests in its own process, so tests can SIGKILL it mid-ingestion.
 
-Usage: python -m tests.workflows.ingest_child REDIS_URL DATA STORE LEASE_MS
+Usage: python -m tests.dataset.ingest_child REDIS_URL DATA STORE LEASE_MS
 Prints one JSON line with its outcome if it lives that long.
 """
 
@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from retrain.redis_store import connect
-from services.ingest_watcher.fingerprint import fingerprint
+from core.redis_store import connect
+from dataset.cache import ContentCache, Policy
+from dataset.fingerprint import fingerprint
 from workflows import steps
-from workflows.cache import ContentCache, Policy
 
 
 def main() -> None:

@@ -1,0 +1,59 @@
+"""A CloudEvents receiver over HTTP: ``POST /events`` decodes (binary, structured or
+batched), checks the API key, drops duplicates and hands each new event on.
+
+The local trigger and the selector are both this receiver with their own ``dispatch``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from core.http import BodyTooLargeError, bearer, read_body, secret_matches
+from events.codec import decode
+from events.dedup import Deduplicator
+from events.envelope import Event
+from events.errors import EventError
+
+log = logging.getLogger(__name__)
+MAX_EVENT_BODY = 64 * 1024
+
+
+def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
+                    api_keys: tuple[str, ...] = (), title: str = "retrain events") -> FastAPI:
+    app = FastAPI(title=title)
+
+    def _error(status: int, message: str) -> JSONResponse:
+        log.warning("rejected event request (%d): %s", status, message)
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/events")
+    async def receive(request: Request) -> JSONResponse:
+        if api_keys and not secret_matches(bearer(request.headers.get("authorization")), api_keys):
+            return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
+        try:
+            body = await read_body(request, MAX_EVENT_BODY)
+        except BodyTooLargeError as exc:
+            return _error(413, f"event {exc}")
+        try:
+            events = decode(dict(request.headers), body)
+        except EventError as exc:
+            return _error(400, str(exc))
+        accepted, duplicates = [], []
+        for event in events:
+            if dedup.first_time(event):
+                dispatch(event)
+                accepted.append(event.id)
+            else:
+                log.info("dropped duplicate event %s from %s", event.id, event.source)
+                duplicates.append(event.id)
+        return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
+
+    return app

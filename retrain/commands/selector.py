@@ -1,0 +1,36 @@
+"""``retrain select``: the selector as a service, and rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from retrain.commands.support import console, load_settings, setup_logging
+
+select_app = typer.Typer(no_args_is_help=True, help="The selector (champion and promotion).")
+
+
+@select_app.command("serve")
+def select_serve(
+    port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None,
+    stream: Annotated[bool, typer.Option(help="also consume model.trained from the Redis stream retrain:events")] = False,
+) -> None:
+    """Receive model.trained CloudEvents on POST /events (and, with --stream, from the Redis
+    stream the local stack writes) and promote each candidate that beats the champion."""
+    setup_logging(True)
+    from services.selector import main as selector
+
+    selector.serve(load_settings(events_port=port), stream=stream)
+
+
+@select_app.command("rollback")
+def select_rollback(
+    reason: Annotated[str, typer.Option(help="recorded in the audit log and the event")] = "rolled back by hand",
+) -> None:
+    """Serve the previous champion again (as the next version), atomically; the decision is
+    audited and emitted as model.promoted."""
+    from services.selector import main as selector
+
+    decision = selector.rollback(load_settings(), reason)
+    console.print(decision.data.reason, highlight=False, soft_wrap=True)

@@ -1,0 +1,51 @@
+"""What every command shares: the settings, logging, the console, run parameters."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from core.errors import ConfigurationError
+from core.settings import Settings
+
+console = Console(stderr=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings from the environment, with the command line's non-None overrides."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"RETRAIN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_parameters(models: str | None, epochs: int | None, steps: int | None,
+                   batch: int | None, lr: float | None, policy: str | None,
+                   workers: int | None = None, warm_start: bool | None = None) -> Any:
+    """``RunParameters`` from the command line's options (unset ones keep their defaults)."""
+    from events.payloads import RunParameters
+
+    fields: dict[str, object] = {}
+    if models is not None:
+        fields["models"] = () if models.strip() == "none" else tuple(
+            m.strip() for m in models.split(",") if m.strip())
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("batch_size", batch),
+                        ("learning_rate", lr), ("cache_policy", policy), ("workers", workers),
+                        ("warm_start", warm_start)):
+        if value is not None:
+            fields[name] = value
+    try:
+        return RunParameters(**fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError("invalid run parameters: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None

@@ -1,0 +1,36 @@
+"""The model server, composed: one entry that ``retrain serve``, the local stack and the
+container all call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from core.http import serve_forever
+from core.settings import Settings
+from services.serving.app import create_app
+from services.serving.batching import BatchConfig
+from services.serving.limits import RateLimiter
+
+
+def batch_config(settings: Settings) -> BatchConfig | None:
+    """Micro-batching as configured; a batch of one turns it off."""
+    if settings.serve_max_batch == 1:
+        return None
+    return BatchConfig(settings.serve_max_batch, settings.serve_batch_wait_ms / 1000)
+
+
+def create_server(settings: Settings, model_repo: Path | None = None, *,
+                  poll_seconds: float = 1.0) -> FastAPI:
+    """The server over ``model_repo`` (default: the settings' repository) with the configured
+    rate limits and batching."""
+    limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
+    return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
+                      limiter=limiter, batching=batch_config(settings))
+
+
+def run(settings: Settings, model_repo: Path | None = None) -> None:
+    """``retrain serve``: serve the newest model version on ``settings.serve_port`` until stopped."""
+    serve_forever(create_server(settings, model_repo), settings.host, settings.serve_port,
+                  "model server")

@@ -1,0 +1,105 @@
+"""A training's parameters and the one command line they make.
+
+``TrainOptions`` is what ``retrain train`` accepts; ``train_argv`` is the only place its
+flags are written. The local runner, the local multi-worker launcher and the hera
+definition (whose values are Argo placeholders such as ``{{inputs.parameters.model}}``)
+all build their command lines with it, so they cannot drift apart. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from events.payloads import MODEL_TYPES
+
+# (field, flag) in the order they appear on a command line
+FLAGS: tuple[tuple[str, str], ...] = (
+    ("model", "--model"),
+    ("dataset", "--dataset"),
+    ("out", "--out"),
+    ("run_id", "--run-id"),
+    ("epochs", "--epochs"),
+    ("steps_per_epoch", "--steps-per-epoch"),
+    ("batch_size", "--batch-size"),
+    ("learning_rate", "--learning-rate"),
+    ("workers", "--workers"),
+    ("checkpoint_every", "--checkpoint-every"),
+    ("warm_start", "--warm-start"),
+    ("sink", "--sink"),
+)
+COMMAND = "train"
+# how a process on this machine runs the ``retrain`` console script (the image's entry point)
+LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-m", "retrain.cli")
+
+
+def train_argv(values: Mapping[str, object]) -> list[str]:
+    """``train --flag value ...`` for every field of ``values`` that is not None (values are
+    written as they are: numbers, paths, or a workflow engine's placeholders)."""
+    unknown = set(values) - {name for name, _ in FLAGS}
+    if unknown:
+        raise ValueError(f"not training options: {sorted(unknown)}")
+    argv = [COMMAND]
+    for name, flag in FLAGS:
+        value = values.get(name)
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One training: which variant, on which ingested dataset, written where, and how."""
+
+    model: str
+    dataset: str
+    out: Path
+    run_id: str = "manual"
+    epochs: int = 1
+    steps_per_epoch: int | None = None  # None (or 0 on the command line): a full pass
+    batch_size: int = 64  # per worker; the global batch is this times the workers
+    learning_rate: float = 1e-3
+    workers: int = 1  # local processes on 127.0.0.1 (all-reduce); a TFJob sets TF_CONFIG instead
+    checkpoint_every: int | None = None  # steps between checkpoints; None: each epoch
+    warm_start: str | None = None  # an exported model to start from, if the same variant
+    sink: str | None = None  # where model.trained / training.failed go
+
+    def argv(self) -> list[str]:
+        """The ``retrain`` arguments that run this training; defaults that need no flag
+        (one worker, a full pass) are left out."""
+        values: dict[str, object] = {name: getattr(self, name) for name, _ in FLAGS}
+        if self.workers == 1:
+            values["workers"] = None
+        values["steps_per_epoch"] = self.steps_per_epoch or None
+        return train_argv(values)
+
+    def local_command(self) -> list[str]:
+        """The whole command that runs this training in a child process on this machine."""
+        return [*LOCAL_ENTRY, *self.argv()]
+
+    def single_process(self) -> TrainOptions:
+        """The same training as one of several worker processes runs it (no ``--workers``)."""
+        return dataclasses.replace(self, workers=1)
+
+    def problems(self, tf_config: str | None = None) -> list[str]:
+        """Everything wrong with these options, each naming its flag (empty when usable)."""
+        found = []
+        if self.model not in MODEL_TYPES:
+            found.append(f"--model {self.model!r}: expected {', '.join(MODEL_TYPES[:-1])} or "
+                         f"{MODEL_TYPES[-1]}")
+        if not (Path(self.dataset) / "metadata.json").is_file():
+            found.append(f"--dataset {self.dataset}: not an ingested dataset (no metadata.json)")
+        for name, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--workers", self.workers, 1),
+                                 ("--steps-per-epoch", self.steps_per_epoch, 0),
+                                 ("--checkpoint-every", self.checkpoint_every, 1)):
+            if value is not None and value < low:
+                found.append(f"{name} {value}: must be at least {low}")
+        if not 0 < self.learning_rate < 10:
+            found.append(f"--learning-rate {self.learning_rate}: must be between 0 and 10")
+        if self.workers > 1 and tf_config:
+            found.append("--workers: TF_CONFIG already describes the cluster (as in a TFJob)")
+        return found

@@ -1,0 +1,107 @@
+"""One training process (locally, or a pod of a TFJob): train, report progress, write the
+result beside the model, emit model.trained or training.failed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from core.errors import RetrainError
+from events import Event, EventType, make_event
+from events.payloads import ModelTrained, TrainingFailed
+from events.sinks import Sink
+from services.trainer.cluster import role_from_tf_config
+from services.trainer.train import TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+SOURCE = "retrain/trainer"
+RESULT_FILE = "result.json"
+PROGRESS_TTL = 7 * 86400
+
+
+def progress_key(run_id: str, model_type: str) -> str:
+    return f"retrain:progress:{run_id}:{model_type}"
+
+
+def run(
+    config: TrainConfig,
+    run_id: str,
+    client: redis.Redis | None = None,
+    sink: Sink | None = None,
+    echo: bool = True,
+) -> TrainResult:
+    """Train; the chief (the only process when not distributed) reports progress, writes
+    ``result.json`` and emits ``model.trained`` or ``training.failed``."""
+    role = role_from_tf_config(os.environ.get("TF_CONFIG"))
+    chief = role.is_chief
+    key = progress_key(run_id, config.model_type)
+    last_line = [0.0]
+
+    def report(point: dict[str, Any]) -> None:
+        line = json.dumps({**point, "workers": role.workers, "at": round(time.time(), 3)})
+        if client is not None and chief:
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(key, mapping={"state": "training", "latest": line})
+            pipe.rpush(key + ":history", line)
+            pipe.expire(key, PROGRESS_TTL)
+            pipe.expire(key + ":history", PROGRESS_TTL)
+            pipe.execute()
+        if echo and (time.monotonic() - last_line[0] > 5 or point["step"] == point["planned"]):
+            last_line[0] = time.monotonic()
+            print(f"[{config.model_type} {role.name}] step {point['step']}/{point['planned']} "
+                  f"loss {point['loss']:.4f} acc {point['accuracy']:.4f} "
+                  f"{point['examples_per_second']:.0f} ex/s", file=sys.stderr, flush=True)
+
+    try:
+        result = train(config, report, role)
+    except (RetrainError, OSError, ValueError) as exc:
+        if chief and client is not None:
+            client.hset(key, mapping={"state": "failed", "reason": str(exc)})
+        if chief and sink is not None:
+            sink.send(failed_event(run_id, config.model_type, str(exc)))
+        raise
+    if not chief:
+        return result
+    (config.out.parent / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
+    if client is not None:
+        client.hset(key, mapping={"state": "done", "result": json.dumps(asdict(result))})
+    if sink is not None:
+        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result))
+    return result
+
+
+def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainResult) -> Event:
+    return make_event(
+        EventType.MODEL_TRAINED,
+        ModelTrained(
+            run_id=run_id, model_type=model_type, model_uri=result.model_uri,
+            dataset_uri=dataset_uri, dataset_digest=result.digest,
+            val_accuracy=result.val_accuracy, val_loss=result.val_loss,
+            seconds=round(result.seconds, 3), workers=result.workers, steps=result.steps,
+        ),
+        source=SOURCE,
+        id=f"{run_id}/{model_type}/trained",
+    )
+
+
+def failed_event(run_id: str, model_type: str, reason: str) -> Event:
+    return make_event(
+        EventType.TRAINING_FAILED,
+        TrainingFailed(run_id=run_id, model_type=model_type, reason=reason[:2000]),
+        source=SOURCE,
+        id=f"{run_id}/{model_type}/failed",
+    )
+
+
+def read_result(out: Path) -> TrainResult | None:
+    """The result a finished trainer process left beside its model, if it finished."""
+    path = out.parent / RESULT_FILE
+    return TrainResult(**json.loads(path.read_text())) if path.is_file() else None
