@@ -1,0 +1,117 @@
+"""One definition of a training's command line: the local runner, ``retrain train`` (and its
+multi-worker launcher) and the hera definition's TFJob all agree on it."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from events.payloads import RunParameters
+from retrain.cli import app
+from services.trainer.options import FLAGS, TrainOptions, train_argv
+from workflows.definition import ClusterNames, tfjob_manifest
+from workflows.runner import LocalRunner, RunRequest
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """What the real ``retrain train`` command line makes of an argv (training itself is
+    replaced by a recorder: this is about parsing, not TensorFlow)."""
+    seen = []
+
+    def record(settings, options):
+        seen.append(options)
+        return {"recorded": True}
+
+    monkeypatch.setattr("services.trainer.main.run", record)
+
+    def parse(argv):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == {"recorded": True}
+        return seen.pop()
+
+    return parse
+
+
+def test_every_flag_is_an_option_of_retrain_train():
+    import typer.main
+
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    options = {opt for param in command.params for opt in param.opts}
+    assert {flag for _, flag in FLAGS} <= options
+    assert {name for name, _ in FLAGS} == set(TrainOptions.__dataclass_fields__)
+
+
+def test_the_runners_training_is_what_retrain_train_parses(parsed, tmp_path):
+    request = RunRequest(str(tmp_path), RunParameters(epochs=3, steps_per_epoch=7, batch_size=16,
+                                                      learning_rate=0.01, workers=2),
+                         run_id="run-42")
+    options = LocalRunner.train_options(request, "dropout", "/store/datasets/k", tmp_path / "m",
+                                        warm_start="/models/fashion-mnist/3")
+    assert options == TrainOptions(model="dropout", dataset="/store/datasets/k", out=tmp_path / "m",
+                                   run_id="run-42", epochs=3, steps_per_epoch=7, batch_size=16,
+                                   learning_rate=0.01, workers=2,
+                                   warm_start="/models/fashion-mnist/3")
+    command = options.local_command()
+    assert command[1:3] == ["-m", "retrain.cli"] and command[3:] == options.argv()
+    assert parsed(options.argv()) == options
+
+
+def test_a_full_pass_and_one_worker_need_no_flag(parsed, tmp_path):
+    request = RunRequest(str(tmp_path), RunParameters(steps_per_epoch=None, workers=1), run_id="r")
+    options = LocalRunner.train_options(request, "cnn", "/d", tmp_path / "m")
+    assert "--steps-per-epoch" not in options.argv() and "--workers" not in options.argv()
+    assert parsed(options.argv()) == options
+
+
+def test_each_local_worker_runs_the_same_training_without_workers(parsed, tmp_path):
+    options = TrainOptions(model="cnn", dataset="/d", out=tmp_path / "m", workers=3,
+                           checkpoint_every=20, sink="http://127.0.0.1:9/events")
+    worker = options.single_process()
+    assert "--workers" not in worker.argv()
+    assert parsed(worker.argv()) == TrainOptions(model="cnn", dataset="/d", out=tmp_path / "m",
+                                                 checkpoint_every=20,
+                                                 sink="http://127.0.0.1:9/events")
+
+
+def test_the_tfjob_runs_the_same_command_line(parsed):
+    names = ClusterNames()
+    manifest = tfjob_manifest(names).replace("{{workflow.parameters.workers}}", "2")
+    container = yaml.safe_load(manifest)["spec"]["tfReplicaSpecs"]["Worker"][
+        "template"]["spec"]["containers"][0]
+    assert container["command"] == ["retrain"]
+    values = {"{{inputs.parameters.model}}": "batch_norm",
+              "{{inputs.parameters.dataset-uri}}": "/var/lib/retrain/store/datasets/k",
+              "{{workflow.name}}": "retrain-x7",
+              "{{workflow.parameters.epochs}}": "2",
+              "{{workflow.parameters.steps-per-epoch}}": "0",
+              "{{workflow.parameters.batch-size}}": "32",
+              "{{workflow.parameters.learning-rate}}": "0.002"}
+
+    def substitute(arg: str) -> str:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        return arg
+
+    args = [substitute(a) for a in container["args"]]
+    assert container["args"] == train_argv({  # built by the one definition, not by hand
+        "model": "{{inputs.parameters.model}}", "dataset": "{{inputs.parameters.dataset-uri}}",
+        "out": "/var/lib/retrain/runs/{{workflow.name}}/{{inputs.parameters.model}}/model",
+        "run_id": "{{workflow.name}}", "epochs": "{{workflow.parameters.epochs}}",
+        "steps_per_epoch": "{{workflow.parameters.steps-per-epoch}}",
+        "batch_size": "{{workflow.parameters.batch-size}}",
+        "learning_rate": "{{workflow.parameters.learning-rate}}", "checkpoint_every": 100,
+        "sink": names.model_trained_sink})
+    assert parsed(args) == TrainOptions(
+        model="batch_norm", dataset="/var/lib/retrain/store/datasets/k",
+        out=Path("/var/lib/retrain/runs/retrain-x7/batch_norm/model"), run_id="retrain-x7",
+        epochs=2, steps_per_epoch=0, batch_size=32, learning_rate=0.002, checkpoint_every=100,
+        sink=names.model_trained_sink)
+
+
+def test_unknown_fields_cannot_reach_a_command_line():
+    with pytest.raises(ValueError, match="not training options"):
+        train_argv({"model": "cnn", "epoch": 3})
