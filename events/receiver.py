@@ -30,6 +30,10 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
         log.warning("rejected event request (%d): %s", status, message)
         return JSONResponse({"error": message}, status_code=status)
 
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

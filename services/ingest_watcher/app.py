@@ -91,8 +91,14 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
     def authorized(authorization: str | None) -> bool:
         return not api_keys or secret_matches(bearer(authorization), api_keys) is not None
 
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """Liveness: the process answers (a missing data folder is not a reason to restart)."""
+        return {"status": "alive"}
+
     @app.get("/healthz")
     def healthz() -> Any:
+        """Readiness: 503 until the data folder exists."""
         body = {"root": str(watcher.root), "scans": watcher.scans, "emitted": watcher.emitted,
                 "last_scan": watcher.last_scan}
         return JSONResponse(body, status_code=200 if watcher.root.is_dir() else 503)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from core.errors import ConfigurationError
 from core.http import serve_forever
 from core.redis_store import open_redis
 from core.settings import Settings
+from dataset.errors import DatasetNotFoundError
 from dataset.layout import resolve_root
 from events import make_event
 from events.outbox import Outbox
@@ -31,6 +33,7 @@ from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.watcher import DirectoryWatcher
 
 DEFAULT_PORT = 8081
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,12 @@ def source_from_options(data: str | None, git: str | None, s3: str | None, *,
     if s3 is not None:
         return BucketPrefixSource(s3, s3_endpoint, s3_poll)
     assert data is not None
-    return FolderSource(resolve_root(data))  # `retrain watch --data` needs the folder now
+    try:
+        return FolderSource(resolve_root(data))
+    except DatasetNotFoundError:  # a fresh install: ready (/healthz) once the folder appears
+        folder = Path(data.removeprefix("file://")).expanduser().resolve()
+        log.warning("%s does not exist yet; watching for it (not ready until it appears)", folder)
+        return FolderSource(folder)
 
 
 def _tag(text: str) -> str:

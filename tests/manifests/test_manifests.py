@@ -238,3 +238,18 @@ def test_the_dockerfile_is_lint_clean_and_installs_as_the_makefile_does():
     assert "\tsh scripts/install.sh $(BIN)/pip -e '.[test]'" in makefile
     assert re.search(r"^USER \d+$", dockerfile, re.M) and 'ENTRYPOINT ["retrain"]' in dockerfile
     assert dockerfile.count("\nFROM ") == 2  # multi-stage
+
+
+def test_liveness_is_not_readiness(overlay):
+    """A pod restarted because its data or Redis is not there yet would restart forever:
+    liveness asks /livez (the process answers), readiness /healthz (it can work)."""
+    _, docs = overlay
+    probed = {}
+    for name, spec in _pod_specs(docs):
+        for container in spec["containers"]:
+            live = container.get("livenessProbe", {}).get("httpGet")
+            ready = container.get("readinessProbe", {}).get("httpGet")
+            if live or ready:
+                probed[name] = (live and live["path"], ready and ready["path"])
+    assert probed == {"retrain-watcher": ("/livez", "/healthz"),
+                      "retrain-selector": ("/livez", "/healthz")}

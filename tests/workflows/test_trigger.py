@@ -60,3 +60,8 @@ def test_a_run_request_with_an_unknown_cache_policy_is_refused(client, received)
     r = client.post("/events", content=json.dumps(body).encode(), headers=headers)
     assert r.status_code == 400 and "cache_policy" in r.json()["error"]
     assert received == []
+
+
+def test_liveness_answers_on_its_own_path(r):
+    client = TestClient(create_app(Deduplicator(r, 60, "live"), lambda event: None))
+    assert client.get("/livez").status_code == 200
