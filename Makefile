@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install manifests bench clean
+.PHONY: demo test test-fast install tools manifests bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retrain demo
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
+
+# System tools the tests use for real: kubectl (the manifests' cross-check with the real
+# kustomize), from Debian's packages when missing and root or sudo can install them.
+tools:
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "kubectl is missing and apt-get needs root: install kubernetes-client" >&2; exit 1; fi; \
+	  echo "installing kubectl (Debian's kubernetes-client)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow"

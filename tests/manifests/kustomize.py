@@ -1,7 +1,7 @@
 """A small kustomize build in Python for the features our manifests use: ``resources``
-(files and folders with a kustomization), ``namespace``, ``images`` and strategic-merge
-``patches``. The tests build every overlay with it; where a real ``kubectl kustomize`` is on
-the PATH, a test checks both builds agree."""
+and ``bases`` (files and folders with a kustomization), ``namespace``, ``images`` and
+strategic-merge ``patches`` / ``patchesStrategicMerge``. The tests build every overlay with
+it, and a test checks that the real ``kubectl kustomize`` (installed by ``make test``) agrees."""
 
 from __future__ import annotations
 
@@ -69,12 +69,13 @@ def _image(reference: str, images: list[Doc]) -> str:
 def build(folder: Path) -> list[Doc]:
     """The objects ``kustomize build folder`` would print (order aside)."""
     spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    known = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+    known = {"apiVersion", "kind", "bases", "resources", "namespace", "images", "patches",
+             "patchesStrategicMerge"}
     unknown = set(spec) - known
     if unknown:
         raise KustomizeError(f"{folder}: unsupported kustomization fields {sorted(unknown)}")
     docs: list[Doc] = []
-    for entry in spec.get("resources", []):
+    for entry in [*spec.get("bases", []), *spec.get("resources", [])]:
         path = (folder / entry).resolve()
         if path.is_dir():
             docs.extend(build(path))
@@ -82,11 +83,12 @@ def build(folder: Path) -> list[Doc]:
             docs.extend(_load_all(path))
         else:
             raise KustomizeError(f"{folder}: resource {entry} does not exist")
-    for entry in spec.get("patches", []):
-        for patch in _load_all(folder / entry["path"]):
+    patch_files = [entry["path"] for entry in spec.get("patches", [])]
+    for entry in patch_files + list(spec.get("patchesStrategicMerge", [])):
+        for patch in _load_all(folder / entry):
             matches = [i for i, d in enumerate(docs) if _identity(d) == _identity(patch)]
             if len(matches) != 1:
-                raise KustomizeError(f"{folder}: patch {entry['path']} matches {len(matches)} objects")
+                raise KustomizeError(f"{folder}: patch {entry} matches {len(matches)} objects")
             docs[matches[0]] = merge(docs[matches[0]], patch)
     if "namespace" in spec:
         for doc in docs:

@@ -1,6 +1,6 @@
 """Strict schema validation of every kind we deploy: core kinds with kubernetes-validate,
 the TFJob and InferenceService against their CRDs, Argo Events kinds against the project's
-swagger, Argo Workflows kinds through hera's models. Unknown fields are errors everywhere
+swagger, Argo Workflows kinds through hera's models and Argo's own JSON schema. Unknown fields are errors everywhere
 (Kubernetes would drop them silently)."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from tests.strict import strict_problems
 SCHEMAS = Path(__file__).parent / "schemas"
 KUBERNETES_VERSION = "1.30"
 ARGO_EVENTS = "io.argoproj.events.v1alpha1."
+ARGO_WORKFLOWS = "io.argoproj.workflow.v1alpha1."
+INT_OR_STRING = "io.k8s.apimachinery.pkg.util.intstr.IntOrString"
 
 
 def _strict(schema: Any) -> Any:
@@ -56,6 +58,19 @@ def _argo_events_definitions() -> dict[str, Any]:
     return _strict(json.loads(_read("argo-events-v1.9.11-swagger.json.gz"))["definitions"])
 
 
+@functools.cache
+def _argo_workflows_definitions() -> dict[str, Any]:
+    definitions = json.loads(_read("argo-workflows-v3.5.11-schema.json.gz"))["definitions"]
+    # the schema writes IntOrString as a plain string; Kubernetes takes an integer too
+    definitions[INT_OR_STRING] = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    return _strict(definitions)  # type: ignore[no-any-return]
+
+
+def _argo_workflows_validator(kind: str) -> jsonschema.Validator:
+    root = {"definitions": _argo_workflows_definitions(), "$ref": f"#/definitions/{ARGO_WORKFLOWS}{kind}"}
+    return jsonschema.Draft7Validator(root)
+
+
 def _argo_events_validator(kind: str) -> jsonschema.Validator:
     root = {"definitions": _argo_events_definitions(), "$ref": f"#/definitions/{ARGO_EVENTS}{kind}"}
     return jsonschema.Draft7Validator(root)
@@ -83,7 +98,8 @@ def problems(doc: dict[str, Any]) -> list[str]:
             model.model_validate(doc)
         except Exception as exc:  # pydantic's ValidationError lists every problem
             return [str(exc)]
-        return strict_problems(model, doc)
+        found = strict_problems(model, doc)  # hera's models, generated from Argo's OpenAPI
+        return found + _errors(_argo_workflows_validator(kind), doc)  # and Argo's own schema
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:

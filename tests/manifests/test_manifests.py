@@ -2,6 +2,7 @@
 object is valid against its kind's schema (strictly), and the objects refer to each other
 consistently."""
 
+import copy
 import re
 import shutil
 import subprocess
@@ -216,10 +217,11 @@ def test_the_overlays_differ_where_they_should():
     assert selector["resources"]["requests"]["cpu"] == "2" and selector["args"][0] == "select"
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="cross-check with the real kustomize")
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_the_real_kustomize_builds_the_same_objects(name):
-    done = subprocess.run(["kubectl", "kustomize", str(ROOT / "manifests" / "overlays" / name)],
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is missing: `make test` installs Debian's kubernetes-client"
+    done = subprocess.run([kubectl, "kustomize", str(ROOT / "manifests" / "overlays" / name)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
@@ -253,3 +255,20 @@ def test_liveness_is_not_readiness(overlay):
                 probed[name] = (live and live["path"], ready and ready["path"])
     assert probed == {"retrain-watcher": ("/livez", "/healthz"),
                       "retrain-selector": ("/livez", "/healthz")}
+
+
+def test_argos_own_schema_checks_the_workflow_template(overlay):
+    from tests.manifests.schemas import _argo_workflows_validator
+
+    _, docs = overlay
+    template = copy.deepcopy(_by_kind(docs, "WorkflowTemplate")["retrain"])
+    validator = _argo_workflows_validator("WorkflowTemplate")
+    assert list(validator.iter_errors(template)) == []
+    step = template["spec"]["templates"][0]
+    step["retryStrategy"] = {"limit": 3, "backoff": {"factor": 2, "duration": "10s"}}  # IntOrString
+    assert list(validator.iter_errors(template)) == []
+    step["retryStrategy"]["limitt"] = 3
+    template["spec"]["activeDeadlineSeconds"] = "six hours"
+    messages = sorted(e.message for e in validator.iter_errors(template))
+    assert any("'limitt' was unexpected" in m for m in messages)
+    assert any("'six hours' is not of type 'integer'" in m for m in messages)
