@@ -5,13 +5,16 @@ runner calls (``retrain step check-cache``, ``retrain step ingest``, ``retrain t
 one definition of each step, two orchestrators. Building is pure: ``build()`` returns the
 hera object and ``render()`` its YAML; nothing here talks to a cluster.
 
-    check-cache ──hit──────────────────────────► train (TFJob per model, withParam)
-         └─miss──► ingest (when hit == false) ──┘        each emits model.trained → selector
+    plan ─► check-cache ──hit──────────────────────────► train (TFJob per model, withParam)
+                 └─miss──► ingest (when hit == false) ──┘        each emits model.trained → selector
+
+``plan`` parses the event's whole ``parameters`` object with the local runner's
+``RunParameters`` (workflows/plan.py), so every run parameter reaches the cluster.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 from dataclasses import dataclass
 
 import yaml
@@ -28,7 +31,6 @@ from hera.workflows import (
 )
 from hera.workflows.models import Backoff, PodGC, TTLStrategy, VolumeMount
 
-from events.payloads import MODEL_TYPES
 from services.trainer.options import train_argv
 
 NAME = "retrain"
@@ -83,11 +85,12 @@ def tfjob_manifest(names: ClusterNames) -> str:
             "dataset": "{{inputs.parameters.dataset-uri}}",
             "out": f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model",
             "run_id": "{{workflow.name}}",
-            "epochs": "{{workflow.parameters.epochs}}",
-            "steps_per_epoch": "{{workflow.parameters.steps-per-epoch}}",
-            "batch_size": "{{workflow.parameters.batch-size}}",
-            "learning_rate": "{{workflow.parameters.learning-rate}}",
+            "epochs": "{{inputs.parameters.epochs}}",
+            "steps_per_epoch": "{{inputs.parameters.steps-per-epoch}}",
+            "batch_size": "{{inputs.parameters.batch-size}}",
+            "learning_rate": "{{inputs.parameters.learning-rate}}",
             "checkpoint_every": 100,  # a restarted worker resumes from here
+            "warm_start": "{{inputs.parameters.warm-start}}",  # "" when there is none
             "sink": names.model_trained_sink,
         }),
         "env": [{"name": "RETRAIN_HOME", "value": HOME},
@@ -125,7 +128,23 @@ def tfjob_manifest(names: ClusterNames) -> str:
     }
     # an integer once Argo substitutes it: YAML would quote the placeholder into a string
     return yaml.safe_dump(job, sort_keys=False).replace(
-        f"replicas: {_REPLICAS}", "replicas: {{workflow.parameters.workers}}")
+        f"replicas: {_REPLICAS}", "replicas: {{inputs.parameters.workers}}")
+
+
+# What the Sensor names each Workflow (a Go template with sprig, evaluated by Argo Events on
+# the CloudEvent in the webhook's body): one name per (source, id), so a redelivered event is
+# refused by the API server instead of starting a second run. ``workflow_name`` is the same.
+WORKFLOW_NAME_TEMPLATE = (
+    'retrain-{{ printf "%s %s" .Input.body.source .Input.body.id | sha256sum | trunc 20 }}')
+
+
+def workflow_name(source: str, event_id: str) -> str:
+    """The Workflow name the Sensor gives the run an event (``source``, ``event_id``) asks for
+    (a CloudEvents source has no spaces, so "source id" is unambiguous)."""
+    return "retrain-" + hashlib.sha256(f"{source} {event_id}".encode()).hexdigest()[:20]
+
+
+TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers")
 
 
 def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
@@ -138,14 +157,8 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
         arguments=[
             Parameter(name="data-uri", description="the dataset root to (re)train on"),
             Parameter(name="digest", value="", description="the dataset digest the event saw"),
-            Parameter(name="cache-policy", value="exact", description="exact, max-age=DURATION or min-change=FRACTION"),
-            Parameter(name="models", value=json.dumps(list(MODEL_TYPES)),
-                      description="JSON list of model variants to train"),
-            Parameter(name="epochs", value="1"),
-            Parameter(name="steps-per-epoch", value="0", description="0: a full pass"),
-            Parameter(name="batch-size", value="64"),
-            Parameter(name="learning-rate", value="0.001"),
-            Parameter(name="workers", value="2", description="TFJob workers per model"),
+            Parameter(name="parameters", value="{}",
+                      description="the event's parameters object as JSON (RunParameters)"),
             Parameter(name="event-id", value="", description="the triggering CloudEvent's id"),
         ],
         volumes=[ExistingVolume(name="data", claim_name=names.volume_claim)],
@@ -153,12 +166,18 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
         ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
         active_deadline_seconds=6 * 3600,
     ) as template:
+        plan = _container(
+            "plan",
+            ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
+             "--parameters", "{{workflow.parameters.parameters}}", "--outputs", OUTPUTS],
+            names, cpu="100m", memory="256Mi",
+            outputs=["trainings", "cache-policy", *TRAIN_INPUTS])
         check = _container(
             "check-cache",
             ["step", "check-cache", "--data", "{{workflow.parameters.data-uri}}",
-             "--cache-policy", "{{workflow.parameters.cache-policy}}",
+             "--cache-policy", "{{inputs.parameters.cache-policy}}",
              "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
-            names, cpu="250m", memory="512Mi",
+            names, cpu="250m", memory="512Mi", inputs=[Parameter(name="cache-policy")],
             outputs=["hit", "key", "digest", "dataset-uri", "reason"])
         ingest = _container(
             "ingest",
@@ -169,19 +188,21 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
             outputs=["dataset-uri", "records", "ingested"])
         train = Resource(
             name="train",
-            inputs=[Parameter(name="model"), Parameter(name="dataset-uri")],
+            inputs=[Parameter(name=n) for n in ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)],
             action="create",
             set_owner_reference=True,
             manifest=tfjob_manifest(names),
             success_condition="status.replicaStatuses.Worker.succeeded = "
-                              "{{workflow.parameters.workers}}",
+                              "{{inputs.parameters.workers}}",
             failure_condition="status.replicaStatuses.Worker.failed > 0",
             retry_strategy=RetryStrategy(
                 limit=2, retry_policy="OnError",
                 backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
         )
         with DAG(name="retrain"):
-            checked = check(name="check-cache")
+            planned = plan(name="plan")
+            checked = check(name="check-cache",
+                            arguments={"cache-policy": planned.get_parameter("cache-policy").value})
             ingested = ingest(
                 name="ingest",
                 arguments={"key": checked.get_parameter("key").value},
@@ -190,13 +211,16 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
             trained = train(
                 name="train",
                 arguments={
-                    "model": "{{item}}",
+                    "model": "{{item.model}}",
+                    "warm-start": "{{item.warm-start}}",
                     "dataset-uri": checked.get_parameter("dataset-uri").value,
+                    **{n: planned.get_parameter(n).value for n in TRAIN_INPUTS},
                 },
-                with_param="{{workflow.parameters.models}}",
+                with_param=planned.get_parameter("trainings").value,
             )
-            checked >> ingested
-            trained.depends = "check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)"
+            planned >> checked >> ingested
+            trained.depends = ("plan.Succeeded && check-cache.Succeeded && "
+                               "(ingest.Succeeded || ingest.Skipped)")
     return template
 
 

@@ -70,5 +70,5 @@ def train(
     options = TrainOptions(model=model, dataset=dataset, out=out, run_id=run_id, epochs=epochs,
                            steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, workers=workers,
-                           checkpoint_every=checkpoint_every, warm_start=warm_start, sink=sink)
+                           checkpoint_every=checkpoint_every, warm_start=warm_start or None, sink=sink)
     print(json.dumps(trainer.run(load_settings(), options)))

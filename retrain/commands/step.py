@@ -53,6 +53,32 @@ def _send(sink: str | None, event: object) -> None:
         HttpSink(sink).send(event)  # type: ignore[arg-type]
 
 
+@step_app.command("plan")
+def plan(
+    data: Annotated[str, typer.Option("--data", help="the event's data URI")],
+    parameters: Annotated[str, typer.Option(help="the event's parameters object as JSON")] = "{}",
+    outputs: OutputsOption = None,
+) -> None:
+    """Check the event's parameters (the same RunParameters the local runner uses) and the
+    data URI (a folder on the shared volume), and plan the run.
+
+    Outputs: trainings (JSON list of {model, warm-start}), cache-policy, epochs,
+    steps-per-epoch, batch-size, learning-rate, workers."""
+    from workflows.plan import parse_parameters, plan_run
+
+    settings = load_settings()
+    champion = None
+    if parse_parameters(parameters).warm_start:
+        from core.redis_store import open_redis
+        from services.selector.champion import ChampionStore
+
+        with open_redis(settings.redis_url, settings.home) as handle:
+            found = ChampionStore(handle.client, str(settings.model_repo.resolve())).get()
+        champion = (found.model_type, found.model_uri) if found else None
+    result = plan_run(parameters, data, str(settings.home.resolve()), champion)
+    _emit_outputs(result.outputs(), outputs)
+
+
 @step_app.command("check-cache")
 def check_cache(
     data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],

@@ -8,10 +8,12 @@ import re
 import pytest
 import typer.main
 
+from events.payloads import RunParameters
 from retrain.cli import app
 from tests.manifests.kustomize import build
 from tests.manifests.test_manifests import OVERLAYS, ROOT, _by_kind
 from workflows.definition import ClusterNames, tfjob_manifest
+from workflows.plan import Plan
 
 
 def retrain_accepts(args):
@@ -38,6 +40,10 @@ def _samples(template):
     values = {f"workflow.parameters.{p['name']}": p.get("value", "x")
               for p in template["spec"]["arguments"]["parameters"]}
     values.update({"workflow.name": "retrain-x7k2p", "item": "cnn"})
+    # what the plan step outputs (tests/workflows/test_plan.py): a run's default parameters
+    values.update({f"inputs.parameters.{k}": v for k, v in Plan(
+        RunParameters(), ({"model": "cnn", "warm-start": ""},)).outputs().items()})
+    values.update({"inputs.parameters.model": "cnn", "inputs.parameters.warm-start": ""})
     return values
 
 
@@ -71,6 +77,7 @@ def test_every_command_line_in_the_manifests_is_accepted_by_the_cli(overlay):
     assert accepted == {
         "Deployment/retrain-watcher": "watch",
         "Deployment/retrain-selector": "select serve",
+        "WorkflowTemplate step plan": "step plan",
         "WorkflowTemplate step check-cache": "step check-cache",
         "WorkflowTemplate step ingest": "step ingest",
         "TFJob worker": "train",

@@ -13,7 +13,7 @@ import yaml
 
 from tests.manifests.kustomize import build
 from tests.manifests.schemas import problems
-from workflows.definition import ClusterNames, tfjob_manifest
+from workflows.definition import WORKFLOW_NAME_TEMPLATE, ClusterNames, tfjob_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["local", "production"]
@@ -36,7 +36,7 @@ def _pod_specs(docs):
 
 
 def _tfjob():
-    samples = {"workflow.parameters.workers": "2"}
+    samples = {"inputs.parameters.workers": "2"}
     text = re.sub(r"\{\{([^}]+)\}\}", lambda m: samples.get(m[1], "x"), tfjob_manifest(ClusterNames()))
     return yaml.safe_load(text)
 
@@ -188,7 +188,13 @@ def test_sensors_trigger_what_exists(overlay):
             assert resource["spec"]["workflowTemplateRef"]["name"] == template["metadata"]["name"]
             given = [p["name"] for p in resource["spec"]["arguments"]["parameters"]]
             assert set(given) <= declared and "data-uri" in given
-            for parameter in workflow["parameters"]:
+            named = [p for p in workflow["parameters"] if p["dest"] == "metadata.name"]
+            assert [p["src"]["dataTemplate"] for p in named] == [WORKFLOW_NAME_TEMPLATE]
+            assert "generateName" not in resource["metadata"]
+            passed = {given[int(p["dest"].split(".")[3])]: p["src"].get("dataKey")
+                      for p in workflow["parameters"] if p not in named}
+            assert passed["parameters"] == "body.data.parameters"  # the whole object
+            for parameter in (p for p in workflow["parameters"] if p not in named):
                 index = int(parameter["dest"].split(".")[3])
                 assert parameter["dest"] == f"spec.arguments.parameters.{index}.value"
                 assert index < len(given) and parameter["src"]["dependencyName"] in names
@@ -201,7 +207,7 @@ def test_every_step_and_service_runs_the_overlays_image(overlay):
     template = _by_kind(docs, "WorkflowTemplate")["retrain"]
     steps = {t["container"]["image"] for t in template["spec"]["templates"] if "container" in t}
     [train] = [t for t in template["spec"]["templates"] if "resource" in t]
-    tfjob = yaml.safe_load(train["resource"]["manifest"].replace("{{workflow.parameters.workers}}", "2"))
+    tfjob = yaml.safe_load(train["resource"]["manifest"].replace("{{inputs.parameters.workers}}", "2"))
     trainers = {c["image"] for c in tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]}
     assert len(ours) == 1 and steps == ours and trainers == ours
 

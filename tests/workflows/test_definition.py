@@ -54,11 +54,11 @@ def test_a_typo_is_caught():
 
 def test_ingestion_is_skipped_on_a_hit_and_training_waits_for_it_either_way():
     tasks = {t["name"]: t for t in _templates()["retrain"]["dag"]["tasks"]}
-    assert list(tasks) == ["check-cache", "ingest", "train"]
+    assert list(tasks) == ["plan", "check-cache", "ingest", "train"]
     assert tasks["ingest"]["when"] == "{{tasks.check-cache.outputs.parameters.hit}} == false"
     assert tasks["train"]["depends"] == (
-        "check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)")
-    assert tasks["train"]["withParam"] == "{{workflow.parameters.models}}"
+        "plan.Succeeded && check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)")
+    assert tasks["train"]["withParam"] == "{{tasks.plan.outputs.parameters.trainings}}"
 
 
 def test_every_reference_resolves():
@@ -66,7 +66,7 @@ def test_every_reference_resolves():
     text = render()
     declared = {p["name"] for p in doc["spec"]["arguments"]["parameters"]}
     used = set(re.findall(r"\{\{workflow\.parameters\.([\w-]+)\}\}", text))
-    assert used <= declared and {"data-uri", "models", "cache-policy"} <= used
+    assert used <= declared and {"data-uri", "parameters"} <= used
     templates = _templates()
     for template in templates.values():
         body = yaml.safe_dump(template)
@@ -83,10 +83,12 @@ def test_every_reference_resolves():
 
 
 def _substitute(value: str) -> str:
-    samples = {"workflow.parameters.data-uri": "/data", "workflow.parameters.cache-policy": "exact",
-               "workflow.parameters.epochs": "1", "workflow.parameters.steps-per-epoch": "0",
-               "workflow.parameters.batch-size": "64", "workflow.parameters.learning-rate": "0.001",
-               "workflow.parameters.workers": "2", "workflow.name": "retrain-abc12",
+    samples = {"workflow.parameters.data-uri": "/data", "inputs.parameters.cache-policy": "exact",
+               "workflow.parameters.parameters": '{"epochs": 2}',
+               "inputs.parameters.epochs": "1", "inputs.parameters.steps-per-epoch": "0",
+               "inputs.parameters.batch-size": "64", "inputs.parameters.learning-rate": "0.001",
+               "inputs.parameters.workers": "2", "workflow.name": "retrain-abc12",
+               "inputs.parameters.warm-start": "",
                "inputs.parameters.key": "k" * 64, "inputs.parameters.model": "batch_norm",
                "inputs.parameters.dataset-uri": "/var/lib/retrain/store/datasets/k"}
     return re.sub(r"\{\{([^}]+)\}\}", lambda m: samples[m[1]], value)
@@ -97,7 +99,7 @@ def test_every_step_command_parses_with_the_real_cli():
     templates = _templates()
     tfjob = yaml.safe_load(_substitute(tfjob_manifest(ClusterNames())))
     trainer = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
-    argvs = [templates[n]["container"]["args"] for n in ("check-cache", "ingest")] + [trainer["args"]]
+    argvs = [templates[n]["container"]["args"] for n in ("plan", "check-cache", "ingest")] + [trainer["args"]]
     for argv in argvs:
         argv = [_substitute(a) for a in argv]
         ctx = command.make_context("retrain", list(argv))

@@ -79,17 +79,18 @@ def test_each_local_worker_runs_the_same_training_without_workers(parsed, tmp_pa
 
 def test_the_tfjob_runs_the_same_command_line(parsed):
     names = ClusterNames()
-    manifest = tfjob_manifest(names).replace("{{workflow.parameters.workers}}", "2")
+    manifest = tfjob_manifest(names).replace("{{inputs.parameters.workers}}", "2")
     container = yaml.safe_load(manifest)["spec"]["tfReplicaSpecs"]["Worker"][
         "template"]["spec"]["containers"][0]
     assert container["command"] == ["retrain"]
     values = {"{{inputs.parameters.model}}": "batch_norm",
+              "{{inputs.parameters.warm-start}}": "/var/lib/retrain/models/fashion-mnist/4",
               "{{inputs.parameters.dataset-uri}}": "/var/lib/retrain/store/datasets/k",
               "{{workflow.name}}": "retrain-x7",
-              "{{workflow.parameters.epochs}}": "2",
-              "{{workflow.parameters.steps-per-epoch}}": "0",
-              "{{workflow.parameters.batch-size}}": "32",
-              "{{workflow.parameters.learning-rate}}": "0.002"}
+              "{{inputs.parameters.epochs}}": "2",
+              "{{inputs.parameters.steps-per-epoch}}": "0",
+              "{{inputs.parameters.batch-size}}": "32",
+              "{{inputs.parameters.learning-rate}}": "0.002"}
 
     def substitute(arg: str) -> str:
         for placeholder, value in values.items():
@@ -100,16 +101,18 @@ def test_the_tfjob_runs_the_same_command_line(parsed):
     assert container["args"] == train_argv({  # built by the one definition, not by hand
         "model": "{{inputs.parameters.model}}", "dataset": "{{inputs.parameters.dataset-uri}}",
         "out": "/var/lib/retrain/runs/{{workflow.name}}/{{inputs.parameters.model}}/model",
-        "run_id": "{{workflow.name}}", "epochs": "{{workflow.parameters.epochs}}",
-        "steps_per_epoch": "{{workflow.parameters.steps-per-epoch}}",
-        "batch_size": "{{workflow.parameters.batch-size}}",
-        "learning_rate": "{{workflow.parameters.learning-rate}}", "checkpoint_every": 100,
-        "sink": names.model_trained_sink})
+        "run_id": "{{workflow.name}}", "epochs": "{{inputs.parameters.epochs}}",
+        "steps_per_epoch": "{{inputs.parameters.steps-per-epoch}}",
+        "batch_size": "{{inputs.parameters.batch-size}}",
+        "learning_rate": "{{inputs.parameters.learning-rate}}", "checkpoint_every": 100,
+        "warm_start": "{{inputs.parameters.warm-start}}", "sink": names.model_trained_sink})
     assert parsed(args) == TrainOptions(
         model="batch_norm", dataset="/var/lib/retrain/store/datasets/k",
         out=Path("/var/lib/retrain/runs/retrain-x7/batch_norm/model"), run_id="retrain-x7",
         epochs=2, steps_per_epoch=0, batch_size=32, learning_rate=0.002, checkpoint_every=100,
-        sink=names.model_trained_sink)
+        warm_start="/var/lib/retrain/models/fashion-mnist/4", sink=names.model_trained_sink)
+    values["{{inputs.parameters.warm-start}}"] = ""  # no champion of this variant: no warm start
+    assert parsed([substitute(a) for a in container["args"]]).warm_start is None
 
 
 def test_unknown_fields_cannot_reach_a_command_line():
