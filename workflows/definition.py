@@ -37,6 +37,7 @@ NAME = "retrain"
 HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
 OUTPUTS = "/tmp/outputs"  # noqa: S108  (inside the step's own container)
 _REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
+TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 6 h)
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,17 @@ def tfjob_manifest(names: ClusterNames) -> str:
                        "retrain.dev/model": "{{inputs.parameters.model}}"},
         },
         "spec": {
-            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 3},
+            # the Training Operator fails the job after 3 restarts or past the deadline (its
+            # Failed condition ends the wait step), and removes its pods once it has ended
+            "runPolicy": {"cleanPodPolicy": "All", "backoffLimit": 3,
+                          "activeDeadlineSeconds": TRAIN_DEADLINE_SECONDS,
+                          "ttlSecondsAfterFinished": 86400},
             "tfReplicaSpecs": {
-                # all workers run the same code; worker 0 acts as chief and alone keeps the model
+                # all workers run the same code; worker 0 acts as chief and alone keeps the model.
+                # ExitCode: a worker killed from outside (exit 128+, e.g. OOM or eviction) is
+                # restarted and resumes from its checkpoint; an error of ours (1-127) is final
                 "Worker": {"replicas": _REPLICAS,
-                           "restartPolicy": "OnFailure", "template": pod},
+                           "restartPolicy": "ExitCode", "template": pod},
             },
         },
     }
@@ -145,6 +152,7 @@ def workflow_name(source: str, event_id: str) -> str:
 
 
 TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers")
+TRAIN_PARAMETERS = ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)
 
 
 def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
@@ -186,19 +194,28 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
              "--outputs", OUTPUTS],
             names, cpu="1", memory="2Gi", inputs=[Parameter(name="key")],
             outputs=["dataset-uri", "records", "ingested"])
-        train = Resource(
-            name="train",
-            inputs=[Parameter(name=n) for n in ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)],
+        create = Resource(
+            name="create-training",
+            inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
             action="create",
-            set_owner_reference=True,
+            set_owner_reference=True,  # deleted with the Workflow
             manifest=tfjob_manifest(names),
-            success_condition="status.replicaStatuses.Worker.succeeded = "
-                              "{{inputs.parameters.workers}}",
-            failure_condition="status.replicaStatuses.Worker.failed > 0",
+            outputs=[Parameter(name="job-name", value_from={"jsonPath": "{.metadata.name}"})],
             retry_strategy=RetryStrategy(
                 limit=2, retry_policy="OnError",
                 backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
         )
+        wait = _container(
+            "wait-training",
+            ["step", "wait-training", "--name", "{{inputs.parameters.job-name}}",
+             "--namespace", "{{workflow.namespace}}",
+             "--timeout", str(TRAIN_DEADLINE_SECONDS + 600)],  # the TFJob's own deadline first
+            names, cpu="50m", memory="128Mi", inputs=[Parameter(name="job-name")])
+        with DAG(name="train", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS]) as train:
+            created = create(name="create",
+                             arguments={n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS})
+            waited = wait(name="wait", arguments={"job-name": created.get_parameter("job-name").value})
+            created >> waited
         with DAG(name="retrain"):
             planned = plan(name="plan")
             checked = check(name="check-cache",

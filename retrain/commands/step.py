@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from retrain.commands.support import load_settings
+from retrain.commands.support import load_settings, setup_logging
 
 step_app = typer.Typer(no_args_is_help=True, help="Run one workflow step (what an Argo template runs).")
 
@@ -141,3 +141,22 @@ def ingest(
         _send(sink, ingestion_completed(run_id, fp.digest, outcome.entry, outcome.result))
     _emit_outputs({"dataset-uri": outcome.entry.dataset_uri, "records": outcome.entry.records,
                    "ingested": "true" if outcome.ingested else "false"}, outputs)
+
+
+@step_app.command("wait-training")
+def wait_training(
+    name: Annotated[str, typer.Option(help="the TFJob the train step created")],
+    namespace: Annotated[str, typer.Option(help="its namespace")] = "retrain",
+    timeout: Annotated[float, typer.Option(help="seconds before the job is deleted as stuck")] = 4 * 3600 + 600,
+    poll: Annotated[float, typer.Option(help="seconds between looks at its conditions")] = 10.0,
+) -> None:
+    """Wait for a TFJob's own Succeeded or Failed condition (exit 0 or 1); past --timeout the
+    job and its pods are deleted and the step fails."""
+    setup_logging(True)
+    from core.kube import api_client
+    from workflows.tfjob import wait_for_training
+
+    settings = load_settings()
+    message = wait_for_training(api_client(settings.kube_api_url, settings.kube_token),
+                                namespace, name, timeout, poll)
+    _emit_outputs({"message": message}, None)

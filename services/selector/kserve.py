@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from core import kube
 from services.selector.backends import Staged, versions
 from services.selector.errors import SelectorError
 
@@ -62,21 +62,11 @@ class KubeClient:
         self._core = client.CoreV1Api(api_client)
         self._timeout = timeout
 
-    def _call(self, verb: str, path: str, call: Callable[..., Any], **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
+    def _call(self, verb: str, path: str, method: Callable[..., Any], **kwargs: Any) -> Any:
         try:
-            return call(**kwargs, _request_timeout=self._timeout)
-        except ApiException as exc:
-            try:
-                message = json.loads(exc.body or "{}").get("message") or exc.reason
-            except (ValueError, AttributeError):
-                message = exc.body or exc.reason
-            raise KServeError(f"Kubernetes API answered {exc.status} to {verb} {path}: "
-                              f"{message}") from None
-        except HTTPError as exc:
-            raise KServeError(f"Kubernetes API unreachable ({verb} {path}): {exc}") from None
+            return kube.call(verb, path, method, self._timeout, **kwargs)
+        except kube.KubeError as exc:
+            raise KServeError(str(exc)) from None
 
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any]:
         return self._call("GET", isvc_path(namespace, name), self._custom.get_namespaced_custom_object,
@@ -103,23 +93,7 @@ def isvc_path(namespace: str, name: str) -> str:
 def kube_client(api_url: str | None = None, token: str | None = None) -> KubeClient:
     """A client for ``api_url`` with a bearer ``token`` (a kubeconfig-less setup and the tests),
     or, with no URL, for the API server of the cluster this pod runs in (its service account)."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if api_url:
-        configuration.host = api_url.rstrip("/")
-        if token:
-            configuration.api_key = {"authorization": token}
-            configuration.api_key_prefix = {"authorization": "Bearer"}
-    else:
-        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            raise KServeError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set "
-                              "(set RETRAIN_KUBE_API_URL to reach an API server from outside)")
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException as exc:
-            raise KServeError(f"cannot use the pod's service account: {exc}") from None
-    return KubeClient(client.ApiClient(configuration))
+    return KubeClient(kube.api_client(api_url, token))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ def test_every_reference_resolves():
         body = yaml.safe_dump(template)
         inputs = {p["name"] for p in template.get("inputs", {}).get("parameters", [])}
         assert set(re.findall(r"\{\{inputs\.parameters\.([\w-]+)\}\}", body)) <= inputs
-    tasks = {t["name"]: t for t in templates["retrain"]["dag"]["tasks"]}
+    tasks = {t["name"]: t for template in templates.values()  # every DAG's tasks
+             for t in template.get("dag", {}).get("tasks", [])}
+    assert len(tasks) == sum(len(t.get("dag", {}).get("tasks", [])) for t in templates.values())
     for task, output in re.findall(r"\{\{tasks\.([\w-]+)\.outputs\.parameters\.([\w-]+)\}\}", text):
         outputs = templates[tasks[task]["template"]]["outputs"]["parameters"]
         assert output in {o["name"] for o in outputs}, f"{task} has no output {output}"
@@ -116,3 +118,22 @@ def test_the_tfjob_has_integer_replicas_after_substitution():
     assert tfjob["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 2
     assert tfjob["kind"] == "TFJob" and tfjob["apiVersion"] == "kubeflow.org/v1"
     assert json.dumps(tfjob).count("retrain-data") == 1
+
+
+def test_a_training_ends_on_the_tfjobs_own_conditions_with_a_deadline():
+    templates = _templates()
+    create = templates["create-training"]["resource"]
+    # replica counts never say "failed" while OnFailure/ExitCode restarts a worker
+    assert "successCondition" not in create and "failureCondition" not in create
+    job = yaml.safe_load(_substitute(create["manifest"]))
+    run_policy = job["spec"]["runPolicy"]
+    assert run_policy["backoffLimit"] == 3 and run_policy["cleanPodPolicy"] == "All"
+    assert job["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "ExitCode"
+    tasks = {t["name"]: t for t in templates["train"]["dag"]["tasks"]}
+    assert tasks["wait"]["depends"] == "create"
+    assert tasks["wait"]["arguments"]["parameters"] == [
+        {"name": "job-name", "value": "{{tasks.create.outputs.parameters.job-name}}"}]
+    wait = templates["wait-training"]["container"]["args"]
+    assert wait[:2] == ["step", "wait-training"]
+    timeout = float(wait[wait.index("--timeout") + 1])
+    assert run_policy["activeDeadlineSeconds"] < timeout < _doc()["spec"]["activeDeadlineSeconds"]

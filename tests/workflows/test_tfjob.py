@@ -1,0 +1,149 @@
+"""Waiting on a TFJob's own conditions, through the real kubernetes client, against a stand-in
+API server on loopback (no API server can run here) that checks every request: the path, the
+verb, the bearer token, and a delete's propagation policy."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from core.http import BackgroundServer, bind
+from core.kube import KubeError, api_client
+from workflows.tfjob import TrainingJobError, job_state, wait_for_training
+
+pytestmark = [pytest.mark.integration]
+TOKEN = "tfjob-stand-in-token"
+NAME = "retrain-abc-train-x7k2p"
+PATH = f"/apis/kubeflow.org/v1/namespaces/retrain/tfjobs/{NAME}"
+
+
+def _condition(kind, status="True", message=""):
+    return {"type": kind, "status": status, "reason": f"TFJob{kind}", "message": message,
+            "lastTransitionTime": "2026-11-23T10:00:00Z"}
+
+
+CREATED = [_condition("Created", message="TFJob is created.")]
+RUNNING = [*CREATED, _condition("Running", message="TFJob is running.")]
+RESTARTING = [*CREATED, _condition("Running", "False"),
+              _condition("Restarting", message="worker-1 exited with code 137; restarting")]
+SUCCEEDED = [*CREATED, _condition("Running", "False"),
+             _condition("Succeeded", message="TFJob retrain-abc successfully completed.")]
+FAILED = [*CREATED, _condition("Running", "False"),
+          _condition("Failed", message="TFJob has failed because it has reached the specified "
+                                       "backoff limit")]
+
+
+class TFJobStandIn:
+    """Answers GETs of one TFJob with the next of ``statuses`` (the last one repeats)."""
+
+    def __init__(self, statuses):
+        self.statuses = list(statuses)
+        self.requests = []
+        self.violations = []
+        self.deleted = False
+        self._lock = threading.Lock()
+        app = FastAPI()
+
+        @app.api_route("/{path:path}", methods=["GET", "DELETE", "PATCH", "PUT", "POST"])
+        async def handle(path: str, request: Request):
+            path = "/" + path
+            body = await request.body()
+            with self._lock:
+                self.requests.append((request.method, path, json.loads(body) if body else None))
+                if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                    return self._refuse(401, f"{request.method} {path} without the bearer token")
+                if path != PATH:
+                    return self._refuse(404, f"tfjobs.kubeflow.org {path} not found")
+                if request.method == "DELETE":
+                    policy = (request.query_params.get("propagationPolicy")  # either way
+                              or json.loads(body or "{}").get("propagationPolicy"))
+                    if policy != "Background":
+                        return self._refuse(422, "delete without propagationPolicy Background")
+                    self.deleted = True
+                    return JSONResponse({"kind": "Status", "status": "Success"})
+                if request.method != "GET":
+                    return self._refuse(405, f"the wait must not {request.method} a TFJob")
+                conditions = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+                return JSONResponse({"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+                                     "metadata": {"name": NAME, "namespace": "retrain"},
+                                     "status": {"conditions": conditions}})
+
+        self.server = BackgroundServer(app, bind("127.0.0.1", 0, "tfjob stand-in"), "kube-api")
+
+    def _refuse(self, status, message):
+        self.violations.append(message)
+        return JSONResponse({"kind": "Status", "status": "Failure", "message": message,
+                             "code": status}, status_code=status)
+
+    def __enter__(self):
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop()
+
+
+def _wait(standin, timeout=60.0, token=TOKEN):
+    ticks = iter(range(10_000))
+    return wait_for_training(api_client(standin.server.url, token), "retrain", NAME, timeout,
+                             poll=1.0, sleep=lambda _s: None, clock=lambda: next(ticks))
+
+
+def test_state_comes_from_the_conditions_alone():
+    assert job_state({}).phase == "running"
+    assert job_state({"status": {"conditions": RESTARTING}}) == (
+        job_state({"status": {"conditions": RESTARTING}}))
+    assert job_state({"status": {"conditions": RESTARTING}}).phase == "running"
+    assert job_state({"status": {"conditions": SUCCEEDED}}).phase == "succeeded"
+    assert job_state({"status": {"conditions": [*SUCCEEDED, *FAILED[-1:]]}}).phase == "failed"
+    # replica counts say nothing: a worker restarted under OnFailure never counts as failed
+    assert job_state({"status": {"replicaStatuses": {"Worker": {"failed": 0}},
+                                 "conditions": FAILED}}).phase == "failed"
+
+
+def test_a_job_that_succeeds_ends_the_wait():
+    with TFJobStandIn([CREATED, RUNNING, RUNNING, SUCCEEDED]) as api:
+        assert _wait(api) == "TFJob retrain-abc successfully completed."
+    assert api.violations == [] and not api.deleted
+    assert [verb for verb, _, _ in api.requests] == ["GET"] * 4
+
+
+def test_a_job_failed_by_its_backoff_limit_fails_the_wait_with_its_reason():
+    with TFJobStandIn([CREATED, RUNNING, RESTARTING, RESTARTING, FAILED]) as api:
+        with pytest.raises(TrainingJobError, match="reached the specified backoff limit"):
+            _wait(api)
+    assert api.violations == [] and not api.deleted
+
+
+def test_a_job_restarting_forever_is_deleted_at_the_deadline():
+    with TFJobStandIn([CREATED, RESTARTING]) as api:
+        with pytest.raises(TrainingJobError, match="still running after 5s .*deleted it"):
+            _wait(api, timeout=5)
+    assert api.violations == [] and api.deleted
+    assert api.requests[-1][:2] == ("DELETE", PATH)
+
+
+def test_api_refusals_name_the_call_and_the_servers_message():
+    with TFJobStandIn([RUNNING]) as api:
+        with pytest.raises(KubeError, match=f"answered 401 to GET {PATH}: .*without the bearer"):
+            _wait(api, token="wrong")
+
+
+def test_the_step_command_exits_by_the_jobs_outcome(tmp_path):
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN}
+    for statuses, code, text in ((SUCCEEDED, 0, "successfully completed"),
+                                 (FAILED, 1, "backoff limit")):
+        with TFJobStandIn([RUNNING, statuses]) as api:
+            done = subprocess.run(
+                [sys.executable, "-m", "retrain.cli", "step", "wait-training", "--name", NAME,
+                 "--poll", "0.05"], env={**env, "RETRAIN_KUBE_API_URL": api.server.url},
+                capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, done.stdout + done.stderr
+        assert text in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert api.violations == []
