@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
@@ -12,6 +14,8 @@ import redis
 from events.codec import Mode, encode
 from events.envelope import Event
 from events.errors import SinkRejectedError, SinkUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
@@ -70,6 +74,37 @@ class RedisStreamSink:
     def send(self, event: Event) -> None:
         headers, body = encode(event, "structured")
         self._client.xadd(self.stream, {"event": body, "type": event.type.value})
+
+
+class PatientSink:
+    """Sends through ``sink``, waiting out an outage of up to ``give_up_after`` seconds (Redis
+    restarting, a selector rolling out) instead of failing the sender: for a trainer whose
+    model is done and must not be trained again because the hand-off was briefly away."""
+
+    def __init__(self, sink: Sink, give_up_after: float = 900.0, *, first_wait: float = 0.5,
+                 max_wait: float = 15.0, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._sink = sink
+        self._give_up_after = give_up_after
+        self._first_wait, self._max_wait = first_wait, max_wait
+        self._sleep, self._clock = sleep, clock
+
+    def send(self, event: Event) -> None:
+        deadline = self._clock() + self._give_up_after
+        wait = self._first_wait
+        while True:
+            try:
+                self._sink.send(event)
+                return
+            except SinkRejectedError:
+                raise  # refused, not away: waiting will not change the answer
+            except (redis.RedisError, SinkUnavailableError, OSError) as exc:
+                if self._clock() + wait > deadline:
+                    raise SinkUnavailableError(getattr(self._sink, "url", "stream"),
+                                               f"gave up after {self._give_up_after:.0f}s: {exc}") from exc
+                log.warning("cannot send %s yet (%s); retrying in %.1fs", event.id, exc, wait)
+                self._sleep(wait)
+                wait = min(wait * 2, self._max_wait)
 
 
 def read_stream(client: redis.Redis, stream: str = "retrain:events") -> list[dict[str, object]]:

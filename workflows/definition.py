@@ -50,7 +50,7 @@ class ClusterNames:
     trainer_service_account: str = "retrain-trainer"
     volume_claim: str = "retrain-data"
     config_map: str = "retrain-config"
-    model_trained_sink: str = "http://retrain-selector.retrain.svc:8090/events"
+    model_trained_sink: str = "stream"  # the Redis stream the selector consumes (--stream)
 
 
 def _container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,

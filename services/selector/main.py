@@ -71,6 +71,21 @@ def build_selector(settings: Settings, client: redis.Redis, emit: Callable[[Even
                     champion_policy(settings))
 
 
+def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], None]:
+    """What the selector does with each entry of the stream: judge a ``model.trained`` it has
+    not judged yet, and remember it only then. The stream acknowledges the entry after this
+    returns; a selector that dies mid-judgement leaves it pending, and the next one to claim
+    it judges it (marking it first would have skipped it as a duplicate)."""
+
+    def judge(event: Event) -> None:
+        if event.type is not EventType.MODEL_TRAINED or dedup.seen(event):
+            return
+        selector.handle(event)
+        dedup.remember(event)
+
+    return judge
+
+
 def serve(settings: Settings, *, stream: bool = False) -> None:
     """``retrain select serve``: judge ``model.trained`` CloudEvents from ``POST /events``
     (and with ``stream`` from the Redis stream the local stack writes) until stopped."""
@@ -79,12 +94,9 @@ def serve(settings: Settings, *, stream: bool = False) -> None:
         dedup = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector")
         stop = threading.Event()
         if stream:
-            def judge(event: Event) -> None:
-                if event.type is EventType.MODEL_TRAINED and dedup.first_time(event):
-                    selector.handle(event)
-
             consumer = StreamConsumer(handle.client, STREAM, "selector",
-                                      f"{socket.gethostname()}-{os.getpid()}", judge)
+                                      f"{socket.gethostname()}-{os.getpid()}",
+                                      judge_once(selector, dedup))
             threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True).start()
         try:
             serve_forever(create_app(selector, dedup, settings.api_keys),

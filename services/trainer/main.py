@@ -4,7 +4,10 @@ and a TFJob's pods all call.
 With ``workers > 1`` it launches that many local processes on 127.0.0.1 (each running this
 same entry as one worker of the cluster its TF_CONFIG describes); otherwise it trains in
 this process, reporting progress to Redis when ``RETRAIN_REDIS_URL`` is set and sending
-``model.trained`` to ``options.sink`` when given.
+``model.trained`` to ``options.sink`` when given: an HTTP endpoint, or (``stream``) the
+Redis stream the selector consumes with a consumer group, written durably and waited for
+while Redis is briefly away, so a finished model is never trained again because the
+selector was down.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 
 from core.errors import ConfigurationError
 from core.settings import Settings
-from services.trainer.options import TrainOptions
+from services.trainer.options import STREAM_SINK, TrainOptions
 
+STREAM_PATIENCE_SECONDS = 900.0  # a Redis outage the finished model waits out
 SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest")
 
 
@@ -36,17 +40,24 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
         return {k: result[k] for k in SUMMARY}
 
     from core.redis_store import connect
-    from events.sinks import HttpSink
+    from events.sinks import HttpSink, PatientSink, RedisStreamSink
     from services.trainer.process import run as run_process
     from services.trainer.train import TrainConfig
 
     client = connect(settings.redis_url) if settings.redis_url else None
+    sink = None
+    if options.sink == STREAM_SINK:  # durable: the selector acknowledges after its decision
+        if client is None:
+            raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
+                                     "stream the selector reads)")
+        sink = PatientSink(RedisStreamSink(client), give_up_after=STREAM_PATIENCE_SECONDS)
+    elif options.sink:
+        sink = HttpSink(options.sink)
     config = TrainConfig(options.model, options.dataset, out, options.epochs,
                          options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
                          options.batch_size, options.learning_rate,
                          checkpoint_every=options.checkpoint_every, warm_start=options.warm_start)
-    trained = run_process(config, options.run_id, client,
-                          HttpSink(options.sink) if options.sink else None)
+    trained = run_process(config, options.run_id, client, sink)
     return {"model_uri": trained.model_uri, "val_accuracy": trained.val_accuracy,
             "seconds": round(trained.seconds, 2), "workers": trained.workers,
             "resumed_from_step": trained.resumed_from_step,

@@ -32,6 +32,7 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("sink", "--sink"),
 )
 COMMAND = "train"
+STREAM_SINK = "stream"  # --sink stream: model.trained goes to the Redis stream retrain:events
 # how a process on this machine runs the ``retrain`` console script (the image's entry point)
 LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-m", "retrain.cli")
 
@@ -65,7 +66,7 @@ class TrainOptions:
     workers: int = 1  # local processes on 127.0.0.1 (all-reduce); a TFJob sets TF_CONFIG instead
     checkpoint_every: int | None = None  # steps between checkpoints; None: each epoch
     warm_start: str | None = None  # an exported model to start from, if the same variant
-    sink: str | None = None  # where model.trained / training.failed go
+    sink: str | None = None  # an HTTP URL, or "stream": the Redis stream the selector reads
 
     def argv(self) -> list[str]:
         """The ``retrain`` arguments that run this training; defaults that need no flag
@@ -100,6 +101,9 @@ class TrainOptions:
                 found.append(f"{name} {value}: must be at least {low}")
         if not 0 < self.learning_rate < 10:
             found.append(f"--learning-rate {self.learning_rate}: must be between 0 and 10")
+        if self.sink is not None and self.sink != STREAM_SINK and not self.sink.startswith(
+                ("http://", "https://")):
+            found.append(f"--sink {self.sink}: expected an http(s) URL or {STREAM_SINK!r}")
         if self.workers > 1 and tf_config:
             found.append("--workers: TF_CONFIG already describes the cluster (as in a TFJob)")
         return found

@@ -154,3 +154,20 @@ def test_model_trained_is_emitted_with_its_fields(ingested, tmp_path, r):
     assert data["dataset_uri"] == ingested and len(data["dataset_digest"]) == 64
     assert data["val_accuracy"] == result.val_accuracy and data["val_loss"] == result.val_loss
     assert data["workers"] == 1 and data["steps"] == 6 and data["seconds"] > 0
+
+
+def test_retrain_train_hands_model_trained_to_the_selectors_stream(ingested, tmp_path, r,
+                                                                   redis_handle):
+    from events.sinks import read_stream
+
+    done = _retrain("train", "--model", "cnn", "--dataset", ingested, "--out",
+                    str(tmp_path / "m" / "model"), "--steps-per-epoch", "4", "--batch-size", "32",
+                    "--run-id", "run-s", "--sink", "stream",
+                    env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [event] = [e for e in read_stream(r) if e["type"] == "dev.retrain.model.trained"]
+    assert event["id"] == "run-s/cnn/trained" and event["data"]["steps"] == 4
+    refused = _retrain("train", "--model", "cnn", "--dataset", ingested, "--out",
+                       str(tmp_path / "n" / "model"), "--sink", "stream",
+                       env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": ""})
+    assert refused.returncode == 2 and "--sink stream needs RETRAIN_REDIS_URL" in refused.stderr
