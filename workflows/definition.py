@@ -27,9 +27,10 @@ from hera.workflows import (
     Parameter,
     Resource,
     RetryStrategy,
+    SecretEnv,
     WorkflowTemplate,
 )
-from hera.workflows.models import Backoff, PodGC, TTLStrategy, VolumeMount
+from hera.workflows.models import Backoff, Metadata, PodGC, TTLStrategy, VolumeMount
 
 from services.trainer.options import train_argv
 
@@ -51,6 +52,23 @@ class ClusterNames:
     volume_claim: str = "retrain-data"
     config_map: str = "retrain-config"
     model_trained_sink: str = "stream"  # the Redis stream the selector consumes (--stream)
+    redis_secret: str = "retrain-redis"  # key url: RETRAIN_REDIS_URL, with its password
+    api_keys_secret: str = "retrain-api-keys"  # key keys: RETRAIN_API_KEYS, sent with events
+
+
+# every pod of the workflow and its TFJobs talks to Redis and may send events: the
+# NetworkPolicies (manifests/base/networkpolicies.yaml) admit pods by these labels
+POD_LABELS = {"retrain.dev/redis-client": "true", "retrain.dev/event-sender": "true"}
+
+
+def _secrets(names: ClusterNames) -> list[tuple[str, str, str]]:
+    """(variable, Secret, key) of what no ConfigMap may hold."""
+    return [("RETRAIN_REDIS_URL", names.redis_secret, "url"),
+            ("RETRAIN_API_KEYS", names.api_keys_secret, "keys")]
+
+
+def _secret_env(names: ClusterNames) -> list[SecretEnv]:
+    return [SecretEnv(name=n, secret_name=s, secret_key=k) for n, s, k in _secrets(names)]
 
 
 def _container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,
@@ -65,7 +83,7 @@ def _container(name: str, args: list[str], names: ClusterNames, cpu: str, memory
         args=args,
         inputs=inputs,
         outputs=[Parameter(name=o, value_from={"path": f"{OUTPUTS}/{o}"}) for o in outputs or []],
-        env=[Env(name="RETRAIN_HOME", value=HOME)],
+        env=[Env(name="RETRAIN_HOME", value=HOME), *_secret_env(names)],
         env_from=[ConfigMapEnvFrom(name=names.config_map)],
         volume_mounts=[VolumeMount(name="data", mount_path=HOME)],
         resources=Resources(cpu_request=cpu, memory_request=memory, memory_limit=memory),
@@ -95,12 +113,15 @@ def tfjob_manifest(names: ClusterNames) -> str:
             "sink": names.model_trained_sink,
         }),
         "env": [{"name": "RETRAIN_HOME", "value": HOME},
-                {"name": "TF_USE_LEGACY_KERAS", "value": "1"}],
+                {"name": "TF_USE_LEGACY_KERAS", "value": "1"},
+                *({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                  for name, secret, key in _secrets(names))],
         "envFrom": [{"configMapRef": {"name": names.config_map}}],
         "volumeMounts": [{"name": "data", "mountPath": HOME}],
         "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
     }
     pod = {
+        "metadata": {"labels": dict(POD_LABELS)},
         "spec": {
             "serviceAccountName": names.trainer_service_account,
             "containers": [trainer],
@@ -173,6 +194,7 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
         pod_gc=PodGC(strategy="OnPodSuccess"),
         ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
         active_deadline_seconds=6 * 3600,
+        pod_metadata=Metadata(labels=dict(POD_LABELS)),
     ) as template:
         plan = _container(
             "plan",

@@ -46,11 +46,12 @@ def _emit_outputs(outputs: dict[str, object], folder: Path | None) -> None:
     print(json.dumps(outputs))
 
 
-def _send(sink: str | None, event: object) -> None:
+def _send(settings: Any, sink: str | None, event: object) -> None:
     if sink:
         from events.sinks import HttpSink
 
-        HttpSink(sink).send(event)  # type: ignore[arg-type]
+        key = settings.api_keys[0] if settings.api_keys else None  # what a receiver requires
+        HttpSink(sink, api_key=key).send(event)  # type: ignore[arg-type]
 
 
 @step_app.command("plan")
@@ -98,7 +99,7 @@ def check_cache(
     entry = check.decision.entry
     dataset_uri = entry.dataset_uri if entry else str(settings.store_dir / "datasets" / check.key)
     if entry is not None:
-        _send(sink, ingestion_skipped(run_id, fp.digest, entry, check.decision.reason))
+        _send(settings, sink, ingestion_skipped(run_id, fp.digest, entry, check.decision.reason))
     _emit_outputs({"hit": "true" if check.decision.hit else "false",
                    "reason": check.decision.reason, "key": check.key, "digest": fp.digest,
                    "dataset-uri": dataset_uri}, outputs)
@@ -135,10 +136,10 @@ def ingest(
             outcome = steps.ingest_step(ContentCache(handle.client, settings.cache_ttl_seconds),
                                         root, settings.store_dir, fp, key)
         except DatasetValidationError as exc:
-            _send(sink, ingestion_failed(run_id, data, exc))
+            _send(settings, sink, ingestion_failed(run_id, data, exc))
             raise
     if outcome.result is not None:
-        _send(sink, ingestion_completed(run_id, fp.digest, outcome.entry, outcome.result))
+        _send(settings, sink, ingestion_completed(run_id, fp.digest, outcome.entry, outcome.result))
     _emit_outputs({"dataset-uri": outcome.entry.dataset_uri, "records": outcome.entry.records,
                    "ingested": "true" if outcome.ingested else "false"}, outputs)
 

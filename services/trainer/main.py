@@ -51,8 +51,8 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
             raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
                                      "stream the selector reads)")
         sink = PatientSink(RedisStreamSink(client), give_up_after=STREAM_PATIENCE_SECONDS)
-    elif options.sink:
-        sink = HttpSink(options.sink)
+    elif options.sink:  # presents the API key the receiver requires (RETRAIN_API_KEYS)
+        sink = HttpSink(options.sink, api_key=settings.api_keys[0] if settings.api_keys else None)
     config = TrainConfig(options.model, options.dataset, out, options.epochs,
                          options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
                          options.batch_size, options.learning_rate,

@@ -139,7 +139,8 @@ def test_every_url_points_at_a_service_port_that_exists(overlay):
     _, docs = overlay
     ports = _service_ports(docs)
     text = yaml.safe_dump_all(docs) + tfjob_manifest(ClusterNames())
-    urls = set(re.findall(r"(?:http|redis)://([a-z0-9-]+)\.retrain\.svc:(\d+)(/[\w/-]*)?", text))
+    urls = set(re.findall(r"(?:http|redis)://(?:[^@/\s]*@)?([a-z0-9-]+)\.retrain\.svc:(\d+)(/[\w/-]*)?",
+                          text))
     assert len(urls) >= 4
     for host, port, path in urls:
         assert int(port) in ports.get(host, set()), f"{host}:{port} is not a service port"
@@ -278,3 +279,74 @@ def test_argos_own_schema_checks_the_workflow_template(overlay):
     messages = sorted(e.message for e in validator.iter_errors(template))
     assert any("'limitt' was unexpected" in m for m in messages)
     assert any("'six hours' is not of type 'integer'" in m for m in messages)
+
+
+def _env(container):
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _pods(docs):
+    """name -> (pod labels, container env by name) of every pod the deployment makes."""
+    pods = {}
+    for name, deployment in _by_kind(docs, "Deployment").items():
+        template = deployment["spec"]["template"]
+        pods[name] = (template["metadata"].get("labels", {}),
+                      _env(template["spec"]["containers"][0]))
+    workflow = _by_kind(docs, "WorkflowTemplate")["retrain"]["spec"]
+    step = next(t for t in workflow["templates"] if t["name"] == "check-cache")
+    pods["workflow-step"] = (workflow["podMetadata"]["labels"], _env(step["container"]))
+    tfjob = _tfjob()["spec"]["tfReplicaSpecs"]["Worker"]["template"]
+    pods["tfjob-worker"] = (tfjob["metadata"]["labels"], _env(tfjob["spec"]["containers"][0]))
+    for kind in ("EventSource", "Sensor"):
+        for name, doc in _by_kind(docs, kind).items():
+            labels = doc["spec"].get("template", {}).get("metadata", {}).get("labels", {})
+            pods[f"{kind}/{name}"] = (labels, {})
+    return pods
+
+
+def _secret(env, name):
+    ref = env.get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+    return (ref["name"], ref["key"]) if ref else None
+
+
+def test_redis_needs_its_password_and_clients_take_the_url_from_the_same_secret(overlay):
+    _, docs = overlay
+    assert "RETRAIN_REDIS_URL" not in _by_kind(docs, "ConfigMap")["retrain-config"]["data"]
+    redis = _by_kind(docs, "Deployment")["retrain-redis"]["spec"]["template"]["spec"]["containers"][0]
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert _secret(_env(redis), "REDIS_PASSWORD") == ("retrain-redis", "password")
+    clients = {name: _secret(env, "RETRAIN_REDIS_URL") for name, (_, env) in _pods(docs).items()
+               if "RETRAIN_REDIS_URL" in env}
+    assert clients == dict.fromkeys(["retrain-watcher", "retrain-selector", "workflow-step",
+                                     "tfjob-worker"], ("retrain-redis", "url"))
+    secret = _by_kind(docs, "Secret")["retrain-redis"]["stringData"]
+    assert f"redis://:{secret['password']}@retrain-redis.retrain.svc:6379/" in secret["url"]
+
+
+def test_network_policies_admit_exactly_the_pods_that_need_each_service(overlay):
+    _, docs = overlay
+    pods = _pods(docs)
+    needs = {"retrain-redis": {"retrain-watcher", "retrain-selector", "workflow-step", "tfjob-worker"},
+             "retrain-selector": {"workflow-step", "tfjob-worker"},
+             "retrain-watcher": {"Sensor/retrain-rescan"},
+             "retrain-webhook-eventsource": {"retrain-watcher"}}
+    policies = _by_kind(docs, "NetworkPolicy")
+    assert set(policies) == set(needs)
+    for name, policy in policies.items():
+        guarded = {p for p, (labels, _) in pods.items()
+                   if policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()}
+        assert len(guarded) == 1, (name, guarded)  # each policy guards one service's pods
+        admitted = {p for p, (labels, _) in pods.items() for rule in policy["spec"]["ingress"]
+                    for source in rule["from"] if "podSelector" in source
+                    and source["podSelector"]["matchLabels"].items() <= labels.items()}
+        assert admitted == needs[name], name
+
+
+def test_every_sender_and_receiver_of_events_has_its_api_key_from_a_secret(overlay):
+    _, docs = overlay
+    keys = {name: _secret(env, "RETRAIN_API_KEYS") for name, (_, env) in _pods(docs).items()
+            if not name.startswith(("EventSource/", "Sensor/", "retrain-redis"))}
+    assert keys == {"retrain-selector": ("retrain-api-keys", "keys"),
+                    "workflow-step": ("retrain-api-keys", "keys"),
+                    "tfjob-worker": ("retrain-api-keys", "keys"),
+                    "retrain-watcher": ("retrain-webhook-token", "token")}

@@ -67,3 +67,35 @@ def test_explaining_changes_nothing(r, dataset, tmp_path):
     # a stale entry is explained as a miss but left for the run to replace
     assert not steps.explain_cache(cache, dataset, fp, Policy.parse("max-age=0s")).decision.hit
     assert cache.get(key) is not None
+
+
+def test_a_step_presents_the_api_key_its_receiver_requires(r, redis_handle, dataset, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from core.http import BackgroundServer, bind
+    from events.dedup import Deduplicator
+    from workflows.trigger import create_app
+
+    received = []
+    receiver = BackgroundServer(create_app(Deduplicator(r, 600, "keyed"), received.append,
+                                           api_keys=("k-123",)),
+                                bind("127.0.0.1", 0, "receiver"), "receiver").start()
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_REDIS_URL": redis_handle.url,
+           "RETRAIN_API_KEYS": "k-123"}
+
+    def step(*args):
+        done = subprocess.run([sys.executable, "-m", "retrain.cli", "step", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    try:
+        key = step("check-cache", "--data", str(dataset))["key"]
+        step("ingest", "--data", str(dataset), "--key", key, "--run-id", "wf-1",
+             "--sink", receiver.url + "/events")
+    finally:
+        receiver.stop()
+    assert [e.type.value for e in received] == ["dev.retrain.ingestion.completed"]
