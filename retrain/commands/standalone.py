@@ -38,14 +38,18 @@ def watch(
 
 
 def serve(
-    model_repo: Annotated[Optional[Path], typer.Option(help="model repository root")] = None,
+    model_repo: Annotated[Optional[Path], typer.Option(help="model repository root (versions under fashion-mnist/)")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(help="the versions themselves, as KServe's storage initializer lays them out (/mnt/models)")] = None,
     port: Optional[int] = None,
 ) -> None:
     """Serve the newest model version (KServe V1 and Open Inference Protocol V2)."""
     setup_logging(True)
+    from core.errors import ConfigurationError
     from services.serving import main as serving
 
-    serving.run(load_settings(serve_port=port), model_repo)
+    if model_repo is not None and model_dir is not None:
+        raise ConfigurationError("give --model-repo or --model-dir, not both")
+    serving.run(load_settings(serve_port=port), model_repo, model_dir=model_dir)
 
 
 def train(

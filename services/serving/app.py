@@ -123,10 +123,13 @@ def _v2_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
 
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
                limiter: RateLimiter | None = None,
-               batching: BatchConfig | None = BatchConfig()) -> FastAPI:
+               batching: BatchConfig | None = BatchConfig(),
+               model_dir: Path | None = None) -> FastAPI:
     """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints;
-    ``batching`` (None: every request is its own model call) groups concurrent requests."""
-    holder = ModelHolder(model_repo / model_name)
+    ``batching`` (None: every request is its own model call) groups concurrent requests.
+    The versions are read from ``model_repo/model_name/<version>/``, or, with ``model_dir``,
+    from ``model_dir/<version>/`` (where KServe's storage initializer puts them)."""
+    holder = ModelHolder(model_dir or model_repo / model_name)
     registry = CollectorRegistry()
     batch_sizes = Histogram("retrain_serving_batch_size", "Images per model call",
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=registry)

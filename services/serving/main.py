@@ -22,15 +22,17 @@ def batch_config(settings: Settings) -> BatchConfig | None:
 
 
 def create_server(settings: Settings, model_repo: Path | None = None, *,
-                  poll_seconds: float = 1.0) -> FastAPI:
-    """The server over ``model_repo`` (default: the settings' repository) with the configured
-    rate limits and batching."""
+                  poll_seconds: float = 1.0, model_dir: Path | None = None) -> FastAPI:
+    """The server over ``model_repo`` (default: the settings' repository), or over the
+    versions directly under ``model_dir``, with the configured rate limits and batching."""
     limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
     return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
-                      limiter=limiter, batching=batch_config(settings))
+                      limiter=limiter, batching=batch_config(settings), model_dir=model_dir)
 
 
-def run(settings: Settings, model_repo: Path | None = None) -> None:
-    """``retrain serve``: serve the newest model version on ``settings.serve_port`` until stopped."""
-    serve_forever(create_server(settings, model_repo), settings.host, settings.serve_port,
-                  "model server")
+def run(settings: Settings, model_repo: Path | None = None, *,
+        model_dir: Path | None = None) -> None:
+    """``retrain serve``: serve the newest model version on ``settings.serve_port`` until
+    stopped (as KServe's predictor: ``model_dir=/mnt/models``)."""
+    serve_forever(create_server(settings, model_repo, model_dir=model_dir), settings.host,
+                  settings.serve_port, "model server")

@@ -58,6 +58,20 @@ def _set_images(value: Any, images: list[Doc]) -> Any:
     return value
 
 
+def _set_pod_images(doc: Doc, images: list[Doc]) -> Doc:
+    """kustomize's default image paths on a kind it does not know: ``spec.containers[]`` and
+    ``spec.initContainers[]`` (a ServingRuntime's, say), nothing deeper."""
+    spec = doc.get("spec")
+    if not isinstance(spec, dict) or not any(k in spec for k in ("containers", "initContainers")):
+        return doc
+    out = copy.deepcopy(doc)
+    for key in ("containers", "initContainers"):
+        for container in out["spec"].get(key, []):
+            if isinstance(container.get("image"), str):
+                container["image"] = _image(container["image"], images)
+    return out
+
+
 def _image(reference: str, images: list[Doc]) -> str:
     name, _, tag = reference.partition(":")
     for rule in images:
@@ -94,8 +108,9 @@ def build(folder: Path) -> list[Doc]:
         for doc in docs:
             if doc["kind"] not in CLUSTER_SCOPED:
                 doc["metadata"]["namespace"] = spec["namespace"]
-    if spec.get("images"):  # as kustomize does: the workload kinds it knows, not custom ones
-        docs = [_set_images(d, spec["images"]) if d["kind"] in WORKLOADS else d for d in docs]
+    if spec.get("images"):  # as kustomize does: the workload kinds it knows, and any kind's
+        docs = [_set_images(d, spec["images"]) if d["kind"] in WORKLOADS  # spec.containers
+                else _set_pod_images(d, spec["images"]) for d in docs]
     seen = set()
     for doc in docs:
         key = (*_identity(doc), doc["metadata"].get("namespace", ""))

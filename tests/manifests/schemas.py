@@ -76,6 +76,40 @@ def _argo_events_validator(kind: str) -> jsonschema.Validator:
     return jsonschema.Draft7Validator(root)
 
 
+# No ServingRuntime CRD is among the released schemas we have: its fields are checked against
+# KServe's v1alpha1 ServingRuntimeSpec as documented, and its containers against the container
+# schema inside KServe's own InferenceService CRD (the same Kubernetes Container type).
+SERVING_RUNTIME_SPEC = {"supportedModelFormats", "protocolVersions", "containers", "multiModel",
+                        "disabled", "grpcEndpoint", "grpcDataEndpoint", "httpDataEndpoint",
+                        "replicas", "storageHelper", "builtInAdapter", "volumes", "nodeSelector",
+                        "affinity", "tolerations", "labels", "annotations", "imagePullSecrets",
+                        "hostIPC", "workerSpec"}
+MODEL_FORMAT = {"name", "version", "autoSelect", "priority"}
+PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
+
+
+def _serving_runtime_problems(doc: dict[str, Any]) -> list[str]:
+    found = [f"(root): unexpected {k!r}" for k in set(doc) - {"apiVersion", "kind", "metadata", "spec"}]
+    spec = doc.get("spec", {})
+    found += [f"spec: unexpected {k!r}" for k in sorted(set(spec) - SERVING_RUNTIME_SPEC)]
+    for i, fmt in enumerate(spec.get("supportedModelFormats", [])):
+        found += [f"spec.supportedModelFormats.{i}: unexpected {k!r}" for k in sorted(set(fmt) - MODEL_FORMAT)]
+        if not isinstance(fmt.get("name"), str):
+            found.append(f"spec.supportedModelFormats.{i}.name is required")
+    found += [f"spec.protocolVersions: unknown {v!r}" for v in spec.get("protocolVersions", [])
+              if v not in PROTOCOLS]
+    crd = yaml.safe_load(_read("kserve-v0.20.0-inferenceservices-crd.yaml.gz"))
+    [entry] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+    container = entry["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "predictor"]["properties"]["containers"]["items"]
+    validator = jsonschema.Draft7Validator(_strict(copy.deepcopy(container)))
+    if not spec.get("containers"):
+        found.append("spec.containers: at least one is required")
+    for i, c in enumerate(spec.get("containers", [])):
+        found += [f"spec.containers.{i}.{e}" for e in _errors(validator, c)]
+    return found
+
+
 def _errors(validator: jsonschema.Validator, doc: Any) -> list[str]:
     return sorted(f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
                   for e in validator.iter_errors(doc))
@@ -88,6 +122,8 @@ def problems(doc: dict[str, Any]) -> list[str]:
         return _errors(_crd_validator("kubeflow-tfjobs-crd-v1.9.0.yaml.gz", "v1"), doc)
     if api == "serving.kserve.io/v1beta1" and kind == "InferenceService":
         return _errors(_crd_validator("kserve-v0.20.0-inferenceservices-crd.yaml.gz", "v1beta1"), doc)
+    if api == "serving.kserve.io/v1alpha1" and kind == "ServingRuntime":
+        return _serving_runtime_problems(doc)
     if api == "argoproj.io/v1alpha1" and kind in ("EventBus", "EventSource", "Sensor"):
         return _errors(_argo_events_validator(kind), doc)
     if api == "argoproj.io/v1alpha1" and kind in ("WorkflowTemplate", "Workflow"):

@@ -60,6 +60,9 @@ def command_lines(docs):
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             if "retrain" in container["image"] and "command" not in container:
                 yield f"Deployment/{name}", container["args"]
+    for name, runtime in _by_kind(docs, "ServingRuntime").items():
+        for container in runtime["spec"]["containers"]:
+            yield f"ServingRuntime/{name}", container["args"]
     for step in template["spec"]["templates"]:
         container = step.get("container")
         if container and container.get("command") == ["retrain"]:
@@ -77,6 +80,7 @@ def test_every_command_line_in_the_manifests_is_accepted_by_the_cli(overlay):
     assert accepted == {
         "Deployment/retrain-watcher": "watch",
         "Deployment/retrain-selector": "select serve",
+        "ServingRuntime/retrain-server": "serve",
         "WorkflowTemplate step plan": "step plan",
         "WorkflowTemplate step check-cache": "step check-cache",
         "WorkflowTemplate step ingest": "step ingest",

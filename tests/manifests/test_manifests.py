@@ -350,3 +350,30 @@ def test_every_sender_and_receiver_of_events_has_its_api_key_from_a_secret(overl
                     "workflow-step": ("retrain-api-keys", "keys"),
                     "tfjob-worker": ("retrain-api-keys", "keys"),
                     "retrain-watcher": ("retrain-webhook-token", "token")}
+
+
+def test_the_predictor_is_our_model_server_with_the_metrics_the_canary_reads(overlay):
+    _, docs = overlay
+    isvc = _by_kind(docs, "InferenceService")["fashion-mnist"]["spec"]["predictor"]["model"]
+    runtime = _by_kind(docs, "ServingRuntime")[isvc["runtime"]]
+    assert isvc["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    [server] = runtime["spec"]["containers"]
+    assert server["args"][:3] == ["serve", "--model-dir", "/mnt/models"]  # the storage initializer's copy
+    assert server["image"] == _by_kind(docs, "Deployment")["retrain-selector"]["spec"]["template"][
+        "spec"]["containers"][0]["image"]  # the project's image, as every other service
+    from services.selector.kserve import ScrapedHealth
+
+    health = ScrapedHealth("http://canary/metrics")  # what the selector reads by default
+    assert (health._requests, health._latency) == ("retrain_serving_requests_total",
+                                                   "retrain_serving_latency_seconds")
+
+
+def test_a_serving_runtime_typo_fails():
+    docs = build(ROOT / "manifests" / "overlays" / "local")
+    runtime = copy.deepcopy(_by_kind(docs, "ServingRuntime")["retrain-server"])
+    assert problems(runtime) == []
+    runtime["spec"]["containers"][0]["imagee"] = "x"
+    runtime["spec"]["supportedModelFormat"] = []
+    found = problems(runtime)
+    assert any("'imagee' was unexpected" in p for p in found)
+    assert any("supportedModelFormat'" in p for p in found)
