@@ -17,7 +17,12 @@ COPY retrain ./retrain
 RUN sh scripts/install.sh pip .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 retrain
+# git: the watcher's Git mode (retrain watch --git) fetches the dataset repository with it
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 retrain
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     TF_USE_LEGACY_KERAS=1 \

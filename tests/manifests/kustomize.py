@@ -40,12 +40,13 @@ def merge(base: Any, patch: Any) -> Any:
             and all(isinstance(x, dict) and "name" in x for x in base + patch)):
         out = copy.deepcopy(base)
         index = {item["name"]: i for i, item in enumerate(out)}
+        added = []
         for item in patch:
             if item["name"] in index:
                 out[index[item["name"]]] = merge(out[index[item["name"]]], item)
             else:
-                out.append(copy.deepcopy(item))
-        return out
+                added.append(copy.deepcopy(item))
+        return added + out  # as kustomize (v2 and v5) orders them: the patch's new items first
     return copy.deepcopy(patch)
 
 

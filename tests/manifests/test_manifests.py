@@ -16,7 +16,7 @@ from tests.manifests.schemas import problems
 from workflows.definition import WORKFLOW_NAME_TEMPLATE, ClusterNames, tfjob_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = ["local", "production"]
+OVERLAYS = ["local", "production", "local-bucket", "production-git"]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -32,6 +32,8 @@ def _pod_specs(docs):
     """(owner, pod spec) of every Deployment, and of the TFJob the workflow creates."""
     for deployment in _by_kind(docs, "Deployment").values():
         yield deployment["metadata"]["name"], deployment["spec"]["template"]["spec"]
+    for job in _by_kind(docs, "Job").values():
+        yield job["metadata"]["name"], job["spec"]["template"]["spec"]
     yield "tfjob", _tfjob()["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
 
 
@@ -116,7 +118,7 @@ def test_names_refer_to_objects_that_exist(overlay):
     assert used_accounts <= accounts, used_accounts - accounts  # no pod runs as "default"
     assert used_claims <= claims and used_maps <= config_maps
     missing = [(n, k) for n, k in used_secrets if k not in secrets.get(n, set())]
-    assert missing == [] and len(used_secrets) >= 6
+    assert missing == [] and len(used_secrets) >= 5
     isvc = _by_kind(docs, "InferenceService")["fashion-mnist"]
     uri = isvc["spec"]["predictor"]["model"]["storageUri"]
     assert uri.split("/")[2] in claims and uri.endswith("/models/fashion-mnist")
@@ -247,6 +249,8 @@ def test_the_dockerfile_is_lint_clean_and_installs_as_the_makefile_does():
     assert "\tsh scripts/install.sh $(BIN)/pip -e '.[test]'" in makefile
     assert re.search(r"^USER \d+$", dockerfile, re.M) and 'ENTRYPOINT ["retrain"]' in dockerfile
     assert dockerfile.count("\nFROM ") == 2  # multi-stage
+    runtime = dockerfile.split("\nFROM ")[-1]
+    assert "apt-get install" in runtime and " git " in runtime  # retrain watch --git runs git
 
 
 def test_liveness_is_not_readiness(overlay):
@@ -260,8 +264,9 @@ def test_liveness_is_not_readiness(overlay):
             ready = container.get("readinessProbe", {}).get("httpGet")
             if live or ready:
                 probed[name] = (live and live["path"], ready and ready["path"])
-    assert probed == {"retrain-watcher": ("/livez", "/healthz"),
-                      "retrain-selector": ("/livez", "/healthz")}
+    assert {name: paths for name, paths in probed.items() if name != "retrain-minio"} == {
+        "retrain-watcher": ("/livez", "/healthz"), "retrain-selector": ("/livez", "/healthz")}
+    assert all(live != ready for live, ready in probed.values())
 
 
 def test_argos_own_schema_checks_the_workflow_template(overlay):
@@ -328,7 +333,7 @@ def test_network_policies_admit_exactly_the_pods_that_need_each_service(overlay)
     pods = _pods(docs)
     needs = {"retrain-redis": {"retrain-watcher", "retrain-selector", "workflow-step", "tfjob-worker"},
              "retrain-selector": {"workflow-step", "tfjob-worker"},
-             "retrain-watcher": {"Sensor/retrain-rescan"},
+             "retrain-watcher": {"Sensor/retrain-rescan"} | ({"retrain-minio"} & set(pods)),
              "retrain-webhook-eventsource": {"retrain-watcher"}}
     policies = _by_kind(docs, "NetworkPolicy")
     assert set(policies) == set(needs)
@@ -345,7 +350,7 @@ def test_network_policies_admit_exactly_the_pods_that_need_each_service(overlay)
 def test_every_sender_and_receiver_of_events_has_its_api_key_from_a_secret(overlay):
     _, docs = overlay
     keys = {name: _secret(env, "RETRAIN_API_KEYS") for name, (_, env) in _pods(docs).items()
-            if not name.startswith(("EventSource/", "Sensor/", "retrain-redis"))}
+            if not name.startswith(("EventSource/", "Sensor/", "retrain-redis", "retrain-minio"))}
     assert keys == {"retrain-selector": ("retrain-api-keys", "keys"),
                     "workflow-step": ("retrain-api-keys", "keys"),
                     "tfjob-worker": ("retrain-api-keys", "keys"),
@@ -377,3 +382,36 @@ def test_a_serving_runtime_typo_fails():
     found = problems(runtime)
     assert any("'imagee' was unexpected" in p for p in found)
     assert any("supportedModelFormat'" in p for p in found)
+
+
+@pytest.mark.parametrize(("name", "mode"), [("local", "--data"), ("production", "--data"),
+                                            ("local-bucket", "--s3"), ("production-git", "--git")])
+def test_each_overlay_fills_the_watched_folder_from_its_source(name, mode):
+    docs = build(ROOT / "manifests" / "overlays" / name)
+    watcher = _by_kind(docs, "Deployment")["retrain-watcher"]["spec"]["template"]["spec"]["containers"][0]
+    env = _env(watcher)
+    assert watcher["args"][:2] == ["watch", mode]
+    if mode == "--git":  # pushes reach the watcher from outside, signed
+        assert _secret(env, "RETRAIN_GITHUB_WEBHOOK_SECRET") == ("retrain-github", "webhook-secret")
+        [rule] = _by_kind(docs, "Ingress")["retrain-webhooks"]["spec"]["rules"]
+        [path] = rule["http"]["paths"]
+        assert path["path"] == "/webhooks/" and path["backend"]["service"] == {
+            "name": "retrain-watcher", "port": {"number": 8081}}
+    if mode == "--s3":  # the bucket is deployed here and notifies the watcher with its token
+        minio = _by_kind(docs, "Deployment")["retrain-minio"]["spec"]["template"]["spec"]["containers"][0]
+        minio_env = _env(minio)
+        endpoint = watcher["args"][watcher["args"].index("--s3-endpoint") + 1]
+        assert endpoint == "http://retrain-minio.retrain.svc:9000"
+        assert minio_env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_RETRAIN"]["value"] == (
+            "http://retrain-watcher.retrain.svc:8081/webhooks/s3")
+        assert _secret(env, "RETRAIN_S3_WEBHOOK_TOKEN") == ("retrain-minio-webhook", "token")
+        token = _by_kind(docs, "Secret")["retrain-minio-webhook"]["stringData"]
+        assert _secret(minio_env, "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_RETRAIN") == (
+            "retrain-minio-webhook", "authorization")
+        assert token["authorization"] == f"Bearer {token['token']}"
+        assert _secret(env, "AWS_ACCESS_KEY_ID") == _secret(minio_env, "MINIO_ROOT_USER")
+    # no event source waits on a service that is not deployed (a MinIO EventSource once did)
+    services = set(_by_kind(docs, "Service"))
+    for source in _by_kind(docs, "EventSource").values():
+        assert not {"minio", "github"} & set(source["spec"]), source["metadata"]["name"]
+    assert "retrain-watcher" in services
