@@ -415,3 +415,12 @@ def test_each_overlay_fills_the_watched_folder_from_its_source(name, mode):
     for source in _by_kind(docs, "EventSource").values():
         assert not {"minio", "github"} & set(source["spec"]), source["metadata"]["name"]
     assert "retrain-watcher" in services
+
+
+def test_the_manifests_readme_names_every_object(overlay):
+    _, docs = overlay
+    table = (ROOT / "manifests" / "README.md").read_text().split("## Every object")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    missing = [f"{d['kind']} {d['metadata']['name']}" for d in docs
+               if not any(d["kind"] in row and f"`{d['metadata']['name']}`" in row for row in rows)]
+    assert missing == []
