@@ -12,20 +12,13 @@ from events.outbox import Outbox
 from events.sinks import RedisStreamSink, read_stream
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.watcher import DirectoryWatcher
-from tests.conftest import write_dataset
+from tests.conftest import wait_for, write_dataset
 
 pytestmark = pytest.mark.integration
 
 
 def _notification():
     return make_event("dataset.updated", {"uri": "remote", "trigger": "github"}, source="test")
-
-
-def _wait(condition, seconds=20):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_failed_sync_is_retried_and_its_change_still_arrives(r, tmp_path):
@@ -45,7 +38,7 @@ def test_a_failed_sync_is_retried_and_its_change_still_arrives(r, tmp_path):
                   first_backoff=0.05).start()
     try:
         jobs.put(_notification())
-        _wait(lambda: jobs.pending() == 0)  # acknowledged once the sync and its event are done
+        wait_for(lambda: jobs.pending() == 0)  # acknowledged once the sync and its event are done
         assert len(attempts) == 2
         [event] = read_stream(r)
         assert event["data"]["trigger"] == "github" and len(event["data"]["files"]["added"]) == 4
@@ -68,7 +61,7 @@ def test_a_storm_of_notifications_costs_few_syncs(r, tmp_path):
     try:
         for _ in range(200):
             jobs.put(_notification())
-        _wait(lambda: jobs.pending() == 0)
+        wait_for(lambda: jobs.pending() == 0)
         assert len(syncs) <= 3  # the first, and one covering everything queued meanwhile
         assert len(read_stream(r)) == 1
     finally:

@@ -21,7 +21,7 @@ from services.ingest_watcher.app import GitWebhooks, create_app
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.git import Clone, GitSource
 from services.ingest_watcher.watcher import DirectoryWatcher
-from tests.conftest import free_port, write_dataset
+from tests.conftest import free_port, wait_for, write_dataset
 from workflows.trigger import create_app as create_trigger
 
 pytestmark = pytest.mark.integration
@@ -109,13 +109,6 @@ def github(url, payload, event="push", delivery=None, secret=SECRET, body=None):
     if secret is not None:
         headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return httpx.post(url + "/webhooks/github", content=body, headers=headers, timeout=30)
-
-
-def wait_for(condition, seconds=30):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_push_to_the_dataset_emits_one_event_with_the_new_digest(stack, upstream):

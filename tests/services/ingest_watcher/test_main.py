@@ -4,12 +4,11 @@ install), is alive at once and ready only once the folder is there."""
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, write_dataset
+from tests.conftest import free_port, wait_for, write_dataset
 
 pytestmark = [pytest.mark.integration]
 
@@ -21,13 +20,6 @@ def _status(port, path):
         return None
 
 
-def _until(condition, seconds=30):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_a_watcher_started_before_its_data_is_alive_and_becomes_ready(tmp_path, redis_handle):
     data = tmp_path / "data" / "fashion-mnist"  # not there yet, as on a fresh volume
     port = free_port()
@@ -37,11 +29,11 @@ def test_a_watcher_started_before_its_data_is_alive_and_becomes_ready(tmp_path, 
                              "--sink", "http://127.0.0.1:9/events", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _until(lambda: _status(port, "/livez") == 200 or proc.poll() is not None)
+        wait_for(lambda: _status(port, "/livez") == 200 or proc.poll() is not None)
         assert proc.poll() is None, "the watcher exited without its data folder"
         assert _status(port, "/healthz") == 503  # alive, not ready: nothing to watch yet
         write_dataset(data, train=40, test=10)
-        _until(lambda: _status(port, "/healthz") == 200)
+        wait_for(lambda: _status(port, "/healthz") == 200)
         assert _status(port, "/livez") == 200
     finally:
         proc.terminate()

@@ -20,7 +20,7 @@ from services.ingest_watcher.app import BucketWebhooks, create_app
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.s3 import BucketMirror, BucketSource, Poller
 from services.ingest_watcher.watcher import DirectoryWatcher
-from tests.conftest import free_port, write_dataset
+from tests.conftest import free_port, wait_for, write_dataset
 from workflows.trigger import create_app as create_trigger
 
 pytestmark = pytest.mark.integration
@@ -98,13 +98,6 @@ def notify(st, body, token=TOKEN, raw=None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.post(st.url + "/webhooks/s3", content=raw if raw is not None else json.dumps(body),
                       headers={**headers, "Content-Type": "application/json"}, timeout=30)
-
-
-def wait_for(condition, seconds=30):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("origin, trigger", [("aws:s3", "s3"), ("minio:s3", "minio")])
