@@ -424,3 +424,27 @@ def test_the_manifests_readme_names_every_object(overlay):
     missing = [f"{d['kind']} {d['metadata']['name']}" for d in docs
                if not any(d["kind"] in row and f"`{d['metadata']['name']}`" in row for row in rows)]
     assert missing == []
+
+
+@pytest.mark.parametrize(("uri", "admitted"), [
+    ("/var/lib/retrain/data/fashion-mnist", True),
+    ("file:///var/lib/retrain/data/fashion-mnist", True),
+    ("/var/lib/retrain/git/0a1b2c3d4e5f/datasets/fashion-mnist", True),  # the watcher's clone
+    ("/var/lib/retrain/s3/9f8e7d6c5b4a/data", True),  # the watcher's bucket mirror
+    ("/etc/passwd", False),
+    ("/tmp/var/lib/retrain/data/x", False),  # unanchored, the old filter let this through
+    ("/var/lib/retrain/store/datasets/k", False),
+])
+def test_the_sensor_admits_the_watchers_folders_and_nothing_else(uri, admitted):
+    docs = build(ROOT / "manifests" / "overlays" / "local")
+    [dependency] = _by_kind(docs, "Sensor")["retrain-dataset"]["spec"]["dependencies"]
+    [pattern] = next(f for f in dependency["filters"]["data"] if f["path"] == "body.data.uri")["value"]
+    assert bool(re.search(pattern, uri)) is admitted  # Argo Events matches with Go's regexp
+
+
+def test_model_trained_travels_by_the_redis_stream_on_the_cluster(overlay):
+    _, docs = overlay
+    worker = _tfjob()["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    assert worker["args"][worker["args"].index("--sink") + 1] == "stream"
+    selector = _by_kind(docs, "Deployment")["retrain-selector"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--stream" in selector["args"]
