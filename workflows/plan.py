@@ -11,6 +11,7 @@ shared volume, fails the workflow at once with every problem named. Pure: no I/O
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -67,7 +68,7 @@ def data_uri_problem(data_uri: str, volume: str) -> str | None:
     parts = PurePosixPath(path).parts
     if not path.startswith("/") or "://" in path:
         return f"data URI {data_uri!r} is not an absolute path on the shared volume"
-    if any(part in (".", "..") or part.startswith(".") for part in parts[1:]):
+    if any(part.startswith(".") for part in parts[1:]):  # ".", "..", hidden folders
         return f"data URI {data_uri!r} has a hidden or relative component"
     if PurePosixPath(path) == PurePosixPath(volume) or not PurePosixPath(path).is_relative_to(volume):
         return f"data URI {data_uri!r} is outside the shared volume {volume}"
@@ -75,22 +76,21 @@ def data_uri_problem(data_uri: str, volume: str) -> str | None:
 
 
 def plan_run(parameters_json: str, data_uri: str, volume: str,
-             champion: tuple[str, str] | None = None) -> Plan:
-    """The run the event asks for. ``champion`` is (variant, model folder) of the model being
-    served; with ``warm_start``, that variant's training starts from it."""
+             champion: Callable[[], tuple[str, str] | None] = lambda: None) -> Plan:
+    """The run the event asks for, or every reason it cannot be run. ``champion`` looks up
+    (variant, model folder) of the model being served, only when ``warm_start`` asks for it;
+    that variant's training then starts from it."""
     problems = []
     try:
         params = parse_parameters(parameters_json)
     except PlanError as exc:
         problems.extend(exc.problems)
-        params = None
     uri_problem = data_uri_problem(data_uri, volume)
     if uri_problem:
         problems.append(uri_problem)
-    if problems or params is None:
+    if problems:
         raise PlanError(problems)
-    warm = {}
-    if params.warm_start and champion is not None:
-        warm[champion[0]] = champion[1]
+    served = champion() if params.warm_start else None
+    warm = {served[0]: served[1]} if served else {}
     trainings = tuple({"model": m, "warm-start": warm.get(m, "")} for m in params.models)
     return Plan(params, trainings)

@@ -65,17 +65,18 @@ def plan(
 
     Outputs: trainings (JSON list of {model, warm-start}), cache-policy, epochs,
     steps-per-epoch, batch-size, learning-rate, workers."""
-    from workflows.plan import parse_parameters, plan_run
+    from workflows.plan import plan_run
 
     settings = load_settings()
-    champion = None
-    if parse_parameters(parameters).warm_start:
+
+    def champion() -> tuple[str, str] | None:  # asked only when the event wants a warm start
         from core.redis_store import open_redis
         from services.selector.champion import ChampionStore
 
         with open_redis(settings.redis_url, settings.home) as handle:
             found = ChampionStore(handle.client, str(settings.model_repo.resolve())).get()
-        champion = (found.model_type, found.model_uri) if found else None
+        return (found.model_type, found.model_uri) if found else None
+
     result = plan_run(parameters, data, str(settings.home.resolve()), champion)
     _emit_outputs(result.outputs(), outputs)
 

@@ -35,10 +35,10 @@ def test_no_parameters_means_the_defaults():
 
 def test_warm_start_gives_the_champions_variant_its_model():
     champion = ("cnn", "/var/lib/retrain/models/fashion-mnist/3")
-    plan = plan_run('{"warm_start": true}', DATA, VOLUME, champion)
+    plan = plan_run('{"warm_start": true}', DATA, VOLUME, lambda: champion)
     assert {t["model"]: t["warm-start"] for t in plan.trainings} == {
         "cnn": champion[1], "dropout": "", "batch_norm": ""}
-    assert plan_run("{}", DATA, VOLUME, champion).trainings[0]["warm-start"] == ""
+    assert plan_run("{}", DATA, VOLUME, lambda: champion).trainings[0]["warm-start"] == ""
 
 
 def test_every_problem_is_named_at_once():
@@ -80,6 +80,10 @@ def test_the_plan_step_writes_its_outputs_and_refuses_bad_parameters(tmp_path, m
     refused = CliRunner().invoke(app, ["step", "plan", "--data", str(data),
                                        "--parameters", '{"epochs": "many"}'])
     assert refused.exit_code != 0 and isinstance(refused.exception, PlanError)
+    both = CliRunner().invoke(app, ["step", "plan", "--data", "/etc", "--parameters",
+                                    '{"epochs": 0, "warm_start": true}'])
+    assert [p.split(":")[0] for p in both.exception.problems] == [
+        "parameters.epochs", "data URI '/etc' is outside the shared volume " + str(tmp_path)]
 
 
 def test_a_redelivered_event_names_the_same_workflow_and_another_event_another():
