@@ -43,6 +43,11 @@ def job_state(job: dict[str, Any]) -> JobState:
     return JobState("running", latest.get("message") or latest.get("type") or "created")
 
 
+def transient(exc: kube.KubeError) -> bool:
+    """An API server away or overloaded (unreachable, 429, 5xx): a long wait outlives it."""
+    return exc.status is None or exc.status == 429 or exc.status >= 500
+
+
 def tfjob_path(namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
 
@@ -59,10 +64,18 @@ def wait_for_training(api_client: Any, namespace: str, name: str, timeout: float
     path = tfjob_path(namespace, name)
     deadline = clock() + timeout
     last = ""
+    state = JobState("running", "not read yet")
     while True:
-        job = kube.call("GET", path, api.get_namespaced_custom_object, group=GROUP,
-                        version=VERSION, namespace=namespace, plural=PLURAL, name=name)
-        state = job_state(job)
+        try:
+            job = kube.call("GET", path, api.get_namespaced_custom_object, group=GROUP,
+                            version=VERSION, namespace=namespace, plural=PLURAL, name=name)
+        except kube.KubeError as exc:
+            if not transient(exc):  # refused, or the job is gone: waiting will not help
+                raise
+            log.warning("TFJob %s: cannot read it now (%s); still waiting", name, exc)
+            job = None
+        if job is not None:
+            state = job_state(job)
         if state.message != last:
             log.info("TFJob %s: %s (%s)", name, state.phase, state.message)
             last = state.message

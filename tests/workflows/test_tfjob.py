@@ -69,6 +69,9 @@ class TFJobStandIn:
                 if request.method != "GET":
                     return self._refuse(405, f"the wait must not {request.method} a TFJob")
                 conditions = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+                if isinstance(conditions, int):  # the API server answers an error instead
+                    return JSONResponse({"kind": "Status", "status": "Failure", "code": conditions,
+                                         "message": f"answered {conditions}"}, status_code=conditions)
                 return JSONResponse({"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
                                      "metadata": {"name": NAME, "namespace": "retrain"},
                                      "status": {"conditions": conditions}})
@@ -96,8 +99,6 @@ def _wait(standin, timeout=60.0, token=TOKEN):
 
 def test_state_comes_from_the_conditions_alone():
     assert job_state({}).phase == "running"
-    assert job_state({"status": {"conditions": RESTARTING}}) == (
-        job_state({"status": {"conditions": RESTARTING}}))
     assert job_state({"status": {"conditions": RESTARTING}}).phase == "running"
     assert job_state({"status": {"conditions": SUCCEEDED}}).phase == "succeeded"
     assert job_state({"status": {"conditions": [*SUCCEEDED, *FAILED[-1:]]}}).phase == "failed"
@@ -126,6 +127,19 @@ def test_a_job_restarting_forever_is_deleted_at_the_deadline():
             _wait(api, timeout=5)
     assert api.violations == [] and api.deleted
     assert api.requests[-1][:2] == ("DELETE", PATH)
+
+
+def test_an_api_server_briefly_away_does_not_end_a_long_wait():
+    with TFJobStandIn([RUNNING, 503, 503, 429, RUNNING, SUCCEEDED]) as api:
+        assert _wait(api) == "TFJob retrain-abc successfully completed."
+    assert api.violations == [] and not api.deleted
+
+
+def test_a_job_that_is_gone_ends_the_wait_at_once():
+    with TFJobStandIn([RUNNING, 404]) as api:
+        with pytest.raises(KubeError, match=f"answered 404 to GET {PATH}"):
+            _wait(api)
+    assert len(api.requests) == 2
 
 
 def test_api_refusals_name_the_call_and_the_servers_message():
