@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def api_key(self) -> str | None:
+        """The key this process presents when it sends events (the first configured)."""
+        return self.api_keys[0] if self.api_keys else None
+
+    @property
     def data_dir(self) -> Path:
         return self.home / "data" / "fashion-mnist"
 

@@ -22,5 +22,5 @@ def publish_event(settings: Settings, event_type: str, data: str, *, sink: str |
     event = make_event(event_type, payload, source=source, id=event_id)
     target = sink or settings.events_url
     HttpSink(target, mode="structured" if structured else "binary",
-             api_key=settings.api_keys[0] if settings.api_keys else None).send(event)
+             api_key=settings.api_key).send(event)
     return event, target

@@ -85,11 +85,11 @@ class LocalStack:
 
         dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
         self.trigger = Trigger(client, self._selector_queue.put, self.default_parameters)
-        trigger = BackgroundServer(create_trigger(dedup, self.dispatch, s.api_keys), events_sock,
+        trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys), events_sock,
                                    "trigger").start()
         self._exit.callback(trigger.stop)
         self.events_url = trigger.url + "/events"
-        self.sink = HttpSink(self.events_url, api_key=s.api_keys[0] if s.api_keys else None)
+        self.sink = HttpSink(self.events_url, api_key=s.api_key)
 
         self.champions = ChampionStore(client, str(s.model_repo.resolve()))
         self.selector = build_selector(
@@ -107,10 +107,6 @@ class LocalStack:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
-
-    # routing (what a Sensor does on a cluster) ---------------------------------------------
-    def dispatch(self, event: Event) -> None:
-        self.trigger.dispatch(event)
 
     def _selector_loop(self) -> None:
         while True:

@@ -50,8 +50,7 @@ def _send(settings: Any, sink: str | None, event: object) -> None:
     if sink:
         from events.sinks import HttpSink
 
-        key = settings.api_keys[0] if settings.api_keys else None  # what a receiver requires
-        HttpSink(sink, api_key=key).send(event)  # type: ignore[arg-type]
+        HttpSink(sink, api_key=settings.api_key).send(event)  # type: ignore[arg-type]
 
 
 @step_app.command("plan")

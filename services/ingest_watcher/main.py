@@ -85,7 +85,6 @@ def _tag(text: str) -> str:
 class Watching:
     """What ``watching`` started: the watcher and the webhook handlers its source needs."""
 
-    root: Path
     watcher: DirectoryWatcher
     git_hooks: GitWebhooks | None = None
     bucket_hooks: BucketWebhooks | None = None
@@ -135,7 +134,7 @@ def watching(settings: Settings, client: redis.Redis, source: Source, sink: Sink
         exit_stack.callback(outbox.stop)
         watcher = DirectoryWatcher(root, outbox, client, settings.home / "watcher",
                                    interval=settings.watch_interval, settle=settings.watch_settle)
-        watching_ = Watching(root, watcher)
+        watching_ = Watching(watcher)
         if mirror is not None:
             from services.ingest_watcher.s3 import Poller
 
@@ -149,7 +148,8 @@ def watching(settings: Settings, client: redis.Redis, source: Source, sink: Sink
 
             request_sync()  # catch up with the bucket on start
             watching_.bucket_hooks = BucketWebhooks(mirror.source, jobs, settings.s3_webhook_token)
-            if isinstance(source, BucketPrefixSource) and source.poll_seconds > 0:
+            assert isinstance(source, BucketPrefixSource)
+            if source.poll_seconds > 0:
                 watching_._threads.append(threading.Thread(
                     target=Poller(mirror, request_sync, source.poll_seconds).run, args=(stop,),
                     name="bucket-poller", daemon=True))
@@ -178,9 +178,8 @@ def run(settings: Settings, source: Source, *, sink_url: str | None = None,
         port: int = DEFAULT_PORT, structured: bool = False) -> None:
     """``retrain watch``: watch ``source`` and serve ``/healthz``, ``/metrics``,
     ``POST /rescan`` and the webhooks on ``port`` until stopped."""
-    api_key = settings.api_keys[0] if settings.api_keys else None
     sink = HttpSink(sink_url or settings.events_url, attempts=1,
-                    mode="structured" if structured else "binary", api_key=api_key)
+                    mode="structured" if structured else "binary", api_key=settings.api_key)
     with open_redis(settings.redis_url, settings.home) as handle, \
             watching(settings, handle.client, source, sink) as watched:
         serve_forever(create_app(watched.watcher, settings.api_keys, watched.git_hooks,

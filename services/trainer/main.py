@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,10 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
                                      "stream the selector reads)")
         sink = PatientSink(RedisStreamSink(client), give_up_after=STREAM_PATIENCE_SECONDS)
     elif options.sink:  # presents the API key the receiver requires (RETRAIN_API_KEYS)
-        sink = HttpSink(options.sink, api_key=settings.api_keys[0] if settings.api_keys else None)
+        sink = HttpSink(options.sink, api_key=settings.api_key)
     config = TrainConfig(options.model, options.dataset, out, options.epochs,
                          options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
                          options.batch_size, options.learning_rate,
                          checkpoint_every=options.checkpoint_every, warm_start=options.warm_start)
-    trained = run_process(config, options.run_id, client, sink)
-    return {"model_uri": trained.model_uri, "val_accuracy": trained.val_accuracy,
-            "seconds": round(trained.seconds, 2), "workers": trained.workers,
-            "resumed_from_step": trained.resumed_from_step,
-            "weights_digest": trained.weights_digest}
+    trained = asdict(run_process(config, options.run_id, client, sink))
+    return {**{k: trained[k] for k in SUMMARY}, "seconds": round(trained["seconds"], 2)}
