@@ -27,6 +27,11 @@ class Deduplicator:
         """Whether (source, id) was remembered as handled; changes nothing."""
         return bool(self._client.exists(self._key(event)))
 
+    def forget(self, event: Event) -> None:
+        """Undo ``first_time`` for an event that could not be taken after all, so that the
+        sender's retry is not dropped as a duplicate."""
+        self._client.delete(self._key(event))
+
     def remember(self, event: Event) -> None:
         """Record (source, id) as handled: for receivers that mark an event only once its
         handling is done, so one cut short is handled again when it is redelivered."""

@@ -38,3 +38,8 @@ class SinkUnavailableError(EventError):
 
 class SinkRejectedError(SinkUnavailableError):
     """The sink answered and refused the event (a 4xx other than 429): retrying cannot help."""
+
+
+class EventRefusedError(EventError):
+    """A well-formed event its receiver will not take (a stranger's model, say): answered 403
+    with the reason; sending it again will not help."""

@@ -120,7 +120,7 @@ class Decision(Payload):
     run_id: str
     model_type: str
     model_uri: str
-    candidate_accuracy: float
+    candidate_accuracy: float | None  # None: refused or failed before it could be scored
     champion_accuracy: float | None
     champion_version: int | None
     reason: str

@@ -1,14 +1,21 @@
 """A CloudEvents receiver over HTTP: ``POST /events`` decodes (binary, structured or
 batched), checks the API key, drops duplicates and hands each new event on.
 
+``dispatch`` must have made the event safe (queued durably, or handled) when it returns: the
+answer 202 tells the sender it may forget the event. If it raises, the event is not marked
+as seen, so the sender's retry is taken: ``EventRefusedError`` is answered 403 with its
+reason, anything else (Redis away) 503 with ``Retry-After``.
+
 The local trigger and the selector are both this receiver with their own ``dispatch``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -16,7 +23,7 @@ from core.http import BodyTooLargeError, bearer, read_body, secret_matches
 from events.codec import decode
 from events.dedup import Deduplicator
 from events.envelope import Event
-from events.errors import EventError
+from events.errors import EventError, EventRefusedError
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BODY = 64 * 1024
@@ -29,6 +36,15 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
     def _error(status: int, message: str) -> JSONResponse:
         log.warning("rejected event request (%d): %s", status, message)
         return JSONResponse({"error": message}, status_code=status)
+
+    def _forget(event: Event) -> None:
+        with contextlib.suppress(redis.RedisError):
+            dedup.forget(event)
+
+    def _unavailable(exc: Exception, accepted: list[str]) -> JSONResponse:
+        log.warning("cannot take events now (Redis: %s)", type(exc).__name__)
+        return JSONResponse({"error": "the event store is unavailable; retry later",
+                             "accepted": accepted}, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/livez")
     def livez() -> dict[str, str]:
@@ -52,8 +68,19 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
             return _error(400, str(exc))
         accepted, duplicates = [], []
         for event in events:
-            if dedup.first_time(event):
-                dispatch(event)
+            try:
+                first = dedup.first_time(event)
+            except redis.RedisError as exc:
+                return _unavailable(exc, accepted)
+            if first:
+                try:
+                    dispatch(event)
+                except EventRefusedError as exc:
+                    _forget(event)
+                    return _error(403, f"event {event.id}: {exc}")
+                except redis.RedisError as exc:
+                    _forget(event)
+                    return _unavailable(exc, accepted)
                 accepted.append(event.id)
             else:
                 log.info("dropped duplicate event %s from %s", event.id, event.source)

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 class StreamConsumer:
     def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str,
                  handle: Callable[[Event], None], *, claim_after: float = 30.0,
-                 block_ms: int = 1000) -> None:
+                 block_ms: int = 1000, max_deliveries: int = 5) -> None:
         self._r = client
         self.stream = stream
+        self.dead = f"{stream}:dead"
+        self._max_deliveries = max_deliveries
         self.group = group
         self.consumer = consumer
         self._handle = handle
@@ -45,14 +47,31 @@ class StreamConsumer:
                                                  min_idle_time=self._claim_after_ms, start_id="0-0",
                                                  count=100)
         for entry_id, fields in claimed:
-            if fields:  # None for entries deleted meanwhile
-                done += self._one(entry_id, fields)
+            if not fields:  # None for entries deleted meanwhile
+                continue
+            if self._deliveries(entry_id) > self._max_deliveries:
+                self._bury(entry_id, fields, f"handling failed {self._max_deliveries} times")
+                continue
+            done += self._one(entry_id, fields)
         reply = self._r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=100,
                                    block=self._block_ms)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 done += self._one(entry_id, fields)
         return done
+
+    def _deliveries(self, entry_id: bytes) -> int:
+        info = self._r.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return int(info[0]["times_delivered"]) if info else 0
+
+    def _bury(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        """A poison entry: moved to the dead-letter stream with the reason, so it stops
+        being retried and blocking nothing else; ``retrain events dead-letters`` shows it."""
+        log.error("stream %s entry %s moved to %s: %s", self.stream, entry_id, self.dead, reason)
+        with self._r.pipeline() as pipe:
+            pipe.xadd(self.dead, {**fields, b"reason": reason.encode()})
+            pipe.xack(self.stream, self.group, entry_id)
+            pipe.execute()
 
     def _one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> int:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import threading
 from pathlib import Path
@@ -17,10 +16,9 @@ from core import timeline
 from core.http import BackgroundServer, bind
 from core.redis_store import RedisHandle, open_redis
 from core.settings import MODEL_NAME, Settings
-from events import Event
 from events.dedup import Deduplicator
 from events.payloads import RunParameters
-from events.sinks import HttpSink
+from events.sinks import HttpSink, RedisStreamSink
 from workflows.runner import RunRequest
 from workflows.trigger import QUEUE, Trigger
 
@@ -39,7 +37,6 @@ class LocalStack:
         self.console = console or Console(stderr=True)
         self._exit = contextlib.ExitStack()
         self._stop = threading.Event()
-        self._selector_queue: queue.Queue[Event | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self.redis: RedisHandle
         self.serve_url = ""
@@ -56,7 +53,6 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._selector_queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
         self._exit.close()
@@ -65,7 +61,7 @@ class LocalStack:
         from services.ingest_watcher.main import FolderSource, watching
         from services.selector.backends import LocalBackend
         from services.selector.champion import ChampionStore
-        from services.selector.main import build_selector
+        from services.selector.main import STREAM, build_selector, selector_consumer
         from services.serving.main import create_server
         from workflows.trigger import create_app as create_trigger
 
@@ -84,7 +80,9 @@ class LocalStack:
         holder = server_app.state.holder
 
         dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
-        self.trigger = Trigger(client, self._selector_queue.put, self.default_parameters)
+        # a model.trained is appended to the stream before the trigger answers 202; the
+        # selector's consumer group judges it there, so a crash loses no candidate
+        self.trigger = Trigger(client, RedisStreamSink(client, STREAM).send, self.default_parameters)
         trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys), events_sock,
                                    "trigger").start()
         self._exit.callback(trigger.stop)
@@ -95,7 +93,8 @@ class LocalStack:
         self.selector = build_selector(
             s, client, self.sink.send,
             LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
-        self._spawn("selector", self._selector_loop)
+        consumer = selector_consumer(client, self.selector, s)
+        self._spawn("selector", lambda: consumer.run(self._stop))
         self._spawn("runner", self._runner_loop)
         if self.data_root is not None:
             # as `retrain watch` does: events wait in Redis's outbox until the trigger has them
@@ -107,18 +106,6 @@ class LocalStack:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
-
-    def _selector_loop(self) -> None:
-        while True:
-            event = self._selector_queue.get()
-            if event is None:
-                return
-            try:
-                self.selector.handle(event)
-            except Exception as exc:  # one bad candidate must not stop the selector
-                log.exception("selection failed")
-                timeline.record(self.redis.client, "error", "select", error=str(exc),
-                                id=event.id)
 
     def _runner_loop(self) -> None:
         from workflows.runner import LocalRunner

@@ -14,10 +14,11 @@ select_app = typer.Typer(no_args_is_help=True, help="The selector (champion and 
 @select_app.command("serve")
 def select_serve(
     port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None,
-    stream: Annotated[bool, typer.Option(help="also consume model.trained from the Redis stream retrain:events")] = False,
+    stream: Annotated[bool, typer.Option(help="kept for old command lines: the Redis stream retrain:events is always consumed")] = True,
 ) -> None:
-    """Receive model.trained CloudEvents on POST /events (and, with --stream, from the Redis
-    stream the local stack writes) and promote each candidate that beats the champion."""
+    """Judge model.trained CloudEvents from the Redis stream retrain:events and from POST
+    /events (appended to the stream before the 202) and promote each candidate that beats
+    the champion; models or test splits that are not this project's are refused (403)."""
     setup_logging(True)
     from services.selector import main as selector
 

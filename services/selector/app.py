@@ -1,52 +1,43 @@
 """The selector as a service: ``POST /events`` receives ``model.trained`` CloudEvents (from a
-TFJob's chief, or any HTTP sender) and a worker thread judges each in arrival order.
+TFJob's chief, or any HTTP sender).
 
-What ``retrain select serve`` runs in its Deployment; the local stack wires the same
-``Selector`` into its own trigger instead.
+A candidate that is not this project's (a model outside the runs folder, a test split that
+is not in the store) is refused at the door with 403 and the reason, and audited. Any other
+is appended to the Redis stream before the 202, so nothing the sender was told is accepted
+lives only in memory: the stream's consumer group (``judge_once``) judges it, and a selector
+killed meanwhile leaves it for the next one.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from events import Event, EventType
 from events.dedup import Deduplicator
+from events.errors import EventRefusedError
+from events.payloads import ModelTrained
 from events.receiver import create_receiver
 from services.selector.service import Selector
 
 log = logging.getLogger(__name__)
 
 
-def create_app(selector: Selector, dedup: Deduplicator, api_keys: tuple[str, ...] = ()) -> Any:
-    """A CloudEvents endpoint feeding ``selector``; other event types are acknowledged and
-    ignored (logged), so one Argo Events trigger can fan everything out."""
-    pending: queue.Queue[Event] = queue.Queue()
-    started = threading.Lock()
-    workers: list[threading.Thread] = []
-
-    def work() -> None:
-        while True:
-            event = pending.get()
-            try:
-                selector.handle(event)
-            except Exception:  # one bad candidate must not stop the selector
-                log.exception("selection of %s failed", event.id)
-            finally:
-                pending.task_done()
+def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event], None],
+               api_keys: tuple[str, ...] = ()) -> Any:
+    """A CloudEvents endpoint feeding ``enqueue`` (the stream); other event types are
+    acknowledged and ignored (logged), so one Argo Events trigger can fan everything out."""
 
     def dispatch(event: Event) -> None:
         if event.type is not EventType.MODEL_TRAINED:
             log.info("selector ignores %s (id %s)", event.type.value, event.id)
             return
-        with started:  # one judge, started with the first candidate
-            if not workers:
-                workers.append(threading.Thread(target=work, name="selector", daemon=True))
-                workers[0].start()
-        pending.put(event)
+        assert isinstance(event.data, ModelTrained)
+        problem = selector.refusal(event.data)
+        if problem is not None:
+            selector.handle(event)  # records and emits the refusal with its reason
+            raise EventRefusedError(problem)
+        enqueue(event)
 
-    app = create_receiver(dedup, dispatch, api_keys, title="retrain selector")
-    app.state.pending = pending
-    return app
+    return create_receiver(dedup, dispatch, api_keys, title="retrain selector")

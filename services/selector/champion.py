@@ -68,6 +68,7 @@ class ChampionStore:
         self._key = f"{PREFIX}{tag}"
         self._history = f"{PREFIX}{tag}:history"
         self._audit = f"{PREFIX}{tag}:audit"
+        self._decided = f"{PREFIX}{tag}:decided"
 
     def get(self) -> Champion | None:
         raw = self._r.get(self._key)
@@ -109,8 +110,21 @@ class ChampionStore:
             except redis.WatchError:
                 return False
 
-    def audit(self, decision: dict[str, object]) -> None:
-        self._r.rpush(self._audit, json.dumps(decision))
+    def audit(self, decision: dict[str, object], candidate: str | None = None,
+              event: dict[str, object] | None = None) -> None:
+        """Append ``decision`` to the audit log; with ``candidate``, record ``event`` (the
+        decision as emitted) as that candidate's, in the same transaction, so a decision is
+        either recorded in both or in neither."""
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._audit, json.dumps(decision))
+            if candidate is not None:
+                pipe.hset(self._decided, candidate, json.dumps(event))
+            pipe.execute()
+
+    def decided(self, candidate: str) -> dict[str, object] | None:
+        """The decision recorded for ``candidate`` (as emitted), or None if never judged."""
+        raw = self._r.hget(self._decided, candidate)
+        return json.loads(raw) if raw else None
 
     def decisions(self) -> list[dict[str, object]]:
         return [json.loads(x) for x in self._r.lrange(self._audit, 0, -1)]

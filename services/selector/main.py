@@ -24,6 +24,7 @@ from events import Event, EventType
 from events.dedup import Deduplicator
 from events.sinks import RedisStreamSink
 from events.streams import StreamConsumer
+from services.selector.admission import Admission
 from services.selector.app import create_app
 from services.selector.backends import LocalBackend, PromotionBackend
 from services.selector.champion import ChampionStore
@@ -68,7 +69,7 @@ def build_selector(settings: Settings, client: redis.Redis, emit: Callable[[Even
     (default: the configured one), decisions handed to ``emit``."""
     return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
                     backend or promotion_backend(settings), Evaluator(), emit,
-                    champion_policy(settings))
+                    champion_policy(settings), Admission(settings.runs_dir, settings.store_dir))
 
 
 def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], None]:
@@ -86,23 +87,30 @@ def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], Non
     return judge
 
 
-def serve(settings: Settings, *, stream: bool = False) -> None:
-    """``retrain select serve``: judge ``model.trained`` CloudEvents from ``POST /events``
-    (and with ``stream`` from the Redis stream the local stack writes) until stopped."""
+def serve(settings: Settings, *, stream: bool = True) -> None:
+    """``retrain select serve``: judge ``model.trained`` CloudEvents until stopped. They come
+    from the Redis stream (trainers' ``--sink stream``) and from ``POST /events``, which
+    appends what it accepts to the same stream; a consumer group judges each entry once.
+    ``stream`` is kept for old command lines: the stream is always consumed."""
     with open_redis(settings.redis_url, settings.home) as handle:
-        selector = build_selector(settings, handle.client, RedisStreamSink(handle.client).send)
-        dedup = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector")
+        sink = RedisStreamSink(handle.client, STREAM)
+        selector = build_selector(settings, handle.client, sink.send)
         stop = threading.Event()
-        if stream:
-            consumer = StreamConsumer(handle.client, STREAM, "selector",
-                                      f"{socket.gethostname()}-{os.getpid()}",
-                                      judge_once(selector, dedup))
-            threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True).start()
+        consumer = selector_consumer(handle.client, selector, settings)
+        threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True).start()
+        receipts = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector-http")
         try:
-            serve_forever(create_app(selector, dedup, settings.api_keys),
+            serve_forever(create_app(selector, receipts, sink.send, settings.api_keys),
                           settings.host, settings.events_port, "selector")
         finally:
             stop.set()
+
+
+def selector_consumer(client: redis.Redis, selector: Selector, settings: Settings) -> StreamConsumer:
+    """The consumer of the selector group on the event stream that judges each candidate."""
+    dedup = Deduplicator(client, settings.dedup_ttl_seconds, namespace="selector")
+    return StreamConsumer(client, STREAM, "selector", f"{socket.gethostname()}-{os.getpid()}",
+                          judge_once(selector, dedup))
 
 
 def rollback(settings: Settings, reason: str) -> Event:

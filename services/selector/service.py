@@ -11,9 +11,10 @@ from dataclasses import replace
 
 from events import Event, EventType, make_event
 from events.payloads import ModelPromoted, ModelRejected, ModelTrained
+from services.selector.admission import Admission
 from services.selector.backends import PromotionBackend
 from services.selector.champion import Champion, ChampionStore
-from services.selector.errors import NothingToRollBackError, SelectorError
+from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
 from services.selector.evaluate import Evaluator
 from services.selector.policy import ChampionPolicy, Entry, judge, rank_key
 
@@ -29,8 +30,10 @@ class Selector:
         evaluator: Evaluator,
         emit: Callable[[Event], None],
         policy: ChampionPolicy = ChampionPolicy(),
+        admission: Admission | None = None,
     ) -> None:
         self._store = store
+        self._admission = admission
         self._backend = backend
         self._evaluator = evaluator
         self._emit = emit
@@ -48,10 +51,33 @@ class Selector:
         trained = event.data
         assert isinstance(trained, ModelTrained)
         started = time.perf_counter()
-        if not self._policy.rounds:
-            return self._decide(trained, None, started)
-        candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+        earlier = self._store.decided(_candidate(trained))
+        if earlier is not None:  # redelivered (a crash after the decision, a sender's retry)
+            log.info("%s/%s already judged: %s again", trained.run_id, trained.model_type,
+                     earlier["type"])
+            decision = make_event(str(earlier["type"]), earlier["data"],  # type: ignore[arg-type]
+                                  source=SOURCE, id=str(earlier["id"]))
+            self._emit(decision)
+            return decision
+        problem = self.refusal(trained)
+        if problem is not None:
+            log.warning("refused %s/%s from %s: %s", trained.run_id, trained.model_type,
+                        event.source, problem)
+            return self._record(self._rejected(trained, None, None, None, f"refused: {problem}"),
+                                started, refused_from=event.source)
+        try:
+            if not self._policy.rounds:
+                return self._decide(trained, None, started)
+            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+        except EvaluationError as exc:  # judged, not retried: a broken model stays broken
+            return self._record(self._rejected(trained, None, self._store.get(), None,
+                                               f"cannot be scored: {exc}"), started)
         return self._join_round(trained, candidate, started)
+
+    def refusal(self, trained: ModelTrained) -> str | None:
+        """Why this candidate may not even be looked at (a model or a test split that is not
+        this project's), or None."""
+        return self._admission.problem(trained) if self._admission else None
 
     # rounds ------------------------------------------------------------------------------------
     def _join_round(self, trained: ModelTrained, candidate: float, started: float) -> Event | None:
@@ -143,7 +169,7 @@ class Selector:
                 log.info("champion changed while deciding; judging %s again", trained.model_type)
             else:
                 decision = self._rejected(
-                    trained, candidate if candidate is not None else float("nan"), self._store.get(),
+                    trained, candidate, self._store.get(),
                     None, f"{note}champion kept changing; gave up after 5 attempts")
         return self._record(decision, started)
 
@@ -173,10 +199,18 @@ class Selector:
                               f"{note}first model: served at once, no champion to compare with; "
                               f"accuracy {candidate:.4f}", staged.version)
 
-    def _record(self, decision: Event, started: float) -> Event:
-        self._store.audit({"type": decision.type.short,
+    def _record(self, decision: Event, started: float, refused_from: str | None = None) -> Event:
+        """Audit the decision and record it as its candidate's (one transaction), then emit it:
+        a selector that dies in between emits the recorded decision again on redelivery."""
+        data = decision.data
+        assert isinstance(data, (ModelPromoted, ModelRejected))
+        self._store.audit({"type": "refused" if refused_from else decision.type.short,
                            "seconds": round(time.perf_counter() - started, 3),
-                           **decision.data.model_dump()})
+                           **({"sender": refused_from} if refused_from else {}),
+                           **data.model_dump()},
+                          candidate=None if refused_from else _candidate(data),
+                          event={"type": decision.type.value, "id": decision.id,
+                                 "data": data.model_dump(mode="json")})
         self._emit(decision)
         return decision
 
@@ -218,7 +252,7 @@ class Selector:
                     f"{previous.model_type} {_score(previous.accuracy)} (was version {previous.version})")
             data = ModelPromoted(
                 run_id=previous.run_id, model_type=previous.model_type, model_uri=previous.model_uri,
-                candidate_accuracy=previous.accuracy if previous.accuracy is not None else float("nan"),
+                candidate_accuracy=previous.accuracy,
                 champion_accuracy=current.accuracy,
                 champion_version=current.version, reason=text, version=staged.version)
             decision = make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
@@ -237,7 +271,7 @@ class Selector:
         return self._evaluator.accuracy(champion.model_uri, trained.dataset_uri)
 
     @staticmethod
-    def _fields(trained: ModelTrained, candidate: float, champion: Champion | None,
+    def _fields(trained: ModelTrained, candidate: float | None, champion: Champion | None,
                 champion_score: float | None, reason: str) -> dict[str, object]:
         return {
             "run_id": trained.run_id, "model_type": trained.model_type,
@@ -253,11 +287,16 @@ class Selector:
         return make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
                           id=f"{trained.run_id}/{trained.model_type}/decision")
 
-    def _rejected(self, trained: ModelTrained, candidate: float, champion: Champion | None,
+    def _rejected(self, trained: ModelTrained, candidate: float | None, champion: Champion | None,
                   champion_score: float | None, reason: str) -> Event:
         data = ModelRejected(**self._fields(trained, candidate, champion, champion_score, reason))
         return make_event(EventType.MODEL_REJECTED, data, source=SOURCE,
                           id=f"{trained.run_id}/{trained.model_type}/decision")
+
+
+def _candidate(candidate: ModelTrained | ModelPromoted | ModelRejected) -> str:
+    """What identifies a candidate across redeliveries: its run, variant and model folder."""
+    return f"{candidate.run_id}/{candidate.model_type}@{candidate.model_uri}"
 
 
 def _score(accuracy: float | None) -> str:

@@ -2,6 +2,7 @@
 fed from it end to end (a real model, evaluated for real, promoted into the repository)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,19 +51,46 @@ def test_an_entry_whose_consumer_failed_is_claimed_by_another(r):
     assert r.xpending("t:events", "g")["pending"] == 0
 
 
-def test_select_serve_promotes_a_model_trained_read_from_the_stream(r, redis_handle, tmp_path,
-                                                                    saved_model, ingested):
-    from tests.conftest import free_port
+def test_an_entry_that_always_fails_goes_to_the_dead_letters_and_blocks_nothing(r):
+    RedisStreamSink(r, "t:events").send(_event(1))
 
-    home = tmp_path / "home"
+    def crash(event):
+        raise RuntimeError("poison")
+
+    consumer = StreamConsumer(r, "t:events", "g", "c", crash, claim_after=0.0, block_ms=10,
+                              max_deliveries=3)
+    for _ in range(3):  # the first delivery and two claims
+        with pytest.raises(RuntimeError, match="poison"):
+            consumer.poll()
+    RedisStreamSink(r, "t:events").send(_event(2))
+    seen = []
+    healthy = StreamConsumer(r, "t:events", "g", "c", seen.append, claim_after=0.0, block_ms=10,
+                             max_deliveries=3)
+    assert healthy.poll() == 1 and [e.id for e in seen] == ["s2"]
+    [(_id, dead)] = r.xrange("t:events:dead")
+    assert b"s1" in dead[b"event"] and dead[b"reason"] == b"handling failed 3 times"
+    assert r.xpending("t:events", "g")["pending"] == 0
+
+
+def test_select_serve_promotes_a_model_trained_read_from_the_stream(r, redis_handle, tmp_path,
+                                                                    saved_model):
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
+    from tests.conftest import free_port, write_dataset
+
+    home = tmp_path / "home"  # the selector judges only the project's models and datasets
+    root = write_dataset(tmp_path / "data", train=200, test=100)
+    ours = ingest(root, home / "store", fingerprint(root), dataset_key="k")
+    model = home / "runs" / "r1" / "cnn" / "model"
+    shutil.copytree(saved_model, model)
     env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_REDIS_URL": redis_handle.url}
     proc = subprocess.Popen([sys.executable, "-m", "retrain.cli", "select", "serve", "--stream",
                              "--port", str(free_port())], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         trained = make_event(EventType.MODEL_TRAINED, ModelTrained(
-            run_id="r1", model_type="cnn", model_uri=str(saved_model), dataset_uri=ingested,
-            dataset_digest="d", val_accuracy=0.1, val_loss=2.3, seconds=1.0), source="test")
+            run_id="r1", model_type="cnn", model_uri=str(model), dataset_uri=ours.dataset_uri,
+            dataset_digest=ours.digest, val_accuracy=0.1, val_loss=2.3, seconds=1.0), source="test")
         RedisStreamSink(r).send(trained)
         RedisStreamSink(r).send(trained)  # a duplicate: judged once
         served = home / "models" / "fashion-mnist" / "1" / "saved_model.pb"

@@ -9,10 +9,12 @@ from events.codec import encode
 from events.dedup import Deduplicator
 from events.payloads import ModelTrained
 from events.sinks import RedisStreamSink, read_stream
+from events.streams import StreamConsumer
 from services.selector.app import create_app
 from services.selector.backends import LocalBackend, versions
 from services.selector.champion import ChampionStore
 from services.selector.evaluate import Evaluator
+from services.selector.main import judge_once
 from services.selector.service import Selector
 from services.trainer.train import TrainConfig, train
 
@@ -27,7 +29,8 @@ def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
     selector = Selector(ChampionStore(r, str(repo)), LocalBackend(repo, "fashion-mnist",
                                                                   lambda _v: None),
                         Evaluator(), RedisStreamSink(r).send)
-    app = create_app(selector, Deduplicator(r, 60, namespace="selector"), api_keys=("k",))
+    app = create_app(selector, Deduplicator(r, 60, namespace="selector-http"),
+                     RedisStreamSink(r, "t:selector").send, api_keys=("k",))
     client = TestClient(app)
     trained = make_event("model.trained", ModelTrained(
         run_id="r1", model_type="cnn", model_uri=result.model_uri, dataset_uri=ingested,
@@ -41,7 +44,9 @@ def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
     other_headers, other = encode(make_event("dataset.updated", {"uri": "/d"}, source="w"), "binary")
     other_headers["Authorization"] = "Bearer k"
     assert client.post("/events", content=other, headers=other_headers).status_code == 202
-    app.state.pending.join()
+    assert r.xlen("t:selector") == 1  # durably queued before the 202; judged from there
+    judge = judge_once(selector, Deduplicator(r, 60, namespace="selector"))
+    assert StreamConsumer(r, "t:selector", "selector", "c", judge, block_ms=10).poll() == 1
     champion = ChampionStore(r, str(repo)).get()
     assert champion is not None and champion.version == 1 and champion.run_id == "r1"
     assert versions(repo / "fashion-mnist") == [1]
