@@ -67,3 +67,33 @@ def test_malformed_json_is_a_clear_error():
 
 def test_short_type_names_are_accepted():
     assert EventType.parse("model.trained") is EventType.MODEL_TRAINED
+
+
+def test_structured_data_base64_from_the_cloudevents_sdk_is_decoded():
+    """The SDK writes bytes data as data_base64; the spec asks receivers to decode it."""
+    from cloudevents.v1.conversion import to_structured
+    from cloudevents.v1.http import CloudEvent
+
+    sent = CloudEvent({"type": "dev.retrain.dataset.updated", "source": "sdk",
+                       "datacontenttype": "application/json"},
+                      json.dumps({"uri": "/data/fm", "trigger": "s3"}).encode())
+    headers, body = to_structured(sent)
+    assert b"data_base64" in body
+    [event] = decode(headers, body)
+    assert event.data.uri == "/data/fm" and event.data.trigger == "s3" and event.source == "sdk"
+    [batched] = decode({"content-type": "application/cloudevents-batch+json"},
+                       b"[" + body + b"]")
+    assert batched.data == event.data
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('"data_base64": "!!"', "data_base64 is not valid base64"),
+    ('"data_base64": 7', "data_base64 is not valid base64"),
+    ('"data_base64": "e30=", "data": {}', "data or data_base64, not both"),
+    ('"data_base64": "AAAA"', "data is not valid JSON"),
+])
+def test_bad_data_base64_is_a_clear_error(extra, message):
+    body = ('{"specversion": "1.0", "id": "1", "source": "s", '
+            '"type": "dev.retrain.dataset.updated", ' + extra + "}").encode()
+    with pytest.raises(MalformedEventError, match=message):
+        decode({"content-type": "application/cloudevents+json"}, body)
