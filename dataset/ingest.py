@@ -24,6 +24,7 @@ import numpy as np
 from blake3 import blake3
 
 from dataset import idx, png
+from dataset.image_header import declared_size, size_problem
 from dataset.errors import DatasetNotFoundError, DatasetValidationError
 from dataset.fingerprint import Fingerprint, hash_file
 from dataset.layout import IdxPair, ImageFolder, Unit, discover
@@ -172,13 +173,18 @@ def _batches(root: Path, unit: Unit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | None]:
     from PIL import Image, UnidentifiedImageError
 
+    # before Pillow allocates what the header declares (a header it cannot read, Pillow words)
+    problem = size_problem(data) if declared_size(data) is not None else None
+    if problem is not None:
+        return None, f"{path}: the image {problem}"
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if img.size != (idx.COLS, idx.ROWS):
                 return None, f"{path}: image is {img.size[0]}x{img.size[1]}, expected 28x28"
             return np.asarray(img.convert("L"), dtype=np.uint8), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as exc:
         return None, f"{path}: not a decodable PNG/JPEG image ({exc})"
 
 

@@ -74,24 +74,52 @@ def discover(root: Path) -> Layout:
     """Every ingestion unit under ``root``, and every layout problem found on the way."""
     problems: list[str] = []
     units: list[Unit] = []
+    inside = _Inside(root)
     for split, (images, labels) in BASE_FILES.items():
         missing = [name for name in (images, labels) if not (root / name).is_file()]
         problems.extend(f"{name}: missing (required in the dataset root)" for name in missing)
-        if not missing:
+        outside = [name for name in (images, labels) if name not in missing
+                   and not inside(str(root / name))]
+        problems.extend(f"{name}: {LEAVES_ROOT}" for name in outside)
+        if not missing and not outside:
             units.append(IdxPair(split, images, labels))
     increments = root / "increments"
-    if increments.is_dir():
+    if increments.is_dir() and not inside(str(increments)):
+        problems.append(f"increments: {LEAVES_ROOT}")
+    elif increments.is_dir():
         for batch in sorted(p for p in increments.iterdir() if not p.name.startswith(".")):
-            if batch.is_dir():
+            if not inside(str(batch)):
+                problems.append(f"{_rel(root, batch)}: {LEAVES_ROOT}")
+            elif batch.is_dir():
                 units.extend(_discover_batch(root, batch, problems))
             else:
                 problems.append(f"{_rel(root, batch)}: increments must be folders, found a file")
     return Layout(tuple(units), tuple(problems))
 
 
+class _Inside:
+    """Whether a path, links followed, stays inside the dataset folder: a link to a file
+    elsewhere (another user's data, /etc/...) is refused, not silently ingested."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = os.path.realpath(root) + os.sep
+
+    def __call__(self, path: str) -> bool:
+        return os.path.realpath(path).startswith(self._root)
+
+
+LEAVES_ROOT = "a link leading out of the dataset folder (refused)"
+
+
 def _discover_batch(root: Path, batch: Path, problems: list[str]) -> list[Unit]:
     units: list[Unit] = []
-    entries = sorted(p for p in batch.iterdir() if not p.name.startswith("."))
+    inside = _Inside(root)
+    entries = []
+    for entry in sorted(p for p in batch.iterdir() if not p.name.startswith(".")):
+        if inside(str(entry)):
+            entries.append(entry)
+        else:
+            problems.append(f"{_rel(root, entry)}: {LEAVES_ROOT}")
     idx_files = {p.name for p in entries if p.is_file()}
     for name in sorted(idx_files):
         match = _IMAGES_RE.match(name)
@@ -115,6 +143,9 @@ def _discover_batch(root: Path, batch: Path, problems: list[str]) -> list[Unit]:
             )
             continue
         for relative in _files_under(folder, _rel(root, folder)):
+            if not inside(os.path.join(root, relative)):
+                problems.append(f"{relative}: {LEAVES_ROOT}")
+                continue
             if os.path.splitext(relative)[1].lower() not in IMAGE_SUFFIXES:
                 problems.append(f"{relative}: not a PNG or JPEG file")
                 continue

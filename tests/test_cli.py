@@ -58,6 +58,12 @@ def test_missing_and_corrupt_idx_files(tmp_path, redis_handle):
     assert "t10k-images-idx3-ubyte.gz: missing" in summary["error"]
     assert "train-labels-idx1-ubyte.gz" in summary["error"]
     assert not (tmp_path / "home" / "store" / "datasets").exists()
+    # `retrain ingest` lists the same problems, in words, not "failed: miss: ... -> None"
+    told = _retrain("ingest", "--data", str(root), env={"RETRAIN_HOME": str(tmp_path / "home"),
+                                                        "RETRAIN_REDIS_URL": redis_handle.url})
+    assert told.returncode == 1 and "-> None" not in told.stdout
+    assert "t10k-images-idx3-ubyte.gz: missing" in told.stdout
+    assert "train-labels-idx1-ubyte.gz" in told.stdout
 
 
 def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle, r):

@@ -79,9 +79,15 @@ def ingest(
     from retrain.oneshot import run_once
 
     summary = run_once(load_settings(), data, RunParameters(models=()), console)
-    print(json.dumps(summary, default=str) if as_json else
-          f"{summary['status']}: {summary['cache']['reason'] if summary['cache'] else ''} "
-          f"-> {summary['dataset_uri']}")
+    if as_json:
+        print(json.dumps(summary, default=str))
+    elif summary["status"] == "succeeded":
+        print(f"{summary['status']}: {summary['cache']['reason'] if summary['cache'] else ''} "
+              f"-> {summary['dataset_uri']}")
+    else:  # the same account of what is wrong as `retrain run` gives
+        from retrain.report import print_run
+
+        print_run(Console(), summary)
     if summary["status"] != "succeeded":
         raise typer.Exit(1)
 

@@ -28,6 +28,7 @@ from prometheus_client import (
 
 from core.http import BodyTooLargeError, read_body
 from core.settings import MODEL_NAME
+from dataset.image_header import size_problem
 from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (
     BadRequestError,
@@ -50,9 +51,13 @@ def _decode_b64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise BadRequestError(f"{where}: expected {{\"b64\": \"...\"}} with base64 image bytes")
     try:
-        return base64.b64decode(value, validate=True)
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequestError(f"{where}: b64 value is not valid base64") from None
+    problem = size_problem(raw)  # from the header, before a decoder allocates anything
+    if problem is not None:
+        raise BadRequestError(f"{where}: cannot decode image bytes: the image {problem}")
+    return raw
 
 
 def _as_images(value: Any, where: str) -> np.ndarray:

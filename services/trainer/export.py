@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataset.image_header import FORMATS, MAX_PIXELS, MAX_SIDE
 from services.trainer.tf_env import configure
 
 configure()
@@ -18,8 +19,53 @@ configure()
 import tensorflow as tf  # noqa: E402
 
 
+def _number(head: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:
+    part = head[start:start + size]
+    weights = tf.constant([256 ** (size - 1 - i if big_endian else i) for i in range(size)],
+                          tf.int64)
+    return tf.reduce_sum(part * weights)
+
+
+def _declared_size(image_bytes: tf.Tensor) -> tf.Tensor:
+    """[width, height] from the header (what ``dataset.image_header`` reads), [-1, -1] for a
+    format ``decode_image`` should not be handed."""
+    padded = tf.strings.substr(tf.strings.join([tf.strings.substr(image_bytes, 0, 32),
+                                                "\0" * 32]), 0, 32)
+    head = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+    magic = tf.strings.substr(image_bytes, 0, 8)
+
+    def signed(value: tf.Tensor) -> tf.Tensor:  # BMP sizes are signed (height < 0: top-down)
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    def jpeg() -> tf.Tensor:
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return tf.stack([shape[1], shape[0]])
+
+    return tf.case([
+        (tf.equal(magic, b"\x89PNG\r\n\x1a\n"),
+         lambda: tf.stack([_number(head, 16, 4, True), _number(head, 20, 4, True)])),
+        (tf.logical_or(tf.equal(tf.strings.substr(magic, 0, 6), b"GIF87a"),
+                       tf.equal(tf.strings.substr(magic, 0, 6), b"GIF89a")),
+         lambda: tf.stack([_number(head, 6, 2, False), _number(head, 8, 2, False)])),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"),
+         lambda: tf.stack([signed(_number(head, 18, 4, False)),
+                           signed(_number(head, 22, 4, False))])),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg),
+    ], default=lambda: tf.constant([-1, -1], tf.int64))
+
+
 def _decode(image_bytes: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
+    size = _declared_size(image_bytes)
+    pixels = size[0] * size[1]
+    checks = [
+        tf.debugging.assert_positive(size, message=f"not a {FORMATS} image, or an empty one"),
+        tf.debugging.assert_less_equal(
+            tf.maximum(pixels, tf.reduce_max(size) * (MAX_PIXELS // MAX_SIDE)),
+            tf.constant(MAX_PIXELS, tf.int64),
+            message=f"the image declares more than {MAX_PIXELS:,} pixels or {MAX_SIDE} per side"),
+    ]
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
     image = tf.cond(
         tf.shape(image)[-1] == 1,
         lambda: image,

@@ -124,3 +124,24 @@ def test_leftovers_of_a_crashed_ingestion_are_invisible_and_cleaned(dataset, tmp
     assert not any(".tmp" in path for path in shard_paths(result.dataset_uri, "train"))
     assert verify(result.dataset_uri) is None
     assert clean_temporaries(store) == 1 and not crashed.exists()
+
+
+def test_a_bomb_and_links_out_of_the_folder_are_refused_with_the_files_named(dataset, tmp_path):
+    from tests.bombs import png_bomb
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("L", (28, 28)).save(outside / "secret.png")
+    coat = dataset / "increments" / "b1" / "coat"
+    coat.mkdir(parents=True)
+    Image.new("L", (28, 28)).save(coat / "fine.png")
+    (coat / "bomb.png").write_bytes(png_bomb(20_000, 20_000))
+    (coat / "stolen.png").symlink_to(outside / "secret.png")
+    (dataset / "increments" / "b2").symlink_to(outside)  # a whole increment elsewhere
+    with pytest.raises(DatasetValidationError) as info:
+        _ingest(dataset, tmp_path / "store")
+    text = "\n".join(info.value.problems)
+    assert "increments/b1/coat/bomb.png: the image declares 20000 x 20000 pixels" in text
+    assert "increments/b1/coat/stolen.png: a link leading out of the dataset folder" in text
+    assert "increments/b2: a link leading out of the dataset folder" in text
+    assert "fine.png" not in text

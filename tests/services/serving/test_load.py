@@ -98,7 +98,9 @@ def test_an_undecodable_request_fails_alone_inside_a_batch(tmp_path, saved_model
     repo = tmp_path / "repo"
     _publish(saved_models[0], repo, 1)
     good = {"instances": [{"image_bytes": {"b64": _png(np.zeros((28, 28), np.uint8))}}]}
-    bad = {"instances": [{"image_bytes": {"b64": base64.b64encode(b"not an image").decode()}}]}
+    # a PNG whose header checks out and whose pixel data is cut: only the decoder finds out
+    broken = base64.b64decode(_png(np.zeros((28, 28), np.uint8)))[:-20]
+    bad = {"instances": [{"image_bytes": {"b64": base64.b64encode(broken).decode()}}]}
     server = _serve(repo, batching=BatchConfig(max_batch=64, max_wait=0.02))
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -110,6 +112,46 @@ def test_an_undecodable_request_fails_alone_inside_a_batch(tmp_path, saved_model
     codes = [a.status_code for a in answers]
     assert codes[7] == 400 and "cannot decode image bytes" in answers[7].json()["error"]
     assert codes[:7] + codes[8:] == [200] * 47
+
+
+def test_bombs_are_refused_from_their_headers_while_normal_requests_flow(tmp_path, saved_models):
+    """32 concurrent requests each carrying a 20,000 x 20,000 PNG (390 kB) are 400s, the
+    server's memory does not grow by the gigabytes decoding them would take, and a normal
+    request sent meanwhile is answered at once."""
+    from tests.bombs import png_bomb
+
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    bomb = {"instances": [{"image_bytes": {"b64": base64.b64encode(png_bomb()).decode()}}]}
+    v2_bomb = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                           "data": [bomb["instances"][0]["image_bytes"]["b64"]]}]}
+    good = {"instances": [{"image_bytes": {"b64": _png(np.zeros((28, 28), np.uint8))}}]}
+    server = _serve(repo)
+    before = _rss_bytes()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post(PREDICT, json=good).status_code == 200
+            with ThreadPoolExecutor(33) as pool:
+                bombs = [pool.submit(client.post, PREDICT, json=bomb) for _ in range(24)]
+                bombs += [pool.submit(client.post, "/v2/models/fashion-mnist/infer", json=v2_bomb)
+                          for _ in range(8)]
+                started = time.perf_counter()
+                normal = client.post(PREDICT, json=good)
+                normal_seconds = time.perf_counter() - started
+                answers = [f.result() for f in bombs]
+    finally:
+        server.stop()
+    assert normal.status_code == 200 and normal_seconds < 5
+    assert [a.status_code for a in answers] == [400] * 32
+    assert all("declares 20000 x 20000 pixels" in a.json()["error"] for a in answers)
+    assert _rss_bytes() - before < 512 * 2**20  # decoding one would take 400 MB
+
+
+def _rss_bytes():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.slow
