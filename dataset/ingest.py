@@ -24,9 +24,9 @@ import numpy as np
 from blake3 import blake3
 
 from dataset import idx, png
-from dataset.image_header import declared_size, size_problem
 from dataset.errors import DatasetNotFoundError, DatasetValidationError
 from dataset.fingerprint import Fingerprint, hash_file
+from dataset.image_header import declared_size, size_problem
 from dataset.layout import IdxPair, ImageFolder, Unit, discover
 from dataset.store import TMP_PREFIX, stat_signature
 

@@ -8,6 +8,7 @@ start fast; TensorFlow loads only where it is needed.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -34,7 +35,14 @@ app.add_typer(select_app, name="select")
 app.add_typer(workflow_app, name="workflow")
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM (systemd, ``docker stop``, Kubernetes) ends a command as Ctrl-C does: by
+    unwinding, so every ``finally`` runs and an embedded Redis is stopped, not orphaned."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     try:

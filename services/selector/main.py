@@ -97,13 +97,15 @@ def serve(settings: Settings, *, stream: bool = True) -> None:
         selector = build_selector(settings, handle.client, sink.send)
         stop = threading.Event()
         consumer = selector_consumer(handle.client, selector, settings)
-        threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True).start()
+        worker = threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True)
+        worker.start()
         receipts = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector-http")
         try:
             serve_forever(create_app(selector, receipts, sink.send, settings.api_keys),
                           settings.host, settings.events_port, "selector")
         finally:
             stop.set()
+            worker.join(timeout=10)  # before Redis goes: it may be embedded, stopping with us
 
 
 def selector_consumer(client: redis.Redis, selector: Selector, settings: Settings) -> StreamConsumer:
