@@ -65,6 +65,11 @@ class DirectoryWatcher:
         state = json.loads(raw)
         return Fingerprint(state["digest"], tuple(FileEntry(*f) for f in state["files"]))
 
+    def _sequence(self) -> int:
+        """How many changes of this dataset were emitted so far."""
+        raw = self._r.get(self._state_key)
+        return int(json.loads(raw).get("sequence", 0)) if raw else 0
+
     def scan_once(self, settled: bool = False, trigger: str = "watcher") -> Event | None:
         """Fingerprint the root; emit and return an event if it changed and has settled.
         ``settled``: the caller knows the writes are complete (a git checkout returned)."""
@@ -81,6 +86,10 @@ class DirectoryWatcher:
         if not fp.files or (not settled and (not stable or not self._quiet())):
             return None
         changes = diff(last, fp)
+        # the id names this change, not the content: data that returns to earlier content
+        # (A -> B -> A, a rollback) is a new change with its own event, while a retry of
+        # this one (a crash before the state below moved on) keeps the id and is a duplicate
+        sequence = self._sequence() + 1
         event = make_event(
             EventType.DATASET_UPDATED,
             DatasetUpdated(
@@ -91,11 +100,12 @@ class DirectoryWatcher:
                 trigger=trigger,  # type: ignore[arg-type]
             ),
             source=f"retrain/watcher/{self._dataset}",
-            id=f"{self._dataset}@{fp.digest}",  # a retry is recognised as the same event
+            id=f"{self._dataset}@{sequence}:{fp.digest[:16]}",
         )
         self._sink.send(event)  # acknowledged before the state moves on: at-least-once
         self._r.set(self._state_key, json.dumps(
-            {"digest": fp.digest, "files": [[f.path, f.size, f.hash] for f in fp.files]}))
+            {"digest": fp.digest, "files": [[f.path, f.size, f.hash] for f in fp.files],
+             "sequence": sequence}))
         self.emitted += 1
         log.info("dataset %s changed (%d added, %d changed, %d removed): digest %s",
                  self._dataset, len(changes.added), len(changes.changed), len(changes.removed),

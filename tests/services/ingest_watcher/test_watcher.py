@@ -26,7 +26,27 @@ def test_one_event_per_settled_change(r, dataset, tmp_path):
     assert _settle(watcher) == [None, None]  # nothing changed: nothing emitted
     stream = read_stream(r)
     assert [e["type"] for e in stream] == ["dev.retrain.dataset.updated"]
-    assert stream[0]["id"] == f"fashion-mnist@{event.data.digest}"
+    assert stream[0]["id"] == f"fashion-mnist@1:{event.data.digest[:16]}"
+
+
+def test_data_returning_to_earlier_content_is_a_change_with_its_own_event(r, dataset, tmp_path):
+    """A -> B -> A (bad data rolled back) starts a run each time: the trigger's dedup by
+    (source, id) must not drop the return to A as a repeat of the first A."""
+    from events.dedup import Deduplicator
+
+    watcher = _watcher(r, dataset, tmp_path)
+    extra = dataset / "increments" / "b1"
+    a = next(e for e in _settle(watcher) if e)
+    extra.mkdir(parents=True)
+    (extra / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    b = next(e for e in _settle(watcher) if e)
+    (extra / "train-images-idx3-ubyte.gz").unlink()
+    extra.rmdir()
+    back = next(e for e in _settle(watcher) if e)
+    assert back.data.digest == a.data.digest and back.data.previous_digest == b.data.digest
+    assert len({a.id, b.id, back.id}) == 3
+    dedup = Deduplicator(r, 3600, "trigger")
+    assert all(dedup.first_time(e) for e in (a, b, back))
 
 
 def test_touching_files_emits_nothing(r, dataset, tmp_path):
