@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     dedup_ttl_seconds: int = Field(24 * 3600, gt=0)
     cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
     offline: bool = False
+    stream_max_length: int = Field(100_000, ge=1000)  # each event stream, MAXLEN ~
     # the watcher's Git webhooks
     github_webhook_secret: str | None = None
     gitlab_webhook_token: str | None = None

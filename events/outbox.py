@@ -19,7 +19,7 @@ import redis
 from events.codec import decode, encode
 from events.envelope import Event
 from events.errors import EventError, SinkRejectedError
-from events.sinks import Sink
+from events.sinks import DEAD_MAX_LENGTH, Sink
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class Outbox:
     def _bury(self, entry_id: bytes, body: bytes, reason: str) -> None:
         log.error("outbox %s: event refused, moved to %s: %s", self.stream, self.dead, reason)
         with self._r.pipeline() as pipe:  # one transaction: never both, never neither
-            pipe.xadd(self.dead, {"event": body, "reason": reason})
+            pipe.xadd(self.dead, {"event": body, "reason": reason}, maxlen=DEAD_MAX_LENGTH,
+                      approximate=True)
             pipe.xdel(self.stream, entry_id)
             pipe.execute()
 

@@ -64,16 +64,24 @@ class HttpSink:
         raise SinkUnavailableError(self.url, last)
 
 
-class RedisStreamSink:
-    """Appends each event, structured-mode JSON, to a Redis stream."""
+STREAM_MAX_LENGTH = 100_000  # RETRAIN_STREAM_MAX_LENGTH: Redis memory stays bounded
+DEAD_MAX_LENGTH = 10_000  # dead letters kept for inspection and replay
 
-    def __init__(self, client: redis.Redis, stream: str = "retrain:events") -> None:
+
+class RedisStreamSink:
+    """Appends each event, structured-mode JSON, to a Redis stream capped at about
+    ``max_length`` entries (``MAXLEN ~``: the oldest go first, cheaply)."""
+
+    def __init__(self, client: redis.Redis, stream: str = "retrain:events",
+                 max_length: int = STREAM_MAX_LENGTH) -> None:
         self._client = client
         self.stream = stream
+        self._max_length = max_length
 
     def send(self, event: Event) -> None:
         headers, body = encode(event, "structured")
-        self._client.xadd(self.stream, {"event": body, "type": event.type.value})
+        self._client.xadd(self.stream, {"event": body, "type": event.type.value},
+                          maxlen=self._max_length, approximate=True)
 
 
 class PatientSink:

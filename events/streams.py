@@ -17,6 +17,7 @@ import redis
 from events.codec import decode
 from events.envelope import Event
 from events.errors import EventError
+from events.sinks import DEAD_MAX_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class StreamConsumer:
         being retried and blocking nothing else; ``retrain events dead-letters`` shows it."""
         log.error("stream %s entry %s moved to %s: %s", self.stream, entry_id, self.dead, reason)
         with self._r.pipeline() as pipe:
-            pipe.xadd(self.dead, {**fields, b"reason": reason.encode()})
+            pipe.xadd(self.dead, {**fields, b"reason": reason.encode()}, maxlen=DEAD_MAX_LENGTH,
+                      approximate=True)
             pipe.xack(self.stream, self.group, entry_id)
             pipe.execute()
 

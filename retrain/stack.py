@@ -82,7 +82,8 @@ class LocalStack:
         dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
         # a model.trained is appended to the stream before the trigger answers 202; the
         # selector's consumer group judges it there, so a crash loses no candidate
-        self.trigger = Trigger(client, RedisStreamSink(client, STREAM).send, self.default_parameters)
+        self.trigger = Trigger(client, RedisStreamSink(client, STREAM, s.stream_max_length).send,
+                               self.default_parameters)
         trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys), events_sock,
                                    "trigger").start()
         self._exit.callback(trigger.stop)

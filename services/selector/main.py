@@ -93,7 +93,7 @@ def serve(settings: Settings, *, stream: bool = True) -> None:
     appends what it accepts to the same stream; a consumer group judges each entry once.
     ``stream`` is kept for old command lines: the stream is always consumed."""
     with open_redis(settings.redis_url, settings.home) as handle:
-        sink = RedisStreamSink(handle.client, STREAM)
+        sink = RedisStreamSink(handle.client, STREAM, settings.stream_max_length)
         selector = build_selector(settings, handle.client, sink.send)
         stop = threading.Event()
         consumer = selector_consumer(handle.client, selector, settings)

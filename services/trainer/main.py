@@ -51,7 +51,8 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
         if client is None:
             raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
                                      "stream the selector reads)")
-        sink = PatientSink(RedisStreamSink(client), give_up_after=STREAM_PATIENCE_SECONDS)
+        sink = PatientSink(RedisStreamSink(client, max_length=settings.stream_max_length),
+                           give_up_after=STREAM_PATIENCE_SECONDS)
     elif options.sink:  # presents the API key the receiver requires (RETRAIN_API_KEYS)
         sink = HttpSink(options.sink, api_key=settings.api_key)
     config = TrainConfig(options.model, options.dataset, out, options.epochs,

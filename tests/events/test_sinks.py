@@ -76,3 +76,16 @@ def test_it_gives_up_after_its_patience_and_never_retries_a_refusal(tmp_path):
     with pytest.raises(SinkRejectedError):
         PatientSink(Refusing(), give_up_after=60, sleep=naps.append).send(_event())
     assert Refusing.calls == 1
+
+
+@pytest.mark.integration
+def test_the_event_stream_is_capped_so_redis_memory_stays_bounded(r):
+    from events import make_event
+    from events.sinks import RedisStreamSink
+
+    sink = RedisStreamSink(r, "t:capped", max_length=1000)
+    for n in range(5000):
+        sink.send(make_event("dataset.updated", {"uri": f"/d/{n}"}, source="t", id=str(n)))
+    assert 1000 <= r.xlen("t:capped") < 1500  # MAXLEN ~ trims whole nodes, cheaply
+    newest = r.xrevrange("t:capped", count=1)[0][1][b"event"]
+    assert b'"id": "4999"' in newest or b'"id":"4999"' in newest
