@@ -23,9 +23,11 @@ class RedisUnavailableError(RetrainError):
     """The configured Redis server cannot be reached."""
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"cannot reach Redis at {url}: {reason}")
-        self.url = url
-        self.reason = reason
+        from core.redact import redact
+
+        super().__init__(redact(f"cannot reach Redis at {url}: {reason}"))
+        self.url = redact(url)
+        self.reason = redact(reason)
 
 
 class PortInUseError(RetrainError):

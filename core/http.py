@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hmac
+import logging
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import uvicorn
 
+from core import redact
 from core.errors import PortInUseError, RetrainError
 
 
@@ -65,6 +67,8 @@ def serve_forever(app: object, host: str, port: int, service: str) -> None:
     """Foreground serving for ``retrain serve``/``watch``: binds first, then runs uvicorn."""
     sock = bind(host, port, service)
     config = uvicorn.Config(app, log_level="info", lifespan="on")  # type: ignore[arg-type]
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # they have their own handlers
+        redact.install(logging.getLogger(name))
     uvicorn.Server(config).run(sockets=[sock])
 
 

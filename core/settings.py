@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # the watcher's Git webhooks
     github_webhook_secret: str | None = None
     gitlab_webhook_token: str | None = None
+    git_token: str | None = None  # a private repository's token (or RETRAIN_GIT_TOKEN_FILE)
+    git_token_file: Path | None = None
     s3_webhook_token: str | None = None  # bearer token bucket notifications must present
     # model server: requests per second per client, 0 meaning no limit
     rate_limit_anon: float = Field(50.0, ge=0)
@@ -93,6 +95,17 @@ class Settings(BaseSettings):
     def api_key(self) -> str | None:
         """The key this process presents when it sends events (the first configured)."""
         return self.api_keys[0] if self.api_keys else None
+
+    @property
+    def git_credential(self) -> str | None:
+        """The Git token: ``RETRAIN_GIT_TOKEN``, else the first line of the file
+        ``RETRAIN_GIT_TOKEN_FILE`` names (a mounted Secret)."""
+        if self.git_token:
+            return self.git_token
+        if self.git_token_file is not None:
+            lines = self.git_token_file.read_text().splitlines()
+            return lines[0].strip() if lines else None
+        return None
 
     @property
     def data_dir(self) -> Path:

@@ -14,6 +14,7 @@ import sys
 import typer
 
 from core.errors import RetrainError
+from core.redact import redact
 from retrain.commands import pipeline, standalone
 from retrain.commands.cache import cache_app
 from retrain.commands.selector import select_app
@@ -48,7 +49,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # click returns Exit codes instead of raising here
     except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

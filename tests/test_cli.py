@@ -27,6 +27,20 @@ def test_unreachable_redis_url(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_redis_password_never_reaches_the_terminal(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    told = {}
+    for url in (f"redis://:Sup3rSecretPw@127.0.0.1:{port}/0",
+                f"redis://admin:Sup3rSecretPw@127.0.0.1:{port}/0", "http://:Sup3rSecretPw@nope"):
+        done = _retrain("status", env={"RETRAIN_REDIS_URL": url, "RETRAIN_HOME": str(tmp_path)})
+        assert done.returncode != 0 and "Sup3rSecretPw" not in done.stdout + done.stderr
+        told[url] = done.stderr
+    assert f"redis://admin:***@127.0.0.1:{port}/0" in told[f"redis://admin:Sup3rSecretPw@127.0.0.1:{port}/0"]
+    assert "RETRAIN_REDIS_URL" in told["http://:Sup3rSecretPw@nope"]
+
+
 def test_bad_redis_url_setting(tmp_path):
     done = _retrain("status", env={"RETRAIN_REDIS_URL": "http://nope", "RETRAIN_HOME": str(tmp_path)})
     assert done.returncode == 2 and "RETRAIN_REDIS_URL" in done.stderr

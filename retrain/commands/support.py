@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
+from core import redact
 from core.errors import ConfigurationError
 from core.settings import Settings
 
@@ -17,16 +18,20 @@ console = Console(stderr=True)
 def load_settings(**overrides: object) -> Settings:
     """The settings from the environment, with the command line's non-None overrides."""
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(f"RETRAIN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
                              for e in exc.errors())
-        raise ConfigurationError(f"invalid configuration: {problems}") from None
+        raise ConfigurationError(redact.redact(f"invalid configuration: {problems}")) from None
+    redact.register(*settings.api_keys, settings.github_webhook_secret,
+                    settings.gitlab_webhook_token, settings.s3_webhook_token, settings.kube_token, settings.git_token)
+    return settings
 
 
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()
 
 
 def run_parameters(models: str | None, epochs: int | None, steps: int | None,

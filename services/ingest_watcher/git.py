@@ -14,6 +14,7 @@ is not trusted.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.http import secret_matches
+from core.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,10 @@ class GitSource:
 class Clone:
     """A working copy of the source under ``folder``, brought to the branch head on demand."""
 
-    def __init__(self, source: GitSource, folder: Path) -> None:
+    def __init__(self, source: GitSource, folder: Path, token: str | None = None) -> None:
         self.source = source
         self.folder = folder
+        self._auth_env = _token_env(token) if token else {}
 
     @property
     def dataset_root(self) -> Path:
@@ -63,9 +66,11 @@ class Clone:
 
     def _git(self, *args: str, cwd: Path | None = None) -> str:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                              env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"})
+                              env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin",
+                                   **self._auth_env})
         if done.returncode:
-            raise GitError(f"git {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+            # the URL may carry a token: never into a log line, an error or an event
+            raise GitError(redact(f"git {' '.join(args)} failed: {done.stderr.strip()[-500:]}"))
         return done.stdout.strip()
 
     def sync(self) -> str:
@@ -78,6 +83,15 @@ class Clone:
         self._git("checkout", "-q", "--force", "--detach", "FETCH_HEAD", cwd=self.folder)
         self._git("clean", "-q", "-d", "-f", "-x", cwd=self.folder)
         return f"clone at {self._git('rev-parse', 'HEAD', cwd=self.folder)[:12]}"
+
+
+def _token_env(token: str) -> dict[str, str]:
+    """A private repository's token as an HTTP header git sends (GitHub and GitLab accept
+    Basic with any user name), given through git's environment-variable configuration: never
+    on a command line (``ps``), in the URL, or in the clone's ``.git/config``."""
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
 
 
 def github_signature_ok(secret: str, body: bytes, header: str | None) -> bool:

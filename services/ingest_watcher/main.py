@@ -110,7 +110,7 @@ def watching(settings: Settings, client: redis.Redis, source: Source, sink: Sink
             except ValueError as exc:
                 raise ConfigurationError(f"--git-path: {exc}") from None
             tag = _tag(f"{source.url}#{source.branch}")
-            clone = Clone(git_source, settings.home / "git" / tag)
+            clone = Clone(git_source, settings.home / "git" / tag, settings.git_credential)
             root = clone.dataset_root
         elif isinstance(source, BucketPrefixSource):
             import boto3

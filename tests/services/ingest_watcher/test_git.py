@@ -19,7 +19,7 @@ from events.sinks import HttpSink
 from services.ingest_watcher import app as watcher_app
 from services.ingest_watcher.app import GitWebhooks, create_app
 from services.ingest_watcher.fetch import SourceFetcher
-from services.ingest_watcher.git import Clone, GitSource
+from services.ingest_watcher.git import Clone, GitError, GitSource
 from services.ingest_watcher.watcher import DirectoryWatcher
 from tests.conftest import free_port, wait_for, write_dataset
 from workflows.trigger import create_app as create_trigger
@@ -259,3 +259,41 @@ def _up(port):
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code in (200, 503)
     except httpx.HTTPError:
         return False
+
+
+def test_a_private_repositorys_token_is_sent_as_a_header_and_never_shown(tmp_path):
+    """Real git against a real HTTP server on 127.0.0.1 that records what it is sent: the
+    token from the settings arrives as an Authorization header (not in the URL), and neither
+    it nor a token written inside a URL appears in the error."""
+    import base64
+    import http.server
+    import threading
+
+    seen = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/org/data.git"
+        with pytest.raises(GitError) as info:
+            Clone(GitSource(url), tmp_path / "clone", token="ghp_SettingsToken123").sync()
+        assert "ghp_SettingsToken123" not in str(info.value)
+        header = next(h for h in seen if h)
+        assert base64.b64decode(header.removeprefix("Basic ")).decode().endswith(":ghp_SettingsToken123")
+        assert "ghp_SettingsToken123" not in (tmp_path / "clone" / ".git" / "config").read_text()
+
+        in_url = f"http://x:ghp_UrlToken4567@127.0.0.1:{server.server_port}/org/data.git"
+        with pytest.raises(GitError) as info:
+            Clone(GitSource(in_url), tmp_path / "clone2").sync()
+        assert "ghp_UrlToken4567" not in str(info.value) and "x:***@127.0.0.1" in str(info.value)
+    finally:
+        server.shutdown()
