@@ -39,6 +39,7 @@ class HttpSink:
         self._attempts = attempts
         self._timeout = timeout
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.duplicates: list[str] = []  # ids the receiver said it had already (last send)
 
     def send(self, event: Event) -> None:
         headers, body = encode(event, self._mode)
@@ -52,6 +53,7 @@ class HttpSink:
                 last = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 300:
+                    self.duplicates = _duplicates(response)
                     return
                 if response.status_code < 500 and response.status_code != 429:
                     raise SinkRejectedError(
@@ -66,6 +68,17 @@ class HttpSink:
 
 STREAM_MAX_LENGTH = 100_000  # RETRAIN_STREAM_MAX_LENGTH: Redis memory stays bounded
 DEAD_MAX_LENGTH = 10_000  # dead letters kept for inspection and replay
+
+
+def _duplicates(response: httpx.Response) -> list[str]:
+    """The ids a retrain receiver reports as duplicates (``{"duplicates": [...]}``); other
+    receivers (an Argo Events webhook) say nothing of the kind."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    found = body.get("duplicates") if isinstance(body, dict) else None
+    return [str(d) for d in found] if isinstance(found, list) else []
 
 
 class RedisStreamSink:

@@ -152,7 +152,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
         payload = json.dumps({"uri": str(data_root), "trigger": "manual"})
         console.print(f"  $ retrain publish dev.retrain.dataset.updated --data '{payload}'",
                       highlight=False)
-        event, target = publish_event(settings, "dev.retrain.dataset.updated", payload,
+        event, target, _duplicate = publish_event(settings, "dev.retrain.dataset.updated", payload,
                                       sink=stack.events_url)
         console.print(f"published {event.type.value} id={event.id} to {target}", soft_wrap=True)
         run2 = _wait_for_run(stack, t2, config.timeout)

@@ -13,14 +13,16 @@ from events.sinks import HttpSink
 
 def publish_event(settings: Settings, event_type: str, data: str, *, sink: str | None = None,
                   source: str = "retrain/cli", event_id: str | None = None,
-                  structured: bool = False) -> tuple[Event, str]:
-    """Send one event whose data is the JSON text ``data``; returns it and where it went."""
+                  structured: bool = False) -> tuple[Event, str, bool]:
+    """Send one event whose data is the JSON text ``data``; returns it, where it went, and
+    whether the receiver dropped it as a duplicate of one it already had."""
     try:
         payload: Any = json.loads(data)
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"--data is not valid JSON: {exc}") from None
     event = make_event(event_type, payload, source=source, id=event_id)
     target = sink or settings.events_url
-    HttpSink(target, mode="structured" if structured else "binary",
-             api_key=settings.api_key).send(event)
-    return event, target
+    sender = HttpSink(target, mode="structured" if structured else "binary",
+                      api_key=settings.api_key)
+    sender.send(event)
+    return event, target, event.id in sender.duplicates

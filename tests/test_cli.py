@@ -116,6 +116,27 @@ def test_publish_validates_the_payload(tmp_path):
     assert done.returncode != 0 and "unknown event type" in done.stderr
 
 
+@pytest.mark.integration
+def test_publish_says_when_the_trigger_dropped_the_event_as_a_duplicate(tmp_path, r):
+    from core.http import BackgroundServer, bind
+    from events.dedup import Deduplicator
+    from workflows.trigger import create_app
+
+    received = []
+    server = BackgroundServer(create_app(Deduplicator(r, 60, "trigger"), received.append),
+                              bind("127.0.0.1", 0, "trigger"), "trigger").start()
+    try:
+        args = ("publish", "dataset.updated", "--data", '{"uri": "/d"}', "--id", "once",
+                "--sink", server.url + "/events")
+        first = _retrain(*args, env={"RETRAIN_HOME": str(tmp_path)})
+        again = _retrain(*args, env={"RETRAIN_HOME": str(tmp_path)})
+    finally:
+        server.stop()
+    assert first.returncode == 0 and "published dev.retrain.dataset.updated id=once" in first.stderr
+    assert again.returncode == 0 and "dropped it as a duplicate" in again.stderr
+    assert [e.id for e in received] == ["once"]
+
+
 def test_seed_writes_a_stand_in_offline_and_says_so(tmp_path):
     from dataset import idx
     from dataset.layout import BASE_FILES

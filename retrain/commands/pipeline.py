@@ -132,6 +132,12 @@ def publish(
     """Publish a CloudEvent by hand (to the local stack or an Argo Events webhook)."""
     from retrain.publishing import publish_event
 
-    event, target = publish_event(load_settings(), event_type, data, sink=sink, source=source,
-                                  event_id=event_id, structured=structured)
+    event, target, duplicate = publish_event(load_settings(), event_type, data, sink=sink,
+                                             source=source, event_id=event_id,
+                                             structured=structured)
+    if duplicate:
+        console.print(f"not published: {target} already had {event.type.value} id={event.id} "
+                      f"from {source} and dropped it as a duplicate (send another --id)",
+                      soft_wrap=True, highlight=False)
+        return
     console.print(f"published {event.type.value} id={event.id} to {target}", soft_wrap=True)
