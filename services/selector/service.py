@@ -63,8 +63,12 @@ class Selector:
         if problem is not None:
             log.warning("refused %s/%s from %s: %s", trained.run_id, trained.model_type,
                         event.source, problem)
-            return self._record(self._rejected(trained, None, None, None, f"refused: {problem}"),
-                                started, refused_from=event.source)
+            # an id of its own: a refusal must never take the id of the candidate's real
+            # decision, which receivers would then drop as a duplicate
+            refused = make_event(EventType.MODEL_REJECTED,
+                                 self._rejected(trained, None, None, None, f"refused: {problem}").data,
+                                 source=SOURCE, id=f"refused/{event.source}/{event.id}")
+            return self._record(refused, started, refused_from=event.source)
         try:
             if not self._policy.rounds:
                 return self._decide(trained, None, started)

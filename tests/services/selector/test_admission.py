@@ -93,6 +93,8 @@ def test_a_strangers_model_is_refused_at_the_door_and_never_served(settings, pro
     assert [a["type"] for a in audit] == ["refused", "refused"]
     assert all(a["sender"] == "somebody" for a in audit)
     assert [e.type for e in emitted] == [EventType.MODEL_REJECTED] * 2
+    # a refusal never takes the id the candidate's real decision will carry
+    assert all(e.id.startswith("refused/somebody/") for e in emitted)
 
     # ours is taken (durably: on the stream before the 202) and judged once, however often
     # it is delivered, under any event id
