@@ -58,12 +58,13 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def size_problem(data: bytes, max_pixels: int = MAX_PIXELS) -> str | None:
-    """Why ``data`` must not be decoded (unknown format, or too many pixels declared), or
-    None."""
+def size_problem(data: bytes, max_pixels: int = MAX_PIXELS, *,
+                 unknown_is_a_problem: bool = True) -> str | None:
+    """Why ``data`` must not be decoded (too many pixels declared, or, unless
+    ``unknown_is_a_problem`` is False, a header this module cannot read), or None."""
     size = declared_size(data)
     if size is None:
-        return f"not a {FORMATS} image (or its header is cut short)"
+        return f"not a {FORMATS} image (or its header is cut short)" if unknown_is_a_problem else None
     width, height = size
     if width == 0 or height == 0:
         return f"declares an empty image ({width} x {height})"

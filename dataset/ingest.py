@@ -26,7 +26,7 @@ from blake3 import blake3
 from dataset import idx, png
 from dataset.errors import DatasetNotFoundError, DatasetValidationError
 from dataset.fingerprint import Fingerprint, hash_file
-from dataset.image_header import declared_size, size_problem
+from dataset.image_header import size_problem
 from dataset.layout import IdxPair, ImageFolder, Unit, discover
 from dataset.store import TMP_PREFIX, stat_signature
 
@@ -174,7 +174,7 @@ def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | Non
     from PIL import Image, UnidentifiedImageError
 
     # before Pillow allocates what the header declares (a header it cannot read, Pillow words)
-    problem = size_problem(data) if declared_size(data) is not None else None
+    problem = size_problem(data, unknown_is_a_problem=False)
     if problem is not None:
         return None, f"{path}: the image {problem}"
     try:

@@ -91,7 +91,7 @@ def discover(root: Path) -> Layout:
             if not inside(str(batch)):
                 problems.append(f"{_rel(root, batch)}: {LEAVES_ROOT}")
             elif batch.is_dir():
-                units.extend(_discover_batch(root, batch, problems))
+                units.extend(_discover_batch(root, batch, problems, inside))
             else:
                 problems.append(f"{_rel(root, batch)}: increments must be folders, found a file")
     return Layout(tuple(units), tuple(problems))
@@ -111,9 +111,8 @@ class _Inside:
 LEAVES_ROOT = "a link leading out of the dataset folder (refused)"
 
 
-def _discover_batch(root: Path, batch: Path, problems: list[str]) -> list[Unit]:
+def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Inside) -> list[Unit]:
     units: list[Unit] = []
-    inside = _Inside(root)
     entries = []
     for entry in sorted(p for p in batch.iterdir() if not p.name.startswith(".")):
         if inside(str(entry)):

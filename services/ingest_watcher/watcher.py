@@ -58,17 +58,14 @@ class DirectoryWatcher:
         self._last_notice: float | None = None  # monotonic time of the latest notification
         self.notifications = False  # whether file-system notifications are running
 
-    def last_emitted(self) -> Fingerprint | None:
+    def _last(self) -> tuple[Fingerprint | None, int]:
+        """The fingerprint last emitted, and how many changes were emitted so far."""
         raw = self._r.get(self._state_key)
         if not raw:
-            return None
+            return None, 0
         state = json.loads(raw)
-        return Fingerprint(state["digest"], tuple(FileEntry(*f) for f in state["files"]))
-
-    def _sequence(self) -> int:
-        """How many changes of this dataset were emitted so far."""
-        raw = self._r.get(self._state_key)
-        return int(json.loads(raw).get("sequence", 0)) if raw else 0
+        return (Fingerprint(state["digest"], tuple(FileEntry(*f) for f in state["files"])),
+                int(state.get("sequence", 0)))
 
     def scan_once(self, settled: bool = False, trigger: str = "watcher") -> Event | None:
         """Fingerprint the root; emit and return an event if it changed and has settled.
@@ -80,7 +77,7 @@ class DirectoryWatcher:
         self.last_scan = time.time()
         stable = fp.digest == self._previous_scan
         self._previous_scan = fp.digest
-        last = self.last_emitted()
+        last, emitted = self._last()
         if last is not None and last.digest == fp.digest:
             return None
         if not fp.files or (not settled and (not stable or not self._quiet())):
@@ -89,7 +86,7 @@ class DirectoryWatcher:
         # the id names this change, not the content: data that returns to earlier content
         # (A -> B -> A, a rollback) is a new change with its own event, while a retry of
         # this one (a crash before the state below moved on) keeps the id and is a duplicate
-        sequence = self._sequence() + 1
+        sequence = emitted + 1
         event = make_event(
             EventType.DATASET_UPDATED,
             DatasetUpdated(

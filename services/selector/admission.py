@@ -10,11 +10,10 @@ event's and whose shards still check out. Whoever sends the event, with or witho
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset.store import verify
+from dataset.store import load_metadata, verify
 from events.payloads import ModelTrained
 
 
@@ -51,7 +50,7 @@ class Admission:
             return (f"dataset_uri {dataset_uri!r} is not a dataset of the store {datasets}: "
                     "candidates are scored only on test splits this project ingested")
         try:
-            recorded = json.loads((folder / "metadata.json").read_text()).get("digest")
+            recorded = load_metadata(folder).get("digest")
         except (OSError, ValueError, AttributeError):
             return f"dataset_uri {dataset_uri!r} has no readable metadata"
         if recorded != digest:

@@ -2,7 +2,6 @@
 exported SavedModel's own decoder all refuse decompression bombs without decoding them."""
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -30,11 +29,10 @@ def test_the_declared_size_is_read_from_each_format_tensorflow_decodes(fmt, mode
     assert size_problem(_encoded(fmt, (37, 23), mode)) is None
 
 
-def test_a_bomb_is_refused_from_its_header_in_microseconds(bomb):
+def test_a_bomb_is_refused_from_its_header(bomb):
+    """How fast is measured by benchmarks/bench_reliability.py, not here."""
     assert len(bomb) < 500_000 and declared_size(bomb) == (20_000, 20_000)
-    started = time.perf_counter()
     problem = size_problem(bomb)
-    assert time.perf_counter() - started < 0.01
     assert "declares 20000 x 20000 pixels" in problem and f"{MAX_PIXELS:,}" in problem
 
 
@@ -45,6 +43,12 @@ def test_a_bomb_is_refused_from_its_header_in_microseconds(bomb):
 ])
 def test_unknown_or_cut_headers_are_refused(data, fragment):
     assert fragment in size_problem(data)
+
+
+def test_ingestion_leaves_headers_it_cannot_read_to_pillow():
+    assert size_problem(b"not an image", unknown_is_a_problem=False) is None
+    assert "declares 20000 x 1" in size_problem(_encoded("PNG", (20_000, 1)),
+                                                unknown_is_a_problem=False)
 
 
 def test_a_wide_strip_is_refused_though_its_pixel_count_is_small():
