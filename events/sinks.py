@@ -39,9 +39,13 @@ class HttpSink:
         self._attempts = attempts
         self._timeout = timeout
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.duplicates: list[str] = []  # ids the receiver said it had already (last send)
 
     def send(self, event: Event) -> None:
+        self.deliver(event)
+
+    def deliver(self, event: Event) -> list[str]:
+        """``send``, returning the ids the receiver said it already had (a retrain receiver
+        answers ``{"duplicates": [...]}``; others say nothing of the kind)."""
         headers, body = encode(event, self._mode)
         headers.update(self._auth)
         delay = 0.2
@@ -53,8 +57,7 @@ class HttpSink:
                 last = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code < 300:
-                    self.duplicates = _duplicates(response)
-                    return
+                    return _duplicates(response)
                 if response.status_code < 500 and response.status_code != 429:
                     raise SinkRejectedError(
                         self.url, f"rejected with {response.status_code}: {response.text[:300]}"
@@ -71,8 +74,6 @@ DEAD_MAX_LENGTH = 10_000  # dead letters kept for inspection and replay
 
 
 def _duplicates(response: httpx.Response) -> list[str]:
-    """The ids a retrain receiver reports as duplicates (``{"duplicates": [...]}``); other
-    receivers (an Argo Events webhook) say nothing of the kind."""
     try:
         body = response.json()
     except ValueError:

@@ -22,7 +22,6 @@ def publish_event(settings: Settings, event_type: str, data: str, *, sink: str |
         raise ConfigurationError(f"--data is not valid JSON: {exc}") from None
     event = make_event(event_type, payload, source=source, id=event_id)
     target = sink or settings.events_url
-    sender = HttpSink(target, mode="structured" if structured else "binary",
-                      api_key=settings.api_key)
-    sender.send(event)
-    return event, target, event.id in sender.duplicates
+    duplicates = HttpSink(target, mode="structured" if structured else "binary",
+                          api_key=settings.api_key).deliver(event)
+    return event, target, event.id in duplicates

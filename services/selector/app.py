@@ -36,7 +36,7 @@ def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event
         assert isinstance(event.data, ModelTrained)
         problem = selector.refusal(event.data)
         if problem is not None:
-            selector.handle(event)  # records and emits the refusal with its reason
+            selector.refuse(event, problem)  # audited and emitted with its reason
             raise EventRefusedError(problem)
         enqueue(event)
 

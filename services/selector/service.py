@@ -61,14 +61,7 @@ class Selector:
             return decision
         problem = self.refusal(trained)
         if problem is not None:
-            log.warning("refused %s/%s from %s: %s", trained.run_id, trained.model_type,
-                        event.source, problem)
-            # an id of its own: a refusal must never take the id of the candidate's real
-            # decision, which receivers would then drop as a duplicate
-            refused = make_event(EventType.MODEL_REJECTED,
-                                 self._rejected(trained, None, None, None, f"refused: {problem}").data,
-                                 source=SOURCE, id=f"refused/{event.source}/{event.id}")
-            return self._record(refused, started, refused_from=event.source)
+            return self.refuse(event, problem)
         try:
             if not self._policy.rounds:
                 return self._decide(trained, None, started)
@@ -82,6 +75,20 @@ class Selector:
         """Why this candidate may not even be looked at (a model or a test split that is not
         this project's), or None."""
         return self._admission.problem(trained) if self._admission else None
+
+    def refuse(self, event: Event, problem: str) -> Event:
+        """Audit and emit the refusal of ``event`` (``problem``: what ``refusal`` said)."""
+        trained = event.data
+        assert isinstance(trained, ModelTrained)
+        started = time.perf_counter()
+        log.warning("refused %s/%s from %s: %s", trained.run_id, trained.model_type,
+                    event.source, problem)
+        # an id of its own: a refusal must never take the id of the candidate's real
+        # decision, which receivers would then drop as a duplicate
+        refused = make_event(EventType.MODEL_REJECTED,
+                             self._rejected(trained, None, None, None, f"refused: {problem}").data,
+                             source=SOURCE, id=f"refused/{event.source}/{event.id}")
+        return self._record(refused, started, refused_from=event.source)
 
     # rounds ------------------------------------------------------------------------------------
     def _join_round(self, trained: ModelTrained, candidate: float, started: float) -> Event | None:
