@@ -154,6 +154,7 @@ def _start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
                 probe.close()
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
             raise RedisUnavailableError(f"unix://{socket_file}",
                                         f"the embedded redis-server did not start; see "
                                         f"{folder / 'redis.log'}")

@@ -24,7 +24,8 @@ def load_settings(**overrides: object) -> Settings:
                              for e in exc.errors())
         raise ConfigurationError(redact.redact(f"invalid configuration: {problems}")) from None
     redact.register(*settings.api_keys, settings.github_webhook_secret,
-                    settings.gitlab_webhook_token, settings.s3_webhook_token, settings.kube_token, settings.git_token)
+                    settings.gitlab_webhook_token, settings.s3_webhook_token, settings.kube_token,
+                    settings.git_token)
     return settings
 
 

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.http import secret_matches
-from core.redact import redact
+from core.redact import redact, register
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class Clone:
         self.source = source
         self.folder = folder
         self._auth_env = _token_env(token) if token else {}
+        register(token)  # from a file too: masked wherever it could appear
 
     @property
     def dataset_root(self) -> Path:
