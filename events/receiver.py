@@ -30,7 +30,10 @@ MAX_EVENT_BODY = 64 * 1024
 
 
 def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
-                    api_keys: tuple[str, ...] = (), title: str = "retrain events") -> FastAPI:
+                    api_keys: tuple[str, ...] = (), title: str = "retrain events",
+                    health: Callable[[], str | None] | None = None) -> FastAPI:
+    """``health`` says what keeps the service from working (None: healthy); ``/healthz``
+    answers 503 with it, so a supervisor or a load balancer knows."""
     app = FastAPI(title=title)
 
     def _error(status: int, message: str) -> JSONResponse:
@@ -51,8 +54,11 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
         return {"status": "alive"}
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        problem = health() if health is not None else None
+        if problem is not None:
+            return JSONResponse({"status": "unhealthy", "problem": problem}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.post("/events")
     async def receive(request: Request) -> JSONResponse:

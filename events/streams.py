@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import redis
 
+from core.supervise import Outage
 from events.codec import decode
 from events.envelope import Event
 from events.errors import EventError
@@ -91,20 +91,13 @@ class StreamConsumer:
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop``; a Redis outage is logged once when it starts and once when it
         ends, and waited out with backoff (up to 5 s between attempts)."""
-        away_since: float | None = None
+        outage = Outage(f"Redis (stream {self.stream})")
         while not stop.is_set():
             try:
                 self.poll()
-                if away_since is not None:
-                    log.warning("stream %s: Redis is back after %.0fs", self.stream,
-                                time.monotonic() - away_since)
-                    away_since = None
+                outage.ok()
             except (redis.RedisError, OSError) as exc:
-                if away_since is None:
-                    away_since = time.monotonic()
-                    log.warning("stream %s: Redis unavailable (%s); retrying until it is back",
-                                self.stream, type(exc).__name__)
-                stop.wait(min(5.0, 0.5 + (time.monotonic() - away_since) / 4))
+                stop.wait(outage.failed(exc))
             except Exception:
                 log.exception("stream %s: handling failed; the entry stays pending", self.stream)
                 stop.wait(1.0)

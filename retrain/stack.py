@@ -6,21 +6,22 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Any
 
 import redis
 from rich.console import Console
 
 from core import timeline
+from core.errors import RetrainError
 from core.http import BackgroundServer, bind
 from core.redis_store import RedisHandle, open_redis
 from core.settings import MODEL_NAME, Settings
+from core.supervise import Outage, Supervisor
 from events.dedup import Deduplicator
 from events.payloads import RunParameters
 from events.sinks import HttpSink, RedisStreamSink
-from workflows.runner import RunRequest
-from workflows.trigger import QUEUE, Trigger
+from workflows.trigger import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class LocalStack:
         self.console = console or Console(stderr=True)
         self._exit = contextlib.ExitStack()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.supervisor: Supervisor
         self.redis: RedisHandle
         self.serve_url = ""
         self.events_url = ""
@@ -53,8 +54,7 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        self.supervisor.join(timeout=30)
         self._exit.close()
 
     def _start(self) -> None:
@@ -72,6 +72,8 @@ class LocalStack:
         self._exit.callback(events_sock.close)
         self.redis = self._exit.enter_context(open_redis(s.redis_url, s.home))
         client = self.redis.client
+        # a thread that cannot go on stops the stack: `retrain up` then exits non-zero
+        self.supervisor = Supervisor(client, lambda _why: self._stop.set())
 
         server_app = create_server(s, poll_seconds=1.0)
         server = BackgroundServer(server_app, serve_sock, "model-server").start()
@@ -84,8 +86,9 @@ class LocalStack:
         # selector's consumer group judges it there, so a crash loses no candidate
         self.trigger = Trigger(client, RedisStreamSink(client, STREAM, s.stream_max_length).send,
                                self.default_parameters)
-        trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys), events_sock,
-                                   "trigger").start()
+        trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys,
+                                                  self.supervisor.problem),
+                                   events_sock, "trigger").start()
         self._exit.callback(trigger.stop)
         self.events_url = trigger.url + "/events"
         self.sink = HttpSink(self.events_url, api_key=s.api_key)
@@ -95,38 +98,52 @@ class LocalStack:
             s, client, self.sink.send,
             LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
         consumer = selector_consumer(client, self.selector, s)
-        self._spawn("selector", lambda: consumer.run(self._stop))
-        self._spawn("runner", self._runner_loop)
+        self.supervisor.spawn("selector", lambda: consumer.run(self._stop))
+        self.supervisor.spawn("runner", self._runner_loop)
         if self.data_root is not None:
             # as `retrain watch` does: events wait in Redis's outbox until the trigger has them
             self.watcher = self._exit.enter_context(watching(
                 s, client, FolderSource(self.data_root), self.sink,
                 outbox_name="stack-watcher", max_backoff=2.0, stop=self._stop)).watcher
 
-    def _spawn(self, name: str, target: Any) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
     def _runner_loop(self) -> None:
+        """Take run requests (each stays in Redis's processing list until its run has ended)
+        and run them; runs whose runner died are resumed, at start and every lease period.
+        A Redis outage is waited out: the loop logs it once and goes on when Redis is back."""
+        from workflows.lease import LEASE_SECONDS
+        from workflows.queue import RunQueue
         from workflows.runner import LocalRunner
 
         runner = LocalRunner(self.settings, self.redis.client, self.redis.url, self.sink.send,
                              self.console)
+        queue = RunQueue(self.redis.client)
+        outage = Outage("Redis (run queue)")
+        next_recovery = 0.0
         while not self._stop.is_set():
             try:
-                item = self.redis.client.blpop([QUEUE], timeout=1)
-            except redis.RedisError:
-                if self._stop.is_set():
-                    return
-                raise
-            if item is None:
+                if time.monotonic() >= next_recovery:
+                    queue.recover()
+                    next_recovery = time.monotonic() + LEASE_SECONDS
+                taken = queue.take(timeout=1)
+                outage.ok()
+            except (redis.RedisError, OSError) as exc:
+                self._stop.wait(outage.failed(exc))
+                continue
+            if taken is None:
                 continue
             try:
-                runner.run(RunRequest.from_json(item[1]))
+                runner.run(taken.request)
+            except (redis.RedisError, OSError) as exc:
+                # left in the processing list: resumed once Redis is back and its lease is gone
+                log.warning("run %s interrupted (%s); it will be resumed",
+                            taken.request.run_id, type(exc).__name__)
+                continue
             except Exception as exc:
-                log.exception("run failed")
-                timeline.record(self.redis.client, "error", "run", error=str(exc))
+                log.exception("run %s failed", taken.request.run_id)
+                with contextlib.suppress(redis.RedisError):
+                    timeline.record(self.redis.client, "error", "run", error=str(exc))
+            with contextlib.suppress(redis.RedisError):  # else resumed later: at least once
+                queue.done(taken)
 
 
 def run_until_stopped(settings: Settings, console: Console) -> None:
@@ -140,6 +157,9 @@ def run_until_stopped(settings: Settings, console: Console) -> None:
                       f"/v1/models/fashion-mnist:predict\nRedis   {stack.redis.url}\n"
                       "Ctrl-C to stop")
         try:
-            stop.wait()
+            while not stop.wait(0.5) and stack.supervisor.failure is None:
+                pass
         except KeyboardInterrupt:
             pass
+    if stack.supervisor.failure is not None:
+        raise RetrainError(f"stopped: {stack.supervisor.failure}")

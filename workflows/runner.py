@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from core import timeline
+from core.children import dies_with_us
 from core.settings import Settings
 from dataset.cache import CacheEntry, ContentCache, Policy
 from dataset.errors import DatasetError, DatasetValidationError
@@ -71,13 +72,19 @@ def ingestion_failed(run_id: str, data_uri: str, exc: DatasetValidationError) ->
                       source=SOURCE, id=f"{run_id}/ingestion")
 
 
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
 @dataclass(frozen=True)
 class RunRequest:
     data_uri: str
     parameters: RunParameters = RunParameters()
     trigger: str = "cli"
     event_id: str | None = None
-    run_id: str = field(default_factory=lambda: time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+    run_id: str = field(default_factory=new_run_id)
+    attempt: int = 1  # > 1: resumes ``resumes``, whose runner died
+    resumes: str | None = None
 
     @classmethod
     def from_event(cls, event: Event, defaults: RunParameters | None = None) -> RunRequest:
@@ -95,7 +102,8 @@ class RunRequest:
     def to_json(self) -> str:
         return json.dumps({"data_uri": self.data_uri, "parameters": self.parameters.model_dump(),
                            "trigger": self.trigger, "event_id": self.event_id,
-                           "run_id": self.run_id})
+                           "run_id": self.run_id, "attempt": self.attempt,
+                           "resumes": self.resumes})
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RunRequest:
@@ -125,6 +133,7 @@ class RunRecorder:
             "data": request.data_uri, "parameters": request.parameters.model_dump(),
             "status": "running", "started_at": time.time(), "steps": [], "models": {},
             "cache": None, "dataset_uri": None, "digest": None,
+            **({"attempt": request.attempt, "resumes": request.resumes} if request.resumes else {}),
         }
         self.save()
         self._r.zadd("retrain:runs", {request.run_id: time.time()})
@@ -174,7 +183,14 @@ class LocalRunner:
         self._cache = ContentCache(client, settings.cache_ttl_seconds)
 
     def run(self, request: RunRequest) -> dict[str, Any]:
-        """Run the workflow; returns its summary (also stored in Redis)."""
+        """Run the workflow; returns its summary (also stored in Redis). The run's lease is held
+        meanwhile, so a run whose process dies is found and closed (``workflows.queue``)."""
+        from workflows.lease import Lease
+
+        with Lease(self._r, request.run_id).held():
+            return self._run(request)
+
+    def _run(self, request: RunRequest) -> dict[str, Any]:
         rec = RunRecorder(self._r, request)
         started = time.perf_counter()
         params = request.parameters
@@ -256,7 +272,7 @@ class LocalRunner:
                                      warm.get(model)).local_command()
             with (out.parent / "train.log").open("w") as log_file:  # the child keeps its copy
                 proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                        text=True)
+                                        text=True, preexec_fn=dies_with_us())  # noqa: PLW1509
             procs[model] = (proc, time.perf_counter(), out)
             self._emit(make_event(
                 EventType.TRAINING_STARTED,
@@ -297,7 +313,10 @@ class LocalRunner:
             while pending:
                 for model in list(pending):
                     proc, started, out = pending[model]
-                    raw = self._r.hget(progress_key(request.run_id, model), "latest")
+                    try:  # progress is for show: a Redis outage must not orphan a training
+                        raw = self._r.hget(progress_key(request.run_id, model), "latest")
+                    except redis.RedisError:
+                        raw = None
                     if raw:
                         p = json.loads(raw)
                         bar.update(tasks[model], total=p["planned"], completed=p["step"],

@@ -20,15 +20,15 @@ from events.dedup import Deduplicator
 from events.payloads import RunParameters
 from events.receiver import create_receiver
 from events.types import RUN_REQUESTS
+from workflows.queue import RunQueue
 from workflows.runner import RunRequest
-
-QUEUE = "retrain:queue"  # run requests, oldest first, for the local runner
 
 
 def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
-               api_keys: tuple[str, ...] = ()) -> FastAPI:
+               api_keys: tuple[str, ...] = (),
+               health: Callable[[], str | None] | None = None) -> FastAPI:
     """The trigger's HTTP endpoint: new events go to ``dispatch``, duplicates are dropped."""
-    return create_receiver(dedup, dispatch, api_keys, title="retrain trigger")
+    return create_receiver(dedup, dispatch, api_keys, title="retrain trigger", health=health)
 
 
 def describe(event: Event) -> dict[str, Any]:
@@ -46,12 +46,13 @@ class Trigger:
     def __init__(self, client: redis.Redis, judge: Callable[[Event], None],
                  default_parameters: RunParameters | None = None) -> None:
         self._r = client
+        self._queue = RunQueue(client)
         self._judge = judge
         self._defaults = default_parameters
 
     def dispatch(self, event: Event) -> None:
         timeline.record(self._r, "event", event.type.short, **describe(event))
         if event.type in RUN_REQUESTS:
-            self._r.rpush(QUEUE, RunRequest.from_event(event, self._defaults).to_json())
+            self._queue.put(RunRequest.from_event(event, self._defaults))
         elif event.type is EventType.MODEL_TRAINED:
             self._judge(event)

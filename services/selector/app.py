@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event], None],
-               api_keys: tuple[str, ...] = ()) -> Any:
+               api_keys: tuple[str, ...] = (),
+               health: Callable[[], str | None] | None = None) -> Any:
     """A CloudEvents endpoint feeding ``enqueue`` (the stream); other event types are
     acknowledged and ignored (logged), so one Argo Events trigger can fan everything out."""
 
@@ -40,4 +41,5 @@ def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event
             raise EventRefusedError(problem)
         enqueue(event)
 
-    return create_receiver(dedup, dispatch, api_keys, title="retrain selector")
+    return create_receiver(dedup, dispatch, api_keys, title="retrain selector",
+                           health=health)

@@ -10,6 +10,7 @@ the Redis stream); ``rollback`` brings the previous champion back.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from core.errors import ConfigurationError
 from core.http import serve_forever
 from core.redis_store import open_redis
 from core.settings import MODEL_NAME, Settings
+from core.supervise import Supervisor
 from events import Event, EventType
 from events.dedup import Deduplicator
 from events.sinks import RedisStreamSink
@@ -28,6 +30,7 @@ from services.selector.admission import Admission
 from services.selector.app import create_app
 from services.selector.backends import LocalBackend, PromotionBackend
 from services.selector.champion import ChampionStore
+from services.selector.errors import SelectorError
 from services.selector.evaluate import Evaluator
 from services.selector.policy import ChampionPolicy
 from services.selector.service import Selector
@@ -97,15 +100,20 @@ def serve(settings: Settings, *, stream: bool = True) -> None:
         selector = build_selector(settings, handle.client, sink.send)
         stop = threading.Event()
         consumer = selector_consumer(handle.client, selector, settings)
-        worker = threading.Thread(target=consumer.run, args=(stop,), name="stream", daemon=True)
-        worker.start()
+        # a consumer that cannot go on stops the service (uvicorn ends on SIGTERM), which
+        # then exits non-zero for its supervisor to restart
+        supervisor = Supervisor(handle.client, lambda _why: os.kill(os.getpid(), signal.SIGTERM))
+        supervisor.spawn("stream", lambda: consumer.run(stop))
         receipts = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector-http")
         try:
-            serve_forever(create_app(selector, receipts, sink.send, settings.api_keys),
+            serve_forever(create_app(selector, receipts, sink.send, settings.api_keys,
+                                     supervisor.problem),
                           settings.host, settings.events_port, "selector")
         finally:
             stop.set()
-            worker.join(timeout=10)  # before Redis goes: it may be embedded, stopping with us
+            supervisor.join(timeout=10)  # before Redis goes: it may be embedded, stopping with us
+        if supervisor.failure is not None:
+            raise SelectorError(f"stopped: {supervisor.failure}")
 
 
 def selector_consumer(client: redis.Redis, selector: Selector, settings: Settings) -> StreamConsumer:

