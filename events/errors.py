@@ -36,6 +36,11 @@ class SinkUnavailableError(EventError):
         self.target = target
 
 
+class SinkFailedError(SinkUnavailableError):
+    """The sink answered, with a server error other than 503 or 429: it is up and fails on
+    this event. An outbox retries it a bounded number of times, then dead-letters it."""
+
+
 class SinkRejectedError(SinkUnavailableError):
     """The sink answered and refused the event (a 4xx other than 429): retrying cannot help."""
 

@@ -5,7 +5,10 @@ own upstream (a webhook sender, the watcher's state) right after. A sender threa
 the entries in order and deletes each only after the sink acknowledged it; while the sink is
 down it retries the oldest entry with exponential backoff, so an outage of minutes loses
 nothing and a restarted process delivers what its predecessor left. An event the sink refuses
-outright (a 4xx) is moved to a dead-letter stream with the reason instead of blocking the rest.
+outright (a 4xx) is moved to a dead-letter stream with the reason instead of blocking the rest,
+and so is one the sink fails on ``max_attempts`` times (a 500 each time: the receiver is up
+and chokes on that event); an unreachable sink or a 503 is an outage, waited out however
+long it lasts. ``retrain events dead-letters ls|replay`` shows and re-sends dead letters.
 Receivers drop the duplicates at-least-once can produce by (source, id).
 """
 
@@ -16,9 +19,10 @@ import threading
 
 import redis
 
+from core.supervise import Outage
 from events.codec import decode, encode
 from events.envelope import Event
-from events.errors import EventError, SinkRejectedError
+from events.errors import EventError, SinkFailedError, SinkRejectedError
 from events.sinks import DEAD_MAX_LENGTH, Sink
 
 log = logging.getLogger(__name__)
@@ -32,11 +36,14 @@ return redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
 
 class Outbox:
     def __init__(self, client: redis.Redis, sink: Sink, name: str, *,
-                 first_backoff: float = 0.2, max_backoff: float = 30.0) -> None:
+                 first_backoff: float = 0.2, max_backoff: float = 30.0,
+                 max_attempts: int = 10) -> None:
         self._r = client
         self._sink = sink
         self.stream = f"retrain:outbox:{name}"
         self.dead = f"{self.stream}:dead"
+        self._attempts = f"{self.stream}:attempts"  # entry id -> failed deliveries
+        self._max_attempts = max_attempts
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
         self._wake = threading.Event()
@@ -103,6 +110,15 @@ class Outbox:
                 except SinkRejectedError as exc:
                     self._bury(entry_id, body, str(exc))
                     continue
+                except SinkFailedError as exc:
+                    self.failures += 1
+                    attempts = int(self._r.hincrby(self._attempts, entry_id, 1))
+                    if attempts >= self._max_attempts:
+                        self._bury(entry_id, body, f"failed {attempts} times, last: {exc}")
+                        continue
+                    log.warning("outbox %s: %s failed at the sink (attempt %d of %d): %s",
+                                self.stream, event.id, attempts, self._max_attempts, exc)
+                    return bool(done)
                 except Exception as exc:
                     self.failures += 1
                     log.warning("outbox %s: %s not delivered yet (%d waiting): %s", self.stream,
@@ -113,7 +129,10 @@ class Outbox:
             return bool(entries)
         finally:
             if done:
-                self._r.xdel(self.stream, *done)
+                with self._r.pipeline(transaction=True) as pipe:
+                    pipe.xdel(self.stream, *done)
+                    pipe.hdel(self._attempts, *done)
+                    pipe.execute()
 
     def _bury(self, entry_id: bytes, body: bytes, reason: str) -> None:
         log.error("outbox %s: event refused, moved to %s: %s", self.stream, self.dead, reason)
@@ -121,15 +140,18 @@ class Outbox:
             pipe.xadd(self.dead, {"event": body, "reason": reason}, maxlen=DEAD_MAX_LENGTH,
                       approximate=True)
             pipe.xdel(self.stream, entry_id)
+            pipe.hdel(self._attempts, entry_id)
             pipe.execute()
 
     def _run(self) -> None:
         backoff = self._first_backoff
+        outage = Outage(f"Redis (outbox {self.stream})")
         while not self._stop.is_set():
             try:
                 moved = self.deliver_once(batch=100)
+                outage.ok()
             except redis.RedisError as exc:
-                log.warning("outbox %s: Redis unavailable: %s", self.stream, exc)
+                outage.failed(exc)
                 moved = False
             if moved:
                 backoff = self._first_backoff

@@ -13,7 +13,7 @@ import redis
 
 from events.codec import Mode, encode
 from events.envelope import Event
-from events.errors import SinkRejectedError, SinkUnavailableError
+from events.errors import SinkFailedError, SinkRejectedError, SinkUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,12 @@ class HttpSink:
         headers.update(self._auth)
         delay = 0.2
         last = ""
+        answered = False  # the last failure was the receiver's own answer, not an outage
         for attempt in range(self._attempts):
             try:
                 response = httpx.post(self.url, content=body, headers=headers, timeout=self._timeout)
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last, answered = f"{type(exc).__name__}: {exc}", False
             else:
                 if response.status_code < 300:
                     return _duplicates(response)
@@ -62,11 +63,12 @@ class HttpSink:
                     raise SinkRejectedError(
                         self.url, f"rejected with {response.status_code}: {response.text[:300]}"
                     )
-                last = f"HTTP {response.status_code}"
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+                answered = response.status_code not in (429, 503)
             if attempt + 1 < self._attempts:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        raise SinkUnavailableError(self.url, last)
+        raise (SinkFailedError if answered else SinkUnavailableError)(self.url, last)
 
 
 STREAM_MAX_LENGTH = 100_000  # RETRAIN_STREAM_MAX_LENGTH: Redis memory stays bounded
