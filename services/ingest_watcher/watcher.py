@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from core.supervise import Outage
 from dataset.fingerprint import FileEntry, Fingerprint, StatCache, diff, fingerprint
 from events import Event, EventType, make_event
 from events.payloads import DatasetUpdated, FileChanges
@@ -155,6 +156,7 @@ class DirectoryWatcher:
 
     def run(self, stop: threading.Event) -> None:
         observer = self._observe()
+        outage = Outage(f"Redis (the watcher of {self.root})")
         try:
             while not stop.is_set():
                 notice = self._last_notice
@@ -164,15 +166,19 @@ class DirectoryWatcher:
                         if stop.wait(self._settle - quiet_for):
                             return
                         continue
+                wait = self._interval
                 try:
                     # settled by the notifications: no write for `settle` seconds
                     self.scan_once(settled=notice is not None)
+                    outage.ok()
+                except redis.RedisError as exc:  # Redis away: logged once, not every scan
+                    wait = max(wait, outage.failed(exc))
                 except Exception:  # keep watching; the next scan retries
                     log.exception("watcher scan of %s failed", self.root)
                 else:
                     if self._last_notice == notice:
                         self._last_notice = None
-                if self._wake.wait(self._interval):
+                if self._wake.wait(wait):
                     self._wake.clear()
         finally:
             if observer is not None:

@@ -91,3 +91,43 @@ def test_a_worker_thread_that_dies_is_reported_and_stops_the_service(caplog):
     assert supervisor.problem() == why[0]  # /healthz says so until the process is gone
     [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert record.exc_info is not None and "restarts the service" in record.getMessage()
+
+
+def test_the_watcher_logs_a_redis_outage_once_and_emits_the_change_after(tmp_path, caplog):
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from events.sinks import RedisStreamSink
+    from services.ingest_watcher.watcher import DirectoryWatcher
+
+    port = free_port()
+    server = redis_server(port, tmp_path)
+    wait_for(lambda: _pings(port), 10)
+    # no retries of its own (redis-py's default waits about 7 s in each call): every scan
+    # meets the outage, which the watcher must log once, not once per scan
+    client = redis.Redis(port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    data = write_dataset(tmp_path / "data", train=100, test=50)
+    watcher = DirectoryWatcher(data, RedisStreamSink(client), client, tmp_path / "state",
+                               interval=0.1, settle=0.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    caplog.set_level(logging.WARNING)
+    try:
+        thread.start()
+        wait_for(lambda: client.xlen("retrain:events") == 1, 20)  # the first content
+        server.terminate()
+        server.wait()
+        write_dataset(data, train=120, test=50, seed=9)  # changed while Redis is away
+        threading.Event().wait(3)  # about thirty scans' worth
+        server = redis_server(port, tmp_path)
+        wait_for(lambda: _pings(port) and client.xlen("retrain:events") == 2, 30)
+    finally:
+        stop.set()
+        thread.join(10)
+        server.terminate()
+        server.wait()
+    gone = [r for r in caplog.records if "is unavailable" in r.getMessage()]
+    back = [r for r in caplog.records if r.getMessage().endswith("is back")]
+    assert len(gone) == 1 and len(back) == 1 and gone[0].exc_info is None
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback per scan
