@@ -32,6 +32,12 @@ class UnsafeKeyError(ValueError):
     """An object key that would land outside the mirror (``..`` or an absolute path)."""
 
 
+class UnmappableKeyError(ValueError):
+    """An object key with no file of its own in a folder: ``a//b`` and ``./b`` (a file
+    system folds them into another key's path), or a key that is both a file and a folder
+    (``a/b`` beside ``a/b/c``). Skipped and reported; every other key goes on working."""
+
+
 @dataclass(frozen=True)
 class BucketSource:
     bucket: str
@@ -61,6 +67,9 @@ class BucketSource:
         pure = PurePosixPath(rest)
         if key.startswith("/") or pure.is_absolute() or ".." in pure.parts or not rest:
             raise UnsafeKeyError(f"object key {key!r} is not a safe relative path")
+        if str(pure) != rest.removesuffix("/"):
+            raise UnmappableKeyError(f"object key {key!r} has no file of its own "
+                                     f"(a file system reads it as {str(pure)!r})")
         return str(pure)
 
 
@@ -72,9 +81,11 @@ class BucketMirror:
         self.settle = settle  # seconds the listing must stay the same before a sync
         self._state = folder.parent / f".{folder.name}.listing.json"
         self._lock = threading.Lock()
+        self.skipped: dict[str, str] = {}  # object key -> why it is not mirrored
 
     def listing(self) -> dict[str, list[Any]]:
-        """{relative path: [etag, size]} of every safe object under the prefix."""
+        """{relative path: [etag, size]} of every object under the prefix that maps to a file
+        of its own; the others are skipped and reported once each (``skipped``)."""
         out: dict[str, list[Any]] = {}
         pages = self._s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.source.bucket, Prefix=self.source.prefix)
@@ -82,12 +93,22 @@ class BucketMirror:
             for item in page.get("Contents", []):
                 try:
                     rel = self.source.relative(item["Key"])
-                except UnsafeKeyError as exc:
-                    log.warning("skipping %s", exc)
+                except (UnsafeKeyError, UnmappableKeyError) as exc:
+                    self._skip(item["Key"], str(exc))
                     continue
                 if rel is not None and not item["Key"].endswith("/"):
                     out[rel] = [item["ETag"].strip('"'), int(item["Size"])]
+        for rel in sorted(out):  # a file where other keys need a folder of that name
+            if any(other.startswith(rel + "/") for other in out):
+                self._skip(self.source.prefix + rel, f"object key {self.source.prefix + rel!r} "
+                           "is both a file and a folder of other keys")
+                del out[rel]
         return out
+
+    def _skip(self, key: str, why: str) -> None:
+        if key not in self.skipped:
+            log.warning("%s: skipped; the rest of %s is mirrored", why, self.source.uri)
+        self.skipped[key] = why
 
     def mirrored(self) -> dict[str, list[Any]]:
         try:
@@ -135,7 +156,8 @@ class BucketMirror:
             tmp_state = self._state.with_suffix(".tmp")
             tmp_state.write_text(json.dumps(listing))
             os.replace(tmp_state, self._state)
-            return f"{downloaded} downloaded, {removed} removed"
+            skipped = f", {len(self.skipped)} key(s) skipped" if self.skipped else ""
+            return f"{downloaded} downloaded, {removed} removed{skipped}"
 
 
 def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:
@@ -167,6 +189,9 @@ def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:
             rel = source.relative(key)
         except UnsafeKeyError as exc:
             raise ValueError(f"{where}: {exc}") from None
+        except UnmappableKeyError as exc:  # the mirror skips it too; the rest goes on
+            log.warning("%s: %s; not mirrored", where, exc)
+            continue
         if rel is not None:
             keys.append(key)
     return trigger, keys

@@ -127,6 +127,32 @@ def test_a_notification_mirrors_the_prefix_and_emits_one_event(stack, tmp_path, 
     assert list(stack.received[1].data.files.removed) == [keys[0].rsplit("/", 1)[1]]
 
 
+def test_keys_without_a_file_of_their_own_are_skipped_and_later_uploads_still_arrive(
+        stack, tmp_path):
+    odd = {"datasets/fm/a//b": b"1", "datasets/fm/./c": b"2", "datasets/fm/d": b"3",
+           "datasets/fm/d/e": b"4"}
+    for key, body in odd.items():
+        stack.client.put_object(Bucket=stack.bucket, Key=key, Body=body)
+    assert sorted(o["Key"] for o in stack.client.list_objects_v2(
+        Bucket=stack.bucket)["Contents"]) == sorted(odd)  # the server keeps them as sent
+    answer = notify(stack, {"Records": [record(stack.bucket, k) for k in odd]})
+    assert answer.status_code == 202 and answer.json()["objects"] == 2  # d and d/e
+    wait_for(lambda: stack.received)
+    mirrored = sorted(str(p.relative_to(stack.mirror.folder))
+                      for p in stack.mirror.folder.rglob("*") if p.is_file())
+    assert mirrored == ["d/e"]
+    assert (stack.mirror.folder / "d" / "e").read_bytes() == b"4"
+    assert sorted(stack.mirror.skipped) == ["datasets/fm/./c", "datasets/fm/a//b", "datasets/fm/d"]
+    assert "both a file and a folder" in stack.mirror.skipped["datasets/fm/d"]
+
+    local = upload_dataset(stack.client, stack.bucket, tmp_path, train=40, test=10)
+    keys = [f"datasets/fm/{p.name}" for p in sorted(local.iterdir())]
+    assert notify(stack, {"Records": [record(stack.bucket, k) for k in keys]}).status_code == 202
+    wait_for(lambda: len(stack.received) == 2)  # the bucket source keeps working
+    assert sorted(stack.received[1].data.files.added) == sorted(p.name for p in local.iterdir())
+    wait_for(lambda: stack.jobs.pending() == 0)
+
+
 def test_an_upload_notified_object_by_object_yields_one_event_for_the_whole(stack, tmp_path):
     def notify_and_pause(key):
         assert notify(stack, {"Records": [record(stack.bucket, key, "minio:s3")]}).status_code == 202
