@@ -108,12 +108,15 @@ class ModelTrained(Payload):
     seconds: float
     workers: int = 1
     steps: int = 0
+    # how many trainings the run started: the selector's round closes once they all ended
+    round_size: int | None = Field(None, ge=1)
 
 
 class TrainingFailed(Payload):
     run_id: str
     model_type: str
     reason: str
+    round_size: int | None = Field(None, ge=1)  # as in ModelTrained
 
 
 class Decision(Payload):

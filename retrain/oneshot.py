@@ -27,7 +27,7 @@ def run_once(settings: Settings, data_uri: str, params: RunParameters,
         def emit(event: Event) -> None:
             nonlocal selector
             timeline.record(client, "event", event.type.short, **describe(event))
-            if event.type is EventType.MODEL_TRAINED:
+            if event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
                 if selector is None:
                     selector = _selector(settings, client, emit)
                 selector.handle(event)

@@ -334,8 +334,9 @@ class LocalRunner:
         from services.trainer.process import failed_event, read_result, trained_event
 
         result = read_result(out) if code == 0 else None
+        size = len(request.parameters.models)  # the selector's round closes when all ended
         if result is not None:
-            event = trained_event(request.run_id, model, rec.summary["dataset_uri"], result)
+            event = trained_event(request.run_id, model, rec.summary["dataset_uri"], result, size)
             rec.summary["models"][model] = {"status": "trained", "seconds": seconds,
                                             "val_accuracy": result.val_accuracy,
                                             "model_uri": result.model_uri}
@@ -345,7 +346,7 @@ class LocalRunner:
         else:
             log_tail = (out.parent / "train.log").read_text().strip().splitlines()[-3:]
             reason = f"trainer exited with code {code}: " + " | ".join(log_tail)
-            event = failed_event(request.run_id, model, reason)
+            event = failed_event(request.run_id, model, reason, size)
             rec.summary["models"][model] = {"status": "failed", "seconds": seconds, "reason": reason}
             rec.summary["steps"].append({"name": f"train:{model}", "status": "failed",
                                          "seconds": seconds, **_span(seconds), "error": reason})

@@ -41,7 +41,7 @@ def describe(event: Event) -> dict[str, Any]:
 
 class Trigger:
     """Routes events as the cluster's Sensors do: run requests to the run queue in Redis,
-    trained models to ``judge``."""
+    trained models and failed trainings to ``judge``."""
 
     def __init__(self, client: redis.Redis, judge: Callable[[Event], None],
                  default_parameters: RunParameters | None = None) -> None:
@@ -54,5 +54,5 @@ class Trigger:
         timeline.record(self._r, "event", event.type.short, **describe(event))
         if event.type in RUN_REQUESTS:
             self._queue.put(RunRequest.from_event(event, self._defaults))
-        elif event.type is EventType.MODEL_TRAINED:
-            self._judge(event)
+        elif event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
+            self._judge(event)  # a failure tells the selector one of the run's trainings ended

@@ -31,6 +31,9 @@ def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event
     acknowledged and ignored (logged), so one Argo Events trigger can fan everything out."""
 
     def dispatch(event: Event) -> None:
+        if event.type is EventType.TRAINING_FAILED:  # one of its run's trainings ended
+            enqueue(event)
+            return
         if event.type is not EventType.MODEL_TRAINED:
             log.info("selector ignores %s (id %s)", event.type.value, event.id)
             return

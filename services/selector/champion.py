@@ -61,6 +61,7 @@ class ChampionStore:
 
     def __init__(self, client: redis.Redis, scope: str = "default") -> None:
         self._r = client
+        self.client, self.scope = client, scope
         self._cas = client.register_script(_CAS)
         self._rollback = client.register_script(_ROLLBACK)
         self._score = client.register_script(_SCORE)

@@ -36,6 +36,7 @@ from services.selector.policy import ChampionPolicy
 from services.selector.service import Selector
 
 STREAM = "retrain:events"
+JUDGED = (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED)  # what the selector acts on
 
 
 def champion_policy(settings: Settings) -> ChampionPolicy:
@@ -82,7 +83,7 @@ def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], Non
     it judges it (marking it first would have skipped it as a duplicate)."""
 
     def judge(event: Event) -> None:
-        if event.type is not EventType.MODEL_TRAINED or dedup.seen(event):
+        if event.type not in JUDGED or dedup.seen(event):
             return
         selector.handle(event)
         dedup.remember(event)
@@ -119,6 +120,7 @@ def serve(settings: Settings, *, stream: bool = True) -> None:
 def selector_consumer(client: redis.Redis, selector: Selector, settings: Settings) -> StreamConsumer:
     """The consumer of the selector group on the event stream that judges each candidate."""
     dedup = Deduplicator(client, settings.dedup_ttl_seconds, namespace="selector")
+    selector.resume_rounds()  # rounds a previous selector left open (deadlines re-armed)
     return StreamConsumer(client, STREAM, "selector", f"{socket.gethostname()}-{os.getpid()}",
                           judge_once(selector, dedup))
 

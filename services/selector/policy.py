@@ -43,10 +43,10 @@ class Entry:
 
     accuracy: float
     val_loss: float
-    arrival: int  # order of arrival within the round
+    arrival: float  # when it joined the round (the earlier wins a full tie)
 
 
-def rank_key(entry: Entry) -> tuple[float, float, int]:
+def rank_key(entry: Entry) -> tuple[float, float, float]:
     """Best first: higher test accuracy; on a tie, lower validation loss; then the earlier."""
     return (-entry.accuracy, entry.val_loss, entry.arrival)
 

@@ -10,16 +10,18 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from events import Event, EventType, make_event
-from events.payloads import ModelPromoted, ModelRejected, ModelTrained
+from events.payloads import ModelPromoted, ModelRejected, ModelTrained, TrainingFailed
 from services.selector.admission import Admission
 from services.selector.backends import PromotionBackend
 from services.selector.champion import Champion, ChampionStore
 from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
 from services.selector.evaluate import Evaluator
-from services.selector.policy import ChampionPolicy, Entry, judge, rank_key
+from services.selector.policy import ChampionPolicy, judge, rank_key
+from services.selector.rounds import RoundStore
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/selector"
+ALL_ENDED = "the end of the run's trainings"
 
 
 class Selector:
@@ -39,13 +41,17 @@ class Selector:
         self._emit = emit
         self._policy = policy
         self._lock = threading.Lock()
-        self._rounds_lock = threading.Lock()
-        self._rounds: dict[str, list[tuple[Entry, ModelTrained, float]]] = {}
-        self._closed: dict[str, None] = {}  # recently closed rounds, oldest first
+        self._rounds = RoundStore(store.client, store.scope)
 
     def handle(self, event: Event) -> Event | None:
         """Evaluate the candidate, compare it fairly with the champion, promote or reject.
-        Returns the decision, or None while the candidate waits for its round to close."""
+        Returns the decision, or None while the candidate waits for its round to close. A
+        ``training.failed`` only counts towards its run's round having ended (None)."""
+        if event.type is EventType.TRAINING_FAILED:
+            failed = event.data
+            assert isinstance(failed, TrainingFailed)
+            self._ended(failed.run_id, failed.model_type, "failed", failed.round_size)
+            return None
         if event.type is not EventType.MODEL_TRAINED:
             raise ValueError(f"selector consumes model.trained, not {event.type.value}")
         trained = event.data
@@ -67,8 +73,12 @@ class Selector:
                 return self._decide(trained, None, started)
             candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
         except EvaluationError as exc:  # judged, not retried: a broken model stays broken
-            return self._record(self._rejected(trained, None, self._store.get(), None,
-                                               f"cannot be scored: {exc}"), started)
+            decision = self._record(self._rejected(trained, None, self._store.get(), None,
+                                                   f"cannot be scored: {exc}"), started)
+            if self._policy.rounds:
+                self._ended(trained.run_id, trained.model_type, "cannot be scored",
+                            trained.round_size)
+            return decision
         return self._join_round(trained, candidate, started)
 
     def refusal(self, trained: ModelTrained) -> str | None:
@@ -92,44 +102,56 @@ class Selector:
 
     # rounds ------------------------------------------------------------------------------------
     def _join_round(self, trained: ModelTrained, candidate: float, started: float) -> Event | None:
-        with self._rounds_lock:
-            if trained.run_id in self._closed:
-                late = True
-            else:
-                late = False
-                entries = self._rounds.setdefault(trained.run_id, [])
-                entries.append((Entry(candidate, trained.val_loss, len(entries)), trained, started))
-                if len(entries) == 1 and self._policy.deadline_seconds is not None:
-                    timer = threading.Timer(self._policy.deadline_seconds, self.close_round,
-                                            args=(trained.run_id, "deadline"))
-                    timer.daemon = True
-                    timer.start()
-                full = self._policy.quorum is not None and len(entries) >= self._policy.quorum
-        if late:
+        joined = self._rounds.join(trained, candidate, trained.round_size)
+        if joined.late:
             return self._decide(trained, candidate, started, "arrived after its round closed; ")
-        if full:
+        if joined.entries == 1 and self._policy.deadline_seconds is not None:
+            self._arm_deadline(trained.run_id, self._policy.deadline_seconds)
+        if self._policy.quorum is not None and joined.entries >= self._policy.quorum:
             return self.close_round(trained.run_id, "quorum").get(trained.model_type)
+        if joined.complete():
+            return self.close_round(trained.run_id, ALL_ENDED).get(trained.model_type)
         return None
+
+    def _ended(self, run_id: str, model_type: str, why: str, size: int | None) -> None:
+        if self._policy.rounds and self._rounds.ended(run_id, model_type, why, size).complete():
+            self.close_round(run_id, ALL_ENDED)
+
+    def _arm_deadline(self, run_id: str, seconds: float) -> None:
+        timer = threading.Timer(seconds, self.close_round, args=(run_id, "deadline"))
+        timer.daemon = True
+        timer.start()
+
+    def resume_rounds(self) -> int:
+        """After a restart: re-arm the deadline of every round still open (one that is past
+        closes now); returns how many rounds are open."""
+        open_rounds = self._rounds.open_rounds()
+        if self._policy.deadline_seconds is not None:
+            for run_id, opened in open_rounds.items():
+                left = opened + self._policy.deadline_seconds - time.time()
+                self._arm_deadline(run_id, max(0.0, left))
+        if open_rounds:
+            log.info("%d round(s) still open: %s", len(open_rounds), ", ".join(open_rounds))
+        return len(open_rounds)
 
     def close_round(self, run_id: str, why: str = "closed") -> dict[str, Event]:
         """Judge the round's best against the champion and reject the others; returns the
         decisions by model type. Closing a closed or unknown round does nothing."""
-        with self._rounds_lock:
-            entries = self._rounds.pop(run_id, None)
-            if entries is None:
-                return {}
-            self._closed[run_id] = None
-            while len(self._closed) > 1000:
-                self._closed.pop(next(iter(self._closed)))
-        entries.sort(key=lambda e: rank_key(e[0]))
-        (best, best_trained, best_started), rest = entries[0], entries[1:]
-        note = f"round {run_id} closed by {why} with {len(entries)} model(s); best of the round; "
-        decisions = {best_trained.model_type: self._decide(best_trained, best.accuracy, best_started, note)}
-        for entry, trained, started in rest:
-            reason = (f"round {run_id} closed by {why}: {best_trained.model_type} "
-                      f"{best.accuracy:.4f} beat it ({entry.accuracy:.4f})")
-            decisions[trained.model_type] = self._record(
-                self._rejected(trained, entry.accuracy, self._store.get(), None, reason), started)
+        members = self._rounds.close(run_id)
+        if not members:
+            return {}
+        started = time.perf_counter()
+        members.sort(key=lambda m: rank_key(m.entry))
+        best, rest = members[0], members[1:]
+        note = f"round {run_id} closed by {why} with {len(members)} model(s); best of the round; "
+        decisions = {best.trained.model_type: self._decide(best.trained, best.entry.accuracy,
+                                                           started, note)}
+        for member in rest:
+            reason = (f"round {run_id} closed by {why}: {best.trained.model_type} "
+                      f"{best.entry.accuracy:.4f} beat it ({member.entry.accuracy:.4f})")
+            decisions[member.trained.model_type] = self._record(
+                self._rejected(member.trained, member.entry.accuracy, self._store.get(), None,
+                               reason), started)
         return decisions
 
     # one decision ------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def run(
     return result
 
 
-def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainResult) -> Event:
+def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainResult,
+                  round_size: int | None = None) -> Event:
     return make_event(
         EventType.MODEL_TRAINED,
         ModelTrained(
@@ -86,16 +87,19 @@ def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainR
             dataset_uri=dataset_uri, dataset_digest=result.digest,
             val_accuracy=result.val_accuracy, val_loss=result.val_loss,
             seconds=round(result.seconds, 3), workers=result.workers, steps=result.steps,
+            round_size=round_size,
         ),
         source=SOURCE,
         id=f"{run_id}/{model_type}/trained",
     )
 
 
-def failed_event(run_id: str, model_type: str, reason: str) -> Event:
+def failed_event(run_id: str, model_type: str, reason: str,
+                 round_size: int | None = None) -> Event:
     return make_event(
         EventType.TRAINING_FAILED,
-        TrainingFailed(run_id=run_id, model_type=model_type, reason=reason[:2000]),
+        TrainingFailed(run_id=run_id, model_type=model_type, reason=reason[:2000],
+                       round_size=round_size),
         source=SOURCE,
         id=f"{run_id}/{model_type}/failed",
     )

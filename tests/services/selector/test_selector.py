@@ -269,3 +269,81 @@ def test_the_first_model_is_served_before_it_is_scored(r, repo_with_models):
     assert store.get().accuracy == 0.7  # the score is recorded on the champion afterwards
     second = selector.handle(_trained(base, "b"))  # judged against the recorded score
     assert second.type is EventType.MODEL_REJECTED and "vs champion 0.7000" in second.data.reason
+
+
+def _failed(run_id, model_type, size):
+    from events.payloads import TrainingFailed
+
+    return make_event(EventType.TRAINING_FAILED, TrainingFailed(
+        run_id=run_id, model_type=model_type, reason="exit 1", round_size=size), source="t")
+
+
+def _sized(base, name, model_type, size, run_id="r1"):
+    event = _candidate(base, name, model_type, run_id=run_id)
+    return make_event(EventType.MODEL_TRAINED, event.data.model_copy(update={"round_size": size}),
+                      source="t")
+
+
+@pytest.mark.integration
+def test_a_quorum_round_closes_when_all_the_runs_trainings_have_ended_failures_included(
+        r, repo_with_models):
+    base = repo_with_models
+    emitted = []
+    store = ChampionStore(r)
+    selector = Selector(store, LocalBackend(base / "repo", "fm"),
+                        _Scores({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.9}), emitted.append,
+                        ChampionPolicy(quorum=3))  # no deadline: only the run's end can close it
+    assert selector.handle(_sized(base, "a", "cnn", 3)) is None
+    assert selector.handle(_failed("r1", "batch_norm", 3)) is None
+    assert emitted == []  # two of three ended
+    decision = selector.handle(_sized(base, "b", "dropout", 3))
+    assert decision.type is EventType.MODEL_PROMOTED and decision.data.model_type == "dropout"
+    assert decision.data.reason.startswith(
+        "round r1 closed by the end of the run's trainings with 2 model(s)")
+    assert [e.data.model_type for e in emitted] == ["dropout", "cnn"]
+
+    # the last training to end is a failure: that closes the round too
+    selector.handle(_sized(base, "a", "cnn", 2, run_id="r2"))
+    assert len(emitted) == 2
+    selector.handle(_failed("r2", "dropout", 2))
+    assert len(emitted) == 3 and emitted[2].data.run_id == "r2"
+
+
+@pytest.mark.integration
+def test_an_open_round_survives_a_selector_restart(r, repo_with_models):
+    base = repo_with_models
+    scores = _Scores({("a", "/ds1"): 0.9, ("b", "/ds1"): 0.7})
+    first = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, lambda e: None,
+                     ChampionPolicy(quorum=2))
+    assert first.handle(_candidate(base, "a", "cnn")) is None
+    del first  # the process is gone; the round is in Redis
+
+    emitted = []
+    again = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, emitted.append,
+                     ChampionPolicy(quorum=2))
+    decision = again.handle(_candidate(base, "b", "dropout"))
+    assert decision.data.reason == "round r1 closed by quorum: cnn 0.9000 beat it (0.7000)"
+    promoted = [e for e in emitted if e.type is EventType.MODEL_PROMOTED]
+    assert [e.data.model_type for e in promoted] == ["cnn"]  # the first selector's candidate
+
+
+@pytest.mark.integration
+def test_a_restarted_selector_re_arms_the_deadline_of_an_open_round(r, repo_with_models):
+    import time
+
+    base = repo_with_models
+    scores = _Scores({("a", "/ds1"): 0.9})
+    first = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, lambda e: None,
+                     ChampionPolicy(quorum=3, deadline_seconds=3600))
+    assert first.handle(_candidate(base, "a", "cnn")) is None
+
+    emitted = []
+    again = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, emitted.append,
+                     ChampionPolicy(quorum=3, deadline_seconds=0.2))
+    assert again.resume_rounds() == 1
+    deadline = time.monotonic() + 10
+    while not emitted:
+        assert time.monotonic() < deadline, "the re-armed deadline never closed the round"
+        time.sleep(0.02)
+    assert "closed by deadline with 1 model(s)" in emitted[0].data.reason
+    assert again.resume_rounds() == 0
