@@ -31,6 +31,12 @@ class PromotionBackend(Protocol):
 
     def discard(self, staged: Staged) -> None: ...
 
+    def resume(self, staged: Staged, previous: str | None) -> bool:
+        """After a crash between ``publish``'s start and its end: finish publishing ``staged``
+        (True) if that is safe, else put ``previous`` (a served location, or None) back and
+        discard ``staged`` (False)."""
+        ...
+
 
 def versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
@@ -65,3 +71,13 @@ class LocalBackend:
 
     def discard(self, staged: Staged) -> None:
         shutil.rmtree(staged.handle, ignore_errors=True)
+
+    def resume(self, staged: Staged, previous: str | None) -> bool:
+        """The rename is the whole publication: done, or done now if the copy is complete
+        (``stage`` returned before the intent was recorded)."""
+        if Path(staged.location).is_dir():
+            return True
+        if Path(staged.handle).is_dir():
+            self.publish(staged)
+            return True
+        return False

@@ -70,6 +70,7 @@ class ChampionStore:
         self._history = f"{PREFIX}{tag}:history"
         self._audit = f"{PREFIX}{tag}:audit"
         self._decided = f"{PREFIX}{tag}:decided"
+        self._promotion = f"{PREFIX}{tag}:promotion"
 
     def get(self) -> Champion | None:
         raw = self._r.get(self._key)
@@ -111,15 +112,32 @@ class ChampionStore:
             except redis.WatchError:
                 return False
 
+    # a promotion under way: intent -> publish -> commit ----------------------------------------
+    def begin(self, intent: dict[str, object]) -> None:
+        """Record a promotion about to change the champion (before its compare-and-set), so a
+        selector that dies before its commit leaves it to ``Selector.reconcile``."""
+        self._r.set(self._promotion, json.dumps(intent))
+
+    def promotion(self) -> dict[str, object] | None:
+        raw = self._r.get(self._promotion)
+        return json.loads(raw) if raw else None
+
+    def end(self) -> None:
+        """Forget the promotion under way (it never changed the champion, or was undone)."""
+        self._r.delete(self._promotion)
+
     def audit(self, decision: dict[str, object], candidate: str | None = None,
-              event: dict[str, object] | None = None) -> None:
+              event: dict[str, object] | None = None, commit: bool = False) -> None:
         """Append ``decision`` to the audit log; with ``candidate``, record ``event`` (the
         decision as emitted) as that candidate's, in the same transaction, so a decision is
-        either recorded in both or in neither."""
+        either recorded in both or in neither. ``commit``: this decision ends the promotion
+        under way (its record goes in the same transaction)."""
         with self._r.pipeline(transaction=True) as pipe:
             pipe.rpush(self._audit, json.dumps(decision))
             if candidate is not None:
                 pipe.hset(self._decided, candidate, json.dumps(event))
+            if commit:
+                pipe.delete(self._promotion)
             pipe.execute()
 
     def decided(self, candidate: str) -> dict[str, object] | None:

@@ -246,6 +246,26 @@ class KServeBackend:
     def discard(self, staged: Staged) -> None:
         shutil.rmtree(staged.handle, ignore_errors=True)
 
+    def resume(self, staged: Staged, previous: str | None) -> bool:
+        """Finished only if the InferenceService already serves ``staged`` with all its
+        traffic; a rollout cut short (a canary left at N %, a replace never patched) is
+        undone: the previous release serves everything again, unjudged traffic never lands
+        on an unproven model."""
+        uri = f"{self._prefix}/{staged.version}"
+        predictor = self._api.get_isvc(self._namespace, self._name).get("spec", {}).get(
+            "predictor", {})
+        if (predictor.get("model", {}).get("storageUri") == uri
+                and predictor.get("canaryTrafficPercent") in (None, 100)):
+            self._wait_ready()
+            return True
+        if previous is not None:
+            old = f"{self._prefix}/{Path(previous).name}"
+            self._patch({"canaryTrafficPercent": None, "model": {"storageUri": old}})
+            log.warning("InferenceService back on %s (a rollout of %s was cut short)", old, uri)
+        self.discard(staged)
+        shutil.rmtree(Path(staged.location).parent, ignore_errors=True)
+        return False
+
     # -----------------------------------------------------------------------------------------
     def deployment_mode(self, isvc: dict[str, Any]) -> str:
         """The ISVC's annotation, else the cluster default from KServe's configuration."""

@@ -120,6 +120,7 @@ def serve(settings: Settings, *, stream: bool = True) -> None:
 def selector_consumer(client: redis.Redis, selector: Selector, settings: Settings) -> StreamConsumer:
     """The consumer of the selector group on the event stream that judges each candidate."""
     dedup = Deduplicator(client, settings.dedup_ttl_seconds, namespace="selector")
+    selector.reconcile()  # a promotion a previous selector left half-done: finished or undone
     selector.resume_rounds()  # rounds a previous selector left open (deadlines re-armed)
     return StreamConsumer(client, STREAM, "selector", f"{socket.gethostname()}-{os.getpid()}",
                           judge_once(selector, dedup))
@@ -128,5 +129,6 @@ def selector_consumer(client: redis.Redis, selector: Selector, settings: Setting
 def rollback(settings: Settings, reason: str) -> Event:
     """Serve the previous champion again (as the next version); returns the decision."""
     with open_redis(settings.redis_url, settings.home) as handle:
-        return build_selector(settings, handle.client,
-                              RedisStreamSink(handle.client).send).rollback(reason)
+        selector = build_selector(settings, handle.client, RedisStreamSink(handle.client).send)
+        selector.reconcile()  # roll back from a settled champion, never from a half promotion
+        return selector.rollback(reason)

@@ -7,12 +7,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from events import Event, EventType, make_event
 from events.payloads import ModelPromoted, ModelRejected, ModelTrained, TrainingFailed
 from services.selector.admission import Admission
-from services.selector.backends import PromotionBackend
+from services.selector.backends import PromotionBackend, Staged
 from services.selector.champion import Champion, ChampionStore
 from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
 from services.selector.evaluate import Evaluator
@@ -187,17 +187,20 @@ class Selector:
                     run_id=trained.run_id,
                     generation=(champion.generation if champion else 0) + 1,
                 )
+                decision = self._promoted(trained, candidate, champion, champion_score,
+                                          note + verdict.reason, staged.version)
+                self._store.begin(_intent(staged, new, champion, decision))  # then the CAS
                 if self._store.replace(champion.generation if champion else 0, new):
                     try:
                         self._backend.publish(staged)
                     except Exception as exc:
                         self._revert(new, champion)
+                        self._store.end()
                         decision = self._rejected(trained, candidate, champion, champion_score,
                                                   f"{note}promotion failed, champion kept: {exc}")
                         break
-                    decision = self._promoted(trained, candidate, champion, champion_score,
-                                              note + verdict.reason, staged.version)
-                    break
+                    return self._record(decision, started, commit=True)  # the commit
+                self._store.end()
                 self._backend.discard(staged)
                 log.info("champion changed while deciding; judging %s again", trained.model_type)
             else:
@@ -212,16 +215,22 @@ class Selector:
                        model_type=trained.model_type, accuracy=None,
                        dataset_digest=trained.dataset_digest, dataset_uri=trained.dataset_uri,
                        run_id=trained.run_id, generation=1)
+        self._store.begin(_intent(staged, new, None, self._promoted(
+            trained, None, None, None, f"{note}first model: served at once, no champion to "
+            "compare with; the selector stopped before scoring it", staged.version)))
         if not self._store.replace(0, new):
+            self._store.end()
             self._backend.discard(staged)
             return None
         try:
             self._backend.publish(staged)
         except Exception as exc:
             self._revert(new, None)
+            self._store.end()
             candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
             return self._rejected(trained, candidate, None, None,
                                   f"{note}promotion failed, no champion: {exc}")
+        self._store.end()  # published: the promotion is done; its decision follows the score
         try:  # scored while the server loads it
             candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
         except Exception:
@@ -232,7 +241,43 @@ class Selector:
                               f"{note}first model: served at once, no champion to compare with; "
                               f"accuracy {candidate:.4f}", staged.version)
 
-    def _record(self, decision: Event, started: float, refused_from: str | None = None) -> Event:
+    # after a crash ---------------------------------------------------------------------------
+    def reconcile(self) -> str | None:
+        """Finish or undo a promotion a previous selector left between its intent and its
+        commit (SIGKILL mid-copy, mid-canary); returns what was done, or None if nothing was
+        under way. Never committed: the staged model is discarded. Committed to the champion
+        record but cut short while publishing: the backend finishes it if the model is in
+        place (a rename done, an InferenceService fully on it), else puts the previous model
+        back (a canary left at N %) and the champion record follows."""
+        with self._lock:
+            intent = self._store.promotion()
+            if intent is None:
+                return None
+            staged = Staged(**intent["staged"])  # type: ignore[arg-type]
+            new = Champion(**intent["new"])  # type: ignore[arg-type]
+            previous = Champion(**intent["previous"]) if intent["previous"] else None  # type: ignore[arg-type]
+            current = self._store.get()
+            if current is None or (current.generation, current.version) != (new.generation, new.version):
+                self._backend.discard(staged)
+                self._store.end()
+                done = f"version {new.version} was staged but never made champion: discarded"
+            elif self._backend.resume(staged, previous.model_uri if previous else None):
+                raw = intent["decision"]
+                assert isinstance(raw, dict)
+                decision = make_event(str(raw["type"]), raw["data"], source=SOURCE,  # type: ignore[arg-type]
+                                      id=str(raw["id"]))
+                self._record(decision, time.perf_counter(), commit=True)
+                done = f"version {new.version}'s promotion was finished"
+            else:
+                self._revert(new, previous)
+                self._store.end()
+                done = (f"version {new.version}'s promotion was undone; "
+                        + (f"version {previous.version} serves again" if previous else "no champion"))
+        log.warning("a promotion was cut short by a stopped selector: %s", done)
+        return done
+
+    def _record(self, decision: Event, started: float, refused_from: str | None = None,
+                commit: bool = False) -> Event:
         """Audit the decision and record it as its candidate's (one transaction), then emit it:
         a selector that dies in between emits the recorded decision again on redelivery."""
         data = decision.data
@@ -243,7 +288,7 @@ class Selector:
                            **data.model_dump()},
                           candidate=None if refused_from else _candidate(data),
                           event={"type": decision.type.value, "id": decision.id,
-                                 "data": data.model_dump(mode="json")})
+                                 "data": data.model_dump(mode="json")}, commit=commit)
         self._emit(decision)
         return decision
 
@@ -313,7 +358,7 @@ class Selector:
             "champion_version": champion.version if champion else None, "reason": reason,
         }
 
-    def _promoted(self, trained: ModelTrained, candidate: float, champion: Champion | None,
+    def _promoted(self, trained: ModelTrained, candidate: float | None, champion: Champion | None,
                   champion_score: float | None, reason: str, version: int) -> Event:
         data = ModelPromoted(version=version,
                              **self._fields(trained, candidate, champion, champion_score, reason))
@@ -325,6 +370,14 @@ class Selector:
         data = ModelRejected(**self._fields(trained, candidate, champion, champion_score, reason))
         return make_event(EventType.MODEL_REJECTED, data, source=SOURCE,
                           id=f"{trained.run_id}/{trained.model_type}/decision")
+
+
+def _intent(staged: Staged, new: Champion, previous: Champion | None,
+            decision: Event) -> dict[str, object]:
+    return {"staged": asdict(staged), "new": asdict(new),
+            "previous": asdict(previous) if previous else None,
+            "decision": {"type": decision.type.value, "id": decision.id,
+                         "data": decision.data.model_dump(mode="json")}}
 
 
 def _candidate(candidate: ModelTrained | ModelPromoted | ModelRejected) -> str:

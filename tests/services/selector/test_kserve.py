@@ -201,3 +201,31 @@ def test_a_rolled_back_canary_leaves_the_champion_in_place(kube, tmp_path, saved
     assert kept.generation == 3  # 1 → 2 (candidate) → 3 (put back): fencing stays monotonic
     assert store.decisions()[-1]["reason"] == decision.data.reason
     assert standin.isvc["spec"]["predictor"]["model"]["storageUri"] == BASE_URI
+
+
+def test_a_canary_cut_short_by_a_stopped_selector_is_undone_and_a_finished_one_kept(
+        kube, tmp_path, saved_model):
+    from pathlib import Path
+
+    standin = kube()
+    backend = _backend(standin, tmp_path)
+    first = backend.stage(str(saved_model), backend.next_version())
+    backend.publish(first)
+    second = backend.stage(str(saved_model), backend.next_version())
+    # what a selector SIGKILLed at the first canary step leaves: the release in place, 10 %
+    Path(second.handle).rename(Path(second.location).parent)
+    backend._patch({"canaryTrafficPercent": 10, "model": {"storageUri": f"{RELEASES}/2"}})
+
+    assert backend.resume(second, first.location) is False
+    assert standin.patches[-1] == {"canaryTrafficPercent": None,
+                                   "model": {"storageUri": f"{RELEASES}/1"}}
+    predictor = standin.isvc["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == f"{RELEASES}/1"
+    assert "canaryTrafficPercent" not in predictor
+    assert not Path(second.location).exists() and backend.next_version() == 2
+
+    third = backend.stage(str(saved_model), backend.next_version())
+    backend.publish(third)  # the whole rollout happened; only the commit was lost
+    patches = len(standin.patches)
+    assert backend.resume(third, first.location) is True
+    assert len(standin.patches) == patches  # nothing changed: it is finished

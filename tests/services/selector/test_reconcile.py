@@ -1,0 +1,99 @@
+"""A selector stopped at each phase of a promotion (intent recorded; champion record replaced
+but the model not published; published but the decision not committed), then a new selector
+on the same Redis and model repository reconciles: nothing half-done is left, and the
+candidate's redelivery is judged exactly once. The stop is abrupt (a BaseException from
+inside the step, which no ``except Exception`` cleanup sees), as a SIGKILL would leave it."""
+
+import pytest
+
+from events import EventType, make_event
+from events.payloads import ModelTrained
+from services.selector.backends import LocalBackend, versions
+from services.selector.champion import ChampionStore
+from services.selector.policy import ChampionPolicy
+from services.selector.service import Selector
+
+pytestmark = pytest.mark.integration
+
+
+class Killed(BaseException):
+    """The process dies here."""
+
+
+class Scores:
+    def accuracy(self, model_uri, dataset_uri):
+        return {"a": 0.7, "b": 0.9}[model_uri.rsplit("/", 1)[-1]]
+
+
+def trained(base, name):
+    return make_event(EventType.MODEL_TRAINED, ModelTrained(
+        run_id=f"run-{name}", model_type="cnn", model_uri=str(base / "cands" / name),
+        dataset_uri="/ds", dataset_digest="d", val_accuracy=0.5, val_loss=1.0, seconds=1.0),
+        source="t", id=f"{name}/trained")
+
+
+@pytest.fixture
+def base(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "cands" / name).mkdir(parents=True)
+        (tmp_path / "cands" / name / "saved_model.pb").write_text(name)
+    return tmp_path
+
+
+def selector(r, base, backend=None, store=None, emitted=None):
+    return Selector(store or ChampionStore(r), backend or LocalBackend(base / "repo", "fm"),
+                    Scores(), (emitted if emitted is not None else []).append, ChampionPolicy())
+
+
+class DiesBeforeCas(ChampionStore):
+    def replace(self, expected_generation, new):
+        if new.version == 2:
+            raise Killed
+        return super().replace(expected_generation, new)
+
+
+class DiesPublishing(LocalBackend):
+    def __init__(self, repo, name, after_rename):
+        super().__init__(repo, name)
+        self.after_rename = after_rename
+
+    def publish(self, staged):
+        if staged.version == 2:
+            if self.after_rename:
+                super().publish(staged)
+            raise Killed
+        super().publish(staged)
+
+
+@pytest.mark.parametrize("phase, outcome, champion_version, served", [
+    ("intent", "version 2 was staged but never made champion: discarded", 1, [1]),
+    ("champion-replaced", "version 2's promotion was finished", 2, [1, 2]),  # the copy was whole
+    ("published", "version 2's promotion was finished", 2, [1, 2]),
+])
+def test_a_promotion_cut_short_is_finished_or_undone_by_the_next_selector(
+        r, base, phase, outcome, champion_version, served):
+    repo = base / "repo"
+    if phase == "intent":
+        first = selector(r, base, store=DiesBeforeCas(r))
+    else:
+        first = selector(r, base, DiesPublishing(repo, "fm", after_rename=phase == "published"))
+    first.handle(trained(base, "a"))
+    with pytest.raises(Killed):
+        first.handle(trained(base, "b"))
+
+    emitted = []
+    second = selector(r, base, emitted=emitted)
+    assert second.reconcile() == outcome
+    store = ChampionStore(r)
+    assert store.get().version == champion_version and store.promotion() is None
+    assert versions(repo / "fm") == served
+    assert not [p for p in (repo / "fm").iterdir() if p.name.startswith(".tmp")]
+    assert second.reconcile() is None  # nothing left to do
+
+    # the candidate is redelivered (its stream entry was never acknowledged): judged once
+    again = second.handle(trained(base, "b"))
+    assert again.type is EventType.MODEL_PROMOTED
+    assert store.get().model_type == "cnn" and store.get().accuracy == 0.9
+    judged = [d for d in store.decisions() if d["run_id"] == "run-b"]
+    assert len(judged) == 1
+    assert versions(repo / "fm") == [1, 2]  # one version for b, whatever the phase
