@@ -27,6 +27,14 @@ PROCESSING = "retrain:queue:processing"  # taken by a runner, not yet ended
 MAX_ATTEMPTS = 3  # a request whose runner died this often is not resumed again
 RECENT_RUNS = 500  # how far back ``recover`` looks for runs left running
 
+# Move a dead runner's request back to the head of the queue as its resumed run, only if it is
+# still in the processing list (another process may have recovered it a moment ago).
+_REQUEUE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[2], ARGV[2]) end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Taken:
@@ -37,9 +45,10 @@ class Taken:
 class RunQueue:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
+        self._requeue = client.register_script(_REQUEUE)
 
-    def put(self, request: RunRequest, first: bool = False) -> None:
-        (self._r.lpush if first else self._r.rpush)(QUEUE, request.to_json())
+    def put(self, request: RunRequest) -> None:
+        self._r.rpush(QUEUE, request.to_json())
 
     def take(self, timeout: float) -> Taken | None:
         """The oldest request, now in the processing list (None after ``timeout`` seconds)."""
@@ -51,39 +60,31 @@ class RunQueue:
     def done(self, taken: Taken) -> None:
         self._r.lrem(PROCESSING, 1, taken.raw)
 
-    def waiting(self) -> int:
-        return int(self._r.llen(QUEUE))
-
     # after a crash -----------------------------------------------------------------------------
     def recover(self, grace: float = 1.0) -> list[str]:
         """Put back every taken request whose runner is dead (as a new run resuming it) and
         close runs left ``running`` by a dead owner; returns what was done, one line each."""
         done = []
-        suspects = [raw for raw in self._r.lrange(PROCESSING, 0, -1)
-                    if not held_by_the_living(self._r, RunRequest.from_json(raw).run_id)]
+        suspects = [Taken(RunRequest.from_json(raw), raw)
+                    for raw in self._r.lrange(PROCESSING, 0, -1)]
+        suspects = [t for t in suspects if not held_by_the_living(self._r, t.request.run_id)]
         if suspects:
             time.sleep(grace)  # a request taken a moment ago gets its lease right after
-        for raw in suspects:
-            request = RunRequest.from_json(raw)
+        for taken in suspects:
+            request = taken.request
             if held_by_the_living(self._r, request.run_id):
                 continue
             if request.attempt >= MAX_ATTEMPTS:
-                if self._r.lrem(PROCESSING, 1, raw):
-                    reason = (f"interrupted {request.attempt} times (its runner died each time); "
-                              "not resumed again")
-                    self._close(request.run_id, reason)
-                    done.append(f"{request.run_id}: {reason}")
-                continue
-            resumed = replace(request, run_id=new_run_id(), attempt=request.attempt + 1,
-                              resumes=request.run_id)
-            with self._r.pipeline(transaction=True) as pipe:
-                pipe.lrem(PROCESSING, 1, raw)
-                pipe.lpush(QUEUE, resumed.to_json())
-                removed = pipe.execute()[0]
-            if not removed:  # another process recovered it first
-                self._r.lrem(QUEUE, 1, resumed.to_json())
-                continue
-            reason = f"interrupted: its runner died; resumed as {resumed.run_id}"
+                resumed = None
+                reason = (f"interrupted {request.attempt} times (its runner died each time); "
+                          "not resumed again")
+            else:
+                resumed = replace(request, run_id=new_run_id(), attempt=request.attempt + 1,
+                                  resumes=request.run_id)
+                reason = f"interrupted: its runner died; resumed as {resumed.run_id}"
+            if not self._requeue(keys=[PROCESSING, QUEUE],
+                                 args=[taken.raw, resumed.to_json() if resumed else ""]):
+                continue  # another process recovered it first
             self._close(request.run_id, reason)
             done.append(f"{request.run_id}: {reason}")
         done.extend(self._close_abandoned())
@@ -94,9 +95,9 @@ class RunQueue:
     def _close_abandoned(self) -> list[str]:
         """Runs recorded ``running`` whose owner is gone (also ``retrain run`` killed)."""
         done = []
-        for run_id in self._r.zrevrange("retrain:runs", 0, RECENT_RUNS - 1):
-            run_id = run_id.decode() if isinstance(run_id, bytes) else run_id
-            raw = self._r.get(f"retrain:run:{run_id}")
+        run_ids = [r.decode() for r in self._r.zrevrange("retrain:runs", 0, RECENT_RUNS - 1)]
+        summaries = self._r.mget([f"retrain:run:{run_id}" for run_id in run_ids]) if run_ids else []
+        for run_id, raw in zip(run_ids, summaries, strict=True):
             if raw is None or json.loads(raw).get("status") != "running":
                 continue
             if held_by_the_living(self._r, run_id):

@@ -103,3 +103,25 @@ def test_an_old_request_without_attempt_fields_is_read_as_a_first_attempt():
                       "run_id": "run-old"})
     request = RunRequest.from_json(raw)
     assert request.attempt == 1 and request.resumes is None
+
+
+def test_two_processes_recovering_at_once_resume_a_dead_run_once(r):
+    import threading
+
+    queue = RunQueue(r)
+    queue.put(RunRequest("/data/a", run_id="run-a"))
+    _record(r, queue.take(timeout=1).request)
+    barrier = threading.Barrier(4)
+    lines = []
+
+    def recover():
+        barrier.wait()
+        lines.extend(RunQueue(r).recover(grace=0))
+
+    threads = [threading.Thread(target=recover) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert r.llen(QUEUE) == 1 and r.llen(PROCESSING) == 0
+    assert len([line for line in lines if "resumed as" in line]) == 1
