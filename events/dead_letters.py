@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import redis
 
-from events.sinks import STREAM_MAX_LENGTH
-
 SUFFIX = ":dead"
 
 
@@ -58,23 +56,26 @@ def _letter(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> D
 
 def list_dead(client: redis.Redis, stream: str | None = None) -> list[DeadLetter]:
     """Every dead letter (of ``stream``, a dead-letter stream, if given), oldest first."""
+    if stream is not None and not stream.endswith(SUFFIX):
+        raise ValueError(f"{stream} is not a dead-letter stream (they end with {SUFFIX})")
     letters = [_letter(name, entry_id, fields)
                for name in ([stream] if stream else dead_streams(client))
                for entry_id, fields in client.xrange(name)]
     return sorted(letters, key=lambda d: (d.died_at, d.entry_id))
 
 
-def replay(client: redis.Redis, ids: Iterable[str] = (), stream: str | None = None,
-           max_length: int = STREAM_MAX_LENGTH) -> list[DeadLetter]:
+def replay(client: redis.Redis, ids: Iterable[str] = (),
+           stream: str | None = None) -> list[DeadLetter]:
     """Put the dead letters ``ids`` (all of them if none given) back on the streams they came
-    from; returns those replayed. Unknown ids are an error before anything moves."""
+    from; returns those replayed. Unknown ids are an error before anything moves. Nothing is
+    trimmed on the way: an outbox holds undelivered events (dead letters are capped already)."""
     letters = list_dead(client, stream)
     wanted = set(ids)
     if wanted:
         known = {d.entry_id for d in letters}
         missing = sorted(wanted - known)
         if missing:
-            raise KeyError(f"no dead letter {', '.join(missing)} "
+            raise ValueError(f"no dead letter {', '.join(missing)} "
                            f"(see retrain events dead-letters ls)")
         letters = [d for d in letters if d.entry_id in wanted]
     replayed = []
@@ -84,7 +85,7 @@ def replay(client: redis.Redis, ids: Iterable[str] = (), stream: str | None = No
             continue
         again = {k: v for k, v in fields.items() if k != b"reason"}
         with client.pipeline(transaction=True) as pipe:
-            pipe.xadd(letter.origin, again, maxlen=max_length, approximate=True)
+            pipe.xadd(letter.origin, again)
             pipe.xdel(letter.stream, letter.entry_id)
             pipe.execute()
         replayed.append(letter)

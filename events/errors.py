@@ -37,7 +37,7 @@ class SinkUnavailableError(EventError):
 
 
 class SinkFailedError(SinkUnavailableError):
-    """The sink answered, with a server error other than 503 or 429: it is up and fails on
+    """The sink answered, with a server error other than 502, 503, 504 or 429: it is up and fails on
     this event. An outbox retries it a bounded number of times, then dead-letters it."""
 
 

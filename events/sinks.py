@@ -64,7 +64,8 @@ class HttpSink:
                         self.url, f"rejected with {response.status_code}: {response.text[:300]}"
                     )
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
-                answered = response.status_code not in (429, 503)
+                # a gateway's 502/504 (the service behind it is down), 503 and 429 are outages
+                answered = response.status_code not in (429, 502, 503, 504)
             if attempt + 1 < self._attempts:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -34,7 +34,10 @@ def ls(stream: StreamOption = None,
 
     settings = load_settings()
     with open_redis(settings.redis_url, settings.home) as handle:
-        letters = list_dead(handle.client, stream)
+        try:
+            letters = list_dead(handle.client, stream)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
     if as_json:
         print(json.dumps([asdict(d) for d in letters]))
         return
@@ -61,9 +64,9 @@ def replay(ids: Annotated[Optional[list[str]], typer.Argument(help="ids from ls;
     settings = load_settings()
     with open_redis(settings.redis_url, settings.home) as handle:
         try:
-            replayed = replay_letters(handle.client, ids or (), stream, settings.stream_max_length)
-        except KeyError as exc:
-            raise ConfigurationError(str(exc.args[0])) from None
+            replayed = replay_letters(handle.client, ids or (), stream)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
     for d in replayed:
         console.print(f"replayed {d.entry_id}: {d.event_type} {d.event_id} -> {d.origin}",
                       highlight=False, soft_wrap=True)

@@ -60,6 +60,26 @@ def test_an_event_the_receiver_keeps_failing_on_is_dead_lettered_and_the_rest_go
     assert r.hlen("retrain:outbox:choke:attempts") == 0  # nothing left behind
 
 
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_gateway_or_unavailable_answer_is_an_outage_not_a_dead_letter(r, status):
+    """An ingress in front of a receiver that is down answers 502/503/504: waited out."""
+    app = FastAPI()
+
+    @app.post("/events")
+    async def events() -> JSONResponse:
+        return JSONResponse({"error": "upstream down"}, status_code=status)
+
+    server = BackgroundServer(app, bind("127.0.0.1", 0, "gateway"), "gateway").start()
+    try:
+        outbox = Outbox(r, HttpSink(server.url + "/events", attempts=1), "gw", max_attempts=2)
+        outbox.put(_event(0))
+        for _ in range(4):
+            assert outbox.deliver_once() is False
+    finally:
+        server.stop()
+    assert outbox.pending() == 1 and list_dead(r) == []
+
+
 def test_an_unreachable_receiver_is_an_outage_not_a_dead_letter(r):
     outbox = Outbox(r, HttpSink(f"http://127.0.0.1:{free_port()}/events", attempts=1,
                                 timeout=1), "down", max_attempts=2)
@@ -88,7 +108,10 @@ def test_a_refused_event_is_replayed_from_the_command_line_once_the_key_is_fixed
         assert row["event_id"] == "d7" and "rejected with 401" in row["reason"]
 
         unknown = CliRunner().invoke(app, ["events", "dead-letters", "replay", "1-1"])
-        assert "no dead letter 1-1" in str(unknown.exception)  # main() prints it, exits 1
+        assert "no dead letter 1-1" in str(unknown.exception)  # main() prints it, exits 2
+        not_dead = CliRunner().invoke(app, ["events", "dead-letters", "ls", "--stream",
+                                            "retrain:events"])
+        assert "retrain:events is not a dead-letter stream" in str(not_dead.exception)
         assert len(list_dead(r)) == 1  # nothing moved
 
         replayed = CliRunner().invoke(app, ["events", "dead-letters", "replay", row["entry_id"]])
