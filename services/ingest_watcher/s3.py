@@ -98,11 +98,11 @@ class BucketMirror:
                     continue
                 if rel is not None and not item["Key"].endswith("/"):
                     out[rel] = [item["ETag"].strip('"'), int(item["Size"])]
-        for rel in sorted(out):  # a file where other keys need a folder of that name
-            if any(other.startswith(rel + "/") for other in out):
-                self._skip(self.source.prefix + rel, f"object key {self.source.prefix + rel!r} "
-                           "is both a file and a folder of other keys")
-                del out[rel]
+        folders = {str(parent) for rel in out for parent in PurePosixPath(rel).parents}
+        for rel in sorted(folders.intersection(out)):  # a file where others need a folder
+            self._skip(self.source.prefix + rel, f"object key {self.source.prefix + rel!r} "
+                       "is both a file and a folder of other keys")
+            del out[rel]
         return out
 
     def _skip(self, key: str, why: str) -> None:

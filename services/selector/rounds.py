@@ -1,7 +1,8 @@
 """Rounds kept in Redis, so they outlive the selector that opened them.
 
 A round (``retrain:round:<scope>:<run_id>``, a hash) holds the scored candidates of one run
-and every training of the run that has ended (trained, failed, unscorable). It closes at its
+and every training of the run that has ended (trained, failed, unscorable; a refused stranger
+is not one of the run's trainings). It closes at its
 quorum, at its deadline, or once as many trainings have ended as the run started
 (``round_size``, which the run's events carry) — whichever comes first — and exactly once:
 closing claims the run in ``retrain:rounds:<scope>:closed`` and takes the round in the same
@@ -22,13 +23,15 @@ from events.payloads import ModelTrained
 from services.selector.policy import Entry
 
 CLOSED_KEPT = 10_000  # closed runs remembered (a later model of theirs is judged alone)
+ROUND_TTL = 7 * 86400  # a round nothing ever closes (no deadline, size unknown) is forgotten
 
-# KEYS: round, closed set. ARGV: field, value, size (0: unknown), now.
+# KEYS: round, closed set. ARGV: field, value, size (0: unknown), now, run id, ttl.
 # Returns -1 if the round is closed, else {entries, ended, size}.
 _JOIN = """
 if redis.call('ZSCORE', KEYS[2], ARGV[5]) then return -1 end
 redis.call('HSETNX', KEYS[1], 'opened_at', ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
 if tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[1], 'size', ARGV[3]) end
 local entries, ended = 0, 0
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -84,13 +87,13 @@ class RoundStore:
         return self._joined(trained.run_id, f"entry:{trained.model_type}", value, size)
 
     def ended(self, run_id: str, model_type: str, why: str, size: int | None) -> Joined:
-        """A training of the run ended without a candidate for the round (failed, refused,
-        unscorable): it counts towards the run's trainings all having ended."""
+        """A training of the run ended without a candidate for the round (failed, or its
+        model could not be scored): it counts towards the run's trainings all having ended."""
         return self._joined(run_id, f"ended:{model_type}", why, size)
 
     def _joined(self, run_id: str, field: str, value: str, size: int | None) -> Joined:
         reply: Any = self._join(keys=[self._prefix + run_id, self._closed],
-                                args=[field, value, size or 0, time.time(), run_id])
+                                args=[field, value, size or 0, time.time(), run_id, ROUND_TTL])
         if reply == -1:
             return Joined(late=True)
         entries, ended, total = (int(x) for x in reply)

@@ -61,8 +61,7 @@ class Selector:
         if earlier is not None:  # redelivered (a crash after the decision, a sender's retry)
             log.info("%s/%s already judged: %s again", trained.run_id, trained.model_type,
                      earlier["type"])
-            decision = make_event(str(earlier["type"]), earlier["data"],  # type: ignore[arg-type]
-                                  source=SOURCE, id=str(earlier["id"]))
+            decision = _recorded(earlier)
             self._emit(decision)
             return decision
         problem = self.refusal(trained)
@@ -262,11 +261,7 @@ class Selector:
                 self._store.end()
                 done = f"version {new.version} was staged but never made champion: discarded"
             elif self._backend.resume(staged, previous.model_uri if previous else None):
-                raw = intent["decision"]
-                assert isinstance(raw, dict)
-                decision = make_event(str(raw["type"]), raw["data"], source=SOURCE,  # type: ignore[arg-type]
-                                      id=str(raw["id"]))
-                self._record(decision, time.perf_counter(), commit=True)
+                self._record(_recorded(intent["decision"]), time.perf_counter(), commit=True)
                 done = f"version {new.version}'s promotion was finished"
             else:
                 self._revert(new, previous)
@@ -370,6 +365,13 @@ class Selector:
         data = ModelRejected(**self._fields(trained, candidate, champion, champion_score, reason))
         return make_event(EventType.MODEL_REJECTED, data, source=SOURCE,
                           id=f"{trained.run_id}/{trained.model_type}/decision")
+
+
+def _recorded(decision: object) -> Event:
+    """A decision as ``_record`` and ``_intent`` keep it (type, id, data), as an event again."""
+    assert isinstance(decision, dict)
+    return make_event(str(decision["type"]), decision["data"], source=SOURCE,
+                      id=str(decision["id"]))
 
 
 def _intent(staged: Staged, new: Champion, previous: Champion | None,

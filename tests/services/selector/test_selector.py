@@ -317,6 +317,8 @@ def test_an_open_round_survives_a_selector_restart(r, repo_with_models):
                      ChampionPolicy(quorum=2))
     assert first.handle(_candidate(base, "a", "cnn")) is None
     del first  # the process is gone; the round is in Redis
+    [key] = list(r.scan_iter("retrain:round:*"))
+    assert 0 < r.ttl(key) <= 7 * 86400  # one nothing closes is forgotten, not kept forever
 
     emitted = []
     again = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"), scores, emitted.append,
