@@ -2,8 +2,11 @@
 died is resumed (queued request) or closed with the reason (run record left running)."""
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -41,7 +44,7 @@ def test_a_run_whose_runner_died_is_resumed_as_a_new_run_and_the_old_one_closed(
     queue.put(RunRequest("/data/a", run_id="run-a", event_id="ev-1"))
     taken = queue.take(timeout=1)
     _record(r, taken.request)
-    r.set(LEASE + "run-a", f"{__import__('socket').gethostname()}:{_dead_pid()}", ex=30)
+    r.set(LEASE + "run-a", f"{socket.gethostname()}:{_dead_pid()}", ex=30)
 
     lines = queue.recover(grace=0)
 
@@ -91,8 +94,6 @@ def test_a_run_left_running_by_a_killed_process_is_closed_with_the_reason(r):
 
 def test_a_lease_is_renewed_while_held_and_removed_after(r):
     with Lease(r, "run-l", seconds=0.3).held():
-        import time
-
         time.sleep(0.5)  # longer than the lease: only renewal keeps it
         assert r.exists(LEASE + "run-l")
     assert not r.exists(LEASE + "run-l")
@@ -106,8 +107,6 @@ def test_an_old_request_without_attempt_fields_is_read_as_a_first_attempt():
 
 
 def test_two_processes_recovering_at_once_resume_a_dead_run_once(r):
-    import threading
-
     queue = RunQueue(r)
     queue.put(RunRequest("/data/a", run_id="run-a"))
     _record(r, queue.take(timeout=1).request)
