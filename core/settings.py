@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # micro-batching: images per model call (1 turns batching off), wait for stragglers (ms)
     serve_max_batch: int = Field(64, ge=1, le=1024)
     serve_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    # images accepted and not yet answered; past it a request is answered 503 + Retry-After
+    serve_max_queued: int = Field(4096, ge=1)
 
     # selector: the champion policy (a round closes after QUORUM models or DEADLINE seconds)
     min_improvement: float = Field(0.0, ge=0, lt=1)

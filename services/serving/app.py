@@ -38,11 +38,12 @@ from services.serving.errors import (
     ServingError,
     UnauthorizedError,
 )
-from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
+from services.serving.limits import Backlog, RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import ModelHolder
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_INSTANCES = 1024
+MAX_QUEUED = 4096  # images accepted and not yet answered (RETRAIN_SERVE_MAX_QUEUED)
 
 
 def _decode_b64(value: Any, where: str) -> bytes:
@@ -129,9 +130,10 @@ def _v2_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
                limiter: RateLimiter | None = None,
                batching: BatchConfig | None = BatchConfig(),
-               model_dir: Path | None = None) -> FastAPI:
+               model_dir: Path | None = None, max_queued: int = MAX_QUEUED) -> FastAPI:
     """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints;
-    ``batching`` (None: every request is its own model call) groups concurrent requests.
+    ``batching`` (None: every request is its own model call) groups concurrent requests;
+    past ``max_queued`` images waiting for the model, requests are answered 503.
     The versions are read from ``model_repo/model_name/<version>/``, or, with ``model_dir``,
     from ``model_dir/<version>/`` (where KServe's storage initializer puts them)."""
     holder = ModelHolder(model_dir or model_repo / model_name)
@@ -141,6 +143,9 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     requests_total = Counter("retrain_serving_requests", "Requests", ["protocol", "code"], registry=registry)
     latency = Histogram("retrain_serving_latency_seconds", "Latency", ["protocol"], registry=registry)
     version_gauge = Gauge("retrain_serving_model_version", "Version being served", registry=registry)
+    backlog = Backlog(max_queued)
+    Gauge("retrain_serving_queued_images", "Images accepted and not yet answered",
+          registry=registry).set_function(lambda: backlog.images)
     stop = threading.Event()
 
     def poll() -> None:
@@ -152,12 +157,13 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     batcher: list[MicroBatcher] = []
 
     async def predict(kind: str, inputs: list[bytes] | np.ndarray) -> tuple[np.ndarray, int]:
-        if batcher:
-            return await batcher[0].predict(kind, inputs)
-        model = holder.current  # the version answering, even if a swap happens meanwhile
-        probs = await run_in_threadpool(model.predict, kind, [inputs])
-        batch_sizes.observe(len(inputs))
-        return probs, model.version
+        with backlog.admitted(len(inputs)):
+            if batcher:
+                return await batcher[0].predict(kind, inputs)
+            model = holder.current  # the version answering, even if a swap happens meanwhile
+            probs = await run_in_threadpool(model.predict, kind, [inputs])
+            batch_sizes.observe(len(inputs))
+            return probs, model.version
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Iterator[None]:  # type: ignore[misc]

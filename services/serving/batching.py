@@ -74,6 +74,8 @@ class MicroBatcher:
             if batch is None:
                 return
             shared = len(batch) > 1
+            # a request whose caller went away is dropped; the others can no longer be cancelled
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
             try:
                 model = self._current()
             except Exception as exc:  # no model loaded: every waiting request gets the error

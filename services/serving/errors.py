@@ -26,6 +26,13 @@ class RateLimitedError(ServingError):
         self.headers = {"Retry-After": retry_after}
 
 
+class OverloadedError(ServingError):
+    """Too much work already waits for the model: come back shortly."""
+
+    status = 503
+    headers = {"Retry-After": "1"}
+
+
 class ModelNotFoundError(ServingError):
     status = 404
 

@@ -1,4 +1,5 @@
-"""Rate limiting against overload: a token bucket per client, pure and clock-driven.
+"""Limits against overload: a token bucket per client, pure and clock-driven, and a bound on
+the images waiting for the model.
 
 Anonymous clients are told apart by address and get ``anon_rate`` requests per second;
 clients presenting a known API key (``Authorization: Bearer KEY``) are told apart by key and
@@ -12,10 +13,12 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from core.http import bearer, secret_matches
+from services.serving.errors import OverloadedError
 
 IDLE_SECONDS = 60.0  # buckets untouched this long are forgotten
 MAX_BUCKETS = 100_000
@@ -77,3 +80,27 @@ class RateLimiter:
 def retry_after_header(seconds: float) -> str:
     """Retry-After is whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+class Backlog:
+    """Images accepted and not yet answered. A request that would take them past ``limit`` is
+    turned away (503 + Retry-After) instead of queued, so memory stays bounded whatever the
+    clients send; a request arriving when nothing waits is always taken, however big."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.images = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def admitted(self, images: int) -> Iterator[None]:
+        with self._lock:
+            if self.images and self.images + images > self.limit:
+                raise OverloadedError(f"{self.images} images already wait for the model (the "
+                                      f"limit is {self.limit}); retry shortly")
+            self.images += images
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.images -= images

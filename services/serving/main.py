@@ -27,7 +27,8 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
     versions directly under ``model_dir``, with the configured rate limits and batching."""
     limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
     return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
-                      limiter=limiter, batching=batch_config(settings), model_dir=model_dir)
+                      limiter=limiter, batching=batch_config(settings), model_dir=model_dir,
+                      max_queued=settings.serve_max_queued)
 
 
 def run(settings: Settings, model_repo: Path | None = None, *,

@@ -43,3 +43,22 @@ def test_zero_means_no_limit_and_retry_after_is_whole_seconds():
     limiter = RateLimiter(anon_rate=0, keyed_rate=0, clock=Clock())
     assert all(limiter.check("a", None).allowed for _ in range(500))
     assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
+
+
+def test_the_backlog_turns_requests_away_past_its_limit_and_frees_what_was_answered():
+    from services.serving.errors import OverloadedError
+    from services.serving.limits import Backlog
+
+    backlog = Backlog(limit=10)
+    with backlog.admitted(6), backlog.admitted(4):
+        assert backlog.images == 10
+        with pytest.raises(OverloadedError, match="10 images already wait") as refused:
+            with backlog.admitted(1):
+                pass
+        assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert backlog.images == 0
+    with backlog.admitted(50):  # alone, a request bigger than the limit is still taken
+        assert backlog.images == 50
+    with pytest.raises(RuntimeError), backlog.admitted(3):  # a failed request frees its share
+        raise RuntimeError("model call failed")
+    assert backlog.images == 0

@@ -147,6 +147,94 @@ def test_bombs_are_refused_from_their_headers_while_normal_requests_flow(tmp_pat
     assert _rss_bytes() - before < 512 * 2**20  # decoding one would take 400 MB
 
 
+def test_past_the_queue_limit_requests_get_503_with_retry_after_and_nothing_waits_unbounded(
+        tmp_path, saved_models):
+    """While the model is busy with a full queue's worth of images, the next request is
+    answered at once with 503 and Retry-After instead of waiting in memory; once the queue
+    drains, requests are served again."""
+    from services.serving.model import LoadedModel
+
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    app = create_app(repo, poll_seconds=0.05, max_queued=8)
+    server = BackgroundServer(app, bind("127.0.0.1", 0, "model server"), "model-server").start()
+    images = np.random.default_rng(1).random((8, 28, 28)).tolist()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post(PREDICT, json={"instances": images[:1]}).status_code == 200
+            real = app.state.holder.current
+            gate = threading.Event()
+
+            def held(**inputs):  # the real model, called once the test opens the gate
+                gate.wait(30)
+                return real.serve_arrays(**inputs)
+
+            app.state.holder._current = LoadedModel(real.version, real.path, real.serve_bytes,
+                                                    held)
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(client.post, PREDICT, json={"instances": images})
+                deadline = time.monotonic() + 10
+                while "retrain_serving_queued_images 8.0" not in client.get("/metrics").text:
+                    assert time.monotonic() < deadline, "the first request never reached the model"
+                    time.sleep(0.02)
+                started = time.perf_counter()
+                refused = client.post(PREDICT, json={"instances": images[:1]})
+                refused_seconds = time.perf_counter() - started
+                v2 = client.post("/v2/models/fashion-mnist/infer", json={"inputs": [
+                    {"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                     "data": images[0]}]})
+                gate.set()
+                answered = first.result()
+            app.state.holder._current = real
+            again = client.post(PREDICT, json={"instances": images[:1]})
+    finally:
+        server.stop()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "8 images already wait for the model (the limit is 8)" in refused.json()["error"]
+    assert refused_seconds < 2
+    assert v2.status_code == 503 and v2.headers["retry-after"] == "1"
+    assert answered.status_code == 200 and len(answered.json()["predictions"]) == 8
+    assert again.status_code == 200
+
+
+def test_a_request_abandoned_while_queued_does_not_stop_the_batcher(saved_models):
+    """A caller cancelled while its request waits (a client gone, a server shutting down):
+    the batcher drops it and goes on answering everyone else."""
+    import asyncio
+
+    from services.serving.batching import MicroBatcher
+    from services.serving.model import LoadedModel, load
+
+    real = load(saved_models[0], 1)
+    gate = threading.Event()
+
+    def held(**inputs):
+        gate.wait(30)
+        return real.serve_arrays(**inputs)
+
+    gated = LoadedModel(1, real.path, real.serve_bytes, held)
+    batcher = MicroBatcher(lambda: gated, BatchConfig(max_batch=1, max_wait=0))
+    image = np.zeros((1, 28, 28), np.float32)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict("arrays", image))
+        await asyncio.sleep(0.2)  # the model thread now holds the first request
+        abandoned = asyncio.create_task(batcher.predict("arrays", image))
+        await asyncio.sleep(0.05)
+        abandoned.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        return await asyncio.wait_for(batcher.predict("arrays", image), 10)
+
+    try:
+        probs, version = asyncio.run(scenario())
+    finally:
+        gate.set()
+        batcher.close()
+    assert version == 1 and probs.shape == (1, 10)
+
+
 def _rss_bytes():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
