@@ -30,7 +30,10 @@ class OverloadedError(ServingError):
     """Too much work already waits for the model: come back shortly."""
 
     status = 503
-    headers = {"Retry-After": "1"}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": "1"}
 
 
 class ModelNotFoundError(ServingError):

@@ -52,9 +52,9 @@ def test_the_backlog_turns_requests_away_past_its_limit_and_frees_what_was_answe
     backlog = Backlog(limit=10)
     with backlog.admitted(6), backlog.admitted(4):
         assert backlog.images == 10
-        with pytest.raises(OverloadedError, match="10 images already wait") as refused:
-            with backlog.admitted(1):
-                pass
+        with pytest.raises(OverloadedError, match="10 images already wait") as refused, \
+                backlog.admitted(1):
+            pass
         assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
     assert backlog.images == 0
     with backlog.admitted(50):  # alone, a request bigger than the limit is still taken
