@@ -5,9 +5,9 @@ With ``workers > 1`` it launches that many local processes on 127.0.0.1 (each ru
 same entry as one worker of the cluster its TF_CONFIG describes); otherwise it trains in
 this process, reporting progress to Redis when ``RETRAIN_REDIS_URL`` is set and sending
 ``model.trained`` to ``options.sink`` when given: an HTTP endpoint, or (``stream``) the
-Redis stream the selector consumes with a consumer group, written durably and waited for
-while Redis is briefly away, so a finished model is never trained again because the
-selector was down.
+Redis stream the selector consumes with a consumer group, written durably. Either is waited
+for while it is away (up to 15 minutes: a restart, a rollout), so a finished model is never
+trained again because the selector or Redis was down.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from core.errors import ConfigurationError
 from core.settings import Settings
 from services.trainer.options import STREAM_SINK, TrainOptions
 
-STREAM_PATIENCE_SECONDS = 900.0  # a Redis outage the finished model waits out
+SINK_PATIENCE_SECONDS = 900.0  # an outage of Redis or the receiver a finished model waits out
 SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest")
 
 
@@ -52,9 +52,10 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
             raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
                                      "stream the selector reads)")
         sink = PatientSink(RedisStreamSink(client, max_length=settings.stream_max_length),
-                           give_up_after=STREAM_PATIENCE_SECONDS)
+                           give_up_after=SINK_PATIENCE_SECONDS)
     elif options.sink:  # presents the API key the receiver requires (RETRAIN_API_KEYS)
-        sink = HttpSink(options.sink, api_key=settings.api_key)
+        sink = PatientSink(HttpSink(options.sink, api_key=settings.api_key),
+                           give_up_after=SINK_PATIENCE_SECONDS)
     config = TrainConfig(options.model, options.dataset, out, options.epochs,
                          options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
                          options.batch_size, options.learning_rate,

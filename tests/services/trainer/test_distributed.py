@@ -171,3 +171,57 @@ def test_retrain_train_hands_model_trained_to_the_selectors_stream(ingested, tmp
                        str(tmp_path / "n" / "model"), "--sink", "stream",
                        env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": ""})
     assert refused.returncode == 2 and "--sink stream needs RETRAIN_REDIS_URL" in refused.stderr
+
+
+def test_a_trainer_waits_out_a_receiver_that_is_down_and_hands_its_model_over(ingested,
+                                                                                tmp_path):
+    """The HTTP receiver is not listening when the training ends, then answers 503 once:
+    the trainer keeps its finished model and waits, instead of failing after a few tries
+    (and being trained again), and presents the API key when it gets through."""
+    import http.server
+    import threading
+
+    from tests.conftest import free_port, wait_for
+
+    port = free_port()
+    received = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(503 if len(received) == 1 else 202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    out = tmp_path / "m" / "model"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
+         "--out", str(out), "--steps-per-epoch", "4", "--batch-size", "32", "--run-id", "run-h",
+         "--sink", f"http://127.0.0.1:{port}/events"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": "",
+             "RETRAIN_API_KEYS": "sender-key"})
+    try:
+        wait_for(lambda: (out.parent / "result.json").is_file() or trainer.poll() is not None, 240)
+        time.sleep(6)  # longer than a handful of quick retries take
+        assert trainer.poll() is None, "the trainer gave up while the receiver was down"
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            stdout, stderr = trainer.communicate(timeout=60)
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        trainer.kill()
+    assert trainer.returncode == 0, stderr[-3000:]
+    assert len(received) == 2  # the 503, then the delivery
+    headers, body = received[-1]
+    assert headers["Authorization"] == "Bearer sender-key"
+    assert headers["ce-type"] == "dev.retrain.model.trained" and headers["ce-id"] == "run-h/cnn/trained"
+    assert json.loads(body)["model_uri"] == str(out)
+    assert "cannot send run-h/cnn/trained yet" in stderr
