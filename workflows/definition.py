@@ -111,6 +111,7 @@ def tfjob_manifest(names: ClusterNames) -> str:
             "checkpoint_every": 100,  # a restarted worker resumes from here
             "warm_start": "{{inputs.parameters.warm-start}}",  # "" when there is none
             "sink": names.model_trained_sink,
+            "round_size": "{{inputs.parameters.round-size}}",
         }),
         "env": [{"name": "RETRAIN_HOME", "value": HOME},
                 {"name": "TF_USE_LEGACY_KERAS", "value": "1"},
@@ -172,7 +173,7 @@ def workflow_name(source: str, event_id: str) -> str:
     return "retrain-" + hashlib.sha256(f"{source} {event_id}".encode()).hexdigest()[:20]
 
 
-TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers")
+TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers", "round-size")
 TRAIN_PARAMETERS = ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)
 
 
@@ -227,16 +228,25 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
                 limit=2, retry_policy="OnError",
                 backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
         )
+        # a TFJob that fails on its own (workers OOM-killed past the backoff limit, the
+        # deadline) never lets its trainer say so: the wait step tells the selector instead
         wait = _container(
             "wait-training",
             ["step", "wait-training", "--name", "{{inputs.parameters.job-name}}",
              "--namespace", "{{workflow.namespace}}",
-             "--timeout", str(TRAIN_DEADLINE_SECONDS + 600)],  # the TFJob's own deadline first
-            names, cpu="50m", memory="128Mi", inputs=[Parameter(name="job-name")])
+             "--timeout", str(TRAIN_DEADLINE_SECONDS + 600),  # the TFJob's own deadline first
+             "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
+             "--round-size", "{{inputs.parameters.round-size}}",
+             "--sink", names.model_trained_sink],
+            names, cpu="50m", memory="128Mi",
+            inputs=[Parameter(name=n) for n in ("job-name", "model", "round-size")])
         with DAG(name="train", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS]) as train:
             created = create(name="create",
                              arguments={n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS})
-            waited = wait(name="wait", arguments={"job-name": created.get_parameter("job-name").value})
+            waited = wait(name="wait", arguments={
+                "job-name": created.get_parameter("job-name").value,
+                "model": "{{inputs.parameters.model}}",
+                "round-size": "{{inputs.parameters.round-size}}"})
             created >> waited
         with DAG(name="retrain"):
             planned = plan(name="plan")

@@ -65,6 +65,7 @@ def train(
     warm_start: Annotated[Optional[str], typer.Option(help="start from this exported model's weights if it is the same variant")] = None,
     run_id: str = "manual",
     sink: Annotated[Optional[str], typer.Option(help="send model.trained here")] = None,
+    round_size: Annotated[Optional[int], typer.Option(help="trainings the run started (the selector's round closes when all have ended)")] = None,
 ) -> None:
     """Train one model variant and export it for serving (one process, --workers N local
     processes, or whatever cluster TF_CONFIG describes, as in a TFJob)."""
@@ -74,5 +75,6 @@ def train(
     options = TrainOptions(model=model, dataset=dataset, out=out, run_id=run_id, epochs=epochs,
                            steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, workers=workers,
-                           checkpoint_every=checkpoint_every, warm_start=warm_start or None, sink=sink)
+                           checkpoint_every=checkpoint_every, warm_start=warm_start or None, sink=sink,
+                           round_size=round_size)
     print(json.dumps(trainer.run(load_settings(), options)))

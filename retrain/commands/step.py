@@ -150,14 +150,37 @@ def wait_training(
     namespace: Annotated[str, typer.Option(help="its namespace")] = "retrain",
     timeout: Annotated[float, typer.Option(help="seconds before the job is deleted as stuck")] = 4 * 3600 + 600,
     poll: Annotated[float, typer.Option(help="seconds between looks at its conditions")] = 10.0,
+    run_id: Annotated[Optional[str], typer.Option(help="the run the training belongs to")] = None,
+    model: Annotated[Optional[str], typer.Option(help="the variant it trains")] = None,
+    round_size: Annotated[Optional[int], typer.Option(help="trainings the run started")] = None,
+    sink: Annotated[Optional[str], typer.Option(help="where training.failed goes when the job fails (stream or a URL)")] = None,
 ) -> None:
     """Wait for a TFJob's own Succeeded or Failed condition (exit 0 or 1); past --timeout the
-    job and its pods are deleted and the step fails."""
+    job and its pods are deleted and the step fails. With --sink (and --run-id, --model), a
+    failed job is told to the selector as training.failed, so the run's round can close
+    even when the trainer died too early or too hard to say it itself."""
     setup_logging(True)
     from core.kube import api_client
-    from workflows.tfjob import wait_for_training
+    from workflows.tfjob import TrainingJobError, wait_for_training
 
     settings = load_settings()
-    message = wait_for_training(api_client(settings.kube_api_url, settings.kube_token),
-                                namespace, name, timeout, poll)
+    if sink and not (run_id and model):
+        raise typer.BadParameter("--sink needs --run-id and --model (what failed)")
+    try:
+        message = wait_for_training(api_client(settings.kube_api_url, settings.kube_token),
+                                    namespace, name, timeout, poll)
+    except TrainingJobError as exc:
+        if sink:
+            _tell_failure(settings, sink, run_id, model, str(exc), round_size)  # type: ignore[arg-type]
+        raise
     _emit_outputs({"message": message}, None)
+
+
+def _tell_failure(settings: Any, sink: str, run_id: str, model: str, reason: str,
+                  round_size: int | None) -> None:
+    from core.redis_store import connect
+    from services.trainer.main import event_sink
+    from services.trainer.process import failed_event
+
+    client = connect(settings.redis_url) if settings.redis_url else None
+    event_sink(settings, sink, client).send(failed_event(run_id, model, reason, round_size))

@@ -16,11 +16,16 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigurationError
 from core.settings import Settings
 from services.trainer.options import STREAM_SINK, TrainOptions
+
+if TYPE_CHECKING:
+    import redis
+
+    from events.sinks import Sink
 
 SINK_PATIENCE_SECONDS = 900.0  # an outage of Redis or the receiver a finished model waits out
 SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest")
@@ -41,24 +46,30 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
         return {k: result[k] for k in SUMMARY}
 
     from core.redis_store import connect
-    from events.sinks import HttpSink, PatientSink, RedisStreamSink
     from services.trainer.process import run as run_process
     from services.trainer.train import TrainConfig
 
     client = connect(settings.redis_url) if settings.redis_url else None
-    sink = None
-    if options.sink == STREAM_SINK:  # durable: the selector acknowledges after its decision
-        if client is None:
-            raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
-                                     "stream the selector reads)")
-        sink = PatientSink(RedisStreamSink(client, max_length=settings.stream_max_length),
-                           give_up_after=SINK_PATIENCE_SECONDS)
-    elif options.sink:  # presents the API key the receiver requires (RETRAIN_API_KEYS)
-        sink = PatientSink(HttpSink(options.sink, api_key=settings.api_key),
-                           give_up_after=SINK_PATIENCE_SECONDS)
+    sink = event_sink(settings, options.sink, client) if options.sink else None
     config = TrainConfig(options.model, options.dataset, out, options.epochs,
                          options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
                          options.batch_size, options.learning_rate,
                          checkpoint_every=options.checkpoint_every, warm_start=options.warm_start)
-    trained = asdict(run_process(config, options.run_id, client, sink))
+    trained = asdict(run_process(config, options.run_id, client, sink,
+                                 round_size=options.round_size))
     return {**{k: trained[k] for k in SUMMARY}, "seconds": round(trained["seconds"], 2)}
+
+
+def event_sink(settings: Settings, target: str, client: redis.Redis | None) -> Sink:
+    """Where a training's outcome goes: ``stream`` (the selector's Redis stream) or an HTTP
+    URL (presenting the API key), each waited for through an outage of up to 15 minutes."""
+    from events.sinks import HttpSink, PatientSink, RedisStreamSink
+
+    if target == STREAM_SINK:  # durable: the selector acknowledges after its decision
+        if client is None:
+            raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
+                                     "stream the selector reads)")
+        sink: Sink = RedisStreamSink(client, max_length=settings.stream_max_length)
+    else:
+        sink = HttpSink(target, api_key=settings.api_key)
+    return PatientSink(sink, give_up_after=SINK_PATIENCE_SECONDS)

@@ -30,6 +30,7 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("checkpoint_every", "--checkpoint-every"),
     ("warm_start", "--warm-start"),
     ("sink", "--sink"),
+    ("round_size", "--round-size"),
 )
 COMMAND = "train"
 STREAM_SINK = "stream"  # --sink stream: model.trained goes to the Redis stream retrain:events
@@ -67,6 +68,7 @@ class TrainOptions:
     checkpoint_every: int | None = None  # steps between checkpoints; None: each epoch
     warm_start: str | None = None  # an exported model to start from, if the same variant
     sink: str | None = None  # an HTTP URL, or "stream": the Redis stream the selector reads
+    round_size: int | None = None  # trainings the run started (told to the selector's round)
 
     def argv(self) -> list[str]:
         """The ``retrain`` arguments that run this training; defaults that need no flag
@@ -96,7 +98,8 @@ class TrainOptions:
         for name, value, low in (("--epochs", self.epochs, 1), ("--batch-size", self.batch_size, 1),
                                  ("--workers", self.workers, 1),
                                  ("--steps-per-epoch", self.steps_per_epoch, 0),
-                                 ("--checkpoint-every", self.checkpoint_every, 1)):
+                                 ("--checkpoint-every", self.checkpoint_every, 1),
+                                 ("--round-size", self.round_size, 1)):
             if value is not None and value < low:
                 found.append(f"{name} {value}: must be at least {low}")
         if not 0 < self.learning_rate < 10:

@@ -37,9 +37,11 @@ def run(
     client: redis.Redis | None = None,
     sink: Sink | None = None,
     echo: bool = True,
+    round_size: int | None = None,
 ) -> TrainResult:
     """Train; the chief (the only process when not distributed) reports progress, writes
-    ``result.json`` and emits ``model.trained`` or ``training.failed``."""
+    ``result.json`` and emits ``model.trained`` or ``training.failed`` (telling the selector
+    the run's ``round_size`` when known)."""
     role = role_from_tf_config(os.environ.get("TF_CONFIG"))
     chief = role.is_chief
     key = progress_key(run_id, config.model_type)
@@ -66,7 +68,7 @@ def run(
         if chief and client is not None:
             client.hset(key, mapping={"state": "failed", "reason": str(exc)})
         if chief and sink is not None:
-            sink.send(failed_event(run_id, config.model_type, str(exc)))
+            sink.send(failed_event(run_id, config.model_type, str(exc), round_size))
         raise
     if not chief:
         return result
@@ -74,7 +76,8 @@ def run(
     if client is not None:
         client.hset(key, mapping={"state": "done", "result": json.dumps(asdict(result))})
     if sink is not None:
-        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result))
+        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result,
+                                round_size))
     return result
 
 

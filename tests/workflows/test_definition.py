@@ -90,7 +90,7 @@ def _substitute(value: str) -> str:
                "inputs.parameters.epochs": "1", "inputs.parameters.steps-per-epoch": "0",
                "inputs.parameters.batch-size": "64", "inputs.parameters.learning-rate": "0.001",
                "inputs.parameters.workers": "2", "workflow.name": "retrain-abc12",
-               "inputs.parameters.warm-start": "",
+               "inputs.parameters.warm-start": "", "inputs.parameters.round-size": "3",
                "inputs.parameters.key": "k" * 64, "inputs.parameters.model": "batch_norm",
                "inputs.parameters.dataset-uri": "/var/lib/retrain/store/datasets/k"}
     return re.sub(r"\{\{([^}]+)\}\}", lambda m: samples[m[1]], value)
@@ -131,9 +131,15 @@ def test_a_training_ends_on_the_tfjobs_own_conditions_with_a_deadline():
     assert job["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "ExitCode"
     tasks = {t["name"]: t for t in templates["train"]["dag"]["tasks"]}
     assert tasks["wait"]["depends"] == "create"
-    assert tasks["wait"]["arguments"]["parameters"] == [
-        {"name": "job-name", "value": "{{tasks.create.outputs.parameters.job-name}}"}]
     wait = templates["wait-training"]["container"]["args"]
     assert wait[:2] == ["step", "wait-training"]
+    # a job that fails without its trainer saying so is told to the selector by the wait step
+    flags = dict(zip(wait[2::2], wait[3::2], strict=True))
+    assert flags["--run-id"] == "{{workflow.name}}" and flags["--sink"] == "stream"
+    assert flags["--model"] == "{{inputs.parameters.model}}"
+    assert flags["--round-size"] == "{{inputs.parameters.round-size}}"
+    assert {p["name"]: p["value"] for p in tasks["wait"]["arguments"]["parameters"]} == {
+        "job-name": "{{tasks.create.outputs.parameters.job-name}}",
+        "model": "{{inputs.parameters.model}}", "round-size": "{{inputs.parameters.round-size}}"}
     timeout = float(wait[wait.index("--timeout") + 1])
     assert run_policy["activeDeadlineSeconds"] < timeout < _doc()["spec"]["activeDeadlineSeconds"]

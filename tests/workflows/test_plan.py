@@ -25,7 +25,7 @@ def test_every_run_parameter_reaches_the_steps():
         "trainings": json.dumps([{"model": "dropout", "warm-start": ""},
                                  {"model": "cnn", "warm-start": ""}]),
         "cache-policy": "max-age=30m", "epochs": "3", "steps-per-epoch": "40",
-        "batch-size": "32", "learning-rate": "0.005", "workers": "4"}
+        "batch-size": "32", "learning-rate": "0.005", "workers": "4", "round-size": "2"}
 
 
 def test_no_parameters_means_the_defaults():

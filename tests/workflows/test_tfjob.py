@@ -161,3 +161,28 @@ def test_the_step_command_exits_by_the_jobs_outcome(tmp_path):
         assert text in done.stdout + done.stderr
         assert "Traceback" not in done.stderr
         assert api.violations == []
+
+
+def test_a_failed_job_is_told_to_the_selectors_stream_with_the_runs_round_size(tmp_path, r,
+                                                                              redis_handle):
+    """Workers OOM-killed past the backoff limit never send training.failed themselves: the
+    wait step does, so the selector's round for the run can close on all trainings ended."""
+    from events.sinks import read_stream
+
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
+           "RETRAIN_REDIS_URL": redis_handle.url}
+    tell = ["--run-id", "retrain-abc", "--model", "batch_norm", "--round-size", "3",
+            "--sink", "stream"]
+    for statuses, code in ((SUCCEEDED, 0), (FAILED, 1)):
+        with TFJobStandIn([RUNNING, statuses]) as api:
+            done = subprocess.run(
+                [sys.executable, "-m", "retrain.cli", "step", "wait-training", "--name", NAME,
+                 "--poll", "0.05", *tell], env={**env, "RETRAIN_KUBE_API_URL": api.server.url},
+                capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, done.stdout + done.stderr
+        assert api.violations == []
+    [event] = read_stream(r)  # the job that succeeded sent nothing: its trainer did
+    assert event["type"] == "dev.retrain.training.failed"
+    assert event["id"] == "retrain-abc/batch_norm/failed"  # the trainer's own id: one decision
+    assert event["data"]["round_size"] == 3 and event["data"]["model_type"] == "batch_norm"
+    assert "reached the specified backoff limit" in event["data"]["reason"]

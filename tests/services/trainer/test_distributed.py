@@ -162,11 +162,12 @@ def test_retrain_train_hands_model_trained_to_the_selectors_stream(ingested, tmp
 
     done = _retrain("train", "--model", "cnn", "--dataset", ingested, "--out",
                     str(tmp_path / "m" / "model"), "--steps-per-epoch", "4", "--batch-size", "32",
-                    "--run-id", "run-s", "--sink", "stream",
+                    "--run-id", "run-s", "--sink", "stream", "--round-size", "3",
                     env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url})
     assert done.returncode == 0, done.stderr[-3000:]
     [event] = [e for e in read_stream(r) if e["type"] == "dev.retrain.model.trained"]
     assert event["id"] == "run-s/cnn/trained" and event["data"]["steps"] == 4
+    assert event["data"]["round_size"] == 3  # as a TFJob's trainer tells the selector
     refused = _retrain("train", "--model", "cnn", "--dataset", ingested, "--out",
                        str(tmp_path / "n" / "model"), "--sink", "stream",
                        env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": ""})
