@@ -24,6 +24,7 @@ import redis
 
 from core.children import dies_with_us
 from core.errors import RedisUnavailableError
+from core.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RedisHandle:
     client: redis.Redis
-    url: str
+    url: str  # with its password, if any: for clients, never for showing
     embedded: bool
+
+    @property
+    def shown(self) -> str:
+        """The URL as it may be printed: its password masked."""
+        return redact(self.url)
 
 
 def connect(url: str) -> redis.Redis:

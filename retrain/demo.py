@@ -136,7 +136,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
     with LocalStack(settings, data_root=data_root, default_parameters=params,
                     console=console) as stack:
         console.print(f"stack up: events {stack.events_url}, model server {stack.serve_url}, "
-                      f"Redis {'embedded' if stack.redis.embedded else stack.redis.url}")
+                      f"Redis {'embedded' if stack.redis.embedded else stack.redis.shown}")
 
         console.rule("stage 1: data appears")
         t1 = time.time()

@@ -154,7 +154,7 @@ def run_until_stopped(settings: Settings, console: Console) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalStack(settings, data_root=root, console=console) as stack:
         console.print(f"watching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
-                      f"/v1/models/fashion-mnist:predict\nRedis   {stack.redis.url}\n"
+                      f"/v1/models/fashion-mnist:predict\nRedis   {stack.redis.shown}\n"
                       "Ctrl-C to stop")
         try:
             while not stop.wait(0.5) and stack.supervisor.failure is None:

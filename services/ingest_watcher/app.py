@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from core.http import BodyTooLargeError, bearer, read_body, secret_matches
+from core.redact import redact
 from events import make_event
 from events.outbox import Outbox
 from events.payloads import DatasetUpdated
@@ -136,7 +137,7 @@ def create_app(watcher: DirectoryWatcher, api_keys: tuple[str, ...] = (),
             return JSONResponse({"status": f"ignored: no file under {git.source.path} changed"})
         after = str(push.get("after") or push.get("checkout_sha") or "")
         notification = make_event(
-            "dataset.updated", DatasetUpdated(uri=git.source.url, trigger=provider),  # type: ignore[arg-type]
+            "dataset.updated", DatasetUpdated(uri=redact(git.source.url), trigger=provider),  # type: ignore[arg-type]
             source=f"retrain/webhooks/{provider}", id=delivery or f"{provider}@{after}")
         # durable before the answer (fetched after it); a delivery id seen before is a replay,
         # checked and appended in one atomic step

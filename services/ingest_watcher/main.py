@@ -21,6 +21,7 @@ import redis
 
 from core.errors import ConfigurationError
 from core.http import serve_forever
+from core.redact import redact
 from core.redis_store import open_redis
 from core.settings import Settings
 from dataset.errors import DatasetNotFoundError
@@ -157,8 +158,10 @@ def watching(settings: Settings, client: redis.Redis, source: Source, sink: Sink
             assert isinstance(source, GitRepoSource)
             jobs = Outbox(client, SourceFetcher(clone.sync, watcher), f"git:{tag}").start()
             exit_stack.callback(jobs.stop)
-            jobs.put(make_event("dataset.updated", {"uri": source.url, "trigger": "github"},
-                                source="retrain/watcher/start"))  # catch up with the branch
+            # catch up with the branch (the job names the repository; a token in its URL is
+            # masked: the fetch uses the watcher's own source, never the job's text)
+            jobs.put(make_event("dataset.updated", {"uri": redact(source.url), "trigger": "github"},
+                                source="retrain/watcher/start"))
             watching_.git_hooks = GitWebhooks(clone.source, jobs, settings.github_webhook_secret,
                                               settings.gitlab_webhook_token)
         else:
