@@ -303,7 +303,7 @@ class LocalRunner:
     def _wait(self, request: RunRequest,
               procs: dict[str, tuple[subprocess.Popen[str], float, Path]],
               rec: RunRecorder) -> None:
-        from services.trainer.process import progress_key
+        from services.trainer.progress import progress_key
 
         pending = dict(procs)
         with Progress(TextColumn("  train {task.description:<10}"), BarColumn(),

@@ -19,16 +19,12 @@ from events import Event, EventType, make_event
 from events.payloads import ModelTrained, TrainingFailed
 from events.sinks import Sink
 from services.trainer.cluster import role_from_tf_config
+from services.trainer.progress import ProgressWriter, progress_key
 from services.trainer.train import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/trainer"
 RESULT_FILE = "result.json"
-PROGRESS_TTL = 7 * 86400
-
-
-def progress_key(run_id: str, model_type: str) -> str:
-    return f"retrain:progress:{run_id}:{model_type}"
 
 
 def run(
@@ -44,18 +40,11 @@ def run(
     the run's ``round_size`` when known)."""
     role = role_from_tf_config(os.environ.get("TF_CONFIG"))
     chief = role.is_chief
-    key = progress_key(run_id, config.model_type)
+    progress = ProgressWriter(client if chief else None, progress_key(run_id, config.model_type))
     last_line = [0.0]
 
     def report(point: dict[str, Any]) -> None:
-        line = json.dumps({**point, "workers": role.workers, "at": round(time.time(), 3)})
-        if client is not None and chief:
-            pipe = client.pipeline(transaction=False)
-            pipe.hset(key, mapping={"state": "training", "latest": line})
-            pipe.rpush(key + ":history", line)
-            pipe.expire(key, PROGRESS_TTL)
-            pipe.expire(key + ":history", PROGRESS_TTL)
-            pipe.execute()
+        progress.post({**point, "workers": role.workers, "at": round(time.time(), 3)})
         if echo and (time.monotonic() - last_line[0] > 5 or point["step"] == point["planned"]):
             last_line[0] = time.monotonic()
             print(f"[{config.model_type} {role.name}] step {point['step']}/{point['planned']} "
@@ -65,16 +54,16 @@ def run(
     try:
         result = train(config, report, role)
     except (RetrainError, OSError, ValueError) as exc:
-        if chief and client is not None:
-            client.hset(key, mapping={"state": "failed", "reason": str(exc)})
+        progress.end("failed", reason=str(exc))
+        progress.close()
         if chief and sink is not None:
             sink.send(failed_event(run_id, config.model_type, str(exc), round_size))
         raise
     if not chief:
         return result
     (config.out.parent / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
-    if client is not None:
-        client.hset(key, mapping={"state": "done", "result": json.dumps(asdict(result))})
+    progress.end("done", result=json.dumps(asdict(result)))
+    progress.close()
     if sink is not None:
         sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result,
                                 round_size))

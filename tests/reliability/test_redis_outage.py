@@ -131,3 +131,50 @@ def test_the_watcher_logs_a_redis_outage_once_and_emits_the_change_after(tmp_pat
     back = [r for r in caplog.records if r.getMessage().endswith("is back")]
     assert len(gone) == 1 and len(back) == 1 and gone[0].exc_info is None
     assert not [r for r in caplog.records if r.exc_info]  # no traceback per scan
+
+
+def test_a_training_goes_on_through_a_redis_outage_and_hands_its_model_over_after(
+        tmp_path, ingested):
+    """Redis stops while a trainer reports progress and comes back before the end: the
+    training neither fails nor waits on it, its progress resumes, and model.trained reaches
+    the selector's stream once Redis is back."""
+    import json
+    import os
+    import sys
+
+    import redis
+
+    from events.sinks import read_stream
+    from services.trainer.progress import progress_key
+
+    port = free_port()
+    server = redis_server(port, tmp_path)
+    wait_for(lambda: _pings(port), 10)
+    client = redis.Redis(port=port)
+    key = progress_key("run-o", "cnn")
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
+         "--out", str(tmp_path / "m" / "model"), "--epochs", "4", "--steps-per-epoch", "150",
+         "--batch-size", "16", "--run-id", "run-o", "--sink", "stream"],
+        env={**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
+             "RETRAIN_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: client.hget(key, "latest") is not None, 120)
+        server.terminate()  # mid-training
+        server.wait()
+        threading.Event().wait(3)
+        assert trainer.poll() is None, "the training died with Redis"
+        server = redis_server(port, tmp_path)
+        _stdout, stderr = trainer.communicate(timeout=300)
+        assert trainer.returncode == 0, stderr[-3000:]
+        [event] = [e for e in read_stream(client) if e["type"] == "dev.retrain.model.trained"]
+        progress = client.hgetall(key)
+    finally:
+        trainer.kill()
+        server.terminate()
+        server.wait()
+    assert event["id"] == "run-o/cnn/trained" and event["data"]["steps"] == 600
+    assert progress[b"state"] == b"done" and json.loads(progress[b"result"])["steps"] == 600
+    assert "progress not reported while Redis is unavailable" in stderr
+    assert "Traceback" not in stderr

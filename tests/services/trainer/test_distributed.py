@@ -86,7 +86,7 @@ def test_a_corrupt_shard_fails_every_worker_quickly_with_its_name(tmp_path):
 
 
 def test_a_killed_training_resumes_from_its_last_checkpoint(ingested, tmp_path, redis_handle, r):
-    from services.trainer.process import progress_key
+    from services.trainer.progress import progress_key
 
     out = tmp_path / "run" / "cnn" / "model"
     args = ["train", "--model", "cnn", "--dataset", ingested, "--out", str(out),
