@@ -2,7 +2,13 @@
 but the model not published; published but the decision not committed), then a new selector
 on the same Redis and model repository reconciles: nothing half-done is left, and the
 candidate's redelivery is judged exactly once. The stop is abrupt (a BaseException from
-inside the step, which no ``except Exception`` cleanup sees), as a SIGKILL would leave it."""
+inside the step, which no ``except Exception`` cleanup sees), as a SIGKILL would leave it;
+and once more with a real SIGKILL of a selector process at each phase."""
+
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -18,6 +24,15 @@ pytestmark = pytest.mark.integration
 
 class Killed(BaseException):
     """The process dies here."""
+
+
+SIGKILL_ITSELF = False  # set in a selector process of its own: die for real
+
+
+def die():
+    if SIGKILL_ITSELF:
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise Killed
 
 
 class Scores:
@@ -48,7 +63,7 @@ def selector(r, base, backend=None, store=None, emitted=None):
 class DiesBeforeCas(ChampionStore):
     def replace(self, expected_generation, new):
         if new.version == 2:
-            raise Killed
+            die()
         return super().replace(expected_generation, new)
 
 
@@ -61,7 +76,7 @@ class DiesPublishing(LocalBackend):
         if staged.version == 2:
             if self.after_rename:
                 super().publish(staged)
-            raise Killed
+            die()
         super().publish(staged)
 
 
@@ -70,16 +85,16 @@ class DiesPublishing(LocalBackend):
     ("champion-replaced", "version 2's promotion was finished", 2, [1, 2]),  # the copy was whole
     ("published", "version 2's promotion was finished", 2, [1, 2]),
 ])
+@pytest.mark.parametrize("kill", ["abrupt", "sigkill"])
 def test_a_promotion_cut_short_is_finished_or_undone_by_the_next_selector(
-        r, base, phase, outcome, champion_version, served):
+        r, redis_handle, base, phase, outcome, champion_version, served, kill):
     repo = base / "repo"
-    if phase == "intent":
-        first = selector(r, base, store=DiesBeforeCas(r))
+    if kill == "sigkill":  # a selector process of its own, killed at that phase
+        done = subprocess.run([sys.executable, "-c", FIRST, redis_handle.url, str(base), phase],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     else:
-        first = selector(r, base, DiesPublishing(repo, "fm", after_rename=phase == "published"))
-    first.handle(trained(base, "a"))
-    with pytest.raises(Killed):
-        first.handle(trained(base, "b"))
+        first_selector_dies_at(r, base, phase)
 
     emitted = []
     second = selector(r, base, emitted=emitted)
@@ -97,3 +112,24 @@ def test_a_promotion_cut_short_is_finished_or_undone_by_the_next_selector(
     judged = [d for d in store.decisions() if d["run_id"] == "run-b"]
     assert len(judged) == 1
     assert versions(repo / "fm") == [1, 2]  # one version for b, whatever the phase
+
+
+def first_selector_dies_at(r, base, phase):
+    repo = base / "repo"
+    if phase == "intent":
+        first = selector(r, base, store=DiesBeforeCas(r))
+    else:
+        first = selector(r, base, DiesPublishing(repo, "fm", after_rename=phase == "published"))
+    first.handle(trained(base, "a"))
+    with pytest.raises(Killed):
+        first.handle(trained(base, "b"))
+
+
+FIRST = """
+import sys
+from pathlib import Path
+import redis
+from tests.services.selector import test_reconcile as t
+t.SIGKILL_ITSELF = True
+t.first_selector_dies_at(redis.Redis.from_url(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
+"""
