@@ -150,3 +150,28 @@ def test_model_server_never_answers_5xx(serving_client, v1, v2, raw, hdrs):
     _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", json.dumps({"inputs": v2}).encode(), {})
     _no_5xx(serving_client, "/v1/models/fashion-mnist:predict", raw, hdrs)
     _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", raw, hdrs)
+
+
+binary_inputs = st.lists(st.fixed_dictionaries({
+    "name": st.sampled_from(["images", "image_bytes"]),
+    "shape": st.sampled_from([[1, 28, 28], [2, 28, 28], [1], [2], [0]]) | json_values,
+    "datatype": st.sampled_from(["FP32", "BYTES", "UINT8", "FP64", "INT64"]) | json_values,
+    "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-2, 7000) | json_values})
+    | json_values,
+}), max_size=2)
+header_lengths = st.none() | st.integers(-5, 9000) | st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=6)
+
+
+@EXAMPLES
+@given(v2=binary_inputs, tail=st.binary(max_size=7000), outputs=json_values,
+       parameters=json_values, header_length=header_lengths)
+def test_binary_inference_requests_never_answer_5xx(serving_client, v2, tail, outputs, parameters,
+                                                    header_length):
+    """The binary tensor data extension: JSON header, binary tail, a length header that may
+    lie; and outputs or parameters of any shape."""
+    text = json.dumps({"inputs": v2, "outputs": outputs, "parameters": parameters}).encode()
+    length = str(len(text)) if header_length is None else str(header_length)
+    _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", text + tail,
+            {"inference-header-content-length": length})
+    _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", text, {})

@@ -29,6 +29,7 @@ from prometheus_client import (
 from core.http import BodyTooLargeError, read_body
 from core.settings import MODEL_NAME
 from dataset.image_header import size_problem
+from services.serving import binary as wire
 from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (
     BadRequestError,
@@ -43,6 +44,8 @@ from services.serving.model import ModelHolder
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_INSTANCES = 1024
+OUTPUT = "probabilities"
+SERVER_VERSION = "0.1.0"
 MAX_QUEUED = 4096  # images accepted and not yet answered (RETRAIN_SERVE_MAX_QUEUED)
 
 
@@ -55,6 +58,10 @@ def _decode_b64(value: Any, where: str) -> bytes:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequestError(f"{where}: b64 value is not valid base64") from None
+    return _checked_image(raw, where)
+
+
+def _checked_image(raw: bytes, where: str) -> bytes:
     problem = size_problem(raw)  # from the header, before a decoder allocates anything
     if problem is not None:
         raise BadRequestError(f"{where}: cannot decode image bytes: the image {problem}")
@@ -89,7 +96,7 @@ def _v1_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
     )
 
 
-def _v2_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
+def _v2_inputs(body: Any, binary: memoryview | None = None) -> tuple[str, list[bytes] | np.ndarray]:
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise BadRequestError('request must be a JSON object with a non-empty "inputs" list')
     if len(body["inputs"]) != 1:
@@ -97,26 +104,40 @@ def _v2_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
     tensor = body["inputs"][0]
     if not isinstance(tensor, dict):
         raise BadRequestError("inputs[0] must be an object")
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    [chunk] = wire.chunks(body["inputs"], binary)
+    missing = [k for k in ("name", "shape", "datatype", *(["data"] if chunk is None else []))
+               if k not in tensor]
     if missing:
         raise BadRequestError(f"inputs[0] lacks {', '.join(missing)}")
-    shape, datatype, data = tensor["shape"], tensor["datatype"], tensor["data"]
+    shape, datatype = tensor["shape"], tensor["datatype"]
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BadRequestError("inputs[0].shape must be a list of non-negative integers")
-    if not isinstance(data, list):
-        raise BadRequestError("inputs[0].data must be a list")
-    flat = np.asarray(data, dtype=object).ravel().tolist() if data and isinstance(data[0], list) else data
+    if not isinstance(datatype, str):
+        raise BadRequestError("inputs[0].datatype must be a string (BYTES, FP32, ...)")
+    flat: Any = None
+    if chunk is None:
+        data = tensor["data"]
+        if not isinstance(data, list):
+            raise BadRequestError("inputs[0].data must be a list")
+        flat = np.asarray(data, dtype=object).ravel().tolist() if data and isinstance(data[0], list) else data
     if datatype == "BYTES":
-        if len(shape) != 1 or shape[0] != len(flat) or not flat:
-            raise BadRequestError(f"BYTES input shape {shape} does not match {len(flat)} elements")
+        if len(shape) != 1 or shape[0] < 1:
+            raise BadRequestError(f"BYTES input must have shape [n], got {shape}")
         if shape[0] > MAX_INSTANCES:
             raise BadRequestError(f"batch of {shape[0]} exceeds the limit {MAX_INSTANCES}")
+        if chunk is not None:  # raw image bytes: nothing to base64-decode
+            images = wire.bytes_elements(chunk, shape[0], "inputs[0]")
+            return "bytes", [_checked_image(raw, f"inputs[0] element {n}") for n, raw in enumerate(images)]
+        if shape[0] != len(flat):
+            raise BadRequestError(f"BYTES input shape {shape} does not match {len(flat)} elements")
         return "bytes", [_decode_b64(v, f"inputs[0].data[{n}]") for n, v in enumerate(flat)]
-    if datatype in ("FP32", "FP64", "UINT8", "INT32", "INT64"):
+    if datatype in wire.NUMBERS:
         if len(shape) != 3 or shape[1:] != [28, 28] or shape[0] < 1:
             raise BadRequestError(f"numeric input must have shape [n, 28, 28], got {shape}")
         if shape[0] > MAX_INSTANCES:
             raise BadRequestError(f"batch of {shape[0]} exceeds the limit {MAX_INSTANCES}")
+        if chunk is not None:
+            return "arrays", wire.numbers(chunk, datatype, shape[0] * 784, "inputs[0]").reshape(shape)
         try:
             array = np.asarray(flat, dtype=np.float32)
         except (TypeError, ValueError):
@@ -124,7 +145,27 @@ def _v2_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
         if array.size != shape[0] * 784:
             raise BadRequestError(f"shape {shape} needs {shape[0] * 784} values, got {array.size}")
         return "arrays", array.reshape(shape)
-    raise BadRequestError(f"unsupported datatype {datatype!r} (BYTES or FP32)")
+    raise BadRequestError(f"unsupported datatype {datatype!r} (BYTES, or FP32, FP64, UINT8, "
+                          "INT32, INT64)")
+
+
+def _v2_outputs(body: dict[str, Any]) -> None:
+    """Only the one output there is may be asked for."""
+    requested = body.get("outputs")
+    if requested is None:
+        return
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise BadRequestError('"outputs" must be a list of objects')
+    unknown = [o.get("name") for o in requested if o.get("name") != OUTPUT]
+    if unknown:
+        raise BadRequestError(f"unknown output(s) {unknown}: this model has only {OUTPUT!r}")
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
 
 
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
@@ -199,15 +240,14 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                 f"rate limit of {verdict.rate:g} requests/s exceeded for {verdict.client}",
                 retry_after_header(verdict.retry_after))
 
-    async def _body(request: Request) -> Any:
+    async def _raw_body(request: Request) -> bytes:
         try:
-            raw = await read_body(request, MAX_BODY)
+            return await read_body(request, MAX_BODY)
         except BodyTooLargeError as exc:
             raise PayloadTooLargeError(str(exc)) from None
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequestError(f"body is not valid JSON: {exc}") from None
+
+    async def _body(request: Request) -> Any:
+        return _json(await _raw_body(request))
 
     def _check_name(name: str) -> None:
         if name != model_name:
@@ -233,6 +273,10 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                             headers={"X-Model-Version": str(version)})
 
     # Open Inference Protocol V2 --------------------------------------------------------------
+    @app.get("/v2")
+    def v2_server_metadata() -> dict[str, Any]:
+        return {"name": "retrain", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+
     @app.get("/v2/health/live")
     def v2_live() -> dict[str, bool]:
         return {"live": True}
@@ -249,7 +293,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
             "name": name, "versions": [str(model.version)], "platform": "tensorflow_savedmodel",
             "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
                        {"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, 10]}],
         }
 
     @app.get("/v2/models/{name}/ready")
@@ -263,21 +307,19 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         _check_name(name)
         _admit(request)
         started = time.perf_counter()
-        if "inference-header-content-length" in request.headers:
-            raise BadRequestError("the binary tensor data extension is not supported; send the "
-                                  "tensors as JSON (tritonclient: binary_data=False)")
-        body = await _body(request)
-        kind, inputs = _v2_inputs(body)
+        text, binary = wire.split(await _raw_body(request), request.headers.get(wire.HEADER))
+        body = _json(text)
+        kind, inputs = _v2_inputs(body, binary)
+        _v2_outputs(body)
         probs, version = await predict(kind, inputs)
         latency.labels("v2").observe(time.perf_counter() - started)
         requests_total.labels("v2", "200").inc()
-        return JSONResponse(
+        content, headers = wire.response(
             {"model_name": name, "model_version": str(version),
-             "id": str(body.get("id") or uuid.uuid4()),
-             "outputs": [{"name": "probabilities", "datatype": "FP32",
-                          "shape": list(probs.shape), "data": probs.ravel().tolist()}]},
-            headers={"X-Model-Version": str(version)},
-        )
+             "id": str(body.get("id") or uuid.uuid4())},
+            {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)},
+            probs, wire.wants_binary(body, OUTPUT))
+        return Response(content, headers={**headers, "X-Model-Version": str(version)})
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -4,6 +4,7 @@ Inference Protocol client (tritonclient) talks to it."""
 
 import base64
 import io
+import json
 import re
 import shutil
 import threading
@@ -324,10 +325,108 @@ def test_open_inference_protocol_through_tritonclient(tmp_path, saved_models):
             wrong = triton.InferInput("images", [1, 27, 28], "FP32")
             wrong.set_data_from_numpy(np.zeros((1, 27, 28), np.float32), binary_data=False)
             client.infer("fashion-mnist", [wrong])
-        with pytest.raises(triton.InferenceServerException, match="binary tensor data extension"):
-            binary = triton.InferInput("images", [1, 28, 28], "FP32")
-            binary.set_data_from_numpy(np.zeros((1, 28, 28), np.float32), binary_data=True)
-            client.infer("fashion-mnist", [binary])
         client.close()
     finally:
         server.stop()
+
+
+def test_tritonclient_with_its_defaults_sends_and_receives_binary_tensors(tmp_path, saved_models):
+    """``set_data_from_numpy(x)`` and no requested outputs (tritonclient's defaults) mean the
+    binary tensor data extension both ways, for both inputs; the answers are the JSON ones,
+    and an output can be asked for as JSON or binary one by one."""
+    import base64
+
+    import tritonclient.http as triton
+
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 2)
+    server = _serve(repo)
+    images = np.random.default_rng(3).random((4, 28, 28), dtype=np.float32)
+    pngs = [base64.b64decode(_png((i * 255).astype(np.uint8))) for i in images]
+    try:
+        client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        answers = {}
+        for binary_in in (True, False):
+            for binary_out in (True, False, None):  # None: no output named (binary by default)
+                outputs = None if binary_out is None else [
+                    triton.InferRequestedOutput("probabilities", binary_data=binary_out)]
+                floats = triton.InferInput("images", list(images.shape), "FP32")
+                floats.set_data_from_numpy(images, binary_data=binary_in)
+                encoded = triton.InferInput("image_bytes", [len(pngs)], "BYTES")
+                if binary_in:
+                    encoded.set_data_from_numpy(np.array(pngs, dtype=object))
+                else:  # JSON carries the image bytes base64-encoded, as V1 does
+                    encoded.set_data_from_numpy(np.array(
+                        [base64.b64encode(p) for p in pngs], dtype=object), binary_data=False)
+                for tensor in (floats, encoded):
+                    result = client.infer("fashion-mnist", [tensor], outputs=outputs)
+                    binary_answer = result.get_output("probabilities").get("parameters", {})
+                    assert ("binary_data_size" in binary_answer) == (binary_out is not False)
+                    answers[(binary_in, binary_out, tensor.name())] = result.as_numpy("probabilities")
+        client.close()
+        with httpx.Client(base_url=server.url) as plain:
+            expected = plain.post(PREDICT, json={"instances": images.tolist()}).json()["predictions"]
+    finally:
+        server.stop()
+    for (_, _, name), probs in answers.items():
+        assert probs.shape == (4, 10) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected, atol=1e-5 if name == "images" else 0.02)
+
+
+def _binary_request(header, binary, header_length=None):
+    text = json.dumps(header).encode()
+    length = len(text) if header_length is None else header_length
+    return text + binary, {"Inference-Header-Content-Length": str(length),
+                           "Content-Type": "application/octet-stream"}
+
+
+@pytest.mark.parametrize("header, binary, header_length, message", [
+    ({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 3136}}]}, b"\0" * 3136, 10**6,
+     "Inference-Header-Content-Length 1000000 does not fit a body"),
+    ({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 3136}}]}, b"\0" * 3000, None,
+     "binary_data_size 3136 runs past the 3000 bytes"),
+    ({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 3136}}]}, b"\0" * 3200, None,
+     "the binary data is 3200 bytes but the inputs' binary_data_size add up to 3136"),
+    ({"inputs": [{"name": "images", "shape": [2, 28, 28], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 3136}}]}, b"\0" * 3136, None,
+     "1568 FP32 values take 6272 bytes, the binary data holds 3136"),
+    ({"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 9}}]}, b"\x05\0\0\0abcdefghi", None,
+     "the binary data is 13 bytes but the inputs' binary_data_size add up to 9"),
+    ({"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 9}}]}, b"\x05\0\0\0abcde", None,
+     "the shape says 2 BYTES elements, the binary data holds 1"),
+    ({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 8}}]}, b"\xff\xff\xff\x7fabcd", None,
+     "a BYTES element of 2147483647 bytes runs past the 4 bytes left"),
+    ({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 2}}]}, b"\x05\0", None,
+     "4-byte length is cut off"),
+    ({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                  "parameters": {"binary_data_size": -1}}]}, b"", None,
+     "binary_data_size must be a non-negative integer"),
+    ({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 3136}}],
+      "outputs": [{"name": "logits"}]}, b"\0" * 3136, None, "unknown output(s) ['logits']"),
+])
+def test_malformed_binary_requests_are_clear_400s(tmp_path, saved_models, header, binary,
+                                                   header_length, message):
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    server = _serve(repo)
+    try:
+        body, headers = _binary_request(header, binary, header_length)
+        answer = httpx.post(server.url + "/v2/models/fashion-mnist/infer", content=body,
+                            headers=headers)
+        without_header = httpx.post(  # binary_data_size in a plain JSON request
+            server.url + "/v2/models/fashion-mnist/infer", json=header)
+        healthy = httpx.get(server.url + "/v2/health/ready").status_code
+    finally:
+        server.stop()
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    assert without_header.status_code == 400
+    assert healthy == 200
