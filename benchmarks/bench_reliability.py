@@ -81,7 +81,7 @@ def bombs(work: Path, model: Path) -> None:
     shutil.copytree(model, repo / "1")
     port = free_port()
     proc = subprocess.Popen([PY, "-m", "retrain.cli", "serve", "--model-repo", str(repo.parent),
-                             "--port", str(port)], env=_env(work / "serve-home"),
+                             "--port", str(port), "--grpc-port", "0"], env=_env(work / "serve-home"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/v1/models/fashion-mnist:predict"
@@ -265,7 +265,7 @@ def _up(home: Path, redis_url: str, events_port: int) -> subprocess.Popen[bytes]
     proc = subprocess.Popen([PY, "-m", "retrain.cli", "up"],
                             env=_env(home, RETRAIN_REDIS_URL=redis_url,
                                      RETRAIN_EVENTS_PORT=str(events_port),
-                                     RETRAIN_SERVE_PORT=str(free_port())),
+                                     RETRAIN_SERVE_PORT=str(free_port()), RETRAIN_GRPC_PORT="0"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_http(f"http://127.0.0.1:{events_port}/healthz")
     return proc

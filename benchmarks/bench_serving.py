@@ -85,7 +85,7 @@ def our_server(repo: Path, port: int, batching: bool):
            "RETRAIN_SERVE_MAX_BATCH": "64" if batching else "1"}
     env.pop("RETRAIN_REDIS_URL", None)
     return process([sys.executable, "-m", "retrain.cli", "serve", "--model-repo", str(repo),
-                    "--port", str(port)], f"http://127.0.0.1:{port}/v2/health/ready", env)
+                    "--port", str(port), "--grpc-port", "0"], f"http://127.0.0.1:{port}/v2/health/ready", env)
 
 
 def kserve_server(python: Path, model_dir: Path, port: int):

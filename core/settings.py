@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
     host: str = "127.0.0.1"
     serve_port: int = Field(8080, ge=0, le=65535)
+    # the model server's gRPC Open Inference Protocol (Triton's default; KServe's 8081 is the
+    # watcher's here)
+    grpc_port: int = Field(8001, ge=0, le=65535)
     events_port: int = Field(8090, ge=0, le=65535)
     watch_interval: float = Field(0.5, gt=0)
     watch_settle: float = Field(1.0, ge=0)

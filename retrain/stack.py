@@ -41,6 +41,7 @@ class LocalStack:
         self.supervisor: Supervisor
         self.redis: RedisHandle
         self.serve_url = ""
+        self.grpc_target = ""  # host:port of the model server's gRPC API
         self.events_url = ""
 
     # lifecycle -------------------------------------------------------------------------------
@@ -70,6 +71,8 @@ class LocalStack:
         self._exit.callback(serve_sock.close)
         events_sock = bind(s.host, s.events_port, "event trigger")
         self._exit.callback(events_sock.close)
+        if s.grpc_port:  # the model server's gRPC port, taken? say so before anything starts
+            bind(s.host, s.grpc_port, "model server (gRPC)").close()
         self.redis = self._exit.enter_context(open_redis(s.redis_url, s.home))
         client = self.redis.client
         # a thread that cannot go on stops the stack: `retrain up` then exits non-zero
@@ -79,6 +82,7 @@ class LocalStack:
         server = BackgroundServer(server_app, serve_sock, "model-server").start()
         self._exit.callback(server.stop)
         self.serve_url = server.url
+        self.grpc_target = f"{s.host}:{server_app.state.grpc_port}"
         holder = server_app.state.holder
 
         dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
@@ -154,7 +158,8 @@ def run_until_stopped(settings: Settings, console: Console) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalStack(settings, data_root=root, console=console) as stack:
         console.print(f"watching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
-                      f"/v1/models/fashion-mnist:predict\nRedis   {stack.redis.shown}\n"
+                      f"/v1/models/fashion-mnist:predict\ngRPC    {stack.grpc_target} "
+                      f"(inference.GRPCInferenceService)\nRedis   {stack.redis.shown}\n"
                       "Ctrl-C to stop")
         try:
             while not stop.wait(0.5) and stack.supervisor.failure is None:

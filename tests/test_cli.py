@@ -51,10 +51,19 @@ def test_port_in_use(tmp_path, redis_handle):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        done = _retrain("serve", "--model-repo", str(tmp_path), "--port", str(port),
+        done = _retrain("serve", "--model-repo", str(tmp_path), "--port", str(port), "--grpc-port", "0",
                         env={"RETRAIN_HOME": str(tmp_path)})
     assert done.returncode != 0
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+    with socket.socket() as s:  # the gRPC port taken: said before anything starts
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = _retrain("serve", "--model-repo", str(tmp_path), "--port", "0",
+                        "--grpc-port", str(port), env={"RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode != 0
+    assert f"model server (gRPC): port {port} on 127.0.0.1 is already in use" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -41,15 +41,17 @@ def serve(
     model_repo: Annotated[Optional[Path], typer.Option(help="model repository root (versions under fashion-mnist/)")] = None,
     model_dir: Annotated[Optional[Path], typer.Option(help="the versions themselves, as KServe's storage initializer lays them out (/mnt/models)")] = None,
     port: Optional[int] = None,
+    grpc_port: Annotated[Optional[int], typer.Option(help="the gRPC Open Inference Protocol's port (default 8001, RETRAIN_GRPC_PORT)")] = None,
 ) -> None:
-    """Serve the newest model version (KServe V1 and Open Inference Protocol V2)."""
+    """Serve the newest model version (KServe V1 and Open Inference Protocol V2, over HTTP
+    and gRPC)."""
     setup_logging(True)
     from core.errors import ConfigurationError
     from services.serving import main as serving
 
     if model_repo is not None and model_dir is not None:
         raise ConfigurationError("give --model-repo or --model-dir, not both")
-    serving.run(load_settings(serve_port=port), model_repo, model_dir=model_dir)
+    serving.run(load_settings(serve_port=port, grpc_port=grpc_port), model_repo, model_dir=model_dir)
 
 
 def train(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import threading
 import time
@@ -28,7 +26,6 @@ from prometheus_client import (
 
 from core.http import BodyTooLargeError, read_body
 from core.settings import MODEL_NAME
-from dataset.image_header import size_problem
 from services.serving import binary as wire
 from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (
@@ -39,126 +36,14 @@ from services.serving.errors import (
     ServingError,
     UnauthorizedError,
 )
+from services.serving.inputs import OUTPUT, v1_inputs, v2_inputs, v2_outputs
 from services.serving.limits import Backlog, RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import ModelHolder
+from services.serving.plane import Plane
 
 MAX_BODY = 8 * 1024 * 1024
-MAX_INSTANCES = 1024
-OUTPUT = "probabilities"
 SERVER_VERSION = "0.1.0"
 MAX_QUEUED = 4096  # images accepted and not yet answered (RETRAIN_SERVE_MAX_QUEUED)
-
-
-def _decode_b64(value: Any, where: str) -> bytes:
-    if isinstance(value, dict):
-        value = value.get("b64")
-    if not isinstance(value, str):
-        raise BadRequestError(f"{where}: expected {{\"b64\": \"...\"}} with base64 image bytes")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequestError(f"{where}: b64 value is not valid base64") from None
-    return _checked_image(raw, where)
-
-
-def _checked_image(raw: bytes, where: str) -> bytes:
-    problem = size_problem(raw)  # from the header, before a decoder allocates anything
-    if problem is not None:
-        raise BadRequestError(f"{where}: cannot decode image bytes: the image {problem}")
-    return raw
-
-
-def _as_images(value: Any, where: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadRequestError(f"{where}: expected a 28x28 array of numbers") from None
-    if array.shape != (28, 28):
-        raise BadRequestError(f"{where}: expected a 28x28 array, got shape {list(array.shape)}")
-    return array
-
-
-def _v1_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
-    if not isinstance(body, dict) or "instances" not in body:
-        raise BadRequestError('request must be a JSON object with "instances"')
-    instances = body["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise BadRequestError('"instances" must be a non-empty list')
-    if len(instances) > MAX_INSTANCES:
-        raise BadRequestError(f'"instances" holds {len(instances)} items; the limit is {MAX_INSTANCES}')
-    if all(isinstance(i, dict) and "image_bytes" in i for i in instances):
-        return "bytes", [_decode_b64(i["image_bytes"], f"instances[{n}].image_bytes")
-                         for n, i in enumerate(instances)]
-    if all(isinstance(i, list) for i in instances):
-        return "arrays", np.stack([_as_images(i, f"instances[{n}]") for n, i in enumerate(instances)])
-    raise BadRequestError(
-        'each instance must be {"image_bytes": {"b64": ...}} or a 28x28 array (not mixed)'
-    )
-
-
-def _v2_inputs(body: Any, binary: memoryview | None = None) -> tuple[str, list[bytes] | np.ndarray]:
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-        raise BadRequestError('request must be a JSON object with a non-empty "inputs" list')
-    if len(body["inputs"]) != 1:
-        raise BadRequestError("exactly one input tensor is expected (image_bytes or images)")
-    tensor = body["inputs"][0]
-    if not isinstance(tensor, dict):
-        raise BadRequestError("inputs[0] must be an object")
-    [chunk] = wire.chunks(body["inputs"], binary)
-    missing = [k for k in ("name", "shape", "datatype", *(["data"] if chunk is None else []))
-               if k not in tensor]
-    if missing:
-        raise BadRequestError(f"inputs[0] lacks {', '.join(missing)}")
-    shape, datatype = tensor["shape"], tensor["datatype"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise BadRequestError("inputs[0].shape must be a list of non-negative integers")
-    if not isinstance(datatype, str):
-        raise BadRequestError("inputs[0].datatype must be a string (BYTES, FP32, ...)")
-    flat: Any = None
-    if chunk is None:
-        data = tensor["data"]
-        if not isinstance(data, list):
-            raise BadRequestError("inputs[0].data must be a list")
-        flat = np.asarray(data, dtype=object).ravel().tolist() if data and isinstance(data[0], list) else data
-    if datatype == "BYTES":
-        if len(shape) != 1 or shape[0] < 1:
-            raise BadRequestError(f"BYTES input must have shape [n], got {shape}")
-        if shape[0] > MAX_INSTANCES:
-            raise BadRequestError(f"batch of {shape[0]} exceeds the limit {MAX_INSTANCES}")
-        if chunk is not None:  # raw image bytes: nothing to base64-decode
-            images = wire.bytes_elements(chunk, shape[0], "inputs[0]")
-            return "bytes", [_checked_image(raw, f"inputs[0] element {n}") for n, raw in enumerate(images)]
-        if shape[0] != len(flat):
-            raise BadRequestError(f"BYTES input shape {shape} does not match {len(flat)} elements")
-        return "bytes", [_decode_b64(v, f"inputs[0].data[{n}]") for n, v in enumerate(flat)]
-    if datatype in wire.NUMBERS:
-        if len(shape) != 3 or shape[1:] != [28, 28] or shape[0] < 1:
-            raise BadRequestError(f"numeric input must have shape [n, 28, 28], got {shape}")
-        if shape[0] > MAX_INSTANCES:
-            raise BadRequestError(f"batch of {shape[0]} exceeds the limit {MAX_INSTANCES}")
-        if chunk is not None:
-            return "arrays", wire.numbers(chunk, datatype, shape[0] * 784, "inputs[0]").reshape(shape)
-        try:
-            array = np.asarray(flat, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise BadRequestError("inputs[0].data must hold numbers") from None
-        if array.size != shape[0] * 784:
-            raise BadRequestError(f"shape {shape} needs {shape[0] * 784} values, got {array.size}")
-        return "arrays", array.reshape(shape)
-    raise BadRequestError(f"unsupported datatype {datatype!r} (BYTES, or FP32, FP64, UINT8, "
-                          "INT32, INT64)")
-
-
-def _v2_outputs(body: dict[str, Any]) -> None:
-    """Only the one output there is may be asked for."""
-    requested = body.get("outputs")
-    if requested is None:
-        return
-    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
-        raise BadRequestError('"outputs" must be a list of objects')
-    unknown = [o.get("name") for o in requested if o.get("name") != OUTPUT]
-    if unknown:
-        raise BadRequestError(f"unknown output(s) {unknown}: this model has only {OUTPUT!r}")
 
 
 def _json(raw: bytes) -> Any:
@@ -171,10 +56,13 @@ def _json(raw: bytes) -> Any:
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
                limiter: RateLimiter | None = None,
                batching: BatchConfig | None = BatchConfig(),
-               model_dir: Path | None = None, max_queued: int = MAX_QUEUED) -> FastAPI:
+               model_dir: Path | None = None, max_queued: int = MAX_QUEUED,
+               grpc: tuple[str, int] | None = None) -> FastAPI:
     """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints;
     ``batching`` (None: every request is its own model call) groups concurrent requests;
-    past ``max_queued`` images waiting for the model, requests are answered 503.
+    past ``max_queued`` images waiting for the model, requests are answered 503. With
+    ``grpc`` (host, port; port 0: any free one, in ``app.state.grpc_port``) the Open
+    Inference Protocol is also served over gRPC, from the same model and limits.
     The versions are read from ``model_repo/model_name/<version>/``, or, with ``model_dir``,
     from ``model_dir/<version>/`` (where KServe's storage initializer puts them)."""
     holder = ModelHolder(model_dir or model_repo / model_name)
@@ -197,6 +85,18 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
 
     batcher: list[MicroBatcher] = []
 
+    def admit(address: str, authorization: str | None) -> None:
+        if limiter is None:
+            return
+        try:
+            verdict = limiter.check(address, authorization)
+        except UnknownKeyError as exc:
+            raise UnauthorizedError(str(exc)) from None
+        if not verdict.allowed:
+            raise RateLimitedError(
+                f"rate limit of {verdict.rate:g} requests/s exceeded for {verdict.client}",
+                retry_after_header(verdict.retry_after))
+
     async def predict(kind: str, inputs: list[bytes] | np.ndarray) -> tuple[np.ndarray, int]:
         with backlog.admitted(len(inputs)):
             if batcher:
@@ -206,20 +106,32 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
             batch_sizes.observe(len(inputs))
             return probs, model.version
 
+    plane = Plane(holder, model_name, predict, admit,
+                  lambda protocol, code: requests_total.labels(protocol, str(code)).inc(),
+                  lambda protocol, seconds: latency.labels(protocol).observe(seconds))
+
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> Iterator[None]:  # type: ignore[misc]
+    async def lifespan(app: FastAPI) -> Iterator[None]:  # type: ignore[misc]
         await run_in_threadpool(holder.refresh)
         thread = threading.Thread(target=poll, name="model-poller", daemon=True)
         thread.start()
         if batching is not None:
             batcher.append(MicroBatcher(lambda: holder.current, batching, batch_sizes.observe))
+        grpc_server = None
+        if grpc is not None:  # the same model, batching, limits and keys over gRPC
+            from services.serving.grpc_api import start
+
+            grpc_server, app.state.grpc_port = await start(plane, *grpc)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2)
         stop.set()
         if batcher:
             batcher.pop().close()
 
     app = FastAPI(title="retrain model server", lifespan=lifespan)
     app.state.holder = holder
+    app.state.grpc_port = None
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
@@ -228,17 +140,8 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     def _admit(request: Request) -> None:
-        if limiter is None:
-            return
-        address = request.client.host if request.client else "unknown"
-        try:
-            verdict = limiter.check(address, request.headers.get("authorization"))
-        except UnknownKeyError as exc:
-            raise UnauthorizedError(str(exc)) from None
-        if not verdict.allowed:
-            raise RateLimitedError(
-                f"rate limit of {verdict.rate:g} requests/s exceeded for {verdict.client}",
-                retry_after_header(verdict.retry_after))
+        admit(request.client.host if request.client else "unknown",
+              request.headers.get("authorization"))
 
     async def _raw_body(request: Request) -> bytes:
         try:
@@ -265,7 +168,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         _check_name(name)
         _admit(request)
         started = time.perf_counter()
-        kind, inputs = _v1_inputs(await _body(request))
+        kind, inputs = v1_inputs(await _body(request))
         probs, version = await predict(kind, inputs)
         latency.labels("v1").observe(time.perf_counter() - started)
         requests_total.labels("v1", "200").inc()
@@ -309,8 +212,8 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         started = time.perf_counter()
         text, binary = wire.split(await _raw_body(request), request.headers.get(wire.HEADER))
         body = _json(text)
-        kind, inputs = _v2_inputs(body, binary)
-        _v2_outputs(body)
+        kind, inputs = v2_inputs(body, binary)
+        v2_outputs(body)
         probs, version = await predict(kind, inputs)
         latency.labels("v2").observe(time.perf_counter() - started)
         requests_total.labels("v2", "200").inc()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from core.http import serve_forever
+from core.http import bind, serve_forever
 from core.settings import Settings
 from services.serving.app import create_app
 from services.serving.batching import BatchConfig
@@ -28,12 +28,15 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
     limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
     return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
                       limiter=limiter, batching=batch_config(settings), model_dir=model_dir,
-                      max_queued=settings.serve_max_queued)
+                      max_queued=settings.serve_max_queued,
+                      grpc=(settings.host, settings.grpc_port))
 
 
 def run(settings: Settings, model_repo: Path | None = None, *,
         model_dir: Path | None = None) -> None:
     """``retrain serve``: serve the newest model version on ``settings.serve_port`` until
-    stopped (as KServe's predictor: ``model_dir=/mnt/models``)."""
+    stopped (as KServe's predictor: ``model_dir=/mnt/models``), gRPC on ``grpc_port``."""
+    if settings.grpc_port:  # taken? say so before anything starts
+        bind(settings.host, settings.grpc_port, "model server (gRPC)").close()
     serve_forever(create_server(settings, model_repo, model_dir=model_dir), settings.host,
                   settings.serve_port, "model server")

@@ -32,7 +32,7 @@ def test_the_stack_waits_out_a_redis_outage_and_runs_again_after(tmp_path, caplo
     port = free_port()
     server = redis_server(port, tmp_path)
     settings = Settings(home=tmp_path / "home", redis_url=f"redis://127.0.0.1:{port}/0",
-                        serve_port=0, events_port=0, offline=True, _env_file=None)
+                        serve_port=0, grpc_port=0, events_port=0, offline=True, _env_file=None)
     data = write_dataset(tmp_path / "data", train=100, test=50)
     caplog.set_level(logging.WARNING)
     try:
