@@ -175,3 +175,54 @@ def test_binary_inference_requests_never_answer_5xx(serving_client, v2, tail, ou
     _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", text + tail,
             {"inference-header-content-length": length})
     _no_5xx(serving_client, "/v2/models/fashion-mnist/infer", text, {})
+
+
+@pytest.fixture(scope="module")
+def grpc_target(model_repo):
+    from core.http import BackgroundServer, bind
+    from services.serving.app import create_app
+    from services.serving.limits import RateLimiter
+
+    app = create_app(model_repo, grpc=("127.0.0.1", 0),
+                     limiter=RateLimiter(anon_rate=0, keyed_rate=0, api_keys=("k",)))
+    server = BackgroundServer(app, bind("127.0.0.1", 0, "model server"), "fuzz-grpc").start()
+    yield f"127.0.0.1:{app.state.grpc_port}"
+    server.stop()
+
+
+grpc_tensors = st.lists(st.fixed_dictionaries({
+    "name": st.sampled_from(["images", "image_bytes", ""]),
+    "datatype": st.sampled_from(["FP32", "BYTES", "UINT8", "FP64", "INT64", "BOOL", "", "fp32"]),
+    "shape": st.lists(st.integers(-3, 30), max_size=4),
+    "fp32": st.lists(st.floats(allow_nan=True, width=32), max_size=40),
+    "bytes": st.lists(st.binary(max_size=30), max_size=3),
+}), max_size=2)
+
+
+@EXAMPLES
+@given(tensors=grpc_tensors, raw=st.lists(st.binary(max_size=4000), max_size=3),
+       name=st.sampled_from(["fashion-mnist", "other", ""]),
+       outputs=st.lists(st.sampled_from(["probabilities", "logits", ""]), max_size=2),
+       key=st.sampled_from([None, "Bearer k", "Bearer nope", "k", ""]))
+def test_grpc_inference_never_fails_with_an_internal_error(grpc_target, tensors, raw, name,
+                                                           outputs, key):
+    import grpc
+
+    from services.serving.grpc_protocol import Stub
+    from services.serving.grpc_protocol import messages as protos
+
+    request = protos.ModelInferRequest(
+        model_name=name, raw_input_contents=raw,
+        outputs=[protos.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs],
+        inputs=[protos.ModelInferRequest.InferInputTensor(
+            name=t["name"], datatype=t["datatype"], shape=t["shape"],
+            contents=protos.InferTensorContents(fp32_contents=t["fp32"],
+                                                bytes_contents=t["bytes"])) for t in tensors])
+    with grpc.insecure_channel(grpc_target) as channel:
+        try:
+            Stub(channel).ModelInfer(request, timeout=30,
+                                     metadata=[("authorization", key)] if key is not None else None)
+        except grpc.RpcError as exc:
+            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                  grpc.StatusCode.UNAUTHENTICATED), (exc.code(), exc.details())
+            assert exc.details()
