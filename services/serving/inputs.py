@@ -60,7 +60,8 @@ def v1_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
         return "bytes", [_decode_b64(i["image_bytes"], f"instances[{n}].image_bytes")
                          for n, i in enumerate(instances)]
     if all(isinstance(i, list) for i in instances):
-        return "arrays", np.stack([_as_images(i, f"instances[{n}]") for n, i in enumerate(instances)])
+        return "arrays", _scaled(np.stack([_as_images(i, f"instances[{n}]")
+                                           for n, i in enumerate(instances)]))
     raise BadRequestError(
         'each instance must be {"image_bytes": {"b64": ...}} or a 28x28 array (not mixed)'
     )
@@ -107,14 +108,15 @@ def v2_inputs(body: Any, binary: memoryview | None = None) -> tuple[str, list[by
         if shape[0] > MAX_INSTANCES:
             raise BadRequestError(f"batch of {shape[0]} exceeds the limit {MAX_INSTANCES}")
         if chunk is not None:
-            return "arrays", wire.numbers(chunk, datatype, shape[0] * 784, "inputs[0]").reshape(shape)
+            return "arrays", _scaled(wire.numbers(chunk, datatype, shape[0] * 784,
+                                                  "inputs[0]").reshape(shape))
         try:
             array = np.asarray(flat, dtype=np.float32)
         except (TypeError, ValueError):
             raise BadRequestError("inputs[0].data must hold numbers") from None
         if array.size != shape[0] * 784:
             raise BadRequestError(f"shape {shape} needs {shape[0] * 784} values, got {array.size}")
-        return "arrays", array.reshape(shape)
+        return "arrays", _scaled(array.reshape(shape))
     raise BadRequestError(f"unsupported datatype {datatype!r} (BYTES, or FP32, FP64, UINT8, "
                           "INT32, INT64)")
 
@@ -129,3 +131,9 @@ def v2_outputs(body: dict[str, Any]) -> None:
     unknown = [o.get("name") for o in requested if o.get("name") != OUTPUT]
     if unknown:
         raise BadRequestError(f"unknown output(s) {unknown}: this model has only {OUTPUT!r}")
+
+
+def _scaled(images: np.ndarray) -> np.ndarray:
+    """Pixels as 0..1: a request whose values exceed 1 sent 0..255. Decided per request here,
+    not per model call, where micro-batching puts several clients' images together."""
+    return images / np.float32(255.0) if images.size and float(images.max()) > 1.0 else images

@@ -430,3 +430,46 @@ def test_malformed_binary_requests_are_clear_400s(tmp_path, saved_models, header
     assert answer.status_code == 400 and message in answer.json()["error"], answer.text
     assert without_header.status_code == 400
     assert healthy == 200
+
+
+def test_clients_sending_0_255_and_0_1_pixels_share_a_batch_and_each_gets_its_own_answer(
+        tmp_path, saved_models):
+    """The 0..255 or 0..1 decision is the request's, not the batch's: a client sending 0..255
+    values batched with one sending 0..1 does not change the other's answer."""
+    from services.serving.model import LoadedModel
+
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    app = create_app(repo, poll_seconds=0.05, batching=BatchConfig(max_batch=64, max_wait=0.05))
+    server = BackgroundServer(app, bind("127.0.0.1", 0, "model server"), "model-server").start()
+    image = np.random.default_rng(12).integers(0, 256, (28, 28)).astype(np.float32)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            alone = client.post(PREDICT, json={"instances": [(image / 255).tolist()]}).json()
+            real = app.state.holder.current
+            gate = threading.Event()
+            calls = []
+
+            def held(**inputs):
+                calls.append(int(inputs["images"].shape[0]))
+                gate.wait(30)
+                return real.serve_arrays(**inputs)
+
+            app.state.holder._current = LoadedModel(real.version, real.path, real.serve_bytes, held)
+            with ThreadPoolExecutor(3) as pool:
+                first = pool.submit(client.post, PREDICT, json={"instances": [image.tolist()]})
+                wait_until = time.monotonic() + 10
+                while not calls:
+                    assert time.monotonic() < wait_until
+                    time.sleep(0.01)
+                scaled = pool.submit(client.post, PREDICT, json={"instances": [(image / 255).tolist()]})
+                raw = pool.submit(client.post, PREDICT, json={"instances": [image.tolist()]})
+                time.sleep(0.3)  # both wait behind the first call: one batch
+                gate.set()
+                answers = [f.result().json()["predictions"][0] for f in (first, scaled, raw)]
+            app.state.holder._current = real
+    finally:
+        server.stop()
+    assert calls[1:] == [2]  # the two shared one model call
+    for answer in answers:
+        np.testing.assert_allclose(answer, alone["predictions"][0], atol=1e-5)
