@@ -46,8 +46,8 @@ def line(label: str, value: str) -> None:
 def verdict(label: str, ratio: float, target: float, unit: str = "x", lower_is_better: bool = True) -> bool:
     ok = ratio <= target if lower_is_better else ratio >= target
     sign = "<=" if lower_is_better else ">="
-    shown = f"{ratio * 100:.2f} %" if unit == "%" else f"{ratio:.3f}x"
-    goal = f"{target * 100:g} %" if unit == "%" else f"{target:g}x"
+    shown = {"%": f"{ratio * 100:.2f} %", "ms": f"{ratio:.1f} ms"}.get(unit, f"{ratio:.3f}x")
+    goal = {"%": f"{target * 100:g} %", "ms": f"{target:g} ms"}.get(unit, f"{target:g}x")
     line(label, f"{shown:>10}   target {sign} {goal:<7} {'PASS' if ok else 'MISS'}")
     return ok
 

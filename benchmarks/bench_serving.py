@@ -1,7 +1,8 @@
-"""Serving benchmark: our model server vs kserve.ModelServer under hey, micro-batching on vs
-off, promotions under load, and the time to the first served model.
+"""Serving benchmark: our model server vs kserve.ModelServer vs the HTTP ceiling (a bare
+FastAPI endpoint parsing the same request and answering a constant) under hey, micro-batching
+on vs off, promotions under load, and the time to the first served model.
 
-Both servers run the same SavedModel on this machine, one after the other, with the book's
+The model servers run the same SavedModel on this machine, one after the other, with the book's
 request ({"instances": [{"image_bytes": {"b64": PNG}}]}, one 28x28 image per request). Load is
 Debian's ``hey`` (installed with apt if missing). kserve's server runs in ``.venv-kserve``
 (created here on first use: the kserve SDK pins cloudevents<2).
@@ -93,6 +94,12 @@ def kserve_server(python: Path, model_dir: Path, port: int):
                     str(port)], f"http://127.0.0.1:{port}/v1/models/fashion-mnist")
 
 
+def bare_server(port: int):
+    """FastAPI + uvicorn (httptools, uvloop): the same JSON and base64 parsing, no model."""
+    return process([sys.executable, str(ROOT / "benchmarks" / "_bare_server.py"), str(port)],
+                   f"http://127.0.0.1:{port}/v2/health/ready")
+
+
 def hey(binary: str, url: str, body: Path, concurrency: int, seconds: float) -> dict[str, float]:
     done = subprocess.run([binary, "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
                            "-T", "application/json", "-D", str(body), url],
@@ -118,11 +125,13 @@ def body_file(work: Path) -> Path:
 
 
 def ours_vs_kserve(binary: str, python: Path, repo: Path, body: Path, seconds: float, reps: int) -> list[bool]:
-    heading(f"1-2. our server vs kserve.ModelServer, hey -z {seconds:g}s, the book's request")
+    heading(f"1-2. our server vs kserve.ModelServer vs a bare endpoint, hey -z {seconds:g}s, "
+            "the book's request")
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     sides = (("ours", lambda p: our_server(repo, p, True)),
              ("ours, batching off", lambda p: our_server(repo, p, False)),
-             ("kserve.ModelServer", lambda p: kserve_server(python, repo / "fashion-mnist" / "1", p)))
+             ("kserve.ModelServer", lambda p: kserve_server(python, repo / "fashion-mnist" / "1", p)),
+             ("bare FastAPI, no model", bare_server))
     for rep in range(reps):
         for name, start in sides:
             port = free_port()
@@ -145,7 +154,19 @@ def ours_vs_kserve(binary: str, python: Path, repo: Path, body: Path, seconds: f
             line(f"median {name}, c={c}", f"{m(name, c, 'rps'):8.1f} req/s   p99 {m(name, c, 'p99') * 1000:7.1f} ms")
     failed = sum(r["failed"] for rs in results.values() for r in rs)
     line("failed requests, all runs", str(failed))
+    print()
+    print("  | server | c=5 req/s | c=5 p99 | c=32 req/s | c=32 p99 |")
+    print("  | --- | --- | --- | --- | --- |")
+    for name, _ in sides:
+        print(f"  | {name} | {m(name, 5, 'rps'):,.0f} | {m(name, 5, 'p99') * 1000:.1f} ms "
+              f"| {m(name, 32, 'rps'):,.0f} | {m(name, 32, 'p99') * 1000:.1f} ms |")
+    print()
     return [
+        verdict("req/s ours / bare endpoint, c=32",
+                m("ours", 32, "rps") / m("bare FastAPI, no model", 32, "rps"), 0.5,
+                lower_is_better=False),
+        verdict("p99 ours, c=32 (ms)", m("ours", 32, "p99") * 1000, 50.0, unit="ms"),
+        verdict("p99 ours, c=5 (ms)", m("ours", 5, "p99") * 1000, 5.0, unit="ms"),
         verdict("req/s ours / kserve, c=32", m("ours", 32, "rps") / m("kserve.ModelServer", 32, "rps"),
                 2.0, lower_is_better=False),
         verdict("p99 ours / kserve, c=5", m("ours", 5, "p99") / m("kserve.ModelServer", 5, "p99"), 1.0),
