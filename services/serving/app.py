@@ -40,10 +40,9 @@ from services.serving.errors import (
 from services.serving.inputs import OUTPUT, v1_inputs, v2_inputs, v2_outputs
 from services.serving.limits import Backlog, RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import ModelHolder
-from services.serving.plane import Plane
+from services.serving.plane import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Plane
 
 MAX_BODY = 8 * 1024 * 1024
-SERVER_VERSION = "0.1.0"
 MAX_QUEUED = 4096  # images accepted and not yet answered (RETRAIN_SERVE_MAX_QUEUED)
 
 
@@ -188,7 +187,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     # Open Inference Protocol V2 --------------------------------------------------------------
     @app.get("/v2")
     def v2_server_metadata() -> dict[str, Any]:
-        return {"name": "retrain", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
     @app.get("/v2/health/live")
     def v2_live() -> dict[str, bool]:

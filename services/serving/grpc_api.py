@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,11 +26,8 @@ from services.serving.errors import BadRequestError, ModelNotFoundError, Serving
 from services.serving.grpc_protocol import handler
 from services.serving.grpc_protocol import messages as protos
 from services.serving.inputs import OUTPUT, v2_inputs
+from services.serving.plane import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Plane
 
-if TYPE_CHECKING:
-    from services.serving.plane import Plane
-
-SERVER_NAME, SERVER_VERSION = "retrain", "0.1.0"
 MAX_MESSAGE = 8 * 1024 * 1024  # as the HTTP body limit
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -88,7 +85,7 @@ class InferenceService:
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return protos.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
-                                             extensions=["binary_tensor_data"])
+                                             extensions=list(EXTENSIONS))
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         def metadata() -> Any:

@@ -9,6 +9,10 @@ import numpy as np
 
 from services.serving.model import ModelHolder
 
+SERVER_NAME = "retrain"  # what server metadata says, over HTTP (GET /v2) and gRPC
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data",)
+
 
 @dataclass(frozen=True)
 class Plane:
