@@ -192,10 +192,13 @@ def grpc_target(model_repo):
 
 grpc_tensors = st.lists(st.fixed_dictionaries({
     "name": st.sampled_from(["images", "image_bytes", ""]),
-    "datatype": st.sampled_from(["FP32", "BYTES", "UINT8", "FP64", "INT64", "BOOL", "", "fp32"]),
+    "datatype": st.sampled_from(["FP32", "BYTES", "UINT8", "FP64", "INT64", "INT32", "BOOL", "",
+                                 "fp32"]),
     "shape": st.lists(st.integers(-3, 30), max_size=4),
     "fp32": st.lists(st.floats(allow_nan=True, width=32), max_size=40),
     "bytes": st.lists(st.binary(max_size=30), max_size=3),
+    "uint": st.lists(st.integers(0, 2**32 - 1), max_size=5),
+    "int64": st.lists(st.integers(-2**63, 2**63 - 1), max_size=5),
 }), max_size=2)
 
 
@@ -216,8 +219,9 @@ def test_grpc_inference_never_fails_with_an_internal_error(grpc_target, tensors,
         outputs=[protos.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs],
         inputs=[protos.ModelInferRequest.InferInputTensor(
             name=t["name"], datatype=t["datatype"], shape=t["shape"],
-            contents=protos.InferTensorContents(fp32_contents=t["fp32"],
-                                                bytes_contents=t["bytes"])) for t in tensors])
+            contents=protos.InferTensorContents(
+                fp32_contents=t["fp32"], bytes_contents=t["bytes"], uint_contents=t["uint"],
+                int64_contents=t["int64"])) for t in tensors])
     with grpc.insecure_channel(grpc_target) as channel:
         try:
             Stub(channel).ModelInfer(request, timeout=30,

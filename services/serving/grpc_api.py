@@ -41,7 +41,10 @@ def _typed_as_raw(datatype: str, contents: Any) -> bytes:
     values = list(getattr(contents, TYPED.get(datatype, "fp32_contents")))
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(v)) + v for v in values)
-    return np.asarray(values, dtype=wire.NUMBERS.get(datatype, "<f4")).tobytes()
+    try:
+        return np.asarray(values, dtype=wire.NUMBERS.get(datatype, "<f4")).tobytes()
+    except (OverflowError, ValueError):  # a UINT8 content of 300, say
+        raise BadRequestError(f"{datatype} contents hold a value out of its range") from None
 
 
 def _inputs(request: Any) -> tuple[str, list[bytes] | np.ndarray]:

@@ -124,6 +124,10 @@ def test_typed_contents_and_malformed_raw_contents(served):
                                                            shape=[1])],
                 raw_input_contents=[b"\xff\xff\0\0abc"]),
             "no input": protos.ModelInferRequest(model_name="fashion-mnist"),
+            "a UINT8 content of 300": protos.ModelInferRequest(
+                model_name="fashion-mnist", inputs=[tensor(
+                    name="images", datatype="UINT8", shape=[1, 28, 28],
+                    contents=protos.InferTensorContents(uint_contents=[300] * 784))]),
             "an unknown output": protos.ModelInferRequest(
                 model_name="fashion-mnist", inputs=[tensor(name="images", datatype="FP32",
                                                            shape=[1, 28, 28])],
@@ -141,6 +145,7 @@ def test_typed_contents_and_malformed_raw_contents(served):
     assert "3136 bytes, the binary data holds 100" in messages["short FP32 data"]
     assert "runs past" in messages["a BYTES length past the data"]
     assert "non-empty" in messages["no input"]
+    assert "UINT8 contents hold a value out of its range" in messages["a UINT8 content of 300"]
     assert "unknown output(s) ['logits']" in messages["an unknown output"]
     assert live
 
