@@ -40,7 +40,15 @@ from services.serving.errors import (
 from services.serving.inputs import OUTPUT, v1_inputs, v2_inputs, v2_outputs
 from services.serving.limits import Backlog, RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import ModelHolder
-from services.serving.plane import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Plane
+from services.serving.plane import (
+    EXTENSIONS,
+    INPUTS,
+    OUTPUTS,
+    PLATFORM,
+    SERVER_NAME,
+    Plane,
+    server_version,
+)
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_QUEUED = 4096  # images accepted and not yet answered (RETRAIN_SERVE_MAX_QUEUED)
@@ -187,7 +195,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     # Open Inference Protocol V2 --------------------------------------------------------------
     @app.get("/v2")
     def v2_server_metadata() -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
     @app.get("/v2/health/live")
     def v2_live() -> dict[str, bool]:
@@ -201,12 +209,11 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     def v2_metadata(name: str) -> dict[str, Any]:
         _check_name(name)
         model = holder.current
-        return {
-            "name": name, "versions": [str(model.version)], "platform": "tensorflow_savedmodel",
-            "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
-                       {"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}],
-            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, 10]}],
-        }
+        def tensors(described: tuple[tuple[str, str, tuple[int, ...]], ...]) -> list[dict[str, Any]]:
+            return [{"name": n, "datatype": t, "shape": list(shape)} for n, t, shape in described]
+
+        return {"name": name, "versions": [str(model.version)], "platform": PLATFORM,
+                "inputs": tensors(INPUTS), "outputs": tensors(OUTPUTS)}
 
     @app.get("/v2/models/{name}/ready")
     def v2_model_ready(name: str) -> Response:

@@ -26,7 +26,15 @@ from services.serving.errors import BadRequestError, ModelNotFoundError, Serving
 from services.serving.grpc_protocol import handler
 from services.serving.grpc_protocol import messages as protos
 from services.serving.inputs import OUTPUT, v2_inputs
-from services.serving.plane import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Plane
+from services.serving.plane import (
+    EXTENSIONS,
+    INPUTS,
+    OUTPUTS,
+    PLATFORM,
+    SERVER_NAME,
+    Plane,
+    server_version,
+)
 
 MAX_MESSAGE = 8 * 1024 * 1024  # as the HTTP body limit
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -79,29 +87,30 @@ class InferenceService:
         return protos.ServerReadyResponse(ready=self._plane.holder.ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        return await self._answer(context, lambda: protos.ModelReadyResponse(
-            ready=self._ready(request.name)))
-
-    def _ready(self, name: str) -> bool:
-        self._check_name(name)
-        return self._plane.holder.ready
+        try:
+            self._check_name(request.name)
+        except ServingError as exc:
+            await self._abort(context, exc)
+        return protos.ModelReadyResponse(ready=self._plane.holder.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return protos.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
+        return protos.ServerMetadataResponse(name=SERVER_NAME, version=server_version(),
                                              extensions=list(EXTENSIONS))
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        def metadata() -> Any:
+        try:
             self._check_name(request.name)
-            tensor = protos.ModelMetadataResponse.TensorMetadata
-            return protos.ModelMetadataResponse(
-                name=request.name, versions=[str(self._plane.holder.current.version)],
-                platform="tensorflow_savedmodel",
-                inputs=[tensor(name="image_bytes", datatype="BYTES", shape=[-1]),
-                        tensor(name="images", datatype="FP32", shape=[-1, 28, 28])],
-                outputs=[tensor(name=OUTPUT, datatype="FP32", shape=[-1, 10])])
+            served = self._plane.holder.current.version
+        except ServingError as exc:
+            await self._abort(context, exc)
+        tensor = protos.ModelMetadataResponse.TensorMetadata
 
-        return await self._answer(context, metadata)
+        def tensors(described: tuple[tuple[str, str, tuple[int, ...]], ...]) -> list[Any]:
+            return [tensor(name=n, datatype=t, shape=shape) for n, t, shape in described]
+
+        return protos.ModelMetadataResponse(name=request.name, versions=[str(served)],
+                                            platform=PLATFORM, inputs=tensors(INPUTS),
+                                            outputs=tensors(OUTPUTS))
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
@@ -116,7 +125,7 @@ class InferenceService:
             probs, version = await self._plane.predict(kind, inputs)
         except ServingError as exc:
             self._plane.count("grpc", exc.status)
-            await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
+            await self._abort(context, exc)
         self._plane.timed("grpc", time.perf_counter() - started)
         self._plane.count("grpc", 200)
         output = protos.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype="FP32",
@@ -126,11 +135,12 @@ class InferenceService:
             id=request.id or str(uuid.uuid4()), outputs=[output],
             raw_output_contents=[np.ascontiguousarray(probs, dtype="<f4").tobytes()])
 
-    async def _answer(self, context: Any, build: Any) -> Any:
-        try:
-            return build()
-        except ServingError as exc:
-            await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
+    @staticmethod
+    async def _abort(context: Any, exc: ServingError) -> None:
+        """End the call with the status matching the HTTP one, its message, and (as trailing
+        metadata) the Retry-After a 429 or 503 carries over HTTP."""
+        await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc),
+                            trailing_metadata=tuple((k.lower(), v) for k, v in exc.headers.items()))
 
 
 def _address(peer: str) -> str:

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from services.serving.inputs import OUTPUT
 from services.serving.model import ModelHolder
 
-SERVER_NAME = "retrain"  # what server metadata says, over HTTP (GET /v2) and gRPC
-SERVER_VERSION = "0.1.0"
+# what metadata says, over HTTP (GET /v2, GET /v2/models/NAME) and gRPC
+SERVER_NAME = "retrain"
 EXTENSIONS = ("binary_tensor_data",)
+PLATFORM = "tensorflow_savedmodel"
+INPUTS = (("image_bytes", "BYTES", (-1,)), ("images", "FP32", (-1, 28, 28)))  # name, type, shape
+OUTPUTS = ((OUTPUT, "FP32", (-1, 10)),)
+
+
+def server_version() -> str:
+    """The installed retrain's version."""
+    try:
+        return version("retrain")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 
 @dataclass(frozen=True)

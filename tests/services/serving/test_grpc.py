@@ -3,6 +3,7 @@ both inputs, with and without an API key; answers equal to the HTTP API's; clear
 bad requests; a hot swap under concurrent gRPC load fails nothing."""
 
 import base64
+import importlib.metadata
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,9 @@ def test_tritonclient_grpc_with_its_defaults_for_both_inputs_with_and_without_a_
     try:
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("fashion-mnist") and not _ready(client, "other")
-        assert "binary_tensor_data" in client.get_server_metadata().extensions
+        server_metadata = client.get_server_metadata()
+        assert "binary_tensor_data" in server_metadata.extensions
+        assert server_metadata.version == importlib.metadata.version("retrain")
         metadata = client.get_model_metadata("fashion-mnist")
         assert list(metadata.versions) == ["3"]
         assert {i.name for i in metadata.inputs} == {"image_bytes", "images"}
@@ -203,3 +206,29 @@ def test_hot_swap_under_grpc_load_fails_nothing_and_answers_match_one_by_one(
         for n, v, probs in seen:
             if v == version:
                 np.testing.assert_allclose(probs, alone[n], atol=1e-5)
+
+
+def test_a_rate_limited_grpc_call_says_when_to_come_back(tmp_path, saved_models):  # noqa: F811
+    """RESOURCE_EXHAUSTED carries the Retry-After the HTTP API sends, as trailing metadata."""
+    from services.serving.grpc_protocol import Stub
+    from services.serving.grpc_protocol import messages as protos
+
+    repo = tmp_path / "repo"
+    _publish(saved_models[0], repo, 1)
+    server, target = _serve(repo, limiter=RateLimiter(anon_rate=0.2, keyed_rate=0))
+    request = protos.ModelInferRequest(
+        model_name="fashion-mnist",
+        inputs=[protos.ModelInferRequest.InferInputTensor(name="images", datatype="FP32",
+                                                          shape=[1, 28, 28])],
+        raw_input_contents=[b"\0" * 3136])
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = Stub(channel)
+            stub.ModelInfer(request)  # the one request a second's budget holds
+            with pytest.raises(grpc.RpcError) as limited:
+                stub.ModelInfer(request)
+    finally:
+        server.stop()
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "rate limit of 0.2 requests/s exceeded" in limited.value.details()
+    assert dict(limited.value.trailing_metadata())["retry-after"] == "5"
