@@ -41,10 +41,16 @@ class RedisHandle:
         return redact(self.url)
 
 
+def client_for(url: str) -> redis.Redis:
+    """A client for ``url`` that connects on its first command (for a caller that waits out
+    an outage itself); a malformed URL is a ValueError at once."""
+    return redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30)
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``url`` that has answered a PING, or a clear error."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3, health_check_interval=30)
+        client = client_for(url)
         client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise RedisUnavailableError(url, str(exc) or type(exc).__name__) from exc

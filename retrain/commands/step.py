@@ -178,9 +178,12 @@ def wait_training(
 
 def _tell_failure(settings: Any, sink: str, run_id: str, model: str, reason: str,
                   round_size: int | None) -> None:
-    from core.redis_store import connect
+    """Hours into a wait, Redis may be restarting: the sink waits it out, so the client is
+    not made to answer first (and an HTTP sink needs none)."""
+    from core.redis_store import client_for
     from services.trainer.main import event_sink
+    from services.trainer.options import STREAM_SINK
     from services.trainer.process import failed_event
 
-    client = connect(settings.redis_url) if settings.redis_url else None
+    client = client_for(settings.redis_url) if sink == STREAM_SINK and settings.redis_url else None
     event_sink(settings, sink, client).send(failed_event(run_id, model, reason, round_size))
