@@ -33,7 +33,10 @@ class Settings(BaseSettings):
     watch_interval: float = Field(0.5, gt=0)
     watch_settle: float = Field(1.0, ge=0)
     dedup_ttl_seconds: int = Field(24 * 3600, gt=0)
-    cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
+    cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)  # both caches: entries unhit this long go
+    # a run training a key holds it this long between renewals; if it dies, a waiting run
+    # with the same key trains instead once the lease lapses
+    training_lease_seconds: float = Field(30.0, gt=0)
     offline: bool = False
     stream_max_length: int = Field(100_000, ge=1000)  # each event stream, MAXLEN ~
     # the watcher's Git webhooks

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
@@ -34,18 +34,23 @@ class CachePolicyError(DatasetError):
 
 @dataclass(frozen=True)
 class Policy:
-    """``exact``, ``max-age=DURATION`` or ``min-change=FRACTION``."""
+    """``exact``, ``max-age=DURATION`` or ``min-change=FRACTION`` (ingestion); ``exact``,
+    ``max-age=DURATION`` or ``off`` (training: ``TRAINING``)."""
 
     kind: str = "exact"
     max_age: float | None = None
     min_change: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> Policy:
+    def parse(cls, text: str, kinds: tuple[str, ...] = ("exact", "max-age", "min-change")) -> Policy:
         text = text.strip()
-        if text == "exact":
-            return cls()
         name, _, value = text.partition("=")
+        if name not in kinds or (name in ("exact", "off")) != ("=" not in text):
+            forms = [kind + _GRAMMAR[kind] for kind in kinds]
+            expected = ", ".join(forms[:-1]) + " or " + forms[-1]
+            raise CachePolicyError(f"unknown cache policy {text!r} (expected {expected})")
+        if name in ("exact", "off"):
+            return cls(name)
         if name == "max-age":
             match = _DURATION.match(value)
             if not match:
@@ -62,17 +67,18 @@ class Policy:
                 raise CachePolicyError(
                     f"cache policy {text!r}: min-change needs a fraction between 0 and 1"
                 )
-            return cls("min-change", min_change=fraction)
-        raise CachePolicyError(
-            f"unknown cache policy {text!r} (expected exact, max-age=DURATION or min-change=FRACTION)"
-        )
+        return cls("min-change", min_change=fraction)
 
     def __str__(self) -> str:
         if self.kind == "max-age":
             return f"max-age={self.max_age:g}s"
         if self.kind == "min-change":
             return f"min-change={self.min_change:g}"
-        return "exact"
+        return self.kind
+
+
+TRAINING = ("exact", "max-age", "off")  # the training cache's policies (Policy.parse kinds)
+_GRAMMAR = {"exact": "", "off": "", "max-age": "=DURATION", "min-change": "=FRACTION"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class CacheEntry:
     hits: int
     fence: int
     dataset: str = "fashion-mnist"
+
+    @property
+    def group(self) -> str:
+        return self.dataset
 
 
 @dataclass(frozen=True)
@@ -184,58 +194,65 @@ class Lease:
 
 
 class ContentCache:
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    """Entries of one kind under one key prefix: ingestions (``CacheEntry``, the default) or,
+    with another ``prefix`` and ``entry``, any frozen dataclass with the same bookkeeping fields
+    (key, created_at, last_hit, hits, fence) and a ``group`` (what ``latest`` is kept per)."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int, prefix: str = PREFIX,
+                 entry: type[Any] = CacheEntry) -> None:
         self._r = client
         self.ttl = ttl_seconds
+        self._prefix = prefix
+        self._entry = entry
         self._put = client.register_script(_PUT)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
 
     # entries -------------------------------------------------------------------------------
-    def get(self, key: str) -> CacheEntry | None:
-        raw = self._r.get(PREFIX + "entry:" + key)
-        return CacheEntry(**json.loads(raw)) if raw else None
+    def get(self, key: str) -> Any:
+        raw = self._r.get(self._prefix + "entry:" + key)
+        return self._entry(**json.loads(raw)) if raw else None
 
-    def latest(self, dataset: str) -> CacheEntry | None:
-        key = self._r.get(PREFIX + "latest:" + dataset)
+    def latest(self, group: str) -> Any:
+        """The entry last put for ``group`` (a dataset name, a model variant), if live."""
+        key = self._r.get(self._prefix + "latest:" + group)
         return self.get(key.decode()) if key else None
 
-    def put(self, entry: CacheEntry) -> bool:
+    def put(self, entry: Any) -> bool:
         """Store ``entry`` unless a newer lease holder's fence supersedes it."""
         ok = self._put(
-            keys=[PREFIX + "entry:" + entry.key, PREFIX + "fence:" + entry.key,
-                  PREFIX + "latest:" + entry.dataset],
+            keys=[self._prefix + "entry:" + entry.key, self._prefix + "fence:" + entry.key,
+                  self._prefix + "latest:" + entry.group],
             args=[json.dumps(asdict(entry)), entry.fence, self.ttl, entry.key],
         )
         if ok:
-            self._r.publish(PREFIX + "ready:" + entry.key, "1")
+            self._r.publish(self._prefix + "ready:" + entry.key, "1")
         return bool(ok)
 
-    def touch(self, entry: CacheEntry, now: float | None = None) -> CacheEntry:
+    def touch(self, entry: Any, now: float | None = None) -> Any:
         """Record a hit and slide the TTL."""
-        updated = CacheEntry(**{**asdict(entry), "last_hit": now or time.time(),
-                                "hits": entry.hits + 1})
-        self._r.set(PREFIX + "entry:" + entry.key, json.dumps(asdict(updated)), ex=self.ttl)
-        self._r.expire(PREFIX + "latest:" + entry.dataset, self.ttl)
+        updated = replace(entry, last_hit=now or time.time(), hits=entry.hits + 1)
+        self._r.set(self._prefix + "entry:" + entry.key, json.dumps(asdict(updated)), ex=self.ttl)
+        self._r.expire(self._prefix + "latest:" + entry.group, self.ttl)
         return updated
 
     def delete(self, key: str) -> None:
-        self._r.delete(PREFIX + "entry:" + key)
+        self._r.delete(self._prefix + "entry:" + key)
 
     def expires_in(self, key: str) -> int:
         """Seconds until the entry expires unless hit (-2 when it is gone)."""
-        return int(self._r.ttl(PREFIX + "entry:" + key))
+        return int(self._r.ttl(self._prefix + "entry:" + key))
 
-    def entries(self) -> list[CacheEntry]:
+    def entries(self) -> list[Any]:
         """Every live entry, oldest first (one SCAN, values fetched a thousand at a time)."""
-        out: list[CacheEntry] = []
+        out: list[Any] = []
         names: list[bytes] = []
 
         def fetch() -> None:
-            out.extend(CacheEntry(**json.loads(raw)) for raw in self._r.mget(names) if raw)
+            out.extend(self._entry(**json.loads(raw)) for raw in self._r.mget(names) if raw)
             names.clear()
 
-        for name in self._r.scan_iter(PREFIX + "entry:*", count=1000):
+        for name in self._r.scan_iter(self._prefix + "entry:*", count=1000):
             names.append(name)
             if len(names) >= 1000:
                 fetch()
@@ -246,26 +263,26 @@ class ContentCache:
     # single flight -------------------------------------------------------------------------
     def acquire(self, key: str, lease_ms: int = 30_000) -> Lease | None:
         token = uuid.uuid4().hex
-        if not self._r.set(PREFIX + "lock:" + key, token, nx=True, px=lease_ms):
+        if not self._r.set(self._prefix + "lock:" + key, token, nx=True, px=lease_ms):
             return None
-        fence = int(self._r.incr(PREFIX + "fence:" + key))
-        self._r.expire(PREFIX + "fence:" + key, self.ttl)
+        fence = int(self._r.incr(self._prefix + "fence:" + key))
+        self._r.expire(self._prefix + "fence:" + key, self.ttl)
         return Lease(key, token, fence)
 
     def renew(self, lease: Lease, lease_ms: int = 30_000) -> bool:
-        return bool(self._renew(keys=[PREFIX + "lock:" + lease.key], args=[lease.token, lease_ms]))
+        return bool(self._renew(keys=[self._prefix + "lock:" + lease.key], args=[lease.token, lease_ms]))
 
     def release(self, lease: Lease) -> None:
-        self._release(keys=[PREFIX + "lock:" + lease.key], args=[lease.token])
-        self._r.publish(PREFIX + "ready:" + lease.key, "released")
+        self._release(keys=[self._prefix + "lock:" + lease.key], args=[lease.token])
+        self._r.publish(self._prefix + "ready:" + lease.key, "released")
 
     def locked(self, key: str) -> bool:
-        return bool(self._r.exists(PREFIX + "lock:" + key))
+        return bool(self._r.exists(self._prefix + "lock:" + key))
 
-    def wait(self, key: str, timeout: float) -> CacheEntry | None:
+    def wait(self, key: str, timeout: float) -> Any:
         """Block until the entry appears or the lock is gone (holder done or died)."""
         pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(PREFIX + "ready:" + key)
+        pubsub.subscribe(self._prefix + "ready:" + key)
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -32,6 +32,9 @@ class RunParameters(BaseModel):
     # the grammar dataset.cache.Policy parses: checked here so a bad event is refused with 400
     cache_policy: str = Field(
         "exact", pattern=r"^(exact|max-age=\d+(\.\d+)?[smhd]|min-change=0?\.\d*[1-9]\d*)$")
+    # the training cache's policy (the same grammar without min-change, plus off)
+    train_cache: str = Field("exact", pattern=r"^(exact|off|max-age=\d+(\.\d+)?[smhd])$")
+    force: bool = False  # train every model again, whatever the training cache holds
 
     @field_validator("models")
     @classmethod
@@ -110,6 +113,8 @@ class ModelTrained(Payload):
     steps: int = 0
     # how many trainings the run started: the selector's round closes once they all ended
     round_size: int | None = Field(None, ge=1)
+    cached: bool = False  # a training-cache hit: the model an identical training made earlier
+    weights_digest: str = ""  # of the weights' values: the selector judges each once per champion
 
 
 class TrainingFailed(Payload):

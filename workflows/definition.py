@@ -5,8 +5,10 @@ runner calls (``retrain step check-cache``, ``retrain step ingest``, ``retrain t
 one definition of each step, two orchestrators. Building is pure: ``build()`` returns the
 hera object and ``render()`` its YAML; nothing here talks to a cluster.
 
-    plan ─► check-cache ──hit──────────────────────────► train (TFJob per model, withParam)
-                 └─miss──► ingest (when hit == false) ──┘        each emits model.trained → selector
+    plan ─► check-cache ──hit──────────────────────────► train (per model, withParam):
+                 └─miss──► ingest (when hit == false) ──┘   check-training ─hit─► model.trained
+                                                                 └─miss─► TFJob ─► wait-training
+                                                            each emits model.trained → selector
 
 ``plan`` parses the event's whole ``parameters`` object with the local runner's
 ``RunParameters`` (workflows/plan.py), so every run parameter reaches the cluster.
@@ -36,7 +38,7 @@ from services.trainer.options import train_argv
 
 NAME = "retrain"
 HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
-OUTPUTS = "/tmp/outputs"  # noqa: S108  (inside the step's own container)
+OUTPUTS = "/tmp/outputs"
 _REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
 TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 6 h)
 
@@ -102,7 +104,7 @@ def tfjob_manifest(names: ClusterNames) -> str:
         "args": train_argv({
             "model": "{{inputs.parameters.model}}",
             "dataset": "{{inputs.parameters.dataset-uri}}",
-            "out": f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model",
+            "out": MODEL_OUT,
             "run_id": "{{workflow.name}}",
             "epochs": "{{inputs.parameters.epochs}}",
             "steps_per_epoch": "{{inputs.parameters.steps-per-epoch}}",
@@ -173,8 +175,10 @@ def workflow_name(source: str, event_id: str) -> str:
     return "retrain-" + hashlib.sha256(f"{source} {event_id}".encode()).hexdigest()[:20]
 
 
-TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers", "round-size")
+TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers", "round-size",
+                "train-cache", "force")
 TRAIN_PARAMETERS = ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)
+MODEL_OUT = f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model"
 
 
 def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
@@ -237,17 +241,36 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
              "--timeout", str(TRAIN_DEADLINE_SECONDS + 600),  # the TFJob's own deadline first
              "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
              "--round-size", "{{inputs.parameters.round-size}}",
-             "--sink", names.model_trained_sink],
+             "--sink", names.model_trained_sink,
+             "--claim", MODEL_OUT.removesuffix("/model") + "/claim.json"],
             names, cpu="50m", memory="128Mi",
             inputs=[Parameter(name=n) for n in ("job-name", "model", "round-size")])
+        # the training cache, per model: a hit creates no TFJob (its recorded model goes to the
+        # selector); a miss holds the key's lease, which the wait step renews, then records
+        memo = _container(
+            "check-training",
+            ["step", "check-training", "--model", "{{inputs.parameters.model}}",
+             "--dataset-uri", "{{inputs.parameters.dataset-uri}}", "--out", MODEL_OUT,
+             "--warm-start", "{{inputs.parameters.warm-start}}",
+             *(arg for n in ("epochs", "steps-per-epoch", "batch-size", "learning-rate",
+                             "workers", "train-cache", "force", "round-size")
+               for arg in (f"--{n}", f"{{{{inputs.parameters.{n}}}}}")),
+             "--run-id", "{{workflow.name}}", "--sink", names.model_trained_sink,
+             "--outputs", OUTPUTS],
+            names, cpu="100m", memory="256Mi", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
+            outputs=["hit", "reason", "key", "model-uri"])
         with DAG(name="train", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS]) as train:
-            created = create(name="create",
-                             arguments={n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS})
+            every = {n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS}
+            checked_training = memo(name="check", arguments=every)
+            created = create(name="create", arguments=every,
+                             when=f"{checked_training.get_parameter('hit').value} == false")
             waited = wait(name="wait", arguments={
                 "job-name": created.get_parameter("job-name").value,
                 "model": "{{inputs.parameters.model}}",
                 "round-size": "{{inputs.parameters.round-size}}"})
-            created >> waited
+            checked_training >> created >> waited
+            # a bare "create" would also match create.Skipped (a hit): no job to wait for
+            created.depends, waited.depends = "check.Succeeded", "create.Succeeded"
         with DAG(name="retrain"):
             planned = plan(name="plan")
             checked = check(name="check-cache",

@@ -42,7 +42,8 @@ class Plan:
         return {"trainings": json.dumps(list(self.trainings)), "cache-policy": p.cache_policy,
                 "epochs": str(p.epochs), "steps-per-epoch": str(p.steps_per_epoch or 0),
                 "batch-size": str(p.batch_size), "learning-rate": repr(p.learning_rate),
-                "workers": str(p.workers),
+                "workers": str(p.workers), "train-cache": p.train_cache,
+                "force": "true" if p.force else "false",
                 # the selector's round for the run closes once this many trainings have ended
                 "round-size": str(len(self.trainings))}
 

@@ -8,6 +8,8 @@ them with ``valueFrom.path``).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -144,6 +146,73 @@ def ingest(
                    "ingested": "true" if outcome.ingested else "false"}, outputs)
 
 
+@step_app.command("check-training")
+def check_training(
+    model: Annotated[str, typer.Option(help="the variant to train")],
+    dataset_uri: Annotated[str, typer.Option(help="the ingested dataset")],
+    out: Annotated[Path, typer.Option(help="where the TFJob would write the model")],
+    warm_start: Annotated[str, typer.Option(help="the model to start from (\"\": none)")] = "",
+    epochs: int = 1,
+    steps_per_epoch: Annotated[int, typer.Option(help="0: a full pass")] = 0,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    workers: int = 1,
+    train_cache: Annotated[str, typer.Option(help="exact, max-age=2h or off")] = "exact",
+    force: Annotated[str, typer.Option(help="true: train whatever the cache holds")] = "false",
+    run_id: str = "manual",
+    round_size: Annotated[Optional[int], typer.Option(help="trainings the run started")] = None,
+    sink: Annotated[Optional[str], typer.Option(help="where model.trained goes on a hit (stream or a URL)")] = None,
+    outputs: OutputsOption = None,
+) -> None:
+    """Decide from the training cache whether this training must run (single flight: while
+    another workflow trains the same key, wait for its model). A hit sends the recorded
+    model's model.trained ("cached": true) to --sink and creates no TFJob. A miss holds the
+    key's lease; the claim (``claim.json`` beside --out) lets wait-training renew it and
+    record the TFJob's model.
+
+    Outputs: hit (true|false), reason, key, model-uri."""
+    from core.redis_store import open_redis
+    from dataset.cache import TRAINING, Policy
+    from services.trainer.memo import TrainingEntry, training_cache
+    from services.trainer.options import TrainOptions
+    from services.trainer.outcome import trained_event
+    from workflows.training import Memo, save_claim
+
+    settings = load_settings()
+    options = TrainOptions(model=model, dataset=dataset_uri, out=out, run_id=run_id,
+                           epochs=epochs, steps_per_epoch=steps_per_epoch or None,
+                           batch_size=batch_size, learning_rate=learning_rate, workers=workers,
+                           warm_start=warm_start or None)
+    with open_redis(settings.redis_url, settings.home) as handle:
+        memo = Memo(training_cache(handle.client, settings.cache_ttl_seconds),
+                    Policy.parse(train_cache, TRAINING), force == "true",
+                    int(settings.training_lease_seconds * 1000))
+        check = memo.check(options)
+        got: Any = check.decision.entry
+        reason = check.decision.reason
+        if got is None and memo.enabled:
+            got = memo.wait(check, time.time(), timeout=8 * 3600)
+            if isinstance(got, TrainingEntry):
+                reason = "hit: trained by a concurrent run with the same key"
+            else:
+                save_claim(out.parent / "claim.json", check, got, dataset_uri)
+        memo.close()
+        if isinstance(got, TrainingEntry):
+            _send_event(settings, sink, handle.client,
+                        trained_event(run_id, model, dataset_uri, got.result(), round_size,
+                                      cached=True))
+    hit = isinstance(got, TrainingEntry)
+    _emit_outputs({"hit": "true" if hit else "false", "reason": reason, "key": check.key,
+                   "model-uri": got.model_uri if hit else str(out)}, outputs)
+
+
+def _send_event(settings: Any, sink: str | None, client: Any, event: Any) -> None:
+    if sink:
+        from services.trainer.main import event_sink
+
+        event_sink(settings, sink, client).send(event)
+
+
 @step_app.command("wait-training")
 def wait_training(
     name: Annotated[str, typer.Option(help="the TFJob the train step created")],
@@ -154,6 +223,7 @@ def wait_training(
     model: Annotated[Optional[str], typer.Option(help="the variant it trains")] = None,
     round_size: Annotated[Optional[int], typer.Option(help="trainings the run started")] = None,
     sink: Annotated[Optional[str], typer.Option(help="where training.failed goes when the job fails (stream or a URL)")] = None,
+    claim: Annotated[Optional[Path], typer.Option(help="check-training's claim: renew its lease, record the model")] = None,
 ) -> None:
     """Wait for a TFJob's own Succeeded or Failed condition (exit 0 or 1); past --timeout the
     job and its pods are deleted and the step fails. With --sink (and --run-id, --model), a
@@ -161,19 +231,55 @@ def wait_training(
     even when the trainer died too early or too hard to say it itself."""
     setup_logging(True)
     from core.kube import api_client
+    from services.trainer import outcome
     from workflows.tfjob import TrainingJobError, wait_for_training
 
     settings = load_settings()
     if sink and not (run_id and model):
         raise typer.BadParameter("--sink needs --run-id and --model (what failed)")
+    memo = _claimed(settings, claim) if claim is not None and claim.is_file() else None
+    result = None
     try:
         message = wait_for_training(api_client(settings.kube_api_url, settings.kube_token),
                                     namespace, name, timeout, poll)
+        result = outcome.read_result(claim.parent / "model") if claim else None
     except TrainingJobError as exc:
         if sink:
             _tell_failure(settings, sink, run_id, model, str(exc), round_size)  # type: ignore[arg-type]
         raise
+    finally:
+        if memo is not None:
+            _record_claim(memo, claim, result, run_id or "manual")  # type: ignore[arg-type]
     _emit_outputs({"message": message}, None)
+
+
+def _claimed(settings: Any, claim: Path) -> Any:
+    """A Memo renewing the claim's lease while the TFJob runs."""
+    from core.redis_store import client_for
+    from dataset.cache import TRAINING, Policy
+    from services.trainer.memo import training_cache
+    from workflows.training import Memo, load_claim
+
+    check, lease, _dataset = load_claim(claim)
+    memo = Memo(training_cache(client_for(settings.redis_url), settings.cache_ttl_seconds),
+                Policy.parse(check.policy, TRAINING), check.force,
+                int(settings.training_lease_seconds * 1000))
+    memo.adopt(check, lease)
+    return memo
+
+
+def _record_claim(memo: Any, claim: Path, result: Any, run_id: str) -> None:
+    """The TFJob's model into the cache (when it succeeded), the lease let go either way."""
+    from workflows.training import load_claim
+
+    check, lease, dataset_uri = load_claim(claim)
+    try:
+        memo.finish(check, lease, result, run_id, dataset_uri)
+    except Exception as exc:  # noqa: BLE001  (the model is fine; only its memo is lost)
+        logging.getLogger(__name__).warning("could not record %s in the training cache: %s",
+                                            check.model, exc)
+    finally:
+        memo.close()
 
 
 def _tell_failure(settings: Any, sink: str, run_id: str, model: str, reason: str,
@@ -183,7 +289,7 @@ def _tell_failure(settings: Any, sink: str, run_id: str, model: str, reason: str
     from core.redis_store import client_for
     from services.trainer.main import event_sink
     from services.trainer.options import STREAM_SINK
-    from services.trainer.process import failed_event
+    from services.trainer.outcome import failed_event
 
     client = client_for(settings.redis_url) if sink == STREAM_SINK and settings.redis_url else None
     event_sink(settings, sink, client).send(failed_event(run_id, model, reason, round_size))

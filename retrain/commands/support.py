@@ -37,17 +37,23 @@ def setup_logging(verbose: bool) -> None:
 
 def run_parameters(models: str | None, epochs: int | None, steps: int | None,
                    batch: int | None, lr: float | None, policy: str | None,
-                   workers: int | None = None, warm_start: bool | None = None) -> Any:
+                   workers: int | None = None, warm_start: bool | None = None,
+                   train_cache: str | None = None, force: bool | None = None) -> Any:
     """``RunParameters`` from the command line's options (unset ones keep their defaults)."""
+    from dataset.cache import TRAINING, Policy
     from events.payloads import RunParameters
 
+    for text, kinds in ((policy, None), (train_cache, TRAINING)):
+        if text is not None:  # the cache's own message: what it expects, not a regex
+            Policy.parse(text, *([kinds] if kinds else []))
     fields: dict[str, object] = {}
     if models is not None:
         fields["models"] = () if models.strip() == "none" else tuple(
             m.strip() for m in models.split(",") if m.strip())
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("batch_size", batch),
                         ("learning_rate", lr), ("cache_policy", policy), ("workers", workers),
-                        ("warm_start", warm_start)):
+                        ("warm_start", warm_start), ("train_cache", train_cache),
+                        ("force", force)):
         if value is not None:
             fields[name] = value
     try:

@@ -89,6 +89,10 @@ class ChampionStore:
         raw = self._r.lindex(self._history, -1) if length else None
         return (Champion(**json.loads(raw)) if raw else None), length
 
+    def history(self) -> list[Champion]:
+        """Every champion before the current one, oldest first (what rollbacks go back to)."""
+        return [Champion(**json.loads(raw)) for raw in self._r.lrange(self._history, 0, -1)]
+
     def restore(self, expected_generation: int, history_length: int, restored: Champion) -> bool:
         """Atomically make ``restored`` (the previous champion, as newly staged) the champion and
         drop it from the history, if nothing changed since ``previous()`` was read."""

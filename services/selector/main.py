@@ -31,7 +31,7 @@ from services.selector.app import create_app
 from services.selector.backends import LocalBackend, PromotionBackend
 from services.selector.champion import ChampionStore
 from services.selector.errors import SelectorError
-from services.selector.evaluate import Evaluator
+from services.selector.memo import LazyEvaluator
 from services.selector.policy import ChampionPolicy
 from services.selector.service import Selector
 
@@ -72,7 +72,7 @@ def build_selector(settings: Settings, client: redis.Redis, emit: Callable[[Even
     """The selector as configured: the champion scoped to the model repository, ``backend``
     (default: the configured one), decisions handed to ``emit``."""
     return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
-                    backend or promotion_backend(settings), Evaluator(), emit,
+                    backend or promotion_backend(settings), LazyEvaluator(), emit,
                     champion_policy(settings), Admission(settings.runs_dir, settings.store_dir))
 
 

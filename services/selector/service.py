@@ -15,7 +15,7 @@ from services.selector.admission import Admission
 from services.selector.backends import PromotionBackend, Staged
 from services.selector.champion import Champion, ChampionStore
 from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
-from services.selector.evaluate import Evaluator
+from services.selector.memo import Judgements, Scores, Scoring
 from services.selector.policy import ChampionPolicy, judge, rank_key
 from services.selector.rounds import RoundStore
 
@@ -29,7 +29,7 @@ class Selector:
         self,
         store: ChampionStore,
         backend: PromotionBackend,
-        evaluator: Evaluator,
+        evaluator: Scoring,
         emit: Callable[[Event], None],
         policy: ChampionPolicy = ChampionPolicy(),
         admission: Admission | None = None,
@@ -37,7 +37,8 @@ class Selector:
         self._store = store
         self._admission = admission
         self._backend = backend
-        self._evaluator = evaluator
+        self._evaluator = Scores(store.client, store.scope, evaluator)  # by model content
+        self._judgements = Judgements(store.client, store.scope, policy)
         self._emit = emit
         self._policy = policy
         self._lock = threading.Lock()
@@ -67,6 +68,11 @@ class Selector:
         problem = self.refusal(trained)
         if problem is not None:
             return self.refuse(event, problem)
+        again = self._judgements.recall(trained, self._store.get(), SOURCE)
+        if again is not None:  # the same content against the same champion: not loaded again
+            if self._policy.rounds:
+                self._ended(trained.run_id, trained.model_type, "already judged", trained.round_size)
+            return self._record(again, started)
         try:
             if not self._policy.rounds:
                 return self._decide(trained, None, started)
@@ -174,6 +180,7 @@ class Selector:
                 if not verdict.promote:
                     decision = self._rejected(trained, candidate, champion, champion_score,
                                               note + verdict.reason)
+                    self._judgements.remember(trained, champion, decision)
                     break
                 staged = self._backend.stage(trained.model_uri, self._backend.next_version())
                 new = Champion(

@@ -39,7 +39,7 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     out = Path(options.out)
     if options.workers > 1:
         from services.trainer.cluster import launch_local
-        from services.trainer.process import RESULT_FILE
+        from services.trainer.outcome import RESULT_FILE
 
         launch_local(options.single_process().argv(), options.workers, out.parent / "workers")
         result = json.loads((out.parent / RESULT_FILE).read_text())

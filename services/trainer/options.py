@@ -33,6 +33,7 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("round_size", "--round-size"),
 )
 COMMAND = "train"
+SEED = 7  # every training's random seed (part of the training cache's key)
 STREAM_SINK = "stream"  # --sink stream: model.trained goes to the Redis stream retrain:events
 # how a process on this machine runs the ``retrain`` console script (the image's entry point)
 LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-m", "retrain.cli")

@@ -9,22 +9,18 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import redis
 
 from core.errors import RetrainError
-from events import Event, EventType, make_event
-from events.payloads import ModelTrained, TrainingFailed
 from events.sinks import Sink
 from services.trainer.cluster import role_from_tf_config
+from services.trainer.outcome import RESULT_FILE, failed_event, trained_event
 from services.trainer.progress import ProgressWriter, progress_key
 from services.trainer.train import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
-SOURCE = "retrain/trainer"
-RESULT_FILE = "result.json"
 
 
 def run(
@@ -65,39 +61,6 @@ def run(
     progress.end("done", result=json.dumps(asdict(result)))
     progress.close()
     if sink is not None:
-        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, result,
+        sink.send(trained_event(run_id, config.model_type, config.dataset_uri, asdict(result),
                                 round_size))
     return result
-
-
-def trained_event(run_id: str, model_type: str, dataset_uri: str, result: TrainResult,
-                  round_size: int | None = None) -> Event:
-    return make_event(
-        EventType.MODEL_TRAINED,
-        ModelTrained(
-            run_id=run_id, model_type=model_type, model_uri=result.model_uri,
-            dataset_uri=dataset_uri, dataset_digest=result.digest,
-            val_accuracy=result.val_accuracy, val_loss=result.val_loss,
-            seconds=round(result.seconds, 3), workers=result.workers, steps=result.steps,
-            round_size=round_size,
-        ),
-        source=SOURCE,
-        id=f"{run_id}/{model_type}/trained",
-    )
-
-
-def failed_event(run_id: str, model_type: str, reason: str,
-                 round_size: int | None = None) -> Event:
-    return make_event(
-        EventType.TRAINING_FAILED,
-        TrainingFailed(run_id=run_id, model_type=model_type, reason=reason[:2000],
-                       round_size=round_size),
-        source=SOURCE,
-        id=f"{run_id}/{model_type}/failed",
-    )
-
-
-def read_result(out: Path) -> TrainResult | None:
-    """The result a finished trainer process left beside its model, if it finished."""
-    path = out.parent / RESULT_FILE
-    return TrainResult(**json.loads(path.read_text())) if path.is_file() else None

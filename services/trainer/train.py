@@ -33,6 +33,7 @@ from core.errors import ConfigurationError, RetrainError  # noqa: E402
 from dataset.store import load_metadata, verify  # noqa: E402
 from services.trainer import data, export, models  # noqa: E402
 from services.trainer.cluster import Role, role_from_tf_config  # noqa: E402
+from services.trainer.options import SEED  # noqa: E402
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -51,7 +52,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     batch_size: int = 64  # per replica; the global batch is this times the replicas
     learning_rate: float = 1e-3
-    seed: int = 7
+    seed: int = SEED
     checkpoint_every: int | None = None  # steps between checkpoints; None: every epoch
     warm_start: str | None = None  # a model exported by retrain (e.g. the champion's folder)
     collective_timeout: float = 600.0  # a dead peer fails the run instead of hanging it

@@ -12,7 +12,8 @@ from events.payloads import RunParameters
 from retrain.cli import app
 from services.trainer.options import FLAGS, TrainOptions, train_argv
 from workflows.definition import ClusterNames, tfjob_manifest
-from workflows.runner import LocalRunner, RunRequest
+from workflows.fanout import Trainings
+from workflows.runner import RunRequest
 
 
 @pytest.fixture
@@ -49,8 +50,9 @@ def test_the_runners_training_is_what_retrain_train_parses(parsed, tmp_path):
     request = RunRequest(str(tmp_path), RunParameters(epochs=3, steps_per_epoch=7, batch_size=16,
                                                       learning_rate=0.01, workers=2),
                          run_id="run-42")
-    options = LocalRunner.train_options(request, "dropout", "/store/datasets/k", tmp_path / "m",
-                                        warm_start="/models/fashion-mnist/3")
+    options = Trainings.options(request.run_id, request.parameters, "dropout",
+                                "/store/datasets/k", tmp_path / "m",
+                                warm_start="/models/fashion-mnist/3")
     assert options == TrainOptions(model="dropout", dataset="/store/datasets/k", out=tmp_path / "m",
                                    run_id="run-42", epochs=3, steps_per_epoch=7, batch_size=16,
                                    learning_rate=0.01, workers=2,
@@ -62,7 +64,7 @@ def test_the_runners_training_is_what_retrain_train_parses(parsed, tmp_path):
 
 def test_a_full_pass_and_one_worker_need_no_flag(parsed, tmp_path):
     request = RunRequest(str(tmp_path), RunParameters(steps_per_epoch=None, workers=1), run_id="r")
-    options = LocalRunner.train_options(request, "cnn", "/d", tmp_path / "m")
+    options = Trainings.options(request.run_id, request.parameters, "cnn", "/d", tmp_path / "m")
     assert "--steps-per-epoch" not in options.argv() and "--workers" not in options.argv()
     assert parsed(options.argv()) == options
 

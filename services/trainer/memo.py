@@ -1,0 +1,182 @@
+"""The training cache: a training runs once per content key, as an ingestion does.
+
+The key is everything the trained weights depend on: the ingested dataset's content digest
+(and the ingestion code that made its shards), the variant, every parameter that changes the
+result (epochs, steps per epoch, batch size, learning rate, workers, seed), the warm-start
+model's digest, and the training code's own version (a hash of the modules that define the
+models and the training loop, and the TensorFlow and tf_keras versions). The run id, the
+output folder and the time are not in it. The entry says where the model is, the digest of
+its files (checked before a hit is trusted) and what the training measured.
+
+No TensorFlow here: the check runs in the runner and in a small cluster step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+from blake3 import blake3
+
+from dataset.cache import ContentCache, Policy, ago
+from services.trainer.options import SEED, TrainOptions
+
+PREFIX = "retrain:train-cache:"
+CODE = "train-v1"  # bump by hand for a change the hashed modules below do not show
+_CODE_MODULES = ("train.py", "models.py", "data.py", "export.py")
+_LIBRARIES = ("tensorflow", "tf_keras")
+
+
+@functools.cache
+def code_version() -> str:
+    """``train-v1+<hash>`` of the training modules' source and the TensorFlow versions."""
+    hasher = blake3()
+    for name in _CODE_MODULES:
+        hasher.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+    for library in _LIBRARIES:
+        try:
+            hasher.update(f"{library}=={metadata.version(library)}\0".encode())
+        except metadata.PackageNotFoundError:
+            hasher.update(f"{library} absent\0".encode())
+    return f"{CODE}+{hasher.hexdigest()[:12]}"
+
+
+def model_digest(folder: str | Path) -> str:
+    """BLAKE3 over every file of an exported model (relative path and bytes, in order):
+    any change to the graph, the variables or the weights changes it."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model folder {folder} is gone")
+    hasher = blake3()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        hasher.update(str(path.relative_to(root)).encode() + b"\0")
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainingEntry:
+    key: str
+    model_type: str
+    model_uri: str
+    model_digest: str  # of the model folder's files, checked on every hit
+    weights_digest: str  # of the trained weights' values (the trainer's)
+    dataset_digest: str
+    dataset_uri: str
+    val_accuracy: float
+    val_loss: float
+    steps: int
+    workers: int
+    trained_seconds: float
+    run_id: str  # the run that trained it
+    parts: dict[str, Any]
+    created_at: float
+    last_hit: float
+    hits: int
+    fence: int
+
+    @property
+    def group(self) -> str:
+        return self.model_type
+
+    def result(self) -> dict[str, Any]:
+        """The recorded training's outcome, as its ``result.json`` said it."""
+        return {"model_uri": self.model_uri, "digest": self.dataset_digest,
+                "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
+                "seconds": self.trained_seconds, "workers": self.workers, "steps": self.steps,
+                "weights_digest": self.weights_digest}
+
+
+def training_cache(client: redis.Redis, ttl_seconds: int) -> ContentCache:
+    return ContentCache(client, ttl_seconds, prefix=PREFIX, entry=TrainingEntry)
+
+
+def key_parts(options: TrainOptions, dataset_meta: dict[str, Any],
+              warm_start_digest: str | None) -> dict[str, Any]:
+    """Pure: what the weights ``options`` would train depend on."""
+    return {"dataset_digest": dataset_meta["digest"],
+            "ingestion": dataset_meta.get("code_version"), "model": options.model,
+            "epochs": options.epochs, "steps_per_epoch": options.steps_per_epoch or None,
+            "batch_size": options.batch_size, "learning_rate": options.learning_rate,
+            "workers": options.workers, "seed": SEED, "warm_start": warm_start_digest,
+            "code": code_version()}
+
+
+def training_key(parts: dict[str, Any]) -> str:
+    return blake3(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainingDecision:
+    hit: bool
+    reason: str
+    entry: TrainingEntry | None = None
+    changed: dict[str, Any] = field(default_factory=dict)  # part: [before, now] on a miss
+
+
+def verify_model(entry: TrainingEntry) -> str | None:
+    """Why the cached model cannot be reused, or None when its files are as recorded."""
+    folder = Path(entry.model_uri)
+    if not (folder / "saved_model.pb").is_file():
+        return f"model {entry.model_uri} is gone (no saved_model.pb)"
+    try:
+        found = model_digest(folder)
+    except OSError as exc:
+        return f"model {entry.model_uri} cannot be read ({type(exc).__name__})"
+    if found != entry.model_digest:
+        return (f"model {entry.model_uri} was altered (files digest {found[:8]}…, recorded "
+                f"{entry.model_digest[:8]}…)")
+    return None
+
+
+def decide(policy: Policy, force: bool, parts: dict[str, Any], exact: TrainingEntry | None,
+           latest: TrainingEntry | None, now: float) -> TrainingDecision:
+    """Pure apart from verifying ``exact``'s model: may this training be skipped, and why."""
+    model, digest = parts["model"], str(parts["dataset_digest"])[:8]
+    if force:
+        return TrainingDecision(False, "miss: forced (every model is trained again)")
+    if policy.kind == "off":
+        return TrainingDecision(False, "miss: the training cache is off for this run")
+    if exact is not None:
+        age = now - exact.created_at
+        if policy.kind == "max-age" and age > (policy.max_age or 0):
+            return TrainingDecision(False, f"miss: the {model} trained {ago(age)} is older "
+                                           f"than {policy}")
+        problem = verify_model(exact)
+        if problem:
+            return TrainingDecision(False, f"miss: {problem}")
+        return TrainingDecision(True, f"hit: {model} trained on digest {digest}… with the same "
+                                      f"parameters {ago(age)}", exact)
+    changed = {name: [value, parts[name]] for name, value in (latest.parts if latest else {}).items()
+               if parts.get(name) != value}
+    if changed:
+        what = ", ".join(f"{name} {_short(before)} → {_short(now_)}"
+                         for name, (before, now_) in changed.items())
+        return TrainingDecision(False, f"miss: {what} since the last {model} training",
+                                changed=changed)
+    return TrainingDecision(False, f"miss: no {model} trained on digest {digest}… with these "
+                                   "parameters in the cache")
+
+
+def _short(value: object) -> str:
+    text = "none" if value is None else str(value)
+    return text[:8] + "…" if len(text) > 24 else text
+
+
+def new_entry(key: str, parts: dict[str, Any], result: dict[str, Any], run_id: str,
+              dataset_uri: str, fence: int) -> TrainingEntry:
+    """The entry of a training that just ended with ``result`` (its ``result.json``)."""
+    now = time.time()
+    return TrainingEntry(
+        key=key, model_type=parts["model"], model_uri=result["model_uri"],
+        model_digest=model_digest(result["model_uri"]), weights_digest=result["weights_digest"],
+        dataset_digest=result["digest"], dataset_uri=dataset_uri,
+        val_accuracy=result["val_accuracy"], val_loss=result["val_loss"], steps=result["steps"],
+        workers=result["workers"], trained_seconds=round(result["seconds"], 3), run_id=run_id,
+        parts=parts, created_at=now, last_hit=now, hits=0, fence=fence)
