@@ -21,14 +21,12 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
-# Record the score of the champion at this generation (the first model is served before it).
+# Replace the record only if it is still the one the caller read. (The score is written into
+# the JSON by the caller: Redis's cjson would round it to 14 digits, and a champion scored
+# 0.42333333333333 would then lose to its own model's 0.42333333333333334.)
 _SCORE = """
-local current = redis.call('GET', KEYS[1])
-if not current then return 0 end
-local champion = cjson.decode(current)
-if champion['generation'] ~= tonumber(ARGV[1]) then return 0 end
-champion['accuracy'] = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], cjson.encode(champion))
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -81,7 +79,13 @@ class ChampionStore:
         return bool(self._cas(keys=[self._key, self._history], args=[expected_generation, json.dumps(asdict(new))]))
 
     def set_accuracy(self, generation: int, accuracy: float) -> bool:
-        return bool(self._score(keys=[self._key], args=[generation, repr(accuracy)]))
+        """Record the score of the champion at ``generation`` (the first model is served
+        before it is scored); False if the champion changed meanwhile."""
+        raw = self._r.get(self._key)
+        if raw is None or json.loads(raw)["generation"] != generation:
+            return False
+        scored = json.dumps({**json.loads(raw), "accuracy": accuracy})
+        return bool(self._score(keys=[self._key], args=[raw, scored]))
 
     def previous(self) -> tuple[Champion | None, int]:
         """The champion before the current one, and the history's length (for ``restore``)."""

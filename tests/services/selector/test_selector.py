@@ -30,6 +30,18 @@ def test_compare_and_set_refuses_a_stale_generation(r):
     assert store.get() == first
 
 
+@pytest.mark.integration
+def test_a_champions_score_is_kept_to_the_last_digit(r):
+    """A rounded score would let the champion's own model beat it (0.42333333333333 <
+    0.42333333333333334): Redis's cjson keeps 14 digits, so the score is not written by it."""
+    store = ChampionStore(r)
+    assert store.replace(0, Champion(1, "/m/1", "cnn", None, "d", "/ds", "run", generation=1))
+    assert store.set_accuracy(1, 0.42333333333333334)
+    assert store.get().accuracy == 0.42333333333333334
+    assert not store.set_accuracy(2, 0.5)  # another generation: nothing changes
+    assert store.get().accuracy == 0.42333333333333334
+
+
 class _Scores:
     """Evaluation by a fixed table: the selector's logic is under test here, not TensorFlow."""
 
