@@ -44,6 +44,21 @@ def _terminated(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's own errors, as typer raises them (recent typer vendors its own copy of click,
+    whose classes are not the ``click`` package's)."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        pass
+    else:
+        kinds.append(ClickException)
+    return tuple(kinds)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,12 +74,10 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and the like: one message, no traceback
+        if isinstance(exc, _usage_errors()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
     sys.exit(code if isinstance(code, int) else 0)
 

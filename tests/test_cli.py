@@ -117,6 +117,19 @@ def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle, r):
     assert table.returncode == 0 and second["run_id"] in table.stdout and "none yet" in table.stdout
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("nosuch",), "No such command 'nosuch'"),
+    (("run", "--data", ".", "--epochs", "x"), "Invalid value for '--epochs'"),
+    (("run", "--data", ".", "--train-cache", "sometimes"),
+     "unknown cache policy 'sometimes' (expected exact, max-age=DURATION or off)"),
+    (("run", "--data", ".", "--cache-policy", "off"), "unknown cache policy 'off'"),
+])
+def test_usage_errors_are_one_message_and_exit_2(tmp_path, args, message):
+    done = _retrain(*args, env={"RETRAIN_HOME": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
 def test_publish_validates_the_payload(tmp_path):
     done = _retrain("publish", "dev.retrain.dataset.updated", "--data", '{"trigger": "manual"}',
                     env={"RETRAIN_HOME": str(tmp_path)})
