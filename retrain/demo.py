@@ -2,7 +2,8 @@
 
 1. data appears -> watcher -> dataset.updated -> run (miss, ingest, three trainings) ->
    each model judged as it finishes -> a prediction served over HTTP;
-2. the same data published again by hand -> cache hit, ingestion skipped;
+2. the same data published again by hand -> cache hits: ingestion skipped, and the three
+   identical trainings not run again (their models reused, judged from memory);
 3. an increment of PNG images pushed -> watcher -> only the increment ingested -> retraining
    -> promotion only if better.
 """
@@ -107,6 +108,8 @@ def _stage_report(console: Console, run: dict[str, Any]) -> None:
                   f"cache {'HIT' if cache.get('hit') else 'MISS'} ({cache.get('reason')})")
     for step in run["steps"]:
         extra = f" val_acc={step['val_accuracy']:.4f}" if "val_accuracy" in step else ""
+        if step.get("cached"):
+            extra += f" ({step['reason']})"
         console.print(f"    {step['name']:<18} {step['status']:<10} {step['seconds']:7.2f}s{extra}")
     for d in run["decisions"]:
         console.print(f"    select {d['model_type']:<11} {d['type']:<9} {d['reason']}"

@@ -22,7 +22,8 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
     for step in summary["steps"]:
         detail = step.get("reason") or step.get("error") or ""
         if "val_accuracy" in step:
-            detail = f"val accuracy {step['val_accuracy']:.4f}"
+            detail = f"val accuracy {step['val_accuracy']:.4f}" + (
+                f"; {step['reason']}" if step.get("cached") else "")
         table.add_row(step["name"], step["status"], f"{step['seconds']:.2f}", str(detail)[:90])
     console.print(table)
     for decision in summary.get("decisions", []):
@@ -100,6 +101,8 @@ def print_timeline(console: Console, entries: list[timeline.Entry], start: float
         cache = ""
         if e.step == "check_cache":
             cache = "hit" if d.get("hit") else "miss"
+        elif e.step.startswith("train:") and "cached" in d:
+            cache = "hit" if d["cached"] else "miss"
         note = d.get("reason") or d.get("trigger") or d.get("model_type") or d.get("error") or ""
         if e.kind == "event" and d.get("model_type") and d.get("reason"):
             note = f"{d['model_type']}: {d['reason']}"

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,26 +34,26 @@ def test_explain_ingest_ls_and_gc(cli, tmp_path):
     before = _json(cli("cache", "explain", "--data", str(root), "--json"))
     assert before["would_hit"] is False and "no ingestion" in before["reason"]
     assert before["parts"]["code_version"] == "ingest-v1" and len(before["parts"]["digest"]) == 64
-    assert _json(cli("cache", "ls", "--json")) == []  # explaining ran nothing
+    assert _json(cli("cache", "ls", "--json")) == {"ingestion": [], "training": []}  # explaining ran nothing
 
     run = _json(cli("ingest", "--data", str(root), "--json"))
     after = _json(cli("cache", "explain", "--data", str(root), "--json"))
     assert after["would_hit"] and after["key"] == before["key"] == run["cache"]["key"]
     assert after["dataset_uri"] == run["dataset_uri"]
 
-    [entry] = _json(cli("cache", "ls", "--json"))
+    [entry] = _json(cli("cache", "ls", "--kind", "ingestion", "--json"))
     assert entry["key"] == before["key"] and entry["hits"] == 0  # explain recorded no hit
     assert entry["records"] == {"train": 300, "test": 100} and entry["expires_in"] > 0
 
-    kept = _json(cli("cache", "gc", "--grace", "0", "--json"))
+    kept = _json(cli("cache", "gc", "--grace", "0", "--kind", "ingestion", "--json"))
     assert kept["removed_datasets"] == [] and kept["kept_datasets"] == 1
 
     import shutil
 
     shutil.rmtree(run["dataset_uri"])
-    gone = _json(cli("cache", "gc", "--grace", "0", "--json"))
+    gone = _json(cli("cache", "gc", "--grace", "0", "--json"))["ingestion"]
     assert gone["dropped_entries"] == [before["key"]] and len(gone["removed_units"]) == 2
-    assert _json(cli("cache", "ls", "--json")) == []
+    assert _json(cli("cache", "ls", "--kind", "ingestion", "--json")) == []
 
 
 def test_bad_input(cli, tmp_path):
@@ -64,3 +65,44 @@ def test_bad_input(cli, tmp_path):
     assert done.returncode == 2 and "--grace" in done.stderr
     for out in (done.stderr,):
         assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_training_entries_explained_listed_and_collected_keeping_the_champions(cli, tmp_path, r):
+    """gc frees the models no live training entry needs, never the champion's or one in its
+    history: rollback keeps working."""
+    from services.trainer.memo import PREFIX
+
+    root = write_dataset(tmp_path / "data", train=600, test=200)
+    tiny = ["--models", "cnn", "--steps-per-epoch", "3", "--batch-size", "32"]
+    assert _json(cli("cache", "explain", "--data", str(root), "--kind", "training",
+                     *tiny, "--json"))["reason"].startswith("the dataset is not ingested yet")
+    runs = [_json(cli("run", "--data", str(root), *tiny, "--learning-rate", lr, "--json"))
+            for lr in ("0.001", "0.002", "0.003")]
+    explained = _json(cli("cache", "explain", "--data", str(root), "--kind", "training",
+                          *tiny, "--learning-rate", "0.002", "--json"))
+    [check] = explained["trainings"]
+    assert check["would_hit"] and check["model_uri"] == runs[1]["models"]["cnn"]["model_uri"]
+    assert check["parts"]["learning_rate"] == 0.002 and check["parts"]["model"] == "cnn"
+    listed = _json(cli("cache", "ls", "--kind", "training", "--json"))
+    assert sorted(e["run_id"] for e in listed) == sorted(s["run_id"] for s in runs)
+
+    status = _json(cli("status", "--json"))
+    champion = status["champion"]
+    served = {champion["run_id"]} | {d["run_id"] for s in runs for d in s["decisions"]
+                                      if d["decision"] == "model.promoted"}
+    assert champion is not None and served
+    r.delete(*r.scan_iter(PREFIX + "entry:*"))  # every entry expired
+    dry = _json(cli("cache", "gc", "--grace", "0", "--kind", "training", "--dry-run", "--json"))
+    removed = {Path(m).parent.parent.name for m in dry["removed_models"]}
+    assert removed == {s["run_id"] for s in runs} - served  # never a champion's, current or past
+    assert all(Path(m).is_dir() for m in dry["removed_models"])  # a dry run removes nothing
+    done = _json(cli("cache", "gc", "--grace", "0", "--kind", "training", "--json"))
+    assert done["removed_models"] == dry["removed_models"] and done["freed_bytes"] > 0
+    assert not any(Path(m).exists() for m in done["removed_models"])
+    for run in runs:
+        kept = Path(run["models"]["cnn"]["model_uri"])
+        assert kept.is_dir() == (run["run_id"] in served)
+    assert len(served) > 1, served  # a history to roll back to
+    rolled = cli("select", "rollback")
+    assert rolled.returncode == 0, rolled.stderr

@@ -21,6 +21,18 @@ def test_demo_scenario(settings, tmp_path):
     assert stage2["trigger"] == "dataset.updated/manual"
     assert stage2["cache"]["hit"] is True
     assert [s["status"] for s in stage2["steps"] if s["name"] == "ingest"] == ["skipped"]
+    trainings = {s["name"]: s for s in stage2["steps"] if s["name"].startswith("train:")}
+    assert set(trainings) == {"train:cnn", "train:dropout", "train:batch_norm"}
+    for name, step in trainings.items():  # the same trainings again: three hits, none run
+        assert step["status"] == "cached" and step["seconds"] == 0, step
+        assert step["reason"].startswith(f"hit: {name[6:]} trained on digest "), step
+        assert step["trained_by"] == stage1["run_id"]
+    assert all(d["reason"].startswith("already judged") or "not better" in d["reason"]
+               for d in stage2["decisions"]) and len(stage2["decisions"]) == 3
+    runs = settings.home / "demo" / "runs"
+    assert not list((runs / stage2["run_id"]).glob("*/train.log"))  # no training process
+    assert len(list((runs / stage3["run_id"]).glob("*/train.log"))) == 3
+    assert all(not s.get("cached") for s in stage3["steps"] if s["name"].startswith("train:"))
     assert stage3["cache"]["hit"] is False
     ingest3 = next(s for s in stage3["steps"] if s["name"] == "ingest")
     assert (ingest3["reused_units"], ingest3["new_units"]) == (2, 1)

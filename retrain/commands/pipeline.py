@@ -50,14 +50,12 @@ def run(
     cache_policy: Annotated[Optional[str], typer.Option(help="exact, max-age=15m, min-change=0.1")] = None,
     workers: Annotated[Optional[int], typer.Option(help="worker processes per model (all-reduce)")] = None,
     warm_start: Annotated[Optional[bool], typer.Option("--warm-start/--no-warm-start", help="start from the champion's weights when it is the same variant")] = None,
-    train_cache: Annotated[Optional[str], typer.Option(help="the training cache: exact, max-age=2h or off")] = None,
+    train_cache: Annotated[Optional[str], typer.Option(help="the training cache: exact (an identical training's model is reused), max-age=2h or off")] = None,
     force: Annotated[bool, typer.Option("--force", help="train every model again, whatever the training cache holds")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     verbose: bool = False,
 ) -> None:
-    """One workflow run on this machine, synchronously; promotes as each model finishes.
-    A training identical to one already made (same data, variant, parameters, code) is not
-    run again: its model is reused (see ``retrain cache explain --kind training``)."""
+    """One workflow run on this machine, synchronously; promotes as each model finishes."""
     setup_logging(verbose)
     from retrain.oneshot import run_once
 

@@ -130,7 +130,7 @@ def test_a_training_ends_on_the_tfjobs_own_conditions_with_a_deadline():
     assert run_policy["backoffLimit"] == 3 and run_policy["cleanPodPolicy"] == "All"
     assert job["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "ExitCode"
     tasks = {t["name"]: t for t in templates["train"]["dag"]["tasks"]}
-    assert tasks["wait"]["depends"] == "create"
+    assert tasks["wait"]["depends"] == "create.Succeeded"  # "create" would match a skipped one
     wait = templates["wait-training"]["container"]["args"]
     assert wait[:2] == ["step", "wait-training"]
     # a job that fails without its trainer saying so is told to the selector by the wait step
@@ -143,3 +143,28 @@ def test_a_training_ends_on_the_tfjobs_own_conditions_with_a_deadline():
         "model": "{{inputs.parameters.model}}", "round-size": "{{inputs.parameters.round-size}}"}
     timeout = float(wait[wait.index("--timeout") + 1])
     assert run_policy["activeDeadlineSeconds"] < timeout < _doc()["spec"]["activeDeadlineSeconds"]
+
+
+def test_each_model_checks_the_training_cache_and_a_hit_creates_no_tfjob():
+    templates = _templates()
+    tasks = {t["name"]: t for t in templates["train"]["dag"]["tasks"]}
+    assert tasks["check"]["template"] == "check-training"
+    assert tasks["create"]["depends"] == "check.Succeeded"
+    assert tasks["create"]["when"] == "{{tasks.check.outputs.parameters.hit}} == false"
+    assert tasks["wait"]["depends"] == "create.Succeeded"  # a hit: create skipped, no wait
+    check = templates["check-training"]
+    args = check["container"]["args"]
+    flags = dict(zip(args[2::2], args[3::2], strict=True))
+    assert args[:2] == ["step", "check-training"]
+    for name in ("model", "dataset-uri", "warm-start", "epochs", "steps-per-epoch", "batch-size",
+                 "learning-rate", "workers", "train-cache", "force", "round-size"):
+        assert flags[f"--{name}"] == f"{{{{inputs.parameters.{name}}}}}", name
+    assert flags["--sink"] == "stream" and flags["--run-id"] == "{{workflow.name}}"
+    assert {o["name"] for o in check["outputs"]["parameters"]} >= {"hit", "reason", "key"}
+    # the claim check-training leaves beside the model is the one wait-training renews
+    wait = templates["wait-training"]["container"]["args"]
+    claim = wait[wait.index("--claim") + 1]
+    assert claim == flags["--out"].removesuffix("/model") + "/claim.json"
+    create = yaml.safe_load(_substitute(templates["create-training"]["resource"]["manifest"]))
+    [worker] = create["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert worker["args"][worker["args"].index("--out") + 1] == _substitute(flags["--out"])

@@ -18,14 +18,16 @@ DATA = "/var/lib/retrain/data/fashion-mnist"
 
 def test_every_run_parameter_reaches_the_steps():
     event = {"models": ["dropout", "cnn"], "epochs": 3, "steps_per_epoch": 40, "batch_size": 32,
-             "learning_rate": 0.005, "workers": 4, "cache_policy": "max-age=30m"}
+             "learning_rate": 0.005, "workers": 4, "cache_policy": "max-age=30m",
+             "train_cache": "max-age=2h", "force": True}
     plan = plan_run(json.dumps(event), DATA, VOLUME)
     assert plan.parameters == RunParameters(**event)
     assert plan.outputs() == {
         "trainings": json.dumps([{"model": "dropout", "warm-start": ""},
                                  {"model": "cnn", "warm-start": ""}]),
         "cache-policy": "max-age=30m", "epochs": "3", "steps-per-epoch": "40",
-        "batch-size": "32", "learning-rate": "0.005", "workers": "4", "round-size": "2"}
+        "batch-size": "32", "learning-rate": "0.005", "workers": "4", "round-size": "2",
+        "train-cache": "max-age=2h", "force": "true"}
 
 
 def test_no_parameters_means_the_defaults():

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from fastapi import FastAPI, Request
@@ -222,3 +223,72 @@ def test_a_failed_job_is_told_even_when_redis_is_restarting_at_that_moment(tmp_p
             server.wait()
     assert step.returncode == 1 and "backoff limit" in err
     assert event["id"] == "retrain-r/cnn/failed" and event["data"]["round_size"] == 2
+
+
+@pytest.mark.slow
+def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, redis_handle,
+                                                                 ingested):
+    """check-training before each TFJob: a miss holds the key (a second workflow waits), the
+    wait step records the TFJob's model when the job succeeds (or lets the key go when it
+    fails), and later checks hit: model.trained ("cached") goes to the selector's stream."""
+    from events.sinks import read_stream
+    from services.trainer.memo import PREFIX, training_cache
+
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
+           "RETRAIN_REDIS_URL": redis_handle.url}
+    out = tmp_path / "runs" / "{run}" / "cnn" / "model"
+
+    def check(run, wait=True):
+        args = [sys.executable, "-m", "retrain.cli", "step", "check-training", "--model", "cnn",
+                "--dataset-uri", ingested, "--out", str(out).format(run=run), "--warm-start", "",
+                "--steps-per-epoch", "3", "--batch-size", "32", "--force", "false",
+                "--run-id", run, "--round-size", "1", "--sink", "stream",
+                "--outputs", str(tmp_path / "outputs" / run)]
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        if not wait:
+            return proc
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stdout + stderr
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def wait_step(run, statuses):
+        with TFJobStandIn([RUNNING, statuses]) as api:
+            done = subprocess.run(
+                [sys.executable, "-m", "retrain.cli", "step", "wait-training", "--name", NAME,
+                 "--poll", "0.05", "--run-id", run, "--model", "cnn",
+                 "--claim", str(tmp_path / "runs" / run / "cnn" / "claim.json")],
+                env={**env, "RETRAIN_KUBE_API_URL": api.server.url}, capture_output=True,
+                text=True, timeout=120)
+        assert api.violations == []
+        return done
+
+    assert check("wf-0")["hit"] == "false"
+    assert list(r.scan_iter(PREFIX + "lock:*"))  # held for the TFJob
+    assert wait_step("wf-0", FAILED).returncode == 1
+    assert not list(r.scan_iter(PREFIX + "lock:*"))  # a failed job lets the key go
+    assert training_cache(r, 60).entries() == []
+
+    assert check("wf-1")["hit"] == "false"
+    second = check("wf-2", wait=False)  # the same key while wf-1's TFJob trains: it waits
+    time.sleep(3)
+    assert second.poll() is None
+    trained = subprocess.run(  # what wf-1's TFJob runs
+        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
+         "--out", str(out).format(run="wf-1"), "--run-id", "wf-1", "--steps-per-epoch", "3",
+         "--batch-size", "32"], env=env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    done = wait_step("wf-1", SUCCEEDED)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [entry] = training_cache(r, 60).entries()
+    assert entry.run_id == "wf-1" and entry.model_uri == str(out).format(run="wf-1")
+    stdout, _ = second.communicate(timeout=60)
+    waited = json.loads(stdout.strip().splitlines()[-1])
+    assert waited["hit"] == "true" and waited["reason"].startswith("hit: trained by a concurrent")
+    later = check("wf-3")
+    assert later["hit"] == "true" and later["reason"].startswith("hit: cnn trained on digest")
+    assert later["model-uri"] == entry.model_uri
+    events = [e for e in read_stream(r) if e["type"] == "dev.retrain.model.trained"]
+    assert [(e["data"]["run_id"], e["data"]["cached"], e["data"]["model_uri"]) for e in events] == [
+        ("wf-2", True, entry.model_uri), ("wf-3", True, entry.model_uri)]
+    assert events[0]["data"]["round_size"] == 1 and events[0]["id"] == "wf-2/cnn/trained"

@@ -53,12 +53,19 @@ def test_bad_requests_are_400_and_oversized_413(client):
     assert r.status_code == 413
 
 
-def test_a_run_request_with_an_unknown_cache_policy_is_refused(client, received):
+@pytest.mark.parametrize(("parameters", "named"), [
+    ({"cache_policy": "max-age=forever"}, "cache_policy"),
+    ({"train_cache": "min-change=0.1"}, "train_cache"),  # the ingestion cache's, not training's
+    ({"train_cache": "sometimes"}, "train_cache"),
+    ({"force": "maybe"}, "force"),
+])
+def test_a_run_request_with_an_unknown_cache_policy_is_refused(client, received, parameters,
+                                                               named):
     headers = {"Authorization": "Bearer sekret", "content-type": "application/cloudevents+json"}
     body = {"specversion": "1.0", "id": "x1", "source": "me", "type": "dev.retrain.training.requested",
-            "data": {"uri": "/d", "parameters": {"cache_policy": "max-age=forever"}}}
+            "data": {"uri": "/d", "parameters": parameters}}
     r = client.post("/events", content=json.dumps(body).encode(), headers=headers)
-    assert r.status_code == 400 and "cache_policy" in r.json()["error"]
+    assert r.status_code == 400 and named in r.json()["error"]
     assert received == []
 
 
