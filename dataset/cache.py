@@ -232,8 +232,10 @@ class ContentCache:
     def touch(self, entry: Any, now: float | None = None) -> Any:
         """Record a hit and slide the TTL."""
         updated = replace(entry, last_hit=now or time.time(), hits=entry.hits + 1)
-        self._r.set(self._prefix + "entry:" + entry.key, json.dumps(asdict(updated)), ex=self.ttl)
-        self._r.expire(self._prefix + "latest:" + entry.group, self.ttl)
+        with self._r.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.set(self._prefix + "entry:" + entry.key, json.dumps(asdict(updated)), ex=self.ttl)
+            pipe.expire(self._prefix + "latest:" + entry.group, self.ttl)
+            pipe.execute()
         return updated
 
     def delete(self, key: str) -> None:

@@ -61,10 +61,9 @@ class Memo:
         parts = memo.key_parts(options, load_metadata(options.dataset), warm)
         key = memo.training_key(parts)
         looked_up = self.enabled and not self.force
-        decision = memo.decide(self.policy, self.force, parts,
-                               self.cache.get(key) if looked_up else None,
-                               self.cache.latest(options.model) if looked_up else None,
-                               time.time())
+        exact = self.cache.get(key) if looked_up else None
+        latest = self.cache.latest(options.model) if looked_up and exact is None else None
+        decision = memo.decide(self.policy, self.force, parts, exact, latest, time.time())
         return TrainingCheck(options.model, key, parts, str(self.policy), self.force, decision)
 
     def check(self, options: TrainOptions) -> TrainingCheck:

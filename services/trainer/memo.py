@@ -25,6 +25,7 @@ import redis
 from blake3 import blake3
 
 from dataset.cache import ContentCache, Policy, ago
+from dataset.store import stat_signature
 from services.trainer.options import SEED, TrainOptions
 
 PREFIX = "retrain:train-cache:"
@@ -47,17 +48,29 @@ def code_version() -> str:
     return f"{CODE}+{hasher.hexdigest()[:12]}"
 
 
+def _files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"model folder {root} is gone")
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
 def model_digest(folder: str | Path) -> str:
     """BLAKE3 over every file of an exported model (relative path and bytes, in order):
     any change to the graph, the variables or the weights changes it."""
     root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"model folder {folder} is gone")
     hasher = blake3()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _files(root):
         hasher.update(str(path.relative_to(root)).encode() + b"\0")
         hasher.update(path.read_bytes())
     return hasher.hexdigest()
+
+
+def model_signature(folder: str | Path) -> dict[str, list[int]]:
+    """Each file's size and what any write to it changes (``dataset.store.stat_signature``:
+    mtime, ctime, which no user call can set back, and inode)."""
+    root = Path(folder)
+    return {str(p.relative_to(root)): [p.stat().st_size, *stat_signature(p)]
+            for p in _files(root)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class TrainingEntry:
     last_hit: float
     hits: int
     fence: int
+    files: dict[str, list[int]] = field(default_factory=dict)  # model_signature when recorded
 
     @property
     def group(self) -> str:
@@ -121,11 +135,15 @@ class TrainingDecision:
 
 
 def verify_model(entry: TrainingEntry) -> str | None:
-    """Why the cached model cannot be reused, or None when its files are as recorded."""
+    """Why the cached model cannot be reused, or None when its files are as recorded: each
+    file's size and stat signature as when the model was recorded (then no byte can have
+    been written since), or else their digest."""
     folder = Path(entry.model_uri)
     if not (folder / "saved_model.pb").is_file():
         return f"model {entry.model_uri} is gone (no saved_model.pb)"
     try:
+        if entry.files and model_signature(folder) == entry.files:
+            return None
         found = model_digest(folder)
     except OSError as exc:
         return f"model {entry.model_uri} cannot be read ({type(exc).__name__})"
@@ -169,12 +187,23 @@ def _short(value: object) -> str:
     return text[:8] + "…" if len(text) > 24 else text
 
 
+# timestamps tick coarsely (a few ms): a signature is recorded only once the newest change is
+# this old, so a write landing in the same tick as the last one cannot go unseen
+_SETTLED = 0.1
+
+
+def _newest_change(folder: str) -> int:
+    return max(p.stat().st_ctime_ns for p in _files(Path(folder)))
+
+
 def new_entry(key: str, parts: dict[str, Any], result: dict[str, Any], run_id: str,
               dataset_uri: str, fence: int) -> TrainingEntry:
     """The entry of a training that just ended with ``result`` (its ``result.json``)."""
     now = time.time()
+    time.sleep(max(0.0, _SETTLED - (time.time_ns() - _newest_change(result["model_uri"])) / 1e9))
     return TrainingEntry(
         key=key, model_type=parts["model"], model_uri=result["model_uri"],
+        files=model_signature(result["model_uri"]),
         model_digest=model_digest(result["model_uri"]), weights_digest=result["weights_digest"],
         dataset_digest=result["digest"], dataset_uri=dataset_uri,
         val_accuracy=result["val_accuracy"], val_loss=result["val_loss"], steps=result["steps"],
