@@ -113,7 +113,9 @@ class Memo:
 
                 raise WorkflowError(f"gave up waiting for a concurrent training of "
                                     f"{check.model} (key {check.key[:12]}…)")
-            self.cache.wait(check.key, max(0.0, min(deadline - time.monotonic(), 5.0)))
+            older = self.cache.wait(check.key, max(0.0, min(deadline - time.monotonic(), 5.0)))
+            if older is not None:  # forced: an entry from before is not what we wait for
+                time.sleep(1.0)
 
     def adopt(self, check: TrainingCheck, lease: Lease) -> None:
         """Keep renewing a lease another step took (the cluster's check step, for the TFJob

@@ -168,3 +168,4 @@ def test_each_model_checks_the_training_cache_and_a_hit_creates_no_tfjob():
     create = yaml.safe_load(_substitute(templates["create-training"]["resource"]["manifest"]))
     [worker] = create["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
     assert worker["args"][worker["args"].index("--out") + 1] == _substitute(flags["--out"])
+

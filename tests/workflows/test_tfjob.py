@@ -234,8 +234,15 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
     from events.sinks import read_stream
     from services.trainer.memo import PREFIX, training_cache
 
-    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
-           "RETRAIN_REDIS_URL": redis_handle.url}
+    trainer_env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
+                   "RETRAIN_REDIS_URL": redis_handle.url}
+    # the check (256Mi) and wait (128Mi) steps would be OOM-killed by TensorFlow: here it
+    # cannot even be imported by them
+    blocked = tmp_path / "no-tensorflow" / "tensorflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('no TensorFlow in this step')\n")
+    env = {**trainer_env, "PYTHONPATH": os.pathsep.join(
+        [str(blocked.parent), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "runs" / "{run}" / "cnn" / "model"
 
     def check(run, wait=True):
@@ -276,7 +283,7 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
     trained = subprocess.run(  # what wf-1's TFJob runs
         [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
          "--out", str(out).format(run="wf-1"), "--run-id", "wf-1", "--steps-per-epoch", "3",
-         "--batch-size", "32"], env=env, capture_output=True, text=True, timeout=300)
+         "--batch-size", "32"], env=trainer_env, capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr
     done = wait_step("wf-1", SUCCEEDED)
     assert done.returncode == 0, done.stdout + done.stderr
