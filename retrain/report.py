@@ -110,6 +110,6 @@ def print_timeline(console: Console, entries: list[timeline.Entry], start: float
             f"{e.at - start:6.1f}", e.kind, e.step,
             f"{d['seconds']:.2f}" if isinstance(d.get("seconds"), (int, float)) else "",
             cache, f"{accuracy:.4f}" if isinstance(accuracy, float) else "",
-            str(d.get("version", "")), str(note)[:70],
+            str(d.get("version", "")), str(note),  # wrapped at words, never cut
         )
     console.print(table)
