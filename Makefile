@@ -24,13 +24,18 @@ test: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 # System tools the tests use for real: kubectl (the manifests' cross-check with the real
-# kustomize), from Debian's packages when missing and root or sudo can install them.
+# kustomize) and Chromium with its WebDriver (the dashboard's browser tests), from Debian's
+# packages when missing and root or sudo can install them.
 tools:
-	@command -v kubectl >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
-	  else echo "kubectl is missing and apt-get needs root: install kubernetes-client" >&2; exit 1; fi; \
-	  echo "installing kubectl (Debian's kubernetes-client)"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client >/dev/null; }
+	  else echo "missing:$$missing, and apt-get needs root: install them" >&2; exit 1; fi; \
+	  echo "installing$$missing (Debian packages)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow"

@@ -258,7 +258,8 @@ def _up(home: Path, redis_url: str, events_port: int) -> subprocess.Popen[bytes]
     proc = subprocess.Popen([PY, "-m", "retrain.cli", "up"],
                             env=_env(home, RETRAIN_REDIS_URL=redis_url,
                                      RETRAIN_EVENTS_PORT=str(events_port),
-                                     RETRAIN_SERVE_PORT=str(free_port()), RETRAIN_GRPC_PORT="0"),
+                                     RETRAIN_SERVE_PORT=str(free_port()), RETRAIN_GRPC_PORT="0",
+                                     RETRAIN_UI_PORT="0"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_http(f"http://127.0.0.1:{events_port}/healthz")
     return proc

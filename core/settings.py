@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     # watcher's here)
     grpc_port: int = Field(8001, ge=0, le=65535)
     events_port: int = Field(8090, ge=0, le=65535)
+    # the dashboard (retrain ui): its port, whether reading needs a key too, and the model
+    # server its "try it" asks (default: this machine's serve port)
+    ui_port: int = Field(8070, ge=0, le=65535)
+    ui_require_key: bool = False
+    ui_serve_url: str | None = None
     watch_interval: float = Field(0.5, gt=0)
     watch_settle: float = Field(1.0, ge=0)
     dedup_ttl_seconds: int = Field(24 * 3600, gt=0)

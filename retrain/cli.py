@@ -31,6 +31,7 @@ for command in (pipeline.demo, pipeline.up, pipeline.run, pipeline.publish,
     app.command()(command)
 app.command("seed")(pipeline.seed)
 app.command()(pipeline.status)
+app.command()(standalone.ui)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 app.add_typer(step_app, name="step")

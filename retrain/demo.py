@@ -138,7 +138,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
     result: dict[str, Any] = {"real_data": seeded.real}
     with LocalStack(settings, data_root=data_root, default_parameters=params,
                     console=console) as stack:
-        console.print(f"stack up: events {stack.events_url}, model server {stack.serve_url}, "
+        console.print(f"stack up: dashboard {stack.ui_url} · events {stack.events_url}, model server {stack.serve_url}, "
                       f"Redis {'embedded' if stack.redis.embedded else stack.redis.shown}")
 
         console.rule("stage 1: data appears")

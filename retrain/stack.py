@@ -43,6 +43,7 @@ class LocalStack:
         self.serve_url = ""
         self.grpc_target = ""  # host:port of the model server's gRPC API
         self.events_url = ""
+        self.ui_url = ""  # the dashboard
 
     # lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> LocalStack:
@@ -71,6 +72,8 @@ class LocalStack:
         self._exit.callback(serve_sock.close)
         events_sock = bind(s.host, s.events_port, "event trigger")
         self._exit.callback(events_sock.close)
+        ui_sock = bind(s.host, s.ui_port, "dashboard")
+        self._exit.callback(ui_sock.close)
         if s.grpc_port:  # the model server's gRPC port, taken? say so before anything starts
             bind(s.host, s.grpc_port, "model server (gRPC)").close()
         self.redis = self._exit.enter_context(open_redis(s.redis_url, s.home))
@@ -101,6 +104,12 @@ class LocalStack:
         self.selector = build_selector(
             s, client, self.sink.send,
             LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
+        from services.ui.main import create_ui
+
+        ui = BackgroundServer(create_ui(s, client, self.serve_url, self.selector.rollback),
+                              ui_sock, "dashboard").start()
+        self._exit.callback(ui.stop)
+        self.ui_url = ui.url + "/"
         consumer = selector_consumer(client, self.selector, s)
         self.supervisor.spawn("selector", lambda: consumer.run(self._stop))
         self.supervisor.spawn("runner", self._runner_loop)
@@ -157,7 +166,7 @@ def run_until_stopped(settings: Settings, console: Console) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalStack(settings, data_root=root, console=console) as stack:
-        console.print(f"watching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
+        console.print(f"dashboard {stack.ui_url}\nwatching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
                       f"/v1/models/fashion-mnist:predict\ngRPC    {stack.grpc_target} "
                       f"(inference.GRPCInferenceService)\nRedis   {stack.redis.shown}\n"
                       "Ctrl-C to stop")

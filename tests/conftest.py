@@ -36,7 +36,7 @@ def r(redis_handle: RedisHandle) -> redis.Redis:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_handle: RedisHandle, r: redis.Redis) -> Settings:
-    return Settings(home=tmp_path / "home", redis_url=redis_handle.url, serve_port=0, grpc_port=0,
+    return Settings(home=tmp_path / "home", redis_url=redis_handle.url, serve_port=0, grpc_port=0, ui_port=0,
                     events_port=0, offline=True, watch_interval=0.1, watch_settle=0.2,
                     _env_file=None)
 

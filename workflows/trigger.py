@@ -36,7 +36,8 @@ def describe(event: Event) -> dict[str, Any]:
     data = event.data.model_dump()
     keep = ("run_id", "model_type", "trigger", "digest", "reason", "val_accuracy",
             "candidate_accuracy", "champion_accuracy", "version", "records", "seconds")
-    return {"id": event.id, **{k: data[k] for k in keep if data.get(k) is not None}}
+    return {"id": event.id, "source": event.source,
+            **{k: data[k] for k in keep if data.get(k) is not None}}
 
 
 class Trigger:

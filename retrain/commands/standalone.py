@@ -54,6 +54,15 @@ def serve(
     serving.run(load_settings(serve_port=port, grpc_port=grpc_port), model_repo, model_dir=model_dir)
 
 
+def ui(port: Annotated[Optional[int], typer.Option(help="default 8070 (RETRAIN_UI_PORT)")] = None) -> None:
+    """The pipeline's dashboard in the browser: runs, trainings, models, events, try it
+    (read from Redis and the model repository alone)."""
+    setup_logging(True)
+    from services.ui.main import serve as serve_ui
+
+    serve_ui(load_settings(ui_port=port))
+
+
 def train(
     model: Annotated[str, typer.Option(help="cnn, dropout or batch_norm")],
     dataset: Annotated[str, typer.Option(help="ingested dataset folder")],

@@ -30,6 +30,9 @@ from events.sinks import Sink
 log = logging.getLogger(__name__)
 
 
+SUMMARY = ":summary"  # beside each source's state: its root, last digest and changes sent
+
+
 class DirectoryWatcher:
     def __init__(
         self,
@@ -101,9 +104,14 @@ class DirectoryWatcher:
             id=f"{self._dataset}@{sequence}:{fp.digest[:16]}",
         )
         self._sink.send(event)  # acknowledged before the state moves on: at-least-once
-        self._r.set(self._state_key, json.dumps(
-            {"digest": fp.digest, "files": [[f.path, f.size, f.hash] for f in fp.files],
-             "sequence": sequence}))
+        with self._r.pipeline(transaction=True) as pipe:  # the summary: what a dashboard reads
+            pipe.set(self._state_key, json.dumps(
+                {"digest": fp.digest, "files": [[f.path, f.size, f.hash] for f in fp.files],
+                 "sequence": sequence}))
+            pipe.set(self._state_key + SUMMARY, json.dumps(
+                {"uri": str(self.root), "digest": fp.digest, "sequence": sequence,
+                 "files": len(fp.files), "at": round(time.time(), 3)}))
+            pipe.execute()
         self.emitted += 1
         log.info("dataset %s changed (%d added, %d changed, %d removed): digest %s",
                  self._dataset, len(changes.added), len(changes.changed), len(changes.removed),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 
 import redis
@@ -141,7 +142,7 @@ class ChampionStore:
         either recorded in both or in neither. ``commit``: this decision ends the promotion
         under way (its record goes in the same transaction)."""
         with self._r.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._audit, json.dumps(decision))
+            pipe.rpush(self._audit, json.dumps({"at": round(time.time(), 3), **decision}))
             if candidate is not None:
                 pipe.hset(self._decided, candidate, json.dumps(event))
             if commit:

@@ -52,7 +52,7 @@ def test_a_killed_stack_leaves_no_trainer_and_its_run_is_resumed_at_the_next_sta
         tmp_path, redis_handle, r):
     data = write_dataset(tmp_path / "data", train=600, test=200)
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url,
-           "RETRAIN_SERVE_PORT": "0", "RETRAIN_GRPC_PORT": "0", "RETRAIN_EVENTS_PORT": "0", "RETRAIN_OFFLINE": "1"}
+           "RETRAIN_SERVE_PORT": "0", "RETRAIN_GRPC_PORT": "0", "RETRAIN_EVENTS_PORT": "0", "RETRAIN_UI_PORT": "0", "RETRAIN_OFFLINE": "1"}
     stack, url = start_stack(env)
     try:
         event = make_event("training.requested",

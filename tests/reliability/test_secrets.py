@@ -56,7 +56,7 @@ def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path):
     url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
     home = tmp_path / "home"
     env = {**os.environ, **SECRETS, "RETRAIN_HOME": str(home), "RETRAIN_REDIS_URL": url,
-           "RETRAIN_EVENTS_PORT": str(events_port), "RETRAIN_SERVE_PORT": str(free_port()), "RETRAIN_GRPC_PORT": "0",
+           "RETRAIN_EVENTS_PORT": str(events_port), "RETRAIN_SERVE_PORT": str(free_port()), "RETRAIN_GRPC_PORT": "0", "RETRAIN_UI_PORT": "0",
            "RETRAIN_OFFLINE": "1"}
     data = write_dataset(tmp_path / "data", train=300, test=100)
     client = redis.Redis.from_url(url)

@@ -1,0 +1,222 @@
+"""``retrain ui``: the pipeline's dashboard, served from Redis and the model server alone.
+
+Pages (``/``, ``/runs/<id>``, ``/models``, ``/events``, ``/try``) are rendered here; each
+reads the same JSON the API serves (``/api/...``). A page asks for its live part again every
+2 s (``X-Fragment: 1``), so it updates without a reload. Reading needs no key unless
+``RETRAIN_UI_REQUIRE_KEY=1``; changing anything (rollback, replaying a dead letter) always
+needs one of ``RETRAIN_API_KEYS``. No CDN: the page's CSS and JavaScript are small files
+written here (``services/ui/static``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from core.settings import MODEL_NAME
+from services.selector.champion import ChampionStore
+from services.ui import data, pages
+
+STATIC = Path(__file__).parent / "static"
+MAX_IMAGE_BYTES = 1 << 20  # an uploaded or drawn image for "try it"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...] = (),
+               require_key: bool = False, serve_url: str | None = None,
+               rollback: Callable[[str], Any] | None = None) -> FastAPI:
+    """The dashboard on ``client``'s Redis for the champion of ``model_repo``; ``serve_url``:
+    the model server "try it" asks; ``rollback``: how a rollback is done here (None: it is
+    not offered)."""
+    app = FastAPI(title="retrain ui", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    store = ChampionStore(client, model_repo)
+
+    @app.exception_handler(_Refused)
+    async def refused(_request: Request, exc: _Refused) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    def check_key(authorization: str | None, changing: bool) -> None:
+        if not changing and not require_key:
+            return
+        if not api_keys:
+            raise _Refused(403, "changing anything here needs an API key, and none is "
+                                "configured (RETRAIN_API_KEYS)")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given:
+            raise _Refused(401, "this needs an API key (one of RETRAIN_API_KEYS) as "
+                                "Authorization: Bearer KEY")
+        if not any(hmac.compare_digest(given, key) for key in api_keys):
+            raise _Refused(401, "the API key is not one of RETRAIN_API_KEYS")
+
+    def champion_view() -> dict[str, Any]:
+        champion = store.get()
+        history = store.history()
+        decisions = store.decisions()
+        since = None
+        if champion is not None:
+            for d in reversed(decisions):
+                if d.get("version") == champion.version and d.get("type") in ("promoted", "rollback"):
+                    since = d.get("at")
+                    break
+        return {"champion": champion.__dict__ if champion else None, "since": since,
+                "replaced": history[-1].__dict__ if history else None,
+                "history": [c.__dict__ for c in history], "decisions": decisions}
+
+    def sources() -> list[dict[str, Any]]:
+        from services.ingest_watcher.watcher import SUMMARY
+
+        found = []
+        for key in client.scan_iter("retrain:watcher:*" + SUMMARY, count=500):
+            summary = data._json(client.get(key)) or {}
+            found.append({"name": summary.get("uri", key.decode()), "digest": summary.get("digest"),
+                          "changes": summary.get("sequence"), "at": summary.get("at")})
+        for key in client.scan_iter("retrain:outbox:*", count=500, _type="stream"):
+            name = key.decode()
+            if not name.endswith(":dead"):
+                found.append({"name": f"outbox {name.removeprefix('retrain:outbox:')}",
+                              "depth": client.xlen(key)})
+        return found
+
+    def overview(offset: int, limit: int) -> dict[str, Any]:
+        view = champion_view()
+        return data.clean({"champion": view["champion"], "since": view["since"],
+                           "replaced": view["replaced"], "runs": data.runs(client, offset, limit),
+                           "sources": sources()})
+
+    def page(request: Request, title: str, body: str, actions: str = "") -> HTMLResponse:
+        if request.headers.get("x-fragment") == "1":
+            return HTMLResponse(body)
+        return HTMLResponse(pages.layout(title, body, actions))
+
+    # the API -----------------------------------------------------------------------------------
+    @app.get("/api/overview")
+    def api_overview(offset: int = Query(0, ge=0), limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE),
+                     authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, False)
+        return overview(offset, limit)
+
+    @app.get("/api/runs")
+    def api_runs(offset: int = Query(0, ge=0), limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE),
+                 authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, False)
+        return data.clean(data.runs(client, offset, limit))
+
+    @app.get("/api/runs/{run_id}")
+    def api_run(run_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, False)
+        found = data.run(client, run_id, store.decisions())
+        if found is None:
+            raise _Refused(404, f"no run {run_id!r} (runs are kept 30 days)")
+        return data.clean(found)
+
+    @app.get("/api/models")
+    def api_models(authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, False)
+        return data.clean(champion_view())
+
+    @app.get("/api/events")
+    def api_events(limit: int = Query(100, ge=1, le=1000),
+                   authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, False)
+        return data.clean({"events": data.events(client, limit),
+                           "dead_letters": data.dead_letters(client)})
+
+    @app.post("/api/rollback")
+    def api_rollback(authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, True)
+        if rollback is None:
+            raise _Refused(501, "rollback is done by the selector here: retrain select rollback")
+        from services.selector.errors import SelectorError
+
+        try:
+            decision = rollback("rolled back from the dashboard")
+        except SelectorError as exc:
+            raise _Refused(409, str(exc)) from None
+        return data.clean({"decision": decision.data.model_dump(mode="json")})
+
+    @app.post("/api/dead-letters/replay")
+    async def api_replay(request: Request, authorization: str | None = Header(None)) -> dict[str, Any]:
+        check_key(authorization, True)
+        from events.dead_letters import replay
+
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise _Refused(400, 'expected {"stream": ..., "id": ...}')
+        try:
+            done = replay(client, [body["id"]], body.get("stream"))
+        except (ValueError, KeyError) as exc:
+            raise _Refused(400, str(exc)) from None
+        return {"replayed": [d.entry_id for d in done]}
+
+    @app.post("/api/predict")
+    async def api_predict(request: Request) -> JSONResponse:
+        """One image through the served model's V1 API (the page cannot reach the model
+        server's port itself on a cluster)."""
+        if serve_url is None:
+            raise _Refused(501, "no model server is configured (RETRAIN_UI_SERVE_URL)")
+        body = await request.body()
+        if len(body) > MAX_IMAGE_BYTES * 2:
+            raise _Refused(413, f"at most {MAX_IMAGE_BYTES} bytes of image")
+        async with httpx.AsyncClient(timeout=30) as http:
+            try:
+                answer = await http.post(f"{serve_url}/v1/models/{MODEL_NAME}:predict",
+                                         content=body, headers={"content-type": "application/json"})
+            except httpx.HTTPError as exc:
+                raise _Refused(502, f"the model server did not answer: {exc}") from None
+        try:
+            body_out = answer.json()
+        except ValueError:
+            body_out = {"error": answer.text[:500]}
+        return JSONResponse(body_out, status_code=answer.status_code,
+                            headers={"x-model-version": answer.headers.get("x-model-version", "")})
+
+    # the pages ---------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, offset: int = Query(0, ge=0),
+              authorization: str | None = Header(None)) -> HTMLResponse:
+        check_key(authorization, False)
+        view = overview(offset, data.PAGE)
+        body = (pages.champion_card(view["champion"], view["since"], view["replaced"])
+                + pages.runs_table(view["runs"]) + pages.sources_table(view["sources"]))
+        return page(request, "overview", body)
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_view(request: Request, run_id: str,
+                 authorization: str | None = Header(None)) -> HTMLResponse:
+        return page(request, f"run {run_id}", pages.run_page(api_run(run_id, authorization)))
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models_view(request: Request, authorization: str | None = Header(None)) -> HTMLResponse:
+        view = api_models(authorization)
+        body = pages.models_page(pages.champion_card(view["champion"], view["since"],
+                                                     view["replaced"]),
+                                 [*view["history"], *([view["champion"]] if view["champion"] else [])],
+                                 view["decisions"])
+        return page(request, "models", body, pages.rollback_form(rollback is not None))
+
+    @app.get("/events", response_class=HTMLResponse)
+    def events_view(request: Request, authorization: str | None = Header(None)) -> HTMLResponse:
+        view = api_events(100, authorization)
+        return page(request, "events", pages.events_page(view["events"], view["dead_letters"]),
+                    pages.key_form())
+
+    @app.get("/try", response_class=HTMLResponse)
+    def try_view(request: Request, authorization: str | None = Header(None)) -> HTMLResponse:
+        check_key(authorization, False)
+        return page(request, "try it", "<h1>try it</h1>", pages.try_form())
+
+    return app

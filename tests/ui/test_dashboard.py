@@ -1,0 +1,127 @@
+"""The dashboard: its JSON API on a real stack, and its pages in Debian's headless Chromium
+(driven through chromedriver's WebDriver API), checked for what a person would see.
+Screenshots of each page are kept under test-artifacts/screenshots/."""
+
+import io
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from core.settings import MODEL_NAME
+from events import EventType, make_event
+from events.payloads import DatasetUpdated, RunParameters
+from events.sinks import HttpSink
+from retrain.stack import LocalStack
+from services.selector.backends import LocalBackend
+from services.selector.champion import ChampionStore
+from tests.conftest import images_array, wait_for, write_dataset
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+KEY = "dashboard-test-key-5f2a"
+HOSTILE = "<script>alert('x')</script>"
+
+
+@pytest.fixture
+def stack(settings, tmp_path):
+    """A real stack after one real run (a tiny training, its promotion), started by an event
+    whose source is hostile, and a second champion so there is something to roll back to."""
+    settings = settings.model_copy(update={"api_keys": (KEY,)})
+    data = write_dataset(tmp_path / "data", train=600, test=200)
+    params = RunParameters(models=("cnn",), steps_per_epoch=20, batch_size=32)  # 2 curve points
+    with LocalStack(settings, default_parameters=params, console=Console(quiet=True)) as stack:
+        HttpSink(stack.events_url, api_key=KEY).send(make_event(
+            EventType.DATASET_UPDATED, DatasetUpdated(uri=str(data), trigger="manual"),
+            source=HOSTILE))
+        wait_for(lambda: any(d["type"] == "model.promoted" for d in stack.champions.decisions()),
+                 180)
+        champion = stack.champions.get()
+        backend = LocalBackend(settings.model_repo, MODEL_NAME)
+        staged = backend.stage(champion.model_uri, backend.next_version())
+        backend.publish(staged)
+        ChampionStore(stack.redis.client, str(settings.model_repo.resolve())).replace(
+            champion.generation, type(champion)(**{**champion.__dict__, "version": staged.version,
+                                                   "model_uri": staged.location,
+                                                   "generation": champion.generation + 1}))
+        yield stack
+
+
+def test_the_api_answers_from_redis_alone(stack):
+    api = httpx.Client(base_url=stack.ui_url.rstrip("/"), timeout=30)
+    overview = api.get("/api/overview").json()
+    [run] = overview["runs"]["runs"]
+    assert run["trigger"] == "manual" and run["cache"] == "miss" and run["trained"] == ["cnn"]
+    assert overview["champion"]["version"] == 2 and overview["replaced"]["version"] == 1
+    detail = api.get(f"/api/runs/{run['run_id']}").json()
+    assert [s["name"] for s in detail["summary"]["steps"]] == [
+        "fingerprint", "check_cache", "ingest", "train:cnn"]
+    assert [p["step"] for p in detail["curves"]["cnn"]["points"]] == [10, 20]
+    assert detail["decisions"][0]["type"] == "model.promoted"
+    assert api.get("/api/runs/nope").status_code == 404
+    page = api.get("/api/runs", params={"limit": 1}).json()
+    assert page["total"] == 1 and page["next"] is None
+    events = api.get("/api/events").json()["events"]
+    assert any(e["source"] == HOSTILE and e["type"] == "dataset.updated" for e in events)
+    html = api.get("/events").text
+    assert HOSTILE not in html and "&lt;script&gt;" in html  # escaped, never markup
+    assert api.post("/api/rollback").status_code == 401
+    assert api.post("/api/rollback", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert stack.champions.get().version == 2  # refused: nothing changed
+
+
+def test_the_pages_in_a_real_browser(stack, tmp_path):
+    from tests.ui.webdriver import Browser
+
+    run_id = httpx.get(stack.ui_url + "api/runs").json()["runs"][0]["run_id"]
+    browser = Browser(ARTIFACTS)
+    try:
+        browser.open(stack.ui_url)
+        assert run_id in browser.wait_text("main", run_id)
+        assert browser.text("#champion-version") == "2"
+        assert "miss" in browser.text("main table")  # the run's cache decision
+        browser.screenshot("overview")
+
+        browser.open(f"{stack.ui_url}runs/{run_id}")
+        assert browser.text("#run-id") == run_id
+        assert "miss: no ingestion of content digest" in browser.text("#cache-decision")
+        assert browser.count("svg.timeline rect") == 4  # fingerprint, check, ingest, train:cnn
+        assert browser.count("svg.curve polyline") == 2  # loss and accuracy of cnn
+        browser.screenshot("run")
+
+        browser.open(stack.ui_url + "models")
+        assert browser.text("#champion-version") == "2"
+        browser.click("#rollback")
+        assert "needs an API key" in browser.wait_text("#action-result", "API key")
+        assert stack.champions.get().version == 2
+        browser.type("#api-key", KEY)
+        browser.click("#rollback")
+        assert "Rolled back" in browser.wait_text("#action-result", "Rolled back")
+        assert stack.champions.get().version == 3  # the previous champion, as a new version
+        assert browser.wait_text("#champion-version", "3") == "3"  # live, without a reload
+        browser.screenshot("models")
+
+        browser.open(stack.ui_url + "events")
+        sources = browser.wait_text("main", HOSTILE)
+        assert HOSTILE in sources  # shown as text
+        assert browser.count("main script") == 0  # and never run as markup
+        browser.screenshot("events")
+
+        png = tmp_path / "shirt.png"
+        buffer = io.BytesIO()
+        Image.fromarray(images_array(1)[0], "L").save(buffer, format="PNG")
+        png.write_bytes(buffer.getvalue())
+        browser.open(stack.ui_url + "try")
+        browser.type("#image", str(png))
+        browser.click("#predict")
+        predicted = browser.wait_text("#predicted", "predicted")
+        assert predicted.startswith("predicted ") and "by model version 3" in predicted
+        assert browser.count("#prediction tr") == 10
+        browser.screenshot("try-it")
+        time.sleep(2.5)  # a live refresh or two, then the console is read
+        assert browser.console_errors() == []
+    finally:
+        browser.close()
