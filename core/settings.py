@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     ui_port: int = Field(8070, ge=0, le=65535)
     ui_require_key: bool = False
     ui_serve_url: str | None = None
+    ui_selector_url: str | None = None  # rollbacks go to this selector's POST /rollback
     watch_interval: float = Field(0.5, gt=0)
     watch_settle: float = Field(1.0, ge=0)
     dedup_ttl_seconds: int = Field(24 * 3600, gt=0)

@@ -14,11 +14,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from core.http import bearer, secret_matches
 from events import Event, EventType
 from events.dedup import Deduplicator
 from events.errors import EventRefusedError
 from events.payloads import ModelTrained
 from events.receiver import create_receiver
+from services.selector.errors import SelectorError
 from services.selector.service import Selector
 
 log = logging.getLogger(__name__)
@@ -44,5 +49,21 @@ def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event
             raise EventRefusedError(problem)
         enqueue(event)
 
-    return create_receiver(dedup, dispatch, api_keys, title="retrain selector",
-                           health=health)
+    app = create_receiver(dedup, dispatch, api_keys, title="retrain selector", health=health)
+
+    @app.post("/rollback")
+    def rollback(request: Request) -> JSONResponse:
+        """Serve the previous champion again (what ``retrain select rollback`` does), for the
+        dashboard on a cluster, which has no access to the promotion backend itself."""
+        if not api_keys:
+            return JSONResponse({"error": "rollback needs RETRAIN_API_KEYS to be set"}, 403)
+        if not secret_matches(bearer(request.headers.get("authorization")), api_keys):
+            return JSONResponse({"error": "a valid API key is required"}, 401)
+        reason = request.query_params.get("reason") or "rolled back through the selector's API"
+        try:
+            decision = selector.rollback(reason[:500])
+        except SelectorError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse({"decision": decision.data.model_dump(mode="json")})
+
+    return app

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 PREFIX = "retrain:champion:"
+RUN_DECISIONS_TTL = 30 * 86400  # as long as a run's own record
 
 # Replace the champion only if its generation is still the one the caller read.
 _CAS = """
@@ -141,8 +142,12 @@ class ChampionStore:
         decision as emitted) as that candidate's, in the same transaction, so a decision is
         either recorded in both or in neither. ``commit``: this decision ends the promotion
         under way (its record goes in the same transaction)."""
+        record = json.dumps({"at": round(time.time(), 3), **decision})
         with self._r.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._audit, json.dumps({"at": round(time.time(), 3), **decision}))
+            pipe.rpush(self._audit, record)
+            if decision.get("run_id"):  # each run's own, for reading one run without the log
+                pipe.rpush(f"{self._audit}:run:{decision['run_id']}", record)
+                pipe.expire(f"{self._audit}:run:{decision['run_id']}", RUN_DECISIONS_TTL)
             if candidate is not None:
                 pipe.hset(self._decided, candidate, json.dumps(event))
             if commit:
@@ -154,5 +159,11 @@ class ChampionStore:
         raw = self._r.hget(self._decided, candidate)
         return json.loads(raw) if raw else None
 
-    def decisions(self) -> list[dict[str, object]]:
-        return [json.loads(x) for x in self._r.lrange(self._audit, 0, -1)]
+    def decisions(self, last: int | None = None) -> list[dict[str, object]]:
+        """The audit log, oldest first (only the ``last`` ones if given)."""
+        start = -last if last else 0
+        return [json.loads(x) for x in self._r.lrange(self._audit, start, -1)]
+
+    def decisions_of(self, run_id: str) -> list[dict[str, object]]:
+        """The decisions on one run's models (kept as long as runs are)."""
+        return [json.loads(x) for x in self._r.lrange(f"{self._audit}:run:{run_id}", 0, -1)]

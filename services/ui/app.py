@@ -10,7 +10,6 @@ written here (``services/ui/static``).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,14 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from core.http import bearer, secret_matches
 from core.settings import MODEL_NAME
 from services.selector.champion import ChampionStore
 from services.ui import data, pages
 
 STATIC = Path(__file__).parent / "static"
 MAX_IMAGE_BYTES = 1 << 20  # an uploaded or drawn image for "try it"
+HISTORY, DECISIONS = 200, 200  # the newest champions and decisions a page shows
 
 
 class _Refused(Exception):
@@ -37,10 +38,10 @@ class _Refused(Exception):
 
 def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...] = (),
                require_key: bool = False, serve_url: str | None = None,
-               rollback: Callable[[str], Any] | None = None) -> FastAPI:
+               rollback: Callable[[str], dict[str, Any]] | None = None) -> FastAPI:
     """The dashboard on ``client``'s Redis for the champion of ``model_repo``; ``serve_url``:
-    the model server "try it" asks; ``rollback``: how a rollback is done here (None: it is
-    not offered)."""
+    the model server "try it" asks; ``rollback``: how a rollback is done here, returning the
+    decision (None: it is not offered; a ``SelectorError`` is answered 409)."""
     app = FastAPI(title="retrain ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     store = ChampionStore(client, model_repo)
@@ -55,17 +56,17 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         if not api_keys:
             raise _Refused(403, "changing anything here needs an API key, and none is "
                                 "configured (RETRAIN_API_KEYS)")
-        given = (authorization or "").removeprefix("Bearer ").strip()
+        given = bearer(authorization)
         if not given:
             raise _Refused(401, "this needs an API key (one of RETRAIN_API_KEYS) as "
                                 "Authorization: Bearer KEY")
-        if not any(hmac.compare_digest(given, key) for key in api_keys):
+        if not secret_matches(given, api_keys):
             raise _Refused(401, "the API key is not one of RETRAIN_API_KEYS")
 
     def champion_view() -> dict[str, Any]:
         champion = store.get()
-        history = store.history()
-        decisions = store.decisions()
+        history = store.history()[-HISTORY:]
+        decisions = store.decisions(last=DECISIONS)
         since = None
         if champion is not None:
             for d in reversed(decisions):
@@ -102,6 +103,19 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
             return HTMLResponse(body)
         return HTMLResponse(pages.layout(title, body, actions))
 
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        """Ready while Redis answers (everything shown is read from it)."""
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            return JSONResponse({"status": "unavailable", "problem": f"Redis: {exc}"}, 503)
+        return JSONResponse({"status": "ok"})
+
     # the API -----------------------------------------------------------------------------------
     @app.get("/api/overview")
     def api_overview(offset: int = Query(0, ge=0), limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE),
@@ -118,7 +132,7 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
     @app.get("/api/runs/{run_id}")
     def api_run(run_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         check_key(authorization, False)
-        found = data.run(client, run_id, store.decisions())
+        found = data.run(client, run_id, store.decisions_of(run_id))
         if found is None:
             raise _Refused(404, f"no run {run_id!r} (runs are kept 30 days)")
         return data.clean(found)
@@ -146,7 +160,7 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
             decision = rollback("rolled back from the dashboard")
         except SelectorError as exc:
             raise _Refused(409, str(exc)) from None
-        return data.clean({"decision": decision.data.model_dump(mode="json")})
+        return data.clean({"decision": decision})
 
     @app.post("/api/dead-letters/replay")
     async def api_replay(request: Request, authorization: str | None = Header(None)) -> dict[str, Any]:

@@ -54,8 +54,8 @@ def runs(client: redis.Redis, offset: int = 0, limit: int = PAGE) -> dict[str, A
 
 
 def run(client: redis.Redis, run_id: str, decisions: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One run: its summary (steps with their times), each model's progress curve, and the
-    decisions on its models."""
+    """One run: its summary (steps with their times), each model's progress curve, and
+    ``decisions`` (those on its models)."""
     summary = _json(client.get(f"retrain:run:{run_id}"))
     if summary is None:
         return None
@@ -71,8 +71,7 @@ def run(client: redis.Redis, run_id: str, decisions: list[dict[str, Any]]) -> di
         curves[model] = {"state": fields.get("state"), "latest": _json(fields.get("latest")),
                          "points": [{k: p.get(k) for k in ("step", "loss", "accuracy")}
                                     for p in points]}
-    mine = [d for d in decisions if d.get("run_id") == run_id]
-    return {"summary": summary, "curves": curves, "decisions": mine}
+    return {"summary": summary, "curves": curves, "decisions": decisions}
 
 
 def events(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:

@@ -80,6 +80,7 @@ def test_every_command_line_in_the_manifests_is_accepted_by_the_cli(overlay):
     assert accepted == {
         "Deployment/retrain-watcher": "watch",
         "Deployment/retrain-selector": "select serve",
+        "Deployment/retrain-ui": "ui",
         "ServingRuntime/retrain-server": "serve",
         "WorkflowTemplate step plan": "step plan",
         "WorkflowTemplate step check-cache": "step check-cache",

@@ -265,7 +265,8 @@ def test_liveness_is_not_readiness(overlay):
             if live or ready:
                 probed[name] = (live and live["path"], ready and ready["path"])
     assert {name: paths for name, paths in probed.items() if name != "retrain-minio"} == {
-        "retrain-watcher": ("/livez", "/healthz"), "retrain-selector": ("/livez", "/healthz")}
+        "retrain-watcher": ("/livez", "/healthz"), "retrain-selector": ("/livez", "/healthz"),
+        "retrain-ui": ("/livez", "/healthz")}
     assert all(live != ready for live, ready in probed.values())
 
 
@@ -322,8 +323,8 @@ def test_redis_needs_its_password_and_clients_take_the_url_from_the_same_secret(
     assert _secret(_env(redis), "REDIS_PASSWORD") == ("retrain-redis", "password")
     clients = {name: _secret(env, "RETRAIN_REDIS_URL") for name, (_, env) in _pods(docs).items()
                if "RETRAIN_REDIS_URL" in env}
-    assert clients == dict.fromkeys(["retrain-watcher", "retrain-selector", "workflow-step",
-                                     "tfjob-worker"], ("retrain-redis", "url"))
+    assert clients == dict.fromkeys(["retrain-watcher", "retrain-selector", "retrain-ui",
+                                     "workflow-step", "tfjob-worker"], ("retrain-redis", "url"))
     secret = _by_kind(docs, "Secret")["retrain-redis"]["stringData"]
     assert f"redis://:{secret['password']}@retrain-redis.retrain.svc:6379/" in secret["url"]
 
@@ -331,8 +332,9 @@ def test_redis_needs_its_password_and_clients_take_the_url_from_the_same_secret(
 def test_network_policies_admit_exactly_the_pods_that_need_each_service(overlay):
     _, docs = overlay
     pods = _pods(docs)
-    needs = {"retrain-redis": {"retrain-watcher", "retrain-selector", "workflow-step", "tfjob-worker"},
-             "retrain-selector": {"workflow-step", "tfjob-worker"},
+    needs = {"retrain-redis": {"retrain-watcher", "retrain-selector", "retrain-ui",
+                               "workflow-step", "tfjob-worker"},
+             "retrain-selector": {"workflow-step", "tfjob-worker", "retrain-ui"},
              "retrain-watcher": {"Sensor/retrain-rescan"} | ({"retrain-minio"} & set(pods)),
              "retrain-webhook-eventsource": {"retrain-watcher"}}
     policies = _by_kind(docs, "NetworkPolicy")
@@ -352,6 +354,7 @@ def test_every_sender_and_receiver_of_events_has_its_api_key_from_a_secret(overl
     keys = {name: _secret(env, "RETRAIN_API_KEYS") for name, (_, env) in _pods(docs).items()
             if not name.startswith(("EventSource/", "Sensor/", "retrain-redis", "retrain-minio"))}
     assert keys == {"retrain-selector": ("retrain-api-keys", "keys"),
+                    "retrain-ui": ("retrain-api-keys", "keys"),
                     "workflow-step": ("retrain-api-keys", "keys"),
                     "tfjob-worker": ("retrain-api-keys", "keys"),
                     "retrain-watcher": ("retrain-webhook-token", "token")}

@@ -51,3 +51,23 @@ def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
     assert champion is not None and champion.version == 1 and champion.run_id == "r1"
     assert versions(repo / "fashion-mnist") == [1]
     assert [e["type"] for e in read_stream(r)] == ["dev.retrain.model.promoted"]
+
+    # POST /rollback: the dashboard's way on a cluster (the selector holds the backend)
+    backend = LocalBackend(repo, "fashion-mnist", lambda _v: None)
+    staged = backend.stage(champion.model_uri, backend.next_version())
+    backend.publish(staged)
+    ChampionStore(r, str(repo)).replace(1, type(champion)(**{
+        **champion.__dict__, "version": staged.version, "model_uri": staged.location,
+        "generation": 2}))
+    assert client.post("/rollback").status_code == 401
+    assert client.post("/rollback", headers={"Authorization": "Bearer no"}).status_code == 401
+    done = client.post("/rollback", params={"reason": "from the dashboard"},
+                       headers={"Authorization": "Bearer k"})
+    assert done.status_code == 200, done.text
+    assert done.json()["decision"]["reason"].startswith("rollback: from the dashboard")
+    assert ChampionStore(r, str(repo)).get().version == 3 and versions(repo / "fashion-mnist") == [1, 2, 3]
+    again = client.post("/rollback", headers={"Authorization": "Bearer k"})
+    assert again.status_code == 409 and "no previous champion" in again.json()["error"]
+    keyless = TestClient(create_app(selector, Deduplicator(r, 60, namespace="x"),
+                                    RedisStreamSink(r, "t:x").send))
+    assert keyless.post("/rollback").status_code == 403
