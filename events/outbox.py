@@ -14,6 +14,7 @@ Receivers drop the duplicates at-least-once can produce by (source, id).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -32,6 +33,9 @@ _PUT_ONCE = """
 if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[2]) then return false end
 return redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
 """
+
+
+REGISTRY = "retrain:outboxes"  # every outbox stream that was started here
 
 
 class Outbox:
@@ -81,6 +85,8 @@ class Outbox:
 
     # the sender side
     def start(self) -> Outbox:
+        with contextlib.suppress(redis.RedisError):  # listed for dashboards; sending goes on
+            self._r.sadd(REGISTRY, self.stream)
         self._thread = threading.Thread(target=self._run, name=f"outbox-{self.stream}", daemon=True)
         self._thread.start()
         return self

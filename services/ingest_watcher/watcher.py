@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 
 SUMMARY = ":summary"  # beside each source's state: its root, last digest and changes sent
+SOURCES = "retrain:watcher:sources"  # the summaries' keys, for dashboards
 
 
 class DirectoryWatcher:
@@ -108,6 +109,7 @@ class DirectoryWatcher:
             pipe.set(self._state_key, json.dumps(
                 {"digest": fp.digest, "files": [[f.path, f.size, f.hash] for f in fp.files],
                  "sequence": sequence}))
+            pipe.sadd(SOURCES, self._state_key + SUMMARY)
             pipe.set(self._state_key + SUMMARY, json.dumps(
                 {"uri": str(self.root), "digest": fp.digest, "sequence": sequence,
                  "files": len(fp.files), "at": round(time.time(), 3)}))

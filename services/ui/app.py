@@ -78,18 +78,26 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
                 "history": [c.__dict__ for c in history], "decisions": decisions}
 
     def sources() -> list[dict[str, Any]]:
-        from services.ingest_watcher.watcher import SUMMARY
+        """The watched sources and the outboxes (registered sets: no scan of the keyspace)."""
+        from events.outbox import REGISTRY
+        from services.ingest_watcher.watcher import SOURCES
 
+        summaries = sorted(k.decode() for k in client.smembers(SOURCES))
+        outboxes = sorted(k.decode() for k in client.smembers(REGISTRY))
+        with client.pipeline(transaction=False) as pipe:
+            for key in summaries:
+                pipe.get(key)
+            for stream in outboxes:
+                pipe.xlen(stream)
+            answers = pipe.execute()
         found = []
-        for key in client.scan_iter("retrain:watcher:*" + SUMMARY, count=500):
-            summary = data._json(client.get(key)) or {}
-            found.append({"name": summary.get("uri", key.decode()), "digest": summary.get("digest"),
+        for key, raw in zip(summaries, answers[:len(summaries)], strict=True):
+            summary = data._json(raw) or {}
+            found.append({"name": summary.get("uri", key), "digest": summary.get("digest"),
                           "changes": summary.get("sequence"), "at": summary.get("at")})
-        for key in client.scan_iter("retrain:outbox:*", count=500, _type="stream"):
-            name = key.decode()
-            if not name.endswith(":dead"):
-                found.append({"name": f"outbox {name.removeprefix('retrain:outbox:')}",
-                              "depth": client.xlen(key)})
+        for stream, depth in zip(outboxes, answers[len(summaries):], strict=True):
+            found.append({"name": f"outbox {stream.removeprefix('retrain:outbox:')}",
+                          "depth": depth})
         return found
 
     def overview(offset: int, limit: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from core.settings import MODEL_NAME
 from events import EventType, make_event
-from events.payloads import DatasetUpdated, RunParameters
+from events.payloads import IngestionSkipped, RunParameters
 from events.sinks import HttpSink
 from retrain.stack import LocalStack
 from services.selector.backends import LocalBackend
@@ -28,17 +28,22 @@ HOSTILE = "<script>alert('x')</script>"
 
 @pytest.fixture
 def stack(settings, tmp_path):
-    """A real stack after one real run (a tiny training, its promotion), started by an event
-    whose source is hostile, and a second champion so there is something to roll back to."""
+    """A real stack after one real run (the watcher notices a dataset appear; a tiny training;
+    its promotion), an event from a hostile source, and a second champion so there is
+    something to roll back to."""
     settings = settings.model_copy(update={"api_keys": (KEY,)})
-    data = write_dataset(tmp_path / "data", train=600, test=200)
+    watched = tmp_path / "watched" / "fashion-mnist"
     params = RunParameters(models=("cnn",), steps_per_epoch=20, batch_size=32)  # 2 curve points
-    with LocalStack(settings, default_parameters=params, console=Console(quiet=True)) as stack:
-        HttpSink(stack.events_url, api_key=KEY).send(make_event(
-            EventType.DATASET_UPDATED, DatasetUpdated(uri=str(data), trigger="manual"),
-            source=HOSTILE))
+    with LocalStack(settings, data_root=watched, default_parameters=params,
+                    console=Console(quiet=True)) as stack:
+        watched.parent.mkdir(parents=True)
+        write_dataset(tmp_path / "staging", train=600, test=200).rename(watched)
         wait_for(lambda: any(d["type"] == "model.promoted" for d in stack.champions.decisions()),
                  180)
+        HttpSink(stack.events_url, api_key=KEY).send(make_event(
+            EventType.INGESTION_SKIPPED, IngestionSkipped(
+                run_id="elsewhere", digest="d", dataset_uri="/x", reason="a test"),
+            source=HOSTILE))
         champion = stack.champions.get()
         backend = LocalBackend(settings.model_repo, MODEL_NAME)
         staged = backend.stage(champion.model_uri, backend.next_version())
@@ -54,7 +59,13 @@ def test_the_api_answers_from_redis_alone(stack):
     api = httpx.Client(base_url=stack.ui_url.rstrip("/"), timeout=30)
     overview = api.get("/api/overview").json()
     [run] = overview["runs"]["runs"]
-    assert run["trigger"] == "manual" and run["cache"] == "miss" and run["trained"] == ["cnn"]
+    assert run["trigger"] == "watcher" and run["cache"] == "miss" and run["trained"] == ["cnn"]
+    sources = {s["name"]: s for s in overview["sources"]}
+    watched = sources[str(stack.data_root.resolve())]
+    assert watched["changes"] == 1 and watched["digest"] == api.get(
+        f"/api/runs/{run['run_id']}").json()["summary"]["digest"]
+    [outbox] = [s for name, s in sources.items() if name.startswith("outbox stack-watcher:")]
+    assert outbox["depth"] == 0  # delivered
     assert overview["champion"]["version"] == 2 and overview["replaced"]["version"] == 1
     detail = api.get(f"/api/runs/{run['run_id']}").json()
     assert [s["name"] for s in detail["summary"]["steps"]] == [
@@ -65,7 +76,7 @@ def test_the_api_answers_from_redis_alone(stack):
     page = api.get("/api/runs", params={"limit": 1}).json()
     assert page["total"] == 1 and page["next"] is None
     events = api.get("/api/events").json()["events"]
-    assert any(e["source"] == HOSTILE and e["type"] == "dataset.updated" for e in events)
+    assert any(e["source"] == HOSTILE and e["type"] == "ingestion.skipped" for e in events)
     html = api.get("/events").text
     assert HOSTILE not in html and "&lt;script&gt;" in html  # escaped, never markup
     assert api.post("/api/rollback").status_code == 401
@@ -83,6 +94,7 @@ def test_the_pages_in_a_real_browser(stack, tmp_path):
         assert run_id in browser.wait_text("main", run_id)
         assert browser.text("#champion-version") == "2"
         assert "miss" in browser.text("main table")  # the run's cache decision
+        assert str(stack.data_root.resolve()) in browser.text("main")  # the watched source
         browser.screenshot("overview")
 
         browser.open(f"{stack.ui_url}runs/{run_id}")
