@@ -102,6 +102,9 @@ class _ShardWriter:
     """Writes records into numbered TFRecord shards of at most ``shard_size`` records."""
 
     def __init__(self, folder: Path, shard_size: int) -> None:
+        from core.tf_start import configure
+
+        configure()  # quietly, once
         import tensorflow as tf  # TFRecord framing (length + masked CRC32C)
 
         self._tf = tf

@@ -64,6 +64,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # not its fork() notices on every training
     try:
         code = app(standalone_mode=False)  # click returns Exit codes instead of raising here
     except RetrainError as exc:

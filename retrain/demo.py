@@ -132,7 +132,13 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
     console.rule("[bold]retrain demo")
     console.print(f"state in {home.resolve()}")
     staging = home / "staging" / "fashion-mnist"
-    seeded = seed(staging, offline=settings.offline, train=config.train_size, test=config.test_size)
+    doing = ("generating a labelled stand-in dataset (RETRAIN_OFFLINE=1)" if settings.offline
+             else "trying to download the real Fashion-MNIST through tensorflow-datasets "
+                  "(a stand-in is generated if it cannot be reached; RETRAIN_OFFLINE=1 skips this)")
+    console.print(f"seeding: {doing}", highlight=False)
+    with console.status("seeding the dataset…"):
+        seeded = seed(staging, offline=settings.offline, train=config.train_size,
+                      test=config.test_size)
     console.print(("[bold yellow]" if not seeded.real else "[green]") + seeded.note)
     params = RunParameters(epochs=1, steps_per_epoch=config.steps, batch_size=config.batch_size)
     result: dict[str, Any] = {"real_data": seeded.real}

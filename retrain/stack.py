@@ -31,11 +31,12 @@ class LocalStack:
 
     def __init__(self, settings: Settings, *, data_root: Path | None = None,
                  default_parameters: RunParameters | None = None,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, narrate: bool = False) -> None:
         self.settings = settings
         self.data_root = data_root
         self.default_parameters = default_parameters
         self.console = console or Console(stderr=True)
+        self.narrate = narrate  # one line per change, run, training and decision (retrain up)
         self._exit = contextlib.ExitStack()
         self._stop = threading.Event()
         self.supervisor: Supervisor
@@ -91,8 +92,11 @@ class LocalStack:
         dedup = Deduplicator(client, s.dedup_ttl_seconds, namespace="trigger")
         # a model.trained is appended to the stream before the trigger answers 202; the
         # selector's consumer group judges it there, so a crash loses no candidate
+        from retrain.narrate import printer
+
         self.trigger = Trigger(client, RedisStreamSink(client, STREAM, s.stream_max_length).send,
-                               self.default_parameters)
+                               self.default_parameters,
+                               printer(self.console) if self.narrate else None)
         trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys,
                                                   self.supervisor.problem),
                                    events_sock, "trigger").start()
@@ -165,7 +169,7 @@ def run_until_stopped(settings: Settings, console: Console) -> None:
     root = Path(settings.data_uri) if settings.data_uri else settings.data_dir
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with LocalStack(settings, data_root=root, console=console) as stack:
+    with LocalStack(settings, data_root=root, console=console, narrate=True) as stack:
         console.print(f"dashboard {stack.ui_url}\nwatching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
                       f"/v1/models/fashion-mnist:predict\ngRPC    {stack.grpc_target} "
                       f"(inference.GRPCInferenceService)\nRedis   {stack.redis.shown}\n"

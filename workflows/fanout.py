@@ -121,7 +121,7 @@ class Trainings:
         elif got is not None:
             training.lease = got
             self._start(model, training)
-            bar.update(task, info=training.check.decision.reason[:60])
+            bar.update(task, info="training (cache miss)")
         else:
             bar.update(task, info="waiting: a concurrent run trains the same key")
 

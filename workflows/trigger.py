@@ -45,14 +45,18 @@ class Trigger:
     trained models and failed trainings to ``judge``."""
 
     def __init__(self, client: redis.Redis, judge: Callable[[Event], None],
-                 default_parameters: RunParameters | None = None) -> None:
+                 default_parameters: RunParameters | None = None,
+                 observe: Callable[[Event], None] | None = None) -> None:
         self._r = client
         self._queue = RunQueue(client)
         self._judge = judge
         self._defaults = default_parameters
+        self._observe = observe  # told of every event accepted (retrain up's narration)
 
     def dispatch(self, event: Event) -> None:
         timeline.record(self._r, "event", event.type.short, **describe(event))
+        if self._observe is not None:
+            self._observe(event)
         if event.type in RUN_REQUESTS:
             self._queue.put(RunRequest.from_event(event, self._defaults))
         elif event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):

@@ -22,19 +22,20 @@ def demo(
     verbose: bool = False,
 ) -> None:
     """The whole event chain on embedded defaults, end to end, with a timeline."""
-    setup_logging(verbose)
+    setup_logging(verbose, native=verbose)
     from retrain.demo import DemoConfig, run_demo
 
     run_demo(load_settings(), DemoConfig(train_size, test_size, steps, increment),
-             Console(width=150))
+             Console(width=min(Console().width, 100) if Console().is_terminal else 100))
 
 
 def up(
     data: Annotated[Optional[str], typer.Option(help="dataset folder to watch")] = None,
-    verbose: bool = True,
+    verbose: Annotated[bool, typer.Option(help="every component's log lines, and TensorFlow's")] = False,
 ) -> None:
-    """Run the local stack (watcher, trigger, runner, selector, model server) until stopped."""
-    setup_logging(verbose)
+    """Run the local stack (watcher, trigger, runner, selector, model server, dashboard)
+    until stopped, printing one line for each change noticed, run, training and decision."""
+    setup_logging(verbose, native=verbose, live=console)
     from retrain.stack import run_until_stopped
 
     run_until_stopped(load_settings(data_uri=data), console)
@@ -56,7 +57,7 @@ def run(
     verbose: bool = False,
 ) -> None:
     """One workflow run on this machine, synchronously; promotes as each model finishes."""
-    setup_logging(verbose)
+    setup_logging(verbose, native=verbose, live=console)
     from retrain.oneshot import run_once
 
     params = run_parameters(models, epochs, steps_per_epoch, batch_size, learning_rate,

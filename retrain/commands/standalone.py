@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -77,9 +78,12 @@ def train(
     run_id: str = "manual",
     sink: Annotated[Optional[str], typer.Option(help="send model.trained here")] = None,
     round_size: Annotated[Optional[int], typer.Option(help="trainings the run started (the selector's round closes when all have ended)")] = None,
+    verbose: Annotated[bool, typer.Option(help="TensorFlow's native start-up lines too")] = False,
 ) -> None:
     """Train one model variant and export it for serving (one process, --workers N local
     processes, or whatever cluster TF_CONFIG describes, as in a TFJob)."""
+    if verbose:
+        os.environ["RETRAIN_LOG_LEVEL"] = "debug"
     from services.trainer import main as trainer
     from services.trainer.options import TrainOptions
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,9 +30,31 @@ def load_settings(**overrides: object) -> Settings:
     return settings
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# libraries whose INFO lines are about our own plumbing (every internal POST /events, ...)
+THIRD_PARTY = ("httpx", "httpcore", "urllib3", "kubernetes", "asyncio", "absl", "tensorflow",
+               "h5py", "grpc", "multipart", "PIL")
+
+
+def setup_logging(verbose: bool, *, native: bool = False, live: Console | None = None) -> None:
+    """Log at INFO (``verbose``) or WARNING, DEBUG with ``RETRAIN_LOG_LEVEL=debug``; other
+    libraries' lines only at that level or from WARNING up. ``native``: the user asked for
+    ``--verbose``, which also lets TensorFlow's native start-up lines through. ``live``: the
+    console that draws live progress; log lines are printed through it, so the two never
+    tear each other apart."""
+    if native:
+        os.environ["RETRAIN_LOG_LEVEL"] = "debug"
+    debug = os.environ.get("RETRAIN_LOG_LEVEL", "").lower() == "debug"
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    if live is not None:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=live, show_path=False,
+                                               log_time_format="%H:%M:%S")
+        logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
     redact.install()
 
 

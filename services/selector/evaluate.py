@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from services.trainer.tf_env import configure
+from core.tf_start import configure
 
 configure()
 

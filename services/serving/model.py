@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.trainer.tf_env import configure
+from core.tf_start import configure
 
 configure()
 

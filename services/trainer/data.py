@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.trainer.tf_env import configure
+from core.tf_start import configure
 
 configure()
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.tf_start import configure
 from dataset.image_header import FORMATS, MAX_PIXELS, MAX_SIDE
-from services.trainer.tf_env import configure
 
 configure()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.trainer.tf_env import configure
+from core.tf_start import configure
 
 configure()
 

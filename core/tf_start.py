@@ -1,0 +1,72 @@
+"""TensorFlow process setup: Keras 2 (tf_keras) and a quiet start. Call before importing TF.
+
+TensorFlow's native code writes its start-up lines ("oneDNN custom operations are on",
+"Could not find cuda drivers", "failed call to cuInit", absl's "All log messages before
+absl::InitializeLog()") straight to file descriptor 2, whatever ``TF_CPP_MIN_LOG_LEVEL``
+says. Unless ``RETRAIN_LOG_LEVEL=debug`` (or a command's ``--verbose``) asks for them,
+``configure`` imports TensorFlow and finds its devices with descriptor 2 pointed at a
+temporary file; what other code wrote there meanwhile is written back, TensorFlow's own
+lines are kept for the debug log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+
+log = logging.getLogger(__name__)
+NATIVE = re.compile(rb"^(?:[IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
+_lock = threading.Lock()
+_started = False
+
+
+def native_logs_wanted() -> bool:
+    return os.environ.get("RETRAIN_LOG_LEVEL", "").lower() == "debug"
+
+
+def configure() -> None:
+    global _started
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _lock:
+        if _started or "tensorflow" in sys.modules or native_logs_wanted():
+            _started = True
+            return
+        _started = True
+        with _quiet_fd2():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe, and its complaint, happen here
+
+
+@contextlib.contextmanager
+def _quiet_fd2():  # type: ignore[no-untyped-def]
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 to speak of
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            others, native = [], []
+            for line in sink.read().splitlines(keepends=True):
+                (native if NATIVE.match(line) else others).append(line)
+            if others:  # another thread's output: it still reaches the terminal
+                os.write(2, b"".join(others))
+            if native:
+                log.debug("TensorFlow's start-up lines:\n%s",
+                          b"".join(native).decode(errors="replace").rstrip())
