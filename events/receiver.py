@@ -31,9 +31,11 @@ MAX_EVENT_BODY = 64 * 1024
 
 def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
                     api_keys: tuple[str, ...] = (), title: str = "retrain events",
-                    health: Callable[[], str | None] | None = None) -> FastAPI:
+                    health: Callable[[], str | None] | None = None,
+                    duplicate: Callable[[Event], None] | None = None) -> FastAPI:
     """``health`` says what keeps the service from working (None: healthy); ``/healthz``
-    answers 503 with it, so a supervisor or a load balancer knows."""
+    answers 503 with it, so a supervisor or a load balancer knows. ``duplicate`` is told of
+    each event dropped as one (best effort: it may not fail the answer)."""
     app = FastAPI(title=title)
 
     def _error(status: int, message: str) -> JSONResponse:
@@ -91,6 +93,9 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
             else:
                 log.info("dropped duplicate event %s from %s", event.id, event.source)
                 duplicates.append(event.id)
+                if duplicate is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        duplicate(event)
         return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
 
     return app

@@ -98,7 +98,7 @@ class LocalStack:
                                self.default_parameters,
                                printer(self.console) if self.narrate else None)
         trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys,
-                                                  self.supervisor.problem),
+                                                  self.supervisor.problem, client),
                                    events_sock, "trigger").start()
         self._exit.callback(trigger.stop)
         self.events_url = trigger.url + "/events"

@@ -100,7 +100,7 @@ class LocalRunner:
             with rec.step("check_cache") as step:
                 check = steps.check_cache(self._cache, root, fp, policy)
                 step.detail.update(hit=check.decision.hit, reason=check.decision.reason,
-                                   policy=check.policy, key=check.key)
+                                   policy=check.policy, key=check.key, parts=check.parts)
                 rec.summary["cache"] = {"hit": check.decision.hit, "reason": check.decision.reason,
                                         "policy": check.policy, "key": check.key}
             entry = self._ingest(request, root, fp, check, rec)

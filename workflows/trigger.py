@@ -26,9 +26,16 @@ from workflows.runner import RunRequest
 
 def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
                api_keys: tuple[str, ...] = (),
-               health: Callable[[], str | None] | None = None) -> FastAPI:
-    """The trigger's HTTP endpoint: new events go to ``dispatch``, duplicates are dropped."""
-    return create_receiver(dedup, dispatch, api_keys, title="retrain trigger", health=health)
+               health: Callable[[], str | None] | None = None,
+               client: redis.Redis | None = None) -> FastAPI:
+    """The trigger's HTTP endpoint: new events go to ``dispatch``, duplicates are dropped
+    (and, given the ``client``, put on the timeline as such, for the dashboard)."""
+
+    def duplicate(event: Event) -> None:
+        timeline.record(client, "event", event.type.short, **describe(event), duplicate=True)  # type: ignore[arg-type]
+
+    return create_receiver(dedup, dispatch, api_keys, title="retrain trigger", health=health,
+                           duplicate=duplicate if client is not None else None)
 
 
 def describe(event: Event) -> dict[str, Any]:

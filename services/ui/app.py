@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import redis
-from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from core.http import bearer, secret_matches
@@ -27,6 +27,7 @@ from services.ui import data, pages
 
 STATIC = Path(__file__).parent / "static"
 MAX_IMAGE_BYTES = 1 << 20  # an uploaded or drawn image for "try it"
+COOKIE = "retrain_key"  # the key a reader typed in, when RETRAIN_UI_REQUIRE_KEY=1
 HISTORY, DECISIONS = 200, 200  # the newest champions and decisions a page shows
 
 
@@ -47,16 +48,36 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
     store = ChampionStore(client, model_repo)
 
     @app.exception_handler(_Refused)
-    async def refused(_request: Request, exc: _Refused) -> JSONResponse:
+    async def refused(request: Request, exc: _Refused) -> Any:
+        if request.method == "GET" and not request.url.path.startswith("/api/"):
+            return HTMLResponse(pages.layout("a key is needed", pages.login(str(exc))),
+                                status_code=exc.status)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    def check_key(authorization: str | None, changing: bool) -> None:
+    @app.post("/login")
+    async def login(request: Request) -> Any:
+        """The reader's key (a form's ``key``), kept in an HttpOnly cookie for this site."""
+        from urllib.parse import parse_qs
+
+        key = (parse_qs((await request.body()).decode(errors="replace")).get("key") or [""])[0]
+        if not api_keys or not secret_matches(key, api_keys):
+            return HTMLResponse(pages.layout("a key is needed", pages.login(
+                "that is not one of RETRAIN_API_KEYS")), status_code=401)
+        answer = RedirectResponse("/", status_code=303)
+        answer.set_cookie(COOKIE, key, httponly=True, samesite="strict")
+        return answer
+
+    def check_key(request: Request, changing: bool) -> None:
+        """Reading needs nothing unless ``require_key``; changing anything always needs a key
+        (sent as ``Authorization: Bearer``; for reading, the page's login cookie will do)."""
         if not changing and not require_key:
             return
         if not api_keys:
             raise _Refused(403, "changing anything here needs an API key, and none is "
                                 "configured (RETRAIN_API_KEYS)")
-        given = bearer(authorization)
+        given = bearer(request.headers.get("authorization"))
+        if not given and not changing:
+            given = request.cookies.get(COOKIE)
         if not given:
             raise _Refused(401, "this needs an API key (one of RETRAIN_API_KEYS) as "
                                 "Authorization: Bearer KEY")
@@ -126,40 +147,38 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
 
     # the API -----------------------------------------------------------------------------------
     @app.get("/api/overview")
-    def api_overview(offset: int = Query(0, ge=0), limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE),
-                     authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, False)
+    def api_overview(request: Request, offset: int = Query(0, ge=0), limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE)) -> dict[str, Any]:
+        check_key(request, False)
         return overview(offset, limit)
 
     @app.get("/api/runs")
-    def api_runs(offset: int = Query(0, ge=0), limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE),
-                 authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, False)
+    def api_runs(request: Request, offset: int = Query(0, ge=0),
+                 limit: int = Query(data.PAGE, ge=1, le=data.MAX_PAGE)) -> dict[str, Any]:
+        check_key(request, False)
         return data.clean(data.runs(client, offset, limit))
 
     @app.get("/api/runs/{run_id}")
-    def api_run(run_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, False)
+    def api_run(request: Request, run_id: str) -> dict[str, Any]:
+        check_key(request, False)
         found = data.run(client, run_id, store.decisions_of(run_id))
         if found is None:
             raise _Refused(404, f"no run {run_id!r} (runs are kept 30 days)")
         return data.clean(found)
 
     @app.get("/api/models")
-    def api_models(authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, False)
+    def api_models(request: Request) -> dict[str, Any]:
+        check_key(request, False)
         return data.clean(champion_view())
 
     @app.get("/api/events")
-    def api_events(limit: int = Query(100, ge=1, le=1000),
-                   authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, False)
+    def api_events(request: Request, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        check_key(request, False)
         return data.clean({"events": data.events(client, limit),
                            "dead_letters": data.dead_letters(client)})
 
     @app.post("/api/rollback")
-    def api_rollback(authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, True)
+    def api_rollback(request: Request) -> dict[str, Any]:
+        check_key(request, True)
         if rollback is None:
             raise _Refused(501, "rollback is done by the selector here: retrain select rollback")
         from services.selector.errors import SelectorError
@@ -171,8 +190,8 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         return data.clean({"decision": decision})
 
     @app.post("/api/dead-letters/replay")
-    async def api_replay(request: Request, authorization: str | None = Header(None)) -> dict[str, Any]:
-        check_key(authorization, True)
+    async def api_replay(request: Request) -> dict[str, Any]:
+        check_key(request, True)
         from events.dead_letters import replay
 
         body = await request.json()
@@ -188,6 +207,7 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
     async def api_predict(request: Request) -> JSONResponse:
         """One image through the served model's V1 API (the page cannot reach the model
         server's port itself on a cluster)."""
+        check_key(request, False)
         if serve_url is None:
             raise _Refused(501, "no model server is configured (RETRAIN_UI_SERVE_URL)")
         body = await request.body()
@@ -208,22 +228,20 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
 
     # the pages ---------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request, offset: int = Query(0, ge=0),
-              authorization: str | None = Header(None)) -> HTMLResponse:
-        check_key(authorization, False)
+    def index(request: Request, offset: int = Query(0, ge=0)) -> HTMLResponse:
+        check_key(request, False)
         view = overview(offset, data.PAGE)
         body = (pages.champion_card(view["champion"], view["since"], view["replaced"])
                 + pages.runs_table(view["runs"]) + pages.sources_table(view["sources"]))
         return page(request, "overview", body)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
-    def run_view(request: Request, run_id: str,
-                 authorization: str | None = Header(None)) -> HTMLResponse:
-        return page(request, f"run {run_id}", pages.run_page(api_run(run_id, authorization)))
+    def run_view(request: Request, run_id: str) -> HTMLResponse:
+        return page(request, f"run {run_id}", pages.run_page(api_run(request, run_id)))
 
     @app.get("/models", response_class=HTMLResponse)
-    def models_view(request: Request, authorization: str | None = Header(None)) -> HTMLResponse:
-        view = api_models(authorization)
+    def models_view(request: Request) -> HTMLResponse:
+        view = api_models(request)
         body = pages.models_page(pages.champion_card(view["champion"], view["since"],
                                                      view["replaced"]),
                                  [*view["history"], *([view["champion"]] if view["champion"] else [])],
@@ -231,14 +249,14 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         return page(request, "models", body, pages.rollback_form(rollback is not None))
 
     @app.get("/events", response_class=HTMLResponse)
-    def events_view(request: Request, authorization: str | None = Header(None)) -> HTMLResponse:
-        view = api_events(100, authorization)
+    def events_view(request: Request) -> HTMLResponse:
+        view = api_events(request, 100)
         return page(request, "events", pages.events_page(view["events"], view["dead_letters"]),
                     pages.key_form())
 
     @app.get("/try", response_class=HTMLResponse)
-    def try_view(request: Request, authorization: str | None = Header(None)) -> HTMLResponse:
-        check_key(authorization, False)
+    def try_view(request: Request) -> HTMLResponse:
+        check_key(request, False)
         return page(request, "try it", "<h1>try it</h1>", pages.try_form())
 
     return app

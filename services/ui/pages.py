@@ -4,6 +4,7 @@ came from outside (event sources, reasons, file names, run ids) goes through ``e
 
 from __future__ import annotations
 
+import json
 import time
 from html import escape
 from typing import Any
@@ -149,8 +150,12 @@ def run_page(run: dict[str, Any]) -> str:
     parts = ""
     for step in s.get("steps", []):
         if step["name"] == "check_cache":
+            made_of = step.get("parts") or {}
             parts = (f"<p>key <code>{esc(step.get('key'))}</code> · policy "
-                     f"{esc(step.get('policy'))} · digest <code>{esc(s.get('digest'))}</code></p>")
+                     f"{esc(step.get('policy'))}</p><p id=key-parts>from: content digest "
+                     f"<code>{esc(s.get('digest'))}</code> · ingestion code "
+                     f"<code>{esc(made_of.get('code_version'))}</code> · parameters "
+                     f"<code>{esc(json.dumps(made_of.get('params', {}), sort_keys=True))}</code></p>")
     models = []
     for model, c in run["curves"].items():
         result = (s.get("models") or {}).get(model, {})
@@ -215,14 +220,17 @@ def models_page(champion_html: str, champions: list[dict[str, Any]],
 
 def events_page(events: list[dict[str, Any]], dead: list[dict[str, Any]]) -> str:
     rows = [_cells(esc(_when(e["at"])), esc(e["type"]), f"<span class=source>{esc(e.get('source', '-'))}</span>",
-                   f"<code>{esc(e.get('id'))}</code>", esc(e.get("model_type") or e.get("trigger") or ""),
+                   f"<code>{esc(e.get('id'))}</code>",
+                   "<span class='tag miss'>duplicate</span>" if e.get("duplicate")
+                   else "<span class='tag hit'>accepted</span>",
+                   esc(e.get("model_type") or e.get("trigger") or ""),
                    esc(e.get("reason") or "")) for e in events]
     letters = [_cells(esc(_when(d["died_at"])), esc(d["origin"]), esc(d["type"]),
                       f"<code>{esc(d['event_id'])}</code>", esc(d["source"]), esc(d["reason"]),
                       f"<button class=replay data-stream='{esc(d['stream'])}' "
                       f"data-id='{esc(d['entry_id'])}'>replay</button>") for d in dead]
     return ("<h1>events</h1><section><h2>received and sent</h2>"
-            + _table(("when", "type", "source", "id", "about", "reason"), rows, "no events yet")
+            + _table(("when", "type", "source", "id", "", "about", "reason"), rows, "no events yet")
             + "</section><section><h2>dead letters</h2>"
             + _table(("died", "from", "type", "id", "source", "reason", ""), letters,
                      "no dead letters") + "</section>")
@@ -256,3 +264,9 @@ def try_form() -> str:
             "<canvas id=pad width=224 height=224 aria-label='drawing pad'></canvas>"
             "<button id=clear>clear</button> <button id=predict>predict</button>"
             f"<ol id=classes hidden>{names}</ol><div id=prediction role=status></div></section>")
+
+
+def login(problem: str) -> str:
+    return (f"<h1>a key is needed</h1><p class=error>{esc(problem)}</p>"
+            "<form method=post action=/login><label>API key <input name=key type=password "
+            "autocomplete=off></label> <button>read the dashboard</button></form>")

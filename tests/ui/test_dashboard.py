@@ -3,6 +3,7 @@
 Screenshots of each page are kept under test-artifacts/screenshots/."""
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -26,12 +27,19 @@ KEY = "dashboard-test-key-5f2a"
 HOSTILE = "<script>alert('x')</script>"
 
 
-@pytest.fixture
-def stack(settings, tmp_path):
+@pytest.fixture(scope="module")
+def stack(redis_handle, tmp_path_factory):
     """A real stack after one real run (the watcher notices a dataset appear; a tiny training;
     its promotion), an event from a hostile source, and a second champion so there is
-    something to roll back to."""
-    settings = settings.model_copy(update={"api_keys": (KEY,)})
+    something to roll back to. One for the module: the API is read first, then the browser
+    changes things (a rollback)."""
+    from core.settings import Settings
+
+    redis_handle.client.flushdb()
+    tmp_path = tmp_path_factory.mktemp("dashboard")
+    settings = Settings(home=tmp_path / "home", redis_url=redis_handle.url, serve_port=0,
+                        grpc_port=0, ui_port=0, events_port=0, offline=True, watch_interval=0.1,
+                        watch_settle=0.2, api_keys=(KEY,), _env_file=None)
     watched = tmp_path / "watched" / "fashion-mnist"
     params = RunParameters(models=("cnn",), steps_per_epoch=20, batch_size=32)  # 2 curve points
     with LocalStack(settings, data_root=watched, default_parameters=params,
@@ -40,10 +48,11 @@ def stack(settings, tmp_path):
         write_dataset(tmp_path / "staging", train=600, test=200).rename(watched)
         wait_for(lambda: any(d["type"] == "model.promoted" for d in stack.champions.decisions()),
                  180)
-        HttpSink(stack.events_url, api_key=KEY).send(make_event(
-            EventType.INGESTION_SKIPPED, IngestionSkipped(
-                run_id="elsewhere", digest="d", dataset_uri="/x", reason="a test"),
-            source=HOSTILE))
+        hostile = make_event(EventType.INGESTION_SKIPPED, IngestionSkipped(
+            run_id="elsewhere", digest="d", dataset_uri="/x",
+            reason="fetched https://bob:hunter2@git.example.com/data.git"), source=HOSTILE)
+        HttpSink(stack.events_url, api_key=KEY).send(hostile)
+        HttpSink(stack.events_url, api_key=KEY).send(hostile)  # again: a duplicate
         champion = stack.champions.get()
         backend = LocalBackend(settings.model_repo, MODEL_NAME)
         staged = backend.stage(champion.model_uri, backend.next_version())
@@ -75,10 +84,14 @@ def test_the_api_answers_from_redis_alone(stack):
     assert api.get("/api/runs/nope").status_code == 404
     page = api.get("/api/runs", params={"limit": 1}).json()
     assert page["total"] == 1 and page["next"] is None
-    events = api.get("/api/events").json()["events"]
-    assert any(e["source"] == HOSTILE and e["type"] == "ingestion.skipped" for e in events)
+    events = [e for e in api.get("/api/events").json()["events"] if e["source"] == HOSTILE]
+    assert [(e["type"], e.get("duplicate", False)) for e in events] == [
+        ("ingestion.skipped", True), ("ingestion.skipped", False)]  # newest first
+    assert events[0]["reason"] == "fetched https://bob:***@git.example.com/data.git"  # masked
     html = api.get("/events").text
     assert HOSTILE not in html and "&lt;script&gt;" in html  # escaped, never markup
+    assert "hunter2" not in html and ">duplicate<" in html
+    assert "ingest-v1" in api.get(f"/runs/{run['run_id']}").text  # the cache key's parts
     assert api.post("/api/rollback").status_code == 401
     assert api.post("/api/rollback", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert stack.champions.get().version == 2  # refused: nothing changed
@@ -137,3 +150,42 @@ def test_the_pages_in_a_real_browser(stack, tmp_path):
         assert browser.console_errors() == []
     finally:
         browser.close()
+
+
+def test_dead_letters_are_replayed_with_a_key(stack):
+    client = stack.redis.client
+    body = json.dumps({"type": "dev.retrain.dataset.updated", "id": "lost-1", "source": "w"})
+    dead = client.xadd("retrain:outbox:ui-test:dead", {"event": body, "reason": "refused: 403"})
+    api = httpx.Client(base_url=stack.ui_url.rstrip("/"), timeout=30)
+    [letter] = api.get("/api/events").json()["dead_letters"]
+    assert letter["event_id"] == "lost-1" and letter["origin"] == "retrain:outbox:ui-test"
+    request = {"stream": letter["stream"], "id": letter["entry_id"]}
+    assert api.post("/api/dead-letters/replay", json=request).status_code == 401
+    done = api.post("/api/dead-letters/replay", json=request,
+                    headers={"Authorization": f"Bearer {KEY}"})
+    assert done.status_code == 200 and done.json()["replayed"] == [dead.decode()]
+    assert client.xlen("retrain:outbox:ui-test") == 1 and api.get("/api/events").json()[
+        "dead_letters"] == []
+    bad = api.post("/api/dead-letters/replay", json={"id": "0-1"},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert bad.status_code == 400 and "no dead letter 0-1" in bad.json()["error"]
+
+
+def test_reading_can_require_a_key_and_the_page_asks_for_it(stack, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from services.ui.app import create_app
+
+    locked = TestClient(create_app(stack.redis.client, str(stack.settings.model_repo.resolve()),
+                                   api_keys=(KEY,), require_key=True))
+    assert locked.get("/api/overview").status_code == 401
+    page = locked.get("/")
+    assert page.status_code == 401 and "<form method=post action=/login>" in page.text
+    assert locked.post("/login", data={"key": "wrong"}).status_code == 401
+    entered = locked.post("/login", data={"key": KEY}, follow_redirects=False)
+    assert entered.status_code == 303 and "httponly" in entered.headers["set-cookie"].lower()
+    assert locked.get("/api/overview").status_code == 200  # the cookie now
+    assert locked.get("/").status_code == 200
+    assert locked.post("/api/rollback").status_code == 401  # changing still needs the header
+    assert TestClient(locked.app).get("/api/overview", headers={
+        "Authorization": f"Bearer {KEY}"}).status_code == 200
