@@ -50,8 +50,9 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> Any:
         if request.method == "GET" and not request.url.path.startswith("/api/"):
-            return HTMLResponse(pages.layout("a key is needed", pages.login(str(exc))),
-                                status_code=exc.status)
+            body = (pages.login(str(exc)) if exc.status in (401, 403)
+                    else f"<h1>not here</h1><p class=error>{pages.esc(exc)}</p>")
+            return HTMLResponse(pages.layout("retrain", body), status_code=exc.status)
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @app.post("/login")
@@ -91,7 +92,8 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         since = None
         if champion is not None:
             for d in reversed(decisions):
-                if d.get("version") == champion.version and d.get("type") in ("promoted", "rollback"):
+                if d.get("version") == champion.version and d.get("type") in (
+                        "model.promoted", "rollback"):
                     since = d.get("at")
                     break
         return {"champion": champion.__dict__ if champion else None, "since": since,

@@ -154,6 +154,11 @@ def test_the_pages_in_a_real_browser(stack, tmp_path):
 
 def test_dead_letters_are_replayed_with_a_key(stack):
     client = stack.redis.client
+    overview = httpx.get(stack.ui_url + "api/overview").json()  # after the browser's rollback
+    assert overview["champion"]["version"] == 3 and overview["since"] > time.time() - 300
+    missing = httpx.get(stack.ui_url + "runs/nope")
+    assert missing.status_code == 404 and "no run &#x27;nope&#x27;" in missing.text
+    assert "/login" not in missing.text
     body = json.dumps({"type": "dev.retrain.dataset.updated", "id": "lost-1", "source": "w"})
     dead = client.xadd("retrain:outbox:ui-test:dead", {"event": body, "reason": "refused: 403"})
     api = httpx.Client(base_url=stack.ui_url.rstrip("/"), timeout=30)
