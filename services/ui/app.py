@@ -10,6 +10,7 @@ written here (``services/ui/static``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from core.http import bearer, secret_matches
+from core.http import BodyTooLargeError, bearer, read_body, secret_matches
 from core.settings import MODEL_NAME
 from services.selector.champion import ChampionStore
 from services.ui import data, pages
@@ -29,6 +30,14 @@ STATIC = Path(__file__).parent / "static"
 MAX_IMAGE_BYTES = 1 << 20  # an uploaded or drawn image for "try it"
 COOKIE = "retrain_key"  # the key a reader typed in, when RETRAIN_UI_REQUIRE_KEY=1
 HISTORY, DECISIONS = 200, 200  # the newest champions and decisions a page shows
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (before or while reading it)."""
+    try:
+        return await read_body(request, limit)
+    except BodyTooLargeError as exc:
+        raise _Refused(413, str(exc)) from None
 
 
 class _Refused(Exception):
@@ -60,7 +69,8 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         """The reader's key (a form's ``key``), kept in an HttpOnly cookie for this site."""
         from urllib.parse import parse_qs
 
-        key = (parse_qs((await request.body()).decode(errors="replace")).get("key") or [""])[0]
+        key = (parse_qs((await _body(request, 4096)).decode(errors="replace")).get("key")
+               or [""])[0]
         if not api_keys or not secret_matches(key, api_keys):
             return HTMLResponse(pages.layout("a key is needed", pages.login(
                 "that is not one of RETRAIN_API_KEYS")), status_code=401)
@@ -196,7 +206,10 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         check_key(request, True)
         from events.dead_letters import replay
 
-        body = await request.json()
+        try:
+            body = json.loads(await _body(request, 4096))
+        except ValueError:
+            body = None
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             raise _Refused(400, 'expected {"stream": ..., "id": ...}')
         try:
@@ -212,9 +225,7 @@ def create_app(client: redis.Redis, model_repo: str, *, api_keys: tuple[str, ...
         check_key(request, False)
         if serve_url is None:
             raise _Refused(501, "no model server is configured (RETRAIN_UI_SERVE_URL)")
-        body = await request.body()
-        if len(body) > MAX_IMAGE_BYTES * 2:
-            raise _Refused(413, f"at most {MAX_IMAGE_BYTES} bytes of image")
+        body = await _body(request, MAX_IMAGE_BYTES * 2)  # base64 and JSON around it
         async with httpx.AsyncClient(timeout=30) as http:
             try:
                 answer = await http.post(f"{serve_url}/v1/models/{MODEL_NAME}:predict",

@@ -174,6 +174,12 @@ def test_dead_letters_are_replayed_with_a_key(stack):
     bad = api.post("/api/dead-letters/replay", json={"id": "0-1"},
                    headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 400 and "no dead letter 0-1" in bad.json()["error"]
+    key = {"Authorization": f"Bearer {KEY}"}
+    assert api.post("/api/dead-letters/replay", content=b"{not json", headers=key).status_code == 400
+    assert api.post("/api/dead-letters/replay", content=b"x" * 10_000, headers=key).status_code == 413
+    big = api.post("/api/predict", content=b"{" + b" " * (3 << 20), headers={
+        "content-type": "application/json"})
+    assert big.status_code == 413 and "exceeds the limit" in big.json()["error"]
 
 
 def test_reading_can_require_a_key_and_the_page_asks_for_it(stack, tmp_path):
