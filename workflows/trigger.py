@@ -8,6 +8,7 @@ goes to the selector, and everything is written to the timeline.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from events.receiver import create_receiver
 from events.types import RUN_REQUESTS
 from workflows.queue import RunQueue
 from workflows.runner import RunRequest
+
+log = logging.getLogger(__name__)
 
 
 def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
@@ -63,7 +66,10 @@ class Trigger:
     def dispatch(self, event: Event) -> None:
         timeline.record(self._r, "event", event.type.short, **describe(event))
         if self._observe is not None:
-            self._observe(event)
+            try:  # telling a person must never cost the event
+                self._observe(event)
+            except Exception:
+                log.debug("could not tell of %s", event.id, exc_info=True)
         if event.type in RUN_REQUESTS:
             self._queue.put(RunRequest.from_event(event, self._defaults))
         elif event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):

@@ -138,15 +138,16 @@ def test_policies_off_force_and_max_age(settings, redis_handle, r, dataset):
     _off, step = run(train_cache="off")
     assert step["reason"] == "miss: the training cache is off for this run"
     assert cache.entries() == []  # off neither reads nor writes
-    run()
     forced, step = run(force=True)
     assert _trained_here(settings, forced, "cnn") and step["reason"].startswith("miss: forced")
     [entry] = cache.entries()
-    assert entry.run_id == forced["run_id"]  # the forced training replaced the entry
+    assert entry.run_id == forced["run_id"]  # a forced training is recorded
     time.sleep(1.2)
     old, step = run(train_cache="max-age=1s")
     assert _trained_here(settings, old, "cnn")
     assert "is older than max-age=1s" in step["reason"]
+    [entry] = cache.entries()
+    assert entry.run_id == old["run_id"]  # and replaced by the training that followed
     fresh, step = run(train_cache="max-age=1h")
     assert not _trained_here(settings, fresh, "cnn") and step["status"] == "cached"
     assert fresh["models"]["cnn"]["model_uri"] == old["models"]["cnn"]["model_uri"]

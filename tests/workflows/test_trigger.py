@@ -72,3 +72,22 @@ def test_a_run_request_with_an_unknown_cache_policy_is_refused(client, received,
 def test_liveness_answers_on_its_own_path(r):
     client = TestClient(create_app(Deduplicator(r, 60, "live"), lambda event: None))
     assert client.get("/livez").status_code == 200
+
+
+def test_a_failing_narration_never_costs_the_event(r):
+    from events import make_event
+    from events.payloads import DatasetUpdated
+    from workflows.queue import RunQueue
+    from workflows.trigger import Trigger
+
+    told = []
+
+    def observe(event):
+        told.append(event.id)
+        raise RuntimeError("the terminal went away")
+
+    Trigger(r, lambda e: None, observe=observe).dispatch(make_event(
+        "dataset.updated", DatasetUpdated(uri="/d", trigger="manual"), source="me", id="n1"))
+    assert told == ["n1"]
+    taken = RunQueue(r).take(timeout=1)
+    assert taken is not None and taken.request.event_id == "n1"
