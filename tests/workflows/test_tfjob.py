@@ -263,7 +263,8 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
         with TFJobStandIn([RUNNING, statuses]) as api:
             done = subprocess.run(
                 [sys.executable, "-m", "retrain.cli", "step", "wait-training", "--name", NAME,
-                 "--poll", "0.05", "--run-id", run, "--model", "cnn",
+                 "--poll", "0.05", "--run-id", run, "--model", "cnn", "--round-size", "1",
+                 "--sink", "stream",
                  "--claim", str(tmp_path / "runs" / run / "cnn" / "claim.json")],
                 env={**env, "RETRAIN_KUBE_API_URL": api.server.url}, capture_output=True,
                 text=True, timeout=120)
@@ -272,8 +273,11 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
 
     assert check("wf-0")["hit"] == "false"
     assert list(r.scan_iter(PREFIX + "lock:*"))  # held for the TFJob
-    assert wait_step("wf-0", FAILED).returncode == 1
+    failed = wait_step("wf-0", FAILED)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     assert not list(r.scan_iter(PREFIX + "lock:*"))  # a failed job lets the key go
+    [told] = read_stream(r)  # and is told to the selector, TensorFlow or not
+    assert told["type"] == "dev.retrain.training.failed" and told["data"]["run_id"] == "wf-0"
     assert training_cache(r, 60).entries() == []
 
     assert check("wf-1")["hit"] == "false"
