@@ -54,23 +54,42 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def model_digest(folder: str | Path) -> str:
-    """BLAKE3 over every file of an exported model (relative path and bytes, in order):
-    any change to the graph, the variables or the weights changes it."""
-    root = Path(folder)
-    hasher = blake3()
-    for path in _files(root):
-        hasher.update(str(path.relative_to(root)).encode() + b"\0")
-        hasher.update(path.read_bytes())
-    return hasher.hexdigest()
-
-
 def model_signature(folder: str | Path) -> dict[str, list[int]]:
     """Each file's size and what any write to it changes (``dataset.store.stat_signature``:
     mtime, ctime, which no user call can set back, and inode)."""
     root = Path(folder)
     return {str(p.relative_to(root)): [p.stat().st_size, *stat_signature(p)]
             for p in _files(root)}
+
+
+# timestamps tick coarsely (a few ms): a signature vouches for a folder only once its newest
+# change is this old, so a write landing in the same tick as the last one cannot go unseen
+_SETTLED = 0.1
+_digests: dict[tuple[str, str], str] = {}  # (folder, its settled signature) -> digest
+
+
+def model_digest(folder: str | Path) -> str:
+    """BLAKE3 over every file of an exported model (relative path and bytes, in order):
+    any change to the graph, the variables or the weights changes it. Remembered in this
+    process while no file's stat signature changes (the selector asks for each candidate's
+    several times per decision)."""
+    root = Path(folder)
+    signature = model_signature(root)
+    newest = max((s[2] for s in signature.values()), default=0)  # ctime_ns
+    settled = time.time_ns() - newest > _SETTLED * 1e9
+    known = (str(root.resolve()), json.dumps(signature, sort_keys=True))
+    if settled and known in _digests:
+        return _digests[known]
+    hasher = blake3()
+    for path in _files(root):
+        hasher.update(str(path.relative_to(root)).encode() + b"\0")
+        hasher.update(path.read_bytes())
+    digest = hasher.hexdigest()
+    if settled:
+        if len(_digests) >= 256:
+            _digests.clear()
+        _digests[known] = digest
+    return digest
 
 
 @dataclass(frozen=True)
@@ -131,7 +150,6 @@ class TrainingDecision:
     hit: bool
     reason: str
     entry: TrainingEntry | None = None
-    changed: dict[str, Any] = field(default_factory=dict)  # part: [before, now] on a miss
 
 
 def verify_model(entry: TrainingEntry) -> str | None:
@@ -176,8 +194,7 @@ def decide(policy: Policy, force: bool, parts: dict[str, Any], exact: TrainingEn
     if changed:
         what = ", ".join(f"{name} {_short(before)} → {_short(now_)}"
                          for name, (before, now_) in changed.items())
-        return TrainingDecision(False, f"miss: {what} since the last {model} training",
-                                changed=changed)
+        return TrainingDecision(False, f"miss: {what} since the last {model} training")
     return TrainingDecision(False, f"miss: no {model} trained on digest {digest}… with these "
                                    "parameters in the cache")
 
@@ -185,11 +202,6 @@ def decide(policy: Policy, force: bool, parts: dict[str, Any], exact: TrainingEn
 def _short(value: object) -> str:
     text = "none" if value is None else str(value)
     return text[:8] + "…" if len(text) > 24 else text
-
-
-# timestamps tick coarsely (a few ms): a signature is recorded only once the newest change is
-# this old, so a write landing in the same tick as the last one cannot go unseen
-_SETTLED = 0.1
 
 
 def _newest_change(folder: str) -> int:
