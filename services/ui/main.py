@@ -46,8 +46,11 @@ def through_selector(url: str, api_key: str | None) -> Rollback:
         except httpx.HTTPError as exc:
             raise SelectorError(f"the selector did not answer: {exc}") from None
         if answer.status_code != 200:
-            raise SelectorError(f"the selector refused ({answer.status_code}): "
-                                f"{answer.json().get('error', answer.text[:200])}")
+            try:
+                why = str(answer.json().get("error"))
+            except ValueError:  # not the selector's JSON (a proxy's page, say)
+                why = answer.text[:200]
+            raise SelectorError(f"the selector refused ({answer.status_code}): {why}")
         return dict(answer.json()["decision"])
 
     return rollback

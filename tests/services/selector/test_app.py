@@ -61,13 +61,22 @@ def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
         "generation": 2}))
     assert client.post("/rollback").status_code == 401
     assert client.post("/rollback", headers={"Authorization": "Bearer no"}).status_code == 401
-    done = client.post("/rollback", params={"reason": "from the dashboard"},
-                       headers={"Authorization": "Bearer k"})
-    assert done.status_code == 200, done.text
-    assert done.json()["decision"]["reason"].startswith("rollback: from the dashboard")
-    assert ChampionStore(r, str(repo)).get().version == 3 and versions(repo / "fashion-mnist") == [1, 2, 3]
-    again = client.post("/rollback", headers={"Authorization": "Bearer k"})
-    assert again.status_code == 409 and "no previous champion" in again.json()["error"]
+    from core.http import BackgroundServer, bind
+    from services.selector.errors import SelectorError
+    from services.ui.main import through_selector
+
+    server = BackgroundServer(app, bind("127.0.0.1", 0, "selector"), "selector").start()
+    try:  # the dashboard's rollback on a cluster, over a real socket
+        assert through_selector(server.url, "k")("from the dashboard")["reason"].startswith(
+            "rollback: from the dashboard")
+        assert ChampionStore(r, str(repo)).get().version == 3
+        assert versions(repo / "fashion-mnist") == [1, 2, 3]
+        with pytest.raises(SelectorError, match=r"refused \(409\): .*no previous champion"):
+            through_selector(server.url, "k")("again")
+        with pytest.raises(SelectorError, match=r"refused \(401\)"):
+            through_selector(server.url, "wrong")("again")
+    finally:
+        server.stop()
     keyless = TestClient(create_app(selector, Deduplicator(r, 60, namespace="x"),
                                     RedisStreamSink(r, "t:x").send))
     assert keyless.post("/rollback").status_code == 403
