@@ -17,6 +17,7 @@ configure()
 import tensorflow as tf  # noqa: E402
 
 from services.selector.backends import versions  # noqa: E402
+from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28  # noqa: E402
 from services.serving.errors import BadRequestError, ModelNotReadyError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,30 @@ class LoadedModel:
     path: str
     serve_bytes: object
     serve_arrays: object
+    # serve_arrays traced into a function taking the images positionally: calling it costs
+    # ~0.15 ms less than the signature's keyword call (its argument binding), per model call
+    arrays_direct: object | None = None
 
     def predict_bytes(self, images: list[bytes]) -> np.ndarray:
+        """Plain 28x28 grayscale PNGs decoded here (``decode``) and given to the arrays
+        signature; the rest, and any batch with an image libspng cannot read, through the
+        model's own decoding signature."""
+        plain = [n for n, image in enumerate(images) if is_plain_png28(image)]
+        if not plain:
+            return self._decode_and_predict(images)
+        try:
+            fast = self.predict_arrays(decode_plain_pngs([images[n] for n in plain]))
+        except UndecodableError:  # damaged: the model's decoder words the error
+            return self._decode_and_predict(images)
+        if len(plain) == len(images):
+            return fast
+        probs = np.empty((len(images), fast.shape[1]), fast.dtype)
+        probs[plain] = fast
+        others = np.setdiff1d(np.arange(len(images)), plain)
+        probs[others] = self._decode_and_predict([images[n] for n in others])
+        return probs
+
+    def _decode_and_predict(self, images: list[bytes]) -> np.ndarray:
         try:
             out = self.serve_bytes(image_bytes=tf.constant(images))  # type: ignore[operator]
         except tf.errors.InvalidArgumentError as exc:
@@ -37,6 +60,8 @@ class LoadedModel:
         return out["probabilities"].numpy()
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        if self.arrays_direct is not None:
+            return self.arrays_direct(tf.constant(images, tf.float32)).numpy()  # type: ignore[operator]
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
         return out["probabilities"].numpy()
 
@@ -50,8 +75,10 @@ class LoadedModel:
 
 def load(path: Path, version: int) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))
-    model = LoadedModel(version, str(path), loaded.signatures["serving_default"],
-                        loaded.signatures["predict_images"])
+    arrays = loaded.signatures["predict_images"]
+    direct = tf.function(lambda images: arrays(images=images)["probabilities"])
+    model = LoadedModel(version, str(path), loaded.signatures["serving_default"], arrays,
+                        direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)))
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))  # warm up before taking traffic
     return model
 
