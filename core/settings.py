@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     rate_limit_keyed: float = Field(0.0, ge=0)
     # micro-batching: images per model call (1 turns batching off), wait for stragglers (ms)
     serve_max_batch: int = Field(64, ge=1, le=1024)
-    serve_batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    serve_batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    # TensorFlow threads of `retrain serve` (intra-op and inter-op each); 0: TensorFlow's own
+    # choice (one per core). A call on a batch of 28x28 images is too short to share out.
+    serve_tf_threads: int = Field(1, ge=0, le=256)
     # images accepted and not yet answered; past it a request is answered 503 + Retry-After
     serve_max_queued: int = Field(4096, ge=1)
 

@@ -3,6 +3,7 @@ container all call."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -12,6 +13,8 @@ from core.settings import Settings
 from services.serving.app import create_app
 from services.serving.batching import BatchConfig
 from services.serving.limits import RateLimiter
+
+log = logging.getLogger(__name__)
 
 
 def batch_config(settings: Settings) -> BatchConfig | None:
@@ -32,11 +35,28 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
                       grpc=(settings.host, settings.grpc_port))
 
 
+def limit_tf_threads(threads: int) -> None:
+    """TensorFlow's thread pools for a process that only serves: ``threads`` each (0 leaves
+    TensorFlow's choice). Must run before TensorFlow runs anything. One is fastest here:
+    a call is ~0.5 ms, and handing its ops between pool threads cost more than it shared,
+    on cores the event loop and the clients also need (benchmarks/README.md)."""
+    if threads == 0:
+        return
+    from services.serving.model import tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError as exc:  # TensorFlow already ran something in this process
+        log.warning("TensorFlow's threads stay as they are: %s", exc)
+
+
 def run(settings: Settings, model_repo: Path | None = None, *,
         model_dir: Path | None = None) -> None:
     """``retrain serve``: serve the newest model version on ``settings.serve_port`` until
     stopped (as KServe's predictor: ``model_dir=/mnt/models``), gRPC on ``grpc_port``."""
     if settings.grpc_port:  # taken? say so before anything starts
         bind(settings.host, settings.grpc_port, "model server (gRPC)").close()
+    limit_tf_threads(settings.serve_tf_threads)
     serve_forever(create_server(settings, model_repo, model_dir=model_dir), settings.host,
                   settings.serve_port, "model server")

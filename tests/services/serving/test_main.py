@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,6 +42,9 @@ def test_serving_the_versions_kserves_storage_initializer_lays_out(tmp_path, sav
         assert len(answer.json()["predictions"][0]) == 10
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'retrain_serving_requests_total{code="200",protocol="v1"}' in metrics
+        # RETRAIN_SERVE_TF_THREADS (default 1): one TensorFlow pool thread, not one per core
+        names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()]
+        assert names.count("tf_Compute") == 1, names
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
