@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import gc
-import json
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,19 +22,15 @@ from prometheus_client import (
     generate_latest,
 )
 
-from core.http import BodyTooLargeError, read_body
 from core.settings import MODEL_NAME
-from services.serving import binary as wire
 from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (
-    BadRequestError,
     ModelNotFoundError,
-    PayloadTooLargeError,
     RateLimitedError,
     ServingError,
     UnauthorizedError,
 )
-from services.serving.inputs import OUTPUT, v1_inputs, v2_inputs, v2_outputs
+from services.serving.inference_routes import InferenceRoutes
 from services.serving.limits import Backlog, RateLimiter, UnknownKeyError, retry_after_header
 from services.serving.model import ModelHolder
 from services.serving.plane import (
@@ -54,11 +47,20 @@ MAX_BODY = 8 * 1024 * 1024
 MAX_QUEUED = 4096  # images accepted and not yet answered (RETRAIN_SERVE_MAX_QUEUED)
 
 
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequestError(f"body is not valid JSON: {exc}") from None
+class ModelServer(FastAPI):
+    """FastAPI, with predict and infer answered before any of its machinery runs (see
+    ``inference_routes``)."""
+
+    def __init__(self, inference: InferenceRoutes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inference = inference
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        route = self.inference.match(scope)
+        if route is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.inference.answer(route, scope, receive, send)
 
 
 def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str = MODEL_NAME,
@@ -146,7 +148,8 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         if batcher:
             batcher.pop().close()
 
-    app = FastAPI(title="retrain model server", lifespan=lifespan)
+    app = ModelServer(InferenceRoutes(plane, MAX_BODY), title="retrain model server",
+                      lifespan=lifespan)
     app.state.holder = holder
     app.state.grpc_port = None
 
@@ -155,19 +158,6 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         protocol = "v2" if request.url.path.startswith("/v2") else "v1"
         requests_total.labels(protocol, str(exc.status)).inc()
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
-
-    def _admit(request: Request) -> None:
-        admit(request.client.host if request.client else "unknown",
-              request.headers.get("authorization"))
-
-    async def _raw_body(request: Request) -> bytes:
-        try:
-            return await read_body(request, MAX_BODY)
-        except BodyTooLargeError as exc:
-            raise PayloadTooLargeError(str(exc)) from None
-
-    async def _body(request: Request) -> Any:
-        return _json(await _raw_body(request))
 
     def _check_name(name: str) -> None:
         if name != model_name:
@@ -179,18 +169,6 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         _check_name(name)
         model = holder.current
         return {"name": name, "ready": True, "model_version": str(model.version)}
-
-    @app.post("/v1/models/{name}:predict")
-    async def v1_predict(name: str, request: Request) -> Response:
-        _check_name(name)
-        _admit(request)
-        started = time.perf_counter()
-        kind, inputs = v1_inputs(await _body(request))
-        probs, version = await predict(kind, inputs)
-        latency.labels("v1").observe(time.perf_counter() - started)
-        requests_total.labels("v1", "200").inc()
-        return JSONResponse({"predictions": probs.tolist(), "model_version": str(version)},
-                            headers={"X-Model-Version": str(version)})
 
     # Open Inference Protocol V2 --------------------------------------------------------------
     @app.get("/v2")
@@ -220,25 +198,6 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
         _check_name(name)
         return JSONResponse({"name": name, "ready": holder.ready},
                             status_code=200 if holder.ready else 503)
-
-    @app.post("/v2/models/{name}/infer")
-    async def v2_infer(name: str, request: Request) -> Response:
-        _check_name(name)
-        _admit(request)
-        started = time.perf_counter()
-        text, binary = wire.split(await _raw_body(request), request.headers.get(wire.HEADER))
-        body = _json(text)
-        kind, inputs = v2_inputs(body, binary)
-        v2_outputs(body)
-        probs, version = await predict(kind, inputs)
-        latency.labels("v2").observe(time.perf_counter() - started)
-        requests_total.labels("v2", "200").inc()
-        content, headers = wire.response(
-            {"model_name": name, "model_version": str(version),
-             "id": str(body.get("id") or uuid.uuid4())},
-            {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)},
-            probs, wire.wants_binary(body, OUTPUT))
-        return Response(content, headers={**headers, "X-Model-Version": str(version)})
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -84,6 +84,18 @@ def test_invalid_json_unknown_model_and_oversized_body(client):
     assert client.post("/v1/models/fashion-mnist:predict", content=big).status_code == 413
 
 
+def test_the_inference_routes_take_post_only_and_answer_errors_as_json(client):
+    for path in ("/v1/models/fashion-mnist:predict", "/v2/models/fashion-mnist/infer"):
+        r = client.get(path)
+        assert r.status_code == 405 and r.headers["allow"] == "POST" and "POST" in r.json()["error"]
+    r = client.post("/v2/models/other/infer", json={"inputs": []})
+    assert r.status_code == 404 and "not found" in r.json()["error"]
+    assert r.headers["content-type"] == "application/json"
+    # a path beside them is FastAPI's own
+    r = client.post("/v2/models/fashion-mnist/infer/more", json={})
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+
+
 def test_not_ready_without_a_model(tmp_path):
     with TestClient(create_app(tmp_path / "empty")) as c:
         assert c.get("/v2/health/ready").status_code == 503

@@ -1,0 +1,157 @@
+"""The two inference routes, answered in plain ASGI ahead of FastAPI.
+
+``POST /v1/models/NAME:predict`` (KServe V1) and ``POST /v2/models/NAME/infer`` (Open
+Inference Protocol V2) carry nearly all of a model server's traffic. Through FastAPI's
+middleware, router, dependency solving and its Request and Response objects, each request
+cost the event loop more than the parsing, the hand-off to the model thread and the answer
+together (``benchmarks/README.md``, the serving section). Here they are a path match, the
+body read against its limit, and the same checked parsing (``inputs``, ``binary``) as
+before. Every other route (health, metadata, metrics) is FastAPI's. Errors are answered as the rest of the
+server answers them: ``{"error": message}`` with the status and headers of the
+``ServingError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.serving import binary as wire
+from services.serving.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    ServingError,
+)
+from services.serving.inputs import OUTPUT, v1_inputs, v2_inputs, v2_outputs
+from services.serving.plane import Plane
+
+log = logging.getLogger(__name__)
+ROUTES = re.compile(r"^/(?:(v1)/models/([^/]+):predict|(v2)/models/([^/]+)/infer)$")
+JSON = b"application/json"
+_BINARY_HEADER = wire.HEADER.lower().encode()
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before its request body arrived: nobody to answer."""
+
+
+def parse_json(raw: bytes | memoryview) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
+
+
+async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], declared: bytes | None,
+                    limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes: by its
+    Content-Length before anything is read, or while it streams in."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"body of {declared.decode()} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGoneError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+async def respond(send: Callable[[dict[str, Any]], Awaitable[None]], status: int,
+                  content_type: bytes, content: bytes, headers: dict[str, str]) -> None:
+    listed = [(b"content-type", content_type), (b"content-length", str(len(content)).encode())]
+    listed += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": listed})
+    await send({"type": "http.response.body", "body": content})
+
+
+class InferenceRoutes:
+    """``match(scope)`` says whether a request is one of the inference routes; ``answer``
+    answers it."""
+
+    def __init__(self, plane: Plane, max_body: int) -> None:
+        self.plane = plane
+        self.max_body = max_body
+
+    @staticmethod
+    def match(scope: dict[str, Any]) -> re.Match[str] | None:
+        return ROUTES.match(scope["path"]) if scope["type"] == "http" else None
+
+    async def answer(self, route: re.Match[str], scope: dict[str, Any], receive: Any,
+                     send: Any) -> None:
+        v1, v1_name, _, v2_name = route.groups()
+        protocol, name = ("v1", v1_name) if v1 else ("v2", v2_name)
+        if scope["method"] != "POST":
+            await respond(send, 405, JSON, b'{"error":"method not allowed: use POST"}',
+                          {"Allow": "POST"})
+            return
+        headers: dict[bytes, bytes] = {}
+        for key, value in scope["headers"]:
+            if key in (b"content-length", b"authorization", _BINARY_HEADER):
+                headers[key] = value
+        try:
+            status, content_type, content, extra = await self._answer(protocol, name, scope, headers, receive)
+        except ClientGoneError:
+            return
+        except ServingError as exc:
+            self.plane.count(protocol, exc.status)
+            body = json.dumps({"error": str(exc)}).encode()
+            await respond(send, exc.status, JSON, body, exc.headers)
+            return
+        except Exception:  # a defect: said in the log, answered 500 (as FastAPI would)
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            self.plane.count(protocol, 500)
+            await respond(send, 500, JSON, b'{"error":"internal server error"}', {})
+            return
+        await respond(send, status, content_type, content, extra)
+
+    async def _answer(self, protocol: str, name: str, scope: dict[str, Any],
+                      headers: dict[bytes, bytes],
+                      receive: Any) -> tuple[int, bytes, bytes, dict[str, str]]:
+        plane = self.plane
+        if name != plane.model_name:
+            raise ModelNotFoundError(f"model {name!r} not found (this server serves "
+                                     f"{plane.model_name!r})")
+        client = scope.get("client")
+        authorization = headers.get(b"authorization")
+        plane.admit(client[0] if client else "unknown",
+                    authorization.decode("latin-1") if authorization is not None else None)
+        started = time.perf_counter()
+        raw = await read_body(receive, headers.get(b"content-length"), self.max_body)
+        if protocol == "v1":
+            kind, inputs = v1_inputs(parse_json(raw))
+            probs, version = await plane.predict(kind, inputs)
+            content = json.dumps({"predictions": probs.tolist(), "model_version": str(version)},
+                                 separators=(",", ":")).encode()
+            content_type, extra = JSON, {}
+        else:
+            declared = headers.get(_BINARY_HEADER)
+            text, binary = wire.split(raw, declared.decode("latin-1") if declared is not None else None)
+            body = parse_json(text)
+            kind, inputs = v2_inputs(body, binary)
+            v2_outputs(body)
+            probs, version = await plane.predict(kind, inputs)
+            content, extra = wire.response(
+                {"model_name": name, "model_version": str(version),
+                 "id": str(body.get("id") or uuid.uuid4())},
+                {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)},
+                probs, wire.wants_binary(body, OUTPUT))
+            content_type = extra.pop("Content-Type").encode()
+        plane.timed(protocol, time.perf_counter() - started)
+        plane.count(protocol, 200)
+        return 200, content_type, content, {**extra, "X-Model-Version": str(version)}
