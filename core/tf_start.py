@@ -44,6 +44,12 @@ def configure() -> None:
             tf.config.list_physical_devices()  # the CUDA probe, and its complaint, happen here
 
 
+def quiet_native():  # type: ignore[no-untyped-def]
+    """A context in which TensorFlow's native lines on descriptor 2 go to the debug log (as
+    during ``configure``), unless they are wanted."""
+    return contextlib.nullcontext() if native_logs_wanted() else _quiet_fd2()
+
+
 @contextlib.contextmanager
 def _quiet_fd2():  # type: ignore[no-untyped-def]
     try:

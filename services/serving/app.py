@@ -67,15 +67,17 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                limiter: RateLimiter | None = None,
                batching: BatchConfig | None = BatchConfig(),
                model_dir: Path | None = None, max_queued: int = MAX_QUEUED,
-               grpc: tuple[str, int] | None = None) -> FastAPI:
+               grpc: tuple[str, int] | None = None,
+               compile_after: int | None = None) -> FastAPI:
     """The server. ``limiter`` (None: no limits) guards the predict and infer endpoints;
     ``batching`` (None: every request is its own model call) groups concurrent requests;
     past ``max_queued`` images waiting for the model, requests are answered 503. With
     ``grpc`` (host, port; port 0: any free one, in ``app.state.grpc_port``) the Open
     Inference Protocol is also served over gRPC, from the same model and limits.
     The versions are read from ``model_repo/model_name/<version>/``, or, with ``model_dir``,
-    from ``model_dir/<version>/`` (where KServe's storage initializer puts them)."""
-    holder = ModelHolder(model_dir or model_repo / model_name)
+    from ``model_dir/<version>/`` (where KServe's storage initializer puts them). A version
+    that has answered ``compile_after`` model calls is compiled for LiteRT (``model``)."""
+    holder = ModelHolder(model_dir or model_repo / model_name, compile_after)
     registry = CollectorRegistry()
     batch_sizes = Histogram("retrain_serving_batch_size", "Images per model call",
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=registry)

@@ -32,7 +32,8 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
     return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
                       limiter=limiter, batching=batch_config(settings), model_dir=model_dir,
                       max_queued=settings.serve_max_queued,
-                      grpc=(settings.host, settings.grpc_port))
+                      grpc=(settings.host, settings.grpc_port),
+                      compile_after=settings.serve_compile_after or None)
 
 
 def limit_tf_threads(threads: int) -> None:

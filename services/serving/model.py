@@ -1,11 +1,18 @@
-"""A loaded SavedModel version, and the holder that swaps versions without dropping requests."""
+"""A loaded SavedModel version, and the holder that swaps versions without dropping requests.
+
+A version that has answered ``compile_after`` model calls is compiled for LiteRT in the
+background (``lite``), and its array calls go there from then on: a model call of ~0.1 ms
+instead of ~0.7 ms. A version that only answers a few calls (tests, a quiet server) is never
+compiled; ``compile_after=None`` never compiles.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +26,12 @@ import tensorflow as tf  # noqa: E402
 from services.selector.backends import versions  # noqa: E402
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28  # noqa: E402
 from services.serving.errors import BadRequestError, ModelNotReadyError  # noqa: E402
+from services.serving.lite import CompiledModel  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoadedModel:
     version: int
     path: str
@@ -32,6 +40,9 @@ class LoadedModel:
     # serve_arrays traced into a function taking the images positionally: calling it costs
     # ~0.15 ms less than the signature's keyword call (its argument binding), per model call
     arrays_direct: object | None = None
+    compile_after: int | None = None  # model calls before compiling for LiteRT (None: never)
+    compiled: CompiledModel | None = None
+    calls: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     def predict_bytes(self, images: list[bytes]) -> np.ndarray:
         """Plain 28x28 grayscale PNGs decoded here (``decode``) and given to the arrays
@@ -60,10 +71,26 @@ class LoadedModel:
         return out["probabilities"].numpy()
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        if next(self.calls) == self.compile_after:  # one thread draws that number
+            threading.Thread(target=self._compile, name=f"compile-v{self.version}", daemon=True).start()
+        compiled = self.compiled
+        if compiled is not None:
+            return compiled.predict(images)
         if self.arrays_direct is not None:
             return self.arrays_direct(tf.constant(images, tf.float32)).numpy()  # type: ignore[operator]
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
         return out["probabilities"].numpy()
+
+    def _compile(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.compiled = CompiledModel.compile(Path(self.path))
+        except Exception as exc:  # an op LiteRT lacks, say: TensorFlow goes on answering
+            log.warning("version %d stays on TensorFlow: LiteRT cannot compile it: %s",
+                        self.version, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        log.info("version %d compiled for LiteRT in %.2fs; its model calls go there now",
+                 self.version, time.perf_counter() - started)
 
     def predict(self, kind: str, parts: list[list[bytes] | np.ndarray]) -> np.ndarray:
         """One model call for the inputs of one or more requests of the same kind ("bytes":
@@ -73,12 +100,13 @@ class LoadedModel:
         return self.predict_arrays(np.concatenate(parts))  # type: ignore[arg-type]
 
 
-def load(path: Path, version: int) -> LoadedModel:
+def load(path: Path, version: int, compile_after: int | None = None) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))
     arrays = loaded.signatures["predict_images"]
     direct = tf.function(lambda images: arrays(images=images)["probabilities"])
     model = LoadedModel(version, str(path), loaded.signatures["serving_default"], arrays,
-                        direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)))
+                        direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)),
+                        compile_after)
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))  # warm up before taking traffic
     return model
 
@@ -86,8 +114,9 @@ def load(path: Path, version: int) -> LoadedModel:
 class ModelHolder:
     """Holds the serving version; a new one is loaded and warmed aside, then swapped in."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, compile_after: int | None = None) -> None:
         self.model_dir = model_dir
+        self.compile_after = compile_after
         self._current: LoadedModel | None = None
         self._lock = threading.Lock()
         self._unloadable: set[int] = set()
@@ -123,7 +152,7 @@ class ModelHolder:
                 return newest
             started = time.perf_counter()
             try:
-                model = load(self.model_dir / str(newest), newest)
+                model = load(self.model_dir / str(newest), newest, self.compile_after)
             except Exception as exc:  # a broken version must not take the server down
                 self._unloadable.add(newest)
                 log.error("version %d cannot be loaded, skipping it: %s", newest, exc)

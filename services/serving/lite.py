@@ -1,0 +1,89 @@
+"""The served model's array signature compiled for LiteRT (TensorFlow Lite's interpreter).
+
+A TensorFlow eager call of this small network costs ~0.7 ms for one image, nearly all of it
+runtime overhead (function dispatch, the executor, a hand-off to the op thread); the same
+ops in LiteRT's interpreter take ~0.1 ms (``benchmarks/README.md``). Under light load, where
+batches are a few images, that overhead was most of a request's latency.
+
+The model server compiles each version it loads in a background thread (1-2 s) and keeps
+answering with TensorFlow until the compiled model is there, or for good if compiling fails
+(an op LiteRT lacks, say). The compiled model gives the probabilities TensorFlow gives, to
+float32 rounding (``tests/services/serving/test_lite.py``). An interpreter is kept per batch
+size (1 to 8, then multiples of 8 up to 64, a batch padded with zeros to its size), each
+used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from core.tf_start import configure, quiet_native
+
+configure()
+
+import tensorflow as tf  # noqa: E402
+
+log = logging.getLogger(__name__)
+SIGNATURE = "predict_images"
+MAX_BATCH = 64
+
+
+def batch_size(n: int) -> int:
+    """The interpreter size a batch of ``n`` (at most 64) images runs at."""
+    return n if n <= 8 else -(-n // 8) * 8
+
+
+class CompiledModel:
+    """``predict(images)``: (n, 28, 28) float32 → (n, 10) probabilities."""
+
+    def __init__(self, flatbuffer: bytes, threads: int = 1) -> None:
+        self._flatbuffer = flatbuffer
+        self._threads = threads
+        self._interpreters: dict[int, tuple[Interpreter, int, int, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def compile(cls, saved_model: Path, threads: int = 1) -> CompiledModel:
+        """Convert the SavedModel's ``predict_images`` signature (raises what the converter
+        raises when it cannot)."""
+        with quiet_native():
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
+                                                                 signature_keys=[SIGNATURE])
+            compiled = cls(converter.convert(), threads)
+            compiled.predict(np.zeros((1, 28, 28), np.float32))  # the interpreter starts here
+        return compiled
+
+    def _interpreter(self, size: int) -> tuple[Interpreter, int, int, threading.Lock]:
+        found = self._interpreters.get(size)
+        if found is None:
+            with self._lock:
+                found = self._interpreters.get(size)
+                if found is None:
+                    interpreter = Interpreter(model_content=self._flatbuffer,
+                                              num_threads=self._threads)
+                    given = interpreter.get_input_details()[0]["index"]
+                    interpreter.resize_tensor_input(given, [size, 28, 28])
+                    interpreter.allocate_tensors()
+                    found = (interpreter, given, interpreter.get_output_details()[0]["index"],
+                             threading.Lock())
+                    self._interpreters[size] = found
+        return found
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        pieces = []
+        for start in range(0, len(images), MAX_BATCH):
+            piece = np.asarray(images[start:start + MAX_BATCH], np.float32)
+            size = batch_size(len(piece))
+            if size != len(piece):
+                piece = np.concatenate([piece, np.zeros((size - len(piece), 28, 28), np.float32)])
+            interpreter, given, answer, busy = self._interpreter(size)
+            with busy:
+                interpreter.set_tensor(given, piece)
+                interpreter.invoke()
+                pieces.append(interpreter.get_tensor(answer)[:min(MAX_BATCH, len(images) - start)])
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)

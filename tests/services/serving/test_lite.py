@@ -1,0 +1,110 @@
+"""A served version is compiled for LiteRT once it has answered ``compile_after`` model calls:
+the compiled model must give TensorFlow's probabilities (to float32 rounding) for every batch
+size, and a model LiteRT cannot compile goes on being answered by TensorFlow."""
+
+import base64
+import io
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.http import BackgroundServer, bind
+from services.serving.app import create_app
+from services.serving.batching import BatchConfig
+from services.serving.lite import CompiledModel, batch_size
+from services.serving.model import load, tf
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.integration]
+PREDICT = "/v1/models/fashion-mnist:predict"
+
+
+def _reference(model, images):
+    return model.serve_arrays(images=tf.constant(images))["probabilities"].numpy()
+
+
+def _png(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_batch_sizes_are_exact_up_to_8_then_multiples_of_8():
+    assert [batch_size(n) for n in (1, 2, 7, 8, 9, 16, 17, 63, 64)] == [1, 2, 7, 8, 16, 16, 24, 64, 64]
+
+
+def test_the_compiled_model_answers_as_tensorflow_for_every_batch_size(saved_model):
+    model = load(saved_model, 1)
+    compiled = CompiledModel.compile(saved_model)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 8, 9, 64, 100):  # exact, padded, several pieces
+        images = rng.random((n, 28, 28), dtype=np.float32)
+        answer = compiled.predict(images)
+        assert answer.shape == (n, 10)
+        np.testing.assert_allclose(answer, _reference(model, images), rtol=1e-5, atol=1e-6)
+    pixels = rng.integers(0, 256, (4, 28, 28)).astype(np.float32)  # 0..255: scaled in the graph
+    np.testing.assert_allclose(compiled.predict(pixels), _reference(model, pixels), rtol=1e-5, atol=1e-6)
+
+
+def _serve(repo, **kwargs):
+    app = create_app(repo, poll_seconds=0.05, **kwargs)
+    return app, BackgroundServer(app, bind("127.0.0.1", 0, "model server"), "model-server").start()
+
+
+@pytest.mark.parametrize("batching", [BatchConfig(), None], ids=["batched", "unbatched"])
+def test_a_busy_version_is_compiled_and_answers_as_before(tmp_path, saved_model, batching):
+    shutil.copytree(saved_model, tmp_path / "repo" / "fashion-mnist" / "1")
+    images = np.random.default_rng(1).integers(0, 256, (96, 28, 28), dtype=np.uint8)
+    app, server = _serve(tmp_path / "repo", batching=batching, compile_after=20)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            def ask(i):
+                r = client.post(PREDICT, json={"instances": [{"image_bytes": {"b64": _png(images[i])}}]})
+                assert r.status_code == 200, r.text
+                return r.json()["predictions"][0]
+
+            before = [ask(i) for i in range(len(images))]  # TensorFlow, then compiling meanwhile
+            served = app.state.holder.current
+            wait_for(lambda: served.compiled is not None, seconds=60)
+            with ThreadPoolExecutor(16) as pool:  # concurrent calls share the interpreters
+                after = list(pool.map(ask, range(len(images))))
+    finally:
+        server.stop()
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog):
+    class Odd(tf.Module):  # string ops inside: LiteRT's built-in ops lack them
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(self, image_bytes):
+            return {"probabilities": tf.zeros([tf.shape(image_bytes)[0], 10])}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="images")])
+        def serve_arrays(self, images):
+            text = tf.strings.as_string(tf.reduce_sum(images, [1, 2]))
+            length = tf.cast(tf.strings.length(tf.strings.regex_replace(text, "0", "")), tf.float32)
+            return {"probabilities": tf.tile(length[:, None], [1, 10]) / 100.0}
+
+    odd = Odd()
+    path = tmp_path / "repo" / "fashion-mnist" / "1"
+    tf.saved_model.save(odd, str(path), signatures={
+        "serving_default": odd.serve_bytes.get_concrete_function(),
+        "predict_images": odd.serve_arrays.get_concrete_function()})
+    with caplog.at_level(logging.WARNING, logger="services.serving.model"):
+        app, server = _serve(tmp_path / "repo", compile_after=2)
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                answers = [client.post(PREDICT, json={"instances": [np.full((28, 28), 0.5).tolist()]})
+                           for _ in range(4)]
+                wait_for(lambda: "stays on TensorFlow" in caplog.text, seconds=60)
+                again = client.post(PREDICT, json={"instances": [np.full((28, 28), 0.5).tolist()]})
+        finally:
+            server.stop()
+    assert [a.status_code for a in answers] == [200] * 4 and again.status_code == 200
+    assert again.json()["predictions"] == answers[0].json()["predictions"]
+    assert app.state.holder.current.compiled is None
