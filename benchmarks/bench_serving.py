@@ -114,6 +114,22 @@ def hey(binary: str, url: str, body: Path, concurrency: int, seconds: float) -> 
             "ok": codes.get(200, 0), "failed": sum(n for c, n in codes.items() if c != 200) + errors}
 
 
+def warm_up(binary: str, url: str, body: Path, limit: float = 60.0) -> None:
+    """Load until the server is in its steady state: for ours, until the served version has
+    been compiled for LiteRT (after 200 model calls, a second or two of compiling)."""
+    metrics = url.split("/v1/")[0] + "/metrics"
+    deadline = time.monotonic() + limit
+    while True:
+        hey(binary, url, body, 8, 2)
+        try:
+            text = httpx.get(metrics, timeout=5).text
+        except httpx.HTTPError:
+            return  # kserve's and the bare endpoint's metrics are elsewhere, or absent
+        if "retrain_serving_model_compiled" not in text or \
+                re.search(r"^retrain_serving_model_compiled 1", text, re.M) or time.monotonic() > deadline:
+            return
+
+
 # sections -------------------------------------------------------------------------------------
 def body_file(work: Path) -> Path:
     buf = io.BytesIO()
@@ -137,7 +153,7 @@ def ours_vs_kserve(binary: str, python: Path, repo: Path, body: Path, seconds: f
             port = free_port()
             with start(port):
                 url = f"http://127.0.0.1:{port}{PREDICT}"
-                hey(binary, url, body, 8, 2)  # warm-up
+                warm_up(binary, url, body)
                 for concurrency in (5, 32):
                     r = hey(binary, url, body, concurrency, seconds)
                     results.setdefault((name, concurrency), []).append(r)

@@ -87,6 +87,8 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     backlog = Backlog(max_queued)
     Gauge("retrain_serving_queued_images", "Images accepted and not yet answered",
           registry=registry).set_function(lambda: backlog.images)
+    Gauge("retrain_serving_model_compiled", "1 when the served version runs on LiteRT",
+          registry=registry).set_function(lambda: int(holder.compiled))
     stop = threading.Event()
 
     def poll() -> None:

@@ -133,6 +133,12 @@ class ModelHolder:
     def ready(self) -> bool:
         return self._current is not None
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the served version's model calls run on LiteRT."""
+        model = self._current
+        return model is not None and model.compiled is not None
+
     def refresh(self) -> int | None:
         """Serve the newest loadable version; returns the version served (None: nothing yet).
 

@@ -68,9 +68,11 @@ def test_a_busy_version_is_compiled_and_answers_as_before(tmp_path, saved_model,
                 assert r.status_code == 200, r.text
                 return r.json()["predictions"][0]
 
+            assert "retrain_serving_model_compiled 0.0" in client.get("/metrics").text
             before = [ask(i) for i in range(len(images))]  # TensorFlow, then compiling meanwhile
             served = app.state.holder.current
             wait_for(lambda: served.compiled is not None, seconds=60)
+            assert "retrain_serving_model_compiled 1.0" in client.get("/metrics").text
             with ThreadPoolExecutor(16) as pool:  # concurrent calls share the interpreters
                 after = list(pool.map(ask, range(len(images))))
     finally:
