@@ -22,6 +22,8 @@ import threading
 log = logging.getLogger(__name__)
 NATIVE = re.compile(rb"^(?:[IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog)")
 _lock = threading.Lock()
+_fd2 = threading.Lock()  # one redirection of descriptor 2 at a time: nested ones, from two
+# threads, would restore each other's temporary file as the process's stderr
 _started = False
 
 
@@ -52,6 +54,11 @@ def quiet_native():  # type: ignore[no-untyped-def]
 
 @contextlib.contextmanager
 def _quiet_fd2():  # type: ignore[no-untyped-def]
+    with _fd2:
+        yield from _redirected_fd2()
+
+
+def _redirected_fd2():  # type: ignore[no-untyped-def]
     try:
         sys.stderr.flush()
         saved = os.dup(2)

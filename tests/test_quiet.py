@@ -73,3 +73,26 @@ def test_retrain_run_is_quiet_unless_verbose(tmp_path, redis_handle, r, verbose)
     assert "ingested" in output  # the run's own account is there either way
     found = [n for n in ("oneDNN", "cuda drivers", "absl::InitializeLog") if n in output]
     assert found == (["oneDNN", "cuda drivers", "absl::InitializeLog"] if verbose else []), output
+
+
+def test_two_threads_quieting_tensorflow_at_once_leave_stderr_working():
+    """The model server compiles versions for LiteRT in background threads, each with
+    TensorFlow's native lines kept off the terminal: overlapping, they must not leave the
+    process's stderr pointing at one of their temporary files."""
+    script = (
+        "import os, threading, time\n"
+        "from core.tf_start import quiet_native\n"
+        "def hold(start, seconds):\n"
+        "    time.sleep(start)\n"
+        "    with quiet_native():\n"
+        "        os.write(2, b'I0000 a native line\\n')\n"
+        "        time.sleep(seconds)\n"
+        "threads = [threading.Thread(target=hold, args=a) for a in ((0, 0.3), (0.1, 0.4))]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "os.write(2, b'still on the terminal\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                          env={**os.environ, "RETRAIN_LOG_LEVEL": "info"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b"still on the terminal\n"
