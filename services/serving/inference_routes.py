@@ -137,7 +137,7 @@ class InferenceRoutes:
             kind, inputs = v1_inputs(parse_json(raw))
             probs, version = await plane.predict(kind, inputs)
             content = json.dumps({"predictions": probs.tolist(), "model_version": str(version)},
-                                 separators=(",", ":")).encode()
+                                 separators=(",", ":"), allow_nan=False).encode()  # NaN: a 500
             content_type, extra = JSON, {}
         else:
             declared = headers.get(_BINARY_HEADER)

@@ -142,3 +142,24 @@ def test_rate_limits_answer_429_with_retry_after_and_keys_get_their_own(tmp_path
         assert wrong.status_code == 401 and "not one of RETRAIN_API_KEYS" in wrong.json()["error"]
         assert c.get("/v2/health/ready").status_code == 200  # health is never limited
         assert 'code="429"' in c.get("/metrics").text
+
+
+def test_a_model_answering_nan_is_a_500_not_invalid_json(tmp_path):
+    from services.serving.model import tf
+
+    class Broken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(self, image_bytes):
+            return {"probabilities": tf.fill([tf.shape(image_bytes)[0], 10], float("nan"))}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="images")])
+        def serve_arrays(self, images):
+            return {"probabilities": tf.fill([tf.shape(images)[0], 10], float("nan"))}
+
+    broken = Broken()
+    tf.saved_model.save(broken, str(tmp_path / "repo" / "fashion-mnist" / "1"), signatures={
+        "serving_default": broken.serve_bytes.get_concrete_function(),
+        "predict_images": broken.serve_arrays.get_concrete_function()})
+    with TestClient(create_app(tmp_path / "repo", poll_seconds=0.1)) as c:
+        r = c.post("/v1/models/fashion-mnist:predict", json={"instances": [[[0.0] * 28] * 28]})
+    assert r.status_code == 500 and r.json() == {"error": "internal server error"}
