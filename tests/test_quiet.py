@@ -97,22 +97,3 @@ def test_two_threads_quieting_tensorflow_at_once_leave_stderr_working():
     assert done.returncode == 0, done.stderr
     assert done.stderr == b"still on the terminal\n"
 
-
-def test_compiling_a_model_for_litert_writes_nothing_to_the_terminal(saved_model):
-    """LiteRT's converter and interpreter write their own lines to descriptor 2 ("INFO:
-    Created TensorFlow Lite XNNPACK delegate for CPU.", MLIR's notes): the model server
-    compiles in the background of a terminal someone is reading."""
-    script = (
-        "import sys, numpy as np\n"
-        "from pathlib import Path\n"
-        "from services.serving.lite import CompiledModel\n"
-        "compiled = CompiledModel.compile(Path(sys.argv[1]))\n"
-        "for n in (1, 5, 12):\n"
-        "    assert compiled.predict(np.zeros((n, 28, 28), np.float32)).shape == (n, 10)\n"
-        "print('compiled')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(saved_model)], capture_output=True,
-                          timeout=300, env={**os.environ, "RETRAIN_LOG_LEVEL": "info"})
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    assert done.stdout == b"compiled\n"
-    assert done.stderr == b"", done.stderr.decode()[-3000:]

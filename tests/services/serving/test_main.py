@@ -20,7 +20,8 @@ def test_serving_the_versions_kserves_storage_initializer_lays_out(tmp_path, sav
     models = tmp_path / "mnt" / "models"
     shutil.copytree(saved_model, models / "7")
     port = free_port()
-    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home")}
+    # compiled for LiteRT at its third model call (the warm-up, two requests), in the background
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_SERVE_COMPILE_AFTER": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "retrain.cli", "serve", "--model-dir",
                              str(models), "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,7 +46,19 @@ def test_serving_the_versions_kserves_storage_initializer_lays_out(tmp_path, sav
         # RETRAIN_SERVE_TF_THREADS (default 1): one TensorFlow pool thread, not one per core
         names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()]
         assert names.count("tf_Compute") == 1, names
+        assert "retrain_serving_model_compiled 0.0" in metrics
+        httpx.post(url + ":predict", json={"instances": [[[0.0] * 28] * 28]}, timeout=30)
+        deadline = time.monotonic() + 60
+        while "retrain_serving_model_compiled 1.0" not in metrics:
+            assert time.monotonic() < deadline, "never compiled for LiteRT"
+            time.sleep(0.2)
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        compiled = httpx.post(url + ":predict", json={"instances": [[[0.0] * 28] * 28]}, timeout=30)
+        assert compiled.json()["predictions"][0] == pytest.approx(answer.json()["predictions"][0], abs=1e-6)
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert "Traceback" not in output, output[-3000:]
+    assert "version 7 compiled for LiteRT" in output
+    # LiteRT's own line ("INFO: Created TensorFlow Lite XNNPACK delegate") is kept off the terminal
+    assert "TensorFlow Lite" not in output, output[-3000:]
