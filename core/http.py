@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import uvicorn
@@ -79,13 +79,19 @@ class BodyTooLargeError(RetrainError):
 
 
 async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` bytes: by its
-    Content-Length before anything is read, or while streaming it."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise BodyTooLargeError(f"body of {length} bytes exceeds the limit of {limit}")
+    """A Starlette request's body, refused as soon as it is known to exceed ``limit`` bytes
+    (``read_limited``)."""
+    return await read_limited(request.stream(), request.headers.get("content-length"), limit)
+
+
+async def read_limited(chunks: AsyncIterator[bytes], content_length: str | None,
+                       limit: int) -> bytes:
+    """A body arriving in ``chunks``, refused as soon as it is known to exceed ``limit``
+    bytes: by its Content-Length before anything is read, or while it streams in."""
+    if content_length and content_length.isdigit() and int(content_length) > limit:
+        raise BodyTooLargeError(f"body of {content_length} bytes exceeds the limit of {limit}")
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body.extend(chunk)
         if len(body) > limit:
             raise BodyTooLargeError(f"body exceeds the limit of {limit} bytes")

@@ -18,9 +18,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from core.http import BodyTooLargeError, read_limited
 from services.serving import binary as wire
 from services.serving.errors import (
     BadRequestError,
@@ -48,28 +49,15 @@ def parse_json(raw: bytes | memoryview) -> Any:
         raise BadRequestError(f"body is not valid JSON: {exc}") from None
 
 
-async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], declared: bytes | None,
-                    limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` bytes: by its
-    Content-Length before anything is read, or while it streams in."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"body of {declared.decode()} bytes exceeds the limit of {limit}")
-    chunks: list[bytes] = []
-    size = 0
+async def _chunks(receive: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    """The request body's chunks, as ASGI's ``receive`` hands them over."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGoneError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"body exceeds the limit of {limit} bytes")
+        yield message.get("body", b"")
         if not message.get("more_body", False):
-            if not chunks:
-                return chunk
-            chunks.append(chunk)
-            return b"".join(chunks)
-        chunks.append(chunk)
+            return
 
 
 async def respond(send: Callable[[dict[str, Any]], Awaitable[None]], status: int,
@@ -132,7 +120,12 @@ class InferenceRoutes:
         plane.admit(client[0] if client else "unknown",
                     authorization.decode("latin-1") if authorization is not None else None)
         started = time.perf_counter()
-        raw = await read_body(receive, headers.get(b"content-length"), self.max_body)
+        length = headers.get(b"content-length")
+        try:
+            raw = await read_limited(_chunks(receive), length.decode("latin-1") if length else None,
+                                     self.max_body)
+        except BodyTooLargeError as exc:
+            raise PayloadTooLargeError(str(exc)) from None
         if protocol == "v1":
             kind, inputs = v1_inputs(parse_json(raw))
             probs, version = await plane.predict(kind, inputs)

@@ -1,4 +1,5 @@
 import base64
+import json
 import io
 import shutil
 
@@ -82,6 +83,13 @@ def test_invalid_json_unknown_model_and_oversized_body(client):
     assert client.post("/v1/models/other:predict", json={"instances": [[0]]}).status_code == 404
     big = b"[" + b"0," * (5 * 1024 * 1024) + b"0]"
     assert client.post("/v1/models/fashion-mnist:predict", content=big).status_code == 413
+    # streamed without a Content-Length: refused while it arrives, and joined when it fits
+    streamed = client.post("/v1/models/fashion-mnist:predict", content=iter([b"0" * 1_000_000] * 9))
+    assert streamed.status_code == 413 and "limit" in streamed.json()["error"]
+    body = json.dumps({"instances": [{"image_bytes": {"b64": _png()}}]}).encode()
+    pieces = iter([body[:10], body[10:40], body[40:]])
+    answer = client.post("/v1/models/fashion-mnist:predict", content=pieces)
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 10
 
 
 def test_the_inference_routes_take_post_only_and_answer_errors_as_json(client):
