@@ -20,10 +20,10 @@ import tempfile
 import threading
 
 log = logging.getLogger(__name__)
-# absl's lines ("I0000 ...", "WARNING: All log messages before ..."), and LiteRT's own
-# ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."; uvicorn pads "INFO:     ")
-NATIVE = re.compile(rb"^(?:[IWEF]\d{4} |WARNING: All log messages before absl::InitializeLog"
-                    rb"|(?:INFO|WARNING|ERROR): \S)")
+# absl's lines ("I0000 ...", "WARNING: All log messages before absl::InitializeLog()") and
+# LiteRT's ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."); uvicorn pads its own
+# ("INFO:     "), so they still reach the terminal
+NATIVE = re.compile(rb"^(?:[IWEF]\d{4} |(?:INFO|WARNING|ERROR): \S)")
 _lock = threading.Lock()
 _fd2 = threading.Lock()  # one redirection of descriptor 2 at a time: nested ones, from two
 # threads, would restore each other's temporary file as the process's stderr

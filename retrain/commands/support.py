@@ -12,6 +12,7 @@ from rich.console import Console
 from core import redact
 from core.errors import ConfigurationError
 from core.settings import Settings
+from core.tf_start import native_logs_wanted
 
 console = Console(stderr=True)
 
@@ -43,7 +44,7 @@ def setup_logging(verbose: bool, *, native: bool = False, live: Console | None =
     tear each other apart."""
     if native:
         os.environ["RETRAIN_LOG_LEVEL"] = "debug"
-    debug = os.environ.get("RETRAIN_LOG_LEVEL", "").lower() == "debug"
+    debug = native_logs_wanted()
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     if live is not None:
         from rich.logging import RichHandler
