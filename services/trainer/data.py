@@ -9,12 +9,12 @@ configure()
 import tensorflow as tf  # noqa: E402
 
 from dataset.store import shard_paths  # noqa: E402
+from services.trainer.spec import VALIDATION_EVERY  # noqa: E402
 
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
-VALIDATION_EVERY = 10  # one record in ten is held out for validation
 
 
 def _parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

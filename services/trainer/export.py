@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.tf_start import configure
 from dataset.image_header import FORMATS, MAX_PIXELS, MAX_SIDE
+from services.trainer.spec import INFO_FILE, WEIGHTS_FILE
 
 configure()
 
@@ -91,8 +92,6 @@ class ServingModule(tf.Module):
         return {"probabilities": self.model(scaled[..., tf.newaxis], training=False)}
 
 
-INFO_FILE = "assets.extra/retrain.json"  # what it is (TF Serving ignores assets.extra)
-WEIGHTS_FILE = "assets.extra/weights.h5"  # Keras weights, for warm starts
 
 
 def export(model: tf.keras.Model, path: Path,  # type: ignore[name-defined]

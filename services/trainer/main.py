@@ -47,7 +47,7 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
 
     from core.redis_store import connect
     from services.trainer.process import run as run_process
-    from services.trainer.train import TrainConfig
+    from services.trainer.spec import TrainConfig
 
     client = connect(settings.redis_url) if settings.redis_url else None
     sink = event_sink(settings, options.sink, client) if options.sink else None

@@ -1,5 +1,8 @@
 """One training process (locally, or a pod of a TFJob): train, report progress, write the
-result beside the model, emit model.trained or training.failed."""
+result beside the model, emit model.trained or training.failed.
+
+TensorFlow is loaded by ``fit`` alone, when the learning starts: everything around it (the
+role, progress, ``result.json``, the events) needs none."""
 
 from __future__ import annotations
 
@@ -15,12 +18,19 @@ import redis
 
 from core.errors import RetrainError
 from events.sinks import Sink
-from services.trainer.cluster import role_from_tf_config
+from services.trainer.cluster import Role, role_from_tf_config
 from services.trainer.outcome import RESULT_FILE, failed_event, trained_event
 from services.trainer.progress import ProgressWriter, progress_key
-from services.trainer.train import TrainConfig, TrainResult, train
+from services.trainer.spec import Progress, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
+
+
+def fit(config: TrainConfig, report: Progress, role: Role) -> TrainResult:
+    """The learning itself: train ``config.model_type`` and export it to ``config.out``."""
+    from services.trainer.train import train
+
+    return train(config, report, role)
 
 
 def run(
@@ -48,7 +58,7 @@ def run(
                   f"{point['examples_per_second']:.0f} ex/s", file=sys.stderr, flush=True)
 
     try:
-        result = train(config, report, role)
+        result = fit(config, report, role)
     except (RetrainError, OSError, ValueError) as exc:
         progress.end("failed", reason=str(exc))
         progress.close()

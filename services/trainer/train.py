@@ -17,10 +17,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from core.tf_start import configure
 
@@ -33,45 +30,14 @@ from core.errors import ConfigurationError, RetrainError  # noqa: E402
 from dataset.store import load_metadata, verify  # noqa: E402
 from services.trainer import data, export, models  # noqa: E402
 from services.trainer.cluster import Role, role_from_tf_config  # noqa: E402
-from services.trainer.options import SEED  # noqa: E402
+from services.trainer.spec import Progress, TrainConfig, TrainResult  # noqa: E402
 
 log = logging.getLogger(__name__)
-Progress = Callable[[dict[str, Any]], None]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "train"]
 
 
 class TrainingError(RetrainError):
     """Training cannot go on; the message names the model and the cause."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model_type: str
-    dataset_uri: str
-    out: Path
-    epochs: int = 1
-    steps_per_epoch: int | None = None
-    batch_size: int = 64  # per replica; the global batch is this times the replicas
-    learning_rate: float = 1e-3
-    seed: int = SEED
-    checkpoint_every: int | None = None  # steps between checkpoints; None: every epoch
-    warm_start: str | None = None  # a model exported by retrain (e.g. the champion's folder)
-    collective_timeout: float = 600.0  # a dead peer fails the run instead of hanging it
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    model_uri: str
-    val_accuracy: float
-    val_loss: float
-    seconds: float
-    steps: int
-    examples_per_second: float  # in the training loop (validation included), all workers
-    digest: str
-    workers: int = 1
-    fit_seconds: float = 0.0  # the training loop alone; ``seconds`` adds setup and export
-    resumed_from_step: int = 0
-    warm_start: str = ""
-    weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
 
 
 class _ProgressCallback(keras.callbacks.Callback):

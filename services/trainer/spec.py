@@ -1,0 +1,52 @@
+"""What a training is asked to do (``TrainConfig``) and what it gives back (``TrainResult``).
+
+No TensorFlow here: the process around a training (progress, ``result.json``, events) and
+everything that reads a result use these without loading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.trainer.options import SEED
+
+# beside an exported SavedModel (TF Serving ignores assets.extra): what it is, and the Keras
+# weights warm starts load
+INFO_FILE = "assets.extra/retrain.json"
+WEIGHTS_FILE = "assets.extra/weights.h5"
+VALIDATION_EVERY = 10  # one training record in ten is held out for validation
+Progress = Callable[[dict[str, Any]], None]  # receives each progress point as it is measured
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model_type: str
+    dataset_uri: str
+    out: Path
+    epochs: int = 1
+    steps_per_epoch: int | None = None
+    batch_size: int = 64  # per replica; the global batch is this times the replicas
+    learning_rate: float = 1e-3
+    seed: int = SEED
+    checkpoint_every: int | None = None  # steps between checkpoints; None: every epoch
+    warm_start: str | None = None  # a model exported by retrain (e.g. the champion's folder)
+    collective_timeout: float = 600.0  # a dead peer fails the run instead of hanging it
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_uri: str
+    val_accuracy: float
+    val_loss: float
+    seconds: float
+    steps: int
+    examples_per_second: float  # in the training loop (validation included), all workers
+    digest: str
+    workers: int = 1
+    fit_seconds: float = 0.0  # the training loop alone; ``seconds`` adds setup and export
+    resumed_from_step: int = 0
+    warm_start: str = ""
+    weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
