@@ -5,6 +5,7 @@ Built once in an entry point and passed down; nothing reads the environment else
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
     # a run training a key holds it this long between renewals; if it dies, a waiting run
     # with the same key trains instead once the lease lapses
     training_lease_seconds: float = Field(30.0, gt=0)
+    # the command that starts `retrain` for each training the local runner runs (its
+    # arguments follow: `train --model ...`); unset: this Python with `-m retrain.cli`. For a
+    # wrapper such as `nice -n 10 retrain`, or another environment's `retrain`.
+    train_command: Annotated[tuple[str, ...], NoDecode] = ()
     offline: bool = False
     stream_max_length: int = Field(100_000, ge=1000)  # each event stream, MAXLEN ~
     # the watcher's Git webhooks
@@ -90,6 +95,16 @@ class Settings(BaseSettings):
                 return tuple(int(v) for v in value.split(",") if v.strip())
             except ValueError:
                 raise ValueError(f"must be comma-separated percentages, got {value!r}") from None
+        return value
+
+    @field_validator("train_command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(shlex.split(value))
+            except ValueError as exc:
+                raise ValueError(f"not a command line ({exc}): {value!r}") from None
         return value
 
     @field_validator("api_keys", mode="before")

@@ -133,10 +133,11 @@ class Trainings:
                "TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}
         out = training.options.out
         out.parent.mkdir(parents=True, exist_ok=True)
+        command = training.options.local_command(self._settings.train_command or None)
         with (out.parent / "train.log").open("w") as log_file:  # the child keeps its copy
             training.proc = subprocess.Popen(
-                training.options.local_command(), env=env, stdout=log_file,
-                stderr=subprocess.STDOUT, text=True, preexec_fn=dies_with_us())  # noqa: PLW1509
+                command, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+                preexec_fn=dies_with_us())  # noqa: PLW1509
         training.started = time.perf_counter()
         self._emit(make_event(
             EventType.TRAINING_STARTED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +80,10 @@ class TrainOptions:
         values["steps_per_epoch"] = self.steps_per_epoch or None
         return train_argv(values)
 
-    def local_command(self) -> list[str]:
-        """The whole command that runs this training in a child process on this machine."""
-        return [*LOCAL_ENTRY, *self.argv()]
+    def local_command(self, entry: Sequence[str] | None = None) -> list[str]:
+        """The whole command that runs this training in a child process on this machine
+        (``entry``: how ``retrain`` is started, this Python's ``-m retrain.cli`` by default)."""
+        return [*(entry or LOCAL_ENTRY), *self.argv()]
 
     def single_process(self) -> TrainOptions:
         """The same training as one of several worker processes runs it (no ``--workers``)."""
