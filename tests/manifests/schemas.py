@@ -46,11 +46,21 @@ def _read(name: str) -> str:
 
 
 @functools.cache
+def _crd(name: str) -> dict[str, Any]:
+    """A released CRD, parsed once (with libyaml where PyYAML has it: the pure-Python parser
+    takes about ten seconds for KServe's)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(_read(name), Loader=loader)  # noqa: S506 (a safe loader)
+
+
+def _crd_schema(name: str, version: str) -> Any:
+    [entry] = [v for v in _crd(name)["spec"]["versions"] if v["name"] == version]
+    return entry["schema"]["openAPIV3Schema"]
+
+
+@functools.cache
 def _crd_validator(name: str, version: str) -> jsonschema.Validator:
-    crd = yaml.safe_load(_read(name))
-    [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    schema = copy.deepcopy(entry["schema"]["openAPIV3Schema"])
-    return jsonschema.Draft7Validator(_strict(schema))
+    return jsonschema.Draft7Validator(_strict(copy.deepcopy(_crd_schema(name, version))))
 
 
 @functools.cache
@@ -88,6 +98,14 @@ MODEL_FORMAT = {"name", "version", "autoSelect", "priority"}
 PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
 
 
+@functools.cache
+def _runtime_container_validator() -> jsonschema.Validator:
+    isvc = _crd_schema("kserve-v0.20.0-inferenceservices-crd.yaml.gz", "v1beta1")
+    container = isvc["properties"]["spec"]["properties"]["predictor"]["properties"][
+        "containers"]["items"]
+    return jsonschema.Draft7Validator(_strict(copy.deepcopy(container)))
+
+
 def _serving_runtime_problems(doc: dict[str, Any]) -> list[str]:
     found = [f"(root): unexpected {k!r}" for k in set(doc) - {"apiVersion", "kind", "metadata", "spec"}]
     spec = doc.get("spec", {})
@@ -98,11 +116,7 @@ def _serving_runtime_problems(doc: dict[str, Any]) -> list[str]:
             found.append(f"spec.supportedModelFormats.{i}.name is required")
     found += [f"spec.protocolVersions: unknown {v!r}" for v in spec.get("protocolVersions", [])
               if v not in PROTOCOLS]
-    crd = yaml.safe_load(_read("kserve-v0.20.0-inferenceservices-crd.yaml.gz"))
-    [entry] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
-    container = entry["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
-        "predictor"]["properties"]["containers"]["items"]
-    validator = jsonschema.Draft7Validator(_strict(copy.deepcopy(container)))
+    validator = _runtime_container_validator()
     if not spec.get("containers"):
         found.append("spec.containers: at least one is required")
     for i, c in enumerate(spec.get("containers", [])):
