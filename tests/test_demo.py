@@ -5,7 +5,7 @@ from rich.console import Console
 
 from retrain.demo import DemoConfig, run_demo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_training]
 
 
 def test_demo_scenario(settings, tmp_path):

@@ -21,7 +21,8 @@ from services.ingest_watcher.watcher import DirectoryWatcher
 from workflows.trigger import create_app as create_trigger
 
 pytestmark = pytest.mark.integration
-EXAMPLES = settings(max_examples=400, deadline=None,
+# examples per property: the profile's (conftest: 60 by default, 400 with make test-deep)
+EXAMPLES = settings(deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 # tensors of a real image's size (3,136 bytes of FP32) sometimes pass hypothesis's entropy budget
 TENSORS = settings(EXAMPLES, suppress_health_check=[*EXAMPLES.suppress_health_check,

@@ -23,6 +23,7 @@ def _env(tmp_path, redis_handle, **extra):
             **extra}
 
 
+@pytest.mark.real_training  # the one whole-stack test with real trainings besides the demo
 def test_retrain_up_tells_each_change_run_training_and_decision_and_nothing_else(
         tmp_path, redis_handle, r):
     watched = tmp_path / "data" / "fashion-mnist"
@@ -72,7 +73,11 @@ def test_retrain_run_is_quiet_unless_verbose(tmp_path, redis_handle, r, verbose)
     output = done.stdout + done.stderr
     assert "ingested" in output  # the run's own account is there either way
     found = [n for n in ("oneDNN", "cuda drivers", "absl::InitializeLog") if n in output]
-    assert found == (["oneDNN", "cuda drivers", "absl::InitializeLog"] if verbose else []), output
+    # oneDNN announces itself only on processors with AVX-512 VNNI, AMX and the like
+    if verbose:
+        assert {"cuda drivers", "absl::InitializeLog"} <= set(found), output
+    else:
+        assert found == [], output
 
 
 def test_two_threads_quieting_tensorflow_at_once_leave_stderr_working():

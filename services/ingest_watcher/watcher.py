@@ -28,6 +28,7 @@ from events.payloads import DatasetUpdated, FileChanges
 from events.sinks import Sink
 
 log = logging.getLogger(__name__)
+STOP_CHECK = 0.2  # seconds between looks at the stop signal while waiting for the next rescan
 
 
 SUMMARY = ":summary"  # beside each source's state: its root, last digest and changes sent
@@ -164,6 +165,17 @@ class DirectoryWatcher:
         self.notifications = True
         return observer
 
+    def _pause(self, seconds: float, stop: threading.Event) -> None:
+        """Wait until the next rescan: ``seconds``, or less when a notification arrives or
+        ``stop`` is set (checked every ``STOP_CHECK`` seconds, so a stop never waits out a
+        long interval)."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, STOP_CHECK)):
+                break
+        self._wake.clear()  # a notification after this wakes the next pause at once
+
     def run(self, stop: threading.Event) -> None:
         observer = self._observe()
         outage = Outage(f"Redis (the watcher of {self.root})")
@@ -188,8 +200,7 @@ class DirectoryWatcher:
                 else:
                     if self._last_notice == notice:
                         self._last_notice = None
-                if self._wake.wait(wait):
-                    self._wake.clear()
+                self._pause(wait, stop)
         finally:
             if observer is not None:
                 observer.stop()  # type: ignore[attr-defined]

@@ -137,13 +137,12 @@ def test_the_watcher_logs_a_redis_outage_once_and_emits_the_change_after(tmp_pat
 
 
 def test_a_training_goes_on_through_a_redis_outage_and_hands_its_model_over_after(
-        tmp_path, ingested):
+        tmp_path, ingested, standin_trainer):
     """Redis stops while a trainer reports progress and comes back before the end: the
     training neither fails nor waits on it, its progress resumes, and model.trained reaches
     the selector's stream once Redis is back."""
     import json
     import os
-    import sys
 
     import redis
 
@@ -155,12 +154,13 @@ def test_a_training_goes_on_through_a_redis_outage_and_hands_its_model_over_afte
     wait_for(lambda: _pings(port), 10)
     client = redis.Redis(port=port)
     key = progress_key("run-o", "cnn")
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
+    trainer = subprocess.Popen(  # the process around a training is the subject: 15 ms a step
+        [*standin_trainer, "train", "--model", "cnn", "--dataset", ingested,
          "--out", str(tmp_path / "m" / "model"), "--epochs", "4", "--steps-per-epoch", "150",
          "--batch-size", "16", "--run-id", "run-o", "--sink", "stream"],
         env={**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
-             "RETRAIN_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+             "RETRAIN_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+             "RETRAIN_STANDIN_STEP_SECONDS": "0.015"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: client.hget(key, "latest") is not None, 120)

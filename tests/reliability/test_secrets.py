@@ -50,7 +50,7 @@ def _everything_in(client):
     return "\n".join(found)
 
 
-def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path):
+def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path, standin_trainer):
     port, events_port = free_port(), free_port()
     server = redis_server(port, tmp_path, "--requirepass", PASSWORD)
     url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
@@ -97,12 +97,19 @@ def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path):
         for args in (["status"], ["status", "--json"], ["events", "dead-letters", "ls"]):
             done = _retrain(*args, env=env)
             printed.append(done.stdout + done.stderr)
-        watcher = subprocess.run(  # a Git remote that cannot be reached, token in the URL
-            ["timeout", "8", sys.executable, "-m", "retrain.cli", "watch", "--git",
+        watcher = subprocess.Popen(  # a Git remote that cannot be reached, token in the URL
+            ["timeout", "60", sys.executable, "-m", "retrain.cli", "watch", "--git",
              f"http://x-access-token:{URL_TOKEN}@127.0.0.1:1/r.git", "--port", "0"],
-            env=env, capture_output=True, text=True, check=False)
-        printed.append(watcher.stdout + watcher.stderr)
-        assert "git fetch" in watcher.stderr  # it did fail, and said so
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        told = []
+        for line in watcher.stderr:  # until it says the fetch failed (or it ends)
+            told.append(line)
+            if "git fetch" in line:
+                break
+        watcher.terminate()
+        rest, err = watcher.communicate(timeout=30)
+        printed.append(rest + "".join(told) + err)
+        assert "git fetch" in "".join(told)  # it did fail, and said so
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(timeout=60)

@@ -28,7 +28,7 @@ HOSTILE = "<script>alert('x')</script>"
 
 
 @pytest.fixture(scope="module")
-def stack(redis_handle, tmp_path_factory):
+def stack(redis_handle, tmp_path_factory, standin_trainer):
     """A real stack after one real run (the watcher notices a dataset appear; a tiny training;
     its promotion), an event from a hostile source, and a second champion so there is
     something to roll back to. One for the module: the API is read first, then the browser

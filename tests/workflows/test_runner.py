@@ -39,18 +39,15 @@ def test_concurrent_runs_emit_one_completed_and_the_rest_skipped(settings, redis
     assert completed.data.records == {"train": 600, "test": 200} and completed.data.new_shards == 2
 
 
-@pytest.mark.slow
 def test_a_warm_started_run_starts_the_matching_variant_from_the_champion(
-        settings, redis_handle, ingested, tmp_path):
+        settings, redis_handle, ingested, tmp_path, trained_models, standin_trainer):
     import json
     from pathlib import Path
 
     from services.selector.champion import Champion, ChampionStore
-    from services.trainer.train import TrainConfig, train
     from tests.conftest import write_dataset
 
-    served = train(TrainConfig("cnn", ingested, tmp_path / "served" / "model", steps_per_epoch=3,
-                               batch_size=32))
+    served = trained_models.copy("weak", tmp_path / "served" / "model")
     ChampionStore(redis_handle.client, str(settings.model_repo.resolve())).replace(0, Champion(
         version=1, model_uri=served.model_uri, model_type="cnn", accuracy=0.5,
         dataset_digest=served.digest, dataset_uri=ingested, run_id="before", generation=1))

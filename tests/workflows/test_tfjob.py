@@ -227,7 +227,7 @@ def test_a_failed_job_is_told_even_when_redis_is_restarting_at_that_moment(tmp_p
 
 @pytest.mark.slow
 def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, redis_handle,
-                                                                 ingested):
+                                                                 ingested, standin_trainer):
     """check-training before each TFJob: a miss holds the key (a second workflow waits), the
     wait step records the TFJob's model when the job succeeds (or lets the key go when it
     fails), and later checks hit: model.trained ("cached") goes to the selector's stream."""
@@ -284,8 +284,8 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
     second = check("wf-2", wait=False)  # the same key while wf-1's TFJob trains: it waits
     time.sleep(3)
     assert second.poll() is None
-    trained = subprocess.run(  # what wf-1's TFJob runs
-        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
+    trained = subprocess.run(  # what wf-1's TFJob runs (the test trainer: the same files)
+        [*standin_trainer, "train", "--model", "cnn", "--dataset", ingested,
          "--out", str(out).format(run="wf-1"), "--run-id", "wf-1", "--steps-per-epoch", "3",
          "--batch-size", "32"], env=trainer_env, capture_output=True, text=True, timeout=300)
     assert trained.returncode == 0, trained.stderr

@@ -1,4 +1,4 @@
-"""The training cache on real Redis with real (tiny) trainings: a training identical to one
+"""The training cache on real Redis, with the test trainer: a training identical to one
 already made starts no process and reuses its model; anything its weights depend on, changed
 alone, is a miss that says what changed; concurrent identical runs train once; a holder that
 dies is replaced; a model deleted or altered is not trusted."""
@@ -25,7 +25,7 @@ from workflows.fanout import Trainings
 from workflows.runner import LocalRunner, RunRequest
 from workflows.training import CONCURRENT, Memo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("standin_trainer")]
 TINY = {"steps_per_epoch": 3, "batch_size": 32}
 
 
@@ -183,7 +183,8 @@ def test_ten_concurrent_identical_runs_train_each_variant_once(settings, redis_h
 
 def test_a_waiter_trains_when_the_holder_is_killed(settings, redis_handle, r, dataset):
     env = {**os.environ, "RETRAIN_HOME": str(settings.home), "RETRAIN_REDIS_URL": redis_handle.url,
-           "RETRAIN_TRAINING_LEASE_SECONDS": "2"}
+           "RETRAIN_TRAINING_LEASE_SECONDS": "2",
+           "RETRAIN_STANDIN_STEP_SECONDS": "2"}  # the holder is still training when killed
     holder = subprocess.Popen(
         [sys.executable, "-m", "retrain.cli", "run", "--data", str(dataset), "--models", "cnn",
          "--steps-per-epoch", "3", "--batch-size", "32"], env=env, start_new_session=True,

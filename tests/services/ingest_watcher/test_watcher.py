@@ -110,7 +110,9 @@ def test_notifications_bring_a_dropped_file_at_once(r, dataset, tmp_path):
         assert last["data"]["files"]["added"] == ["increments/b1/train-labels-idx1-ubyte.gz"]
     finally:
         stop.set()
+        stopped = time.monotonic()
         thread.join()
+    assert time.monotonic() - stopped < 2  # a stop does not wait out the 30 s rescan interval
 
 
 def test_five_hundred_files_at_once_and_a_slow_copy_each_yield_one_event(r, dataset, tmp_path):

@@ -11,9 +11,8 @@ from events.payloads import ModelTrained
 from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore
 from services.selector.service import Selector
-from services.trainer.train import TrainConfig, train
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 class Counting:
@@ -37,10 +36,10 @@ def _event(result, run_id, dataset_uri, cached=False):
         weights_digest=result.weights_digest), source="retrain/trainer", id=f"{run_id}/cnn/trained")
 
 
-def test_a_candidate_judged_against_the_same_champion_is_not_loaded_again(r, ingested, tmp_path):
-    good = train(TrainConfig("cnn", ingested, tmp_path / "r1" / "model", epochs=2, batch_size=32))
-    weak = train(TrainConfig("cnn", ingested, tmp_path / "r2" / "model", steps_per_epoch=1,
-                             batch_size=32))
+def test_a_candidate_judged_against_the_same_champion_is_not_loaded_again(
+        r, ingested, tmp_path, trained_models):
+    good = trained_models.copy("good", tmp_path / "r1" / "model")
+    weak = trained_models.copy("weak", tmp_path / "r2" / "model")
     backend = LocalBackend(tmp_path / "repo", "fashion-mnist")
     counting, emitted = Counting(), []
     selector = Selector(ChampionStore(r), backend, counting, emitted.append)

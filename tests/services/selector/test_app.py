@@ -16,15 +16,13 @@ from services.selector.champion import ChampionStore
 from services.selector.evaluate import Evaluator
 from services.selector.main import judge_once
 from services.selector.service import Selector
-from services.trainer.train import TrainConfig, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
-        r, ingested, tmp_path):
-    result = train(TrainConfig("cnn", ingested, tmp_path / "run" / "model", steps_per_epoch=5,
-                               batch_size=32))
+        r, ingested, tmp_path, trained_models):
+    result = trained_models.copy("weak", tmp_path / "run" / "model")
     repo = tmp_path / "models"
     selector = Selector(ChampionStore(r, str(repo)), LocalBackend(repo, "fashion-mnist",
                                                                   lambda _v: None),

@@ -8,7 +8,6 @@ from services.selector.backends import LocalBackend, versions
 from services.selector.champion import Champion, ChampionStore
 from services.selector.policy import ChampionPolicy, judge
 from services.selector.service import Selector
-from services.trainer.train import TrainConfig, train
 
 
 def test_policy_first_model_is_promoted():
@@ -115,12 +114,11 @@ def test_a_failed_copy_changes_neither_champion_nor_repository(r, repo_with_mode
 
 
 @pytest.mark.integration
-@pytest.mark.slow
-def test_real_models_are_evaluated_and_promoted(r, ingested, tmp_path):
+def test_real_models_are_evaluated_and_promoted(r, ingested, tmp_path, trained_models):
     from services.selector.evaluate import Evaluator
 
-    good = train(TrainConfig("cnn", ingested, tmp_path / "good", epochs=2, batch_size=32))
-    weak = train(TrainConfig("cnn", ingested, tmp_path / "weak", steps_per_epoch=1, batch_size=32))
+    good = trained_models.copy("good", tmp_path / "good")
+    weak = trained_models.copy("weak", tmp_path / "weak")
     selector = Selector(ChampionStore(r), LocalBackend(tmp_path / "repo", "fashion-mnist"),
                         Evaluator(), lambda e: None)
 
