@@ -63,9 +63,10 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve_forever(app: object, host: str, port: int, service: str) -> None:
-    """Foreground serving for ``retrain serve``/``watch``: binds first, then runs uvicorn."""
-    sock = bind(host, port, service)
+def serve_forever(app: object, host: str, port: int | socket.socket, service: str) -> None:
+    """Foreground serving for ``retrain serve``/``watch``: binds first (``port``, or a socket
+    the caller bound already), then runs uvicorn."""
+    sock = port if isinstance(port, socket.socket) else bind(host, port, service)
     # no access log: a line per request costs a model server at thousands of requests/s
     # more than its JSON (the request counters and latencies are in /metrics)
     config = uvicorn.Config(app, log_level="info", lifespan="on", access_log=False)  # type: ignore[arg-type]

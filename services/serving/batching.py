@@ -21,12 +21,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.serving.errors import BadRequestError
-from services.serving.model import LoadedModel
+
+if TYPE_CHECKING:  # the model (TensorFlow) is what the server loads, not what batching needs
+    from services.serving.model import LoadedModel
 
 log = logging.getLogger(__name__)
 

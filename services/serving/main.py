@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI
+from typing import TYPE_CHECKING
 
 from core.http import bind, serve_forever
 from core.settings import Settings
-from services.serving.app import create_app
 from services.serving.batching import BatchConfig
 from services.serving.limits import RateLimiter
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
                   poll_seconds: float = 1.0, model_dir: Path | None = None) -> FastAPI:
     """The server over ``model_repo`` (default: the settings' repository), or over the
     versions directly under ``model_dir``, with the configured rate limits and batching."""
+    from services.serving.app import create_app  # TensorFlow: after the ports are known free
+
     limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
     return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
                       limiter=limiter, batching=batch_config(settings), model_dir=model_dir,
@@ -56,8 +60,10 @@ def run(settings: Settings, model_repo: Path | None = None, *,
         model_dir: Path | None = None) -> None:
     """``retrain serve``: serve the newest model version on ``settings.serve_port`` until
     stopped (as KServe's predictor: ``model_dir=/mnt/models``), gRPC on ``grpc_port``."""
-    if settings.grpc_port:  # taken? say so before anything starts
+    # a taken port is said at once, before TensorFlow loads (seconds)
+    http = bind(settings.host, settings.serve_port, "model server")
+    if settings.grpc_port:
         bind(settings.host, settings.grpc_port, "model server (gRPC)").close()
     limit_tf_threads(settings.serve_tf_threads)
     serve_forever(create_server(settings, model_repo, model_dir=model_dir), settings.host,
-                  settings.serve_port, "model server")
+                  http, "model server")
