@@ -20,9 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retrain demo
 
+# Test processes in parallel (pytest-xdist; each has its own embedded Redis and temp folders).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist worksteal
+
 # The whole suite; it ends with its slowest tests, so a new slow one is seen when it arrives.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest $(XDIST) --durations=15
 
 # System tools the tests use for real: kubectl (the manifests' cross-check with the real
 # kustomize) and Chromium with its WebDriver (the dashboard's browser tests), from Debian's
@@ -39,11 +43,11 @@ tools:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not integration and not slow"
 
 # The whole suite with every property test at its full example count (400, not 60).
 test-deep: $(STAMP) tools
-	$(BIN)/python -m pytest --durations=15 --hypothesis-profile=deep
+	$(BIN)/python -m pytest $(XDIST) --durations=15 --hypothesis-profile=deep
 
 # Regenerate the committed manifests from their generators (tests check they are current).
 manifests: $(STAMP)

@@ -123,7 +123,7 @@ class TrainedModels:
     (each: ``model/`` as ``retrain train`` exports it, and its ``result.json``)."""
 
     folder: Path
-    good: object  # TrainResult: two full passes over the ``ingested`` dataset
+    good: object  # TrainResult: three full passes over the ``ingested`` dataset
     weak: object  # TrainResult: one step
 
     def copy(self, which: str, dest: Path):
@@ -144,7 +144,7 @@ def trained_models(_trained_folder: Path, ingested: str) -> TrainedModels:
     from services.trainer.train import TrainConfig, train
 
     results = {}
-    for name, budget in (("good", {"epochs": 2}), ("weak", {"steps_per_epoch": 1})):
+    for name, budget in (("good", {"epochs": 3}), ("weak", {"steps_per_epoch": 1})):
         result = train(TrainConfig("cnn", ingested, _trained_folder / name / "model",
                                    batch_size=32, **budget))
         (_trained_folder / name / "result.json").write_text(
