@@ -20,9 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retrain demo
 
-# Test processes in parallel (pytest-xdist; each has its own embedded Redis and temp folders).
+# Test processes in parallel (pytest-xdist): each has its own Redis (embedded, or a database
+# of its own on RETRAIN_REDIS_URL) and temp folders; a module marked xdist_group (the
+# dashboard's shared stack) stays in one process.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist worksteal
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
 
 # The whole suite; it ends with its slowest tests, so a new slow one is seen when it arrives.
 test: $(STAMP) tools

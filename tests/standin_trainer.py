@@ -5,15 +5,22 @@ stack, the dashboard). The command line is parsed by the real ``retrain`` CLI, a
 process around a training runs: the options' checks, progress in Redis, ``result.json``
 beside the model, ``model.trained`` or ``training.failed`` to the sink, the summary printed.
 Only ``services.trainer.process.fit`` is replaced: instead of TensorFlow learning, it checks
-the dataset as the trainer does, reports each step, and exports a copy of a model trained
-once for the test run (``tests/conftest.py: standin_models``):
+the dataset as the trainer does, reports progress at the trainer's steps (every tenth and the
+last), and exports a copy of a model trained
+once for the test run (``tests/conftest.py: trained_models``):
 
 - a training of at most ``WEAK_STEPS`` steps gets the weak model, a longer one the good one,
   so more steps still make a better model;
 - the copy's ``assets.extra/retrain.json`` says what this training was (variant, dataset,
   parameters, run), so two different trainings never leave identical files;
 - ``RETRAIN_STANDIN_STEP_SECONDS`` makes each step take that long (a test that needs a
-  training still running when it acts).
+  training still running when it acts);
+- ``--workers N`` starts N test trainers with their TF_CONFIG, as the trainer does; the
+  chief keeps the model.
+
+Not modelled: resuming from a checkpoint (``resumed_from_step`` is 0), whether warm-start
+weights fit the variant (only the note is given), TensorBoard's logs and the TensorFlow
+thread settings; tests whose subject those are run the real trainer.
 
 Started as ``python tests/standin_trainer.py train --model ...``: the runner's
 ``RETRAIN_TRAIN_COMMAND`` names it, so the runner starts it exactly as it starts the real one.
@@ -31,7 +38,7 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: the code beside these tests, not another copy
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # (and not tests/ itself)
 
 from blake3 import blake3  # noqa: E402
 
@@ -128,6 +135,9 @@ def command() -> str:
 
 if __name__ == "__main__":
     process.fit = fit  # the one thing replaced
+    from services.trainer import cluster
+
+    cluster.LOCAL_ENTRY = tuple(shlex.split(command()))  # --workers N: N test trainers
     from retrain.cli import main
 
     sys.exit(main())

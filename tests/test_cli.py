@@ -67,6 +67,29 @@ def test_port_in_use(tmp_path, redis_handle):
     assert "Traceback" not in done.stderr
 
 
+def test_a_taken_port_is_said_before_tensorflow_loads(tmp_path):
+    """Where TensorFlow cannot even be imported, a taken port is still the error: nothing
+    slow runs before the ports are checked; with both free, the import is what fails."""
+    blocked = tmp_path / "no-tensorflow" / "tensorflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('TensorFlow is not loaded yet')\n")
+    env = {"RETRAIN_HOME": str(tmp_path), "PYTHONPATH": str(blocked.parent)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        taken = _retrain("serve", "--model-repo", str(tmp_path), "--port", str(port),
+                         "--grpc-port", "0", env=env)
+        grpc_taken = _retrain("serve", "--model-repo", str(tmp_path), "--port", "0",
+                              "--grpc-port", str(port), env=env)
+    assert f"port {port} on 127.0.0.1 is already in use" in taken.stderr, taken.stderr
+    assert "model server (gRPC): port" in grpc_taken.stderr, grpc_taken.stderr
+    assert "TensorFlow is not loaded yet" not in taken.stderr + grpc_taken.stderr
+    free = _retrain("serve", "--model-repo", str(tmp_path), "--port", "0", "--grpc-port", "0",
+                    env=env)
+    assert free.returncode != 0 and "TensorFlow is not loaded yet" in free.stderr
+
+
 def test_missing_and_corrupt_idx_files(tmp_path, redis_handle):
     from tests.conftest import write_dataset
 

@@ -82,14 +82,17 @@ def test_training_entries_explained_listed_and_collected_keeping_the_champions(
     tiny = ["--models", "cnn", "--steps-per-epoch", "3", "--batch-size", "32"]
     assert _json(cli("cache", "explain", "--data", str(root), "--kind", "training",
                      *tiny, "--json"))["reason"].startswith("the dataset is not ingested yet")
-    # three runs, as `retrain run` makes them (in this process: the commands are the subject);
-    # the third trains longer: a better model, promoted, so there is a history
+    # three runs: two as `retrain run` makes them, in this process (the cache commands are the
+    # subject), the third through the command line; it trains longer: a better model,
+    # promoted, so there is a history
     settings = Settings(home=tmp_path / "home", redis_url=redis_handle.url, _env_file=None)
     runs = [json.loads(json.dumps(run_once(settings, str(root), RunParameters(
-        models=("cnn",), steps_per_epoch=steps, batch_size=32, learning_rate=lr),
-        Console(quiet=True)), default=str))
-        for lr, steps in ((0.001, 3), (0.002, 3), (0.003, 10))]
+        models=("cnn",), steps_per_epoch=3, batch_size=32, learning_rate=lr),
+        Console(quiet=True)), default=str)) for lr in (0.001, 0.002)]
+    runs.append(_json(cli("run", "--data", str(root), *tiny, "--learning-rate", "0.003",
+                          "--steps-per-epoch", "10", "--json")))
     assert [run["status"] for run in runs] == ["succeeded"] * 3
+    assert [d["decision"] for d in runs[2]["decisions"]] == ["model.promoted"]
     explained = _json(cli("cache", "explain", "--data", str(root), "--kind", "training",
                           *tiny, "--learning-rate", "0.002", "--json"))
     [check] = explained["trainings"]

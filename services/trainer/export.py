@@ -92,8 +92,6 @@ class ServingModule(tf.Module):
         return {"probabilities": self.model(scaled[..., tf.newaxis], training=False)}
 
 
-
-
 def export(model: tf.keras.Model, path: Path,  # type: ignore[name-defined]
            info: dict[str, object] | None = None) -> Path:
     """Write a SavedModel at ``path`` (a version folder such as ``.../fashion-mnist/3``), with

@@ -30,7 +30,10 @@ from services.trainer.options import SEED, TrainOptions
 
 PREFIX = "retrain:train-cache:"
 CODE = "train-v1"  # bump by hand for a change the hashed modules below do not show
-_CODE_MODULES = ("train.py", "models.py", "data.py", "export.py")
+# every module the learning's result depends on (tests/services/trainer/test_memo.py checks
+# that what these import from the trainer is here too)
+_CODE_MODULES = ("train.py", "models.py", "data.py", "export.py", "spec.py", "options.py",
+                 "cluster.py")
 _LIBRARIES = ("tensorflow", "tf_keras")
 
 

@@ -59,7 +59,7 @@ def run(
 
     try:
         result = fit(config, report, role)
-    except (RetrainError, OSError, ValueError) as exc:
+    except (RetrainError, OSError, ValueError, ImportError) as exc:  # ImportError: TensorFlow
         progress.end("failed", reason=str(exc))
         progress.close()
         if chief and sink is not None:

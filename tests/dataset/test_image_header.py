@@ -68,3 +68,13 @@ def test_the_exported_models_own_decoder_refuses_the_bomb(saved_model, bomb):
     for fmt, mode in (("PNG", "L"), ("JPEG", "RGB"), ("GIF", "L"), ("BMP", "RGB")):
         out = serve(image_bytes=tf.constant([_encoded(fmt, (300, 200), mode)]))["probabilities"]
         assert out.shape == (1, 10) and np.isclose(float(tf.reduce_sum(out)), 1.0, atol=1e-4)
+
+
+def test_a_jpeg_header_is_read_past_the_segments_before_its_frame():
+    import struct
+
+    from dataset.image_header import declared_size
+
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
+    frame = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 30, 40, 3) + bytes(9)
+    assert declared_size(b"\xff\xd8" + app0 + frame) == (40, 30)

@@ -97,3 +97,11 @@ def test_bad_data_base64_is_a_clear_error(extra, message):
             '"type": "dev.retrain.dataset.updated", ' + extra + "}").encode()
     with pytest.raises(MalformedEventError, match=message):
         decode({"content-type": "application/cloudevents+json"}, body)
+
+
+def test_a_batch_item_that_is_not_an_object_is_named():
+    with pytest.raises(MalformedEventError,
+                       match="event 1: a structured event must be a JSON object"):
+        decode({"content-type": BATCH}, json.dumps(
+            [json.loads(encode(make_event("dataset.updated", {"uri": "/d"}, source="t"),
+                               "structured")[1]), 7]).encode())

@@ -51,8 +51,10 @@ def alive(pid):
 def test_a_killed_stack_leaves_no_trainer_and_its_run_is_resumed_at_the_next_start(
         tmp_path, redis_handle, r, standin_trainer):
     data = write_dataset(tmp_path / "data", train=600, test=200)
-    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url,
-           "RETRAIN_SERVE_PORT": "0", "RETRAIN_GRPC_PORT": "0", "RETRAIN_EVENTS_PORT": "0", "RETRAIN_UI_PORT": "0", "RETRAIN_OFFLINE": "1",
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
+           "RETRAIN_REDIS_URL": redis_handle.url, "RETRAIN_SERVE_PORT": "0",
+           "RETRAIN_GRPC_PORT": "0", "RETRAIN_EVENTS_PORT": "0", "RETRAIN_UI_PORT": "0",
+           "RETRAIN_OFFLINE": "1",
            "RETRAIN_STANDIN_STEP_SECONDS": "0.1",  # the test trainer: still training when killed
            # the killed run's claim on its training lapses in 2 s, not 30, for the resumed run
            "RETRAIN_TRAINING_LEASE_SECONDS": "2"}

@@ -21,7 +21,8 @@ from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore
 from tests.conftest import images_array, wait_for, write_dataset
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.xdist_group("dashboard")]  # one shared stack: one test process
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 KEY = "dashboard-test-key-5f2a"
 HOSTILE = "<script>alert('x')</script>"
@@ -29,9 +30,9 @@ HOSTILE = "<script>alert('x')</script>"
 
 @pytest.fixture(scope="module")
 def stack(redis_handle, tmp_path_factory, standin_trainer):
-    """A real stack after one real run (the watcher notices a dataset appear; a tiny training;
-    its promotion), an event from a hostile source, and a second champion so there is
-    something to roll back to. One for the module: the API is read first, then the browser
+    """A real stack after one real run (the watcher notices a dataset appear; a training by
+    the test trainer; its promotion), an event from a hostile source, and a second champion so
+    there is something to roll back to. One for the module: the API is read first, then the browser
     changes things (a rollback)."""
     from core.settings import Settings
 

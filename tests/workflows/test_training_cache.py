@@ -153,7 +153,9 @@ def test_policies_off_force_and_max_age(settings, redis_handle, r, dataset):
     assert fresh["models"]["cnn"]["model_uri"] == old["models"]["cnn"]["model_uri"]
 
 
-def test_ten_concurrent_identical_runs_train_each_variant_once(settings, redis_handle, dataset):
+def test_ten_concurrent_identical_runs_train_each_variant_once(settings, redis_handle, dataset,
+                                                              monkeypatch):
+    monkeypatch.setenv("RETRAIN_STANDIN_STEP_SECONDS", "0.5")  # long enough to be waited for
     emitted = []
     runner = _runner(settings, redis_handle, emitted)
     barrier = threading.Barrier(10)
@@ -178,6 +180,7 @@ def test_ten_concurrent_identical_runs_train_each_variant_once(settings, redis_h
         reasons = [_step(s, model)["reason"] for s in summaries if s is not trained[0]]
         assert all(r == CONCURRENT or r.startswith(f"hit: {model} trained on digest")
                    for r in reasons), reasons  # waited for the holder, or came after it
+        assert CONCURRENT in reasons, reasons  # some did wait
     assert len([e for e in emitted if e.type is EventType.TRAINING_STARTED]) == 2
 
 

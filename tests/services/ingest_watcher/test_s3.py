@@ -259,3 +259,13 @@ def test_retrain_watch_s3_catches_up_on_start_and_polls(tmp_path, r, redis_handl
         output = proc.communicate(timeout=30)[0]
         receiver.stop()
     assert "Traceback" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize(("bucket", "key"), [(5, "p/a.png"), ("b", ["p/a.png"])])
+def test_a_notification_whose_bucket_or_key_is_not_a_string_is_refused(bucket, key):
+    from services.ingest_watcher.s3 import relevant_records
+
+    body = {"Records": [{"eventSource": "minio:s3",
+                         "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
+    with pytest.raises(ValueError, match="bucket name and object key must be strings"):
+        relevant_records(body, BucketSource.parse("s3://b/p"))

@@ -113,6 +113,16 @@ def test_typed_contents_and_malformed_raw_contents(served):
             raw_input_contents=[image.astype("<f4").tobytes()]))
         assert np.frombuffer(typed.raw_output_contents[0], "<f4").shape == (10,)
         assert typed.raw_output_contents == raw.raw_output_contents
+        # an encoded image in the typed bytes_contents, as some clients send it
+        png = base64.b64decode(_png(np.full((28, 28), 90, np.uint8)))
+        typed_png = stub.ModelInfer(protos.ModelInferRequest(model_name="fashion-mnist", inputs=[
+            tensor(name="image_bytes", datatype="BYTES", shape=[1],
+                   contents=protos.InferTensorContents(bytes_contents=[png]))]))
+        raw_png = stub.ModelInfer(protos.ModelInferRequest(
+            model_name="fashion-mnist",
+            inputs=[tensor(name="image_bytes", datatype="BYTES", shape=[1])],
+            raw_input_contents=[len(png).to_bytes(4, "little") + png]))
+        assert typed_png.raw_output_contents == raw_png.raw_output_contents
         problems = {
             "two raw contents for one input": protos.ModelInferRequest(
                 model_name="fashion-mnist", inputs=[tensor(name="images", datatype="FP32",

@@ -49,15 +49,14 @@ def test_the_test_trainer_leaves_what_retrain_train_leaves(ingested, tmp_path, r
     results = [json.loads((tmp_path / kind / "result.json").read_text())
                for kind in ("real", "stand")]
     assert set(results[0]) == set(results[1])
-    assert (results[1]["steps"], results[1]["digest"]) == (results[0]["steps"], results[0]["digest"])
+    assert [results[1][k] for k in ("steps", "digest")] == [results[0][k] for k in ("steps", "digest")]
     infos = [json.loads((tmp_path / kind / "model" / INFO_FILE).read_text())
              for kind in ("real", "stand")]
     assert set(infos[0]) <= set(infos[1]) and infos[1]["model_type"] == "dropout"
     assert infos[1]["dataset_digest"] == infos[0]["dataset_digest"]
 
-    progress = [(r.hgetall(progress_key(run, "dropout")),
-                 [json.loads(p) for p in r.lrange(progress_key(run, "dropout") + ":history", 0, -1)])
-                for run in ("real", "stand")]
+    progress = [(r.hgetall(key), [json.loads(p) for p in r.lrange(key + ":history", 0, -1)])
+                for key in (progress_key(run, "dropout") for run in ("real", "stand"))]
     (real_hash, real_points), (stand_hash, stand_points) = progress
     assert set(real_hash) == set(stand_hash) and stand_hash[b"state"] == b"done"
     assert [p["step"] for p in real_points] == [p["step"] for p in stand_points] == [10, 12]
@@ -89,4 +88,30 @@ def test_more_steps_copy_the_better_model_and_a_bad_dataset_fails_alike(
                   for done in (weak, good)]
     assert accuracies == [trained_models.weak.val_accuracy, trained_models.good.val_accuracy]
     refused = train(tmp_path / "x" / "model", dataset=str(tmp_path / "nothing"))
-    assert refused.returncode == 2 and "not an ingested dataset (no metadata.json)" in refused.stderr
+    assert refused.returncode == 2
+    assert "not an ingested dataset (no metadata.json)" in refused.stderr
+
+
+def test_a_training_that_cannot_start_fails_alike(ingested, tmp_path, redis_handle, r,
+                                                  standin_trainer):
+    """A batch larger than the dataset: the same exit, message, progress and training.failed
+    from both (the test trainer's own checks, not only the shared command-line ones)."""
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
+           "RETRAIN_REDIS_URL": redis_handle.url}
+    done = {}
+    for kind, entry in (("real", (sys.executable, "-m", "retrain.cli")),
+                        ("stand", standin_trainer)):
+        done[kind] = subprocess.run(
+            [*entry, "train", "--model", "cnn", "--dataset", ingested, "--out",
+             str(tmp_path / kind / "model"), "--run-id", kind, "--batch-size", "5000",
+             "--sink", "stream", "--round-size", "3"],
+            env=env, capture_output=True, text=True, timeout=300)
+    assert done["real"].returncode == done["stand"].returncode == 1
+    for kind in ("real", "stand"):
+        assert "fewer than one global batch of 5000" in done[kind].stderr, done[kind].stderr
+        assert r.hget(progress_key(kind, "cnn"), "state") == b"failed"
+        assert not (tmp_path / kind / "model").exists()
+    events = {e["data"]["run_id"]: e for e in read_stream(r)}
+    assert {k: e["type"] for k, e in events.items()} == {
+        "real": "dev.retrain.training.failed", "stand": "dev.retrain.training.failed"}
+    assert events["real"]["data"]["reason"] == events["stand"]["data"]["reason"]
