@@ -24,9 +24,10 @@ def _env(tmp_path, redis_handle, **extra):
             **extra}
 
 
-@pytest.mark.real_training  # the one whole-stack test with real trainings besides the demo
 def test_retrain_up_tells_each_change_run_training_and_decision_and_nothing_else(
-        tmp_path, redis_handle, r):
+        tmp_path, redis_handle, r, standin_trainer):
+    """(Its trainings are the test trainer's: a training's own output goes to its train.log,
+    never to this terminal. The demo's test runs the whole stack with real trainings.)"""
     watched = tmp_path / "data" / "fashion-mnist"
     up = subprocess.Popen(
         [sys.executable, "-m", "retrain.cli", "up", "--data", str(watched)],
