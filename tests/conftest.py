@@ -127,7 +127,7 @@ def wait_for(condition, seconds: float = 30.0, every: float = 0.02) -> None:
 
 @dataclass(frozen=True)
 class TrainedModels:
-    """Two cnn models trained for real once per test process, in ``folder``/good and /weak
+    """Two cnn models trained for real once per test run, in ``folder``/good and /weak
     (each: ``model/`` as ``retrain train`` exports it, and its ``result.json``)."""
 
     folder: Path
@@ -144,17 +144,31 @@ class TrainedModels:
 
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory, ingested: str) -> TrainedModels:
-    """Trained once per test process (each pytest-xdist worker trains its own pair)."""
-    from services.trainer.train import TrainConfig, train
+    """Trained once per test run: the first pytest-xdist worker to ask trains them (on the
+    ``ingested`` dataset, whose content, and so digest, is the same in every worker) while
+    the others wait on a lock, then read what it wrote."""
+    import fcntl
 
-    folder = tmp_path_factory.mktemp("trained")
-    results = {}
-    for name, budget in (("good", {"epochs": 3}), ("weak", {"steps_per_epoch": 1})):
-        result = train(TrainConfig("cnn", ingested, folder / name / "model",
-                                   batch_size=32, **budget))
-        (folder / name / "result.json").write_text(
-            json.dumps(dataclasses.asdict(result)))
-        results[name] = result
+    from services.trainer.spec import TrainResult
+
+    shared = tmp_path_factory.getbasetemp()  # this run's folder
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # (a worker's is inside the run's)
+    folder = shared / "trained-models"
+    with (shared / "trained-models.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").is_file():
+            from services.trainer.train import TrainConfig, train
+
+            shutil.rmtree(folder, ignore_errors=True)
+            for name, budget in (("good", {"epochs": 3}), ("weak", {"steps_per_epoch": 1})):
+                result = train(TrainConfig("cnn", ingested, folder / name / "model",
+                                           batch_size=32, **budget))
+                (folder / name / "result.json").write_text(
+                    json.dumps(dataclasses.asdict(result)))
+            (folder / "done").touch()
+    results = {name: TrainResult(**json.loads((folder / name / "result.json").read_text()))
+               for name in ("good", "weak")}
     assert results["good"].val_accuracy > results["weak"].val_accuracy + 0.1, results
     return TrainedModels(folder, **results)
 
