@@ -10,11 +10,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The one install step (the Dockerfile runs the same command). Here pip does not compile every
-# installed module up front (TensorFlow's thousands: about a minute); Python compiles what is
-# imported, once. The image keeps pip's compiled files (its root file system may be read-only).
+# The one install step (the Dockerfile runs the same command).
 $(STAMP): $(BIN)/python pyproject.toml scripts/install.sh
-	sh scripts/install.sh $(BIN)/pip --no-compile -e '.[test]'
+	sh scripts/install.sh $(BIN)/pip -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
