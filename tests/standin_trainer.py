@@ -42,12 +42,13 @@ if __name__ == "__main__":  # run as a script: the code beside these tests, not 
 
 from blake3 import blake3  # noqa: E402
 
-from core.errors import ConfigurationError, RetrainError  # noqa: E402
+from core.errors import RetrainError  # noqa: E402
 from dataset.store import load_metadata, verify  # noqa: E402
 from services.trainer import process  # noqa: E402
 from services.trainer.cluster import Role  # noqa: E402
 from services.trainer.spec import (  # noqa: E402
-    INFO_FILE, VALIDATION_EVERY, WEIGHTS_FILE, Progress, TrainConfig, TrainResult)
+    INFO_FILE, VALIDATION_EVERY, WEIGHTS_FILE, Progress, TrainConfig, TrainResult,
+    warm_start_weights)
 
 MODELS_ENV = "RETRAIN_STANDIN_MODELS"  # a folder holding good/ and weak/ (model + result.json)
 STEP_SECONDS_ENV = "RETRAIN_STANDIN_STEP_SECONDS"
@@ -56,18 +57,6 @@ WEAK_STEPS = 5
 
 class StandInError(RetrainError):
     """What the real trainer's TrainingError says, for the same causes."""
-
-
-def _warm_start(source: str, model_type: str) -> str:
-    """The note the real trainer's warm start gives (it checks the same files)."""
-    folder = Path(source)
-    if not (folder / INFO_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise ConfigurationError(f"cannot warm-start from {source}: not a model exported by "
-                                 f"retrain (no {INFO_FILE} and {WEIGHTS_FILE})")
-    kind = json.loads((folder / INFO_FILE).read_text()).get("model_type")
-    if kind != model_type:
-        return f"trained from scratch: {source} is a {kind}, not a {model_type}"
-    return f"warm-started from {source}"
 
 
 def fit(config: TrainConfig, report: Progress, role: Role) -> TrainResult:
@@ -83,7 +72,8 @@ def fit(config: TrainConfig, report: Progress, role: Role) -> TrainResult:
         raise StandInError(f"dataset has {usable} training records, fewer than one global "
                            f"batch of {global_batch}")
     steps = (config.steps_per_epoch or max(1, usable // global_batch)) * config.epochs
-    note = _warm_start(config.warm_start, config.model_type) if config.warm_start else ""
+    # the real trainer's check and note (only loading the weights is left out)
+    note = warm_start_weights(config.warm_start, config.model_type)[1] if config.warm_start else ""
     source = Path(os.environ[MODELS_ENV]) / ("weak" if steps <= WEAK_STEPS else "good")
     if not (source / "result.json").is_file():
         raise StandInError(f"the test trainer has no models in {source.parent}: a test that "

@@ -6,11 +6,13 @@ everything that reads a result use these without loading it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigurationError
 from services.trainer.options import SEED
 
 # beside an exported SavedModel (TF Serving ignores assets.extra): what it is, and the Keras
@@ -50,3 +52,18 @@ class TrainResult:
     resumed_from_step: int = 0
     warm_start: str = ""
     weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
+
+
+def warm_start_weights(source: str, model_type: str) -> tuple[Path | None, str]:
+    """Whether a ``model_type`` can start from the model exported at ``source``: its weights
+    file when it is the same variant (None when not), and the note saying what happens.
+    Raises ConfigurationError when ``source`` is not a model exported by retrain."""
+    folder = Path(source)
+    info_file, weights = folder / INFO_FILE, folder / WEIGHTS_FILE
+    if not info_file.is_file() or not weights.is_file():
+        raise ConfigurationError(f"cannot warm-start from {source}: not a model exported by "
+                                 f"retrain (no {INFO_FILE} and {WEIGHTS_FILE})")
+    kind = json.loads(info_file.read_text()).get("model_type")
+    if kind != model_type:
+        return None, f"trained from scratch: {source} is a {kind}, not a {model_type}"
+    return weights, f"warm-started from {source}"

@@ -10,14 +10,12 @@ when started again with the same output folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import resource
 import shutil
 import time
-from pathlib import Path
 
 from core.tf_start import configure
 
@@ -26,11 +24,12 @@ configure()
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
-from core.errors import ConfigurationError, RetrainError  # noqa: E402
+from core.errors import RetrainError  # noqa: E402
 from dataset.store import load_metadata, verify  # noqa: E402
 from services.trainer import data, export, models  # noqa: E402
 from services.trainer.cluster import Role, role_from_tf_config  # noqa: E402
-from services.trainer.spec import Progress, TrainConfig, TrainResult  # noqa: E402
+from services.trainer.spec import (  # noqa: E402
+    Progress, TrainConfig, TrainResult, warm_start_weights)
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train"]
@@ -92,17 +91,10 @@ def _strategy(role: Role, timeout: float) -> tf.distribute.Strategy:
 
 def warm_start(model: keras.Model, source: str, model_type: str) -> str:
     """Load a previous model's weights when its architecture matches; says what happened."""
-    folder = Path(source)
-    info_file, weights = folder / export.INFO_FILE, folder / export.WEIGHTS_FILE
-    if not info_file.is_file() or not weights.is_file():
-        raise ConfigurationError(
-            f"cannot warm-start from {source}: not a model exported by retrain "
-            f"(no {export.INFO_FILE} and {export.WEIGHTS_FILE})")
-    info = json.loads(info_file.read_text())
-    if info.get("model_type") != model_type:
-        return f"trained from scratch: {source} is a {info.get('model_type')}, not a {model_type}"
-    model.load_weights(str(weights))
-    return f"warm-started from {source}"
+    weights, note = warm_start_weights(source, model_type)
+    if weights is not None:
+        model.load_weights(str(weights))
+    return note
 
 
 def train(config: TrainConfig, progress: Progress | None = None,
