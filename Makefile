@@ -20,11 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retrain demo
 
-# Test processes in parallel (pytest-xdist): each has its own Redis (embedded, or a database
-# of its own on RETRAIN_REDIS_URL) and temp folders; a module marked xdist_group (the
-# dashboard's shared stack) stays in one process.
+# Test processes in parallel (pytest-xdist): each has its own Redis and temp folders (with
+# RETRAIN_REDIS_URL, worker N uses, and flushes, database N+1 of that server); each test file
+# runs whole in one process, in order (the dashboard's tests share one stack, read then changed).
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite; it ends with its slowest tests, so a new slow one is seen when it arrives.
 test: $(STAMP) tools

@@ -21,8 +21,7 @@ from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore
 from tests.conftest import images_array, wait_for, write_dataset
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.xdist_group("dashboard")]  # one shared stack: one test process
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 KEY = "dashboard-test-key-5f2a"
 HOSTILE = "<script>alert('x')</script>"

@@ -90,7 +90,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(ingested, tmp_path, 
 
     out = tmp_path / "run" / "cnn" / "model"
     args = ["train", "--model", "cnn", "--dataset", ingested, "--out", str(out),
-            "--steps-per-epoch", "120", "--batch-size", "16", "--checkpoint-every", "10",
+            "--steps-per-epoch", "200", "--batch-size", "16", "--checkpoint-every", "10",
             "--run-id", "resume"]
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url}
     victim = subprocess.Popen([sys.executable, "-m", "retrain.cli", *args], env=env,
@@ -111,11 +111,11 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(ingested, tmp_path, 
                                 "RETRAIN_REDIS_URL": redis_handle.url})
     assert done.returncode == 0, done.stderr[-2000:]
     result = _last_json(done.stdout)
-    assert seen <= result["resumed_from_step"] < 120 and result["resumed_from_step"] % 10 == 0
+    assert seen <= result["resumed_from_step"] < 200 and result["resumed_from_step"] % 10 == 0
     history = [json.loads(x) for x in r.lrange(key + ":history", 0, -1)]
     after = [h for h in history if h["resumed_from"]]
     assert after and after[0]["step"] > result["resumed_from_step"]
-    assert history[-1]["step"] == 120
+    assert history[-1]["step"] == 200
 
 
 def test_warm_start_loads_a_matching_champion_and_skips_a_different_variant(

@@ -40,7 +40,6 @@ def test_the_cnn_learns_the_stand_in(trained_models):
     """(The session's good model: three passes over the ``ingested`` dataset, trained by the
     real trainer once for every test that needs a model.)"""
     assert trained_models.good.val_accuracy > 0.5  # chance is 0.1
-    assert trained_models.good.val_accuracy > trained_models.weak.val_accuracy + 0.1
 
 
 def test_a_corrupt_shard_fails_training_with_its_name(tmp_path):
