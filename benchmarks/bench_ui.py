@@ -22,7 +22,7 @@ from _common import heading, line, loopback_redis, percentile, verdict
 
 from core.http import BackgroundServer, bind
 from services.selector.champion import Champion, ChampionStore
-from services.ui.app import create_app
+from dashboard.app import create_app
 
 MODELS = ("cnn", "dropout", "batch_norm")
 

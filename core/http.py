@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import uvicorn
@@ -116,3 +116,19 @@ def secret_matches(given: str | None, secrets: Iterable[str]) -> str | None:
         if hmac.compare_digest(presented, secret.encode()):
             return secret
     return None
+
+
+def json_errors(app: Any, table: Mapping[type[Exception], int]) -> None:
+    """A service's one table from its errors to HTTP: each is answered ``{"error": message}``
+    with its status (an error's own ``status`` and ``headers`` attributes, where it has them,
+    win: ``core.auth.KeyRefusedError`` carries 401 or 403 and its ``WWW-Authenticate``)."""
+    from starlette.responses import JSONResponse
+
+    def handler_for(status: int) -> Any:
+        async def answer(request: Any, exc: Exception) -> JSONResponse:
+            return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", status),
+                                headers=getattr(exc, "headers", None))
+        return answer
+
+    for kind, status in table.items():
+        app.add_exception_handler(kind, handler_for(status))

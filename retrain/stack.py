@@ -108,7 +108,7 @@ class LocalStack:
         self.selector = build_selector(
             s, client, self.sink.send,
             LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
-        from services.ui.main import create_ui, in_process
+        from dashboard.main import create_ui, in_process
 
         ui = BackgroundServer(create_ui(s, client, self.serve_url, in_process(self.selector.rollback)),
                               ui_sock, "dashboard").start()

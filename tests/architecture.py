@@ -3,17 +3,19 @@
 Every import counts, at the top of a module or inside a function (a lazy import is still a
 dependency). Floors, bottom up; a module may import its own floor or those below it:
 
-    core ─► events ─► dataset ─► services ─► workflows ─► retrain
+    core ─► events ─► dataset ─► repository ─► services ─► workflows ─► dashboard ─► retrain
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-FLOORS = ("core", "events", "dataset", "services", "workflows", "retrain")
+FLOORS = ("core", "events", "dataset", "repository", "services", "workflows", "dashboard",
+          "retrain")
 
 
 @dataclass(frozen=True)
@@ -133,3 +135,72 @@ def _components(graph: Mapping[str, set[str]]) -> list[set[str]]:
                         break
                 result.append(component)
     return result
+
+
+# ownership and shape (the house's second step) ----------------------------------------------
+SERVICES = "services"
+KEY = re.compile(r"retrain:[a-z0-9_.-]+")
+REGISTRATION = ("retrain.cli", "retrain.commands")  # where call statements register commands
+
+
+def service_of(module: str) -> str | None:
+    """The service a module belongs to (``services.<name>...``), or None."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == SERVICES and len(parts) > 2 else None
+
+
+def sideways(found: Iterable[Import]) -> list[str]:
+    """Each import of one service by another."""
+    lines = (f"{i.module}:{i.line} imports {i.target}" for i in found
+             if service_of(i.module) and service_of(i.target)
+             and service_of(i.module) != service_of(i.target))
+    return list(dict.fromkeys(lines))
+
+
+def key_spellings(root: Path, packages: Iterable[str] = FLOORS) -> dict[str, list[str]]:
+    """Each Redis key prefix (``retrain:<word>``) spelled in a string of more than one module,
+    with those modules."""
+    spelled: dict[str, set[str]] = {}
+    for name, path in modules(root, packages).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for key in KEY.findall(node.value):
+                    spelled.setdefault(key, set()).add(name)
+    return {key: sorted(names) for key, names in sorted(spelled.items()) if len(names) > 1}
+
+
+def long_functions(root: Path, limit: int, packages: Iterable[str] = FLOORS) -> dict[str, int]:
+    """``module:function`` -> lines, for each function longer than ``limit`` lines."""
+    found = {}
+    for name, path in modules(root, packages).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > limit:
+                    found[f"{name}:{node.name}"] = lines
+    return found
+
+
+def import_time_calls(root: Path, packages: Iterable[str] = FLOORS) -> list[str]:
+    """Call statements a module runs when it is imported (at its top level, or in a top-level
+    ``if``, ``try`` or ``with``), outside the CLI's command registration and ``__main__``."""
+    found = []
+
+    def visit(body: list[ast.stmt], name: str) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                found.append(f"{name}:{node.lineno} {ast.unparse(node.value)[:60]}")
+            if isinstance(node, (ast.If, ast.With, ast.Try)):
+                visit(node.body, name)
+                visit(getattr(node, "orelse", []), name)
+            if isinstance(node, ast.Try):
+                visit(node.finalbody, name)
+                for handler in node.handlers:
+                    visit(handler.body, name)
+
+    for name, path in modules(root, packages).items():
+        if not name.startswith(REGISTRATION):
+            visit(ast.parse(path.read_text(), str(path)).body, name)
+    return found

@@ -46,8 +46,9 @@ from core.errors import RetrainError  # noqa: E402
 from dataset.store import load_metadata, verify  # noqa: E402
 from services.trainer import process  # noqa: E402
 from services.trainer.cluster import Role  # noqa: E402
+from repository.layout import INFO_FILE, WEIGHTS_FILE  # noqa: E402
 from services.trainer.spec import (  # noqa: E402
-    INFO_FILE, VALIDATION_EVERY, WEIGHTS_FILE, Progress, TrainConfig, TrainResult,
+    VALIDATION_EVERY, Progress, TrainConfig, TrainResult,
     warm_start_weights)
 
 MODELS_ENV = "RETRAIN_STANDIN_MODELS"  # a folder holding good/ and weak/ (model + result.json)

@@ -4,10 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.architecture import FLOORS, circles, imports, modules, upward
+from tests.architecture import (
+    FLOORS, circles, import_time_calls, imports, key_spellings, long_functions, modules, sideways,
+    upward)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 80
 
 
 def test_no_package_imports_a_higher_floor():
@@ -32,6 +35,25 @@ def test_no_module_is_over_400_lines():
     long = {name: n for name, path in modules(ROOT).items()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_no_service_imports_another():
+    """What two services share (the model repository, a record's reads) lives below them."""
+    assert sideways(imports(ROOT)) == []
+
+
+def test_each_redis_key_is_spelled_by_its_owner_alone():
+    """A record's key appears in one module, which writes it and offers the reads others need."""
+    assert key_spellings(ROOT) == {}
+
+
+def test_no_function_is_over_80_lines():
+    assert long_functions(ROOT, MAX_FUNCTION_LINES) == {}
+
+
+def test_importing_a_module_runs_nothing():
+    """No configuration, subprocess or I/O at import: entry points configure what they need."""
+    assert import_time_calls(ROOT) == []
 
 
 # the checker itself, on a small tree written here: it must catch what it is for -------------
@@ -71,3 +93,33 @@ def test_the_checker_finds_a_circle_inside_one_folder(tmp_path):
 @pytest.mark.parametrize("floor", FLOORS)
 def test_every_floor_is_a_package_here(floor):
     assert (ROOT / floor / "__init__.py").is_file()
+
+
+def test_the_checker_finds_a_service_importing_another_even_lazily(tmp_path):
+    root = _tree(tmp_path, {
+        "services/a/main.py": "def f():\n    from services.b import store\n",
+        "services/a/other.py": "from services.a import main\n",
+        "services/b/store.py": "from repository import layout\n",
+        "repository/layout.py": "",
+    })
+    assert sideways(imports(root)) == ["services.a.main:2 imports services.b.store"]
+
+
+def test_the_checker_finds_a_key_spelled_in_two_modules(tmp_path):
+    root = _tree(tmp_path, {
+        "core/a.py": "KEY = 'retrain:runs'\n",
+        "events/b.py": "def f(i):\n    return f'retrain:runs:{i}', 'retrain:other'\n",
+        "dataset/c.py": "X = 'retrain:other2'\n",
+    })
+    assert key_spellings(root) == {"retrain:runs": ["core.a", "events.b"]}
+
+
+def test_the_checker_finds_long_functions_and_calls_at_import(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))
+    root = _tree(tmp_path, {
+        "core/a.py": f"import os\n\ndef long():\n{body}\nos.environ.setdefault('A', '1')\n"
+                     "if __name__ == '__main__':\n    long()\n",
+        "retrain/cli.py": "app.command()(f)\n",
+    })
+    assert long_functions(root, 80) == {"core.a:long": 81}
+    assert import_time_calls(root) == ["core.a:85 os.environ.setdefault('A', '1')"]

@@ -21,6 +21,7 @@ from typing import Any
 
 from dataset.cache import ContentCache, Lease, Policy
 from dataset.store import load_metadata
+from repository.digest import model_digest
 from services.trainer import memo
 from services.trainer.options import TrainOptions
 
@@ -57,7 +58,7 @@ class Memo:
 
     def explain(self, options: TrainOptions) -> TrainingCheck:
         """The decision for ``options``, changing nothing (``retrain cache explain``)."""
-        warm = memo.model_digest(options.warm_start) if options.warm_start else None
+        warm = model_digest(options.warm_start) if options.warm_start else None
         parts = memo.key_parts(options, load_metadata(options.dataset), warm)
         key = memo.training_key(parts)
         looked_up = self.enabled and not self.force

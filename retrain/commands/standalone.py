@@ -59,7 +59,7 @@ def ui(port: Annotated[Optional[int], typer.Option(help="default 8070 (RETRAIN_U
     """The pipeline's dashboard in the browser: runs, trainings, models, events, try it
     (read from Redis and the model repository alone)."""
     setup_logging(True)
-    from services.ui.main import serve as serve_ui
+    from dashboard.main import serve as serve_ui
 
     serve_ui(load_settings(ui_port=port))
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from repository.layout import next_version
+
 
 @dataclass(frozen=True)
 class Staged:
@@ -38,12 +40,6 @@ class PromotionBackend(Protocol):
         ...
 
 
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 class LocalBackend:
     """Copies the SavedModel to ``<repo>/<name>/<version>/`` (atomic rename) and tells the server."""
 
@@ -52,7 +48,7 @@ class LocalBackend:
         self._notify = notify
 
     def next_version(self) -> int:
-        return (versions(self.model_dir) or [0])[-1] + 1
+        return next_version(self.model_dir)
 
     def stage(self, model_uri: str, version: int) -> Staged:
         self.model_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 import httpx
 
 from core import kube
-from services.selector.backends import Staged, versions
+from repository.layout import next_version
+from services.selector.backends import Staged
 from services.selector.errors import SelectorError
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class KServeBackend:
 
     # PromotionBackend ------------------------------------------------------------------------
     def next_version(self) -> int:
-        return (versions(self.releases) or [0])[-1] + 1
+        return next_version(self.releases)
 
     def stage(self, model_uri: str, version: int) -> Staged:
         """Check the InferenceService first (a canary the cluster would ignore is refused here,

@@ -21,7 +21,7 @@ import redis
 from events import Event, EventType, make_event
 from events.payloads import ModelTrained
 from services.selector.champion import PREFIX, Champion
-from services.trainer.memo import model_digest
+from repository.digest import model_digest
 
 KEEP_SECONDS = 90 * 86400  # each record is kept this long after it was last written
 

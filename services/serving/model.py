@@ -23,7 +23,7 @@ configure()
 
 import tensorflow as tf  # noqa: E402
 
-from services.selector.backends import versions  # noqa: E402
+from repository.layout import versions  # noqa: E402
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28  # noqa: E402
 from services.serving.errors import BadRequestError, ModelNotReadyError  # noqa: E402
 from services.serving.lite import CompiledModel  # noqa: E402

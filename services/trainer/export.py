@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.tf_start import configure
 from dataset.image_header import FORMATS, MAX_PIXELS, MAX_SIDE
-from services.trainer.spec import INFO_FILE, WEIGHTS_FILE
+from repository.layout import INFO_FILE, WEIGHTS_FILE
 
 configure()
 

@@ -25,7 +25,7 @@ import redis
 from blake3 import blake3
 
 from dataset.cache import ContentCache, Policy, ago
-from dataset.store import stat_signature
+from repository.digest import model_digest, model_signature, wait_settled
 from services.trainer.options import SEED, TrainOptions
 
 PREFIX = "retrain:train-cache:"
@@ -49,50 +49,6 @@ def code_version() -> str:
         except metadata.PackageNotFoundError:
             hasher.update(f"{library} absent\0".encode())
     return f"{CODE}+{hasher.hexdigest()[:12]}"
-
-
-def _files(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"model folder {root} is gone")
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-def model_signature(folder: str | Path) -> dict[str, list[int]]:
-    """Each file's size and what any write to it changes (``dataset.store.stat_signature``:
-    mtime, ctime, which no user call can set back, and inode)."""
-    root = Path(folder)
-    return {str(p.relative_to(root)): [p.stat().st_size, *stat_signature(p)]
-            for p in _files(root)}
-
-
-# timestamps tick coarsely (a few ms): a signature vouches for a folder only once its newest
-# change is this old, so a write landing in the same tick as the last one cannot go unseen
-_SETTLED = 0.1
-_digests: dict[tuple[str, str], str] = {}  # (folder, its settled signature) -> digest
-
-
-def model_digest(folder: str | Path) -> str:
-    """BLAKE3 over every file of an exported model (relative path and bytes, in order):
-    any change to the graph, the variables or the weights changes it. Remembered in this
-    process while no file's stat signature changes (the selector asks for each candidate's
-    several times per decision)."""
-    root = Path(folder)
-    signature = model_signature(root)
-    newest = max((s[2] for s in signature.values()), default=0)  # ctime_ns
-    settled = time.time_ns() - newest > _SETTLED * 1e9
-    known = (str(root.resolve()), json.dumps(signature, sort_keys=True))
-    if settled and known in _digests:
-        return _digests[known]
-    hasher = blake3()
-    for path in _files(root):
-        hasher.update(str(path.relative_to(root)).encode() + b"\0")
-        hasher.update(path.read_bytes())
-    digest = hasher.hexdigest()
-    if settled:
-        if len(_digests) >= 256:
-            _digests.clear()
-        _digests[known] = digest
-    return digest
 
 
 @dataclass(frozen=True)
@@ -207,15 +163,11 @@ def _short(value: object) -> str:
     return text[:8] + "…" if len(text) > 24 else text
 
 
-def _newest_change(folder: str) -> int:
-    return max(p.stat().st_ctime_ns for p in _files(Path(folder)))
-
-
 def new_entry(key: str, parts: dict[str, Any], result: dict[str, Any], run_id: str,
               dataset_uri: str, fence: int) -> TrainingEntry:
     """The entry of a training that just ended with ``result`` (its ``result.json``)."""
     now = time.time()
-    time.sleep(max(0.0, _SETTLED - (time.time_ns() - _newest_change(result["model_uri"])) / 1e9))
+    wait_settled(result["model_uri"])
     return TrainingEntry(
         key=key, model_type=parts["model"], model_uri=result["model_uri"],
         files=model_signature(result["model_uri"]),

@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigurationError
+from repository.layout import INFO_FILE, WEIGHTS_FILE
 from services.trainer.options import SEED
 
-# beside an exported SavedModel (TF Serving ignores assets.extra): what it is, and the Keras
-# weights warm starts load
-INFO_FILE = "assets.extra/retrain.json"
-WEIGHTS_FILE = "assets.extra/weights.h5"
 VALIDATION_EVERY = 10  # one training record in ten is held out for validation
 Progress = Callable[[dict[str, Any]], None]  # receives each progress point as it is measured
 

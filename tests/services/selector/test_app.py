@@ -11,7 +11,8 @@ from events.payloads import ModelTrained
 from events.sinks import RedisStreamSink, read_stream
 from events.streams import StreamConsumer
 from services.selector.app import create_app
-from services.selector.backends import LocalBackend, versions
+from repository.layout import versions
+from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore
 from services.selector.evaluate import Evaluator
 from services.selector.main import judge_once
@@ -61,7 +62,7 @@ def test_model_trained_over_http_is_promoted_once_and_other_types_are_ignored(
     assert client.post("/rollback", headers={"Authorization": "Bearer no"}).status_code == 401
     from core.http import BackgroundServer, bind
     from services.selector.errors import SelectorError
-    from services.ui.main import through_selector
+    from dashboard.main import through_selector
 
     server = BackgroundServer(app, bind("127.0.0.1", 0, "selector"), "selector").start()
     try:  # the dashboard's rollback on a cluster, over a real socket

@@ -4,7 +4,8 @@ import pytest
 
 from events import EventType, make_event
 from events.payloads import ModelTrained
-from services.selector.backends import LocalBackend, versions
+from repository.layout import versions
+from services.selector.backends import LocalBackend
 from services.selector.champion import Champion, ChampionStore
 from services.selector.policy import ChampionPolicy, judge
 from services.selector.service import Selector

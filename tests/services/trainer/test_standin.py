@@ -13,7 +13,7 @@ import pytest
 
 from events.sinks import read_stream
 from services.trainer.progress import progress_key
-from services.trainer.spec import INFO_FILE
+from repository.layout import INFO_FILE
 from tests.standin_trainer import WEAK_STEPS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

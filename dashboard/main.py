@@ -16,7 +16,7 @@ import httpx
 import redis
 
 from core.settings import Settings
-from services.ui.app import create_app
+from dashboard.app import create_app
 
 Rollback = Callable[[str], dict[str, Any]]
 

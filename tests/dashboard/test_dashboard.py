@@ -185,7 +185,7 @@ def test_dead_letters_are_replayed_with_a_key(stack):
 def test_reading_can_require_a_key_and_the_page_asks_for_it(stack, tmp_path):
     from fastapi.testclient import TestClient
 
-    from services.ui.app import create_app
+    from dashboard.app import create_app
 
     locked = TestClient(create_app(stack.redis.client, str(stack.settings.model_repo.resolve()),
                                    api_keys=(KEY,), require_key=True))

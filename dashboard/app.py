@@ -5,7 +5,7 @@ reads the same JSON the API serves (``/api/...``). A page asks for its live part
 2 s (``X-Fragment: 1``), so it updates without a reload. Reading needs no key unless
 ``RETRAIN_UI_REQUIRE_KEY=1``; changing anything (rollback, replaying a dead letter) always
 needs one of ``RETRAIN_API_KEYS``. No CDN: the page's CSS and JavaScript are small files
-written here (``services/ui/static``).
+written here (``dashboard/static``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from core.http import BodyTooLargeError, bearer, read_body, secret_matches
 from core.settings import MODEL_NAME
 from services.selector.champion import ChampionStore
-from services.ui import data, pages
+from dashboard import data, pages
 
 STATIC = Path(__file__).parent / "static"
 MAX_IMAGE_BYTES = 1 << 20  # an uploaded or drawn image for "try it"

@@ -1,0 +1,22 @@
+"""The model repository's layout, as KServe and TF Serving read it: ``<repo>/<name>/<n>/`` is
+version ``n`` of model ``name``, a SavedModel folder; a model exported by retrain also carries
+what it is (``INFO_FILE``) and the Keras weights a warm start loads (``WEIGHTS_FILE``) under
+``assets.extra``, which the servers ignore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+INFO_FILE = "assets.extra/retrain.json"
+WEIGHTS_FILE = "assets.extra/weights.h5"
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The version numbers published under ``model_dir`` (``<repo>/<name>``), ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir: Path) -> int:
+    return (versions(model_dir) or [0])[-1] + 1
