@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from core.tf_start import configure
+import tensorflow as tf
 
-configure()
-
-import tensorflow as tf  # noqa: E402
-
-from services.selector.errors import EvaluationError  # noqa: E402
-from services.trainer.data import test_arrays  # noqa: E402
+from dataset.records import test_arrays
+from services.selector.errors import EvaluationError
 
 KEEP_SPLITS = 2  # the newest test splits: the candidate's and, rarely, the champion's
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import redis
 
+from core.tf_start import configure
 from events import Event, EventType, make_event
 from events.payloads import ModelTrained
 from services.selector.champion import PREFIX, Champion
@@ -38,6 +39,7 @@ class LazyEvaluator:
 
     def accuracy(self, model_uri: str, dataset_uri: str) -> float:
         if self._evaluator is None:
+            configure()  # before TensorFlow is first imported in this process
             from services.selector.evaluate import Evaluator
 
             self._evaluator = Evaluator()

@@ -1,31 +1,12 @@
-"""The tf.data input pipeline over ingested TFRecord shards."""
+"""The training's tf.data input pipeline over ingested TFRecord shards (TensorFlow configured by
+the caller: ``services.trainer.process.fit``)."""
 
 from __future__ import annotations
 
-from core.tf_start import configure
+import tensorflow as tf
 
-configure()
-
-import tensorflow as tf  # noqa: E402
-
-from dataset.store import shard_paths  # noqa: E402
-from services.trainer.spec import VALIDATION_EVERY  # noqa: E402
-
-FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-}
-
-
-def _parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    parsed = tf.io.parse_single_example(record, FEATURES)
-    image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), (28, 28, 1))
-    return tf.cast(image, tf.float32) / 255.0, parsed["label"]
-
-
-def records(dataset_uri: str, split: str) -> tf.data.Dataset:
-    files = shard_paths(dataset_uri, split)
-    return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+from dataset.records import parse, records
+from services.trainer.spec import VALIDATION_EVERY
 
 
 def train_and_validation(
@@ -38,7 +19,7 @@ def train_and_validation(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train = (
-        train.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+        train.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         .cache()
         .shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
         .repeat()
@@ -47,20 +28,10 @@ def train_and_validation(
         .with_options(options)
     )
     val = (
-        val.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+        val.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         .cache()
         .batch(global_batch)
         .prefetch(tf.data.AUTOTUNE)
         .with_options(options)
     )
     return train, val
-
-
-def test_arrays(dataset_uri: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """The whole test split as (images float32 [n,28,28,1], labels int64 [n])."""
-    ds = records(dataset_uri, "test").map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
-    images, labels = [], []
-    for x, y in ds.batch(4096):
-        images.append(x)
-        labels.append(y)
-    return tf.concat(images, 0), tf.concat(labels, 0)

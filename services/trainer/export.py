@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.tf_start import configure
+import tensorflow as tf
+
 from dataset.image_header import FORMATS, MAX_PIXELS, MAX_SIDE
 from repository.layout import INFO_FILE, WEIGHTS_FILE
-
-configure()
-
-import tensorflow as tf  # noqa: E402
 
 
 def _number(head: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from core.tf_start import configure
-
-configure()
-
-import tf_keras as keras  # noqa: E402
+import tf_keras as keras
 
 MODEL_TYPES = ("cnn", "dropout", "batch_norm")
 INPUT_NAME = "image"

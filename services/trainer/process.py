@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from core.errors import RetrainError
+from core.tf_start import configure
 from events.sinks import Sink
 from services.trainer.cluster import Role, role_from_tf_config
 from services.trainer.outcome import RESULT_FILE, failed_event, trained_event
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def fit(config: TrainConfig, report: Progress, role: Role) -> TrainResult:
-    """The learning itself: train ``config.model_type`` and export it to ``config.out``."""
+    """The learning itself: train ``config.model_type`` and export it to ``config.out``.
+    TensorFlow is configured here, before anything of the learning imports it."""
+    configure()
     from services.trainer.train import train
 
     return train(config, report, role)

@@ -17,19 +17,14 @@ import resource
 import shutil
 import time
 
-from core.tf_start import configure
+import tensorflow as tf
+import tf_keras as keras
 
-configure()
-
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from core.errors import RetrainError  # noqa: E402
-from dataset.store import load_metadata, verify  # noqa: E402
-from services.trainer import data, export, models  # noqa: E402
-from services.trainer.cluster import Role, role_from_tf_config  # noqa: E402
-from services.trainer.spec import (  # noqa: E402
-    Progress, TrainConfig, TrainResult, warm_start_weights)
+from core.errors import RetrainError
+from dataset.store import load_metadata, verify
+from services.trainer import data, export, models
+from services.trainer.cluster import Role, role_from_tf_config
+from services.trainer.spec import Progress, TrainConfig, TrainResult, warm_start_weights
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train"]
