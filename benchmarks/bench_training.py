@@ -23,6 +23,7 @@ from pathlib import Path
 
 from _common import ROOT, heading, line, median, timed, verdict
 
+from core.tf_start import configure
 from dataset.fingerprint import fingerprint
 from dataset.ingest import ingest
 from dataset.seed import write_standin
@@ -120,11 +121,11 @@ def workers_two_vs_one(dataset_uri: str, work: Path, steps: int, batch: int) -> 
 def accuracy_per_variant(dataset_uri: str, work: Path, steps: int, batch: int) -> None:
     import tensorflow as tf
 
-    from services.trainer import data
+    from dataset.records import test_arrays
     from services.trainer.train import TrainConfig, train
 
     heading(f"3. test accuracy per variant after {steps} steps of batch {batch}")
-    x_test, y_test = data.test_arrays(dataset_uri)
+    x_test, y_test = test_arrays(dataset_uri)
     for variant in ("cnn", "dropout", "batch_norm"):
         seconds, result = timed(lambda v=variant: train(
             TrainConfig(v, dataset_uri, work / v / "model", steps_per_epoch=steps, batch_size=batch)))
@@ -136,6 +137,7 @@ def accuracy_per_variant(dataset_uri: str, work: Path, steps: int, batch: int) -
 
 
 def main() -> None:
+    configure()  # TensorFlow quiet and on Keras 2, before anything here imports it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=20_000)
     parser.add_argument("--test", type=int, default=4_000)
