@@ -183,25 +183,42 @@ def run_page(run: dict[str, Any]) -> str:
 
 
 # models and events ------------------------------------------------------------------------------
+def _ticks(versions: list[int], room: int, gap: int = 40) -> list[int]:
+    """The versions to label on an axis ``room`` pixels wide: each one present while they are
+    ``gap`` pixels apart, else an even choice of them, the first and last always."""
+    fit = max(2, room // gap)
+    if len(versions) <= fit:
+        return versions
+    step = (len(versions) - 1) / (fit - 1)
+    return sorted({versions[round(i * step)] for i in range(fit)})
+
+
 def history_chart(champions: list[dict[str, Any]], width: int = 760, height: int = 180) -> str:
-    pts = [(c["version"], c["accuracy"]) for c in champions if c.get("accuracy") is not None]
+    """Each champion's test accuracy by version; the axis names only versions there are."""
+    pts = sorted((c["version"], c["accuracy"]) for c in champions
+                 if c.get("accuracy") is not None)
     if not pts:
         return "<p class=empty>no scored champion yet</p>"
-    v0, v1 = min(v for v, _ in pts), max(max(v for v, _ in pts), min(v for v, _ in pts) + 1)
+    v0, v1 = pts[0][0], pts[-1][0]
     lo, hi = min(a for _, a in pts), max(a for _, a in pts)
     lo, hi = (lo - 0.01, hi + 0.01) if hi - lo < 0.02 else (lo, hi)
+    left, room = 50, width - 80
 
-    def xy(v: float, a: float) -> tuple[float, float]:
-        return (40 + (v - v0) / (v1 - v0) * (width - 60), height - 25 - (a - lo) / (hi - lo) * (height - 45))
+    def x(v: float) -> float:  # one version alone stands in the middle
+        return left + (room / 2 if v1 == v0 else (v - v0) / (v1 - v0) * room)
 
-    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(v, a) for v, a in pts))
-    dots = "".join(f"<circle cx={xy(v, a)[0]:.1f} cy={xy(v, a)[1]:.1f} r=4><title>version {v}: "
+    def y(a: float) -> float:
+        return height - 35 - (a - lo) / (hi - lo) * (height - 55)
+
+    line = " ".join(f"{x(v):.1f},{y(a):.1f}" for v, a in pts)
+    dots = "".join(f"<circle cx={x(v):.1f} cy={y(a):.1f} r=4><title>version {v}: "
                    f"{a:.4f}</title></circle>" for v, a in pts)
+    ticks = "".join(f"<text class=tick x={x(v):.1f} y={height - 18} text-anchor=middle>{v}</text>"
+                    for v in _ticks(sorted({v for v, _ in pts}), room))
     return (f"<svg class=history viewBox='0 0 {width} {height}' width={width} height={height} "
             f"role=img aria-label='champion accuracy by version'><polyline points='{line}'/>{dots}"
-            f"<text x=4 y=14>{hi:.4f}</text><text x=4 y={height - 28}>{lo:.4f}</text>"
-            f"<text x=40 y={height - 6}>version {v0}</text>"
-            f"<text x={width - 80} y={height - 6}>version {v1}</text></svg>")
+            f"<text x=4 y=14>{hi:.4f}</text><text x=4 y={height - 38}>{lo:.4f}</text>{ticks}"
+            f"<text x={left + room / 2:.1f} y={height - 2} text-anchor=middle>version</text></svg>")
 
 
 def models_page(champion_html: str, champions: list[dict[str, Any]],

@@ -1,0 +1,34 @@
+"""The dashboard's pages as HTML, rendered from plain values (no Redis, no browser)."""
+
+import re
+
+from dashboard import pages
+
+
+def _champion(version, accuracy):
+    return {"version": version, "accuracy": accuracy, "model_type": "cnn", "run_id": "run-1"}
+
+
+def _version_labels(svg):
+    """The versions the chart's axis names (its texts that are a version number)."""
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    return [m.group(1) for t in texts if (m := re.fullmatch(r"(?:version )?(\d+)", t))]
+
+
+def test_the_champion_history_labels_only_the_one_version_there_is():
+    svg = pages.history_chart([_champion(1, 0.81)])
+    assert _version_labels(svg) == ["1"]
+    assert svg.count("<circle") == 1
+
+
+def test_the_champion_history_labels_each_version_present():
+    svg = pages.history_chart([_champion(v, 0.8 + v / 100) for v in (2, 3, 5)])
+    assert _version_labels(svg) == ["2", "3", "5"]
+    assert svg.count("<circle") == 3
+
+
+def test_a_long_champion_history_labels_its_first_and_last_versions_and_never_more_than_fit():
+    svg = pages.history_chart([_champion(v, 0.8) for v in range(1, 201)])
+    labels = [int(v) for v in _version_labels(svg)]
+    assert labels[0] == 1 and labels[-1] == 200 and len(labels) <= 20
+    assert set(labels) <= set(range(1, 201))
