@@ -13,7 +13,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_NAME = "fashion-mnist"
-ALL_MODELS = ("cnn", "dropout", "batch_norm")
+# the model variants retrain trains: the one list (run parameters, the trainer's options and
+# models, the command line's help all read it)
+MODEL_TYPES = ("cnn", "dropout", "batch_norm")
 
 
 class Settings(BaseSettings):

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.settings import MODEL_TYPES
 from events.types import EventType
 
 SCHEMA_VERSION = "1"
-MODEL_TYPES = ("cnn", "dropout", "batch_norm")
 Trigger = Literal["watcher", "github", "gitlab", "s3", "minio", "manual", "schedule"]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tf_keras as keras
 
-MODEL_TYPES = ("cnn", "dropout", "batch_norm")
+from core.settings import MODEL_TYPES
+
 INPUT_NAME = "image"
 
 

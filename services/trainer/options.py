@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from events.payloads import MODEL_TYPES
+from core.settings import MODEL_TYPES
 
 # (field, flag) in the order they appear on a command line
 FLAGS: tuple[tuple[str, str], ...] = (
@@ -89,8 +89,9 @@ class TrainOptions:
         """The same training as one of several worker processes runs it (no ``--workers``)."""
         return dataclasses.replace(self, workers=1)
 
-    def problems(self, tf_config: str | None = None) -> list[str]:
-        """Everything wrong with these options, each naming its flag (empty when usable)."""
+    def problems(self, tf_config: str | None = None, runs_dir: Path | None = None) -> list[str]:
+        """Everything wrong with these options, each naming its flag (empty when usable);
+        given the project's ``runs_dir``, also a model sent to the selector from outside it."""
         found = []
         if self.model not in MODEL_TYPES:
             found.append(f"--model {self.model!r}: expected {', '.join(MODEL_TYPES[:-1])} or "
@@ -111,4 +112,17 @@ class TrainOptions:
             found.append(f"--sink {self.sink}: expected an http(s) URL or {STREAM_SINK!r}")
         if self.workers > 1 and tf_config:
             found.append("--workers: TF_CONFIG already describes the cluster (as in a TFJob)")
+        if self.sink is not None and runs_dir is not None and not inside(self.out, runs_dir):
+            found.append(f"--out {self.out}: outside the runs folder {runs_dir.resolve()}, so the "
+                         "selector would refuse its model.trained (it judges only models this "
+                         "project trained); write the model under the runs folder, or train "
+                         "without --sink")
         return found
+
+
+def inside(out: Path, runs_dir: Path) -> bool:
+    """Whether a model written to ``out`` lies in ``runs_dir`` (below it, links followed), as
+    the selector requires of every model it judges."""
+    runs = runs_dir.resolve()
+    model = out.resolve()
+    return model != runs and model.is_relative_to(runs)

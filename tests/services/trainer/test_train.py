@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.settings import MODEL_TYPES
 from services.trainer import models
 from services.trainer.train import TrainConfig, train
 
@@ -14,7 +15,7 @@ def test_cnn_has_about_93k_parameters():
     assert models.build("cnn").count_params() == 93_322
 
 
-@pytest.mark.parametrize("model_type", models.MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_each_variant_trains_and_exports_a_serving_model(model_type, ingested, tmp_path):
     import tensorflow as tf
 
