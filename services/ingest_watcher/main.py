@@ -72,10 +72,9 @@ def source_from_options(data: str | None, git: str | None, s3: str | None, *,
     assert data is not None
     try:
         return FolderSource(resolve_root(data))
-    except DatasetNotFoundError:  # a fresh install: ready (/healthz) once the folder appears
-        folder = Path(data.removeprefix("file://")).expanduser().resolve()
-        log.warning("%s does not exist yet; watching for it (not ready until it appears)", folder)
-        return FolderSource(folder)
+    except DatasetNotFoundError:  # a fresh install: the watcher waits for the folder (and
+        # is ready, /healthz, once it is there)
+        return FolderSource(Path(data.removeprefix("file://")).expanduser().resolve())
 
 
 def _tag(text: str) -> str:

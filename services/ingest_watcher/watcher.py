@@ -63,6 +63,9 @@ class DirectoryWatcher:
         self.last_scan: float | None = None  # wall time of the last completed scan
         self._last_notice: float | None = None  # monotonic time of the latest notification
         self.notifications = False  # whether file-system notifications are running
+        self._observer: object | None = None
+        self._awaiting = False  # the root is not there yet: said once, looked for each interval
+        self._unobservable = False  # notifications failed on an existing root: rescans only
 
     def _last(self) -> tuple[Fingerprint | None, int]:
         """The fingerprint last emitted, and how many changes were emitted so far."""
@@ -159,11 +162,30 @@ class DirectoryWatcher:
             observer.schedule(Handler(), str(self.root), recursive=True)
             observer.start()
         except OSError as exc:  # e.g. the inotify watch limit: the rescan still works
+            if not self.root.is_dir():  # gone again since it was seen: waited for anew
+                return None
             log.warning("no file-system notifications for %s (%s); rescanning every %.1fs",
                         self.root, exc, self._interval)
+            self._unobservable = True
             return None
         self.notifications = True
         return observer
+
+    def _follow_root(self) -> None:
+        """Start file-system notifications once the root exists; until then say, once, that
+        the watcher waits for it (a fresh install whose volume is filled later)."""
+        if self._observer is not None or self._unobservable:
+            return
+        if not self.root.is_dir():
+            if not self._awaiting:
+                log.info("%s does not exist yet: waiting for it to appear (looking every %.1fs; "
+                         "not ready until then)", self.root, self._interval)
+                self._awaiting = True
+            return
+        if self._awaiting:
+            log.info("%s appeared: watching it", self.root)
+            self._awaiting = False
+        self._observer = self._observe()
 
     def _pause(self, seconds: float, stop: threading.Event) -> None:
         """Wait until the next rescan: ``seconds``, or less when a notification arrives or
@@ -177,10 +199,10 @@ class DirectoryWatcher:
         self._wake.clear()  # a notification after this wakes the next pause at once
 
     def run(self, stop: threading.Event) -> None:
-        observer = self._observe()
         outage = Outage(f"Redis (the watcher of {self.root})")
         try:
             while not stop.is_set():
+                self._follow_root()
                 notice = self._last_notice
                 if notice is not None:
                     quiet_for = time.monotonic() - notice
@@ -202,6 +224,8 @@ class DirectoryWatcher:
                         self._last_notice = None
                 self._pause(wait, stop)
         finally:
-            if observer is not None:
-                observer.stop()  # type: ignore[attr-defined]
-                observer.join(timeout=5)  # type: ignore[attr-defined]
+            if self._observer is not None:
+                self._observer.stop()  # type: ignore[attr-defined]
+                self._observer.join(timeout=5)  # type: ignore[attr-defined]
+                self._observer = None
+                self.notifications = False

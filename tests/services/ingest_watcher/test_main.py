@@ -35,8 +35,21 @@ def test_a_watcher_started_before_its_data_is_alive_and_becomes_ready(tmp_path, 
         write_dataset(data, train=40, test=10)
         wait_for(lambda: _status(port, "/healthz") == 200)
         assert _status(port, "/livez") == 200
+        wait_for(lambda: _emitted(port) == 1)  # the data that appeared is noticed
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
-    assert "does not exist yet" in output
+    lines = output.splitlines()
+    waiting = [line for line in lines if "waiting for it to appear" in line]
+    assert len(waiting) == 1 and " INFO services.ingest_watcher." in waiting[0], output[-3000:]
+    assert "does not exist yet" in waiting[0] and str(data) in waiting[0]
+    assert [line for line in lines if " WARNING services.ingest_watcher." in line] == []
+    assert "notifications" not in output
     assert "Traceback" not in output, output[-3000:]
+
+
+def _emitted(port):
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["emitted"]
+    except httpx.HTTPError:
+        return None

@@ -146,3 +146,37 @@ def test_five_hundred_files_at_once_and_a_slow_copy_each_yield_one_event(r, data
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_folder_that_does_not_exist_yet_is_awaited_then_watched(r, tmp_path, caplog):
+    """A fresh install: the watcher starts before its folder. It says, once and at info level,
+    that it waits for the folder (not that notifications failed), and once the folder appears
+    with data it emits for it and follows it with file-system notifications."""
+    import logging
+    import threading
+
+    from tests.conftest import write_dataset
+
+    root = tmp_path / "volume" / "fashion-mnist"
+    watcher = DirectoryWatcher(root, RedisStreamSink(r), r, tmp_path / "state", settle=0.0,
+                               interval=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    with caplog.at_level(logging.INFO, logger="services.ingest_watcher"):
+        thread.start()
+        try:
+            _wait(lambda: any("waiting for it to appear" in rec.getMessage()
+                              for rec in caplog.records))
+            staging = write_dataset(tmp_path / "staging", train=40, test=10)
+            root.parent.mkdir()
+            staging.rename(root)  # the folder appears with its data at once
+            _wait(lambda: watcher.emitted == 1)
+            _wait(lambda: watcher.notifications)  # followed by notifications from now on
+        finally:
+            stop.set()
+            thread.join()
+    waiting = [rec for rec in caplog.records if "waiting for it to appear" in rec.getMessage()]
+    assert [rec.levelno for rec in waiting] == [logging.INFO]
+    assert str(root) in waiting[0].getMessage()
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING] == []
+    assert read_stream(r)[0]["data"]["uri"] == str(root)
