@@ -30,18 +30,27 @@ def record(client: redis.Redis, kind: str, step: str = "", **detail: Any) -> Non
     )
 
 
+def _entry(fields: dict[bytes, bytes]) -> Entry:
+    return Entry(at=float(fields[b"at"]), kind=fields[b"kind"].decode(),
+                 step=fields[b"step"].decode(), detail=json.loads(fields[b"detail"]))
+
+
 def read(client: redis.Redis, since: float = 0.0) -> list[Entry]:
-    entries = []
-    for _id, fields in client.xrange(STREAM):
-        at = float(fields[b"at"])
-        if at < since:
+    """Every entry from ``since`` on, oldest first."""
+    return [e for e in (_entry(fields) for _id, fields in client.xrange(STREAM)) if e.at >= since]
+
+
+def recent(client: redis.Redis, limit: int, kind: str | None = None,
+           scanned: int | None = None) -> list[Entry]:
+    """The newest ``limit`` entries (of ``kind`` only, if given), newest first, found among the
+    newest ``scanned`` entries (all ``limit`` when no kind is asked for; else three times as
+    many): one round trip, however long the timeline."""
+    scanned = scanned or (limit if kind is None else limit * 3)
+    found = []
+    for _id, fields in client.xrevrange(STREAM, count=scanned):
+        if kind is not None and fields[b"kind"].decode() != kind:
             continue
-        entries.append(
-            Entry(
-                at=at,
-                kind=fields[b"kind"].decode(),
-                step=fields[b"step"].decode(),
-                detail=json.loads(fields[b"detail"]),
-            )
-        )
-    return entries
+        found.append(_entry(fields))
+        if len(found) >= limit:
+            break
+    return found

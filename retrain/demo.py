@@ -29,6 +29,7 @@ from events.payloads import RunParameters
 from retrain.publishing import publish_event
 from retrain.report import print_timeline
 from retrain.stack import LocalStack
+from workflows import record
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,10 @@ class DemoError(RetrainError):
 
 def _wait_for_run(stack: LocalStack, after: float, timeout: float) -> dict[str, Any]:
     """The first run that starts after ``after``, once it and all its model decisions are done."""
-    client = stack.redis.client
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for run_id in client.zrangebyscore("retrain:runs", after, "+inf"):
-            raw = client.get(f"retrain:run:{run_id.decode()}")
-            run = json.loads(raw) if raw else None
-            if not run or run["status"] == "running":
+        for run in record.runs_since(stack.redis.client, after):
+            if run["status"] == "running":
                 continue
             trained = [m for m, r in run["models"].items() if r["status"] == "trained"]
             decisions = [d for d in stack.champions.decisions() if d["run_id"] == run["run_id"]]

@@ -36,20 +36,15 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
 def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
     from dataset.cache import ContentCache
     from services.selector.champion import ChampionStore
+    from services.trainer import progress
+    from workflows import record
 
-    runs = []
-    for run_id in client.zrevrange("retrain:runs", 0, 9):
-        raw = client.get(f"retrain:run:{run_id.decode()}")
-        if raw:
-            runs.append(json.loads(raw))
-    progress = {}
-    for key in client.scan_iter("retrain:progress:*", count=500):
-        name = key.decode()
-        if name.endswith(":history"):
-            continue
-        fields = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
-        progress[name.removeprefix("retrain:progress:")] = {
-            "state": fields.get("state"), **json.loads(fields.get("latest", "{}"))}
+    runs = record.recent_runs(client, 0, 10).runs
+    trainings = [(run["run_id"], model) for run in runs
+                 for model in (run.get("parameters") or {}).get("models", [])]
+    training = {f"{run_id}:{model}": {"state": found.state, **(found.latest or {})}
+                for (run_id, model), found in
+                progress.read_many(client, trainings, points=False).items() if found.exists}
     champion = ChampionStore(client, model_repo).get()
     entries = ContentCache(client, 1).entries()
     return {
@@ -57,7 +52,7 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
         "cache": [e.__dict__ for e in entries[-10:]],  # the newest; `retrain cache ls` has all
         "cache_entries": len(entries),
         "champion": champion.__dict__ if champion else None,
-        "training": progress,
+        "training": training,  # the recent runs' trainings, as far as they went
     }
 
 

@@ -2,7 +2,7 @@
 
 A run request waits in ``retrain:queue``; a runner takes it with ``BLMOVE`` into
 ``retrain:queue:processing`` (so it is never only in memory) and removes it when the run has
-ended. While a run goes on, its lease ``retrain:lease:<run_id>`` names the owner and is renewed
+ended. While a run goes on, its lease (``workflows.lease``) names the owner and is renewed
 every few seconds. A run whose lease is gone (its owner was killed) is found by ``recover``:
 a queued request goes back to the head of the queue as a new run that names the one it
 resumes; a run record left ``running`` is closed as failed with the reason.
@@ -10,14 +10,13 @@ resumes; a run record left ``running`` is closed as failed with the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
 
 import redis
 
-from core import timeline
+from workflows import record
 from workflows.lease import held_by_the_living
 from workflows.runner import RunRequest, new_run_id
 
@@ -85,7 +84,7 @@ class RunQueue:
             if not self._requeue(keys=[PROCESSING, QUEUE],
                                  args=[taken.raw, resumed.to_json() if resumed else ""]):
                 continue  # another process recovered it first
-            self._close(request.run_id, reason)
+            record.fail_if_running(self._r, request.run_id, reason)
             done.append(f"{request.run_id}: {reason}")
         done.extend(self._close_abandoned())
         for line in done:
@@ -95,34 +94,11 @@ class RunQueue:
     def _close_abandoned(self) -> list[str]:
         """Runs recorded ``running`` whose owner is gone (also ``retrain run`` killed)."""
         done = []
-        run_ids = [r.decode() for r in self._r.zrevrange("retrain:runs", 0, RECENT_RUNS - 1)]
-        summaries = self._r.mget([f"retrain:run:{run_id}" for run_id in run_ids]) if run_ids else []
-        for run_id, raw in zip(run_ids, summaries, strict=True):
-            if raw is None or json.loads(raw).get("status") != "running":
-                continue
-            if held_by_the_living(self._r, run_id):
+        for summary in record.recent_runs(self._r, 0, RECENT_RUNS).runs:
+            run_id = summary["run_id"]
+            if summary.get("status") != "running" or held_by_the_living(self._r, run_id):
                 continue
             reason = "interrupted: the process running it stopped (its lease is gone)"
-            if self._close(run_id, reason):
+            if record.fail_if_running(self._r, run_id, reason):
                 done.append(f"{run_id}: {reason}")
         return done
-
-    def _close(self, run_id: str, reason: str) -> bool:
-        """Mark a run left ``running`` as failed with ``reason``; False if it was not running."""
-        key = f"retrain:run:{run_id}"
-        with self._r.pipeline() as pipe:
-            try:
-                pipe.watch(key)
-                raw = pipe.get(key)
-                summary = json.loads(raw) if raw else None
-                if summary is not None and summary.get("status") != "running":
-                    return False
-                summary = summary or {"run_id": run_id, "steps": [], "models": {}}
-                summary.update(status="failed", error=reason, ended_at=time.time())
-                pipe.multi()
-                pipe.set(key, json.dumps(summary), ex=30 * 86400)
-                pipe.execute()
-            except redis.WatchError:
-                return False
-        timeline.record(self._r, "run", "run", run_id=run_id, status="failed", error=reason)
-        return True

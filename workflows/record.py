@@ -1,5 +1,8 @@
 """What a run leaves in Redis as it goes: its summary (``retrain:run:<id>``, with every step's
-start, end, outcome and reason) and one timeline entry per step."""
+start, end, outcome and reason, kept 30 days), the runs by start time (``retrain:runs``) and one
+timeline entry per step. This module owns those records: it writes them, and offers the reads
+others need (``get``, ``recent_runs``, ``runs_since``) and closing a run its owner left
+``running`` (``fail_if_running``)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,14 @@ import redis
 from core import timeline
 from events import Event
 from events.payloads import DatasetUpdated, RunParameters, TrainingRequested
+
+
+RUNS = "retrain:runs"  # run ids by start time
+KEPT = 30 * 86400  # seconds a run's summary is kept
+
+
+def _key(run_id: str) -> str:
+    return f"retrain:run:{run_id}"
 
 
 def new_run_id() -> str:
@@ -76,11 +87,10 @@ class RunRecorder:
             **({"attempt": request.attempt, "resumes": request.resumes} if request.resumes else {}),
         }
         self.save()
-        self._r.zadd("retrain:runs", {request.run_id: time.time()})
+        self._r.zadd(RUNS, {request.run_id: time.time()})
 
     def save(self) -> None:
-        self._r.set(f"retrain:run:{self.summary['run_id']}", json.dumps(self.summary),
-                    ex=30 * 86400)
+        save(self._r, self.summary)
 
     @contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:
@@ -104,3 +114,73 @@ class RunRecorder:
             self.save()
             timeline.record(self._r, "step", name, status=record.status, seconds=record.seconds,
                             run_id=self.summary["run_id"], **record.detail)
+
+
+# the record's writes and reads, for whoever needs them -------------------------------------
+def save(client: redis.Redis | redis.client.Pipeline, summary: dict[str, Any],
+         started_at: float | None = None) -> None:
+    """Write a run's summary (kept ``KEPT`` seconds); with ``started_at``, also list the run
+    among the runs by start time (what ``RunRecorder`` does as a run starts). ``client`` may
+    be a pipeline, to write many at once."""
+    client.set(_key(summary["run_id"]), json.dumps(summary), ex=KEPT)
+    if started_at is not None:
+        client.zadd(RUNS, {summary["run_id"]: started_at})
+
+
+def _summaries(client: redis.Redis, run_ids: list[bytes] | list[str]) -> list[dict[str, Any]]:
+    """The summaries of ``run_ids`` in their order, in one round trip (expired ones left out)."""
+    if not run_ids:
+        return []
+    ids = [i.decode() if isinstance(i, bytes) else i for i in run_ids]
+    return [json.loads(raw) for raw in client.mget([_key(i) for i in ids]) if raw]
+
+
+def get(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
+    """One run's summary, or None (never run, or older than ``KEPT``)."""
+    raw = client.get(_key(run_id))
+    return json.loads(raw) if raw else None
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    total: int  # runs listed, however old
+    offset: int
+    runs: list[dict[str, Any]]  # their summaries, newest first
+
+
+def recent_runs(client: redis.Redis, offset: int = 0, limit: int = 10) -> RunsPage:
+    """The newest runs first, ``limit`` of them from ``offset``: two round trips however many
+    runs are kept."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zcard(RUNS)
+        pipe.zrevrange(RUNS, offset, offset + limit - 1)
+        total, ids = pipe.execute()
+    return RunsPage(int(total), offset, _summaries(client, ids))
+
+
+def runs_since(client: redis.Redis, since: float) -> list[dict[str, Any]]:
+    """The summaries of the runs started at ``since`` or later, oldest first."""
+    return _summaries(client, client.zrangebyscore(RUNS, since, "+inf"))
+
+
+def fail_if_running(client: redis.Redis, run_id: str, reason: str) -> bool:
+    """Mark a run left ``running`` (its owner died) as failed with ``reason``, atomically, and
+    say so on the timeline; False if it was not running (another process closed it, or it
+    ended)."""
+    key = _key(run_id)
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            raw = pipe.get(key)
+            summary = json.loads(raw) if raw else None
+            if summary is not None and summary.get("status") != "running":
+                return False
+            summary = summary or {"run_id": run_id, "steps": [], "models": {}}
+            summary.update(status="failed", error=reason, ended_at=time.time())
+            pipe.multi()
+            save(pipe, summary)
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    timeline.record(client, "run", "run", run_id=run_id, status="failed", error=reason)
+    return True

@@ -1,6 +1,8 @@
 """A training's progress in Redis, written beside the training, never in its way.
 
-Progress is for show (the runner's bars, ``retrain status``): the training loop hands each
+Progress is for show (the runner's bars, ``retrain status``, the dashboard's learning curves;
+they read it through ``read``, ``all_for`` and ``read_many`` here, the record's one owner):
+the training loop hands each
 point to a writer thread and goes on. While Redis is away the writer keeps the latest points
 (a bounded number) and tries again every second, logging once when Redis goes and once when
 it is back; a training is never slowed down, let alone failed, by an outage.
@@ -12,6 +14,8 @@ import json
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -106,3 +110,54 @@ class ProgressWriter:
         pipe.expire(self._key, PROGRESS_TTL)
         pipe.expire(self._key + ":history", PROGRESS_TTL)
         pipe.execute()
+
+
+# reading it back ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """A training as its writer left it: ``state`` (training, done, failed; None before the
+    first point), the ``latest`` point and, where asked for, every point in order."""
+
+    state: str | None = None
+    latest: dict[str, Any] | None = None
+    points: list[dict[str, Any]] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)  # the rest: state, the last word's
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.fields)
+
+
+def read_many(client: redis.Redis, trainings: Iterable[tuple[str, str]],
+              points: bool = True) -> dict[tuple[str, str], Progress]:
+    """The progress of each ``(run_id, model_type)`` in ``trainings``, in one round trip;
+    ``points``: also every point posted (the learning curve), not only the latest."""
+    wanted = list(dict.fromkeys(trainings))
+    with client.pipeline(transaction=False) as pipe:
+        for run_id, model in wanted:
+            key = progress_key(run_id, model)
+            pipe.hgetall(key)
+            if points:
+                pipe.lrange(key + ":history", 0, -1)
+        answers = pipe.execute()
+    step = 2 if points else 1
+    found = {}
+    for n, training in enumerate(wanted):
+        state = {k.decode(): v.decode() for k, v in answers[n * step].items()}
+        latest = state.pop("latest", None)
+        history = [json.loads(p) for p in answers[n * step + 1]] if points else []
+        found[training] = Progress(state.get("state"), json.loads(latest) if latest else None,
+                                   history, state)
+    return found
+
+
+def all_for(client: redis.Redis, run_id: str, models: Iterable[str],
+            points: bool = True) -> dict[str, Progress]:
+    """The progress of ``run_id``'s trainings of each of ``models``, in one round trip."""
+    return {model: progress for (_run, model), progress in
+            read_many(client, ((run_id, m) for m in models), points).items()}
+
+
+def read(client: redis.Redis, run_id: str, model_type: str, points: bool = True) -> Progress:
+    """One training's progress."""
+    return read_many(client, [(run_id, model_type)], points)[(run_id, model_type)]

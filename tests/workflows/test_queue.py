@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from workflows import record
 from workflows.lease import LEASE, Lease
 from workflows.queue import MAX_ATTEMPTS, PROCESSING, QUEUE, RunQueue
 from workflows.runner import RunRecorder, RunRequest
@@ -52,7 +53,7 @@ def test_a_run_whose_runner_died_is_resumed_as_a_new_run_and_the_old_one_closed(
     assert resumed.run_id != "run-a" and resumed.resumes == "run-a" and resumed.attempt == 2
     assert resumed.event_id == "ev-1" and resumed.data_uri == "/data/a"
     assert r.llen(PROCESSING) == 0
-    old = json.loads(r.get("retrain:run:run-a"))
+    old = record.get(r, "run-a")
     assert old["status"] == "failed"
     assert old["error"] == f"interrupted: its runner died; resumed as {resumed.run_id}"
     assert lines == [f"run-a: {old['error']}"]
@@ -66,7 +67,7 @@ def test_a_run_held_by_a_living_owner_is_left_alone(r):
     with Lease(r, "run-a").held():
         assert queue.recover(grace=0) == []
     assert r.llen(PROCESSING) == 1 and r.llen(QUEUE) == 0
-    assert json.loads(r.get("retrain:run:run-a"))["status"] == "running"
+    assert record.get(r, "run-a")["status"] == "running"
 
 
 def test_a_request_that_killed_its_runner_too_often_is_closed_not_resumed(r):
@@ -75,7 +76,7 @@ def test_a_request_that_killed_its_runner_too_often_is_closed_not_resumed(r):
     _record(r, queue.take(timeout=1).request)
     queue.recover(grace=0)
     assert r.llen(QUEUE) == 0 and r.llen(PROCESSING) == 0
-    error = json.loads(r.get("retrain:run:run-c"))["error"]
+    error = record.get(r, "run-c")["error"]
     assert error.startswith(f"interrupted {MAX_ATTEMPTS} times")
 
 
@@ -87,9 +88,9 @@ def test_a_run_left_running_by_a_killed_process_is_closed_with_the_reason(r):
 
     RunQueue(r).recover(grace=0)
 
-    assert json.loads(r.get("retrain:run:run-oneshot"))["error"] == (
+    assert record.get(r, "run-oneshot")["error"] == (
         "interrupted: the process running it stopped (its lease is gone)")
-    assert json.loads(r.get("retrain:run:run-done"))["status"] == "succeeded"
+    assert record.get(r, "run-done")["status"] == "succeeded"
 
 
 def test_a_lease_is_renewed_while_held_and_removed_after(r):
