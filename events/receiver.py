@@ -19,7 +19,8 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from core.http import BodyTooLargeError, bearer, read_body, secret_matches
+from core.auth import ApiKey, ApiKeys, KeyRefusedError, install
+from core.http import BodyTooLargeError, read_body
 from events.codec import decode
 from events.dedup import Deduplicator
 from events.envelope import Event
@@ -37,6 +38,12 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
     answers 503 with it, so a supervisor or a load balancer knows. ``duplicate`` is told of
     each event dropped as one (best effort: it may not fail the answer)."""
     app = FastAPI(title=title)
+    install(app, ApiKeys(api_keys))
+
+    @app.exception_handler(KeyRefusedError)
+    async def refused(request: Request, exc: KeyRefusedError) -> JSONResponse:
+        log.warning("rejected event request (%d): %s", exc.status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     def _error(status: int, message: str) -> JSONResponse:
         log.warning("rejected event request (%d): %s", status, message)
@@ -63,9 +70,7 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
         return JSONResponse({"status": "ok"})
 
     @app.post("/events")
-    async def receive(request: Request) -> JSONResponse:
-        if api_keys and not secret_matches(bearer(request.headers.get("authorization")), api_keys):
-            return _error(401, "missing or invalid API key (send Authorization: Bearer KEY)")
+    async def receive(request: Request, _key: ApiKey) -> JSONResponse:
         try:
             body = await read_body(request, MAX_EVENT_BODY)
         except BodyTooLargeError as exc:
