@@ -173,3 +173,15 @@ class Outbox:
             if self._stop.wait(backoff):
                 return
             backoff = min(backoff * 2, self._max_backoff)
+
+
+def outbox_depths(client: redis.Redis) -> dict[str, int]:
+    """Each outbox started here, by name, with the events it holds not yet delivered (for
+    dashboards): two round trips however many outboxes there are."""
+    streams = sorted(k.decode() for k in client.smembers(REGISTRY))
+    with client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xlen(stream)
+        depths = pipe.execute()
+    return {stream.removeprefix("retrain:outbox:"): int(depth)
+            for stream, depth in zip(streams, depths, strict=True)}

@@ -229,3 +229,10 @@ class DirectoryWatcher:
                 self._observer.join(timeout=5)  # type: ignore[attr-defined]
                 self._observer = None
                 self.notifications = False
+
+
+def watched_sources(client: redis.Redis) -> list[dict[str, object]]:
+    """What each watcher last sent (for dashboards): its root (``uri``), the ``digest``, the
+    changes sent so far (``sequence``), ``files`` and when (``at``); two round trips."""
+    keys = sorted(k.decode() for k in client.smembers(SOURCES))
+    return [json.loads(raw) for raw in (client.mget(keys) if keys else []) if raw]
