@@ -159,11 +159,17 @@ def sideways(found: Iterable[Import]) -> list[str]:
 
 def key_spellings(root: Path, packages: Iterable[str] = FLOORS) -> dict[str, list[str]]:
     """Each Redis key prefix (``retrain:<word>``) spelled in a string of more than one module,
-    with those modules."""
+    with those modules. Docstrings are prose about the records, not code that reads them."""
     spelled: dict[str, set[str]] = {}
     for name, path in modules(root, packages).items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                           ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and id(node) not in docstrings):
                 for key in KEY.findall(node.value):
                     spelled.setdefault(key, set()).add(name)
     return {key: sorted(names) for key, names in sorted(spelled.items()) if len(names) > 1}

@@ -110,6 +110,7 @@ def test_the_checker_finds_a_key_spelled_in_two_modules(tmp_path):
         "core/a.py": "KEY = 'retrain:runs'\n",
         "events/b.py": "def f(i):\n    return f'retrain:runs:{i}', 'retrain:other'\n",
         "dataset/c.py": "X = 'retrain:other2'\n",
+        "retrain/d.py": "def f():\n    \"\"\"Reads retrain:runs.\"\"\"\n",
     })
     assert key_spellings(root) == {"retrain:runs": ["core.a", "events.b"]}
 
