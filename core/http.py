@@ -8,7 +8,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import uvicorn
@@ -118,15 +118,21 @@ def secret_matches(given: str | None, secrets: Iterable[str]) -> str | None:
     return None
 
 
-def json_errors(app: Any, table: Mapping[type[Exception], int]) -> None:
+def json_errors(app: Any, table: Mapping[type[Exception], int],
+                observe: Callable[[Any, Exception, int], None] | None = None) -> None:
     """A service's one table from its errors to HTTP: each is answered ``{"error": message}``
     with its status (an error's own ``status`` and ``headers`` attributes, where it has them,
-    win: ``core.auth.KeyRefusedError`` carries 401 or 403 and its ``WWW-Authenticate``)."""
+    win: ``core.auth.KeyRefusedError`` carries 401 or 403 and its ``WWW-Authenticate``).
+    ``observe(request, error, status)``, if given, is told of each refusal before it is
+    answered (a service's counter or log line)."""
     from starlette.responses import JSONResponse
 
     def handler_for(status: int) -> Any:
         async def answer(request: Any, exc: Exception) -> JSONResponse:
-            return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", status),
+            code = getattr(exc, "status", status)
+            if observe is not None:
+                observe(request, exc, code)
+            return JSONResponse({"error": str(exc)}, status_code=code,
                                 headers=getattr(exc, "headers", None))
         return answer
 

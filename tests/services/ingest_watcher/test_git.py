@@ -16,11 +16,12 @@ from dataset.fingerprint import fingerprint
 from events.dedup import Deduplicator
 from events.outbox import Outbox
 from events.sinks import HttpSink
-from services.ingest_watcher import app as watcher_app
-from services.ingest_watcher.app import GitWebhooks, create_app
+from services.ingest_watcher import webhooks
+from services.ingest_watcher.app import create_app
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.git import Clone, GitError, GitSource
 from services.ingest_watcher.watcher import DirectoryWatcher
+from services.ingest_watcher.webhooks import GitWebhooks
 from tests.conftest import free_port, wait_for, write_dataset
 from workflows.trigger import create_app as create_trigger
 
@@ -178,7 +179,7 @@ def test_replays_signatures_and_malformed_bodies(stack, upstream, monkeypatch):
     bad = github(stack.url, None, body=b"{not json")
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
     assert github(stack.url, None, body=b'["a list"]').status_code == 400
-    monkeypatch.setattr(watcher_app, "GITHUB_MAX_BODY", 1000)
+    monkeypatch.setattr(webhooks, "GITHUB_MAX_BODY", 1000)
     big = github(stack.url, None, body=b" " * 5000)
     assert big.status_code == 413 and "exceeds the limit of 1000" in big.json()["error"]
     time.sleep(0.3)

@@ -16,10 +16,11 @@ from events import make_event
 from events.dedup import Deduplicator
 from events.outbox import Outbox
 from events.sinks import HttpSink
-from services.ingest_watcher.app import BucketWebhooks, create_app
+from services.ingest_watcher.app import create_app
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.s3 import BucketMirror, BucketSource, Poller
 from services.ingest_watcher.watcher import DirectoryWatcher
+from services.ingest_watcher.webhooks import BucketWebhooks
 from tests.conftest import free_port, wait_for, write_dataset
 from workflows.trigger import create_app as create_trigger
 
