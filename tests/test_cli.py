@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -151,6 +152,25 @@ def test_usage_errors_are_one_message_and_exit_2(tmp_path, args, message):
     done = _retrain(*args, env={"RETRAIN_HOME": str(tmp_path)})
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_train_refuses_at_once_a_model_the_selector_would_refuse(tmp_path):
+    """--out outside the runs folder with a --sink: the selector would refuse the model it
+    trained, so the command says so before training (exit 2), instead of after."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "metadata.json").write_text("{}")
+    out = tmp_path / "elsewhere" / "model"
+    started = time.monotonic()
+    done = _retrain("train", "--model", "cnn", "--dataset", str(dataset), "--out", str(out),
+                    "--sink", "http://127.0.0.1:9/events",
+                    env={"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": ""},
+                    timeout=60)
+    told = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
+    assert f"--out {out}: outside the runs folder {tmp_path / 'home' / 'runs'}" in told
+    assert "the selector would refuse its model.trained" in told and "Traceback" not in told
+    assert not out.parent.exists() and time.monotonic() - started < 20  # no TensorFlow
 
 
 def test_publish_validates_the_payload(tmp_path):

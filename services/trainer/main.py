@@ -28,13 +28,17 @@ if TYPE_CHECKING:
     from events.sinks import Sink
 
 SINK_PATIENCE_SECONDS = 900.0  # an outage of Redis or the receiver a finished model waits out
+STREAM_NEEDS_REDIS = ("--sink stream needs RETRAIN_REDIS_URL (the Redis whose stream the "
+                      "selector reads)")
 SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest")
 
 
 def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     """Train as ``options`` say; returns the summary ``retrain train`` prints."""
-    problems = options.problems(os.environ.get("TF_CONFIG"))
-    if problems:
+    problems = options.problems(os.environ.get("TF_CONFIG"), settings.runs_dir)
+    if options.sink == STREAM_SINK and not settings.redis_url:
+        problems.append(STREAM_NEEDS_REDIS)
+    if problems:  # all of them, before anything starts
         raise ConfigurationError("; ".join(problems))
     out = Path(options.out)
     if options.workers > 1:
@@ -67,8 +71,7 @@ def event_sink(settings: Settings, target: str, client: redis.Redis | None) -> S
 
     if target == STREAM_SINK:  # durable: the selector acknowledges after its decision
         if client is None:
-            raise ConfigurationError("--sink stream needs RETRAIN_REDIS_URL (the Redis whose "
-                                     "stream the selector reads)")
+            raise ConfigurationError(STREAM_NEEDS_REDIS)
         sink: Sink = RedisStreamSink(client, max_length=settings.stream_max_length)
     else:
         sink = HttpSink(target, api_key=settings.api_key)

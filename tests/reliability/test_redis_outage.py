@@ -156,8 +156,8 @@ def test_a_training_goes_on_through_a_redis_outage_and_hands_its_model_over_afte
     key = progress_key("run-o", "cnn")
     trainer = subprocess.Popen(  # the process around a training is the subject: 15 ms a step
         [*standin_trainer, "train", "--model", "cnn", "--dataset", ingested,
-         "--out", str(tmp_path / "m" / "model"), "--epochs", "4", "--steps-per-epoch", "150",
-         "--batch-size", "16", "--run-id", "run-o", "--sink", "stream"],
+         "--out", str(tmp_path / "home" / "runs" / "run-o" / "cnn" / "model"), "--epochs", "4",
+         "--steps-per-epoch", "150", "--batch-size", "16", "--run-id", "run-o", "--sink", "stream"],
         env={**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
              "RETRAIN_REDIS_URL": f"redis://127.0.0.1:{port}/0",
              "RETRAIN_STANDIN_STEP_SECONDS": "0.015"},

@@ -189,7 +189,7 @@ def test_a_trainer_waits_out_a_receiver_that_is_down_and_hands_its_model_over(
         def log_message(self, *args):
             pass
 
-    out = tmp_path / "m" / "model"
+    out = tmp_path / "home" / "runs" / "run-h" / "cnn" / "model"  # where the selector looks
     trainer = subprocess.Popen(  # the test trainer: what happens after the learning is the subject
         [*standin_trainer, "train", "--model", "cnn", "--dataset", ingested,
          "--out", str(out), "--steps-per-epoch", "4", "--batch-size", "32", "--run-id", "run-h",

@@ -123,3 +123,34 @@ def test_the_tfjob_runs_the_same_command_line(parsed):
 def test_unknown_fields_cannot_reach_a_command_line():
     with pytest.raises(ValueError, match="not training options"):
         train_argv({"model": "cnn", "epoch": 3})
+
+
+def test_a_model_sent_to_the_selector_must_be_written_inside_the_runs_folder(tmp_path):
+    """The selector judges only models inside the runs folder (services/selector/admission.py
+    refuses any other ``model.trained``): a training with a sink and its ``--out`` elsewhere
+    is a problem of its options, found before it trains, not after."""
+    runs = tmp_path / "home" / "runs"
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "metadata.json").write_text("{}")
+    elsewhere = tmp_path / "elsewhere" / "model"
+
+    def problems(out, sink="stream"):
+        return TrainOptions(model="cnn", dataset=str(dataset), out=out,
+                            sink=sink).problems(runs_dir=runs)
+
+    [problem] = problems(elsewhere)
+    assert problem == (f"--out {elsewhere}: outside the runs folder {runs.resolve()}, so the "
+                       "selector would refuse its model.trained (it judges only models this "
+                       "project trained); write the model under the runs folder, or train "
+                       "without --sink")
+    assert problems(elsewhere, sink="http://127.0.0.1:9/events") == [problem]
+    assert problems(elsewhere, sink=None) == []  # no selector involved
+    assert problems(runs / "r" / "cnn" / "model") == []
+    assert problems(runs / "r" / ".." / ".." / "x" / "model") != []  # as resolved
+    assert problems(runs) != []  # the runs folder itself holds models, it is none
+    runs.mkdir(parents=True)
+    (runs / "link").symlink_to(elsewhere.parent, target_is_directory=True)
+    assert problems(runs / "link" / "model") != []  # a link is followed, as the selector does
+    assert TrainOptions(model="cnn", dataset=str(dataset), out=elsewhere,
+                        sink="stream").problems() == []  # no runs folder given: not checked

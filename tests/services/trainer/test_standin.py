@@ -36,21 +36,22 @@ def test_the_test_trainer_leaves_what_retrain_train_leaves(ingested, tmp_path, r
                                                             standin_trainer):
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
            "RETRAIN_REDIS_URL": redis_handle.url}
-    real = _train((sys.executable, "-m", "retrain.cli"), ingested, tmp_path / "real" / "model",
+    runs = tmp_path / "home" / "runs"  # where a model the selector is sent must lie
+    real = _train((sys.executable, "-m", "retrain.cli"), ingested, runs / "real" / "model",
                   "real", env)
-    stand = _train(standin_trainer, ingested, tmp_path / "stand" / "model", "stand", env)
+    stand = _train(standin_trainer, ingested, runs / "stand" / "model", "stand", env)
     assert set(real) == set(stand)  # the printed summary
-    assert stand["model_uri"] == str(tmp_path / "stand" / "model")
+    assert stand["model_uri"] == str(runs / "stand" / "model")
 
-    assert _files(tmp_path / "real" / "model") == _files(tmp_path / "stand" / "model")
+    assert _files(runs / "real" / "model") == _files(runs / "stand" / "model")
     # beside the model: result.json (and the real one's TensorBoard logs, which nothing reads)
-    beside = {p.name for p in (tmp_path / "real").iterdir()} - {"tensorboard"}
-    assert beside == {p.name for p in (tmp_path / "stand").iterdir()} == {"model", "result.json"}
-    results = [json.loads((tmp_path / kind / "result.json").read_text())
+    beside = {p.name for p in (runs / "real").iterdir()} - {"tensorboard"}
+    assert beside == {p.name for p in (runs / "stand").iterdir()} == {"model", "result.json"}
+    results = [json.loads((runs / kind / "result.json").read_text())
                for kind in ("real", "stand")]
     assert set(results[0]) == set(results[1])
     assert [results[1][k] for k in ("steps", "digest")] == [results[0][k] for k in ("steps", "digest")]
-    infos = [json.loads((tmp_path / kind / "model" / INFO_FILE).read_text())
+    infos = [json.loads((runs / kind / "model" / INFO_FILE).read_text())
              for kind in ("real", "stand")]
     assert set(infos[0]) <= set(infos[1]) and infos[1]["model_type"] == "dropout"
     assert infos[1]["dataset_digest"] == infos[0]["dataset_digest"]
@@ -98,19 +99,20 @@ def test_a_training_that_cannot_start_fails_alike(ingested, tmp_path, redis_hand
     from both (the test trainer's own checks, not only the shared command-line ones)."""
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
            "RETRAIN_REDIS_URL": redis_handle.url}
+    runs = tmp_path / "home" / "runs"  # where a model the selector is sent must lie
     done = {}
     for kind, entry in (("real", (sys.executable, "-m", "retrain.cli")),
                         ("stand", standin_trainer)):
         done[kind] = subprocess.run(
             [*entry, "train", "--model", "cnn", "--dataset", ingested, "--out",
-             str(tmp_path / kind / "model"), "--run-id", kind, "--batch-size", "5000",
+             str(runs / kind / "model"), "--run-id", kind, "--batch-size", "5000",
              "--sink", "stream", "--round-size", "3"],
             env=env, capture_output=True, text=True, timeout=300)
     assert done["real"].returncode == done["stand"].returncode == 1
     for kind in ("real", "stand"):
         assert "fewer than one global batch of 5000" in done[kind].stderr, done[kind].stderr
         assert r.hget(progress_key(kind, "cnn"), "state") == b"failed"
-        assert not (tmp_path / kind / "model").exists()
+        assert not (runs / kind / "model").exists()
     events = {e["data"]["run_id"]: e for e in read_stream(r)}
     assert {k: e["type"] for k, e in events.items()} == {
         "real": "dev.retrain.training.failed", "stand": "dev.retrain.training.failed"}
