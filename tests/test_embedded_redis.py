@@ -67,3 +67,31 @@ def test_a_second_process_shares_the_homes_server(tmp_path):
             assert second.url == first.url and second.client.get("a") == b"1"
         assert first.client.ping()  # the borrower did not stop it
     assert not _alive(pid)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_retrain_up_stops_its_workers_before_its_redis(tmp_path):
+    """Ctrl-C at a terminal signals the whole foreground process group, the embedded
+    redis-server included: the stack's workers must be stopped before their Redis goes, so a
+    clean stop warns of no Redis outage."""
+    env = {k: v for k, v in os.environ.items() if k != "RETRAIN_REDIS_URL"}
+    env.update(RETRAIN_HOME=str(tmp_path / "home"), RETRAIN_OFFLINE="1", RETRAIN_SERVE_PORT="0",
+               RETRAIN_GRPC_PORT="0", RETRAIN_EVENTS_PORT="0", RETRAIN_UI_PORT="0")
+    up = subprocess.Popen([sys.executable, "-m", "retrain.cli", "up", "--data",
+                           str(tmp_path / "data")], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    told = []
+    try:
+        deadline = time.monotonic() + 120
+        while not told or "Ctrl-C to stop" not in told[-1]:
+            told.append(up.stderr.readline())
+            assert time.monotonic() < deadline and up.poll() is None, "".join(told)
+        time.sleep(1.0)  # the workers are waiting on Redis
+        os.killpg(up.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+        _, rest = up.communicate(timeout=60)
+    finally:
+        up.kill()
+    told.append(rest)
+    assert up.returncode == 0, "".join(told)
+    assert "unavailable" not in "".join(told) and "Traceback" not in "".join(told), "".join(told)
+    assert not (tmp_path / "home" / "redis" / "server.json").exists()  # stopped by its owner
