@@ -182,7 +182,18 @@ MODEL_OUT = f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/
 
 
 def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
-    with WorkflowTemplate(
+    """The WorkflowTemplate: its step templates, the per-model ``train`` DAG, and the
+    ``retrain`` DAG that wires them (each built inside the template's context, in the order
+    they appear in it)."""
+    with _workflow_template(names) as template:
+        plan, check, ingest = _plan(names), _check_cache(names), _ingest(names)
+        _retrain_dag(plan, check, ingest, _train_dag(names))
+    return template
+
+
+def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
+    """The template itself: its arguments (what the Sensor passes), volume and lifetimes."""
+    return WorkflowTemplate(
         name=NAME,
         namespace=names.namespace,
         labels={"app.kubernetes.io/part-of": NAME},
@@ -200,100 +211,136 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
         ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
         active_deadline_seconds=6 * 3600,
         pod_metadata=Metadata(labels=dict(POD_LABELS)),
-    ) as template:
-        plan = _container(
-            "plan",
-            ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
-             "--parameters", "{{workflow.parameters.parameters}}", "--outputs", OUTPUTS],
-            names, cpu="100m", memory="256Mi",
-            outputs=["trainings", "cache-policy", *TRAIN_INPUTS])
-        check = _container(
-            "check-cache",
-            ["step", "check-cache", "--data", "{{workflow.parameters.data-uri}}",
-             "--cache-policy", "{{inputs.parameters.cache-policy}}",
-             "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
-            names, cpu="250m", memory="512Mi", inputs=[Parameter(name="cache-policy")],
-            outputs=["hit", "key", "digest", "dataset-uri", "reason"])
-        ingest = _container(
-            "ingest",
-            ["step", "ingest", "--data", "{{workflow.parameters.data-uri}}",
-             "--key", "{{inputs.parameters.key}}", "--run-id", "{{workflow.name}}",
-             "--outputs", OUTPUTS],
-            names, cpu="1", memory="2Gi", inputs=[Parameter(name="key")],
-            outputs=["dataset-uri", "records", "ingested"])
-        create = Resource(
-            name="create-training",
-            inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
-            action="create",
-            set_owner_reference=True,  # deleted with the Workflow
-            manifest=tfjob_manifest(names),
-            outputs=[Parameter(name="job-name", value_from={"jsonPath": "{.metadata.name}"})],
-            retry_strategy=RetryStrategy(
-                limit=2, retry_policy="OnError",
-                backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
+    )
+
+
+def _plan(names: ClusterNames) -> Container:
+    """``plan``: the event's parameters checked with ``RunParameters``, one output each."""
+    return _container(
+        "plan",
+        ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
+         "--parameters", "{{workflow.parameters.parameters}}", "--outputs", OUTPUTS],
+        names, cpu="100m", memory="256Mi",
+        outputs=["trainings", "cache-policy", *TRAIN_INPUTS])
+
+
+def _check_cache(names: ClusterNames) -> Container:
+    """``check-cache``: fingerprint and the ingestion cache's decision."""
+    return _container(
+        "check-cache",
+        ["step", "check-cache", "--data", "{{workflow.parameters.data-uri}}",
+         "--cache-policy", "{{inputs.parameters.cache-policy}}",
+         "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
+        names, cpu="250m", memory="512Mi", inputs=[Parameter(name="cache-policy")],
+        outputs=["hit", "key", "digest", "dataset-uri", "reason"])
+
+
+def _ingest(names: ClusterNames) -> Container:
+    """``ingest``: validated ingestion into the store, recorded under the cache's key."""
+    return _container(
+        "ingest",
+        ["step", "ingest", "--data", "{{workflow.parameters.data-uri}}",
+         "--key", "{{inputs.parameters.key}}", "--run-id", "{{workflow.name}}",
+         "--outputs", OUTPUTS],
+        names, cpu="1", memory="2Gi", inputs=[Parameter(name="key")],
+        outputs=["dataset-uri", "records", "ingested"])
+
+
+def _create_training(names: ClusterNames) -> Resource:
+    """``create-training``: the TFJob of one model's training, owned by the Workflow."""
+    return Resource(
+        name="create-training",
+        inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
+        action="create",
+        set_owner_reference=True,  # deleted with the Workflow
+        manifest=tfjob_manifest(names),
+        outputs=[Parameter(name="job-name", value_from={"jsonPath": "{.metadata.name}"})],
+        retry_strategy=RetryStrategy(
+            limit=2, retry_policy="OnError",
+            backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
+    )
+
+
+def _wait_training(names: ClusterNames) -> Container:
+    """``wait-training``: the TFJob's own Succeeded/Failed condition ends the training.
+
+    A TFJob that fails on its own (workers OOM-killed past the backoff limit, the deadline)
+    never lets its trainer say so: the wait step tells the selector instead."""
+    return _container(
+        "wait-training",
+        ["step", "wait-training", "--name", "{{inputs.parameters.job-name}}",
+         "--namespace", "{{workflow.namespace}}",
+         "--timeout", str(TRAIN_DEADLINE_SECONDS + 600),  # the TFJob's own deadline first
+         "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
+         "--round-size", "{{inputs.parameters.round-size}}",
+         "--sink", names.model_trained_sink,
+         "--claim", MODEL_OUT.removesuffix("/model") + "/claim.json"],
+        names, cpu="50m", memory="128Mi",
+        inputs=[Parameter(name=n) for n in ("job-name", "model", "round-size")])
+
+
+def _check_training(names: ClusterNames) -> Container:
+    """``check-training``: the training cache, per model. A hit creates no TFJob (its
+    recorded model goes to the selector); a miss holds the key's lease, which the wait step
+    renews, then records."""
+    return _container(
+        "check-training",
+        ["step", "check-training", "--model", "{{inputs.parameters.model}}",
+         "--dataset-uri", "{{inputs.parameters.dataset-uri}}", "--out", MODEL_OUT,
+         "--warm-start", "{{inputs.parameters.warm-start}}",
+         *(arg for n in ("epochs", "steps-per-epoch", "batch-size", "learning-rate",
+                         "workers", "train-cache", "force", "round-size")
+           for arg in (f"--{n}", f"{{{{inputs.parameters.{n}}}}}")),
+         "--run-id", "{{workflow.name}}", "--sink", names.model_trained_sink,
+         "--outputs", OUTPUTS],
+        names, cpu="100m", memory="256Mi", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
+        outputs=["hit", "reason", "key", "model-uri"])
+
+
+def _train_dag(names: ClusterNames) -> DAG:
+    """``train``, one model: check-training ─miss─► create-training ─► wait-training."""
+    create, wait, memo = _create_training(names), _wait_training(names), _check_training(names)
+    with DAG(name="train", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS]) as train:
+        every = {n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS}
+        checked_training = memo(name="check", arguments=every)
+        created = create(name="create", arguments=every,
+                         when=f"{checked_training.get_parameter('hit').value} == false")
+        waited = wait(name="wait", arguments={
+            "job-name": created.get_parameter("job-name").value,
+            "model": "{{inputs.parameters.model}}",
+            "round-size": "{{inputs.parameters.round-size}}"})
+        checked_training >> created >> waited
+        # a bare "create" would also match create.Skipped (a hit): no job to wait for
+        created.depends, waited.depends = "check.Succeeded", "create.Succeeded"
+    return train
+
+
+def _retrain_dag(plan: Container, check: Container, ingest: Container, train: DAG) -> DAG:
+    """``retrain``, the entry point: plan ─► check-cache ─miss─► ingest, then ``train`` for
+    each of the plan's trainings once the dataset is there (ingested or a hit)."""
+    with DAG(name="retrain") as retrain:
+        planned = plan(name="plan")
+        checked = check(name="check-cache",
+                        arguments={"cache-policy": planned.get_parameter("cache-policy").value})
+        ingested = ingest(
+            name="ingest",
+            arguments={"key": checked.get_parameter("key").value},
+            when=f"{checked.get_parameter('hit').value} == false",
         )
-        # a TFJob that fails on its own (workers OOM-killed past the backoff limit, the
-        # deadline) never lets its trainer say so: the wait step tells the selector instead
-        wait = _container(
-            "wait-training",
-            ["step", "wait-training", "--name", "{{inputs.parameters.job-name}}",
-             "--namespace", "{{workflow.namespace}}",
-             "--timeout", str(TRAIN_DEADLINE_SECONDS + 600),  # the TFJob's own deadline first
-             "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
-             "--round-size", "{{inputs.parameters.round-size}}",
-             "--sink", names.model_trained_sink,
-             "--claim", MODEL_OUT.removesuffix("/model") + "/claim.json"],
-            names, cpu="50m", memory="128Mi",
-            inputs=[Parameter(name=n) for n in ("job-name", "model", "round-size")])
-        # the training cache, per model: a hit creates no TFJob (its recorded model goes to the
-        # selector); a miss holds the key's lease, which the wait step renews, then records
-        memo = _container(
-            "check-training",
-            ["step", "check-training", "--model", "{{inputs.parameters.model}}",
-             "--dataset-uri", "{{inputs.parameters.dataset-uri}}", "--out", MODEL_OUT,
-             "--warm-start", "{{inputs.parameters.warm-start}}",
-             *(arg for n in ("epochs", "steps-per-epoch", "batch-size", "learning-rate",
-                             "workers", "train-cache", "force", "round-size")
-               for arg in (f"--{n}", f"{{{{inputs.parameters.{n}}}}}")),
-             "--run-id", "{{workflow.name}}", "--sink", names.model_trained_sink,
-             "--outputs", OUTPUTS],
-            names, cpu="100m", memory="256Mi", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
-            outputs=["hit", "reason", "key", "model-uri"])
-        with DAG(name="train", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS]) as train:
-            every = {n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS}
-            checked_training = memo(name="check", arguments=every)
-            created = create(name="create", arguments=every,
-                             when=f"{checked_training.get_parameter('hit').value} == false")
-            waited = wait(name="wait", arguments={
-                "job-name": created.get_parameter("job-name").value,
-                "model": "{{inputs.parameters.model}}",
-                "round-size": "{{inputs.parameters.round-size}}"})
-            checked_training >> created >> waited
-            # a bare "create" would also match create.Skipped (a hit): no job to wait for
-            created.depends, waited.depends = "check.Succeeded", "create.Succeeded"
-        with DAG(name="retrain"):
-            planned = plan(name="plan")
-            checked = check(name="check-cache",
-                            arguments={"cache-policy": planned.get_parameter("cache-policy").value})
-            ingested = ingest(
-                name="ingest",
-                arguments={"key": checked.get_parameter("key").value},
-                when=f"{checked.get_parameter('hit').value} == false",
-            )
-            trained = train(
-                name="train",
-                arguments={
-                    "model": "{{item.model}}",
-                    "warm-start": "{{item.warm-start}}",
-                    "dataset-uri": checked.get_parameter("dataset-uri").value,
-                    **{n: planned.get_parameter(n).value for n in TRAIN_INPUTS},
-                },
-                with_param=planned.get_parameter("trainings").value,
-            )
-            planned >> checked >> ingested
-            trained.depends = ("plan.Succeeded && check-cache.Succeeded && "
-                               "(ingest.Succeeded || ingest.Skipped)")
-    return template
+        trained = train(
+            name="train",
+            arguments={
+                "model": "{{item.model}}",
+                "warm-start": "{{item.warm-start}}",
+                "dataset-uri": checked.get_parameter("dataset-uri").value,
+                **{n: planned.get_parameter(n).value for n in TRAIN_INPUTS},
+            },
+            with_param=planned.get_parameter("trainings").value,
+        )
+        planned >> checked >> ingested
+        trained.depends = ("plan.Succeeded && check-cache.Succeeded && "
+                           "(ingest.Succeeded || ingest.Skipped)")
+    return retrain
 
 
 def render(names: ClusterNames = ClusterNames()) -> str:
