@@ -10,10 +10,10 @@ exit; ``run`` serves the watcher's HTTP endpoints in the foreground until stoppe
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +29,12 @@ from dataset.layout import resolve_root
 from events import make_event
 from events.outbox import Outbox
 from events.sinks import HttpSink, Sink
-from services.ingest_watcher.app import BucketWebhooks, GitWebhooks, create_app
+from services.ingest_watcher.app import create_app
 from services.ingest_watcher.fetch import SourceFetcher
 from services.ingest_watcher.watcher import DirectoryWatcher
+from services.ingest_watcher.webhooks import BucketWebhooks, GitWebhooks
 
 DEFAULT_PORT = 8081
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,80 +100,101 @@ def watching(settings: Settings, client: redis.Redis, source: Source, sink: Sink
     folder is watched on a thread; a Git repository is fetched on each push webhook; a
     bucket prefix is mirrored on each notification and polled."""
     stop = stop or threading.Event()
-    with contextlib.ExitStack() as exit_stack:
-        mirror = clone = None
+    with contextlib.ExitStack() as exits:
+        watcher_of = functools.partial(_directory_watcher, settings, client, sink, exits,
+                                       outbox_name=outbox_name, max_backoff=max_backoff)
         if isinstance(source, GitRepoSource):
-            from services.ingest_watcher.git import Clone, GitSource
-
-            try:
-                git_source = GitSource(source.url, source.branch, source.path)
-            except ValueError as exc:
-                raise ConfigurationError(f"--git-path: {exc}") from None
-            tag = _tag(f"{source.url}#{source.branch}")
-            clone = Clone(git_source, settings.home / "git" / tag, settings.git_credential)
-            root = clone.dataset_root
+            watched = _follow_git(settings, client, source, watcher_of, exits)
         elif isinstance(source, BucketPrefixSource):
-            import boto3
-
-            from services.ingest_watcher.s3 import BucketMirror, BucketSource
-
-            try:
-                bucket = BucketSource.parse(source.uri, source.endpoint)
-            except ValueError as exc:
-                raise ConfigurationError(f"--s3: {exc}") from None
-            tag = _tag(bucket.uri)
-            mirror = BucketMirror(boto3.client("s3", endpoint_url=source.endpoint), bucket,
-                                  settings.home / "s3" / tag / "data", settings.watch_settle)
-            root = mirror.folder
+            watched = _follow_bucket(settings, client, source, watcher_of, exits, stop)
         else:
-            root = source.path
+            watched = Watching(watcher_of(source.path))
+            watched._threads.append(threading.Thread(target=watched.watcher.run, args=(stop,),
+                                                     name="watcher", daemon=True))
+        with _running(watched._threads, stop):
+            yield watched
 
-        outbox_options = {} if max_backoff is None else {"max_backoff": max_backoff}
-        outbox = Outbox(client, sink, f"{outbox_name}:{_tag(str(root.resolve()))}",
-                        **outbox_options).start()
-        exit_stack.callback(outbox.stop)
-        watcher = DirectoryWatcher(root, outbox, client, settings.home / "watcher",
-                                   interval=settings.watch_interval, settle=settings.watch_settle)
-        watching_ = Watching(watcher)
-        if mirror is not None:
-            from services.ingest_watcher.s3 import Poller
 
-            jobs = Outbox(client, SourceFetcher(mirror.sync, watcher), f"s3:{tag}").start()
-            exit_stack.callback(jobs.stop)
-            bucket_uri = mirror.source.uri
+def _directory_watcher(settings: Settings, client: redis.Redis, sink: Sink,
+                       exits: contextlib.ExitStack, root: Path, *, outbox_name: str,
+                       max_backoff: float | None) -> DirectoryWatcher:
+    """The watcher of ``root``, sending through its own outbox (started; stopped on exit)."""
+    options = {} if max_backoff is None else {"max_backoff": max_backoff}
+    outbox = Outbox(client, sink, f"{outbox_name}:{_tag(str(root.resolve()))}",
+                    **options).start()
+    exits.callback(outbox.stop)
+    return DirectoryWatcher(root, outbox, client, settings.home / "watcher",
+                            interval=settings.watch_interval, settle=settings.watch_settle)
 
-            def request_sync(trigger: str = "s3") -> None:
-                jobs.put(make_event("dataset.updated", {"uri": bucket_uri, "trigger": trigger},
-                                    source="retrain/watcher/poll"))
 
-            request_sync()  # catch up with the bucket on start
-            watching_.bucket_hooks = BucketWebhooks(mirror.source, jobs, settings.s3_webhook_token)
-            assert isinstance(source, BucketPrefixSource)
-            if source.poll_seconds > 0:
-                watching_._threads.append(threading.Thread(
-                    target=Poller(mirror, request_sync, source.poll_seconds).run, args=(stop,),
-                    name="bucket-poller", daemon=True))
-        elif clone is not None:
-            assert isinstance(source, GitRepoSource)
-            jobs = Outbox(client, SourceFetcher(clone.sync, watcher), f"git:{tag}").start()
-            exit_stack.callback(jobs.stop)
-            # catch up with the branch (the job names the repository; a token in its URL is
-            # masked: the fetch uses the watcher's own source, never the job's text)
-            jobs.put(make_event("dataset.updated", {"uri": redact(source.url), "trigger": "github"},
-                                source="retrain/watcher/start"))
-            watching_.git_hooks = GitWebhooks(clone.source, jobs, settings.github_webhook_secret,
-                                              settings.gitlab_webhook_token)
-        else:
-            watching_._threads.append(threading.Thread(target=watcher.run, args=(stop,),
-                                                       name="watcher", daemon=True))
-        for thread in watching_._threads:
-            thread.start()
-        try:
-            yield watching_
-        finally:
-            stop.set()
-            for thread in watching_._threads:
-                thread.join(timeout=10)
+def _follow_git(settings: Settings, client: redis.Redis, source: GitRepoSource,
+                watcher_of: Callable[[Path], DirectoryWatcher],
+                exits: contextlib.ExitStack) -> Watching:
+    """A clone of the branch, fetched on each push webhook (and once now, to catch up)."""
+    from services.ingest_watcher.git import Clone, GitSource
+
+    try:
+        git_source = GitSource(source.url, source.branch, source.path)
+    except ValueError as exc:
+        raise ConfigurationError(f"--git-path: {exc}") from None
+    tag = _tag(f"{source.url}#{source.branch}")
+    clone = Clone(git_source, settings.home / "git" / tag, settings.git_credential)
+    watcher = watcher_of(clone.dataset_root)
+    jobs = Outbox(client, SourceFetcher(clone.sync, watcher), f"git:{tag}").start()
+    exits.callback(jobs.stop)
+    # catch up with the branch (the job names the repository; a token in its URL is masked:
+    # the fetch uses the watcher's own source, never the job's text)
+    jobs.put(make_event("dataset.updated", {"uri": redact(source.url), "trigger": "github"},
+                        source="retrain/watcher/start"))
+    return Watching(watcher, git_hooks=GitWebhooks(clone.source, jobs,
+                                                   settings.github_webhook_secret,
+                                                   settings.gitlab_webhook_token))
+
+
+def _follow_bucket(settings: Settings, client: redis.Redis, source: BucketPrefixSource,
+                   watcher_of: Callable[[Path], DirectoryWatcher], exits: contextlib.ExitStack,
+                   stop: threading.Event) -> Watching:
+    """A mirror of the prefix, synced on each notification, on each poll that sees a
+    difference, and once now (to catch up)."""
+    import boto3
+
+    from services.ingest_watcher.s3 import BucketMirror, BucketSource, Poller
+
+    try:
+        bucket = BucketSource.parse(source.uri, source.endpoint)
+    except ValueError as exc:
+        raise ConfigurationError(f"--s3: {exc}") from None
+    mirror = BucketMirror(boto3.client("s3", endpoint_url=source.endpoint), bucket,
+                          settings.home / "s3" / _tag(bucket.uri) / "data", settings.watch_settle)
+    watcher = watcher_of(mirror.folder)
+    jobs = Outbox(client, SourceFetcher(mirror.sync, watcher), f"s3:{_tag(bucket.uri)}").start()
+    exits.callback(jobs.stop)
+
+    def request_sync(trigger: str = "s3") -> None:
+        jobs.put(make_event("dataset.updated", {"uri": bucket.uri, "trigger": trigger},
+                            source="retrain/watcher/poll"))
+
+    request_sync()  # catch up with the bucket on start
+    watched = Watching(watcher, bucket_hooks=BucketWebhooks(mirror.source, jobs,
+                                                            settings.s3_webhook_token))
+    if source.poll_seconds > 0:
+        poller = Poller(mirror, request_sync, source.poll_seconds)
+        watched._threads.append(threading.Thread(target=poller.run, args=(stop,),
+                                                 name="bucket-poller", daemon=True))
+    return watched
+
+
+@contextlib.contextmanager
+def _running(threads: list[threading.Thread], stop: threading.Event) -> Iterator[None]:
+    """``threads`` running until the block ends, then stopped (``stop``) and joined."""
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
 
 
 def run(settings: Settings, source: Source, *, sink_url: str | None = None,
