@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from events.dedup import Deduplicator
 from events.outbox import Outbox
-from services.ingest_watcher.app import BucketWebhooks, GitWebhooks
+from services.ingest_watcher.webhooks import BucketWebhooks, GitWebhooks
 from services.ingest_watcher.app import create_app as create_watcher
 from services.ingest_watcher.git import GitSource
 from services.ingest_watcher.s3 import BucketSource
