@@ -144,8 +144,11 @@ def _start(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
                "--unixsocketperm", "700", "--dir", str(folder.resolve()),
                "--dbfilename", "retrain.rdb", "--save", "300", "1", "--save", "60", "1000",
                "--daemonize", "no", "--logfile", str((folder / "redis.log").resolve())]
+    # its own process group: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the
+    # stack, which stops its workers first and this server last, not the server under them
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, preexec_fn=dies_with_us())  # noqa: PLW1509
+                               stderr=subprocess.DEVNULL, preexec_fn=dies_with_us(),  # noqa: PLW1509
+                               process_group=0)
     deadline = time.monotonic() + 30
     while True:
         with contextlib.suppress(redis.RedisError, OSError):
