@@ -1,4 +1,4 @@
-"""The dataset source layout of DESIGN.md, discovered from a folder.
+"""The dataset source layout (docs/design.md), discovered from a folder.
 
 ``<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` plus increments under
 ``increments/<batch>/``: IDX pairs, or class folders of PNG/JPEG images.

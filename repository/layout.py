@@ -20,3 +20,11 @@ def versions(model_dir: Path) -> list[int]:
 
 def next_version(model_dir: Path) -> int:
     return (versions(model_dir) or [0])[-1] + 1
+
+
+def in_runs_folder(model: Path, runs_dir: Path) -> bool:
+    """Whether a model folder lies below ``runs_dir`` (links followed): the only models the
+    selector judges are the ones this project's trainings wrote there."""
+    runs = runs_dir.resolve()
+    resolved = model.resolve()
+    return resolved != runs and resolved.is_relative_to(runs)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dataset.store import load_metadata, verify
 from events.payloads import ModelTrained
+from repository.layout import in_runs_folder
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Admission:
             model = Path(model_uri).resolve(strict=True)
         except (OSError, RuntimeError, ValueError):
             return f"model_uri {model_uri!r} does not exist"
-        if not model.is_relative_to(runs) or model == runs:
+        if not in_runs_folder(model, runs):
             return (f"model_uri {model_uri!r} lies outside the runs folder {runs}: only models "
                     "this project trained are judged")
         if not (model / "saved_model.pb").is_file():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.settings import MODEL_TYPES
+from repository.layout import in_runs_folder
 
 # (field, flag) in the order they appear on a command line
 FLAGS: tuple[tuple[str, str], ...] = (
@@ -112,17 +113,10 @@ class TrainOptions:
             found.append(f"--sink {self.sink}: expected an http(s) URL or {STREAM_SINK!r}")
         if self.workers > 1 and tf_config:
             found.append("--workers: TF_CONFIG already describes the cluster (as in a TFJob)")
-        if self.sink is not None and runs_dir is not None and not inside(self.out, runs_dir):
+        if self.sink is not None and runs_dir is not None and not in_runs_folder(self.out, runs_dir):
             found.append(f"--out {self.out}: outside the runs folder {runs_dir.resolve()}, so the "
                          "selector would refuse its model.trained (it judges only models this "
                          "project trained); write the model under the runs folder, or train "
                          "without --sink")
         return found
 
-
-def inside(out: Path, runs_dir: Path) -> bool:
-    """Whether a model written to ``out`` lies in ``runs_dir`` (below it, links followed), as
-    the selector requires of every model it judges."""
-    runs = runs_dir.resolve()
-    model = out.resolve()
-    return model != runs and model.is_relative_to(runs)
