@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import redis
 
+from core.backoff import Backoff
 from core.redact import redact
 
 log = logging.getLogger(__name__)
@@ -60,25 +61,24 @@ class Supervisor:
 
 class Outage:
     """Logs one line when a dependency goes away and one when it is back (not one per try),
-    and says how long to wait before the next try (doubling up to ``max_wait``)."""
+    and says how long to wait before the next try (``Backoff``: 0.1 s, doubling up to
+    ``max_wait``)."""
 
     def __init__(self, what: str, max_wait: float = 5.0) -> None:
         self._what = what
-        self._max_wait = max_wait
-        self._wait = 0.0
+        self._backoff = Backoff(min(0.1, max_wait), max_wait)
 
     @property
     def ongoing(self) -> bool:
-        return self._wait > 0
+        return self._backoff.failures > 0
 
     def failed(self, exc: BaseException) -> float:
         if not self.ongoing:
             log.warning("%s is unavailable (%s); retrying with backoff", self._what,
                         redact(str(exc)) or type(exc).__name__)
-        self._wait = min(self._max_wait, max(0.1, self._wait * 2))
-        return self._wait
+        return self._backoff.next()
 
     def ok(self) -> None:
         if self.ongoing:
             log.warning("%s is back", self._what)
-            self._wait = 0.0
+            self._backoff.reset()

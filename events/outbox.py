@@ -20,6 +20,7 @@ import threading
 
 import redis
 
+from core.backoff import Backoff
 from core.supervise import Outage
 from events.codec import decode, encode
 from events.envelope import Event
@@ -48,10 +49,10 @@ class Outbox:
         self.dead = f"{self.stream}:dead"
         self._attempts = f"{self.stream}:attempts"  # entry id -> failed deliveries
         self._max_attempts = max_attempts
-        self._first_backoff = first_backoff
-        self._max_backoff = max_backoff
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # the sender's waits while the sink is down (a bad pair is refused here, not in it)
+        self._backoff = Backoff(first_backoff, max_backoff, stop=self._stop)
         self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failures = 0
@@ -150,30 +151,25 @@ class Outbox:
             pipe.execute()
 
     def _run(self) -> None:
-        backoff = self._first_backoff
+        backoff = self._backoff
         outage = Outage(f"Redis (outbox {self.stream})")
         while not self._stop.is_set():
+            failures = self.failures
             try:
                 moved = self.deliver_once(batch=100)
                 outage.ok()
             except redis.RedisError as exc:
                 outage.failed(exc)
-                moved = False
-            if moved:
-                backoff = self._first_backoff
-                continue
-            try:
-                empty = self.pending() == 0
-            except redis.RedisError:
-                empty = False
-            if empty:
-                self._wake.wait(1.0)  # new entries wake us at once
-                self._wake.clear()
-                continue
-            if self._stop.wait(backoff):
+            else:
+                if moved:
+                    backoff.reset()
+                    continue
+                if self.failures == failures:  # it was empty: new entries wake us at once
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+            if backoff.wait():  # the sink or Redis is away: try again later
                 return
-            backoff = min(backoff * 2, self._max_backoff)
-
 
 def outbox_depths(client: redis.Redis) -> dict[str, int]:
     """Each outbox started here, by name, with the events it holds not yet delivered (for

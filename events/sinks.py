@@ -11,6 +11,7 @@ from typing import Protocol
 import httpx
 import redis
 
+from core.backoff import Backoff
 from events.codec import Mode, encode
 from events.envelope import Event
 from events.errors import SinkFailedError, SinkRejectedError, SinkUnavailableError
@@ -48,7 +49,7 @@ class HttpSink:
         answers ``{"duplicates": [...]}``; others say nothing of the kind)."""
         headers, body = encode(event, self._mode)
         headers.update(self._auth)
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         last = ""
         answered = False  # the last failure was the receiver's own answer, not an outage
         for attempt in range(self._attempts):
@@ -67,8 +68,7 @@ class HttpSink:
                 # a gateway's 502/504 (the service behind it is down), 503 and 429 are outages
                 answered = response.status_code not in (429, 502, 503, 504)
             if attempt + 1 < self._attempts:
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                backoff.wait()
         raise (SinkFailedError if answered else SinkUnavailableError)(self.url, last)
 
 
@@ -113,10 +113,11 @@ class PatientSink:
         self._give_up_after = give_up_after
         self._first_wait, self._max_wait = first_wait, max_wait
         self._sleep, self._clock = sleep, clock
+        Backoff(first_wait, max_wait)  # a bad pair is refused now, not at the first outage
 
     def send(self, event: Event) -> None:
         deadline = self._clock() + self._give_up_after
-        wait = self._first_wait
+        backoff = Backoff(self._first_wait, self._max_wait, sleep=self._sleep)
         while True:
             try:
                 self._sink.send(event)
@@ -124,12 +125,12 @@ class PatientSink:
             except SinkRejectedError:
                 raise  # refused, not away: waiting will not change the answer
             except (redis.RedisError, SinkUnavailableError, OSError) as exc:
+                wait = backoff.next()
                 if self._clock() + wait > deadline:
                     raise SinkUnavailableError(getattr(self._sink, "url", "stream"),
                                                f"gave up after {self._give_up_after:.0f}s: {exc}") from exc
                 log.warning("cannot send %s yet (%s); retrying in %.1fs", event.id, exc, wait)
-                self._sleep(wait)
-                wait = min(wait * 2, self._max_wait)
+                backoff.pause(wait)
 
 
 def read_stream(client: redis.Redis, stream: str = "retrain:events") -> list[dict[str, object]]:

@@ -58,6 +58,29 @@ def test_events_wait_out_a_sink_outage_and_arrive_in_order(r):
         outbox.stop()
 
 
+def test_an_outbox_backing_off_a_long_while_stops_at_once_when_asked(r):
+    with socket.socket() as taken:  # bound, never listening: refused for as long as it is open
+        taken.bind(("127.0.0.1", 0))
+        sink = HttpSink(f"http://127.0.0.1:{taken.getsockname()[1]}/events", attempts=1,
+                        timeout=2)
+        outbox = Outbox(r, sink, "t-stop", first_backoff=30.0, max_backoff=60.0)
+        outbox.put(_event(0))
+        outbox.start()
+        try:
+            _wait(lambda: outbox.failures >= 1)  # now waiting 30 s before the next try
+        finally:
+            started = time.monotonic()
+            outbox.stop(timeout=10)
+        assert time.monotonic() - started < 2
+    assert outbox.pending() == 1  # kept for the next process
+
+
+def test_backoffs_that_make_no_sense_are_refused_when_the_outbox_is_made(r):
+    sink = HttpSink("http://127.0.0.1:9/events", attempts=1)
+    with pytest.raises(ValueError, match="cap 0.1 must be at least the first wait 1"):
+        Outbox(r, sink, "t-bad", first_backoff=1.0, max_backoff=0.1)
+
+
 def test_a_restarted_process_delivers_what_its_predecessor_left(r):
     port = _port()
     sink = HttpSink(f"http://127.0.0.1:{port}/events", attempts=1, timeout=2)
