@@ -31,7 +31,7 @@ from services.selector.app import create_app
 from services.selector.backends import LocalBackend, PromotionBackend
 from services.selector.champion import ChampionStore
 from services.selector.errors import SelectorError
-from services.selector.memo import LazyEvaluator
+from services.selector.scores import LazyEvaluator
 from services.selector.policy import ChampionPolicy
 from services.selector.service import Selector
 

@@ -1,0 +1,72 @@
+"""The selector's scores, remembered across processes by model content.
+
+A score depends only on the model's files and the test split, so it is kept in Redis by
+(digest of the model's files, dataset) and a model is loaded (TensorFlow imported, graph run)
+only for a pair never scored. The digest is computed here from the files the selector
+would load, never taken from the event: a sender cannot borrow another model's score.
+What the selector decided is remembered beside them (``services.selector.judgements``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import redis
+
+from core.tf_start import configure
+from repository.digest import model_digest
+from services.selector.champion import PREFIX
+
+KEEP_SECONDS = 90 * 86400  # each record is kept this long after it was last written
+
+
+class Scoring(Protocol):
+    def accuracy(self, model_uri: str, dataset_uri: str) -> float: ...
+
+
+class LazyEvaluator:
+    """The TensorFlow evaluator, imported and built the first time a model must be loaded."""
+
+    def __init__(self) -> None:
+        self._evaluator: Scoring | None = None
+
+    def accuracy(self, model_uri: str, dataset_uri: str) -> float:
+        if self._evaluator is None:
+            configure()  # before TensorFlow is first imported in this process
+            from services.selector.evaluate import Evaluator
+
+            self._evaluator = Evaluator()
+        return self._evaluator.accuracy(model_uri, dataset_uri)
+
+
+def content(model_uri: str) -> str | None:
+    """The digest of a model's files, or None when they cannot be read (then nothing is
+    remembered about it)."""
+    try:
+        return model_digest(model_uri)
+    except OSError:
+        return None
+
+
+class Scores:
+    """``evaluator``'s accuracies, remembered by model content and test split."""
+
+    def __init__(self, client: redis.Redis, scope: str, evaluator: Scoring) -> None:
+        self._r, self._evaluator = client, evaluator
+        self._key = f"{PREFIX}{hashlib.sha256(scope.encode()).hexdigest()[:12]}:scores"
+
+    def accuracy(self, model_uri: str, dataset_uri: str) -> float:
+        digest = content(model_uri)
+        field = f"{digest}|{dataset_uri}"
+        if digest is not None:
+            known = self._r.hget(self._key, field)
+            if known is not None:
+                return float(known)
+        score = self._evaluator.accuracy(model_uri, dataset_uri)
+        if digest is not None:
+            with self._r.pipeline(transaction=False) as pipe:
+                pipe.hset(self._key, field, repr(score))
+                pipe.expire(self._key, KEEP_SECONDS)
+                pipe.execute()
+        return score
