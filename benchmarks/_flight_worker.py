@@ -15,7 +15,9 @@ from pathlib import Path
 import _common  # noqa: F401  (puts the repository on sys.path)
 
 from core.redis_store import connect
-from dataset.cache import ContentCache, Policy
+from core.cache_policy import Policy
+from core.content_cache import ContentCache
+from dataset.cache import ingestion_cache
 from dataset.fingerprint import fingerprint
 from workflows import steps
 
@@ -36,7 +38,7 @@ def one_run(cache: ContentCache, data: Path, store: Path) -> dict[str, object]:
 def main() -> None:
     mode, url = sys.argv[1], sys.argv[2]
     client = connect(url)
-    cache = ContentCache(client, ttl_seconds=3600)
+    cache = ingestion_cache(client, ttl_seconds=3600)
     if mode == "holder":
         one_run(cache, Path(sys.argv[3]), Path(sys.argv[4]))
         return

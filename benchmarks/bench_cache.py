@@ -28,7 +28,9 @@ from pathlib import Path
 from _common import ROOT, heading, line, loopback_redis, median, percentile, timed, verdict
 
 from dataset import idx
-from dataset.cache import PREFIX, CacheEntry, ContentCache, Policy
+from core.cache_policy import Policy
+from core.content_cache import ContentCache
+from dataset.cache import PREFIX, CacheEntry, ingestion_cache
 from dataset.fingerprint import fingerprint
 from dataset.ingest import ingest
 from dataset.layout import BASE_FILES
@@ -126,7 +128,7 @@ def single_flight(url: str, client, data: Path, work: Path, reps: int, runs: int
 
 def at_scale(client, entries: int, lookups: int, expire_seconds: int) -> tuple[float, float, bool]:
     client.flushdb()
-    cache = ContentCache(client, ttl_seconds=3600)
+    cache = ingestion_cache(client, ttl_seconds=3600)
     now = time.time()
     keys = [f"{i:064x}" for i in range(entries)]
     pipe = client.pipeline(transaction=False)
@@ -236,7 +238,7 @@ def main() -> None:
         t, _ = timed(lambda: __import__("tensorflow"))  # both sides run with TensorFlow loaded
         print(f"imported TensorFlow in {t:.1f} s (kept out of every timing below)")
         with loopback_redis(work / "redis") as (client, url):
-            cache = ContentCache(client, ttl_seconds=3600)
+            cache = ingestion_cache(client, ttl_seconds=3600)
             if 3 not in skip:
                 results += section_floor(root, work, total)  # before any increment is pushed
             if 1 not in skip:

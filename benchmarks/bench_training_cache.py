@@ -25,10 +25,10 @@ from pathlib import Path
 from _common import heading, line, loopback_redis, median, percentile, timed, verdict
 
 from core.settings import MODEL_TYPES
-from dataset.cache import TRAINING, Policy
+from core.cache_policy import TRAINING, Policy
 from dataset.seed import write_standin
 from events.payloads import RunParameters
-from services.trainer.memo import training_cache
+from services.trainer.training_cache import training_cache
 from workflows.fanout import Trainings
 from workflows.training import Memo
 

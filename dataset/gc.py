@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset.cache import ContentCache
+from core.content_cache import ContentCache
 from dataset.store import TMP_PREFIX
 
 

@@ -29,7 +29,7 @@ class RunParameters(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, lt=10)
     workers: int = Field(1, ge=1, le=16)  # worker processes per model (all-reduce)
     warm_start: bool = False  # start each model from the champion's weights when it matches
-    # the grammar dataset.cache.Policy parses: checked here so a bad event is refused with 400
+    # the grammar core.cache_policy.Policy parses: checked here so a bad event is refused with 400
     cache_policy: str = Field(
         "exact", pattern=r"^(exact|max-age=\d+(\.\d+)?[smhd]|min-change=0?\.\d*[1-9]\d*)$")
     # the training cache's policy (the same grammar without min-change, plus off)

@@ -34,7 +34,7 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
 
 
 def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
-    from dataset.cache import ContentCache
+    from dataset.cache import ingestion_cache
     from services.selector.champion import ChampionStore
     from services.trainer import progress
     from workflows import record
@@ -46,7 +46,7 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
                 for (run_id, model), found in
                 progress.read_many(client, trainings, points=False).items() if found.exists}
     champion = ChampionStore(client, model_repo).get()
-    entries = ContentCache(client, 1).entries()
+    entries = ingestion_cache(client, 1).entries()
     return {
         "runs": runs,
         "cache": [e.__dict__ for e in entries[-10:]],  # the newest; `retrain cache ls` has all

@@ -76,7 +76,7 @@ def test_training_entries_explained_listed_and_collected_keeping_the_champions(
     from events.payloads import RunParameters
     from retrain.oneshot import run_once
     from rich.console import Console
-    from services.trainer.memo import PREFIX
+    from services.trainer.training_cache import PREFIX
 
     root = write_dataset(tmp_path / "data", train=600, test=200)
     tiny = ["--models", "cnn", "--steps-per-epoch", "3", "--batch-size", "32"]

@@ -25,11 +25,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from core import timeline
 from core.children import dies_with_us
 from core.settings import Settings
-from dataset.cache import TRAINING, Lease, Policy
+from core.cache_policy import TRAINING, Policy
+from core.lease import Lease
 from events import Event, EventType, make_event
 from events.payloads import RunParameters, TrainingStarted
 from services.trainer import outcome
-from services.trainer.memo import TrainingEntry, training_cache
+from services.trainer.training_cache import TrainingEntry, training_cache
 from services.trainer.options import TrainOptions
 from workflows.record import RunRecorder
 from workflows.training import CONCURRENT, Memo, TrainingCheck

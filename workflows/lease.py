@@ -1,18 +1,20 @@
-"""Run leases: ``retrain:lease:<run_id>`` names the process running a run and is renewed while
-it goes on, so a run whose owner died can be told from one still going (``workflows.queue``)."""
+"""Run leases: ``retrain:lease:<run_id>`` names the process running a run (``host:pid``, its
+token) and is renewed while it goes on, so a run whose owner died can be told from one still
+going (``workflows.queue``). A ``core.lease`` lease that takes itself back if it lapsed while
+its owner lived (Redis restarted without it): it only says that its owner is alive."""
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
 
-log = logging.getLogger(__name__)
+from core.lease import Leases, Renewer
+from workflows.errors import WorkflowError
+
 LEASE = "retrain:lease:"
 LEASE_SECONDS = 30.0
 
@@ -35,38 +37,31 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
-class Lease:
-    """``retrain:lease:<run_id>`` held while the run goes on, renewed by a thread."""
+def _leases(client: redis.Redis) -> Leases:
+    return Leases(client, LEASE, reclaim=True)
 
-    def __init__(self, client: redis.Redis, run_id: str, seconds: float = LEASE_SECONDS) -> None:
-        self._r = client
-        self.key = LEASE + run_id
-        self._seconds = seconds
-        self._stop = threading.Event()
 
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self._r.set(self.key, owner_id(), px=int(self._seconds * 1000))
-        thread = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
-        thread.start()
+@contextmanager
+def run_lease(client: redis.Redis, run_id: str, seconds: float = LEASE_SECONDS) -> Iterator[None]:
+    """Hold ``run_id``'s lease while the block runs: renewed every third of ``seconds`` by a
+    thread (a Redis error is logged and tried again), released at the end."""
+    ms = int(seconds * 1000)
+    leases = _leases(client)
+    lease = leases.acquire(run_id, ms, token=owner_id())
+    if lease is None:
+        raise WorkflowError(f"run {run_id} is already held by {leases.holder(run_id)}")
+    renewer = Renewer(leases, ms, name=f"lease {LEASE}{run_id}")
+    renewer.add(lease)
+    try:
+        yield
+    finally:
+        renewer.close()  # before the release: a renewal after it would take the lease back
         try:
-            yield
-        finally:
-            self._stop.set()
-            thread.join()
-            try:
-                self._r.delete(self.key)
-            except redis.RedisError:  # it expires on its own
-                pass
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self._seconds / 3):
-            try:
-                self._r.set(self.key, owner_id(), px=int(self._seconds * 1000))
-            except redis.RedisError as exc:  # keep trying: the run goes on meanwhile
-                log.warning("could not renew the lease of %s: %s", self.key, exc)
+            leases.release(lease)
+        except redis.RedisError:  # it expires on its own
+            pass
 
 
 def held_by_the_living(client: redis.Redis, run_id: str) -> bool:
-    owner = client.get(LEASE + run_id)
-    return owner is not None and _owner_alive(owner.decode() if isinstance(owner, bytes) else owner)
+    owner = _leases(client).holder(run_id)
+    return owner is not None and _owner_alive(owner)

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from core import timeline
 from core.settings import Settings
-from dataset.cache import CacheEntry, ContentCache, Policy
+from core.cache_policy import Policy
+from dataset.cache import CacheEntry, ingestion_cache
 from dataset.errors import DatasetError, DatasetValidationError
 from dataset.fingerprint import Fingerprint
 from dataset.ingest import IngestResult
@@ -76,14 +77,14 @@ class LocalRunner:
         self._redis_url = redis_url
         self._emit = emit
         self._console = console or Console(stderr=True)
-        self._cache = ContentCache(client, settings.cache_ttl_seconds)
+        self._cache = ingestion_cache(client, settings.cache_ttl_seconds)
 
     def run(self, request: RunRequest) -> dict[str, Any]:
         """Run the workflow; returns its summary (also stored in Redis). The run's lease is held
         meanwhile, so a run whose process dies is found and closed (``workflows.queue``)."""
-        from workflows.lease import Lease
+        from workflows.lease import run_lease
 
-        with Lease(self._r, request.run_id).held():
+        with run_lease(self._r, request.run_id):
             return self._run(request)
 
     def _run(self, request: RunRequest) -> dict[str, Any]:

@@ -3,14 +3,16 @@ definition wraps. Each takes plain inputs and returns a frozen value."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dataset import idx
 from dataset import ingest as ingestion
-from dataset.cache import CacheEntry, ContentCache, Decision, Policy, cache_key, decide
+from core.cache_policy import Policy
+from core.content_cache import ContentCache
+from core.lease import Renewer
+from dataset.cache import CacheEntry, Decision, cache_key, decide
 from dataset.fingerprint import Fingerprint, StatCache, fingerprint
 from dataset.layout import IdxPair, discover, resolve_root
 from dataset.store import clean_temporaries, verify
@@ -112,14 +114,8 @@ def ingest_step(
                                  "hit: ingested by a concurrent run with the same key", None)
         if time.monotonic() > deadline:
             raise WorkflowError(f"gave up waiting for a concurrent ingestion of key {key[:12]}…")
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(lease_ms / 3000):
-            cache.renew(lease, lease_ms)
-
-    renewer = threading.Thread(target=renew, daemon=True, name="lease-renewer")
-    renewer.start()
+    renewer = Renewer(cache.leases, lease_ms, name="ingestion-lease")
+    renewer.add(lease)
     try:
         existing = cache.get(key)  # the previous holder may have finished just before we got in
         if existing is not None and verify(existing.dataset_uri) is None:
@@ -137,5 +133,6 @@ def ingest_step(
             raise WorkflowError(f"lease on {key[:12]}… was lost to a newer holder; not recording")
         return IngestOutcome(entry, True, "ingested", result)
     finally:
-        stop.set()
+        renewer.close(timeout=0)  # a late renewal of a released lease finds it gone
+        renewer.discard(lease)
         cache.release(lease)

@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataset.cache import ContentCache, Lease, Policy
+from core.cache_policy import Policy
+from core.content_cache import ContentCache
+from core.lease import Lease, Renewer
 from dataset.store import load_metadata
 from repository.digest import model_digest
-from services.trainer import memo
 from services.trainer.options import TrainOptions
+from services.trainer.training_cache import (
+    TrainingDecision, TrainingEntry, decide, key_parts, new_entry, training_key, verify_model)
 
 log = logging.getLogger(__name__)
 LEASE_MS = 30_000
@@ -37,7 +39,7 @@ class TrainingCheck:
     parts: dict[str, Any]
     policy: str
     force: bool
-    decision: memo.TrainingDecision
+    decision: TrainingDecision
 
 
 class Memo:
@@ -47,10 +49,7 @@ class Memo:
     def __init__(self, cache: ContentCache, policy: Policy, force: bool = False,
                  lease_ms: int = LEASE_MS) -> None:
         self.cache, self.policy, self.force, self.lease_ms = cache, policy, force, lease_ms
-        self._held: dict[str, Lease] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
+        self._renewer = Renewer(cache.leases, lease_ms, name="training-leases")
 
     @property
     def enabled(self) -> bool:
@@ -59,12 +58,12 @@ class Memo:
     def explain(self, options: TrainOptions) -> TrainingCheck:
         """The decision for ``options``, changing nothing (``retrain cache explain``)."""
         warm = model_digest(options.warm_start) if options.warm_start else None
-        parts = memo.key_parts(options, load_metadata(options.dataset), warm)
-        key = memo.training_key(parts)
+        parts = key_parts(options, load_metadata(options.dataset), warm)
+        key = training_key(parts)
         looked_up = self.enabled and not self.force
         exact = self.cache.get(key) if looked_up else None
         latest = self.cache.latest(options.model) if looked_up and exact is None else None
-        decision = memo.decide(self.policy, self.force, parts, exact, latest, time.time())
+        decision = decide(self.policy, self.force, parts, exact, latest, time.time())
         return TrainingCheck(options.model, key, parts, str(self.policy), self.force, decision)
 
     def check(self, options: TrainOptions) -> TrainingCheck:
@@ -75,13 +74,13 @@ class Memo:
         if entry is not None:
             touched = self.cache.touch(entry)
             return TrainingCheck(check.model, check.key, check.parts, check.policy, check.force,
-                                 memo.TrainingDecision(True, check.decision.reason, touched))
+                                 TrainingDecision(True, check.decision.reason, touched))
         if self.enabled and not self.force and self.cache.get(check.key) is not None:
             self.cache.delete(check.key)
         return check
 
     # single flight -------------------------------------------------------------------------
-    def claim(self, check: TrainingCheck, since: float) -> Lease | memo.TrainingEntry | None:
+    def claim(self, check: TrainingCheck, since: float) -> Lease | TrainingEntry | None:
         """A lease to train ``check`` (kept renewed until ``finish``), or the entry a concurrent
         run recorded since ``since`` (a hit), or None while another run holds the key."""
         lease = self.cache.acquire(check.key, self.lease_ms)
@@ -94,15 +93,15 @@ class Memo:
         self.adopt(check, lease)
         return lease
 
-    def _ready(self, check: TrainingCheck, since: float) -> memo.TrainingEntry | None:
+    def _ready(self, check: TrainingCheck, since: float) -> TrainingEntry | None:
         entry = self.cache.get(check.key)
         if entry is None or (check.force and entry.created_at < since):
             return None
-        if memo.verify_model(entry) is not None:
+        if verify_model(entry) is not None:
             return None
         return self.cache.touch(entry)
 
-    def wait(self, check: TrainingCheck, since: float, timeout: float) -> Lease | memo.TrainingEntry:
+    def wait(self, check: TrainingCheck, since: float, timeout: float) -> Lease | TrainingEntry:
         """Block until this run holds the key or a concurrent run's entry is there."""
         deadline = time.monotonic() + timeout
         while True:
@@ -121,46 +120,30 @@ class Memo:
     def adopt(self, check: TrainingCheck, lease: Lease) -> None:
         """Keep renewing a lease another step took (the cluster's check step, for the TFJob
         the wait step waits on)."""
-        with self._lock:
-            self._held[check.key] = lease
-            if self._renewer is None:
-                self._renewer = threading.Thread(target=self._renew, daemon=True,
-                                                 name="training-leases")
-                self._renewer.start()
+        self._renewer.add(lease)
 
     def finish(self, check: TrainingCheck, lease: Lease | None, result: dict[str, Any] | None,
-               run_id: str, dataset_uri: str) -> memo.TrainingEntry | None:
+               run_id: str, dataset_uri: str) -> TrainingEntry | None:
         """Record the training's model (``result``: its result.json; None when it failed)
         under the lease's fence, and let the key go."""
         entry = None
         try:
             if result is not None and lease is not None:
-                entry = memo.new_entry(check.key, check.parts, result, run_id, dataset_uri,
-                                       lease.fence)
+                entry = new_entry(check.key, check.parts, result, run_id, dataset_uri,
+                                  lease.fence)
                 if not self.cache.put(entry):
                     log.warning("%s: a newer holder of key %s… took over; its model is the one "
                                 "cached", check.model, check.key[:12])
                     entry = None
         finally:
             if lease is not None:
-                with self._lock:
-                    self._held.pop(check.key, None)
+                self._renewer.discard(lease)
                 self.cache.release(lease)
         return entry
 
     def close(self) -> None:
         """Stop renewing; leases still held lapse (their trainings did not finish)."""
-        self._stop.set()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.lease_ms / 3000):
-            with self._lock:
-                held = list(self._held.values())
-            for lease in held:
-                try:
-                    self.cache.renew(lease, self.lease_ms)
-                except Exception:  # noqa: BLE001  (Redis away: the next round tries again)
-                    log.warning("could not renew the training lease on %s…", lease.key[:12])
+        self._renewer.close(timeout=0)  # a late renewal of a released lease finds it gone
 
 
 def save_claim(path: Path, check: TrainingCheck, lease: Lease, dataset_uri: str) -> None:
@@ -175,7 +158,7 @@ def save_claim(path: Path, check: TrainingCheck, lease: Lease, dataset_uri: str)
 def load_claim(path: Path) -> tuple[TrainingCheck, Lease, str]:
     claim = json.loads(path.read_text())
     check = TrainingCheck(claim["model"], claim["key"], claim["parts"], claim["policy"],
-                          claim["force"], memo.TrainingDecision(False, claim["reason"]))
+                          claim["force"], TrainingDecision(False, claim["reason"]))
     return check, Lease(claim["key"], claim["token"], claim["fence"]), claim["dataset_uri"]
 
 
@@ -198,7 +181,7 @@ def collect_models(cache: ContentCache, runs_dir: Path, protected: set[str],
     now = time.time() if now is None else now
     live, dropped = set(), []
     for entry in cache.entries():
-        if memo.verify_model(entry) is None:
+        if verify_model(entry) is None:
             live.add(str(Path(entry.model_uri).resolve()))
         else:
             dropped.append(entry.key)

@@ -22,10 +22,10 @@ KindOption = Annotated[Optional[Kind], typer.Option(help="one cache only (defaul
 
 
 def _caches(client: Any, settings: Any, kind: str | None) -> dict[str, Any]:
-    from dataset.cache import ContentCache
-    from services.trainer.memo import training_cache
+    from dataset.cache import ingestion_cache
+    from services.trainer.training_cache import training_cache
 
-    found = {"ingestion": ContentCache(client, settings.cache_ttl_seconds),
+    found = {"ingestion": ingestion_cache(client, settings.cache_ttl_seconds),
              "training": training_cache(client, settings.cache_ttl_seconds)}
     return {name: cache for name, cache in found.items() if kind in (None, name)}
 
@@ -51,7 +51,7 @@ def ls(kind: KindOption = None, as_json: Annotated[bool, typer.Option("--json")]
 
 
 def _expiry(row: dict[str, Any], now: float) -> tuple[str, str, str]:
-    from dataset.cache import ago
+    from core.durations import ago
 
     return (ago(now - row["created_at"], short=True),
             ago(now - row["last_hit"], short=True) if row["hits"] else "-",
@@ -131,8 +131,8 @@ def explain(
 def _explain_training(settings: Any, data: str, params: Any, dataset_uri: str | None,
                       as_json: bool) -> None:
     from core.redis_store import open_redis
-    from dataset.cache import TRAINING, Policy
-    from services.trainer.memo import training_cache
+    from core.cache_policy import TRAINING, Policy
+    from services.trainer.training_cache import training_cache
     from workflows.fanout import Trainings
     from workflows.training import Memo
 

@@ -29,7 +29,7 @@ def ls(stream: StreamOption = None,
        as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every dead letter, oldest first: its id, stream, event and why it died."""
     from core.redis_store import open_redis
-    from dataset.cache import ago
+    from core.durations import ago
     from events.dead_letters import list_dead
 
     settings = load_settings()

@@ -27,7 +27,8 @@ def decide_from_cli(settings: Any, data: str, cache_policy: str, *, record: bool
     """Fingerprint ``data`` and decide from the cache: the check-cache step (``record``: a hit
     is counted, a stale entry dropped) or ``retrain cache explain`` (nothing changes)."""
     from core.redis_store import open_redis
-    from dataset.cache import ContentCache, Policy
+    from core.cache_policy import Policy
+    from dataset.cache import ingestion_cache
     from workflows import steps
 
     policy = Policy.parse(cache_policy)
@@ -35,7 +36,7 @@ def decide_from_cli(settings: Any, data: str, cache_policy: str, *, record: bool
     fp = steps.fingerprint_step(root, settings.home / "statcache")
     decide = steps.check_cache if record else steps.explain_cache
     with open_redis(settings.redis_url, settings.home) as handle:
-        check = decide(ContentCache(handle.client, settings.cache_ttl_seconds), root, fp, policy)
+        check = decide(ingestion_cache(handle.client, settings.cache_ttl_seconds), root, fp, policy)
     return fp, check
 
 
@@ -120,7 +121,7 @@ def ingest(
     Outputs: dataset-uri, records (JSON), ingested (false when a concurrent run did it)."""
     from core.errors import ConfigurationError
     from core.redis_store import open_redis
-    from dataset.cache import ContentCache
+    from dataset.cache import ingestion_cache
     from dataset.errors import DatasetValidationError
     from workflows import steps
     from workflows.runner import ingestion_completed, ingestion_failed
@@ -135,7 +136,7 @@ def ingest(
             f"{expected[:12]}…); re-run check-cache")
     with open_redis(settings.redis_url, settings.home) as handle:
         try:
-            outcome = steps.ingest_step(ContentCache(handle.client, settings.cache_ttl_seconds),
+            outcome = steps.ingest_step(ingestion_cache(handle.client, settings.cache_ttl_seconds),
                                         root, settings.store_dir, fp, key)
         except DatasetValidationError as exc:
             _send(settings, sink, ingestion_failed(run_id, data, exc))
@@ -172,8 +173,8 @@ def check_training(
 
     Outputs: hit (true|false), reason, key, model-uri."""
     from core.redis_store import open_redis
-    from dataset.cache import TRAINING, Policy
-    from services.trainer.memo import TrainingEntry, training_cache
+    from core.cache_policy import TRAINING, Policy
+    from services.trainer.training_cache import TrainingEntry, training_cache
     from services.trainer.options import TrainOptions
     from services.trainer.outcome import trained_event
     from workflows.training import Memo, save_claim
@@ -256,8 +257,8 @@ def wait_training(
 def _claimed(settings: Any, claim: Path) -> Any:
     """A Memo renewing the claim's lease while the TFJob runs."""
     from core.redis_store import client_for
-    from dataset.cache import TRAINING, Policy
-    from services.trainer.memo import training_cache
+    from core.cache_policy import TRAINING, Policy
+    from services.trainer.training_cache import training_cache
     from workflows.training import Memo, load_claim
 
     check, lease, _dataset = load_claim(claim)

@@ -64,7 +64,7 @@ def run_parameters(models: str | None, epochs: int | None, steps: int | None,
                    workers: int | None = None, warm_start: bool | None = None,
                    train_cache: str | None = None, force: bool | None = None) -> Any:
     """``RunParameters`` from the command line's options (unset ones keep their defaults)."""
-    from dataset.cache import TRAINING, Policy
+    from core.cache_policy import TRAINING, Policy
     from events.payloads import RunParameters
 
     for text, kinds in ((policy, None), (train_cache, TRAINING)):

@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 
 from core.redis_store import connect
-from dataset.cache import ContentCache, Policy
+from core.cache_policy import Policy
+from dataset.cache import ingestion_cache
 from dataset.fingerprint import fingerprint
 from workflows import steps
 
 
 def main() -> None:
     url, data, store, lease_ms = sys.argv[1:5]
-    cache = ContentCache(connect(url), ttl_seconds=600)
+    cache = ingestion_cache(connect(url), ttl_seconds=600)
     root = Path(data)
     fp = fingerprint(root)
     key = steps.check_cache(cache, root, fp, Policy()).key

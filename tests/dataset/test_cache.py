@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from dataset.cache import CacheEntry, CachePolicyError, ContentCache, Policy, cache_key, decide
+from core.cache_policy import CachePolicyError, Policy
+from dataset.cache import CacheEntry, cache_key, decide, ingestion_cache
 
 
 def _entry(key="k", fence=1, created=None, records=None):
@@ -57,7 +58,7 @@ def test_min_change_reuses_until_records_grow_enough():
 
 @pytest.mark.integration
 def test_sliding_ttl_and_hits(r):
-    cache = ContentCache(r, ttl_seconds=100)
+    cache = ingestion_cache(r, ttl_seconds=100)
     entry = _entry()
     lease = cache.acquire("k")
     assert cache.put(dataclasses.replace(entry, fence=lease.fence))
@@ -68,7 +69,7 @@ def test_sliding_ttl_and_hits(r):
 
 @pytest.mark.integration
 def test_fencing_refuses_a_late_writer(r):
-    cache = ContentCache(r, ttl_seconds=100)
+    cache = ingestion_cache(r, ttl_seconds=100)
     old = cache.acquire("k", lease_ms=50)
     time.sleep(0.1)  # lease expires: the holder is presumed dead
     new = cache.acquire("k")
@@ -79,7 +80,7 @@ def test_fencing_refuses_a_late_writer(r):
 
 @pytest.mark.integration
 def test_waiters_wake_when_the_holder_publishes(r):
-    cache = ContentCache(r, ttl_seconds=100)
+    cache = ingestion_cache(r, ttl_seconds=100)
     lease = cache.acquire("k")
     got = []
     waiter = threading.Thread(target=lambda: got.append(cache.wait("k", timeout=10)))
@@ -93,7 +94,7 @@ def test_waiters_wake_when_the_holder_publishes(r):
 
 @pytest.mark.integration
 def test_entries_expire_by_themselves_unless_hit(r):
-    cache = ContentCache(r, ttl_seconds=1)
+    cache = ingestion_cache(r, ttl_seconds=1)
     cache.put(_entry(key="cold"))
     cache.put(_entry(key="warm"))
     time.sleep(0.6)
@@ -108,7 +109,7 @@ def test_entries_expire_by_themselves_unless_hit(r):
 
 @pytest.mark.integration
 def test_entries_lists_every_live_entry_oldest_first(r):
-    cache = ContentCache(r, ttl_seconds=100)
+    cache = ingestion_cache(r, ttl_seconds=100)
     for i in range(2500):  # more than one MGET batch
         cache.put(dataclasses.replace(_entry(key=f"k{i}"), created_at=float(i)))
     listed = cache.entries()

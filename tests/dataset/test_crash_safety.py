@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dataset.cache import PREFIX, ContentCache, Policy
+from core.cache_policy import Policy
+from dataset.cache import PREFIX, ingestion_cache
 from dataset.fingerprint import fingerprint
 from dataset.store import TMP_PREFIX, verify
 from workflows import steps
@@ -79,7 +80,7 @@ def test_a_killed_lock_holder_is_taken_over_and_its_late_fence_is_refused(
     holder.wait()
     assert _visible(store) == [] or all((p / "unit.json").is_file() for p in _visible(store))
 
-    cache = ContentCache(r, ttl_seconds=600)
+    cache = ingestion_cache(r, ttl_seconds=600)
     fp = fingerprint(big_dataset)
     key = steps.check_cache(cache, big_dataset, fp, Policy()).key
     started = time.monotonic()
@@ -100,7 +101,7 @@ def test_sigkill_at_any_point_leaves_no_partial_dataset_and_no_entry(
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
-    cache = ContentCache(r, ttl_seconds=600)
+    cache = ingestion_cache(r, ttl_seconds=600)
     entries = cache.entries()
     for entry in entries:  # an entry exists only for a dataset that is complete
         assert verify(entry.dataset_uri) is None

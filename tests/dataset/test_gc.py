@@ -4,7 +4,8 @@ import time
 import pytest
 
 from dataset import gc
-from dataset.cache import ContentCache, Policy
+from core.cache_policy import Policy
+from dataset.cache import ingestion_cache
 from dataset.fingerprint import fingerprint
 from dataset.ingest import ingest
 from dataset.seed import write_png_increment
@@ -81,7 +82,7 @@ def test_entries_whose_dataset_is_gone_are_dropped(r, tmp_path):
     import shutil
 
     root = write_dataset(tmp_path / "data", train=300, test=100)
-    cache = ContentCache(r, ttl_seconds=600)
+    cache = ingestion_cache(r, ttl_seconds=600)
     fp = fingerprint(root)
     check = steps.check_cache(cache, root, fp, Policy())
     outcome = steps.ingest_step(cache, root, tmp_path / "store", fp, check.key)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from workflows import record
-from workflows.lease import LEASE, Lease
+from workflows.lease import LEASE, run_lease
 from workflows.queue import MAX_ATTEMPTS, PROCESSING, QUEUE, RunQueue
 from workflows.runner import RunRecorder, RunRequest
 
@@ -64,7 +64,7 @@ def test_a_run_held_by_a_living_owner_is_left_alone(r):
     queue.put(RunRequest("/data/a", run_id="run-a"))
     taken = queue.take(timeout=1)
     _record(r, taken.request)
-    with Lease(r, "run-a").held():
+    with run_lease(r, "run-a"):
         assert queue.recover(grace=0) == []
     assert r.llen(PROCESSING) == 1 and r.llen(QUEUE) == 0
     assert record.get(r, "run-a")["status"] == "running"
@@ -94,7 +94,7 @@ def test_a_run_left_running_by_a_killed_process_is_closed_with_the_reason(r):
 
 
 def test_a_lease_is_renewed_while_held_and_removed_after(r):
-    with Lease(r, "run-l", seconds=0.3).held():
+    with run_lease(r, "run-l", seconds=0.3):
         time.sleep(0.5)  # longer than the lease: only renewal keeps it
         assert r.exists(LEASE + "run-l")
     assert not r.exists(LEASE + "run-l")

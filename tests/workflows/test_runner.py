@@ -66,7 +66,7 @@ def test_a_warm_started_run_starts_the_matching_variant_from_the_champion(
 
 def test_a_bad_push_fails_with_ingestion_failed_and_leaves_the_last_good_dataset(
         settings, redis_handle, dataset):
-    from dataset.cache import ContentCache
+    from dataset.cache import ingestion_cache
     from dataset.store import verify
 
     emitted = []
@@ -85,7 +85,7 @@ def test_a_bad_push_fails_with_ingestion_failed_and_leaves_the_last_good_dataset
     event = emitted[-1]
     assert event.type is EventType.INGESTION_FAILED and len(event.data.problems) == 2
     assert event.data.run_id == failed["run_id"]
-    latest = ContentCache(redis_handle.client, 60).latest("fashion-mnist")
+    latest = ingestion_cache(redis_handle.client, 60).latest("fashion-mnist")
     assert latest.dataset_uri == good["dataset_uri"] and verify(good["dataset_uri"]) is None
     published = list((settings.store_dir / "datasets").iterdir())
     assert [p.name for p in published] == [latest.key]  # nothing half-written beside it

@@ -2,7 +2,8 @@ import threading
 
 import pytest
 
-from dataset.cache import ContentCache, Policy
+from core.cache_policy import Policy
+from dataset.cache import ingestion_cache
 from dataset.errors import DatasetNotFoundError, UnsupportedSourceError
 from dataset.fingerprint import fingerprint
 from workflows import steps
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_concurrent_runs_with_the_same_key_ingest_once(r, dataset, tmp_path):
-    cache = ContentCache(r, ttl_seconds=600)
+    cache = ingestion_cache(r, ttl_seconds=600)
     fp = fingerprint(dataset)
     check = steps.check_cache(cache, dataset, fp, Policy())
     assert not check.decision.hit
@@ -35,7 +36,7 @@ def test_concurrent_runs_with_the_same_key_ingest_once(r, dataset, tmp_path):
 def test_a_hit_whose_files_are_gone_becomes_a_miss(r, dataset, tmp_path):
     import shutil
 
-    cache = ContentCache(r, ttl_seconds=600)
+    cache = ingestion_cache(r, ttl_seconds=600)
     fp = fingerprint(dataset)
     key = steps.check_cache(cache, dataset, fp, Policy()).key
     steps.ingest_step(cache, dataset, tmp_path / "store", fp, key)
@@ -54,7 +55,7 @@ def test_data_uris_are_checked(tmp_path):
 
 
 def test_explaining_changes_nothing(r, dataset, tmp_path):
-    cache = ContentCache(r, ttl_seconds=600)
+    cache = ingestion_cache(r, ttl_seconds=600)
     fp = fingerprint(dataset)
     key = steps.check_cache(cache, dataset, fp, Policy()).key
     steps.ingest_step(cache, dataset, tmp_path / "store", fp, key)

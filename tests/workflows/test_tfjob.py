@@ -232,7 +232,7 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
     wait step records the TFJob's model when the job succeeds (or lets the key go when it
     fails), and later checks hit: model.trained ("cached") goes to the selector's stream."""
     from events.sinks import read_stream
-    from services.trainer.memo import PREFIX, training_cache
+    from services.trainer.training_cache import PREFIX, training_cache
 
     trainer_env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
                    "RETRAIN_REDIS_URL": redis_handle.url}

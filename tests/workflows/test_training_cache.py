@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dataset.cache import TRAINING, Policy
+from core.cache_policy import TRAINING, Policy
 from events import EventType
 from events.payloads import RunParameters
-from services.trainer import memo
-from services.trainer.memo import training_cache
+from services.trainer import training_cache as cache_entries
+from services.trainer.training_cache import training_cache
 from tests.conftest import wait_for, write_dataset
 from workflows.fanout import Trainings
 from workflows.runner import LocalRunner, RunRequest
@@ -90,7 +90,7 @@ def test_an_identical_run_reuses_the_model_and_each_key_part_changed_alone_misse
         assert not check.decision.hit and named in check.decision.reason, (change, check)
     other = runner.run(RunRequest(str(dataset), RunParameters(models=("dropout",), **TINY)))
     assert _trained_here(settings, other, "dropout")  # another variant: its own training
-    monkeypatch.setattr(memo, "code_version", lambda: "train-v2+0123456789ab")
+    monkeypatch.setattr(cache_entries, "code_version", lambda: "train-v2+0123456789ab")
     check = _explain(settings, r, first, dataset)
     assert not check.decision.hit and "code train-v1+" in check.decision.reason
     monkeypatch.undo()
@@ -193,7 +193,7 @@ def test_a_waiter_trains_when_the_holder_is_killed(settings, redis_handle, r, da
          "--steps-per-epoch", "3", "--batch-size", "32"], env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: any(r.scan_iter(memo.PREFIX + "lock:*")), 60)
+        wait_for(lambda: any(r.scan_iter(cache_entries.PREFIX + "lock:*")), 60)
         emitted = []
         runner = _runner(settings.model_copy(update={"training_lease_seconds": 2.0}),
                          redis_handle, emitted)

@@ -24,14 +24,16 @@ from typing import Any
 import redis
 from blake3 import blake3
 
-from dataset.cache import ContentCache, Policy, ago
+from core.cache_policy import Policy
+from core.content_cache import ContentCache
+from core.durations import ago
 from repository.digest import model_digest, model_signature, wait_settled
 from services.trainer.options import SEED, TrainOptions
 
 PREFIX = "retrain:train-cache:"
 CODE = "train-v1"  # bump by hand for a change the hashed modules below do not show
-# every module the learning's result depends on (tests/services/trainer/test_memo.py checks
-# that what these import from the trainer is here too)
+# every module the learning's result depends on (tests/services/trainer/test_training_cache.py
+# checks that what these import from the trainer is here too)
 _CODE_MODULES = ("train.py", "models.py", "data.py", "export.py", "spec.py", "options.py",
                  "cluster.py")
 _LIBRARIES = ("tensorflow", "tf_keras")

@@ -7,11 +7,11 @@ def test_the_code_version_hashes_every_trainer_module_the_learning_imports():
     import ast
     from pathlib import Path
 
-    from services.trainer import memo
+    from services.trainer import training_cache
 
-    folder = Path(memo.__file__).parent
+    folder = Path(training_cache.__file__).parent
     imported = set()
-    for name in memo._CODE_MODULES:
+    for name in training_cache._CODE_MODULES:
         for node in ast.walk(ast.parse((folder / name).read_text())):
             module = node.module if isinstance(node, ast.ImportFrom) else None
             if module and module.startswith("services.trainer"):
@@ -19,4 +19,5 @@ def test_the_code_version_hashes_every_trainer_module_the_learning_imports():
                     imported |= {f"{alias.name}.py" for alias in node.names}
                 else:
                     imported.add(module.rsplit(".", 1)[1] + ".py")
-    assert imported <= set(memo._CODE_MODULES), imported - set(memo._CODE_MODULES)
+    hashed = set(training_cache._CODE_MODULES)
+    assert imported <= hashed, imported - hashed
