@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset import idx
-from dataset import ingest as ingestion
 from core.cache_policy import Policy
 from core.content_cache import ContentCache
 from core.lease import Renewer
+from dataset import idx
+from dataset import ingest as ingestion
 from dataset.cache import CacheEntry, Decision, cache_key, decide
 from dataset.fingerprint import Fingerprint, StatCache, fingerprint
 from dataset.layout import IdxPair, discover, resolve_root

@@ -25,7 +25,14 @@ from dataset.store import load_metadata
 from repository.digest import model_digest
 from services.trainer.options import TrainOptions
 from services.trainer.training_cache import (
-    TrainingDecision, TrainingEntry, decide, key_parts, new_entry, training_key, verify_model)
+    TrainingDecision,
+    TrainingEntry,
+    decide,
+    key_parts,
+    new_entry,
+    training_key,
+    verify_model,
+)
 
 log = logging.getLogger(__name__)
 LEASE_MS = 30_000

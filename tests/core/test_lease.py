@@ -75,8 +75,8 @@ def test_a_renewer_says_when_a_lease_was_lost_and_stops_renewing_it(r, caplog):
         threading.Event().wait(0.2)
     assert renewer.lost == [lost] and r.get("t:lock:lost") == b"another holder"
     lines = [m.getMessage() for m in caplog.records if "lease" in m.getMessage()]
-    assert lines == ["the lease on lost was lost (it lapsed or another holder took it); no "
-                     "longer renewing it"]
+    assert lines == [("the lease on lost was lost (it lapsed or another holder took it); no "
+                      "longer renewing it")]
 
 
 def _server(socket, folder):

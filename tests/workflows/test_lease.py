@@ -30,7 +30,7 @@ def test_a_run_lease_redis_lost_is_taken_back_by_the_next_renewal(r):
 
 def test_a_run_held_by_another_owner_is_not_taken_over(r):
     r.set(LEASE + "run-o", "elsewhere:1", ex=30)
-    with pytest.raises(WorkflowError, match="run run-o is already held by elsewhere:1"):
-        with run_lease(r, "run-o"):
-            pass
+    with (pytest.raises(WorkflowError, match="run run-o is already held by elsewhere:1"),
+          run_lease(r, "run-o")):
+        pass
     assert r.get(LEASE + "run-o") == b"elsewhere:1"  # left to its owner
