@@ -72,6 +72,7 @@ class HttpSink:
         raise (SinkFailedError if answered else SinkUnavailableError)(self.url, last)
 
 
+STREAM = "retrain:events"  # the events' stream in Redis (the selector reads it)
 STREAM_MAX_LENGTH = 100_000  # RETRAIN_STREAM_MAX_LENGTH: Redis memory stays bounded
 DEAD_MAX_LENGTH = 10_000  # dead letters kept for inspection and replay
 
@@ -89,7 +90,7 @@ class RedisStreamSink:
     """Appends each event, structured-mode JSON, to a Redis stream capped at about
     ``max_length`` entries (``MAXLEN ~``: the oldest go first, cheaply)."""
 
-    def __init__(self, client: redis.Redis, stream: str = "retrain:events",
+    def __init__(self, client: redis.Redis, stream: str = STREAM,
                  max_length: int = STREAM_MAX_LENGTH) -> None:
         self._client = client
         self.stream = stream
@@ -133,5 +134,5 @@ class PatientSink:
                 backoff.pause(wait)
 
 
-def read_stream(client: redis.Redis, stream: str = "retrain:events") -> list[dict[str, object]]:
+def read_stream(client: redis.Redis, stream: str = STREAM) -> list[dict[str, object]]:
     return [json.loads(fields[b"event"]) for _id, fields in client.xrange(stream)]
