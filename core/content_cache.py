@@ -108,9 +108,6 @@ class ContentCache:
         ``leases``), or None while another run holds it."""
         return self.leases.acquire(key, lease_ms)
 
-    def renew(self, lease: Lease, lease_ms: int = 30_000) -> bool:
-        return self.leases.renew(lease, lease_ms)
-
     def release(self, lease: Lease) -> None:
         """Let the key go and wake its waiters (they take over, or find the entry)."""
         self.leases.release(lease)
