@@ -16,10 +16,11 @@ import redis
 from rich.console import Console
 
 from core import timeline
-from core.settings import Settings
 from core.cache_policy import Policy
+from core.errors import RetrainError
+from core.settings import Settings
 from dataset.cache import CacheEntry, ingestion_cache
-from dataset.errors import DatasetError, DatasetValidationError
+from dataset.errors import DatasetValidationError
 from dataset.fingerprint import Fingerprint
 from dataset.ingest import IngestResult
 from events import Event, EventType, make_event
@@ -29,7 +30,6 @@ from events.payloads import (
     IngestionSkipped,
 )
 from workflows import steps
-from workflows.errors import WorkflowError
 from workflows.record import RunRecorder, RunRequest, new_run_id
 
 __all__ = ["LocalRunner", "RunRequest", "new_run_id"]  # RunRequest: where callers look for it
@@ -114,10 +114,10 @@ class LocalRunner:
                           request.run_id, params, rec, entry.dataset_uri).run()
             failed = [m for m, r in rec.summary["models"].items() if r["status"] != "trained"]
             rec.summary["status"] = "failed" if failed else "succeeded"
-        except (WorkflowError, DatasetError, OSError) as exc:
+        except (RetrainError, OSError) as exc:  # a step's own error, or the file system's
             rec.summary["status"] = "failed"
             rec.summary["error"] = str(exc)
-            if not isinstance(exc, (WorkflowError, DatasetError)):
+            if not isinstance(exc, RetrainError):
                 log.exception("run %s failed", request.run_id)
         finally:
             rec.summary["seconds"] = round(time.perf_counter() - started, 3)

@@ -21,15 +21,15 @@ dead_app = typer.Typer(no_args_is_help=True, help="Events that could not be deli
 events_app.add_typer(dead_app, name="dead-letters")
 
 StreamOption = Annotated[Optional[str], typer.Option(
-    "--stream", help="one dead-letter stream, e.g. retrain:outbox:watcher:dead")]
+    "--stream", help="one dead-letter stream, as `ls` names it")]
 
 
 @dead_app.command("ls")
 def ls(stream: StreamOption = None,
        as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every dead letter, oldest first: its id, stream, event and why it died."""
-    from core.redis_store import open_redis
     from core.durations import ago
+    from core.redis_store import open_redis
     from events.dead_letters import list_dead
 
     settings = load_settings()

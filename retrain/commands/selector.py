@@ -14,7 +14,7 @@ select_app = typer.Typer(no_args_is_help=True, help="The selector (champion and 
 @select_app.command("serve")
 def select_serve(
     port: Annotated[Optional[int], typer.Option(help="events port (default RETRAIN_EVENTS_PORT)")] = None,
-    stream: Annotated[bool, typer.Option(help="kept for old command lines: the Redis stream retrain:events is always consumed")] = True,
+    stream: Annotated[bool, typer.Option(help="kept for old command lines: the event stream is always consumed")] = True,
 ) -> None:
     """Judge model.trained CloudEvents from the Redis stream retrain:events and from POST
     /events (appended to the stream before the 202) and promote each candidate that beats

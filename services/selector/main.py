@@ -24,18 +24,17 @@ from core.settings import MODEL_NAME, Settings
 from core.supervise import Supervisor
 from events import Event, EventType
 from events.dedup import Deduplicator
-from events.sinks import RedisStreamSink
+from events.sinks import STREAM, RedisStreamSink
 from events.streams import StreamConsumer
 from services.selector.admission import Admission
 from services.selector.app import create_app
 from services.selector.backends import LocalBackend, PromotionBackend
 from services.selector.champion import ChampionStore
 from services.selector.errors import SelectorError
-from services.selector.scores import LazyEvaluator
 from services.selector.policy import ChampionPolicy
+from services.selector.scores import LazyEvaluator
 from services.selector.service import Selector
 
-STREAM = "retrain:events"
 JUDGED = (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED)  # what the selector acts on
 
 
