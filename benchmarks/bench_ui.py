@@ -12,7 +12,6 @@ at 10 runs and at ``--runs`` runs in the same run. Target: overview p99 < 50 ms 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,9 @@ import httpx
 from _common import heading, line, loopback_redis, percentile, verdict
 
 from core.http import BackgroundServer, bind
-from services.selector.champion import Champion, ChampionStore
 from dashboard.app import create_app
+from services.selector.champion import Champion, ChampionStore
+from workflows import record
 
 MODELS = ("cnn", "dropout", "batch_norm")
 
@@ -48,8 +48,7 @@ def fill(client, first: int, count: int, repo: str) -> None:
                                       "model_uri": f"/runs/{run_id}/{m}/model"} for m in MODELS},
                        "cache": {"hit": False, "reason": "miss: new content", "key": "k" * 64},
                        "digest": "d" * 64, "dataset_uri": "/store/datasets/" + "k" * 64}
-            pipe.set(f"retrain:run:{run_id}", json.dumps(summary))
-            pipe.zadd("retrain:runs", {run_id: started})
+            record.save(pipe, summary, started_at=started)
             if n % 1000 == 0:
                 pipe.execute()
         pipe.execute()
@@ -92,10 +91,12 @@ def main() -> None:
         try:
             measured = {}
             for total in (10, args.runs):
-                fill(client, client.zcard("retrain:runs"), total - client.zcard("retrain:runs"), repo)
-                heading(f"{client.zcard('retrain:runs'):,} runs, "
+                kept = record.recent_runs(client, 0, 1).total
+                fill(client, kept, total - kept, repo)
+                page = record.recent_runs(client, 0, 1)
+                heading(f"{page.total:,} runs, "
                         f"{len(ChampionStore(client, repo).decisions()):,} decisions in Redis")
-                newest = client.zrevrange("retrain:runs", 0, 0)[0].decode()
+                newest = page.runs[0]["run_id"]
                 for label, path in (("GET /api/overview", "/api/overview"),
                                     (f"GET /api/runs/{newest}", f"/api/runs/{newest}"),
                                     ("GET / (the page)", "/")):

@@ -1,6 +1,9 @@
-"""What the dashboard shows, read from Redis alone (runs, progress, the champion and its
-history, decisions, events, dead letters): each query a few round trips, whatever the
-number of runs kept (pages by offset over the runs' sorted set)."""
+"""What the dashboard shows, read through the owners of the records it reads (runs:
+``workflows.record``; a training's progress: ``services.trainer.progress``; the champion and
+its decisions: ``ChampionStore``; events: ``core.timeline``; watched sources and outboxes:
+the watcher and ``events.outbox``): each view a few round trips, whatever the number of runs
+kept (pages by offset over the runs by time). Every view is masked (``clean``) before it is
+served or rendered."""
 
 from __future__ import annotations
 
@@ -9,15 +12,25 @@ from typing import Any
 
 import redis
 
-from core import redact
+from core import redact, timeline
+from dashboard.errors import RunNotFoundError
+from dashboard.state import Dashboard
+from events.dead_letters import list_dead
+from events.outbox import outbox_depths
+from services.ingest_watcher.watcher import watched_sources
+from services.selector.champion import ChampionStore
+from services.trainer import progress
+from workflows import record
 
-RUNS = "retrain:runs"
-PAGE = 20
+PAGE = 20  # runs on a page
 MAX_PAGE = 100
+HISTORY, DECISIONS = 200, 200  # the newest champions and decisions a page shows
+EVENTS, MAX_EVENTS = 100, 1000
 
 
-def _json(raw: bytes | None) -> Any:
-    return json.loads(raw) if raw else None
+def clean(value: Any) -> Any:
+    """``value`` with every secret the process knows of masked (URLs with passwords too)."""
+    return json.loads(redact.redact(json.dumps(value)))
 
 
 def run_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -41,60 +54,71 @@ def run_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 def runs(client: redis.Redis, offset: int = 0, limit: int = PAGE) -> dict[str, Any]:
     """The newest runs first, one page (two round trips however many runs are kept)."""
-    limit = max(1, min(limit, MAX_PAGE))
-    offset = max(0, offset)
-    with client.pipeline(transaction=False) as pipe:
-        pipe.zcard(RUNS)
-        pipe.zrevrange(RUNS, offset, offset + limit - 1)
-        total, ids = pipe.execute()
-    summaries = client.mget([f"retrain:run:{i.decode()}" for i in ids]) if ids else []
-    rows = [run_row(s) for s in map(_json, summaries) if s]
-    nxt = offset + limit if offset + limit < total else None
-    return {"total": total, "offset": offset, "limit": limit, "next": nxt, "runs": rows}
+    limit, offset = max(1, min(limit, MAX_PAGE)), max(0, offset)
+    page = record.recent_runs(client, offset, limit)
+    nxt = offset + limit if offset + limit < page.total else None
+    return {"total": page.total, "offset": offset, "limit": limit, "next": nxt,
+            "runs": [run_row(s) for s in page.runs]}
 
 
-def run(client: redis.Redis, run_id: str, decisions: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One run: its summary (steps with their times), each model's progress curve, and
-    ``decisions`` (those on its models)."""
-    summary = _json(client.get(f"retrain:run:{run_id}"))
+def run(dashboard: Dashboard, run_id: str) -> dict[str, Any]:
+    """One run: its summary (steps with their times), each model's learning curve, and the
+    decisions on its models."""
+    summary = record.get(dashboard.client, run_id)
     if summary is None:
-        return None
-    curves = {}
-    for model in (summary.get("parameters") or {}).get("models", []):
-        key = f"retrain:progress:{run_id}:{model}"
-        with client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(key)
-            pipe.lrange(key + ":history", 0, -1)
-            state, history = pipe.execute()
-        fields = {k.decode(): v.decode() for k, v in state.items()}
-        points = [json.loads(p) for p in history]
-        curves[model] = {"state": fields.get("state"), "latest": _json(fields.get("latest")),
-                         "points": [{k: p.get(k) for k in ("step", "loss", "accuracy")}
-                                    for p in points]}
-    return {"summary": summary, "curves": curves, "decisions": decisions}
+        raise RunNotFoundError(run_id, record.KEPT // 86400)
+    models = (summary.get("parameters") or {}).get("models", [])
+    curves = {model: {"state": found.state, "latest": found.latest,
+                      "points": [{k: p.get(k) for k in ("step", "loss", "accuracy")}
+                                 for p in found.points]}
+              for model, found in progress.all_for(dashboard.client, run_id, models).items()}
+    return clean({"summary": summary, "curves": curves,
+                  "decisions": dashboard.champions.decisions_of(run_id)})
 
 
-def events(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest events the stack received or sent (the timeline's event entries)."""
-    out = []
-    for _id, fields in client.xrevrange("retrain:timeline", count=limit * 3):
-        if fields[b"kind"] != b"event":
-            continue
-        detail = json.loads(fields[b"detail"])
-        out.append({"at": float(fields[b"at"]), "type": fields[b"step"].decode(), **detail})
-        if len(out) >= limit:
-            break
-    return out
+def champions(store: ChampionStore) -> dict[str, Any]:
+    """The served model, since when, what it replaced, the history and the decisions."""
+    return clean(_champions(store))
 
 
-def dead_letters(client: redis.Redis) -> list[dict[str, Any]]:
-    from events.dead_letters import list_dead
+def _champions(store: ChampionStore) -> dict[str, Any]:
+    champion = store.get()
+    history = store.history()[-HISTORY:]
+    decisions = store.decisions(last=DECISIONS)
+    since = None
+    if champion is not None:
+        since = next((d.get("at") for d in reversed(decisions)
+                      if d.get("version") == champion.version
+                      and d.get("type") in ("model.promoted", "rollback")), None)
+    return {"champion": champion.__dict__ if champion else None, "since": since,
+            "replaced": history[-1].__dict__ if history else None,
+            "history": [c.__dict__ for c in history], "decisions": decisions}
 
-    return [{"stream": d.stream, "entry_id": d.entry_id, "reason": d.reason,
+
+def sources(client: redis.Redis) -> list[dict[str, Any]]:
+    """The watched sources and the outboxes (registered sets: no scan of the keyspace)."""
+    found: list[dict[str, Any]] = [
+        {"name": s.get("uri"), "digest": s.get("digest"), "changes": s.get("sequence"),
+         "at": s.get("at")} for s in watched_sources(client)]
+    found += [{"name": f"outbox {name}", "depth": depth}
+              for name, depth in outbox_depths(client).items()]
+    return found
+
+
+def overview(dashboard: Dashboard, offset: int = 0, limit: int = PAGE) -> dict[str, Any]:
+    """The overview page's data: the served model, one page of runs, the sources."""
+    view = _champions(dashboard.champions)  # masked below, only what is shown
+    return clean({"champion": view["champion"], "since": view["since"],
+                  "replaced": view["replaced"], "runs": runs(dashboard.client, offset, limit),
+                  "sources": sources(dashboard.client)})
+
+
+def events(client: redis.Redis, limit: int = EVENTS) -> dict[str, Any]:
+    """The newest events the stack received or sent (the timeline's event entries), and
+    every dead letter."""
+    received = [{"at": e.at, "type": e.step, **e.detail}
+                for e in timeline.recent(client, limit, kind="event")]
+    dead = [{"stream": d.stream, "entry_id": d.entry_id, "reason": d.reason,
              "origin": d.origin, "type": d.event_type, "event_id": d.event_id,
              "source": d.source, "died_at": d.died_at} for d in list_dead(client)]
-
-
-def clean(value: Any) -> Any:
-    """``value`` with every secret the process knows of masked (URLs with passwords too)."""
-    return json.loads(redact.redact(json.dumps(value)))
+    return clean({"events": received, "dead_letters": dead})

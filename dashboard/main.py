@@ -17,8 +17,7 @@ import redis
 
 from core.settings import Settings
 from dashboard.app import create_app
-
-Rollback = Callable[[str], dict[str, Any]]
+from dashboard.state import Rollback
 
 
 def create_ui(settings: Settings, client: redis.Redis, serve_url: str | None = None,

@@ -98,7 +98,7 @@ def test_the_api_answers_from_redis_alone(stack):
 
 
 def test_the_pages_in_a_real_browser(stack, tmp_path):
-    from tests.ui.webdriver import Browser
+    from tests.dashboard.webdriver import Browser
 
     run_id = httpx.get(stack.ui_url + "api/runs").json()["runs"][0]["run_id"]
     browser = Browser(ARTIFACTS)
