@@ -8,7 +8,6 @@ no key is configured, 401 when it is missing or wrong.
 
 from __future__ import annotations
 
-from typing import Annotated
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
@@ -31,7 +30,6 @@ async def read_key(request: Request, dashboard: Ctx) -> str | None:
     return keys_of(request).check(presented, always=True)
 
 
-Reader = Annotated[str | None, Depends(read_key)]
 READING = [Depends(read_key)]  # a router's dependencies: everything on it is read
 
 login = APIRouter()

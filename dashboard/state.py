@@ -34,8 +34,8 @@ def install(app: FastAPI, dashboard: Dashboard) -> None:
 
 
 async def dashboard_of(request: Request) -> Dashboard:
-    found = getattr(request.app.state, "dashboard", None)
-    if not isinstance(found, Dashboard):
+    found: Dashboard | None = getattr(request.app.state, "dashboard", None)
+    if found is None:
         raise RuntimeError("dashboard.state.install was not called on this app")
     return found
 

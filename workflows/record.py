@@ -20,7 +20,6 @@ from core import timeline
 from events import Event
 from events.payloads import DatasetUpdated, RunParameters, TrainingRequested
 
-
 RUNS = "retrain:runs"  # run ids by start time
 KEPT = 30 * 86400  # seconds a run's summary is kept
 
