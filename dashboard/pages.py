@@ -136,8 +136,8 @@ def curve(points: list[dict[str, Any]], field: str, width: int = 360, height: in
     x0, x1 = pts[0][0], max(pts[-1][0], pts[0][0] + 1)
     lo, hi = min(v for _, v in pts), max(v for _, v in pts)
     hi = hi if hi > lo else lo + 1
-    coords = " ".join(f"{10 + (s - x0) / (x1 - x0) * (width - 20):.1f},"
-                      f"{height - 20 - (v - lo) / (hi - lo) * (height - 30):.1f}" for s, v in pts)
+    coords = " ".join(f"{10 + (s - x0) / (x1 - x0) * (width - 20):.1f},"  # the labels clear
+                      f"{height - 20 - (v - lo) / (hi - lo) * (height - 40):.1f}" for s, v in pts)
     return (f"<svg class=curve viewBox='0 0 {width} {height}' width={width} height={height} "
             f"role=img aria-label='{esc(field)} by step'><polyline points='{coords}'/>"
             f"<text x=10 y=12>{esc(field)} {hi:.3f}</text>"

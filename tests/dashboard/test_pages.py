@@ -32,3 +32,12 @@ def test_a_long_champion_history_labels_its_first_and_last_versions_and_never_mo
     labels = [int(v) for v in _version_labels(svg)]
     assert labels[0] == 1 and labels[-1] == 200 and len(labels) <= 20
     assert set(labels) <= set(range(1, 201))
+
+
+def test_a_learning_curve_stays_clear_of_its_labels():
+    points = [{"step": s, "loss": 2 / s, "accuracy": 1 - 1 / s} for s in (10, 20, 30, 40)]
+    for field in ("loss", "accuracy"):
+        svg = pages.curve(points, field, height=140)
+        coords = re.search(r"<polyline points='([^']*)'", svg).group(1).split()
+        ys = [float(c.split(",")[1]) for c in coords]
+        assert min(ys) >= 16 and max(ys) <= 140 - 16  # labels: y 2..12 and 126..136
