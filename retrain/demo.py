@@ -15,6 +15,7 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,11 @@ def _stage_report(console: Console, run: dict[str, Any]) -> None:
                       + (f" -> version {d['version']}" if d.get("version") else ""))
 
 
-def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[str, Any]:
-    """Run the three stages; returns what happened (tests assert on it)."""
+def run_demo(settings: Settings, config: DemoConfig, console: Console,
+             while_up: Callable[[LocalStack], object] | None = None) -> dict[str, Any]:
+    """Run the three stages; returns what happened (tests assert on it). ``while_up(stack)``,
+    if given, is called after the last stage, before the stack stops (screenshots of its
+    dashboard: scripts/screenshots.py)."""
     from dataset.seed import seed, write_png_increment
 
     if settings.data_uri:
@@ -179,6 +183,8 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console) -> dict[s
         print_timeline(console, timeline.read(stack.redis.client, since=started), started)
         champion = stack.champions.get()
         result["champion"] = champion.__dict__ if champion else None
+        if while_up is not None:
+            while_up(stack)
     console.print(f"[bold green]demo finished in {time.time() - started:.0f}s[/]; champion: "
                   f"version {champion.version if champion else '-'} "
                   f"({champion.model_type if champion else '-'})")
