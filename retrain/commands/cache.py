@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.settings import MODEL_TYPES
 from retrain.commands.support import load_settings, run_parameters
 
 cache_app = typer.Typer(no_args_is_help=True, help="The content-based step cache (Redis).")
@@ -88,7 +89,7 @@ def explain(
     data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],
     cache_policy: Annotated[str, typer.Option(help="exact, max-age=15m, min-change=0.1")] = "exact",
     kind: Annotated[Kind, typer.Option(help="which cache's decision")] = "ingestion",
-    models: Annotated[Optional[str], typer.Option(help="training: cnn,dropout,batch_norm")] = None,
+    models: Annotated[Optional[str], typer.Option(help=f"training: {','.join(MODEL_TYPES)}")] = None,
     epochs: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
     batch_size: Optional[int] = None,
@@ -130,8 +131,8 @@ def explain(
 
 def _explain_training(settings: Any, data: str, params: Any, dataset_uri: str | None,
                       as_json: bool) -> None:
-    from core.redis_store import open_redis
     from core.cache_policy import TRAINING, Policy
+    from core.redis_store import open_redis
     from services.trainer.training_cache import training_cache
     from workflows.fanout import Trainings
     from workflows.training import Memo

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from core.errors import ConfigurationError
+from core.settings import MODEL_TYPES
 from retrain.commands.support import console, load_settings, run_parameters, setup_logging
 
 
@@ -43,7 +44,7 @@ def up(
 
 def run(
     data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],
-    models: Annotated[Optional[str], typer.Option(help="cnn,dropout,batch_norm or none")] = None,
+    models: Annotated[Optional[str], typer.Option(help=f"{','.join(MODEL_TYPES)} or none")] = None,
     epochs: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
     batch_size: Optional[int] = None,

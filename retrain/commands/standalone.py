@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from core.settings import MODEL_TYPES
 from retrain.commands.support import load_settings, setup_logging
 
 
@@ -65,7 +66,7 @@ def ui(port: Annotated[Optional[int], typer.Option(help="default 8070 (RETRAIN_U
 
 
 def train(
-    model: Annotated[str, typer.Option(help="cnn, dropout or batch_norm")],
+    model: Annotated[str, typer.Option(help=", ".join(MODEL_TYPES))],
     dataset: Annotated[str, typer.Option(help="ingested dataset folder")],
     out: Annotated[Path, typer.Option(help="where to write the SavedModel")],
     epochs: int = 1,
