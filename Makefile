@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-deep install tools manifests bench clean
+.PHONY: demo test test-fast test-deep install tools manifests grpc bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ test-deep: $(STAMP) tools
 manifests: $(STAMP)
 	$(BIN)/retrain workflow render --image retrain:dev --out manifests/overlays/local/workflowtemplate.yaml
 	$(BIN)/retrain workflow render --image ghcr.io/retrain-dev/retrain:0.1.0 --out manifests/overlays/production/workflowtemplate.yaml
+
+# Regenerate the model server's gRPC descriptors from its .proto, after an edit of it (a test
+# checks the committed services/serving/grpc_predict_v2_descriptors.py is current).
+grpc: $(STAMP)
+	$(BIN)/python -m services.serving.grpc_codegen services/serving
 
 # Side-by-side measurements; each prints its ratios (see benchmarks/README.md).
 bench: $(STAMP)

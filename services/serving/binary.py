@@ -98,12 +98,13 @@ def bytes_elements(chunk: memoryview, count: int, where: str) -> list[bytes]:
 
 
 def numbers(chunk: memoryview, datatype: str, count: int, where: str) -> np.ndarray:
-    """``count`` numbers of ``datatype`` as float32."""
+    """``count`` numbers of ``datatype``, as sent (the caller makes them float32, and checks
+    that they fit)."""
     dtype = np.dtype(NUMBERS[datatype])
     if len(chunk) != count * dtype.itemsize:
         raise BadRequestError(f"{where}: {count} {datatype} values take {count * dtype.itemsize} "
                               f"bytes, the binary data holds {len(chunk)}")
-    return np.frombuffer(chunk, dtype=dtype).astype(np.float32)
+    return np.frombuffer(chunk, dtype=dtype)
 
 
 def wants_binary(body: dict[str, Any], output: str) -> bool:
@@ -123,7 +124,8 @@ def response(header: dict[str, Any], output: dict[str, Any], values: np.ndarray,
     """The response body and its extra headers, the output's data inline or after the JSON."""
     if not binary:
         body = {**header, "outputs": [{**output, "data": values.ravel().tolist()}]}
-        return json.dumps(body).encode(), {"Content-Type": "application/json"}
+        # a model answering NaN is a 500, as over V1, not a 200 that is not JSON
+        return json.dumps(body, allow_nan=False).encode(), {"Content-Type": "application/json"}
     data = np.ascontiguousarray(values, dtype="<f4").tobytes()
     described = {**output, "parameters": {"binary_data_size": len(data)}}
     text = json.dumps({**header, "outputs": [described]}).encode()

@@ -1,7 +1,9 @@
-"""Serving errors, and the one table that maps them to HTTP status codes."""
+"""Serving errors, each carrying its HTTP status (and headers): the one table every door
+answers them from (the inference routes, FastAPI's handler, gRPC's statuses)."""
 
 from __future__ import annotations
 
+from core.auth import KeyRefusedError
 from core.errors import RetrainError
 
 
@@ -12,10 +14,6 @@ class ServingError(RetrainError):
 
 class BadRequestError(ServingError):
     status = 400
-
-
-class UnauthorizedError(ServingError):
-    status = 401
 
 
 class RateLimitedError(ServingError):
@@ -46,3 +44,8 @@ class PayloadTooLargeError(ServingError):
 
 class ModelNotReadyError(ServingError):
     status = 503
+
+
+# what the server answers with the error's own status and headers: its own errors, and the
+# API-key refusals of core.auth
+ANSWERED: tuple[type[ServingError], type[KeyRefusedError]] = (ServingError, KeyRefusedError)

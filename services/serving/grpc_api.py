@@ -20,9 +20,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from core.auth import KeyRefusedError
 from core.errors import PortInUseError
 from services.serving import binary as wire
-from services.serving.errors import BadRequestError, ModelNotFoundError, ServingError
+from services.serving.errors import ANSWERED, BadRequestError, ServingError
 from services.serving.grpc_protocol import handler
 from services.serving.grpc_protocol import messages as protos
 from services.serving.inputs import OUTPUT, v2_inputs
@@ -38,8 +39,9 @@ from services.serving.plane import (
 
 MAX_MESSAGE = 8 * 1024 * 1024  # as the HTTP body limit
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
+          403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          503: grpc.StatusCode.UNAVAILABLE}
 TYPED = {"BYTES": "bytes_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
          "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents"}
 
@@ -75,11 +77,6 @@ class InferenceService:
     def __init__(self, plane: Plane) -> None:
         self._plane = plane
 
-    def _check_name(self, name: str) -> None:
-        if name != self._plane.model_name:
-            raise ModelNotFoundError(f"model {name!r} not found (this server serves "
-                                     f"{self._plane.model_name!r})")
-
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return protos.ServerLiveResponse(live=True)
 
@@ -88,7 +85,7 @@ class InferenceService:
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:
-            self._check_name(request.name)
+            self._plane.check_name(request.name)
         except ServingError as exc:
             await self._abort(context, exc)
         return protos.ModelReadyResponse(ready=self._plane.holder.ready)
@@ -99,7 +96,7 @@ class InferenceService:
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
-            self._check_name(request.name)
+            self._plane.check_name(request.name)
             served = self._plane.holder.current.version
         except ServingError as exc:
             await self._abort(context, exc)
@@ -115,7 +112,7 @@ class InferenceService:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
         try:
-            self._check_name(request.model_name)
+            self._plane.check_name(request.model_name)
             metadata = dict(context.invocation_metadata() or ())
             self._plane.admit(_address(context.peer()), metadata.get("authorization"))
             unknown = [o.name for o in request.outputs if o.name != OUTPUT]
@@ -123,7 +120,7 @@ class InferenceService:
                 raise BadRequestError(f"unknown output(s) {unknown}: this model has only {OUTPUT!r}")
             kind, inputs = _inputs(request)
             probs, version = await self._plane.predict(kind, inputs)
-        except ServingError as exc:
+        except ANSWERED as exc:  # a serving error, or an API key refused (core.auth)
             self._plane.count("grpc", exc.status)
             await self._abort(context, exc)
         self._plane.timed("grpc", time.perf_counter() - started)
@@ -136,7 +133,7 @@ class InferenceService:
             raw_output_contents=[np.ascontiguousarray(probs, dtype="<f4").tobytes()])
 
     @staticmethod
-    async def _abort(context: Any, exc: ServingError) -> None:
+    async def _abort(context: Any, exc: ServingError | KeyRefusedError) -> None:
         """End the call with the status matching the HTTP one, its message, and (as trailing
         metadata) the Retry-After a 429 or 503 carries over HTTP."""
         await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc),

@@ -1,24 +1,25 @@
-"""The messages and methods of ``grpc_predict_v2.proto``, compiled here at import with
-grpcio-tools' protoc (about 0.3 s, once per process) into a descriptor pool of our own.
+"""The messages and methods of ``grpc_predict_v2.proto``, in a descriptor pool of our own.
 
-Nothing generated is kept in the repository, and the pool is private: a process that also
-loads another copy of the protocol (tritonclient's, which uses the same ``inference``
-package) sees no clash. ``messages.ModelInferRequest`` and so on are ordinary protobuf
-classes; ``METHODS`` names each RPC's request and response; ``Stub`` is a client.
+The proto is compiled ahead of time (``make grpc``: ``grpc_codegen``) into the committed
+``grpc_predict_v2_descriptors``, and a test checks that module is current; serving needs no
+protoc. The pool is private, and built on first use, not at import: a process that also loads
+another copy of the protocol (tritonclient's, which uses the same ``inference`` package and
+message names in protobuf's default pool) sees no clash, so tritonclient and this server's own
+clients work side by side in one process. ``messages.ModelInferRequest`` and so on are
+ordinary protobuf classes; ``METHODS`` names each RPC's request and response; ``Stub`` is a
+client.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+import functools
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-PROTO = Path(__file__).with_name("grpc_predict_v2.proto")
+from services.serving.grpc_predict_v2_descriptors import SERIALIZED
+
 PACKAGE, SERVICE = "inference", "GRPCInferenceService"
 METHODS = {  # RPC: (request, response)
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
@@ -30,38 +31,30 @@ METHODS = {  # RPC: (request, response)
 }
 
 
-def _compile(proto: Path) -> descriptor_pb2.FileDescriptorSet:
-    """protoc (grpcio-tools) in a process of its own: in this one, TensorFlow's protobuf
-    library and protoc's would clash (a segmentation fault)."""
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "descriptors.pb"
-        done = subprocess.run([sys.executable, "-m", "grpc_tools.protoc",
-                               f"--proto_path={proto.parent}", f"--descriptor_set_out={out}",
-                               proto.name], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"protoc could not compile {proto}: {done.stderr.strip()}")
-        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+@functools.cache
+def pool() -> descriptor_pool.DescriptorPool:
+    """The private pool holding the compiled proto (built once, on first use)."""
+    built = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED).file:
+        built.Add(file)
+    served = {m.name for m in built.FindServiceByName(f"{PACKAGE}.{SERVICE}").methods}
+    if served != set(METHODS):
+        raise RuntimeError(f"the proto's RPCs {sorted(served)} are not METHODS {sorted(METHODS)}")
+    return built
 
 
 class _Messages:
     """``messages.Name``: the message class ``inference.Name`` of the private pool."""
 
-    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
-        self._pool = pool
-
     def __getattr__(self, name: str) -> Any:
-        found = message_factory.GetMessageClass(
-            self._pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+        if name.startswith("__"):  # copy, pickle and the like ask for these: not messages
+            raise AttributeError(name)
+        found = message_factory.GetMessageClass(pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
         setattr(self, name, found)
         return found
 
 
-_pool = descriptor_pool.DescriptorPool()
-for _file in _compile(PROTO).file:
-    _pool.Add(_file)
-messages = _Messages(_pool)
-_service = _pool.FindServiceByName(f"{PACKAGE}.{SERVICE}")
-assert {m.name for m in _service.methods} == set(METHODS), "the proto and METHODS disagree"
+messages = _Messages()
 
 
 def handler(implementation: Any) -> grpc.GenericRpcHandler:

@@ -6,9 +6,10 @@ middleware, router, dependency solving and its Request and Response objects, eac
 cost the event loop more than the parsing, the hand-off to the model thread and the answer
 together (``benchmarks/README.md``, the serving section). Here they are a path match, the
 body read against its limit, and the same checked parsing (``inputs``, ``binary``) as
-before. Every other route (health, metadata, metrics) is FastAPI's. Errors are answered as the rest of the
-server answers them: ``{"error": message}`` with the status and headers of the
-``ServingError``.
+before. Every other route (health, metadata, metrics) is FastAPI's, and FastAPI's OpenAPI
+document describes these two as well (``inference_docs``). Errors are answered as the rest of
+the server answers them: ``{"error": message}`` with the status and headers of the
+``ServingError`` (or of ``core.auth.KeyRefusedError``, for a key that is not ours).
 """
 
 from __future__ import annotations
@@ -23,12 +24,7 @@ from typing import Any
 
 from core.http import BodyTooLargeError, read_limited
 from services.serving import binary as wire
-from services.serving.errors import (
-    BadRequestError,
-    ModelNotFoundError,
-    PayloadTooLargeError,
-    ServingError,
-)
+from services.serving.errors import ANSWERED, BadRequestError, PayloadTooLargeError
 from services.serving.inputs import OUTPUT, v1_inputs, v2_inputs, v2_outputs
 from services.serving.plane import Plane
 
@@ -42,7 +38,7 @@ class ClientGoneError(Exception):
     """The client disconnected before its request body arrived: nobody to answer."""
 
 
-def parse_json(raw: bytes | memoryview) -> Any:
+def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -96,7 +92,7 @@ class InferenceRoutes:
             status, content_type, content, extra = await self._answer(protocol, name, scope, headers, receive)
         except ClientGoneError:
             return
-        except ServingError as exc:
+        except ANSWERED as exc:  # a serving error, or an API key refused (core.auth)
             self.plane.count(protocol, exc.status)
             body = json.dumps({"error": str(exc)}).encode()
             await respond(send, exc.status, JSON, body, exc.headers)
@@ -112,9 +108,7 @@ class InferenceRoutes:
                       headers: dict[bytes, bytes],
                       receive: Any) -> tuple[int, bytes, bytes, dict[str, str]]:
         plane = self.plane
-        if name != plane.model_name:
-            raise ModelNotFoundError(f"model {name!r} not found (this server serves "
-                                     f"{plane.model_name!r})")
+        plane.check_name(name)
         client = scope.get("client")
         authorization = headers.get(b"authorization")
         plane.admit(client[0] if client else "unknown",
@@ -126,6 +120,7 @@ class InferenceRoutes:
                                      self.max_body)
         except BodyTooLargeError as exc:
             raise PayloadTooLargeError(str(exc)) from None
+        extra: dict[str, str]
         if protocol == "v1":
             kind, inputs = v1_inputs(parse_json(raw))
             probs, version = await plane.predict(kind, inputs)

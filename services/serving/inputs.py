@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from services.serving.errors import BadRequestError
 
 MAX_INSTANCES = 1024
 OUTPUT = "probabilities"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _decode_b64(value: Any, where: str) -> bytes:
@@ -39,13 +42,26 @@ def _checked_image(raw: bytes, where: str) -> bytes:
 
 
 def _as_images(value: Any, where: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
+    try:  # as JSON parsed them (doubles): one past float32's range is refused by _pixels
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         raise BadRequestError(f"{where}: expected a 28x28 array of numbers") from None
     if array.shape != (28, 28):
         raise BadRequestError(f"{where}: expected a 28x28 array, got shape {list(array.shape)}")
     return array
+
+
+def _not_float32(where: str, sent: Any) -> str:
+    """Why the value sent at ``where`` cannot go to the model: NaN, or a number past float32's
+    largest (3.4e38, either sign), which became infinity (Python's JSON parser also takes
+    ``NaN``, ``Infinity`` and ``1e999``)."""
+    try:
+        number = float(sent)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if math.isnan(number):
+        return f"{where}: not a number"
+    return f"{where}: {number!r} is out of float32's range (its largest is {FLOAT32_MAX:.1e})"
 
 
 def v1_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
@@ -60,8 +76,10 @@ def v1_inputs(body: Any) -> tuple[str, list[bytes] | np.ndarray]:
         return "bytes", [_decode_b64(i["image_bytes"], f"instances[{n}].image_bytes")
                          for n, i in enumerate(instances)]
     if all(isinstance(i, list) for i in instances):
-        return "arrays", _scaled(np.stack([_as_images(i, f"instances[{n}]")
-                                           for n, i in enumerate(instances)]))
+        images = np.stack([_as_images(i, f"instances[{n}]") for n, i in enumerate(instances)])
+        return "arrays", _pixels(images, lambda at: (
+            f"instances[{at // 784}][{at % 784 // 28}][{at % 28}]",
+            instances[at // 784][at % 784 // 28][at % 28]))
     raise BadRequestError(
         'each instance must be {"image_bytes": {"b64": ...}} or a 28x28 array (not mixed)'
     )
@@ -108,15 +126,17 @@ def v2_inputs(body: Any, binary: memoryview | None = None) -> tuple[str, list[by
         if shape[0] > MAX_INSTANCES:
             raise BadRequestError(f"batch of {shape[0]} exceeds the limit {MAX_INSTANCES}")
         if chunk is not None:
-            return "arrays", _scaled(wire.numbers(chunk, datatype, shape[0] * 784,
-                                                  "inputs[0]").reshape(shape))
+            sent = wire.numbers(chunk, datatype, shape[0] * 784, "inputs[0]")
+            return "arrays", _pixels(sent.reshape(shape),
+                                     lambda at: (f"inputs[0] element {at}", sent[at]))
         try:
-            array = np.asarray(flat, dtype=np.float32)
-        except (TypeError, ValueError):
+            array = np.asarray(flat, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
             raise BadRequestError("inputs[0].data must hold numbers") from None
         if array.size != shape[0] * 784:
             raise BadRequestError(f"shape {shape} needs {shape[0] * 784} values, got {array.size}")
-        return "arrays", _scaled(array.reshape(shape))
+        return "arrays", _pixels(array.reshape(shape),
+                                 lambda at: (f"inputs[0].data element {at}", flat[at]))
     raise BadRequestError(f"unsupported datatype {datatype!r} (BYTES, or FP32, FP64, UINT8, "
                           "INT32, INT64)")
 
@@ -133,7 +153,15 @@ def v2_outputs(body: dict[str, Any]) -> None:
         raise BadRequestError(f"unknown output(s) {unknown}: this model has only {OUTPUT!r}")
 
 
-def _scaled(images: np.ndarray) -> np.ndarray:
-    """Pixels as 0..1: a request whose values exceed 1 sent 0..255. Decided per request here,
-    not per model call, where micro-batching puts several clients' images together."""
-    return images / np.float32(255.0) if images.size and float(images.max()) > 1.0 else images
+def _pixels(values: np.ndarray, sent_at: Callable[[int], tuple[str, Any]]) -> np.ndarray:
+    """The images as float32 pixels in 0..1, from ``values`` as sent (any real type). Every
+    value must be a number float32 holds: the first that is not (``sent_at(row-major index)``:
+    where it was, what was sent) is a 400, rather than a model answering NaN or nonsense. A
+    request whose values exceed 1 sent 0..255: decided per request here, not per model call,
+    where micro-batching puts several clients' images together."""
+    top, bottom = float(values.max()), float(values.min())  # NaN if any value is NaN
+    if not (top <= FLOAT32_MAX and bottom >= -FLOAT32_MAX):
+        fits = np.abs(values) <= FLOAT32_MAX  # NaN: False
+        raise BadRequestError(_not_float32(*sent_at(int(np.argmin(fits)))))
+    images = values.astype(np.float32)  # checked: nothing overflows
+    return images / np.float32(255.0) if np.float32(top) > 1.0 else images

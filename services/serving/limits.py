@@ -2,9 +2,12 @@
 the images waiting for the model.
 
 Anonymous clients are told apart by address and get ``anon_rate`` requests per second;
-clients presenting a known API key (``Authorization: Bearer KEY``) are told apart by key and
-get ``keyed_rate``. A rate of 0 means no limit. Each bucket holds one second's worth of
-requests (at least one), so short bursts pass and sustained excess is refused.
+clients presenting a known API key (``Authorization: Bearer KEY``, identified by the service's
+``core.auth.ApiKeys``) are told apart by key and get ``keyed_rate``. A key is never needed,
+but one presented must be ours: anything else in ``Authorization`` is refused 401
+(``KeyRefusedError``), keys configured or not. A rate of 0 means no limit. Each bucket holds
+one second's worth of requests (at least one), so short bursts pass and sustained excess is
+refused.
 """
 
 from __future__ import annotations
@@ -13,19 +16,15 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from core.http import bearer, secret_matches
+from core.auth import SETTING, ApiKeys, KeyRefusedError
 from services.serving.errors import OverloadedError
 
 IDLE_SECONDS = 60.0  # buckets untouched this long are forgotten
 MAX_BUCKETS = 100_000
-
-
-class UnknownKeyError(Exception):
-    """A key was presented that is not one of ours."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +36,11 @@ class Verdict:
 
 
 class RateLimiter:
-    def __init__(self, anon_rate: float, keyed_rate: float, api_keys: tuple[str, ...] = (),
+    def __init__(self, anon_rate: float, keyed_rate: float,
+                 api_keys: ApiKeys | Iterable[str] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._anon, self._keyed = anon_rate, keyed_rate
-        self._keys = api_keys
+        self.keys = api_keys if isinstance(api_keys, ApiKeys) else ApiKeys(tuple(api_keys))
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated)
         self._lock = threading.Lock()
@@ -48,13 +48,14 @@ class RateLimiter:
     def _client(self, address: str, authorization: str | None) -> tuple[str, float]:
         if not authorization:
             return f"anon:{address}", self._anon
-        key = secret_matches(bearer(authorization), self._keys)
-        if key is not None:
-            return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}", self._keyed
-        raise UnknownKeyError("the API key presented is not one of RETRAIN_API_KEYS")
+        key = self.keys.identify(authorization)
+        if key is None:
+            raise KeyRefusedError(401, f"the API key presented is not one of {SETTING}")
+        return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}", self._keyed
 
     def check(self, address: str, authorization: str | None) -> Verdict:
-        """Take one token for this client, or say how long until one is there."""
+        """Take one token for this client, or say how long until one is there. An
+        ``Authorization`` header that presents no key of ours raises ``KeyRefusedError``."""
         client, rate = self._client(address, authorization)
         if rate <= 0:
             return Verdict(True, client, rate)

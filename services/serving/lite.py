@@ -20,13 +20,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf  # configured by the entry point (core.tf_start), before this import
 from ai_edge_litert.interpreter import Interpreter
 
-from core.tf_start import configure, quiet_native
-
-configure()
-
-import tensorflow as tf  # noqa: E402
+from core.tf_start import quiet_native
 
 log = logging.getLogger(__name__)
 SIGNATURE = "predict_images"

@@ -1,5 +1,6 @@
 """The model server, composed: one entry that ``retrain serve``, the local stack and the
-container all call."""
+container all call. TensorFlow is configured here (``core.tf_start.configure``: Keras 2, a
+quiet start), once, before anything imports it: the server's modules configure nothing."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.auth import ApiKeys
 from core.http import bind, serve_forever
 from core.settings import Settings
+from core.tf_start import configure
 from services.serving.batching import BatchConfig
 from services.serving.limits import RateLimiter
 
@@ -28,10 +31,14 @@ def batch_config(settings: Settings) -> BatchConfig | None:
 def create_server(settings: Settings, model_repo: Path | None = None, *,
                   poll_seconds: float = 1.0, model_dir: Path | None = None) -> FastAPI:
     """The server over ``model_repo`` (default: the settings' repository), or over the
-    versions directly under ``model_dir``, with the configured rate limits and batching."""
+    versions directly under ``model_dir``, with the configured rate limits and batching.
+    (The local stack builds its server here, in a process it did not configure for
+    TensorFlow: configuring twice does nothing.)"""
+    configure()
     from services.serving.app import create_app  # TensorFlow: after the ports are known free
 
-    limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, settings.api_keys)
+    limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed,
+                          ApiKeys(settings.api_keys))
     return create_app(model_repo or settings.model_repo, poll_seconds=poll_seconds,
                       limiter=limiter, batching=batch_config(settings), model_dir=model_dir,
                       max_queued=settings.serve_max_queued,
@@ -46,7 +53,7 @@ def limit_tf_threads(threads: int) -> None:
     on cores the event loop and the clients also need (benchmarks/README.md)."""
     if threads == 0:
         return
-    from services.serving.model import tf
+    import tensorflow as tf  # after configure (run)
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -63,6 +70,7 @@ def run(settings: Settings, model_repo: Path | None = None, *,
     http = bind(settings.host, settings.serve_port, "model server")
     if settings.grpc_port:
         bind(settings.host, settings.grpc_port, "model server (gRPC)").close()
+    configure()  # before anything imports TensorFlow
     limit_tf_threads(settings.serve_tf_threads)
     serve_forever(create_server(settings, model_repo, model_dir=model_dir), settings.host,
                   http, "model server")

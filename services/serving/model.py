@@ -16,17 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf  # configured by the entry point (core.tf_start), before this import
 
-from core.tf_start import configure
-
-configure()
-
-import tensorflow as tf  # noqa: E402
-
-from repository.layout import versions  # noqa: E402
-from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28  # noqa: E402
-from services.serving.errors import BadRequestError, ModelNotReadyError  # noqa: E402
-from services.serving.lite import CompiledModel  # noqa: E402
+from repository.layout import versions
+from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28
+from services.serving.errors import BadRequestError, ModelNotReadyError
+from services.serving.lite import CompiledModel
 
 log = logging.getLogger(__name__)
 

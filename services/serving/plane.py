@@ -1,15 +1,24 @@
-"""What the model server's HTTP and gRPC APIs share."""
+"""The data plane the HTTP and gRPC APIs share (as KServe's ``DataPlane`` is): the served
+model, the one way to call it (bounded by the backlog, micro-batched while the server runs),
+the door (API keys and rate limits), and the request metrics. Transport-neutral: each API
+parses its requests, asks the plane, and words the answer or the ``ServingError``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
+from services.serving.batching import BatchConfig, MicroBatcher
+from services.serving.errors import ModelNotFoundError, RateLimitedError
 from services.serving.inputs import OUTPUT
-from services.serving.model import ModelHolder
+from services.serving.limits import Backlog, RateLimiter, retry_after_header
+from services.serving.metrics import ServingMetrics
+
+if TYPE_CHECKING:  # the model (TensorFlow) is loaded by the server, not needed to describe it
+    from services.serving.model import ModelHolder
 
 # what metadata says, over HTTP (GET /v2, GET /v2/models/NAME) and gRPC
 SERVER_NAME = "retrain"
@@ -27,14 +36,59 @@ def server_version() -> str:
         return "0+unknown"
 
 
-@dataclass(frozen=True)
 class Plane:
-    """What the HTTP and gRPC APIs share: the served model, the one way to call it (batched,
-    bounded) and the door (keys, rate limits), and the request metrics."""
+    """``limiter`` None: no limits and no key checks. ``batching`` None: each request is its
+    own model call; otherwise concurrent requests share calls between ``open`` and ``close``."""
 
-    holder: ModelHolder
-    model_name: str
-    predict: Callable[[str, list[bytes] | np.ndarray], Awaitable[tuple[np.ndarray, int]]]
-    admit: Callable[[str, str | None], None]  # (client address, Authorization) or raises
-    count: Callable[[str, int], None]  # (protocol, status code)
-    timed: Callable[[str, float], None]  # (protocol, seconds)
+    def __init__(self, holder: ModelHolder, model_name: str, metrics: ServingMetrics,
+                 backlog: Backlog, *, limiter: RateLimiter | None = None,
+                 batching: BatchConfig | None = None) -> None:
+        self.holder = holder
+        self.model_name = model_name
+        self.metrics = metrics
+        self.count = metrics.count  # (protocol, status code): one request answered
+        self.timed = metrics.timed  # (protocol, seconds)
+        self._backlog = backlog
+        self._limiter = limiter
+        self._batching = batching
+        self._batcher: MicroBatcher | None = None
+
+    def check_name(self, name: str) -> None:
+        """The model a request names must be the one served (404 otherwise)."""
+        if name != self.model_name:
+            raise ModelNotFoundError(f"model {name!r} not found (this server serves "
+                                     f"{self.model_name!r})")
+
+    def admit(self, address: str, authorization: str | None) -> None:
+        """Let a request from ``address`` in, or refuse it: a key that is not ours
+        (``core.auth.KeyRefusedError``, 401), a client over its rate (``RateLimitedError``)."""
+        if self._limiter is None:
+            return
+        verdict = self._limiter.check(address, authorization)
+        if not verdict.allowed:
+            raise RateLimitedError(
+                f"rate limit of {verdict.rate:g} requests/s exceeded for {verdict.client}",
+                retry_after_header(verdict.retry_after))
+
+    async def predict(self, kind: str, inputs: list[bytes] | np.ndarray) -> tuple[np.ndarray, int]:
+        """The probabilities for ``inputs`` ("bytes" or "arrays"), and the version that gave
+        them; ``OverloadedError`` when too many images already wait."""
+        with self._backlog.admitted(len(inputs)):
+            batcher = self._batcher
+            if batcher is not None:
+                return await batcher.predict(kind, inputs)
+            model = self.holder.current  # the version answering, even if a swap happens meanwhile
+            probs = await run_in_threadpool(model.predict, kind, [inputs])
+            self.metrics.batch(len(inputs))
+            return probs, model.version
+
+    def open(self) -> None:
+        """Start sharing model calls (the micro-batcher's thread), if batching is on."""
+        if self._batching is not None and self._batcher is None:
+            self._batcher = MicroBatcher(lambda: self.holder.current, self._batching,
+                                         self.metrics.batch)
+
+    def close(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()

@@ -1,6 +1,6 @@
 import base64
-import json
 import io
+import json
 import shutil
 
 import numpy as np
@@ -70,6 +70,26 @@ def test_ready_and_metadata_endpoints(client):
 def test_v1_bad_inputs_are_400_with_the_reason(client, body, fragment):
     r = client.post("/v1/models/fashion-mnist:predict", json=body)
     assert r.status_code == 400 and fragment in r.json()["error"]
+
+
+def test_numbers_float32_cannot_hold_are_400_naming_them_not_a_model_answering_nan(client):
+    image = np.zeros((28, 28))
+    image[3, 5] = 1e39
+    r = client.post("/v1/models/fashion-mnist:predict", json={"instances": [image.tolist()]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == ("instances[0][3][5]: 1e+39 is out of float32's range (its "
+                                 "largest is 3.4e+38)")
+    nan = client.post("/v1/models/fashion-mnist:predict",
+                      headers={"content-type": "application/json"},
+                      content=json.dumps({"instances": [np.zeros((28, 28)).tolist()]})
+                      .replace("0.0", "NaN", 1))
+    assert nan.status_code == 400 and nan.json()["error"] == "instances[0][0][0]: not a number"
+    data = [0.0] * 784
+    data[10] = -1e39
+    v2 = client.post("/v2/models/fashion-mnist/infer", json={
+        "inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": data}]})
+    assert v2.status_code == 400, v2.text
+    assert "inputs[0].data element 10: -1e+39 is out of float32's range" in v2.json()["error"]
 
 
 def test_v2_shape_mismatch_is_400(client):
@@ -148,6 +168,7 @@ def test_rate_limits_answer_429_with_retry_after_and_keys_get_their_own(tmp_path
         wrong = c.post("/v1/models/fashion-mnist:predict", json=body,
                        headers={"Authorization": "Bearer guess"})
         assert wrong.status_code == 401 and "not one of RETRAIN_API_KEYS" in wrong.json()["error"]
+        assert wrong.headers["www-authenticate"] == "Bearer"  # core.auth's refusal, RFC 6750
         assert c.get("/v2/health/ready").status_code == 200  # health is never limited
         assert 'code="429"' in c.get("/metrics").text
 
@@ -170,4 +191,51 @@ def test_a_model_answering_nan_is_a_500_not_invalid_json(tmp_path):
         "predict_images": broken.serve_arrays.get_concrete_function()})
     with TestClient(create_app(tmp_path / "repo", poll_seconds=0.1)) as c:
         r = c.post("/v1/models/fashion-mnist:predict", json={"instances": [[[0.0] * 28] * 28]})
+        v2 = c.post("/v2/models/fashion-mnist/infer", json={"inputs": [
+            {"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]})
     assert r.status_code == 500 and r.json() == {"error": "internal server error"}
+    assert v2.status_code == 500 and v2.json() == {"error": "internal server error"}
+
+
+def test_the_served_openapi_document_describes_the_inference_routes(tmp_path):
+    """Predict and infer are answered ahead of FastAPI; its /openapi.json and /docs still
+    describe them, beside the routes FastAPI answers."""
+    import httpx
+
+    from core.http import BackgroundServer, bind
+
+    server = BackgroundServer(create_app(tmp_path / "empty"), bind("127.0.0.1", 0, "model server"),
+                              "model-server").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            document = http.get("/openapi.json").json()
+            docs = http.get("/docs")
+    finally:
+        server.stop()
+    paths = document["paths"]
+    predict = paths["/v1/models/{name}:predict"]["post"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert set(predict["requestBody"]["content"]) == {"application/json"}
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    schemas = document["components"]["schemas"]
+    for operation, required in ((predict, ["instances"]), (infer, ["inputs"])):
+        reference = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert schemas[reference.rsplit("/", 1)[1]]["required"] == required
+        assert {"200", "400", "401", "404", "413", "429", "503"} <= set(operation["responses"])
+    assert [p["name"] for p in infer["parameters"]] == ["name", "Inference-Header-Content-Length"]
+    for path, method in (("/v1/models/{name}", "get"), ("/v2", "get"), ("/v2/health/live", "get"),
+                         ("/v2/health/ready", "get"), ("/v2/models/{name}", "get"),
+                         ("/v2/models/{name}/ready", "get"), ("/metrics", "get")):
+        assert method in paths[path], path
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+
+
+def test_each_route_fastapi_documents_as_inference_is_one_the_fast_path_answers(tmp_path):
+    """The documented predict and infer are the paths answered ahead of FastAPI, no more."""
+    app = create_app(tmp_path / "empty")
+    documented = app.openapi()["paths"]
+    inference = {path for path, methods in documented.items() if "post" in methods}
+    assert inference == {"/v1/models/{name}:predict", "/v2/models/{name}/infer"}
+    for path in documented:
+        scope = {"type": "http", "path": path.replace("{name}", "fashion-mnist")}
+        assert (app.inference.match(scope) is not None) == (path in inference), path

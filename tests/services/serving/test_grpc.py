@@ -141,6 +141,11 @@ def test_typed_contents_and_malformed_raw_contents(served):
                 model_name="fashion-mnist", inputs=[tensor(
                     name="images", datatype="UINT8", shape=[1, 28, 28],
                     contents=protos.InferTensorContents(uint_contents=[300] * 784))]),
+            "a NaN in the typed FP32 contents": protos.ModelInferRequest(
+                model_name="fashion-mnist", inputs=[tensor(
+                    name="images", datatype="FP32", shape=[1, 28, 28],
+                    contents=protos.InferTensorContents(
+                        fp32_contents=[0.0] * 100 + [float("nan")] + [0.0] * 683))]),
             "an unknown output": protos.ModelInferRequest(
                 model_name="fashion-mnist", inputs=[tensor(name="images", datatype="FP32",
                                                            shape=[1, 28, 28])],
@@ -160,6 +165,7 @@ def test_typed_contents_and_malformed_raw_contents(served):
     assert "non-empty" in messages["no input"]
     assert "UINT8 contents hold a value out of its range" in messages["a UINT8 content of 300"]
     assert "unknown output(s) ['logits']" in messages["an unknown output"]
+    assert messages["a NaN in the typed FP32 contents"] == "inputs[0] element 100: not a number"
     assert live
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from services.serving.limits import RateLimiter, UnknownKeyError, retry_after_header
+from core.auth import ApiKeys, KeyRefusedError
+from services.serving.limits import RateLimiter, retry_after_header
 
 
 class Clock:
@@ -33,10 +34,20 @@ def test_keyed_clients_are_unlimited_by_default_and_limited_when_asked():
     assert verdicts[0].client.startswith("key:") and "k" not in verdicts[0].client[4:]
 
 
-def test_an_unknown_key_is_refused():
-    limiter = RateLimiter(anon_rate=1, keyed_rate=0, api_keys=("k",), clock=Clock())
-    with pytest.raises(UnknownKeyError):
-        limiter.check("10.0.0.1", "Bearer nope")
+@pytest.mark.parametrize("keys", [("k",), ()])
+@pytest.mark.parametrize("authorization", ["Bearer nope", "k", "Basic az=="])
+def test_anything_but_one_of_our_keys_is_refused_401_keys_configured_or_not(keys, authorization):
+    limiter = RateLimiter(anon_rate=1, keyed_rate=0, api_keys=keys, clock=Clock())
+    with pytest.raises(KeyRefusedError, match="not one of RETRAIN_API_KEYS") as refused:
+        limiter.check("10.0.0.1", authorization)
+    assert refused.value.status == 401 and refused.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+def test_the_limiter_identifies_keys_with_the_services_api_keys():
+    keys = ApiKeys(("first", "second"))
+    limiter = RateLimiter(anon_rate=1, keyed_rate=0, api_keys=keys, clock=Clock())
+    assert limiter.keys is keys
+    assert limiter.check("a", "Bearer second").client != limiter.check("a", "Bearer first").client
 
 
 def test_zero_means_no_limit_and_retry_after_is_whole_seconds():
