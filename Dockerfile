@@ -10,8 +10,10 @@ COPY scripts/install.sh ./scripts/
 COPY core ./core
 COPY events ./events
 COPY dataset ./dataset
+COPY repository ./repository
 COPY services ./services
 COPY workflows ./workflows
+COPY dashboard ./dashboard
 COPY retrain ./retrain
 # The same install step as the Makefile (scripts/install.sh), without the test extra.
 RUN sh scripts/install.sh pip .

@@ -249,6 +249,10 @@ def test_the_dockerfile_is_lint_clean_and_installs_as_the_makefile_does():
     assert "\tsh scripts/install.sh $(BIN)/pip -e '.[test]'" in makefile
     assert re.search(r"^USER \d+$", dockerfile, re.M) and 'ENTRYPOINT ["retrain"]' in dockerfile
     assert dockerfile.count("\nFROM ") == 2  # multi-stage
+    packages = re.search(r"^include = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(),
+                         re.M | re.S).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):  # every package the wheel holds
+        assert f"COPY {package} ./{package}\n" in dockerfile, package
     runtime = dockerfile.split("\nFROM ")[-1]
     assert "apt-get install" in runtime and " git " in runtime  # retrain watch --git runs git
 
