@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 
 import redis
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.auth import ApiKey, ApiKeys, KeyRefusedError, install
@@ -34,43 +34,66 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
                     api_keys: tuple[str, ...] = (), title: str = "retrain events",
                     health: Callable[[], str | None] | None = None,
                     duplicate: Callable[[Event], None] | None = None) -> FastAPI:
-    """``health`` says what keeps the service from working (None: healthy); ``/healthz``
-    answers 503 with it, so a supervisor or a load balancer knows. ``duplicate`` is told of
-    each event dropped as one (best effort: it may not fail the answer)."""
+    """An app that receives events: its probes and ``POST /events``. ``health`` says what
+    keeps the service from working (None: healthy); ``/healthz`` answers 503 with it, so a
+    supervisor or a load balancer knows. ``duplicate`` is told of each event dropped as one
+    (best effort: it may not fail the answer)."""
     app = FastAPI(title=title)
     install(app, ApiKeys(api_keys))
+    app.add_exception_handler(KeyRefusedError, _refused)
+    app.include_router(probes(health))
+    app.include_router(EventEndpoints(dedup, dispatch, duplicate).router())
+    return app
 
-    @app.exception_handler(KeyRefusedError)
-    async def refused(request: Request, exc: KeyRefusedError) -> JSONResponse:
-        log.warning("rejected event request (%d): %s", exc.status, exc)
-        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
-    def _error(status: int, message: str) -> JSONResponse:
-        log.warning("rejected event request (%d): %s", status, message)
-        return JSONResponse({"error": message}, status_code=status)
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KeyRefusedError)
+    log.warning("rejected event request (%d): %s", exc.status, exc)
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
-    def _forget(event: Event) -> None:
-        with contextlib.suppress(redis.RedisError):
-            dedup.forget(event)
 
-    def _unavailable(exc: Exception, accepted: list[str]) -> JSONResponse:
-        log.warning("cannot take events now (Redis: %s)", type(exc).__name__)
-        return JSONResponse({"error": "the event store is unavailable; retry later",
-                             "accepted": accepted}, status_code=503, headers={"Retry-After": "1"})
+def probes(health: Callable[[], str | None] | None = None) -> APIRouter:
+    """``/livez`` (the process answers) and ``/healthz`` (503 with what keeps it from working)."""
+    router = APIRouter()
 
-    @app.get("/livez")
+    @router.get("/livez")
     def livez() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/healthz")
+    @router.get("/healthz")
     def healthz() -> JSONResponse:
         problem = health() if health is not None else None
         if problem is not None:
             return JSONResponse({"status": "unhealthy", "problem": problem}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.post("/events")
-    async def receive(request: Request, _key: ApiKey) -> JSONResponse:
+    return router
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    log.warning("rejected event request (%d): %s", status, message)
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _unavailable(exc: Exception, accepted: list[str]) -> JSONResponse:
+    log.warning("cannot take events now (Redis: %s)", type(exc).__name__)
+    return JSONResponse({"error": "the event store is unavailable; retry later",
+                         "accepted": accepted}, status_code=503, headers={"Retry-After": "1"})
+
+
+class EventEndpoints:
+    """``POST /events``: decode, drop duplicates, hand each new event to ``dispatch``."""
+
+    def __init__(self, dedup: Deduplicator, dispatch: Callable[[Event], None],
+                 duplicate: Callable[[Event], None] | None = None) -> None:
+        self._dedup, self._dispatch, self._duplicate = dedup, dispatch, duplicate
+
+    def router(self) -> APIRouter:
+        router = APIRouter()
+        router.add_api_route("/events", self.receive, methods=["POST"])
+        return router
+
+    async def receive(self, request: Request, _key: ApiKey) -> JSONResponse:
         try:
             body = await read_body(request, MAX_EVENT_BODY)
         except BodyTooLargeError as exc:
@@ -79,28 +102,34 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
             events = decode(dict(request.headers), body)
         except EventError as exc:
             return _error(400, str(exc))
-        accepted, duplicates = [], []
+        accepted: list[str] = []
+        duplicates: list[str] = []
         for event in events:
             try:
-                first = dedup.first_time(event)
+                first = self._dedup.first_time(event)
             except redis.RedisError as exc:
                 return _unavailable(exc, accepted)
-            if first:
-                try:
-                    dispatch(event)
-                except EventRefusedError as exc:
-                    _forget(event)
-                    return _error(403, f"event {event.id}: {exc}")
-                except redis.RedisError as exc:
-                    _forget(event)
-                    return _unavailable(exc, accepted)
-                accepted.append(event.id)
-            else:
-                log.info("dropped duplicate event %s from %s", event.id, event.source)
+            if not first:
+                self._dropped(event)
                 duplicates.append(event.id)
-                if duplicate is not None:
-                    with contextlib.suppress(redis.RedisError):
-                        duplicate(event)
+                continue
+            try:
+                self._dispatch(event)
+            except EventRefusedError as exc:
+                self._forget(event)
+                return _error(403, f"event {event.id}: {exc}")
+            except redis.RedisError as exc:
+                self._forget(event)
+                return _unavailable(exc, accepted)
+            accepted.append(event.id)
         return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
 
-    return app
+    def _forget(self, event: Event) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self._dedup.forget(event)
+
+    def _dropped(self, event: Event) -> None:
+        log.info("dropped duplicate event %s from %s", event.id, event.source)
+        if self._duplicate is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._duplicate(event)
