@@ -32,11 +32,19 @@ from services.trainer.options import SEED, TrainOptions
 
 PREFIX = "retrain:train-cache:"
 CODE = "train-v1"  # bump by hand for a change the hashed modules below do not show
-# every module the learning's result depends on (tests/services/trainer/test_training_cache.py
-# checks that what these import from the trainer is here too)
-_CODE_MODULES = ("train.py", "models.py", "data.py", "export.py", "spec.py", "options.py",
-                 "cluster.py")
+# every module the learning's result depends on, wherever it lives (the test of this module
+# follows their imports and checks that each one that can change the weights or the exported
+# files is here)
+_CODE_MODULES = ("services.trainer.train", "services.trainer.models", "services.trainer.data",
+                 "services.trainer.export", "services.trainer.spec", "services.trainer.options",
+                 "services.trainer.cluster", "dataset.records", "dataset.image_header",
+                 "repository.layout")
+_ROOT = Path(__file__).resolve().parents[2]
 _LIBRARIES = ("tensorflow", "tf_keras")
+
+
+def module_path(name: str) -> Path:
+    return _ROOT.joinpath(*name.split(".")).with_suffix(".py")
 
 
 @functools.cache
@@ -44,7 +52,7 @@ def code_version() -> str:
     """``train-v1+<hash>`` of the training modules' source and the TensorFlow versions."""
     hasher = blake3()
     for name in _CODE_MODULES:
-        hasher.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+        hasher.update(name.encode() + b"\0" + module_path(name).read_bytes())
     for library in _LIBRARIES:
         try:
             hasher.update(f"{library}=={metadata.version(library)}\0".encode())

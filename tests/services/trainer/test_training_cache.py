@@ -1,23 +1,54 @@
 """The training cache's code version: every module the learning's result depends on."""
 
+import ast
 
-def test_the_code_version_hashes_every_trainer_module_the_learning_imports():
-    """A change to the validation split, the seed or the export's files must miss the
-    training cache: whatever train.py and its helpers import from the trainer is hashed."""
-    import ast
-    from pathlib import Path
+from services.trainer import training_cache
 
-    from services.trainer import training_cache
+# imported by the learning's modules, but nothing in them changes the weights or the files
+NOT_THE_LEARNING = ("core.", "events.", "dataset.store")
 
-    folder = Path(training_cache.__file__).parent
-    imported = set()
-    for name in training_cache._CODE_MODULES:
-        for node in ast.walk(ast.parse((folder / name).read_text())):
-            module = node.module if isinstance(node, ast.ImportFrom) else None
-            if module and module.startswith("services.trainer"):
-                if module == "services.trainer":
-                    imported |= {f"{alias.name}.py" for alias in node.names}
-                else:
-                    imported.add(module.rsplit(".", 1)[1] + ".py")
+
+def _ours(name: str) -> bool:
+    return name.split(".")[0] in ("core", "events", "dataset", "repository", "services")
+
+
+def test_the_code_version_hashes_every_module_the_learning_imports():
+    """A change to the validation split, the seed, the records' parsing or the export's files
+    must miss the training cache: whatever train.py imports, and what those import in turn,
+    is hashed, wherever it lives (the record parser is in dataset/, the files' names in
+    repository/)."""
     hashed = set(training_cache._CODE_MODULES)
-    assert imported <= hashed, imported - hashed
+    seen, todo = set(), ["services.trainer.train"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        tree = ast.parse(training_cache.module_path(module).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or not node.module or not _ours(node.module):
+                continue
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            targets = [n for n in names if training_cache.module_path(n).is_file()] or [node.module]
+            todo += [t for t in targets if not t.startswith(NOT_THE_LEARNING)]
+    assert seen - hashed == set()
+    assert {"dataset.records", "repository.layout", "services.trainer.data"} <= seen
+
+
+def test_a_change_to_the_record_parser_changes_the_code_version(monkeypatch, tmp_path):
+    real = training_cache.module_path
+
+    def edited(name):
+        if name != "dataset.records":
+            return real(name)
+        copy = tmp_path / "records.py"
+        copy.write_text(real(name).read_text().replace("/ 255.0", "/ 127.5"))
+        return copy
+
+    before = training_cache.code_version()
+    training_cache.code_version.cache_clear()
+    monkeypatch.setattr(training_cache, "module_path", edited)
+    try:
+        assert training_cache.code_version() != before
+    finally:
+        training_cache.code_version.cache_clear()
