@@ -42,6 +42,7 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
     runs = record.recent_runs(client, 0, 10).runs
     trainings = [(run["run_id"], model) for run in runs
                  for model in (run.get("parameters") or {}).get("models", [])]
+    trainings += progress.trainings(client)  # a run the local runner did not record too
     training = {f"{run_id}:{model}": {"state": found.state, **(found.latest or {})}
                 for (run_id, model), found in
                 progress.read_many(client, trainings, points=False).items() if found.exists}
@@ -52,7 +53,7 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
         "cache": [e.__dict__ for e in entries[-10:]],  # the newest; `retrain cache ls` has all
         "cache_entries": len(entries),
         "champion": champion.__dict__ if champion else None,
-        "training": training,  # the recent runs' trainings, as far as they went
+        "training": training,  # each training's progress, as far as it went
     }
 
 

@@ -25,8 +25,11 @@ PROGRESS_TTL = 7 * 86400
 KEPT_WHILE_AWAY = 1000  # points kept for the history while Redis is away (the oldest go)
 
 
+PREFIX = "retrain:progress:"
+
+
 def progress_key(run_id: str, model_type: str) -> str:
-    return f"retrain:progress:{run_id}:{model_type}"
+    return f"{PREFIX}{run_id}:{model_type}"
 
 
 class ProgressWriter:
@@ -161,3 +164,19 @@ def all_for(client: redis.Redis, run_id: str, models: Iterable[str],
 def read(client: redis.Redis, run_id: str, model_type: str, points: bool = True) -> Progress:
     """One training's progress."""
     return read_many(client, [(run_id, model_type)], points)[(run_id, model_type)]
+
+
+def trainings(client: redis.Redis, limit: int = 200) -> list[tuple[str, str]]:
+    """``(run_id, model_type)`` of trainings with progress recorded (at most ``limit``),
+    whether or not a local run recorded them: a standalone ``retrain train`` (run ``manual``)
+    and a cluster's TFJobs (run: the workflow's name) report here too."""
+    found = []
+    for key in client.scan_iter(progress_key("*", "*"), count=500):
+        name = key.decode()
+        if name.endswith(":history"):
+            continue
+        run_id, _, model = name.removeprefix(PREFIX).rpartition(":")
+        found.append((run_id, model))
+        if len(found) >= limit:
+            break
+    return found

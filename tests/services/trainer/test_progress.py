@@ -42,3 +42,16 @@ def test_a_runs_trainings_and_several_runs_are_read_at_once(r):
     both = progress.read_many(r, [("run-a", "cnn"), ("run-b", "cnn")], points=False)
     assert {k: p.latest["step"] for k, p in both.items()} == {("run-a", "cnn"): 10,
                                                               ("run-b", "cnn"): 5}
+
+
+def test_trainings_no_run_recorded_are_found_and_shown_by_status(r, tmp_path):
+    """A standalone retrain train (run ``manual``) and a cluster's TFJob (run: the workflow's
+    name) record progress but no local run: retrain status still shows them."""
+    from retrain.report import collect_status
+
+    _train(r, "manual", "cnn", [5], state="training")
+    _train(r, "retrain-wf-x7:k2", "dropout", [10])  # a run id may hold a colon
+    assert sorted(progress.trainings(r)) == [("manual", "cnn"), ("retrain-wf-x7:k2", "dropout")]
+    training = collect_status(r, str(tmp_path / "models"))["training"]
+    assert training["manual:cnn"]["state"] == "training" and training["manual:cnn"]["step"] == 5
+    assert training["retrain-wf-x7:k2:dropout"]["step"] == 10
