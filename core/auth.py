@@ -82,12 +82,13 @@ def keys_of(request: Request) -> ApiKeys:
     return keys
 
 
-def require_key(request: Request) -> str | None:
-    """The FastAPI dependency: the request's bearer key, checked (None on an open service)."""
+async def require_key(request: Request) -> str | None:
+    """The FastAPI dependency: the request's bearer key, checked (None on an open service).
+    Async, so FastAPI runs it on the event loop: a check that never waits takes no thread."""
     return keys_of(request).check_header(request.headers.get("authorization"))
 
 
-def require_key_always(request: Request) -> str | None:
+async def require_key_always(request: Request) -> str | None:
     """As ``require_key``, for what must never be open (changing the served model)."""
     return keys_of(request).check_header(request.headers.get("authorization"), always=True)
 

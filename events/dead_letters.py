@@ -19,6 +19,11 @@ import redis
 SUFFIX = ":dead"
 
 
+def dead_stream(stream: str) -> str:
+    """Where ``stream``'s dead letters go."""
+    return stream + SUFFIX
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     stream: str  # the dead-letter stream

@@ -23,6 +23,7 @@ import redis
 from core.backoff import Backoff
 from core.supervise import Outage
 from events.codec import decode, encode
+from events.dead_letters import dead_stream
 from events.envelope import Event
 from events.errors import EventError, SinkFailedError, SinkRejectedError
 from events.sinks import DEAD_MAX_LENGTH, Sink
@@ -46,7 +47,7 @@ class Outbox:
         self._r = client
         self._sink = sink
         self.stream = f"retrain:outbox:{name}"
-        self.dead = f"{self.stream}:dead"
+        self.dead = dead_stream(self.stream)
         self._attempts = f"{self.stream}:attempts"  # entry id -> failed deliveries
         self._max_attempts = max_attempts
         self._wake = threading.Event()

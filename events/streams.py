@@ -15,6 +15,7 @@ import redis
 
 from core.supervise import Outage
 from events.codec import decode
+from events.dead_letters import dead_stream
 from events.envelope import Event
 from events.errors import EventError
 from events.sinks import DEAD_MAX_LENGTH
@@ -28,7 +29,7 @@ class StreamConsumer:
                  block_ms: int = 1000, max_deliveries: int = 5) -> None:
         self._r = client
         self.stream = stream
-        self.dead = f"{stream}:dead"
+        self.dead = dead_stream(stream)
         self._max_deliveries = max_deliveries
         self.group = group
         self.consumer = consumer

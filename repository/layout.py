@@ -9,6 +9,10 @@ from pathlib import Path
 
 INFO_FILE = "assets.extra/retrain.json"
 WEIGHTS_FILE = "assets.extra/weights.h5"
+# the signatures every exported model serves, which the selector scores and the server calls
+BYTES_SIGNATURE = "serving_default"  # encoded images (PNG, JPEG, ...) -> probabilities
+ARRAYS_SIGNATURE = "predict_images"  # 28x28 float32 pixels in [0, 255] -> probabilities
+OUTPUT = "probabilities"  # the one output of both: a softmax over the ten classes
 
 
 def versions(model_dir: Path) -> list[int]:

@@ -188,8 +188,9 @@ def long_functions(root: Path, limit: int, packages: Iterable[str] = FLOORS) -> 
 
 
 def import_time_calls(root: Path, packages: Iterable[str] = FLOORS) -> list[str]:
-    """Call statements a module runs when it is imported (at its top level, or in a top-level
-    ``if``, ``try`` or ``with``), outside the CLI's command registration and ``__main__``."""
+    """Call statements a module runs when it is imported (at its top level, in a top-level
+    ``if``, ``try``, ``with`` or loop, or in a class body), outside the CLI's command
+    registration and ``__main__``. Assignments may call (building a router or a logger)."""
     found = []
 
     def visit(body: list[ast.stmt], name: str) -> None:
@@ -198,8 +199,8 @@ def import_time_calls(root: Path, packages: Iterable[str] = FLOORS) -> list[str]
                 continue
             if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 found.append(f"{name}:{node.lineno} {ast.unparse(node.value)[:60]}")
-            if isinstance(node, (ast.If, ast.With, ast.Try)):
-                visit(node.body, name)
+            if isinstance(node, (ast.If, ast.With, ast.Try, ast.For, ast.While, ast.ClassDef)):
+                visit(node.body, name)  # a class body runs at import too
                 visit(getattr(node, "orelse", []), name)
             if isinstance(node, ast.Try):
                 visit(node.finalbody, name)

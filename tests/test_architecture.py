@@ -121,6 +121,9 @@ def test_the_checker_finds_long_functions_and_calls_at_import(tmp_path):
         "core/a.py": f"import os\n\ndef long():\n{body}\nos.environ.setdefault('A', '1')\n"
                      "if __name__ == '__main__':\n    long()\n",
         "retrain/cli.py": "app.command()(f)\n",
+        "events/b.py": "import os\nclass C:\n    os.putenv('A', '1')\nfor i in (1,):\n    print(i)\n"
+                       "LOG = __import__('logging').getLogger(__name__)\n",
     })
     assert long_functions(root, 80) == {"core.a:long": 81}
-    assert import_time_calls(root) == ["core.a:85 os.environ.setdefault('A', '1')"]
+    assert import_time_calls(root) == ["core.a:85 os.environ.setdefault('A', '1')",
+                                       "events.b:3 os.putenv('A', '1')", "events.b:5 print(i)"]

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from core.auth import ApiKeyAlways
@@ -32,30 +32,45 @@ log = logging.getLogger(__name__)
 def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event], None],
                api_keys: tuple[str, ...] = (),
                health: Callable[[], str | None] | None = None) -> Any:
-    """A CloudEvents endpoint feeding ``enqueue`` (the stream); other event types are
-    acknowledged and ignored (logged), so one Argo Events trigger can fan everything out."""
+    """The selector's events (``POST /events``, feeding ``enqueue``: the stream) and its
+    rollback (``POST /rollback``)."""
+    app = create_receiver(dedup, Admitting(selector, enqueue).dispatch, api_keys,
+                          title="retrain selector", health=health)
+    app.include_router(rollback_router(selector))
+    return app
 
-    def dispatch(event: Event) -> None:
+
+class Admitting:
+    """What the selector does with each new event: ``model.trained`` is admitted (or refused
+    at the door, 403 and audited) and queued, ``training.failed`` queued; other event types
+    are acknowledged and ignored (logged), so one Argo Events trigger can fan everything out."""
+
+    def __init__(self, selector: Selector, enqueue: Callable[[Event], None]) -> None:
+        self._selector, self._enqueue = selector, enqueue
+
+    def dispatch(self, event: Event) -> None:
         if event.type is EventType.TRAINING_FAILED:  # one of its run's trainings ended
-            enqueue(event)
+            self._enqueue(event)
             return
         if event.type is not EventType.MODEL_TRAINED:
             log.info("selector ignores %s (id %s)", event.type.value, event.id)
             return
         assert isinstance(event.data, ModelTrained)
-        problem = selector.refusal(event.data)
+        problem = self._selector.refusal(event.data)
         if problem is not None:
-            selector.refuse(event, problem)  # audited and emitted with its reason
+            self._selector.refuse(event, problem)  # audited and emitted with its reason
             raise EventRefusedError(problem)
-        enqueue(event)
+        self._enqueue(event)
 
-    app = create_receiver(dedup, dispatch, api_keys, title="retrain selector", health=health)
 
-    @app.post("/rollback")
+def rollback_router(selector: Selector) -> APIRouter:
+    """``POST /rollback``: serve the previous champion again (what ``retrain select rollback``
+    does), for the dashboard on a cluster, which has no access to the promotion backend
+    itself. Never open: it needs one of RETRAIN_API_KEYS (403 when none is configured)."""
+    router = APIRouter()
+
+    @router.post("/rollback")
     def rollback(request: Request, _key: ApiKeyAlways) -> JSONResponse:
-        """Serve the previous champion again (what ``retrain select rollback`` does), for the
-        dashboard on a cluster, which has no access to the promotion backend itself. Never
-        open: it needs one of RETRAIN_API_KEYS (403 when none is configured)."""
         reason = request.query_params.get("reason") or "rolled back through the selector's API"
         try:
             decision = selector.rollback(reason[:500])
@@ -63,4 +78,4 @@ def create_app(selector: Selector, dedup: Deduplicator, enqueue: Callable[[Event
             return JSONResponse({"error": str(exc)}, 409)
         return JSONResponse({"decision": decision.data.model_dump(mode="json")})
 
-    return app
+    return router

@@ -10,6 +10,13 @@ from dataclasses import asdict, dataclass
 import redis
 
 PREFIX = "retrain:champion:"
+
+
+def scoped_key(scope: str, record: str = "") -> str:
+    """The key of one of the selector's records for the model repository ``scope`` (the
+    champion itself when ``record`` is empty; its history, audit, scores, judgements...)."""
+    tag = hashlib.sha256(scope.encode()).hexdigest()[:12]
+    return f"{PREFIX}{tag}:{record}" if record else f"{PREFIX}{tag}"
 RUN_DECISIONS_TTL = 30 * 86400  # as long as a run's own record
 
 # Replace the champion only if its generation is still the one the caller read.
@@ -65,12 +72,11 @@ class ChampionStore:
         self._cas = client.register_script(_CAS)
         self._rollback = client.register_script(_ROLLBACK)
         self._score = client.register_script(_SCORE)
-        tag = hashlib.sha256(scope.encode()).hexdigest()[:12]
-        self._key = f"{PREFIX}{tag}"
-        self._history = f"{PREFIX}{tag}:history"
-        self._audit = f"{PREFIX}{tag}:audit"
-        self._decided = f"{PREFIX}{tag}:decided"
-        self._promotion = f"{PREFIX}{tag}:promotion"
+        self._key = scoped_key(scope)
+        self._history = scoped_key(scope, "history")
+        self._audit = scoped_key(scope, "audit")
+        self._decided = scoped_key(scope, "decided")
+        self._promotion = scoped_key(scope, "promotion")
 
     def get(self) -> Champion | None:
         raw = self._r.get(self._key)

@@ -7,6 +7,7 @@ import threading
 import tensorflow as tf
 
 from dataset.records import test_arrays
+from repository.layout import ARRAYS_SIGNATURE, OUTPUT
 from services.selector.errors import EvaluationError
 
 KEEP_SPLITS = 2  # the newest test splits: the candidate's and, rarely, the champion's
@@ -32,13 +33,13 @@ class Evaluator:
             images, labels = self._splits[dataset_uri]
         try:
             model = tf.saved_model.load(model_uri)
-            predict = model.signatures["predict_images"]
+            predict = model.signatures[ARRAYS_SIGNATURE]
         except (OSError, KeyError, ValueError) as exc:
             raise EvaluationError(f"cannot load model {model_uri}: {exc}") from exc
         correct = 0
         for start in range(0, int(images.shape[0]), 2048):
             batch = images[start : start + 2048, ..., 0]
-            probs = predict(images=batch)["probabilities"]
+            probs = predict(images=batch)[OUTPUT]
             predicted = tf.argmax(probs, axis=1)
             correct += int(tf.reduce_sum(tf.cast(predicted == labels[start : start + 2048], tf.int32)))
         score = correct / max(int(images.shape[0]), 1)

@@ -8,7 +8,6 @@ content is the digest of the model's files, computed here, never taken from the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -16,14 +15,14 @@ import redis
 
 from events import Event, EventType, make_event
 from events.payloads import ModelTrained
-from services.selector.champion import PREFIX, Champion
+from services.selector.champion import Champion, scoped_key
 from services.selector.scores import KEEP_SECONDS, content
 
 
 class Judgements:
     def __init__(self, client: redis.Redis, scope: str, policy: object) -> None:
         self._r, self._policy = client, repr(policy)
-        self._key = f"{PREFIX}{hashlib.sha256(scope.encode()).hexdigest()[:12]}:judged"
+        self._key = scoped_key(scope, "judged")
 
     def _field(self, trained: ModelTrained, champion: Champion) -> str | None:
         digest = content(trained.model_uri)

@@ -9,14 +9,13 @@ What the selector decided is remembered beside them (``services.selector.judgeme
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 import redis
 
 from core.tf_start import configure
 from repository.digest import model_digest
-from services.selector.champion import PREFIX
+from services.selector.champion import scoped_key
 
 KEEP_SECONDS = 90 * 86400  # each record is kept this long after it was last written
 
@@ -54,7 +53,7 @@ class Scores:
 
     def __init__(self, client: redis.Redis, scope: str, evaluator: Scoring) -> None:
         self._r, self._evaluator = client, evaluator
-        self._key = f"{PREFIX}{hashlib.sha256(scope.encode()).hexdigest()[:12]}:scores"
+        self._key = scoped_key(scope, "scores")
 
     def accuracy(self, model_uri: str, dataset_uri: str) -> float:
         digest = content(model_uri)

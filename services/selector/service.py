@@ -16,9 +16,9 @@ from services.selector.backends import PromotionBackend, Staged
 from services.selector.champion import Champion, ChampionStore
 from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
 from services.selector.judgements import Judgements
-from services.selector.scores import Scores, Scoring
 from services.selector.policy import ChampionPolicy, judge, rank_key
 from services.selector.rounds import RoundStore
+from services.selector.scores import Scores, Scoring
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/selector"

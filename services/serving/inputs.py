@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from dataset.image_header import size_problem
+from repository.layout import OUTPUT
 from services.serving import binary as wire
 from services.serving.errors import BadRequestError
 
 MAX_INSTANCES = 1024
-OUTPUT = "probabilities"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 

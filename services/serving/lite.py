@@ -24,9 +24,10 @@ import tensorflow as tf  # configured by the entry point (core.tf_start), before
 from ai_edge_litert.interpreter import Interpreter
 
 from core.tf_start import quiet_native
+from repository.layout import ARRAYS_SIGNATURE
 
 log = logging.getLogger(__name__)
-SIGNATURE = "predict_images"
+SIGNATURE = ARRAYS_SIGNATURE
 MAX_BATCH = 64
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf  # configured by the entry point (core.tf_start), before this import
 
-from repository.layout import versions
+from repository.layout import ARRAYS_SIGNATURE, BYTES_SIGNATURE, OUTPUT, versions
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28
 from services.serving.errors import BadRequestError, ModelNotReadyError
 from services.serving.lite import CompiledModel
@@ -63,7 +63,7 @@ class LoadedModel:
             out = self.serve_bytes(image_bytes=tf.constant(images))  # type: ignore[operator]
         except tf.errors.InvalidArgumentError as exc:
             raise BadRequestError(f"cannot decode image bytes: {exc.message.splitlines()[0]}") from None
-        return out["probabilities"].numpy()
+        return out[OUTPUT].numpy()
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         if next(self.calls) == self.compile_after:  # one thread draws that number
@@ -74,7 +74,7 @@ class LoadedModel:
         if self.arrays_direct is not None:
             return self.arrays_direct(tf.constant(images, tf.float32)).numpy()  # type: ignore[operator]
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
-        return out["probabilities"].numpy()
+        return out[OUTPUT].numpy()
 
     def _compile(self) -> None:
         started = time.perf_counter()
@@ -97,9 +97,9 @@ class LoadedModel:
 
 def load(path: Path, version: int, compile_after: int | None = None) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))
-    arrays = loaded.signatures["predict_images"]
-    direct = tf.function(lambda images: arrays(images=images)["probabilities"])
-    model = LoadedModel(version, str(path), loaded.signatures["serving_default"], arrays,
+    arrays = loaded.signatures[ARRAYS_SIGNATURE]
+    direct = tf.function(lambda images: arrays(images=images)[OUTPUT])
+    model = LoadedModel(version, str(path), loaded.signatures[BYTES_SIGNATURE], arrays,
                         direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)),
                         compile_after)
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))  # warm up before taking traffic

@@ -14,7 +14,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from dataset.image_header import FORMATS, MAX_PIXELS, MAX_SIDE
-from repository.layout import INFO_FILE, WEIGHTS_FILE
+from repository.layout import ARRAYS_SIGNATURE, BYTES_SIGNATURE, INFO_FILE, OUTPUT, WEIGHTS_FILE
 
 
 def _number(head: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:
@@ -81,12 +81,12 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(_decode, image_bytes, fn_output_signature=tf.float32)
-        return {"probabilities": self.model(images, training=False)}
+        return {OUTPUT: self.model(images, training=False)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="images")])
     def serve_arrays(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         scaled = tf.where(tf.reduce_max(images) > 1.0, images / 255.0, images)
-        return {"probabilities": self.model(scaled[..., tf.newaxis], training=False)}
+        return {OUTPUT: self.model(scaled[..., tf.newaxis], training=False)}
 
 
 def export(model: tf.keras.Model, path: Path,  # type: ignore[name-defined]
@@ -98,8 +98,8 @@ def export(model: tf.keras.Model, path: Path,  # type: ignore[name-defined]
         module,
         str(path),
         signatures={
-            "serving_default": module.serve_bytes.get_concrete_function(),
-            "predict_images": module.serve_arrays.get_concrete_function(),
+            BYTES_SIGNATURE: module.serve_bytes.get_concrete_function(),
+            ARRAYS_SIGNATURE: module.serve_arrays.get_concrete_function(),
         },
     )
     (path / "assets.extra").mkdir(exist_ok=True)
