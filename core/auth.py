@@ -40,10 +40,6 @@ class ApiKeys:
 
     keys: tuple[str, ...] = ()
 
-    @property
-    def configured(self) -> bool:
-        return bool(self.keys)
-
     def identify(self, authorization: str | None) -> str | None:
         """The key an ``Authorization: Bearer KEY`` header presents, if it is one of ours."""
         return secret_matches(bearer(authorization), self.keys)

@@ -19,9 +19,8 @@ _GRAMMAR = {"exact": "", "off": "", "max-age": "=DURATION", "min-change": "=FRAC
 
 
 class CachePolicyError(ConfigurationError):
-    """A cache policy that cannot be parsed: a usage error."""
-
-    exit_code = 2
+    """A cache policy that cannot be parsed: a usage error (exit 2, as every configuration
+    error)."""
 
 
 @dataclass(frozen=True)

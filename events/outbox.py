@@ -37,6 +37,7 @@ return redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
 """
 
 
+PREFIX = "retrain:outbox:"  # + the outbox's name: its stream (and :dead, :attempts beside it)
 REGISTRY = "retrain:outboxes"  # every outbox stream that was started here
 
 
@@ -46,7 +47,7 @@ class Outbox:
                  max_attempts: int = 10) -> None:
         self._r = client
         self._sink = sink
-        self.stream = f"retrain:outbox:{name}"
+        self.stream = PREFIX + name
         self.dead = dead_stream(self.stream)
         self._attempts = f"{self.stream}:attempts"  # entry id -> failed deliveries
         self._max_attempts = max_attempts
@@ -180,5 +181,5 @@ def outbox_depths(client: redis.Redis) -> dict[str, int]:
         for stream in streams:
             pipe.xlen(stream)
         depths = pipe.execute()
-    return {stream.removeprefix("retrain:outbox:"): int(depth)
+    return {stream.removeprefix(PREFIX): int(depth)
             for stream, depth in zip(streams, depths, strict=True)}

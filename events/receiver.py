@@ -20,7 +20,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from core.auth import ApiKey, ApiKeys, KeyRefusedError, install
-from core.http import BodyTooLargeError, read_body
+from core.http import BodyTooLargeError, json_errors, read_body
 from events.codec import decode
 from events.dedup import Deduplicator
 from events.envelope import Event
@@ -40,16 +40,14 @@ def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
     (best effort: it may not fail the answer)."""
     app = FastAPI(title=title)
     install(app, ApiKeys(api_keys))
-    app.add_exception_handler(KeyRefusedError, _refused)
+    json_errors(app, {KeyRefusedError: 401}, observe=_refused)
     app.include_router(probes(health))
     app.include_router(EventEndpoints(dedup, dispatch, duplicate).router())
     return app
 
 
-async def _refused(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, KeyRefusedError)
-    log.warning("rejected event request (%d): %s", exc.status, exc)
-    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+def _refused(request: Request, exc: Exception, status: int) -> None:
+    log.warning("rejected event request (%d): %s", status, exc)
 
 
 def probes(health: Callable[[], str | None] | None = None) -> APIRouter:

@@ -19,21 +19,9 @@ from core.auth import KeyRefusedError
 from services.serving.errors import ANSWERED, ServingError
 from services.serving.inference_docs import infer_docs, predict_docs
 from services.serving.metrics import CONTENT_TYPE, ServingMetrics
-from services.serving.plane import (
-    EXTENSIONS,
-    INPUTS,
-    OUTPUTS,
-    PLATFORM,
-    SERVER_NAME,
-    Plane,
-    server_version,
-)
+from services.serving.plane import Plane
 
 V1, V2 = "KServe V1", "Open Inference Protocol V2"
-
-
-def _tensors(described: tuple[tuple[str, str, tuple[int, ...]], ...]) -> list[dict[str, Any]]:
-    return [{"name": n, "datatype": t, "shape": list(shape)} for n, t, shape in described]
 
 
 def _readiness(ready: bool, **named: str) -> Response:
@@ -56,7 +44,7 @@ class V2Endpoints:
         self.plane = plane
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
+        return self.plane.server_metadata()
 
     def live(self) -> dict[str, bool]:
         return {"live": True}
@@ -66,8 +54,7 @@ class V2Endpoints:
         return _readiness(self.plane.holder.ready)
 
     def model_metadata(self, name: str) -> dict[str, Any]:
-        return {"name": name, "versions": [str(self.plane.holder.current.version)],
-                "platform": PLATFORM, "inputs": _tensors(INPUTS), "outputs": _tensors(OUTPUTS)}
+        return self.plane.model_metadata(name)
 
     def model_ready(self, name: str) -> Response:
         return _readiness(self.plane.holder.ready, name=name)

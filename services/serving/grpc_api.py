@@ -27,15 +27,7 @@ from services.serving.errors import ANSWERED, BadRequestError, ServingError
 from services.serving.grpc_protocol import handler
 from services.serving.grpc_protocol import messages as protos
 from services.serving.inputs import OUTPUT, v2_inputs
-from services.serving.plane import (
-    EXTENSIONS,
-    INPUTS,
-    OUTPUTS,
-    PLATFORM,
-    SERVER_NAME,
-    Plane,
-    server_version,
-)
+from services.serving.plane import Plane
 
 MAX_MESSAGE = 8 * 1024 * 1024  # as the HTTP body limit
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -91,23 +83,15 @@ class InferenceService:
         return protos.ModelReadyResponse(ready=self._plane.holder.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return protos.ServerMetadataResponse(name=SERVER_NAME, version=server_version(),
-                                             extensions=list(EXTENSIONS))
+        return protos.ServerMetadataResponse(**self._plane.server_metadata())
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:
             self._plane.check_name(request.name)
-            served = self._plane.holder.current.version
+            described = self._plane.model_metadata(request.name)
         except ServingError as exc:
             await self._abort(context, exc)
-        tensor = protos.ModelMetadataResponse.TensorMetadata
-
-        def tensors(described: tuple[tuple[str, str, tuple[int, ...]], ...]) -> list[Any]:
-            return [tensor(name=n, datatype=t, shape=shape) for n, t, shape in described]
-
-        return protos.ModelMetadataResponse(name=request.name, versions=[str(served)],
-                                            platform=PLATFORM, inputs=tensors(INPUTS),
-                                            outputs=tensors(OUTPUTS))
+        return protos.ModelMetadataResponse(**described)  # the tensors' dicts become messages
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()

@@ -6,7 +6,7 @@ parses its requests, asks the plane, and words the answer or the ``ServingError`
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,10 @@ EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "tensorflow_savedmodel"
 INPUTS = (("image_bytes", "BYTES", (-1,)), ("images", "FP32", (-1, 28, 28)))  # name, type, shape
 OUTPUTS = ((OUTPUT, "FP32", (-1, 10)),)
+
+
+def _tensors(described: tuple[tuple[str, str, tuple[int, ...]], ...]) -> list[dict[str, Any]]:
+    return [{"name": n, "datatype": t, "shape": list(shape)} for n, t, shape in described]
 
 
 def server_version() -> str:
@@ -58,6 +62,16 @@ class Plane:
         if name != self.model_name:
             raise ModelNotFoundError(f"model {name!r} not found (this server serves "
                                      f"{self.model_name!r})")
+
+    def server_metadata(self) -> dict[str, Any]:
+        """What the server says of itself (``GET /v2``; gRPC's ServerMetadata, the same fields)."""
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str) -> dict[str, Any]:
+        """What it says of the model ``name`` (``GET /v2/models/NAME``; gRPC's ModelMetadata):
+        ``ModelNotReadyError`` until a version is loaded."""
+        return {"name": name, "versions": [str(self.holder.current.version)],
+                "platform": PLATFORM, "inputs": _tensors(INPUTS), "outputs": _tensors(OUTPUTS)}
 
     def admit(self, address: str, authorization: str | None) -> None:
         """Let a request from ``address`` in, or refuse it: a key that is not ours
