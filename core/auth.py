@@ -9,6 +9,7 @@ which each service's error table answers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -24,14 +25,19 @@ class KeyRefusedError(RetrainError):
     """A request without a key the service accepts: 401 (no key, or a wrong one), or 403 (the
     request needs a key and the service has none configured)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, presented: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.presented = presented  # a key was sent, and it is not ours
 
     @property
     def headers(self) -> dict[str, str]:
-        """RFC 6750: a 401 names the scheme the client should use."""
-        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        """RFC 6750 (section 3): a 401 names the scheme the client should use and, when a key
+        was sent and refused, says it is invalid."""
+        if self.status != 401:
+            return {}
+        return {"WWW-Authenticate": 'Bearer error="invalid_token"' if self.presented
+                else "Bearer"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,11 @@ class ApiKeys:
     """The keys a service accepts; none configured means the service is open."""
 
     keys: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, keys: ApiKeys | Iterable[str]) -> ApiKeys:
+        """``keys`` as ``ApiKeys`` (a service may be given either)."""
+        return keys if isinstance(keys, ApiKeys) else cls(tuple(keys))
 
     def identify(self, authorization: str | None) -> str | None:
         """The key an ``Authorization: Bearer KEY`` header presents, if it is one of ours."""
@@ -58,7 +69,20 @@ class ApiKeys:
                                        f"Authorization: Bearer KEY")
         matched = secret_matches(presented, self.keys)
         if matched is None:
-            raise KeyRefusedError(401, f"the API key is not one of {SETTING}")
+            raise KeyRefusedError(401, f"the API key is not one of {SETTING}", presented=True)
+        return matched
+
+    def optional(self, authorization: str | None) -> str | None:
+        """For a service anyone may call, where a key only earns its own rate: None without
+        an ``Authorization`` header; the key when it presents one of ours; else refused (401),
+        keys configured or not, so a mistyped key is not served silently as anonymous."""
+        if not authorization:
+            return None
+        token = bearer(authorization)
+        matched = secret_matches(token, self.keys)
+        if matched is None:
+            raise KeyRefusedError(401, f"the API key is not one of {SETTING}",
+                                  presented=token is not None)
         return matched
 
     def check_header(self, authorization: str | None, *, always: bool = False) -> str | None:

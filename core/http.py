@@ -100,10 +100,12 @@ async def read_limited(chunks: AsyncIterator[bytes], content_length: str | None,
 
 
 def bearer(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer TOKEN`` header; None for anything else."""
-    if not authorization or not authorization.startswith("Bearer "):
+    """The token of an ``Authorization: Bearer TOKEN`` header (the scheme in any case, as RFC
+    7235 has it); None for anything else."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         return None
-    return authorization.removeprefix("Bearer ").strip()
+    return token.strip()
 
 
 def secret_matches(given: str | None, secrets: Iterable[str]) -> str | None:

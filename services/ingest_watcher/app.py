@@ -121,7 +121,7 @@ def create_app(watcher: DirectoryWatcher, api_keys: ApiKeys | Iterable[str] = ()
     push webhooks (404 unless ``git``) and the bucket notifications (404 unless ``bucket``)."""
     app = FastAPI(title="retrain watcher", docs_url=None, redoc_url=None)
     metrics = WatcherMetrics(watcher)
-    auth.install(app, _keys(api_keys))
+    auth.install(app, ApiKeys.of(api_keys))
     json_errors(app, ERRORS, observe=metrics.refused)
     register_watcher_endpoints(app, watcher, metrics)
     register_git_webhooks(app, git, metrics.webhooks)
@@ -129,6 +129,4 @@ def create_app(watcher: DirectoryWatcher, api_keys: ApiKeys | Iterable[str] = ()
     return app
 
 
-def _keys(api_keys: ApiKeys | Iterable[str]) -> ApiKeys:
-    return api_keys if isinstance(api_keys, ApiKeys) else ApiKeys(tuple(api_keys))
 

@@ -39,9 +39,10 @@ class WebhookRefusedError(RetrainError):
     """A delivery the watcher refuses, with the status the provider sees: 404 (that provider
     is not configured), 401 (its secret is missing or wrong) or 400 (not a payload)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,12 @@ class BucketEndpoints:
         if hooks is None:
             raise WebhookRefusedError(404, "bucket notifications are not configured on this "
                                            "watcher (--s3)")
-        if hooks.token is not None and secret_matches(
-                bearer(request.headers.get("authorization")), (hooks.token,)) is None:
+        token = bearer(request.headers.get("authorization"))
+        if hooks.token is not None and secret_matches(token, (hooks.token,)) is None:
             raise WebhookRefusedError(401, "missing or wrong bearer token "
-                                           "(RETRAIN_S3_WEBHOOK_TOKEN)")
+                                           "(RETRAIN_S3_WEBHOOK_TOKEN)", {  # RFC 6750
+                                               "WWW-Authenticate": "Bearer" if token is None
+                                               else 'Bearer error="invalid_token"'})
         body = _json(await read_body(request, S3_MAX_BODY))
         try:
             trigger, keys = relevant_records(body, hooks.source)

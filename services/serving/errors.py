@@ -46,6 +46,13 @@ class ModelNotReadyError(ServingError):
     status = 503
 
 
+class ModelFailedError(ServingError):
+    """The model answered something that is not a probability (NaN, infinity): the server's
+    fault, not the client's, whatever the answer's encoding (500; INTERNAL over gRPC)."""
+
+    status = 500
+
+
 # what the server answers with the error's own status and headers: its own errors, and the
 # API-key refusals of core.auth
 ANSWERED: tuple[type[ServingError], type[KeyRefusedError]] = (ServingError, KeyRefusedError)

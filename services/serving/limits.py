@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from core.auth import SETTING, ApiKeys, KeyRefusedError
+from core.auth import ApiKeys
 from services.serving.errors import OverloadedError
 
 IDLE_SECONDS = 60.0  # buckets untouched this long are forgotten
@@ -40,17 +40,15 @@ class RateLimiter:
                  api_keys: ApiKeys | Iterable[str] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._anon, self._keyed = anon_rate, keyed_rate
-        self.keys = api_keys if isinstance(api_keys, ApiKeys) else ApiKeys(tuple(api_keys))
+        self.keys = ApiKeys.of(api_keys)
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated)
         self._lock = threading.Lock()
 
     def _client(self, address: str, authorization: str | None) -> tuple[str, float]:
-        if not authorization:
-            return f"anon:{address}", self._anon
-        key = self.keys.identify(authorization)
+        key = self.keys.optional(authorization)  # a key that is not ours: refused (401)
         if key is None:
-            raise KeyRefusedError(401, f"the API key presented is not one of {SETTING}")
+            return f"anon:{address}", self._anon
         return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}", self._keyed
 
     def check(self, address: str, authorization: str | None) -> Verdict:

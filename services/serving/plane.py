@@ -5,6 +5,7 @@ parses its requests, asks the plane, and words the answer or the ``ServingError`
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from services.serving.batching import BatchConfig, MicroBatcher
-from services.serving.errors import ModelNotFoundError, RateLimitedError
+from services.serving.errors import ModelFailedError, ModelNotFoundError, RateLimitedError
 from services.serving.inputs import OUTPUT
 from services.serving.limits import Backlog, RateLimiter, retry_after_header
 from services.serving.metrics import ServingMetrics
@@ -20,6 +21,7 @@ from services.serving.metrics import ServingMetrics
 if TYPE_CHECKING:  # the model (TensorFlow) is loaded by the server, not needed to describe it
     from services.serving.model import ModelHolder
 
+log = logging.getLogger(__name__)
 # what metadata says, over HTTP (GET /v2, GET /v2/models/NAME) and gRPC
 SERVER_NAME = "retrain"
 EXTENSIONS = ("binary_tensor_data",)
@@ -86,15 +88,22 @@ class Plane:
 
     async def predict(self, kind: str, inputs: list[bytes] | np.ndarray) -> tuple[np.ndarray, int]:
         """The probabilities for ``inputs`` ("bytes" or "arrays"), and the version that gave
-        them; ``OverloadedError`` when too many images already wait."""
+        them; ``OverloadedError`` when too many images already wait, ``ModelFailedError`` when
+        the model answered something that is not a number (for every door and encoding: JSON,
+        binary tensor data, gRPC)."""
         with self._backlog.admitted(len(inputs)):
             batcher = self._batcher
             if batcher is not None:
-                return await batcher.predict(kind, inputs)
-            model = self.holder.current  # the version answering, even if a swap happens meanwhile
-            probs = await run_in_threadpool(model.predict, kind, [inputs])
-            self.metrics.batch(len(inputs))
-            return probs, model.version
+                probs, served = await batcher.predict(kind, inputs)
+            else:
+                model = self.holder.current  # the version answering, even if a swap happens
+                probs = await run_in_threadpool(model.predict, kind, [inputs])
+                self.metrics.batch(len(inputs))
+                served = model.version
+        if not np.isfinite(probs).all():
+            log.error("version %d answered probabilities that are not finite numbers", served)
+            raise ModelFailedError("internal server error")
+        return probs, served
 
     def open(self) -> None:
         """Start sharing model calls (the micro-batcher's thread), if batching is on."""

@@ -42,10 +42,14 @@ def served():
 def test_a_keyed_service_answers_only_its_keys_and_names_the_scheme(served):
     url = served(("k1", "k2"))
     assert httpx.get(f"{url}/read", headers={"Authorization": "Bearer k2"}).json() == {"key": "k2"}
+    # the scheme is case-insensitive (RFC 7235)
+    assert httpx.get(f"{url}/read", headers={"Authorization": "bearer k1"}).json() == {"key": "k1"}
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic azI="}):
         answer = httpx.get(f"{url}/read", headers=headers)
         assert answer.status_code == 401, headers
-        assert answer.headers["www-authenticate"] == "Bearer"
+        sent = headers.get("Authorization", "").startswith("Bearer")  # RFC 6750, section 3.1
+        assert answer.headers["www-authenticate"] == ('Bearer error="invalid_token"' if sent
+                                                      else "Bearer")
         assert "RETRAIN_API_KEYS" in answer.json()["error"]
 
 
@@ -65,3 +69,17 @@ def test_the_check_itself_is_constant_shape_for_any_header_bytes():
     with pytest.raises(KeyRefusedError) as refused:
         keys.check_header("Bearer wrong")
     assert refused.value.status == 401
+
+
+def test_an_optional_key_is_none_without_one_and_refused_when_not_ours():
+    """A service anyone may call (the model server): no header is anonymous, our key is
+    named, anything else is refused rather than served as anonymous."""
+    keys = ApiKeys(("k",))
+    assert keys.optional(None) is None and keys.optional("") is None
+    assert keys.optional("Bearer k") == "k" and keys.optional("BEARER k") == "k"
+    for sent, challenge in (("Bearer x", 'Bearer error="invalid_token"'), ("Basic eA==", "Bearer"),
+                            ("k", "Bearer")):
+        with pytest.raises(KeyRefusedError) as refused:
+            ApiKeys().optional(sent)  # keys configured or not
+        assert refused.value.status == 401 and refused.value.headers == {
+            "WWW-Authenticate": challenge}

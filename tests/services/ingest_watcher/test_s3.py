@@ -215,8 +215,11 @@ def test_unsafe_keys_tokens_limits_and_foreign_buckets(stack, monkeypatch):
     assert foreign.status_code == 200 and foreign.json()["status"].startswith("ignored")
     outside = notify(stack, {"Records": [record(stack.bucket, "other/x")]})
     assert outside.status_code == 200
-    assert notify(stack, {"Records": []}, token=None).status_code == 401
-    assert notify(stack, {"Records": []}, token="guess").status_code == 401
+    missing = notify(stack, {"Records": []}, token=None)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong = notify(stack, {"Records": []}, token="guess")
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"] == 'Bearer error="invalid_token"'  # RFC 6750
     big = notify(stack, None, raw=b"{" + b" " * (64 * 1024))
     assert big.status_code == 413 and "exceeds the limit of 65536" in big.json()["error"]
     assert notify(stack, None, raw=b"{not json").status_code == 400

@@ -168,12 +168,12 @@ def test_rate_limits_answer_429_with_retry_after_and_keys_get_their_own(tmp_path
         wrong = c.post("/v1/models/fashion-mnist:predict", json=body,
                        headers={"Authorization": "Bearer guess"})
         assert wrong.status_code == 401 and "not one of RETRAIN_API_KEYS" in wrong.json()["error"]
-        assert wrong.headers["www-authenticate"] == "Bearer"  # core.auth's refusal, RFC 6750
+        assert wrong.headers["www-authenticate"] == 'Bearer error="invalid_token"'  # RFC 6750
         assert c.get("/v2/health/ready").status_code == 200  # health is never limited
         assert 'code="429"' in c.get("/metrics").text
 
 
-def test_a_model_answering_nan_is_a_500_not_invalid_json(tmp_path):
+def test_a_model_answering_nan_is_a_500_over_every_door_and_encoding(tmp_path):
     from services.serving.model import tf
 
     class Broken(tf.Module):
@@ -189,12 +189,29 @@ def test_a_model_answering_nan_is_a_500_not_invalid_json(tmp_path):
     tf.saved_model.save(broken, str(tmp_path / "repo" / "fashion-mnist" / "1"), signatures={
         "serving_default": broken.serve_bytes.get_concrete_function(),
         "predict_images": broken.serve_arrays.get_concrete_function()})
-    with TestClient(create_app(tmp_path / "repo", poll_seconds=0.1)) as c:
+    import grpc
+
+    from services.serving.grpc_protocol import Stub
+    from services.serving.grpc_protocol import messages as protos
+
+    app = create_app(tmp_path / "repo", poll_seconds=0.1, grpc=("127.0.0.1", 0))
+    image = {"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}
+    with TestClient(app) as c:
         r = c.post("/v1/models/fashion-mnist:predict", json={"instances": [[[0.0] * 28] * 28]})
-        v2 = c.post("/v2/models/fashion-mnist/infer", json={"inputs": [
-            {"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]})
+        v2 = c.post("/v2/models/fashion-mnist/infer", json={"inputs": [image]})
+        # what tritonclient asks by default: the output as binary tensor data, and over gRPC
+        binary = c.post("/v2/models/fashion-mnist/infer", json={"inputs": [image], "outputs": [
+            {"name": "probabilities", "parameters": {"binary_data": True}}]})
+        with grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
+            with pytest.raises(grpc.RpcError) as over_grpc:
+                Stub(channel).ModelInfer(protos.ModelInferRequest(
+                    model_name="fashion-mnist", inputs=[protos.ModelInferRequest.InferInputTensor(
+                        name="images", datatype="FP32", shape=[1, 28, 28])],
+                    raw_input_contents=[bytes(784 * 4)]), timeout=30)
     assert r.status_code == 500 and r.json() == {"error": "internal server error"}
     assert v2.status_code == 500 and v2.json() == {"error": "internal server error"}
+    assert binary.status_code == 500 and binary.json() == {"error": "internal server error"}
+    assert over_grpc.value.code() == grpc.StatusCode.INTERNAL
 
 
 def test_the_served_openapi_document_describes_the_inference_routes(tmp_path):
