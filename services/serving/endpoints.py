@@ -60,9 +60,17 @@ class V2Endpoints:
         return _readiness(self.plane.holder.ready, name=name)
 
 
+def _named(plane: Plane) -> Any:
+    """The model-name check as a router's dependency, on the event loop (async: a check that
+    never waits takes no worker thread, and probes call these routes often)."""
+    async def named(name: str) -> None:
+        plane.check_name(name)
+    return named
+
+
 def register_v1_endpoints(app: FastAPI, plane: Plane) -> None:
     endpoints = V1Endpoints(plane)
-    models = APIRouter(tags=[V1], dependencies=[Depends(plane.check_name)])
+    models = APIRouter(tags=[V1], dependencies=[Depends(_named(plane))])
     models.add_api_route("/v1/models/{name}", endpoints.model_status, methods=["GET"])
     app.include_router(models)
     app.include_router(predict_docs(V1))
@@ -74,7 +82,7 @@ def register_v2_endpoints(app: FastAPI, plane: Plane) -> None:
     server.add_api_route("/v2", endpoints.server_metadata, methods=["GET"])
     server.add_api_route("/v2/health/live", endpoints.live, methods=["GET"])
     server.add_api_route("/v2/health/ready", endpoints.ready, methods=["GET"])
-    models = APIRouter(tags=[V2], dependencies=[Depends(plane.check_name)])
+    models = APIRouter(tags=[V2], dependencies=[Depends(_named(plane))])
     models.add_api_route("/v2/models/{name}", endpoints.model_metadata, methods=["GET"])
     models.add_api_route("/v2/models/{name}/ready", endpoints.model_ready, methods=["GET"])
     app.include_router(server)

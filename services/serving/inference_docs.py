@@ -105,6 +105,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "no model is loaded yet, or too many images wait for it: see Retry-After"))}
 
 
+VERSION_HEADER = {"X-Model-Version": {"description": "the model version that answered",
+                                      "schema": {"type": "string"}}}
+# the key is optional: FastAPI lists the bearer scheme as required, and an empty requirement
+# beside it (FastAPI adds this list to its own) says "or none" (OpenAPI 3.1, Security
+# Requirement Object)
+ANONYMOUS_TOO = {"security": [{}]}
+
+
 def _binary(what: str) -> dict[str, Any]:
     """The binary tensor data extension's body, as an OpenAPI media type."""
     return {"application/octet-stream": {"schema": {
@@ -137,7 +145,9 @@ def _answered_ahead() -> RuntimeError:
 def predict_docs(tag: str) -> APIRouter:
     """``POST /v1/models/{name}:predict``, for the OpenAPI document alone."""
     router = APIRouter(tags=[tag], dependencies=[Depends(bearer)])
-    router.add_api_route("/v1/models/{name}:predict", predict, methods=["POST"], responses=ERRORS)
+    router.add_api_route("/v1/models/{name}:predict", predict, methods=["POST"],
+                         responses={**ERRORS, 200: {"headers": VERSION_HEADER}},
+                         openapi_extra=ANONYMOUS_TOO)
     return router
 
 
@@ -146,7 +156,11 @@ def infer_docs(tag: str) -> APIRouter:
     router = APIRouter(tags=[tag], dependencies=[Depends(bearer)])
     router.add_api_route(
         "/v2/models/{name}/infer", infer, methods=["POST"],
-        responses={**ERRORS, 200: {"content": _binary("the JSON answer, then its output's bytes")}},
-        openapi_extra={"requestBody": {"content": _binary("the JSON request, then its tensors' "
-                                                          "bytes")}})
+        responses={**ERRORS, 200: {
+            "content": _binary("the JSON answer, then its output's bytes"),
+            "headers": {**VERSION_HEADER, HEADER: {
+                "description": "with binary output: the JSON answer's length in bytes",
+                "schema": {"type": "integer"}}}}},
+        openapi_extra={**ANONYMOUS_TOO, "requestBody": {"content": _binary(
+            "the JSON request, then its tensors' bytes")}})
     return router

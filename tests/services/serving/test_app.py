@@ -245,6 +245,12 @@ def test_the_served_openapi_document_describes_the_inference_routes(tmp_path):
                          ("/v2/models/{name}/ready", "get"), ("/metrics", "get")):
         assert method in paths[path], path
     assert docs.status_code == 200 and "/openapi.json" in docs.text
+    for operation in (predict, infer):  # a key is optional: anonymous callers are served too
+        assert sorted(operation["security"], key=len) == [{}, {"HTTPBearer": []}]
+        assert "X-Model-Version" in operation["responses"]["200"]["headers"]
+    from openapi_spec_validator import validate
+
+    validate(document)  # a valid OpenAPI 3.1 document, as generators and /docs read it
 
 
 def test_each_route_fastapi_documents_as_inference_is_one_the_fast_path_answers(tmp_path):
