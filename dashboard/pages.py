@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -183,14 +184,17 @@ def run_page(run: dict[str, Any]) -> str:
 
 
 # models and events ------------------------------------------------------------------------------
-def _ticks(versions: list[int], room: int, gap: int = 40) -> list[int]:
-    """The versions to label on an axis ``room`` pixels wide: each one present while they are
-    ``gap`` pixels apart, else an even choice of them, the first and last always."""
-    fit = max(2, room // gap)
-    if len(versions) <= fit:
+def _ticks(versions: list[int], at: Callable[[float], float], gap: float = 40) -> list[int]:
+    """The versions to label, placed at ``at(version)``: the first and last always, and each
+    other one that stands at least ``gap`` pixels from the labels on either side of it (the
+    spacing is by where the labels are drawn, however unevenly the versions are numbered)."""
+    if len(versions) <= 2:
         return versions
-    step = (len(versions) - 1) / (fit - 1)
-    return sorted({versions[round(i * step)] for i in range(fit)})
+    chosen, last = [versions[0]], at(versions[-1])
+    for version in versions[1:-1]:
+        if at(version) - at(chosen[-1]) >= gap and last - at(version) >= gap:
+            chosen.append(version)
+    return [*chosen, versions[-1]]
 
 
 def history_chart(champions: list[dict[str, Any]], width: int = 760, height: int = 180) -> str:
@@ -214,7 +218,7 @@ def history_chart(champions: list[dict[str, Any]], width: int = 760, height: int
     dots = "".join(f"<circle cx={x(v):.1f} cy={y(a):.1f} r=4><title>version {v}: "
                    f"{a:.4f}</title></circle>" for v, a in pts)
     ticks = "".join(f"<text class=tick x={x(v):.1f} y={height - 18} text-anchor=middle>{v}</text>"
-                    for v in _ticks(sorted({v for v, _ in pts}), room))
+                    for v in _ticks(sorted({v for v, _ in pts}), x))
     return (f"<svg class=history viewBox='0 0 {width} {height}' width={width} height={height} "
             f"role=img aria-label='champion accuracy by version'><polyline points='{line}'/>{dots}"
             f"<text x=4 y=14>{hi:.4f}</text><text x=4 y={height - 38}>{lo:.4f}</text>{ticks}"

@@ -34,6 +34,16 @@ def test_a_long_champion_history_labels_its_first_and_last_versions_and_never_mo
     assert set(labels) <= set(range(1, 201))
 
 
+def test_labels_of_unevenly_numbered_versions_never_overlap():
+    """Versions 1 to 19 and then 1000 crowd the axis's left end: labelled by where they are
+    drawn, never closer than a label's width."""
+    svg = pages.history_chart([_champion(v, 0.8) for v in [*range(1, 20), 1000]])
+    labels = [int(v) for v in _version_labels(svg)]
+    assert labels[0] == 1 and labels[-1] == 1000
+    xs = [float(x) for x in re.findall(r"<text class=tick x=([\d.]+)", svg)]
+    assert len(xs) == len(labels) and all(b - a >= 40 for a, b in zip(xs, xs[1:]))
+
+
 def test_a_learning_curve_stays_clear_of_its_labels():
     points = [{"step": s, "loss": 2 / s, "accuracy": 1 - 1 / s} for s in (10, 20, 30, 40)]
     for field in ("loss", "accuracy"):
