@@ -40,12 +40,10 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
     from workflows import record
 
     runs = record.recent_runs(client, 0, 10).runs
-    trainings = [(run["run_id"], model) for run in runs
-                 for model in (run.get("parameters") or {}).get("models", [])]
-    trainings += progress.trainings(client)  # a run the local runner did not record too
+    # the trainings that reported last, whether a local run recorded them or not
     training = {f"{run_id}:{model}": {"state": found.state, **(found.latest or {})}
-                for (run_id, model), found in
-                progress.read_many(client, trainings, points=False).items() if found.exists}
+                for (run_id, model), found in progress.read_many(
+                    client, progress.trainings(client), points=False).items() if found.exists}
     champion = ChampionStore(client, model_repo).get()
     entries = ingestion_cache(client, 1).entries()
     return {
@@ -53,7 +51,7 @@ def collect_status(client: redis.Redis, model_repo: str) -> dict[str, Any]:
         "cache": [e.__dict__ for e in entries[-10:]],  # the newest; `retrain cache ls` has all
         "cache_entries": len(entries),
         "champion": champion.__dict__ if champion else None,
-        "training": training,  # each training's progress, as far as it went
+        "training": training,  # the latest trainings' progress, as far as each went
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ KEPT_WHILE_AWAY = 1000  # points kept for the history while Redis is away (the o
 
 
 PREFIX = "retrain:progress:"
+INDEX = "retrain:trainings"  # "<run_id>:<model_type>" of each training, by its latest write
 
 
 def progress_key(run_id: str, model_type: str) -> str:
@@ -112,6 +114,9 @@ class ProgressWriter:
             pipe.hset(self._key, mapping=final)
         pipe.expire(self._key, PROGRESS_TTL)
         pipe.expire(self._key + ":history", PROGRESS_TTL)
+        now = time.time()
+        pipe.zadd(INDEX, {self._key.removeprefix(PREFIX): now})
+        pipe.zremrangebyscore(INDEX, "-inf", now - PROGRESS_TTL)  # as the progress expires
         pipe.execute()
 
 
@@ -166,17 +171,9 @@ def read(client: redis.Redis, run_id: str, model_type: str, points: bool = True)
     return read_many(client, [(run_id, model_type)], points)[(run_id, model_type)]
 
 
-def trainings(client: redis.Redis, limit: int = 200) -> list[tuple[str, str]]:
-    """``(run_id, model_type)`` of trainings with progress recorded (at most ``limit``),
-    whether or not a local run recorded them: a standalone ``retrain train`` (run ``manual``)
-    and a cluster's TFJobs (run: the workflow's name) report here too."""
-    found = []
-    for key in client.scan_iter(progress_key("*", "*"), count=500):
-        name = key.decode()
-        if name.endswith(":history"):
-            continue
-        run_id, _, model = name.removeprefix(PREFIX).rpartition(":")
-        found.append((run_id, model))
-        if len(found) >= limit:
-            break
-    return found
+def trainings(client: redis.Redis, limit: int = 50) -> list[tuple[str, str]]:
+    """``(run_id, model_type)`` of the ``limit`` trainings that reported last, newest first
+    (one round trip), whether or not a local run recorded them: a standalone ``retrain
+    train`` (run ``manual``) and a cluster's TFJobs (run: the workflow's name) report too."""
+    return [(run_id, model) for run_id, _, model in
+            (m.decode().rpartition(":") for m in client.zrevrange(INDEX, 0, limit - 1))]

@@ -51,7 +51,9 @@ def test_trainings_no_run_recorded_are_found_and_shown_by_status(r, tmp_path):
 
     _train(r, "manual", "cnn", [5], state="training")
     _train(r, "retrain-wf-x7:k2", "dropout", [10])  # a run id may hold a colon
-    assert sorted(progress.trainings(r)) == [("manual", "cnn"), ("retrain-wf-x7:k2", "dropout")]
+    # newest first, from an index kept as they write (no scan of the keyspace)
+    assert progress.trainings(r) == [("retrain-wf-x7:k2", "dropout"), ("manual", "cnn")]
+    assert progress.trainings(r, limit=1) == [("retrain-wf-x7:k2", "dropout")]
     training = collect_status(r, str(tmp_path / "models"))["training"]
     assert training["manual:cnn"]["state"] == "training" and training["manual:cnn"]["step"] == 5
     assert training["retrain-wf-x7:k2:dropout"]["step"] == 10
