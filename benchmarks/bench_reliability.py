@@ -30,9 +30,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
-
 from _common import ROOT, free_port, heading, line
 
 sys.path.insert(0, str(ROOT))
@@ -277,14 +277,19 @@ def _request_runs(events_port: int, data: Path, ids: list[str]) -> None:
         assert code == 202, code
 
 
-def _runs(client: object) -> list[dict[str, object]]:
-    return [json.loads(client.get(k)) for k in client.scan_iter("retrain:run:*")]  # type: ignore[attr-defined]
+def _runs(client: Any) -> list[dict[str, Any]]:
+    """Every run recorded, read through the record's owner."""
+    from workflows import record
+
+    return record.runs_since(client, 0)
 
 
-def _training(client: object) -> bool:
-    return any(client.hget(k, "state") == b"training"  # type: ignore[attr-defined]
-               for k in client.scan_iter("retrain:progress:*")  # type: ignore[attr-defined]
-               if not k.endswith(b":history"))
+def _training(client: Any) -> bool:
+    """Whether a training is under way, as its progress says."""
+    from services.trainer import progress
+
+    found = progress.read_many(client, progress.trainings(client, 1000), points=False)
+    return any(p.state == "training" for p in found.values())
 
 
 def _outcome(client: object, home: Path, ids: list[str]) -> tuple[int, int, int]:

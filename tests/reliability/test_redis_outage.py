@@ -18,6 +18,7 @@ from events import make_event
 from events.codec import encode
 from retrain.stack import LocalStack
 from tests.conftest import free_port, wait_for, write_dataset
+from workflows import record
 
 pytestmark = [pytest.mark.integration]
 
@@ -57,8 +58,8 @@ def test_the_stack_waits_out_a_redis_outage_and_runs_again_after(tmp_path, caplo
             headers, body = encode(event)
             assert httpx.post(stack.events_url, content=body, headers=headers).status_code == 202
             client = stack.redis.client
-            wait_for(lambda: any(client.get(k) and b'"succeeded"' in client.get(k)
-                                 for k in client.scan_iter("retrain:run:*")), 60)
+            wait_for(lambda: any(run["status"] == "succeeded"
+                                 for run in record.runs_since(client, 0)), 60)
             assert stack.supervisor.failure is None
     finally:
         server.terminate()

@@ -1,7 +1,6 @@
 """``retrain up`` killed mid-training, on real processes: its trainers die with it, and the
 next start resumes the run (the old one closed with the reason) and it finishes."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,9 @@ import pytest
 
 from events import make_event
 from events.codec import encode
+from services.trainer import progress
 from tests.conftest import wait_for, write_dataset
+from workflows import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,13 +70,13 @@ def test_a_killed_stack_leaves_no_trainer_and_its_run_is_resumed_at_the_next_sta
         assert httpx.post(url, content=body, headers=headers).status_code == 202
 
         def training():
-            return any(r.hget(k, "state") == b"training" for k in r.scan_iter("retrain:progress:*")
-                       if not k.endswith(b":history"))
+            found = progress.read_many(r, progress.trainings(r), points=False).values()
+            return any(p.state == "training" for p in found)
 
         wait_for(training, 120)
         trainers = children(stack.pid)
         assert trainers, "the stack should have a trainer process"
-        [first] = [json.loads(r.get(k)) for k in r.scan_iter("retrain:run:*")]
+        [first] = record.runs_since(r, 0)
     finally:
         stack.send_signal(signal.SIGKILL)
         stack.wait()
@@ -84,7 +85,7 @@ def test_a_killed_stack_leaves_no_trainer_and_its_run_is_resumed_at_the_next_sta
     stack, url = start_stack(env)
     try:
         def runs():
-            return {s["run_id"]: s for s in (json.loads(r.get(k)) for k in r.scan_iter("retrain:run:*"))}
+            return {s["run_id"]: s for s in record.runs_since(r, 0)}
 
         wait_for(lambda: len(runs()) == 2 and all(s["status"] != "running" for s in runs().values()),
                  240)

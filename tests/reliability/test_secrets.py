@@ -16,6 +16,7 @@ import redis
 
 from tests.conftest import free_port, wait_for, write_dataset
 from tests.reliability.test_redis_outage import redis_server
+from workflows import record
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,7 +81,7 @@ def test_no_secret_reaches_a_log_line_an_output_a_file_or_redis(tmp_path, standi
         printed.append(wrong_key.text)
 
         def succeeded():
-            runs = [json.loads(client.get(k)) for k in client.scan_iter("retrain:run:*")]
+            runs = record.runs_since(client, 0)
             return runs and all(run["status"] == "succeeded" for run in runs)
 
         wait_for(succeeded, 240)
