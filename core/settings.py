@@ -72,6 +72,32 @@ class Settings(BaseSettings):
     # images accepted and not yet answered; past it a request is answered 503 + Retry-After
     serve_max_queued: int = Field(4096, ge=1)
 
+    # the data gate (retrain validate): each check warns past its _warn and blocks past its
+    # _block threshold. class_balance: the largest change of a class's share of a split;
+    # pixel_drift: Jensen-Shannon distance of a class's pixel histogram; duplicates: share of
+    # the training split that repeats an image; leakage: share of the test (or pinned) images
+    # also in the training split; label_agreement: how far the champion's agreement with the
+    # new labels falls below its accuracy; min_train / min_test: the smallest splits allowed
+    validation_class_balance_warn: float = Field(0.05, ge=0, le=1)
+    validation_class_balance_block: float = Field(0.10, ge=0, le=1)
+    validation_pixel_drift_warn: float = Field(0.10, ge=0, le=1)
+    validation_pixel_drift_block: float = Field(0.20, ge=0, le=1)
+    validation_duplicates_warn: float = Field(0.01, ge=0, le=1)
+    validation_duplicates_block: float = Field(0.05, ge=0, le=1)
+    validation_leakage_warn: float = Field(0.0, ge=0, le=1)
+    validation_leakage_block: float = Field(0.01, ge=0, le=1)
+    validation_label_agreement_warn: float = Field(0.15, ge=0, le=1)
+    validation_label_agreement_block: float = Field(0.30, ge=0, le=1)
+    validation_min_images: int = Field(200, ge=1)  # fewer new images: agreement not measured
+    validation_min_train: int = Field(10, ge=1)
+    validation_min_test: int = Field(10, ge=1)
+
+    # selector: the promotion gate. A candidate must be better on its own test split, not
+    # worse on the pinned evaluation set by more than PINNED_TOLERANCE (accuracy, 0.005 = half
+    # a point), and lose no more than MAX_CLASS_DROP on any class of either split
+    promotion_pinned_tolerance: float = Field(0.005, ge=0, le=1)
+    promotion_max_class_drop: float = Field(0.03, ge=0, le=1)
+
     # selector: the champion policy (a round closes after QUORUM models or DEADLINE seconds)
     min_improvement: float = Field(0.0, ge=0, lt=1)
     round_quorum: int | None = Field(None, ge=1)

@@ -35,6 +35,9 @@ class RunParameters(BaseModel):
     # the training cache's policy (the same grammar without min-change, plus off)
     train_cache: str = Field("exact", pattern=r"^(exact|off|max-age=\d+(\.\d+)?[smhd])$")
     force: bool = False  # train every model again, whatever the training cache holds
+    # the data gate: block (a failed check stops the run before any training), warn (the
+    # run trains and the report keeps the failures), off (no checks)
+    validation: Literal["block", "warn", "off"] = "block"
 
     @field_validator("models")
     @classmethod
@@ -54,6 +57,33 @@ class FileChanges(BaseModel):
     removed: tuple[str, ...] = ()
 
 
+class SourceObject(BaseModel):
+    """One object a bucket notification named."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    key: str
+    etag: str | None = None
+    size: int | None = None
+
+
+class Origin(BaseModel):
+    """What the source of a change said about it: a Git push (repository, ref, commit,
+    pusher), a bucket notification (bucket, objects), or a folder. Kept with the run, so a
+    served model's lineage reaches the commit or object that caused it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["git", "bucket", "folder", "manual"]
+    repository: str | None = None
+    ref: str | None = None
+    commit: str | None = None
+    pusher: str | None = None
+    delivery: str | None = None  # the provider's delivery id
+    bucket: str | None = None
+    objects: tuple[SourceObject, ...] = Field((), max_length=100)  # the first 100 named
+    objects_total: int | None = None  # how many the notification named in all
+    folder: str | None = None
+
+
 class DatasetUpdated(Payload):
     dataset: str = "fashion-mnist"
     uri: str
@@ -62,6 +92,7 @@ class DatasetUpdated(Payload):
     files: FileChanges = FileChanges()
     trigger: Trigger = "manual"
     parameters: RunParameters | None = None
+    origin: Origin | None = None
 
 
 class TrainingRequested(Payload):
@@ -91,6 +122,28 @@ class IngestionFailed(Payload):
     run_id: str
     uri: str
     problems: tuple[str, ...]
+
+
+class CheckResult(BaseModel):
+    """One named check of the data gate: what it measured, against what, and its outcome."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    value: float | None
+    threshold: float | None
+    status: Literal["pass", "warn", "block"]
+    detail: str = ""
+
+
+class DatasetRejected(Payload):
+    """The data gate blocked a run: no training started. ``checks`` holds every check."""
+
+    run_id: str
+    digest: str
+    dataset_uri: str
+    reference: str | None  # the digest of the dataset compared with (the champion's)
+    status: Literal["blocked"] = "blocked"
+    checks: tuple[CheckResult, ...]
 
 
 class TrainingStarted(Payload):
@@ -124,6 +177,30 @@ class TrainingFailed(Payload):
     round_size: int | None = Field(None, ge=1)  # as in ModelTrained
 
 
+class SplitScores(BaseModel):
+    """A candidate's and the champion's accuracy on one evaluation split, overall and per
+    class: ``new`` (the candidate's own test split) or ``pinned`` (the pinned evaluation set)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    split: Literal["new", "pinned"]
+    dataset_digest: str | None = None
+    candidate: float | None = None
+    champion: float | None = None
+    candidate_per_class: tuple[float, ...] = ()
+    champion_per_class: tuple[float, ...] = ()
+
+
+class GateRule(BaseModel):
+    """One rule of the promotion gate, with its figures."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str  # better, pinned_tolerance, class_drop
+    passed: bool
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
 class Decision(Payload):
     run_id: str
     model_type: str
@@ -132,6 +209,8 @@ class Decision(Payload):
     champion_accuracy: float | None
     champion_version: int | None
     reason: str
+    scores: tuple[SplitScores, ...] = ()  # every figure the gate looked at
+    rules: tuple[GateRule, ...] = ()  # every rule of the gate, passed or not
 
 
 class ModelPromoted(Decision):
@@ -148,6 +227,7 @@ PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.INGESTION_COMPLETED: IngestionCompleted,
     EventType.INGESTION_SKIPPED: IngestionSkipped,
     EventType.INGESTION_FAILED: IngestionFailed,
+    EventType.DATASET_REJECTED: DatasetRejected,
     EventType.TRAINING_STARTED: TrainingStarted,
     EventType.MODEL_TRAINED: ModelTrained,
     EventType.TRAINING_FAILED: TrainingFailed,

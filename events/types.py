@@ -13,6 +13,7 @@ class EventType(StrEnum):
     INGESTION_COMPLETED = "dev.retrain.ingestion.completed"
     INGESTION_SKIPPED = "dev.retrain.ingestion.skipped"
     INGESTION_FAILED = "dev.retrain.ingestion.failed"
+    DATASET_REJECTED = "dev.retrain.dataset.rejected"  # the data gate blocked a run
     TRAINING_STARTED = "dev.retrain.training.started"
     MODEL_TRAINED = "dev.retrain.model.trained"
     TRAINING_FAILED = "dev.retrain.training.failed"
