@@ -41,6 +41,9 @@ class RunRequest:
     run_id: str = field(default_factory=new_run_id)
     attempt: int = 1  # > 1: resumes ``resumes``, whose runner died
     resumes: str | None = None
+    # what the triggering event said (type, source, time, and for a dataset.updated its
+    # digest, files and origin): kept in the run's summary for the lineage of what it served
+    event: dict[str, Any] | None = None
 
     @classmethod
     def from_event(cls, event: Event, defaults: RunParameters | None = None) -> RunRequest:
@@ -53,13 +56,18 @@ class RunRequest:
         if isinstance(data, DatasetUpdated):
             trigger += "/" + data.trigger
         params = data.parameters or defaults or RunParameters()
-        return cls(data.uri, params, trigger, event.id)
+        said: dict[str, Any] = {"id": event.id, "type": event.type.value, "source": event.source,
+                                "time": event.time}
+        if isinstance(data, DatasetUpdated):
+            said.update(data.model_dump(mode="json", include={"digest", "previous_digest",
+                                                              "files", "origin", "trigger"}))
+        return cls(data.uri, params, trigger, event.id, event=said)
 
     def to_json(self) -> str:
         return json.dumps({"data_uri": self.data_uri, "parameters": self.parameters.model_dump(),
                            "trigger": self.trigger, "event_id": self.event_id,
                            "run_id": self.run_id, "attempt": self.attempt,
-                           "resumes": self.resumes})
+                           "resumes": self.resumes, "event": self.event})
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RunRequest:
@@ -82,7 +90,7 @@ class RunRecorder:
             "run_id": request.run_id, "trigger": request.trigger, "event_id": request.event_id,
             "data": request.data_uri, "parameters": request.parameters.model_dump(),
             "status": "running", "started_at": time.time(), "steps": [], "models": {},
-            "cache": None, "dataset_uri": None, "digest": None,
+            "cache": None, "dataset_uri": None, "digest": None, "event": request.event,
             **({"attempt": request.attempt, "resumes": request.resumes} if request.resumes else {}),
         }
         self.save()
