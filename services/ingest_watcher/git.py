@@ -25,8 +25,10 @@ from typing import Any
 
 from core.http import secret_matches
 from core.redact import redact, register
+from events.payloads import Origin
 
 log = logging.getLogger(__name__)
+MAX_SAID = 256  # characters kept of one thing a payload says (a ref, a commit, a name)
 
 
 class GitError(RuntimeError):
@@ -58,6 +60,7 @@ class Clone:
     def __init__(self, source: GitSource, folder: Path, token: str | None = None) -> None:
         self.source = source
         self.folder = folder
+        self.commit: str | None = None  # checked out by the last sync
         self._auth_env = _token_env(token) if token else {}
         register(token)  # from a file too: masked wherever it could appear
 
@@ -83,7 +86,22 @@ class Clone:
                   f"refs/heads/{self.source.branch}", cwd=self.folder)
         self._git("checkout", "-q", "--force", "--detach", "FETCH_HEAD", cwd=self.folder)
         self._git("clean", "-q", "-d", "-f", "-x", cwd=self.folder)
-        return f"clone at {self._git('rev-parse', 'HEAD', cwd=self.folder)[:12]}"
+        self.commit = self._git("rev-parse", "HEAD", cwd=self.folder)
+        return f"clone at {self.commit[:12]}"
+
+    def origin(self, notified: Origin | None) -> Origin:
+        """What the event of the checkout just synced says of its origin: the push that asked
+        for it (``notified``) with the commit actually checked out, or, for a fetch no push
+        asked for (the catch-up at start), the repository, branch and commit alone. When a
+        later push was fetched with it, the commit is the checkout and the pusher is left out:
+        who pushed that commit is not known here."""
+        said = notified or Origin(kind="git", repository=redact(self.source.url),
+                                  ref=f"refs/heads/{self.source.branch}")
+        if said.commit and self.commit and said.commit != self.commit:
+            log.info("push of %s fetched %s (a later push came with it)", said.commit[:12],
+                     self.commit[:12])
+            return said.model_copy(update={"commit": self.commit, "pusher": None})
+        return said.model_copy(update={"commit": self.commit})
 
 
 def _token_env(token: str) -> dict[str, str]:
@@ -105,6 +123,35 @@ def github_signature_ok(secret: str, body: bytes, header: str | None) -> bool:
 def seen_key(provider: str, delivery: str) -> str:
     """The Redis key remembering a webhook delivery id (replay protection)."""
     return f"retrain:webhook:{provider}:{hashlib.sha256(delivery.encode()).hexdigest()}"
+
+
+def _said(value: Any) -> str | None:
+    """A string a payload gave (bounded), or None for anything else or nothing."""
+    return value[:MAX_SAID] if isinstance(value, str) and value else None
+
+
+def _field(payload: Any, *path: str) -> str | None:
+    for key in path:
+        payload = payload.get(key) if isinstance(payload, dict) else None
+    return _said(payload)
+
+
+def push_origin(provider: str, push: dict[str, Any], source: GitSource,
+                delivery: str | None) -> Origin:
+    """What a verified push payload says of the change: the repository (the configured one,
+    which is what is fetched), the ref, the pushed commit (GitHub's ``after``, GitLab's
+    ``checkout_sha``; none for a deleted branch), who pushed it (GitHub's ``pusher.name``,
+    else ``sender.login``; GitLab's ``user_username``, else ``user_name``) and the delivery id."""
+    if provider == "gitlab":
+        commit = _said(push.get("checkout_sha")) or _said(push.get("after"))
+        pusher = _said(push.get("user_username")) or _said(push.get("user_name"))
+    else:
+        commit = _said(push.get("after")) or _field(push, "head_commit", "id")
+        pusher = _field(push, "pusher", "name") or _field(push, "sender", "login")
+    if commit is not None and commit.strip("0") == "":  # the branch was deleted
+        commit = None
+    return Origin(kind="git", repository=redact(source.url), ref=_said(push.get("ref")),
+                  commit=commit, pusher=pusher, delivery=_said(delivery))
 
 
 def changed_paths(push: dict[str, Any]) -> list[str] | None:

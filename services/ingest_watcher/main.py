@@ -140,7 +140,8 @@ def _follow_git(settings: Settings, client: redis.Redis, source: GitRepoSource,
     tag = _tag(f"{source.url}#{source.branch}")
     clone = Clone(git_source, settings.home / "git" / tag, settings.git_credential)
     watcher = watcher_of(clone.dataset_root)
-    jobs = Outbox(client, SourceFetcher(clone.sync, watcher), f"git:{tag}").start()
+    jobs = Outbox(client, SourceFetcher(clone.sync, watcher, origin=clone.origin),
+                  f"git:{tag}").start()
     exits.callback(jobs.stop)
     # catch up with the branch (the job names the repository; a token in its URL is masked:
     # the fetch uses the watcher's own source, never the job's text)
@@ -167,7 +168,8 @@ def _follow_bucket(settings: Settings, client: redis.Redis, source: BucketPrefix
     mirror = BucketMirror(boto3.client("s3", endpoint_url=source.endpoint), bucket,
                           settings.home / "s3" / _tag(bucket.uri) / "data", settings.watch_settle)
     watcher = watcher_of(mirror.folder)
-    jobs = Outbox(client, SourceFetcher(mirror.sync, watcher), f"s3:{_tag(bucket.uri)}").start()
+    jobs = Outbox(client, SourceFetcher(mirror.sync, watcher, origin=mirror.origin),
+                  f"s3:{_tag(bucket.uri)}").start()
     exits.callback(jobs.stop)
 
     def request_sync(trigger: str = "s3") -> None:

@@ -24,8 +24,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote_plus, urlparse
 
+from events.payloads import Origin, SourceObject
+
 log = logging.getLogger(__name__)
 SOURCES = {"aws:s3": "s3", "minio:s3": "minio"}
+NAMED = 100  # objects an origin names (the first ones; it counts them all)
 
 
 class UnsafeKeyError(ValueError):
@@ -82,6 +85,7 @@ class BucketMirror:
         self._state = folder.parent / f".{folder.name}.listing.json"
         self._lock = threading.Lock()
         self.skipped: dict[str, str] = {}  # object key -> why it is not mirrored
+        self.synced: list[SourceObject] = []  # what the last sync downloaded and removed
 
     def listing(self) -> dict[str, list[Any]]:
         """{relative path: [etag, size]} of every object under the prefix that maps to a file
@@ -138,10 +142,13 @@ class BucketMirror:
             listing, before = self.settled_listing(self.settle), self.mirrored()
             self.folder.mkdir(parents=True, exist_ok=True)
             downloaded = removed = 0
+            synced: list[SourceObject] = []
             for rel, meta in listing.items():
                 target = self.folder / rel
                 if before.get(rel) == meta and target.is_file():
                     continue
+                synced.append(SourceObject(key=self.source.prefix + rel, etag=meta[0],
+                                           size=meta[1]))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
                 try:
@@ -150,22 +157,50 @@ class BucketMirror:
                 finally:
                     tmp.unlink(missing_ok=True)
                 downloaded += 1
-            for rel in set(before) - set(listing):
+            for rel in sorted(set(before) - set(listing)):
                 (self.folder / rel).unlink(missing_ok=True)
+                synced.append(SourceObject(key=self.source.prefix + rel))
                 removed += 1
+            self.synced = synced
             tmp_state = self._state.with_suffix(".tmp")
             tmp_state.write_text(json.dumps(listing))
             os.replace(tmp_state, self._state)
             skipped = f", {len(self.skipped)} key(s) skipped" if self.skipped else ""
             return f"{downloaded} downloaded, {removed} removed{skipped}"
 
+    def origin(self, notified: Origin | None) -> Origin:
+        """What the event of the sync just done says of its origin: what the notification
+        said (``notified``: its keys, ETags and sizes), or, for a sync no notification asked
+        for (a poll, the catch-up at start), the objects that sync downloaded (with their
+        ETags and sizes) and removed (the key alone)."""
+        if notified is not None:
+            return notified
+        return notified_origin(self.source, self.synced)
 
-def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:
-    """Validate a notification body; returns (trigger, relevant keys under the prefix).
-    Raises ValueError naming what is wrong (the caller answers 400)."""
+
+def notified_origin(source: BucketSource, objects: list[SourceObject]) -> Origin:
+    """A bucket change's origin: the bucket, the first ``NAMED`` objects and how many in all."""
+    return Origin(kind="bucket", bucket=source.bucket, objects=tuple(objects[:NAMED]),
+                  objects_total=len(objects))
+
+
+def _notified(s3: dict[str, Any], key: str) -> SourceObject:
+    """The object a record names: its key (decoded), and its ETag and size when the record
+    gives them (a creation does; a removal names the key alone)."""
+    obj = s3["object"]
+    etag, size = obj.get("eTag"), obj.get("size")
+    return SourceObject(key=key, etag=etag.strip('"')[:128] if isinstance(etag, str) else None,
+                        size=size if isinstance(size, int) and not isinstance(size, bool)
+                        and size >= 0 else None)
+
+
+def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[SourceObject]]:
+    """Validate a notification body; returns (trigger, the objects under the prefix it names,
+    with their ETags and sizes). Raises ValueError naming what is wrong (the caller answers
+    400)."""
     if not isinstance(body, dict) or not isinstance(body.get("Records"), list):
         raise ValueError('a bucket notification is a JSON object with a "Records" list')
-    trigger, keys = "s3", []
+    trigger, objects = "s3", []
     for n, record in enumerate(body["Records"]):
         where = f"Records[{n}]"
         if not isinstance(record, dict):
@@ -193,8 +228,8 @@ def relevant_records(body: Any, source: BucketSource) -> tuple[str, list[str]]:
             log.warning("%s: %s; not mirrored", where, exc)
             continue
         if rel is not None:
-            keys.append(key)
-    return trigger, keys
+            objects.append(_notified(s3, key))
+    return trigger, objects
 
 
 class Poller:

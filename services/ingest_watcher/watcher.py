@@ -24,7 +24,7 @@ import redis
 from core.supervise import Outage
 from dataset.fingerprint import FileEntry, Fingerprint, StatCache, diff, fingerprint
 from events import Event, EventType, make_event
-from events.payloads import DatasetUpdated, FileChanges
+from events.payloads import DatasetUpdated, FileChanges, Origin
 from events.sinks import Sink
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,12 @@ class DirectoryWatcher:
         return (Fingerprint(state["digest"], tuple(FileEntry(*f) for f in state["files"])),
                 int(state.get("sequence", 0)))
 
-    def scan_once(self, settled: bool = False, trigger: str = "watcher") -> Event | None:
+    def scan_once(self, settled: bool = False, trigger: str = "watcher",
+                  origin: Origin | None = None) -> Event | None:
         """Fingerprint the root; emit and return an event if it changed and has settled.
-        ``settled``: the caller knows the writes are complete (a git checkout returned)."""
+        ``settled``: the caller knows the writes are complete (a git checkout returned).
+        ``origin``: what the change's source said (a push, a bucket notification); by default
+        the folder itself."""
         if not self.root.is_dir():
             return None
         fp = fingerprint(self.root, self._cache)
@@ -104,6 +107,7 @@ class DirectoryWatcher:
                 files=FileChanges(added=changes.added, changed=changes.changed,
                                   removed=changes.removed),
                 trigger=trigger,  # type: ignore[arg-type]
+                origin=origin or Origin(kind="folder", folder=str(self.root)),
             ),
             source=f"retrain/watcher/{self._dataset}",
             id=f"{self._dataset}@{sequence}:{fp.digest[:16]}",

@@ -26,8 +26,14 @@ from core.redact import redact
 from events import make_event
 from events.outbox import Outbox
 from events.payloads import DatasetUpdated
-from services.ingest_watcher.git import GitSource, changed_paths, github_signature_ok, seen_key
-from services.ingest_watcher.s3 import BucketSource, relevant_records
+from services.ingest_watcher.git import (
+    GitSource,
+    changed_paths,
+    github_signature_ok,
+    push_origin,
+    seen_key,
+)
+from services.ingest_watcher.s3 import BucketSource, notified_origin, relevant_records
 
 log = logging.getLogger(__name__)
 GITHUB_MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -139,7 +145,9 @@ class GitEndpoints:
                                 {"status": f"ignored: no file under {source.path} changed"})
         after = str(push.get("after") or push.get("checkout_sha") or "")
         notification = make_event(
-            "dataset.updated", DatasetUpdated(uri=redact(source.url), trigger=provider),  # type: ignore[arg-type]
+            "dataset.updated", DatasetUpdated(
+                uri=redact(source.url), trigger=provider,  # type: ignore[arg-type]
+                origin=push_origin(provider, push, source, delivery)),
             source=f"retrain/webhooks/{provider}", id=delivery or f"{provider}@{after}")
         # durable before the answer (fetched after it); a delivery id seen before is a replay,
         # checked and appended in one atomic step
@@ -173,16 +181,17 @@ class BucketEndpoints:
                                                else 'Bearer error="invalid_token"'})
         body = _json(await read_body(request, S3_MAX_BODY))
         try:
-            trigger, keys = relevant_records(body, hooks.source)
+            trigger, objects = relevant_records(body, hooks.source)
         except ValueError as exc:
             raise WebhookRefusedError(400, str(exc)) from None
-        if not keys:
+        if not objects:
             self._outcomes.labels("s3", "ignored").inc()
             return JSONResponse({"status": f"ignored: no object under {hooks.source.uri}"})
         hooks.jobs.put(make_event("dataset.updated", DatasetUpdated(
-            uri=hooks.source.uri, trigger=trigger), source=f"retrain/webhooks/{trigger}"))  # type: ignore[arg-type]
+            uri=hooks.source.uri, trigger=trigger,  # type: ignore[arg-type]
+            origin=notified_origin(hooks.source, objects)), source=f"retrain/webhooks/{trigger}"))
         self._outcomes.labels("s3", "accepted").inc()
-        return JSONResponse({"status": "accepted: syncing", "objects": len(keys)},
+        return JSONResponse({"status": "accepted: syncing", "objects": len(objects)},
                             status_code=202)
 
 

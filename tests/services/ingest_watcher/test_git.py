@@ -15,11 +15,12 @@ from core.http import BackgroundServer, bind
 from dataset.fingerprint import fingerprint
 from events.dedup import Deduplicator
 from events.outbox import Outbox
+from events.payloads import Origin
 from events.sinks import HttpSink
 from services.ingest_watcher import webhooks
 from services.ingest_watcher.app import create_app
 from services.ingest_watcher.fetch import SourceFetcher
-from services.ingest_watcher.git import Clone, GitError, GitSource
+from services.ingest_watcher.git import Clone, GitError, GitSource, push_origin
 from services.ingest_watcher.watcher import DirectoryWatcher
 from services.ingest_watcher.webhooks import GitWebhooks
 from tests.conftest import free_port, wait_for, write_dataset
@@ -46,7 +47,8 @@ class Upstream:
         git("checkout", "-q", "-b", "main", cwd=self.work)
 
     def push(self, message, branch="main"):
-        """Commit everything and push; returns a push payload shaped like GitHub's and GitLab's."""
+        """Commit everything and push; returns the push payload GitHub sends (its fields as
+        GitHub's push event documents them; ``gitlab`` turns it into GitLab's Push Hook)."""
         before = git("rev-parse", "HEAD", cwd=self.work) if self._has_commits() else "0" * 40
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "-m", message, cwd=self.work)
@@ -62,10 +64,23 @@ class Upstream:
                 files[{"A": "added", "M": "modified", "D": "removed"}[kind[0]]].append(path)
             commits.append({"id": sha, **files})
         return {"ref": f"refs/heads/{branch}", "before": before, "after": after,
-                "repository": {"clone_url": "https://attacker.example/evil.git"}, "commits": commits}
+                "repository": {"full_name": "octo-org/evil", "clone_url": "https://attacker.example/evil.git"},
+                "pusher": {"name": "octocat", "email": "octocat@example.com"},
+                "sender": {"login": "octocat"}, "head_commit": {"id": after}, "commits": commits}
 
     def _has_commits(self):
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=self.work, capture_output=True).returncode == 0
+
+
+def gitlab_push(github_payload):
+    """The same push as GitLab's Push Hook says it: ``checkout_sha``, ``user_username``,
+    ``user_name`` and ``project`` instead of GitHub's ``pusher`` and ``repository``."""
+    return {"object_kind": "push", "event_name": "push", "ref": github_payload["ref"],
+            "before": github_payload["before"], "after": github_payload["after"],
+            "checkout_sha": github_payload["after"], "user_name": "Jane Doe",
+            "user_username": "jdoe", "project": {"path_with_namespace": "acme/data"},
+            "commits": github_payload["commits"],
+            "total_commits_count": len(github_payload["commits"])}
 
 
 @pytest.fixture
@@ -87,7 +102,8 @@ def stack(tmp_path, r, upstream):
     source = GitSource(str(upstream.bare), "main", "data/fm")
     clone = Clone(source, tmp_path / "clone")
     watcher = DirectoryWatcher(clone.dataset_root, events, r, tmp_path / "state")
-    jobs = Outbox(r, SourceFetcher(clone.sync, watcher), "git-test-jobs", first_backoff=0.05).start()
+    jobs = Outbox(r, SourceFetcher(clone.sync, watcher, origin=clone.origin), "git-test-jobs",
+                  first_backoff=0.05).start()
     app = create_app(watcher, (), GitWebhooks(source, jobs, SECRET, TOKEN))
     server = BackgroundServer(app, bind("127.0.0.1", 0, "watcher"), "watcher").start()
 
@@ -95,7 +111,7 @@ def stack(tmp_path, r, upstream):
         pass
 
     s = Stack()
-    s.received, s.jobs, s.url, s.clone = received, jobs, server.url, clone
+    s.received, s.jobs, s.url, s.clone, s.source = received, jobs, server.url, clone, source
     yield s
     server.stop()
     jobs.stop()
@@ -114,11 +130,16 @@ def github(url, payload, event="push", delivery=None, secret=SECRET, body=None):
 
 def test_a_push_to_the_dataset_emits_one_event_with_the_new_digest(stack, upstream):
     payload = upstream.push("dataset v1")
-    answer = github(stack.url, payload)
+    answer = github(stack.url, payload, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert answer.status_code == 202 and answer.json()["commit"] == payload["after"]
     wait_for(lambda: stack.received)
     [event] = stack.received
     assert event.data.trigger == "github"
+    # what the push said, kept with the change: the repository fetched (never the body's URL)
+    assert event.data.origin == Origin(
+        kind="git", repository=str(upstream.bare), ref="refs/heads/main",
+        commit=payload["after"], pusher="octocat",
+        delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert event.data.digest == fingerprint(upstream.work / "data" / "fm").digest
     assert "train-images-idx3-ubyte.gz" in event.data.files.added
     assert event.data.uri == str(stack.clone.dataset_root.resolve())
@@ -187,7 +208,7 @@ def test_replays_signatures_and_malformed_bodies(stack, upstream, monkeypatch):
 
 
 def test_gitlab_push_hooks_need_the_token(stack, upstream):
-    payload = upstream.push("v1")
+    payload = gitlab_push(upstream.push("v1"))
     headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Event-UUID": str(uuid.uuid4())}
     wrong = httpx.post(stack.url + "/webhooks/gitlab", json=payload,
                        headers={**headers, "X-Gitlab-Token": "nope"})
@@ -196,6 +217,9 @@ def test_gitlab_push_hooks_need_the_token(stack, upstream):
     assert ok.status_code == 202
     wait_for(lambda: stack.received)
     assert stack.received[0].data.trigger == "gitlab"
+    origin = stack.received[0].data.origin
+    assert (origin.kind, origin.commit, origin.pusher, origin.delivery) == (
+        "git", payload["checkout_sha"], "jdoe", headers["X-Gitlab-Event-UUID"])
 
 
 def test_many_deliveries_of_one_push_emit_one_event(stack, upstream):
@@ -242,12 +266,17 @@ def test_retrain_watch_git_catches_up_on_start_then_follows_webhooks(tmp_path, r
     try:
         wait_for(lambda: received, seconds=60)  # the dataset already on the branch
         assert received[0].data.digest == fingerprint(upstream.work / "data" / "fm").digest
+        head = git("rev-parse", "HEAD", cwd=upstream.work)
+        assert received[0].data.origin == Origin(  # no push asked: the branch and its head
+            kind="git", repository=str(upstream.bare), ref="refs/heads/main", commit=head)
         write_dataset(upstream.work / "data" / "fm", train=70, test=20, seed=5)
         payload = upstream.push("v2")
         wait_for(lambda: _up(port), seconds=30)
         assert github(f"http://127.0.0.1:{port}", payload).status_code == 202
         wait_for(lambda: len(received) == 2, seconds=60)
         assert received[1].data.trigger == "github"
+        assert (received[1].data.origin.commit, received[1].data.origin.pusher) == (
+            payload["after"], "octocat")
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
@@ -298,3 +327,43 @@ def test_a_private_repositorys_token_is_sent_as_a_header_and_never_shown(tmp_pat
         assert "ghp_UrlToken4567" not in str(info.value) and "x:***@127.0.0.1" in str(info.value)
     finally:
         server.shutdown()
+
+
+# what a push payload says, as the providers send it ------------------------------------------
+def test_a_github_push_names_its_pusher_commit_and_delivery():
+    source = GitSource("https://x:tok3n@github.example/octo-org/data.git", "main", "data")
+    payload = {"ref": "refs/heads/main", "after": "98248f0e892ce4e4e37411730ac98b53f2aa1261",
+               "pusher": {"name": "nevik", "email": "nevik@example.com"},
+               "sender": {"login": "nevik"}, "head_commit": {"id": "98248f0e"},
+               "repository": {"full_name": "nevik/testrepo"}}
+    origin = push_origin("github", payload, source, "ee3a5c6c")
+    assert origin == Origin(kind="git", repository="https://x:***@github.example/octo-org/data.git",
+                            ref="refs/heads/main", commit=payload["after"], pusher="nevik",
+                            delivery="ee3a5c6c")
+    no_pusher = push_origin("github", {**payload, "pusher": None}, source, None)
+    assert no_pusher.pusher == "nevik" and no_pusher.delivery is None  # the sender's login
+
+
+def test_a_gitlab_push_names_its_user_and_checkout_and_a_deleted_branch_no_commit():
+    source = GitSource("https://gitlab.example/acme/data.git")
+    payload = {"object_kind": "push", "ref": "refs/heads/main",
+               "after": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+               "checkout_sha": "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+               "user_name": "John Smith", "user_username": "jsmith"}
+    origin = push_origin("gitlab", payload, source, "4c4e1bd8")
+    assert (origin.commit, origin.pusher, origin.delivery) == (payload["after"], "jsmith", "4c4e1bd8")
+    deleted = push_origin("gitlab", {**payload, "after": "0" * 40, "checkout_sha": None},
+                          source, None)
+    assert deleted.commit is None and deleted.ref == "refs/heads/main"
+
+
+def test_a_checkout_past_the_pushed_commit_names_the_checkout_and_no_pusher(tmp_path, upstream):
+    first = upstream.push("v1")
+    write_dataset(upstream.work / "data" / "fm", train=70, test=20, seed=4)
+    second = upstream.push("v2")  # pushed before the first push's fetch ran
+    clone = Clone(GitSource(str(upstream.bare), "main", "data/fm"), tmp_path / "clone")
+    clone.sync()
+    said = push_origin("github", first, clone.source, "d1")
+    assert clone.origin(said).model_dump(include={"commit", "pusher", "delivery"}) == {
+        "commit": second["after"], "pusher": None, "delivery": "d1"}
+    assert clone.origin(push_origin("github", second, clone.source, "d2")).pusher == "octocat"

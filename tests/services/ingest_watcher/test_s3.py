@@ -15,6 +15,7 @@ from dataset.fingerprint import fingerprint
 from events import make_event
 from events.dedup import Deduplicator
 from events.outbox import Outbox
+from events.payloads import Origin, SourceObject
 from events.sinks import HttpSink
 from services.ingest_watcher.app import create_app
 from services.ingest_watcher.fetch import SourceFetcher
@@ -61,10 +62,22 @@ def upload_dataset(client, bucket, tmp_path, prefix="datasets/fm/", after_each=N
     return local
 
 
-def record(bucket, key, source="aws:s3", event="ObjectCreated:Put"):
+def record(bucket, key, source="aws:s3", event="ObjectCreated:Put", size=1, etag="x"):
+    """One record of a notification, as S3 (``aws:s3``) and MinIO (``minio:s3``) send it: a
+    removal names the key alone."""
+    named = {"key": quote_plus(key), "sequencer": "0055AED6DCD90281E5"}
+    if not event.startswith("ObjectRemoved"):
+        named.update(size=size, eTag=etag)
     return {"eventVersion": "2.1", "eventSource": source, "awsRegion": "us-east-1",
-            "eventName": event, "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": bucket},
-                                       "object": {"key": quote_plus(key), "size": 1, "eTag": "x"}}}
+            "eventName": event, "s3": {"s3SchemaVersion": "1.0", "configurationId": "retrain",
+                                       "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                                       "object": named}}
+
+
+def etags(client, bucket, keys):
+    """Each key's ETag (unquoted, as notifications carry it) and size, as the bucket says."""
+    heads = {k: client.head_object(Bucket=bucket, Key=k) for k in keys}
+    return {k: (h["ETag"].strip('"'), h["ContentLength"]) for k, h in heads.items()}
 
 
 @pytest.fixture
@@ -78,8 +91,8 @@ def stack(tmp_path, r, s3):
     source = BucketSource.parse(f"s3://{bucket}/datasets/fm")
     mirror = BucketMirror(client, source, tmp_path / "mirror" / "data", settle=0.3)
     watcher = DirectoryWatcher(mirror.folder, events, r, tmp_path / "state")
-    jobs = Outbox(r, SourceFetcher(mirror.sync, watcher), f"s3-jobs-{bucket}",
-                  first_backoff=0.05).start()
+    jobs = Outbox(r, SourceFetcher(mirror.sync, watcher, origin=mirror.origin),
+                  f"s3-jobs-{bucket}", first_backoff=0.05).start()
     server = BackgroundServer(create_app(watcher, (), bucket=BucketWebhooks(source, jobs, TOKEN)),
                               bind("127.0.0.1", 0, "watcher"), "watcher").start()
 
@@ -106,11 +119,16 @@ def test_a_notification_mirrors_the_prefix_and_emits_one_event(stack, tmp_path, 
     local = upload_dataset(stack.client, stack.bucket, tmp_path, train=60, test=20)
     stack.client.put_object(Bucket=stack.bucket, Key="elsewhere/unrelated.bin", Body=b"x")
     keys = [f"datasets/fm/{p.name}" for p in sorted(local.iterdir())]
-    answer = notify(stack, {"Records": [record(stack.bucket, k, origin) for k in keys]})
+    named = etags(stack.client, stack.bucket, keys)
+    answer = notify(stack, {"Records": [record(stack.bucket, k, origin, size=named[k][1],
+                                               etag=named[k][0]) for k in keys]})
     assert answer.status_code == 202 and answer.json()["objects"] == 4
     wait_for(lambda: stack.received)
     [event] = stack.received
     assert event.data.trigger == trigger
+    assert event.data.origin == Origin(  # what the notification said: keys, ETags, sizes
+        kind="bucket", bucket=stack.bucket, objects_total=4,
+        objects=tuple(SourceObject(key=k, etag=named[k][0], size=named[k][1]) for k in keys))
     assert event.data.digest == fingerprint(local).digest  # the mirror holds the same bytes
     assert sorted(event.data.files.added) == sorted(p.name for p in local.iterdir())
     assert not (stack.mirror.folder / "unrelated.bin").exists()
@@ -126,6 +144,7 @@ def test_a_notification_mirrors_the_prefix_and_emits_one_event(stack, tmp_path, 
     notify(stack, {"Records": [record(stack.bucket, keys[0], origin, "ObjectRemoved:Delete")]})
     wait_for(lambda: len(stack.received) == 2)
     assert list(stack.received[1].data.files.removed) == [keys[0].rsplit("/", 1)[1]]
+    assert stack.received[1].data.origin.objects == (SourceObject(key=keys[0]),)
 
 
 def test_keys_without_a_file_of_their_own_are_skipped_and_later_uploads_still_arrive(
@@ -186,6 +205,10 @@ def test_polling_notices_a_bucket_without_notifications(stack, tmp_path):
         local = upload_dataset(stack.client, stack.bucket, tmp_path, train=40, test=10)
         wait_for(lambda: stack.received)
         assert stack.received[0].data.digest == fingerprint(local).digest
+        keys = sorted(f"datasets/fm/{p.name}" for p in local.iterdir())
+        named = etags(stack.client, stack.bucket, keys)  # no notification: what the sync fetched
+        assert sorted(stack.received[0].data.origin.objects, key=lambda o: o.key) == [
+            SourceObject(key=k, etag=named[k][0], size=named[k][1]) for k in keys]
         wait_for(lambda: stack.jobs.pending() == 0)
         time.sleep(0.6)
         settled = len(requests)
@@ -273,3 +296,16 @@ def test_a_notification_whose_bucket_or_key_is_not_a_string_is_refused(bucket, k
                          "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
     with pytest.raises(ValueError, match="bucket name and object key must be strings"):
         relevant_records(body, BucketSource.parse("s3://b/p"))
+
+
+def test_a_notification_of_many_objects_names_the_first_hundred_and_counts_them_all():
+    from services.ingest_watcher.s3 import notified_origin, relevant_records
+
+    source = BucketSource.parse("s3://b/p")
+    body = {"Records": [record("b", f"p/increments/b1/sneaker/{n:04d}.png", "minio:s3",
+                               size=300 + n, etag=f'"e{n}"') for n in range(250)]}
+    trigger, objects = relevant_records(body, source)
+    origin = notified_origin(source, objects)
+    assert trigger == "minio" and origin.objects_total == 250 and len(origin.objects) == 100
+    assert origin.objects[0] == SourceObject(key="p/increments/b1/sneaker/0000.png", etag="e0",
+                                             size=300)

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from events.payloads import Origin
 from events.sinks import RedisStreamSink, read_stream
 from services.ingest_watcher.watcher import DirectoryWatcher
 
@@ -23,6 +24,7 @@ def test_one_event_per_settled_change(r, dataset, tmp_path):
     event = watcher.scan_once()
     assert event is not None and event.data.trigger == "watcher"
     assert len(event.data.files.added) == 4 and event.data.previous_digest is None
+    assert event.data.origin == Origin(kind="folder", folder=str(dataset.resolve()))
     assert _settle(watcher) == [None, None]  # nothing changed: nothing emitted
     stream = read_stream(r)
     assert [e["type"] for e in stream] == ["dev.retrain.dataset.updated"]
