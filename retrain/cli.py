@@ -18,6 +18,7 @@ from core.redact import redact
 from retrain.commands import pipeline, standalone
 from retrain.commands.cache import cache_app
 from retrain.commands.events import events_app
+from retrain.commands.lineage import lineage
 from retrain.commands.selector import select_app
 from retrain.commands.step import step_app
 from retrain.commands.support import console
@@ -32,6 +33,7 @@ for command in (pipeline.demo, pipeline.up, pipeline.run, pipeline.publish,
 app.command("seed")(pipeline.seed)
 app.command()(pipeline.status)
 app.command()(standalone.ui)
+app.command()(lineage)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 app.add_typer(step_app, name="step")

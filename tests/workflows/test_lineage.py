@@ -1,0 +1,195 @@
+"""The lineage of a served model, on a real history: a real watcher's dataset.updated starts
+each run, the real runner trains with the test trainer, the real selector judges and promotes
+into a real model repository, on a real Redis. Version 1 is served from the first dataset;
+a PNG increment then starts a run whose warm-started cnn becomes version 2; taking the
+increment away starts a run that reuses version 1's training from the cache and promotes
+nothing. The lineage of each is read back link by link."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+
+from core.settings import MODEL_NAME, Settings
+from dataset.seed import write_png_increment
+from events import EventType
+from events.payloads import RunParameters
+from events.sinks import RedisStreamSink
+from repository.digest import model_digest
+from retrain.commands.lineage import render
+from services.ingest_watcher.watcher import DirectoryWatcher
+from services.selector.backends import LocalBackend
+from services.selector.main import build_selector
+from services.trainer.options import SEED
+from services.trainer.training_cache import code_version
+from tests.conftest import write_dataset
+from workflows.lineage import KEYS, LineageNotFoundError, lineage, origin_text
+from workflows.runner import LocalRunner, RunRequest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PARAMS = {"models": ("cnn",), "batch_size": 32, "validation": "warn"}
+
+
+@pytest.fixture(scope="module")
+def history(redis_handle, tmp_path_factory, standin_trainer):
+    """Three runs, each started by the watcher's event for a change of the data folder."""
+    redis_handle.client.flushdb()
+    client, tmp = redis_handle.client, tmp_path_factory.mktemp("lineage")
+    settings = Settings(home=tmp / "home", redis_url=redis_handle.url, offline=True,
+                        promotion_max_class_drop=1.0, _env_file=None)  # the gate's figures, not
+    # its class rule, are the subject: the stand-in's weak model may win a class by chance
+    data = write_dataset(tmp / "data", train=600, test=200)
+    watcher = DirectoryWatcher(data, RedisStreamSink(client), client, tmp / "state", settle=0.0)
+    decisions, selector = [], build_selector(settings, client, lambda e: decisions.append(e),
+                                             LocalBackend(settings.model_repo, MODEL_NAME))
+
+    def emit(event):
+        if event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
+            selector.handle(event)
+
+    runner = LocalRunner(settings, client, redis_handle.url, emit, Console(quiet=True))
+
+    def change(**params):
+        watcher.scan_once()
+        event = watcher.scan_once()  # the second look: settled
+        assert event is not None
+        request = RunRequest.from_event(event, RunParameters(**{**PARAMS, **params}))
+        summary = runner.run(request)
+        assert summary["status"] == "succeeded", summary
+        return event, summary
+
+    first = change(steps_per_epoch=3)  # the weak model: served first, as version 1
+    write_png_increment(data, "b1", 60, seed=7)
+    second = change(steps_per_epoch=8, warm_start=True)  # the good one, from version 1
+    shutil.rmtree(data / "increments")
+    third = change(steps_per_epoch=3)  # the first data again: version 1's training reused
+
+    class History:
+        pass
+
+    h = History()
+    h.settings, h.client, h.scope, h.data = settings, client, str(settings.model_repo.resolve()), data
+    h.first, h.second, h.third, h.decisions = first, second, third, decisions
+    yield h
+
+
+def test_a_version_promoted_after_an_increment_names_every_link(history):
+    event, summary = history.second
+    found = lineage(history.client, history.scope, "2")
+    assert tuple(found) == KEYS and found["version"] == 2
+
+    decision = found["decision"]  # every figure and rule the gate looked at
+    assert decision["type"] == "model.promoted" and decision["version"] == 2
+    assert decision["run_id"] == summary["run_id"] and decision["champion_version"] == 1
+    assert decision["candidate_accuracy"] > decision["champion_accuracy"]
+    [new] = [s for s in decision["scores"] if s["split"] == "new"]
+    assert new["dataset_digest"] == summary["digest"] and len(new["candidate_per_class"]) == 10
+    assert {r["name"] for r in decision["rules"]} >= {"better", "pinned_tolerance", "class_drop"}
+    assert all(r["passed"] for r in decision["rules"])
+
+    model = found["model"]  # the files served, and that they are the trained model's
+    served = history.settings.model_repo / MODEL_NAME / "2"
+    assert model["location"] == str(served) and model["serving"] is True
+    assert model["files_digest"] == model_digest(served) and model["digest_matches"] is True
+    assert model["variant"] == "cnn" and model["info"]["model_type"] == "cnn"
+
+    training = found["training"]  # trained by this run, warm-started from version 1
+    assert training["cached"] is False and training["trained_by"] == summary["run_id"]
+    assert training["parameters"] == {"epochs": 1, "steps_per_epoch": 8, "batch_size": 32,
+                                      "learning_rate": 0.001, "workers": 1, "seed": SEED}
+    assert training["code_version"] == code_version() and training["seconds"] > 0
+    assert training["warm_start"]["from_version"] == 1
+    assert training["warm_start"]["digest"] == model_digest(
+        history.settings.model_repo / MODEL_NAME / "1")
+
+    dataset = found["dataset"]  # the increment ingested, the base files reused
+    assert dataset["digest"] == event.data.digest == summary["digest"]
+    assert dataset["previous_digest"] == history.first[0].data.digest
+    [ingested] = dataset["units"]["ingested"]
+    assert (ingested["source"], ingested["split"]) == ("increments/b1", "train")
+    assert sorted(u["split"] for u in dataset["units"]["reused"]) == ["test", "train"]
+    assert dataset["records"] == {"train": 660, "test": 200}
+
+    validation = found["validation"]
+    assert validation["status"] in ("pass", "warn") and validation["checks"]
+    assert found["run"]["run_id"] == summary["run_id"]
+    assert found["run"]["trigger"] == "dataset.updated/watcher"
+    assert found["run"]["parameters"]["warm_start"] is True
+
+    [cause] = found["events"]  # the watcher's event, with what its source said
+    assert cause["id"] == event.id and cause["type"] == "dev.retrain.dataset.updated"
+    assert cause["origin"] == {**cause["origin"], "kind": "folder",
+                               "folder": str(history.data.resolve())}
+    assert any(f.startswith("increments/b1/") for f in cause["files"]["added"])
+
+
+def test_a_run_id_resolves_to_the_version_it_promoted(history):
+    by_run = lineage(history.client, history.scope, history.second[1]["run_id"])
+    assert by_run["version"] == 2
+    assert by_run["model"]["files_digest"] == lineage(history.client, history.scope,
+                                                      2)["model"]["files_digest"]
+    assert lineage(history.client, history.scope, "1")["model"]["serving"] is False
+
+
+def test_a_run_that_promoted_nothing_says_so_and_names_the_training_it_reused(history):
+    _, first = history.first
+    _, third = history.third
+    found = lineage(history.client, history.scope, third["run_id"])
+    assert found["version"] is None and found["model"] is None
+    assert found["decision"]["summary"].startswith(f"run {third['run_id']} promoted no model")
+    [rejected] = found["decision"]["others"]
+    assert rejected["type"] == "model.rejected" and rejected["reason"]
+    [training] = found["training"]["variants"].values()
+    assert training["cached"] is True and training["trained_by"] == first["run_id"]
+    assert training["seconds"] > 0  # the time the training it reused took
+    assert found["dataset"]["units"]["ingested"] == []  # the first dataset, from the cache
+    assert [e["run_id"] for e in found["events"]] == [third["run_id"], first["run_id"]]
+
+
+def test_an_unknown_version_or_run_is_refused_naming_what_there_is(history):
+    with pytest.raises(LineageNotFoundError, match=r"no version 9 .*versions recorded: 1-2"):
+        lineage(history.client, history.scope, "9")
+    with pytest.raises(LineageNotFoundError, match="no run 'run-nope' is recorded"):
+        lineage(history.client, history.scope, "run-nope")
+
+
+def test_retrain_lineage_prints_each_link_or_the_json_and_refuses_an_unknown_version(history):
+    env = {**os.environ, "RETRAIN_HOME": str(history.settings.home),
+           "RETRAIN_REDIS_URL": history.settings.redis_url}
+
+    def retrain(*args):
+        return subprocess.run([sys.executable, "-m", "retrain.cli", "lineage", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    as_json = retrain("2", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    found = json.loads(as_json.stdout)
+    assert found["version"] == 2 and tuple(found) == KEYS
+    text = "\n".join(render(found))
+    for link in ("decision", "model", "training", "dataset", "validation", "run", "events"):
+        assert f"\n{link:<11}" in text
+    assert "warm-started from version 1" in text and f"folder {history.data.resolve()}" in text
+    unknown = retrain("99")
+    assert unknown.returncode == 1 and "no version 99" in unknown.stderr
+    assert unknown.stdout == ""
+
+
+@pytest.mark.parametrize("origin, said", [
+    ({"kind": "git", "repository": "https://git.example/data.git", "ref": "refs/heads/main",
+      "commit": "98248f0e892ce4e4e37411730ac98b53f2aa1261", "pusher": "nevik",
+      "delivery": "ee3a5c6c"},
+     ("Git commit 98248f0e892c on refs/heads/main of https://git.example/data.git, pushed by "
+      "nevik (delivery ee3a5c6c)")),
+    ({"kind": "bucket", "bucket": "b", "objects_total": 250,
+      "objects": [{"key": "p/a.png", "etag": "e1", "size": 3}, {"key": "p/gone.png"}]},
+     "bucket b: 250 object(s): p/a.png (ETag e1, 3 bytes), p/gone.png and 248 more"),
+    ({"kind": "folder", "folder": "/data/fm"}, "folder /data/fm"),
+    ({"kind": "manual"}, "published by hand"),
+    (None, "no origin recorded"),
+])
+def test_an_origin_reads_as_what_its_source_said(origin, said):
+    assert origin_text(origin) == said
