@@ -100,7 +100,9 @@ def iter_images(path: Path, batch: int = BATCH) -> Iterator[np.ndarray]:
         raise IdxError(name, f"not a valid gzip file ({exc})") from None
 
 
-def read_labels(path: Path) -> np.ndarray:
+def read_labels(path: Path, known_only: bool = True) -> np.ndarray:
+    """A labels file's labels; ``known_only``: refuse any label outside 0-9 (ingestion reads
+    them all and leaves unknown labels to the data gate, which names them)."""
     name = path.name
     try:
         with _open(path) as handle:
@@ -116,7 +118,7 @@ def read_labels(path: Path) -> np.ndarray:
         raise IdxError(name, f"not a valid gzip file ({exc})") from None
     labels = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
     bad = np.flatnonzero(labels >= NUM_CLASSES)
-    if bad.size:
+    if bad.size and known_only:
         raise IdxError(
             name, f"label {int(labels[bad[0]])} at record {int(bad[0])} is outside 0-9 "
             f"({bad.size} such labels)"

@@ -8,7 +8,6 @@ rename: a crash at any point leaves no visible partial dataset.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -24,6 +23,8 @@ import numpy as np
 from blake3 import blake3
 
 from dataset import idx, png
+from dataset.example import records as _records
+from dataset.profile import Profiler
 from dataset.errors import DatasetNotFoundError, DatasetValidationError
 from dataset.fingerprint import Fingerprint, hash_file
 from dataset.image_header import size_problem
@@ -32,7 +33,7 @@ from dataset.store import TMP_PREFIX, stat_signature
 
 log = logging.getLogger(__name__)
 
-CODE_VERSION = "ingest-v1"  # bump whenever the shard format or parsing changes
+CODE_VERSION = "ingest-v2"  # bump whenever the shard format, parsing or profile changes
 SHARD_SIZE = 10_000
 
 
@@ -45,57 +46,8 @@ class IngestResult:
     reused_units: int
     new_units: int
     seconds: float
-
-
-def _example(image: bytes, label: int) -> bytes:
-    """A serialized tf.train.Example {image: bytes, label: int64}, built without TF."""
-    def varint(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte = value & 0x7F
-            value >>= 7
-            if value:
-                out.append(byte | 0x80)
-            else:
-                out.append(byte)
-                return bytes(out)
-
-    def field(number: int, payload: bytes) -> bytes:  # length-delimited field
-        return varint((number << 3) | 2) + varint(len(payload)) + payload
-
-    bytes_list = field(1, field(1, image))          # Feature{bytes_list{value}}
-    int64_list = field(3, field(1, varint(label)))  # Feature{int64_list{value (packed)}}
-    feature_map = field(1, field(1, b"image") + field(2, bytes_list))
-    feature_map += field(1, field(1, b"label") + field(2, int64_list))
-    return field(1, feature_map)                    # Example{features{feature map}}
-
-
-@functools.lru_cache(maxsize=4)
-def _layout(image_len: int) -> tuple[bytes, bytes, bytes]:
-    """The constant bytes around the image and the label in a serialized Example whose image
-    has ``image_len`` bytes and whose label is 0-9 (a one-byte varint): every length inside is
-    fixed, so a record is ``head + image + middle + label + tail``."""
-    zeros = _example(bytes(image_len), 0)
-    ones = _example(b"\xff" * image_len, 0)
-    labelled = _example(bytes(image_len), 1)
-    start = next(i for i, (a, b) in enumerate(zip(zeros, ones)) if a != b)
-    where = next(i for i, (a, b) in enumerate(zip(zeros, labelled)) if a != b)
-    assert len(zeros) == len(ones) == len(labelled) and where > start + image_len
-    return zeros[:start], zeros[start + image_len:where], zeros[where + 1:]
-
-
-def _records(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Serialized Examples for a batch, one row each, assembled with array copies."""
-    flat = images.reshape(len(images), -1)
-    head, middle, tail = _layout(flat.shape[1])
-    width = len(head) + flat.shape[1] + len(middle) + 1 + len(tail)
-    out = np.empty((len(flat), width), np.uint8)
-    at = 0
-    for part in (head, flat, middle, labels.reshape(-1, 1), tail):
-        block = np.frombuffer(part, np.uint8) if isinstance(part, bytes) else part
-        out[:, at:at + block.shape[-1]] = block
-        at += block.shape[-1]
-    return out
+    units_ingested: tuple[str, ...] = ()  # the units written by this ingestion
+    units_reused: tuple[str, ...] = ()  # the units an earlier ingestion had written
 
 
 class _ShardWriter:
@@ -114,7 +66,8 @@ class _ShardWriter:
         self._in_shard = 0
         self.names: list[str] = []
         self.count = 0
-        self.per_class = [0] * idx.NUM_CLASSES
+        self.per_class = [0] * idx.NUM_CLASSES  # known classes only: the profile has the rest
+        self.profile = Profiler()
 
     def write(self, images: np.ndarray, labels: np.ndarray) -> None:
         records = _records(images, labels)
@@ -125,12 +78,13 @@ class _ShardWriter:
             take = min(self._shard_size - self._in_shard, len(records) - done)
             write = self._writer.write  # type: ignore[union-attr]
             for row in records[done:done + take]:
-                write(row.tobytes())
+                write(row if isinstance(row, bytes) else row.tobytes())
             self._in_shard += take
             done += take
         self.count += len(records)
-        counts = np.bincount(labels, minlength=idx.NUM_CLASSES)
+        counts = np.bincount(labels, minlength=idx.NUM_CLASSES)[:idx.NUM_CLASSES]
         self.per_class = [a + int(b) for a, b in zip(self.per_class, counts, strict=True)]
+        self.profile.add(images, labels)
 
     def _roll(self) -> None:
         self.close()
@@ -159,7 +113,7 @@ def unit_id(unit: Unit, hashes: dict[str, str], shard_size: int) -> str:
 
 def _batches(root: Path, unit: Unit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if isinstance(unit, IdxPair):
-        labels = idx.read_labels(root / unit.labels)
+        labels = idx.read_labels(root / unit.labels, known_only=False)
         declared = idx.image_count(root / unit.images)
         if declared != len(labels):
             raise idx.IdxError(
@@ -246,6 +200,7 @@ def _write_unit(root: Path, unit: Unit, tmp: Path, shard_size: int) -> dict[str,
         writer.close()
     if writer.count == 0:
         raise idx.IdxError(unit.files[0], "holds no records")
+    writer.profile.save(tmp)
     shards = [{"name": n, "size": (tmp / n).stat().st_size, "blake3": hash_file(tmp / n),
                "stat": stat_signature(tmp / n)} for n in writer.names]
     meta = {
@@ -282,7 +237,7 @@ def ingest(
     work = store / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     pending: list[tuple[Path, Path]] = []
     units_meta: list[dict[str, object]] = []
-    reused = 0
+    reused: list[str] = []
     try:
         for unit in layout.units:
             missing = [p for p in unit.files if p not in hashes]
@@ -294,7 +249,7 @@ def ingest(
             if (final / "unit.json").is_file():
                 meta = json.loads((final / "unit.json").read_text())
                 os.utime(final / "unit.json")  # recently used: `cache gc` keeps it
-                reused += 1
+                reused.append(uid)
             else:
                 try:
                     meta = _write_unit(root, unit, work / uid, shard_size)
@@ -320,10 +275,11 @@ def ingest(
     seconds = time.perf_counter() - started
     log.info(
         "ingested %s: %s records, %d unit(s) reused, %d new, %.2fs",
-        dataset_key[:12], result[0], reused, len(pending), seconds,
+        dataset_key[:12], result[0], len(reused), len(pending), seconds,
     )
     records, per_class, uri = result
-    return IngestResult(uri, fp.digest, records, per_class, reused, len(pending), seconds)
+    return IngestResult(uri, fp.digest, records, per_class, len(reused), len(pending), seconds,
+                        tuple(final.name for _, final in pending), tuple(reused))
 
 
 def _publish_dataset(
@@ -367,3 +323,4 @@ def _publish_dataset(
     records = {name: int(s["count"]) for name, s in splits.items()}  # type: ignore[call-overload]
     per_class = {name: list(s["per_class"]) for name, s in splits.items()}  # type: ignore[call-overload]
     return records, per_class, str(final)
+

@@ -99,6 +99,8 @@ class TrainingRequested(Payload):
     dataset: str = "fashion-mnist"
     uri: str
     parameters: RunParameters = RunParameters()
+    approves: str | None = None  # the blocked run this request lets train (retrain approve)
+    approved_by: str | None = None
 
 
 class IngestionCompleted(Payload):

@@ -3,6 +3,8 @@ as its training finishes (the same Selector the stack runs, called directly)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -17,29 +19,42 @@ from workflows.trigger import describe
 
 def run_once(settings: Settings, data_uri: str, params: RunParameters,
              console: Console) -> dict[str, Any]:
-    from workflows.runner import LocalRunner, RunRequest
+    from workflows.runner import RunRequest
 
     with open_redis(settings.redis_url, settings.home) as handle:
-        client = handle.client
-        selector = None
-        decisions: list[dict[str, Any]] = []
-
-        def emit(event: Event) -> None:
-            nonlocal selector
-            timeline.record(client, "event", event.type.short, **describe(event))
-            if event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
-                if selector is None:
-                    selector = _selector(settings, client, emit)
-                selector.handle(event)
-            elif event.type in (EventType.MODEL_PROMOTED, EventType.MODEL_REJECTED):
-                decisions.append({"decision": event.type.short, **event.data.model_dump()})
-
-        runner = LocalRunner(settings, client, handle.url, emit, console)
-        summary = runner.run(RunRequest(data_uri=data_uri, parameters=params, trigger="cli"))
-        if selector is not None:  # every training has ended: a round still open closes now
-            selector.close_round(summary["run_id"], "the end of the run")
+        with local_runner(settings, handle, console) as (runner, decisions):
+            summary = runner.run(RunRequest(data_uri=data_uri, parameters=params, trigger="cli"))
         summary["decisions"] = decisions
         return summary
+
+
+@contextmanager
+def local_runner(settings: Settings, handle: Any, console: Console
+                 ) -> Iterator[tuple[Any, list[dict[str, Any]]]]:
+    """A runner whose trainings are judged here as they end, and the decisions it collects;
+    a round still open when the caller is done closes then (every training has ended)."""
+    from workflows.runner import LocalRunner
+
+    client = handle.client
+    selector = None
+    decisions: list[dict[str, Any]] = []
+    run_ids: list[str] = []
+
+    def emit(event: Event) -> None:
+        nonlocal selector
+        timeline.record(client, "event", event.type.short, **describe(event))
+        if event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
+            if selector is None:
+                selector = _selector(settings, client, emit)
+            run_ids.append(event.data.run_id)  # type: ignore[union-attr]
+            selector.handle(event)
+        elif event.type in (EventType.MODEL_PROMOTED, EventType.MODEL_REJECTED):
+            decisions.append({"decision": event.type.short, **event.data.model_dump()})
+
+    yield LocalRunner(settings, client, handle.url, emit, console), decisions
+    if selector is not None:
+        for run_id in dict.fromkeys(run_ids):
+            selector.close_round(run_id, "the end of the run")
 
 
 def _selector(settings: Settings, client: Any, emit: Any) -> Any:

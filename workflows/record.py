@@ -96,6 +96,13 @@ class RunRecorder:
         self.save()
         self._r.zadd(RUNS, {request.run_id: time.time()})
 
+    @classmethod
+    def resume(cls, client: redis.Redis, summary: dict[str, Any]) -> RunRecorder:
+        """A recorder that goes on writing ``summary`` (a run taken up again: approved)."""
+        recorder = cls.__new__(cls)
+        recorder._r, recorder.summary = client, summary
+        return recorder
+
     def save(self) -> None:
         save(self._r, self.summary)
 
@@ -191,3 +198,31 @@ def fail_if_running(client: redis.Redis, run_id: str, reason: str) -> bool:
             return False
     timeline.record(client, "run", "run", run_id=run_id, status="failed", error=reason)
     return True
+
+
+def approve_blocked(client: redis.Redis, run_id: str, approval: dict[str, Any]) -> dict[str, Any]:
+    """Take a ``blocked`` run up again, atomically (two approvals never both resume it): its
+    status becomes ``running`` and ``approval`` (who, when, the checks overruled) is kept in
+    its summary and on the timeline. Returns the summary; raises ``ValueError`` saying why
+    the run cannot be approved."""
+    key = _key(run_id)
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            raw = pipe.get(key)
+            summary = json.loads(raw) if raw else None
+            if summary is None:
+                raise ValueError(f"no run {run_id} is recorded (or it is older than 30 days)")
+            if summary.get("status") != "blocked":
+                raise ValueError(f"run {run_id} is {summary.get('status')}, not blocked: "
+                                 "only a run the data gate blocked can be approved")
+            summary.update(status="running", approval=approval)
+            summary.pop("error", None)
+            pipe.multi()
+            save(pipe, summary)
+            pipe.execute()
+        except redis.WatchError:
+            raise ValueError(f"run {run_id} changed while it was being approved; "
+                             "look at it again") from None
+    timeline.record(client, "run", "approve", run_id=run_id, by=approval.get("by"))
+    return summary

@@ -23,20 +23,29 @@ from dataset.cache import CacheEntry, ingestion_cache
 from dataset.errors import DatasetValidationError
 from dataset.fingerprint import Fingerprint
 from dataset.ingest import IngestResult
+from dataset.store import load_metadata, verify
 from events import Event, EventType, make_event
 from events.payloads import (
+    DatasetRejected,
     IngestionCompleted,
     IngestionFailed,
     IngestionSkipped,
+    RunParameters,
 )
-from workflows import steps
+from workflows import steps, validate
 from workflows.record import RunRecorder, RunRequest, new_run_id
 
-__all__ = ["LocalRunner", "RunRequest", "new_run_id"]  # RunRequest: where callers look for it
+__all__ = ["ApprovalError", "LocalRunner", "RunRequest", "new_run_id"]  # RunRequest: where callers look for it
 
 log = logging.getLogger(__name__)
 SOURCE = "retrain/runner"
 Emit = Callable[[Event], None]
+
+
+class ApprovalError(RetrainError):
+    """A run that cannot be approved: unknown, not blocked, or its dataset is gone."""
+
+    exit_code = 1
 
 
 def ingestion_skipped(run_id: str, digest: str, entry: CacheEntry, reason: str) -> Event:
@@ -55,6 +64,13 @@ def ingestion_completed(run_id: str, digest: str, entry: CacheEntry,
                                          reused_shards=result.reused_units,
                                          new_shards=result.new_units),
                       source=SOURCE, id=f"{run_id}/ingestion")
+
+
+def dataset_rejected(run_id: str, dataset_uri: str, report: validate.Report) -> Event:
+    return make_event(EventType.DATASET_REJECTED,
+                      DatasetRejected(run_id=run_id, digest=report.digest, dataset_uri=dataset_uri,
+                                      reference=report.reference, checks=report.checks),
+                      source=SOURCE, id=f"{run_id}/validation")
 
 
 def ingestion_failed(run_id: str, data_uri: str, exc: DatasetValidationError) -> Event:
@@ -107,13 +123,10 @@ class LocalRunner:
             entry = self._ingest(request, root, fp, check, rec)
             rec.summary["dataset_uri"] = entry.dataset_uri
             rec.save()
-            if params.models:
-                from workflows.fanout import Trainings
-
-                Trainings(self._settings, self._r, self._redis_url, self._emit, self._console,
-                          request.run_id, params, rec, entry.dataset_uri).run()
-            failed = [m for m, r in rec.summary["models"].items() if r["status"] != "trained"]
-            rec.summary["status"] = "failed" if failed else "succeeded"
+            steps.pin_first(self._settings.store_dir, entry.dataset_uri)
+            if self.validate(request.run_id, entry.dataset_uri, params.validation, rec) == "blocked":
+                return rec.summary
+            self._train(request.run_id, params, rec, entry.dataset_uri)
         except (RetrainError, OSError) as exc:  # a step's own error, or the file system's
             rec.summary["status"] = "failed"
             rec.summary["error"] = str(exc)
@@ -126,6 +139,71 @@ class LocalRunner:
                             status=rec.summary["status"], seconds=rec.summary["seconds"],
                             error=rec.summary.get("error"))
         return rec.summary
+
+    def approve(self, run_id: str, by: str) -> dict[str, Any]:
+        """Resume a blocked run: its trainings run on the dataset it validated, with
+        validation ``warn``; ``by`` (who approved) is kept with the run."""
+        from workflows import record
+        from workflows.lease import run_lease
+
+        summary = record.get(self._r, run_id)
+        dataset_uri = (summary or {}).get("dataset_uri")
+        problem = verify(dataset_uri) if dataset_uri else "it has no ingested dataset"
+        if summary is not None and summary.get("status") == "blocked" and problem:
+            raise ApprovalError(f"run {run_id} cannot be resumed: {problem}; run it again")
+        overruled = [c["name"] for c in ((summary or {}).get("validation") or {}).get("checks", [])
+                     if c["status"] == "block"]
+        try:
+            summary = record.approve_blocked(self._r, run_id, {
+                "by": by, "at": time.time(), "overruled": overruled})
+        except ValueError as exc:
+            raise ApprovalError(str(exc)) from None
+        log.warning("run %s approved by %s: trains despite %s", run_id, by, ", ".join(overruled))
+        params = RunParameters(**{**summary["parameters"], "validation": "warn"})
+        rec = RunRecorder.resume(self._r, summary)
+        started = time.perf_counter()
+        with run_lease(self._r, run_id):
+            try:
+                self.validate(run_id, str(dataset_uri), "warn", rec)
+                self._train(run_id, params, rec, str(dataset_uri))
+            except (RetrainError, OSError) as exc:
+                rec.summary.update(status="failed", error=str(exc))
+            finally:
+                rec.summary["seconds"] = round(rec.summary.get("seconds", 0)
+                                               + time.perf_counter() - started, 3)
+                rec.save()
+                timeline.record(self._r, "run", "run", run_id=run_id,
+                                status=rec.summary["status"], seconds=rec.summary["seconds"])
+        return rec.summary
+
+    def validate(self, run_id: str, dataset_uri: str, mode: str, rec: RunRecorder) -> str:
+        """The validate step: the data gate's report kept with the run; a blocked run ends
+        ``blocked`` (with every failed check in its error) and says so in an event."""
+        with rec.step("validate") as step:
+            inputs = validate.inputs_for(self._r, self._settings, dataset_uri)
+            report = validate.validate(self._r, self._settings, inputs, mode)
+            step.detail.update(verdict=report.status, reference=report.reference,
+                               cached=report.cached,
+                               failed=[f"{c.name}: {c.status}" for c in report.failed()])
+            if report.status in ("off", "blocked"):
+                step.status = "skipped" if report.status == "off" else "blocked"
+        rec.summary["validation"] = report.to_dict()
+        if report.status == "blocked":
+            rec.summary["status"] = "blocked"
+            rec.summary["error"] = "the data gate blocked the run: " + "; ".join(
+                f"{c.name} ({c.detail})" for c in report.checks if c.status == "block")
+            self._emit(dataset_rejected(run_id, dataset_uri, report))
+        return report.status
+
+    def _train(self, run_id: str, params: RunParameters, rec: RunRecorder,
+               dataset_uri: str) -> None:
+        if params.models:
+            from workflows.fanout import Trainings
+
+            Trainings(self._settings, self._r, self._redis_url, self._emit, self._console,
+                      run_id, params, rec, dataset_uri).run()
+        failed = [m for m, r in rec.summary["models"].items() if r["status"] != "trained"]
+        rec.summary["status"] = "failed" if failed else "succeeded"
 
     def _ingest(self, request: RunRequest, root: Path, fp: Fingerprint,
                 check: steps.CacheCheck, rec: RunRecorder) -> CacheEntry:
@@ -146,8 +224,12 @@ class LocalRunner:
             if result is None:  # a cache hit, or a concurrent run with the same key ingested it
                 step.status = "skipped"
                 rec.summary["cache"].update(hit=True, reason=reason)
+                units = [str(u["id"]) for u in load_metadata(entry.dataset_uri)["units"]]  # type: ignore[union-attr]
+                step.detail.update(units={"ingested": [], "reused": units})
             else:
-                step.detail.update(reused_units=result.reused_units, new_units=result.new_units)
+                step.detail.update(reused_units=result.reused_units, new_units=result.new_units,
+                                   units={"ingested": list(result.units_ingested),
+                                          "reused": list(result.units_reused)})
         if result is None:
             event = ingestion_skipped(request.run_id, fp.digest, entry, reason)
         else:

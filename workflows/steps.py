@@ -136,3 +136,11 @@ def ingest_step(
         renewer.close(timeout=0)  # a late renewal of a released lease finds it gone
         renewer.discard(lease)
         cache.release(lease)
+
+
+def pin_first(store: Path, dataset_uri: str) -> None:
+    """After an ingestion: the first dataset's test split becomes the pinned evaluation set
+    (``dataset.pinned``), unless one is pinned already."""
+    from dataset import pinned
+
+    pinned.pin_first(store, dataset_uri)

@@ -14,6 +14,8 @@ from core.errors import ConfigurationError
 from core.settings import MODEL_TYPES
 from retrain.commands.support import console, load_settings, run_parameters, setup_logging
 
+BLOCKED = 3  # the exit code of a run, or a validation, the data gate blocked
+
 
 def demo(
     train_size: Annotated[int, typer.Option(help="stand-in training images")] = 20_000,
@@ -54,15 +56,18 @@ def run(
     warm_start: Annotated[Optional[bool], typer.Option("--warm-start/--no-warm-start", help="start from the champion's weights when it is the same variant")] = None,
     train_cache: Annotated[Optional[str], typer.Option(help="the training cache: exact (an identical training's model is reused), max-age=2h or off")] = None,
     force: Annotated[bool, typer.Option("--force", help="train every model again, whatever the training cache holds")] = False,
+    validation: Annotated[Optional[str], typer.Option(help="the data gate: block (default), warn or off")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     verbose: bool = False,
 ) -> None:
-    """One workflow run on this machine, synchronously; promotes as each model finishes."""
+    """One workflow run on this machine, synchronously; promotes as each model finishes.
+    Exits 3 when the data gate blocks the run (no training starts), 1 when it fails."""
     setup_logging(verbose, native=verbose, live=console)
     from retrain.oneshot import run_once
 
     params = run_parameters(models, epochs, steps_per_epoch, batch_size, learning_rate,
-                            cache_policy, workers, warm_start, train_cache, force or None)
+                            cache_policy, workers, warm_start, train_cache, force or None,
+                            validation)
     summary = run_once(load_settings(), data, params, console)
     if as_json:
         print(json.dumps(summary, default=str))
@@ -70,7 +75,14 @@ def run(
         from retrain.report import print_run
 
         print_run(Console(), summary)
-    if summary["status"] != "succeeded":
+    exit_for(summary["status"])
+
+
+def exit_for(status: str) -> None:
+    """A run's exit code: 0 succeeded, 3 blocked by the data gate, 1 anything else."""
+    if status == "blocked":
+        raise typer.Exit(BLOCKED)
+    if status != "succeeded":
         raise typer.Exit(1)
 
 
@@ -82,7 +94,7 @@ def ingest(
     from events.payloads import RunParameters
     from retrain.oneshot import run_once
 
-    summary = run_once(load_settings(), data, RunParameters(models=()), console)
+    summary = run_once(load_settings(), data, RunParameters(models=(), validation="off"), console)
     if as_json:
         print(json.dumps(summary, default=str))
     elif summary["status"] == "succeeded":

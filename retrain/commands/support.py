@@ -62,7 +62,8 @@ def setup_logging(verbose: bool, *, native: bool = False, live: Console | None =
 def run_parameters(models: str | None, epochs: int | None, steps: int | None,
                    batch: int | None, lr: float | None, policy: str | None,
                    workers: int | None = None, warm_start: bool | None = None,
-                   train_cache: str | None = None, force: bool | None = None) -> Any:
+                   train_cache: str | None = None, force: bool | None = None,
+                   validation: str | None = None) -> Any:
     """``RunParameters`` from the command line's options (unset ones keep their defaults)."""
     from core.cache_policy import TRAINING, Policy
     from events.payloads import RunParameters
@@ -77,7 +78,7 @@ def run_parameters(models: str | None, epochs: int | None, steps: int | None,
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps), ("batch_size", batch),
                         ("learning_rate", lr), ("cache_policy", policy), ("workers", workers),
                         ("warm_start", warm_start), ("train_cache", train_cache),
-                        ("force", force)):
+                        ("force", force), ("validation", validation)):
         if value is not None:
             fields[name] = value
     try:

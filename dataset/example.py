@@ -1,0 +1,92 @@
+"""The records of the store's shards: serialized ``tf.train.Example``s {image: bytes, label:
+int64}, built and read without TensorFlow. Every record of a 28x28 image holds the image at the
+same offset (its label follows it), so batches are assembled, and shards read back, as arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dataset import idx
+
+
+def _example(image: bytes, label: int) -> bytes:
+    """A serialized tf.train.Example {image: bytes, label: int64}, built without TF."""
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            if value:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:  # length-delimited field
+        return varint((number << 3) | 2) + varint(len(payload)) + payload
+
+    bytes_list = field(1, field(1, image))          # Feature{bytes_list{value}}
+    int64_list = field(3, field(1, varint(label)))  # Feature{int64_list{value (packed)}}
+    feature_map = field(1, field(1, b"image") + field(2, bytes_list))
+    feature_map += field(1, field(1, b"label") + field(2, int64_list))
+    return field(1, feature_map)                    # Example{features{feature map}}
+
+
+@functools.lru_cache(maxsize=4)
+def layout(image_len: int) -> tuple[bytes, bytes, bytes]:
+    """The constant bytes around the image and the label in a serialized Example whose image
+    has ``image_len`` bytes and whose label is 0-9 (a one-byte varint): every length inside is
+    fixed, so a record is ``head + image + middle + label + tail``."""
+    zeros = _example(bytes(image_len), 0)
+    ones = _example(b"\xff" * image_len, 0)
+    labelled = _example(bytes(image_len), 1)
+    start = next(i for i, (a, b) in enumerate(zip(zeros, ones)) if a != b)
+    where = next(i for i, (a, b) in enumerate(zip(zeros, labelled)) if a != b)
+    assert len(zeros) == len(ones) == len(labelled) and where > start + image_len
+    return zeros[:start], zeros[start + image_len:where], zeros[where + 1:]
+
+
+def records(images: np.ndarray, labels: np.ndarray) -> np.ndarray | list[bytes]:
+    """Serialized Examples for a batch, one row each, assembled with array copies (a label
+    of 128 or more, which no class has, takes two varint bytes: built one by one)."""
+    flat = images.reshape(len(images), -1)
+    if labels.size and int(labels.max()) >= 0x80:
+        return [_example(image.tobytes(), int(label)) for image, label in zip(flat, labels)]
+    head, middle, tail = layout(flat.shape[1])
+    width = len(head) + flat.shape[1] + len(middle) + 1 + len(tail)
+    out = np.empty((len(flat), width), np.uint8)
+    at = 0
+    for part in (head, flat, middle, labels.reshape(-1, 1), tail):
+        block = np.frombuffer(part, np.uint8) if isinstance(part, bytes) else part
+        out[:, at:at + block.shape[-1]] = block
+        at += block.shape[-1]
+    return out
+
+
+def read_unit(store: Path, unit: str) -> np.ndarray:
+    """The images of an ingested unit (uint8, n x 28 x 28), in record order, read from its
+    shards without TensorFlow: every record holds its image at the same offset (the label
+    follows it), so a shard whose records all have one length is read as one array."""
+    folder = store / "shards" / unit
+    meta = json.loads((folder / "unit.json").read_text())
+    head, _, _ = layout(idx.ROWS * idx.COLS)
+    at, size = 12 + len(head), idx.ROWS * idx.COLS  # framing: length (8), its CRC (4)
+    parts = []
+    for shard in meta["shards"]:
+        data = np.fromfile(folder / shard["name"], np.uint8)
+        length = int(data[:8].view("<u8")[0]) if data.size >= 8 else 0
+        stride = 16 + length  # + the data's CRC (4)
+        if data.size % stride == 0 and (data.reshape(-1, stride)[:, :8].view("<u8") == length).all():
+            parts.append(data.reshape(-1, stride)[:, at:at + size])
+            continue
+        offsets, offset = [], 0  # records of different lengths: a label of 128 or more
+        while offset < data.size:
+            offsets.append(offset)
+            offset += 16 + int(data[offset:offset + 8].view("<u8")[0])
+        parts.append(np.stack([data[o + at:o + at + size] for o in offsets]))
+    return np.concatenate(parts).reshape(-1, idx.ROWS, idx.COLS)

@@ -1,0 +1,161 @@
+"""The profile of ingested data: what the data gate (``dataset.validation``) compares.
+
+Computed in the ingestion pass, batch by batch, from the arrays being written (the data is
+not read a second time), and stored beside each unit's shards (``shards/<unit>/profile.npz``),
+so a dataset that reuses a unit reuses its profile, and a cache hit reuses them all. A unit's
+profile holds:
+
+- ``labels``: each image's label, in record order (labels outside the known classes too);
+- ``hashes``: a 64-bit content hash of each image's pixels (duplicates, train/test overlap);
+- ``hist``: per known class, a histogram of pixel intensities in ``BINS`` bins, from every
+  ``STRIDE``-th pixel of each image (9 is prime to the row width of 28, so every column and
+  every row is sampled; a ninth of the pixels gives the same shape at a ninth of the cost).
+
+Images are always 28x28 uint8 here: ingestion refuses any other shape.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dataset import idx
+from dataset.store import load_metadata
+
+PROFILE_FILE = "profile.npz"
+BINS = 16
+STRIDE = 9
+SHAPE = (idx.ROWS, idx.COLS)
+DTYPE = "uint8"
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@functools.lru_cache(maxsize=1)
+def _multipliers() -> np.ndarray:
+    """Fixed odd 64-bit multipliers, one per 8-byte word of an image."""
+    words = idx.ROWS * idx.COLS // 8
+    return np.random.default_rng(0x5EED).integers(1, 2**63, words, dtype=np.uint64) | np.uint64(1)
+
+
+def image_hashes(images: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each image's pixels (uint64, one per image): a multiply-sum over the
+    image's 8-byte words, then a splitmix64 finaliser. Equal images hash equal; unequal ones
+    collide with odds of about 2**-64 per pair (not a defence against crafted collisions)."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1)).view(np.uint64)
+    with np.errstate(over="ignore"):
+        h = flat @ _multipliers()
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return h & _MASK
+
+
+def pair_keys(hashes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """What identifies a labelled image: its hash mixed with its label (a relabelled image
+    is a new pair)."""
+    with np.errstate(over="ignore"):
+        return hashes ^ (labels.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+
+class Profiler:
+    """Accumulates one unit's profile as ingestion writes its batches."""
+
+    def __init__(self) -> None:
+        self._labels: list[np.ndarray] = []
+        self._hashes: list[np.ndarray] = []
+        self.hist = np.zeros((idx.NUM_CLASSES, BINS), np.int64)
+
+    def add(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self._labels.append(labels.astype(np.uint8, copy=False))
+        self._hashes.append(image_hashes(images))
+        known = labels < idx.NUM_CLASSES
+        sampled = images.reshape(len(images), -1)[:, ::STRIDE] >> 4  # BINS = 256 >> 4
+        if not known.all():
+            sampled, labels = sampled[known], labels[known]
+        codes = labels[:, None].astype(np.intp) * BINS + sampled
+        self.hist += np.bincount(codes.ravel(), minlength=idx.NUM_CLASSES * BINS).reshape(
+            idx.NUM_CLASSES, BINS)
+
+    def save(self, folder: Path) -> None:
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.uint8)
+        hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
+        with (folder / PROFILE_FILE).open("wb") as handle:
+            np.savez(handle, labels=labels, hashes=hashes, hist=self.hist)
+
+
+@dataclass(frozen=True)
+class UnitProfile:
+    unit: str
+    split: str
+    labels: np.ndarray  # uint8, one per image
+    hashes: np.ndarray  # uint64, one per image
+    hist: np.ndarray  # int64 [NUM_CLASSES, BINS]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A dataset's profile: its units' profiles, in the dataset's order."""
+
+    key: str
+    digest: str
+    units: tuple[UnitProfile, ...]
+
+    def split(self, name: str, only: frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, hashes) of a split's images (of the units in ``only``, if given)."""
+        parts = [u for u in self.units if u.split == name and (only is None or u.unit in only)]
+        if not parts:
+            return np.zeros(0, np.uint8), np.zeros(0, np.uint64)
+        return (np.concatenate([u.labels for u in parts]),
+                np.concatenate([u.hashes for u in parts]))
+
+    def hist(self, name: str, only: frozenset[str] | None = None) -> np.ndarray:
+        total = np.zeros((idx.NUM_CLASSES, BINS), np.int64)
+        for u in self.units:
+            if u.split == name and (only is None or u.unit in only):
+                total += u.hist
+        return total
+
+    def splits(self) -> list[str]:
+        return sorted({u.split for u in self.units})
+
+    def unit_ids(self) -> frozenset[str]:
+        return frozenset(u.unit for u in self.units)
+
+    def summary(self) -> dict[str, object]:
+        """Per split: image count, count of each label, shape and type (what a report shows)."""
+        out: dict[str, object] = {}
+        for name in self.splits():
+            labels, _ = self.split(name)
+            counts = np.bincount(labels, minlength=idx.NUM_CLASSES)
+            out[name] = {"images": int(labels.size), "per_class": counts[:idx.NUM_CLASSES].tolist(),
+                         "unknown_labels": int(counts[idx.NUM_CLASSES:].sum()),
+                         "shape": list(SHAPE), "dtype": DTYPE}
+        return out
+
+
+class ProfileMissingError(Exception):
+    """A unit ingested before profiles existed (or whose profile was removed)."""
+
+
+def load(dataset_uri: str | Path) -> Profile:
+    """The profile of an ingested dataset, from its units' stored profiles."""
+    folder = Path(dataset_uri)
+    meta = load_metadata(folder)
+    store = folder.parent.parent
+    units = []
+    for unit in meta["units"]:  # type: ignore[union-attr]
+        path = store / "shards" / unit["id"] / PROFILE_FILE
+        try:
+            with np.load(path) as data:
+                units.append(UnitProfile(unit["id"], unit["split"], data["labels"],
+                                         data["hashes"], data["hist"]))
+        except FileNotFoundError:
+            raise ProfileMissingError(
+                f"unit {unit['id'][:12]} of {folder.name[:12]} has no profile (ingested by an "
+                "older retrain): ingest the data again") from None
+    return Profile(str(meta["key"]), str(meta["digest"]), tuple(units))

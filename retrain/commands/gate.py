@@ -1,0 +1,116 @@
+"""The data gate's commands: ``validate`` (check a dataset as a run would, before any
+training) and ``approve`` (let a blocked run train)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from retrain.commands.pipeline import BLOCKED, exit_for
+from retrain.commands.support import console, load_settings
+
+
+def validate(
+    data: Annotated[str, typer.Option("--data", help="dataset folder (path or file://)")],
+    against: Annotated[Optional[str], typer.Option(help="the digest of an ingested dataset to compare with (default: the champion's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON on the last line")] = False,
+) -> None:
+    """Check a dataset as a run's data gate would: its profile against the champion's data.
+    Ingests it first (a cache hit when it was ingested before). Exits 3 when it is blocked."""
+    from core.cache_policy import Policy
+    from core.redis_store import open_redis
+    from dataset.cache import ingestion_cache
+    from workflows import steps
+    from workflows import validate as gate
+
+    settings = load_settings()
+    with open_redis(settings.redis_url, settings.home) as handle:
+        client = handle.client
+        cache = ingestion_cache(client, settings.cache_ttl_seconds)
+        root = steps.resolve_root(data)
+        fp = steps.fingerprint_step(root, settings.home / "statcache")
+        check = steps.check_cache(cache, root, fp, Policy.parse("exact"))
+        entry = check.decision.entry
+        if not check.decision.hit or entry is None:
+            entry = steps.ingest_step(cache, root, settings.store_dir, fp, check.key).entry
+        steps.pin_first(settings.store_dir, entry.dataset_uri)
+        inputs = gate.inputs_for(client, settings, entry.dataset_uri, against)
+        report = gate.validate(client, settings, inputs, "block")
+    if as_json:
+        print(json.dumps({**report.to_dict(), "dataset_uri": entry.dataset_uri}))
+    else:
+        print_report(Console(), report.to_dict())
+    if report.status == "blocked":
+        raise typer.Exit(BLOCKED)
+
+
+def print_report(out: Console, report: dict) -> None:
+    """The checks of a validation report, one row each."""
+    reference = report.get("reference")
+    table = Table(title=f"validation: {report['status']} (against "
+                        f"{reference[:12] + '…' if reference else 'no reference'})")
+    for col in ("check", "status", "value", "threshold", "detail"):
+        table.add_column(col, overflow="fold")
+    colour = {"pass": "green", "warn": "yellow", "block": "red"}
+    for check in report.get("checks", []):
+        value, threshold = check.get("value"), check.get("threshold")
+        table.add_row(check["name"], f"[{colour[check['status']]}]{check['status']}[/]",
+                      "-" if value is None else f"{value:.4g}",
+                      "-" if threshold is None else f"{threshold:.4g}", check.get("detail", ""))
+    out.print(table)
+
+
+def approve(
+    run_id: Annotated[str, typer.Argument(help="the blocked run to let train")],
+    by: Annotated[Optional[str], typer.Option(help="who approves (kept with the run; default: this user)")] = None,
+    events_url: Annotated[Optional[str], typer.Option(help="on a cluster: the events endpoint to re-submit the run's workflow to (the API key is RETRAIN_API_KEYS' first)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Resume a run the data gate blocked: its trainings run on the dataset it validated,
+    with validation warn, and who approved it is kept with the run. With --events-url the
+    run's workflow is submitted again through that endpoint (a cluster)."""
+    approver = by or getpass.getuser()
+    settings = load_settings()
+    if events_url:
+        _resubmit(settings, run_id, approver, events_url)
+        return
+    from core.redis_store import open_redis
+    from retrain.oneshot import local_runner
+
+    with open_redis(settings.redis_url, settings.home) as handle:
+        with local_runner(settings, handle, console) as (runner, decisions):
+            summary = runner.approve(run_id, approver)
+        summary["decisions"] = decisions
+    if as_json:
+        print(json.dumps(summary, default=str))
+    else:
+        from retrain.report import print_run
+
+        print_run(Console(), summary)
+    exit_for(summary["status"])
+
+
+def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:
+    """A cluster's approval: the blocked run's parameters, validation warn, sent as a manual
+    ``training.requested`` for the dataset it validated, through the authenticated endpoint."""
+    from core.redis_store import open_redis
+    from retrain.publishing import publish_event
+    from workflows import record
+
+    with open_redis(settings.redis_url, settings.home) as handle:
+        summary = record.get(handle.client, run_id)
+    if summary is None or summary.get("status") != "blocked":
+        state = "not recorded" if summary is None else summary.get("status")
+        raise typer.BadParameter(f"run {run_id} is {state}, not blocked", param_hint="RUN_ID")
+    data = {"uri": summary["data"], "approves": run_id, "approved_by": approver,
+            "parameters": {**summary["parameters"], "validation": "warn"}}
+    event, target, _ = publish_event(settings, "dev.retrain.training.requested", json.dumps(data),
+                                     sink=events_url, source="retrain/approve",
+                                     event_id=f"approve/{run_id}")
+    console.print(f"approved {run_id} as {approver}: sent {event.type.value} id={event.id} "
+                  f"to {target}", soft_wrap=True)

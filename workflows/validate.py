@@ -1,0 +1,254 @@
+"""The data gate as a workflow step: profile checks of an ingested dataset against the one the
+champion was trained on, before any training (``retrain validate``, the local runner's
+``validate`` step, ``retrain step validate`` on a cluster).
+
+The report is memoised like ingestion, in Redis under ``retrain:validation:<key>``, keyed by
+the dataset's content, the reference's, the pinned evaluation set's, the champion model and
+the thresholds; the run's mode (block, warn or off) only decides what a failed check does.
+The champion's agreement with the new labels needs one inference pass over the images new
+since the reference, and one over the reference's test split: TensorFlow is imported only
+then.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from blake3 import blake3
+
+from core.settings import Settings
+from dataset import idx, pinned, profile, validation
+from dataset.example import read_unit
+from dataset.store import load_metadata
+from events.payloads import CheckResult
+from workflows.errors import WorkflowError
+
+log = logging.getLogger(__name__)
+PREFIX = "retrain:validation:"
+MAX_AGREEMENT_IMAGES = 5000  # new images the champion judges at most (a sample beyond)
+CHECKS = ("labels", "class_balance", "pixel_drift", "duplicates", "leakage", "label_agreement",
+          "size")
+
+
+class ReferenceNotFoundError(WorkflowError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Report:
+    status: str  # pass, warn, blocked, off
+    mode: str
+    digest: str
+    reference: str | None  # the digest compared with
+    pinned: str | None
+    checks: tuple[CheckResult, ...] = ()
+    cached: bool = False
+    key: str = ""
+    seconds: float = 0.0
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status != "pass"]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["checks"] = [c.model_dump(mode="json") for c in self.checks]
+        return out
+
+    def line(self) -> str:
+        """One line: the status and every check that did not pass, with its figures."""
+        failed = self.failed()
+        if not failed:
+            return f"{self.status}: every check passed"
+        return f"{self.status}: " + "; ".join(
+            f"{c.name} {c.status} ({c.value} > {c.threshold}: {c.detail})" for c in failed)
+
+
+def find_dataset(store: Path, digest: str) -> str:
+    """The ingested dataset in ``store`` whose content digest is (or starts with) ``digest``."""
+    found = []
+    for meta_file in sorted((store / "datasets").glob("*/metadata.json")):
+        meta = json.loads(meta_file.read_text())
+        if str(meta.get("digest", "")).startswith(digest):
+            found.append((meta.get("created_at", 0), str(meta_file.parent)))
+    if not found:
+        raise ReferenceNotFoundError(f"no ingested dataset in {store} has digest {digest}")
+    return max(found)[1]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a validation compares: the dataset, its reference and the pinned set, and the
+    champion whose agreement with the new labels is measured."""
+
+    dataset_uri: str
+    reference_uri: str | None
+    pinned_uri: str | None
+    champion_uri: str | None
+
+    def key(self, thresholds: validation.Thresholds) -> str:
+        def content(uri: str | None) -> str | None:
+            return str(load_metadata(uri)["key"]) if uri else None
+
+        material = {"dataset": content(self.dataset_uri), "reference": content(self.reference_uri),
+                    "pinned": content(self.pinned_uri), "champion": self.champion_uri,
+                    "thresholds": asdict(thresholds), "checks": validation.CHECKS_VERSION}
+        return blake3(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def inputs_for(client: redis.Redis, settings: Settings, dataset_uri: str,
+               against: str | None = None) -> Inputs:
+    """The reference (``against``, a digest, or the champion's dataset), the pinned set and
+    the champion for validating ``dataset_uri``."""
+    from services.selector.champion import ChampionStore
+
+    champion = ChampionStore(client, str(settings.model_repo.resolve())).get()
+    store = Path(dataset_uri).parent.parent
+    if against:
+        reference: str | None = find_dataset(store, against)
+    elif champion is not None and (Path(champion.dataset_uri) / "metadata.json").is_file():
+        reference = champion.dataset_uri
+    else:
+        if champion is not None:
+            log.warning("the champion's dataset %s is gone: validating without a reference",
+                        champion.dataset_uri)
+        reference = None
+    model = champion.model_uri if champion and Path(champion.model_uri).is_dir() else None
+    return Inputs(dataset_uri, reference, _pinned(store), model)
+
+
+def _pinned(store: Path) -> str | None:
+    current = pinned.current(store)
+    return current.dataset_uri if current and Path(current.dataset_uri).is_dir() else None
+
+
+def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str) -> Report:
+    """Run (or recall) the checks of ``inputs`` and judge them under ``mode``."""
+    started = time.perf_counter()
+    if mode == "off":
+        digest = str(load_metadata(inputs.dataset_uri)["digest"])
+        return Report("off", mode, digest, None, None)
+    thresholds = validation.Thresholds.of(settings)
+    key = inputs.key(thresholds)
+    raw = client.get(PREFIX + key)
+    if raw is not None:
+        kept = json.loads(raw)
+        checks = tuple(CheckResult(**c) for c in kept["checks"])
+        cached = True
+    else:
+        kept, checks = _measure(inputs, thresholds)
+        client.set(PREFIX + key, json.dumps({**kept, "checks": [c.model_dump(mode="json")
+                                                                for c in checks]}),
+                   ex=settings.cache_ttl_seconds)
+        cached = False
+    report = Report(validation.status(checks, mode), mode, kept["digest"], kept["reference"],
+                    kept["pinned"], checks, cached, key, round(time.perf_counter() - started, 3),
+                    kept["profile"])
+    log.info("validated %s against %s: %s%s", report.digest[:12],
+             (report.reference or "no reference")[:12], report.line(),
+             " (remembered)" if cached else "")
+    return report
+
+
+def _measure(inputs: Inputs, limits: validation.Thresholds
+             ) -> tuple[dict[str, Any], tuple[CheckResult, ...]]:
+    new = profile.load(inputs.dataset_uri)
+    reference = profile.load(inputs.reference_uri) if inputs.reference_uri else None
+    pinned = profile.load(inputs.pinned_uri) if inputs.pinned_uri else None
+    fresh_mask = _new_pairs(new, reference)
+    n_new = int(sum(mask.sum() for mask in fresh_mask.values()))
+    if n_new > MAX_AGREEMENT_IMAGES:  # a sample measures agreement as well, at a bounded cost
+        rng = np.random.default_rng(int(new.digest[:8], 16))
+        keep = MAX_AGREEMENT_IMAGES / n_new
+        fresh_mask = {u: m & (rng.random(m.size) < keep) for u, m in fresh_mask.items()}
+    agreement, why_not = None, ""
+    if inputs.champion_uri is None or reference is None:
+        why_not = "no champion to compare with"
+    elif n_new < limits.min_images:
+        why_not = f"{n_new} new labelled images < {limits.min_images}: not measured"
+    else:
+        agreement = _agreement(inputs, new, fresh_mask)
+    checks = (
+        validation.labels(new),
+        validation.class_balance(new, reference, limits.class_balance),
+        validation.pixel_drift(new, reference, limits.pixel_drift),
+        validation.duplicates(new, limits.duplicates),
+        validation.leakage(new, pinned, limits.leakage),
+        validation.label_agreement(agreement, n_new, limits, why_not),
+        validation.size(new, reference, limits),
+    )
+    kept = {"digest": new.digest, "reference": reference.digest if reference else None,
+            "pinned": pinned.digest if pinned else None, "profile": new.summary()}
+    return kept, checks
+
+
+def _new_pairs(new: profile.Profile, reference: profile.Profile | None) -> dict[str, np.ndarray]:
+    """Per new unit: which of its images (with their labels) the reference does not hold."""
+    fresh = validation.new_units(new, reference)
+    known = np.zeros(0, np.uint64)
+    if reference is not None:
+        pairs = [profile.pair_keys(u.hashes, u.labels) for u in reference.units]
+        known = np.concatenate(pairs) if pairs else known
+    return {u.unit: ~np.isin(profile.pair_keys(u.hashes, u.labels), known)
+            for u in new.units if u.unit in fresh}
+
+
+def _agreement(inputs: Inputs, new: profile.Profile,
+               fresh: dict[str, np.ndarray]) -> validation.Agreement:
+    """The champion's confusion counts on the new labelled images and on the reference's
+    test split (remembered per champion and reference: a stack validates many pushes)."""
+    assert inputs.champion_uri is not None and inputs.reference_uri is not None
+    store = Path(inputs.dataset_uri).parent.parent
+    counts = np.zeros((idx.NUM_CLASSES, idx.NUM_CLASSES), np.int64)
+    for unit in new.units:
+        mask = fresh.get(unit.unit)
+        if mask is None or not mask.any():
+            continue
+        chosen = np.flatnonzero(mask & (unit.labels < idx.NUM_CLASSES))
+        images = read_unit(store, unit.unit)[chosen]
+        np.add.at(counts, (unit.labels[chosen], _predict(inputs.champion_uri, images)), 1)
+    reference = _reference_counts(inputs.champion_uri, inputs.reference_uri)
+    return validation.Agreement(counts.tolist(), reference.tolist())
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_counts(champion_uri: str, reference_uri: str) -> np.ndarray:
+    ref = profile.load(reference_uri)
+    store = Path(reference_uri).parent.parent
+    counts = np.zeros((idx.NUM_CLASSES, idx.NUM_CLASSES), np.int64)
+    for unit in ref.units:
+        if unit.split == "test":
+            known = np.flatnonzero(unit.labels < idx.NUM_CLASSES)
+            images = read_unit(store, unit.unit)[known]
+            np.add.at(counts, (unit.labels[known], _predict(champion_uri, images)), 1)
+    return counts
+
+
+def _predict(model_uri: str, images: np.ndarray) -> np.ndarray:
+    predict = _model(model_uri)
+    out = [predict(images[i:i + 2048].astype(np.float32)) for i in range(0, len(images), 2048)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+@functools.lru_cache(maxsize=2)
+def _model(model_uri: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The champion's class for each image (loaded once per process; TensorFlow imported
+    here, the first time agreement is measured)."""
+    from core.tf_start import configure
+
+    configure()
+    import tensorflow as tf
+
+    from repository.layout import ARRAYS_SIGNATURE, OUTPUT
+
+    signature = tf.saved_model.load(model_uri).signatures[ARRAYS_SIGNATURE]
+    return lambda images: np.argmax(signature(images=tf.constant(images))[OUTPUT].numpy(), axis=1)
