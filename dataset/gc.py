@@ -4,6 +4,8 @@ Cache entries expire in Redis by themselves (sliding TTL); what they pointed at 
 until ``retrain cache gc`` removes it: datasets no live entry refers to, shard units no
 remaining dataset uses, and leftovers of crashed ingestions. Anything touched within the grace
 period is kept, so a run that is ingesting or training right now is never pulled from under.
+The pinned evaluation set (``dataset.pinned``) is never collected, nor any dataset the caller
+protects (the champions': the promotion gate and the lineage refer to them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.content_cache import ContentCache
+from dataset import pinned
 from dataset.store import TMP_PREFIX
+
+PINNED = "the pinned evaluation set"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class GcReport:
     kept_datasets: int = 0
     kept_units: int = 0
     freed_bytes: int = 0
+    protected_datasets: dict[str, str] = field(default_factory=dict)  # never collected: why
 
 
 def _size(folder: Path) -> int:
@@ -40,9 +46,22 @@ def _age(path: Path, now: float) -> float:
         return 0.0
 
 
+def protected(store: Path, also: dict[str, str] | None = None) -> dict[str, str]:
+    """The datasets of ``store`` never collected, with why: the pinned evaluation set and
+    ``also`` (dataset folder: why), those that exist."""
+    found = dict(also or {})
+    in_force = pinned.current(store)
+    if in_force is not None:
+        found[in_force.dataset_uri] = PINNED
+    return {uri: why for uri, why in found.items()
+            if (Path(uri) / "metadata.json").is_file()
+            and pinned.store_of(uri).resolve() == store.resolve()}
+
+
 def plan(store: Path, live: set[str], grace_seconds: float, now: float) -> tuple[
         list[Path], list[Path], list[Path], int, int]:
-    """Pure apart from reading the store: what a collection would remove, and what it keeps."""
+    """Pure apart from reading the store: what a collection would remove, and what it keeps
+    (``live``: the dataset folders to keep, protected ones included)."""
     datasets_dir, shards_dir = store / "datasets", store / "shards"
     live_resolved = {str(Path(u).resolve()) for u in live}
     doomed_datasets, kept_datasets, temporaries = [], [], []
@@ -77,23 +96,27 @@ def plan(store: Path, live: set[str], grace_seconds: float, now: float) -> tuple
 
 
 def collect(store: Path, live: set[str], grace_seconds: float = 3600.0,
-            dry_run: bool = False, now: float | None = None) -> GcReport:
-    """Remove (or with ``dry_run`` only list) what no live cache entry needs."""
+            dry_run: bool = False, now: float | None = None,
+            keep: dict[str, str] | None = None) -> GcReport:
+    """Remove (or with ``dry_run`` only list) what no live cache entry needs, never the pinned
+    evaluation set nor a dataset of ``keep`` (dataset folder: why it is kept)."""
+    kept = protected(store, keep)
     datasets, units, temporaries, kept_datasets, kept_units = plan(
-        store, live, grace_seconds, time.time() if now is None else now)
+        store, live | set(kept), grace_seconds, time.time() if now is None else now)
     freed = sum(_size(p) for p in (*datasets, *units, *temporaries))
     if not dry_run:
         for path in (*datasets, *units, *temporaries):  # datasets first: they point at units
             shutil.rmtree(path, ignore_errors=True)
     return GcReport(dry_run, [str(p) for p in datasets], [p.name for p in units],
-                    [str(p) for p in temporaries], kept_datasets, kept_units, freed)
+                    [str(p) for p in temporaries], kept_datasets, kept_units, freed, kept)
 
 
 def collect_garbage(cache: ContentCache, store: Path, grace_seconds: float = 3600.0,
-                    dry_run: bool = False) -> tuple[GcReport, list[str]]:
+                    dry_run: bool = False, keep: dict[str, str] | None = None,
+                    ) -> tuple[GcReport, list[str]]:
     """The whole collection: entries whose dataset folder is gone are dropped from Redis, then
-    the store is collected against the entries that remain. Returns the report and the keys of
-    the dropped entries."""
+    the store is collected against the entries that remain, the pinned evaluation set and
+    ``keep``. Returns the report and the keys of the dropped entries."""
     live, dead = set(), []
     for entry in cache.entries():
         if (Path(entry.dataset_uri) / "metadata.json").is_file():
@@ -103,4 +126,4 @@ def collect_garbage(cache: ContentCache, store: Path, grace_seconds: float = 360
     if not dry_run:
         for key in dead:
             cache.delete(key)
-    return collect(store, live, grace_seconds, dry_run), dead
+    return collect(store, live, grace_seconds, dry_run, keep=keep), dead

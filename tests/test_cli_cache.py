@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dataset.ingest import CODE_VERSION
 from tests.conftest import write_dataset
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def test_explain_ingest_ls_and_gc(cli, tmp_path):
     root = write_dataset(tmp_path / "data", train=300, test=100)
     before = _json(cli("cache", "explain", "--data", str(root), "--json"))
     assert before["would_hit"] is False and "no ingestion" in before["reason"]
-    assert before["parts"]["code_version"] == "ingest-v1" and len(before["parts"]["digest"]) == 64
+    assert before["parts"]["code_version"] == CODE_VERSION and len(before["parts"]["digest"]) == 64
     assert _json(cli("cache", "ls", "--json")) == {"ingestion": [], "training": []}  # explaining ran nothing
 
     run = _json(cli("ingest", "--data", str(root), "--json"))
@@ -120,3 +121,36 @@ def test_training_entries_explained_listed_and_collected_keeping_the_champions(
     assert len(served) > 1, served  # a history to roll back to
     rolled = cli("select", "rollback")
     assert rolled.returncode == 0, rolled.stderr
+
+
+def test_gc_never_collects_the_pinned_set_nor_a_champions_dataset(cli, tmp_path, r):
+    """The promotion gate scores on the pinned set, the lineage names the champions' data:
+    gc keeps them whatever the cache says, and says so."""
+    from core.settings import Settings
+    from dataset import pinned
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
+    from services.selector.champion import Champion, ChampionStore
+
+    settings = Settings(home=tmp_path / "home", _env_file=None)
+    uris = []
+    for n in range(4):  # ingested without cache entries: nothing live points at them
+        root = write_dataset(tmp_path / f"data{n}", train=60, test=20, seed=n)
+        uris.append(ingest(root, settings.store_dir, fingerprint(root),
+                           dataset_key=f"key{n}").dataset_uri)
+    golden, past, current, loose = uris
+    pinned.pin(settings.store_dir, golden, pinned.CHOSEN)
+    store = ChampionStore(r, str(settings.model_repo.resolve()))
+    assert store.replace(0, Champion(1, "/m/1", "cnn", 0.8, "d1", past, "run1", generation=1))
+    assert store.replace(1, Champion(2, "/m/2", "cnn", 0.9, "d2", current, "run2", generation=2))
+
+    dry = cli("cache", "gc", "--grace", "0", "--kind", "ingestion", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert ("kept 3 dataset(s), 6 unit(s) (never collected: the pinned evaluation set key0 and "
+            "2 champion dataset(s))") in " ".join(dry.stdout.split())
+    done = _json(cli("cache", "gc", "--grace", "0", "--kind", "ingestion", "--json"))
+    assert done["removed_datasets"] == [loose] and done["kept_datasets"] == 3
+    assert done["protected_datasets"] == {golden: "the pinned evaluation set",
+                                          past: "a champion's dataset",
+                                          current: "a champion's dataset"}
+    assert all(Path(uri, "metadata.json").is_file() for uri in (golden, past, current))

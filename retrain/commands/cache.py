@@ -20,6 +20,7 @@ cache_app = typer.Typer(no_args_is_help=True, help="The content-based step cache
 
 Kind = Literal["ingestion", "training"]
 KindOption = Annotated[Optional[Kind], typer.Option(help="one cache only (default: both)")]
+CHAMPION = "a champion's dataset"  # why gc keeps a dataset (the pinned set says its own)
 
 
 def _caches(client: Any, settings: Any, kind: str | None) -> dict[str, Any]:
@@ -175,8 +176,9 @@ def gc(
     as_json: Annotated[Optional[bool], typer.Option("--json")] = False,
 ) -> None:
     """Free the disk entries pointed at (entries expire by themselves): ingested datasets and
-    shards no live ingestion entry needs; trained models no live training entry needs, never
-    the champion's or one in its history (rollback needs them)."""
+    shards no live ingestion entry needs, never the pinned evaluation set or a champion's
+    dataset (current or past); trained models no live training entry needs, never the
+    champion's or one in its history (rollback needs them)."""
     from core.errors import ConfigurationError
     from core.redis_store import open_redis
     from dataset.gc import collect_garbage
@@ -189,7 +191,7 @@ def gc(
         caches = _caches(handle.client, settings, kind)
         if "ingestion" in caches:
             report, dropped = collect_garbage(caches["ingestion"], settings.store_dir, grace,
-                                              dry_run)
+                                              dry_run, _champion_datasets(handle.client, settings))
             found["ingestion"] = {**asdict(report), "dropped_entries": dropped}
         if "training" in caches:
             from workflows.training import collect_models
@@ -209,8 +211,8 @@ def gc(
             f"dataset(s), {len(r['removed_units'])} shard unit(s), "
             f"{len(r['removed_temporaries'])} temporary folder(s) ({r['freed_bytes'] / 1e6:.1f} MB); "
             f"{would}{'drop' if dry_run else 'dropped'} {_entries(r['dropped_entries'])} whose "
-            f"dataset is gone; kept {r['kept_datasets']} dataset(s), {r['kept_units']} unit(s)",
-            highlight=False)
+            f"dataset is gone; kept {r['kept_datasets']} dataset(s), {r['kept_units']} unit(s)"
+            f"{_never(r['protected_datasets'])}", highlight=False)
     if "training" in found:
         t = found["training"]
         out.print(
@@ -222,6 +224,25 @@ def gc(
 
 def _entries(keys: list[str]) -> str:
     return f"{len(keys)} entr{'y' if len(keys) == 1 else 'ies'}"
+
+
+def _never(protected: dict[str, str]) -> str:
+    """What gc never collects, as its report says it."""
+    if not protected:
+        return ""
+    pinned = [Path(uri).name[:12] for uri, why in protected.items() if why != CHAMPION]
+    champions = sum(why == CHAMPION for why in protected.values())
+    parts = ([f"the pinned evaluation set {pinned[0]}"] if pinned else []) + (
+        [f"{champions} champion dataset(s)"] if champions else [])
+    return f" (never collected: {' and '.join(parts)})"
+
+
+def _champion_datasets(client: Any, settings: Any) -> dict[str, str]:
+    """The datasets of the champion and its history (the gate and the lineage refer to them)."""
+    from services.selector.champion import ChampionStore
+
+    store = ChampionStore(client, str(settings.model_repo.resolve()))
+    return {c.dataset_uri: CHAMPION for c in (store.get(), *store.history()) if c is not None}
 
 
 def _protected(client: Any, settings: Any) -> set[str]:
