@@ -1,7 +1,8 @@
 """The selector's judgements, remembered across processes by model content.
 
-A judgement (a rejection against one champion, on one test split, under one policy) is kept:
-the same candidate content against the same champion gets the recorded decision again,
+A judgement (a rejection against one champion, on one test split and one pinned evaluation
+set, under one policy) is kept: the same candidate content against the same champion, with
+the same pinned set, gets the recorded decision again,
 "already judged", without even looking up its score (``services.selector.scores``). The
 content is the digest of the model's files, computed here, never taken from the event.
 """
@@ -24,16 +25,18 @@ class Judgements:
         self._r, self._policy = client, repr(policy)
         self._key = scoped_key(scope, "judged")
 
-    def _field(self, trained: ModelTrained, champion: Champion) -> str | None:
+    def _field(self, trained: ModelTrained, champion: Champion, pinned: str | None) -> str | None:
         digest = content(trained.model_uri)
         if digest is None:
             return None
-        return f"{digest}|{champion.generation}|{trained.dataset_uri}|{self._policy}"
+        return (f"{digest}|{champion.generation}|{trained.dataset_uri}|{pinned or '-'}|"
+                f"{self._policy}")
 
-    def remember(self, trained: ModelTrained, champion: Champion | None,
+    def remember(self, trained: ModelTrained, champion: Champion | None, pinned: str | None,
                  decision: Event) -> None:
-        """Keep a rejection of ``trained`` against ``champion``."""
-        field = self._field(trained, champion) if champion is not None else None
+        """Keep a rejection of ``trained`` against ``champion`` with the pinned evaluation set
+        whose digest is ``pinned`` (None: none)."""
+        field = self._field(trained, champion, pinned) if champion is not None else None
         if field is None or decision.type is not EventType.MODEL_REJECTED:
             return
         record = {"data": decision.data.model_dump(mode="json"), "run_id": trained.run_id,
@@ -43,11 +46,12 @@ class Judgements:
             pipe.expire(self._key, KEEP_SECONDS)
             pipe.execute()
 
-    def recall(self, trained: ModelTrained, champion: Champion | None,
+    def recall(self, trained: ModelTrained, champion: Champion | None, pinned: str | None,
                source: str) -> Event | None:
-        """The recorded decision on the same content against ``champion``, as ``trained``'s
-        own decision (its run, variant and model), or None if it was never judged."""
-        field = self._field(trained, champion) if champion is not None else None
+        """The recorded decision on the same content against ``champion`` with the same pinned
+        set, as ``trained``'s own decision (its run, variant and model), or None if it was
+        never judged."""
+        field = self._field(trained, champion, pinned) if champion is not None else None
         raw = self._r.hget(self._key, field) if field is not None else None
         if raw is None:
             return None

@@ -39,8 +39,12 @@ JUDGED = (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED)  # what the select
 
 
 def champion_policy(settings: Settings) -> ChampionPolicy:
+    """The champion policy and promotion gate the settings choose (``RETRAIN_MIN_IMPROVEMENT``,
+    ``RETRAIN_PROMOTION_PINNED_TOLERANCE``, ``RETRAIN_PROMOTION_MAX_CLASS_DROP``, rounds)."""
     return ChampionPolicy(settings.min_improvement, settings.round_quorum,
-                          settings.round_deadline_seconds)
+                          settings.round_deadline_seconds,
+                          pinned_tolerance=settings.promotion_pinned_tolerance,
+                          max_class_drop=settings.promotion_max_class_drop)
 
 
 def promotion_backend(settings: Settings) -> PromotionBackend:

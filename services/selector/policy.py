@@ -1,30 +1,56 @@
-"""The champion policy as code: pure decisions from scores on the same test split."""
+"""The champion policy as code: pure decisions from plain figures.
+
+The promotion gate has three rules, each reported with its figures whether it passed or not:
+
+- ``better``: higher accuracy than the champion on the candidate's own (new) test split, by
+  more than ``min_improvement`` (a tie keeps the champion). ``value`` is the gain.
+- ``pinned_tolerance``: not worse than the champion on the pinned evaluation set by more than
+  ``pinned_tolerance``, so a push that rewrites the test split cannot make a worse model look
+  better. ``value`` is the loss (negative: a gain).
+- ``class_drop``: no class loses more than ``max_class_drop`` accuracy (recall of that true
+  class) on either split. ``value`` is the largest loss of any class.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dataset.layout import CLASS_NAMES
+from events.payloads import GateRule, SplitScores
+
+EPSILON = 1e-9  # accuracies are ratios of counts: 1/200 lost is within a 0.005 tolerance
+
 
 @dataclass(frozen=True)
 class ChampionPolicy:
     """``min_improvement``: absolute accuracy a candidate must add to replace the champion (a
-    tie always keeps the champion). ``quorum`` / ``deadline_seconds``: when either is set, the
-    candidates of one run form a round that closes after ``quorum`` models or
-    ``deadline_seconds`` after its first model, whichever comes first; only the round's best
-    is then judged against the champion. Unset (the default), each model is judged as it
-    arrives. A model arriving after its round closed is judged on its own."""
+    tie always keeps the champion). ``pinned_tolerance``: accuracy a candidate may lose on the
+    pinned evaluation set. ``max_class_drop``: accuracy any one class may lose, on either
+    split. ``quorum`` / ``deadline_seconds``: when either is set, the candidates of one run
+    form a round that closes after ``quorum`` models or ``deadline_seconds`` after its first
+    model, whichever comes first; only the round's best is then judged against the champion.
+    Unset (the default), each model is judged as it arrives. A model arriving after its round
+    closed is judged on its own."""
 
     min_improvement: float = 0.0
     quorum: int | None = None
     deadline_seconds: float | None = None
+    pinned_tolerance: float = 0.005
+    max_class_drop: float = 0.03
 
     def __post_init__(self) -> None:
+        problems = []
         if not 0 <= self.min_improvement < 1:
-            raise ValueError(f"min_improvement must be within [0, 1), got {self.min_improvement}")
+            problems.append(f"min_improvement must be within [0, 1), got {self.min_improvement}")
         if self.quorum is not None and self.quorum < 1:
-            raise ValueError(f"quorum must be at least 1, got {self.quorum}")
+            problems.append(f"quorum must be at least 1, got {self.quorum}")
         if self.deadline_seconds is not None and self.deadline_seconds <= 0:
-            raise ValueError(f"deadline must be positive, got {self.deadline_seconds}")
+            problems.append(f"deadline must be positive, got {self.deadline_seconds}")
+        for name in ("pinned_tolerance", "max_class_drop"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def rounds(self) -> bool:
@@ -32,9 +58,46 @@ class ChampionPolicy:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A model on one test split: accuracy, and accuracy of each true class (0-9)."""
+
+    accuracy: float
+    per_class: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Split:
+    """The candidate's and the champion's scores on one evaluation split."""
+
+    name: str  # "new" (the candidate's own test split) or "pinned"
+    digest: str | None  # the content digest of the dataset whose test split it is
+    candidate: Score
+    champion: Score | None  # None: no champion yet
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Everything the gate looks at. ``pinned`` None: no pinned evaluation set exists."""
+
+    new: Split
+    pinned: Split | None = None
+    pinned_is_new: bool = False  # the candidate's test split is the pinned set (scored once)
+
+    def scores(self) -> tuple[SplitScores, ...]:
+        """The figures as a decision carries them."""
+        return tuple(SplitScores(split=s.name, dataset_digest=s.digest,  # type: ignore[arg-type]
+                                 candidate=s.candidate.accuracy,
+                                 champion=s.champion.accuracy if s.champion else None,
+                                 candidate_per_class=s.candidate.per_class,
+                                 champion_per_class=s.champion.per_class if s.champion else ())
+                     for s in (self.new, self.pinned) if s is not None)
+
+
+@dataclass(frozen=True)
 class Verdict:
     promote: bool
     reason: str
+    rules: tuple[GateRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,16 +114,83 @@ def rank_key(entry: Entry) -> tuple[float, float, float]:
     return (-entry.accuracy, entry.val_loss, entry.arrival)
 
 
-def judge(policy: ChampionPolicy, candidate: float, champion: float | None) -> Verdict:
-    if champion is None:
-        return Verdict(True, f"first model: accuracy {candidate:.4f}, no champion yet")
+def gate(policy: ChampionPolicy, figures: Figures) -> Verdict:
+    """The promotion gate: promote only when every rule passes. Every rule is returned with
+    its figures; a refusal's reason names each failed rule with its own."""
+    candidate = figures.new.candidate.accuracy
+    if figures.new.champion is None:
+        first = f"first model: accuracy {candidate:.4f}, no champion yet"
+        return Verdict(True, first, (
+            GateRule(name="better", passed=True, threshold=policy.min_improvement, detail=first),
+            GateRule(name="pinned_tolerance", passed=True, threshold=policy.pinned_tolerance,
+                     detail="no champion to compare with"),
+            GateRule(name="class_drop", passed=True, threshold=policy.max_class_drop,
+                     detail="no champion to compare with")))
+    rules = (_better(policy, candidate, figures.new.champion.accuracy),
+             _pinned(policy, figures.pinned),
+             _class_drop(policy, figures))
+    failed = [rule for rule in rules if not rule.passed]
+    if not failed:
+        return Verdict(True, "; ".join(rule.detail for rule in rules), rules)
+    return Verdict(False, f"refused by {', '.join(rule.name for rule in failed)}: "
+                          + "; ".join(rule.detail for rule in failed), rules)
+
+
+def _better(policy: ChampionPolicy, candidate: float, champion: float) -> GateRule:
     margin = candidate - champion
     if margin > policy.min_improvement or (policy.min_improvement == 0 and margin > 0):
-        return Verdict(True, f"better: {candidate:.4f} vs champion {champion:.4f} (+{margin:.4f})")
-    if margin > 0:
-        return Verdict(
-            False,
-            f"not enough better: {candidate:.4f} vs {champion:.4f} "
-            f"(+{margin:.4f} < required {policy.min_improvement:.4f})",
-        )
-    return Verdict(False, f"not better: {candidate:.4f} vs champion {champion:.4f} ({margin:+.4f})")
+        detail, passed = f"better: {candidate:.4f} vs champion {champion:.4f} (+{margin:.4f})", True
+    elif margin > 0:
+        detail, passed = (f"not enough better: {candidate:.4f} vs {champion:.4f} "
+                          f"(+{margin:.4f} < required {policy.min_improvement:.4f})"), False
+    else:
+        detail, passed = f"not better: {candidate:.4f} vs champion {champion:.4f} ({margin:+.4f})", False
+    return GateRule(name="better", passed=passed, value=margin, threshold=policy.min_improvement,
+                    detail=detail)
+
+
+def _pinned(policy: ChampionPolicy, pinned: Split | None) -> GateRule:
+    tolerance = policy.pinned_tolerance
+    if pinned is None or pinned.champion is None:
+        return GateRule(name="pinned_tolerance", passed=True, threshold=tolerance,
+                        detail="no pinned evaluation set")
+    candidate, champion = pinned.candidate.accuracy, pinned.champion.accuracy
+    loss = champion - candidate
+    passed = loss <= tolerance + EPSILON
+    figures = (f"pinned set {(pinned.digest or '?')[:12]}: {candidate:.4f} vs champion "
+               f"{champion:.4f} ({candidate - champion:+.4f}, tolerance {tolerance:.4f})")
+    return GateRule(name="pinned_tolerance", passed=passed, value=loss, threshold=tolerance,
+                    detail=figures if passed else f"worse on the {figures}")
+
+
+def _class_drop(policy: ChampionPolicy, figures: Figures) -> GateRule:
+    limit = policy.max_class_drop
+    splits = [figures.new] if figures.pinned_is_new or figures.pinned is None else [
+        figures.new, figures.pinned]
+    drops = []  # (loss, split, class, candidate, champion)
+    for split in splits:
+        if split.champion is None or not split.candidate.per_class:
+            continue
+        if len(split.candidate.per_class) != len(split.champion.per_class):
+            continue
+        for label, (mine, theirs) in enumerate(zip(split.candidate.per_class,
+                                                   split.champion.per_class, strict=True)):
+            drops.append((theirs - mine, split.name, label, mine, theirs))
+    if not drops:
+        return GateRule(name="class_drop", passed=True, threshold=limit,
+                        detail="no per-class scores to compare")
+    worst = max(drops, key=lambda d: d[0])
+    over = [d for d in sorted(drops, key=lambda d: -d[0]) if d[0] > limit + EPSILON]
+    if not over:
+        return GateRule(name="class_drop", passed=True, value=worst[0], threshold=limit,
+                        detail=f"no class lost more than {limit:.4f} (the most: {_class(worst)})")
+    return GateRule(name="class_drop", passed=False, value=worst[0], threshold=limit,
+                    detail=f"{len(over)} class(es) lost more than {limit:.4f}: "
+                           + "; ".join(_class(d) for d in over))
+
+
+def _class(drop: tuple[float, str, int, float, float]) -> str:
+    _loss, split, label, mine, theirs = drop
+    name = CLASS_NAMES[label] if label < len(CLASS_NAMES) else str(label)
+    return (f"class {label} {name} on the {split} split {mine:.4f} vs champion {theirs:.4f} "
+            f"({mine - theirs:+.4f})")

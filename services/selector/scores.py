@@ -1,14 +1,16 @@
 """The selector's scores, remembered across processes by model content.
 
-A score depends only on the model's files and the test split, so it is kept in Redis by
-(digest of the model's files, dataset) and a model is loaded (TensorFlow imported, graph run)
-only for a pair never scored. The digest is computed here from the files the selector
-would load, never taken from the event: a sender cannot borrow another model's score.
-What the selector decided is remembered beside them (``services.selector.judgements``).
+A score (accuracy, overall and per class) depends only on the model's files and the test
+split, so it is kept in Redis by (digest of the model's files, dataset) and a model is loaded
+(TensorFlow imported, graph run) only for a pair never scored. The digest is computed here
+from the files the selector would load, never taken from the event: a sender cannot borrow
+another model's score. What the selector decided is remembered beside them
+(``services.selector.judgements``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 import redis
@@ -16,12 +18,13 @@ import redis
 from core.tf_start import configure
 from repository.digest import model_digest
 from services.selector.champion import scoped_key
+from services.selector.policy import Score
 
 KEEP_SECONDS = 90 * 86400  # each record is kept this long after it was last written
 
 
 class Scoring(Protocol):
-    def accuracy(self, model_uri: str, dataset_uri: str) -> float: ...
+    def score(self, model_uri: str, dataset_uri: str) -> Score: ...
 
 
 class LazyEvaluator:
@@ -30,13 +33,13 @@ class LazyEvaluator:
     def __init__(self) -> None:
         self._evaluator: Scoring | None = None
 
-    def accuracy(self, model_uri: str, dataset_uri: str) -> float:
+    def score(self, model_uri: str, dataset_uri: str) -> Score:
         if self._evaluator is None:
             configure()  # before TensorFlow is first imported in this process
             from services.selector.evaluate import Evaluator
 
             self._evaluator = Evaluator()
-        return self._evaluator.accuracy(model_uri, dataset_uri)
+        return self._evaluator.score(model_uri, dataset_uri)
 
 
 def content(model_uri: str) -> str | None:
@@ -48,24 +51,36 @@ def content(model_uri: str) -> str | None:
         return None
 
 
+def _remembered(raw: bytes | None) -> Score | None:
+    """A recorded score; None for none, or for one recorded before per-class scores were."""
+    if raw is None:
+        return None
+    try:
+        known = json.loads(raw)
+        return Score(float(known["accuracy"]), tuple(float(x) for x in known["per_class"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 class Scores:
-    """``evaluator``'s accuracies, remembered by model content and test split."""
+    """``evaluator``'s scores, remembered by model content and test split."""
 
     def __init__(self, client: redis.Redis, scope: str, evaluator: Scoring) -> None:
         self._r, self._evaluator = client, evaluator
         self._key = scoped_key(scope, "scores")
 
-    def accuracy(self, model_uri: str, dataset_uri: str) -> float:
+    def score(self, model_uri: str, dataset_uri: str) -> Score:
         digest = content(model_uri)
         field = f"{digest}|{dataset_uri}"
         if digest is not None:
-            known = self._r.hget(self._key, field)
+            known = _remembered(self._r.hget(self._key, field))
             if known is not None:
-                return float(known)
-        score = self._evaluator.accuracy(model_uri, dataset_uri)
+                return known
+        score = self._evaluator.score(model_uri, dataset_uri)
         if digest is not None:
+            record = json.dumps({"accuracy": score.accuracy, "per_class": list(score.per_class)})
             with self._r.pipeline(transaction=False) as pipe:
-                pipe.hset(self._key, field, repr(score))
+                pipe.hset(self._key, field, record)
                 pipe.expire(self._key, KEEP_SECONDS)
                 pipe.execute()
         return score

@@ -1,5 +1,7 @@
 """The selector: each ``model.trained`` is judged as it arrives (or, with a quorum or deadline
-policy, each round's best when the round closes); promotions are compare-and-set."""
+policy, each round's best when the round closes) by the promotion gate
+(``services.selector.policy.gate``: better on the new test split, not worse on the pinned
+evaluation set, no class dropping); promotions are compare-and-set."""
 
 from __future__ import annotations
 
@@ -7,21 +9,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 
+from dataset.pinned import Pinned
 from events import Event, EventType, make_event
 from events.payloads import ModelPromoted, ModelRejected, ModelTrained, TrainingFailed
 from services.selector.admission import Admission
 from services.selector.backends import PromotionBackend, Staged
 from services.selector.champion import Champion, ChampionStore
+from services.selector.decisions import SOURCE, candidate_id, promoted, recorded, rejected
+from services.selector.decisions import intent as promotion_intent
 from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
 from services.selector.judgements import Judgements
-from services.selector.policy import ChampionPolicy, judge, rank_key
+from services.selector.measure import measure, pinned_for
+from services.selector.policy import ChampionPolicy, Figures, Verdict, gate, rank_key
 from services.selector.rounds import RoundStore
 from services.selector.scores import Scores, Scoring
 
 log = logging.getLogger(__name__)
-SOURCE = "retrain/selector"
 ALL_ENDED = "the end of the run's trainings"
 
 
@@ -59,33 +64,40 @@ class Selector:
         trained = event.data
         assert isinstance(trained, ModelTrained)
         started = time.perf_counter()
-        earlier = self._store.decided(_candidate(trained))
+        earlier = self._store.decided(candidate_id(trained))
         if earlier is not None:  # redelivered (a crash after the decision, a sender's retry)
             log.info("%s/%s already judged: %s again", trained.run_id, trained.model_type,
                      earlier["type"])
-            decision = _recorded(earlier)
+            decision = recorded(earlier)
             self._emit(decision)
             return decision
         problem = self.refusal(trained)
         if problem is not None:
             return self.refuse(event, problem)
-        again = self._judgements.recall(trained, self._store.get(), SOURCE)
-        if again is not None:  # the same content against the same champion: not loaded again
-            if self._policy.rounds:
-                self._ended(trained.run_id, trained.model_type, "already judged", trained.round_size)
-            return self._record(again, started)
         try:
+            again = self._judgements.recall(trained, self._store.get(),
+                                            _digest(pinned_for(trained)), SOURCE)
+            if again is not None:  # the same content, champion and pinned set: not loaded again
+                if self._policy.rounds:
+                    self._ended(trained.run_id, trained.model_type, "already judged",
+                                trained.round_size)
+                return self._record(again, started)
             if not self._policy.rounds:
-                return self._decide(trained, None, started)
-            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+                return self._decide(trained, started)
+            candidate = self._evaluator.score(trained.model_uri, trained.dataset_uri).accuracy
         except EvaluationError as exc:  # judged, not retried: a broken model stays broken
-            decision = self._record(self._rejected(trained, None, self._store.get(), None,
-                                                   f"cannot be scored: {exc}"), started)
+            decision = self._unscored(trained, exc, started)
             if self._policy.rounds:
                 self._ended(trained.run_id, trained.model_type, "cannot be scored",
                             trained.round_size)
             return decision
         return self._join_round(trained, candidate, started)
+
+    def _unscored(self, trained: ModelTrained, exc: EvaluationError, started: float,
+                  note: str = "") -> Event:
+        log.warning("%s/%s cannot be scored: %s", trained.run_id, trained.model_type, exc)
+        return self._record(rejected(trained, self._store.get(), f"{note}cannot be scored: {exc}"),
+                            started)
 
     def refusal(self, trained: ModelTrained) -> str | None:
         """Why this candidate may not even be looked at (a model or a test split that is not
@@ -102,7 +114,7 @@ class Selector:
         # an id of its own: a refusal must never take the id of the candidate's real
         # decision, which receivers would then drop as a duplicate
         refused = make_event(EventType.MODEL_REJECTED,
-                             self._rejected(trained, None, None, None, f"refused: {problem}").data,
+                             rejected(trained, None, f"refused: {problem}").data,
                              source=SOURCE, id=f"refused/{event.source}/{event.id}")
         return self._record(refused, started, refused_from=event.source)
 
@@ -110,7 +122,7 @@ class Selector:
     def _join_round(self, trained: ModelTrained, candidate: float, started: float) -> Event | None:
         joined = self._rounds.join(trained, candidate, trained.round_size)
         if joined.late:
-            return self._decide(trained, candidate, started, "arrived after its round closed; ")
+            return self._judge(trained, started, "arrived after its round closed; ")
         if joined.entries == 1 and self._policy.deadline_seconds is not None:
             self._arm_deadline(trained.run_id, self._policy.deadline_seconds)
         if self._policy.quorum is not None and joined.entries >= self._policy.quorum:
@@ -141,7 +153,8 @@ class Selector:
         return len(open_rounds)
 
     def close_round(self, run_id: str, why: str = "closed") -> dict[str, Event]:
-        """Judge the round's best against the champion and reject the others; returns the
+        """Judge the round's best against the champion by the gate, and reject the others
+        (each with its own figures and the gate's rules, for comparison); returns the
         decisions by model type. Closing a closed or unknown round does nothing."""
         members = self._rounds.close(run_id)
         if not members:
@@ -150,71 +163,102 @@ class Selector:
         members.sort(key=lambda m: rank_key(m.entry))
         best, rest = members[0], members[1:]
         note = f"round {run_id} closed by {why} with {len(members)} model(s); best of the round; "
-        decisions = {best.trained.model_type: self._decide(best.trained, best.entry.accuracy,
-                                                           started, note)}
+        decisions = {best.trained.model_type: self._judge(best.trained, started, note)}
         for member in rest:
             reason = (f"round {run_id} closed by {why}: {best.trained.model_type} "
                       f"{best.entry.accuracy:.4f} beat it ({member.entry.accuracy:.4f})")
-            decisions[member.trained.model_type] = self._record(
-                self._rejected(member.trained, member.entry.accuracy, self._store.get(), None,
-                               reason), started)
+            champion = self._store.get()
+            try:
+                figures = measure(self._evaluator, member.trained, champion,
+                                  pinned_for(member.trained))
+                rules = gate(self._policy, figures).rules
+            except EvaluationError:
+                figures, rules = None, ()
+            decisions[member.trained.model_type] = self._record(rejected(
+                member.trained, champion, reason, figures, rules, member.entry.accuracy), started)
         return decisions
 
     # one decision ------------------------------------------------------------------------------
-    def _decide(self, trained: ModelTrained, candidate: float | None, started: float,
-                note: str = "") -> Event:
-        """``candidate`` None: not scored yet; if there is no champion at all the model is
-        served first and scored after (nothing to compare with: every second counts)."""
+    def _judge(self, trained: ModelTrained, started: float, note: str) -> Event:
+        """A scored candidate's decision; one that cannot be scored (its model, the champion's,
+        the pinned set) is rejected saying why."""
+        try:
+            return self._decide(trained, started, note, scored=True)
+        except EvaluationError as exc:
+            return self._unscored(trained, exc, started, note)
+
+    def _decide(self, trained: ModelTrained, started: float, note: str = "",
+                scored: bool = False) -> Event:
+        """Gate the candidate against the champion; promote it if every rule passes. Not
+        ``scored`` yet and no champion at all: the model is served first and scored after
+        (nothing to compare with: every second counts)."""
+        figures: Figures | None = None
+        verdict: Verdict | None = None
         with self._lock:  # one decision at a time in this process; CAS guards the rest
             for _attempt in range(5):
                 champion = self._store.get()
-                if champion is None and candidate is None:
+                if champion is None and not scored:
                     first = self._serve_first(trained, note)
                     if first is not None:
                         decision = first
                         break
                     continue  # another selector installed a champion meanwhile
-                if candidate is None:
-                    candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
-                champion_score = self._score_champion(champion, trained)
-                verdict = judge(self._policy, candidate, champion_score)
+                pinned = pinned_for(trained)
+                figures = measure(self._evaluator, trained, champion, pinned)
+                verdict = gate(self._policy, figures)
                 if not verdict.promote:
-                    decision = self._rejected(trained, candidate, champion, champion_score,
-                                              note + verdict.reason)
-                    self._judgements.remember(trained, champion, decision)
+                    decision = rejected(trained, champion, note + verdict.reason, figures,
+                                        verdict.rules)
+                    self._judgements.remember(trained, champion, _digest(pinned), decision)
+                    log.info("%s/%s rejected: %s", trained.run_id, trained.model_type,
+                             verdict.reason)
                     break
-                staged = self._backend.stage(trained.model_uri, self._backend.next_version())
-                new = Champion(
-                    version=staged.version,
-                    model_uri=staged.location,
-                    model_type=trained.model_type,
-                    accuracy=candidate,
-                    dataset_digest=trained.dataset_digest,
-                    dataset_uri=trained.dataset_uri,
-                    run_id=trained.run_id,
-                    generation=(champion.generation if champion else 0) + 1,
-                )
-                decision = self._promoted(trained, candidate, champion, champion_score,
-                                          note + verdict.reason, staged.version)
-                self._store.begin(_intent(staged, new, champion, decision))  # then the CAS
-                if self._store.replace(champion.generation if champion else 0, new):
-                    try:
-                        self._backend.publish(staged)
-                    except Exception as exc:
-                        self._revert(new, champion)
-                        self._store.end()
-                        decision = self._rejected(trained, candidate, champion, champion_score,
-                                                  f"{note}promotion failed, champion kept: {exc}")
-                        break
+                outcome = self._promote(trained, champion, figures, verdict, note)
+                if outcome is None:
+                    log.info("champion changed while deciding; judging %s again",
+                             trained.model_type)
+                    continue
+                decision, committed = outcome
+                if committed:
                     return self._record(decision, started, commit=True)  # the commit
-                self._store.end()
-                self._backend.discard(staged)
-                log.info("champion changed while deciding; judging %s again", trained.model_type)
+                break
             else:
-                decision = self._rejected(
-                    trained, candidate, self._store.get(),
-                    None, f"{note}champion kept changing; gave up after 5 attempts")
+                decision = rejected(trained, self._store.get(),
+                                    f"{note}champion kept changing; gave up after 5 attempts",
+                                    figures, verdict.rules if verdict else ())
         return self._record(decision, started)
+
+    def _promote(self, trained: ModelTrained, champion: Champion | None, figures: Figures,
+                 verdict: Verdict, note: str) -> tuple[Event, bool] | None:
+        """Stage, record the intent, compare-and-set, publish. Returns the decision and whether
+        it commits the promotion (False: publishing failed, the champion was kept), or None
+        when the champion changed meanwhile (nothing changed; judge again)."""
+        staged = self._backend.stage(trained.model_uri, self._backend.next_version())
+        new = Champion(
+            version=staged.version,
+            model_uri=staged.location,
+            model_type=trained.model_type,
+            accuracy=figures.new.candidate.accuracy,
+            dataset_digest=trained.dataset_digest,
+            dataset_uri=trained.dataset_uri,
+            run_id=trained.run_id,
+            generation=(champion.generation if champion else 0) + 1,
+        )
+        decision = promoted(trained, champion, note + verdict.reason, staged.version, figures,
+                            verdict.rules)
+        self._store.begin(promotion_intent(staged, new, champion, decision))  # then the CAS
+        if not self._store.replace(champion.generation if champion else 0, new):
+            self._store.end()
+            self._backend.discard(staged)
+            return None
+        try:
+            self._backend.publish(staged)
+        except Exception as exc:
+            self._revert(new, champion)
+            self._store.end()
+            return rejected(trained, champion, f"{note}promotion failed, champion kept: {exc}",
+                            figures, verdict.rules), False
+        return decision, True
 
     def _serve_first(self, trained: ModelTrained, note: str) -> Event | None:
         staged = self._backend.stage(trained.model_uri, self._backend.next_version())
@@ -222,9 +266,9 @@ class Selector:
                        model_type=trained.model_type, accuracy=None,
                        dataset_digest=trained.dataset_digest, dataset_uri=trained.dataset_uri,
                        run_id=trained.run_id, generation=1)
-        self._store.begin(_intent(staged, new, None, self._promoted(
-            trained, None, None, None, f"{note}first model: served at once, no champion to "
-            "compare with; the selector stopped before scoring it", staged.version)))
+        self._store.begin(promotion_intent(staged, new, None, promoted(
+            trained, None, f"{note}first model: served at once, no champion to compare with; "
+            "the selector stopped before scoring it", staged.version)))
         if not self._store.replace(0, new):
             self._store.end()
             self._backend.discard(staged)
@@ -234,19 +278,20 @@ class Selector:
         except Exception as exc:
             self._revert(new, None)
             self._store.end()
-            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
-            return self._rejected(trained, candidate, None, None,
-                                  f"{note}promotion failed, no champion: {exc}")
+            figures = measure(self._evaluator, trained, None, pinned_for(trained))
+            return rejected(trained, None, f"{note}promotion failed, no champion: {exc}",
+                            figures, gate(self._policy, figures).rules)
         self._store.end()  # published: the promotion is done; its decision follows the score
         try:  # scored while the server loads it
-            candidate = self._evaluator.accuracy(trained.model_uri, trained.dataset_uri)
+            figures = measure(self._evaluator, trained, None, pinned_for(trained))
         except Exception:
             self._revert(new, None)
             raise
-        self._store.set_accuracy(new.generation, candidate)
-        return self._promoted(trained, candidate, None, None,
-                              f"{note}first model: served at once, no champion to compare with; "
-                              f"accuracy {candidate:.4f}", staged.version)
+        self._store.set_accuracy(new.generation, figures.new.candidate.accuracy)
+        return promoted(trained, None,
+                        f"{note}first model: served at once, no champion to compare with; "
+                        f"accuracy {figures.new.candidate.accuracy:.4f}", staged.version,
+                        figures, gate(self._policy, figures).rules)
 
     # after a crash ---------------------------------------------------------------------------
     def reconcile(self) -> str | None:
@@ -269,7 +314,7 @@ class Selector:
                 self._store.end()
                 done = f"version {new.version} was staged but never made champion: discarded"
             elif self._backend.resume(staged, previous.model_uri if previous else None):
-                self._record(_recorded(intent["decision"]), time.perf_counter(), commit=True)
+                self._record(recorded(intent["decision"]), time.perf_counter(), commit=True)
                 done = f"version {new.version}'s promotion was finished"
             else:
                 self._revert(new, previous)
@@ -289,7 +334,7 @@ class Selector:
                            "seconds": round(time.perf_counter() - started, 3),
                            **({"sender": refused_from} if refused_from else {}),
                            **data.model_dump()},
-                          candidate=None if refused_from else _candidate(data),
+                          candidate=None if refused_from else candidate_id(data),
                           event={"type": decision.type.value, "id": decision.id,
                                  "data": data.model_dump(mode="json")}, commit=commit)
         self._emit(decision)
@@ -343,56 +388,9 @@ class Selector:
         self._emit(decision)
         return decision
 
-    def _score_champion(self, champion: Champion | None, trained: ModelTrained) -> float | None:
-        if champion is None:
-            return None
-        if champion.dataset_uri == trained.dataset_uri and champion.accuracy is not None:
-            return champion.accuracy
-        # the data changed: re-score the champion on the candidate's test split
-        return self._evaluator.accuracy(champion.model_uri, trained.dataset_uri)
 
-    @staticmethod
-    def _fields(trained: ModelTrained, candidate: float | None, champion: Champion | None,
-                champion_score: float | None, reason: str) -> dict[str, object]:
-        return {
-            "run_id": trained.run_id, "model_type": trained.model_type,
-            "model_uri": trained.model_uri, "candidate_accuracy": candidate,
-            "champion_accuracy": champion_score,
-            "champion_version": champion.version if champion else None, "reason": reason,
-        }
-
-    def _promoted(self, trained: ModelTrained, candidate: float | None, champion: Champion | None,
-                  champion_score: float | None, reason: str, version: int) -> Event:
-        data = ModelPromoted(version=version,
-                             **self._fields(trained, candidate, champion, champion_score, reason))
-        return make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
-                          id=f"{trained.run_id}/{trained.model_type}/decision")
-
-    def _rejected(self, trained: ModelTrained, candidate: float | None, champion: Champion | None,
-                  champion_score: float | None, reason: str) -> Event:
-        data = ModelRejected(**self._fields(trained, candidate, champion, champion_score, reason))
-        return make_event(EventType.MODEL_REJECTED, data, source=SOURCE,
-                          id=f"{trained.run_id}/{trained.model_type}/decision")
-
-
-def _recorded(decision: object) -> Event:
-    """A decision as ``_record`` and ``_intent`` keep it (type, id, data), as an event again."""
-    assert isinstance(decision, dict)
-    return make_event(str(decision["type"]), decision["data"], source=SOURCE,
-                      id=str(decision["id"]))
-
-
-def _intent(staged: Staged, new: Champion, previous: Champion | None,
-            decision: Event) -> dict[str, object]:
-    return {"staged": asdict(staged), "new": asdict(new),
-            "previous": asdict(previous) if previous else None,
-            "decision": {"type": decision.type.value, "id": decision.id,
-                         "data": decision.data.model_dump(mode="json")}}
-
-
-def _candidate(candidate: ModelTrained | ModelPromoted | ModelRejected) -> str:
-    """What identifies a candidate across redeliveries: its run, variant and model folder."""
-    return f"{candidate.run_id}/{candidate.model_type}@{candidate.model_uri}"
+def _digest(pinned: Pinned | None) -> str | None:
+    return pinned.digest if pinned else None
 
 
 def _score(accuracy: float | None) -> str:

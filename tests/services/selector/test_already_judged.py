@@ -23,9 +23,9 @@ class Counting:
 
         self.evaluator, self.loaded = Evaluator(), []
 
-    def accuracy(self, model_uri, dataset_uri):
+    def score(self, model_uri, dataset_uri):
         self.loaded.append(model_uri)
-        return self.evaluator.accuracy(model_uri, dataset_uri)
+        return self.evaluator.score(model_uri, dataset_uri)
 
 
 def _event(result, run_id, dataset_uri, cached=False):
@@ -74,6 +74,6 @@ def test_a_candidate_judged_against_the_same_champion_is_not_loaded_again(
     shutil.rmtree(weak.model_uri)
     shutil.copytree(good.model_uri, weak.model_uri)
     swapped = later.handle(_event(weak, "r6", ingested))
-    assert "(run r4): not better" in swapped.data.reason
+    assert "(run r4): refused by better: not better" in swapped.data.reason
     assert swapped.data.candidate_accuracy == tie.data.candidate_accuracy
     assert other.loaded == []

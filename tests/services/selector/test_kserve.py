@@ -179,8 +179,10 @@ def test_api_errors_are_reported_with_the_servers_message(kube, tmp_path, saved_
     standin.violations.clear()
 
 
-def test_a_rolled_back_canary_leaves_the_champion_in_place(kube, tmp_path, saved_model, r, ingested):
+def test_a_rolled_back_canary_leaves_the_champion_in_place(kube, tmp_path, saved_model, r, ingested,
+                                                          trained_models):
     from services.selector.evaluate import Evaluator
+    from services.selector.policy import ChampionPolicy
     from services.selector.service import Selector
 
     standin = kube()
@@ -190,10 +192,12 @@ def test_a_rolled_back_canary_leaves_the_champion_in_place(kube, tmp_path, saved
     emitted = []
     with _Canary(tmp_path / "canary") as canary:
         selector = Selector(store, _backend(standin, tmp_path, _canary(), canary.health),
-                            Evaluator(), emitted.append)
+                            Evaluator(), emitted.append,
+                            ChampionPolicy(max_class_drop=1))  # an untrained model's sneakers
         decision = selector.handle(make_event(EventType.MODEL_TRAINED, ModelTrained(
-            run_id="run1", model_type="dropout", model_uri=str(saved_model), dataset_uri=ingested,
-            dataset_digest="d1", val_accuracy=0.5, val_loss=1.0, seconds=1.0), source="t"))
+            run_id="run1", model_type="dropout", model_uri=trained_models.good.model_uri,
+            dataset_uri=ingested, dataset_digest="d1", val_accuracy=0.5, val_loss=1.0,
+            seconds=1.0), source="t"))  # a trained model: better than the untrained champion
     assert decision.type is EventType.MODEL_REJECTED
     assert "promotion failed, champion kept: canary rolled back at 10%" in decision.data.reason
     kept = store.get()

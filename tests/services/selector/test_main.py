@@ -27,11 +27,11 @@ class DiesOnce(Evaluator):
         super().__init__()
         self.calls = 0
 
-    def accuracy(self, model_uri, dataset_uri):
+    def score(self, model_uri, dataset_uri):
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("selector killed mid-judgement")
-        return super().accuracy(model_uri, dataset_uri)
+        return super().score(model_uri, dataset_uri)
 
 
 def test_a_judgement_cut_short_is_finished_by_whoever_claims_the_entry(r, tmp_path, saved_model,

@@ -17,7 +17,7 @@ from events.payloads import ModelTrained
 from repository.layout import versions
 from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore
-from services.selector.policy import ChampionPolicy
+from services.selector.policy import ChampionPolicy, Score
 from services.selector.service import Selector
 
 pytestmark = pytest.mark.integration
@@ -37,8 +37,8 @@ def die():
 
 
 class Scores:
-    def accuracy(self, model_uri, dataset_uri):
-        return {"a": 0.7, "b": 0.9}[model_uri.rsplit("/", 1)[-1]]
+    def score(self, model_uri, dataset_uri):
+        return Score({"a": 0.7, "b": 0.9}[model_uri.rsplit("/", 1)[-1]])
 
 
 def trained(base, name):

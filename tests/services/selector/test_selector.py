@@ -7,8 +7,14 @@ from events.payloads import ModelTrained
 from repository.layout import versions
 from services.selector.backends import LocalBackend
 from services.selector.champion import Champion, ChampionStore
-from services.selector.policy import ChampionPolicy, judge
+from services.selector.policy import ChampionPolicy, Figures, Score, Split, gate
 from services.selector.service import Selector
+
+
+def judge(policy, candidate, champion):
+    """The gate on the new split alone (no pinned set, no per-class scores)."""
+    return gate(policy, Figures(Split("new", "d", Score(candidate),
+                                      None if champion is None else Score(champion))))
 
 
 def test_policy_first_model_is_promoted():
@@ -49,9 +55,9 @@ class _Scores:
         self.table = table
         self.calls = []
 
-    def accuracy(self, model_uri, dataset_uri):
+    def score(self, model_uri, dataset_uri):
         self.calls.append((model_uri, dataset_uri))
-        return self.table[(model_uri.rsplit("/", 1)[-1], dataset_uri)]
+        return Score(self.table[(model_uri.rsplit("/", 1)[-1], dataset_uri)])
 
 
 def _trained(base, name, dataset="/ds1"):
@@ -267,9 +273,9 @@ def test_the_first_model_is_served_before_it_is_scored(r, repo_with_models):
     served_when_scored = []
 
     class Watching(_Scores):
-        def accuracy(self, model_uri, dataset_uri):
+        def score(self, model_uri, dataset_uri):
             served_when_scored.append((base / "repo" / "fm" / "1").is_dir())
-            return super().accuracy(model_uri, dataset_uri)
+            return super().score(model_uri, dataset_uri)
 
     store = ChampionStore(r)
     selector = Selector(store, LocalBackend(base / "repo", "fm"),
