@@ -18,6 +18,7 @@ from core.redact import redact
 from retrain.commands import pipeline, standalone
 from retrain.commands.cache import cache_app
 from retrain.commands.events import events_app
+from retrain.commands.golden import golden_app
 from retrain.commands.lineage import lineage
 from retrain.commands.selector import select_app
 from retrain.commands.step import step_app
@@ -36,6 +37,7 @@ app.command()(standalone.ui)
 app.command()(lineage)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
+app.add_typer(golden_app, name="golden")
 app.add_typer(step_app, name="step")
 app.add_typer(select_app, name="select")
 app.add_typer(workflow_app, name="workflow")
