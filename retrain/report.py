@@ -26,6 +26,21 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
                 f"; {step['reason']}" if step.get("cached") else "")
         table.add_row(step["name"], step["status"], f"{step['seconds']:.2f}", str(detail)[:90])
     console.print(table)
+    report = summary.get("validation") or {}
+    for check in report.get("checks", []):
+        if check["status"] != "pass":
+            colour = "red" if check["status"] == "block" else "yellow"
+            console.print(f"  [{colour}]{check['name']}: {check['status']}[/] — {check['detail']} "
+                          f"(value {check['value']}, threshold {check['threshold']})",
+                          soft_wrap=True, highlight=False)
+    if summary.get("status") == "blocked":
+        console.print(f"  blocked by the data gate; to train anyway: retrain approve "
+                      f"{summary['run_id']}", soft_wrap=True, highlight=False)
+    if summary.get("approval"):
+        approval = summary["approval"]
+        console.print(f"  approved by {approval['by']} despite "
+                      f"{', '.join(approval.get('overruled', [])) or 'no failed check'}",
+                      soft_wrap=True, highlight=False)
     for decision in summary.get("decisions", []):
         console.print(f"  {decision['model_type']}: {decision['decision']} — {decision['reason']}"
                       + (f" (version {decision['version']})" if decision.get("version") else ""))
@@ -61,7 +76,7 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
         f"version {champion['version']} ({champion['model_type']}, accuracy "
         f"{champion['accuracy']:.4f}, run {champion['run_id']})" if champion else "none yet"))
     runs = Table(title="recent runs")
-    for col in ("run", "trigger", "status", "cache", "seconds", "models"):
+    for col in ("run", "trigger", "status", "cache", "validation", "seconds", "models"):
         runs.add_column(col)
     for run in info["runs"]:
         cache = run.get("cache") or {}
@@ -70,7 +85,7 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
             for m, r in run.get("models", {}).items())
         runs.add_row(run["run_id"], run.get("trigger", ""), run["status"],
                      ("hit" if cache.get("hit") else "miss") if cache else "-",
-                     f"{run.get('seconds', 0):.1f}", models)
+                     _validation(run.get("validation")), f"{run.get('seconds', 0):.1f}", models)
     console.print(runs)
     cache = Table(title=f"cache entries (newest {len(info['cache'])} of {info['cache_entries']}; "
                         "all: retrain cache ls)")
@@ -83,6 +98,14 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
     for name, p in info["training"].items():
         console.print(f"training {name}: {p.get('state')} step {p.get('step')}/{p.get('planned')} "
                       f"loss {p.get('loss')} acc {p.get('accuracy')}")
+
+
+def _validation(report: dict[str, Any] | None) -> str:
+    """A run's validation in a cell: its status and the checks that did not pass."""
+    if not report:
+        return "-"
+    failed = [f"{c['name']}:{c['status']}" for c in report.get("checks", []) if c["status"] != "pass"]
+    return report["status"] + (f" ({', '.join(failed)})" if failed else "")
 
 
 def print_timeline(console: Console, entries: list[timeline.Entry], start: float) -> None:

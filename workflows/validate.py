@@ -34,6 +34,7 @@ from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
 PREFIX = "retrain:validation:"
+REFERENCE_KEPT = 30 * 86400  # seconds the champion's figures on its reference are kept
 MAX_AGREEMENT_IMAGES = 5000  # new images the champion judges at most (a sample beyond)
 CHECKS = ("labels", "class_balance", "pixel_drift", "duplicates", "leakage", "label_agreement",
           "size")
@@ -145,7 +146,7 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
         checks = tuple(CheckResult(**c) for c in kept["checks"])
         cached = True
     else:
-        kept, checks = _measure(inputs, thresholds)
+        kept, checks = _measure(client, inputs, thresholds)
         client.set(PREFIX + key, json.dumps({**kept, "checks": [c.model_dump(mode="json")
                                                                 for c in checks]}),
                    ex=settings.cache_ttl_seconds)
@@ -159,7 +160,7 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
     return report
 
 
-def _measure(inputs: Inputs, limits: validation.Thresholds
+def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
              ) -> tuple[dict[str, Any], tuple[CheckResult, ...]]:
     new = profile.load(inputs.dataset_uri)
     reference = profile.load(inputs.reference_uri) if inputs.reference_uri else None
@@ -176,7 +177,7 @@ def _measure(inputs: Inputs, limits: validation.Thresholds
     elif n_new < limits.min_images:
         why_not = f"{n_new} new labelled images < {limits.min_images}: not measured"
     else:
-        agreement = _agreement(inputs, new, fresh_mask)
+        agreement = _agreement(client, inputs, new, fresh_mask)
     checks = (
         validation.labels(new),
         validation.class_balance(new, reference, limits.class_balance),
@@ -202,7 +203,7 @@ def _new_pairs(new: profile.Profile, reference: profile.Profile | None) -> dict[
             for u in new.units if u.unit in fresh}
 
 
-def _agreement(inputs: Inputs, new: profile.Profile,
+def _agreement(client: redis.Redis, inputs: Inputs, new: profile.Profile,
                fresh: dict[str, np.ndarray]) -> validation.Agreement:
     """The champion's confusion counts on the new labelled images and on the reference's
     test split (remembered per champion and reference: a stack validates many pushes)."""
@@ -216,12 +217,24 @@ def _agreement(inputs: Inputs, new: profile.Profile,
         chosen = np.flatnonzero(mask & (unit.labels < idx.NUM_CLASSES))
         images = read_unit(store, unit.unit)[chosen]
         np.add.at(counts, (unit.labels[chosen], _predict(inputs.champion_uri, images)), 1)
-    reference = _reference_counts(inputs.champion_uri, inputs.reference_uri)
+    reference = _reference_counts(client, inputs.champion_uri, inputs.reference_uri)
     return validation.Agreement(counts.tolist(), reference.tolist())
 
 
-@functools.lru_cache(maxsize=4)
-def _reference_counts(champion_uri: str, reference_uri: str) -> np.ndarray:
+def _reference_counts(client: redis.Redis, champion_uri: str, reference_uri: str) -> np.ndarray:
+    """The champion on its reference's test split, remembered in Redis (the same champion
+    and reference for every push until the next promotion: one pass each)."""
+    key = f"{PREFIX}reference:" + blake3(
+        f"{champion_uri}\n{load_metadata(reference_uri)['key']}".encode()).hexdigest()[:32]
+    raw = client.get(key)
+    if raw is not None:
+        return np.asarray(json.loads(raw), np.int64)
+    counts = _champion_on_test_split(champion_uri, reference_uri)
+    client.set(key, json.dumps(counts.tolist()), ex=REFERENCE_KEPT)
+    return counts
+
+
+def _champion_on_test_split(champion_uri: str, reference_uri: str) -> np.ndarray:
     ref = profile.load(reference_uri)
     store = Path(reference_uri).parent.parent
     counts = np.zeros((idx.NUM_CLASSES, idx.NUM_CLASSES), np.int64)
