@@ -17,8 +17,11 @@ def select_serve(
     stream: Annotated[bool, typer.Option(help="kept for old command lines: the event stream is always consumed")] = True,
 ) -> None:
     """Judge model.trained CloudEvents from the Redis stream retrain:events and from POST
-    /events (appended to the stream before the 202) and promote each candidate that beats
-    the champion; models or test splits that are not this project's are refused (403)."""
+    /events (appended to the stream before the 202) and promote each candidate that passes
+    the promotion gate: better than the champion on its test split, not worse on the pinned
+    evaluation set by more than RETRAIN_PROMOTION_PINNED_TOLERANCE, no class losing more
+    than RETRAIN_PROMOTION_MAX_CLASS_DROP; models or test splits that are not this project's
+    are refused (403)."""
     setup_logging(True)
     from services.selector import main as selector
 

@@ -101,3 +101,17 @@ def test_the_pinned_set_being_the_new_split_is_counted_once():
 def test_the_gates_settings_are_validated_all_at_once():
     with pytest.raises(ValueError, match="pinned_tolerance must be within .* max_class_drop must"):
         ChampionPolicy(pinned_tolerance=-1, max_class_drop=2)
+
+
+def test_the_gate_is_configured_from_the_environment(monkeypatch, tmp_path):
+    from core.settings import Settings
+    from services.selector.main import champion_policy
+
+    monkeypatch.setenv("RETRAIN_PROMOTION_PINNED_TOLERANCE", "0.01")
+    monkeypatch.setenv("RETRAIN_PROMOTION_MAX_CLASS_DROP", "0.1")
+    monkeypatch.setenv("RETRAIN_MIN_IMPROVEMENT", "0.002")
+    policy = champion_policy(Settings(home=tmp_path, _env_file=None))
+    assert (policy.pinned_tolerance, policy.max_class_drop, policy.min_improvement) == (
+        0.01, 0.1, 0.002)
+    assert champion_policy(Settings(home=tmp_path, _env_file=None,
+                                    promotion_pinned_tolerance=0.005)).pinned_tolerance == 0.005
