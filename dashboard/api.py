@@ -63,6 +63,13 @@ def models(dashboard: Ctx) -> dict[str, Any]:
     return data.champions(dashboard.champions)
 
 
+@reads.get("/lineage/{version}")
+def lineage(dashboard: Ctx, version: int) -> dict[str, Any]:
+    """Why ``version`` is served: its decision, model, training, dataset, validation, run
+    and the events that caused it (404 for a version the records do not hold)."""
+    return data.lineage(dashboard, version)
+
+
 @reads.get("/events")
 def events(dashboard: Ctx, limit: EventLimit = data.EVENTS) -> dict[str, Any]:
     return data.events(dashboard.client, limit)

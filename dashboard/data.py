@@ -1,7 +1,8 @@
 """What the dashboard shows, read through the owners of the records it reads (runs:
 ``workflows.record``; a training's progress: ``services.trainer.progress``; the champion and
 its decisions: ``ChampionStore``; events: ``core.timeline``; watched sources and outboxes:
-the watcher and ``events.outbox``): each view a few round trips, whatever the number of runs
+the watcher and ``events.outbox``; a version's lineage: ``workflows.lineage``): each view a
+few round trips, whatever the number of runs
 kept (pages by offset over the runs by time). Every view is masked (``clean``) before it is
 served or rendered."""
 
@@ -21,6 +22,7 @@ from services.ingest_watcher.watcher import watched_sources
 from services.selector.champion import ChampionStore
 from services.trainer import progress
 from workflows import record
+from workflows.lineage import lineage as read_lineage
 
 PAGE = 20  # runs on a page
 MAX_PAGE = 100
@@ -93,6 +95,12 @@ def _champions(store: ChampionStore) -> dict[str, Any]:
     return {"champion": champion.__dict__ if champion else None, "since": since,
             "replaced": history[-1].__dict__ if history else None,
             "history": [c.__dict__ for c in history], "decisions": decisions}
+
+
+def lineage(dashboard: Dashboard, version: int) -> dict[str, Any]:
+    """Why ``version`` is served (``workflows.lineage``): its decision, model, training,
+    dataset, validation, run and the events that caused it; a few reads by key."""
+    return clean(read_lineage(dashboard.client, dashboard.champions.scope, str(version)))
 
 
 def sources(client: redis.Redis) -> list[dict[str, Any]]:

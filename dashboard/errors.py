@@ -16,6 +16,7 @@ from core.errors import RetrainError
 from core.http import BodyTooLargeError, json_errors
 from dashboard import pages
 from services.selector.errors import SelectorError
+from workflows.lineage import LineageNotFoundError
 
 
 class DashboardError(RetrainError):
@@ -46,6 +47,7 @@ ERRORS: dict[type[Exception], int] = {
     KeyRefusedError: 401,  # or its own 403 when no key is configured
     BadRequestError: 400,
     RunNotFoundError: 404,
+    LineageNotFoundError: 404,  # a version the champion records do not hold
     SelectorError: 409,  # a rollback the selector refused
     BodyTooLargeError: 413,
     NotOfferedError: 501,

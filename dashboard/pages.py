@@ -5,25 +5,20 @@ came from outside (event sources, reasons, file names, run ids) goes through ``e
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
-from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from dashboard.html import cells as _cells
+from dashboard.html import esc
+from dashboard.html import kind as _kind
+from dashboard.html import score as _score
+from dashboard.html import table as _table
+from dashboard.html import when as _when
+from dashboard.judgement import decision_figures, rules_line, validation_report
+from dashboard.lineage_page import lineage_link
 
-def esc(value: object) -> str:
-    return escape("" if value is None else str(value), quote=True)
-
-
-def _when(at: float | None) -> str:
-    if not at:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-
-
-def _score(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+__all__ = ["esc"]  # the pages' escaping, where the error pages look for it
 
 
 def layout(title: str, body: str, actions: str = "") -> str:
@@ -39,22 +34,6 @@ def layout(title: str, body: str, actions: str = "") -> str:
         f"<main id=live>{body}</main>{actions}<script src=/static/ui.js></script></body></html>")
 
 
-def _table(headers: tuple[str, ...], rows: list[str], empty: str) -> str:
-    if not rows:
-        return f"<p class=empty>{esc(empty)}</p>"
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _kind(event_type: object) -> str:
-    """The CSS class of a decision's type (``model.rejected`` → ``rejected``)."""
-    return esc(str(event_type).rsplit(".", 1)[-1])
-
-
-def _cells(*values: str) -> str:
-    return "<tr>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>"
-
-
 # the overview ----------------------------------------------------------------------------------
 def champion_card(champion: dict[str, Any] | None, since: float | None,
                   replaced: dict[str, Any] | None) -> str:
@@ -67,7 +46,8 @@ def champion_card(champion: dict[str, Any] | None, since: float | None,
         f"<p class=big>version <b id=champion-version>{esc(champion['version'])}</b> · "
         f"{esc(champion['model_type'])} · test accuracy {_score(champion['accuracy'])}</p>"
         f"<p>since {_when(since)}; {was}; trained by run "
-        f"<a href='/runs/{quote(str(champion['run_id']))}'>{esc(champion['run_id'])}</a></p>"
+        f"<a href='/runs/{quote(str(champion['run_id']))}'>{esc(champion['run_id'])}</a> · "
+        f"{lineage_link(champion['version'], 'why is it served?')}</p>"
         "</section>")
 
 
@@ -160,22 +140,27 @@ def run_page(run: dict[str, Any]) -> str:
     models = []
     for model, c in run["curves"].items():
         result = (s.get("models") or {}).get(model, {})
-        state = "cached" if result.get("cached") else (result.get("status") or c["state"] or "waiting")
+        state = "cached" if result.get("cached") else (
+            result.get("status") or c["state"]
+            or ("blocked" if s.get("status") == "blocked" else "waiting"))
         models.append(
             f"<section class=card><h3>{esc(model)} · <span class='tag {esc(state)}'>{esc(state)}"
             f"</span></h3><p>{esc(result.get('reason') or '')}</p>"
             f"{curve(c['points'], 'loss')}{curve(c['points'], 'accuracy')}</section>")
-    decisions = [_cells(esc(d.get("model_type")), f"<span class='tag {_kind(d.get('type'))}'>"
-                        f"{esc(d.get('type'))}</span>", _score(d.get("candidate_accuracy")),
-                        _score(d.get("champion_accuracy")), esc(d.get("version") or ""),
-                        esc(d.get("reason"))) for d in run["decisions"]]
+    decisions = decision_rows(run["decisions"], lambda d: (
+        esc(d.get("model_type")),
+        f"<span class='tag {_kind(d.get('type'))}'>{esc(d.get('type'))}</span>",
+        _score(d.get("candidate_accuracy")),
+        _score(d.get("champion_accuracy")), lineage_link(d.get("version")),
+        esc(d.get("reason"))))
     return (
         f"<h1>run <span id=run-id>{esc(s['run_id'])}</span></h1>"
         f"<p>{esc(s.get('trigger'))} · <span class='tag {esc(s.get('status'))}'>{esc(s.get('status'))}"
         f"</span> · started {_when(s.get('started_at'))} · data <code>{esc(s.get('data'))}</code></p>"
         f"<section class=card id=cache-decision><h2>cache: {'hit' if cache.get('hit') else 'miss'}</h2>"
         f"<p>{esc(cache.get('reason'))}</p>{parts}</section>"
-        f"<section><h2>timeline</h2>{step_chart(s.get('steps', []))}</section>"
+        + validation_report(s.get("validation"), s.get("status"))
+        + f"<section><h2>timeline</h2>{step_chart(s.get('steps', []))}</section>"
         f"<section><h2>models</h2><div class=grid>{''.join(models) or '<p class=empty>none</p>'}</div></section>"
         "<section><h2>decisions</h2>"
         + _table(("model", "decision", "candidate", "champion", "version", "reason"), decisions,
@@ -225,18 +210,48 @@ def history_chart(champions: list[dict[str, Any]], width: int = 760, height: int
             f"<text x={left + room / 2:.1f} y={height - 2} text-anchor=middle>version</text></svg>")
 
 
+def decision_rows(decisions: list[dict[str, Any]], lead: Callable[[dict[str, Any]], tuple[str, ...]],
+                  folded: bool = False) -> list[str]:
+    """Each decision as a row (``lead``'s cells) and, beneath it, every figure and rule it
+    was made on; ``folded``: behind a summary naming each rule passed or failed (kept open
+    across the page's refreshes)."""
+    rows = []
+    for d in decisions:
+        cells = lead(d)
+        figures = decision_figures(d)
+        if folded:
+            anchor = esc(f"figures-{d.get('run_id')}-{d.get('model_type')}-{d.get('at')}")
+            figures = (f"<details id='{anchor}'><summary>figures and rules {rules_line(d)}"
+                       f"</summary>{figures}</details>")
+        rows.append(_cells(*cells) + f"<tr class=figures-row><td colspan={len(cells)}>"
+                    f"{figures}</td></tr>")
+    return rows
+
+
+def versions_table(champions: list[dict[str, Any]]) -> str:
+    """Every version recorded, newest first, each linked to its lineage."""
+    rows = [_cells(lineage_link(c["version"]), esc(c.get("model_type")), _score(c.get("accuracy")),
+                   f"<a href='/runs/{quote(str(c.get('run_id')))}'>{esc(c.get('run_id'))}</a>",
+                   f"<code>{esc(str(c.get('dataset_digest') or '')[:16])}</code>")
+            for c in sorted(champions, key=lambda c: -int(c["version"]))]
+    return ("<section><h2>versions</h2>" + _table(
+        ("version (its lineage)", "model", "test accuracy", "run", "dataset"), rows,
+        "no version served yet") + "</section>")
+
+
 def models_page(champion_html: str, champions: list[dict[str, Any]],
                 decisions: list[dict[str, Any]]) -> str:
-    rows = [_cells(esc(_when(d.get("at"))), f"<span class='tag {_kind(d.get('type'))}'>{esc(d.get('type'))}</span>",
-                   f"<a href='/runs/{quote(str(d.get('run_id')))}'>{esc(d.get('run_id'))}</a>",
-                   esc(d.get("model_type")), _score(d.get("candidate_accuracy")),
-                   _score(d.get("champion_accuracy")), esc(d.get("version") or ""),
-                   esc(d.get("reason"))) for d in reversed(decisions)]
+    rows = decision_rows(list(reversed(decisions)), lambda d: (
+        esc(_when(d.get("at"))), f"<span class='tag {_kind(d.get('type'))}'>{esc(d.get('type'))}</span>",
+        f"<a href='/runs/{quote(str(d.get('run_id')))}'>{esc(d.get('run_id'))}</a>",
+        esc(d.get("model_type")), _score(d.get("candidate_accuracy")),
+        _score(d.get("champion_accuracy")), lineage_link(d.get("version")),
+        esc(d.get("reason"))), folded=True)
     return (f"<h1>models</h1>{champion_html}<section><h2>champion history</h2>"
-            f"{history_chart(champions)}</section><section><h2>promotions, rejections and "
-            "rollbacks</h2>" + _table(("when", "decision", "run", "model", "candidate",
-                                       "champion", "version", "reason"), rows, "no decision yet")
-            + "</section>")
+            f"{history_chart(champions)}</section>{versions_table(champions)}"
+            "<section><h2>promotions, rejections and rollbacks</h2>"
+            + _table(("when", "decision", "run", "model", "candidate", "champion", "version",
+                      "reason"), rows, "no decision yet") + "</section>")
 
 
 def events_page(events: list[dict[str, Any]], dead: list[dict[str, Any]]) -> str:

@@ -1,6 +1,6 @@
-"""The dashboard's pages (``/``, ``/runs/<id>``, ``/models``, ``/events``, ``/try``): each
-renders the same data the API serves. A page asks for its live part again every 2 s
-(``X-Fragment: 1``) and gets only that part."""
+"""The dashboard's pages (``/``, ``/runs/<id>``, ``/models``, ``/lineage/<version>``,
+``/events``, ``/try``): each renders the same data the API serves. A page asks for its live
+part again every 2 s (``X-Fragment: 1``) and gets only that part."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from dashboard import data, pages
 from dashboard.access import READING
+from dashboard.lineage_page import lineage_page
 from dashboard.state import Ctx
 
 router = APIRouter(dependencies=READING, default_response_class=HTMLResponse)
@@ -44,6 +45,12 @@ def models(request: Request, dashboard: Ctx) -> HTMLResponse:
         pages.champion_card(view["champion"], view["since"], view["replaced"]),
         [*view["history"], *served], view["decisions"])
     return _page(request, "models", body, pages.rollback_form(dashboard.rollback is not None))
+
+
+@router.get("/lineage/{version}")
+def lineage(request: Request, dashboard: Ctx, version: int) -> HTMLResponse:
+    return _page(request, f"lineage of version {version}",
+                 lineage_page(data.lineage(dashboard, version)))
 
 
 @router.get("/events")

@@ -12,7 +12,11 @@
     if (document.hidden || !live) return;
     try {
       const answer = await fetch(location.href, { headers: { "X-Fragment": "1" } });
-      if (answer.ok) live.innerHTML = await answer.text();
+      if (!answer.ok) return;
+      // what a reader unfolded stays unfolded (a decision's figures)
+      const open = [...live.querySelectorAll("details[open][id]")].map((d) => d.id);
+      live.innerHTML = await answer.text();
+      for (const id of open) { const d = document.getElementById(id); if (d) d.open = true; }
     } catch (e) { /* the next tick tries again */ }
   }
   if (live && live.innerHTML.trim()) setInterval(refresh, 2000);

@@ -13,6 +13,7 @@ from PIL import Image
 from rich.console import Console
 
 from core.settings import MODEL_NAME
+from dataset.ingest import CODE_VERSION
 from events import EventType, make_event
 from events.payloads import IngestionSkipped, RunParameters
 from events.sinks import HttpSink
@@ -78,7 +79,7 @@ def test_the_api_answers_from_redis_alone(stack):
     assert overview["champion"]["version"] == 2 and overview["replaced"]["version"] == 1
     detail = api.get(f"/api/runs/{run['run_id']}").json()
     assert [s["name"] for s in detail["summary"]["steps"]] == [
-        "fingerprint", "check_cache", "ingest", "train:cnn"]
+        "fingerprint", "check_cache", "ingest", "validate", "train:cnn"]
     assert [p["step"] for p in detail["curves"]["cnn"]["points"]] == [10, 20]
     assert detail["decisions"][0]["type"] == "model.promoted"
     assert api.get("/api/runs/nope").status_code == 404
@@ -91,7 +92,7 @@ def test_the_api_answers_from_redis_alone(stack):
     html = api.get("/events").text
     assert HOSTILE not in html and "&lt;script&gt;" in html  # escaped, never markup
     assert "hunter2" not in html and ">duplicate<" in html
-    assert "ingest-v1" in api.get(f"/runs/{run['run_id']}").text  # the cache key's parts
+    assert CODE_VERSION in api.get(f"/runs/{run['run_id']}").text  # the cache key's parts
     assert api.post("/api/rollback").status_code == 401
     assert api.post("/api/rollback", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert stack.champions.get().version == 2  # refused: nothing changed
@@ -113,12 +114,21 @@ def test_the_pages_in_a_real_browser(stack, tmp_path):
         browser.open(f"{stack.ui_url}runs/{run_id}")
         assert browser.text("#run-id") == run_id
         assert "miss: no ingestion of content digest" in browser.text("#cache-decision")
-        assert browser.count("svg.timeline rect") == 4  # fingerprint, check, ingest, train:cnn
+        assert browser.count("svg.timeline rect") == 5  # fingerprint, check, ingest,
+        # validate, train:cnn
         assert browser.count("svg.curve polyline") == 2  # loss and accuracy of cnn
+        assert "pass" in browser.text("#validation") or "warn" in browser.text("#validation")
+        assert "better" in browser.text(".figures .rules")  # the decision's rules, shown
         browser.screenshot("run")
+
+        browser.open(stack.ui_url + "lineage/1")
+        assert "model.promoted" in browser.wait_text("#lineage-decision", "model.promoted")
+        assert str(stack.data_root.resolve()) in browser.text("#lineage-events")  # the folder
+        browser.screenshot("lineage")
 
         browser.open(stack.ui_url + "models")
         assert browser.text("#champion-version") == "2"
+        browser.click("main details summary")  # a decision's figures, unfolded
         browser.click("#rollback")
         assert "needs an API key" in browser.wait_text("#action-result", "API key")
         assert stack.champions.get().version == 2
@@ -127,6 +137,7 @@ def test_the_pages_in_a_real_browser(stack, tmp_path):
         assert "Rolled back" in browser.wait_text("#action-result", "Rolled back")
         assert stack.champions.get().version == 3  # the previous champion, as a new version
         assert browser.wait_text("#champion-version", "3") == "3"  # live, without a reload
+        assert browser.count("main details[open]") == 1  # still unfolded after the refresh
         browser.screenshot("models")
 
         browser.open(stack.ui_url + "events")

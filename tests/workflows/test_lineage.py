@@ -34,47 +34,53 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PARAMS = {"models": ("cnn",), "batch_size": 32, "validation": "warn"}
 
 
-@pytest.fixture(scope="module")
-def history(redis_handle, tmp_path_factory, standin_trainer):
-    """Three runs, each started by the watcher's event for a change of the data folder."""
-    redis_handle.client.flushdb()
-    client, tmp = redis_handle.client, tmp_path_factory.mktemp("lineage")
-    settings = Settings(home=tmp / "home", redis_url=redis_handle.url, offline=True,
-                        promotion_max_class_drop=1.0, _env_file=None)  # the gate's figures, not
-    # its class rule, are the subject: the stand-in's weak model may win a class by chance
-    data = write_dataset(tmp / "data", train=600, test=200)
-    watcher = DirectoryWatcher(data, RedisStreamSink(client), client, tmp / "state", settle=0.0)
-    decisions, selector = [], build_selector(settings, client, lambda e: decisions.append(e),
-                                             LocalBackend(settings.model_repo, MODEL_NAME))
+class History:
+    """A data folder watched by a real watcher; each ``change`` turns the watcher's event
+    into a run of the real runner, whose models the real selector judges and promotes into
+    the model repository."""
 
-    def emit(event):
-        if event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
-            selector.handle(event)
+    def __init__(self, redis_handle, tmp):
+        self.client = redis_handle.client
+        self.settings = Settings(home=tmp / "home", redis_url=redis_handle.url, offline=True,
+                                 promotion_max_class_drop=1.0, _env_file=None)  # the gate's
+        # figures, not its class rule, are the subject: the weak model may win a class by chance
+        self.scope = str(self.settings.model_repo.resolve())
+        self.data = write_dataset(tmp / "data", train=600, test=200)
+        self._watcher = DirectoryWatcher(self.data, RedisStreamSink(self.client), self.client,
+                                         tmp / "state", settle=0.0)
+        selector = build_selector(self.settings, self.client, lambda e: None,
+                                  LocalBackend(self.settings.model_repo, MODEL_NAME))
 
-    runner = LocalRunner(settings, client, redis_handle.url, emit, Console(quiet=True))
+        def emit(event):
+            if event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
+                selector.handle(event)
 
-    def change(**params):
-        watcher.scan_once()
-        event = watcher.scan_once()  # the second look: settled
+        self._runner = LocalRunner(self.settings, self.client, redis_handle.url, emit,
+                                   Console(quiet=True))
+
+    def change(self, status="succeeded", **params):
+        """The run the data folder's latest change starts: (its event, its summary)."""
+        self._watcher.scan_once()
+        event = self._watcher.scan_once()  # the second look: settled
         assert event is not None
         request = RunRequest.from_event(event, RunParameters(**{**PARAMS, **params}))
-        summary = runner.run(request)
-        assert summary["status"] == "succeeded", summary
+        summary = self._runner.run(request)
+        assert summary["status"] == status, summary
         return event, summary
 
-    first = change(steps_per_epoch=3)  # the weak model: served first, as version 1
-    write_png_increment(data, "b1", 60, seed=7)
-    second = change(steps_per_epoch=8, warm_start=True)  # the good one, from version 1
-    shutil.rmtree(data / "increments")
-    third = change(steps_per_epoch=3)  # the first data again: version 1's training reused
 
-    class History:
-        pass
-
-    h = History()
-    h.settings, h.client, h.scope, h.data = settings, client, str(settings.model_repo.resolve()), data
-    h.first, h.second, h.third, h.decisions = first, second, third, decisions
-    yield h
+@pytest.fixture(scope="module")
+def history(redis_handle, tmp_path_factory, standin_trainer):
+    """Version 1 from the first data, version 2 after a PNG increment (warm-started from 1),
+    then the first data again: version 1's training reused, nothing promoted."""
+    redis_handle.client.flushdb()
+    h = History(redis_handle, tmp_path_factory.mktemp("lineage"))
+    h.first = h.change(steps_per_epoch=3)  # the weak model: served first, as version 1
+    write_png_increment(h.data, "b1", 60, seed=7)
+    h.second = h.change(steps_per_epoch=8, warm_start=True)  # the good one, from version 1
+    shutil.rmtree(h.data / "increments")
+    h.third = h.change(steps_per_epoch=3)  # the first data again
+    return h
 
 
 def test_a_version_promoted_after_an_increment_names_every_link(history):
