@@ -171,49 +171,58 @@ def test_a_class_that_loses_too_much_refuses_a_better_model_and_a_new_pinned_set
 
 @pytest.fixture
 def cli(tmp_path, redis_handle, r):
+    """``retrain`` in a process of its own (its exit codes and error lines), and in this one
+    (``cli.here``: the same commands, without a Python start-up each)."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home"),
-           "RETRAIN_REDIS_URL": redis_handle.url}
+    from typer.testing import CliRunner
+
+    from retrain.cli import app
+
+    env = {"RETRAIN_HOME": str(tmp_path / "home"), "RETRAIN_REDIS_URL": redis_handle.url}
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "retrain.cli", *args], capture_output=True,
-                              text=True, timeout=300, env=env, check=False)
+                              text=True, timeout=300, env={**os.environ, **env}, check=False)
+
+    def here(*args):
+        result = CliRunner().invoke(app, list(args), env=env)
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.stdout
+
+    run.here = here
     return run
 
 
-def _json(done):
+def _json(out):
     import json
 
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_golden_set_and_show_through_the_command_line(cli, tmp_path):
     nothing = cli("golden", "show")
     assert nothing.returncode == 1 and "no evaluation set is pinned" in nothing.stderr
-    first = _json(cli("ingest", "--data", str(write_dataset(tmp_path / "first", 100, 30, 3)),
-                      "--json"))
-    shown = _json(cli("golden", "show", "--json"))
+    first = _json(cli.here("ingest", "--data", str(write_dataset(tmp_path / "first", 100, 30, 3)),
+                           "--json"))
+    shown = _json(cli.here("golden", "show", "--json"))
     assert (shown["dataset_uri"], shown["how"]) == (first["dataset_uri"], "first ingestion")
 
-    chosen = _json(cli("golden", "set", "--data",
-                       str(write_dataset(tmp_path / "golden", 100, 40, 9)), "--json"))
+    chosen = _json(cli.here("golden", "set", "--data",
+                            str(write_dataset(tmp_path / "golden", 100, 40, 9)), "--json"))
     assert chosen["how"] == "retrain golden set" and chosen["replaced"]["key"] == shown["key"]
     assert chosen["test_images"] == 40 == sum(chosen["per_class"]) and len(chosen["per_class"]) == 10
     assert chosen["problem"] is None and chosen["key"] != shown["key"]
-    assert _json(cli("golden", "show", "--json")) == {k: v for k, v in chosen.items()
-                                                      if k != "replaced"}
-    told = cli("golden", "show")
-    assert told.returncode == 0, told.stderr
-    text = " ".join(told.stdout.split())
+    assert _json(cli.here("golden", "show", "--json")) == {k: v for k, v in chosen.items()
+                                                           if k != "replaced"}
+    text = " ".join(cli.here("golden", "show").split())
     assert f"pinned evaluation set {chosen['key']}" in text and chosen["digest"] in text
     assert "40 images: t-shirt 4, trouser 4" in text and "by retrain golden set" in text
 
     missing = cli("golden", "set", "--data", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "no such folder" in missing.stderr
     assert "Traceback" not in missing.stderr
-    assert _json(cli("golden", "show", "--json"))["key"] == chosen["key"]  # nothing changed
+    assert _json(cli.here("golden", "show", "--json"))["key"] == chosen["key"]  # nothing changed
