@@ -88,6 +88,8 @@ def _training(t: dict[str, Any]) -> str:
     if "variants" in t:
         return "".join(_training(v) for v in t["variants"].values()) or _card(
             "training", "<p class=empty>no training</p>")
+    if t.get("status") is None:
+        return _card("training", f"<p>{esc(t.get('variant'))}: not trained</p>")
     how = (tag("reused from the training cache", "cached") + f" trained by run "
            f"{_run_link(t.get('trained_by'))}" if t.get("cached") else tag("trained", "trained")
            + f" by run {_run_link(t.get('trained_by'))}")

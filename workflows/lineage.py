@@ -70,7 +70,9 @@ def lineage(client: redis.Redis, scope: str, version_or_run: str | int) -> dict[
     if summary is None and champion is None and not decisions:
         raise LineageNotFoundError(asked, f"no run {asked!r} is recorded (runs are kept "
                                           f"{record.KEPT // 86400} days) and no decision names it")
-    summary = summary or {"run_id": run_id, "steps": [], "models": {}}
+    summary = summary or {"run_id": run_id, "steps": [], "models": {}, "gone": True,
+                          "error": f"the run's record is gone (runs are kept "
+                                   f"{record.KEPT // 86400} days)"}
     variant = champion.model_type if champion else None
     trainings = _Trainings(client, summary)
     return {
@@ -315,10 +317,11 @@ def _cause(summary: dict[str, Any], role: str) -> dict[str, Any]:
     event = summary.get("event")
     if event:
         return {"role": role, "run_id": summary["run_id"], **event}
+    note = (f"run {summary['run_id']}: {summary['error']}" if summary.get("gone") else
+            f"run {summary['run_id']} was started by {summary.get('trigger') or 'hand'}, "
+            "not by an event")
     return {"role": role, "run_id": summary["run_id"], "type": None,
-            "trigger": summary.get("trigger"),
-            "note": f"run {summary['run_id']} was started by {summary.get('trigger') or 'hand'}"
-                    ", not by an event"}
+            "trigger": summary.get("trigger"), "note": note}
 
 
 def origin_text(origin: dict[str, Any] | None, objects_shown: int = 3) -> str:

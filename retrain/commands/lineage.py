@@ -108,6 +108,8 @@ def _model(m: dict[str, Any] | None) -> list[str]:
 def _training(t: dict[str, Any]) -> list[str]:
     if "variants" in t:
         return [line for variant in t["variants"].values() for line in _training(variant)]
+    if t.get("status") is None:
+        return [f"{t['variant']}: not trained"]
     how = (f"reused from the training cache (trained by run {t['trained_by']})" if t["cached"]
            else f"trained by this run ({t['cache_reason'] or 'no cache decision recorded'})")
     params = ", ".join(f"{k}={v}" for k, v in (t.get("parameters") or {}).items())

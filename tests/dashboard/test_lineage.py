@@ -5,14 +5,13 @@ On a real history (the watcher, runner and selector of ``tests/workflows/test_li
 read by the real app in process over a real Redis."""
 
 import json
-import shutil
 
 import pytest
 from fastapi.testclient import TestClient
 
 from dashboard.app import create_app
 from dataset.seed import write_png_increment
-from tests.workflows.test_lineage import History
+from tests.workflows.test_lineage import History, leak
 from workflows.lineage import KEYS, lineage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,11 +27,8 @@ def history(redis_handle, tmp_path_factory, standin_trainer):
     h.first = h.change(steps_per_epoch=3)
     write_png_increment(h.data, "b1", 60, seed=7)
     h.second = h.change(steps_per_epoch=8, warm_start=True)
-    leak = h.data / "increments" / "leak"
-    leak.mkdir()
-    for part in ("images-idx3", "labels-idx1"):
-        shutil.copy(h.data / f"t10k-{part}-ubyte.gz", leak / f"leak-{part}-ubyte.gz")
-    h.blocked = h.change(status="blocked", steps_per_epoch=3, validation="block")
+    leak(h.data)
+    h.blocked = h.change(status="blocked", validation="block")
     h.ui = TestClient(create_app(h.client, h.scope, api_keys=(KEY,)))
     return h
 
@@ -98,3 +94,4 @@ def test_a_blocked_run_names_every_check_that_blocked_it(history):
     blocked = page.split("<p class=error id=blocked>", 1)[1].split("</p>", 1)[0]
     assert f"{len(failed)} failed check(s)" in blocked
     assert all(f"<b>{name}</b>" in blocked for name in failed)
+

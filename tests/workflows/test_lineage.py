@@ -3,7 +3,8 @@ each run, the real runner trains with the test trainer, the real selector judges
 into a real model repository, on a real Redis. Version 1 is served from the first dataset;
 a PNG increment then starts a run whose warm-started cnn becomes version 2; taking the
 increment away starts a run that reuses version 1's training from the cache and promotes
-nothing. The lineage of each is read back link by link."""
+nothing; an increment copying the test split is blocked by the data gate. The lineage of
+each is read back link by link."""
 
 import json
 import os
@@ -72,7 +73,8 @@ class History:
 @pytest.fixture(scope="module")
 def history(redis_handle, tmp_path_factory, standin_trainer):
     """Version 1 from the first data, version 2 after a PNG increment (warm-started from 1),
-    then the first data again: version 1's training reused, nothing promoted."""
+    then the first data again (version 1's training reused, nothing promoted), then a leak
+    of the test split into the training data (blocked)."""
     redis_handle.client.flushdb()
     h = History(redis_handle, tmp_path_factory.mktemp("lineage"))
     h.first = h.change(steps_per_epoch=3)  # the weak model: served first, as version 1
@@ -80,7 +82,18 @@ def history(redis_handle, tmp_path_factory, standin_trainer):
     h.second = h.change(steps_per_epoch=8, warm_start=True)  # the good one, from version 1
     shutil.rmtree(h.data / "increments")
     h.third = h.change(steps_per_epoch=3)  # the first data again
+    leak(h.data)
+    h.blocked = h.change(status="blocked", validation="block")
     return h
+
+
+def leak(data):
+    """An increment that copies the test split into the training data: the data gate's
+    leakage check blocks the run before any training."""
+    folder = data / "increments" / "leak"
+    folder.mkdir(parents=True)
+    for part in ("images-idx3", "labels-idx1"):
+        shutil.copy(data / f"t10k-{part}-ubyte.gz", folder / f"leak-{part}-ubyte.gz")
 
 
 def test_a_version_promoted_after_an_increment_names_every_link(history):
@@ -154,6 +167,17 @@ def test_a_run_that_promoted_nothing_says_so_and_names_the_training_it_reused(hi
     assert training["seconds"] > 0  # the time the training it reused took
     assert found["dataset"]["units"]["ingested"] == []  # the first dataset, from the cache
     assert [e["run_id"] for e in found["events"]] == [third["run_id"], first["run_id"]]
+
+
+def test_a_blocked_run_says_it_promoted_and_trained_nothing_and_names_the_checks(history):
+    _, summary = history.blocked
+    found = lineage(history.client, history.scope, summary["run_id"])
+    assert found["version"] is None and found["model"] is None
+    assert found["validation"]["status"] == "blocked"
+    assert found["training"]["variants"]["cnn"]["status"] is None
+    text = "\n".join(render(found))
+    assert "cnn: not trained" in text and "block: leakage" in text
+    assert f"run {summary['run_id']} promoted no model" in text
 
 
 def test_an_unknown_version_or_run_is_refused_naming_what_there_is(history):
