@@ -101,6 +101,7 @@ class TrainingRequested(Payload):
     parameters: RunParameters = RunParameters()
     approves: str | None = None  # the blocked run this request lets train (retrain approve)
     approved_by: str | None = None
+    digest: str | None = None  # the content it approves: a run on other content fails
 
 
 class IngestionCompleted(Payload):

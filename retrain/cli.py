@@ -15,7 +15,7 @@ import typer
 
 from core.errors import RetrainError
 from core.redact import redact
-from retrain.commands import pipeline, standalone
+from retrain.commands import gate, pipeline, standalone
 from retrain.commands.cache import cache_app
 from retrain.commands.events import events_app
 from retrain.commands.golden import golden_app
@@ -33,6 +33,8 @@ for command in (pipeline.demo, pipeline.up, pipeline.run, pipeline.publish,
     app.command()(command)
 app.command("seed")(pipeline.seed)
 app.command()(pipeline.status)
+app.command()(gate.validate)
+app.command()(gate.approve)
 app.command()(standalone.ui)
 app.command()(lineage)
 app.add_typer(cache_app, name="cache")

@@ -61,6 +61,8 @@ class RunRequest:
         if isinstance(data, DatasetUpdated):
             said.update(data.model_dump(mode="json", include={"digest", "previous_digest",
                                                               "files", "origin", "trigger"}))
+        elif data.approves:
+            said.update(approves=data.approves, approved_by=data.approved_by, digest=data.digest)
         return cls(data.uri, params, trigger, event.id, event=said)
 
     def to_json(self) -> str:

@@ -79,6 +79,16 @@ def ingestion_failed(run_id: str, data_uri: str, exc: DatasetValidationError) ->
                       source=SOURCE, id=f"{run_id}/ingestion")
 
 
+def _check_approved(request: RunRequest, digest: str) -> None:
+    """A run that approves a blocked one trains only on the content that was approved."""
+    said = request.event or {}
+    approved = said.get("digest") if said.get("approves") else None
+    if approved and approved != digest:
+        raise ApprovalError(f"the data at {request.data_uri} changed since run {said['approves']} "
+                            f"was approved (digest {digest[:12]}…, approved {approved[:12]}…); "
+                            "validate it again")
+
+
 class LocalRunner:
     def __init__(
         self,
@@ -114,6 +124,7 @@ class LocalRunner:
                 fp = steps.fingerprint_step(root, self._settings.home / "statcache")
                 step.detail.update(digest=fp.digest, files=len(fp.files), bytes=fp.total_bytes)
                 rec.summary["digest"] = fp.digest
+                _check_approved(request, fp.digest)
             with rec.step("check_cache") as step:
                 check = steps.check_cache(self._cache, root, fp, policy)
                 step.detail.update(hit=check.decision.hit, reason=check.decision.reason,

@@ -108,6 +108,7 @@ def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:
         state = "not recorded" if summary is None else summary.get("status")
         raise typer.BadParameter(f"run {run_id} is {state}, not blocked", param_hint="RUN_ID")
     data = {"uri": summary["data"], "approves": run_id, "approved_by": approver,
+            "digest": summary.get("digest"),
             "parameters": {**summary["parameters"], "validation": "warn"}}
     event, target, _ = publish_event(settings, "dev.retrain.training.requested", json.dumps(data),
                                      sink=events_url, source="retrain/approve",

@@ -251,3 +251,58 @@ def test_approve_resumes_a_blocked_run_and_keeps_who_approved_it(
     assert kept["validation"]["mode"] == "warn" and kept["validation"]["status"] == "warn"
     with pytest.raises(ApprovalError, match="succeeded, not blocked"):
         runner.approve(blocked["run_id"], "ada")
+
+
+def test_a_cluster_approval_is_a_keyed_training_request_for_the_content_that_was_validated(
+        settings, redis_handle, r, served, standin_trainer, tmp_path):
+    """`retrain approve RUN --events-url`: a training.requested through the authenticated
+    endpoint (a real server on 127.0.0.1); the run it starts trains on the approved content,
+    with validation warn, and refuses content that changed since."""
+    import threading
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from events.dedup import Deduplicator
+    from retrain.cli import app
+    from tests.conftest import free_port, wait_for
+    from workflows.trigger import create_app
+
+    root = tmp_path / "data"
+    _base(root)
+    blank(root)
+    blocked, _, runner = _run(settings, redis_handle, root, models=("cnn",), steps_per_epoch=1)
+    assert blocked["status"] == "blocked"
+
+    received = []
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(Deduplicator(r, 60), received.append, api_keys=("sekret",)),
+        host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started)
+        env = {"RETRAIN_HOME": str(settings.home), "RETRAIN_REDIS_URL": redis_handle.url,
+               "RETRAIN_API_KEYS": "sekret"}
+        url = f"http://127.0.0.1:{port}/events"
+        result = CliRunner().invoke(app, ["approve", blocked["run_id"], "--by", "grace",
+                                          "--events-url", url], env=env)
+        assert result.exit_code == 0, result.output
+        refused = CliRunner().invoke(app, ["approve", blocked["run_id"], "--events-url", url],
+                                     env={**env, "RETRAIN_API_KEYS": "wrong"})
+        assert refused.exit_code != 0 and len(received) == 1
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+    request = RunRequest.from_event(received[0])
+    assert request.parameters.validation == "warn" and request.event["approved_by"] == "grace"
+    resumed = runner.run(request)
+    assert resumed["status"] == "succeeded" and resumed["validation"]["status"] == "warn"
+    assert resumed["event"]["approves"] == blocked["run_id"]
+
+    noisy(root)  # the data changes after the approval: the approved request trains nothing
+    changed = runner.run(RunRequest.from_event(received[0]))
+    assert changed["status"] == "failed" and "changed since run" in changed["error"]
+    assert changed["models"] == {}
