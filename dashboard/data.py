@@ -100,7 +100,7 @@ def _champions(store: ChampionStore) -> dict[str, Any]:
 def lineage(dashboard: Dashboard, version: int) -> dict[str, Any]:
     """Why ``version`` is served (``workflows.lineage``): its decision, model, training,
     dataset, validation, run and the events that caused it; a few reads by key."""
-    return clean(read_lineage(dashboard.client, dashboard.champions.scope, str(version)))
+    return clean(read_lineage(dashboard.client, dashboard.champions.scope, version))
 
 
 def sources(client: redis.Redis) -> list[dict[str, Any]]:

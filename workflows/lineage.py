@@ -54,7 +54,7 @@ def lineage(client: redis.Redis, scope: str, version_or_run: str | int) -> dict[
     neither is recorded."""
     store = ChampionStore(client, scope)
     asked = str(version_or_run).strip()
-    if asked.isdigit():
+    if isinstance(version_or_run, int) or asked.isdigit():
         version: int | None = int(asked)
         champion, serving = _champion(store, int(asked))
         run_id = champion.run_id

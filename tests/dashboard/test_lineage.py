@@ -47,6 +47,7 @@ def test_an_unknown_version_is_a_404_as_json_and_as_a_page(history):
     assert missing.json()["error"].startswith("no version 99 in the champion records")
     page = history.ui.get("/lineage/99")
     assert page.status_code == 404 and "no version 99" in page.text and "<h1>not here" in page.text
+    assert history.ui.get("/api/lineage/-1").json()["error"].startswith("no version -1")
     assert history.ui.get("/api/lineage/two").status_code == 422
 
 
