@@ -20,6 +20,9 @@ def publish_event(settings: Settings, event_type: str, data: str, *, sink: str |
         payload: Any = json.loads(data)
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"--data is not valid JSON: {exc}") from None
+    if (isinstance(payload, dict) and "origin" not in payload
+            and event_type.removeprefix("dev.retrain.") == "dataset.updated"):
+        payload = {**payload, "origin": {"kind": "manual"}}  # the lineage says: by hand
     event = make_event(event_type, payload, source=source, id=event_id)
     target = sink or settings.events_url
     duplicates = HttpSink(target, mode="structured" if structured else "binary",

@@ -200,6 +200,7 @@ def test_publish_says_when_the_trigger_dropped_the_event_as_a_duplicate(tmp_path
     assert first.returncode == 0 and "published dev.retrain.dataset.updated id=once" in first.stderr
     assert again.returncode == 0 and "dropped it as a duplicate" in again.stderr
     assert [e.id for e in received] == ["once"]
+    assert received[0].data.origin.kind == "manual"  # the lineage says: published by hand
 
 
 def test_seed_writes_a_stand_in_offline_and_says_so(tmp_path):

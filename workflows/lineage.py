@@ -93,7 +93,10 @@ def _champion(store: ChampionStore, version: int) -> tuple[Champion, bool]:
     current = store.get()
     if current is not None and current.version == version:
         return current, True
-    history = store.history()
+    kept = store.champion(version)  # one read, however many versions were served
+    if kept is not None:
+        return kept, False
+    history = store.history()  # versions served before the per-version record existed
     for champion in reversed(history):
         if champion.version == version:
             return champion, False

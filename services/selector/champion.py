@@ -27,6 +27,7 @@ if current then generation = cjson.decode(current)['generation'] end
 if generation ~= tonumber(ARGV[1]) then return 0 end
 if current then redis.call('RPUSH', KEYS[2], current) end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[3], tostring(cjson.decode(ARGV[2])['version']), ARGV[2])
 return 1
 """
 
@@ -36,6 +37,7 @@ return 1
 _SCORE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], tostring(cjson.decode(ARGV[2])['version']), ARGV[2])
 return 1
 """
 
@@ -47,6 +49,7 @@ if cjson.decode(current)['generation'] ~= tonumber(ARGV[1]) then return 0 end
 if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then return 0 end
 redis.call('RPOP', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[3], tostring(cjson.decode(ARGV[2])['version']), ARGV[2])
 return 1
 """
 
@@ -77,6 +80,7 @@ class ChampionStore:
         self._audit = scoped_key(scope, "audit")
         self._decided = scoped_key(scope, "decided")
         self._promotion = scoped_key(scope, "promotion")
+        self._versions = scoped_key(scope, "versions")  # every version ever served, by number
 
     def get(self) -> Champion | None:
         raw = self._r.get(self._key)
@@ -84,7 +88,8 @@ class ChampionStore:
 
     def replace(self, expected_generation: int, new: Champion) -> bool:
         """Atomically install ``new`` if the champion is still at ``expected_generation``."""
-        return bool(self._cas(keys=[self._key, self._history], args=[expected_generation, json.dumps(asdict(new))]))
+        return bool(self._cas(keys=[self._key, self._history, self._versions],
+                              args=[expected_generation, json.dumps(asdict(new))]))
 
     def set_accuracy(self, generation: int, accuracy: float) -> bool:
         """Record the score of the champion at ``generation`` (the first model is served
@@ -93,13 +98,19 @@ class ChampionStore:
         if raw is None or json.loads(raw)["generation"] != generation:
             return False
         scored = json.dumps({**json.loads(raw), "accuracy": accuracy})
-        return bool(self._score(keys=[self._key], args=[raw, scored]))
+        return bool(self._score(keys=[self._key, self._versions], args=[raw, scored]))
 
     def previous(self) -> tuple[Champion | None, int]:
         """The champion before the current one, and the history's length (for ``restore``)."""
         length = int(self._r.llen(self._history))
         raw = self._r.lindex(self._history, -1) if length else None
         return (Champion(**json.loads(raw)) if raw else None), length
+
+    def champion(self, version: int) -> Champion | None:
+        """The champion that served as ``version`` (current, replaced or rolled back), in one
+        read: a record kept for every version the selector made champion."""
+        raw = self._r.hget(self._versions, str(version))
+        return Champion(**json.loads(raw)) if raw else None
 
     def history(self) -> list[Champion]:
         """Every champion before the current one, oldest first (what rollbacks go back to)."""
@@ -108,7 +119,7 @@ class ChampionStore:
     def restore(self, expected_generation: int, history_length: int, restored: Champion) -> bool:
         """Atomically make ``restored`` (the previous champion, as newly staged) the champion and
         drop it from the history, if nothing changed since ``previous()`` was read."""
-        return bool(self._rollback(keys=[self._key, self._history],
+        return bool(self._rollback(keys=[self._key, self._history, self._versions],
                                    args=[expected_generation, json.dumps(asdict(restored)),
                                          history_length]))
 
@@ -123,6 +134,7 @@ class ChampionStore:
                     return False
                 pipe.multi()
                 pipe.delete(self._key)
+                pipe.hdel(self._versions, str(current.version))
                 pipe.execute()
                 return True
             except redis.WatchError:

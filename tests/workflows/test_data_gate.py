@@ -258,14 +258,11 @@ def test_a_cluster_approval_is_a_keyed_training_request_for_the_content_that_was
     """`retrain approve RUN --events-url`: a training.requested through the authenticated
     endpoint (a real server on 127.0.0.1); the run it starts trains on the approved content,
     with validation warn, and refuses content that changed since."""
-    import threading
-
-    import uvicorn
     from typer.testing import CliRunner
 
+    from core.http import BackgroundServer, bind
     from events.dedup import Deduplicator
     from retrain.cli import app
-    from tests.conftest import free_port, wait_for
     from workflows.trigger import create_app
 
     root = tmp_path / "data"
@@ -275,17 +272,13 @@ def test_a_cluster_approval_is_a_keyed_training_request_for_the_content_that_was
     assert blocked["status"] == "blocked"
 
     received = []
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(Deduplicator(r, 60), received.append, api_keys=("sekret",)),
-        host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = BackgroundServer(create_app(Deduplicator(r, 60, "trigger"), received.append,
+                                         api_keys=("sekret",)),
+                              bind("127.0.0.1", 0, "trigger"), "trigger").start()
     try:
-        wait_for(lambda: server.started)
         env = {"RETRAIN_HOME": str(settings.home), "RETRAIN_REDIS_URL": redis_handle.url,
                "RETRAIN_API_KEYS": "sekret"}
-        url = f"http://127.0.0.1:{port}/events"
+        url = server.url + "/events"
         result = CliRunner().invoke(app, ["approve", blocked["run_id"], "--by", "grace",
                                           "--events-url", url], env=env)
         assert result.exit_code == 0, result.output
@@ -293,8 +286,7 @@ def test_a_cluster_approval_is_a_keyed_training_request_for_the_content_that_was
                                      env={**env, "RETRAIN_API_KEYS": "wrong"})
         assert refused.exit_code != 0 and len(received) == 1
     finally:
-        server.should_exit = True
-        thread.join(10)
+        server.stop()
 
     request = RunRequest.from_event(received[0])
     assert request.parameters.validation == "warn" and request.event["approved_by"] == "grace"

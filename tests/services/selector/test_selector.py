@@ -165,6 +165,10 @@ def test_rollback_serves_the_previous_champion_as_a_new_version(r, repo_with_mod
     assert "b misbehaves" in decision.data.reason and "was version 1" in decision.data.reason
     assert store.decisions()[-1]["type"] == "rollback"
     assert emitted[-1] is decision
+    # every version that served stays readable by its number, the rolled-back one too
+    assert [(store.champion(v).version, store.champion(v).accuracy) for v in (1, 2, 3)] == [
+        (1, 0.7), (2, 0.9), (3, 0.7)]
+    assert store.champion(4) is None
     # the history is consumed: there is nothing before the first champion
     with pytest.raises(NothingToRollBackError):
         selector.rollback()
