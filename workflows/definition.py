@@ -1,17 +1,23 @@
 """The retrain workflow as an Argo WorkflowTemplate, built with hera from the same steps.
 
 Every template runs the one image's ``retrain`` CLI, which calls the functions the local
-runner calls (``retrain step check-cache``, ``retrain step ingest``, ``retrain train``):
-one definition of each step, two orchestrators. Building is pure: ``build()`` returns the
-hera object and ``render()`` its YAML; nothing here talks to a cluster.
+runner calls (``retrain step check-cache``, ``retrain step ingest``, ``retrain step
+validate``, ``retrain train``): one definition of each step, two orchestrators. Building is
+pure: ``build()`` returns the hera object and ``render()`` its YAML; nothing here talks to a
+cluster.
 
-    plan ─► check-cache ──hit──────────────────────────► train (per model, withParam):
-                 └─miss──► ingest (when hit == false) ──┘   check-training ─hit─► model.trained
-                                                                 └─miss─► TFJob ─► wait-training
-                                                            each emits model.trained → selector
+    plan ─► check-cache ──hit──────────────────────────► validate ─► train (per model, withParam):
+                 └─miss──► ingest (when hit == false) ──┘   │ blocked:   check-training ─hit─►
+                                                            │ exit 3      │     model.trained
+                                                            ▼             └─miss─► TFJob ─►
+                                           no training starts                  wait-training
+                                                    each training emits model.trained → selector
 
 ``plan`` parses the event's whole ``parameters`` object with the local runner's
 ``RunParameters`` (workflows/plan.py), so every run parameter reaches the cluster.
+``validate`` is the data gate: when a check blocks (the plan's ``validation`` is ``block``)
+the step fails with exit code 3, its message naming every failed check, and the trainings,
+which depend on ``validate.Succeeded``, are never started; the workflow ends Failed.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ from services.trainer.options import train_argv
 NAME = "retrain"
 HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
 OUTPUTS = "/tmp/outputs"
+# Kubernetes keeps what a container writes here as its termination message, and Argo shows a
+# failed step's as "main: Error (exit code N): <message>"
+TERMINATION_LOG = "/dev/termination-log"
 _REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
 TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 6 h)
 
@@ -187,7 +196,7 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
     they appear in it)."""
     with _workflow_template(names) as template:
         plan, check, ingest = _plan(names), _check_cache(names), _ingest(names)
-        _retrain_dag(plan, check, ingest, _train_dag(names))
+        _retrain_dag(plan, check, ingest, _validate(names), _train_dag(names))
     return template
 
 
@@ -205,6 +214,9 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
             Parameter(name="parameters", value="{}",
                       description="the event's parameters object as JSON (RunParameters)"),
             Parameter(name="event-id", value="", description="the triggering CloudEvent's id"),
+            Parameter(name="approves", value="",
+                      description="the blocked run this one was approved for (retrain approve)"),
+            Parameter(name="approved-by", value="", description="who approved it"),
         ],
         volumes=[ExistingVolume(name="data", claim_name=names.volume_claim)],
         pod_gc=PodGC(strategy="OnPodSuccess"),
@@ -221,7 +233,7 @@ def _plan(names: ClusterNames) -> Container:
         ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
          "--parameters", "{{workflow.parameters.parameters}}", "--outputs", OUTPUTS],
         names, cpu="100m", memory="256Mi",
-        outputs=["trainings", "cache-policy", *TRAIN_INPUTS])
+        outputs=["trainings", "cache-policy", "validation", *TRAIN_INPUTS])
 
 
 def _check_cache(names: ClusterNames) -> Container:
@@ -244,6 +256,27 @@ def _ingest(names: ClusterNames) -> Container:
          "--outputs", OUTPUTS],
         names, cpu="1", memory="2Gi", inputs=[Parameter(name="key")],
         outputs=["dataset-uri", "records", "ingested"])
+
+
+def _validate(names: ClusterNames) -> Container:
+    """``validate``: the data gate on the dataset the trainings would use. Blocked: the run is
+    recorded ``blocked``, dataset.rejected goes to the event stream, and the step exits 3
+    (Failed, not retried: its retry policy is OnError) with every failed check in the
+    container's termination message, which Argo shows as the step's message."""
+    return _container(
+        "validate",
+        ["step", "validate", "--dataset-uri", "{{inputs.parameters.dataset-uri}}",
+         "--mode", "{{inputs.parameters.validation}}",
+         "--data", "{{workflow.parameters.data-uri}}",
+         "--parameters", "{{workflow.parameters.parameters}}",
+         "--run-id", "{{workflow.name}}", "--event-id", "{{workflow.parameters.event-id}}",
+         "--approves", "{{workflow.parameters.approves}}",
+         "--approved-by", "{{workflow.parameters.approved-by}}",
+         "--sink", names.model_trained_sink, "--outputs", OUTPUTS,
+         "--message-file", TERMINATION_LOG],
+        names, cpu="1", memory="2Gi",  # the champion judges the new labels (TensorFlow)
+        inputs=[Parameter(name="dataset-uri"), Parameter(name="validation")],
+        outputs=["status", "report", "failed"])
 
 
 def _create_training(names: ClusterNames) -> Resource:
@@ -315,9 +348,11 @@ def _train_dag(names: ClusterNames) -> DAG:
     return train
 
 
-def _retrain_dag(plan: Container, check: Container, ingest: Container, train: DAG) -> DAG:
-    """``retrain``, the entry point: plan ─► check-cache ─miss─► ingest, then ``train`` for
-    each of the plan's trainings once the dataset is there (ingested or a hit)."""
+def _retrain_dag(plan: Container, check: Container, ingest: Container, validate: Container,
+                 train: DAG) -> DAG:
+    """``retrain``, the entry point: plan ─► check-cache ─miss─► ingest, then ``validate`` once
+    the dataset is there (ingested or a hit), then ``train`` for each of the plan's trainings
+    only if the data gate let the run through."""
     with DAG(name="retrain") as retrain:
         planned = plan(name="plan")
         checked = check(name="check-cache",
@@ -326,6 +361,11 @@ def _retrain_dag(plan: Container, check: Container, ingest: Container, train: DA
             name="ingest",
             arguments={"key": checked.get_parameter("key").value},
             when=f"{checked.get_parameter('hit').value} == false",
+        )
+        validated = validate(
+            name="validate",
+            arguments={"dataset-uri": checked.get_parameter("dataset-uri").value,
+                       "validation": planned.get_parameter("validation").value},
         )
         trained = train(
             name="train",
@@ -338,8 +378,10 @@ def _retrain_dag(plan: Container, check: Container, ingest: Container, train: DA
             with_param=planned.get_parameter("trainings").value,
         )
         planned >> checked >> ingested
-        trained.depends = ("plan.Succeeded && check-cache.Succeeded && "
-                           "(ingest.Succeeded || ingest.Skipped)")
+        validated.depends = ("plan.Succeeded && check-cache.Succeeded && "
+                             "(ingest.Succeeded || ingest.Skipped)")
+        # a blocked validate (Failed) leaves every training Omitted and the workflow Failed
+        trained.depends = "plan.Succeeded && check-cache.Succeeded && validate.Succeeded"
     return retrain
 
 

@@ -45,7 +45,9 @@ class Plan:
                 "workers": str(p.workers), "train-cache": p.train_cache,
                 "force": "true" if p.force else "false",
                 # the selector's round for the run closes once this many trainings have ended
-                "round-size": str(len(self.trainings))}
+                "round-size": str(len(self.trainings)),
+                # the data gate's mode: what the validate step does when a check fails
+                "validation": p.validation}
 
 
 def parse_parameters(text: str) -> RunParameters:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -66,7 +68,8 @@ def plan(
     data URI (a folder on the shared volume), and plan the run.
 
     Outputs: trainings (JSON list of {model, warm-start}), cache-policy, epochs,
-    steps-per-epoch, batch-size, learning-rate, workers."""
+    steps-per-epoch, batch-size, learning-rate, workers, train-cache, force, round-size,
+    validation (the data gate's mode)."""
     from workflows.plan import plan_run
 
     settings = load_settings()
@@ -145,6 +148,104 @@ def ingest(
         _send(settings, sink, ingestion_completed(run_id, fp.digest, outcome.entry, outcome.result))
     _emit_outputs({"dataset-uri": outcome.entry.dataset_uri, "records": outcome.entry.records,
                    "ingested": "true" if outcome.ingested else "false"}, outputs)
+
+
+MODES = ("block", "warn", "off")  # RunParameters.validation
+MESSAGE_BYTES = 4000  # Kubernetes keeps 4096 bytes of a container's termination message
+
+
+@step_app.command("validate")
+def validate(
+    dataset_uri: Annotated[str, typer.Option(help="the ingested dataset (check-cache's dataset-uri)")],
+    data: Annotated[str, typer.Option("--data", help="the run's data URI (kept with a blocked run: what retrain approve sends again)")],
+    mode: Annotated[str, typer.Option(help="block, warn or off: what a failed check does (the plan's validation)")] = "block",
+    parameters: Annotated[str, typer.Option(help="the run's parameters object as JSON (kept with a blocked run)")] = "{}",
+    run_id: str = "manual",
+    event_id: Annotated[str, typer.Option(help="the triggering event's id")] = "",
+    approves: Annotated[str, typer.Option(help="the blocked run this run was approved for (\"\": none)")] = "",
+    approved_by: Annotated[str, typer.Option(help="who approved it")] = "",
+    sink: Annotated[Optional[str], typer.Option(help="where dataset.rejected goes (stream or a URL)")] = None,
+    outputs: OutputsOption = None,
+    message_file: Annotated[Optional[Path], typer.Option(help="where a blocked run's reason goes (a pod's /dev/termination-log: Argo shows it as the step's message)")] = None,
+) -> None:
+    """The data gate before any training (the local runner's validate step): the ingested
+    dataset's checks against the champion's data. A blocked run is recorded ``blocked`` (what
+    retrain status and retrain approve read), its dataset.rejected goes to --sink, and the
+    step exits 3 naming every failed check, so no training starts. A run approving a blocked
+    one (--approves) runs only on the very dataset that was blocked (else it fails, exit 1),
+    and the approval is kept with the blocked run. Why a run stops goes to --message-file.
+
+    Outputs: status (pass, warn, blocked, off), report (JSON), failed (the checks that did
+    not pass, comma-separated)."""
+    setup_logging(True)
+    from core import timeline
+    from core.redis_store import open_redis
+    from workflows import blocked, steps
+    from workflows import validate as gate
+    from workflows.plan import parse_parameters
+    from workflows.runner import dataset_rejected
+    from workflows.trigger import describe
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"{mode!r} is not one of {', '.join(MODES)}", param_hint="--mode")
+    settings = load_settings()
+    with _told(message_file):
+        run = blocked.BlockedRun(run_id, data, parse_parameters(parameters), dataset_uri,
+                                 event_id or None)  # bad parameters: refused before any work
+        _check_dataset(settings.store_dir, dataset_uri)
+        with open_redis(settings.redis_url, settings.home) as handle:
+            client = handle.client
+            approved = (blocked.approval_for(client, approves, data, dataset_uri)
+                        if approves else None)
+            steps.pin_first(settings.store_dir, dataset_uri)  # as the local runner does
+            report = gate.validate(client, settings,
+                                   gate.inputs_for(client, settings, dataset_uri), mode)
+            if approved is not None:
+                blocked.keep_approval(client, approved, approved_by, run_id)
+            message = ""
+            if report.status == "blocked":
+                message = blocked.record_blocked(client, run, report)
+                event = dataset_rejected(run_id, dataset_uri, report)
+                timeline.record(client, "event", event.type.short, **describe(event))
+                _send_event(settings, sink, client, event)
+        _emit_outputs({"status": report.status, "report": report.to_dict(),
+                       "failed": ",".join(c.name for c in report.failed())}, outputs)
+        if message:
+            raise blocked.RunBlocked(message)  # exit 3
+
+
+def _check_dataset(store: Path, dataset_uri: str) -> None:
+    """Refuse a --dataset-uri that is not an intact dataset of this home's store."""
+    from core.errors import ConfigurationError
+    from dataset.store import verify
+
+    folder = Path(dataset_uri)
+    if folder.parent.parent.resolve() != store.resolve():
+        raise ConfigurationError(f"--dataset-uri {dataset_uri} is not a dataset of the store "
+                                 f"{store}")
+    problem = verify(folder)
+    if problem:
+        raise ConfigurationError(f"--dataset-uri {dataset_uri} cannot be validated: {problem}")
+
+
+@contextmanager
+def _told(message_file: Path | None) -> Iterator[None]:
+    """Why the step stops (an expected failure, or the gate) also goes to ``message_file``,
+    cut to what Kubernetes keeps of a termination message, which Argo shows as the failed
+    step's message."""
+    from core.errors import RetrainError
+    from core.redact import redact
+
+    try:
+        yield
+    except RetrainError as exc:
+        if message_file is not None:
+            try:
+                message_file.write_bytes(redact(str(exc)).encode()[:MESSAGE_BYTES])
+            except OSError as problem:
+                logging.getLogger(__name__).warning("could not write %s: %s", message_file,
+                                                    problem)
+        raise
 
 
 @step_app.command("check-training")

@@ -85,6 +85,7 @@ def test_every_command_line_in_the_manifests_is_accepted_by_the_cli(overlay):
         "WorkflowTemplate step plan": "step plan",
         "WorkflowTemplate step check-cache": "step check-cache",
         "WorkflowTemplate step ingest": "step ingest",
+        "WorkflowTemplate step validate": "step validate",
         "WorkflowTemplate step check-training": "step check-training",
         "WorkflowTemplate step wait-training": "step wait-training",
         "TFJob worker": "train",

@@ -449,6 +449,40 @@ def test_the_sensor_admits_the_watchers_folders_and_nothing_else(uri, admitted):
     assert bool(re.search(pattern, uri)) is admitted  # Argo Events matches with Go's regexp
 
 
+def _passed(sensor):
+    """What the Sensor's workflow trigger puts in each argument: (its data key, default)."""
+    workflow = sensor["spec"]["triggers"][0]["template"]["argoWorkflow"]
+    given = [p["name"] for p in workflow["source"]["resource"]["spec"]["arguments"]["parameters"]]
+    return {given[int(p["dest"].split(".")[3])]: (p["src"]["dataKey"], p["src"].get("value"))
+            for p in workflow["parameters"] if p["dest"].startswith("spec.arguments.")}
+
+
+def test_an_approval_reaches_the_workflow_with_its_parameters():
+    """What ``retrain approve`` sends on a cluster (retrain/commands/gate.py): a
+    training.requested with the blocked run's data URI, its parameters with validation
+    warn, and who approved which run. The Sensor admits it, and passes each on."""
+    docs = build(ROOT / "manifests" / "overlays" / "local")
+    sensor = _by_kind(docs, "Sensor")["retrain-dataset"]
+    body = {"type": "dev.retrain.training.requested", "source": "retrain/approve",
+            "id": "approve/retrain-0a1b2c3d4e5f60718293",
+            "data": {"uri": "/var/lib/retrain/data/fashion-mnist",
+                     "approves": "retrain-0a1b2c3d4e5f60718293", "approved_by": "ada",
+                     "parameters": {"models": ["cnn"], "validation": "warn"}}}
+    [dependency] = sensor["spec"]["dependencies"]
+    for data_filter in dependency["filters"]["data"]:  # every one must match ("and")
+        value = body
+        for key in data_filter["path"].removeprefix("body.").split("."):
+            value = value[key]
+        assert any(re.search(pattern, value) for pattern in data_filter["value"])
+    passed = _passed(sensor)
+    assert passed["parameters"] == ("body.data.parameters", "{}")  # validation: warn with it
+    assert passed["approves"] == ("body.data.approves", "")  # "" for every other event
+    assert passed["approved-by"] == ("body.data.approved_by", "")
+    template = _by_kind(docs, "WorkflowTemplate")["retrain"]
+    declared = {p["name"]: p.get("value") for p in template["spec"]["arguments"]["parameters"]}
+    assert declared["approves"] == declared["approved-by"] == ""
+
+
 def test_model_trained_travels_by_the_redis_stream_on_the_cluster(overlay):
     _, docs = overlay
     worker = _tfjob()["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]

@@ -52,13 +52,41 @@ def test_a_typo_is_caught():
     ]
 
 
-def test_ingestion_is_skipped_on_a_hit_and_training_waits_for_it_either_way():
+def test_ingestion_is_skipped_on_a_hit_and_validation_waits_for_it_either_way():
     tasks = {t["name"]: t for t in _templates()["retrain"]["dag"]["tasks"]}
-    assert list(tasks) == ["plan", "check-cache", "ingest", "train"]
+    assert list(tasks) == ["plan", "check-cache", "ingest", "validate", "train"]
     assert tasks["ingest"]["when"] == "{{tasks.check-cache.outputs.parameters.hit}} == false"
-    assert tasks["train"]["depends"] == (
+    assert tasks["validate"]["depends"] == (
         "plan.Succeeded && check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)")
+    assert "when" not in tasks["validate"]  # a cache hit is validated too
     assert tasks["train"]["withParam"] == "{{tasks.plan.outputs.parameters.trainings}}"
+
+
+def test_the_trainings_start_only_once_the_data_gate_let_the_run_through():
+    templates = _templates()
+    tasks = {t["name"]: t for t in templates["retrain"]["dag"]["tasks"]}
+    # a blocked validate is Failed: "validate.Succeeded" is false, every training Omitted
+    assert tasks["train"]["depends"] == (
+        "plan.Succeeded && check-cache.Succeeded && validate.Succeeded")
+    arguments = {p["name"]: p["value"] for p in tasks["validate"]["arguments"]["parameters"]}
+    trained_on = {p["name"]: p["value"] for p in tasks["train"]["arguments"]["parameters"]}
+    assert arguments == {"dataset-uri": trained_on["dataset-uri"],  # what the trainings use
+                         "validation": "{{tasks.plan.outputs.parameters.validation}}"}
+    validate = templates["validate"]
+    args = validate["container"]["args"]
+    flags = dict(zip(args[2::2], args[3::2], strict=True))
+    assert args[:2] == ["step", "validate"]
+    assert flags["--dataset-uri"] == "{{inputs.parameters.dataset-uri}}"
+    assert flags["--mode"] == "{{inputs.parameters.validation}}"
+    assert flags["--run-id"] == "{{workflow.name}}" and flags["--sink"] == "stream"
+    assert flags["--data"] == "{{workflow.parameters.data-uri}}"  # what an approval sends again
+    assert flags["--approves"] == "{{workflow.parameters.approves}}"
+    # the blocked step's reason becomes its message (Kubernetes' termination message)
+    assert flags["--message-file"] == "/dev/termination-log"
+    # exit 3 is a Failed node, which an OnError policy does not retry
+    assert validate["retryStrategy"]["retryPolicy"] == "OnError"
+    assert {o["name"]: o["valueFrom"]["path"] for o in validate["outputs"]["parameters"]} == {
+        name: f"{flags['--outputs']}/{name}" for name in ("status", "report", "failed")}
 
 
 def test_every_reference_resolves():
@@ -87,6 +115,9 @@ def test_every_reference_resolves():
 def _substitute(value: str) -> str:
     samples = {"workflow.parameters.data-uri": "/data", "inputs.parameters.cache-policy": "exact",
                "workflow.parameters.parameters": '{"epochs": 2}',
+               "workflow.parameters.event-id": "fashion-mnist@1:0a1b",
+               "workflow.parameters.approves": "", "workflow.parameters.approved-by": "",
+               "inputs.parameters.validation": "block",
                "inputs.parameters.epochs": "1", "inputs.parameters.steps-per-epoch": "0",
                "inputs.parameters.batch-size": "64", "inputs.parameters.learning-rate": "0.001",
                "inputs.parameters.workers": "2", "workflow.name": "retrain-abc12",
@@ -101,7 +132,8 @@ def test_every_step_command_parses_with_the_real_cli():
     templates = _templates()
     tfjob = yaml.safe_load(_substitute(tfjob_manifest(ClusterNames())))
     trainer = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
-    argvs = [templates[n]["container"]["args"] for n in ("plan", "check-cache", "ingest")] + [trainer["args"]]
+    argvs = [templates[n]["container"]["args"]
+             for n in ("plan", "check-cache", "ingest", "validate")] + [trainer["args"]]
     for argv in argvs:
         argv = [_substitute(a) for a in argv]
         ctx = command.make_context("retrain", list(argv))

@@ -19,7 +19,7 @@ DATA = "/var/lib/retrain/data/fashion-mnist"
 def test_every_run_parameter_reaches_the_steps():
     event = {"models": ["dropout", "cnn"], "epochs": 3, "steps_per_epoch": 40, "batch_size": 32,
              "learning_rate": 0.005, "workers": 4, "cache_policy": "max-age=30m",
-             "train_cache": "max-age=2h", "force": True}
+             "train_cache": "max-age=2h", "force": True, "validation": "warn"}
     plan = plan_run(json.dumps(event), DATA, VOLUME)
     assert plan.parameters == RunParameters(**event)
     assert plan.outputs() == {
@@ -27,7 +27,13 @@ def test_every_run_parameter_reaches_the_steps():
                                  {"model": "cnn", "warm-start": ""}]),
         "cache-policy": "max-age=30m", "epochs": "3", "steps-per-epoch": "40",
         "batch-size": "32", "learning-rate": "0.005", "workers": "4", "round-size": "2",
-        "train-cache": "max-age=2h", "force": "true"}
+        "train-cache": "max-age=2h", "force": "true", "validation": "warn"}
+
+
+def test_the_data_gate_blocks_unless_the_event_says_otherwise():
+    assert plan_run("{}", DATA, VOLUME).outputs()["validation"] == "block"
+    with pytest.raises(PlanError, match="parameters.validation"):
+        plan_run('{"validation": "skip"}', DATA, VOLUME)
 
 
 def test_no_parameters_means_the_defaults():

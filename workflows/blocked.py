@@ -1,0 +1,107 @@
+"""A run the data gate blocked on a cluster, and the approval that lets it train.
+
+On one machine the local runner keeps a run's record as it goes (``workflows.record``); a
+cluster's workflow keeps none, save here: its validate step (``retrain step validate``)
+records a blocked run in the same shape, ``blocked`` with its validate step, the report and
+why, which ``retrain status``, the dashboard and ``retrain approve`` read. ``retrain
+approve`` then sends a ``training.requested`` that starts a new workflow; its validate step
+finds the blocked run here (``approval_for``: only a run blocked on the very dataset this one
+validates; otherwise it fails, as the local runner does when the data changed since) and
+keeps the approval with it (``keep_approval``): the blocked run ends ``approved``, naming who
+approved it and the run that trains in its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from core import timeline
+from events.payloads import RunParameters
+from workflows import record
+from workflows.errors import WorkflowError
+from workflows.record import RunRecorder, RunRequest
+from workflows.runner import ApprovalError
+from workflows.validate import Report
+
+log = logging.getLogger(__name__)
+TRIGGER = "workflow"  # a cluster run, started by an Argo Workflow
+
+
+class RunBlocked(WorkflowError):
+    """The data gate blocked the run: no training starts; the message names every failed
+    check."""
+
+    exit_code = 3  # as ``retrain run`` and ``retrain validate`` exit for a blocked run
+
+
+@dataclass(frozen=True)
+class BlockedRun:
+    run_id: str  # the Workflow's name
+    data_uri: str  # what an approval sends again
+    parameters: RunParameters
+    dataset_uri: str  # the dataset the gate blocked
+    event_id: str | None = None
+
+
+def blocked_message(report: Report) -> str:
+    """Why the data gate stopped a run: every check that did not pass, with what it found."""
+    return "the data gate blocked the run: " + "; ".join(
+        f"{c.name} {c.status} ({c.detail})" for c in report.failed())
+
+
+def record_blocked(client: redis.Redis, run: BlockedRun, report: Report) -> str:
+    """The blocked run's record, as the local runner leaves one: its validate step, the
+    report, status ``blocked`` and why. Returns why."""
+    message = blocked_message(report)
+    recorder = RunRecorder(client, RunRequest(run.data_uri, run.parameters, TRIGGER,
+                                              run.event_id, run.run_id))
+    with recorder.step("validate") as step:
+        step.status = "blocked"
+        step.detail.update(verdict=report.status, reference=report.reference,
+                           cached=report.cached, reason=message,
+                           failed=[f"{c.name}: {c.status}" for c in report.failed()])
+    recorder.summary.update(status="blocked", error=message, validation=report.to_dict(),
+                            dataset_uri=run.dataset_uri, digest=report.digest,
+                            seconds=report.seconds)
+    recorder.save()
+    timeline.record(client, "run", "run", run_id=run.run_id, status="blocked",
+                    seconds=report.seconds, error=message)
+    return message
+
+
+def approval_for(client: redis.Redis, blocked_run: str, data_uri: str,
+                 dataset_uri: str) -> dict[str, Any]:
+    """The record of ``blocked_run``, which a run on ``dataset_uri`` (from ``data_uri``) was
+    started to approve; refused, saying why, unless that run is blocked on this very dataset
+    (as the local runner refuses an approval whose content changed since)."""
+    summary = record.get(client, blocked_run)
+    if summary is None or summary.get("status") != "blocked":
+        state = "not recorded" if summary is None else summary.get("status")
+        raise ApprovalError(f"run {blocked_run} cannot be approved: it is {state}, not blocked")
+    if summary.get("dataset_uri") != dataset_uri:
+        raise ApprovalError(f"the data at {data_uri} changed since run {blocked_run} was "
+                            f"approved (it blocked {summary.get('dataset_uri')}, this run's "
+                            f"dataset is {dataset_uri}); validate it again")
+    return summary
+
+
+def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id: str) -> None:
+    """``blocked`` is approved (who, when, the checks overruled, the run that trains in its
+    place, ``run_id``) and ends ``approved``."""
+    overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
+                 if c["status"] == "block"]
+    try:
+        summary = record.approve_blocked(client, blocked["run_id"], {
+            "by": by or "unknown", "at": time.time(), "overruled": overruled,
+            "resumed_as": run_id})
+    except ValueError as exc:  # approved meanwhile: this run still trains, as it was asked
+        log.warning("%s", exc)
+        return
+    record.save(client, {**summary, "status": "approved"})
+    log.warning("run %s approved by %s: trains as %s despite %s", blocked["run_id"],
+                by or "unknown", run_id, ", ".join(overruled) or "no blocking check")
