@@ -76,16 +76,17 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
         f"version {champion['version']} ({champion['model_type']}, accuracy "
         f"{champion['accuracy']:.4f}, run {champion['run_id']})" if champion else "none yet"))
     runs = Table(title="recent runs")
-    for col in ("run", "trigger", "status", "cache", "validation", "seconds", "models"):
+    for col in ("run", "trigger", "status", "cache", "seconds", "models"):
         runs.add_column(col)
     for run in info["runs"]:
         cache = run.get("cache") or {}
         models = ", ".join(
             f"{m}:{r['val_accuracy']:.3f}" if r["status"] == "trained" else f"{m}:{r['status']}"
             for m, r in run.get("models", {}).items())
-        runs.add_row(run["run_id"], run.get("trigger", ""), run["status"],
+        runs.add_row(run["run_id"], run.get("trigger", ""),
+                     run["status"] + _validation(run.get("validation")),
                      ("hit" if cache.get("hit") else "miss") if cache else "-",
-                     _validation(run.get("validation")), f"{run.get('seconds', 0):.1f}", models)
+                     f"{run.get('seconds', 0):.1f}", models)
     console.print(runs)
     cache = Table(title=f"cache entries (newest {len(info['cache'])} of {info['cache_entries']}; "
                         "all: retrain cache ls)")
@@ -101,11 +102,10 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
 
 
 def _validation(report: dict[str, Any] | None) -> str:
-    """A run's validation in a cell: its status and the checks that did not pass."""
-    if not report:
-        return "-"
-    failed = [f"{c['name']}:{c['status']}" for c in report.get("checks", []) if c["status"] != "pass"]
-    return report["status"] + (f" ({', '.join(failed)})" if failed else "")
+    """What a run's status cell adds about its validation: the checks that did not pass."""
+    failed = [f"{c['name']}:{c['status']}" for c in (report or {}).get("checks", [])
+              if c["status"] != "pass"]
+    return f" ({', '.join(failed)})" if failed else ""
 
 
 def print_timeline(console: Console, entries: list[timeline.Entry], start: float) -> None:

@@ -127,8 +127,10 @@ def test_run_json_reports_a_miss_then_a_hit(tmp_path, redis_handle, r):
     assert first["cache"]["hit"] is False and second["cache"]["hit"] is True
     assert second["cache"]["reason"].startswith("hit: same content digest")
     assert first["dataset_uri"] == second["dataset_uri"]
-    assert [s["name"] for s in second["steps"]] == ["fingerprint", "check_cache", "ingest"]
+    assert [s["name"] for s in second["steps"]] == ["fingerprint", "check_cache", "ingest",
+                                                    "validate"]
     assert second["steps"][2]["status"] == "skipped"
+    assert second["validation"]["status"] == "pass" and second["validation"]["cached"] is True
     assert all(isinstance(s["seconds"], float) for s in second["steps"])
     assert all(s["started_at"] <= s["ended_at"] for s in second["steps"])
     assert second["steps"][0]["digest"] == first["digest"]  # each step's outputs are recorded

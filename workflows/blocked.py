@@ -50,8 +50,7 @@ class BlockedRun:
 
 def blocked_message(report: Report) -> str:
     """Why the data gate stopped a run: every check that did not pass, with what it found."""
-    return "the data gate blocked the run: " + "; ".join(
-        f"{c.name} {c.status} ({c.detail})" for c in report.failed())
+    return report.blocked_message()
 
 
 def record_blocked(client: redis.Redis, run: BlockedRun, report: Report) -> str:
@@ -96,12 +95,11 @@ def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id:
     overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
                  if c["status"] == "block"]
     try:
-        summary = record.approve_blocked(client, blocked["run_id"], {
+        record.approve_blocked(client, blocked["run_id"], {
             "by": by or "unknown", "at": time.time(), "overruled": overruled,
-            "resumed_as": run_id})
+            "resumed_as": run_id}, status="approved")
     except ValueError as exc:  # approved meanwhile: this run still trains, as it was asked
         log.warning("%s", exc)
         return
-    record.save(client, {**summary, "status": "approved"})
     log.warning("run %s approved by %s: trains as %s despite %s", blocked["run_id"],
                 by or "unknown", run_id, ", ".join(overruled) or "no blocking check")

@@ -202,11 +202,13 @@ def fail_if_running(client: redis.Redis, run_id: str, reason: str) -> bool:
     return True
 
 
-def approve_blocked(client: redis.Redis, run_id: str, approval: dict[str, Any]) -> dict[str, Any]:
-    """Take a ``blocked`` run up again, atomically (two approvals never both resume it): its
-    status becomes ``running`` and ``approval`` (who, when, the checks overruled) is kept in
-    its summary and on the timeline. Returns the summary; raises ``ValueError`` saying why
-    the run cannot be approved."""
+def approve_blocked(client: redis.Redis, run_id: str, approval: dict[str, Any],
+                    status: str = "running") -> dict[str, Any]:
+    """Approve a ``blocked`` run, atomically (two approvals never both take it): its status
+    becomes ``status`` (``running``: it trains now, in place; ``approved``: another run,
+    ``approval["resumed_as"]``, trains in its place) and ``approval`` (who, when, the checks
+    overruled) is kept in its summary and on the timeline. Returns the summary; raises
+    ``ValueError`` saying why the run cannot be approved."""
     key = _key(run_id)
     with client.pipeline() as pipe:
         try:
@@ -218,7 +220,7 @@ def approve_blocked(client: redis.Redis, run_id: str, approval: dict[str, Any]) 
             if summary.get("status") != "blocked":
                 raise ValueError(f"run {run_id} is {summary.get('status')}, not blocked: "
                                  "only a run the data gate blocked can be approved")
-            summary.update(status="running", approval=approval)
+            summary.update(status=status, approval=approval)
             summary.pop("error", None)
             pipe.multi()
             save(pipe, summary)

@@ -79,14 +79,28 @@ def ingestion_failed(run_id: str, data_uri: str, exc: DatasetValidationError) ->
                       source=SOURCE, id=f"{run_id}/ingestion")
 
 
-def _check_approved(request: RunRequest, digest: str) -> None:
-    """A run that approves a blocked one trains only on the content that was approved."""
+def _check_approved(client: redis.Redis, request: RunRequest, digest: str) -> None:
+    """A run that approves a blocked one trains only on the content that was approved; the
+    blocked run then ends ``approved``, naming who approved it and this run."""
+    from workflows import record
+
     said = request.event or {}
-    approved = said.get("digest") if said.get("approves") else None
+    if not said.get("approves"):
+        return
+    approved = said.get("digest")
     if approved and approved != digest:
         raise ApprovalError(f"the data at {request.data_uri} changed since run {said['approves']} "
                             f"was approved (digest {digest[:12]}…, approved {approved[:12]}…); "
                             "validate it again")
+    blocked = record.get(client, said["approves"]) or {}
+    overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
+                 if c["status"] == "block"]
+    try:
+        record.approve_blocked(client, said["approves"], {
+            "by": said.get("approved_by") or "unknown", "at": time.time(),
+            "overruled": overruled, "resumed_as": request.run_id}, status="approved")
+    except ValueError as exc:  # approved meanwhile, or recorded elsewhere: this run still trains
+        log.warning("%s", exc)
 
 
 class LocalRunner:
@@ -124,7 +138,7 @@ class LocalRunner:
                 fp = steps.fingerprint_step(root, self._settings.home / "statcache")
                 step.detail.update(digest=fp.digest, files=len(fp.files), bytes=fp.total_bytes)
                 rec.summary["digest"] = fp.digest
-                _check_approved(request, fp.digest)
+                _check_approved(self._r, request, fp.digest)
             with rec.step("check_cache") as step:
                 check = steps.check_cache(self._cache, root, fp, policy)
                 step.detail.update(hit=check.decision.hit, reason=check.decision.reason,
@@ -201,8 +215,7 @@ class LocalRunner:
         rec.summary["validation"] = report.to_dict()
         if report.status == "blocked":
             rec.summary["status"] = "blocked"
-            rec.summary["error"] = "the data gate blocked the run: " + "; ".join(
-                f"{c.name} ({c.detail})" for c in report.checks if c.status == "block")
+            rec.summary["error"] = report.blocked_message()
             self._emit(dataset_rejected(run_id, dataset_uri, report))
         return report.status
 

@@ -65,6 +65,11 @@ class Report:
         out["checks"] = [c.model_dump(mode="json") for c in self.checks]
         return out
 
+    def blocked_message(self) -> str:
+        """Why the data gate stopped a run: every check that did not pass, with what it found."""
+        return "the data gate blocked the run: " + "; ".join(
+            f"{c.name} {c.status} ({c.detail})" for c in self.failed())
+
     def line(self) -> str:
         """One line: the status and every check that did not pass, with its figures."""
         failed = self.failed()

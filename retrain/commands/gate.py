@@ -112,6 +112,6 @@ def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:
             "parameters": {**summary["parameters"], "validation": "warn"}}
     event, target, _ = publish_event(settings, "dev.retrain.training.requested", json.dumps(data),
                                      sink=events_url, source="retrain/approve",
-                                     event_id=f"approve/{run_id}")
+                                     event_id=f"approve/{run_id}", structured=True)
     console.print(f"approved {run_id} as {approver}: sent {event.type.value} id={event.id} "
                   f"to {target}", soft_wrap=True)

@@ -293,6 +293,11 @@ def test_a_cluster_approval_is_a_keyed_training_request_for_the_content_that_was
     resumed = runner.run(request)
     assert resumed["status"] == "succeeded" and resumed["validation"]["status"] == "warn"
     assert resumed["event"]["approves"] == blocked["run_id"]
+    from workflows import record
+
+    kept = record.get(r, blocked["run_id"])  # as on a cluster: approved, naming its successor
+    assert kept["status"] == "approved" and kept["approval"]["by"] == "grace"
+    assert kept["approval"]["resumed_as"] == resumed["run_id"]
 
     noisy(root)  # the data changes after the approval: the approved request trains nothing
     changed = runner.run(RunRequest.from_event(received[0]))
