@@ -22,6 +22,7 @@ import numpy as np
 
 from core.settings import Settings
 from dataset import idx
+from dataset import profile
 from dataset.profile import Profile
 from events.payloads import CheckResult
 
@@ -163,10 +164,10 @@ def duplicates(new: Profile, limit: Limit) -> CheckResult:
     _, hashes = new.split("train")
     if not hashes.size:
         return _result("duplicates", 0.0, limit.block, "pass", "no training images")
-    repeats = hashes.size - np.unique(hashes).size
-    share = repeats / hashes.size
+    repeated = profile.repeats(hashes)
+    share = repeated / hashes.size
     return _result("duplicates", share, limit.block, limit.judge(share),
-                   f"{repeats} of {hashes.size} training images repeat another")
+                   f"{repeated} of {hashes.size} training images repeat another")
 
 
 def leakage(new: Profile, pinned: Profile | None, limit: Limit) -> CheckResult:
@@ -175,10 +176,10 @@ def leakage(new: Profile, pinned: Profile | None, limit: Limit) -> CheckResult:
     _, train = new.split("train")
     found = []
     sets = [("test split", new)] + ([("pinned evaluation set", pinned)] if pinned else [])
-    for name, profile in sets:
-        _, held_out = profile.split("test")
+    for name, held in sets:
+        _, held_out = held.split("test")
         if held_out.size:
-            shared = int(np.isin(held_out, train).sum())
+            shared = int(profile.member(held_out, train).sum())
             found.append((shared / held_out.size, shared, held_out.size, name))
     if not found:
         return _result("leakage", 0.0, limit.block, "pass", "no test images")

@@ -204,7 +204,7 @@ def _new_pairs(new: profile.Profile, reference: profile.Profile | None) -> dict[
     if reference is not None:
         pairs = [profile.pair_keys(u.hashes, u.labels) for u in reference.units]
         known = np.concatenate(pairs) if pairs else known
-    return {u.unit: ~np.isin(profile.pair_keys(u.hashes, u.labels), known)
+    return {u.unit: ~profile.member(profile.pair_keys(u.hashes, u.labels), known)
             for u in new.units if u.unit in fresh}
 
 
