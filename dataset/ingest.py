@@ -33,7 +33,7 @@ from dataset.store import TMP_PREFIX, stat_signature
 
 log = logging.getLogger(__name__)
 
-CODE_VERSION = "ingest-v2"  # bump whenever the shard format, parsing or profile changes
+CODE_VERSION = "ingest-v3"  # bump whenever the shard format, parsing or profile changes
 SHARD_SIZE = 10_000
 
 

@@ -7,9 +7,10 @@ profile holds:
 
 - ``labels``: each image's label, in record order (labels outside the known classes too);
 - ``hashes``: a 64-bit content hash of each image's pixels (duplicates, train/test overlap);
-- ``hist``: per known class, a histogram of pixel intensities in ``BINS`` bins, from every
-  ``STRIDE``-th pixel of each image (9 is prime to the row width of 28, so every column and
-  every row is sampled; a ninth of the pixels gives the same shape at a ninth of the cost).
+- ``pixels``: per image, a histogram of its pixel intensities in ``BINS`` bins, from every
+  ``STRIDE``-th pixel (9 is prime to the row width of 28, so every column and every row is
+  sampled; a ninth of the pixels gives the same shape at a ninth of the cost). Summed over a
+  class's images, the class's histogram, over any subset: the images new since a reference.
 
 Images are always 28x28 uint8 here: ingestion refuses any other shape.
 """
@@ -84,24 +85,30 @@ class Profiler:
     def __init__(self) -> None:
         self._labels: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
-        self.hist = np.zeros((idx.NUM_CLASSES, BINS), np.int64)
+        self._pixels: list[np.ndarray] = []
 
     def add(self, images: np.ndarray, labels: np.ndarray) -> None:
+        n = len(images)
         self._labels.append(labels.astype(np.uint8, copy=False))
         self._hashes.append(image_hashes(images))
-        known = labels < idx.NUM_CLASSES
-        sampled = images.reshape(len(images), -1)[:, ::STRIDE] >> 4  # BINS = 256 >> 4
-        if not known.all():
-            sampled, labels = sampled[known], labels[known]
-        codes = labels[:, None].astype(np.intp) * BINS + sampled
-        self.hist += np.bincount(codes.ravel(), minlength=idx.NUM_CLASSES * BINS).reshape(
-            idx.NUM_CLASSES, BINS)
+        sampled = images.reshape(n, -1)[:, ::STRIDE] >> 4  # BINS = 256 >> 4
+        codes = np.arange(n, dtype=np.intp)[:, None] * BINS + sampled
+        counts = np.bincount(codes.ravel(), minlength=n * BINS).reshape(n, BINS)
+        self._pixels.append(counts.astype(np.uint8))  # at most 88 sampled pixels per image
+
+    def unit(self, unit: str, split: str) -> UnitProfile:
+        """The profile accumulated so far, as the unit ``unit`` of ``split``."""
+        def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(parts) if parts else empty
+
+        return UnitProfile(unit, split, joined(self._labels, np.zeros(0, np.uint8)),
+                           joined(self._hashes, np.zeros(0, np.uint64)),
+                           joined(self._pixels, np.zeros((0, BINS), np.uint8)))
 
     def save(self, folder: Path) -> None:
-        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.uint8)
-        hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
+        done = self.unit(folder.name, "")
         with (folder / PROFILE_FILE).open("wb") as handle:
-            np.savez(handle, labels=labels, hashes=hashes, hist=self.hist)
+            np.savez(handle, labels=done.labels, hashes=done.hashes, pixels=done.pixels)
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,37 @@ class UnitProfile:
     split: str
     labels: np.ndarray  # uint8, one per image
     hashes: np.ndarray  # uint64, one per image
-    hist: np.ndarray  # int64 [NUM_CLASSES, BINS]
+    pixels: np.ndarray  # uint8 [n, BINS]: each image's sampled pixel intensities
+
+
+@dataclass(frozen=True)
+class Images:
+    """Some images of a profile: their labels, hashes and pixel histograms."""
+
+    labels: np.ndarray
+    hashes: np.ndarray
+    pixels: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.size)
+
+    def pairs(self) -> np.ndarray:
+        return pair_keys(self.hashes, self.labels)
+
+    def counts(self) -> np.ndarray:
+        """Images per known class."""
+        return np.bincount(self.labels, minlength=idx.NUM_CLASSES)[:idx.NUM_CLASSES]
+
+    def class_hist(self) -> np.ndarray:
+        """Per known class, the pixel-intensity histogram of its images (int64 [10, BINS])."""
+        out = np.zeros((idx.NUM_CLASSES, BINS), np.int64)
+        for c in range(idx.NUM_CLASSES):
+            out[c] = self.pixels[self.labels == c].sum(axis=0, dtype=np.int64)
+        return out
+
+
+Marks = dict[str, np.ndarray]  # unit id -> which of its images are meant
 
 
 @dataclass(frozen=True)
@@ -121,20 +158,22 @@ class Profile:
     digest: str
     units: tuple[UnitProfile, ...]
 
-    def split(self, name: str, only: frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, hashes) of a split's images (of the units in ``only``, if given)."""
-        parts = [u for u in self.units if u.split == name and (only is None or u.unit in only)]
+    def images(self, split: str, only: Marks | None = None) -> Images:
+        """A split's images; with ``only``, just those it marks (units it does not name: none)."""
+        parts = [u for u in self.units if u.split == split and (only is None or u.unit in only)]
+        picks = [slice(None) if only is None else only[u.unit] for u in parts]
         if not parts:
-            return np.zeros(0, np.uint8), np.zeros(0, np.uint64)
-        return (np.concatenate([u.labels for u in parts]),
-                np.concatenate([u.hashes for u in parts]))
+            return Images(np.zeros(0, np.uint8), np.zeros(0, np.uint64),
+                          np.zeros((0, BINS), np.uint8))
+        return Images(np.concatenate([u.labels[p] for u, p in zip(parts, picks, strict=True)]),
+                      np.concatenate([u.hashes[p] for u, p in zip(parts, picks, strict=True)]),
+                      np.concatenate([u.pixels[p] for u, p in zip(parts, picks, strict=True)]))
 
-    def hist(self, name: str, only: frozenset[str] | None = None) -> np.ndarray:
-        total = np.zeros((idx.NUM_CLASSES, BINS), np.int64)
-        for u in self.units:
-            if u.split == name and (only is None or u.unit in only):
-                total += u.hist
-        return total
+    def pairs(self) -> np.ndarray:
+        """Every labelled image's pair key (``pair_keys``), all splits."""
+        if not self.units:
+            return np.zeros(0, np.uint64)
+        return np.concatenate([pair_keys(u.hashes, u.labels) for u in self.units])
 
     def splits(self) -> list[str]:
         return sorted({u.split for u in self.units})
@@ -146,7 +185,7 @@ class Profile:
         """Per split: image count, count of each label, shape and type (what a report shows)."""
         out: dict[str, object] = {}
         for name in self.splits():
-            labels, _ = self.split(name)
+            labels = self.images(name).labels
             counts = np.bincount(labels, minlength=idx.NUM_CLASSES)
             out[name] = {"images": int(labels.size), "per_class": counts[:idx.NUM_CLASSES].tolist(),
                          "unknown_labels": int(counts[idx.NUM_CLASSES:].sum()),
@@ -169,7 +208,7 @@ def load(dataset_uri: str | Path) -> Profile:
         try:
             with np.load(path) as data:
                 units.append(UnitProfile(unit["id"], unit["split"], data["labels"],
-                                         data["hashes"], data["hist"]))
+                                         data["hashes"], data["pixels"]))
         except FileNotFoundError:
             raise ProfileMissingError(
                 f"unit {unit['id'][:12]} of {folder.name[:12]} has no profile (ingested by an "

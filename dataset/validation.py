@@ -2,9 +2,11 @@
 
 Each check measures one value, compares it with its thresholds and says ``pass``, ``warn`` or
 ``block``. The reference is the dataset the champion was trained on; before any champion,
-the checks that need one pass, saying so. "New" images are those of the units the reference
-does not have (an increment, or a rewritten split): changes in shares and pixel histograms
-are measured on them, so an increment is not diluted by the data it is added to. Where a
+the checks that need one pass, saying so. "New" images are the labelled images the reference
+(and data approved since) does not hold, whether they came as an increment or appended to a
+rewritten file: shares, pixel histograms, duplicates and leaks are measured on them, so a
+push is not diluted by the data it is added to, and what the reference already held (a few
+genuine duplicates) is not blamed on it. Where a
 value is measured on few images, the block threshold is raised to four standard errors of
 that measurement, so that chance alone does not block a clean increment.
 
@@ -23,11 +25,13 @@ import numpy as np
 from core.settings import Settings
 from dataset import idx
 from dataset import profile
-from dataset.profile import Profile
+from dataset.profile import Marks, Profile
 from events.payloads import CheckResult
 
 CHECKS_VERSION = "checks-v1"  # bump when a check's measure changes: memoised reports expire
 MIN_CLASS_IMAGES = 30  # a class with fewer new images has no pixel histogram worth comparing
+MIN_EXPECTED = 10  # a class this many new images were expected of, and none came: blocked
+MIN_COUNT = 5  # fewer duplicated or leaked images than this only warn
 Z = 4.0  # standard errors a measurement on few images must exceed to block
 
 
@@ -72,16 +76,47 @@ def _result(name: str, value: float | None, threshold: float | None, status: str
                        status=status, detail=detail)  # type: ignore[arg-type]
 
 
-def new_units(new: Profile, reference: Profile | None) -> frozenset[str]:
-    """The units of ``new`` the reference does not have (all of them without a reference)."""
-    return new.unit_ids() - (reference.unit_ids() if reference else frozenset())
+def new_images(new: Profile, known: Sequence[Profile]) -> Marks:
+    """Per unit of ``new``: which of its images are new, split by split, against ``known``
+    (the reference, and data approved since): a labelled image is new when the split holds
+    it more often than any of ``known``'s same split did. So an image appended to a
+    rewritten file is new and the file's other images are not; a second copy of an old image
+    is new; a relabelled image is new; a test image copied into train is new to train.
+    Without a reference every image is new."""
+    marks: Marks = {}
+    for split in new.splits():
+        units = [u for u in new.units if u.split == split]
+        pairs = np.concatenate([profile.pair_keys(u.hashes, u.labels) for u in units])
+        seen = np.zeros(pairs.size, np.int64)
+        for other in known:
+            theirs = np.sort(other.images(split).pairs())
+            if theirs.size:
+                count = np.searchsorted(theirs, pairs, "right") - np.searchsorted(theirs, pairs, "left")
+                seen = np.maximum(seen, count)
+        order = np.argsort(pairs, kind="stable")
+        ordered = pairs[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        rank = np.empty(pairs.size, np.int64)  # 0 for a pair's first copy, 1 for its second...
+        rank[order] = np.arange(pairs.size) - np.repeat(starts, np.diff(np.r_[starts, pairs.size]))
+        fresh = rank >= seen
+        at = 0
+        for u in units:
+            marks[u.unit] = fresh[at:at + u.labels.size]
+            at += u.labels.size
+    return marks
 
 
-def labels(new: Profile) -> CheckResult:
-    """Labels outside the known classes, or a known class missing from a split."""
+def _shares(counts: np.ndarray) -> np.ndarray:
+    counts = counts.astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def labels(new: Profile, fresh: Marks, reference: Profile | None) -> CheckResult:
+    """Labels outside the known classes; a class missing from a split; or a class missing
+    from a split's new images where at least ``MIN_EXPECTED`` of them were to be expected."""
     problems = []
     for split in new.splits():
-        values, _ = new.split(split)
+        values = new.images(split).labels
         counts = np.bincount(values, minlength=idx.NUM_CLASSES)
         unknown = {int(v): int(c) for v, c in enumerate(counts) if v >= idx.NUM_CLASSES and c}
         if unknown:
@@ -90,37 +125,43 @@ def labels(new: Profile) -> CheckResult:
         missing = [c for c in range(idx.NUM_CLASSES) if counts[c] == 0]
         if missing:
             problems.append(f"{split}: class(es) {missing} missing")
+            continue
+        added = new.images(split, fresh).counts()
+        share = (_shares(reference.images(split).counts()) if reference is not None
+                 else np.full(idx.NUM_CLASSES, 1 / idx.NUM_CLASSES))
+        expected = added.sum() * share
+        absent = [c for c in range(idx.NUM_CLASSES) if added[c] == 0 and expected[c] >= MIN_EXPECTED]
+        if absent:
+            problems.append(f"{split}: class(es) {absent} missing from {int(added.sum())} new "
+                            f"images (about {int(expected[absent[0]])} each expected)")
     count = len(problems)
     return _result("labels", count, 0, "block" if count else "pass",
                    "; ".join(problems) or "every label is a known class; every class is present")
 
 
-def _shares(values: np.ndarray) -> np.ndarray:
-    counts = np.bincount(values, minlength=idx.NUM_CLASSES)[:idx.NUM_CLASSES].astype(np.float64)
-    return counts / max(counts.sum(), 1.0)
-
-
-def class_balance(new: Profile, reference: Profile | None, limit: Limit) -> CheckResult:
+def class_balance(new: Profile, fresh: Marks, reference: Profile | None,
+                  limit: Limit) -> CheckResult:
     """The largest change of any class's share of a split's new images, against the
     reference split's shares."""
     if reference is None:
         return _result("class_balance", None, limit.block, "pass", "no reference yet")
-    fresh = new_units(new, reference)
-    worst: tuple[float, float, str] = (0.0, limit.block, "no new images")
+    worst: tuple[float, float, str] | None = None
     for split in new.splits():
-        values, _ = new.split(split, fresh)
-        ref_values, _ = reference.split(split)
-        if not values.size or not ref_values.size:
+        added = new.images(split, fresh).counts()
+        before_counts = reference.images(split).counts()
+        if not added.sum() or not before_counts.sum():
             continue
-        now, before = _shares(values), _shares(ref_values)
+        now, before = _shares(added), _shares(before_counts)
         change = np.abs(now - before)
         c = int(change.argmax())
-        noise = Z * math.sqrt(max(before[c] * (1 - before[c]), 1e-4) / values.size)
+        noise = Z * math.sqrt(max(before[c] * (1 - before[c]), 1e-4) / added.sum())
         block = max(limit.block, noise)
-        if change[c] - block > worst[0] - worst[1] or worst[2] == "no new images":
+        if worst is None or change[c] - block > worst[0] - worst[1]:
             worst = (float(change[c]), block,
-                     f"{split}: class {c} is {now[c]:.1%} of {values.size} new images, "
+                     f"{split}: class {c} is {now[c]:.1%} of {int(added.sum())} new images, "
                      f"{before[c]:.1%} of the reference")
+    if worst is None:
+        return _result("class_balance", 0.0, limit.block, "pass", "no new images")
     value, block, detail = worst
     return _result("class_balance", value, block, limit.judge(value, block), detail)
 
@@ -138,17 +179,17 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     return math.sqrt(max(0.0, (kl(p) + kl(q)) / 2))
 
 
-def pixel_drift(new: Profile, reference: Profile | None, limit: Limit) -> CheckResult:
+def pixel_drift(new: Profile, fresh: Marks, reference: Profile | None,
+                limit: Limit) -> CheckResult:
     """Per class, the Jensen-Shannon distance between the pixel-intensity histograms of the
     new images and of the reference's, for classes with enough new images."""
     if reference is None:
         return _result("pixel_drift", None, limit.block, "pass", "no reference yet")
-    fresh = new_units(new, reference)
     worst, detail = 0.0, "no class has enough new images to compare"
     for split in new.splits():
-        values, _ = new.split(split, fresh)
-        counts = np.bincount(values, minlength=idx.NUM_CLASSES)
-        now, before = new.hist(split, fresh), reference.hist(split)
+        added = new.images(split, fresh)
+        counts, now = added.counts(), added.class_hist()
+        before = reference.images(split).class_hist()
         for c in range(idx.NUM_CLASSES):
             if counts[c] < MIN_CLASS_IMAGES or before[c].sum() == 0:
                 continue
@@ -159,51 +200,59 @@ def pixel_drift(new: Profile, reference: Profile | None, limit: Limit) -> CheckR
     return _result("pixel_drift", worst, limit.block, limit.judge(worst), detail)
 
 
-def duplicates(new: Profile, limit: Limit) -> CheckResult:
-    """The share of the training split's images that repeat an earlier image exactly."""
-    _, hashes = new.split("train")
-    if not hashes.size:
-        return _result("duplicates", 0.0, limit.block, "pass", "no training images")
-    repeated = profile.repeats(hashes)
-    share = repeated / hashes.size
-    return _result("duplicates", share, limit.block, limit.judge(share),
-                   f"{repeated} of {hashes.size} training images repeat another")
+def duplicates(new: Profile, fresh: Marks, limit: Limit) -> CheckResult:
+    """The share of the training split's new images that repeat another training image
+    exactly (duplicates the reference already had are the reference's: not counted)."""
+    train = new.images("train").hashes
+    added = new.images("train", fresh).hashes
+    if not added.size:
+        return _result("duplicates", 0.0, limit.block, "pass", "no new training images")
+    ordered = np.sort(train)
+    copies = np.searchsorted(ordered, added, "right") - np.searchsorted(ordered, added, "left")
+    repeated = int((copies > 1).sum())
+    share = repeated / added.size
+    status = limit.judge(share) if repeated >= MIN_COUNT else ("warn" if repeated else "pass")
+    return _result("duplicates", share, limit.block, status,
+                   f"{repeated} of {added.size} new training images repeat another training "
+                   f"image ({profile.repeats(train)} repeats in the whole split)")
 
 
-def leakage(new: Profile, pinned: Profile | None, limit: Limit) -> CheckResult:
-    """The share of the test split's images (and of the pinned evaluation set's) that also
-    appear in the training split."""
-    _, train = new.split("train")
-    found = []
-    sets = [("test split", new)] + ([("pinned evaluation set", pinned)] if pinned else [])
-    for name, held in sets:
-        _, held_out = held.split("test")
-        if held_out.size:
-            shared = int(profile.member(held_out, train).sum())
-            found.append((shared / held_out.size, shared, held_out.size, name))
-    if not found:
-        return _result("leakage", 0.0, limit.block, "pass", "no test images")
-    share, shared, total, name = max(found)
-    return _result("leakage", share, limit.block, limit.judge(share),
-                   f"{shared} of {total} images of the {name} are in the training split")
+def leakage(new: Profile, fresh: Marks, pinned: Profile | None, limit: Limit) -> CheckResult:
+    """The share of the new images that cross from held-out to training data: new training
+    images that are test (or pinned evaluation) images, and new test images already in the
+    training split."""
+    train = new.images("train").hashes
+    held = [new.images("test").hashes] + ([pinned.images("test").hashes] if pinned else [])
+    held_out = np.concatenate(held)
+    added_train = new.images("train", fresh).hashes
+    added_test = new.images("test", fresh).hashes
+    crossed = int(profile.member(added_train, held_out).sum())
+    crossed += int(profile.member(added_test, train).sum())
+    total = added_train.size + added_test.size
+    if not total:
+        return _result("leakage", 0.0, limit.block, "pass", "no new images")
+    share = crossed / total
+    status = limit.judge(share) if crossed >= MIN_COUNT else ("warn" if crossed else "pass")
+    where = "the test split" + (" or the pinned evaluation set" if pinned else "")
+    return _result("leakage", share, limit.block, status,
+                   f"{crossed} of {total} new images are on both sides of {where} and the "
+                   "training split")
 
 
-def size(new: Profile, reference: Profile | None, limits: Thresholds) -> CheckResult:
+def size(new: Profile, fresh: Marks, reference: Profile | None, limits: Thresholds) -> CheckResult:
     """A split below its minimum blocks; a changed dataset with no new image warns."""
     minimum = {"train": limits.min_train, "test": limits.min_test}
-    counts = {split: new.split(split)[0].size for split in ("train", "test")}
+    counts = {split: new.images(split).size for split in ("train", "test")}
     small = [f"{s}: {n} images < {minimum[s]}" for s, n in counts.items() if n < minimum[s]]
     smallest = min(counts.values())
     if small:
         return _result("size", smallest, min(minimum.values()), "block", "; ".join(small))
-    if reference is not None and new.digest != reference.digest:
-        fresh = new_units(new, reference)
-        added = sum(new.split(s, fresh)[0].size for s in new.splits()) if fresh else 0
-        if added == 0:
-            return _result("size", smallest, min(minimum.values()), "warn",
-                           "the data changed but holds no image the reference does not")
+    added = sum(int(mask.sum()) for mask in fresh.values())
+    if reference is not None and new.digest != reference.digest and added == 0:
+        return _result("size", smallest, min(minimum.values()), "warn",
+                       "the data changed but holds no image the reference does not")
     return _result("size", smallest, min(minimum.values()), "pass",
-                   ", ".join(f"{s}: {n} images" for s, n in counts.items()))
+                   ", ".join(f"{s}: {n} images" for s, n in counts.items()) + f"; {added} new")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,10 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
             console.print(f"  [{colour}]{check['name']}: {check['status']}[/] — {check['detail']} "
                           f"(value {check['value']}, threshold {check['threshold']})",
                           soft_wrap=True, highlight=False)
-    if summary.get("status") == "blocked":
+    if summary.get("status") == "blocked" and report.get("untrainable"):
+        console.print(f"  blocked by the data gate: {report['untrainable']}",
+                      soft_wrap=True, highlight=False)
+    elif summary.get("status") == "blocked":
         console.print(f"  blocked by the data gate; to train anyway: retrain approve "
                       f"{summary['run_id']}", soft_wrap=True, highlight=False)
     if summary.get("approval"):

@@ -93,6 +93,8 @@ def _check_approved(client: redis.Redis, request: RunRequest, digest: str) -> No
                             f"was approved (digest {digest[:12]}…, approved {approved[:12]}…); "
                             "validate it again")
     blocked = record.get(client, said["approves"]) or {}
+    if blocked.get("dataset_uri"):
+        validate.remember_approved(client, blocked["dataset_uri"])
     overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
                  if c["status"] == "block"]
     try:
@@ -148,9 +150,10 @@ class LocalRunner:
             entry = self._ingest(request, root, fp, check, rec)
             rec.summary["dataset_uri"] = entry.dataset_uri
             rec.save()
-            steps.pin_first(self._settings.store_dir, entry.dataset_uri)
             if self.validate(request.run_id, entry.dataset_uri, params.validation, rec) == "blocked":
                 return rec.summary
+            if params.models:  # the first data a run trains on: the pinned evaluation set
+                steps.pin_first(self._settings.store_dir, entry.dataset_uri)
             self._train(request.run_id, params, rec, entry.dataset_uri)
         except (RetrainError, OSError) as exc:  # a step's own error, or the file system's
             rec.summary["status"] = "failed"
@@ -176,6 +179,9 @@ class LocalRunner:
         problem = verify(dataset_uri) if dataset_uri else "it has no ingested dataset"
         if summary is not None and summary.get("status") == "blocked" and problem:
             raise ApprovalError(f"run {run_id} cannot be resumed: {problem}; run it again")
+        untrainable = ((summary or {}).get("validation") or {}).get("untrainable")
+        if untrainable:
+            raise ApprovalError(f"run {run_id} cannot be approved: {untrainable}")
         overruled = [c["name"] for c in ((summary or {}).get("validation") or {}).get("checks", [])
                      if c["status"] == "block"]
         try:
@@ -183,6 +189,7 @@ class LocalRunner:
                 "by": by, "at": time.time(), "overruled": overruled})
         except ValueError as exc:
             raise ApprovalError(str(exc)) from None
+        validate.remember_approved(self._r, str(dataset_uri))
         log.warning("run %s approved by %s: trains despite %s", run_id, by, ", ".join(overruled))
         params = RunParameters(**{**summary["parameters"], "validation": "warn"})
         rec = RunRecorder.resume(self._r, summary)

@@ -34,6 +34,8 @@ from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
 PREFIX = "retrain:validation:"
+APPROVED = PREFIX + "approved"  # datasets approved despite a blocking check, newest first
+APPROVED_KEPT = 20
 REFERENCE_KEPT = 30 * 86400  # seconds the champion's figures on its reference are kept
 MAX_AGREEMENT_IMAGES = 5000  # new images the champion judges at most (a sample beyond)
 CHECKS = ("labels", "class_balance", "pixel_drift", "duplicates", "leakage", "label_agreement",
@@ -56,6 +58,7 @@ class Report:
     key: str = ""
     seconds: float = 0.0
     profile: dict[str, Any] = field(default_factory=dict)
+    untrainable: str | None = None  # why no approval can let this data train
 
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status != "pass"]
@@ -67,8 +70,9 @@ class Report:
 
     def blocked_message(self) -> str:
         """Why the data gate stopped a run: every check that did not pass, with what it found."""
-        return "the data gate blocked the run: " + "; ".join(
-            f"{c.name} {c.status} ({c.detail})" for c in self.failed())
+        reasons = ([self.untrainable] if self.untrainable else []) + [
+            f"{c.name} {c.status} ({c.detail})" for c in self.failed()]
+        return "the data gate blocked the run: " + "; ".join(reasons)
 
     def line(self) -> str:
         """One line: the status and every check that did not pass, with its figures."""
@@ -88,6 +92,9 @@ def find_dataset(store: Path, digest: str) -> str:
             found.append((meta.get("created_at", 0), str(meta_file.parent)))
     if not found:
         raise ReferenceNotFoundError(f"no ingested dataset in {store} has digest {digest}")
+    if len({uri for _, uri in found}) > 1 and len(digest) < 64:
+        raise ReferenceNotFoundError(f"{len(found)} ingested datasets have digests starting "
+                                     f"with {digest}: give more of it")
     return max(found)[1]
 
 
@@ -100,6 +107,7 @@ class Inputs:
     reference_uri: str | None
     pinned_uri: str | None
     champion_uri: str | None
+    approved: tuple[str, ...] = ()  # datasets approved since: their images are not new
 
     def key(self, thresholds: validation.Thresholds) -> str:
         def content(uri: str | None) -> str | None:
@@ -107,6 +115,7 @@ class Inputs:
 
         material = {"dataset": content(self.dataset_uri), "reference": content(self.reference_uri),
                     "pinned": content(self.pinned_uri), "champion": self.champion_uri,
+                    "approved": sorted(str(content(a)) for a in self.approved),
                     "thresholds": asdict(thresholds), "checks": validation.CHECKS_VERSION}
         return blake3(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -129,7 +138,24 @@ def inputs_for(client: redis.Redis, settings: Settings, dataset_uri: str,
                         champion.dataset_uri)
         reference = None
     model = champion.model_uri if champion and Path(champion.model_uri).is_dir() else None
-    return Inputs(dataset_uri, reference, _pinned(store), model)
+    approved = tuple(a for a in approved_datasets(client)
+                     if a != dataset_uri and (Path(a) / "metadata.json").is_file())
+    return Inputs(dataset_uri, reference, _pinned(store), model, approved)
+
+
+def remember_approved(client: redis.Redis, dataset_uri: str) -> None:
+    """A blocked dataset someone approved: its images count as known in later validations
+    (until the next champion's data holds them), so a later push is not blocked again for
+    what was approved. The newest ``APPROVED_KEPT`` are kept."""
+    with client.pipeline() as pipe:
+        pipe.lrem(APPROVED, 0, dataset_uri)
+        pipe.lpush(APPROVED, dataset_uri)
+        pipe.ltrim(APPROVED, 0, APPROVED_KEPT - 1)
+        pipe.execute()
+
+
+def approved_datasets(client: redis.Redis) -> list[str]:
+    return [a.decode() if isinstance(a, bytes) else a for a in client.lrange(APPROVED, 0, -1)]
 
 
 def _pinned(store: Path) -> str | None:
@@ -156,9 +182,11 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
                                                                 for c in checks]}),
                    ex=settings.cache_ttl_seconds)
         cached = False
-    report = Report(validation.status(checks, mode), mode, kept["digest"], kept["reference"],
-                    kept["pinned"], checks, cached, key, round(time.perf_counter() - started, 3),
-                    kept["profile"])
+    untrainable = kept.get("untrainable")
+    status = "blocked" if untrainable else validation.status(checks, mode)
+    report = Report(status, mode, kept["digest"], kept["reference"], kept["pinned"], checks,
+                    cached, key, round(time.perf_counter() - started, 3), kept["profile"],
+                    untrainable)
     log.info("validated %s against %s: %s%s", report.digest[:12],
              (report.reference or "no reference")[:12], report.line(),
              " (remembered)" if cached else "")
@@ -170,42 +198,40 @@ def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
     new = profile.load(inputs.dataset_uri)
     reference = profile.load(inputs.reference_uri) if inputs.reference_uri else None
     pinned = profile.load(inputs.pinned_uri) if inputs.pinned_uri else None
-    fresh_mask = _new_pairs(new, reference)
-    n_new = int(sum(mask.sum() for mask in fresh_mask.values()))
-    if n_new > MAX_AGREEMENT_IMAGES:  # a sample measures agreement as well, at a bounded cost
-        rng = np.random.default_rng(int(new.digest[:8], 16))
-        keep = MAX_AGREEMENT_IMAGES / n_new
-        fresh_mask = {u: m & (rng.random(m.size) < keep) for u, m in fresh_mask.items()}
-    agreement, why_not = None, ""
-    if inputs.champion_uri is None or reference is None:
-        why_not = "no champion to compare with"
-    elif n_new < limits.min_images:
-        why_not = f"{n_new} new labelled images < {limits.min_images}: not measured"
-    else:
-        agreement = _agreement(client, inputs, new, fresh_mask)
+    known = ([reference] if reference else []) + [profile.load(a) for a in inputs.approved]
+    fresh = validation.new_images(new, known)
+    n_new = int(sum(mask.sum() for mask in fresh.values()))
     checks = (
-        validation.labels(new),
-        validation.class_balance(new, reference, limits.class_balance),
-        validation.pixel_drift(new, reference, limits.pixel_drift),
-        validation.duplicates(new, limits.duplicates),
-        validation.leakage(new, pinned, limits.leakage),
-        validation.label_agreement(agreement, n_new, limits, why_not),
-        validation.size(new, reference, limits),
+        validation.labels(new, fresh, reference),
+        validation.class_balance(new, fresh, reference, limits.class_balance),
+        validation.pixel_drift(new, fresh, reference, limits.pixel_drift),
+        validation.duplicates(new, fresh, limits.duplicates),
+        validation.leakage(new, fresh, pinned, limits.leakage),
+        _label_agreement(client, inputs, new, fresh, n_new, reference, limits),
+        validation.size(new, fresh, reference, limits),
     )
+    summary = new.summary()
+    unknown = sum(int(s["unknown_labels"]) for s in summary.values())  # type: ignore[index]
     kept = {"digest": new.digest, "reference": reference.digest if reference else None,
-            "pinned": pinned.digest if pinned else None, "profile": new.summary()}
+            "pinned": pinned.digest if pinned else None, "profile": summary,
+            "untrainable": (f"{unknown} label(s) outside 0-9 cannot be trained on, whoever "
+                            "approves them: correct the data" if unknown else None)}
     return kept, checks
 
 
-def _new_pairs(new: profile.Profile, reference: profile.Profile | None) -> dict[str, np.ndarray]:
-    """Per new unit: which of its images (with their labels) the reference does not hold."""
-    fresh = validation.new_units(new, reference)
-    known = np.zeros(0, np.uint64)
-    if reference is not None:
-        pairs = [profile.pair_keys(u.hashes, u.labels) for u in reference.units]
-        known = np.concatenate(pairs) if pairs else known
-    return {u.unit: ~profile.member(profile.pair_keys(u.hashes, u.labels), known)
-            for u in new.units if u.unit in fresh}
+def _label_agreement(client: redis.Redis, inputs: Inputs, new: profile.Profile,
+                     fresh: profile.Marks, n_new: int, reference: profile.Profile | None,
+                     limits: validation.Thresholds) -> CheckResult:
+    if inputs.champion_uri is None or reference is None:
+        return validation.label_agreement(None, n_new, limits, "no champion to compare with")
+    if n_new < limits.min_images:
+        return validation.label_agreement(
+            None, n_new, limits, f"{n_new} new labelled images < {limits.min_images}: not measured")
+    if n_new > MAX_AGREEMENT_IMAGES:  # a sample measures agreement as well, at a bounded cost
+        rng = np.random.default_rng(int(new.digest[:8], 16))
+        keep = MAX_AGREEMENT_IMAGES / n_new
+        fresh = {u: m & (rng.random(m.size) < keep) for u, m in fresh.items()}
+    return validation.label_agreement(_agreement(client, inputs, new, fresh), n_new, limits)
 
 
 def _agreement(client: redis.Redis, inputs: Inputs, new: profile.Profile,

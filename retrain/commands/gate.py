@@ -38,7 +38,6 @@ def validate(
         entry = check.decision.entry
         if not check.decision.hit or entry is None:
             entry = steps.ingest_step(cache, root, settings.store_dir, fp, check.key).entry
-        steps.pin_first(settings.store_dir, entry.dataset_uri)
         inputs = gate.inputs_for(client, settings, entry.dataset_uri, against)
         report = gate.validate(client, settings, inputs, "block")
     if as_json:

@@ -13,7 +13,7 @@ from dataset.seed import generate
 def _unit(name: str, split: str, images: np.ndarray, labels: np.ndarray) -> UnitProfile:
     profiler = Profiler()
     profiler.add(images, labels)
-    return UnitProfile(name, split, labels, profile.image_hashes(images), profiler.hist)
+    return profiler.unit(name, split)
 
 
 def test_hashes_tell_images_apart_and_equal_images_alike():
@@ -36,16 +36,36 @@ def test_membership_and_repeats_match_numpys_own():
     assert profile.repeats(doubled) == doubled.size - np.unique(doubled).size == 128
 
 
-def test_the_histograms_count_the_sampled_pixels_of_each_known_class():
+def test_the_histograms_count_the_sampled_pixels_of_each_image_and_each_known_class():
     images, labels = generate(200, 2)
     labels = labels.copy()
     labels[:3] = 12  # unknown: counted among the labels, not in any class's histogram
-    profiler = Profiler()
-    profiler.add(images, labels)
+    unit = _unit("u", "train", images, labels)
     per_image = len(range(0, 28 * 28, profile.STRIDE))
-    assert profiler.hist.shape == (10, BINS)
-    assert profiler.hist.sum() == per_image * 197
-    assert (profiler.hist.sum(axis=1) == np.bincount(labels[3:], minlength=10) * per_image).all()
+    assert unit.pixels.shape == (200, BINS) and (unit.pixels.sum(axis=1) == per_image).all()
+    hist = Profile("k", "d", (unit,)).images("train").class_hist()
+    assert hist.shape == (10, BINS) and hist.sum() == per_image * 197
+    assert (hist.sum(axis=1) == np.bincount(labels[3:], minlength=10) * per_image).all()
+    dark = images[5].copy()
+    dark[:] = 0
+    assert _unit("d", "train", dark[None], labels[5:6]).pixels[0, 0] == per_image
+
+
+def test_new_images_are_counted_copy_by_copy_and_split_by_split():
+    images, labels = generate(300, 5)
+    base_train, base_test = _unit("a", "train", images[:200], labels[:200]), _unit(
+        "b", "test", images[200:], labels[200:])
+    reference = Profile("r", "r", (base_train, base_test))
+    relabelled = labels[:200].copy()
+    relabelled[:4] = (relabelled[:4] + 1) % 10
+    # the training file rewritten: four labels changed, three images copied, five test images
+    rewritten = np.concatenate([images[:200], images[4:7], images[200:205]])
+    rewritten_labels = np.concatenate([relabelled, labels[4:7], labels[200:205]])
+    new = Profile("n", "n", (_unit("a2", "train", rewritten, rewritten_labels), base_test))
+    marks = validation.new_images(new, [reference])
+    assert not marks["b"].any()
+    assert marks["a2"].tolist() == [True] * 4 + [False] * 196 + [True] * 3 + [True] * 5
+    assert all(m.all() for m in validation.new_images(new, []).values())
 
 
 def test_jensen_shannon_distance_is_zero_for_the_same_shape_and_one_for_disjoint():
@@ -58,15 +78,19 @@ def test_a_shift_in_shares_blocks_only_beyond_chance_for_the_images_measured():
     images, labels = generate(3000, 4)
     reference = Profile("r", "r", (_unit("base", "train", images[:2000], labels[:2000]),))
     limit = validation.Limit(0.05, 0.10)
+
+    def check(push_labels: np.ndarray, n: int):
+        new = Profile("n", "n", reference.units + (
+            _unit("push", "train", images[2000:2000 + n], push_labels),))
+        return validation.class_balance(new, validation.new_images(new, [reference]),
+                                        reference, limit)
+
     small = labels[2000:2040].copy()
     small[:6] = 3  # 40 images: a swing of 12 to 15 points is within four standard errors
-    tiny = Profile("n", "n", reference.units + (_unit("push", "train", images[2000:2040], small),))
-    check = validation.class_balance(tiny, reference, limit)
-    assert check.value > 0.10 and check.threshold > check.value and check.status != "block"
-    skewed = np.where(labels[2000:] < 5, 3, labels[2000:])  # half the push relabelled as dresses
-    big = Profile("m", "m", reference.units + (_unit("push", "train", images[2000:], skewed),))
-    check = validation.class_balance(big, reference, limit)
-    assert check.status == "block" and check.threshold == 0.10 and "class 3" in check.detail
+    found = check(small, 40)
+    assert found.value > 0.10 and found.threshold > found.value and found.status != "block"
+    found = check(np.where(labels[2000:] < 5, 3, labels[2000:]), 1000)  # half now dresses
+    assert found.status == "block" and found.threshold == 0.10 and "class 3" in found.detail
 
 
 def test_the_report_is_blocked_only_in_block_mode():
