@@ -3,7 +3,7 @@ candidate and the champion are also scored on, so that a push that rewrites the 
 cannot make a worse model look better.
 
 ``<store>/pinned.json`` names it (key, content digest, where it is, when and how it was
-chosen). The first ingestion pins its own dataset (``pin_first``: only if nothing is pinned
+chosen). The first dataset a run trains on is pinned (``pin_first``: only if nothing is pinned
 yet, race-free); ``retrain golden set`` pins another one (``pin``). Written whole under a
 hidden name and published by link or rename, so a reader never sees half a record. ``retrain
 cache gc`` never collects the pinned dataset.
@@ -22,7 +22,7 @@ from dataset.errors import DatasetError
 from dataset.store import TMP_PREFIX, load_metadata
 
 FILE = "pinned.json"
-FIRST = "first ingestion"
+FIRST = "the first dataset a run trained on"
 CHOSEN = "retrain golden set"
 
 
@@ -36,7 +36,7 @@ class Pinned:
     digest: str  # that dataset's content digest
     dataset_uri: str  # <store>/datasets/<key>
     set_at: float
-    how: str  # "first ingestion" or "retrain golden set" (who/what chose it)
+    how: str  # FIRST or "retrain golden set" (who/what chose it)
 
 
 def store_of(dataset_uri: str) -> Path:

@@ -150,9 +150,10 @@ class LocalRunner:
             entry = self._ingest(request, root, fp, check, rec)
             rec.summary["dataset_uri"] = entry.dataset_uri
             rec.save()
-            if self.validate(request.run_id, entry.dataset_uri, params.validation, rec) == "blocked":
+            verdict = self.validate(request.run_id, entry.dataset_uri, params.validation, rec)
+            if verdict == "blocked":
                 return rec.summary
-            if params.models:  # the first data a run trains on: the pinned evaluation set
+            if params.models or verdict != "off":  # the first data let through is pinned
                 steps.pin_first(self._settings.store_dir, entry.dataset_uri)
             self._train(request.run_id, params, rec, entry.dataset_uri)
         except (RetrainError, OSError) as exc:  # a step's own error, or the file system's

@@ -59,8 +59,8 @@ def golden_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     chosen = pinned.current(settings.store_dir)
     if chosen is None:
         raise pinned.PinnedSetError(
-            f"no evaluation set is pinned in {settings.store_dir}: the first ingestion pins its "
-            "test split, or choose one with retrain golden set --data DIR")
+            f"no evaluation set is pinned in {settings.store_dir}: the first dataset a run trains "
+            "on is pinned, or choose one with retrain golden set --data DIR")
     info = _describe(chosen)
     if as_json:
         print(json.dumps(info))

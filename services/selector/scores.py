@@ -52,12 +52,14 @@ def content(model_uri: str) -> str | None:
 
 
 def _remembered(raw: bytes | None) -> Score | None:
-    """A recorded score; None for none, or for one recorded before per-class scores were."""
+    """A recorded score; None for none, or for one recorded before per-class scores and
+    their counts were."""
     if raw is None:
         return None
     try:
         known = json.loads(raw)
-        return Score(float(known["accuracy"]), tuple(float(x) for x in known["per_class"]))
+        return Score(float(known["accuracy"]), tuple(float(x) for x in known["per_class"]),
+                     tuple(int(x) for x in known["counts"]))
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -78,7 +80,8 @@ class Scores:
                 return known
         score = self._evaluator.score(model_uri, dataset_uri)
         if digest is not None:
-            record = json.dumps({"accuracy": score.accuracy, "per_class": list(score.per_class)})
+            record = json.dumps({"accuracy": score.accuracy, "per_class": list(score.per_class),
+                                 "counts": list(score.counts)})
             with self._r.pipeline(transaction=False) as pipe:
                 pipe.hset(self._key, field, record)
                 pipe.expire(self._key, KEEP_SECONDS)
