@@ -32,7 +32,7 @@ def test_the_first_dataset_is_pinned_and_stays_pinned(two_datasets):
     got = pinned.pin_first(store, first)
     meta = json.loads((store / "datasets" / "key1" / "metadata.json").read_text())
     assert (got.key, got.digest, got.dataset_uri, got.how) == (
-        "key1", meta["digest"], str(store / "datasets" / "key1"), "first ingestion")
+        "key1", meta["digest"], str(store / "datasets" / "key1"), pinned.FIRST)
     assert pinned.pin_first(store, second) == got  # a later ingestion changes nothing
     assert pinned.current(store) == got
 
