@@ -1,5 +1,5 @@
 """``retrain up``'s terminal: one line for each thing a person cares about (a change noticed,
-a run's ingestion decision, each training's end, each promotion or rejection with the scores
+a run's ingestion decision, a run the data gate blocked, each training's end, each promotion or rejection with the scores
 compared), made from the events the stack's parts send each other."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from rich.console import Console
 
 from events import Event
 from events.payloads import (
+    DatasetRejected,
     DatasetUpdated,
     IngestionCompleted,
     IngestionSkipped,
@@ -36,6 +37,10 @@ def line(event: Event) -> str | None:
     if isinstance(d, IngestionCompleted):
         return (f"run {d.run_id}: ingested {sum(d.records.values()):,} records in {d.seconds:.1f} s "
                 f"({d.new_shards} new shard unit(s), {d.reused_shards} reused)")
+    if isinstance(d, DatasetRejected):
+        blocking = "; ".join(f"{c.name} ({c.detail})" for c in d.checks if c.status == "block")
+        return (f"run {d.run_id}: BLOCKED by the data gate, nothing trained: {blocking} "
+                f"(retrain approve {d.run_id} to train anyway)")
     if isinstance(d, ModelTrained):
         how = ("reused from the training cache" if d.cached
                else f"trained in {d.seconds:.1f} s")
