@@ -216,7 +216,7 @@ class LocalRunner:
             inputs = validate.inputs_for(self._r, self._settings, dataset_uri)
             report = validate.validate(self._r, self._settings, inputs, mode)
             step.detail.update(verdict=report.status, reference=report.reference,
-                               cached=report.cached,
+                               cached=report.cached, reason=report.line(),
                                failed=[f"{c.name}: {c.status}" for c in report.failed()])
             if report.status in ("off", "blocked"):
                 step.status = "skipped" if report.status == "off" else "blocked"
