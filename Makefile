@@ -68,6 +68,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training_cache.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_reliability.py
+	$(BIN)/python benchmarks/bench_events.py
+	$(BIN)/python benchmarks/bench_ui.py
+	$(BIN)/python benchmarks/bench_validation.py
 
 clean:
 	rm -rf $(VENV) .retrain .pytest_cache
