@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,24 +134,33 @@ def test_gc_never_collects_the_pinned_set_nor_a_champions_dataset(cli, tmp_path,
     from services.selector.champion import Champion, ChampionStore
 
     settings = Settings(home=tmp_path / "home", _env_file=None)
+    from workflows import record, validate
+
     uris = []
-    for n in range(4):  # ingested without cache entries: nothing live points at them
+    for n in range(6):  # ingested without cache entries: nothing live points at them
         root = write_dataset(tmp_path / f"data{n}", train=60, test=20, seed=n)
         uris.append(ingest(root, settings.store_dir, fingerprint(root),
                            dataset_key=f"key{n}").dataset_uri)
-    golden, past, current, loose = uris
+    golden, past, current, loose, blocked, approved = uris
     pinned.pin(settings.store_dir, golden, pinned.CHOSEN)
     store = ChampionStore(r, str(settings.model_repo.resolve()))
     assert store.replace(0, Champion(1, "/m/1", "cnn", 0.8, "d1", past, "run1", generation=1))
     assert store.replace(1, Champion(2, "/m/2", "cnn", 0.9, "d2", current, "run2", generation=2))
+    # a run the data gate blocked waits for an approval, which trains on its very dataset
+    record.save(r, {"run_id": "run3", "status": "blocked", "dataset_uri": blocked}, time.time())
+    validate.remember_approved(r, approved)  # later validations count its images as known
 
     dry = cli("cache", "gc", "--grace", "0", "--kind", "ingestion", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert ("kept 3 dataset(s), 6 unit(s) (never collected: the pinned evaluation set key0 and "
-            "2 champion dataset(s))") in " ".join(dry.stdout.split())
+    assert ("kept 5 dataset(s), 10 unit(s) (never collected: the pinned evaluation set key0 and "
+            "2 champion dataset(s) and 1 dataset(s) of blocked runs awaiting approval and "
+            "1 approved dataset(s))") in " ".join(dry.stdout.split())
     done = _json(cli("cache", "gc", "--grace", "0", "--kind", "ingestion", "--json"))
-    assert done["removed_datasets"] == [loose] and done["kept_datasets"] == 3
+    assert done["removed_datasets"] == [loose] and done["kept_datasets"] == 5
     assert done["protected_datasets"] == {golden: "the pinned evaluation set",
                                           past: "a champion's dataset",
-                                          current: "a champion's dataset"}
-    assert all(Path(uri, "metadata.json").is_file() for uri in (golden, past, current))
+                                          current: "a champion's dataset",
+                                          blocked: "a blocked run's dataset",
+                                          approved: "an approved dataset"}
+    assert all(Path(uri, "metadata.json").is_file()
+               for uri in (golden, past, current, blocked, approved))

@@ -21,6 +21,10 @@ cache_app = typer.Typer(no_args_is_help=True, help="The content-based step cache
 Kind = Literal["ingestion", "training"]
 KindOption = Annotated[Optional[Kind], typer.Option(help="one cache only (default: both)")]
 CHAMPION = "a champion's dataset"  # why gc keeps a dataset (the pinned set says its own)
+BLOCKED = "a blocked run's dataset"  # awaiting an approval, which trains on it
+APPROVED = "an approved dataset"  # later validations count its images as known
+NAMED = {CHAMPION: "champion dataset(s)", BLOCKED: "dataset(s) of blocked runs awaiting approval",
+         APPROVED: "approved dataset(s)"}
 
 
 def _caches(client: Any, settings: Any, kind: str | None) -> dict[str, Any]:
@@ -230,19 +234,30 @@ def _never(protected: dict[str, str]) -> str:
     """What gc never collects, as its report says it."""
     if not protected:
         return ""
-    pinned = [Path(uri).name[:12] for uri, why in protected.items() if why != CHAMPION]
-    champions = sum(why == CHAMPION for why in protected.values())
-    parts = ([f"the pinned evaluation set {pinned[0]}"] if pinned else []) + (
-        [f"{champions} champion dataset(s)"] if champions else [])
+    pinned = [Path(uri).name[:12] for uri, why in protected.items()
+              if why not in (CHAMPION, BLOCKED, APPROVED)]
+    counts = {why: sum(w == why for w in protected.values()) for why in (CHAMPION, BLOCKED, APPROVED)}
+    parts = ([f"the pinned evaluation set {pinned[0]}"] if pinned else []) + [
+        f"{n} {NAMED[why]}" for why, n in counts.items() if n]
     return f" (never collected: {' and '.join(parts)})"
 
 
 def _champion_datasets(client: Any, settings: Any) -> dict[str, str]:
-    """The datasets of the champion and its history (the gate and the lineage refer to them)."""
+    """The datasets of the champion and its history (the gate and the lineage refer to them),
+    of runs blocked and awaiting an approval (which trains on that very dataset), and of data
+    approved since (later validations count it as known)."""
+    import time
+
     from services.selector.champion import ChampionStore
+    from workflows import record, validate
 
     store = ChampionStore(client, str(settings.model_repo.resolve()))
-    return {c.dataset_uri: CHAMPION for c in (store.get(), *store.history()) if c is not None}
+    kept = {uri: APPROVED for uri in validate.approved_datasets(client)}
+    kept.update({run["dataset_uri"]: BLOCKED
+                 for run in record.runs_since(client, time.time() - record.KEPT)
+                 if run.get("status") == "blocked" and run.get("dataset_uri")})
+    kept.update({c.dataset_uri: CHAMPION for c in (store.get(), *store.history()) if c is not None})
+    return kept
 
 
 def _protected(client: Any, settings: Any) -> set[str]:
