@@ -1,15 +1,18 @@
 """What a run leaves in Redis as it goes: its summary (``retrain:run:<id>``, with every step's
-start, end, outcome and reason, kept 30 days), the runs by start time (``retrain:runs``) and one
-timeline entry per step. This module owns those records: it writes them, and offers the reads
+start, end, outcome and reason, kept 30 days, or for as long as its model is served: ``keep``),
+the runs by start time (``retrain:runs``) and one timeline entry per step. This module owns
+those records: it writes them (a whole summary at once, or one change at a time from the
+steps of a cluster's workflow, each in a pod of its own: ``update``), and offers the reads
 others need (``get``, ``recent_runs``, ``runs_since``) and closing a run its owner left
 ``running`` (``fail_if_running``)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +23,20 @@ from core import timeline
 from events import Event
 from events.payloads import DatasetUpdated, RunParameters, TrainingRequested
 
+log = logging.getLogger(__name__)
 RUNS = "retrain:runs"  # run ids by start time
-KEPT = 30 * 86400  # seconds a run's summary is kept
+KEPT = 30 * 86400  # seconds a run's summary is kept (unless ``keep`` made it permanent)
+
+# Write a summary: kept KEPT seconds, or for good if ``keep`` made the run's record permanent
+# (TTL -1: an existing key without expiry), so that a later write does not bring expiry back.
+_SAVE = """
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
 
 
 def _key(run_id: str) -> str:
@@ -46,9 +61,12 @@ class RunRequest:
     event: dict[str, Any] | None = None
 
     @classmethod
-    def from_event(cls, event: Event, defaults: RunParameters | None = None) -> RunRequest:
+    def from_event(cls, event: Event, defaults: RunParameters | None = None,
+                   sender: str | None = None) -> RunRequest:
         """The run a ``dataset.updated`` or ``training.requested`` asks for; the event's own
-        parameters win, then ``defaults``, then the built-in ones."""
+        parameters win, then ``defaults``, then the built-in ones. ``sender``: who sent the
+        event, as whoever received it authenticated it (``core.auth.identity``): an approval
+        names it as its approver, and keeps the name its body gave as a note."""
         data = event.data
         if not isinstance(data, (DatasetUpdated, TrainingRequested)):
             raise ValueError(f"{event.type.value} does not request a run")
@@ -62,7 +80,10 @@ class RunRequest:
             said.update(data.model_dump(mode="json", include={"digest", "previous_digest",
                                                               "files", "origin", "trigger"}))
         elif data.approves:
-            said.update(approves=data.approves, approved_by=data.approved_by, digest=data.digest)
+            said.update(approves=data.approves, approved_by=sender or data.approved_by,
+                        digest=data.digest)
+            if sender:
+                said["approval_note"] = data.approved_by  # what the body claimed: a note
         return cls(data.uri, params, trigger, event.id, event=said)
 
     def to_json(self) -> str:
@@ -135,10 +156,10 @@ class RunRecorder:
 # the record's writes and reads, for whoever needs them -------------------------------------
 def save(client: redis.Redis | redis.client.Pipeline, summary: dict[str, Any],
          started_at: float | None = None) -> None:
-    """Write a run's summary (kept ``KEPT`` seconds); with ``started_at``, also list the run
-    among the runs by start time (what ``RunRecorder`` does as a run starts). ``client`` may
-    be a pipeline, to write many at once."""
-    client.set(_key(summary["run_id"]), json.dumps(summary), ex=KEPT)
+    """Write a run's summary (kept ``KEPT`` seconds, or for good once ``keep`` said so); with
+    ``started_at``, also list the run among the runs by start time (what ``RunRecorder`` does
+    as a run starts). ``client`` may be a pipeline, to write many at once."""
+    client.eval(_SAVE, 1, _key(summary["run_id"]), json.dumps(summary), KEPT)
     if started_at is not None:
         client.zadd(RUNS, {summary["run_id"]: started_at})
 
@@ -177,6 +198,45 @@ def recent_runs(client: redis.Redis, offset: int = 0, limit: int = 10) -> RunsPa
 def runs_since(client: redis.Redis, since: float) -> list[dict[str, Any]]:
     """The summaries of the runs started at ``since`` or later, oldest first."""
     return _summaries(client, client.zrangebyscore(RUNS, since, "+inf"))
+
+
+def keep(client: redis.Redis, run_id: str) -> bool:
+    """Keep ``run_id``'s summary for good (no expiry, through every later write): its model
+    became a champion version, whose lineage reads it as long as the version is recorded.
+    False when no summary of the run is left to keep."""
+    kept = bool(client.persist(_key(run_id))) or client.ttl(_key(run_id)) == -1
+    if kept:
+        log.info("run %s's record is kept: its model is a served version", run_id)
+    else:
+        log.warning("run %s's model is a served version, but its record is gone (runs are "
+                    "kept %d days): its lineage will say so", run_id, KEPT // 86400)
+    return kept
+
+
+def update(client: redis.Redis, run_id: str,
+           change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Change a run's stored summary atomically: ``change`` is given the summary (a new one,
+    started now and listed among the runs, when none is stored) and returns the summary to
+    write; done again on the latest summary if another writer changed it meanwhile (the
+    steps of a cluster's workflow, each in a pod of its own, trainings in parallel). Returns
+    what was written."""
+    key = _key(run_id)
+    while True:
+        with client.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                now = time.time()
+                summary = json.loads(raw) if raw else {
+                    "run_id": run_id, "status": "running", "started_at": now, "steps": [],
+                    "models": {}}
+                written = change(summary)
+                pipe.multi()
+                save(pipe, written, started_at=None if raw else now)
+                pipe.execute()
+                return written
+            except redis.WatchError:
+                continue
 
 
 def fail_if_running(client: redis.Redis, run_id: str, reason: str) -> bool:

@@ -59,3 +59,58 @@ def test_a_run_left_running_is_failed_once_with_the_reason(r):
     assert record.get(r, "run-a")["error"] == "its runner died"
     [entry] = [e for e in timeline.recent(r, 10) if e.kind == "run"]
     assert entry.detail == {"run_id": "run-a", "status": "failed", "error": "its runner died"}
+
+
+def test_a_kept_runs_record_never_expires_through_later_writes(r):
+    kept = RunRecorder(r, RunRequest("/data/a", run_id="run-served"))
+    other = RunRecorder(r, RunRequest("/data/b", run_id="run-rejected"))
+    assert 0 < r.ttl("retrain:run:run-served") <= record.KEPT
+    assert record.keep(r, "run-served")
+    assert r.ttl("retrain:run:run-served") == -1
+    kept.summary["status"] = "succeeded"  # the runner goes on writing after the promotion
+    kept.save()
+    record.update(r, "run-served", lambda s: {**s, "seconds": 4.2})
+    assert r.ttl("retrain:run:run-served") == -1
+    assert record.get(r, "run-served")["seconds"] == 4.2
+    other.save()
+    assert 0 < r.ttl("retrain:run:run-rejected") <= record.KEPT  # not served: 30 days
+    assert record.keep(r, "run-served")  # keeping again changes nothing
+    assert not record.keep(r, "run-gone")  # expired (or never run): nothing to keep
+
+
+def test_an_update_starts_a_record_none_was_written_for_and_lists_the_run(r):
+    written = record.update(r, "run-late", lambda s: {**s, "steps": [*s["steps"], {"name": "x"}]})
+    assert written["status"] == "running" and written["steps"] == [{"name": "x"}]
+    assert record.get(r, "run-late") == written
+    assert [s["run_id"] for s in record.recent_runs(r).runs] == ["run-late"]
+
+
+def test_concurrent_updates_each_land(r):
+    """The steps of a cluster's workflow change one record from pods of their own."""
+    import threading
+
+    RunRecorder(r, RunRequest("/data/a", run_id="run-c"))
+    barrier = threading.Barrier(8)
+
+    def add(n):
+        barrier.wait()
+        record.update(r, "run-c", lambda s: {**s, "models": {**s["models"], f"m{n}": n}})
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert record.get(r, "run-c")["models"] == {f"m{n}": n for n in range(8)}
+
+
+def test_an_approval_names_its_authenticated_sender_and_keeps_the_claimed_name_as_a_note():
+    from events import make_event
+
+    event = make_event("training.requested", {"uri": "/d", "approves": "run-b",
+                                              "approved_by": "the boss", "digest": "d" * 64},
+                       source="retrain/approve", id="approve/run-b/1a2b3c4d")
+    said = RunRequest.from_event(event, sender="key:0a1b2c3d4e5f").event
+    assert said["approved_by"] == "key:0a1b2c3d4e5f" and said["approval_note"] == "the boss"
+    unsent = RunRequest.from_event(event).event  # no receiver vouched for it: as it came
+    assert unsent["approved_by"] == "the boss" and "approval_note" not in unsent
