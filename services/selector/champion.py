@@ -18,6 +18,20 @@ def scoped_key(scope: str, record: str = "") -> str:
     tag = hashlib.sha256(scope.encode()).hexdigest()[:12]
     return f"{PREFIX}{tag}:{record}" if record else f"{PREFIX}{tag}"
 RUN_DECISIONS_TTL = 30 * 86400  # as long as a run's own record
+SERVING = ("model.promoted", "rollback")  # decisions that make a run's model a version
+
+# Append a decision to its run's own list: a list already kept for good (its run's model is a
+# version: no expiry) stays so; a decision that serves a version keeps it for good; any other
+# (re)starts its expiry.
+_RUN_DECISION = """
+local length = redis.call('RPUSH', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('PERSIST', KEYS[1])
+elseif length == 1 or redis.call('TTL', KEYS[1]) >= 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return length
+"""
 
 # Replace the champion only if its generation is still the one the caller read.
 _CAS = """
@@ -156,16 +170,19 @@ class ChampionStore:
 
     def audit(self, decision: dict[str, object], candidate: str | None = None,
               event: dict[str, object] | None = None, commit: bool = False) -> None:
-        """Append ``decision`` to the audit log; with ``candidate``, record ``event`` (the
+        """Append ``decision`` to the audit log and to its run's own list (which a decision
+        serving a version keeps for good); with ``candidate``, record ``event`` (the
         decision as emitted) as that candidate's, in the same transaction, so a decision is
         either recorded in both or in neither. ``commit``: this decision ends the promotion
         under way (its record goes in the same transaction)."""
         record = json.dumps({"at": round(time.time(), 3), **decision})
         with self._r.pipeline(transaction=True) as pipe:
             pipe.rpush(self._audit, record)
-            if decision.get("run_id"):  # each run's own, for reading one run without the log
-                pipe.rpush(f"{self._audit}:run:{decision['run_id']}", record)
-                pipe.expire(f"{self._audit}:run:{decision['run_id']}", RUN_DECISIONS_TTL)
+            if decision.get("run_id"):  # each run's own, for reading one run without the log,
+                # kept 30 days, or for good once one of them serves a version (its lineage)
+                serves = decision.get("type") in SERVING and decision.get("version") is not None
+                pipe.eval(_RUN_DECISION, 1, f"{self._audit}:run:{decision['run_id']}", record,
+                          RUN_DECISIONS_TTL, "1" if serves else "0")
             if candidate is not None:
                 pipe.hset(self._decided, candidate, json.dumps(event))
             if commit:
@@ -183,5 +200,6 @@ class ChampionStore:
         return [json.loads(x) for x in self._r.lrange(self._audit, start, -1)]
 
     def decisions_of(self, run_id: str) -> list[dict[str, object]]:
-        """The decisions on one run's models (kept as long as runs are)."""
+        """The decisions on one run's models (kept as long as runs are, or for good once one
+        of its models is a version)."""
         return [json.loads(x) for x in self._r.lrange(f"{self._audit}:run:{run_id}", 0, -1)]

@@ -20,6 +20,7 @@ from services.selector.champion import Champion, ChampionStore
 from services.selector.decisions import SOURCE, candidate_id, promoted, recorded, rejected
 from services.selector.decisions import intent as promotion_intent
 from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
+from services.selector.hooks import telling_promotions
 from services.selector.judgements import Judgements
 from services.selector.measure import measure, pinned_for
 from services.selector.policy import ChampionPolicy, Figures, Verdict, gate, rank_key
@@ -39,13 +40,15 @@ class Selector:
         emit: Callable[[Event], None],
         policy: ChampionPolicy = ChampionPolicy(),
         admission: Admission | None = None,
+        on_promoted: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._admission = admission
         self._backend = backend
         self._evaluator = Scores(store.client, store.scope, evaluator)  # by model content
         self._judgements = Judgements(store.client, store.scope, policy)
-        self._emit = emit
+        # on_promoted: told the run of each model made a champion version, as it is emitted
+        self._emit = emit if on_promoted is None else telling_promotions(emit, on_promoted)
         self._policy = policy
         self._lock = threading.Lock()
         self._rounds = RoundStore(store.client, store.scope)
