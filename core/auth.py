@@ -4,11 +4,13 @@ A service is built with its ``ApiKeys`` (``RETRAIN_API_KEYS``) and calls the sam
 every door: FastAPI routes through the ``ApiKey`` dependency (``Annotated[..., Depends]``),
 the raw inference routes and gRPC, which answer before FastAPI for speed, by calling
 ``ApiKeys.check`` themselves. A refusal is a ``KeyRefusedError`` carrying its HTTP status,
-which each service's error table answers.
+which each service's error table answers. ``identity`` names the key that authenticated a
+request without showing it (who approved a blocked run).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -88,6 +90,19 @@ class ApiKeys:
     def check_header(self, authorization: str | None, *, always: bool = False) -> str | None:
         """``check`` on the token of an ``Authorization: Bearer KEY`` header."""
         return self.check(bearer(authorization), always=always)
+
+
+ANONYMOUS = "anonymous"  # who sent a request to a service with no key configured (open)
+
+
+def identity(key: str | None) -> str:
+    """Who a request came from, as far as its key tells: ``key:`` and the first 12 hex
+    digits of the key's SHA-256 (the key itself is never shown, logged or stored), or
+    ``anonymous`` when no key authenticated it (an open service). Whoever holds the keys
+    can tell which one it is: ``identity(KEY)``."""
+    if key is None:
+        return ANONYMOUS
+    return "key:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def install(app: Any, keys: ApiKeys) -> None:

@@ -6,7 +6,10 @@ answer 202 tells the sender it may forget the event. If it raises, the event is 
 as seen, so the sender's retry is taken: ``EventRefusedError`` is answered 403 with its
 reason, anything else (Redis away) 503 with ``Retry-After``.
 
-The local trigger and the selector are both this receiver with their own ``dispatch``.
+The local trigger and the selector are both this receiver with their own ``dispatch``. A
+dispatch that records who did something (the trigger: who approved a blocked run) is given
+as ``FromSender``: it is also told who sent each event, as the receiver authenticated it
+(``core.auth.identity`` of the request's API key), never what the event says of itself.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from core.auth import ApiKey, ApiKeys, KeyRefusedError, install
+from core.auth import ApiKey, ApiKeys, KeyRefusedError, identity, install
 from core.http import BodyTooLargeError, json_errors, read_body
 from events.codec import decode
 from events.dedup import Deduplicator
@@ -30,7 +34,19 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BODY = 64 * 1024
 
 
-def create_receiver(dedup: Deduplicator, dispatch: Callable[[Event], None],
+@dataclass(frozen=True)
+class FromSender:
+    """A dispatch told who sent each event: ``dispatch(event, sender)``, ``sender`` being
+    ``core.auth.identity`` of the key that authenticated the request (``anonymous`` on an
+    open receiver)."""
+
+    dispatch: Callable[[Event, str], None]
+
+
+Dispatch = Callable[[Event], None] | FromSender
+
+
+def create_receiver(dedup: Deduplicator, dispatch: Dispatch,
                     api_keys: tuple[str, ...] = (), title: str = "retrain events",
                     health: Callable[[], str | None] | None = None,
                     duplicate: Callable[[Event], None] | None = None) -> FastAPI:
@@ -82,7 +98,7 @@ def _unavailable(exc: Exception, accepted: list[str]) -> JSONResponse:
 class EventEndpoints:
     """``POST /events``: decode, drop duplicates, hand each new event to ``dispatch``."""
 
-    def __init__(self, dedup: Deduplicator, dispatch: Callable[[Event], None],
+    def __init__(self, dedup: Deduplicator, dispatch: Dispatch,
                  duplicate: Callable[[Event], None] | None = None) -> None:
         self._dedup, self._dispatch, self._duplicate = dedup, dispatch, duplicate
 
@@ -91,7 +107,7 @@ class EventEndpoints:
         router.add_api_route("/events", self.receive, methods=["POST"])
         return router
 
-    async def receive(self, request: Request, _key: ApiKey) -> JSONResponse:
+    async def receive(self, request: Request, key: ApiKey) -> JSONResponse:
         try:
             body = await read_body(request, MAX_EVENT_BODY)
         except BodyTooLargeError as exc:
@@ -112,7 +128,7 @@ class EventEndpoints:
                 duplicates.append(event.id)
                 continue
             try:
-                self._dispatch(event)
+                self._hand_on(event, key)
             except EventRefusedError as exc:
                 self._forget(event)
                 return _error(403, f"event {event.id}: {exc}")
@@ -121,6 +137,12 @@ class EventEndpoints:
                 return _unavailable(exc, accepted)
             accepted.append(event.id)
         return JSONResponse({"accepted": accepted, "duplicates": duplicates}, status_code=202)
+
+    def _hand_on(self, event: Event, key: str | None) -> None:
+        if isinstance(self._dispatch, FromSender):
+            self._dispatch.dispatch(event, identity(key))
+        else:
+            self._dispatch(event)
 
     def _forget(self, event: Event) -> None:
         with contextlib.suppress(redis.RedisError):

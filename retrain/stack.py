@@ -61,6 +61,8 @@ class LocalStack:
         self._exit.close()
 
     def _start(self) -> None:
+        from events.receiver import FromSender
+        from retrain.oneshot import keeping_runs
         from services.ingest_watcher.main import FolderSource, watching
         from services.selector.backends import LocalBackend
         from services.selector.champion import ChampionStore
@@ -97,7 +99,9 @@ class LocalStack:
         self.trigger = Trigger(client, RedisStreamSink(client, STREAM, s.stream_max_length).send,
                                self.default_parameters,
                                printer(self.console) if self.narrate else None)
-        trigger = BackgroundServer(create_trigger(dedup, self.trigger.dispatch, s.api_keys,
+        # told who sent each event: an approval names the API key that sent it, not a name
+        trigger = BackgroundServer(create_trigger(dedup, FromSender(self.trigger.dispatch),
+                                                  s.api_keys,
                                                   self.supervisor.problem, client),
                                    events_sock, "trigger").start()
         self._exit.callback(trigger.stop)
@@ -106,7 +110,7 @@ class LocalStack:
 
         self.champions = ChampionStore(client, str(s.model_repo.resolve()))
         self.selector = build_selector(
-            s, client, self.sink.send,
+            s, client, keeping_runs(client, self.sink.send),  # a served version's run is kept
             LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
         from dashboard.main import create_ui, in_process
 

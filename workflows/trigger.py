@@ -3,7 +3,10 @@
 ``POST /events`` (the CloudEvents receiver) takes what the watcher, ``retrain publish``, the
 runner and the trainers send; ``Trigger.dispatch`` routes each new event: a run request
 (``dataset.updated``, ``training.requested``) is queued for the runner, a ``model.trained``
-goes to the selector, and everything is written to the timeline.
+goes to the selector, and everything is written to the timeline. Given as
+``FromSender(trigger.dispatch)``, it is told who sent each event, as the receiver
+authenticated it: a ``training.requested`` approving a blocked run names that sender as
+its approver (the name its body gives is kept as a note, not as who approved).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from core import timeline
 from events import Event, EventType
 from events.dedup import Deduplicator
 from events.payloads import RunParameters
-from events.receiver import create_receiver
+from events.receiver import Dispatch, create_receiver
 from events.types import RUN_REQUESTS
 from workflows.queue import RunQueue
 from workflows.runner import RunRequest
@@ -27,7 +30,7 @@ from workflows.runner import RunRequest
 log = logging.getLogger(__name__)
 
 
-def create_app(dedup: Deduplicator, dispatch: Callable[[Event], None],
+def create_app(dedup: Deduplicator, dispatch: Dispatch,
                api_keys: tuple[str, ...] = (),
                health: Callable[[], str | None] | None = None,
                client: redis.Redis | None = None) -> FastAPI:
@@ -63,14 +66,16 @@ class Trigger:
         self._defaults = default_parameters
         self._observe = observe  # told of every event accepted (retrain up's narration)
 
-    def dispatch(self, event: Event) -> None:
-        timeline.record(self._r, "event", event.type.short, **describe(event))
+    def dispatch(self, event: Event, sender: str | None = None) -> None:
+        """Route ``event``; ``sender``: who sent it, as the receiver authenticated it."""
+        timeline.record(self._r, "event", event.type.short, **describe(event),
+                        **({"sender": sender} if sender else {}))
         if self._observe is not None:
             try:  # telling a person must never cost the event
                 self._observe(event)
             except Exception:
                 log.debug("could not tell of %s", event.id, exc_info=True)
         if event.type in RUN_REQUESTS:
-            self._queue.put(RunRequest.from_event(event, self._defaults))
+            self._queue.put(RunRequest.from_event(event, self._defaults, sender))
         elif event.type in (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED):
             self._judge(event)  # a failure tells the selector one of the run's trainings ended

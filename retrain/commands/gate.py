@@ -96,7 +96,14 @@ def approve(
 
 def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:
     """A cluster's approval: the blocked run's parameters, validation warn, sent as a manual
-    ``training.requested`` for the dataset it validated, through the authenticated endpoint."""
+    ``training.requested`` for the dataset it validated, through the authenticated endpoint.
+    Who approved is who the endpoint authenticates (the API key's identity locally, the
+    webhook token's holder on a cluster); ``approver`` (--by) goes with it as a note. Each
+    approval is an event of its own (``approve/<run>/<random>``), so approving again after
+    the workflow it started failed is not dropped as a duplicate."""
+    import uuid
+
+    from core.auth import identity
     from core.redis_store import open_redis
     from retrain.publishing import publish_event
     from workflows import record
@@ -111,6 +118,9 @@ def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:
             "parameters": {**summary["parameters"], "validation": "warn"}}
     event, target, _ = publish_event(settings, "dev.retrain.training.requested", json.dumps(data),
                                      sink=events_url, source="retrain/approve",
-                                     event_id=f"approve/{run_id}", structured=True)
-    console.print(f"approved {run_id} as {approver}: sent {event.type.value} id={event.id} "
-                  f"to {target}", soft_wrap=True)
+                                     event_id=f"approve/{run_id}/{uuid.uuid4().hex[:8]}",
+                                     structured=True)
+    console.print(f"approved {run_id}: sent {event.type.value} id={event.id} to {target}; "
+                  f"the approver recorded is who it authenticates (retrain's trigger: this "
+                  f"key, {identity(settings.api_key)}; a cluster: the webhook token's "
+                  f"holder), {approver!r} kept as a note", soft_wrap=True, highlight=False)

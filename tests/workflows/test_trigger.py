@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -91,3 +92,46 @@ def test_a_failing_narration_never_costs_the_event(r):
     assert told == ["n1"]
     taken = RunQueue(r).take(timeout=1)
     assert taken is not None and taken.request.event_id == "n1"
+
+
+def test_an_approval_names_the_key_that_sent_it_and_each_approval_is_its_own_event(
+        r, redis_handle, tmp_path):
+    """`retrain approve RUN --by NAME --events-url URL`, twice (the first approval's workflow
+    failed, say): two events, neither dropped as the other's duplicate; each run request
+    names as its approver the API key the trigger authenticated, NAME only as a note."""
+    from typer.testing import CliRunner
+
+    from core.auth import identity
+    from core.http import BackgroundServer, bind
+    from events.payloads import RunParameters
+    from events.receiver import FromSender
+    from retrain.cli import app
+    from workflows import record
+    from workflows.queue import RunQueue
+    from workflows.trigger import Trigger
+
+    record.save(r, {"run_id": "run-b", "status": "blocked", "data": "/d", "digest": "d" * 64,
+                    "parameters": RunParameters().model_dump(mode="json"), "steps": [],
+                    "models": {}}, started_at=1000.0)
+    trigger = Trigger(r, lambda e: None)
+    server = BackgroundServer(create_app(Deduplicator(r, 60, "approvals"),
+                                         FromSender(trigger.dispatch), api_keys=("k-approver",)),
+                              bind("127.0.0.1", 0, "trigger"), "trigger").start()
+    env = {"RETRAIN_HOME": str(tmp_path), "RETRAIN_REDIS_URL": redis_handle.url,
+           "RETRAIN_API_KEYS": "k-approver"}
+    try:
+        for _ in range(2):
+            done = CliRunner().invoke(app, ["approve", "run-b", "--by", "grace",
+                                            "--events-url", server.url + "/events"], env=env)
+            assert done.exit_code == 0, done.output
+            assert identity("k-approver") in done.output and "'grace' kept as a note" in done.output
+    finally:
+        server.stop()
+    queue = RunQueue(r)
+    requests = [queue.take(timeout=1).request for _ in range(2)]
+    ids = [q.event_id for q in requests]
+    assert len(set(ids)) == 2 and all(re.fullmatch(r"approve/run-b/[0-9a-f]{8}", i) for i in ids)
+    for request in requests:
+        assert request.event["approves"] == "run-b"
+        assert request.event["approved_by"] == identity("k-approver")
+        assert request.event["approval_note"] == "grace"
