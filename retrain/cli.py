@@ -22,6 +22,7 @@ from retrain.commands.golden import golden_app
 from retrain.commands.lineage import lineage
 from retrain.commands.selector import select_app
 from retrain.commands.step import step_app
+from retrain.commands.step_training import check_training, wait_training
 from retrain.commands.support import console
 from retrain.commands.workflow import workflow_app
 
@@ -40,6 +41,8 @@ app.command()(lineage)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 app.add_typer(golden_app, name="golden")
+step_app.command("check-training")(check_training)
+step_app.command("wait-training")(wait_training)
 app.add_typer(step_app, name="step")
 app.add_typer(select_app, name="select")
 app.add_typer(workflow_app, name="workflow")

@@ -1,14 +1,15 @@
 """A run the data gate blocked on a cluster, and the approval that lets it train.
 
-On one machine the local runner keeps a run's record as it goes (``workflows.record``); a
-cluster's workflow keeps none, save here: its validate step (``retrain step validate``)
-records a blocked run in the same shape, ``blocked`` with its validate step, the report and
-why, which ``retrain status``, the dashboard and ``retrain approve`` read. ``retrain
-approve`` then sends a ``training.requested`` that starts a new workflow; its validate step
-finds the blocked run here (``approval_for``: only a run blocked on the very dataset this one
-validates; otherwise it fails, as the local runner does when the data changed since) and
-keeps the approval with it (``keep_approval``): the blocked run ends ``approved``, naming who
-approved it and the run that trains in its place.
+A cluster's workflow keeps its run's record a step at a time (``workflows.cluster_run``); its
+validate step (``retrain step validate``) records a blocked run in the local runner's shape,
+``blocked`` with its validate step, the report and why (``record_blocked``), which ``retrain
+status``, the dashboard and ``retrain approve`` read. ``retrain approve`` then sends a
+``training.requested`` that starts a new workflow; its validate step finds the blocked run
+here (``approval_for``: only a run blocked on the very dataset this one validates; otherwise
+it fails, as the local runner does when the data changed since) and keeps the approval with
+it (``keep_approval``): the blocked run ends ``approved``, naming who approved it, as the
+cluster authenticated the approval, the name the approval gave as a note, and the run that
+trains in its place.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from typing import Any
 
 import redis
 
-from core import timeline
 from events.payloads import RunParameters
 from workflows import record
+from workflows.cluster_run import Step
 from workflows.errors import WorkflowError
-from workflows.record import RunRecorder, RunRequest
 from workflows.runner import ApprovalError
 from workflows.validate import Report
 
 log = logging.getLogger(__name__)
-TRIGGER = "workflow"  # a cluster run, started by an Argo Workflow
 
 
 class RunBlocked(WorkflowError):
@@ -53,23 +52,18 @@ def blocked_message(report: Report) -> str:
     return report.blocked_message()
 
 
-def record_blocked(client: redis.Redis, run: BlockedRun, report: Report) -> str:
-    """The blocked run's record, as the local runner leaves one: its validate step, the
-    report, status ``blocked`` and why. Returns why."""
+def record_blocked(step: Step, run: BlockedRun, report: Report) -> str:
+    """What the validate step records of a blocked run, as the local runner leaves one: its
+    validate step ``blocked``, status ``blocked`` and why, and what ``retrain approve`` sends
+    again (the data URI, the parameters), even if the plan step recorded nothing. Returns
+    why."""
     message = blocked_message(report)
-    recorder = RunRecorder(client, RunRequest(run.data_uri, run.parameters, TRIGGER,
-                                              run.event_id, run.run_id))
-    with recorder.step("validate") as step:
-        step.status = "blocked"
-        step.detail.update(verdict=report.status, reference=report.reference,
-                           cached=report.cached, reason=message,
-                           failed=[f"{c.name}: {c.status}" for c in report.failed()])
-    recorder.summary.update(status="blocked", error=message, validation=report.to_dict(),
-                            dataset_uri=run.dataset_uri, digest=report.digest,
-                            seconds=report.seconds)
-    recorder.save()
-    timeline.record(client, "run", "run", run_id=run.run_id, status="blocked",
-                    seconds=report.seconds, error=message)
+    step.status = "blocked"
+    step.detail.update(reason=message)
+    step.summary.update(status="blocked", error=message, dataset_uri=run.dataset_uri,
+                        digest=report.digest, data=run.data_uri,
+                        parameters=run.parameters.model_dump(mode="json"),
+                        event_id=run.event_id)
     return message
 
 
@@ -89,17 +83,20 @@ def approval_for(client: redis.Redis, blocked_run: str, data_uri: str,
     return summary
 
 
-def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id: str) -> None:
-    """``blocked`` is approved (who, when, the checks overruled, the run that trains in its
-    place, ``run_id``) and ends ``approved``."""
+def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id: str,
+                  note: str = "") -> None:
+    """``blocked`` is approved (who, as the cluster authenticated the approval; the name the
+    approval gave, ``note``; when; the checks overruled; the run that trains in its place,
+    ``run_id``) and ends ``approved``."""
     overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
                  if c["status"] == "block"]
+    approval = {"by": by or "unknown", "at": time.time(), "overruled": overruled,
+                "resumed_as": run_id, **({"note": note} if note else {})}
     try:
-        record.approve_blocked(client, blocked["run_id"], {
-            "by": by or "unknown", "at": time.time(), "overruled": overruled,
-            "resumed_as": run_id}, status="approved")
+        record.approve_blocked(client, blocked["run_id"], approval, status="approved")
     except ValueError as exc:  # approved meanwhile: this run still trains, as it was asked
         log.warning("%s", exc)
         return
-    log.warning("run %s approved by %s: trains as %s despite %s", blocked["run_id"],
-                by or "unknown", run_id, ", ".join(overruled) or "no blocking check")
+    log.warning("run %s approved by %s%s: trains as %s despite %s", blocked["run_id"],
+                by or "unknown", f" (note: {note!r})" if note else "", run_id,
+                ", ".join(overruled) or "no blocking check")

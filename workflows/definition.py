@@ -14,7 +14,9 @@ cluster.
                                                     each training emits model.trained → selector
 
 ``plan`` parses the event's whole ``parameters`` object with the local runner's
-``RunParameters`` (workflows/plan.py), so every run parameter reaches the cluster.
+``RunParameters`` (workflows/plan.py), so every run parameter reaches the cluster, and begins
+the run's record (the Workflow's name) with the triggering CloudEvent; each later step adds
+its part as the local runner would (workflows/cluster_run.py).
 ``validate`` is the data gate: when a check blocks (the plan's ``validation`` is ``block``)
 the step fails with exit code 3, its message naming every failed check, and the trainings,
 which depend on ``validate.Succeeded``, are never started; the workflow ends Failed.
@@ -65,6 +67,11 @@ class ClusterNames:
     model_trained_sink: str = "stream"  # the Redis stream the selector consumes (--stream)
     redis_secret: str = "retrain-redis"  # key url: RETRAIN_REDIS_URL, with its password
     api_keys_secret: str = "retrain-api-keys"  # key keys: RETRAIN_API_KEYS, sent with events
+    webhook_token_secret: str = "retrain-webhook-token"  # the webhook EventSource's token
+
+    @property
+    def approver(self) -> str:  # who approved, as the cluster can tell: the webhook's token
+        return f"token:{self.webhook_token_secret}"
 
 
 # every pod of the workflow and its TFJobs talks to Redis and may send events: the
@@ -216,7 +223,8 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
             Parameter(name="event-id", value="", description="the triggering CloudEvent's id"),
             Parameter(name="approves", value="",
                       description="the blocked run this one was approved for (retrain approve)"),
-            Parameter(name="approved-by", value="", description="who approved it"),
+            Parameter(name="approved-by", value="", description="the approval's --by: a note"),
+            Parameter(name="event", value="", description="the triggering CloudEvent (JSON)"),
         ],
         volumes=[ExistingVolume(name="data", claim_name=names.volume_claim)],
         pod_gc=PodGC(strategy="OnPodSuccess"),
@@ -227,11 +235,13 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
 
 
 def _plan(names: ClusterNames) -> Container:
-    """``plan``: the event's parameters checked with ``RunParameters``, one output each."""
+    """``plan``: the parameters checked, one output each; the run's record begun."""
     return _container(
         "plan",
         ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
-         "--parameters", "{{workflow.parameters.parameters}}", "--outputs", OUTPUTS],
+         "--parameters", "{{workflow.parameters.parameters}}", "--run-id", "{{workflow.name}}",
+         "--event", "{{workflow.parameters.event}}", "--sender", names.approver,
+         "--event-id", "{{workflow.parameters.event-id}}", "--outputs", OUTPUTS],
         names, cpu="100m", memory="256Mi",
         outputs=["trainings", "cache-policy", "validation", *TRAIN_INPUTS])
 
@@ -271,7 +281,7 @@ def _validate(names: ClusterNames) -> Container:
          "--parameters", "{{workflow.parameters.parameters}}",
          "--run-id", "{{workflow.name}}", "--event-id", "{{workflow.parameters.event-id}}",
          "--approves", "{{workflow.parameters.approves}}",
-         "--approved-by", "{{workflow.parameters.approved-by}}",
+         "--approved-by", names.approver, "--approval-note", "{{workflow.parameters.approved-by}}",
          "--sink", names.model_trained_sink, "--outputs", OUTPUTS,
          "--message-file", TERMINATION_LOG],
         names, cpu="1", memory="2Gi",  # the champion judges the new labels (TensorFlow)

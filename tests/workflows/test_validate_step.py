@@ -1,27 +1,23 @@
 """``retrain step validate`` as Argo runs it: the WorkflowTemplate's own command lines, with
 Argo's placeholders filled in, run by the real CLI in a process of their own, on real Redis
-and really ingested data; each step's outputs are read from the files Argo reads. (The pod's
-``/tmp/outputs`` and ``/dev/termination-log`` are folders of the test.)
+and really ingested data; each step's outputs are read from the files Argo reads
+(``tests/workflows/argo.py``).
 
 No champion is served here: the checks run without a reference, as before a first model,
-and the one corruption used (30 % of the training split repeating another image) needs none.
+and the one corruption used (260 of the training split's 860 images copies of others) needs
+none.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import typer.main
-import yaml
 
 from core import timeline
 from core.cache_policy import Policy
@@ -33,83 +29,35 @@ from events.payloads import RunParameters
 from events.sinks import read_stream
 from retrain.cli import app
 from tests.conftest import write_dataset
+from tests.workflows.argo import RETRAIN, Argo, pod_env, template
 from workflows import record, steps
-from workflows.definition import OUTPUTS, TERMINATION_LOG, render
+from workflows.definition import OUTPUTS, TERMINATION_LOG
 from workflows.validate import CHECKS
 
 pytestmark = pytest.mark.integration
 
-RETRAIN = str(Path(sys.executable).with_name("retrain"))  # the console script the image runs
 WORKFLOW = "retrain-0a1b2c3d4e5f60718293"  # what Argo substitutes for {{workflow.name}}
 APPROVAL = "retrain-9f8e7d6c5b4a39281706"  # the Workflow retrain approve's event starts
 
 
-def _env(home: Path, redis_url: str) -> dict[str, str]:
-    """A pod's environment: the shared volume and Redis (no setting of this machine's)."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")},
-            "RETRAIN_HOME": str(home), "RETRAIN_REDIS_URL": redis_url}
-
-
-def _template():
-    return yaml.safe_load(render())
-
-
-@dataclass
-class Step:
-    code: int
-    outputs: dict[str, str]
-    message: str  # the container's termination message ("" when none was written)
-    stderr: str
-
-
-class Argo:
-    """What Argo does with a template of ours: its arguments and inputs substituted into the
-    container's args, the container run, its output parameters read from their files."""
-
-    def __init__(self, home: Path, redis_url: str, folder: Path, name: str,
-                 **arguments: str) -> None:
-        template = _template()
-        self.templates = {t["name"]: t for t in template["spec"]["templates"]}
-        self.arguments = {p["name"]: p.get("value", "")
-                          for p in template["spec"]["arguments"]["parameters"]}
-        self.arguments.update(arguments)
-        self.folder, self.name = folder, name
-        self.env = _env(home, redis_url)
-        self.runs = 0
-
-    def run(self, name: str, **inputs: str) -> Step:
-        self.runs += 1
-        pod = self.folder / f"{self.name}-{self.runs}-{name}"  # each pod its own /tmp, /dev
-        pod.mkdir(parents=True)
-        values = {**{f"workflow.parameters.{k}": v for k, v in self.arguments.items()},
-                  "workflow.name": self.name,
-                  **{f"inputs.parameters.{k}": v for k, v in inputs.items()}}
-        container = self.templates[name]["container"]
-        declared = {p["name"] for p in self.templates[name].get("inputs", {}).get("parameters", [])}
-        assert set(inputs) == declared, name
-        args = [re.sub(r"\{\{([^}]+)\}\}", lambda m: values[m[1]], a)
-                for a in container["args"]]
-        args = [str(pod / "outputs") if a == OUTPUTS else
-                str(pod / "termination-log") if a == TERMINATION_LOG else a for a in args]
-        done = subprocess.run([*container["command"], *args], env=self.env, capture_output=True,
-                              text=True, timeout=120, executable=RETRAIN, check=False)
-        outputs = {}
-        for parameter in self.templates[name].get("outputs", {}).get("parameters", []):
-            path = Path(parameter["valueFrom"]["path"].replace(OUTPUTS, str(pod / "outputs")))
-            if path.is_file():  # Argo saves the outputs whatever the exit code
-                outputs[parameter["name"]] = path.read_text()
-        log = pod / "termination-log"
-        return Step(done.returncode, outputs, log.read_text() if log.is_file() else "",
-                    done.stderr)
+def _copies(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice(600, 260)
 
 
 def _duplicate(root: Path, seed: int) -> None:
-    """Rewrite the training split of ``write_dataset``'s files so that 260 of its images
-    repeat another (30 % of 860)."""
+    """Rewrite the training split of ``write_dataset``'s files so that 260 more images each
+    repeat one of its 600 (some of those twice)."""
     images, labels = generate(600, 3)
-    copies = np.random.default_rng(seed).choice(600, 260)
+    copies = _copies(seed)
     idx.write_images(root / BASE_FILES["train"][0], np.concatenate([images, images[copies]]))
     idx.write_labels(root / BASE_FILES["train"][1], np.concatenate([labels, labels[copies]]))
+
+
+def _repeating(seed: int) -> int:
+    """How many of ``_duplicate``'s 860 training images repeat another: each copy and each
+    image copied."""
+    ids = np.concatenate([np.arange(600), _copies(seed)])
+    return int((np.bincount(ids)[ids] > 1).sum())
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +114,11 @@ def test_a_blocked_dataset_ends_the_run_at_the_gate_with_exit_3_naming_every_fai
     report = json.loads(gate.outputs["report"])
     assert [c["name"] for c in report["checks"]] == list(CHECKS) and report["mode"] == "block"
     [duplicates] = [c for c in report["checks"] if c["status"] != "pass"]
-    assert duplicates["status"] == "block" and duplicates["value"] == round(260 / 860, 6)
+    repeating = _repeating(seed=8)
+    assert duplicates["status"] == "block" and duplicates["value"] == round(repeating / 860, 6)
     # what Argo shows as the step's message, and the step's log
     assert gate.message.startswith("the data gate blocked the run: duplicates block (")
-    assert "260 of 860 training images repeat another" in gate.message
+    assert f"{repeating} of 860 new training images repeat another" in gate.message
     assert "error: the data gate blocked the run: duplicates block" in gate.stderr
     # the run's record: what retrain status, the dashboard and retrain approve read
     kept = record.get(r, WORKFLOW)
@@ -178,7 +127,8 @@ def test_a_blocked_dataset_ends_the_run_at_the_gate_with_exit_3_naming_every_fai
     assert kept["parameters"] == RunParameters(models=("cnn",), epochs=2).model_dump(mode="json")
     assert kept["dataset_uri"] == checked.outputs["dataset-uri"]
     assert kept["validation"]["checks"] == report["checks"]
-    assert [(s["name"], s["status"]) for s in kept["steps"]] == [("validate", "blocked")]
+    assert [(s["name"], s["status"]) for s in kept["steps"]] == [
+        ("fingerprint", "succeeded"), ("check_cache", "succeeded"), ("validate", "blocked")]
     # dataset.rejected, carrying the report, on the cluster's event stream and the timeline
     [rejected] = [e for e in read_stream(r) if e["type"] == "dev.retrain.dataset.rejected"]
     assert rejected["data"]["run_id"] == WORKFLOW
@@ -186,15 +136,20 @@ def test_a_blocked_dataset_ends_the_run_at_the_gate_with_exit_3_naming_every_fai
     assert [e.step for e in timeline.recent(r, 5, kind="event")] == ["dataset.rejected"]
 
 
-def test_a_clean_dataset_passes_and_leaves_no_run_record(settings, r, argo, on_volume):
+def test_a_clean_dataset_passes_and_the_run_keeps_its_report(settings, r, argo, on_volume):
     data = on_volume("clean")
     uri = _ingested(settings, r, data)
     gate = argo(**{"data-uri": str(data)}).run("validate", **{"dataset-uri": uri,
                                                               "validation": "block"})
     assert gate.code == 0, gate.stderr
     assert gate.outputs["status"] == "pass" and gate.outputs["failed"] == ""
-    assert gate.message == "" and record.get(r, WORKFLOW) is None
-    assert read_stream(r) == []
+    assert gate.message == "" and read_stream(r) == []
+    # the run goes on: its record has the validate step and the report, as locally
+    kept = record.get(r, WORKFLOW)
+    assert kept["status"] == "running" and kept["validation"] == json.loads(gate.outputs["report"])
+    [step] = kept["steps"]
+    assert (step["name"], step["status"], step["verdict"]) == ("validate", "succeeded", "pass")
+    assert kept["dataset_uri"] == uri
     # the first dataset validated becomes the pinned evaluation set, as in the local runner
     assert pinned.current(settings.store_dir).dataset_uri == uri
 
@@ -215,11 +170,14 @@ def test_an_approval_lets_the_approved_dataset_through_and_is_kept_with_the_bloc
     assert approved.code == 0, approved.stderr
     assert approved.outputs["status"] == "warn" and approved.outputs["failed"] == "duplicates"
     kept = record.get(r, WORKFLOW)
-    assert kept["status"] == "approved"
-    assert kept["approval"]["by"] == "ada" and kept["approval"]["overruled"] == ["duplicates"]
+    assert kept["status"] == "approved" and kept["approval"]["overruled"] == ["duplicates"]
+    # who approved: what the cluster authenticated (the webhook's token), not what the body
+    # said, which is kept as a note
+    assert kept["approval"]["by"] == "token:retrain-webhook-token"
+    assert kept["approval"]["note"] == "ada"
     assert kept["approval"]["resumed_as"] == APPROVAL  # whose trainings run
-    assert record.get(r, APPROVAL) is None  # (it was not blocked)
-    assert "approved by ada" in approved.stderr
+    assert record.get(r, APPROVAL)["status"] == "running"  # (it was not blocked: it trains)
+    assert "approved by token:retrain-webhook-token (note: 'ada')" in approved.stderr
 
 
 def test_an_approval_does_not_cover_data_that_changed_since(settings, r, argo, on_volume):
@@ -238,7 +196,9 @@ def test_an_approval_does_not_cover_data_that_changed_since(settings, r, argo, o
     assert "validate it again" in " ".join(gate.stderr.split())
     first_run = record.get(r, WORKFLOW)
     assert first_run["status"] == "blocked" and "approval" not in first_run
-    assert record.get(r, APPROVAL) is None
+    refused = record.get(r, APPROVAL)  # the approving run ends failed, saying why
+    assert refused["status"] == "failed" and "changed since run" in refused["error"]
+    assert [(s["name"], s["status"]) for s in refused["steps"]] == [("validate", "failed")]
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -249,14 +209,13 @@ def test_bad_input_is_refused_with_exit_2_saying_why(args, says, settings):
     # each is refused before the dataset is looked at
     argv = ["step", "validate", "--dataset-uri", str(settings.store_dir / "datasets" / "k"),
             "--data", str(settings.home / "data" / "fashion-mnist"), *args]
-    done = subprocess.run([RETRAIN, *argv], env=_env(settings.home, settings.redis_url),
+    done = subprocess.run([RETRAIN, *argv], env=pod_env(settings.home, settings.redis_url),
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and says in " ".join(done.stderr.split()), done.stderr
 
 
 def test_the_rendered_command_line_parses_with_the_real_cli():
-    template = _template()
-    [validate] = [t for t in template["spec"]["templates"] if t["name"] == "validate"]
+    [validate] = [t for t in template()["spec"]["templates"] if t["name"] == "validate"]
     args = validate["container"]["args"]
     group = typer.main.get_command(app)
     ctx = group.make_context("retrain", list(args))
