@@ -3,7 +3,7 @@ as its training finishes (the same Selector the stack runs, called directly)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,16 +60,8 @@ def local_runner(settings: Settings, handle: Any, console: Console
 def _selector(settings: Settings, client: Any, emit: Any) -> Any:
     from services.selector.backends import LocalBackend
     from services.selector.main import build_selector
-
-    return build_selector(settings, client, keeping_runs(client, emit),
-                          LocalBackend(settings.model_repo, MODEL_NAME))
-
-
-def keeping_runs(client: Any, emit: Callable[[Event], None]) -> Callable[[Event], None]:
-    """A selector's ``emit`` that first keeps, for good, the record of each run whose model
-    the selector made a champion version (``workflows.record.keep``): that version's
-    lineage reads it for as long as the version is recorded."""
-    from services.selector.hooks import telling_promotions
     from workflows import record
 
-    return telling_promotions(emit, lambda run_id: record.keep(client, run_id))
+    # a served version's run is kept for good: its lineage reads it
+    return build_selector(settings, client, emit, LocalBackend(settings.model_repo, MODEL_NAME),
+                          keep=record.keep)

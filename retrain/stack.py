@@ -62,7 +62,6 @@ class LocalStack:
 
     def _start(self) -> None:
         from events.receiver import FromSender
-        from retrain.oneshot import keeping_runs
         from services.ingest_watcher.main import FolderSource, watching
         from services.selector.backends import LocalBackend
         from services.selector.champion import ChampionStore
@@ -109,9 +108,12 @@ class LocalStack:
         self.sink = HttpSink(self.events_url, api_key=s.api_key)
 
         self.champions = ChampionStore(client, str(s.model_repo.resolve()))
+        from workflows import record
+
         self.selector = build_selector(
-            s, client, keeping_runs(client, self.sink.send),  # a served version's run is kept
-            LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()))
+            s, client, self.sink.send,
+            LocalBackend(s.model_repo, MODEL_NAME, lambda _v: holder.refresh()),
+            keep=record.keep)  # a served version's run is kept for good: its lineage reads it
         from dashboard.main import create_ui, in_process
 
         ui = BackgroundServer(create_ui(s, client, self.serve_url, in_process(self.selector.rollback)),

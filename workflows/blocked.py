@@ -26,7 +26,7 @@ from workflows import record
 from workflows.cluster_run import Step
 from workflows.errors import WorkflowError
 from workflows.runner import ApprovalError
-from workflows.validate import Report
+from workflows.validate import Report, remember_approved
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ def approval_for(client: redis.Redis, blocked_run: str, data_uri: str,
         raise ApprovalError(f"the data at {data_uri} changed since run {blocked_run} was "
                             f"approved (it blocked {summary.get('dataset_uri')}, this run's "
                             f"dataset is {dataset_uri}); validate it again")
+    untrainable = (summary.get("validation") or {}).get("untrainable")
+    if untrainable:
+        raise ApprovalError(f"run {blocked_run} cannot be approved: {untrainable}")
     return summary
 
 
@@ -92,6 +95,8 @@ def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id:
                  if c["status"] == "block"]
     approval = {"by": by or "unknown", "at": time.time(), "overruled": overruled,
                 "resumed_as": run_id, **({"note": note} if note else {})}
+    if blocked.get("dataset_uri"):  # later pushes on top of it are judged on what they add
+        remember_approved(client, blocked["dataset_uri"])
     try:
         record.approve_blocked(client, blocked["run_id"], approval, status="approved")
     except ValueError as exc:  # approved meanwhile: this run still trains, as it was asked

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the wait step's pod has 128 MiB: it imports none of these
 
 log = logging.getLogger(__name__)
 TRIGGER = "workflow"  # a run submitted without an event (argo submit by hand)
+RUNNER = "workflow"  # who runs it: its Workflow (no lease of a local runner says it lives)
 
 
 def request_of(run_id: str, data_uri: str, parameters: RunParameters, event: str = "",
@@ -114,7 +115,7 @@ class WorkflowRun:
         ended: list[bool] = []  # this step ended the run (the change's last try says)
 
         def change(summary: dict[str, Any]) -> dict[str, Any]:
-            changed = {"trigger": TRIGGER, **summary,
+            changed = {"trigger": TRIGGER, **summary, "runner": RUNNER,
                        **{k: _merged(summary.get(k), v) for k, v in step.summary.items()},
                        "steps": [*(summary.get("steps") or []), entry]}
             if changed.get("status") == "running":

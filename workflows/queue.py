@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import redis
 
 from workflows import record
+from workflows.cluster_run import RUNNER
 from workflows.lease import held_by_the_living
 from workflows.runner import RunRequest, new_run_id
 
@@ -96,8 +97,9 @@ class RunQueue:
         done = []
         for summary in record.recent_runs(self._r, 0, RECENT_RUNS).runs:
             run_id = summary["run_id"]
-            if summary.get("status") != "running" or held_by_the_living(self._r, run_id):
-                continue
+            if (summary.get("status") != "running" or summary.get("runner") == RUNNER
+                    or held_by_the_living(self._r, run_id)):
+                continue  # a cluster's run is the Workflow's: no lease here says it lives
             reason = "interrupted: the process running it stopped (its lease is gone)"
             if record.fail_if_running(self._r, run_id, reason):
                 done.append(f"{run_id}: {reason}")

@@ -100,7 +100,9 @@ def _check_approved(client: redis.Redis, request: RunRequest, digest: str) -> No
     try:
         record.approve_blocked(client, said["approves"], {
             "by": said.get("approved_by") or "unknown", "at": time.time(),
-            "overruled": overruled, "resumed_as": request.run_id}, status="approved")
+            "overruled": overruled, "resumed_as": request.run_id,
+            **({"note": said["approval_note"]} if said.get("approval_note") else {})},
+            status="approved")
     except ValueError as exc:  # approved meanwhile, or recorded elsewhere: this run still trains
         log.warning("%s", exc)
 
@@ -169,9 +171,9 @@ class LocalRunner:
                             error=rec.summary.get("error"))
         return rec.summary
 
-    def approve(self, run_id: str, by: str) -> dict[str, Any]:
+    def approve(self, run_id: str, by: str, note: str = "") -> dict[str, Any]:
         """Resume a blocked run: its trainings run on the dataset it validated, with
-        validation ``warn``; ``by`` (who approved) is kept with the run."""
+        validation ``warn``; ``by`` (who approved) and ``note`` are kept with the run."""
         from workflows import record
         from workflows.lease import run_lease
 
@@ -187,7 +189,8 @@ class LocalRunner:
                      if c["status"] == "block"]
         try:
             summary = record.approve_blocked(self._r, run_id, {
-                "by": by, "at": time.time(), "overruled": overruled})
+                "by": by, "at": time.time(), "overruled": overruled,
+                **({"note": note} if note else {})})
         except ValueError as exc:
             raise ApprovalError(str(exc)) from None
         validate.remember_approved(self._r, str(dataset_uri))

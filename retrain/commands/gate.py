@@ -66,14 +66,14 @@ def print_report(out: Console, report: dict) -> None:
 
 def approve(
     run_id: Annotated[str, typer.Argument(help="the blocked run to let train")],
-    by: Annotated[Optional[str], typer.Option(help="who approves (kept with the run; default: this user)")] = None,
+    by: Annotated[Optional[str], typer.Option(help="a note kept with the approval, e.g. who asked for it (the approver recorded is this machine's user, or on a cluster who the events endpoint authenticated)")] = None,
     events_url: Annotated[Optional[str], typer.Option(help="on a cluster: the events endpoint to re-submit the run's workflow to (the API key is RETRAIN_API_KEYS' first)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Resume a run the data gate blocked: its trainings run on the dataset it validated,
     with validation warn, and who approved it is kept with the run. With --events-url the
     run's workflow is submitted again through that endpoint (a cluster)."""
-    approver = by or getpass.getuser()
+    approver = by or getpass.getuser()  # sent as a note; the receiver names the sender
     settings = load_settings()
     if events_url:
         _resubmit(settings, run_id, approver, events_url)
@@ -83,7 +83,7 @@ def approve(
 
     with open_redis(settings.redis_url, settings.home) as handle:
         with local_runner(settings, handle, console) as (runner, decisions):
-            summary = runner.approve(run_id, approver)
+            summary = runner.approve(run_id, f"user:{getpass.getuser()}", by or "")
         summary["decisions"] = decisions
     if as_json:
         print(json.dumps(summary, default=str))

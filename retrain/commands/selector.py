@@ -25,7 +25,9 @@ def select_serve(
     setup_logging(True)
     from services.selector import main as selector
 
-    selector.serve(load_settings(events_port=port), stream=stream)
+    from workflows import record
+
+    selector.serve(load_settings(events_port=port), stream=stream, keep=record.keep)
 
 
 @select_app.command("rollback")
@@ -36,5 +38,7 @@ def select_rollback(
     audited and emitted as model.promoted."""
     from services.selector import main as selector
 
-    decision = selector.rollback(load_settings(), reason)
+    from workflows import record
+
+    decision = selector.rollback(load_settings(), reason, keep=record.keep)
     console.print(decision.data.reason, highlight=False, soft_wrap=True)

@@ -285,9 +285,10 @@ def validate(
             with cluster_run.WorkflowRun(client, run_id).step("validate") as step:
                 approved = (blocked.approval_for(client, approves, data, dataset_uri)
                             if approves else None)
-                steps.pin_first(settings.store_dir, dataset_uri)  # as the local runner does
                 report = gate.validate(client, settings,
                                        gate.inputs_for(client, settings, dataset_uri), mode)
+                if report.status != "blocked":  # as the local runner: the first data let through
+                    steps.pin_first(settings.store_dir, dataset_uri)
                 if approved is not None:
                     blocked.keep_approval(client, approved, approved_by, run_id, approval_note)
                 cluster_run.validated(step, report, dataset_uri)

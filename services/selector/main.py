@@ -70,13 +70,19 @@ def promotion_backend(settings: Settings) -> PromotionBackend:
                          settings.kserve_storage_prefix, rollout, health)
 
 
+Keep = Callable[[redis.Redis, str], None]  # makes a served run's record permanent
+
+
 def build_selector(settings: Settings, client: redis.Redis, emit: Callable[[Event], None],
-                   backend: PromotionBackend | None = None) -> Selector:
+                   backend: PromotionBackend | None = None, keep: Keep | None = None) -> Selector:
     """The selector as configured: the champion scoped to the model repository, ``backend``
-    (default: the configured one), decisions handed to ``emit``."""
+    (default: the configured one), decisions handed to ``emit``; ``keep`` is told each run
+    whose model it makes a champion version (the caller's run records: a lower floor than
+    the selector's cannot name them)."""
     return Selector(ChampionStore(client, str(settings.model_repo.resolve())),
                     backend or promotion_backend(settings), LazyEvaluator(), emit,
-                    champion_policy(settings), Admission(settings.runs_dir, settings.store_dir))
+                    champion_policy(settings), Admission(settings.runs_dir, settings.store_dir),
+                    on_promoted=(lambda run_id: keep(client, run_id)) if keep else None)
 
 
 def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], None]:
@@ -94,14 +100,14 @@ def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], Non
     return judge
 
 
-def serve(settings: Settings, *, stream: bool = True) -> None:
+def serve(settings: Settings, *, stream: bool = True, keep: Keep | None = None) -> None:
     """``retrain select serve``: judge ``model.trained`` CloudEvents until stopped. They come
     from the Redis stream (trainers' ``--sink stream``) and from ``POST /events``, which
     appends what it accepts to the same stream; a consumer group judges each entry once.
     ``stream`` is kept for old command lines: the stream is always consumed."""
     with open_redis(settings.redis_url, settings.home) as handle:
         sink = RedisStreamSink(handle.client, STREAM, settings.stream_max_length)
-        selector = build_selector(settings, handle.client, sink.send)
+        selector = build_selector(settings, handle.client, sink.send, keep=keep)
         stop = threading.Event()
         consumer = selector_consumer(handle.client, selector, settings)
         # a consumer that cannot go on stops the service (uvicorn ends on SIGTERM), which
@@ -129,9 +135,10 @@ def selector_consumer(client: redis.Redis, selector: Selector, settings: Setting
                           judge_once(selector, dedup))
 
 
-def rollback(settings: Settings, reason: str) -> Event:
+def rollback(settings: Settings, reason: str, keep: Keep | None = None) -> Event:
     """Serve the previous champion again (as the next version); returns the decision."""
     with open_redis(settings.redis_url, settings.home) as handle:
-        selector = build_selector(settings, handle.client, RedisStreamSink(handle.client).send)
+        selector = build_selector(settings, handle.client, RedisStreamSink(handle.client).send,
+                                  keep=keep)
         selector.reconcile()  # roll back from a settled champion, never from a half promotion
         return selector.rollback(reason)

@@ -17,7 +17,6 @@ from core.settings import MODEL_NAME
 from events import make_event
 from events.codec import encode
 from events.payloads import DatasetUpdated, Origin, RunParameters
-from retrain.oneshot import keeping_runs
 from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore, scoped_key
 from services.selector.main import build_selector, selector_consumer
@@ -106,8 +105,8 @@ def test_a_cluster_run_keeps_the_local_runners_record_and_its_version_has_a_line
 
     # the cluster's selector: the trainer's model.trained from the stream, judged, promoted
     decisions = []
-    selector = build_selector(settings, r, keeping_runs(r, decisions.append),
-                              LocalBackend(settings.model_repo, MODEL_NAME))
+    selector = build_selector(settings, r, decisions.append,
+                              LocalBackend(settings.model_repo, MODEL_NAME), keep=record.keep)
     selector_consumer(r, selector, settings).poll()
     [decision] = decisions
     assert decision.type.short == "model.promoted" and decision.data.run_id == run_id

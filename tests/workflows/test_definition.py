@@ -117,6 +117,7 @@ def _substitute(value: str) -> str:
                "workflow.parameters.parameters": '{"epochs": 2}',
                "workflow.parameters.event-id": "fashion-mnist@1:0a1b",
                "workflow.parameters.approves": "", "workflow.parameters.approved-by": "",
+               "workflow.parameters.event": "",
                "inputs.parameters.validation": "block",
                "inputs.parameters.epochs": "1", "inputs.parameters.steps-per-epoch": "0",
                "inputs.parameters.batch-size": "64", "inputs.parameters.learning-rate": "0.001",

@@ -93,6 +93,17 @@ def test_a_run_left_running_by_a_killed_process_is_closed_with_the_reason(r):
     assert record.get(r, "run-done")["status"] == "succeeded"
 
 
+def test_a_clusters_run_is_its_workflows_not_a_dead_local_runs(r):
+    """A `retrain up` sharing the cluster's Redis: a Workflow's run holds no local lease."""
+    from workflows.cluster_run import WorkflowRun
+
+    with WorkflowRun(r, "retrain-0123456789abcdef0123").step("fingerprint"):
+        pass
+    assert record.get(r, "retrain-0123456789abcdef0123")["status"] == "running"
+    RunQueue(r).recover(grace=0)
+    assert record.get(r, "retrain-0123456789abcdef0123")["status"] == "running"
+
+
 def test_a_lease_is_renewed_while_held_and_removed_after(r):
     with run_lease(r, "run-l", seconds=0.3):
         time.sleep(0.5)  # longer than the lease: only renewal keeps it
