@@ -72,21 +72,41 @@ def read_unit(store: Path, unit: str) -> np.ndarray:
     """The images of an ingested unit (uint8, n x 28 x 28), in record order, read from its
     shards without TensorFlow: every record holds its image at the same offset (the label
     follows it), so a shard whose records all have one length is read as one array."""
+    return read_labelled_unit(store, unit)[0]
+
+
+def read_labelled_unit(store: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images and the labels of an ingested unit, in record order (``read_unit``)."""
     folder = store / "shards" / unit
     meta = json.loads((folder / "unit.json").read_text())
-    head, _, _ = layout(idx.ROWS * idx.COLS)
+    head, middle, _ = layout(idx.ROWS * idx.COLS)
     at, size = 12 + len(head), idx.ROWS * idx.COLS  # framing: length (8), its CRC (4)
-    parts = []
+    label_at = at + size + len(middle)
+    images, labels = [], []
     for shard in meta["shards"]:
         data = np.fromfile(folder / shard["name"], np.uint8)
         length = int(data[:8].view("<u8")[0]) if data.size >= 8 else 0
         stride = 16 + length  # + the data's CRC (4)
         if data.size % stride == 0 and (data.reshape(-1, stride)[:, :8].view("<u8") == length).all():
-            parts.append(data.reshape(-1, stride)[:, at:at + size])
+            rows = data.reshape(-1, stride)
+            images.append(rows[:, at:at + size])
+            labels.append(rows[:, label_at])
             continue
         offsets, offset = [], 0  # records of different lengths: a label of 128 or more
         while offset < data.size:
             offsets.append(offset)
             offset += 16 + int(data[offset:offset + 8].view("<u8")[0])
-        parts.append(np.stack([data[o + at:o + at + size] for o in offsets]))
-    return np.concatenate(parts).reshape(-1, idx.ROWS, idx.COLS)
+        images.append(np.stack([data[o + at:o + at + size] for o in offsets]))
+        labels.append(np.array([_varint(data, o + label_at) for o in offsets], np.int64))
+    return (np.concatenate(images).reshape(-1, idx.ROWS, idx.COLS),
+            np.concatenate(labels).astype(np.uint8))  # an IDX label is one byte
+
+
+def _varint(data: np.ndarray, at: int) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = int(data[at])
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+        at, shift = at + 1, shift + 7

@@ -193,10 +193,6 @@ class Profile:
         return out
 
 
-class ProfileMissingError(Exception):
-    """A unit ingested before profiles existed (or whose profile was removed)."""
-
-
 def load(dataset_uri: str | Path) -> Profile:
     """The profile of an ingested dataset, from its units' stored profiles."""
     folder = Path(dataset_uri)
@@ -205,12 +201,29 @@ def load(dataset_uri: str | Path) -> Profile:
     units = []
     for unit in meta["units"]:  # type: ignore[union-attr]
         path = store / "shards" / unit["id"] / PROFILE_FILE
-        try:
-            with np.load(path) as data:
-                units.append(UnitProfile(unit["id"], unit["split"], data["labels"],
-                                         data["hashes"], data["pixels"]))
-        except FileNotFoundError:
-            raise ProfileMissingError(
-                f"unit {unit['id'][:12]} of {folder.name[:12]} has no profile (ingested by an "
-                "older retrain): ingest the data again") from None
+        if not path.is_file():
+            rebuild(store, unit["id"])
+        with np.load(path) as data:
+            units.append(UnitProfile(unit["id"], unit["split"], data["labels"],
+                                     data["hashes"], data["pixels"]))
     return Profile(str(meta["key"]), str(meta["digest"]), tuple(units))
+
+
+def rebuild(store: Path, unit: str) -> None:
+    """The profile of a unit ingested before profiles existed (a champion's dataset from an
+    older retrain, say), from its shards, written beside them as ingestion would have."""
+    import os
+    import uuid
+
+    from dataset.example import read_labelled_unit
+
+    images, labels = read_labelled_unit(store, unit)
+    profiler = Profiler()
+    for start in range(0, len(images), idx.BATCH):
+        profiler.add(images[start:start + idx.BATCH], labels[start:start + idx.BATCH])
+    folder = store / "shards" / unit
+    done = profiler.unit(unit, "")
+    tmp = folder / f".{PROFILE_FILE}.{uuid.uuid4().hex[:8]}"
+    with tmp.open("wb") as handle:
+        np.savez(handle, labels=done.labels, hashes=done.hashes, pixels=done.pixels)
+    os.replace(tmp, folder / PROFILE_FILE)

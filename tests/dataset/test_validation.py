@@ -3,6 +3,8 @@ data and the real champion, are in tests/workflows/test_data_gate.py)."""
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 
 from dataset import profile, validation
@@ -99,3 +101,28 @@ def test_the_report_is_blocked_only_in_block_mode():
     assert validation.status([block, fine], "block") == "blocked"
     assert validation.status([block, fine], "warn") == "warn"
     assert validation.status([fine], "block") == "pass"
+
+
+def test_a_unit_ingested_before_profiles_gets_one_from_its_shards(tmp_path):
+    """An upgraded store: the champion's dataset has no profile; it is rebuilt as ingestion
+    would have written it (labels outside the classes too)."""
+    from dataset import idx
+    from dataset.fingerprint import fingerprint
+    from dataset.ingest import ingest
+    from dataset.layout import BASE_FILES
+    from tests.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "data", train=300, test=50)
+    labels = idx.read_labels(root / BASE_FILES["train"][1]).copy()
+    labels[:3] = [10, 200, 9]
+    raw = bytes([0, 0, 8, 1]) + len(labels).to_bytes(4, "big") + labels.tobytes()
+    (root / BASE_FILES["train"][1]).write_bytes(gzip.compress(raw))
+    uri = ingest(root, tmp_path / "store", fingerprint(root), dataset_key="k").dataset_uri
+    written = profile.load(uri)
+    for unit in written.units:
+        (tmp_path / "store" / "shards" / unit.unit / profile.PROFILE_FILE).unlink()
+    rebuilt = profile.load(uri)
+    for before, after in zip(written.units, rebuilt.units, strict=True):
+        assert (before.labels == after.labels).all() and (before.hashes == after.hashes).all()
+        assert (before.pixels == after.pixels).all()
+    assert rebuilt.images("train").labels[:3].tolist() == [10, 200, 9]
