@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     validation_leakage_block: float = Field(0.01, ge=0, le=1)
     validation_label_agreement_warn: float = Field(0.15, ge=0, le=1)
     validation_label_agreement_block: float = Field(0.30, ge=0, le=1)
-    validation_min_images: int = Field(200, ge=1)  # fewer new images: agreement not measured
+    validation_min_images: int = Field(100, ge=1)  # fewer new images: agreement not measured
     validation_min_train: int = Field(10, ge=1)
     validation_min_test: int = Field(10, ge=1)
 

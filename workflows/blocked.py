@@ -99,9 +99,8 @@ def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id:
         remember_approved(client, blocked["dataset_uri"])
     try:
         record.approve_blocked(client, blocked["run_id"], approval, status="approved")
-    except ValueError as exc:  # approved meanwhile: this run still trains, as it was asked
-        log.warning("%s", exc)
-        return
+    except ValueError as exc:  # approved meanwhile by another request: that one trains
+        raise ApprovalError(str(exc)) from None
     log.warning("run %s approved by %s%s: trains as %s despite %s", blocked["run_id"],
                 by or "unknown", f" (note: {note!r})" if note else "", run_id,
                 ", ".join(overruled) or "no blocking check")

@@ -103,8 +103,8 @@ def _check_approved(client: redis.Redis, request: RunRequest, digest: str) -> No
             "overruled": overruled, "resumed_as": request.run_id,
             **({"note": said["approval_note"]} if said.get("approval_note") else {})},
             status="approved")
-    except ValueError as exc:  # approved meanwhile, or recorded elsewhere: this run still trains
-        log.warning("%s", exc)
+    except ValueError as exc:  # approved meanwhile by another request: that one trains
+        raise ApprovalError(str(exc)) from None
 
 
 class LocalRunner:
@@ -155,7 +155,7 @@ class LocalRunner:
             verdict = self.validate(request.run_id, entry.dataset_uri, params.validation, rec)
             if verdict == "blocked":
                 return rec.summary
-            if params.models or verdict != "off":  # the first data let through is pinned
+            if verdict in ("pass", "warn"):  # the first data the gate let through is pinned
                 steps.pin_first(self._settings.store_dir, entry.dataset_uri)
             self._train(request.run_id, params, rec, entry.dataset_uri)
         except (RetrainError, OSError) as exc:  # a step's own error, or the file system's
@@ -200,7 +200,8 @@ class LocalRunner:
         started = time.perf_counter()
         with run_lease(self._r, run_id):
             try:
-                self.validate(run_id, str(dataset_uri), "warn", rec)
+                if self.validate(run_id, str(dataset_uri), "warn", rec) == "warn":
+                    steps.pin_first(self._settings.store_dir, str(dataset_uri))
                 self._train(run_id, params, rec, str(dataset_uri))
             except (RetrainError, OSError) as exc:
                 rec.summary.update(status="failed", error=str(exc))

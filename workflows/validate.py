@@ -30,6 +30,7 @@ from dataset import idx, pinned, profile, validation
 from dataset.example import read_unit
 from dataset.store import load_metadata
 from events.payloads import CheckResult
+from repository.digest import model_digest
 from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Inputs:
     pinned_uri: str | None
     champion_uri: str | None
     approved: tuple[str, ...] = ()  # datasets approved since: their images are not new
+    champion_digest: str | None = None  # the champion's files: what memos know it by
 
     def key(self, thresholds: validation.Thresholds) -> str:
         def content(uri: str | None) -> str | None:
@@ -121,7 +123,7 @@ class Inputs:
         # the one check reading it): the run that pins its own data keeps its report
         pinned = sorted(test_units(self.pinned_uri) - test_units(self.dataset_uri))
         material = {"dataset": content(self.dataset_uri), "reference": content(self.reference_uri),
-                    "pinned": pinned, "champion": self.champion_uri,
+                    "pinned": pinned, "champion": self.champion_digest or self.champion_uri,
                     "approved": sorted(str(content(a)) for a in self.approved),
                     "thresholds": asdict(thresholds), "checks": validation.CHECKS_VERSION}
         return blake3(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
@@ -147,7 +149,8 @@ def inputs_for(client: redis.Redis, settings: Settings, dataset_uri: str,
     model = champion.model_uri if champion and Path(champion.model_uri).is_dir() else None
     approved = tuple(a for a in approved_datasets(client)
                      if a != dataset_uri and (Path(a) / "metadata.json").is_file())
-    return Inputs(dataset_uri, reference, _pinned(store), model, approved)
+    digest = model_digest(model) if model else None  # a path can hold another model later
+    return Inputs(dataset_uri, reference, _pinned(store), model, approved, digest)
 
 
 def remember_approved(client: redis.Redis, dataset_uri: str) -> None:
@@ -173,9 +176,12 @@ def _pinned(store: Path) -> str | None:
 def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str) -> Report:
     """Run (or recall) the checks of ``inputs`` and judge them under ``mode``."""
     started = time.perf_counter()
-    if mode == "off":
+    if mode == "off":  # no checks; but no model trains on labels outside the classes
+        summary = profile.load(inputs.dataset_uri).summary()
         digest = str(load_metadata(inputs.dataset_uri)["digest"])
-        return Report("off", mode, digest, None, None)
+        untrainable = _untrainable(summary)
+        return Report("blocked" if untrainable else "off", mode, digest, None, None,
+                      untrainable=untrainable, profile=summary)
     thresholds = validation.Thresholds.of(settings)
     key = inputs.key(thresholds)
     raw = client.get(PREFIX + key)
@@ -218,12 +224,18 @@ def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
         validation.size(new, fresh, reference, limits),
     )
     summary = new.summary()
-    unknown = sum(int(s["unknown_labels"]) for s in summary.values())  # type: ignore[index]
     kept = {"digest": new.digest, "reference": reference.digest if reference else None,
             "pinned": pinned.digest if pinned else None, "profile": summary,
-            "untrainable": (f"{unknown} label(s) outside 0-9 cannot be trained on, whoever "
-                            "approves them: correct the data" if unknown else None)}
+            "untrainable": _untrainable(summary)}
     return kept, checks
+
+
+def _untrainable(summary: dict[str, Any]) -> str | None:
+    """Why no model can train on this data, whatever the mode or approval: labels outside
+    the classes."""
+    unknown = sum(int(s["unknown_labels"]) for s in summary.values())
+    return (f"{unknown} label(s) outside 0-9 cannot be trained on, whoever approves them: "
+            "correct the data") if unknown else None
 
 
 def _label_agreement(client: redis.Redis, inputs: Inputs, new: profile.Profile,
@@ -254,25 +266,29 @@ def _agreement(client: redis.Redis, inputs: Inputs, new: profile.Profile,
             continue
         chosen = np.flatnonzero(mask & (unit.labels < idx.NUM_CLASSES))
         images = read_unit(store, unit.unit)[chosen]
-        np.add.at(counts, (unit.labels[chosen], _predict(inputs.champion_uri, images)), 1)
-    reference = _reference_counts(client, inputs.champion_uri, inputs.reference_uri)
+        np.add.at(counts, (unit.labels[chosen], _predict(inputs.champion_uri, images,
+                                                         inputs.champion_digest)), 1)
+    reference = _reference_counts(client, inputs.champion_uri, inputs.reference_uri,
+                                  inputs.champion_digest)
     return validation.Agreement(counts.tolist(), reference.tolist())
 
 
-def _reference_counts(client: redis.Redis, champion_uri: str, reference_uri: str) -> np.ndarray:
+def _reference_counts(client: redis.Redis, champion_uri: str, reference_uri: str,
+                      digest: str | None) -> np.ndarray:
     """The champion on its reference's test split, remembered in Redis (the same champion
     and reference for every push until the next promotion: one pass each)."""
     key = f"{PREFIX}reference:" + blake3(
-        f"{champion_uri}\n{load_metadata(reference_uri)['key']}".encode()).hexdigest()[:32]
+        f"{digest or champion_uri}\n{load_metadata(reference_uri)['key']}".encode()).hexdigest()[:32]
     raw = client.get(key)
     if raw is not None:
         return np.asarray(json.loads(raw), np.int64)
-    counts = _champion_on_test_split(champion_uri, reference_uri)
+    counts = _champion_on_test_split(champion_uri, reference_uri, digest)
     client.set(key, json.dumps(counts.tolist()), ex=REFERENCE_KEPT)
     return counts
 
 
-def _champion_on_test_split(champion_uri: str, reference_uri: str) -> np.ndarray:
+def _champion_on_test_split(champion_uri: str, reference_uri: str,
+                            digest: str | None) -> np.ndarray:
     ref = profile.load(reference_uri)
     store = Path(reference_uri).parent.parent
     counts = np.zeros((idx.NUM_CLASSES, idx.NUM_CLASSES), np.int64)
@@ -280,20 +296,20 @@ def _champion_on_test_split(champion_uri: str, reference_uri: str) -> np.ndarray
         if unit.split == "test":
             known = np.flatnonzero(unit.labels < idx.NUM_CLASSES)
             images = read_unit(store, unit.unit)[known]
-            np.add.at(counts, (unit.labels[known], _predict(champion_uri, images)), 1)
+            np.add.at(counts, (unit.labels[known], _predict(champion_uri, images, digest)), 1)
     return counts
 
 
-def _predict(model_uri: str, images: np.ndarray) -> np.ndarray:
-    predict = _model(model_uri)
+def _predict(model_uri: str, images: np.ndarray, digest: str | None = None) -> np.ndarray:
+    predict = _model(model_uri, digest)
     out = [predict(images[i:i + 2048].astype(np.float32)) for i in range(0, len(images), 2048)]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 @functools.lru_cache(maxsize=2)
-def _model(model_uri: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The champion's class for each image (loaded once per process; TensorFlow imported
-    here, the first time agreement is measured)."""
+def _model(model_uri: str, digest: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The champion's class for each image (loaded once per process and files' ``digest``;
+    TensorFlow imported here, the first time agreement is measured)."""
     from core.tf_start import configure
 
     configure()

@@ -283,14 +283,13 @@ def validate(
         with open_redis(settings.redis_url, settings.home) as handle:
             client = handle.client
             with cluster_run.WorkflowRun(client, run_id).step("validate") as step:
-                approved = (blocked.approval_for(client, approves, data, dataset_uri)
-                            if approves else None)
+                if approves:  # claimed before validating: a second approval trains nothing
+                    blocked.keep_approval(client, blocked.approval_for(
+                        client, approves, data, dataset_uri), approved_by, run_id, approval_note)
                 report = gate.validate(client, settings,
                                        gate.inputs_for(client, settings, dataset_uri), mode)
-                if report.status != "blocked":  # as the local runner: the first data let through
+                if report.status in ("pass", "warn"):  # the first data the gate let through
                     steps.pin_first(settings.store_dir, dataset_uri)
-                if approved is not None:
-                    blocked.keep_approval(client, approved, approved_by, run_id, approval_note)
                 cluster_run.validated(step, report, dataset_uri)
                 message = (blocked.record_blocked(step, run, report)
                            if report.status == "blocked" else "")
