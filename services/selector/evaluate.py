@@ -23,8 +23,9 @@ def score_of(predicted: np.ndarray, labels: np.ndarray, classes: int = NUM_CLASS
     total = np.bincount(labels, minlength=classes)[:classes]
     right = np.bincount(labels[predicted == labels], minlength=classes)[:classes]
     per_class = tuple(float(r / t) if t else 0.0 for r, t in zip(right, total, strict=True))
+    guessed = np.bincount(predicted, minlength=classes)[:classes]
     return Score(float(right.sum() / max(int(labels.shape[0]), 1)), per_class,
-                 tuple(int(t) for t in total))
+                 tuple(int(t) for t in total), tuple(int(g) for g in guessed))
 
 
 class Evaluator:

@@ -68,6 +68,16 @@ class Score:
     accuracy: float
     per_class: tuple[float, ...] = ()
     counts: tuple[int, ...] = ()  # test images of each class (how much a class's figure is worth)
+    predicted: tuple[int, ...] = ()  # images the model put in each class (its precision)
+
+    def f1(self) -> tuple[float, ...]:
+        """Each class's F1 (recall and precision together), or () without the counts: a
+        model that calls every image a dress has all the dresses' recall and little of
+        their F1."""
+        if not (self.counts and self.predicted and self.per_class):
+            return ()
+        return tuple(2 * r * n / (n + m) if n + m else 0.0
+                     for r, n, m in zip(self.per_class, self.counts, self.predicted, strict=True))
 
 
 @dataclass(frozen=True)
@@ -179,10 +189,14 @@ def _class_drop(policy: ChampionPolicy, figures: Figures) -> GateRule:
         if len(split.candidate.per_class) != len(split.champion.per_class):
             continue
         counts = split.candidate.counts or split.champion.counts
-        for label, (mine, theirs) in enumerate(zip(split.candidate.per_class,
-                                                   split.champion.per_class, strict=True)):
+        # per class F1 where both models' predictions were counted, else recall
+        mine_f1, theirs_f1 = split.candidate.f1(), split.champion.f1()
+        figures = ((mine_f1, theirs_f1) if mine_f1 and theirs_f1 else
+                   (split.candidate.per_class, split.champion.per_class))
+        for label, (mine, theirs) in enumerate(zip(*figures, strict=True)):
             allowed = max(limit, _noise(theirs, counts[label] if label < len(counts) else 0))
-            drops.append((theirs - mine, split.name, label, mine, theirs, allowed))
+            drops.append((theirs - mine, split.name, label, mine, theirs, allowed,
+                          " F1" if figures[0] is mine_f1 else ""))
     if not drops:
         return GateRule(name="class_drop", passed=True, threshold=limit,
                         detail="no per-class scores to compare")
@@ -206,8 +220,8 @@ def _noise(accuracy: float, images: int) -> float:
     return CLASS_DROP_Z * math.sqrt(2 * p * (1 - p) / images)
 
 
-def _class(drop: tuple[float, str, int, float, float, float]) -> str:
-    _loss, split, label, mine, theirs, allowed = drop
+def _class(drop: tuple[float, str, int, float, float, float, str]) -> str:
+    _loss, split, label, mine, theirs, allowed, measure = drop
     name = CLASS_NAMES[label] if label < len(CLASS_NAMES) else str(label)
-    return (f"class {label} {name} on the {split} split {mine:.4f} vs champion {theirs:.4f} "
-            f"({mine - theirs:+.4f}, may lose {allowed:.4f})")
+    return (f"class {label} {name} on the {split} split{measure} {mine:.4f} vs champion "
+            f"{theirs:.4f} ({mine - theirs:+.4f}, may lose {allowed:.4f})")

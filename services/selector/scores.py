@@ -59,7 +59,8 @@ def _remembered(raw: bytes | None) -> Score | None:
     try:
         known = json.loads(raw)
         return Score(float(known["accuracy"]), tuple(float(x) for x in known["per_class"]),
-                     tuple(int(x) for x in known["counts"]))
+                     tuple(int(x) for x in known["counts"]),
+                     tuple(int(x) for x in known["predicted"]))
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -81,7 +82,7 @@ class Scores:
         score = self._evaluator.score(model_uri, dataset_uri)
         if digest is not None:
             record = json.dumps({"accuracy": score.accuracy, "per_class": list(score.per_class),
-                                 "counts": list(score.counts)})
+                                 "counts": list(score.counts), "predicted": list(score.predicted)})
             with self._r.pipeline(transaction=False) as pipe:
                 pipe.hset(self._key, field, record)
                 pipe.expire(self._key, KEEP_SECONDS)

@@ -131,3 +131,18 @@ def test_the_gate_is_configured_from_the_environment(monkeypatch, tmp_path):
         0.01, 0.1, 0.002)
     assert champion_policy(Settings(home=tmp_path, _env_file=None,
                                     promotion_pinned_tolerance=0.005)).pinned_tolerance == 0.005
+
+
+def test_a_champion_that_calls_everything_one_class_does_not_hold_that_class_hostage():
+    """The first model, served unjudged, calls most images dresses: all the dresses' recall,
+    little of their F1. A model that fixes the bias loses dress recall and is still better
+    on dresses by F1: promoted."""
+    counts = (100,) * 10
+    biased = Score(0.30, _classes(0.22, c3=1.0), counts, (20, 20, 20, 820, 20, 20, 20, 20, 20, 20))
+    fixed = Score(0.85, _classes(0.85, c3=0.85), counts, (100,) * 10)
+    verdict = gate(POLICY, _figures((fixed, biased)))
+    assert verdict.promote, verdict.reason
+    assert _rules(verdict)["class_drop"].passed
+    recall_only = gate(POLICY, _figures((Score(0.85, _classes(0.85, c3=0.85), counts),
+                                         Score(0.30, _classes(0.22, c3=1.0), counts))))
+    assert not recall_only.promote  # without the predictions counted: recall, as before
