@@ -20,6 +20,7 @@ from services.selector.backends import LocalBackend
 from services.selector.champion import ChampionStore
 from services.selector.service import Selector
 from tests.conftest import write_dataset
+from tests.services.selector.test_already_judged import Counting
 
 pytestmark = pytest.mark.integration
 
@@ -104,19 +105,6 @@ def _event(result, run_id, dataset_uri, digest):
         run_id=run_id, model_type="cnn", model_uri=result.model_uri, dataset_uri=dataset_uri,
         dataset_digest=digest, val_accuracy=result.val_accuracy, val_loss=result.val_loss,
         seconds=result.seconds), source="retrain/trainer", id=f"{run_id}/cnn/trained")
-
-
-class Counting:
-    """The real evaluator, counting the models it had to load."""
-
-    def __init__(self):
-        from services.selector.evaluate import Evaluator
-
-        self.evaluator, self.loaded = Evaluator(), []
-
-    def score(self, model_uri, dataset_uri):
-        self.loaded.append(model_uri)
-        return self.evaluator.score(model_uri, dataset_uri)
 
 
 def test_a_biased_champion_holds_no_class_hostage_and_a_new_pinned_set_judges_again(

@@ -214,18 +214,20 @@ def keep(client: redis.Redis, run_id: str) -> bool:
 
 
 def update(client: redis.Redis, run_id: str,
-           change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+           change: Callable[[dict[str, Any]], dict[str, Any]], create: bool = True) -> dict[str, Any]:
     """Change a run's stored summary atomically: ``change`` is given the summary (a new one,
-    started now and listed among the runs, when none is stored) and returns the summary to
-    write; done again on the latest summary if another writer changed it meanwhile (the
-    steps of a cluster's workflow, each in a pod of its own, trainings in parallel). Returns
-    what was written."""
+    started now and listed among the runs, when none is stored and ``create``; else
+    ``ValueError``) and returns the summary to write (or raises); done again on the latest
+    summary if another writer changed it meanwhile (the steps of a cluster's workflow, each
+    in a pod of its own, trainings in parallel). Returns what was written."""
     key = _key(run_id)
     while True:
         with client.pipeline() as pipe:
             try:
                 pipe.watch(key)
                 raw = pipe.get(key)
+                if raw is None and not create:
+                    raise ValueError(f"no run {run_id} is recorded (or it is older than 30 days)")
                 now = time.time()
                 summary = json.loads(raw) if raw else {
                     "run_id": run_id, "status": "running", "started_at": now, "steps": [],
@@ -269,24 +271,13 @@ def approve_blocked(client: redis.Redis, run_id: str, approval: dict[str, Any],
     ``approval["resumed_as"]``, trains in its place) and ``approval`` (who, when, the checks
     overruled) is kept in its summary and on the timeline. Returns the summary; raises
     ``ValueError`` saying why the run cannot be approved."""
-    key = _key(run_id)
-    with client.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            raw = pipe.get(key)
-            summary = json.loads(raw) if raw else None
-            if summary is None:
-                raise ValueError(f"no run {run_id} is recorded (or it is older than 30 days)")
-            if summary.get("status") != "blocked":
-                raise ValueError(f"run {run_id} is {summary.get('status')}, not blocked: "
-                                 "only a run the data gate blocked can be approved")
-            summary.update(status=status, approval=approval)
-            summary.pop("error", None)
-            pipe.multi()
-            save(pipe, summary)
-            pipe.execute()
-        except redis.WatchError:
-            raise ValueError(f"run {run_id} changed while it was being approved; "
-                             "look at it again") from None
+    def change(summary: dict[str, Any]) -> dict[str, Any]:
+        if summary.get("status") != "blocked":
+            raise ValueError(f"run {run_id} is {summary.get('status')}, not blocked: "
+                             "only a run the data gate blocked can be approved")
+        return {**{k: v for k, v in summary.items() if k != "error"}, "status": status,
+                "approval": approval}
+
+    summary = update(client, run_id, change, create=False)
     timeline.record(client, "run", "approve", run_id=run_id, by=approval.get("by"))
     return summary
