@@ -18,6 +18,8 @@ Images are always 28x28 uint8 here: ingestion refuses any other shape.
 from __future__ import annotations
 
 import functools
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +108,13 @@ class Profiler:
                            joined(self._pixels, np.zeros((0, BINS), np.uint8)))
 
     def save(self, folder: Path) -> None:
+        """Write the profile into ``folder``, whole or not at all (a hidden name, then a
+        rename: a reader never sees half of one)."""
         done = self.unit(folder.name, "")
-        with (folder / PROFILE_FILE).open("wb") as handle:
+        tmp = folder / f".{PROFILE_FILE}.{uuid.uuid4().hex[:8]}"
+        with tmp.open("wb") as handle:
             np.savez(handle, labels=done.labels, hashes=done.hashes, pixels=done.pixels)
+        os.replace(tmp, folder / PROFILE_FILE)
 
 
 @dataclass(frozen=True)
@@ -212,18 +218,10 @@ def load(dataset_uri: str | Path) -> Profile:
 def rebuild(store: Path, unit: str) -> None:
     """The profile of a unit ingested before profiles existed (a champion's dataset from an
     older retrain, say), from its shards, written beside them as ingestion would have."""
-    import os
-    import uuid
-
     from dataset.example import read_labelled_unit
 
     images, labels = read_labelled_unit(store, unit)
     profiler = Profiler()
     for start in range(0, len(images), idx.BATCH):
         profiler.add(images[start:start + idx.BATCH], labels[start:start + idx.BATCH])
-    folder = store / "shards" / unit
-    done = profiler.unit(unit, "")
-    tmp = folder / f".{PROFILE_FILE}.{uuid.uuid4().hex[:8]}"
-    with tmp.open("wb") as handle:
-        np.savez(handle, labels=done.labels, hashes=done.hashes, pixels=done.pixels)
-    os.replace(tmp, folder / PROFILE_FILE)
+    profiler.save(store / "shards" / unit)

@@ -24,8 +24,7 @@ import redis
 from events.payloads import RunParameters
 from workflows import record
 from workflows.cluster_run import Step
-from workflows.errors import WorkflowError
-from workflows.runner import ApprovalError
+from workflows.errors import ApprovalError, WorkflowError
 from workflows.validate import Report, remember_approved
 
 log = logging.getLogger(__name__)
@@ -47,17 +46,12 @@ class BlockedRun:
     event_id: str | None = None
 
 
-def blocked_message(report: Report) -> str:
-    """Why the data gate stopped a run: every check that did not pass, with what it found."""
-    return report.blocked_message()
-
-
 def record_blocked(step: Step, run: BlockedRun, report: Report) -> str:
     """What the validate step records of a blocked run, as the local runner leaves one: its
     validate step ``blocked``, status ``blocked`` and why, and what ``retrain approve`` sends
     again (the data URI, the parameters), even if the plan step recorded nothing. Returns
     why."""
-    message = blocked_message(report)
+    message = report.blocked_message()
     step.status = "blocked"
     step.detail.update(reason=message)
     step.summary.update(status="blocked", error=message, dataset_uri=run.dataset_uri,
@@ -80,9 +74,6 @@ def approval_for(client: redis.Redis, blocked_run: str, data_uri: str,
         raise ApprovalError(f"the data at {data_uri} changed since run {blocked_run} was "
                             f"approved (it blocked {summary.get('dataset_uri')}, this run's "
                             f"dataset is {dataset_uri}); validate it again")
-    untrainable = (summary.get("validation") or {}).get("untrainable")
-    if untrainable:
-        raise ApprovalError(f"run {blocked_run} cannot be approved: {untrainable}")
     return summary
 
 
@@ -91,16 +82,19 @@ def keep_approval(client: redis.Redis, blocked: dict[str, Any], by: str, run_id:
     """``blocked`` is approved (who, as the cluster authenticated the approval; the name the
     approval gave, ``note``; when; the checks overruled; the run that trains in its place,
     ``run_id``) and ends ``approved``."""
+    untrainable = (blocked.get("validation") or {}).get("untrainable")
+    if untrainable:
+        raise ApprovalError(f"run {blocked['run_id']} cannot be approved: {untrainable}")
     overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
                  if c["status"] == "block"]
     approval = {"by": by or "unknown", "at": time.time(), "overruled": overruled,
                 "resumed_as": run_id, **({"note": note} if note else {})}
-    if blocked.get("dataset_uri"):  # later pushes on top of it are judged on what they add
-        remember_approved(client, blocked["dataset_uri"])
     try:
         record.approve_blocked(client, blocked["run_id"], approval, status="approved")
     except ValueError as exc:  # approved meanwhile by another request: that one trains
         raise ApprovalError(str(exc)) from None
+    if blocked.get("dataset_uri"):  # only once it is approved: later pushes on top of it are
+        remember_approved(client, blocked["dataset_uri"])  # judged on what they add
     log.warning("run %s approved by %s%s: trains as %s despite %s", blocked["run_id"],
                 by or "unknown", f" (note: {note!r})" if note else "", run_id,
                 ", ".join(overruled) or "no blocking check")

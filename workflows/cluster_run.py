@@ -29,7 +29,7 @@ import redis
 
 from core import timeline
 from events.payloads import RunParameters
-from workflows import record
+from workflows import record, steps
 from workflows.record import RunRecorder, RunRequest
 
 if TYPE_CHECKING:  # the wait step's pod has 128 MiB: it imports none of these
@@ -67,13 +67,10 @@ def start(client: redis.Redis, request: RunRequest) -> dict[str, Any]:
 
 
 @dataclass
-class Step:
-    """What a step records: its outcome and details (as ``StepRecord``), and the summary's
+class Step(record.StepRecord):
+    """What a step records: its outcome and details (a ``StepRecord``), and the summary's
     fields it sets (a dict merged into the stored one: ``models``, ``cache``)."""
 
-    name: str
-    status: str = "running"
-    detail: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,22 +85,14 @@ class WorkflowRun:
     def step(self, name: str, *, fatal: bool = True) -> Iterator[Step]:
         """Time the step and record it, as ``RunRecorder.step`` does; a step that raises is
         recorded ``failed`` with the error (and, ``fatal``, so is the run)."""
-        step = Step(name)
-        started, started_at = time.perf_counter(), time.time()
-        try:
-            yield step
-        except BaseException as exc:
-            step.status = "failed"
-            step.detail.setdefault("error", str(exc))
+        def failed(exc: BaseException) -> None:
             if fatal:
                 step.summary.update(status="failed", error=str(exc))
-            raise
-        else:
-            if step.status == "running":
-                step.status = "succeeded"
-        finally:
-            seconds = round(time.perf_counter() - started, 3)
-            self.record(step, seconds, started_at)
+
+        step = Step(name)
+        with record.timed(step, lambda started_at: self.record(step, step.seconds, started_at),
+                          failed):
+            yield step
 
     def record(self, step: Step, seconds: float, started_at: float) -> dict[str, Any]:
         """Append ``step`` to the stored summary with its changes, in one atomic update; the
@@ -185,28 +174,18 @@ def cache_checked(step: Step, check: CacheCheck) -> None:
 def ingested(step: Step, entry: CacheEntry, reason: str, result: IngestResult | None) -> None:
     """The ingest step: ``skipped`` when the dataset was there (a cache hit, or a concurrent
     run's ingestion), every unit then reused; else the units it wrote and those it reused."""
-    step.detail.update(records=entry.records, reason=reason)
+    step.detail.update(steps.ingest_detail(entry, reason, result))
     step.summary["dataset_uri"] = entry.dataset_uri
     if result is None:
         step.status = "skipped"
         step.summary["cache"] = {"hit": True, "reason": reason}
-        from dataset.store import load_metadata
-
-        units = [str(u["id"]) for u in load_metadata(entry.dataset_uri)["units"]]  # type: ignore[attr-defined]
-        step.detail.update(units={"ingested": [], "reused": units})
-    else:
-        step.detail.update(reused_units=result.reused_units, new_units=result.new_units,
-                           units={"ingested": list(result.units_ingested),
-                                  "reused": list(result.units_reused)})
 
 
 def validated(step: Step, report: Report, dataset_uri: str) -> None:
     """The validate step: the verdict, the report kept as ``summary["validation"]``."""
-    step.detail.update(verdict=report.status, reference=report.reference, cached=report.cached,
-                       failed=[f"{c.name}: {c.status}" for c in report.failed()])
+    step.detail.update(report.step_detail())
     step.summary.update(validation=report.to_dict(), dataset_uri=dataset_uri)
-    if report.status == "off":
-        step.status = "skipped"
+    step.status = report.step_status() or step.status
 
 
 def training(model: str) -> Step:

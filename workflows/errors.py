@@ -7,3 +7,9 @@ from core.errors import RetrainError
 
 class WorkflowError(RetrainError):
     """Base of every workflow failure."""
+
+
+class ApprovalError(RetrainError):
+    """A run that cannot be approved: unknown, not blocked, or its dataset is gone."""
+
+    exit_code = 1

@@ -132,18 +132,8 @@ class RunRecorder:
     @contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:
         record = StepRecord(name)
-        started, started_at = time.perf_counter(), time.time()
-        try:
-            yield record
-        except BaseException as exc:
-            record.status = "failed"
-            record.detail.setdefault("error", str(exc))
-            raise
-        else:
-            if record.status == "running":
-                record.status = "succeeded"
-        finally:
-            record.seconds = round(time.perf_counter() - started, 3)
+
+        def ended(started_at: float) -> None:
             self.summary["steps"].append(
                 {"name": name, "status": record.status, "seconds": record.seconds,
                  "started_at": round(started_at, 3), "ended_at": round(time.time(), 3),
@@ -151,6 +141,32 @@ class RunRecorder:
             self.save()
             timeline.record(self._r, "step", name, status=record.status, seconds=record.seconds,
                             run_id=self.summary["run_id"], **record.detail)
+
+        with timed(record, ended):
+            yield record
+
+
+@contextmanager
+def timed(step: StepRecord, ended: Callable[[float], None],
+          failed: Callable[[BaseException], None] | None = None) -> Iterator[StepRecord]:
+    """Time ``step`` and settle its status (``failed`` with the error when the body raises,
+    else ``succeeded`` unless the body set another); ``ended`` is then given when it started
+    (the recorders write the step there), ``failed`` the error first."""
+    started, started_at = time.perf_counter(), time.time()
+    try:
+        yield step
+    except BaseException as exc:
+        step.status = "failed"
+        step.detail.setdefault("error", str(exc))
+        if failed is not None:
+            failed(exc)
+        raise
+    else:
+        if step.status == "running":
+            step.status = "succeeded"
+    finally:
+        step.seconds = round(time.perf_counter() - started, 3)
+        ended(started_at)
 
 
 # the record's writes and reads, for whoever needs them -------------------------------------

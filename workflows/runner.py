@@ -23,7 +23,7 @@ from dataset.cache import CacheEntry, ingestion_cache
 from dataset.errors import DatasetValidationError
 from dataset.fingerprint import Fingerprint
 from dataset.ingest import IngestResult
-from dataset.store import load_metadata, verify
+from dataset.store import verify
 from events import Event, EventType, make_event
 from events.payloads import (
     DatasetRejected,
@@ -33,6 +33,8 @@ from events.payloads import (
     RunParameters,
 )
 from workflows import steps, validate
+from workflows.blocked import keep_approval
+from workflows.errors import ApprovalError
 from workflows.record import RunRecorder, RunRequest, new_run_id
 
 __all__ = ["ApprovalError", "LocalRunner", "RunRequest", "new_run_id"]  # RunRequest: where callers look for it
@@ -40,12 +42,6 @@ __all__ = ["ApprovalError", "LocalRunner", "RunRequest", "new_run_id"]  # RunReq
 log = logging.getLogger(__name__)
 SOURCE = "retrain/runner"
 Emit = Callable[[Event], None]
-
-
-class ApprovalError(RetrainError):
-    """A run that cannot be approved: unknown, not blocked, or its dataset is gone."""
-
-    exit_code = 1
 
 
 def ingestion_skipped(run_id: str, digest: str, entry: CacheEntry, reason: str) -> Event:
@@ -92,19 +88,11 @@ def _check_approved(client: redis.Redis, request: RunRequest, digest: str) -> No
         raise ApprovalError(f"the data at {request.data_uri} changed since run {said['approves']} "
                             f"was approved (digest {digest[:12]}…, approved {approved[:12]}…); "
                             "validate it again")
-    blocked = record.get(client, said["approves"]) or {}
-    if blocked.get("dataset_uri"):
-        validate.remember_approved(client, blocked["dataset_uri"])
-    overruled = [c["name"] for c in (blocked.get("validation") or {}).get("checks", [])
-                 if c["status"] == "block"]
-    try:
-        record.approve_blocked(client, said["approves"], {
-            "by": said.get("approved_by") or "unknown", "at": time.time(),
-            "overruled": overruled, "resumed_as": request.run_id,
-            **({"note": said["approval_note"]} if said.get("approval_note") else {})},
-            status="approved")
-    except ValueError as exc:  # approved meanwhile by another request: that one trains
-        raise ApprovalError(str(exc)) from None
+    blocked = record.get(client, said["approves"])
+    if blocked is None:
+        raise ApprovalError(f"run {said['approves']} cannot be approved: it is not recorded")
+    keep_approval(client, blocked, said.get("approved_by") or "", request.run_id,
+                  said.get("approval_note") or "")
 
 
 class LocalRunner:
@@ -219,11 +207,8 @@ class LocalRunner:
         with rec.step("validate") as step:
             inputs = validate.inputs_for(self._r, self._settings, dataset_uri)
             report = validate.validate(self._r, self._settings, inputs, mode)
-            step.detail.update(verdict=report.status, reference=report.reference,
-                               cached=report.cached, reason=report.line(),
-                               failed=[f"{c.name}: {c.status}" for c in report.failed()])
-            if report.status in ("off", "blocked"):
-                step.status = "skipped" if report.status == "off" else "blocked"
+            step.detail.update(report.step_detail())
+            step.status = report.step_status() or step.status
         rec.summary["validation"] = report.to_dict()
         if report.status == "blocked":
             rec.summary["status"] = "blocked"
@@ -256,16 +241,10 @@ class LocalRunner:
                     self._emit(ingestion_failed(request.run_id, request.data_uri, exc))
                     raise
                 entry, reason, result = outcome.entry, outcome.reason, outcome.result
-            step.detail.update(records=entry.records, reason=reason)
+            step.detail.update(steps.ingest_detail(entry, reason, result))
             if result is None:  # a cache hit, or a concurrent run with the same key ingested it
                 step.status = "skipped"
                 rec.summary["cache"].update(hit=True, reason=reason)
-                units = [str(u["id"]) for u in load_metadata(entry.dataset_uri)["units"]]  # type: ignore[union-attr]
-                step.detail.update(units={"ingested": [], "reused": units})
-            else:
-                step.detail.update(reused_units=result.reused_units, new_units=result.new_units,
-                                   units={"ingested": list(result.units_ingested),
-                                          "reused": list(result.units_reused)})
         if result is None:
             event = ingestion_skipped(request.run_id, fp.digest, entry, reason)
         else:

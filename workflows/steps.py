@@ -15,7 +15,7 @@ from dataset import ingest as ingestion
 from dataset.cache import CacheEntry, Decision, cache_key, decide
 from dataset.fingerprint import Fingerprint, StatCache, fingerprint
 from dataset.layout import IdxPair, discover, resolve_root
-from dataset.store import clean_temporaries, verify
+from dataset.store import clean_temporaries, load_metadata, verify
 from workflows.errors import WorkflowError
 
 __all__ = ["resolve_root"]  # re-exported: the runner's and the step commands' first call
@@ -144,3 +144,19 @@ def pin_first(store: Path, dataset_uri: str) -> None:
     from dataset import pinned
 
     pinned.pin_first(store, dataset_uri)
+
+
+def ingest_detail(entry: CacheEntry, reason: str,
+                  result: ingestion.IngestResult | None) -> dict[str, object]:
+    """What an ingest step records (the local runner's and a cluster's alike): the records,
+    why, and which units it wrote and which it reused; with no ``result`` (a cache hit, or a
+    concurrent run's ingestion) every unit was reused."""
+    detail: dict[str, object] = {"records": entry.records, "reason": reason}
+    if result is None:
+        units = [str(u["id"]) for u in load_metadata(entry.dataset_uri)["units"]]  # type: ignore[union-attr]
+        detail["units"] = {"ingested": [], "reused": units}
+    else:
+        detail.update(reused_units=result.reused_units, new_units=result.new_units,
+                      units={"ingested": list(result.units_ingested),
+                             "reused": list(result.units_reused)})
+    return detail

@@ -75,6 +75,15 @@ class Report:
             f"{c.name} {c.status} ({c.detail})" for c in self.failed()]
         return "the data gate blocked the run: " + "; ".join(reasons)
 
+    def step_detail(self) -> dict[str, Any]:
+        """What a run's validate step records of the report (locally and on a cluster)."""
+        return {"verdict": self.status, "reference": self.reference, "cached": self.cached,
+                "reason": self.line(), "failed": [f"{c.name}: {c.status}" for c in self.failed()]}
+
+    def step_status(self) -> str | None:
+        """The validate step's own status when it is not plainly ``succeeded``."""
+        return {"off": "skipped", "blocked": "blocked"}.get(self.status)
+
     def line(self) -> str:
         """One line: the status and every check that did not pass, with its figures."""
         failed = self.failed()
@@ -208,10 +217,17 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
 
 def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
              ) -> tuple[dict[str, Any], tuple[CheckResult, ...]]:
-    new = profile.load(inputs.dataset_uri)
-    reference = profile.load(inputs.reference_uri) if inputs.reference_uri else None
-    pinned = profile.load(inputs.pinned_uri) if inputs.pinned_uri else None
-    known = ([reference] if reference else []) + [profile.load(a) for a in inputs.approved]
+    loaded: dict[str, profile.Profile] = {}  # the pinned set is often the reference, or this
+
+    def load(uri: str | None) -> profile.Profile | None:
+        if uri is not None and uri not in loaded:
+            loaded[uri] = profile.load(uri)
+        return loaded.get(uri) if uri else None
+
+    new = load(inputs.dataset_uri)
+    assert new is not None
+    reference, pinned = load(inputs.reference_uri), load(inputs.pinned_uri)
+    known = ([reference] if reference else []) + [p for p in map(load, inputs.approved) if p]
     fresh = validation.new_images(new, known)
     n_new = int(sum(mask.sum() for mask in fresh.values()))
     checks = (

@@ -7,8 +7,9 @@ The promotion gate has three rules, each reported with its figures whether it pa
 - ``pinned_tolerance``: not worse than the champion on the pinned evaluation set by more than
   ``pinned_tolerance``, so a push that rewrites the test split cannot make a worse model look
   better. ``value`` is the loss (negative: a gain).
-- ``class_drop``: no class loses more than ``max_class_drop`` accuracy (recall of that true
-  class) on either split. ``value`` is the largest loss of any class.
+- ``class_drop``: no class loses more than ``max_class_drop`` of its F1 (its recall where
+  the models' predictions were not counted), or more than chance allows on that class's
+  images (``CLASS_DROP_Z`` standard errors), on either split. ``value`` is the largest loss.
 """
 
 from __future__ import annotations
@@ -191,12 +192,12 @@ def _class_drop(policy: ChampionPolicy, figures: Figures) -> GateRule:
         counts = split.candidate.counts or split.champion.counts
         # per class F1 where both models' predictions were counted, else recall
         mine_f1, theirs_f1 = split.candidate.f1(), split.champion.f1()
-        figures = ((mine_f1, theirs_f1) if mine_f1 and theirs_f1 else
-                   (split.candidate.per_class, split.champion.per_class))
-        for label, (mine, theirs) in enumerate(zip(*figures, strict=True)):
+        pair = ((mine_f1, theirs_f1) if mine_f1 and theirs_f1 else
+                (split.candidate.per_class, split.champion.per_class))
+        for label, (mine, theirs) in enumerate(zip(*pair, strict=True)):
             allowed = max(limit, _noise(theirs, counts[label] if label < len(counts) else 0))
             drops.append((theirs - mine, split.name, label, mine, theirs, allowed,
-                          " F1" if figures[0] is mine_f1 else ""))
+                          " F1" if pair[0] is mine_f1 else ""))
     if not drops:
         return GateRule(name="class_drop", passed=True, threshold=limit,
                         detail="no per-class scores to compare")

@@ -237,31 +237,37 @@ class Selector:
         it commits the promotion (False: publishing failed, the champion was kept), or None
         when the champion changed meanwhile (nothing changed; judge again)."""
         staged = self._backend.stage(trained.model_uri, self._backend.next_version())
-        new = Champion(
-            version=staged.version,
-            model_uri=staged.location,
-            model_type=trained.model_type,
-            accuracy=figures.new.candidate.accuracy,
-            dataset_digest=trained.dataset_digest,
-            dataset_uri=trained.dataset_uri,
-            run_id=trained.run_id,
-            generation=(champion.generation if champion else 0) + 1,
-        )
+        new = Champion(version=staged.version, model_uri=staged.location,
+                       model_type=trained.model_type, accuracy=figures.new.candidate.accuracy,
+                       dataset_digest=trained.dataset_digest, dataset_uri=trained.dataset_uri,
+                       run_id=trained.run_id,
+                       generation=(champion.generation if champion else 0) + 1)
         decision = promoted(trained, champion, note + verdict.reason, staged.version, figures,
                             verdict.rules)
-        self._store.begin(promotion_intent(staged, new, champion, decision))  # then the CAS
-        if not self._store.replace(champion.generation if champion else 0, new):
+        installed = self._install(staged, new, champion, decision)
+        if installed is False:
+            return None
+        if isinstance(installed, Exception):
+            return rejected(trained, champion, f"{note}promotion failed, champion kept: "
+                            f"{installed}", figures, verdict.rules), False
+        return decision, True
+
+    def _install(self, staged: Staged, new: Champion, previous: Champion | None,
+                 decision: Event) -> bool | Exception:
+        """Intent, compare-and-set, publish: True once published (the caller ends it), False
+        when the champion changed (staged model discarded), or what publishing raised."""
+        self._store.begin(promotion_intent(staged, new, previous, decision))  # then the CAS
+        if not self._store.replace(previous.generation if previous else 0, new):
             self._store.end()
             self._backend.discard(staged)
-            return None
+            return False
         try:
             self._backend.publish(staged)
         except Exception as exc:
-            self._revert(new, champion)
+            self._revert(new, previous)
             self._store.end()
-            return rejected(trained, champion, f"{note}promotion failed, champion kept: {exc}",
-                            figures, verdict.rules), False
-        return decision, True
+            return exc
+        return True
 
     def _serve_first(self, trained: ModelTrained, note: str) -> Event | None:
         staged = self._backend.stage(trained.model_uri, self._backend.next_version())
@@ -269,20 +275,14 @@ class Selector:
                        model_type=trained.model_type, accuracy=None,
                        dataset_digest=trained.dataset_digest, dataset_uri=trained.dataset_uri,
                        run_id=trained.run_id, generation=1)
-        self._store.begin(promotion_intent(staged, new, None, promoted(
+        installed = self._install(staged, new, None, promoted(
             trained, None, f"{note}first model: served at once, no champion to compare with; "
-            "the selector stopped before scoring it", staged.version)))
-        if not self._store.replace(0, new):
-            self._store.end()
-            self._backend.discard(staged)
+            "the selector stopped before scoring it", staged.version))
+        if installed is False:
             return None
-        try:
-            self._backend.publish(staged)
-        except Exception as exc:
-            self._revert(new, None)
-            self._store.end()
+        if isinstance(installed, Exception):
             figures = measure(self._evaluator, trained, None, pinned_for(trained))
-            return rejected(trained, None, f"{note}promotion failed, no champion: {exc}",
+            return rejected(trained, None, f"{note}promotion failed, no champion: {installed}",
                             figures, gate(self._policy, figures).rules)
         self._store.end()  # published: the promotion is done; its decision follows the score
         try:  # scored while the server loads it

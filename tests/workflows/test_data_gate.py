@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +356,17 @@ def test_a_later_push_is_not_blocked_again_for_what_was_approved(
     later, _, _ = _run(settings, redis_handle, root, models=())
     assert later["status"] == "succeeded", later["validation"]
     assert later["validation"]["status"] != "blocked"
+
+
+def test_an_approval_that_loses_leaves_nothing_approved(r):
+    """A run approved meanwhile (or never blocked): the approval is refused and its data is
+    not counted as known by later validations."""
+    from workflows import record, validate
+    from workflows.blocked import keep_approval
+    from workflows.runner import ApprovalError
+
+    record.save(r, {"run_id": "run-1", "status": "approved", "dataset_uri": "/s/datasets/k"},
+                time.time())
+    with pytest.raises(ApprovalError, match="approved, not blocked"):
+        keep_approval(r, record.get(r, "run-1"), "key:abc", "run-2")
+    assert validate.approved_datasets(r) == []
