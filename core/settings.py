@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     serve_compile_after: int = Field(200, ge=0)
     # images accepted and not yet answered; past it a request is answered 503 + Retry-After
     serve_max_queued: int = Field(4096, ge=1)
+    # per-version live statistics on /metrics (what the guard judges a new version by)
+    serve_version_stats: bool = True
 
     # the data gate (retrain validate): each check warns past its _warn and blocks past its
     # _block threshold. class_balance: the largest change of a class's share of a split;
@@ -97,6 +99,30 @@ class Settings(BaseSettings):
     # a point), and lose no more than MAX_CLASS_DROP on any class of either split
     promotion_pinned_tolerance: float = Field(0.005, ge=0, le=1)
     promotion_max_class_drop: float = Field(0.03, ge=0, le=1)
+
+    # selector: the live guard. After each promotion it watches the new version serve for a
+    # window (WINDOW_REQUESTS answers or WINDOW_SECONDS, whichever comes first) and rolls it
+    # back when, against the previous version's last window on the same server, its error
+    # rate rose by more than MAX_ERROR_RATE_INCREASE (0.01 = one point), its p99 latency by
+    # more than MAX_P99_RATIO (and above P99_FLOOR_MS), or its predicted classes moved further
+    # than MAX_CLASS_DISTANCE (Jensen-Shannon distance); or at once, after CONSECUTIVE_ERRORS
+    # errors in a row. Latency and classes are judged on MIN_REQUESTS answers or more.
+    # METRICS_URL: the model server's /metrics (unset: this machine's serve port).
+    guard: bool = True
+    guard_window_requests: int = Field(500, ge=1)
+    guard_window_seconds: float = Field(900.0, gt=0)
+    guard_max_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    guard_max_p99_ratio: float = Field(2.0, ge=1)
+    guard_p99_floor_ms: float = Field(20.0, ge=0)
+    guard_max_class_distance: float = Field(0.15, ge=0, le=1)
+    guard_consecutive_errors: int = Field(5, ge=1)
+    guard_min_requests: int = Field(50, ge=1)
+    guard_poll_seconds: float = Field(0.25, gt=0)
+    guard_metrics_url: str | None = None
+    # runs whose data adds less than this train nothing (status deferred) until the changes
+    # add up: a count of new images ("600") or a share of the champion's training set ("1%");
+    # "0": every change trains. A manual event or --force trains regardless.
+    min_change: str = Field("0", pattern=r"^(\d+|\d+(\.\d+)?%)$")
 
     # selector: the champion policy (a round closes after QUORUM models or DEADLINE seconds)
     min_improvement: float = Field(0.0, ge=0, lt=1)

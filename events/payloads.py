@@ -224,6 +224,38 @@ class ModelRejected(Decision):
     pass
 
 
+class LiveFigures(BaseModel):
+    """One served version's figures over a window of live traffic, as the guard read them
+    from the model server's per-version statistics."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int
+    requests: int
+    errors: int  # answers with a 5xx status
+    error_rate: float
+    p99_seconds: float | None = None
+    classes: tuple[int, ...] = ()  # answers predicting each class, by class index
+    seconds: float = 0.0  # how long the window lasted
+
+
+class ModelRolledBack(Payload):
+    """The guard took a promoted version back after watching it serve: ``rule`` is the first
+    rule it broke, ``rules`` every rule with its figures, ``window`` the version's live
+    figures and ``baseline`` the previous version's last window on the same server."""
+
+    version: int  # the version taken back
+    model_digest: str  # its files' digest: refused if it arrives again, until approved
+    run_id: str | None = None  # the run whose model it was
+    model_type: str | None = None
+    restored_version: int  # the version number the previous model now serves as
+    previous_version: int  # the version whose model serves again
+    rule: str  # consecutive_errors, error_rate, p99_latency or class_distribution
+    reason: str
+    rules: tuple[GateRule, ...] = ()
+    window: LiveFigures | None = None
+    baseline: LiveFigures | None = None
+
+
 PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.DATASET_UPDATED: DatasetUpdated,
     EventType.TRAINING_REQUESTED: TrainingRequested,
@@ -236,4 +268,5 @@ PAYLOADS: dict[EventType, type[Payload]] = {
     EventType.TRAINING_FAILED: TrainingFailed,
     EventType.MODEL_PROMOTED: ModelPromoted,
     EventType.MODEL_REJECTED: ModelRejected,
+    EventType.MODEL_ROLLEDBACK: ModelRolledBack,
 }

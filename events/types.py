@@ -19,6 +19,7 @@ class EventType(StrEnum):
     TRAINING_FAILED = "dev.retrain.training.failed"
     MODEL_PROMOTED = "dev.retrain.model.promoted"
     MODEL_REJECTED = "dev.retrain.model.rejected"
+    MODEL_ROLLEDBACK = "dev.retrain.model.rolledback"  # the live guard took a version back
 
     @property
     def short(self) -> str:
