@@ -22,6 +22,9 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     subject: str | None = None
+    # CloudEvents extension attributes (lower-case alphanumeric names), such as ``replayof``:
+    # the id of the event a replay sends again
+    extensions: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -36,11 +39,12 @@ def make_event(
     source: str,
     id: str | None = None,
     subject: str | None = None,
+    extensions: dict[str, str] | None = None,
 ) -> Event:
     """Build an event, validating ``data`` against the payload model of its type."""
     etype = event_type if isinstance(event_type, EventType) else EventType.parse(event_type)
     payload = parse_payload(etype, data)
-    kwargs: dict[str, Any] = {"subject": subject}
+    kwargs: dict[str, Any] = {"subject": subject, "extensions": dict(extensions or {})}
     if id is not None:
         kwargs["id"] = id
     return Event(type=etype, source=source, data=payload, **kwargs)

@@ -38,6 +38,8 @@ class RunParameters(BaseModel):
     # the data gate: block (a failed check stops the run before any training), warn (the
     # run trains and the report keeps the failures), off (no checks)
     validation: Literal["block", "warn", "off"] = "block"
+    # TensorFlow's op determinism (slower): a training that `retrain reproduce` can match
+    deterministic: bool = False
 
     @field_validator("models")
     @classmethod
@@ -171,6 +173,8 @@ class ModelTrained(Payload):
     round_size: int | None = Field(None, ge=1)
     cached: bool = False  # a training-cache hit: the model an identical training made earlier
     weights_digest: str = ""  # of the weights' values: the selector judges each once per champion
+    seed: int | None = None  # the training's random seed (its lineage: what reproduces it)
+    deterministic: bool = False  # trained with TensorFlow's op determinism
 
 
 class TrainingFailed(Payload):

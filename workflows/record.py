@@ -76,6 +76,8 @@ class RunRequest:
         params = data.parameters or defaults or RunParameters()
         said: dict[str, Any] = {"id": event.id, "type": event.type.value, "source": event.source,
                                 "time": event.time}
+        if event.extensions.get("replayof"):  # sent again by `retrain replay`
+            said["replayof"] = event.extensions["replayof"]
         if isinstance(data, DatasetUpdated):
             said.update(data.model_dump(mode="json", include={"digest", "previous_digest",
                                                               "files", "origin", "trigger"}))
