@@ -13,3 +13,7 @@ class EvaluationError(SelectorError):
 
 class NothingToRollBackError(SelectorError):
     pass
+
+
+class LiveMetricsError(SelectorError):
+    """The model server's metrics could not be read (unreachable, or not Prometheus text)."""

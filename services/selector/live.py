@@ -1,0 +1,179 @@
+"""The guard's reading of the model server's per-version statistics (``GET /metrics``).
+
+The server counts, per served version, every answer by status code, a latency histogram,
+the answers predicting each class and the longest run of 5xx answers in a row. ``VersionStats``
+holds one version's counters, cumulative or a window's difference; ``parse_metrics`` reads them
+from Prometheus text; a ``MetricsSource`` yields ``Snapshot``\\ s of every version at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import httpx
+
+from services.selector.errors import LiveMetricsError
+
+REQUESTS = "retrain_serving_version_requests_total"
+LATENCY_BUCKET = "retrain_serving_version_latency_seconds_bucket"
+CLASSES = "retrain_serving_predicted_class_total"
+STREAK = "retrain_serving_version_longest_error_streak"
+
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """One version's counters: cumulative since the server started, or a window's delta."""
+
+    requests: float = 0.0  # every answer
+    errors: float = 0.0  # answers with a 5xx status
+    latency: Mapping[float, float] = field(default_factory=dict)  # cumulative buckets: le -> count
+    classes: Mapping[int, float] = field(default_factory=dict)  # predicted class -> answers
+    longest_error_streak: float = 0.0
+
+    def minus(self, earlier: VersionStats) -> VersionStats:
+        """What happened since ``earlier``: counters subtracted, the streak kept. Counters
+        lower than ``earlier``'s mean the server restarted: then everything counted is new."""
+        if self.requests < earlier.requests:
+            return self
+        return VersionStats(
+            requests=self.requests - earlier.requests,
+            errors=max(0.0, self.errors - earlier.errors),
+            latency=_subtract(self.latency, earlier.latency),
+            classes=_subtract(self.classes, earlier.classes),
+            longest_error_streak=self.longest_error_streak,
+        )
+
+    def plus(self, other: VersionStats) -> VersionStats:
+        """Two servers' counters summed (pods of one revision): the streak is the longer."""
+        return VersionStats(
+            requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            latency=_add(self.latency, other.latency),
+            classes=_add(self.classes, other.classes),
+            longest_error_streak=max(self.longest_error_streak, other.longest_error_streak),
+        )
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p99_seconds(self) -> float | None:
+        """The upper bound of the bucket holding the 99th percentile answer (a conservative
+        p99); one past the last finite bucket reads as that bucket's bound. None: no answers."""
+        total = self.latency.get(math.inf, 0.0)
+        if total <= 0:
+            return None
+        finite = sorted(b for b in self.latency if b != math.inf)
+        for bound in finite:
+            if self.latency[bound] >= 0.99 * total:
+                return bound
+        return finite[-1] if finite else None
+
+    @property
+    def answers(self) -> float:
+        """Answers whose predicted class was counted (successful images)."""
+        return sum(self.classes.values())
+
+
+def _subtract(a: Mapping[K, float], b: Mapping[K, float]) -> dict[K, float]:
+    return {k: max(0.0, v - b.get(k, 0.0)) for k, v in a.items()}
+
+
+def _add(a: Mapping[K, float], b: Mapping[K, float]) -> dict[K, float]:
+    return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in {*a, *b}}
+
+
+@dataclass
+class _Counts:
+    requests: float = 0.0
+    errors: float = 0.0
+    latency: dict[float, float] = field(default_factory=dict)
+    classes: dict[int, float] = field(default_factory=dict)
+    streak: float = 0.0
+
+    def frozen(self) -> VersionStats:
+        return VersionStats(self.requests, self.errors, dict(self.latency), dict(self.classes),
+                            self.streak)
+
+
+def parse_metrics(text: str) -> dict[int, VersionStats]:
+    """Every version's counters in a Prometheus text exposition; other metrics are ignored.
+    Raises ``LiveMetricsError`` on text that is not Prometheus."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[int, _Counts] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in (REQUESTS, LATENCY_BUCKET, CLASSES, STREAK):
+                    version = int(sample.labels["version"])
+                    _count(counts.setdefault(version, _Counts()), sample.name, sample.labels,
+                           sample.value)
+    except (ValueError, KeyError) as exc:
+        raise LiveMetricsError(f"not the model server's Prometheus metrics: {exc}") from None
+    return {version: c.frozen() for version, c in sorted(counts.items())}
+
+
+def _count(c: _Counts, name: str, labels: Mapping[str, str], value: float) -> None:
+    if name == REQUESTS:
+        c.requests += value
+        if labels.get("code", "").startswith("5"):
+            c.errors += value
+    elif name == LATENCY_BUCKET:
+        bound = float(labels["le"])  # "+Inf" parses to infinity
+        c.latency[bound] = c.latency.get(bound, 0.0) + value
+    elif name == CLASSES:
+        label = int(labels["class"])
+        c.classes[label] = c.classes.get(label, 0.0) + value
+    else:
+        c.streak = max(c.streak, value)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every version's counters as read at ``at`` (the source's clock, seconds)."""
+
+    at: float
+    versions: Mapping[int, VersionStats]
+
+    def of(self, version: int) -> VersionStats:
+        return self.versions.get(version, VersionStats())
+
+
+class MetricsSource(Protocol):
+    def scrape(self) -> Snapshot:
+        """Every version's counters now; raises ``LiveMetricsError`` when they cannot be read."""
+        ...
+
+
+class UrlSource:
+    """One model server's ``/metrics``."""
+
+    def __init__(self, url: str, timeout: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._clock = clock
+
+    def scrape(self) -> Snapshot:
+        try:
+            response = httpx.get(self.url, timeout=self._timeout)
+        except httpx.HTTPError as exc:
+            raise LiveMetricsError(f"cannot read {self.url}: {exc or type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise LiveMetricsError(f"{self.url} answered {response.status_code}")
+        try:
+            versions = parse_metrics(response.text)
+        except LiveMetricsError as exc:
+            raise LiveMetricsError(f"{self.url}: {exc}") from None
+        return Snapshot(self._clock(), versions)
+
+    def __repr__(self) -> str:
+        return f"UrlSource({self.url!r})"

@@ -1,0 +1,147 @@
+"""The guard reads each version's counters from the model server's Prometheus text, as
+prometheus_client writes it; windows subtract, pods add."""
+
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from services.selector.errors import LiveMetricsError
+from services.selector.live import Snapshot, UrlSource, VersionStats, parse_metrics
+
+BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+           0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10)
+
+
+class Server:
+    """The contract's metrics in a registry of their own, as the model server keeps them."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("retrain_serving_version_requests", "Answers",
+                                ["version", "code"], registry=self.registry)
+        self.latency = Histogram("retrain_serving_version_latency_seconds", "Latency",
+                                 ["version"], buckets=BUCKETS, registry=self.registry)
+        self.classes = Counter("retrain_serving_predicted_class", "Predicted classes",
+                               ["version", "class"], registry=self.registry)
+        self.streak = Gauge("retrain_serving_version_longest_error_streak", "Streak",
+                            ["version"], registry=self.registry)
+        # what else the server exposes, which the guard must ignore
+        Counter("retrain_serving_requests", "Requests", ["protocol", "code"],
+                registry=self.registry).labels("v1", "200").inc(7)
+
+    def answer(self, version, code=200, seconds=0.004, label=None):
+        self.requests.labels(str(version), str(code)).inc()
+        self.latency.labels(str(version)).observe(seconds)
+        if label is not None:
+            self.classes.labels(str(version), str(label)).inc()
+
+    def text(self):
+        return generate_latest(self.registry).decode()
+
+
+def test_each_versions_counters_are_read_from_prometheus_text():
+    server = Server()
+    for i in range(98):
+        server.answer(3, label=i % 10)
+    server.answer(3, code=500, seconds=0.2)
+    server.answer(3, code=503, seconds=0.2)
+    server.answer(4, code=429)
+    server.streak.labels("3").set(2)
+    stats = parse_metrics(server.text())
+    assert set(stats) == {3, 4}
+    three = stats[3]
+    assert (three.requests, three.errors, three.longest_error_streak) == (100, 2, 2)
+    assert three.error_rate == 0.02
+    assert three.classes == {k: (10 if k < 8 else 9) for k in range(10)}
+    assert three.latency[0.005] == 98 and three.latency[math.inf] == 100
+    assert three.p99_seconds == 0.2  # the 99th answer of 100 is one of the slow ones
+    assert (stats[4].requests, stats[4].errors, stats[4].classes) == (1, 0, {})
+
+
+def test_a_window_subtracts_counters_and_keeps_the_streak():
+    server = Server()
+    for _ in range(10):
+        server.answer(3, label=1)
+    before = parse_metrics(server.text())[3]
+    for _ in range(5):
+        server.answer(3, label=2, seconds=0.03)
+    server.answer(3, code=500)
+    server.streak.labels("3").set(1)
+    window = parse_metrics(server.text())[3].minus(before)
+    assert (window.requests, window.errors, window.longest_error_streak) == (6, 1, 1)
+    assert window.classes == {1: 0, 2: 5}
+    assert window.latency[0.03] == 6 and window.latency[0.02] == 1
+    assert window.p99_seconds == 0.03
+
+
+def test_counters_that_went_down_mean_a_restarted_server_whose_counts_are_all_new():
+    later = VersionStats(requests=4, errors=1, latency={math.inf: 4}, classes={0: 3})
+    earlier = VersionStats(requests=90, errors=0, latency={math.inf: 90}, classes={0: 90})
+    assert later.minus(earlier) == later
+
+
+def test_pods_add_up_and_the_longest_streak_is_the_longer():
+    a = VersionStats(10, 1, {0.01: 9, math.inf: 10}, {0: 6, 1: 4}, longest_error_streak=1)
+    b = VersionStats(20, 3, {0.01: 20, math.inf: 20}, {1: 17}, longest_error_streak=3)
+    total = a.plus(b)
+    assert (total.requests, total.errors, total.longest_error_streak) == (30, 4, 3)
+    assert total.latency == {0.01: 29, math.inf: 30}
+    assert total.classes == {0: 6, 1: 21}
+
+
+def test_a_p99_past_the_last_bucket_reads_as_that_bucket_and_none_without_answers():
+    assert VersionStats(latency={10.0: 0, math.inf: 5}).p99_seconds == 10.0
+    assert VersionStats().p99_seconds is None
+
+
+@pytest.mark.parametrize("text", ["hello world", "<html><body>Not Found</body></html>",
+                                  'retrain_serving_version_requests_total{code="200"} 3\n'])
+def test_text_that_is_not_the_servers_metrics_is_refused(text):
+    with pytest.raises(LiveMetricsError, match="not the model server's Prometheus metrics"):
+        parse_metrics(text)
+
+
+@pytest.fixture
+def metrics_server():
+    server = Server()
+    body = {"status": 200}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            payload = server.text().encode()
+            self.send_response(body["status"])
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield server, body, f"http://127.0.0.1:{http.server_address[1]}/metrics"
+    http.shutdown()
+    http.server_close()
+
+
+@pytest.mark.integration
+def test_a_url_source_scrapes_a_server_at_its_clock(metrics_server):
+    server, _, url = metrics_server
+    server.answer(5, label=3)
+    snapshot = UrlSource(url, clock=lambda: 42.0).scrape()
+    assert snapshot == Snapshot(42.0, {5: parse_metrics(server.text())[5]})
+    assert snapshot.of(5).classes == {3: 1} and snapshot.of(6) == VersionStats()
+
+
+@pytest.mark.integration
+def test_an_unreachable_or_failing_server_is_a_live_metrics_error(metrics_server):
+    _, body, url = metrics_server
+    body["status"] = 503
+    with pytest.raises(LiveMetricsError, match="answered 503"):
+        UrlSource(url).scrape()
+    with pytest.raises(LiveMetricsError, match="cannot read http://127.0.0.1:9/metrics"):
+        UrlSource("http://127.0.0.1:9/metrics", timeout=0.5).scrape()
