@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -30,6 +31,16 @@ Mode = Literal["binary", "structured"]
 REQUIRED = ("specversion", "id", "source", "type")
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
+# the attributes the CloudEvents 1.0 spec defines (and its JSON format's data members): never
+# taken as extensions
+RESERVED = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema",
+                      "subject", "time", "data", "data_base64"})
+NAME = re.compile(r"[a-z0-9]+")  # the spec's MUST for an attribute's name
+SENT_NAME_LENGTH = 20  # the spec's SHOULD: what retrain itself sends
+# what a received event may carry, so hostile input stays bounded (every problem is named)
+MAX_NAME_LENGTH = 64
+MAX_EXTENSIONS = 16
+MAX_EXTENSION_VALUE = 1024
 
 
 def encode(event: Event, mode: Mode = "binary") -> tuple[dict[str, str], bytes]:
@@ -43,6 +54,10 @@ def encode(event: Event, mode: Mode = "binary") -> tuple[dict[str, str], bytes]:
     }
     if event.subject:
         attributes["subject"] = event.subject
+    problems = extension_problems(event.extensions, SENT_NAME_LENGTH)
+    if problems:
+        raise MalformedEventError(problems)
+    attributes.update(event.extensions)
     ce = CloudEvent(attributes, event.data.model_dump(mode="json"))
     headers, body = to_structured(ce) if mode == "structured" else to_binary(ce)
     return dict(headers), body
@@ -118,10 +133,55 @@ def _with_binary_data(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {**rest, "data": raw}
 
 
+def extension_problems(extensions: Mapping[str, Any],
+                       max_name: int = MAX_NAME_LENGTH) -> list[str]:
+    """Everything wrong with ``extensions`` (name to value), each named: a name outside the
+    spec's lower-case a-z0-9 or longer than ``max_name``, a reserved name, a value that is
+    not a string, a number or a boolean, or too long, and too many of them."""
+    found = []
+    if len(extensions) > MAX_EXTENSIONS:
+        found.append(f"{len(extensions)} extension attributes: at most {MAX_EXTENSIONS} are taken")
+    for name, value in extensions.items():
+        shown = name[:max_name] + ("…" if len(name) > max_name else "")
+        if not NAME.fullmatch(name):
+            found.append(f"extension attribute {shown!r}: a name must be lower-case letters "
+                         "a-z and digits 0-9")
+        elif len(name) > max_name:
+            found.append(f"extension attribute {shown!r}: a name of at most {max_name} "
+                         "characters expected")
+        elif name in RESERVED:
+            found.append(f"extension attribute {name!r}: a name the CloudEvents spec reserves")
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            found.append(f"extension attribute {shown!r}: a string, number or boolean "
+                         f"expected, got {type(value).__name__}")
+        elif len(_text(value)) > MAX_EXTENSION_VALUE:
+            found.append(f"extension attribute {shown!r}: a value of at most "
+                         f"{MAX_EXTENSION_VALUE} characters expected")
+    return found
+
+
+def _text(value: Any) -> str:
+    """An extension's value as its canonical string (CloudEvents' type system: a boolean is
+    ``true``/``false``)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _extensions(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """The extension attributes of a received event, every one kept (unknown ones too), as
+    strings; bounded (``extension_problems``)."""
+    found = {name: value for name, value in attrs.items()
+             if name not in RESERVED and value is not None}
+    problems = extension_problems(found)
+    if problems:
+        raise MalformedEventError(problems)
+    return {name: _text(value) for name, value in found.items()}
+
+
 def _to_event(ce: Any) -> Event:
     attrs = ce.get_attributes()
     if attrs.get("specversion") != "1.0":
         raise MalformedEventError([f"specversion must be '1.0', got {attrs.get('specversion')!r}"])
+    extensions = _extensions(attrs)
     etype = EventType.parse(str(attrs["type"]))
     data = ce.get_data()
     if isinstance(data, (bytes, str)):
@@ -135,4 +195,5 @@ def _to_event(ce: Any) -> Event:
         time=str(attrs.get("time") or ""),
         subject=attrs.get("subject"),
         data=parse_payload(etype, data),
+        extensions=extensions,
     )

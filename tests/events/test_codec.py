@@ -105,3 +105,84 @@ def test_a_batch_item_that_is_not_an_object_is_named():
         decode({"content-type": BATCH}, json.dumps(
             [json.loads(encode(make_event("dataset.updated", {"uri": "/d"}, source="t"),
                                "structured")[1]), 7]).encode())
+
+
+# extension attributes ---------------------------------------------------------------------------
+def _replay():
+    return make_event("dataset.updated", {"uri": "/data/fm"}, source="tests",
+                      extensions={"replayof": "fashion-mnist@3:abc"})
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_extensions_round_trip(mode):
+    event = _replay()
+    headers, body = encode(event, mode)
+    [decoded] = decode(headers, body)
+    assert decoded.extensions == {"replayof": "fashion-mnist@3:abc"} and decoded == event
+
+
+def test_binary_mode_sends_an_extension_as_a_ce_header_and_structured_as_an_attribute():
+    headers, _ = encode(_replay(), "binary")
+    assert headers["ce-replayof"] == "fashion-mnist@3:abc"
+    _, body = encode(_replay(), "structured")
+    assert json.loads(body)["replayof"] == "fashion-mnist@3:abc"
+
+
+def test_batched_events_keep_their_own_extensions():
+    items = [json.loads(encode(e, "structured")[1]) for e in (_replay(), _event())]
+    first, second = decode({"content-type": BATCH}, json.dumps(items).encode())
+    assert first.extensions == {"replayof": "fashion-mnist@3:abc"} and second.extensions == {}
+
+
+@pytest.mark.parametrize("convert", ["to_binary", "to_structured"])
+def test_an_extension_sent_by_the_cloudevents_sdk_with_its_defaults_is_kept(convert):
+    """The SDK fills in id, time and specversion; every extension it sends arrives, unknown
+    ones too, typed values as CloudEvents' canonical strings."""
+    from cloudevents.v1 import conversion
+    from cloudevents.v1.http import CloudEvent
+
+    sent = CloudEvent({"type": "dev.retrain.dataset.updated", "source": "sdk",
+                       "replayof": "original-1", "traceparent": "00-abc-def-01",
+                       "partition": 3, "sampled": True}, {"uri": "/data/fm"})
+    headers, body = getattr(conversion, convert)(sent)
+    [event] = decode(headers, body)
+    assert event.id == sent["id"] and event.time == sent["time"]
+    assert event.extensions == {"replayof": "original-1", "traceparent": "00-abc-def-01",
+                                "partition": "3", "sampled": "true"}
+
+
+def test_the_spec_attributes_are_not_taken_as_extensions():
+    headers, body = encode(_event(), "binary")
+    headers |= {"ce-subject": "s", "ce-dataschema": "https://example.com/schema"}
+    [event] = decode(headers, body)
+    assert event.extensions == {} and event.subject == "s"
+
+
+def test_bad_extension_names_are_all_named():
+    item = json.loads(encode(_event(), "structured")[1]) | {
+        "Replay-Of": "x", "replay_of": "y", "x" * 65: "z"}
+    with pytest.raises(MalformedEventError) as info:
+        decode({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+    said = " ".join(info.value.problems)
+    assert len(info.value.problems) == 3
+    assert "'replay-of'" in said and "'replay_of'" in said and "at most 64" in said
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({f"x{n}": "v" for n in range(17)}, "17 extension attributes: at most 16"),
+    ({"big": "v" * 1025}, "'big': a value of at most 1024 characters"),
+    ({"nested": {"a": 1}}, "'nested': a string, number or boolean expected"),
+])
+def test_extensions_are_bounded(extra, message):
+    item = json.loads(encode(_event(), "structured")[1]) | extra
+    with pytest.raises(MalformedEventError, match=message):
+        decode({"content-type": "application/cloudevents+json"}, json.dumps(item).encode())
+
+
+def test_retrain_sends_no_extension_the_spec_would_not_name():
+    event = make_event("dataset.updated", {"uri": "/d"}, source="t",
+                       extensions={"replayoftheveryfirstevent": "x", "id": "y"})
+    with pytest.raises(MalformedEventError) as info:
+        encode(event)
+    assert any("at most 20" in p for p in info.value.problems)
+    assert any("reserves" in p for p in info.value.problems)
