@@ -1,8 +1,10 @@
 """A stand-in Kubernetes API server on 127.0.0.1: the only fake in the test suite, because no
 API server can run on our machines.
 
-It serves one InferenceService (the one in manifests/base) and KServe's cluster configuration,
-and checks every request it is sent: the path and verb, the bearer token, the merge-patch
+It serves one InferenceService (the one in manifests/base), KServe's cluster configuration and
+the predictor's pods (``add_pod``: listed by label selector, as the API server lists them), and
+checks every request it is sent: the path and verb, the bearer token, that the selector's Role
+in manifests/base/rbac.yaml allows it, that a pod list names a label selector, the merge-patch
 content type, that a patch touches only what promotion may touch, and that the patched object
 still validates against KServe's CRD schema. Anything else is answered as the API server would
 (404, 401, 415, 422) and recorded in ``violations``, which the tests assert is empty. After each
@@ -28,6 +30,8 @@ from tests.manifests.schemas import problems
 ROOT = Path(__file__).resolve().parents[3]
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/retrain/inferenceservices/fashion-mnist"
 CONFIG_PATH = "/api/v1/namespaces/kserve/configmaps/inferenceservice-config"
+PODS_PATH = "/api/v1/namespaces/retrain/pods"
+PREDICTOR_LABELS = {"serving.kserve.io/inferenceservice": "fashion-mnist", "component": "predictor"}
 TOKEN = "stand-in-token"
 PATCHABLE = {"canaryTrafficPercent", "model"}
 
@@ -45,6 +49,26 @@ def _merge(target: Any, patch: Any) -> Any:
     return out
 
 
+def _role_rules(name: str) -> list[dict[str, Any]]:
+    for doc in yaml.safe_load_all((ROOT / "manifests/base/rbac.yaml").read_text()):
+        if doc["kind"] == "Role" and doc["metadata"]["name"] == name:
+            return doc["rules"]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
+def _allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str,
+             name: str | None = None) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               and (name is None or "resourceNames" not in r or name in r["resourceNames"])
+               for r in rules)
+
+
+def _selected(labels: dict[str, str], selector: str) -> bool:
+    """An equality-based label selector (``a=b,c=d``), the only kind the selector sends."""
+    wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+    return wanted.items() <= labels.items()
+
+
 class KubeStandIn:
     def __init__(self, mode_annotation: str | None = None, default_mode: str = "Serverless") -> None:
         isvc = yaml.safe_load((ROOT / "manifests/base/inferenceservice.yaml").read_text())
@@ -60,7 +84,10 @@ class KubeStandIn:
                        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
                        "data": {"deploy": json.dumps({"defaultDeploymentMode": default_mode})}}
         self.requests: list[tuple[str, str, Any]] = []
+        self.pods: list[dict[str, Any]] = []  # Pod objects as the API server lists them
+        self.pod_selectors: list[str] = []  # the label selector of each pod list
         self.violations: list[str] = []
+        self._rules = _role_rules("retrain-selector")
         self._lock = threading.Lock()
         self.server = BackgroundServer(self._app(), bind("127.0.0.1", 0, "kube stand-in"), "kube-api")
 
@@ -71,6 +98,42 @@ class KubeStandIn:
     @property
     def patches(self) -> list[dict[str, Any]]:
         return [body["spec"]["predictor"] for verb, _, body in self.requests if verb == "PATCH"]
+
+    def add_pod(self, name: str, port: int, revision: int = 1, ready: bool = True,
+                labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """A predictor pod of ``revision`` on 127.0.0.1, its model server on ``port``; Knative's
+        queue-proxy is listed first, with ports of its own that are not the server's."""
+        uid = f"uid-{name}-{len(self.pods)}"
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "retrain", "uid": uid,
+                            "labels": {**PREDICTOR_LABELS,
+                                       "serving.knative.dev/revision": self._name(revision),
+                                       **(labels or {})}},
+               "spec": {"containers": [
+                   {"name": "queue-proxy", "image": "queue", "ports": [
+                       {"name": "http-queueadm", "containerPort": 8022},
+                       {"name": "queue-port", "containerPort": 8012}]},
+                   {"name": "kserve-container", "image": "retrain",
+                    "ports": [{"containerPort": port, "protocol": "TCP"}]}]},
+               "status": {"phase": "Running", "podIP": "127.0.0.1",
+                          "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                          "containerStatuses": [
+                              {"name": n, "image": n, "imageID": "", "ready": ready,
+                               "restartCount": 0} for n in ("queue-proxy", "kserve-container")]}}
+        with self._lock:
+            self.pods.append(pod)
+        return pod
+
+    def restart_container(self, pod: dict[str, Any]) -> None:
+        """What the kubelet reports after the server's container restarted in its pod."""
+        with self._lock:
+            for status in pod["status"]["containerStatuses"]:
+                if status["name"] == "kserve-container":
+                    status["restartCount"] += 1
+
+    def remove_pod(self, pod: dict[str, Any]) -> None:
+        with self._lock:
+            self.pods.remove(pod)
 
     def start(self) -> KubeStandIn:
         self.server.start()
@@ -120,8 +183,15 @@ class KubeStandIn:
                     return self._refuse(401, f"{request.method} {path} without the bearer token")
                 if path == CONFIG_PATH and request.method == "GET":
                     return JSONResponse(self.config)
+                if path == PODS_PATH:
+                    return self._list_pods(request)
                 if path != ISVC_PATH:
                     return self._refuse(404, f"unexpected path {request.method} {path}")
+                verb = {"GET": "get", "PATCH": "patch"}.get(request.method, request.method.lower())
+                if not _allowed(self._rules, "serving.kserve.io", "inferenceservices", verb,
+                                "fashion-mnist"):
+                    return self._refuse(403, f"the selector's Role does not allow {verb} on the "
+                                             "InferenceService")
                 if request.method == "GET":
                     answer = copy.deepcopy(self.isvc)
                     if self._pending_ready:  # the controller catches up after one look
@@ -135,6 +205,21 @@ class KubeStandIn:
                 return self._patch(body)
 
         return app
+
+    def _list_pods(self, request: Request) -> JSONResponse:
+        selector = request.query_params.get("labelSelector", "")
+        self.pod_selectors.append(selector)
+        if request.method != "GET" or "watch" in request.query_params:
+            return self._refuse(405, f"the selector lists pods, it does not {request.method} "
+                                     f"or watch them ({request.url})")
+        if not _allowed(self._rules, "", "pods", "list"):
+            return self._refuse(403, "the selector's Role does not allow list on pods")
+        if not selector:
+            return self._refuse(400, "a pod list without a label selector reads every pod "
+                                     "of the namespace")
+        items = [copy.deepcopy(p) for p in self.pods if _selected(p["metadata"]["labels"], selector)]
+        return JSONResponse({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                             "items": items})
 
     def _patch(self, body: Any) -> JSONResponse:
         if (not isinstance(body, dict) or set(body) != {"spec"} or set(body["spec"]) != {"predictor"}
