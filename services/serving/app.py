@@ -47,7 +47,7 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                batching: BatchConfig | None = BatchConfig(),
                model_dir: Path | None = None, max_queued: int = MAX_QUEUED,
                grpc: tuple[str, int] | None = None,
-               compile_after: int | None = None) -> FastAPI:
+               compile_after: int | None = None, version_stats: bool = True) -> FastAPI:
     """The server. ``limiter`` (None: no limits, no key checks) guards the predict and infer
     endpoints, its ``ApiKeys`` telling keyed callers apart; ``batching`` (None: every request
     is its own model call) groups concurrent requests; past ``max_queued`` images waiting for
@@ -56,10 +56,11 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     same model and limits. The versions are read from ``model_repo/model_name/<version>/``,
     or, with ``model_dir``, from ``model_dir/<version>/`` (where KServe's storage initializer
     puts them). A version that has answered ``compile_after`` model calls is compiled for
-    LiteRT (``model``)."""
+    LiteRT (``model``). With ``version_stats``, each version's live statistics are kept
+    (``version_stats``: on ``/metrics`` and through the statistics extension)."""
     holder = ModelHolder(model_dir or model_repo / model_name, compile_after)
     backlog = Backlog(max_queued)
-    metrics = ServingMetrics(lambda: backlog.images, lambda: holder.compiled)
+    metrics = ServingMetrics(lambda: backlog.images, lambda: holder.compiled, version_stats)
     plane = Plane(holder, model_name, metrics, backlog, limiter=limiter, batching=batching)
     app = ModelServer(InferenceRoutes(plane, MAX_BODY),  # predict and infer, ahead of FastAPI
                       title="retrain model server", version=server_version(),

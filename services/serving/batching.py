@@ -82,10 +82,10 @@ class MicroBatcher:
     """``await batcher.predict(kind, inputs)`` → (probabilities, model version)."""
 
     def __init__(self, current: Callable[[], LoadedModel], config: BatchConfig = BatchConfig(),
-                 observe: Callable[[int], None] | None = None) -> None:
+                 observe: Callable[[int, int], None] | None = None) -> None:
         self._current = current
         self._config = config
-        self._observe = observe or (lambda size: None)
+        self._observe = observe or (lambda images, version: None)  # each model call
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._held: _Request | None = None  # taken from the queue but too big for the last batch
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
@@ -161,7 +161,7 @@ class MicroBatcher:
             log.exception("model call failed for a batch of %d requests", len(group))
             outcomes.extend((request, None, exc) for request in group)
             return
-        self._observe(sum(r.size for r in group))
+        self._observe(sum(r.size for r in group), model.version)
         start = 0
         for request in group:
             outcomes.append((request, (probs[start : start + request.size], model.version), None))

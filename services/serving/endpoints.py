@@ -59,6 +59,19 @@ class V2Endpoints:
     def model_ready(self, name: str) -> Response:
         return _readiness(self.plane.holder.ready, name=name)
 
+    def all_statistics(self) -> dict[str, Any]:
+        """The statistics extension: every version of every model served (here, one model)."""
+        return self.plane.statistics("")
+
+    def statistics(self, name: str) -> dict[str, Any]:
+        """The statistics extension: each version's inference and execution counts, successes
+        and failures with their total nanoseconds, and the last inference (ms since the epoch)."""
+        return self.plane.statistics(name)
+
+    def version_statistics(self, name: str, version: str) -> dict[str, Any]:
+        """The statistics extension, for one version (404 for one this server has not served)."""
+        return self.plane.statistics(name, version)
+
 
 def _named(plane: Plane) -> Any:
     """The model-name check as a router's dependency, on the event loop (async: a check that
@@ -82,9 +95,14 @@ def register_v2_endpoints(app: FastAPI, plane: Plane) -> None:
     server.add_api_route("/v2", endpoints.server_metadata, methods=["GET"])
     server.add_api_route("/v2/health/live", endpoints.live, methods=["GET"])
     server.add_api_route("/v2/health/ready", endpoints.ready, methods=["GET"])
+    # before /v2/models/{name}, which would take "stats" for a model's name
+    server.add_api_route("/v2/models/stats", endpoints.all_statistics, methods=["GET"])
     models = APIRouter(tags=[V2], dependencies=[Depends(_named(plane))])
     models.add_api_route("/v2/models/{name}", endpoints.model_metadata, methods=["GET"])
     models.add_api_route("/v2/models/{name}/ready", endpoints.model_ready, methods=["GET"])
+    models.add_api_route("/v2/models/{name}/stats", endpoints.statistics, methods=["GET"])
+    models.add_api_route("/v2/models/{name}/versions/{version}/stats",
+                         endpoints.version_statistics, methods=["GET"])
     app.include_router(server)
     app.include_router(models)
     app.include_router(infer_docs(V2))
@@ -103,7 +121,7 @@ def answer_errors(app: FastAPI, plane: Plane) -> None:
     ``{"error": message}`` with the error's status and headers, counted by protocol."""
     async def answer(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ANSWERED)
-        plane.count("v2" if request.url.path.startswith("/v2") else "v1", exc.status)
+        plane.metrics.count("v2" if request.url.path.startswith("/v2") else "v1", exc.status)
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     app.add_exception_handler(ServingError, answer)

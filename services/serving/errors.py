@@ -10,6 +10,7 @@ from core.errors import RetrainError
 class ServingError(RetrainError):
     status = 500
     headers: dict[str, str] = {}
+    version: int | None = None  # the model version that answered, when one did
 
 
 class BadRequestError(ServingError):
@@ -51,6 +52,16 @@ class ModelFailedError(ServingError):
     fault, not the client's, whatever the answer's encoding (500; INTERNAL over gRPC)."""
 
     status = 500
+
+    def __init__(self, message: str, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class StatisticsOffError(ServingError):
+    """The statistics extension asked of a server keeping no per-version statistics."""
+
+    status = 501
 
 
 # what the server answers with the error's own status and headers: its own errors, and the

@@ -12,6 +12,7 @@ RESOURCE_EXHAUSTED, UNAVAILABLE) with the same message as over HTTP.
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 import uuid
@@ -29,11 +30,12 @@ from services.serving.grpc_protocol import messages as protos
 from services.serving.inputs import OUTPUT, v2_inputs
 from services.serving.plane import Plane
 
+log = logging.getLogger(__name__)
 MAX_MESSAGE = 8 * 1024 * 1024  # as the HTTP body limit
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          503: grpc.StatusCode.UNAVAILABLE}
+          501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
 TYPED = {"BYTES": "bytes_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
          "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents"}
 
@@ -93,6 +95,15 @@ class InferenceService:
             await self._abort(context, exc)
         return protos.ModelMetadataResponse(**described)  # the tensors' dicts become messages
 
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        """The statistics extension: each version's counts and durations (name "": every
+        model; version "": every version)."""
+        try:
+            stats = self._plane.statistics(request.name, request.version)
+        except ServingError as exc:
+            await self._abort(context, exc)
+        return protos.ModelStatisticsResponse(**stats)  # the dicts become messages
+
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         started = time.perf_counter()
         try:
@@ -105,10 +116,13 @@ class InferenceService:
             kind, inputs = _inputs(request)
             probs, version = await self._plane.predict(kind, inputs)
         except ANSWERED as exc:  # a serving error, or an API key refused (core.auth)
-            self._plane.count("grpc", exc.status)
+            self._plane.refused("grpc", exc, time.perf_counter() - started)
             await self._abort(context, exc)
-        self._plane.timed("grpc", time.perf_counter() - started)
-        self._plane.count("grpc", 200)
+        except Exception as exc:  # a defect: said in the log, answered INTERNAL
+            log.exception("ModelInfer failed")
+            self._plane.refused("grpc", exc, time.perf_counter() - started)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        self._plane.answered("grpc", 200, time.perf_counter() - started, version, probs)
         output = protos.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype="FP32",
                                                              shape=list(probs.shape))
         return protos.ModelInferResponse(

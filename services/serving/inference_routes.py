@@ -88,32 +88,33 @@ class InferenceRoutes:
         for key, value in scope["headers"]:
             if key in (b"content-length", b"authorization", _BINARY_HEADER):
                 headers[key] = value
+        started = time.perf_counter()
         try:
-            status, content_type, content, extra = await self._answer(protocol, name, scope, headers, receive)
+            status, content_type, content, extra = await self._answer(
+                protocol, name, scope, headers, receive, started)
         except ClientGoneError:
             return
         except ANSWERED as exc:  # a serving error, or an API key refused (core.auth)
-            self.plane.count(protocol, exc.status)
+            self.plane.refused(protocol, exc, time.perf_counter() - started)
             body = json.dumps({"error": str(exc)}).encode()
             await respond(send, exc.status, JSON, body, exc.headers)
             return
-        except Exception:  # a defect: said in the log, answered 500 (as FastAPI would)
+        except Exception as exc:  # a defect: said in the log, answered 500 (as FastAPI would)
             log.exception("%s %s failed", scope["method"], scope["path"])
-            self.plane.count(protocol, 500)
+            self.plane.refused(protocol, exc, time.perf_counter() - started)
             await respond(send, 500, JSON, b'{"error":"internal server error"}', {})
             return
         await respond(send, status, content_type, content, extra)
 
     async def _answer(self, protocol: str, name: str, scope: dict[str, Any],
-                      headers: dict[bytes, bytes],
-                      receive: Any) -> tuple[int, bytes, bytes, dict[str, str]]:
+                      headers: dict[bytes, bytes], receive: Any,
+                      started: float) -> tuple[int, bytes, bytes, dict[str, str]]:
         plane = self.plane
         plane.check_name(name)
         client = scope.get("client")
         authorization = headers.get(b"authorization")
         plane.admit(client[0] if client else "unknown",
                     authorization.decode("latin-1") if authorization is not None else None)
-        started = time.perf_counter()
         length = headers.get(b"content-length")
         try:
             raw = await read_limited(_chunks(receive), length.decode("latin-1") if length else None,
@@ -140,6 +141,5 @@ class InferenceRoutes:
                 {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)},
                 probs, wire.wants_binary(body, OUTPUT))
             content_type = extra.pop("Content-Type").encode()
-        plane.timed(protocol, time.perf_counter() - started)
-        plane.count(protocol, 200)
+        plane.answered(protocol, 200, time.perf_counter() - started, version, probs)
         return 200, content_type, content, {**extra, "X-Model-Version": str(version)}

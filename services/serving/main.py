@@ -43,7 +43,8 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
                       limiter=limiter, batching=batch_config(settings), model_dir=model_dir,
                       max_queued=settings.serve_max_queued,
                       grpc=(settings.host, settings.grpc_port),
-                      compile_after=settings.serve_compile_after or None)
+                      compile_after=settings.serve_compile_after or None,
+                      version_stats=settings.serve_version_stats)
 
 
 def limit_tf_threads(threads: int) -> None:

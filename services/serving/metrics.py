@@ -1,7 +1,8 @@
 """The model server's Prometheus metrics, in a registry of its own (``GET /metrics``).
 
 The request counter (by protocol and status code) and the latency histogram are what the
-selector's canary judges a new version by (``services.selector.kserve.ScrapedHealth``).
+selector's canary judges a new version by (``services.selector.kserve.ScrapedHealth``); the
+per-version statistics (``version_stats``), when kept, are what the live guard judges by.
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ from prometheus_client import (
     generate_latest,
 )
 
+from services.serving.version_stats import VersionStats
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServingMetrics:
     """``queued()`` and ``compiled()`` are read at each scrape (images waiting for the model;
-    whether the served version runs on LiteRT)."""
+    whether the served version runs on LiteRT). With ``per_version``, ``versions`` keeps each
+    version's statistics and the registry exports them; without, it is None."""
 
-    def __init__(self, queued: Callable[[], int], compiled: Callable[[], bool]) -> None:
+    def __init__(self, queued: Callable[[], int], compiled: Callable[[], bool],
+                 per_version: bool = True) -> None:
         self.registry = CollectorRegistry()
+        self.versions = VersionStats() if per_version else None
+        if self.versions is not None:
+            self.registry.register(self.versions)
         self._batch_sizes = Histogram("retrain_serving_batch_size", "Images per model call",
                                       buckets=BATCH_BUCKETS, registry=self.registry)
         self._requests = Counter("retrain_serving_requests", "Requests", ["protocol", "code"],

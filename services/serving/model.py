@@ -4,6 +4,11 @@ A version that has answered ``compile_after`` model calls is compiled for LiteRT
 background (``lite``), and its array calls go there from then on: a model call of ~0.1 ms
 instead of ~0.7 ms. A version that only answers a few calls (tests, a quiet server) is never
 compiled; ``compile_after=None`` never compiles.
+
+The holder keeps the last versions it served loaded (``KEPT``), known by their files' digest
+(``repository.digest``): a rollback re-publishes a previous model under a new version number,
+and the server swaps to it at once, without loading TensorFlow's graph again, its LiteRT
+compilation kept.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf  # configured by the entry point (core.tf_start), before this import
 
+from repository.digest import model_digest
 from repository.layout import ARRAYS_SIGNATURE, BYTES_SIGNATURE, OUTPUT, versions
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28
 from services.serving.errors import BadRequestError, ModelNotReadyError
 from services.serving.lite import CompiledModel
 
 log = logging.getLogger(__name__)
+KEPT = 2  # versions served before the current one, kept loaded for a fast way back
 
 
 @dataclass
@@ -38,6 +45,7 @@ class LoadedModel:
     compile_after: int | None = None  # model calls before compiling for LiteRT (None: never)
     compiled: CompiledModel | None = None
     calls: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+    digest: str | None = None  # the files' digest (repository.digest), when it could be read
 
     def predict_bytes(self, images: list[bytes]) -> np.ndarray:
         """Plain 28x28 grayscale PNGs decoded here (``decode``) and given to the arrays
@@ -95,27 +103,58 @@ class LoadedModel:
         return self.predict_arrays(np.concatenate(parts))  # type: ignore[arg-type]
 
 
-def load(path: Path, version: int, compile_after: int | None = None) -> LoadedModel:
+def load(path: Path, version: int, compile_after: int | None = None,
+         digest: str | None = None) -> LoadedModel:
     loaded = tf.saved_model.load(str(path))
     arrays = loaded.signatures[ARRAYS_SIGNATURE]
     direct = tf.function(lambda images: arrays(images=images)[OUTPUT])
     model = LoadedModel(version, str(path), loaded.signatures[BYTES_SIGNATURE], arrays,
                         direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)),
-                        compile_after)
+                        compile_after, digest=digest)
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))  # warm up before taking traffic
     return model
 
 
+def relabelled(model: LoadedModel, version: int, path: Path) -> LoadedModel:
+    """``model`` answering as ``version`` from ``path`` (the same files): its loaded graph and
+    its LiteRT compilation shared (its count of calls too, so it is not compiled twice; one
+    not compiled yet is compiled on its own calls)."""
+    calls = model.calls if model.compiled is not None else itertools.count(1)
+    return replace(model, version=version, path=str(path), calls=calls)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return model_digest(path)
+    except OSError as exc:  # unreadable: loaded (or refused) as any version, not matched
+        log.warning("cannot read the files of %s: %s", path, exc)
+        return None
+
+
 class ModelHolder:
-    """Holds the serving version; a new one is loaded and warmed aside, then swapped in."""
+    """Holds the serving version; a new one is loaded and warmed aside, then swapped in. The
+    last ``KEPT`` versions served before it stay loaded (``kept``, latest first)."""
 
     def __init__(self, model_dir: Path, compile_after: int | None = None) -> None:
         self.model_dir = model_dir
         self.compile_after = compile_after
         self._current: LoadedModel | None = None
+        self._kept: list[LoadedModel] = []
         self._lock = threading.Lock()
         self._unloadable: set[int] = set()
         self.loaded_at: float | None = None
+        self.loads = 0  # versions loaded with TensorFlow (a swap to a kept one is not a load)
+
+    @property
+    def served_version(self) -> int | None:
+        """The version answering now, or None before one is loaded."""
+        model = self._current
+        return None if model is None else model.version
+
+    @property
+    def kept(self) -> list[int]:
+        """The versions kept loaded besides the current one, latest first."""
+        return [m.version for m in self._kept]
 
     @property
     def current(self) -> LoadedModel:
@@ -151,15 +190,36 @@ class ModelHolder:
             newest = candidates[-1]
             if current is not None and current.version == newest:
                 return newest
+            path = self.model_dir / str(newest)
+            digest = _digest(path)
+            same = next((m for m in (current, *self._kept)
+                         if m is not None and digest is not None and m.digest == digest), None)
+            if same is not None:  # a model served before, published again (a rollback)
+                self._swap(relabelled(same, newest, path))
+                log.info("serving version %d: the files of version %d, still loaded", newest,
+                         same.version)
+                return newest
             started = time.perf_counter()
             try:
-                model = load(self.model_dir / str(newest), newest, self.compile_after)
+                model = load(path, newest, self.compile_after, digest)
             except Exception as exc:  # a broken version must not take the server down
                 self._unloadable.add(newest)
                 log.error("version %d cannot be loaded, skipping it: %s", newest, exc)
                 return current.version if current else None
-            self._current = model  # in-flight requests keep their reference to the old one
-            self.loaded_at = time.time()
+            self.loads += 1
+            self._swap(model)
             log.info("serving version %d (loaded and warmed in %.2fs)", newest,
                      time.perf_counter() - started)
             return newest
+
+    def _swap(self, model: LoadedModel) -> None:
+        """(Under the lock.) Serve ``model``; the one it replaces joins the kept versions (one
+        per set of files, at most ``KEPT``). In-flight requests keep their reference to the
+        model they were given."""
+        previous = self._current
+        if previous is not None:
+            kept = [previous, *(m for m in self._kept if m.digest is None
+                                or m.digest != previous.digest)]
+            self._kept = [m for m in kept if m.digest is None or m.digest != model.digest][:KEPT]
+        self._current = model
+        self.loaded_at = time.time()

@@ -1,7 +1,8 @@
 """The data plane the HTTP and gRPC APIs share (as KServe's ``DataPlane`` is): the served
 model, the one way to call it (bounded by the backlog, micro-batched while the server runs),
 the door (API keys and rate limits), and the request metrics. Transport-neutral: each API
-parses its requests, asks the plane, and words the answer or the ``ServingError``."""
+parses its requests, asks the plane, words the answer or the ``ServingError``, and tells the
+plane what it answered (``answered``: the one place inference requests are counted)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from services.serving.batching import BatchConfig, MicroBatcher
-from services.serving.errors import ModelFailedError, ModelNotFoundError, RateLimitedError
+from services.serving.errors import (
+    BadRequestError,
+    ModelFailedError,
+    ModelNotFoundError,
+    RateLimitedError,
+    StatisticsOffError,
+)
 from services.serving.inputs import OUTPUT
 from services.serving.limits import Backlog, RateLimiter, retry_after_header
 from services.serving.metrics import ServingMetrics
@@ -25,6 +32,7 @@ log = logging.getLogger(__name__)
 # what metadata says, over HTTP (GET /v2, GET /v2/models/NAME) and gRPC
 SERVER_NAME = "retrain"
 EXTENSIONS = ("binary_tensor_data",)
+STATISTICS = "statistics"  # the extension, served while per-version statistics are kept
 PLATFORM = "tensorflow_savedmodel"
 INPUTS = (("image_bytes", "BYTES", (-1,)), ("images", "FP32", (-1, 28, 28)))  # name, type, shape
 OUTPUTS = ((OUTPUT, "FP32", (-1, 10)),)
@@ -52,8 +60,7 @@ class Plane:
         self.holder = holder
         self.model_name = model_name
         self.metrics = metrics
-        self.count = metrics.count  # (protocol, status code): one request answered
-        self.timed = metrics.timed  # (protocol, seconds)
+        self._versions = metrics.versions  # None: no per-version statistics
         self._backlog = backlog
         self._limiter = limiter
         self._batching = batching
@@ -67,13 +74,67 @@ class Plane:
 
     def server_metadata(self) -> dict[str, Any]:
         """What the server says of itself (``GET /v2``; gRPC's ServerMetadata, the same fields)."""
-        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
+        extensions = [*EXTENSIONS, STATISTICS] if self._versions is not None else list(EXTENSIONS)
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": extensions}
 
     def model_metadata(self, name: str) -> dict[str, Any]:
         """What it says of the model ``name`` (``GET /v2/models/NAME``; gRPC's ModelMetadata):
         ``ModelNotReadyError`` until a version is loaded."""
         return {"name": name, "versions": [str(self.holder.current.version)],
                 "platform": PLATFORM, "inputs": _tensors(INPUTS), "outputs": _tensors(OUTPUTS)}
+
+    def statistics(self, name: str, version: str = "") -> dict[str, Any]:
+        """The statistics extension's answer (``GET /v2/models[/NAME[/versions/V]]/stats``;
+        gRPC's ModelStatistics): every version counted in this process and the one served,
+        or ``version`` alone. ``name`` "" means every model (the one served here). Refused
+        404 for another model or a version not counted, 501 when statistics are off."""
+        if self._versions is None:
+            raise StatisticsOffError("per-version statistics are off on this server "
+                                     "(RETRAIN_SERVE_VERSION_STATS=0)")
+        if name:
+            self.check_name(name)
+        known = set(self._versions.versions())
+        served = self.holder.served_version
+        if served is not None:
+            known.add(served)
+        if version:
+            if not version.isdigit():
+                raise BadRequestError(f"version {version!r} is not a version number")
+            if int(version) not in known:
+                raise ModelNotFoundError(f"version {version} of model {self.model_name!r} is "
+                                         f"not known to this server (known: {sorted(known)})")
+            known = {int(version)}
+        return {"model_stats": self._versions.model_stats(self.model_name, sorted(known))}
+
+    def answered(self, protocol: str, code: int, seconds: float, version: int | None = None,
+                 probabilities: np.ndarray | None = None) -> None:
+        """One inference request answered ``code`` after ``seconds`` (``protocol``: v1, v2 or
+        grpc), by ``version`` with ``probabilities`` (a success); a request refused before a
+        model answered it is counted under the version served then (none loaded: not per
+        version)."""
+        metrics = self.metrics
+        metrics.count(protocol, code)
+        if code == 200:
+            metrics.timed(protocol, seconds)
+        versions = self._versions
+        if versions is not None:
+            if version is None:
+                version = self.holder.served_version
+                if version is None:
+                    return
+            versions.answered(version, code, seconds, probabilities)
+
+    def refused(self, protocol: str, error: Exception, seconds: float) -> None:
+        """A request answered with ``error``'s status (a ``ServingError`` or an API key
+        refused; anything else is a 500), under the version the error names if it has one."""
+        self.answered(protocol, getattr(error, "status", 500), seconds,
+                      getattr(error, "version", None))
+
+    def _called(self, images: int, version: int) -> None:
+        """One model call of ``images`` images by ``version``."""
+        self.metrics.batch(images)
+        if self._versions is not None:
+            self._versions.executed(version)
 
     def admit(self, address: str, authorization: str | None) -> None:
         """Let a request from ``address`` in, or refuse it: a key that is not ours
@@ -98,18 +159,18 @@ class Plane:
             else:
                 model = self.holder.current  # the version answering, even if a swap happens
                 probs = await run_in_threadpool(model.predict, kind, [inputs])
-                self.metrics.batch(len(inputs))
                 served = model.version
+                self._called(len(inputs), served)
         if not np.isfinite(probs).all():
             log.error("version %d answered probabilities that are not finite numbers", served)
-            raise ModelFailedError("internal server error")
+            raise ModelFailedError("internal server error", version=served)
         return probs, served
 
     def open(self) -> None:
         """Start sharing model calls (the micro-batcher's thread), if batching is on."""
         if self._batching is not None and self._batcher is None:
             self._batcher = MicroBatcher(lambda: self.holder.current, self._batching,
-                                         self.metrics.batch)
+                                         self._called)
 
     def close(self) -> None:
         batcher, self._batcher = self._batcher, None

@@ -1,0 +1,192 @@
+"""Live statistics per served version: what the live guard compares a new version with the
+one it replaced by (``services.selector.live`` reads them from ``/metrics``), and what the Open
+Inference Protocol's statistics extension reports (``GET /v2/models/NAME/stats``, gRPC
+``ModelStatistics``).
+
+Every inference request answered (HTTP v1, v2 and gRPC, through the data plane) is counted
+under the version that answered it, or, refused before any model ran (401, 429, 503, 400), under
+the version served at that moment. On ``/metrics``:
+
+- ``retrain_serving_version_requests_total{version,code}``: answers, by status code;
+- ``retrain_serving_version_latency_seconds{version}``: a histogram of the successful answers'
+  latency (``LATENCY_BUCKETS``, fine enough for a p99 ratio);
+- ``retrain_serving_predicted_class_total{version,class}``: images of successful answers by
+  predicted class (the argmax of the probabilities);
+- ``retrain_serving_version_longest_error_streak{version}``: the longest run of consecutive 5xx
+  answers the version has given in this process (never goes down).
+
+The counting is plain arithmetic under one lock, on the event loop (and the model thread, for
+model calls); the Prometheus families are built only when scraped. prometheus_client's own
+labelled metrics cost a label lookup and a lock per value changed: several per request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                   0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)  # and +Inf
+KEPT_VERSIONS = 16  # versions whose statistics are kept (the oldest numbers dropped first)
+
+
+@dataclass
+class VersionRecord:
+    """One version's counters since this process first counted it."""
+
+    version: int
+    codes: dict[int, int] = field(default_factory=dict)  # status code -> answers
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0  # seconds, successful answers
+    classes: np.ndarray | None = None  # images per predicted class (from the first answer)
+    streak: int = 0  # consecutive 5xx answers, now
+    longest_streak: int = 0
+    images: int = 0  # images answered successfully (Triton's inference_count)
+    executions: int = 0  # model calls (Triton's execution_count)
+    success_ns: int = 0
+    failures: int = 0  # answers other than 200
+    failure_ns: int = 0
+    last_ms: int = 0  # when the last answer was given, milliseconds since the epoch
+
+    @property
+    def successes(self) -> int:
+        return self.codes.get(200, 0)
+
+
+class VersionStats:
+    """The counters of every version answered in this process, and their two readings: the
+    Prometheus families (``collect``, a collector of the server's registry) and Triton's
+    statistics messages (``model_stats``)."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, VersionRecord] = {}
+        self._lock = threading.Lock()
+
+    def _record(self, version: int) -> VersionRecord:
+        """(Under the lock.) The version's record, started when first needed."""
+        record = self._records.get(version)
+        if record is None:
+            record = self._records[version] = VersionRecord(version)
+            if len(self._records) > KEPT_VERSIONS:
+                del self._records[min(self._records)]
+        return record
+
+    def answered(self, version: int, code: int, seconds: float,
+                 probabilities: np.ndarray | None = None) -> None:
+        """One request answered ``code`` by (or refused while serving) ``version``, after
+        ``seconds``; a successful answer's ``probabilities`` (images x classes) give its
+        predicted classes."""
+        classes = None
+        if code == 200 and probabilities is not None:
+            classes = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            record = self._record(version)
+            record.codes[code] = record.codes.get(code, 0) + 1
+            record.last_ms = now_ms
+            if code >= 500:
+                record.streak += 1
+                record.longest_streak = max(record.longest_streak, record.streak)
+            else:
+                record.streak = 0
+            if code != 200:
+                record.failures += 1
+                record.failure_ns += int(seconds * 1e9)
+                return
+            record.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            record.latency_sum += seconds
+            record.success_ns += int(seconds * 1e9)
+            if classes is not None:
+                record.images += int(probabilities.shape[0])  # type: ignore[union-attr]
+                if record.classes is None or len(record.classes) < len(classes):
+                    grown = np.zeros(len(classes), np.int64)
+                    if record.classes is not None:
+                        grown[:len(record.classes)] = record.classes
+                    record.classes = grown
+                record.classes[:len(classes)] += classes
+
+    def executed(self, version: int) -> None:
+        """One model call of ``version`` (any number of images)."""
+        with self._lock:
+            self._record(version).executions += 1
+
+    def snapshot(self) -> dict[int, VersionRecord]:
+        """A copy of every version's counters, by version."""
+        with self._lock:
+            return {v: VersionRecord(**{**vars(r), "codes": dict(r.codes),
+                                        "buckets": list(r.buckets),
+                                        "classes": None if r.classes is None else r.classes.copy()})
+                    for v, r in self._records.items()}
+
+    # the Prometheus reading --------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        """The four families (prometheus_client calls this at each scrape)."""
+        records = sorted(self.snapshot().items())
+        requests = CounterMetricFamily("retrain_serving_version_requests",
+                                       "Inference requests answered, by version and status code",
+                                       labels=["version", "code"])
+        latency = HistogramMetricFamily("retrain_serving_version_latency_seconds",
+                                        "Latency of successful answers, by version",
+                                        labels=["version"])
+        classes = CounterMetricFamily("retrain_serving_predicted_class",
+                                      "Images answered, by version and predicted class",
+                                      labels=["version", "class"])
+        streak = GaugeMetricFamily("retrain_serving_version_longest_error_streak",
+                                   "Longest run of consecutive 5xx answers, by version",
+                                   labels=["version"])
+        for version, record in records:
+            name = str(version)
+            for code, count in sorted(record.codes.items()):
+                requests.add_metric([name, str(code)], count)
+            cumulative = np.cumsum(record.buckets).tolist()
+            latency.add_metric([name], [(floatToGoString(le), c) for le, c in
+                                        zip((*LATENCY_BUCKETS, float("inf")), cumulative)],
+                               record.latency_sum)
+            if record.classes is not None:
+                for label, count in enumerate(record.classes.tolist()):
+                    classes.add_metric([name, str(label)], count)
+            streak.add_metric([name], record.longest_streak)
+        yield from (requests, latency, classes, streak)
+
+    # the statistics extension's reading ---------------------------------------------------
+    def model_stats(self, name: str, versions: list[int]) -> list[dict[str, Any]]:
+        """Triton's ``$model_stat`` of each of ``versions`` (zeros for one not answered yet)."""
+        records = self.snapshot()
+        return [_model_stat(name, records.get(v) or VersionRecord(v)) for v in versions]
+
+    def versions(self) -> list[int]:
+        """The versions counted so far, ascending."""
+        with self._lock:
+            return sorted(self._records)
+
+
+def _duration(count: int = 0, ns: int = 0) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+def _model_stat(name: str, record: VersionRecord) -> dict[str, Any]:
+    """Triton's JSON form of one version's statistics; this server measures each request
+    whole, so the queue and compute durations are not reported apart (zeros)."""
+    return {
+        "name": name, "version": str(record.version), "last_inference": record.last_ms,
+        "inference_count": record.images, "execution_count": record.executions,
+        "inference_stats": {
+            "success": _duration(record.successes, record.success_ns),
+            "fail": _duration(record.failures, record.failure_ns),
+            **{part: _duration() for part in ("queue", "compute_input", "compute_infer",
+                                              "compute_output", "cache_hit", "cache_miss")}},
+        "batch_stats": [],
+    }
