@@ -65,7 +65,7 @@ class LocalStack:
         from services.ingest_watcher.main import FolderSource, watching
         from services.selector.backends import LocalBackend
         from services.selector.champion import ChampionStore
-        from services.selector.main import STREAM, build_selector, selector_consumer
+        from services.selector.main import STREAM, build_guard, build_selector, selector_consumer
         from services.serving.main import create_server
         from workflows.trigger import create_app as create_trigger
 
@@ -122,6 +122,10 @@ class LocalStack:
         self.ui_url = ui.url + "/"
         consumer = selector_consumer(client, self.selector, s)
         self.supervisor.spawn("selector", lambda: consumer.run(self._stop))
+        # the live guard reads this stack's own model server
+        guard = build_guard(s, client, self.selector, self.sink.send, self.serve_url + "/metrics")
+        if guard is not None:
+            self.supervisor.spawn("guard", lambda: guard.run(self._stop))
         self.supervisor.spawn("runner", self._runner_loop)
         if self.data_root is not None:
             # as `retrain watch` does: events wait in Redis's outbox until the trigger has them

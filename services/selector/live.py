@@ -177,3 +177,21 @@ class UrlSource:
 
     def __repr__(self) -> str:
         return f"UrlSource({self.url!r})"
+
+
+def to_json(stats: VersionStats) -> dict[str, object]:
+    """``stats`` as JSON can hold it (a watch kept in Redis): bucket bounds as strings."""
+    return {"requests": stats.requests, "errors": stats.errors,
+            "latency": {("+Inf" if b == math.inf else repr(b)): c for b, c in stats.latency.items()},
+            "classes": {str(k): v for k, v in stats.classes.items()},
+            "longest_error_streak": stats.longest_error_streak}
+
+
+def from_json(raw: Mapping[str, object]) -> VersionStats:
+    latency = raw.get("latency", {})
+    classes = raw.get("classes", {})
+    assert isinstance(latency, dict) and isinstance(classes, dict)
+    return VersionStats(float(raw["requests"]), float(raw["errors"]),  # type: ignore[arg-type]
+                        {float(b): float(c) for b, c in latency.items()},
+                        {int(k): float(v) for k, v in classes.items()},
+                        float(raw.get("longest_error_streak", 0.0)))  # type: ignore[arg-type]

@@ -3,8 +3,8 @@ and the container all call.
 
 ``build_selector`` wires the champion record, the promotion backend the settings choose
 (local model repository, or an InferenceService through the Kubernetes API), the evaluator
-and the champion policy; ``serve`` runs it as a service (``POST /events`` and, optionally,
-the Redis stream); ``rollback`` brings the previous champion back.
+and the champion policy; ``serve`` runs it as a service (``POST /events`` and the Redis stream) with the live guard
+beside it (``build_guard``); ``rollback`` brings the previous champion back.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -31,6 +32,9 @@ from services.selector.app import create_app
 from services.selector.backends import LocalBackend, PromotionBackend
 from services.selector.champion import ChampionStore
 from services.selector.errors import SelectorError
+from services.selector.guard import Guard, Window
+from services.selector.guard_rules import GuardThresholds
+from services.selector.live import UrlSource
 from services.selector.policy import ChampionPolicy
 from services.selector.scores import LazyEvaluator
 from services.selector.service import Selector
@@ -85,6 +89,21 @@ def build_selector(settings: Settings, client: redis.Redis, emit: Callable[[Even
                     on_promoted=(lambda run_id: keep(client, run_id)) if keep else None)
 
 
+def build_guard(settings: Settings, client: redis.Redis, selector: Selector,
+                emit: Callable[[Event], None], metrics_url: str | None = None) -> Guard | None:
+    """The live guard beside ``selector``, reading ``metrics_url`` (default
+    ``RETRAIN_GUARD_METRICS_URL``, else this machine's model server); None with
+    ``RETRAIN_GUARD=false``."""
+    if not settings.guard:
+        return None
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = metrics_url or settings.guard_metrics_url or f"http://{host}:{settings.serve_port}/metrics"
+    return Guard(ChampionStore(client, str(settings.model_repo.resolve())), selector.rollback,
+                 emit, UrlSource(url, clock=time.time), GuardThresholds.from_settings(settings),
+                 Window(settings.guard_window_requests, settings.guard_window_seconds),
+                 settings.guard_poll_seconds)
+
+
 def judge_once(selector: Selector, dedup: Deduplicator) -> Callable[[Event], None]:
     """What the selector does with each entry of the stream: judge a ``model.trained`` it has
     not judged yet, and remember it only then. The stream acknowledges the entry after this
@@ -114,6 +133,9 @@ def serve(settings: Settings, *, stream: bool = True, keep: Keep | None = None) 
         # then exits non-zero for its supervisor to restart
         supervisor = Supervisor(handle.client, lambda _why: os.kill(os.getpid(), signal.SIGTERM))
         supervisor.spawn("stream", lambda: consumer.run(stop))
+        guard = build_guard(settings, handle.client, selector, sink.send)
+        if guard is not None:
+            supervisor.spawn("guard", lambda: guard.run(stop))
         receipts = Deduplicator(handle.client, settings.dedup_ttl_seconds, namespace="selector-http")
         try:
             serve_forever(create_app(selector, receipts, sink.send, settings.api_keys,

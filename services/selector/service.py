@@ -19,11 +19,13 @@ from services.selector.backends import PromotionBackend, Staged
 from services.selector.champion import Champion, ChampionStore
 from services.selector.decisions import SOURCE, candidate_id, promoted, recorded, rejected
 from services.selector.decisions import intent as promotion_intent
-from services.selector.errors import EvaluationError, NothingToRollBackError, SelectorError
+from services.selector.errors import EvaluationError
+from services.selector.guard_store import GuardStore
 from services.selector.hooks import telling_promotions
 from services.selector.judgements import Judgements
 from services.selector.measure import measure, pinned_for
 from services.selector.policy import ChampionPolicy, Figures, Verdict, gate, rank_key
+from services.selector.rollback import roll_back
 from services.selector.rounds import RoundStore
 from services.selector.scores import Scores, Scoring
 
@@ -52,6 +54,7 @@ class Selector:
         self._policy = policy
         self._lock = threading.Lock()
         self._rounds = RoundStore(store.client, store.scope)
+        self._guard = GuardStore(store.client, store.scope)  # digests the live guard refused
 
     def handle(self, event: Event) -> Event | None:
         """Evaluate the candidate, compare it fairly with the champion, promote or reject.
@@ -77,6 +80,11 @@ class Selector:
         problem = self.refusal(trained)
         if problem is not None:
             return self.refuse(event, problem)
+        withdrawn = self._guard.refusal(trained.model_uri)
+        if withdrawn is not None:  # rolled back once by the guard: not judged until approved
+            if self._policy.rounds:
+                self._ended(trained.run_id, trained.model_type, "rolled back", trained.round_size)
+            return self._record(rejected(trained, self._store.get(), withdrawn), started)
         try:
             again = self._judgements.recall(trained, self._store.get(),
                                             _digest(pinned_for(trained)), SOURCE)
@@ -354,47 +362,13 @@ class Selector:
         if before is None or not self._store.restore(new.generation, length, restored):
             log.error("could not put champion %d back after a failed promotion", previous.version)
 
-    def rollback(self, reason: str = "rolled back by hand") -> Event:
-        """Serve the previous champion again, as a new version (versions only grow, so every
-        server and KServe see an ordinary promotion). Atomic like a promotion: if the champion
-        changes meanwhile, nothing is changed and the caller is told."""
-        with self._lock:
-            current = self._store.get()
-            previous, length = self._store.previous()
-            if current is None or previous is None:
-                raise NothingToRollBackError(
-                    "there is no previous champion to roll back to"
-                    + ("" if current else " (no champion at all yet)"))
-            try:
-                staged = self._backend.stage(previous.model_uri, self._backend.next_version())
-            except FileNotFoundError:
-                raise NothingToRollBackError(
-                    f"the previous champion's model {previous.model_uri} is gone") from None
-            restored = replace(previous, version=staged.version, model_uri=staged.location,
-                               generation=current.generation + 1)
-            if not self._store.restore(current.generation, length, restored):
-                self._backend.discard(staged)
-                raise SelectorError("the champion changed during the rollback; nothing was changed")
-            self._backend.publish(staged)
-            text = (f"rollback: {reason}; version {current.version} ({current.model_type}, "
-                    f"{_score(current.accuracy)}) replaced by the previous champion "
-                    f"{previous.model_type} {_score(previous.accuracy)} (was version {previous.version})")
-            data = ModelPromoted(
-                run_id=previous.run_id, model_type=previous.model_type, model_uri=previous.model_uri,
-                candidate_accuracy=previous.accuracy,
-                champion_accuracy=current.accuracy,
-                champion_version=current.version, reason=text, version=staged.version)
-            decision = make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
-                                  id=f"rollback/{current.generation}")
-            self._store.audit({"type": "rollback", "seconds": 0.0, **data.model_dump()})
-            log.warning("%s", text)
+    def rollback(self, reason: str = "rolled back by hand", version: int | None = None) -> Event:
+        """Serve the previous champion again (``services.selector.rollback``), then emit the
+        decision. ``version``: only if that version is still the champion (the guard's)."""
+        decision = roll_back(self._store, self._backend, self._lock, reason, version)
         self._emit(decision)
         return decision
 
 
 def _digest(pinned: Pinned | None) -> str | None:
     return pinned.digest if pinned else None
-
-
-def _score(accuracy: float | None) -> str:
-    return "unscored" if accuracy is None else f"{accuracy:.4f}"

@@ -1,0 +1,132 @@
+"""The live guard's records, one owner: the watch under way (kept in Redis, so a selector
+restarted mid-watch resumes it), each watched version's outcome (settled or rolled back, with
+its figures) and the model files' digests it rolled back, refused until a person approves one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from services.selector.champion import ChampionStore, scoped_key
+from services.selector.errors import SelectorError
+from services.selector.live import VersionStats, from_json, to_json
+from services.selector.scores import content
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A promoted version under watch: its counters when the watch opened (``start``) and the
+    previous version's last window on the same server (``baseline``, None: none known)."""
+
+    version: int
+    generation: int
+    previous_version: int
+    run_id: str
+    model_type: str
+    model_digest: str | None
+    opened_at: float  # wall-clock seconds
+    start: VersionStats
+    baseline: VersionStats | None
+
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "start": to_json(self.start),
+                           "baseline": to_json(self.baseline) if self.baseline else None})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Watch:
+        d = json.loads(raw)
+        return cls(**{**d, "start": from_json(d["start"]),
+                      "baseline": from_json(d["baseline"]) if d["baseline"] else None})
+
+
+class GuardStore:
+    def __init__(self, client: redis.Redis, scope: str) -> None:
+        self._r = client
+        self._watch = scoped_key(scope, "guard:watch")
+        self._states = scoped_key(scope, "guard:versions")  # version -> outcome
+        self._refused = scoped_key(scope, "guard:refused")  # model digest -> the rollback
+
+    # the watch under way ------------------------------------------------------------------------
+    def watch(self) -> Watch | None:
+        raw = self._r.get(self._watch)
+        return Watch.from_json(raw) if raw else None
+
+    def open(self, watch: Watch) -> None:
+        with self._r.pipeline(transaction=True) as pipe:
+            pipe.set(self._watch, watch.to_json())
+            pipe.hset(self._states, str(watch.version), json.dumps(
+                {"state": "watching", "at": round(time.time(), 3),
+                 "previous_version": watch.previous_version}))
+            pipe.execute()
+
+    def drop(self, version: int, state: dict[str, object] | None = None) -> None:
+        """End the watch of ``version`` (if it is the one under way), recording ``state``."""
+        with self._r.pipeline(transaction=True) as pipe:
+            current = self.watch()
+            if current is not None and current.version == version:
+                pipe.delete(self._watch)
+            if state is not None:
+                pipe.hset(self._states, str(version),
+                          json.dumps({"at": round(time.time(), 3), **state}))
+            pipe.execute()
+
+    def state(self, version: int) -> dict[str, object] | None:
+        raw = self._r.hget(self._states, str(version))
+        return json.loads(raw) if raw else None
+
+    # rolled-back models -------------------------------------------------------------------------
+    def refuse(self, digest: str, record: dict[str, object]) -> None:
+        self._r.hset(self._refused, digest, json.dumps({"at": round(time.time(), 3), **record}))
+
+    def refused(self) -> dict[str, dict[str, object]]:
+        """Every refused digest and the rollback that refused it."""
+        return {k.decode() if isinstance(k, bytes) else k: json.loads(v)
+                for k, v in self._r.hgetall(self._refused).items()}
+
+    def refusal(self, model_uri: str) -> str | None:
+        """Why the model at ``model_uri`` may not be judged (its files are a model the guard
+        rolled back), or None."""
+        if not self._r.hlen(self._refused):
+            return None
+        digest = content(model_uri)
+        raw = self._r.hget(self._refused, digest) if digest else None
+        if raw is None:
+            return None
+        r = json.loads(raw)
+        return (f"refused: this model's files ({str(digest)[:12]}) were version {r['version']}, "
+                f"rolled back by the live guard ({r['rule']}: {r['reason']}); "
+                f"`retrain approve --version {r['version']}` lets it be judged again")
+
+    def allow(self, version: int) -> tuple[str, dict[str, object]] | None:
+        """Forget the refusal of the model that was ``version``; returns its digest and the
+        rollback that refused it, or None when no refused model was that version."""
+        for digest, record in self.refused().items():
+            if record.get("version") == version and self._r.hdel(self._refused, digest):
+                return digest, record
+        return None
+
+
+def guard_state(client: redis.Redis, scope: str, version: int) -> dict[str, object] | None:
+    """What the live guard made of ``version``: ``state`` watching, settled (with ``window``
+    and ``baseline`` figures) or rolledback (``rule``, ``reason``, ``rules``, figures), or
+    None for a version it never watched (a first model, a rollback, the guard off)."""
+    return GuardStore(client, scope).state(version)
+
+
+def approve(store: ChampionStore, version: int, by: str) -> dict[str, object]:
+    """Let the model the guard rolled back as ``version`` be judged again, audited with who
+    approved it; raises ``SelectorError`` when no refused model was that version."""
+    allowed = GuardStore(store.client, store.scope).allow(version)
+    if allowed is None:
+        raise SelectorError(f"no model rolled back by the live guard was version {version}")
+    digest, record = allowed
+    entry = {"type": "approved", "version": version, "model_digest": digest, "by": by,
+             "run_id": record.get("run_id"), "model_type": record.get("model_type"),
+             "reason": f"version {version}'s model approved by {by}: judged again when it "
+                       f"arrives (rolled back for {record.get('rule')})"}
+    store.audit(entry)
+    return entry
