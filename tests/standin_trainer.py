@@ -101,6 +101,7 @@ def fit(config: TrainConfig, report: Progress, role: Role) -> TrainResult:
         shutil.copytree(source / "model", tmp)
         info = {"model_type": config.model_type, "dataset_digest": meta["digest"],
                 "val_accuracy": trained["val_accuracy"], "workers": role.workers,
+                "seed": config.seed, "deterministic": config.deterministic,
                 "stand_in": {"source": source.name, "steps": steps, "epochs": config.epochs,
                              "batch_size": config.batch_size,
                              "learning_rate": config.learning_rate,
@@ -116,7 +117,8 @@ def fit(config: TrainConfig, report: Progress, role: Role) -> TrainResult:
         val_loss=trained["val_loss"], seconds=time.perf_counter() - started, steps=steps,
         examples_per_second=steps * global_batch / max(fit_seconds, 1e-9),
         digest=str(meta["digest"]), workers=role.workers, fit_seconds=fit_seconds,
-        warm_start=note, weights_digest=weights.hexdigest())
+        warm_start=note, weights_digest=weights.hexdigest(), seed=config.seed,
+        deterministic=config.deterministic)
 
 
 def command() -> str:

@@ -92,7 +92,8 @@ class Trainings:
         return TrainOptions(model=model, dataset=dataset_uri, out=out, run_id=run_id,
                             epochs=params.epochs, steps_per_epoch=params.steps_per_epoch or None,
                             batch_size=params.batch_size, learning_rate=params.learning_rate,
-                            workers=params.workers, warm_start=warm_start)
+                            workers=params.workers, warm_start=warm_start,
+                            deterministic=params.deterministic)
 
     def _warm_starts(self) -> dict[str, str]:
         """The champion's model for the variant it is (the others start from scratch)."""

@@ -28,6 +28,7 @@ def check_training(
     workers: int = 1,
     train_cache: Annotated[str, typer.Option(help="exact, max-age=2h or off")] = "exact",
     force: Annotated[str, typer.Option(help="true: train whatever the cache holds")] = "false",
+    deterministic: Annotated[str, typer.Option(help="true: the training runs with TensorFlow's op determinism (a key of its own)")] = "false",
     run_id: Annotated[Optional[str], typer.Option(help="the run (the Workflow's name): its record gets a hit's model, or why the check failed")] = None,
     round_size: Annotated[Optional[int], typer.Option(help="trainings the run started")] = None,
     sink: Annotated[Optional[str], typer.Option(help="where model.trained goes on a hit (stream or a URL)")] = None,
@@ -51,7 +52,7 @@ def check_training(
     options = TrainOptions(model=model, dataset=dataset_uri, out=out, run_id=run_id or "manual",
                            epochs=epochs, steps_per_epoch=steps_per_epoch or None,
                            batch_size=batch_size, learning_rate=learning_rate, workers=workers,
-                           warm_start=warm_start or None)
+                           warm_start=warm_start or None, deterministic=deterministic == "true")
     started, step = (time.perf_counter(), time.time()), cluster_run.training(model)
     with open_redis(settings.redis_url, settings.home) as handle:
         run = cluster_run.WorkflowRun(handle.client, run_id) if run_id else None

@@ -10,14 +10,18 @@ from services.trainer.spec import VALIDATION_EVERY
 
 
 def train_and_validation(
-    dataset_uri: str, global_batch: int, seed: int = 7
+    dataset_uri: str, global_batch: int, seed: int = 7, deterministic: bool = False
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Scaled to [0,1], cached, shuffled, batched by the global batch size, prefetched."""
+    """Scaled to [0,1], cached, shuffled (by ``seed``), batched by the global batch size,
+    prefetched; ``deterministic``: every parallel stage keeps its input's order, whatever
+    finishes first."""
     indexed = records(dataset_uri, "train").enumerate()
     train = indexed.filter(lambda i, _: i % VALIDATION_EVERY != 0).map(lambda _, r: r)
     val = indexed.filter(lambda i, _: i % VALIDATION_EVERY == 0).map(lambda _, r: r)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    if deterministic:
+        options.deterministic = True
     train = (
         train.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         .cache()

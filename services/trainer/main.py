@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 SINK_PATIENCE_SECONDS = 900.0  # an outage of Redis or the receiver a finished model waits out
 STREAM_NEEDS_REDIS = ("--sink stream needs RETRAIN_REDIS_URL (the Redis whose stream the "
                       "selector reads)")
-SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest")
+SUMMARY = ("model_uri", "val_accuracy", "seconds", "workers", "resumed_from_step", "weights_digest",
+           "seed", "deterministic")
 
 
 def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
@@ -58,7 +59,8 @@ def run(settings: Settings, options: TrainOptions) -> dict[str, Any]:
     config = TrainConfig(options.model, options.dataset, out, options.epochs,
                          options.steps_per_epoch or None,  # 0: a full pass, as in the workflow
                          options.batch_size, options.learning_rate,
-                         checkpoint_every=options.checkpoint_every, warm_start=options.warm_start)
+                         seed=options.seed, checkpoint_every=options.checkpoint_every,
+                         warm_start=options.warm_start, deterministic=options.deterministic)
     trained = asdict(run_process(config, options.run_id, client, sink,
                                  round_size=options.round_size))
     return {**{k: trained[k] for k in SUMMARY}, "seconds": round(trained["seconds"], 2)}

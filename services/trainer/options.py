@@ -32,9 +32,12 @@ FLAGS: tuple[tuple[str, str], ...] = (
     ("warm_start", "--warm-start"),
     ("sink", "--sink"),
     ("round_size", "--round-size"),
+    ("seed", "--seed"),
+    ("deterministic", "--deterministic"),
 )
 COMMAND = "train"
-SEED = 7  # every training's random seed (part of the training cache's key)
+SEED = 7  # a training's random seed unless --seed says another (part of the training cache's key)
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32 bits
 STREAM_SINK = "stream"  # --sink stream: model.trained goes to the Redis stream retrain:events
 # how a process on this machine runs the ``retrain`` console script (the image's entry point)
 LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-m", "retrain.cli")
@@ -42,7 +45,8 @@ LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-m", "retrain.cli")
 
 def train_argv(values: Mapping[str, object]) -> list[str]:
     """``train --flag value ...`` for every field of ``values`` that is not None (values are
-    written as they are: numbers, paths, or a workflow engine's placeholders)."""
+    written as they are: numbers, paths, or a workflow engine's placeholders; booleans as
+    ``true``/``false``)."""
     unknown = set(values) - {name for name, _ in FLAGS}
     if unknown:
         raise ValueError(f"not training options: {sorted(unknown)}")
@@ -50,7 +54,7 @@ def train_argv(values: Mapping[str, object]) -> list[str]:
     for name, flag in FLAGS:
         value = values.get(name)
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [flag, ("true" if value else "false") if isinstance(value, bool) else str(value)]
     return argv
 
 
@@ -71,14 +75,20 @@ class TrainOptions:
     warm_start: str | None = None  # an exported model to start from, if the same variant
     sink: str | None = None  # an HTTP URL, or "stream": the Redis stream the selector reads
     round_size: int | None = None  # trainings the run started (told to the selector's round)
+    seed: int = SEED  # Python's, NumPy's and TensorFlow's, and the shuffling's
+    # TensorFlow's op determinism, one thread per op and an ordered input pipeline (slower):
+    # the same training on the same machine gives the same weights (retrain reproduce)
+    deterministic: bool = False
 
     def argv(self) -> list[str]:
         """The ``retrain`` arguments that run this training; defaults that need no flag
-        (one worker, a full pass) are left out."""
+        (one worker, a full pass, the usual seed, no op determinism) are left out."""
         values: dict[str, object] = {name: getattr(self, name) for name, _ in FLAGS}
         if self.workers == 1:
             values["workers"] = None
         values["steps_per_epoch"] = self.steps_per_epoch or None
+        values["seed"] = None if self.seed == SEED else self.seed
+        values["deterministic"] = self.deterministic or None
         return train_argv(values)
 
     def local_command(self, entry: Sequence[str] | None = None) -> list[str]:
@@ -106,6 +116,8 @@ class TrainOptions:
                                  ("--round-size", self.round_size, 1)):
             if value is not None and value < low:
                 found.append(f"{name} {value}: must be at least {low}")
+        if not 0 <= self.seed <= MAX_SEED:
+            found.append(f"--seed {self.seed}: must be between 0 and {MAX_SEED}")
         if not 0 < self.learning_rate < 10:
             found.append(f"--learning-rate {self.learning_rate}: must be between 0 and 10")
         if self.sink is not None and self.sink != STREAM_SINK and not self.sink.startswith(

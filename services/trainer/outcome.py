@@ -34,6 +34,7 @@ def trained_event(run_id: str, model_type: str, dataset_uri: str, result: dict[s
             seconds=0.0 if cached else round(result["seconds"], 3), workers=result["workers"],
             steps=result["steps"], round_size=round_size, cached=cached,
             weights_digest=result.get("weights_digest", ""),
+            seed=result.get("seed"), deterministic=bool(result.get("deterministic")),
         ),
         source=SOURCE,
         id=f"{run_id}/{model_type}/trained",

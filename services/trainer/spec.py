@@ -33,6 +33,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between checkpoints; None: every epoch
     warm_start: str | None = None  # a model exported by retrain (e.g. the champion's folder)
     collective_timeout: float = 600.0  # a dead peer fails the run instead of hanging it
+    deterministic: bool = False  # TensorFlow's op determinism (TrainOptions.deterministic)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class TrainResult:
     resumed_from_step: int = 0
     warm_start: str = ""
     weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
+    seed: int = SEED  # what the training was seeded with
+    deterministic: bool = False  # whether it ran with TensorFlow's op determinism
 
 
 def warm_start_weights(source: str, model_type: str) -> tuple[Path | None, str]:

@@ -27,6 +27,8 @@ from services.trainer.cluster import Role, role_from_tf_config
 from services.trainer.spec import Progress, TrainConfig, TrainResult, warm_start_weights
 
 log = logging.getLogger(__name__)
+DETERMINISTIC_THREADS = 1  # per op and between ops: a reduction's order cannot depend on the
+# machine's cores or on what else runs (a run's other trainings)
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train"]
 
 
@@ -84,6 +86,17 @@ def _strategy(role: Role, timeout: float) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+def deterministic() -> None:
+    """TensorFlow's op determinism, with a fixed number of threads: the same training on the
+    same machine then gives the same weights, bit for bit (slower)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(DETERMINISTIC_THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(DETERMINISTIC_THREADS)
+    except RuntimeError as exc:  # this process ran TensorFlow before (not retrain train's)
+        log.warning("op determinism without fixed threads: %s", exc)
+    tf.config.experimental.enable_op_determinism()
+
+
 def warm_start(model: keras.Model, source: str, model_type: str) -> str:
     """Load a previous model's weights when its architecture matches; says what happened."""
     weights, note = warm_start_weights(source, model_type)
@@ -97,6 +110,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     """Train ``config.model_type`` and export it to ``config.out`` (a SavedModel folder)."""
     started = time.perf_counter()
     role = role or role_from_tf_config(os.environ.get("TF_CONFIG"))
+    if config.deterministic:
+        deterministic()  # before TensorFlow's runtime starts: its threads are set then
     strategy = _strategy(role, config.collective_timeout)  # before any other TensorFlow op
     problem = verify(config.dataset_uri)  # TFRecord readers stop quietly at a truncated shard
     if problem:
@@ -115,7 +130,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         note = warm_start(model, config.warm_start, config.model_type) if config.warm_start else ""
     if note:
         log.info("%s: %s", config.model_type, note)
-    train_ds, val_ds = data.train_and_validation(config.dataset_uri, global_batch, config.seed)
+    train_ds, val_ds = data.train_and_validation(config.dataset_uri, global_batch, config.seed,
+                                                 config.deterministic)
     work = config.out.parent
     scratch = work / f".scratch-{role.name}"  # what a non-chief writes, then removes
     callbacks: list[keras.callbacks.Callback] = [
@@ -138,7 +154,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
     val_loss = float(history.history["val_loss"][-1])
     val_acc = float(history.history["val_accuracy"][-1])
     info = {"model_type": config.model_type, "dataset_digest": meta["digest"],
-            "val_accuracy": val_acc, "workers": role.workers}
+            "val_accuracy": val_acc, "workers": role.workers, "seed": config.seed,
+            "deterministic": config.deterministic}
     if role.is_chief:
         tmp = config.out.with_name(config.out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,6 +182,8 @@ def train(config: TrainConfig, progress: Progress | None = None,
         resumed_from_step=tracker.resumed_from,
         warm_start=note,
         weights_digest=weights_digest(model),
+        seed=config.seed,
+        deterministic=config.deterministic,
     )
 
 

@@ -2,9 +2,9 @@
 
 The key is everything the trained weights depend on: the ingested dataset's content digest
 (and the ingestion code that made its shards), the variant, every parameter that changes the
-result (epochs, steps per epoch, batch size, learning rate, workers, seed), the warm-start
-model's digest, and the training code's own version (a hash of the modules that define the
-models and the training loop, and the TensorFlow and tf_keras versions). The run id, the
+result (epochs, steps per epoch, batch size, learning rate, workers, seed, op determinism),
+the warm-start model's digest, and the training code's own version (a hash of the modules
+that define the models and the training loop, and the TensorFlow and tf_keras versions). The run id, the
 output folder and the time are not in it. The entry says where the model is, the digest of
 its files (checked before a hit is trusted) and what the training measured.
 
@@ -28,7 +28,7 @@ from core.cache_policy import Policy
 from core.content_cache import ContentCache
 from core.durations import ago
 from repository.digest import model_digest, model_signature, wait_settled
-from services.trainer.options import SEED, TrainOptions
+from services.trainer.options import TrainOptions
 
 PREFIX = "retrain:train-cache:"
 CODE = "train-v1"  # bump by hand for a change the hashed modules below do not show
@@ -92,7 +92,8 @@ class TrainingEntry:
         return {"model_uri": self.model_uri, "digest": self.dataset_digest,
                 "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
                 "seconds": self.trained_seconds, "workers": self.workers, "steps": self.steps,
-                "weights_digest": self.weights_digest}
+                "weights_digest": self.weights_digest, "seed": self.parts.get("seed"),
+                "deterministic": bool(self.parts.get("deterministic"))}
 
 
 def training_cache(client: redis.Redis, ttl_seconds: int) -> ContentCache:
@@ -106,7 +107,8 @@ def key_parts(options: TrainOptions, dataset_meta: dict[str, Any],
             "ingestion": dataset_meta.get("code_version"), "model": options.model,
             "epochs": options.epochs, "steps_per_epoch": options.steps_per_epoch or None,
             "batch_size": options.batch_size, "learning_rate": options.learning_rate,
-            "workers": options.workers, "seed": SEED, "warm_start": warm_start_digest,
+            "workers": options.workers, "seed": options.seed,
+            "deterministic": options.deterministic, "warm_start": warm_start_digest,
             "code": code_version()}
 
 
