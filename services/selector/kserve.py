@@ -4,32 +4,36 @@ Kubernetes API, replaced at once or rolled out as a canary.
 Each release is copied to its own folder of the model volume, ``<repo>/releases/<name>/<v>/<v>/``
 (the TF Serving layout KServe's storage initializer expects under a ``storageUri``), and the
 InferenceService's ``spec.predictor.model.storageUri`` is pointed at it with a JSON merge
-patch. A canary sets ``canaryTrafficPercent`` step by step, reads the canary's health between
-steps, and rolls back (``canaryTrafficPercent: 0`` then the old ``storageUri``) when its error
-rate or latency crosses a threshold. KServe honours ``canaryTrafficPercent`` only in the
-Serverless (Knative) deployment mode; in RawDeployment it is silently ignored, so a canary is
-refused there before anything changes.
+patch. A canary sets ``canaryTrafficPercent`` step by step and judges each step by the live
+guard's rules (``guard_rules.judge``): the canary version's figures over the step against the
+previous version's over the same time, both summed over all the predictor's pods (a
+``live.MetricsSource``, ``pods.PodsSource`` on a cluster: each pod labels its figures with the
+version it serves, so one summed read separates the two revisions). The fast rule (errors in a
+row) is read at every poll while the step waits. A broken rule rolls the canary back
+(``canaryTrafficPercent: 0`` then the old ``storageUri``). KServe honours
+``canaryTrafficPercent`` only in the Serverless (Knative) deployment mode; in RawDeployment it
+is silently ignored, so a canary is refused there before anything changes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
+from typing import Any
 
 from core import kube
+from events.payloads import GateRule
 from repository.layout import next_version
 from services.selector.backends import Staged
-from services.selector.errors import SelectorError
+from services.selector.errors import LiveMetricsError, SelectorError
+from services.selector.guard_rules import GuardThresholds, judge, streak_rule
+from services.selector.live import MetricsSource, Snapshot, VersionStats
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,12 @@ class CanaryUnsupportedError(KServeError):
 
 
 class CanaryRolledBackError(KServeError):
-    """The canary was unhealthy; the previous model serves all traffic again."""
+    """The canary broke a rule (or could not be judged); the previous model serves all traffic
+    again. ``step`` holds the figures it was judged on."""
+
+    def __init__(self, message: str, step: CanaryStep) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class KubeClient:
@@ -59,6 +68,7 @@ class KubeClient:
     def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
         from kubernetes import client
 
+        self.api_client = api_client  # for the pods' metrics (pods.PodsSource)
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._timeout = timeout
@@ -98,93 +108,13 @@ def kube_client(api_url: str | None = None, token: str | None = None) -> KubeCli
 
 
 @dataclass(frozen=True)
-class Health:
-    requests: float
-    errors: float  # answers with a 5xx status
-    p99_seconds: float | None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-
-class CanaryHealth(Protocol):
-    """How a canary is doing: ``start`` opens a window, calling closes it and says what
-    happened in it."""
-
-    def start(self) -> None: ...
-
-    def __call__(self) -> Health: ...
-
-
-class ScrapedHealth:
-    """The canary's health over a window, from two scrapes of its Prometheus ``/metrics``:
-    requests and 5xx answers from a counter labelled ``code``, p99 from a latency histogram.
-    The defaults are the local model server's metric names."""
-
-    def __init__(self, url: str, requests_metric: str = "retrain_serving_requests_total",
-                 latency_metric: str = "retrain_serving_latency_seconds") -> None:
-        self.url = url
-        self._requests = requests_metric
-        self._latency = latency_metric
-        self._last: tuple[float, float, dict[float, float]] | None = None
-
-    def _scrape(self) -> tuple[float, float, dict[float, float]]:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        try:
-            text = httpx.get(self.url, timeout=5).text
-        except httpx.HTTPError as exc:
-            raise KServeError(f"cannot read the canary's metrics at {self.url}: {exc}") from None
-        total = errors = 0.0
-        buckets: dict[float, float] = {}
-        try:
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == self._requests:
-                        total += sample.value
-                        if sample.labels.get("code", "").startswith("5"):
-                            errors += sample.value
-                    elif sample.name == self._latency + "_bucket" and "le" in sample.labels:
-                        bound = float(sample.labels["le"])  # "+Inf" parses to infinity
-                        buckets[bound] = buckets.get(bound, 0.0) + sample.value
-        except ValueError as exc:
-            raise KServeError(f"the canary's metrics at {self.url} are not Prometheus text: "
-                              f"{exc}") from None
-        return total, errors, buckets
-
-    def start(self) -> None:
-        self._last = self._scrape()
-
-    def __call__(self) -> Health:
-        before = self._last or (0.0, 0.0, {})
-        now = self._last = self._scrape()
-        requests, errors = now[0] - before[0], now[1] - before[1]
-        window = {b: c - before[2].get(b, 0.0) for b, c in now[2].items()}
-        return Health(requests, errors, _quantile(window, 0.99))
-
-
-def _quantile(cumulative: dict[float, float], q: float) -> float | None:
-    """The upper bound of the bucket holding the q-th observation (a conservative p99)."""
-    total = cumulative.get(math.inf, 0.0)
-    if total <= 0:
-        return None
-    for bound in sorted(cumulative):
-        if cumulative[bound] >= q * total:
-            return bound
-    return math.inf
-
-
-@dataclass(frozen=True)
 class Rollout:
     strategy: str = "replace"  # or "canary"
     steps: tuple[int, ...] = (10, 50)  # canary traffic percentages before 100
-    step_seconds: float = 60.0  # time at each step before its health is judged
-    max_error_rate: float = 0.01
-    max_p99_seconds: float = 0.5
-    min_requests: int = 20  # fewer requests in a step: the step is judged on errors only
+    step_seconds: float = 60.0  # time at each step before it is judged
+    thresholds: GuardThresholds = field(default_factory=GuardThresholds)  # the live guard's rules, per step
     ready_timeout: float = 300.0
-    poll_seconds: float = 1.0  # between looks at the InferenceService's status
+    poll_seconds: float = 1.0  # between looks at the InferenceService and at the figures
 
     def __post_init__(self) -> None:
         if self.strategy not in ("replace", "canary"):
@@ -193,23 +123,80 @@ class Rollout:
             raise ValueError(f"canary steps must rise within 1..99, got {list(self.steps)}")
 
 
+@dataclass(frozen=True)
+class CanaryStep:
+    """One canary step's judgement: the canary version's figures over the step and the other
+    versions' over the same time (None: they answered nothing), every rule with its figures,
+    or the ``problem`` that kept the step from being judged."""
+
+    percent: int
+    version: int
+    seconds: float
+    window: VersionStats = field(default_factory=VersionStats)
+    baseline: VersionStats | None = None
+    rules: tuple[GateRule, ...] = ()
+    problem: str | None = None
+    broken: tuple[GateRule, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "broken", tuple(r for r in self.rules if not r.passed))
+
+    @property
+    def failed(self) -> bool:
+        return self.problem is not None or bool(self.broken)
+
+    @property
+    def reason(self) -> str:
+        if self.problem is not None:
+            return self.problem
+        return "; ".join(f"{r.name}: {r.detail}" for r in self.broken) or "healthy"
+
+    def summary(self) -> str:
+        w, b = self.window, self.baseline or VersionStats()
+        return (f"canary at {self.percent}% for {self.seconds:.1f}s: version {self.version} "
+                f"answered {w.requests:.0f} ({w.errors:.0f} errors, p99 {_ms(w.p99_seconds)}), "
+                f"the previous {b.requests:.0f} ({b.errors:.0f} errors, p99 "
+                f"{_ms(b.p99_seconds)}) — {self.reason}")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:g} ms"
+
+
+def step_window(start: Snapshot, now: Snapshot,
+                version: int) -> tuple[VersionStats, VersionStats | None]:
+    """The canary version's figures between two reads, and every other version's summed
+    (the revision it would replace; None when it answered nothing meanwhile)."""
+    window = now.of(version).minus(start.of(version))
+    others = VersionStats()
+    for v in {*start.versions, *now.versions} - {version}:
+        others = others.plus(now.of(v).minus(start.of(v)))
+    return window, (others if others.requests > 0 else None)
+
+
 class KServeBackend:
     def __init__(self, api: KubeClient, namespace: str, name: str, repo: Path, storage_prefix: str,
-                 rollout: Rollout = Rollout(), health: CanaryHealth | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 rollout: Rollout = Rollout(), metrics: MetricsSource | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._api = api
         self._namespace, self._name = namespace, name
+        self._repo = repo
         self.releases = repo / "releases" / name
         self._prefix = storage_prefix.rstrip("/") + f"/releases/{name}"
         self._rollout = rollout
-        self._health = health
-        self._sleep = sleep
-        if rollout.strategy == "canary" and health is None:
-            raise ValueError("a canary rollout needs a health source (the canary's metrics URL)")
+        self._metrics = metrics
+        self._sleep, self._clock = sleep, clock
+        if rollout.strategy == "canary" and metrics is None:
+            raise ValueError("a canary rollout needs the serving pods' metrics to judge it by")
 
     # PromotionBackend ------------------------------------------------------------------------
     def next_version(self) -> int:
-        return next_version(self.releases)
+        """Past every release, and past every version in the model repository's own folder
+        (what the InferenceService may serve before its first release): each pod labels its
+        figures with the version it serves, so a canary never shares its number with the
+        revision it is judged against."""
+        return max(next_version(self.releases), next_version(self._repo / self._name))
 
     def stage(self, model_uri: str, version: int) -> Staged:
         """Check the InferenceService first (a canary the cluster would ignore is refused here,
@@ -238,7 +225,7 @@ class KServeBackend:
         isvc = self._api.get_isvc(self._namespace, self._name)
         previous = self._storage_uri(isvc)
         if self._rollout.strategy == "canary" and previous and previous != uri:
-            self._canary(uri, previous)
+            self._canary(uri, previous, staged.version)
         else:
             self._patch({"canaryTrafficPercent": None, "model": {"storageUri": uri}})
             self._wait_ready()
@@ -302,30 +289,46 @@ class KServeBackend:
                 raise KServeError(f"InferenceService not ready after {self._rollout.ready_timeout:.0f}s")
             self._sleep(self._rollout.poll_seconds)
 
-    def _canary(self, uri: str, previous: str) -> None:
-        assert self._health is not None
+    def _canary(self, uri: str, previous: str, version: int) -> None:
         for percent in self._rollout.steps:
             self._patch({"canaryTrafficPercent": percent, "model": {"storageUri": uri}})
             self._wait_ready()
-            self._health.start()
-            self._sleep(self._rollout.step_seconds)
-            health = self._health()
-            problem = self._judge(health)
-            log.info("canary at %d%%: %.0f requests, error rate %.3f, p99 %s — %s", percent,
-                     health.requests, health.error_rate, health.p99_seconds, problem or "healthy")
-            if problem:
+            step = self._watch_step(percent, version)
+            (log.warning if step.failed else log.info)("%s", step.summary())
+            if step.failed:
                 self._patch({"canaryTrafficPercent": 0})  # all traffic back to the last good one
                 self._patch({"canaryTrafficPercent": None, "model": {"storageUri": previous}})
-                raise CanaryRolledBackError(f"canary rolled back at {percent}%: {problem}; "
-                                            f"{previous} serves all traffic again")
+                raise CanaryRolledBackError(f"canary rolled back at {percent}%: {step.reason}; "
+                                            f"{previous} serves all traffic again", step)
         self._patch({"canaryTrafficPercent": None})  # the canary takes all traffic
         self._wait_ready()
 
-    def _judge(self, health: Health) -> str | None:
+    def _watch_step(self, percent: int, version: int) -> CanaryStep:
+        """One step: the figures read at once, then at every poll until ``step_seconds`` have
+        passed (the fast rule judged at each, ending the step early when broken), then every
+        rule on the whole step. A read that fails mid-step is retried at the next poll; one
+        that fails at the start or the end leaves the step unjudged: failed."""
+        assert self._metrics is not None
         r = self._rollout
-        if health.errors and health.error_rate > r.max_error_rate:
-            return f"error rate {health.error_rate:.3f} > {r.max_error_rate:.3f}"
-        if (health.requests >= r.min_requests and health.p99_seconds is not None
-                and health.p99_seconds > r.max_p99_seconds):
-            return f"p99 latency {health.p99_seconds:.3f}s > {r.max_p99_seconds:.3f}s"
-        return None
+        began = self._clock()
+        try:
+            start = self._metrics.scrape()
+        except LiveMetricsError as exc:
+            return CanaryStep(percent, version, 0.0, problem=f"cannot read the figures: {exc}")
+        while True:
+            left = began + r.step_seconds - self._clock()
+            self._sleep(max(0.0, min(r.poll_seconds, left)))
+            ended = self._clock() - began >= r.step_seconds
+            try:
+                now = self._metrics.scrape()
+            except LiveMetricsError as exc:
+                if ended:
+                    return CanaryStep(percent, version, self._clock() - began,
+                                      problem=f"cannot read the figures: {exc}")
+                log.warning("canary at %d%%: %s (trying again)", percent, exc)
+                continue
+            window, baseline = step_window(start, now, version)
+            fast = streak_rule(window, r.thresholds)
+            if ended or not fast.passed:
+                return CanaryStep(percent, version, now.at - start.at, window, baseline,
+                                  judge(window, baseline, r.thresholds))

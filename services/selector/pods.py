@@ -17,6 +17,7 @@ read in one poll is skipped for that poll; none readable is a ``LiveMetricsError
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,7 @@ class PodsSource:
         self._clock = clock
         self._tallies: dict[str, Tally] = {}  # the pods listed, by UID
         self._gone: dict[int, VersionStats] = {}  # what pods no longer listed counted
+        self._lock = threading.Lock()  # the canary and the guard's watch may read at once
 
     def pods(self) -> tuple[list[Pod], set[str]]:
         """The pods to read, and the UIDs of every pod listed (ready or not)."""
@@ -136,6 +138,10 @@ class PodsSource:
                 {item.metadata.uid for item in listed.items})
 
     def scrape(self) -> Snapshot:
+        with self._lock:
+            return self._scrape()
+
+    def _scrape(self) -> Snapshot:
         pods, listed = self.pods()
         self._forget_all_but(listed)
         if not pods:

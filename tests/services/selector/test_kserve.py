@@ -1,35 +1,36 @@
-"""The KServe backend against the stand-in Kubernetes API (tests/services/selector/kube_standin.py),
-with canary health read from real model servers under real load."""
+"""The KServe backend against the stand-in Kubernetes API (tests/services/selector/kube_standin.py).
+A canary is judged by the live guard's rules on the figures of every predictor pod, summed: real
+model-server-like pods on 127.0.0.1 (tests/services/selector/pod_servers.py) answer traffic split
+as the InferenceService says, and the stand-in lists them as the canary's and the previous
+revision's pods."""
 
-import base64
-import io
-import shutil
+import itertools
 import threading
+import time
 
-import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-from core.http import BackgroundServer, bind
+from core.kube import api_client
 from events import EventType, make_event
 from events.payloads import ModelTrained
 from services.selector.champion import Champion, ChampionStore
+from services.selector.guard_rules import GuardThresholds
 from services.selector.kserve import (
     CanaryRolledBackError,
     CanaryUnsupportedError,
     KServeBackend,
     Rollout,
-    ScrapedHealth,
     kube_client,
 )
-from services.serving.app import create_app as create_server
+from services.selector.pods import PodsSource, predictor_selector
 from tests.services.selector.kube_standin import TOKEN, KubeStandIn
+from tests.services.selector.pod_servers import MetricsPod
 
 pytestmark = [pytest.mark.integration]
 PREFIX = "pvc://retrain-data/models"
 RELEASES = f"{PREFIX}/releases/fashion-mnist"
 BASE_URI = "pvc://retrain-data/models/fashion-mnist"  # what manifests/base serves at first
+THRESHOLDS = GuardThresholds(min_requests=20)
 
 
 @pytest.fixture
@@ -47,39 +48,62 @@ def kube():
         assert standin.violations == [], standin.violations
 
 
-def _backend(standin, tmp_path, rollout=Rollout(), health=None):
+def _pods_source(standin):
+    return PodsSource(api_client(standin.server.url, TOKEN), "retrain",
+                      predictor_selector("fashion-mnist"))
+
+
+def _backend(standin, tmp_path, rollout=None, metrics=None):
     return KServeBackend(kube_client(standin.server.url, TOKEN), "retrain", "fashion-mnist",
-                         tmp_path / "models", PREFIX, rollout, health)
+                         tmp_path / "models", PREFIX, rollout or Rollout(), metrics)
 
 
 def _canary(step_seconds=0.8, **kwargs):
-    return Rollout("canary", steps=(10, 50), step_seconds=step_seconds, min_requests=5,
+    return Rollout("canary", steps=(10, 50), step_seconds=step_seconds, thresholds=THRESHOLDS,
                    poll_seconds=0.05, **kwargs)
 
 
-class _Canary:
-    """A real model server standing where the canary revision would, with clients hitting it."""
+def healthy(i):
+    return 200, 0.004, i % 10
 
-    def __init__(self, repo, saved_model=None):
-        if saved_model is not None:
-            shutil.copytree(saved_model, repo / "fashion-mnist" / "1")
-        repo.mkdir(parents=True, exist_ok=True)
-        self.server = BackgroundServer(create_server(repo, batching=None),
-                                       bind("127.0.0.1", 0, "canary"), "canary").start()
-        buf = io.BytesIO()
-        Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(buf, format="PNG")
-        self._body = {"instances": [{"image_bytes": {"b64": base64.b64encode(buf.getvalue()).decode()}}]}
+
+class Traffic:
+    """Users of the InferenceService: two pods of the previous revision serving version 1 and
+    two canary pods serving ``version``, each answer sent where the InferenceService's traffic
+    split says, round robin within a revision; ``canary_answers`` says how each canary pod
+    answers its own i-th request (status, seconds, predicted class)."""
+
+    def __init__(self, standin, version, canary_answers=(healthy, healthy)):
+        self.standin, self.version = standin, version
+        self.previous = [MetricsPod(), MetricsPod()]
+        self.canary = [MetricsPod() for _ in canary_answers]
+        self._answers = canary_answers
+        for i, pod in enumerate(self.previous):
+            standin.add_pod(f"fashion-mnist-predictor-00001-{i}", pod.port, revision=1)
+        for i, pod in enumerate(self.canary):
+            standin.add_pod(f"fashion-mnist-predictor-00002-{i}", pod.port, revision=2)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._load, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _load(self):
-        with httpx.Client(base_url=self.server.url, timeout=10) as client:
-            while not self._stop.is_set():
-                client.post("/v1/models/fashion-mnist:predict", json=self._body)
+    def _canary_share(self):
+        predictor = self.standin.isvc["spec"]["predictor"]
+        if predictor["model"]["storageUri"] != f"{RELEASES}/{self.version}":
+            return 0
+        percent = predictor.get("canaryTrafficPercent")
+        return 100 if percent is None else percent
 
-    @property
-    def health(self):
-        return ScrapedHealth(self.server.url + "/metrics")
+    def _run(self):
+        requests, canary_requests = itertools.count(), itertools.count()
+        while not self._stop.is_set():
+            n = next(requests)
+            if n % 100 < self._canary_share():
+                m = next(canary_requests)
+                k = m % len(self.canary)
+                code, seconds, label = self._answers[k](m // len(self.canary))
+                self.canary[k].answer(self.version, code, seconds, label)
+            else:
+                self.previous[n % 2].answer(1, 200, 0.004, n % 10)
+            self._stop.wait(0.0005)
 
     def __enter__(self):
         self._thread.start()
@@ -88,7 +112,14 @@ class _Canary:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.server.stop()
+        for pod in self.previous + self.canary:
+            pod.stop()
+
+
+def _serving_version_1(tmp_path):
+    """The model repository's own folder holds version 1, which the InferenceService serves
+    before its first release: the canary's release is numbered 2."""
+    (tmp_path / "models" / "fashion-mnist" / "1").mkdir(parents=True)
 
 
 def test_replace_points_the_inference_service_at_the_new_release(kube, tmp_path, saved_model):
@@ -110,52 +141,96 @@ def test_replace_points_the_inference_service_at_the_new_release(kube, tmp_path,
 
 def test_canary_steps_up_and_takes_all_traffic_when_healthy(kube, tmp_path, saved_model):
     standin = kube()
-    with _Canary(tmp_path / "canary", saved_model) as canary:
-        backend = _backend(standin, tmp_path, _canary(max_p99_seconds=5.0), canary.health)
-        backend.publish(backend.stage(str(saved_model), backend.next_version()))
-    uri = {"storageUri": f"{RELEASES}/1"}
+    _serving_version_1(tmp_path)
+    with Traffic(standin, version=2) as traffic:
+        backend = _backend(standin, tmp_path, _canary(), _pods_source(standin))
+        staged = backend.stage(str(saved_model), backend.next_version())
+        assert staged.version == 2
+        backend.publish(staged)
+    uri = {"storageUri": f"{RELEASES}/2"}
     assert standin.patches == [{"canaryTrafficPercent": 10, "model": uri},
                                {"canaryTrafficPercent": 50, "model": uri},
                                {"canaryTrafficPercent": None}]
     predictor = standin.isvc["spec"]["predictor"]
-    assert predictor["model"]["storageUri"] == f"{RELEASES}/1"
+    assert predictor["model"]["storageUri"] == f"{RELEASES}/2"
     assert "canaryTrafficPercent" not in predictor
-    traffic = standin.isvc["status"]["components"]["predictor"]["traffic"]
-    assert [t["percent"] for t in traffic] == [100]
+    traffic_split = standin.isvc["status"]["components"]["predictor"]["traffic"]
+    assert [t["percent"] for t in traffic_split] == [100]
+    # every pod of both revisions was read at least as each step began and ended
+    assert all(pod.scrapes >= 4 for pod in traffic.previous + traffic.canary)
 
 
-@pytest.mark.parametrize("failure", ["errors", "latency"])
-def test_an_unhealthy_canary_is_rolled_back(kube, tmp_path, saved_model, failure):
+def _errors_now_and_then(i):  # every other answer: never enough in a row for the fast rule
+    return (503, 0.004, None) if i % 2 else (200, 0.004, i % 10)
+
+
+def _errors_only(i):
+    return 503, 0.004, None
+
+
+def _slow(i):
+    return 200, 0.3, i % 10
+
+
+def _one_class(i):  # a model that calls everything a T-shirt
+    return 200, 0.004, 0
+
+
+@pytest.mark.parametrize("answers, rule, figures", [
+    ((healthy, _errors_now_and_then), "error_rate", "errors in"),
+    ((healthy, _errors_only), "consecutive_errors", "errors in a row"),
+    ((_slow, _slow), "p99_latency", "p99 300 ms against"),
+    ((_one_class, _one_class), "class_distribution", "Jensen-Shannon distance"),
+], ids=["one of two pods errs", "errors in a row", "slow", "classes shifted"])
+def test_an_unhealthy_canary_is_rolled_back_by_the_guards_rules(kube, tmp_path, saved_model,
+                                                               answers, rule, figures):
     standin = kube()
-    if failure == "errors":  # a canary with no loadable model answers 503 to everything
-        canary, rollout = _Canary(tmp_path / "canary"), _canary()
-    else:  # real latencies against a threshold no server meets
-        canary, rollout = _Canary(tmp_path / "canary", saved_model), _canary(max_p99_seconds=1e-6)
-    with canary:
-        backend = _backend(standin, tmp_path, rollout, canary.health)
+    _serving_version_1(tmp_path)
+    step_seconds = 30.0 if rule == "consecutive_errors" else 0.8  # the fast rule does not wait
+    began = time.monotonic()
+    with Traffic(standin, version=2, canary_answers=answers) as traffic:
+        backend = _backend(standin, tmp_path, _canary(step_seconds), _pods_source(standin))
         staged = backend.stage(str(saved_model), backend.next_version())
         with pytest.raises(CanaryRolledBackError) as raised:
             backend.publish(staged)
+    step = raised.value.step
+    assert step.broken[0].name == rule  # the first rule broken; others may be too
     message = str(raised.value)
-    assert "canary rolled back at 10%" in message and f"{BASE_URI} serves all traffic" in message
-    assert ("error rate 1.000 > 0.010" if failure == "errors" else "p99 latency") in message
+    assert f"canary rolled back at 10%: {rule}: " in message and figures in message
+    assert f"{BASE_URI} serves all traffic again" in message
+    assert (step.percent, step.version) == (10, 2)
+    assert step.baseline is not None and step.baseline.errors == 0  # the previous version's
+    assert step.baseline.requests > step.window.requests > 0  # both summed over their pods
+    if rule == "consecutive_errors":
+        assert time.monotonic() - began < 15 and step.seconds < 15
+    if rule == "error_rate":  # the erring pod alone would read 100 %, the healthy one 0 %
+        assert 0.1 < step.window.error_rate < 0.9
+        assert all(pod.scrapes >= 2 for pod in traffic.canary)
     assert standin.patches == [
-        {"canaryTrafficPercent": 10, "model": {"storageUri": f"{RELEASES}/1"}},
+        {"canaryTrafficPercent": 10, "model": {"storageUri": f"{RELEASES}/2"}},
         {"canaryTrafficPercent": 0},
         {"canaryTrafficPercent": None, "model": {"storageUri": BASE_URI}},
     ]
     assert standin.isvc["spec"]["predictor"]["model"]["storageUri"] == BASE_URI
 
 
+def test_a_canary_whose_figures_cannot_be_read_is_rolled_back(kube, tmp_path, saved_model):
+    standin = kube()  # no predictor pod is listed
+    backend = _backend(standin, tmp_path, _canary(), _pods_source(standin))
+    with pytest.raises(CanaryRolledBackError, match="canary rolled back at 10%: cannot read the "
+                                                    "figures: no Running, Ready pod in retrain"):
+        backend.publish(backend.stage(str(saved_model), backend.next_version()))
+    assert standin.isvc["spec"]["predictor"]["model"]["storageUri"] == BASE_URI
+
+
 @pytest.mark.parametrize("where", ["annotation", "cluster default"])
 def test_canary_is_refused_where_kserve_would_ignore_it(kube, tmp_path, saved_model, where):
     standin = kube(mode_annotation="RawDeployment") if where == "annotation" else kube(default_mode="RawDeployment")
-    never_read = ScrapedHealth("http://127.0.0.1:9/metrics")  # refused before any canary step
-    backend = _backend(standin, tmp_path, _canary(), health=never_read)
+    backend = _backend(standin, tmp_path, _canary(), _pods_source(standin))
     with pytest.raises(CanaryUnsupportedError, match="RawDeployment mode, where KServe ignores "
                                                      "canaryTrafficPercent"):
         backend.stage(str(saved_model), backend.next_version())
-    assert standin.patches == []
+    assert standin.patches == [] and standin.pod_selectors == []  # refused before any step
     assert not (tmp_path / "models" / "releases").exists() or not any((tmp_path / "models/releases").rglob("*"))
     # the replace strategy works in that mode
     replace = _backend(standin, tmp_path)
@@ -190,8 +265,10 @@ def test_a_rolled_back_canary_leaves_the_champion_in_place(kube, tmp_path, saved
     champion = Champion(1, str(saved_model), "cnn", 0.0, "d0", ingested, "run0", generation=1)
     assert store.replace(0, champion)
     emitted = []
-    with _Canary(tmp_path / "canary") as canary:
-        selector = Selector(store, _backend(standin, tmp_path, _canary(), canary.health),
+    _serving_version_1(tmp_path)
+    with Traffic(standin, version=2, canary_answers=(_errors_only, _errors_only)):
+        selector = Selector(store, _backend(standin, tmp_path, _canary(),
+                                           _pods_source(standin)),
                             Evaluator(), emitted.append,
                             ChampionPolicy(max_class_drop=1))  # an untrained model's sneakers
         decision = selector.handle(make_event(EventType.MODEL_TRAINED, ModelTrained(
