@@ -219,12 +219,15 @@ class KServeBackend:
             raise
         return Staged(version, str(final), str(tmp))
 
-    def publish(self, staged: Staged) -> None:
+    def publish(self, staged: Staged, at_once: bool = False) -> None:
+        """Serve ``staged``: as a canary if the rollout says so, else (and ``at_once``: a
+        rollback to a model already proven, which must not wait out a canary's steps) with
+        all the traffic at once."""
         Path(staged.handle).rename(Path(staged.location).parent)
         uri = f"{self._prefix}/{staged.version}"
         isvc = self._api.get_isvc(self._namespace, self._name)
         previous = self._storage_uri(isvc)
-        if self._rollout.strategy == "canary" and previous and previous != uri:
+        if self._rollout.strategy == "canary" and not at_once and previous and previous != uri:
             self._canary(uri, previous, staged.version)
         else:
             self._patch({"canaryTrafficPercent": None, "model": {"storageUri": uri}})

@@ -310,3 +310,13 @@ def test_a_canary_cut_short_by_a_stopped_selector_is_undone_and_a_finished_one_k
     patches = len(standin.patches)
     assert backend.resume(third, first.location) is True
     assert len(standin.patches) == patches  # nothing changed: it is finished
+
+
+def test_a_rollback_under_a_canary_rollout_serves_the_previous_model_at_once(kube, tmp_path,
+                                                                            saved_model):
+    standin = kube()  # no pod: a canary step would be rolled back for want of figures
+    backend = _backend(standin, tmp_path, _canary(step_seconds=60), _pods_source(standin))
+    backend.publish(backend.stage(str(saved_model), backend.next_version()), at_once=True)
+    assert standin.patches == [{"canaryTrafficPercent": None,
+                                "model": {"storageUri": f"{RELEASES}/1"}}]
+    assert standin.pod_selectors == []  # nothing judged
