@@ -21,6 +21,7 @@ from retrain.commands.events import events_app
 from retrain.commands.golden import golden_app
 from retrain.commands.lineage import lineage
 from retrain.commands.replay import replay
+from retrain.commands.reproduce import reproduce
 from retrain.commands.selector import select_app
 from retrain.commands.step import step_app
 from retrain.commands.step_training import check_training, wait_training
@@ -40,6 +41,7 @@ app.command()(gate.approve)
 app.command()(standalone.ui)
 app.command()(lineage)
 app.command()(replay)
+app.command()(reproduce)
 app.add_typer(cache_app, name="cache")
 app.add_typer(events_app, name="events")
 app.add_typer(golden_app, name="golden")

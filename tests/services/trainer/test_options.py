@@ -154,3 +154,14 @@ def test_a_model_sent_to_the_selector_must_be_written_inside_the_runs_folder(tmp
     assert problems(runs / "link" / "model") != []  # a link is followed, as the selector does
     assert TrainOptions(model="cnn", dataset=str(dataset), out=elsewhere,
                         sink="stream").problems() == []  # no runs folder given: not checked
+
+
+def test_a_seed_and_op_determinism_reach_the_command_line_only_when_asked(parsed, tmp_path):
+    usual = TrainOptions(model="cnn", dataset="/d", out=tmp_path / "m")
+    assert "--seed" not in usual.argv() and "--deterministic" not in usual.argv()
+    asked = TrainOptions(model="cnn", dataset="/d", out=tmp_path / "m", seed=11,
+                         deterministic=True)
+    assert asked.argv()[-4:] == ["--seed", "11", "--deterministic", "true"]
+    assert parsed(asked.argv()) == asked
+    params = RunParameters(models=("cnn",), deterministic=True)
+    assert Trainings.options("r", params, "cnn", "/d", tmp_path / "m").deterministic

@@ -52,3 +52,14 @@ def test_a_change_to_the_record_parser_changes_the_code_version(monkeypatch, tmp
         assert training_cache.code_version() != before
     finally:
         training_cache.code_version.cache_clear()
+
+
+def test_a_deterministic_training_or_another_seed_has_a_key_of_its_own(tmp_path):
+    from services.trainer.options import TrainOptions
+
+    meta = {"digest": "d", "code_version": "ingest-v1"}
+    usual = TrainOptions(model="cnn", dataset="/store/datasets/k", out=tmp_path / "m")
+    keys = {training_cache.training_key(training_cache.key_parts(o, meta, None)) for o in (
+        usual, TrainOptions(**{**usual.__dict__, "deterministic": True}),
+        TrainOptions(**{**usual.__dict__, "seed": 8}))}
+    assert len(keys) == 3
