@@ -62,8 +62,33 @@ def request_of(run_id: str, data_uri: str, parameters: RunParameters, event: str
 
 
 def start(client: redis.Redis, request: RunRequest) -> dict[str, Any]:
-    """The run's record, begun: what the plan step writes (again, if Argo runs it again)."""
-    return RunRecorder(client, request).summary
+    """The run's record, begun: what the plan step writes (again, if Argo runs it again:
+    the runs a coalesced Workflow listed as covered meanwhile are kept)."""
+    kept = record.get(client, request.run_id) or {}
+    summary = RunRecorder(client, request).summary
+    if kept.get("covers"):
+        record.add_covers(client, request.run_id, tuple(kept["covers"]))
+        summary = record.get(client, request.run_id) or summary
+    return summary
+
+
+def event_time(request: RunRequest) -> float:
+    """When the run's event happened (its CloudEvent ``time``), as seconds; now if it says
+    none. What orders the changes of one source (``workflows.coalesce.note``)."""
+    from datetime import datetime
+
+    said = (request.event or {}).get("time")
+    try:
+        return datetime.fromisoformat(str(said)).timestamp() if said else time.time()
+    except ValueError:
+        return time.time()
+
+
+def trigger_of(client: redis.Redis, run_id: str, approves: str = "") -> str:
+    """What triggered a run, as its plan recorded it (an approval is a person's: manual)."""
+    if approves:
+        return "training.requested"
+    return str((record.get(client, run_id) or {}).get("trigger") or TRIGGER)
 
 
 @dataclass
@@ -181,11 +206,14 @@ def ingested(step: Step, entry: CacheEntry, reason: str, result: IngestResult | 
         step.summary["cache"] = {"hit": True, "reason": reason}
 
 
-def validated(step: Step, report: Report, dataset_uri: str) -> None:
-    """The validate step: the verdict, the report kept as ``summary["validation"]``."""
+def validated(step: Step, report: Report, dataset_uri: str, deferred: str | None = None) -> None:
+    """The validate step: the verdict, the report kept as ``summary["validation"]``; a run
+    ``deferred`` (too small a change) ends so, saying why."""
     step.detail.update(report.step_detail())
     step.summary.update(validation=report.to_dict(), dataset_uri=dataset_uri)
     step.status = report.step_status() or step.status
+    if deferred:
+        step.summary.update(status="deferred", error=deferred, reason=deferred)
 
 
 def training(model: str) -> Step:

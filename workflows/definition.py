@@ -6,176 +6,62 @@ validate``, ``retrain train``): one definition of each step, two orchestrators. 
 pure: ``build()`` returns the hera object and ``render()`` its YAML; nothing here talks to a
 cluster.
 
-    plan ─► check-cache ──hit──────────────────────────► validate ─► train (per model, withParam):
-                 └─miss──► ingest (when hit == false) ──┘   │ blocked:   check-training ─hit─►
-                                                            │ exit 3      │     model.trained
-                                                            ▼             └─miss─► TFJob ─►
-                                           no training starts                  wait-training
+    plan ─► source (one Workflow per source at a time: a mutex named by the plan)
+              supersede ─coalesced─► ends (a newer change of the source covers this run)
+                 └─► check-cache ──hit──────────────────────────► validate ─► train (per model,
+                          └─miss──► ingest (when hit == false) ──┘   │       withParam; not
+                                                                     │       when deferred)
+                                                        blocked: exit 3, no training starts
                                                     each training emits model.trained → selector
 
 ``plan`` parses the event's whole ``parameters`` object with the local runner's
-``RunParameters`` (workflows/plan.py), so every run parameter reaches the cluster, and begins
-the run's record (the Workflow's name) with the triggering CloudEvent; each later step adds
-its part as the local runner would (workflows/cluster_run.py).
+``RunParameters`` (workflows/plan.py), begins the run's record (the Workflow's name) with the
+triggering CloudEvent, and notes that event as its source's newest (``workflows.coalesce``);
+each later step adds its part as the local runner would (workflows/cluster_run.py).
+``source`` holds the source's mutex (its name a hash of the source key, from the plan): a
+Workflow waits there while another of its source works, and ``supersede``, once it has the
+mutex, ends the run ``coalesced`` when a newer change of the source was noted meanwhile.
 ``validate`` is the data gate: when a check blocks (the plan's ``validation`` is ``block``)
 the step fails with exit code 3, its message naming every failed check, and the trainings,
-which depend on ``validate.Succeeded``, are never started; the workflow ends Failed.
+which depend on ``validate.Succeeded``, are never started; the workflow ends Failed. A run
+whose data adds less than ``RETRAIN_MIN_CHANGE`` ends ``deferred``: validate succeeds with
+status ``deferred`` and the trainings are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from typing import Any
 
 import yaml
-from hera.workflows import (
-    DAG,
-    ConfigMapEnvFrom,
-    Container,
-    Env,
-    ExistingVolume,
-    Parameter,
-    Resource,
-    RetryStrategy,
-    SecretEnv,
-    WorkflowTemplate,
+from hera.workflows import DAG, Container, ExistingVolume, Parameter, WorkflowTemplate
+from hera.workflows.models import Metadata, PodGC, TTLStrategy
+
+from workflows.definition_training import (
+    MODEL_OUT,
+    TRAIN_DEADLINE_SECONDS,
+    TRAIN_INPUTS,
+    TRAIN_PARAMETERS,
+    tfjob_manifest,
+    train_dag,
 )
-from hera.workflows.models import Backoff, Metadata, PodGC, TTLStrategy, VolumeMount
+from workflows.templates import (
+    HOME,
+    NAME,
+    OUTPUTS,
+    POD_LABELS,
+    TERMINATION_LOG,
+    ClusterNames,
+    container,
+)
 
-from services.trainer.options import train_argv
+__all__ = ["HOME", "MODEL_OUT", "OUTPUTS", "TERMINATION_LOG", "TRAIN_DEADLINE_SECONDS",
+           "TRAIN_PARAMETERS", "ClusterNames", "build", "render", "tfjob_manifest",
+           "workflow_name"]  # where the manifests' tests and the CLI look for them
 
-NAME = "retrain"
-HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
-OUTPUTS = "/tmp/outputs"
-# Kubernetes keeps what a container writes here as its termination message, and Argo shows a
-# failed step's as "main: Error (exit code N): <message>"
-TERMINATION_LOG = "/dev/termination-log"
-_REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
-TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 6 h)
-
-
-@dataclass(frozen=True)
-class ClusterNames:
-    """Names the WorkflowTemplate refers to; the manifests define each of them."""
-
-    image: str = "ghcr.io/retrain-dev/retrain:0.1.0"
-    namespace: str = "retrain"
-    service_account: str = "retrain-workflow"
-    trainer_service_account: str = "retrain-trainer"
-    volume_claim: str = "retrain-data"
-    config_map: str = "retrain-config"
-    model_trained_sink: str = "stream"  # the Redis stream the selector consumes (--stream)
-    redis_secret: str = "retrain-redis"  # key url: RETRAIN_REDIS_URL, with its password
-    api_keys_secret: str = "retrain-api-keys"  # key keys: RETRAIN_API_KEYS, sent with events
-    webhook_token_secret: str = "retrain-webhook-token"  # the webhook EventSource's token
-
-    @property
-    def approver(self) -> str:  # who approved, as the cluster can tell: the webhook's token
-        return f"token:{self.webhook_token_secret}"
-
-
-# every pod of the workflow and its TFJobs talks to Redis and may send events: the
-# NetworkPolicies (manifests/base/networkpolicies.yaml) admit pods by these labels
-POD_LABELS = {"retrain.dev/redis-client": "true", "retrain.dev/event-sender": "true"}
-
-
-def _secrets(names: ClusterNames) -> list[tuple[str, str, str]]:
-    """(variable, Secret, key) of what no ConfigMap may hold."""
-    return [("RETRAIN_REDIS_URL", names.redis_secret, "url"),
-            ("RETRAIN_API_KEYS", names.api_keys_secret, "keys")]
-
-
-def _secret_env(names: ClusterNames) -> list[SecretEnv]:
-    return [SecretEnv(name=n, secret_name=s, secret_key=k) for n, s, k in _secrets(names)]
-
-
-def _container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,
-               inputs: list[Parameter] | None = None,
-               outputs: list[str] | None = None) -> Container:
-    from hera.workflows import Resources
-
-    return Container(
-        name=name,
-        image=names.image,
-        command=["retrain"],
-        args=args,
-        inputs=inputs,
-        outputs=[Parameter(name=o, value_from={"path": f"{OUTPUTS}/{o}"}) for o in outputs or []],
-        env=[Env(name="RETRAIN_HOME", value=HOME), *_secret_env(names)],
-        env_from=[ConfigMapEnvFrom(name=names.config_map)],
-        volume_mounts=[VolumeMount(name="data", mount_path=HOME)],
-        resources=Resources(cpu_request=cpu, memory_request=memory, memory_limit=memory),
-        retry_strategy=RetryStrategy(
-            limit=3, retry_policy="OnError",
-            backoff=Backoff(duration="10s", factor=2, max_duration="5m")),
-    )
-
-
-def tfjob_manifest(names: ClusterNames) -> str:
-    """The TFJob one training runs as; Argo fills ``{{...}}`` from the task's inputs."""
-    trainer = {
-        "name": "tensorflow",  # the container name the Training Operator expects
-        "image": names.image,
-        "command": ["retrain"],
-        "args": train_argv({
-            "model": "{{inputs.parameters.model}}",
-            "dataset": "{{inputs.parameters.dataset-uri}}",
-            "out": MODEL_OUT,
-            "run_id": "{{workflow.name}}",
-            "epochs": "{{inputs.parameters.epochs}}",
-            "steps_per_epoch": "{{inputs.parameters.steps-per-epoch}}",
-            "batch_size": "{{inputs.parameters.batch-size}}",
-            "learning_rate": "{{inputs.parameters.learning-rate}}",
-            "checkpoint_every": 100,  # a restarted worker resumes from here
-            "warm_start": "{{inputs.parameters.warm-start}}",  # "" when there is none
-            "sink": names.model_trained_sink,
-            "round_size": "{{inputs.parameters.round-size}}",
-        }),
-        "env": [{"name": "RETRAIN_HOME", "value": HOME},
-                {"name": "TF_USE_LEGACY_KERAS", "value": "1"},
-                *({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-                  for name, secret, key in _secrets(names))],
-        "envFrom": [{"configMapRef": {"name": names.config_map}}],
-        "volumeMounts": [{"name": "data", "mountPath": HOME}],
-        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
-    }
-    pod = {
-        "metadata": {"labels": dict(POD_LABELS)},
-        "spec": {
-            "serviceAccountName": names.trainer_service_account,
-            "containers": [trainer],
-            "volumes": [{"name": "data",
-                         "persistentVolumeClaim": {"claimName": names.volume_claim}}],
-        },
-    }
-    job = {
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "TFJob",
-        "metadata": {
-            "generateName": "{{workflow.name}}-train-",
-            "namespace": names.namespace,
-            "labels": {"app.kubernetes.io/part-of": NAME,
-                       "retrain.dev/run-id": "{{workflow.name}}",
-                       "retrain.dev/model": "{{inputs.parameters.model}}"},
-        },
-        "spec": {
-            # the Training Operator fails the job after 3 restarts or past the deadline (its
-            # Failed condition ends the wait step), and removes its pods once it has ended
-            "runPolicy": {"cleanPodPolicy": "All", "backoffLimit": 3,
-                          "activeDeadlineSeconds": TRAIN_DEADLINE_SECONDS,
-                          "ttlSecondsAfterFinished": 86400},
-            "tfReplicaSpecs": {
-                # all workers run the same code; worker 0 acts as chief and alone keeps the model.
-                # ExitCode: a worker killed from outside (exit 128+, e.g. OOM or eviction) is
-                # restarted and resumes from its checkpoint; an error of ours (1-127) is final
-                "Worker": {"replicas": _REPLICAS,
-                           "restartPolicy": "ExitCode", "template": pod},
-            },
-        },
-    }
-    # an integer once Argo substitutes it: YAML would quote the placeholder into a string
-    return yaml.safe_dump(job, sort_keys=False).replace(
-        f"replicas: {_REPLICAS}", "replicas: {{inputs.parameters.workers}}")
+SOURCE_DAG = "source"  # the template holding the source's mutex
+MUTEX = "{{inputs.parameters.mutex}}"
+SOURCE_INPUTS = ("mutex", "source", "cache-policy", "validation", "trainings", *TRAIN_INPUTS)
 
 
 # What the Sensor names each Workflow (a Go template with sprig, evaluated by Argo Events on
@@ -191,19 +77,15 @@ def workflow_name(source: str, event_id: str) -> str:
     return "retrain-" + hashlib.sha256(f"{source} {event_id}".encode()).hexdigest()[:20]
 
 
-TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers", "round-size",
-                "train-cache", "force")
-TRAIN_PARAMETERS = ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)
-MODEL_OUT = f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model"
-
-
 def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
-    """The WorkflowTemplate: its step templates, the per-model ``train`` DAG, and the
-    ``retrain`` DAG that wires them (each built inside the template's context, in the order
-    they appear in it)."""
+    """The WorkflowTemplate: its step templates, the per-model ``train`` DAG, the ``source``
+    DAG (the work, under the source's mutex) and the ``retrain`` DAG (the entry point: plan,
+    then ``source``), each built inside the template's context, in the order they appear."""
     with _workflow_template(names) as template:
-        plan, check, ingest = _plan(names), _check_cache(names), _ingest(names)
-        _retrain_dag(plan, check, ingest, _validate(names), _train_dag(names))
+        plan, supersede = _plan(names), _supersede(names)
+        check, ingest = _check_cache(names), _ingest(names)
+        work = _source_dag(supersede, check, ingest, _validate(names), train_dag(names))
+        _retrain_dag(plan, work)
     return template
 
 
@@ -236,19 +118,19 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
 
 def _plan(names: ClusterNames) -> Container:
     """``plan``: the parameters checked, one output each; the run's record begun."""
-    return _container(
+    return container(
         "plan",
         ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
          "--parameters", "{{workflow.parameters.parameters}}", "--run-id", "{{workflow.name}}",
          "--event", "{{workflow.parameters.event}}", "--sender", names.approver,
          "--event-id", "{{workflow.parameters.event-id}}", "--outputs", OUTPUTS],
         names, cpu="100m", memory="256Mi",
-        outputs=["trainings", "cache-policy", "validation", *TRAIN_INPUTS])
+        outputs=["trainings", "cache-policy", "validation", "source", "mutex", *TRAIN_INPUTS])
 
 
 def _check_cache(names: ClusterNames) -> Container:
     """``check-cache``: fingerprint and the ingestion cache's decision."""
-    return _container(
+    return container(
         "check-cache",
         ["step", "check-cache", "--data", "{{workflow.parameters.data-uri}}",
          "--cache-policy", "{{inputs.parameters.cache-policy}}",
@@ -259,7 +141,7 @@ def _check_cache(names: ClusterNames) -> Container:
 
 def _ingest(names: ClusterNames) -> Container:
     """``ingest``: validated ingestion into the store, recorded under the cache's key."""
-    return _container(
+    return container(
         "ingest",
         ["step", "ingest", "--data", "{{workflow.parameters.data-uri}}",
          "--key", "{{inputs.parameters.key}}", "--run-id", "{{workflow.name}}",
@@ -273,7 +155,7 @@ def _validate(names: ClusterNames) -> Container:
     recorded ``blocked``, dataset.rejected goes to the event stream, and the step exits 3
     (Failed, not retried: its retry policy is OnError) with every failed check in the
     container's termination message, which Argo shows as the step's message."""
-    return _container(
+    return container(
         "validate",
         ["step", "validate", "--dataset-uri", "{{inputs.parameters.dataset-uri}}",
          "--mode", "{{inputs.parameters.validation}}",
@@ -289,84 +171,31 @@ def _validate(names: ClusterNames) -> Container:
         outputs=["status", "report", "failed"])
 
 
-def _create_training(names: ClusterNames) -> Resource:
-    """``create-training``: the TFJob of one model's training, owned by the Workflow."""
-    return Resource(
-        name="create-training",
-        inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
-        action="create",
-        set_owner_reference=True,  # deleted with the Workflow
-        manifest=tfjob_manifest(names),
-        outputs=[Parameter(name="job-name", value_from={"jsonPath": "{.metadata.name}"})],
-        retry_strategy=RetryStrategy(
-            limit=2, retry_policy="OnError",
-            backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
-    )
+def _supersede(names: ClusterNames) -> Container:
+    """``supersede``: the first step under the source's mutex. A newer change of the source
+    noted meanwhile ends the run ``coalesced`` (its record names the run covering it, whose
+    record lists it): output ``coalesced`` true, and nothing else runs."""
+    return container(
+        "supersede",
+        ["step", "supersede", "--source", "{{inputs.parameters.source}}",
+         "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
+        names, cpu="50m", memory="128Mi", inputs=[Parameter(name="source")],
+        outputs=["coalesced", "covered-by"])
 
 
-def _wait_training(names: ClusterNames) -> Container:
-    """``wait-training``: the TFJob's own Succeeded/Failed condition ends the training.
+def _source_dag(supersede: Container, check: Container, ingest: Container,
+                validate: Container, train: DAG) -> DAG:
+    """``source``: the run's work, one Workflow per source at a time (the mutex is added by
+    ``render``: see ``_with_mutex``). supersede ─► check-cache ─miss─► ingest, then
+    ``validate`` once the dataset is there (ingested or a hit), then ``train`` for each of
+    the plan's trainings only if the data gate let the run through and did not defer it."""
+    def given(name: str) -> str:
+        return f"{{{{inputs.parameters.{name}}}}}"
 
-    A TFJob that fails on its own (workers OOM-killed past the backoff limit, the deadline)
-    never lets its trainer say so: the wait step tells the selector instead."""
-    return _container(
-        "wait-training",
-        ["step", "wait-training", "--name", "{{inputs.parameters.job-name}}",
-         "--namespace", "{{workflow.namespace}}",
-         "--timeout", str(TRAIN_DEADLINE_SECONDS + 600),  # the TFJob's own deadline first
-         "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
-         "--round-size", "{{inputs.parameters.round-size}}",
-         "--sink", names.model_trained_sink,
-         "--claim", MODEL_OUT.removesuffix("/model") + "/claim.json"],
-        names, cpu="50m", memory="128Mi",
-        inputs=[Parameter(name=n) for n in ("job-name", "model", "round-size")])
-
-
-def _check_training(names: ClusterNames) -> Container:
-    """``check-training``: the training cache, per model. A hit creates no TFJob (its
-    recorded model goes to the selector); a miss holds the key's lease, which the wait step
-    renews, then records."""
-    return _container(
-        "check-training",
-        ["step", "check-training", "--model", "{{inputs.parameters.model}}",
-         "--dataset-uri", "{{inputs.parameters.dataset-uri}}", "--out", MODEL_OUT,
-         "--warm-start", "{{inputs.parameters.warm-start}}",
-         *(arg for n in ("epochs", "steps-per-epoch", "batch-size", "learning-rate",
-                         "workers", "train-cache", "force", "round-size")
-           for arg in (f"--{n}", f"{{{{inputs.parameters.{n}}}}}")),
-         "--run-id", "{{workflow.name}}", "--sink", names.model_trained_sink,
-         "--outputs", OUTPUTS],
-        names, cpu="100m", memory="256Mi", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
-        outputs=["hit", "reason", "key", "model-uri"])
-
-
-def _train_dag(names: ClusterNames) -> DAG:
-    """``train``, one model: check-training ─miss─► create-training ─► wait-training."""
-    create, wait, memo = _create_training(names), _wait_training(names), _check_training(names)
-    with DAG(name="train", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS]) as train:
-        every = {n: f"{{{{inputs.parameters.{n}}}}}" for n in TRAIN_PARAMETERS}
-        checked_training = memo(name="check", arguments=every)
-        created = create(name="create", arguments=every,
-                         when=f"{checked_training.get_parameter('hit').value} == false")
-        waited = wait(name="wait", arguments={
-            "job-name": created.get_parameter("job-name").value,
-            "model": "{{inputs.parameters.model}}",
-            "round-size": "{{inputs.parameters.round-size}}"})
-        checked_training >> created >> waited
-        # a bare "create" would also match create.Skipped (a hit): no job to wait for
-        created.depends, waited.depends = "check.Succeeded", "create.Succeeded"
-    return train
-
-
-def _retrain_dag(plan: Container, check: Container, ingest: Container, validate: Container,
-                 train: DAG) -> DAG:
-    """``retrain``, the entry point: plan ─► check-cache ─miss─► ingest, then ``validate`` once
-    the dataset is there (ingested or a hit), then ``train`` for each of the plan's trainings
-    only if the data gate let the run through."""
-    with DAG(name="retrain") as retrain:
-        planned = plan(name="plan")
-        checked = check(name="check-cache",
-                        arguments={"cache-policy": planned.get_parameter("cache-policy").value})
+    with DAG(name=SOURCE_DAG, inputs=[Parameter(name=n) for n in SOURCE_INPUTS]) as source:
+        superseded = supersede(name="supersede", arguments={"source": given("source")})
+        checked = check(name="check-cache", arguments={"cache-policy": given("cache-policy")},
+                        when=f"{superseded.get_parameter('coalesced').value} == false")
         ingested = ingest(
             name="ingest",
             arguments={"key": checked.get_parameter("key").value},
@@ -375,7 +204,7 @@ def _retrain_dag(plan: Container, check: Container, ingest: Container, validate:
         validated = validate(
             name="validate",
             arguments={"dataset-uri": checked.get_parameter("dataset-uri").value,
-                       "validation": planned.get_parameter("validation").value},
+                       "validation": given("validation")},
         )
         trained = train(
             name="train",
@@ -383,18 +212,40 @@ def _retrain_dag(plan: Container, check: Container, ingest: Container, validate:
                 "model": "{{item.model}}",
                 "warm-start": "{{item.warm-start}}",
                 "dataset-uri": checked.get_parameter("dataset-uri").value,
-                **{n: planned.get_parameter(n).value for n in TRAIN_INPUTS},
+                **{n: given(n) for n in TRAIN_INPUTS},
             },
-            with_param=planned.get_parameter("trainings").value,
+            with_param=given("trainings"),
+            when=f"{validated.get_parameter('status').value} != deferred",
         )
-        planned >> checked >> ingested
-        validated.depends = ("plan.Succeeded && check-cache.Succeeded && "
-                             "(ingest.Succeeded || ingest.Skipped)")
+        superseded >> checked >> ingested
+        # a coalesced run skips check-cache: "check-cache.Succeeded" leaves the rest Omitted
+        ingested.depends = "check-cache.Succeeded"
+        validated.depends = "check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)"
         # a blocked validate (Failed) leaves every training Omitted and the workflow Failed
-        trained.depends = "plan.Succeeded && check-cache.Succeeded && validate.Succeeded"
+        trained.depends = "check-cache.Succeeded && validate.Succeeded"
+    return source
+
+
+def _retrain_dag(plan: Container, source: DAG) -> DAG:
+    """``retrain``, the entry point: ``plan`` (outside the mutex, so a waiting Workflow's
+    event is noted as its source's newest), then ``source`` with the plan's outputs."""
+    with DAG(name="retrain") as retrain:
+        planned = plan(name="plan")
+        worked = source(name="source", arguments={
+            n: planned.get_parameter(n).value for n in SOURCE_INPUTS})
+        planned >> worked
     return retrain
+
+
+def _with_mutex(doc: dict[str, Any]) -> dict[str, Any]:
+    """The ``source`` template holding its source's mutex. Argo v3.5 (what the runbook
+    installs) reads ``synchronization.mutex``; hera's models follow v3.6, which renamed it
+    ``mutexes`` (and still reads ``mutex``), and drop the older field: it is set here."""
+    templates = [{**t, "synchronization": {"mutex": {"name": MUTEX}}}
+                 if t["name"] == SOURCE_DAG else t for t in doc["spec"]["templates"]]
+    return {**doc, "spec": {**doc["spec"], "templates": templates}}
 
 
 def render(names: ClusterNames = ClusterNames()) -> str:
     """The WorkflowTemplate as YAML (what ``retrain workflow render`` prints)."""
-    return yaml.safe_dump(build(names).to_dict(), sort_keys=False)
+    return yaml.safe_dump(_with_mutex(build(names).to_dict()), sort_keys=False)

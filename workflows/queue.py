@@ -6,17 +6,23 @@ ended. While a run goes on, its lease (``workflows.lease``) names the owner and 
 every few seconds. A run whose lease is gone (its owner was killed) is found by ``recover``:
 a queued request goes back to the head of the queue as a new run that names the one it
 resumes; a run record left ``running`` is closed as failed with the reason.
+
+A request with a source (``workflows.coalesce``) replaces the one queued for the same source,
+in its place, the latest state winning; one running does not block it (so at most one runs
+and one waits per source). The replaced request is recorded ``coalesced``, naming the request
+that replaced it, which lists it (and all it covered) in ``covers``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
 
 import redis
 
-from workflows import record
+from workflows import coalesce, record
 from workflows.cluster_run import RUNNER
 from workflows.lease import held_by_the_living
 from workflows.runner import RunRequest, new_run_id
@@ -35,6 +41,25 @@ if ARGV[2] ~= '' then redis.call('LPUSH', KEYS[2], ARGV[2]) end
 return 1
 """
 
+# Queue a request for a source: in place of the one queued for it if that is still ARGV[2]
+# (what the caller read and built the new request from), else appended if none is queued and
+# none was read. Any other state (the one read was taken, another replaced it) returns
+# {0, what is queued now} and the caller builds again from that. cjson only reads.
+_COALESCE = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i, raw in ipairs(items) do
+  local ok, req = pcall(cjson.decode, raw)
+  if ok and type(req) == 'table' and req['source'] == ARGV[1] then
+    if raw ~= ARGV[2] then return {0, raw} end
+    redis.call('LSET', KEYS[1], i - 1, ARGV[3])
+    return {1, raw}
+  end
+end
+if ARGV[2] ~= '' then return {0, ''} end
+redis.call('RPUSH', KEYS[1], ARGV[3])
+return {1, ''}
+"""
+
 
 @dataclass(frozen=True)
 class Taken:
@@ -46,9 +71,47 @@ class RunQueue:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
         self._requeue = client.register_script(_REQUEUE)
+        self._coalesce = client.register_script(_COALESCE)
 
-    def put(self, request: RunRequest) -> None:
-        self._r.rpush(QUEUE, request.to_json())
+    def put(self, request: RunRequest) -> RunRequest | None:
+        """Queue ``request``; returns the request it replaced (recorded ``coalesced``), if any.
+
+        Crash safety: the swap comes first and the replaced request's record second. The
+        request queued in its place carries that record (``pending``) until the runner
+        starts it, and the runner writes it then unless it is there already: a process that
+        dies between the two leaves the replaced event recorded by the runner, a process that
+        does not leaves it written twice (the second write keeps the first), and never not
+        at all. The other order could record as ``coalesced`` a request a runner had just
+        taken, or, dying after the record, leave both the record and the queued request."""
+        if request.source is None:
+            self._r.rpush(QUEUE, request.to_json())
+            return None
+        expected = self._queued_for(request.source)
+        while True:
+            replaced = RunRequest.from_json(expected) if expected else None
+            built = request if replaced is None else replace(
+                request, covers=coalesce.covers_after(replaced),
+                pending=coalesce.coalesced_summary(replaced, request.run_id))
+            done, found = self._coalesce(keys=[QUEUE], args=[request.source, expected or "",
+                                                              built.to_json()])
+            if done:
+                break
+            expected = found.decode() if isinstance(found, bytes) else found
+        if replaced is not None:
+            for pending in filter(None, (replaced.pending, built.pending)):
+                record.create_if_absent(self._r, pending)  # the one before, should it be lost
+            log.info("run request %s replaced %s (a newer change of %s); %d covered",
+                     request.run_id, replaced.run_id, request.source, len(built.covers))
+        return replaced
+
+    def _queued_for(self, source: str) -> str | None:
+        for raw in self._r.lrange(QUEUE, 0, -1):
+            try:
+                if json.loads(raw).get("source") == source:
+                    return raw.decode() if isinstance(raw, bytes) else raw
+            except ValueError:
+                continue
+        return None
 
     def take(self, timeout: float) -> Taken | None:
         """The oldest request, now in the processing list (None after ``timeout`` seconds)."""

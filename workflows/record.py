@@ -22,6 +22,7 @@ import redis
 from core import timeline
 from events import Event
 from events.payloads import DatasetUpdated, RunParameters, TrainingRequested
+from workflows.source import source_key
 
 log = logging.getLogger(__name__)
 RUNS = "retrain:runs"  # run ids by start time
@@ -59,6 +60,12 @@ class RunRequest:
     # what the triggering event said (type, source, time, and for a dataset.updated its
     # digest, files and origin): kept in the run's summary for the lineage of what it served
     event: dict[str, Any] | None = None
+    # bursts coalesce (workflows.coalesce): what "the same source" is for this request (None:
+    # it never coalesces), the runs it covers ({run_id, event_id, time, digest}, oldest
+    # first), and the record of the one it replaced last, until the trigger has written it
+    source: str | None = None
+    covers: tuple[dict[str, Any], ...] = ()
+    pending: dict[str, Any] | None = None
 
     @classmethod
     def from_event(cls, event: Event, defaults: RunParameters | None = None,
@@ -86,18 +93,21 @@ class RunRequest:
                         digest=data.digest)
             if sender:
                 said["approval_note"] = data.approved_by  # what the body claimed: a note
-        return cls(data.uri, params, trigger, event.id, event=said)
+        return cls(data.uri, params, trigger, event.id, event=said,
+                   source=source_key(said, data.uri))
 
     def to_json(self) -> str:
         return json.dumps({"data_uri": self.data_uri, "parameters": self.parameters.model_dump(),
                            "trigger": self.trigger, "event_id": self.event_id,
                            "run_id": self.run_id, "attempt": self.attempt,
-                           "resumes": self.resumes, "event": self.event})
+                           "resumes": self.resumes, "event": self.event, "source": self.source,
+                           "covers": list(self.covers), "pending": self.pending})
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RunRequest:
         fields = json.loads(raw)
-        return cls(**{**fields, "parameters": RunParameters(**fields["parameters"])})
+        return cls(**{**fields, "parameters": RunParameters(**fields["parameters"]),
+                      "covers": tuple(fields.get("covers") or ())})
 
 
 @dataclass
@@ -117,6 +127,8 @@ class RunRecorder:
             "status": "running", "started_at": time.time(), "steps": [], "models": {},
             "cache": None, "dataset_uri": None, "digest": None, "event": request.event,
             **({"attempt": request.attempt, "resumes": request.resumes} if request.resumes else {}),
+            **({"source": request.source} if request.source else {}),
+            **({"covers": list(request.covers)} if request.covers else {}),
         }
         self.save()
         self._r.zadd(RUNS, {request.run_id: time.time()})
@@ -299,3 +311,53 @@ def approve_blocked(client: redis.Redis, run_id: str, approval: dict[str, Any],
     summary = update(client, run_id, change, create=False)
     timeline.record(client, "run", "approve", run_id=run_id, by=approval.get("by"))
     return summary
+
+
+# coalesced runs (workflows.coalesce) -----------------------------------------------------------
+def create_if_absent(client: redis.Redis, summary: dict[str, Any]) -> bool:
+    """Write ``summary`` only if its run has no record yet (a run that started keeps its
+    own); lists it among the runs. False when one was there."""
+    written = client.set(_key(summary["run_id"]), json.dumps(summary), ex=KEPT, nx=True)
+    if written:
+        client.zadd(RUNS, {summary["run_id"]: float(summary.get("started_at") or time.time())})
+        timeline.record(client, "run", "run", run_id=summary["run_id"], status=summary["status"],
+                        error=summary.get("reason"))
+    return bool(written)
+
+
+def repoint(client: redis.Redis, run_id: str, covered_by: str) -> None:
+    """A ``coalesced`` run now covered by ``covered_by`` (its replacer was replaced in turn)."""
+    def change(summary: dict[str, Any]) -> dict[str, Any]:
+        if summary.get("status") != "coalesced" or summary.get("covered_by") == covered_by:
+            return summary
+        return {**summary, "covered_by": covered_by}
+
+    try:
+        update(client, run_id, change, create=False)
+    except ValueError:
+        log.warning("run %s is covered by %s but has no record to say so", run_id, covered_by)
+
+
+def end_coalesced(client: redis.Redis, run_id: str, covered_by: str, reason: str) -> None:
+    """End a run ``coalesced``, covered by ``covered_by`` (a cluster's Workflow that found a
+    newer change of its source noted when it got the source's mutex)."""
+    now = round(time.time(), 3)
+
+    def change(summary: dict[str, Any]) -> dict[str, Any]:
+        return {**summary, "status": "coalesced", "covered_by": covered_by, "reason": reason,
+                "ended_at": summary.get("ended_at") or now,
+                "seconds": round(now - float(summary.get("started_at") or now), 3)}
+
+    update(client, run_id, change)
+    timeline.record(client, "run", "run", run_id=run_id, status="coalesced", error=reason)
+
+
+def add_covers(client: redis.Redis, run_id: str, entries: tuple[dict[str, Any], ...]) -> None:
+    """List ``entries`` (``{run_id, event_id, time, digest}``) among the runs ``run_id``
+    covers, each once."""
+    def change(summary: dict[str, Any]) -> dict[str, Any]:
+        have = list(summary.get("covers") or [])
+        known = {c["run_id"] for c in have}
+        return {**summary, "covers": have + [e for e in entries if e["run_id"] not in known]}
+
+    update(client, run_id, change)

@@ -121,6 +121,7 @@ class LocalRunner:
 
     def _run(self, request: RunRequest) -> dict[str, Any]:
         rec = RunRecorder(self._r, request)
+        self._covering(request)
         started = time.perf_counter()
         params = request.parameters
         try:
@@ -141,7 +142,7 @@ class LocalRunner:
             rec.summary["dataset_uri"] = entry.dataset_uri
             rec.save()
             verdict = self.validate(request.run_id, entry.dataset_uri, params.validation, rec)
-            if verdict == "blocked":
+            if verdict in ("blocked", "deferred"):
                 return rec.summary
             if verdict in ("pass", "warn"):  # the first data the gate let through is pinned
                 steps.pin_first(self._settings.store_dir, entry.dataset_uri)
@@ -188,7 +189,7 @@ class LocalRunner:
         started = time.perf_counter()
         with run_lease(self._r, run_id):
             try:
-                if self.validate(run_id, str(dataset_uri), "warn", rec) == "warn":
+                if self.validate(run_id, str(dataset_uri), "warn", rec, defer=False) == "warn":
                     steps.pin_first(self._settings.store_dir, str(dataset_uri))
                 self._train(run_id, params, rec, str(dataset_uri))
             except (RetrainError, OSError) as exc:
@@ -201,9 +202,12 @@ class LocalRunner:
                                 status=rec.summary["status"], seconds=rec.summary["seconds"])
         return rec.summary
 
-    def validate(self, run_id: str, dataset_uri: str, mode: str, rec: RunRecorder) -> str:
+    def validate(self, run_id: str, dataset_uri: str, mode: str, rec: RunRecorder,
+                 defer: bool = True) -> str:
         """The validate step: the data gate's report kept with the run; a blocked run ends
-        ``blocked`` (with every failed check in its error) and says so in an event."""
+        ``blocked`` (with every failed check in its error) and says so in an event; with
+        ``defer`` (not an approval), a run adding fewer new images than the minimum change
+        ends ``deferred``, saying why."""
         with rec.step("validate") as step:
             inputs = validate.inputs_for(self._r, self._settings, dataset_uri)
             report = validate.validate(self._r, self._settings, inputs, mode)
@@ -214,7 +218,23 @@ class LocalRunner:
             rec.summary["status"] = "blocked"
             rec.summary["error"] = report.blocked_message()
             self._emit(dataset_rejected(run_id, dataset_uri, report))
+            return report.status
+        deferred = defer and validate.deferral(self._settings, report, rec.summary["trigger"],
+                                     RunParameters(**rec.summary["parameters"]).force)
+        if deferred:
+            rec.summary.update(status="deferred", error=deferred, reason=deferred)
+            log.info("run %s %s", run_id, deferred)
+            return "deferred"
         return report.status
+
+    def _covering(self, request: RunRequest) -> None:
+        """A run that replaced queued ones: the last one's record written if the trigger
+        could not (``workflows.queue.RunQueue.put``), and every run it covers names it."""
+        from workflows import coalesce, record
+
+        if request.pending is not None:
+            record.create_if_absent(self._r, request.pending)
+        coalesce.point_covers(self._r, request.run_id, request.covers)
 
     def _train(self, run_id: str, params: RunParameters, rec: RunRecorder,
                dataset_uri: str) -> None:

@@ -60,6 +60,10 @@ class Report:
     seconds: float = 0.0
     profile: dict[str, Any] = field(default_factory=dict)
     untrainable: str | None = None  # why no approval can let this data train
+    # labelled images not in the reference (the champion's dataset and data approved since),
+    # and the reference's training images: what a minimum change is judged by
+    new_images: int | None = None
+    reference_images: int | None = None
 
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status != "pass"]
@@ -78,7 +82,8 @@ class Report:
     def step_detail(self) -> dict[str, Any]:
         """What a run's validate step records of the report (locally and on a cluster)."""
         return {"verdict": self.status, "reference": self.reference, "cached": self.cached,
-                "reason": self.line(), "failed": [f"{c.name}: {c.status}" for c in self.failed()]}
+                "reason": self.line(), "failed": [f"{c.name}: {c.status}" for c in self.failed()],
+                "new_images": self.new_images}
 
     def step_status(self) -> str | None:
         """The validate step's own status when it is not plainly ``succeeded``."""
@@ -91,6 +96,17 @@ class Report:
             return f"{self.status}: every check passed"
         return f"{self.status}: " + "; ".join(
             f"{c.name} {c.status} ({c.value} > {c.threshold}: {c.detail})" for c in failed)
+
+
+def deferral(settings: Settings, report: Report, trigger: str, force: bool) -> str | None:
+    """Why a validated run trains nothing yet (``deferred: 120 new images < 600``), or
+    None: ``RETRAIN_MIN_CHANGE`` judged on the gate's count of new images, unless a person
+    asked for the run (``workflows.minimum``) or there is no champion to add to."""
+    from workflows.minimum import MinChange, is_manual
+    from workflows.minimum import deferral as judge
+
+    return judge(MinChange.parse(settings.min_change), report.new_images,
+                 report.reference_images, is_manual(trigger, force))
 
 
 def find_dataset(store: Path, digest: str) -> str:
@@ -190,12 +206,12 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
         digest = str(load_metadata(inputs.dataset_uri)["digest"])
         untrainable = _untrainable(summary)
         return Report("blocked" if untrainable else "off", mode, digest, None, None,
-                      untrainable=untrainable, profile=summary)
+                      untrainable=untrainable, profile=summary, **_counted(inputs))
     thresholds = validation.Thresholds.of(settings)
     key = inputs.key(thresholds)
     raw = client.get(PREFIX + key)
-    if raw is not None:
-        kept = json.loads(raw)
+    kept = json.loads(raw) if raw is not None else None
+    if kept is not None and "new_images" in kept:  # a memo of an older retrain: measured again
         checks = tuple(CheckResult(**c) for c in kept["checks"])
         cached = True
     else:
@@ -208,7 +224,7 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
     status = "blocked" if untrainable else validation.status(checks, mode)
     report = Report(status, mode, kept["digest"], kept["reference"], kept["pinned"], checks,
                     cached, key, round(time.perf_counter() - started, 3), kept["profile"],
-                    untrainable)
+                    untrainable, kept["new_images"], kept.get("reference_images"))
     log.info("validated %s against %s: %s%s", report.digest[:12],
              (report.reference or "no reference")[:12], report.line(),
              " (remembered)" if cached else "")
@@ -242,8 +258,21 @@ def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
     summary = new.summary()
     kept = {"digest": new.digest, "reference": reference.digest if reference else None,
             "pinned": pinned.digest if pinned else None, "profile": summary,
-            "untrainable": _untrainable(summary)}
+            "untrainable": _untrainable(summary), "new_images": n_new,
+            "reference_images": int(reference.images("train").size) if reference else None}
     return kept, checks
+
+
+def _counted(inputs: Inputs) -> dict[str, int | None]:
+    """The new images and the reference's training images, counted as the checks count them
+    (for a run whose checks are off: a minimum change still applies)."""
+    if inputs.reference_uri is None:
+        return {"new_images": None, "reference_images": None}
+    new, reference = profile.load(inputs.dataset_uri), profile.load(inputs.reference_uri)
+    known = [reference, *(profile.load(a) for a in inputs.approved)]
+    fresh = validation.new_images(new, known)
+    return {"new_images": int(sum(mask.sum() for mask in fresh.values())),
+            "reference_images": int(reference.images("train").size)}
 
 
 def _untrainable(summary: dict[str, Any]) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +30,8 @@ SinkOption = Annotated[Optional[str], typer.Option(help="send ingestion.* events
 def decide_from_cli(settings: Any, data: str, cache_policy: str, *, record: bool) -> tuple[Any, Any]:
     """Fingerprint ``data`` and decide from the cache: the check-cache step (``record``: a hit
     is counted, a stale entry dropped) or ``retrain cache explain`` (nothing changes)."""
-    from core.redis_store import open_redis
     from core.cache_policy import Policy
+    from core.redis_store import open_redis
     from dataset.cache import ingestion_cache
     from workflows import steps
 
@@ -75,19 +76,27 @@ def plan(
     triggering event as its source said it (a bad one fails the plan, as POST /events
     refuses it); a plan that fails is recorded failed, saying why.
 
+    The event is noted as its source's newest (``workflows.coalesce``): a Workflow of the
+    same source waiting for the mutex then finds it and ends coalesced.
+
     Outputs: trainings (JSON list of {model, warm-start}), cache-policy, epochs,
     steps-per-epoch, batch-size, learning-rate, workers, train-cache, force, round-size,
-    validation (the data gate's mode)."""
+    validation (the data gate's mode), source (what "the same source" is for the run's
+    event; "" for one that never coalesces), mutex (the source's Argo mutex)."""
     from core.redis_store import open_redis
+    from workflows import coalesce
 
     settings = load_settings()
     if run_id is None:
-        result = _plan(settings, None, data, parameters)
+        result, source = _plan(settings, None, data, parameters), None
     else:
         with open_redis(settings.redis_url, settings.home) as handle:
-            result = _begun(settings, handle.client, run_id, data, parameters, event, event_id,
-                            sender)
-    emit_outputs(result.outputs(), outputs)
+            result, source = _begun(settings, handle.client, run_id, data, parameters, event,
+                                    event_id, sender)
+    # a training.requested never coalesces, and waits for its data's mutex all the same
+    mutex = coalesce.mutex_name(source or coalesce.source_key(
+        {"type": "dataset.updated"}, data) or data)
+    emit_outputs({**result.outputs(), "source": source or "", "mutex": mutex}, outputs)
 
 
 def _plan(settings: Any, client: Any, data: str, parameters: str) -> Any:
@@ -108,8 +117,9 @@ def _plan(settings: Any, client: Any, data: str, parameters: str) -> Any:
 
 
 def _begun(settings: Any, client: Any, run_id: str, data: str, parameters: str, event: str,
-           event_id: str, sender: str) -> Any:
-    """The plan, and the run's record begun (or recorded failed with why it cannot run)."""
+           event_id: str, sender: str) -> tuple[Any, str | None]:
+    """The plan and the run's source key, the run's record begun (or recorded failed with
+    why it cannot run), and its event noted as its source's newest."""
     from events.errors import EventError
     from workflows import cluster_run
     from workflows.plan import PlanError
@@ -128,7 +138,38 @@ def _begun(settings: Any, client: Any, run_id: str, data: str, parameters: str, 
                                 trigger=cluster_run.TRIGGER)
             raise
     cluster_run.start(client, request)
-    return result
+    if request.source is not None:
+        from workflows import coalesce
+
+        coalesce.note(client, request.source, run_id, cluster_run.event_time(request))
+    return result, request.source
+
+
+@step_app.command("supersede")
+def supersede(
+    source: Annotated[str, typer.Option(help="the run's source key (the plan's source; \"\": it never coalesces)")],
+    run_id: Annotated[str, typer.Option(help="the run (the Workflow's name)")],
+    outputs: OutputsOption = None,
+) -> None:
+    """The first step under the source's mutex: when a newer change of the source was noted
+    while this Workflow waited, its run ends coalesced, naming the run that covers it (whose
+    record lists it), and nothing else runs.
+
+    Outputs: coalesced (true|false), covered-by (the covering run, or "")."""
+    setup_logging(True)
+    from core.redis_store import open_redis
+    from workflows import coalesce
+
+    settings = load_settings()
+    covering = None
+    if source:
+        with open_redis(settings.redis_url, settings.home) as handle:
+            covering = coalesce.supersede(handle.client, run_id, source)
+    if covering:
+        print(f"run {run_id} coalesced: run {covering} covers a newer change of {source}",
+              file=sys.stderr)
+    emit_outputs({"coalesced": "true" if covering else "false", "covered-by": covering or ""},
+                 outputs)
 
 
 @step_app.command("check-cache")
@@ -262,8 +303,12 @@ def validate(
     on the very dataset that was blocked (else it fails, exit 1), and the approval is kept
     with the blocked run. Why a run stops goes to --message-file.
 
-    Outputs: status (pass, warn, blocked, off), report (JSON), failed (the checks that did
-    not pass, comma-separated)."""
+    A run that passes but adds fewer new images than RETRAIN_MIN_CHANGE (and that no person
+    asked for: an approval, a manual event, force) is recorded ``deferred``, saying why; the
+    step succeeds with status ``deferred`` and the trainings are skipped.
+
+    Outputs: status (pass, warn, blocked, off, deferred), report (JSON), failed (the checks
+    that did not pass, comma-separated)."""
     setup_logging(True)
     from core import timeline
     from core.redis_store import open_redis
@@ -288,17 +333,23 @@ def validate(
                         client, approves, data, dataset_uri), approved_by, run_id, approval_note)
                 report = gate.validate(client, settings,
                                        gate.inputs_for(client, settings, dataset_uri), mode)
-                if report.status in ("pass", "warn"):  # the first data the gate let through
-                    steps.pin_first(settings.store_dir, dataset_uri)
-                cluster_run.validated(step, report, dataset_uri)
+                deferred = None if report.status == "blocked" else gate.deferral(
+                    settings, report, cluster_run.trigger_of(client, run_id, approves),
+                    run.parameters.force)
+                if report.status in ("pass", "warn") and not deferred:  # the first data the
+                    steps.pin_first(settings.store_dir, dataset_uri)  # gate let through
+                cluster_run.validated(step, report, dataset_uri, deferred)
                 message = (blocked.record_blocked(step, run, report)
                            if report.status == "blocked" else "")
             if message:
                 event = dataset_rejected(run_id, dataset_uri, report)
                 timeline.record(client, "event", event.type.short, **describe(event))
                 send_event(settings, sink, client, event)
-        emit_outputs({"status": report.status, "report": report.to_dict(),
+        emit_outputs({"status": "deferred" if deferred else report.status,
+                       "report": report.to_dict(),
                        "failed": ",".join(c.name for c in report.failed())}, outputs)
+        if deferred:
+            print(f"run {run_id} {deferred}", file=sys.stderr)
         if message:
             raise blocked.RunBlocked(message)  # exit 3
 

@@ -148,7 +148,11 @@ def problems(doc: dict[str, Any]) -> list[str]:
             model.model_validate(doc)
         except Exception as exc:  # pydantic's ValidationError lists every problem
             return [str(exc)]
-        found = strict_problems(model, doc)  # hera's models, generated from Argo's OpenAPI
+        # hera's models, generated from Argo's OpenAPI (v3.6: ``synchronization.mutexes``),
+        # less ``synchronization.mutex``, which the v3.5 the runbook installs reads (and v3.6
+        # still does): Argo's own v3.5 schema checks it
+        found = [p for p in strict_problems(model, doc)
+                 if not p.endswith("synchronization.mutex: unknown field of Synchronization")]
         return found + _errors(_argo_workflows_validator(kind), doc)  # and Argo's own schema
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)

@@ -83,6 +83,7 @@ def test_every_command_line_in_the_manifests_is_accepted_by_the_cli(overlay):
         "Deployment/retrain-ui": "ui",
         "ServingRuntime/retrain-server": "serve",
         "WorkflowTemplate step plan": "step plan",
+        "WorkflowTemplate step supersede": "step supersede",
         "WorkflowTemplate step check-cache": "step check-cache",
         "WorkflowTemplate step ingest": "step ingest",
         "WorkflowTemplate step validate": "step validate",

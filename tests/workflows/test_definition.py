@@ -39,7 +39,31 @@ def test_the_committed_yaml_is_what_the_generator_renders(overlay):
 def test_it_is_a_valid_workflow_template_with_no_unknown_fields():
     doc = _doc()
     WorkflowTemplateModel.model_validate(doc)
-    assert strict_problems(WorkflowTemplateModel, doc) == []
+    # hera's models follow Argo v3.6 (``mutexes``); the cluster runs v3.5, which reads
+    # ``mutex`` (v3.6 still does): Argo's own v3.5 schema checks it (tests/manifests)
+    assert strict_problems(WorkflowTemplateModel, doc) == [
+        "spec.templates[9].synchronization.mutex: unknown field of Synchronization"]
+
+
+def test_one_workflow_per_source_works_at_a_time_and_a_superseded_one_does_nothing():
+    templates = _templates()
+    source = templates["source"]
+    assert source["synchronization"] == {"mutex": {"name": "{{inputs.parameters.mutex}}"}}
+    entry = {t["name"]: t for t in templates["retrain"]["dag"]["tasks"]}
+    assert list(entry) == ["plan", "source"]  # the plan (noting the event) before the mutex
+    given = {p["name"]: p["value"] for p in entry["source"]["arguments"]["parameters"]}
+    assert given["mutex"] == "{{tasks.plan.outputs.parameters.mutex}}"
+    assert given["source"] == "{{tasks.plan.outputs.parameters.source}}"
+    tasks = {t["name"]: t for t in source["dag"]["tasks"]}
+    assert list(tasks)[0] == "supersede"
+    assert tasks["check-cache"]["when"] == (
+        "{{tasks.supersede.outputs.parameters.coalesced}} == false")
+    # everything else needs check-cache to have run: a coalesced run leaves it all Omitted
+    for name in ("ingest", "validate", "train"):
+        assert tasks[name]["depends"].startswith("check-cache.Succeeded"), name
+    args = templates["supersede"]["container"]["args"]
+    assert args[:2] == ["step", "supersede"]
+    assert args[args.index("--source") + 1] == "{{inputs.parameters.source}}"
 
 
 def test_a_typo_is_caught():
@@ -49,29 +73,31 @@ def test_a_typo_is_caught():
     assert sorted(strict_problems(WorkflowTemplateModel, doc)) == [
         "spec.podGC.stratgy: unknown field of PodGC",
         "spec.templates[0].container.imagePullPolicyy: unknown field of Container",
+        "spec.templates[9].synchronization.mutex: unknown field of Synchronization",  # v3.5's
     ]
 
 
 def test_ingestion_is_skipped_on_a_hit_and_validation_waits_for_it_either_way():
-    tasks = {t["name"]: t for t in _templates()["retrain"]["dag"]["tasks"]}
-    assert list(tasks) == ["plan", "check-cache", "ingest", "validate", "train"]
+    tasks = {t["name"]: t for t in _templates()["source"]["dag"]["tasks"]}
+    assert list(tasks) == ["supersede", "check-cache", "ingest", "validate", "train"]
     assert tasks["ingest"]["when"] == "{{tasks.check-cache.outputs.parameters.hit}} == false"
     assert tasks["validate"]["depends"] == (
-        "plan.Succeeded && check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)")
+        "check-cache.Succeeded && (ingest.Succeeded || ingest.Skipped)")
     assert "when" not in tasks["validate"]  # a cache hit is validated too
-    assert tasks["train"]["withParam"] == "{{tasks.plan.outputs.parameters.trainings}}"
+    assert tasks["train"]["withParam"] == "{{inputs.parameters.trainings}}"
 
 
 def test_the_trainings_start_only_once_the_data_gate_let_the_run_through():
     templates = _templates()
-    tasks = {t["name"]: t for t in templates["retrain"]["dag"]["tasks"]}
+    tasks = {t["name"]: t for t in templates["source"]["dag"]["tasks"]}
     # a blocked validate is Failed: "validate.Succeeded" is false, every training Omitted
-    assert tasks["train"]["depends"] == (
-        "plan.Succeeded && check-cache.Succeeded && validate.Succeeded")
+    assert tasks["train"]["depends"] == "check-cache.Succeeded && validate.Succeeded"
+    # a deferred run (too small a change) succeeds, its trainings skipped
+    assert tasks["train"]["when"] == "{{tasks.validate.outputs.parameters.status}} != deferred"
     arguments = {p["name"]: p["value"] for p in tasks["validate"]["arguments"]["parameters"]}
     trained_on = {p["name"]: p["value"] for p in tasks["train"]["arguments"]["parameters"]}
     assert arguments == {"dataset-uri": trained_on["dataset-uri"],  # what the trainings use
-                         "validation": "{{tasks.plan.outputs.parameters.validation}}"}
+                         "validation": "{{inputs.parameters.validation}}"}
     validate = templates["validate"]
     args = validate["container"]["args"]
     flags = dict(zip(args[2::2], args[3::2], strict=True))
@@ -119,6 +145,7 @@ def _substitute(value: str) -> str:
                "workflow.parameters.approves": "", "workflow.parameters.approved-by": "",
                "workflow.parameters.event": "",
                "inputs.parameters.validation": "block",
+               "inputs.parameters.source": "git:https://git.example/fm/data.git#main",
                "inputs.parameters.epochs": "1", "inputs.parameters.steps-per-epoch": "0",
                "inputs.parameters.batch-size": "64", "inputs.parameters.learning-rate": "0.001",
                "inputs.parameters.workers": "2", "workflow.name": "retrain-abc12",
@@ -134,7 +161,7 @@ def test_every_step_command_parses_with_the_real_cli():
     tfjob = yaml.safe_load(_substitute(tfjob_manifest(ClusterNames())))
     trainer = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     argvs = [templates[n]["container"]["args"]
-             for n in ("plan", "check-cache", "ingest", "validate")] + [trainer["args"]]
+             for n in ("plan", "supersede", "check-cache", "ingest", "validate")] + [trainer["args"]]
     for argv in argvs:
         argv = [_substitute(a) for a in argv]
         ctx = command.make_context("retrain", list(argv))

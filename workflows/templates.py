@@ -1,0 +1,71 @@
+"""What every template of the WorkflowTemplate shares: the names the manifests define, the
+shared volume, where a step writes its outputs, and the one way a step's container is made
+(the image's ``retrain`` CLI, Redis and the API keys from Secrets, the ConfigMap, retries)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hera.workflows import ConfigMapEnvFrom, Container, Env, Parameter, RetryStrategy, SecretEnv
+from hera.workflows.models import Backoff, VolumeMount
+
+NAME = "retrain"
+HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
+OUTPUTS = "/tmp/outputs"
+# Kubernetes keeps what a container writes here as its termination message, and Argo shows a
+# failed step's as "main: Error (exit code N): <message>"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class ClusterNames:
+    """Names the WorkflowTemplate refers to; the manifests define each of them."""
+
+    image: str = "ghcr.io/retrain-dev/retrain:0.1.0"
+    namespace: str = "retrain"
+    service_account: str = "retrain-workflow"
+    trainer_service_account: str = "retrain-trainer"
+    volume_claim: str = "retrain-data"
+    config_map: str = "retrain-config"
+    model_trained_sink: str = "stream"  # the Redis stream the selector consumes (--stream)
+    redis_secret: str = "retrain-redis"  # key url: RETRAIN_REDIS_URL, with its password
+    api_keys_secret: str = "retrain-api-keys"  # key keys: RETRAIN_API_KEYS, sent with events
+    webhook_token_secret: str = "retrain-webhook-token"  # the webhook EventSource's token
+
+    @property
+    def approver(self) -> str:  # who approved, as the cluster can tell: the webhook's token
+        return f"token:{self.webhook_token_secret}"
+
+
+# every pod of the workflow and its TFJobs talks to Redis and may send events: the
+# NetworkPolicies (manifests/base/networkpolicies.yaml) admit pods by these labels
+POD_LABELS = {"retrain.dev/redis-client": "true", "retrain.dev/event-sender": "true"}
+
+
+def secrets(names: ClusterNames) -> list[tuple[str, str, str]]:
+    """(variable, Secret, key) of what no ConfigMap may hold."""
+    return [("RETRAIN_REDIS_URL", names.redis_secret, "url"),
+            ("RETRAIN_API_KEYS", names.api_keys_secret, "keys")]
+
+
+def container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,
+              inputs: list[Parameter] | None = None,
+              outputs: list[str] | None = None) -> Container:
+    from hera.workflows import Resources
+
+    return Container(
+        name=name,
+        image=names.image,
+        command=["retrain"],
+        args=args,
+        inputs=inputs,
+        outputs=[Parameter(name=o, value_from={"path": f"{OUTPUTS}/{o}"}) for o in outputs or []],
+        env=[Env(name="RETRAIN_HOME", value=HOME),
+             *(SecretEnv(name=n, secret_name=s, secret_key=k) for n, s, k in secrets(names))],
+        env_from=[ConfigMapEnvFrom(name=names.config_map)],
+        volume_mounts=[VolumeMount(name="data", mount_path=HOME)],
+        resources=Resources(cpu_request=cpu, memory_request=memory, memory_limit=memory),
+        retry_strategy=RetryStrategy(
+            limit=3, retry_policy="OnError",
+            backoff=Backoff(duration="10s", factor=2, max_duration="5m")),
+    )
