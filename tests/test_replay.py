@@ -125,7 +125,7 @@ def test_runs_before_since_are_not_replayed(settings, redis_handle, r, tmp_path,
 def test_an_unreachable_trigger_is_a_clear_error_and_nothing_is_half_sent(settings, redis_handle,
                                                                         r, tmp_path):
     first, = _recorded(r, _updated(tmp_path / "a", "tests/a"))
-    code, output, error = _replay(settings, redis_handle, "--since", "2h")
+    code, _, error = _replay(settings, redis_handle, "--since", "2h")
     assert code == 1 and error.exit_code == 1
     message = str(error)
     assert "did not take a replayed event" in message and "nothing was sent" in message

@@ -65,7 +65,7 @@ def _reproduce(settings, redis_handle, *args):
     env = {**os.environ, "RETRAIN_HOME": str(settings.home), "RETRAIN_REDIS_URL": redis_handle.url,
            "RETRAIN_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "retrain.cli", "reproduce", *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
 
 
 def test_a_deterministic_training_reproduced_on_the_same_machine_matches(served, redis_handle):

@@ -231,15 +231,15 @@ def render(report: dict[str, Any]) -> list[str]:
     e, t = report["evaluation"], report["training"]
     verdict = "MATCHES" if report["matches"] else "DIFFERS"
     lines = [f"version {report['version']} · {report['model_type']} · reproduction {verdict}",
-             f"training   a new training ran ({t['seconds']:.1f} s; the training cache was not "
-             f"asked), seed {report['seed']}, "
-             + ("op determinism" if report["deterministic"] else "without op determinism"),
-             f"dataset    digest {str(report['dataset']['digest'])[:16]}… at "
-             f"{report['dataset']['uri']}",
-             f"evaluated  on {e['set']} ({e['images']} images, digest "
-             f"{str(e['dataset_digest'])[:16]}…)",
-             f"accuracy   served {e['served_accuracy']:.4f} · reproduced "
-             f"{e['reproduced_accuracy']:.4f} · difference {e['accuracy_difference']:+.4f}",
-             f"agreement  {e['agreement']:.2%} of the predictions · largest probability "
-             f"difference {e['max_probability_difference']:.2e}"]
+             (f"training   a new training ran ({t['seconds']:.1f} s; the training cache was "
+              f"not asked), seed {report['seed']}, "
+              + ("op determinism" if report["deterministic"] else "without op determinism")),
+             (f"dataset    digest {str(report['dataset']['digest'])[:16]}… at "
+              f"{report['dataset']['uri']}"),
+             (f"evaluated  on {e['set']} ({e['images']} images, digest "
+              f"{str(e['dataset_digest'])[:16]}…)"),
+             (f"accuracy   served {e['served_accuracy']:.4f} · reproduced "
+              f"{e['reproduced_accuracy']:.4f} · difference {e['accuracy_difference']:+.4f}"),
+             (f"agreement  {e['agreement']:.2%} of the predictions · largest probability "
+              f"difference {e['max_probability_difference']:.2e}")]
     return lines + [f"note       {n}" for n in report["notes"]]
