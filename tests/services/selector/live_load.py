@@ -115,7 +115,7 @@ class Rig:
     polling its ``/metrics``; ``close()`` stops them."""
 
     def __init__(self, client, repo: Path, window: Window,
-                 thresholds: GuardThresholds = GuardThresholds(min_requests=100),
+                 thresholds: GuardThresholds | None = None,
                  poll_seconds: float = 0.05) -> None:
         from core.http import BackgroundServer, bind
         from services.serving.app import create_app
@@ -131,7 +131,8 @@ class Rig:
                                                           lambda _v: holder.refresh()),
                                  self.table, self.emitted.append)
         self.guard = Guard(self.store, self.selector.rollback, self.emitted.append,
-                           UrlSource(self.server.url + "/metrics", clock=time.time), thresholds,
+                           UrlSource(self.server.url + "/metrics", clock=time.time),
+                           thresholds or GuardThresholds(min_requests=100),
                            window, poll_seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.guard.run, args=(self._stop,), daemon=True)
