@@ -79,18 +79,24 @@ def train(
     run_id: str = "manual",
     sink: Annotated[Optional[str], typer.Option(help="send model.trained here")] = None,
     round_size: Annotated[Optional[int], typer.Option(help="trainings the run started (the selector's round closes when all have ended)")] = None,
+    seed: Annotated[int, typer.Option(help="the random seed: Python's, NumPy's, TensorFlow's and the shuffling's")] = 7,
+    deterministic: Annotated[str, typer.Option(help="true: TensorFlow's op determinism, one thread per op, an ordered input pipeline (slower; the same training gives the same weights)")] = "false",
     verbose: Annotated[bool, typer.Option(help="TensorFlow's native start-up lines too")] = False,
 ) -> None:
     """Train one model variant and export it for serving (one process, --workers N local
     processes, or whatever cluster TF_CONFIG describes, as in a TFJob)."""
     if verbose:
         os.environ["RETRAIN_LOG_LEVEL"] = "debug"
+    from core.errors import ConfigurationError
     from services.trainer import main as trainer
     from services.trainer.options import TrainOptions
 
+    if deterministic not in ("true", "false"):
+        raise ConfigurationError(f"--deterministic {deterministic}: expected true or false")
     options = TrainOptions(model=model, dataset=dataset, out=out, run_id=run_id, epochs=epochs,
                            steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, workers=workers,
                            checkpoint_every=checkpoint_every, warm_start=warm_start or None, sink=sink,
-                           round_size=round_size)
+                           round_size=round_size, seed=seed,
+                           deterministic=deterministic == "true")
     print(json.dumps(trainer.run(load_settings(), options)))
