@@ -165,7 +165,25 @@ def run_page(run: dict[str, Any]) -> str:
         "<section><h2>decisions</h2>"
         + _table(("model", "decision", "candidate", "champion", "version", "reason"), decisions,
                  "no decision yet") + "</section>"
+        + coalescing(s)
         + (f"<p class=error>{esc(s['error'])}</p>" if s.get("error") else ""))
+
+
+def coalescing(s: dict[str, Any]) -> str:
+    """A coalesced run's covering run, and the runs a run covers (bursts coalesce)."""
+    def link(run_id: object) -> str:
+        return f"<a href='/runs/{quote(str(run_id))}'>{esc(run_id)}</a>"
+
+    out = ""
+    if s.get("covered_by"):
+        out += f"<p id=covered-by>covered by run {link(s['covered_by'])}</p>"
+    covers = s.get("covers") or []
+    if covers:
+        rows = [_cells(link(c.get("run_id")), esc(c.get("event_id")), esc(c.get("time")),
+                       esc(str(c.get("digest") or "")[:12])) for c in covers]
+        out += ("<section id=covers><h2>covers</h2>"
+                + _table(("run", "event", "time", "digest"), rows, "none") + "</section>")
+    return out
 
 
 # models and events ------------------------------------------------------------------------------

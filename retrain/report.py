@@ -39,6 +39,17 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
     elif summary.get("status") == "blocked":
         console.print(f"  blocked by the data gate; to train anyway: retrain approve "
                       f"{summary['run_id']}", soft_wrap=True, highlight=False)
+    if summary.get("status") == "deferred":
+        console.print(f"  {summary.get('reason')}: nothing trained; the changes add up, and "
+                      "the first run past RETRAIN_MIN_CHANGE trains on all of them (--force "
+                      "trains now)", soft_wrap=True, highlight=False)
+    if summary.get("covered_by"):
+        console.print(f"  covered by run {summary['covered_by']}", soft_wrap=True,
+                      highlight=False)
+    if summary.get("covers"):
+        console.print(f"  covers {len(summary['covers'])} earlier change(s): "
+                      + ", ".join(c["run_id"] for c in summary["covers"]), soft_wrap=True,
+                      highlight=False)
     if summary.get("approval"):
         approval = summary["approval"]
         console.print(f"  approved by {approval['by']} despite "
@@ -47,7 +58,7 @@ def print_run(console: Console, summary: dict[str, Any]) -> None:
     for decision in summary.get("decisions", []):
         console.print(f"  {decision['model_type']}: {decision['decision']} — {decision['reason']}"
                       + (f" (version {decision['version']})" if decision.get("version") else ""))
-    if summary.get("error"):
+    if summary.get("error") and summary.get("status") not in ("deferred", "coalesced"):
         console.print(f"[red]error:[/] {summary['error']}")
 
 
@@ -87,7 +98,7 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
             f"{m}:{r['val_accuracy']:.3f}" if r["status"] == "trained" else f"{m}:{r['status']}"
             for m, r in run.get("models", {}).items())
         runs.add_row(run["run_id"], run.get("trigger", ""),
-                     run["status"] + _validation(run.get("validation")),
+                     run["status"] + _validation(run.get("validation")) + _why(run),
                      ("hit" if cache.get("hit") else "miss") if cache else "-",
                      f"{run.get('seconds', 0):.1f}", models)
     console.print(runs)
@@ -102,6 +113,15 @@ def print_status(console: Console, info: dict[str, Any]) -> None:
     for name, p in info["training"].items():
         console.print(f"training {name}: {p.get('state')} step {p.get('step')}/{p.get('planned')} "
                       f"loss {p.get('loss')} acc {p.get('accuracy')}")
+
+
+def _why(run: dict[str, Any]) -> str:
+    """What a status cell adds for a run that trained nothing on purpose."""
+    if run.get("status") == "coalesced":
+        return f" (covered by {run.get('covered_by')})"
+    if run.get("status") == "deferred":
+        return f" ({str(run.get('reason') or '').removeprefix('deferred: ')})"
+    return ""
 
 
 def _validation(report: dict[str, Any] | None) -> str:

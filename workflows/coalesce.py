@@ -49,12 +49,16 @@ def coalesced_summary(replaced: record.RunRequest, covered_by: str) -> dict[str,
     return {"run_id": replaced.run_id, "trigger": replaced.trigger,
             "event_id": replaced.event_id, "data": replaced.data_uri,
             "parameters": replaced.parameters.model_dump(), "status": "coalesced",
-            "covered_by": covered_by, "reason": f"coalesced: a newer change of "
-            f"{replaced.source} replaced it; run {covered_by} covers it",
+            "covered_by": covered_by, "reason": _why(replaced.source, covered_by),
+            "error": _why(replaced.source, covered_by),
             "started_at": now, "ended_at": now, "seconds": 0.0, "steps": [], "models": {},
             "cache": None, "dataset_uri": None, "digest": (replaced.event or {}).get("digest"),
             "event": replaced.event, "source": replaced.source,
             **({"covers": list(replaced.covers)} if replaced.covers else {})}
+
+
+def _why(source: str | None, covered_by: str) -> str:
+    return f"coalesced: a newer change of {source} replaced it; run {covered_by} covers it"
 
 
 def point_covers(client: redis.Redis, covering: str, covers: tuple[dict[str, Any], ...]) -> None:

@@ -345,6 +345,7 @@ def end_coalesced(client: redis.Redis, run_id: str, covered_by: str, reason: str
 
     def change(summary: dict[str, Any]) -> dict[str, Any]:
         return {**summary, "status": "coalesced", "covered_by": covered_by, "reason": reason,
+                "error": reason,
                 "ended_at": summary.get("ended_at") or now,
                 "seconds": round(now - float(summary.get("started_at") or now), 3)}
 

@@ -61,7 +61,8 @@ def run(
     verbose: bool = False,
 ) -> None:
     """One workflow run on this machine, synchronously; promotes as each model finishes.
-    Exits 3 when the data gate blocks the run (no training starts), 1 when it fails."""
+    Exits 3 when the data gate blocks the run (no training starts), 1 when it fails, 0 when
+    it is deferred (its data adds less than RETRAIN_MIN_CHANGE; --force trains anyway)."""
     setup_logging(verbose, native=verbose, live=console)
     from retrain.oneshot import run_once
 
@@ -79,10 +80,11 @@ def run(
 
 
 def exit_for(status: str) -> None:
-    """A run's exit code: 0 succeeded, 3 blocked by the data gate, 1 anything else."""
+    """A run's exit code: 0 succeeded (or deferred: too small a change, which is no
+    failure), 3 blocked by the data gate, 1 anything else."""
     if status == "blocked":
         raise typer.Exit(BLOCKED)
-    if status != "succeeded":
+    if status not in ("succeeded", "deferred"):
         raise typer.Exit(1)
 
 
