@@ -229,16 +229,12 @@ def test_select_rollback_without_a_previous_champion(tmp_path, redis_handle, r):
 
 
 @pytest.mark.parametrize("env, message, code", [
-    ({"RETRAIN_PROMOTION_BACKEND": "kserve", "RETRAIN_KSERVE_ROLLOUT": "canary",
-      "RETRAIN_KUBE_API_URL": "http://127.0.0.1:9"},
-     "RETRAIN_KSERVE_ROLLOUT=canary needs RETRAIN_KSERVE_CANARY_METRICS_URL", 2),
     ({"RETRAIN_PROMOTION_BACKEND": "kserve", "KUBERNETES_SERVICE_HOST": ""},
      "not running in a cluster: KUBERNETES_SERVICE_HOST is not set", 1),
     ({"RETRAIN_PROMOTION_BACKEND": "kserve", "RETRAIN_KSERVE_CANARY_STEPS": "10,x"},
      "RETRAIN_KSERVE_CANARY_STEPS", 2),
     ({"RETRAIN_PROMOTION_BACKEND": "kserve", "RETRAIN_KSERVE_ROLLOUT": "canary",
-      "RETRAIN_KSERVE_CANARY_STEPS": "50,10", "RETRAIN_KUBE_API_URL": "http://127.0.0.1:9",
-      "RETRAIN_KSERVE_CANARY_METRICS_URL": "http://127.0.0.1:9/metrics"},
+      "RETRAIN_KSERVE_CANARY_STEPS": "50,10", "RETRAIN_KUBE_API_URL": "http://127.0.0.1:9"},
      "canary steps must rise within 1..99", 2),
     ({"RETRAIN_PROMOTION_BACKEND": "triton"}, "RETRAIN_PROMOTION_BACKEND", 2),
     ({"RETRAIN_ROUND_QUORUM": "0"}, "RETRAIN_ROUND_QUORUM", 2),

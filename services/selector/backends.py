@@ -29,7 +29,10 @@ class PromotionBackend(Protocol):
 
     def stage(self, model_uri: str, version: int) -> Staged: ...
 
-    def publish(self, staged: Staged) -> None: ...
+    def publish(self, staged: Staged, at_once: bool = False) -> None:
+        """Make ``staged`` the served model; ``at_once``: all traffic at once, never by
+        steps (a rollback)."""
+        ...
 
     def discard(self, staged: Staged) -> None: ...
 
@@ -60,7 +63,7 @@ class LocalBackend:
             raise
         return Staged(version, str(self.model_dir / str(version)), str(tmp))
 
-    def publish(self, staged: Staged) -> None:
+    def publish(self, staged: Staged, at_once: bool = False) -> None:
         Path(staged.handle).rename(staged.location)  # atomic: the server sees all or nothing
         if self._notify:
             self._notify(staged.version)

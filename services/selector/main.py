@@ -9,12 +9,14 @@ beside it (``build_guard``); ``rollback`` brings the previous champion back.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -34,11 +36,12 @@ from services.selector.champion import ChampionStore
 from services.selector.errors import SelectorError
 from services.selector.guard import Guard, Window
 from services.selector.guard_rules import GuardThresholds
-from services.selector.live import UrlSource
+from services.selector.live import MetricsSource, UrlSource
 from services.selector.policy import ChampionPolicy
 from services.selector.scores import LazyEvaluator
 from services.selector.service import Selector
 
+log = logging.getLogger(__name__)
 JUDGED = (EventType.MODEL_TRAINED, EventType.TRAINING_FAILED)  # what the selector acts on
 
 
@@ -55,23 +58,39 @@ def promotion_backend(settings: Settings) -> PromotionBackend:
     """The backend ``RETRAIN_PROMOTION_BACKEND`` names, configured from the settings."""
     if settings.promotion_backend == "local":
         return LocalBackend(settings.model_repo, MODEL_NAME, lambda _version: None)
-    from services.selector.kserve import KServeBackend, Rollout, ScrapedHealth, kube_client
+    from dataclasses import replace as with_changes
 
-    try:
+    from services.selector.kserve import KServeBackend, Rollout, kube_client
+
+    thresholds = GuardThresholds.from_settings(settings)
+    if "kserve_canary_max_error_rate" in settings.model_fields_set:  # the old name, still honoured
+        log.warning("RETRAIN_KSERVE_CANARY_MAX_ERROR_RATE is deprecated: read as "
+                    "RETRAIN_GUARD_MAX_ERROR_RATE_INCREASE")
+        thresholds = with_changes(thresholds,
+                                  max_error_rate_increase=settings.kserve_canary_max_error_rate)
+    if ("kserve_canary_max_p99_ms" in settings.model_fields_set
+            or settings.kserve_canary_metrics_url):
+        log.warning("RETRAIN_KSERVE_CANARY_MAX_P99_MS and _METRICS_URL are ignored: a canary is "
+                    "judged by the RETRAIN_GUARD_* rules on every predictor pod's metrics")
+    try:  # before any cluster call: bad steps are a configuration error
         rollout = Rollout(settings.kserve_rollout, settings.kserve_canary_steps,
-                          settings.kserve_canary_step_seconds, settings.kserve_canary_max_error_rate,
-                          settings.kserve_canary_max_p99_ms / 1000)
+                          settings.kserve_canary_step_seconds, thresholds)
     except ValueError as exc:
         raise ConfigurationError(f"RETRAIN_KSERVE_*: {exc}") from None
-    health = None
-    if rollout.strategy == "canary":
-        if not settings.kserve_canary_metrics_url:
-            raise ConfigurationError("RETRAIN_KSERVE_ROLLOUT=canary needs RETRAIN_KSERVE_CANARY_METRICS_URL "
-                                     "(the canary's Prometheus /metrics) to judge its health")
-        health = ScrapedHealth(settings.kserve_canary_metrics_url)
-    return KServeBackend(kube_client(settings.kube_api_url, settings.kube_token),
-                         settings.kserve_namespace, MODEL_NAME, settings.model_repo,
-                         settings.kserve_storage_prefix, rollout, health)
+    client = kube_client(settings.kube_api_url, settings.kube_token)
+    metrics = cluster_metrics(settings, client.api_client) if rollout.strategy == "canary" else None
+    return KServeBackend(client, settings.kserve_namespace, MODEL_NAME, settings.model_repo,
+                         settings.kserve_storage_prefix, rollout, metrics)
+
+
+def cluster_metrics(settings: Settings, api_client: Any,
+                    clock: Callable[[], float] = time.monotonic) -> MetricsSource:
+    """Every predictor pod's ``/metrics``, summed per version (the selector's Role lists
+    pods): what a canary and the guard read on a cluster, never one pod."""
+    from services.selector.pods import PodsSource, predictor_selector
+
+    return PodsSource(api_client, settings.kserve_namespace, predictor_selector(MODEL_NAME),
+                      clock=clock)
 
 
 Keep = Callable[[redis.Redis, str], None]  # makes a served run's record permanent
@@ -97,9 +116,17 @@ def build_guard(settings: Settings, client: redis.Redis, selector: Selector,
     if not settings.guard:
         return None
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    url = metrics_url or settings.guard_metrics_url or f"http://{host}:{settings.serve_port}/metrics"
+    url = metrics_url or settings.guard_metrics_url
+    source: MetricsSource
+    if url or settings.promotion_backend == "local":
+        source = UrlSource(url or f"http://{host}:{settings.serve_port}/metrics", clock=time.time)
+    else:  # KServe: every predictor pod, summed per version
+        from core import kube
+
+        source = cluster_metrics(settings, kube.api_client(settings.kube_api_url,
+                                                           settings.kube_token), clock=time.time)
     return Guard(ChampionStore(client, str(settings.model_repo.resolve())), selector.rollback,
-                 emit, UrlSource(url, clock=time.time), GuardThresholds.from_settings(settings),
+                 emit, source, GuardThresholds.from_settings(settings),
                  Window(settings.guard_window_requests, settings.guard_window_seconds),
                  settings.guard_poll_seconds)
 

@@ -44,7 +44,7 @@ def roll_back(store: ChampionStore, backend: PromotionBackend, lock: threading.L
         if not store.restore(current.generation, length, restored):
             backend.discard(staged)
             raise SelectorError("the champion changed during the rollback; nothing was changed")
-        backend.publish(staged)
+        backend.publish(staged, at_once=True)  # a way back is never canaried
         text = (f"rollback: {reason}; version {current.version} ({current.model_type}, "
                 f"{score(current.accuracy)}) replaced by the previous champion "
                 f"{previous.model_type} {score(previous.accuracy)} (was version {previous.version})")

@@ -373,11 +373,14 @@ def test_the_predictor_is_our_model_server_with_the_metrics_the_canary_reads(ove
     assert server["args"][:3] == ["serve", "--model-dir", "/mnt/models"]  # the storage initializer's copy
     assert server["image"] == _by_kind(docs, "Deployment")["retrain-selector"]["spec"]["template"][
         "spec"]["containers"][0]["image"]  # the project's image, as every other service
-    from services.selector.kserve import ScrapedHealth
+    from services.selector.pods import PREDICTOR_CONTAINER, PodsSource
 
-    health = ScrapedHealth("http://canary/metrics")  # what the selector reads by default
-    assert (health._requests, health._latency) == ("retrain_serving_requests_total",
-                                                   "retrain_serving_latency_seconds")
+    # the guard and the canary read every predictor pod's /metrics on the server container's
+    # first port, which they must be allowed to find: the selector's Role lists pods
+    assert server["name"] == PREDICTOR_CONTAINER
+    assert server["ports"][0]["containerPort"] == PodsSource.__init__.__defaults__[0]
+    [role] = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "retrain-selector"]
+    assert any("pods" in rule["resources"] and rule["verbs"] == ["list"] for rule in role["rules"])
 
 
 def test_a_serving_runtime_typo_fails():

@@ -73,7 +73,7 @@ class DiesPublishing(LocalBackend):
         super().__init__(repo, name)
         self.after_rename = after_rename
 
-    def publish(self, staged):
+    def publish(self, staged, at_once=False):
         if staged.version == 2:
             if self.after_rename:
                 super().publish(staged)
