@@ -27,7 +27,7 @@ _REPLICAS = 987654321  # stands for the workers parameter while the manifest is 
 TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 6 h)
 
 TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers", "round-size",
-                "train-cache", "force")
+                "train-cache", "force", "deterministic")
 TRAIN_PARAMETERS = ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)
 MODEL_OUT = f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model"
 
@@ -51,6 +51,7 @@ def tfjob_manifest(names: ClusterNames) -> str:
             "warm_start": "{{inputs.parameters.warm-start}}",  # "" when there is none
             "sink": names.model_trained_sink,
             "round_size": "{{inputs.parameters.round-size}}",
+            "deterministic": "{{inputs.parameters.deterministic}}",
         }),
         "env": [{"name": "RETRAIN_HOME", "value": HOME},
                 {"name": "TF_USE_LEGACY_KERAS", "value": "1"},
@@ -142,7 +143,7 @@ def check_training(names: ClusterNames) -> Container:
          "--dataset-uri", "{{inputs.parameters.dataset-uri}}", "--out", MODEL_OUT,
          "--warm-start", "{{inputs.parameters.warm-start}}",
          *(arg for n in ("epochs", "steps-per-epoch", "batch-size", "learning-rate",
-                         "workers", "train-cache", "force", "round-size")
+                         "workers", "train-cache", "force", "deterministic", "round-size")
            for arg in (f"--{n}", f"{{{{inputs.parameters.{n}}}}}")),
          "--run-id", "{{workflow.name}}", "--sink", names.model_trained_sink,
          "--outputs", OUTPUTS],

@@ -44,6 +44,7 @@ class Plan:
                 "batch-size": str(p.batch_size), "learning-rate": repr(p.learning_rate),
                 "workers": str(p.workers), "train-cache": p.train_cache,
                 "force": "true" if p.force else "false",
+                "deterministic": "true" if p.deterministic else "false",
                 # the selector's round for the run closes once this many trainings have ended
                 "round-size": str(len(self.trainings)),
                 # the data gate's mode: what the validate step does when a check fails

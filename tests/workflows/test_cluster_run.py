@@ -61,7 +61,7 @@ def _run_workflow(argo: Argo, trainer: tuple[str, ...], models: str) -> dict[str
                   "dataset-uri": dataset_uri,
                   **{n: out[n] for n in ("epochs", "steps-per-epoch", "batch-size",
                                          "learning-rate", "workers", "round-size",
-                                         "train-cache", "force")}}
+                                         "train-cache", "force", "deterministic")}}
         check = argo.run("check-training", **inputs)
         assert check.code == 0 and check.outputs["hit"] == "false", check.stderr
         trained = argo.train(trainer, {"RETRAIN_STANDIN_MODELS": models}, **inputs)

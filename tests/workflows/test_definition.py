@@ -146,6 +146,8 @@ def _substitute(value: str) -> str:
                "workflow.parameters.event": "",
                "inputs.parameters.validation": "block",
                "inputs.parameters.source": "git:https://git.example/fm/data.git#main",
+               "inputs.parameters.deterministic": "false", "inputs.parameters.force": "false",
+               "inputs.parameters.train-cache": "exact",
                "inputs.parameters.epochs": "1", "inputs.parameters.steps-per-epoch": "0",
                "inputs.parameters.batch-size": "64", "inputs.parameters.learning-rate": "0.001",
                "inputs.parameters.workers": "2", "workflow.name": "retrain-abc12",
@@ -217,7 +219,8 @@ def test_each_model_checks_the_training_cache_and_a_hit_creates_no_tfjob():
     flags = dict(zip(args[2::2], args[3::2], strict=True))
     assert args[:2] == ["step", "check-training"]
     for name in ("model", "dataset-uri", "warm-start", "epochs", "steps-per-epoch", "batch-size",
-                 "learning-rate", "workers", "train-cache", "force", "round-size"):
+                 "learning-rate", "workers", "train-cache", "force", "deterministic",
+                 "round-size"):
         assert flags[f"--{name}"] == f"{{{{inputs.parameters.{name}}}}}", name
     assert flags["--sink"] == "stream" and flags["--run-id"] == "{{workflow.name}}"
     assert {o["name"] for o in check["outputs"]["parameters"]} >= {"hit", "reason", "key"}

@@ -19,7 +19,8 @@ DATA = "/var/lib/retrain/data/fashion-mnist"
 def test_every_run_parameter_reaches_the_steps():
     event = {"models": ["dropout", "cnn"], "epochs": 3, "steps_per_epoch": 40, "batch_size": 32,
              "learning_rate": 0.005, "workers": 4, "cache_policy": "max-age=30m",
-             "train_cache": "max-age=2h", "force": True, "validation": "warn"}
+             "train_cache": "max-age=2h", "force": True, "validation": "warn",
+             "deterministic": True}
     plan = plan_run(json.dumps(event), DATA, VOLUME)
     assert plan.parameters == RunParameters(**event)
     assert plan.outputs() == {
@@ -27,7 +28,8 @@ def test_every_run_parameter_reaches_the_steps():
                                  {"model": "cnn", "warm-start": ""}]),
         "cache-policy": "max-age=30m", "epochs": "3", "steps-per-epoch": "40",
         "batch-size": "32", "learning-rate": "0.005", "workers": "4", "round-size": "2",
-        "train-cache": "max-age=2h", "force": "true", "validation": "warn"}
+        "train-cache": "max-age=2h", "force": "true", "validation": "warn",
+        "deterministic": "true"}
 
 
 def test_the_data_gate_blocks_unless_the_event_says_otherwise():

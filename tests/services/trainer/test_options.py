@@ -93,7 +93,8 @@ def test_the_tfjob_runs_the_same_command_line(parsed):
               "{{inputs.parameters.steps-per-epoch}}": "0",
               "{{inputs.parameters.batch-size}}": "32",
               "{{inputs.parameters.learning-rate}}": "0.002",
-              "{{inputs.parameters.round-size}}": "3"}
+              "{{inputs.parameters.round-size}}": "3",
+              "{{inputs.parameters.deterministic}}": "true"}
 
     def substitute(arg: str) -> str:
         for placeholder, value in values.items():
@@ -109,13 +110,14 @@ def test_the_tfjob_runs_the_same_command_line(parsed):
         "batch_size": "{{inputs.parameters.batch-size}}",
         "learning_rate": "{{inputs.parameters.learning-rate}}", "checkpoint_every": 100,
         "warm_start": "{{inputs.parameters.warm-start}}", "sink": names.model_trained_sink,
-        "round_size": "{{inputs.parameters.round-size}}"})
+        "round_size": "{{inputs.parameters.round-size}}",
+        "deterministic": "{{inputs.parameters.deterministic}}"})
     assert parsed(args) == TrainOptions(
         model="batch_norm", dataset="/var/lib/retrain/store/datasets/k",
         out=Path("/var/lib/retrain/runs/retrain-x7/batch_norm/model"), run_id="retrain-x7",
         epochs=2, steps_per_epoch=0, batch_size=32, learning_rate=0.002, checkpoint_every=100,
         warm_start="/var/lib/retrain/models/fashion-mnist/4", sink=names.model_trained_sink,
-        round_size=3)
+        round_size=3, deterministic=True)
     values["{{inputs.parameters.warm-start}}"] = ""  # no champion of this variant: no warm start
     assert parsed([substitute(a) for a in container["args"]]).warm_start is None
 
