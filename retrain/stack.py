@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 from rich.console import Console
@@ -22,6 +23,9 @@ from events.dedup import Deduplicator
 from events.payloads import RunParameters
 from events.sinks import HttpSink, RedisStreamSink
 from workflows.trigger import Trigger
+
+if TYPE_CHECKING:
+    from services.selector.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class LocalStack:
         self.grpc_target = ""  # host:port of the model server's gRPC API
         self.events_url = ""
         self.ui_url = ""  # the dashboard
+        self.guard: Guard | None = None  # the live guard, watching each promotion
 
     # lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> LocalStack:
@@ -124,7 +129,12 @@ class LocalStack:
         self.supervisor.spawn("selector", lambda: consumer.run(self._stop))
         # the live guard reads this stack's own model server
         guard = build_guard(s, client, self.selector, self.sink.send, self.serve_url + "/metrics")
+        self.guard = guard  # None with RETRAIN_GUARD=false
         if guard is not None:
+            if self.narrate:  # a rollback is told by its event; a settled version by this
+                from retrain.narrate import guard_printer
+
+                guard.on_outcome(guard_printer(self.console))
             self.supervisor.spawn("guard", lambda: guard.run(self._stop))
         self.supervisor.spawn("runner", self._runner_loop)
         if self.data_root is not None:

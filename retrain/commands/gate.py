@@ -1,10 +1,12 @@
-"""The data gate's commands: ``validate`` (check a dataset as a run would, before any
-training) and ``approve`` (let a blocked run train)."""
+"""The gates' commands: ``validate`` (check a dataset as a run would, before any training)
+and ``approve`` (let a run the data gate blocked train, or a model the live guard rolled back
+be judged again)."""
 
 from __future__ import annotations
 
 import getpass
 import json
+import re
 from typing import Annotated, Optional
 
 import typer
@@ -65,14 +67,21 @@ def print_report(out: Console, report: dict) -> None:
 
 
 def approve(
-    run_id: Annotated[str, typer.Argument(help="the blocked run to let train")],
+    run_id: Annotated[Optional[str], typer.Argument(metavar="RUN|vN", help="the blocked run to let train, or vN: the version the live guard rolled back whose model may be judged again")] = None,
+    version: Annotated[Optional[int], typer.Option("--version", min=1, help="the version the live guard rolled back: its model's files are judged again when they arrive (as vN)")] = None,
     by: Annotated[Optional[str], typer.Option(help="a note kept with the approval, e.g. who asked for it (the approver recorded is this machine's user, or on a cluster who the events endpoint authenticated)")] = None,
     events_url: Annotated[Optional[str], typer.Option(help="on a cluster: the events endpoint to re-submit the run's workflow to (the API key is RETRAIN_API_KEYS' first)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Resume a run the data gate blocked: its trainings run on the dataset it validated,
     with validation warn, and who approved it is kept with the run. With --events-url the
-    run's workflow is submitted again through that endpoint (a cluster)."""
+    run's workflow is submitted again through that endpoint (a cluster). With --version N
+    (or vN), let the model the live guard rolled back as version N be judged again."""
+    version = _version_asked(run_id, version)
+    if version is not None:
+        _approve_version(version, by, events_url, as_json)
+        return
+    assert run_id is not None
     approver = by or getpass.getuser()  # sent as a note; the receiver names the sender
     settings = load_settings()
     if events_url:
@@ -92,6 +101,45 @@ def approve(
 
         print_run(Console(), summary)
     exit_for(summary["status"])
+
+
+def _version_asked(run_id: str | None, version: int | None) -> int | None:
+    """The version to approve (``--version N``, or ``vN`` in place of a run), None for a run;
+    both, or neither, is a usage error."""
+    named = run_id is not None and re.fullmatch(r"v(\d+)", run_id.strip())
+    if version is not None and run_id is not None:
+        raise typer.BadParameter("name a blocked run or --version N (or vN), not both",
+                                 param_hint="RUN|vN")
+    if version is None and run_id is None:
+        raise typer.BadParameter("name a blocked run, or --version N for a version the live "
+                                 "guard rolled back", param_hint="RUN|vN")
+    return int(named.group(1)) if named else version
+
+
+def _approve_version(version: int, note: str | None, events_url: str | None,
+                     as_json: bool) -> None:
+    """Forget the live guard's refusal of the model it rolled back as ``version``, audited
+    with this machine's user (``user:<name>``, ``note`` beside it). Done in Redis, where the
+    selector reads it: no event carries it, so ``--events-url`` is refused."""
+    if events_url:
+        raise typer.BadParameter(
+            "a version is approved in the selector's Redis, not through the events endpoint: "
+            "run `retrain approve --version N` where RETRAIN_REDIS_URL reaches the selector's "
+            "Redis (on a cluster, e.g. through kubectl port-forward)", param_hint="--events-url")
+    from core.redis_store import open_redis
+    from services.selector.champion import ChampionStore
+    from services.selector.guard_store import approve as approve_model
+
+    settings = load_settings()
+    with open_redis(settings.redis_url, settings.home) as handle:
+        store = ChampionStore(handle.client, str(settings.model_repo.resolve()))
+        entry = approve_model(store, version, f"user:{getpass.getuser()}", note or "")
+    if as_json:
+        print(json.dumps(entry, default=str))
+    else:
+        console.print(f"approved version {version}'s model ({str(entry['model_digest'])[:12]}, "
+                      f"rolled back for {entry['rule']}): judged again when it arrives, "
+                      f"approver {entry['by']}", highlight=False, soft_wrap=True)
 
 
 def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:

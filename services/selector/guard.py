@@ -21,10 +21,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from events import Event, EventType, make_event
+from events.errors import EventError
 from events.payloads import GateRule, LiveFigures, ModelPromoted, ModelRolledBack
 from services.selector.champion import Champion, ChampionStore
 from services.selector.decisions import SOURCE
@@ -63,6 +65,12 @@ class Guard:
         self._history: deque[Snapshot] = deque(maxlen=MAX_HISTORY)
         self._seen: int | None = None  # the champion generation last looked at
         self._unreachable: str | None = None  # the metrics' last problem, logged once
+        self._observers: list[Callable[[int, dict[str, Any]], None]] = []
+
+    def on_outcome(self, observer: Callable[[int, dict[str, Any]], None]) -> None:
+        """Tell ``observer`` each watched version's outcome as it is recorded (the version,
+        and its state as ``guard_store.guard_state`` reads it: settled or rolledback)."""
+        self._observers.append(observer)
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set. Redis away: logged, and polled again."""
@@ -78,11 +86,13 @@ class Guard:
     def poll(self) -> str | None:
         """One look: scrape, open a watch on a new promotion, judge the watch under way.
         Returns what it did (``watching N``, ``settled N``, ``rolled back N``) or None."""
+        watch = self._records.watch()
+        if watch is not None and watch.intent is not None:  # a rollback under way: finished
+            return self._finish(watch)  # first, whether or not the metrics can be read
         snapshot = self._scrape()
         if snapshot is None:
             return None
         champion = self._store.get()
-        watch = self._records.watch()
         if champion is not None and champion.generation != self._seen:
             first_look = self._seen is None
             self._seen = champion.generation
@@ -159,53 +169,121 @@ class Guard:
         broken = [r for r in rules if not r.passed]
         if broken:
             return self._roll_back(watch, window, rules, broken[0])
-        self._records.drop(watch.version, {
-            "state": "settled", "previous_version": watch.previous_version,
-            "rules": [r.model_dump() for r in rules],
-            "window": self._figures(watch.version, window, seconds).model_dump(),
-            "baseline": self._figures(watch.previous_version, watch.baseline).model_dump()
-            if watch.baseline else None})
+        state = {"state": "settled", "previous_version": watch.previous_version,
+                 "rules": [r.model_dump(mode="json") for r in rules],
+                 "window": self._figures(watch.version, window, seconds).model_dump(mode="json"),
+                 "baseline": self._figures(watch.previous_version, watch.baseline).model_dump(
+                     mode="json") if watch.baseline else None}
+        self._records.drop(watch.version, state)
         log.info("live guard: version %d settled after %.0f answers in %.1f s", watch.version,
                  window.requests, seconds)
+        self._tell(watch.version, state)
         return f"settled {watch.version}"
 
     def _roll_back(self, watch: Watch, window: VersionStats, rules: tuple[GateRule, ...],
                    rule: GateRule) -> str:
+        """Record the intent (the rule and every figure) in the watch, then carry it out: a
+        guard that dies on the way finishes it when it starts again (``_finish``)."""
         seconds = self._clock() - watch.opened_at
         reason = (f"live guard: version {watch.version} broke {rule.name} after "
                   f"{window.requests:.0f} answers in {seconds:.1f} s: {rule.detail}")
-        try:
-            restored = self._rollback(reason, watch.version)
-        except SelectorError as exc:
-            log.warning("live guard: version %d broke %s but was not rolled back: %s",
-                        watch.version, rule.name, exc)
-            self._records.drop(watch.version, {"state": "not rolled back", "rule": rule.name,
-                                               "reason": f"{reason}; {exc}"})
-            return f"not rolled back {watch.version}"
-        assert isinstance(restored.data, ModelPromoted)
+        baseline = (self._figures(watch.previous_version, watch.baseline)
+                    if watch.baseline else None)
+        intent = {"rule": rule.name, "reason": reason,
+                  "rules": [r.model_dump(mode="json") for r in rules],
+                  "window": self._figures(watch.version, window, seconds).model_dump(mode="json"),
+                  "baseline": baseline.model_dump(mode="json") if baseline else None}
+        return self._finish(self._records.intend(watch, intent))
+
+    def _finish(self, watch: Watch) -> str:
+        """Carry out the watch's intent from where it stopped: the rollback, then its records
+        (refusal, audit, outcome), then ``model.rolledback`` (always id ``rolledback/<the
+        version's generation>``, so a receiver drops one sent twice)."""
+        intent = dict(watch.intent or {})
+        if "restored_version" not in intent:
+            restored = self._restore(watch, intent)
+            if restored is None:
+                return f"not rolled back {watch.version}"
+            intent["restored_version"] = restored
+            watch = self._records.intend(watch, intent)
         data = ModelRolledBack(
             version=watch.version, model_digest=watch.model_digest or "", run_id=watch.run_id,
-            model_type=watch.model_type, restored_version=restored.data.version,
-            previous_version=watch.previous_version, rule=rule.name, reason=reason, rules=rules,
-            window=self._figures(watch.version, window, seconds),
-            baseline=self._figures(watch.previous_version, watch.baseline)
-            if watch.baseline else None)
-        self._record(watch, data)
-        self._emit(make_event(EventType.MODEL_ROLLEDBACK, data, source=SOURCE,
-                              id=f"rolledback/{watch.generation}"))
-        log.warning("%s; version %d serves the previous model", reason, data.restored_version)
+            model_type=watch.model_type, restored_version=intent["restored_version"],
+            previous_version=watch.previous_version, rule=intent["rule"],
+            reason=intent["reason"], rules=intent["rules"], window=intent["window"],
+            baseline=intent["baseline"])
+        record = data.model_dump(mode="json")
+        if not intent.get("recorded"):
+            if not self._audited(watch):
+                self._store.audit({"type": "rolledback", "seconds": 0.0, **record})
+            watch = self._records.rolled_back(watch, {"state": "rolledback", **record})
+        try:
+            self._emit(make_event(EventType.MODEL_ROLLEDBACK, data, source=SOURCE,
+                                  id=f"rolledback/{watch.generation}"))
+        except (EventError, redis.RedisError, OSError) as exc:  # the watch keeps the intent:
+            # sent again at the next poll
+            log.warning("live guard: version %d was rolled back but model.rolledback could not "
+                        "be sent (%s); sending it again at the next poll", watch.version, exc)
+            return f"rolled back {watch.version}, event not sent"
+        self._records.drop(watch.version)
+        log.warning("%s; version %d serves the previous model (version %d's)", data.reason,
+                    data.restored_version, data.previous_version)
+        self._tell(watch.version, {"state": "rolledback", **record})
         return f"rolled back {watch.version}"
 
-    def _record(self, watch: Watch, data: ModelRolledBack) -> None:
-        """The rollback audited (its run's decisions list it), the version's outcome, and its
-        model's files refused until approved."""
-        record = data.model_dump(mode="json")
-        self._store.audit({"type": "rolledback", "seconds": 0.0, **record})
-        if watch.model_digest:
-            self._records.refuse(watch.model_digest, {
-                "version": watch.version, "rule": data.rule, "reason": data.reason,
-                "run_id": watch.run_id, "model_type": watch.model_type})
-        self._records.drop(watch.version, {"state": "rolledback", **record})
+    def _restore(self, watch: Watch, intent: dict[str, Any]) -> int | None:
+        """The version the previous model serves as: rolled back now through
+        ``Selector.rollback``, or found already rolled back by a guard that died after doing
+        it. None when the version was replaced otherwise (its outcome recorded)."""
+        champion = self._store.get()
+        if champion is not None and (champion.generation, champion.version) == (
+                watch.generation, watch.version):
+            try:
+                restored = self._rollback(str(intent["reason"]), watch.version)
+            except SelectorError as exc:
+                problem = str(exc)
+            else:
+                assert isinstance(restored.data, ModelPromoted)
+                return restored.data.version
+        else:
+            problem = (f"version {champion.version} is the champion" if champion
+                       else "there is no champion")
+        done = self._rolled_back_before(watch)
+        if done is not None:
+            return done
+        log.warning("live guard: version %d broke a rule but was not rolled back: %s",
+                    watch.version, problem)
+        self._records.drop(watch.version, {"state": "not rolled back", "rule": intent["rule"],
+                                           "reason": f"{intent['reason']}; {problem}"})
+        return None
+
+    def _rolled_back_before(self, watch: Watch) -> int | None:
+        """The version number of a rollback of ``watch.version`` already made (by a guard
+        that died before recording it), from the audit; its ``model.promoted`` sent again
+        (same id: dropped if it was sent)."""
+        previous = self._store.champion(watch.previous_version)
+        decisions = self._store.decisions_of(previous.run_id) if previous else []
+        done = next((d for d in reversed(decisions) if d.get("type") == "rollback"
+                     and d.get("champion_version") == watch.version), None)
+        if done is None:
+            return None
+        log.warning("live guard: version %d had been rolled back (as version %s) by a guard "
+                    "that stopped before finishing; finishing it", watch.version, done["version"])
+        fields = {k: v for k, v in done.items() if k not in ("type", "seconds", "at")}
+        self._emit(make_event(EventType.MODEL_PROMOTED, ModelPromoted(**fields), source=SOURCE,
+                              id=f"rollback/{watch.generation}"))
+        return int(done["version"])
+
+    def _audited(self, watch: Watch) -> bool:
+        return any(d.get("type") == "rolledback" and d.get("version") == watch.version
+                   for d in self._store.decisions_of(watch.run_id))
+
+    def _tell(self, version: int, state: dict[str, Any]) -> None:
+        for observer in self._observers:
+            try:  # telling a person must never cost the guard
+                observer(version, state)
+            except Exception:
+                log.debug("could not tell of version %d's outcome", version, exc_info=True)
 
     @staticmethod
     def _figures(version: int, stats: VersionStats, seconds: float = 0.0) -> LiveFigures:

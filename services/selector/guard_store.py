@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import redis
 
@@ -20,7 +21,12 @@ from services.selector.scores import content
 @dataclass(frozen=True)
 class Watch:
     """A promoted version under watch: its counters when the watch opened (``start``) and the
-    previous version's last window on the same server (``baseline``, None: none known)."""
+    previous version's last window on the same server (``baseline``, None: none known).
+    ``intent``: a rollback decided and not yet finished (recorded before the rollback, so a
+    guard that dies on the way finishes it on resume): the rule broken, the reason, every
+    rule and both windows' figures (``ModelRolledBack``'s fields as JSON), then
+    ``restored_version`` once the previous model serves again and ``recorded`` once the
+    refusal, the audit and the outcome are written (only the event is left to send)."""
 
     version: int
     generation: int
@@ -31,6 +37,7 @@ class Watch:
     opened_at: float  # wall-clock seconds
     start: VersionStats
     baseline: VersionStats | None
+    intent: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "start": to_json(self.start),
@@ -63,6 +70,29 @@ class GuardStore:
                  "previous_version": watch.previous_version}))
             pipe.execute()
 
+    def intend(self, watch: Watch, intent: dict[str, Any]) -> Watch:
+        """Record what the guard is about to do to the watched version (or how far it got),
+        before doing it; returns the watch as recorded."""
+        intended = replace(watch, intent=intent)
+        self._r.set(self._watch, intended.to_json())
+        return intended
+
+    def rolled_back(self, watch: Watch, state: dict[str, Any]) -> Watch:
+        """A rollback's records, in one transaction: the model's files refused until approved,
+        the version's outcome, and the watch's intent marked ``recorded``."""
+        recorded = replace(watch, intent={**(watch.intent or {}), "recorded": True})
+        with self._r.pipeline(transaction=True) as pipe:
+            if watch.model_digest:
+                pipe.hset(self._refused, watch.model_digest, json.dumps({
+                    "at": round(time.time(), 3), "version": watch.version,
+                    "rule": state.get("rule"), "reason": state.get("reason"),
+                    "run_id": watch.run_id, "model_type": watch.model_type}))
+            pipe.hset(self._states, str(watch.version),
+                      json.dumps({"at": round(time.time(), 3), **state}))
+            pipe.set(self._watch, recorded.to_json())
+            pipe.execute()
+        return recorded
+
     def drop(self, version: int, state: dict[str, object] | None = None) -> None:
         """End the watch of ``version`` (if it is the one under way), recording ``state``."""
         with self._r.pipeline(transaction=True) as pipe:
@@ -77,6 +107,13 @@ class GuardStore:
     def state(self, version: int) -> dict[str, object] | None:
         raw = self._r.hget(self._states, str(version))
         return json.loads(raw) if raw else None
+
+    def states(self, versions: list[int]) -> dict[int, dict[str, object]]:
+        """The outcomes of ``versions`` the guard watched, in one read."""
+        if not versions:
+            return {}
+        found = self._r.hmget(self._states, [str(v) for v in versions])
+        return {v: json.loads(raw) for v, raw in zip(versions, found) if raw}
 
     # rolled-back models -------------------------------------------------------------------------
     def refuse(self, digest: str, record: dict[str, object]) -> None:
@@ -117,16 +154,33 @@ def guard_state(client: redis.Redis, scope: str, version: int) -> dict[str, obje
     return GuardStore(client, scope).state(version)
 
 
-def approve(store: ChampionStore, version: int, by: str) -> dict[str, object]:
+def guard_states(client: redis.Redis, scope: str,
+                 versions: list[int]) -> dict[int, dict[str, object]]:
+    """``guard_state`` of several versions in one read (those it never watched left out)."""
+    return GuardStore(client, scope).states(versions)
+
+
+def approve(store: ChampionStore, version: int, by: str, note: str = "") -> dict[str, object]:
     """Let the model the guard rolled back as ``version`` be judged again, audited with who
-    approved it; raises ``SelectorError`` when no refused model was that version."""
-    allowed = GuardStore(store.client, store.scope).allow(version)
+    approved it (``by``, and ``note`` when given); raises ``SelectorError`` saying why when
+    no refused model was that version."""
+    records = GuardStore(store.client, store.scope)
+    allowed = records.allow(version)
     if allowed is None:
-        raise SelectorError(f"no model rolled back by the live guard was version {version}")
+        state = records.state(version)
+        said = ("its model was approved already" if state and state.get("state") == "rolledback"
+                else f"the live guard's record of it: {state.get('state')}" if state
+                else "the live guard never watched it")
+        raise SelectorError(f"version {version} is not a model the live guard rolled back and "
+                            f"still refuses ({said}); nothing to approve")
     digest, record = allowed
     entry = {"type": "approved", "version": version, "model_digest": digest, "by": by,
              "run_id": record.get("run_id"), "model_type": record.get("model_type"),
+             "rule": record.get("rule"),
              "reason": f"version {version}'s model approved by {by}: judged again when it "
-                       f"arrives (rolled back for {record.get('rule')})"}
+                       f"arrives (rolled back for {record.get('rule')})"
+                       + (f"; note: {note}" if note else "")}
+    if note:
+        entry["note"] = note
     store.audit(entry)
     return entry

@@ -51,9 +51,9 @@ def world(r, tmp_path):
     selector = Selector(store, LocalBackend(tmp_path / "repo", "fm"), _Scores(), emitted.append)
     clock = Clock()
 
-    def guard(window=Window(200, 60.0)):
-        return Guard(store, selector.rollback, emitted.append, UrlSource(url, clock=clock), T,
-                     window, poll_seconds=0.01, clock=clock)
+    def guard(window=Window(200, 60.0), rollback=None, emit=None):
+        return Guard(store, rollback or selector.rollback, emit or emitted.append,
+                     UrlSource(url, clock=clock), T, window, poll_seconds=0.01, clock=clock)
 
     yield selector, store, server, guard, emitted, clock, tmp_path
     server.stop()
@@ -145,8 +145,11 @@ def test_a_rolled_back_model_is_refused_until_approved(world):
     assert "retrain approve --version 2" in again.data.reason
     entry = approve(store, 2, "user:ana")
     assert entry["by"] == "user:ana" and store.decisions()[-1]["type"] == "approved"
-    with pytest.raises(SelectorError, match="no model rolled back by the live guard was version 2"):
+    with pytest.raises(SelectorError, match="version 2 is not a model the live guard rolled back "
+                                            r"and still refuses \(its model was approved already"):
         approve(store, 2, "user:ana")
+    with pytest.raises(SelectorError, match=r"version 1 .*\(the live guard never watched it\)"):
+        approve(store, 1, "user:ana")
     judged = selector.handle(_trained(base, "run-10", "second"))
     assert judged.type is EventType.MODEL_PROMOTED  # 0.8 against version 3's 0.7
 
@@ -183,3 +186,119 @@ def test_a_promotion_over_a_watched_version_watches_the_new_one(world):
     selector.handle(_trained(base, "run-3", "third"))
     assert g.poll() == "watching 3"
     assert guard_state(store.client, store.scope, 2)["state"] == "superseded"
+
+
+class Died(Exception):
+    """The guard's process stopping at that point (SIGKILL), as far as the guard can tell."""
+
+
+def _guard(world, rollback=None, emit=None):
+    """A guard of its own (another process, as far as Redis can tell)."""
+    return world[3](rollback=rollback, emit=emit)
+
+
+def _breaking(world):
+    """Version 2 promoted, then answering five 500s in a row."""
+    g = _promoted(world)
+    for _ in range(5):
+        world[2].answer(2, code=500)
+    return g
+
+
+def _finished_once(world):
+    """What a rollback of version 2 leaves when it was carried out once: version 1's model
+    serving as 3, the refusal, one audit entry, one outcome."""
+    selector, store, server, guard, emitted, clock, base = world
+    assert (store.get().version, store.get().run_id) == (3, "run-1")
+    assert [d["type"] for d in store.decisions()].count("rollback") == 1
+    assert [d["type"] for d in store.decisions_of("run-2")] == ["model.promoted", "rolledback"]
+    assert guard_state(store.client, store.scope, 2)["state"] == "rolledback"
+    again = selector.handle(_trained(base, "run-9", "second"))
+    assert "rolled back by the live guard" in again.data.reason
+
+
+def test_a_guard_that_dies_after_the_rollback_finishes_it_when_restarted(world):
+    selector, store, server, guard, emitted, clock, base = world
+    _breaking(world)
+
+    def rollback_then_die(reason, version):
+        selector.rollback(reason, version)
+        raise Died
+
+    with pytest.raises(Died):
+        _guard(world, rollback=rollback_then_die).poll()
+    assert store.get().version == 3 and guard_state(store.client, store.scope, 2)["state"] == "watching"
+    assert not [e for e in emitted if e.type is EventType.MODEL_ROLLEDBACK]
+    assert _guard(world).poll() == "rolled back 2"  # another process: the intent in Redis
+    _finished_once(world)
+    [rolled] = [e for e in emitted if e.type is EventType.MODEL_ROLLEDBACK]
+    assert rolled.id == "rolledback/2" and rolled.data.restored_version == 3
+    assert rolled.data.rule == "consecutive_errors" and rolled.data.window.errors == 5
+    promotions = [e.id for e in emitted if e.type is EventType.MODEL_PROMOTED]
+    assert promotions.count("rollback/2") == 2  # the rollback's decision sent again, same id
+
+
+def test_a_guard_that_dies_before_the_rollback_rolls_back_when_restarted(world):
+    selector, store, server, guard, emitted, clock, base = world
+    _breaking(world)
+
+    def die(reason, version):
+        raise Died
+
+    with pytest.raises(Died):
+        _guard(world, rollback=die).poll()
+    assert store.get().version == 2  # decided, not done
+    server.traffic(2, 50)  # the figures may change meanwhile: the decision stands
+    assert _guard(world).poll() == "rolled back 2"
+    _finished_once(world)
+    assert [e.id for e in emitted if e.type is EventType.MODEL_ROLLEDBACK] == ["rolledback/2"]
+
+
+def test_an_event_that_cannot_be_sent_is_sent_again_with_the_same_id(world):
+    selector, store, server, guard, emitted, clock, base = world
+    _breaking(world)
+
+    def emit(event):
+        if event.type is EventType.MODEL_ROLLEDBACK:
+            raise ConnectionError("the trigger is away")
+        emitted.append(event)
+
+    assert _guard(world, emit=emit).poll() == "rolled back 2, event not sent"
+    _finished_once(world)  # rolled back, refused and audited already
+    server.status = 500  # the metrics unreadable: the event still goes
+    assert _guard(world).poll() == "rolled back 2"
+    _finished_once(world)  # nothing twice
+    assert [e.id for e in emitted if e.type is EventType.MODEL_ROLLEDBACK] == ["rolledback/2"]
+    assert guard_state(store.client, store.scope, 2)["restored_version"] == 3
+
+
+def test_a_version_replaced_before_its_rollback_is_left_to_its_successor(world):
+    selector, store, server, guard, emitted, clock, base = world
+    _breaking(world)
+
+    def die(reason, version):
+        raise Died
+
+    with pytest.raises(Died):
+        _guard(world, rollback=die).poll()
+    selector.handle(_trained(base, "run-3", "third"))  # promoted meanwhile, as version 3
+    assert _guard(world).poll() == "not rolled back 2"
+    state = guard_state(store.client, store.scope, 2)
+    assert state["state"] == "not rolled back" and "version 3 is the champion" in state["reason"]
+    assert store.get().version == 3
+
+
+def test_each_outcome_is_told_to_an_observer(world):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    told = []
+    g.on_outcome(lambda version, state: told.append((version, state["state"])))
+    g.on_outcome(lambda version, state: 1 / 0)  # an observer failing costs nothing
+    server.traffic(2, 200)
+    assert g.poll() == "settled 2"
+    selector.handle(_trained(base, "run-3", "third"))
+    assert g.poll() == "watching 3"
+    for _ in range(5):
+        server.answer(3, code=500)
+    assert g.poll() == "rolled back 3"
+    assert told == [(2, "settled"), (3, "rolledback")]
