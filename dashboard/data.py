@@ -1,6 +1,7 @@
 """What the dashboard shows, read through the owners of the records it reads (runs:
 ``workflows.record``; a training's progress: ``services.trainer.progress``; the champion and
-its decisions: ``ChampionStore``; events: ``core.timeline``; watched sources and outboxes:
+its decisions: ``ChampionStore``; what the live guard made of each promoted version:
+``services.selector.guard_store``; events: ``core.timeline``; watched sources and outboxes:
 the watcher and ``events.outbox``; a version's lineage: ``workflows.lineage``): each view a
 few round trips, whatever the number of runs
 kept (pages by offset over the runs by time). Every view is masked (``clean``) before it is
@@ -20,6 +21,7 @@ from events.dead_letters import list_dead
 from events.outbox import outbox_depths
 from services.ingest_watcher.watcher import watched_sources
 from services.selector.champion import ChampionStore
+from services.selector.guard_store import guard_states
 from services.trainer import progress
 from workflows import record
 from workflows.lineage import lineage as read_lineage
@@ -75,7 +77,18 @@ def run(dashboard: Dashboard, run_id: str) -> dict[str, Any]:
                                  for p in found.points]}
               for model, found in progress.all_for(dashboard.client, run_id, models).items()}
     return clean({"summary": summary, "curves": curves,
-                  "decisions": dashboard.champions.decisions_of(run_id)})
+                  "decisions": with_guard(dashboard.champions,
+                                          dashboard.champions.decisions_of(run_id))})
+
+
+def with_guard(store: ChampionStore, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``decisions`` with, on each promotion, what the live guard made of its version
+    (``guard``: watching, settled, rolledback...; one read for them all)."""
+    versions = {d["version"] for d in decisions if d.get("type") == "model.promoted"
+                and isinstance(d.get("version"), int)}
+    states = guard_states(store.client, store.scope, sorted(versions))
+    return [{**d, "guard": states[d["version"]]} if d.get("type") == "model.promoted"
+            and d.get("version") in states else d for d in decisions]
 
 
 def champions(store: ChampionStore) -> dict[str, Any]:
@@ -86,7 +99,7 @@ def champions(store: ChampionStore) -> dict[str, Any]:
 def _champions(store: ChampionStore) -> dict[str, Any]:
     champion = store.get()
     history = store.history()[-HISTORY:]
-    decisions = store.decisions(last=DECISIONS)
+    decisions = with_guard(store, store.decisions(last=DECISIONS))
     since = None
     if champion is not None:
         since = next((d.get("at") for d in reversed(decisions)

@@ -1,14 +1,15 @@
-"""What the two gates judged, as HTML: the data gate's validation report (every check with
-its value, threshold and outcome; a blocked run names each check that blocked it) and the
+"""What the gates judged, as HTML: the data gate's validation report (every check with
+its value, threshold and outcome; a blocked run names each check that blocked it), the
 promotion gate's figures and rules, side by side (the candidate's and the champion's accuracy
 on the new and the pinned split, overall and per class; each rule passed or failed, with its
-value and threshold)."""
+value and threshold), and the live guard's: a rollback's figures (the version's window and
+the previous version's, every rule) and what the guard made of a promoted version."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dashboard.html import cells, esc, score, table, tag
+from dashboard.html import cells, esc, score, table, tag, when
 from dataset.layout import CLASS_NAMES
 
 
@@ -56,11 +57,15 @@ def rules_line(decision: dict[str, Any]) -> str:
 
 
 def decision_figures(decision: dict[str, Any]) -> str:
-    """Every figure and every rule of one decision, side by side."""
+    """Every figure and every rule of one decision, side by side (a rollback by the live
+    guard: both windows' live figures), and a promoted version's guard state when known."""
+    if decision.get("type") == "rolledback":
+        return live_figures(decision)
+    guard = guard_line(decision.get("guard"))
     scores = decision.get("scores") or []
     rules = decision.get("rules") or []
     if not scores and not rules:
-        return "<p class=empty>no figures recorded with this decision</p>"
+        return "<p class=empty>no figures recorded with this decision</p>" + guard
     rows = []
     for split in scores:
         champion = split.get("champion_per_class") or []
@@ -73,13 +78,62 @@ def decision_figures(decision: dict[str, Any]) -> str:
             rows.append(cells(name if who == "candidate" else "", esc(who),
                               score(split.get(who)), *(marks or ["-"] * len(CLASS_NAMES))))
     figures = table(("split", "model", "overall", *CLASS_NAMES), rows, "no scores recorded")
+    return (f"<div class=figures><div class=scores>{figures}</div>{_rules(rules)}</div>"
+            + guard)
+
+
+def _rules(rules: list[dict[str, Any]]) -> str:
     listed = "".join(
         f"<li class={'passed' if r.get('passed') else 'failed'}>"
         f"{tag('passed' if r.get('passed') else 'failed')} <b>{esc(r.get('name'))}</b>: "
         f"{_figure(r.get('value'))} against {_figure(r.get('threshold'))}"
         + (f" — {esc(r['detail'])}" if r.get("detail") else "") + "</li>" for r in rules)
-    return (f"<div class=figures><div class=scores>{figures}</div>"
-            f"<ul class=rules>{listed or '<li class=empty>no rules recorded</li>'}</ul></div>")
+    return f"<ul class=rules>{listed or '<li class=empty>no rules recorded</li>'}</ul>"
+
+
+# the live guard ------------------------------------------------------------------------------
+def live_figures(state: dict[str, Any]) -> str:
+    """A window of live traffic beside the previous version's (a rollback's, a settled
+    version's): answers, errors, error rate, p99 latency and predicted classes; every rule
+    the guard judged."""
+    rows = []
+    for who in ("window", "baseline"):
+        f = state.get(who)
+        if not isinstance(f, dict):
+            rows.append(cells(esc(who), "-", "-", "-", "-", "-", "-",
+                              esc("none: nothing served before it on this server")))
+            continue
+        p99 = f.get("p99_seconds")
+        classes = " ".join(str(c) for c in f.get("classes") or []) or "-"
+        rows.append(cells(esc(who), esc(f.get("version")), esc(f.get("requests")),
+                          esc(f.get("errors")), f"{float(f.get('error_rate') or 0):.2%}",
+                          "-" if p99 is None else f"{float(p99) * 1000:.1f} ms",
+                          esc(f"{f.get('seconds') or 0:.1f} s"), f"<code>{esc(classes)}</code>"))
+    figures = table(("window", "version", "answers", "errors", "error rate", "p99", "over",
+                     "answers per class"), rows, "no figures recorded")
+    return (f"<div class='figures live'><div class=scores>{figures}</div>"
+            f"{_rules(state.get('rules') or [])}</div>")
+
+
+def guard_line(state: dict[str, Any] | None) -> str:
+    """What the live guard made of a promoted version, in a line (nothing when unknown)."""
+    if not isinstance(state, dict) or not state.get("state"):
+        return ""
+    kind = str(state["state"])
+    window = state.get("window") or {}
+    if kind == "settled":
+        said = (f"settled after {window.get('requests')} answers, {window.get('errors')} "
+                f"errors, against version {state.get('previous_version')}")
+    elif kind == "rolledback":
+        said = (f"rolled back ({state.get('rule')}) at {when(state.get('at'))}: version "
+                f"{state.get('restored_version')} replaced it")
+    elif kind == "watching":
+        said = f"watching against version {state.get('previous_version')}"
+    elif kind == "superseded":
+        said = f"replaced by version {state.get('by')} before its window ended"
+    else:
+        said = str(state.get("reason") or "")
+    return f"<p class=guard>live guard: {tag(kind)} {esc(said)}</p>"
 
 
 def _class_cell(value: float, champion: float | None) -> str:

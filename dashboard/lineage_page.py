@@ -1,6 +1,7 @@
 """The lineage page (``/lineage/<version>``): why a version is served, one card per link
-(``workflows.lineage``): the decision with its figures and rules, the model, its training,
-the dataset, the validation report, the run and the events that caused it."""
+(``workflows.lineage``): the decision with its figures and rules, what the live guard made of
+the version once served, the model, its training, the dataset, the validation report, the run
+(and the coalesced runs its data covers) and the events that caused it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dashboard.html import cells, esc, score, table, tag, when
-from dashboard.judgement import decision_figures, validation_report
+from dashboard.judgement import decision_figures, live_figures, validation_report
 from workflows.lineage import origin_text
 
 
@@ -42,7 +43,7 @@ def lineage_page(found: dict[str, Any]) -> str:
                if model else "no version")
     return (f"<h1>lineage of version <span id=lineage-version>{esc(version)}</span> · "
             f"{esc(serving)}</h1><p>{esc(found['decision'].get('summary'))}</p>"
-            + _decision(found["decision"]) + _model(model) + _training(found["training"])
+            + _decision(found["decision"]) + _guard(found.get("guard")) + _model(model) + _training(found["training"])
             + _dataset(found["dataset"])
             + validation_report(found["validation"], found["run"].get("status"))
             + _run(found["run"]) + _events(found["events"]))
@@ -67,6 +68,33 @@ def _decision(d: dict[str, Any]) -> str:
         "<h3>the run's other decisions</h3>" + table(
             ("decision", "model", "candidate", "version", "reason"), others, "")
         if others else ""))
+
+
+def _guard(g: dict[str, Any] | None) -> str:
+    """The live guard's outcome: watching, settled or rolled back with the figures of the
+    version's window beside the previous version's, superseded; or not watched."""
+    if g is None:
+        return ""
+    if not g.get("state"):
+        return _card("guard", f"<p class=empty id=guard-state>{esc(g.get('summary'))}</p>")
+    state = str(g["state"])
+    facts = [("state", f"<span id=guard-state>{tag(state)}</span>"),
+             ("since" if state == "watching" else "when", esc(when(g.get("at")))),
+             ("what it made of it", esc(g.get("summary")))]
+    if state == "rolledback":
+        replaced = (f"version <span id=guard-replaced-by>"
+                    f"{lineage_link(g.get('restored_version'))}</span> "
+                    f"(version {lineage_link(g.get('previous_version'))}'s model)")
+        facts += [("rule", f"<b id=guard-rule>{esc(g.get('rule'))}</b>"),
+                  ("reason", esc(g.get("reason"))), ("replaced by", replaced)]
+        approved = g.get("approved")
+        if isinstance(approved, dict):
+            facts.append(("approved since", esc(f"by {approved.get('by')} at "
+                                                f"{when(approved.get('at'))}")))
+    elif state == "superseded":
+        facts.append(("replaced by", f"version {lineage_link(g.get('by'))}"))
+    figures = live_figures(g) if state in ("settled", "rolledback") else ""
+    return _card("guard", _facts(facts) + figures)
 
 
 def _model(m: dict[str, Any] | None) -> str:
@@ -124,10 +152,15 @@ def _dataset(d: dict[str, Any]) -> str:
 
 def _run(r: dict[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in (r.get("parameters") or {}).items())
+    covers = [cells(_run_link(c.get("run_id")), _code(c.get("event_id")),
+                    esc(when(c.get("time"))), _code(str(c.get("digest") or "")[:16]))
+              for c in r.get("covers") or []]
     return _card("run", _facts([
         ("run", _run_link(r.get("run_id"))), ("trigger", esc(r.get("trigger"))),
         ("status", tag(r.get("status"))), ("started", esc(when(r.get("started_at")))),
-        ("parameters", _code(params))]))
+        ("parameters", _code(params))])
+        + ("<h3 id=covers>the coalesced runs its data covers</h3>" + table(
+            ("run", "event", "when", "data digest"), covers, "") if covers else ""))
 
 
 def _events(events: list[dict[str, Any]]) -> str:

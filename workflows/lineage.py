@@ -6,7 +6,7 @@ digest, variant, parameters, code version, training time, trained or reused from
 cache, warm-started from which version), the dataset (digest, which units were ingested and
 which reused), the validation report, the run (trigger, parameters) and the events that caused
 it, with what their source said (a Git commit and its pusher, a bucket's keys and ETags, the
-folder). Given a run id instead, it answers for the version that run promoted, or, when it
+folder), and what the live guard made of it once served (watching, settled, rolled back). Given a run id instead, it answers for the version that run promoted, or, when it
 promoted nothing, for the run alone and says so.
 
 Nothing here writes: every record is read through its owner (``ChampionStore``,
@@ -28,12 +28,14 @@ from dataset.store import load_metadata
 from repository.digest import model_digest
 from repository.layout import INFO_FILE
 from services.selector.champion import Champion, ChampionStore
+from services.selector.guard_store import guard_state
 from services.trainer import outcome, progress
 from services.trainer.training_cache import TrainingEntry, training_cache
 from workflows import record
 from workflows.errors import WorkflowError
 
-KEYS = ("version", "decision", "model", "training", "dataset", "validation", "run", "events")
+KEYS = ("version", "decision", "guard", "model", "training", "dataset", "validation", "run",
+        "events")
 PROMOTIONS = ("model.promoted", "rollback")  # the decisions that serve a version
 WARM_STARTED = "warm-started from "  # how a training's result says where it started from
 TRAINING_PARAMETERS = ("epochs", "steps_per_epoch", "batch_size", "learning_rate", "workers")
@@ -78,6 +80,7 @@ def lineage(client: redis.Redis, scope: str, version_or_run: str | int) -> dict[
     return {
         "version": version,
         "decision": _decision(decision, decisions, run_id, version),
+        "guard": _guard(client, scope, version, decisions),
         "model": _model(champion, serving, decision, trainings.entry(variant)) if champion else None,
         "training": trainings.of(variant) if variant else trainings.every(),
         "dataset": _dataset(summary),
@@ -131,6 +134,41 @@ def _promotion_of(decisions: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 # the links ------------------------------------------------------------------------------------
+def _guard(client: redis.Redis, scope: str, version: int | None,
+           decisions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the live guard made of the version: ``state`` watching, settled (with its
+    window's figures), rolledback (rule, figures, when, the version that replaced it, and an
+    approval of its model since), superseded or not rolled back; None: it never watched it."""
+    if version is None:
+        return None
+    found = guard_state(client, scope, version)
+    if found is None:
+        return {"state": None, "summary": f"version {version} was not watched by the live "
+                                          "guard (a first model, a rollback, or the guard off)"}
+    state = dict(found)
+    kind = state.get("state")
+    window = state.get("window") or {}
+    if kind == "watching":
+        said = f"watching version {version} against version {state.get('previous_version')}"
+    elif kind == "settled":
+        said = (f"settled after {window.get('requests')} answers, "
+                f"{window.get('errors')} errors: every rule passed")
+    elif kind == "rolledback":
+        said = (f"rolled back by the live guard ({state.get('rule')}); version "
+                f"{state.get('restored_version')} replaced it, serving version "
+                f"{state.get('previous_version')}'s model")
+        approved = next((d for d in reversed(decisions) if d.get("type") == "approved"
+                         and d.get("version") == version), None)
+        if approved is not None:
+            state["approved"] = {k: approved.get(k) for k in ("at", "by", "note")}
+            said += f"; its model approved since by {approved.get('by')}"
+    elif kind == "superseded":
+        said = f"replaced by version {state.get('by')} before its window ended"
+    else:
+        said = str(state.get("reason") or kind)
+    return {**state, "summary": said}
+
+
 def _decision(decision: dict[str, Any] | None, decisions: list[dict[str, Any]], run_id: str,
               version: int | None) -> dict[str, Any]:
     """The decision with every figure and rule, a sentence saying what it did, and the run's
@@ -301,7 +339,10 @@ def _run(summary: dict[str, Any]) -> dict[str, Any]:
               "seconds", "error", "attempt", "resumes", "approval")
     return {**{k: summary.get(k) for k in fields},
             "steps": [{k: s.get(k) for k in ("name", "status", "seconds")}
-                      for s in summary.get("steps") or []]}
+                      for s in summary.get("steps") or []],
+            # the events of coalesced runs this run's data covers (each: run_id, event_id,
+            # time, digest), when it absorbed any
+            "covers": list(summary.get("covers") or [])}
 
 
 def _events(client: redis.Redis, summary: dict[str, Any],

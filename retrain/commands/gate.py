@@ -137,9 +137,8 @@ def _approve_version(version: int, note: str | None, events_url: str | None,
     if as_json:
         print(json.dumps(entry, default=str))
     else:
-        console.print(f"approved version {version}'s model ({str(entry['model_digest'])[:12]}, "
-                      f"rolled back for {entry['rule']}): judged again when it arrives, "
-                      f"approver {entry['by']}", highlight=False, soft_wrap=True)
+        print(f"approved version {version}'s model ({str(entry['model_digest'])[:12]}, rolled "
+              f"back for {entry['rule']}): judged again when it arrives, approver {entry['by']}")
 
 
 def _resubmit(settings, run_id: str, approver: str, events_url: str) -> None:

@@ -96,3 +96,29 @@ def test_a_blocked_run_names_every_check_that_blocked_it(history):
     assert f"{len(failed)} failed check(s)" in blocked
     assert all(f"<b>{name}</b>" in blocked for name in failed)
 
+
+
+def test_the_guards_outcome_and_the_runs_covered_on_the_page_and_in_the_decision_rows(r):
+    from tests.workflows.test_lineage import guarded_history
+
+    guarded_history(r, "guarded")
+    ui = TestClient(create_app(r, "guarded"))
+    assert ui.get("/api/lineage/2").json()["guard"]["state"] == "settled"
+    settled = ui.get("/lineage/2").text
+    assert "<section class=card id=lineage-guard>" in settled
+    assert "<span id=guard-state><span class='tag settled'>settled</span></span>" in settled
+    assert "settled after 500 answers, 1 errors: every rule passed" in settled
+    assert "<td>window</td><td>2</td><td>500</td><td>1</td><td>0.20%</td><td>6.0 ms</td>" in settled
+    covered = ui.get("/lineage/3").text
+    assert "replaced by version 4 before its window ended" in covered
+    assert "<h3 id=covers>the coalesced runs its data covers</h3>" in covered
+    assert "<a href='/runs/run-c1'>run-c1</a>" in covered and "<code>ev-2</code>" in covered
+    assert "<span class='tag watching'>watching</span>" in ui.get("/lineage/4").text
+    assert "was not watched by the live guard" in ui.get("/lineage/1").text
+    rows = ui.get("/models").text  # each promotion's row says what the guard made of it
+    assert ("live guard: <span class='tag settled'>settled</span> settled after 500 answers, "
+            "1 errors, against version 1") in rows
+    assert "live guard: <span class='tag superseded'>superseded</span>" in rows
+    decisions = ui.get("/api/models").json()["decisions"]
+    assert [d.get("guard", {}).get("state") for d in decisions] == [
+        None, "settled", "superseded", "watching"]

@@ -24,10 +24,12 @@ from repository.digest import model_digest
 from retrain.commands.lineage import render
 from services.ingest_watcher.watcher import DirectoryWatcher
 from services.selector.backends import LocalBackend
+from services.selector.champion import Champion, ChampionStore
 from services.selector.main import build_selector
 from services.trainer.options import SEED
 from services.trainer.training_cache import code_version
 from tests.conftest import write_dataset
+from workflows import record
 from workflows.lineage import KEYS, LineageNotFoundError, lineage, origin_text
 from workflows.runner import LocalRunner, RunRequest
 
@@ -223,3 +225,54 @@ def test_retrain_lineage_prints_each_link_or_the_json_and_refuses_an_unknown_ver
 ])
 def test_an_origin_reads_as_what_its_source_said(origin, said):
     assert origin_text(origin) == said
+
+
+def guarded_history(client, scope):
+    """Four versions the live guard watched, through its records' owner: 2 settled with its
+    window's figures, 3 replaced mid-watch, 4 under watch; version 3's run covered two
+    coalesced runs. (The stack's own guard rolling a version back: tests/test_guard_stack.py.)"""
+    from events.payloads import GateRule, LiveFigures
+    from services.selector.guard_store import GuardStore, Watch
+    from services.selector.live import VersionStats
+
+    store = ChampionStore(client, scope)
+    for v in (1, 2, 3, 4):
+        store.replace(v - 1, Champion(version=v, model_uri=f"/nowhere/{v}", model_type="cnn",
+                                      accuracy=0.8, dataset_digest="d", dataset_uri="/ds",
+                                      run_id=f"run-{v}", generation=v))
+        store.audit({"type": "model.promoted", "run_id": f"run-{v}", "model_type": "cnn",
+                     "version": v, "reason": "better"})
+    covers = [{"run_id": f"run-c{i}", "event_id": f"ev-{i}", "time": 1.7e9 + i,
+               "digest": f"{i}" * 64} for i in (1, 2)]
+    record.save(client, {"run_id": "run-3", "status": "succeeded", "steps": [], "models": {},
+                         "covers": covers})
+    guards = GuardStore(client, scope)
+    window = LiveFigures(version=2, requests=500, errors=1, error_rate=0.002, p99_seconds=0.006,
+                         classes=(50,) * 10, seconds=41.5)
+    guards.drop(2, {"state": "settled", "previous_version": 1,
+                    "rules": [GateRule(name="error_rate", passed=True, value=0.002,
+                                       threshold=0.01).model_dump(mode="json")],
+                    "window": window.model_dump(mode="json"),
+                    "baseline": window.model_copy(update={"version": 1}).model_dump(mode="json")})
+    guards.drop(3, {"state": "superseded", "by": 4})
+    guards.open(Watch(4, 4, 3, "run-4", "cnn", "e" * 64, 1.7e9, VersionStats(), None))
+    return covers
+
+
+def test_a_version_says_what_the_live_guard_made_of_it_and_its_run_the_runs_it_covers(r):
+    covers = guarded_history(r, "guarded")
+    settled = lineage(r, "guarded", 2)["guard"]
+    assert settled["state"] == "settled" and settled["window"]["requests"] == 500
+    assert settled["summary"] == "settled after 500 answers, 1 errors: every rule passed"
+    assert settled["baseline"]["version"] == 1
+    third = lineage(r, "guarded", 3)
+    assert third["guard"]["summary"] == "replaced by version 4 before its window ended"
+    assert third["run"]["covers"] == covers
+    watching = lineage(r, "guarded", 4)["guard"]
+    assert watching["state"] == "watching" and watching["summary"] == (
+        "watching version 4 against version 3")
+    first = lineage(r, "guarded", 1)
+    assert first["guard"] == {"state": None, "summary": "version 1 was not watched by the live "
+                              "guard (a first model, a rollback, or the guard off)"}
+    assert first["run"]["covers"] == []
+    assert lineage(r, "guarded", "run-2")["guard"]["state"] == "settled"  # by its run
