@@ -68,6 +68,20 @@ return 1
 """
 
 
+# Undo a rollback cut short before its model was published: ``back`` (the champion it rolled
+# back from) serves again, ``previous`` returns to the history, the never-served version goes.
+_UNDO_ROLLBACK = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local decoded = cjson.decode(current)
+if decoded['generation'] ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HDEL', KEYS[3], tostring(decoded['version']))
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Champion:
     version: int
@@ -89,6 +103,7 @@ class ChampionStore:
         self._cas = client.register_script(_CAS)
         self._rollback = client.register_script(_ROLLBACK)
         self._score = client.register_script(_SCORE)
+        self._undo_rollback = client.register_script(_UNDO_ROLLBACK)
         self._key = scoped_key(scope)
         self._history = scoped_key(scope, "history")
         self._audit = scoped_key(scope, "audit")
@@ -136,6 +151,14 @@ class ChampionStore:
         return bool(self._rollback(keys=[self._key, self._history, self._versions],
                                    args=[expected_generation, json.dumps(asdict(restored)),
                                          history_length]))
+
+    def undo_restore(self, expected_generation: int, previous: Champion, back: Champion) -> bool:
+        """Undo ``restore`` (its model was never published): ``back`` is the champion again and
+        ``previous`` the last of the history, if the champion is still at
+        ``expected_generation``."""
+        return bool(self._undo_rollback(keys=[self._key, self._history, self._versions],
+                                        args=[expected_generation, json.dumps(asdict(previous)),
+                                              json.dumps(asdict(back))]))
 
     def clear(self, expected_generation: int) -> bool:
         """Remove the champion if it is still at ``expected_generation`` (a first promotion

@@ -25,7 +25,8 @@ from services.selector.hooks import telling_promotions
 from services.selector.judgements import Judgements
 from services.selector.measure import measure, pinned_for
 from services.selector.policy import ChampionPolicy, Figures, Verdict, gate, rank_key
-from services.selector.rollback import roll_back
+from services.selector.rollback import ROLLBACK, roll_back
+from services.selector.rollback import finish as finish_rollback
 from services.selector.rounds import RoundStore
 from services.selector.scores import Scores, Scoring
 
@@ -316,6 +317,12 @@ class Selector:
             intent = self._store.promotion()
             if intent is None:
                 return None
+            if intent.get("kind") == ROLLBACK:
+                done, decision = finish_rollback(self._store, self._backend, intent)
+                log.warning("a rollback was cut short by a stopped selector: %s", done)
+                if decision is not None:
+                    self._emit(decision)
+                return done
             staged = Staged(**intent["staged"])  # type: ignore[arg-type]
             new = Champion(**intent["new"])  # type: ignore[arg-type]
             previous = Champion(**intent["previous"]) if intent["previous"] else None  # type: ignore[arg-type]

@@ -134,3 +134,80 @@ from tests.services.selector import test_reconcile as t
 t.SIGKILL_ITSELF = True
 t.first_selector_dies_at(redis.Redis.from_url(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
 """
+
+
+class DiesRollingBack(LocalBackend):
+    """Dies in the rollback's publish (version 3: the first model again), before or after
+    its rename; or, ``fails``, raises an ordinary error there."""
+
+    def __init__(self, repo, name, phase):
+        super().__init__(repo, name)
+        self.phase = phase
+
+    def publish(self, staged, at_once=False):
+        if staged.version == 3:
+            if self.phase == "fails":
+                raise OSError("the volume is read-only")
+            if self.phase == "published":
+                super().publish(staged)
+            die()
+        super().publish(staged)
+
+
+def _two_versions(r, base, backend=None):
+    first = selector(r, base, backend)
+    first.handle(trained(base, "a"))
+    first.handle(trained(base, "b"))
+    return first
+
+
+@pytest.mark.parametrize("phase", ["restored", "published"])
+def test_a_rollback_cut_short_is_finished_by_the_next_selector(r, base, phase):
+    repo = base / "repo"
+    first = _two_versions(r, base, DiesRollingBack(repo, "fm", phase))
+    with pytest.raises(Killed):
+        first.rollback("by hand")
+    store = ChampionStore(r)
+    assert store.promotion()["kind"] == "rollback"  # the intent outlived the selector
+
+    emitted = []
+    second = selector(r, base, emitted=emitted)
+    assert second.reconcile() == "the rollback from version 2 was finished"
+    assert (store.get().version, store.get().model_uri.endswith("/3")) == (3, True)
+    assert versions(repo / "fm") == [1, 2, 3] and store.promotion() is None
+    assert [e.id for e in emitted] == ["rollback/2"]  # its decision, told again
+    assert [d["type"] for d in store.decisions()][-1] == "rollback"
+    assert not [p for p in (repo / "fm").iterdir() if p.name.startswith(".tmp")]
+    assert second.reconcile() is None
+
+
+def test_a_rollback_whose_model_is_gone_is_undone_and_the_version_it_left_serves(r, base):
+    repo = base / "repo"
+    first = _two_versions(r, base, DiesRollingBack(repo, "fm", "restored"))
+    with pytest.raises(Killed):
+        first.rollback("by hand")
+    for tmp in [p for p in (repo / "fm").iterdir() if p.name.startswith(".tmp")]:
+        tmp.rename(base / "lost")  # the staged copy is lost with the node
+
+    second = selector(r, base)
+    assert second.reconcile() == ("the rollback from version 2 could not be published: "
+                                  "version 2 serves again")
+    store = ChampionStore(r)
+    assert store.get().version == 2 and store.promotion() is None
+    assert store.champion(3) is None  # never served: not among the versions
+    previous, _ = store.previous()
+    assert previous.version == 1  # a later rollback goes back to version 1 again
+    assert second.rollback("again").data.version == 3
+
+
+def test_a_rollback_that_cannot_be_published_changes_nothing(r, base):
+    from services.selector.errors import SelectorError
+
+    repo = base / "repo"
+    first = _two_versions(r, base, DiesRollingBack(repo, "fm", "fails"))
+    with pytest.raises(SelectorError, match="could not be published .*read-only.*version 2 still serves"):
+        first.rollback("by hand")
+    store = ChampionStore(r)
+    assert store.get().version == 2 and store.promotion() is None
+    assert store.previous()[0].version == 1 and versions(repo / "fm") == [1, 2]
+    assert not [p for p in (repo / "fm").iterdir() if p.name.startswith(".tmp")]
