@@ -43,7 +43,10 @@ def render(found: dict[str, Any]) -> list[str]:
     heading = (f"version {version}" + (" · served now" if model.get("serving") else
                                        " · served before, replaced since")
                if version is not None else f"run {found['run']['run_id']} · no version")
-    blocks = [("decision", _decision(found["decision"])), ("model", _model(found["model"])),
+    guard = found.get("guard")
+    blocks = [("decision", _decision(found["decision"])),
+              ("guard", [str(guard["summary"])] if guard else []),
+              ("model", _model(found["model"])),
               ("training", _training(found["training"])), ("dataset", _dataset(found["dataset"])),
               ("validation", _validation(found["validation"])), ("run", _run(found["run"])),
               ("events", _events(found["events"]))]
@@ -153,7 +156,9 @@ def _run(r: dict[str, Any]) -> list[str]:
     params = ", ".join(f"{k}={v}" for k, v in (r.get("parameters") or {}).items())
     return [(f"{r['run_id']} · {r.get('status')} · {r.get('trigger')} · started "
              f"{_when(r.get('started_at'))} · took {_seconds(r.get('seconds'))}"),
-            f"parameters {params or '-'}"] + ([f"error: {r['error']}"] if r.get("error") else [])
+            f"parameters {params or '-'}"] + ([f"error: {r['error']}"] if r.get("error") else []) + [
+        f"covers {c.get('run_id')} (event {c.get('event_id')}, coalesced into this run)"
+        for c in r.get("covers") or []]
 
 
 def _events(events: list[dict[str, Any]]) -> list[str]:

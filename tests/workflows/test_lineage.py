@@ -276,3 +276,13 @@ def test_a_version_says_what_the_live_guard_made_of_it_and_its_run_the_runs_it_c
                               "guard (a first model, a rollback, or the guard off)"}
     assert first["run"]["covers"] == []
     assert lineage(r, "guarded", "run-2")["guard"]["state"] == "settled"  # by its run
+
+
+def test_retrain_lineage_prints_the_guards_state_and_the_runs_covered(r):
+    guarded_history(r, "printed")
+    lines = render(lineage(r, "printed", 3))
+    guard = next(line for line in lines if line.startswith("guard"))
+    assert guard.split(None, 1)[1] == "replaced by version 4 before its window ended"
+    assert [line.strip() for line in lines if "coalesced into this run" in line] == [
+        "covers run-c1 (event ev-1, coalesced into this run)",
+        "covers run-c2 (event ev-2, coalesced into this run)"]
