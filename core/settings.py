@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.min_change import MinChange
+
 MODEL_NAME = "fashion-mnist"
 # the model variants retrain trains: the one list (run parameters, the trainer's options and
 # models, the command line's help all read it)
@@ -119,10 +121,11 @@ class Settings(BaseSettings):
     guard_min_requests: int = Field(50, ge=1)
     guard_poll_seconds: float = Field(0.25, gt=0)
     guard_metrics_url: str | None = None
-    # runs whose data adds less than this train nothing (status deferred) until the changes
-    # add up: a count of new images ("600") or a share of the champion's training set ("1%");
-    # "0": every change trains. A manual event or --force trains regardless.
-    min_change: str = Field("0", pattern=r"^(\d+|\d+(\.\d+)?%)$")
+    # runs whose data changes less than this train nothing (status deferred) until the
+    # changes add up: a count of changed images, new and removed ("600"), or a share of the
+    # champion's training set ("1%"); "0": every change trains. A manual event or --force
+    # trains regardless. Its grammar: core.min_change (checked as the settings load).
+    min_change: str = "0"
 
     # selector: the champion policy (a round closes after QUORUM models or DEADLINE seconds)
     min_improvement: float = Field(0.0, ge=0, lt=1)
@@ -140,6 +143,11 @@ class Settings(BaseSettings):
     kserve_canary_max_error_rate: float = Field(0.01, ge=0, le=1)
     kserve_canary_max_p99_ms: float = Field(500.0, gt=0)
     kserve_canary_metrics_url: str | None = None  # the canary's Prometheus /metrics
+
+    @field_validator("min_change")
+    @classmethod
+    def _check_min_change(cls, value: str) -> str:
+        return str(MinChange.parse(value))  # ValueError: a configuration error, every field named
 
     @field_validator("kserve_canary_steps", mode="before")
     @classmethod

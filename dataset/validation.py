@@ -105,6 +105,20 @@ def new_images(new: Profile, known: Sequence[Profile]) -> Marks:
     return marks
 
 
+def removed_images(new: Profile, reference: Profile) -> int:
+    """How many of ``reference``'s images ``new`` no longer holds, split by split, copy by
+    copy: an image (its content, whatever its label) the split holds fewer times than the
+    reference's did counts once per copy gone. A relabelled image is not removed (it is new:
+    ``new_images``); an image moved from test to train is removed from test."""
+    removed = 0
+    for split in reference.splits():
+        theirs = np.unique(reference.images(split).hashes, return_counts=True)
+        ours = np.sort(new.images(split).hashes)
+        held = np.searchsorted(ours, theirs[0], "right") - np.searchsorted(ours, theirs[0], "left")
+        removed += int(np.maximum(theirs[1] - held, 0).sum())
+    return removed
+
+
 def _shares(counts: np.ndarray) -> np.ndarray:
     counts = counts.astype(np.float64)
     return counts / max(counts.sum(), 1.0)

@@ -61,9 +61,11 @@ class Report:
     profile: dict[str, Any] = field(default_factory=dict)
     untrainable: str | None = None  # why no approval can let this data train
     # labelled images not in the reference (the champion's dataset and data approved since),
-    # and the reference's training images: what a minimum change is judged by
+    # the reference's images no longer in the data, and the reference's training images:
+    # what a minimum change is judged by (``workflows.minimum``)
     new_images: int | None = None
     reference_images: int | None = None
+    removed_images: int | None = None
 
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if c.status != "pass"]
@@ -83,7 +85,7 @@ class Report:
         """What a run's validate step records of the report (locally and on a cluster)."""
         return {"verdict": self.status, "reference": self.reference, "cached": self.cached,
                 "reason": self.line(), "failed": [f"{c.name}: {c.status}" for c in self.failed()],
-                "new_images": self.new_images}
+                "new_images": self.new_images, "removed_images": self.removed_images}
 
     def step_status(self) -> str | None:
         """The validate step's own status when it is not plainly ``succeeded``."""
@@ -100,13 +102,14 @@ class Report:
 
 def deferral(settings: Settings, report: Report, trigger: str, force: bool) -> str | None:
     """Why a validated run trains nothing yet (``deferred: 120 new images < 600``), or
-    None: ``RETRAIN_MIN_CHANGE`` judged on the gate's count of new images, unless a person
-    asked for the run (``workflows.minimum``) or there is no champion to add to."""
+    None: ``RETRAIN_MIN_CHANGE`` judged on the gate's count of new and removed images,
+    unless a person asked for the run (``workflows.minimum``) or there is no champion to add
+    to."""
     from workflows.minimum import MinChange, is_manual
     from workflows.minimum import deferral as judge
 
     return judge(MinChange.parse(settings.min_change), report.new_images,
-                 report.reference_images, is_manual(trigger, force))
+                 report.reference_images, is_manual(trigger, force), report.removed_images or 0)
 
 
 def find_dataset(store: Path, digest: str) -> str:
@@ -211,7 +214,7 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
     key = inputs.key(thresholds)
     raw = client.get(PREFIX + key)
     kept = json.loads(raw) if raw is not None else None
-    if kept is not None and "new_images" in kept:  # a memo of an older retrain: measured again
+    if kept is not None and "removed_images" in kept:  # an older retrain's memo: measured again
         checks = tuple(CheckResult(**c) for c in kept["checks"])
         cached = True
     else:
@@ -224,7 +227,8 @@ def validate(client: redis.Redis, settings: Settings, inputs: Inputs, mode: str)
     status = "blocked" if untrainable else validation.status(checks, mode)
     report = Report(status, mode, kept["digest"], kept["reference"], kept["pinned"], checks,
                     cached, key, round(time.perf_counter() - started, 3), kept["profile"],
-                    untrainable, kept["new_images"], kept.get("reference_images"))
+                    untrainable, kept["new_images"], kept["reference_images"],
+                    kept["removed_images"])
     log.info("validated %s against %s: %s%s", report.digest[:12],
              (report.reference or "no reference")[:12], report.line(),
              " (remembered)" if cached else "")
@@ -243,9 +247,8 @@ def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
     new = load(inputs.dataset_uri)
     assert new is not None
     reference, pinned = load(inputs.reference_uri), load(inputs.pinned_uri)
-    known = ([reference] if reference else []) + [p for p in map(load, inputs.approved) if p]
-    fresh = validation.new_images(new, known)
-    n_new = int(sum(mask.sum() for mask in fresh.values()))
+    fresh, counted = _change(new, reference, [p for p in map(load, inputs.approved) if p])
+    n_new = int(counted["new_images"] or 0)
     checks = (
         validation.labels(new, fresh, reference),
         validation.class_balance(new, fresh, reference, limits.class_balance),
@@ -258,21 +261,29 @@ def _measure(client: redis.Redis, inputs: Inputs, limits: validation.Thresholds
     summary = new.summary()
     kept = {"digest": new.digest, "reference": reference.digest if reference else None,
             "pinned": pinned.digest if pinned else None, "profile": summary,
-            "untrainable": _untrainable(summary), "new_images": n_new,
-            "reference_images": int(reference.images("train").size) if reference else None}
+            "untrainable": _untrainable(summary), **counted}
     return kept, checks
 
 
+def _change(new: profile.Profile, reference: profile.Profile | None,
+            approved: list[profile.Profile]) -> tuple[profile.Marks, dict[str, int | None]]:
+    """Which of ``new``'s images are new (against the reference and the data approved
+    since), and the counts a minimum change is judged by: the new images, the reference's
+    images ``new`` no longer holds, and the reference's training images."""
+    fresh = validation.new_images(new, ([reference] if reference else []) + approved)
+    return fresh, {
+        "new_images": int(sum(mask.sum() for mask in fresh.values())),
+        "removed_images": validation.removed_images(new, reference) if reference else None,
+        "reference_images": int(reference.images("train").size) if reference else None}
+
+
 def _counted(inputs: Inputs) -> dict[str, int | None]:
-    """The new images and the reference's training images, counted as the checks count them
-    (for a run whose checks are off: a minimum change still applies)."""
+    """``_change``'s counts for a run whose checks are off (a minimum change still
+    applies); none without a reference."""
     if inputs.reference_uri is None:
-        return {"new_images": None, "reference_images": None}
-    new, reference = profile.load(inputs.dataset_uri), profile.load(inputs.reference_uri)
-    known = [reference, *(profile.load(a) for a in inputs.approved)]
-    fresh = validation.new_images(new, known)
-    return {"new_images": int(sum(mask.sum() for mask in fresh.values())),
-            "reference_images": int(reference.images("train").size)}
+        return {"new_images": None, "removed_images": None, "reference_images": None}
+    return _change(profile.load(inputs.dataset_uri), profile.load(inputs.reference_uri),
+                   [profile.load(a) for a in inputs.approved])[1]
 
 
 def _untrainable(summary: dict[str, Any]) -> str | None:

@@ -70,6 +70,29 @@ def test_new_images_are_counted_copy_by_copy_and_split_by_split():
     assert all(m.all() for m in validation.new_images(new, []).values())
 
 
+def test_removed_images_are_the_references_copies_the_new_data_no_longer_holds():
+    images, labels = generate(300, 5)
+    reference = Profile("r", "r", (_unit("a", "train", images[:200], labels[:200]),
+                                   _unit("b", "test", images[200:], labels[200:])))
+    relabelled = labels[:200].copy()
+    relabelled[:4] = (relabelled[:4] + 1) % 10
+    # twenty training images deleted, four relabelled (new, not removed), one test image
+    # moved into train (removed from test), an image added
+    train = np.concatenate([images[20:200], images[200:201], images[299:300]])
+    train_labels = np.concatenate([relabelled[20:200], labels[200:201], labels[299:300]])
+    new = Profile("n", "n", (_unit("a2", "train", train, train_labels),
+                             _unit("b2", "test", images[201:], labels[201:])))
+    assert validation.removed_images(new, reference) == 20 + 1
+    relabelled_only = Profile("n", "n", (_unit("a3", "train", images[:200], relabelled),
+                                         reference.units[1]))
+    assert validation.removed_images(relabelled_only, reference) == 0
+    assert validation.removed_images(reference, reference) == 0
+    doubled = Profile("d", "d", (_unit("a4", "train", np.concatenate([images[:200], images[:1]]),
+                                       np.concatenate([labels[:200], labels[:1]])),
+                                 reference.units[1]))
+    assert validation.removed_images(reference, doubled) == 1  # one copy of two gone
+
+
 def test_jensen_shannon_distance_is_zero_for_the_same_shape_and_one_for_disjoint():
     p = np.array([1, 2, 3, 0], float)
     assert validation.js_distance(p, 10 * p) == 0

@@ -1,16 +1,21 @@
-"""Small changes wait: a run whose data adds fewer new images than RETRAIN_MIN_CHANGE ends
-``deferred`` after validation, saying why; the changes add up and the first run past the
-minimum trains; a person's run (a manual event, --force) trains regardless; with no champion
-nothing waits. Real Redis, real data, the champion's dataset as the reference."""
+"""Small changes wait: a run whose data changes fewer images (new or removed) than
+RETRAIN_MIN_CHANGE ends ``deferred`` after validation, saying why; the changes add up and the
+first run past the minimum trains; a person's run (a manual event, --force) trains
+regardless; with no champion nothing waits; a minimum that cannot be parsed is refused as
+the settings load. Real Redis, real data, the champion's dataset as the reference."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from rich.console import Console
 
+from core.errors import ConfigurationError
+from core.settings import Settings
 from dataset import idx
+from dataset.layout import BASE_FILES
 from dataset.seed import generate
 from events.payloads import RunParameters
 from services.selector.champion import Champion, ChampionStore
@@ -33,6 +38,32 @@ def test_the_minimum_is_a_count_or_a_share_of_the_champions_training_set():
     assert deferral(MinChange.parse("0"), 0, 60000, manual=False) is None
     with pytest.raises(ValueError, match="min_change '6 images'"):
         MinChange.parse("6 images")
+
+
+def test_removed_images_count_toward_the_minimum_and_are_named():
+    assert deferral(MinChange.parse("600"), 100, 60000, manual=False, removed_images=20) == (
+        "deferred: 120 changed images (100 new, 20 removed) < 600")
+    assert deferral(MinChange.parse("600"), 0, 60000, manual=False, removed_images=600) is None
+    assert deferral(MinChange.parse("1%"), 0, 60000, manual=False, removed_images=20) == (
+        "deferred: 20 changed images (0 new, 20 removed) < 600 (1% of the champion's 60000 "
+        "training images)")
+
+
+@pytest.mark.parametrize("value", ["150%", "-1", "1e3", "nan%", "6 images", "%"])
+def test_a_minimum_that_cannot_be_parsed_is_refused_as_the_settings_load(value, monkeypatch):
+    with pytest.raises(ValidationError, match="min_change"):
+        Settings(min_change=value)
+    from retrain.commands.support import load_settings
+
+    monkeypatch.setenv("RETRAIN_MIN_CHANGE", value)  # what every command and step loads
+    with pytest.raises(ConfigurationError, match="RETRAIN_MIN_CHANGE: .*expected a count"):
+        load_settings()
+
+
+def test_a_good_minimum_loads_as_the_runs_read_it():
+    assert Settings(min_change=" 1.0% ").min_change == "1%"
+    assert MinChange.parse(Settings(min_change="0.5%").min_change) == MinChange(share=0.005)
+    assert Settings(min_change="600").min_change == "600"
 
 
 def _increment(root: Path, batch: str, n: int, seed: int) -> None:
@@ -88,6 +119,26 @@ def test_a_checked_run_defers_on_the_gates_own_count(settings, redis_handle, cha
     assert summary["status"] == "deferred", summary.get("validation")
     assert summary["reason"] == "deferred: 120 new images < 600"
     assert summary["validation"]["new_images"] == 120
+
+
+@pytest.mark.parametrize("validation", ["off", "warn"])
+def test_a_push_that_only_removes_images_counts_them(validation, settings, redis_handle,
+                                                     champion, standin_trainer, tmp_path):
+    """Deleting bad data is a change: 100 of the champion's training images removed, nothing
+    added, trains past a minimum of 90 and waits, saying so, under 500."""
+    root = write_dataset(tmp_path / "data", train=1200, test=300)  # the champion's data
+    images, labels = generate(1200, 3)
+    idx.write_images(root / BASE_FILES["train"][0], images[100:])
+    idx.write_labels(root / BASE_FILES["train"][1], labels[100:])
+    params = RunParameters(models=("cnn",), steps_per_epoch=1, validation=validation)
+    waits = _runner(settings, redis_handle, "500").run(RunRequest(str(root), params,
+                                                                  "dataset.updated/watcher"))
+    assert waits["status"] == "deferred", waits.get("validation")
+    assert waits["reason"] == "deferred: 100 changed images (0 new, 100 removed) < 500"
+    assert waits["validation"]["removed_images"] == 100
+    trains = _runner(settings, redis_handle, "90").run(RunRequest(str(root), params,
+                                                                  "dataset.updated/watcher"))
+    assert trains["status"] == "succeeded", trains.get("error")
 
 
 @pytest.mark.parametrize("how", ["force", "manual event", "training.requested"])
