@@ -1,9 +1,12 @@
 """The guard's reading of the model server's per-version statistics (``GET /metrics``).
 
-The server counts, per served version, every answer by status code, a latency histogram,
-the answers predicting each class and the longest run of 5xx answers in a row. ``VersionStats``
-holds one version's counters, cumulative or a window's difference; ``parse_metrics`` reads them
-from Prometheus text; a ``MetricsSource`` yields ``Snapshot``\\ s of every version at once.
+The server counts, per served version, every model outcome by status code (200, or a 500 the
+model is to blame for), a latency histogram, the answers predicting each class and the longest
+run of model 500s in a row; requests refused at the door (bad input, keys, rates, a full
+backlog) are counted apart, under the version served then, and are no version's errors.
+``VersionStats`` holds one version's counters, cumulative or a window's difference;
+``parse_metrics`` reads them from Prometheus text (``read_metrics`` from a URL); a
+``MetricsSource`` yields ``Snapshot``\\ s of every version at once.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import httpx
 from services.selector.errors import LiveMetricsError
 
 REQUESTS = "retrain_serving_version_requests_total"
+REFUSED = "retrain_serving_version_refused_total"
 LATENCY_BUCKET = "retrain_serving_version_latency_seconds_bucket"
 CLASSES = "retrain_serving_predicted_class_total"
 STREAK = "retrain_serving_version_longest_error_streak"
@@ -30,11 +34,12 @@ K = TypeVar("K")
 class VersionStats:
     """One version's counters: cumulative since the server started, or a window's delta."""
 
-    requests: float = 0.0  # every answer
-    errors: float = 0.0  # answers with a 5xx status
+    requests: float = 0.0  # every model outcome (answers)
+    errors: float = 0.0  # model outcomes with a 5xx status
     latency: Mapping[float, float] = field(default_factory=dict)  # cumulative buckets: le -> count
     classes: Mapping[int, float] = field(default_factory=dict)  # predicted class -> answers
     longest_error_streak: float = 0.0
+    refused: float = 0.0  # requests refused at the door while it served (shown, never judged)
 
     def minus(self, earlier: VersionStats) -> VersionStats:
         """What happened since ``earlier``: counters subtracted, the streak kept. Counters
@@ -47,6 +52,7 @@ class VersionStats:
             latency=_subtract(self.latency, earlier.latency),
             classes=_subtract(self.classes, earlier.classes),
             longest_error_streak=self.longest_error_streak,
+            refused=max(0.0, self.refused - earlier.refused),
         )
 
     def plus(self, other: VersionStats) -> VersionStats:
@@ -57,10 +63,12 @@ class VersionStats:
             latency=_add(self.latency, other.latency),
             classes=_add(self.classes, other.classes),
             longest_error_streak=max(self.longest_error_streak, other.longest_error_streak),
+            refused=self.refused + other.refused,
         )
 
     @property
     def error_rate(self) -> float:
+        """The share of model outcomes that were errors (refusals are not in it)."""
         return self.errors / self.requests if self.requests else 0.0
 
     @property
@@ -97,10 +105,11 @@ class _Counts:
     latency: dict[float, float] = field(default_factory=dict)
     classes: dict[int, float] = field(default_factory=dict)
     streak: float = 0.0
+    refused: float = 0.0
 
     def frozen(self) -> VersionStats:
         return VersionStats(self.requests, self.errors, dict(self.latency), dict(self.classes),
-                            self.streak)
+                            self.streak, self.refused)
 
 
 def parse_metrics(text: str) -> dict[int, VersionStats]:
@@ -112,7 +121,7 @@ def parse_metrics(text: str) -> dict[int, VersionStats]:
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in (REQUESTS, LATENCY_BUCKET, CLASSES, STREAK):
+                if sample.name in (REQUESTS, REFUSED, LATENCY_BUCKET, CLASSES, STREAK):
                     version = int(sample.labels["version"])
                     _count(counts.setdefault(version, _Counts()), sample.name, sample.labels,
                            sample.value)
@@ -124,8 +133,10 @@ def parse_metrics(text: str) -> dict[int, VersionStats]:
 def _count(c: _Counts, name: str, labels: Mapping[str, str], value: float) -> None:
     if name == REQUESTS:
         c.requests += value
-        if labels.get("code", "").startswith("5"):
+        if labels["code"].startswith("5"):
             c.errors += value
+    elif name == REFUSED:
+        c.refused += value
     elif name == LATENCY_BUCKET:
         bound = float(labels["le"])  # "+Inf" parses to infinity
         c.latency[bound] = c.latency.get(bound, 0.0) + value
@@ -147,6 +158,22 @@ class Snapshot:
         return self.versions.get(version, VersionStats())
 
 
+def read_metrics(url: str, timeout: float) -> dict[int, VersionStats]:
+    """Every version's counters read from one server's metrics at ``url``; a
+    ``LiveMetricsError`` naming the URL when it cannot be reached, answers other than 200, or
+    answers something that is not the model server's metrics."""
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise LiveMetricsError(f"cannot read {url}: {exc or type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise LiveMetricsError(f"{url} answered {response.status_code}")
+    try:
+        return parse_metrics(response.text)
+    except LiveMetricsError as exc:
+        raise LiveMetricsError(f"{url}: {exc}") from None
+
+
 class MetricsSource(Protocol):
     def scrape(self) -> Snapshot:
         """Every version's counters now; raises ``LiveMetricsError`` when they cannot be read."""
@@ -163,16 +190,7 @@ class UrlSource:
         self._clock = clock
 
     def scrape(self) -> Snapshot:
-        try:
-            response = httpx.get(self.url, timeout=self._timeout)
-        except httpx.HTTPError as exc:
-            raise LiveMetricsError(f"cannot read {self.url}: {exc or type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise LiveMetricsError(f"{self.url} answered {response.status_code}")
-        try:
-            versions = parse_metrics(response.text)
-        except LiveMetricsError as exc:
-            raise LiveMetricsError(f"{self.url}: {exc}") from None
+        versions = read_metrics(self.url, self._timeout)
         return Snapshot(self._clock(), versions)
 
     def __repr__(self) -> str:
@@ -184,7 +202,7 @@ def to_json(stats: VersionStats) -> dict[str, object]:
     return {"requests": stats.requests, "errors": stats.errors,
             "latency": {("+Inf" if b == math.inf else repr(b)): c for b, c in stats.latency.items()},
             "classes": {str(k): v for k, v in stats.classes.items()},
-            "longest_error_streak": stats.longest_error_streak}
+            "longest_error_streak": stats.longest_error_streak, "refused": stats.refused}
 
 
 def from_json(raw: Mapping[str, object]) -> VersionStats:
@@ -194,4 +212,5 @@ def from_json(raw: Mapping[str, object]) -> VersionStats:
     return VersionStats(float(raw["requests"]), float(raw["errors"]),  # type: ignore[arg-type]
                         {float(b): float(c) for b, c in latency.items()},
                         {int(k): float(v) for k, v in classes.items()},
-                        float(raw.get("longest_error_streak", 0.0)))  # type: ignore[arg-type]
+                        float(raw.get("longest_error_streak", 0.0)),  # type: ignore[arg-type]
+                        float(raw.get("refused", 0.0)))  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from services.serving.errors import BadRequestError
+from services.serving.errors import BadRequestError, ModelFailedError
 
 if TYPE_CHECKING:  # the model (TensorFlow) is what the server loads, not what batching needs
     from services.serving.model import LoadedModel
@@ -157,9 +157,12 @@ class MicroBatcher:
             for request in group:  # find the culprit: each request on its own
                 self._call(model, kind, [request], outcomes)
             return
-        except Exception as exc:
-            log.exception("model call failed for a batch of %d requests", len(group))
-            outcomes.extend((request, None, exc) for request in group)
+        except Exception as exc:  # the model's failure: a 500 of that version for each request
+            log.exception("version %d failed a model call for a batch of %d requests",
+                          model.version, len(group))
+            failed = ModelFailedError("internal server error", version=model.version)
+            failed.__cause__ = exc
+            outcomes.extend((request, None, failed) for request in group)
             return
         self._observe(sum(r.size for r in group), model.version)
         start = 0

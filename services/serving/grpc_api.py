@@ -122,7 +122,7 @@ class InferenceService:
             log.exception("ModelInfer failed")
             self._plane.refused("grpc", exc, time.perf_counter() - started)
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
-        self._plane.answered("grpc", 200, time.perf_counter() - started, version, probs)
+        self._plane.answered("grpc", time.perf_counter() - started, version, probs)
         output = protos.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype="FP32",
                                                              shape=list(probs.shape))
         return protos.ModelInferResponse(

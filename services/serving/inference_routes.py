@@ -141,5 +141,5 @@ class InferenceRoutes:
                 {"name": OUTPUT, "datatype": "FP32", "shape": list(probs.shape)},
                 probs, wire.wants_binary(body, OUTPUT))
             content_type = extra.pop("Content-Type").encode()
-        plane.answered(protocol, 200, time.perf_counter() - started, version, probs)
+        plane.answered(protocol, time.perf_counter() - started, version, probs)
         return 200, content_type, content, {**extra, "X-Model-Version": str(version)}

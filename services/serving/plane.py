@@ -2,7 +2,8 @@
 model, the one way to call it (bounded by the backlog, micro-batched while the server runs),
 the door (API keys and rate limits), and the request metrics. Transport-neutral: each API
 parses its requests, asks the plane, words the answer or the ``ServingError``, and tells the
-plane what it answered (``answered``: the one place inference requests are counted)."""
+plane what it answered (``answered`` and ``refused``: the one place inference requests are
+counted)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from services.serving.errors import (
     ModelFailedError,
     ModelNotFoundError,
     RateLimitedError,
+    ServingError,
     StatisticsOffError,
 )
 from services.serving.inputs import OUTPUT
@@ -26,7 +28,7 @@ from services.serving.limits import Backlog, RateLimiter, retry_after_header
 from services.serving.metrics import ServingMetrics
 
 if TYPE_CHECKING:  # the model (TensorFlow) is loaded by the server, not needed to describe it
-    from services.serving.model import ModelHolder
+    from services.serving.model import LoadedModel, ModelHolder
 
 log = logging.getLogger(__name__)
 # what metadata says, over HTTP (GET /v2, GET /v2/models/NAME) and gRPC
@@ -48,6 +50,19 @@ def server_version() -> str:
         return version("retrain")
     except PackageNotFoundError:  # running from a source tree that was never installed
         return "0+unknown"
+
+
+def _model_call(model: LoadedModel, kind: str, inputs: list[bytes] | np.ndarray) -> np.ndarray:
+    """(On a worker thread.) ``model``'s answer for one request; the model raising anything but
+    a refusal of the input is its failure (``ModelFailedError`` naming its version)."""
+    try:
+        return model.predict(kind, [inputs])
+    except ServingError:
+        raise
+    except Exception as exc:
+        log.exception("version %d failed to answer a request of %d images", model.version,
+                      len(inputs))
+        raise ModelFailedError("internal server error", version=model.version) from exc
 
 
 class Plane:
@@ -106,29 +121,33 @@ class Plane:
             known = {int(version)}
         return {"model_stats": self._versions.model_stats(self.model_name, sorted(known))}
 
-    def answered(self, protocol: str, code: int, seconds: float, version: int | None = None,
-                 probabilities: np.ndarray | None = None) -> None:
-        """One inference request answered ``code`` after ``seconds`` (``protocol``: v1, v2 or
-        grpc), by ``version`` with ``probabilities`` (a success); a request refused before a
-        model answered it is counted under the version served then (none loaded: not per
-        version)."""
-        metrics = self.metrics
-        metrics.count(protocol, code)
-        if code == 200:
-            metrics.timed(protocol, seconds)
-        versions = self._versions
-        if versions is not None:
-            if version is None:
-                version = self.holder.served_version
-                if version is None:
-                    return
-            versions.answered(version, code, seconds, probabilities)
+    def answered(self, protocol: str, seconds: float, version: int,
+                 probabilities: np.ndarray) -> None:
+        """One inference request answered 200 after ``seconds`` (``protocol``: v1, v2 or
+        grpc), by ``version`` with ``probabilities``."""
+        self.metrics.count(protocol, 200)
+        self.metrics.timed(protocol, seconds)
+        if self._versions is not None:
+            self._versions.answered(version, 200, seconds, probabilities)
 
     def refused(self, protocol: str, error: Exception, seconds: float) -> None:
         """A request answered with ``error``'s status (a ``ServingError`` or an API key
-        refused; anything else is a 500), under the version the error names if it has one."""
-        self.answered(protocol, getattr(error, "status", 500), seconds,
-                      getattr(error, "version", None))
+        refused; anything else is a 500). Per version, only the model's own failure
+        (``ModelFailedError``, naming the version that failed) is that version's outcome; any
+        other error refused the request before a model judged it (bad input, a key, a rate, a
+        full backlog, no model loaded, a defect of the server's own code) and is counted apart,
+        under the version served then (none loaded: not per version)."""
+        code = getattr(error, "status", 500)
+        self.metrics.count(protocol, code)
+        versions = self._versions
+        if versions is None:
+            return
+        if isinstance(error, ModelFailedError) and error.version is not None:
+            versions.answered(error.version, code, seconds)
+            return
+        served = self.holder.served_version
+        if served is not None:
+            versions.refused(served, code)
 
     def _called(self, images: int, version: int) -> None:
         """One model call of ``images`` images by ``version``."""
@@ -150,15 +169,15 @@ class Plane:
     async def predict(self, kind: str, inputs: list[bytes] | np.ndarray) -> tuple[np.ndarray, int]:
         """The probabilities for ``inputs`` ("bytes" or "arrays"), and the version that gave
         them; ``OverloadedError`` when too many images already wait, ``ModelFailedError`` when
-        the model answered something that is not a number (for every door and encoding: JSON,
-        binary tensor data, gRPC)."""
+        the model raised or answered something that is not a number (for every door and
+        encoding: JSON, binary tensor data, gRPC)."""
         with self._backlog.admitted(len(inputs)):
             batcher = self._batcher
             if batcher is not None:
                 probs, served = await batcher.predict(kind, inputs)
             else:
                 model = self.holder.current  # the version answering, even if a swap happens
-                probs = await run_in_threadpool(model.predict, kind, [inputs])
+                probs = await run_in_threadpool(_model_call, model, kind, inputs)
                 served = model.version
                 self._called(len(inputs), served)
         if not np.isfinite(probs).all():

@@ -3,17 +3,23 @@ one it replaced by (``services.selector.live`` reads them from ``/metrics``), an
 Inference Protocol's statistics extension reports (``GET /v2/models/NAME/stats``, gRPC
 ``ModelStatistics``).
 
-Every inference request answered (HTTP v1, v2 and gRPC, through the data plane) is counted
-under the version that answered it, or, refused before any model ran (401, 429, 503, 400), under
-the version served at that moment. On ``/metrics``:
+Every inference request (HTTP v1, v2 and gRPC, through the data plane) is counted once. A model
+outcome (``answered``: a 200, or a 500 the model is to blame for, such as answers that are not
+finite numbers or the model raising) is counted under the version that gave it; a request
+refused at the door before any model judged it (``refused``: 400, 401, 404, 413, 429, a 503 from
+a full backlog) is counted apart, under the version served at that moment, and never touches
+that version's error figures: a refusal says nothing of the model. On ``/metrics``:
 
-- ``retrain_serving_version_requests_total{version,code}``: answers, by status code;
+- ``retrain_serving_version_requests_total{version,code}``: model outcomes, by status code
+  (200 or 500);
+- ``retrain_serving_version_refused_total{version,code}``: refusals at the door, by status code;
 - ``retrain_serving_version_latency_seconds{version}``: a histogram of the successful answers'
   latency (``LATENCY_BUCKETS``, fine enough for a p99 ratio);
 - ``retrain_serving_predicted_class_total{version,class}``: images of successful answers by
   predicted class (the argmax of the probabilities);
-- ``retrain_serving_version_longest_error_streak{version}``: the longest run of consecutive 5xx
-  answers the version has given in this process (never goes down).
+- ``retrain_serving_version_longest_error_streak{version}``: the longest run of consecutive
+  model 500s the version has given in this process (never goes down; refusals neither extend
+  nor end a run).
 
 The counting is plain arithmetic under one lock, on the event loop (and the model thread, for
 model calls): ~3 µs a request. The Prometheus families are built only when scraped;
@@ -42,6 +48,10 @@ from prometheus_client.utils import floatToGoString
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)  # and +Inf
 KEPT_VERSIONS = 16  # versions whose statistics are kept (the oldest numbers dropped first)
+# up to this many images an answer's classes are counted one by one under the lock; past it,
+# by numpy's bincount before taking it (measured: 0.6 µs for one image by hand, 1.8 µs by
+# bincount; even at 32; 10,000 images held the lock 0.7 ms by hand, ten additions by bincount)
+COUNTED_BY_HAND = 32
 
 
 @dataclass
@@ -49,18 +59,19 @@ class VersionRecord:
     """One version's counters since this process first counted it."""
 
     version: int
-    codes: dict[int, int] = field(default_factory=dict)  # status code -> answers
+    codes: dict[int, int] = field(default_factory=dict)  # status code -> model outcomes
+    refused: dict[int, int] = field(default_factory=dict)  # status code -> refusals at the door
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0  # seconds, successful answers
     classes: list[int] | None = None  # images per predicted class (from the first answer)
-    streak: int = 0  # consecutive 5xx answers, now
+    streak: int = 0  # consecutive model 500s, now
     longest_streak: int = 0
     images: int = 0  # images answered successfully (Triton's inference_count)
     executions: int = 0  # model calls (Triton's execution_count)
     success_ns: int = 0
-    failures: int = 0  # answers other than 200
+    failures: int = 0  # model outcomes other than 200 (refusals are not inferences)
     failure_ns: int = 0
-    last_ms: int = 0  # when the last answer was given, milliseconds since the epoch
+    last_ms: int = 0  # when the last model outcome was given, milliseconds since the epoch
 
     @property
     def successes(self) -> int:
@@ -87,36 +98,52 @@ class VersionStats:
 
     def answered(self, version: int, code: int, seconds: float,
                  probabilities: np.ndarray | None = None) -> None:
-        """One request answered ``code`` by (or refused while serving) ``version``, after
-        ``seconds``; a successful answer's ``probabilities`` (images x classes) give its
-        predicted classes."""
-        predicted = None
+        """One model outcome of ``version`` after ``seconds``: a 200 with its
+        ``probabilities`` (images x classes, giving its predicted classes), or a 500 the model
+        is to blame for."""
+        predicted: list[int] | None = None  # each image's class (a small answer)
+        counts: list[int] | None = None  # images per class (a large one)
         if code == 200 and probabilities is not None:
-            predicted = probabilities.argmax(axis=1).tolist()  # each image's class
+            labels = probabilities.argmax(axis=1)
+            if len(labels) <= COUNTED_BY_HAND:
+                predicted = labels.tolist()
+            else:
+                counts = np.bincount(labels, minlength=probabilities.shape[1]).tolist()
         now_ms = int(time.time() * 1000)
         with self._lock:
             record = self._record(version)
             record.codes[code] = record.codes.get(code, 0) + 1
             record.last_ms = now_ms
-            if code >= 500:
+            if code != 200:
                 record.streak += 1
                 record.longest_streak = max(record.longest_streak, record.streak)
-            else:
-                record.streak = 0
-            if code != 200:
                 record.failures += 1
                 record.failure_ns += int(seconds * 1e9)
                 return
+            record.streak = 0
             record.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             record.latency_sum += seconds
             record.success_ns += int(seconds * 1e9)
+            if probabilities is None:
+                return
+            classes = record.classes
+            if classes is None:  # sized by the model's output
+                classes = record.classes = [0] * probabilities.shape[1]
             if predicted is not None:
                 record.images += len(predicted)
-                classes = record.classes
-                if classes is None:  # sized by the model's output
-                    classes = record.classes = [0] * probabilities.shape[1]  # type: ignore[union-attr]
                 for label in predicted:
                     classes[label] += 1
+            elif counts is not None:
+                record.images += sum(counts)
+                for label, count in enumerate(counts):
+                    classes[label] += count
+
+    def refused(self, version: int, code: int) -> None:
+        """One request refused ``code`` at the door while ``version`` was served: no model
+        judged it, so the version's outcomes, streak and failures are left as they were."""
+        with self._lock:
+            record = self._record(version)
+            record.refused[code] = record.refused.get(code, 0) + 1
 
     def executed(self, version: int) -> None:
         """One model call of ``version`` (any number of images)."""
@@ -127,17 +154,22 @@ class VersionStats:
         """A copy of every version's counters, by version."""
         with self._lock:
             return {v: VersionRecord(**{**vars(r), "codes": dict(r.codes),
+                                        "refused": dict(r.refused),
                                         "buckets": list(r.buckets),
                                         "classes": None if r.classes is None else list(r.classes)})
                     for v, r in self._records.items()}
 
     # the Prometheus reading --------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        """The four families (prometheus_client calls this at each scrape)."""
+        """The five families (prometheus_client calls this at each scrape)."""
         records = sorted(self.snapshot().items())
         requests = CounterMetricFamily("retrain_serving_version_requests",
-                                       "Inference requests answered, by version and status code",
-                                       labels=["version", "code"])
+                                       "Model outcomes (200, or 500 from the model), by version "
+                                       "and status code", labels=["version", "code"])
+        refused = CounterMetricFamily("retrain_serving_version_refused",
+                                      "Requests refused before a model judged them, by the "
+                                      "version served then and status code",
+                                      labels=["version", "code"])
         latency = HistogramMetricFamily("retrain_serving_version_latency_seconds",
                                         "Latency of successful answers, by version",
                                         labels=["version"])
@@ -145,12 +177,14 @@ class VersionStats:
                                       "Images answered, by version and predicted class",
                                       labels=["version", "class"])
         streak = GaugeMetricFamily("retrain_serving_version_longest_error_streak",
-                                   "Longest run of consecutive 5xx answers, by version",
+                                   "Longest run of consecutive model 500s, by version",
                                    labels=["version"])
         for version, record in records:
             name = str(version)
             for code, count in sorted(record.codes.items()):
                 requests.add_metric([name, str(code)], count)
+            for code, count in sorted(record.refused.items()):
+                refused.add_metric([name, str(code)], count)
             cumulative = np.cumsum(record.buckets).tolist()
             latency.add_metric([name], [(floatToGoString(le), c) for le, c in
                                         zip((*LATENCY_BUCKETS, float("inf")), cumulative)],
@@ -159,7 +193,7 @@ class VersionStats:
                 for label, count in enumerate(record.classes):
                     classes.add_metric([name, str(label)], count)
             streak.add_metric([name], record.longest_streak)
-        yield from (requests, latency, classes, streak)
+        yield from (requests, refused, latency, classes, streak)
 
     # the statistics extension's reading ---------------------------------------------------
     def model_stats(self, name: str, versions: list[int]) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ class MetricsServer:
         self.registry = CollectorRegistry()
         self.requests = Counter("retrain_serving_version_requests", "Answers",
                                 ["version", "code"], registry=self.registry)
+        self.refused = Counter("retrain_serving_version_refused", "Refusals at the door",
+                               ["version", "code"], registry=self.registry)
         self.latency = Histogram("retrain_serving_version_latency_seconds", "Latency",
                                  ["version"], buckets=BUCKETS, registry=self.registry)
         self.classes = Counter("retrain_serving_predicted_class", "Predicted classes",
@@ -40,6 +42,10 @@ class MetricsServer:
             self._run[version] = 0
         if label is not None:
             self.classes.labels(str(version), str(label)).inc()
+
+    def refuse(self, version, code=503):
+        """A request refused at the door while ``version`` was served: no model outcome."""
+        self.refused.labels(str(version), str(code)).inc()
 
     def traffic(self, version, n, classes=range(10)):
         """``n`` good answers cycling over ``classes``."""

@@ -1,5 +1,6 @@
 """The guard reads each version's counters from the model server's Prometheus text, as
-prometheus_client writes it; windows subtract, pods add."""
+prometheus_client writes it; windows subtract, pods add; refusals at the door are read apart
+and are never errors."""
 
 import math
 import threading
@@ -9,7 +10,14 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from services.selector.errors import LiveMetricsError
-from services.selector.live import Snapshot, UrlSource, VersionStats, parse_metrics
+from services.selector.live import (
+    Snapshot,
+    UrlSource,
+    VersionStats,
+    from_json,
+    parse_metrics,
+    to_json,
+)
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
            0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10)
@@ -28,6 +36,8 @@ class Server:
                                ["version", "class"], registry=self.registry)
         self.streak = Gauge("retrain_serving_version_longest_error_streak", "Streak",
                             ["version"], registry=self.registry)
+        self.refused = Counter("retrain_serving_version_refused", "Refusals at the door",
+                               ["version", "code"], registry=self.registry)
         # what else the server exposes, which the guard must ignore
         Counter("retrain_serving_requests", "Requests", ["protocol", "code"],
                 registry=self.registry).labels("v1", "200").inc(7)
@@ -59,6 +69,26 @@ def test_each_versions_counters_are_read_from_prometheus_text():
     assert three.latency[0.005] == 98 and three.latency[math.inf] == 100
     assert three.p99_seconds == 0.2  # the 99th answer of 100 is one of the slow ones
     assert (stats[4].requests, stats[4].errors, stats[4].classes) == (1, 0, {})
+
+
+def test_refusals_at_the_door_are_read_apart_and_never_count_as_errors():
+    server = Server()
+    for i in range(9):
+        server.answer(3, label=i % 10)
+    server.answer(3, code=500)
+    for code, n in ((503, 40), (429, 7), (400, 2)):
+        server.refused.labels("3", str(code)).inc(n)
+    before = parse_metrics(server.text())[3]
+    assert (before.requests, before.errors, before.refused) == (10, 1, 49)
+    assert before.error_rate == 0.1  # one model 500 in ten outcomes, whatever was refused
+    server.refused.labels("3", "503").inc(5)
+    server.answer(3, label=1)
+    window = parse_metrics(server.text())[3].minus(before)
+    assert (window.requests, window.errors, window.refused, window.error_rate) == (1, 0, 5, 0)
+    assert before.plus(window).refused == 54
+    assert from_json(to_json(before)) == before  # a watch kept in Redis keeps them
+    older = {k: v for k, v in to_json(before).items() if k != "refused"}
+    assert from_json(older).refused == 0  # a watch written before refusals were read
 
 
 def test_a_window_subtracts_counters_and_keeps_the_streak():
@@ -98,7 +128,8 @@ def test_a_p99_past_the_last_bucket_reads_as_that_bucket_and_none_without_answer
 
 
 @pytest.mark.parametrize("text", ["hello world", "<html><body>Not Found</body></html>",
-                                  'retrain_serving_version_requests_total{code="200"} 3\n'])
+                                  'retrain_serving_version_requests_total{code="200"} 3\n',
+                                  'retrain_serving_version_requests_total{version="3"} 3\n'])
 def test_text_that_is_not_the_servers_metrics_is_refused(text):
     with pytest.raises(LiveMetricsError, match="not the model server's Prometheus metrics"):
         parse_metrics(text)

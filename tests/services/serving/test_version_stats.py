@@ -1,10 +1,14 @@
 """The model server's live statistics per served version, on a real port with real trained
-models: the four series on /metrics after HTTP v1, v2 and gRPC requests, by the version that
-answered, across a hot swap; errors by code and a failing model's longest streak; none of it
+models: the series on /metrics after HTTP v1, v2 and gRPC requests, by the version that
+answered, across a hot swap; a failing model's 500s and its longest streak, which refusals at
+the door (bad input, keys, rates, sizes, a full backlog) neither end nor lengthen; none of it
 when turned off; the Open Inference Protocol's statistics extension over HTTP and gRPC
 (tritonclient); and the fast way back to a version still loaded."""
 
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
@@ -21,8 +25,9 @@ from tests.services.serving.test_load import _publish
 pytestmark = [pytest.mark.integration]
 PREDICT = "/v1/models/fashion-mnist:predict"
 INFER = "/v2/models/fashion-mnist/infer"
-FOUR = ("retrain_serving_version_requests", "retrain_serving_version_latency_seconds",
-        "retrain_serving_predicted_class", "retrain_serving_version_longest_error_streak")
+FIVE = ("retrain_serving_version_requests", "retrain_serving_version_refused",
+        "retrain_serving_version_latency_seconds", "retrain_serving_predicted_class",
+        "retrain_serving_version_longest_error_streak")
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +67,20 @@ class Served:
         self.server.stop()
 
     def per_version(self):
-        """{version: {"codes": {code: n}, "count": latency count, "classes": {c: n},
-        "streak": n}} read from /metrics."""
+        """{version: {"codes": {code: n}, "refused": {code: n}, "count": latency count,
+        "classes": {c: n}, "streak": n}} read from /metrics."""
         found: dict[int, dict] = {}
         for family in text_string_to_metric_families(self.http.get("/metrics").text):
             for sample in family.samples:
-                if "version" not in sample.labels or family.name not in FOUR:
+                if "version" not in sample.labels or family.name not in FIVE:
                     continue
                 entry = found.setdefault(int(sample.labels["version"]),
-                                         {"codes": {}, "count": 0, "classes": {}, "streak": 0})
+                                         {"codes": {}, "refused": {}, "count": 0, "classes": {},
+                                          "streak": 0})
                 if sample.name == "retrain_serving_version_requests_total":
                     entry["codes"][int(sample.labels["code"])] = sample.value
+                elif sample.name == "retrain_serving_version_refused_total":
+                    entry["refused"][int(sample.labels["code"])] = sample.value
                 elif sample.name == "retrain_serving_version_latency_seconds_count":
                     entry["count"] = sample.value
                 elif sample.name == "retrain_serving_predicted_class_total":
@@ -143,41 +151,113 @@ def test_every_door_counts_under_the_version_that_answered_across_a_hot_swap(
     assert bad.status_code == 400 and refused.status_code == 401
     assert [v for v, _ in answers] == [1, 1, 1, 2, 2, 2]
     assert stats[1]["codes"] == {200: 3} and stats[1]["count"] == 3
-    # refused before any model ran: counted under the version served then
-    assert stats[2]["codes"] == {200: 3, 400: 1, 401: 1} and stats[2]["count"] == 3
+    assert stats[1]["refused"] == {}
+    # refused before any model ran: counted apart, under the version served then
+    assert stats[2]["codes"] == {200: 3} and stats[2]["count"] == 3
+    assert stats[2]["refused"] == {400: 1, 401: 1}
     assert stats[1]["classes"] == _classes(answers, 1) and sum(stats[1]["classes"].values()) == 12
     assert stats[2]["classes"] == _classes(answers, 2) and sum(stats[2]["classes"].values()) == 6
     assert stats[1]["streak"] == 0 and stats[2]["streak"] == 0
 
 
-def test_a_model_answering_nan_counts_500s_and_its_longest_error_streak(
+def test_a_model_answering_nan_counts_500s_and_refusals_at_the_door_leave_its_streak_alone(
         repo, trained_models, nan_model):
+    """A broken model under mixed traffic: 500s, then one refusal of each kind, then 500s
+    again: one run of 500s (the fast rule's figure), and the refusals counted apart."""
     import tritonclient.grpc as triton
 
+    frozen = RateLimiter(anon_rate=1, keyed_rate=0, api_keys=("k",), clock=lambda: 0.0)
     _publish(nan_model, repo, 1)
-    served = Served(repo)
-    image = images_array(1, seed=3)
+    served = Served(repo, limiter=frozen)
+    image = {"instances": images_array(1, seed=3).tolist()}
+    keyed = {"Authorization": "Bearer k"}
+
+    def five_hundreds(n):
+        return [served.http.post(PREDICT, json=image, headers=keyed).status_code
+                for _ in range(n)]
+
     try:
         wait_for(lambda: served.app.state.holder.served_version == 1)
-        codes = [served.http.post(PREDICT, json={"instances": image.tolist()}).status_code
-                 for _ in range(3)]
+        codes = five_hundreds(3)
         with pytest.raises(triton.InferenceServerException) as over_grpc:
-            _grpc_infer(served.target, image)
-        bad = served.http.post(PREDICT, json={"instances": [[[0.0] * 27] * 28]})  # ends the run
-        codes += [served.http.post(PREDICT, json={"instances": image.tolist()}).status_code
-                  for _ in range(2)]
+            _grpc_infer(served.target, images_array(1, seed=3))  # anonymous: the one token
+        refusals = [
+            served.http.post("/v1/models/other:predict", json=image).status_code,
+            served.http.post(PREDICT, json=image, headers={"Authorization": "Bearer no"}
+                             ).status_code,
+            served.http.post(PREDICT, json=image).status_code,  # anonymous, no token left
+            served.http.post(PREDICT, content=b"x" * (8 * 1024 * 1024 + 1),
+                             headers=keyed).status_code,
+            served.http.post(PREDICT, json={"instances": [[[0.0] * 27] * 28]},
+                             headers=keyed).status_code]
+        codes += five_hundreds(4)
         before = served.per_version()
+        triton_stats = served.http.get("/v2/models/fashion-mnist/versions/1/stats").json()
         served.publish(trained_models.good.model_uri, 2)
-        assert served.http.post(PREDICT, json={"instances": image.tolist()}).status_code == 200
+        assert served.http.post(PREDICT, json=image, headers=keyed).status_code == 200
         after = served.per_version()
     finally:
         served.stop()
-    assert codes == [500] * 5 and bad.status_code == 400
-    assert over_grpc.value.status() == "StatusCode.INTERNAL"
-    assert before[1]["codes"] == {500: 6, 400: 1} and before[1]["streak"] == 4
+    assert codes == [500] * 7 and over_grpc.value.status() == "StatusCode.INTERNAL"
+    assert refusals == [404, 401, 429, 413, 400]
+    assert before[1]["codes"] == {500: 8} and before[1]["streak"] == 8
+    assert before[1]["refused"] == {400: 1, 401: 1, 404: 1, 413: 1, 429: 1}
     assert before[1]["classes"] == {} and before[1]["count"] == 0  # no successful answer
+    [stat] = triton_stats["model_stats"]
+    assert stat["inference_stats"]["fail"]["count"] == 8  # the model's failures, no refusal
+    assert stat["inference_stats"]["success"]["count"] == 0
     assert after[1] == before[1]  # the gauge never goes down; the new version is its own
     assert after[2]["codes"] == {200: 1} and after[2]["streak"] == 0
+
+
+def test_a_full_backlog_is_a_refusal_and_a_model_raising_is_its_versions_500(
+        tmp_path, trained_models):
+    """503s while the model is busy with a full queue's worth of images are the door's, not
+    the version's; a model call that raises is the version's failure."""
+    from services.serving.model import LoadedModel
+
+    repo = tmp_path / "repo"
+    _publish(trained_models.good.model_uri, repo, 1)
+    served = Served(repo, max_queued=8)
+    images = images_array(8, seed=1).tolist()
+    try:
+        wait_for(lambda: served.app.state.holder.served_version == 1)
+        assert served.http.post(PREDICT, json={"instances": images[:1]}).status_code == 200
+        holder = served.app.state.holder
+        real = holder.current
+        gate = threading.Event()
+
+        def held(**inputs):  # the real model, called once the test opens the gate
+            gate.wait(30)
+            return real.serve_arrays(**inputs)
+
+        holder._current = LoadedModel(real.version, real.path, real.serve_bytes, held)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(served.http.post, PREDICT, json={"instances": images})
+            deadline = time.monotonic() + 10
+            while "retrain_serving_queued_images 8.0" not in served.http.get("/metrics").text:
+                assert time.monotonic() < deadline, "the first request never reached the model"
+                time.sleep(0.02)
+            overloaded = [served.http.post(PREDICT, json={"instances": images[:1]}).status_code
+                          for _ in range(5)]
+            gate.set()
+            assert first.result().status_code == 200
+        full = served.per_version()
+
+        def raising(**inputs):
+            raise RuntimeError("a kernel the model needs is missing")
+
+        holder._current = LoadedModel(real.version, real.path, real.serve_bytes, raising)
+        failed = served.http.post(PREDICT, json={"instances": images[:1]})
+        holder._current = real
+        broken = served.per_version()
+    finally:
+        served.stop()
+    assert overloaded == [503] * 5
+    assert full[1]["codes"] == {200: 2} and full[1]["refused"] == {503: 5}
+    assert full[1]["streak"] == 0
+    assert failed.status_code == 500 and failed.json() == {"error": "internal server error"}
+    assert broken[1]["codes"] == {200: 2, 500: 1} and broken[1]["streak"] == 1
 
 
 def test_statistics_turned_off_export_nothing_per_version(repo, trained_models):
@@ -199,7 +279,7 @@ def test_statistics_turned_off_export_nothing_per_version(repo, trained_models):
     finally:
         served.stop()
     assert 'retrain_serving_requests_total{code="200",protocol="v1"} 1.0' in text
-    assert not [name for name in FOUR if name in text]
+    assert not [name for name in FIVE if name in text]
     assert extensions == ["binary_tensor_data"]
     assert stats.status_code == 501 and "RETRAIN_SERVE_VERSION_STATS=0" in stats.json()["error"]
     assert over_grpc.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -245,7 +325,7 @@ def test_the_statistics_extension_through_tritonclient_over_http_and_grpc(repo, 
     assert stats["1"]["inference_stats"]["success"]["ns"] > 0
     assert stats["2"]["inference_count"] == 2
     assert stats["2"]["inference_stats"]["success"]["count"] == 1
-    assert stats["2"]["inference_stats"]["fail"]["count"] == 1  # the bad input, under 2
+    assert stats["2"]["inference_stats"]["fail"]["count"] == 0  # the bad input: a refusal
     assert stats["2"]["last_inference"] >= stats["1"]["last_inference"] > 1.6e12  # ms
     assert one == [stats["2"]] and every_model == by_http["model_stats"]
     grpc_stats = {s.version: s for s in by_grpc.model_stats}
