@@ -3,15 +3,20 @@
 KServe labels each predictor pod with its InferenceService
 (``serving.kserve.io/inferenceservice=<name>``) and ``component=predictor``; Knative adds the
 revision (``serving.knative.dev/revision``). ``PodsSource`` lists the Running, Ready pods
-through the Kubernetes API, scrapes each on its container's port and sums the figures per
-version: each pod labels what it counts with the version it serves, so one summed read
-separates the canary from the version it would replace, however many pods each has.
+through the Kubernetes API, scrapes each on its server's metrics port (``metrics_port``) and
+sums the figures per version: each pod labels what it counts with the version it serves, so
+one summed read separates the canary from the version it would replace, however many pods each
+has.
 
 Counters are kept per pod (by its UID) as increases, as Prometheus's ``increase()`` keeps them:
 a pod whose counters start again (its container restarted) adds what it counted since, a pod
 that is gone (scaled down, replaced) keeps what it counted while it was seen, so summed figures
-never go down and a window between two reads is never negative nor lost. A pod that cannot be
-read in one poll is skipped for that poll; none readable is a ``LiveMetricsError``.
+never go down and a window between two reads is never negative nor lost. A pod first read after
+the source's first read adds everything it counted only if its server started after the
+previous read (a new pod: all of it is new); otherwise (a pod that could not be read before)
+it starts from what it shows now, since what it counted earlier belongs to earlier windows. A
+pod that cannot be read in one poll is skipped for that poll; none readable is a
+``LiveMetricsError``.
 """
 
 from __future__ import annotations
@@ -24,17 +29,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from core import kube
 from services.selector.errors import LiveMetricsError
-from services.selector.live import Snapshot, VersionStats, parse_metrics
+from services.selector.live import Snapshot, VersionStats, read_metrics
 
 log = logging.getLogger(__name__)
 
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 REVISION_LABEL = "serving.knative.dev/revision"
 PREDICTOR_CONTAINER = "kserve-container"  # the ServingRuntime's container, as KServe names it
+# the model server's own metrics port, as KServe annotates the pod from its ServingRuntime
+# (``prometheus.io/port`` may name Knative's queue-proxy or its aggregating sidecar instead)
+PORT_ANNOTATION = "prometheus.kserve.io/port"
+GRPC_PORT_NAMES = ("h2c", "grpc")  # ports that speak HTTP/2 or gRPC, never the metrics
+# Kubernetes' times are whole seconds: a server started up to this long before a read may have
+# started after it
+TIME_RESOLUTION = 1.0
 
 Figures = Mapping[int, VersionStats]  # one server's counters, by version
 
@@ -52,25 +62,49 @@ class Pod:
     ip: str
     port: int
     restarts: int  # of its serving container: a change means its counters started again
+    started: float | None = None  # when its serving container (else the pod) started, epoch s
+
+
+def metrics_port(item: Any, container: str, default_port: int) -> int:
+    """Where pod ``item``'s model server answers ``/metrics``: the port KServe's annotation
+    names, else ``container``'s first declared port not named for HTTP/2 or gRPC (``h2c``,
+    ``grpc…``: Knative routes such a port as HTTP/2), else ``default_port``."""
+    annotated = (item.metadata.annotations or {}).get(PORT_ANNOTATION, "")
+    if annotated.isdigit():
+        return int(annotated)
+    for c in item.spec.containers:
+        if c.name != container:
+            continue
+        for port in c.ports or ():
+            if not (port.name or "").lower().startswith(GRPC_PORT_NAMES):
+                return int(port.container_port)
+    return default_port
+
+
+def _started(item: Any, container: str) -> float | None:
+    """When ``container`` last started in pod ``item`` (else when the pod did), epoch seconds."""
+    for s in item.status.container_statuses or ():
+        running = s.state.running if s.name == container and s.state else None
+        if running is not None and running.started_at is not None:
+            return float(running.started_at.timestamp())
+    start = item.status.start_time
+    return None if start is None else float(start.timestamp())
 
 
 def ready_pods(items: Iterable[Any], container: str, default_port: int) -> list[Pod]:
-    """The Running pods with a Ready condition and an IP, from ``kubernetes`` client pods;
-    each one's port is ``container``'s first declared one (else ``default_port``)."""
+    """The Running pods with a Ready condition and an IP, from ``kubernetes`` client pods,
+    each with its metrics port (``metrics_port``)."""
     found = []
     for item in items:
         status = item.status
         ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
         if status.phase != "Running" or not ready or not status.pod_ip:
             continue
-        port, restarts = default_port, 0
-        for c in item.spec.containers:
-            if c.name == container and c.ports:
-                port = c.ports[0].container_port
-        for s in status.container_statuses or ():
-            if s.name == container:
-                restarts = s.restart_count
-        found.append(Pod(item.metadata.uid, item.metadata.name, status.pod_ip, port, restarts))
+        restarts = next((s.restart_count for s in status.container_statuses or ()
+                         if s.name == container), 0)
+        found.append(Pod(item.metadata.uid, item.metadata.name, status.pod_ip,
+                         metrics_port(item, container, default_port), restarts,
+                         _started(item, container)))
     return found
 
 
@@ -83,11 +117,20 @@ class Tally:
     total: Figures  # their increases, added up since it was first seen
 
 
-def tally(seen: Tally | None, restarts: int, figures: Figures) -> Tally:
-    """``seen`` after a read of ``figures``: a pod first seen counts all it has counted; a
-    restarted one (its restart count moved, or a counter went down) counts its counters anew."""
-    if seen is None:
+def first_tally(restarts: int, figures: Figures, started: float | None,
+                previous: float | None) -> Tally:
+    """A pod's first read, ``figures``: at the source's first read (``previous`` None) all it
+    counted (the reference later reads are compared with); later, all of it only if its server
+    started after the ``previous`` read, else nothing yet (what it counted before belongs to
+    earlier windows: a pod that could not be read then, or was not ready)."""
+    if previous is None or (started is not None and started > previous - TIME_RESOLUTION):
         return Tally(restarts, figures, figures)
+    return Tally(restarts, figures, {})
+
+
+def tally(seen: Tally, restarts: int, figures: Figures) -> Tally:
+    """``seen`` after a read of ``figures``: a restarted pod (its restart count moved, or a
+    counter went down) counts its counters anew."""
     restarted = restarts != seen.restarts
     total = dict(seen.total)
     for version, now in figures.items():
@@ -114,14 +157,16 @@ class PodsSource:
     def __init__(self, api: Any, namespace: str, label_selector: str, port: int = 8080,
                  path: str = "/metrics", timeout: float = 2.0,
                  container: str = PREDICTOR_CONTAINER,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api)
         self.namespace, self.label_selector = namespace, label_selector
         self._port, self._path, self._timeout = port, path, timeout
         self._container = container
-        self._clock = clock
+        self._clock, self._wall = clock, wall
+        self._read_at: float | None = None  # when the previous read began (wall clock)
         self._tallies: dict[str, Tally] = {}  # the pods listed, by UID
         self._gone: dict[int, VersionStats] = {}  # what pods no longer listed counted
         self._lock = threading.Lock()  # the canary and the guard's watch may read at once
@@ -142,6 +187,7 @@ class PodsSource:
             return self._scrape()
 
     def _scrape(self) -> Snapshot:
+        began = self._wall()
         pods, listed = self.pods()
         self._forget_all_but(listed)
         if not pods:
@@ -156,9 +202,13 @@ class PodsSource:
                 problems.append(f"{pod.name}: {problem}")
                 log.warning("skipping pod %s (%s) this poll: %s", pod.name, pod.ip, problem)
                 continue
-            self._tallies[pod.uid] = tally(self._tallies.get(pod.uid), pod.restarts, figures)
+            seen = self._tallies.get(pod.uid)
+            self._tallies[pod.uid] = (
+                first_tally(pod.restarts, figures, pod.started, self._read_at) if seen is None
+                else tally(seen, pod.restarts, figures))
         if len(problems) == len(pods):
             raise LiveMetricsError(f"no serving pod's metrics could be read: {'; '.join(problems)}")
+        self._read_at = began
         return Snapshot(at, summed([*self._tallies.values(), Tally(0, {}, self._gone)]))
 
     def _forget_all_but(self, listed: set[str]) -> None:
@@ -168,17 +218,10 @@ class PodsSource:
             self._gone = summed([Tally(0, {}, self._gone), self._tallies.pop(uid)])
 
     def _read(self, pod: Pod) -> tuple[Figures | None, str]:
-        url = f"http://{pod.ip}:{pod.port}{self._path}"
         try:
-            response = httpx.get(url, timeout=self._timeout)
-        except httpx.HTTPError as exc:
-            return None, f"cannot read {url}: {exc or type(exc).__name__}"
-        if response.status_code != 200:
-            return None, f"{url} answered {response.status_code}"
-        try:
-            return parse_metrics(response.text), ""
+            return read_metrics(f"http://{pod.ip}:{pod.port}{self._path}", self._timeout), ""
         except LiveMetricsError as exc:
-            return None, f"{url}: {exc}"
+            return None, str(exc)
 
     def __repr__(self) -> str:
         return f"PodsSource({self.namespace!r}, {self.label_selector!r})"

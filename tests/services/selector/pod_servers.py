@@ -1,6 +1,7 @@
 """Model-server-like pods: real HTTP servers on 127.0.0.1 whose ``GET /metrics`` is the
 per-version statistics the model server exposes (the contract's names, written by
-prometheus_client), counted from the answers a test says each one gave."""
+prometheus_client), counted from the answers and refusals a test says each one gave; one
+told to be ``failing`` answers its ``/metrics`` 503 (a pod too busy to be read)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class MetricsPod:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.scrapes = 0
+        self.failing = False
         self._fresh()
         pod = self
 
@@ -24,6 +26,9 @@ class MetricsPod:
             def do_GET(self) -> None:
                 if self.path != "/metrics":
                     self.send_error(404)
+                    return
+                if pod.failing:
+                    self.send_error(503)
                     return
                 with pod._lock:
                     pod.scrapes += 1
@@ -48,6 +53,8 @@ class MetricsPod:
         r = self._registry = CollectorRegistry()
         self._requests = Counter("retrain_serving_version_requests", "Answers",
                                  ["version", "code"], registry=r)
+        self._refused = Counter("retrain_serving_version_refused", "Refusals at the door",
+                                ["version", "code"], registry=r)
         self._latency = Histogram("retrain_serving_version_latency_seconds", "Latency",
                                   ["version"], buckets=BUCKETS, registry=r)
         self._classes = Counter("retrain_serving_predicted_class", "Predicted classes",
@@ -58,7 +65,8 @@ class MetricsPod:
 
     def answer(self, version: int, code: int = 200, seconds: float = 0.004,
                label: int | None = 0, n: int = 1) -> None:
-        """``n`` answers of ``version`` with status ``code``; a 200 predicts ``label``."""
+        """``n`` model outcomes of ``version`` with status ``code`` (200, or 500); a 200
+        predicts ``label``."""
         with self._lock:
             for _ in range(n):
                 self._requests.labels(str(version), str(code)).inc()
@@ -69,6 +77,11 @@ class MetricsPod:
                 self._longest.labels(str(version)).set(max(run, longest))
                 if code == 200 and label is not None:
                     self._classes.labels(str(version), str(label)).inc()
+
+    def refuse(self, version: int, code: int = 503, n: int = 1) -> None:
+        """``n`` requests refused ``code`` at the door while ``version`` was served."""
+        with self._lock:
+            self._refused.labels(str(version), str(code)).inc(n)
 
     def restart(self) -> None:
         """The server restarted: its counters start again."""

@@ -1,10 +1,12 @@
 """PodsSource reads every Running, Ready predictor pod the Kubernetes API lists (the stand-in API
 server, tests/services/selector/kube_standin.py) and adds their /metrics up per version; real
 model-server-like pods on 127.0.0.1 serve prometheus_client's text. Counters that start again
-and pods that go away never make a window negative or lose what was counted."""
+and pods that go away never make a window negative or lose what was counted; a pod first read
+late adds only what is new; the metrics port is the server's HTTP one, whatever comes first."""
 
 import logging
 import math
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.services.selector.pod_servers import MetricsPod
 
 pytestmark = [pytest.mark.integration]
 SELECTOR = "serving.kserve.io/inferenceservice=fashion-mnist,component=predictor"
+NOW = 1.8e9  # the source's wall clock, epoch seconds (fixed: every read begins then)
 
 
 @pytest.fixture
@@ -42,7 +45,23 @@ def pods():
 
 def _source(standin, token=TOKEN):
     return PodsSource(kube.api_client(standin.server.url, token), "retrain",
-                      predictor_selector("fashion-mnist"))
+                      predictor_selector("fashion-mnist"), wall=lambda: NOW)
+
+
+def _time(epoch):
+    """A Kubernetes timestamp (RFC 3339, whole seconds)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _started(pod, epoch, container=False):
+    """What the API server says of when ``pod`` (or its server's container) started."""
+    if container:
+        for status in pod["status"]["containerStatuses"]:
+            if status["name"] == "kserve-container":
+                status["state"] = {"running": {"startedAt": _time(epoch)}}
+    else:
+        pod["status"]["startTime"] = _time(epoch)
+    return pod
 
 
 def test_every_ready_predictor_pods_figures_are_summed_per_version(standin, pods):
@@ -53,7 +72,8 @@ def test_every_ready_predictor_pods_figures_are_summed_per_version(standin, pods
         "serving.kserve.io/inferenceservice": "another-model"})
     standin.add_pod("starting", unready.port, ready=False)
     a.answer(1, n=10, label=3)
-    a.answer(1, code=503, n=2)
+    a.refuse(1, code=503, n=2)
+    b.refuse(1, code=429, n=1)
     b.answer(1, n=20, label=4, seconds=0.2)
     b.answer(2, n=5, label=1)
     c.answer(1, code=500, n=4)
@@ -64,9 +84,10 @@ def test_every_ready_predictor_pods_figures_are_summed_per_version(standin, pods
     snapshot = _source(standin).scrape()
 
     one = snapshot.of(1)
-    assert (one.requests, one.errors, one.longest_error_streak) == (37, 6, 4)
+    assert (one.requests, one.errors, one.longest_error_streak) == (35, 4, 4)
+    assert one.refused == 3  # refusals at the door: shown, never errors
     assert one.classes == {3: 11, 4: 20}
-    assert one.latency[math.inf] == 37 and one.latency[0.005] == 17 and one.latency[0.2] == 37
+    assert one.latency[math.inf] == 35 and one.latency[0.005] == 15 and one.latency[0.2] == 35
     assert snapshot.of(2).requests == 5 and snapshot.of(2).classes == {1: 5}
     assert set(snapshot.versions) == {1, 2}
     # the API was asked for the predictor's pods by label, once; only the ready ones were read,
@@ -94,7 +115,7 @@ def test_a_restarted_server_neither_loses_nor_subtracts_what_it_counted(standin,
     if kubelet_counts_it:
         standin.restart_container(pod_a)
     a.answer(1, n=4)
-    a.answer(1, code=503, n=2)
+    a.answer(1, code=500, n=2)
     end = source.scrape()
 
     window = end.of(1).minus(start.of(1))
@@ -116,12 +137,64 @@ def test_a_pod_that_goes_away_keeps_what_it_counted(standin, pods):
     a.answer(1, n=7)
     source.scrape()
     standin.remove_pod(gone)  # scaled down; its replacement starts counting from zero
-    standin.add_pod("c", c.port)
+    _started(standin.add_pod("c", c.port), NOW + 5)
     c.answer(1, n=4)
     b.answer(1, n=1)
     end = source.scrape()
     assert end.of(1).minus(start.of(1)).requests == 7 + 4 + 1
     assert end.of(1).requests == 30 + 10 + 7 + 4 + 1
+
+
+def test_a_pod_first_read_late_adds_only_what_it_counted_since_the_previous_read(standin, pods):
+    """Unreadable at the first read (too busy to answer in time), a pod started long ago must
+    not pour its whole history into the next window."""
+    a, b = pods(2)
+    standin.add_pod("a", a.port)
+    _started(standin.add_pod("b", b.port), NOW - 3600)
+    a.answer(1, n=30)
+    b.answer(1, n=1000)
+    b.failing = True
+    source = _source(standin)
+    start = source.scrape()
+    a.answer(1, n=5)
+    b.answer(1, n=7)  # before b's first read: not known to be in this window, left out
+    b.failing = False
+    middle = source.scrape()
+    b.answer(1, n=3)
+    end = source.scrape()
+    assert middle.of(1).minus(start.of(1)).requests == 5
+    assert end.of(1).minus(middle.of(1)).requests == 3
+
+
+@pytest.mark.parametrize("container", [False, True], ids=["pod-started", "container-started"])
+def test_a_pod_whose_server_started_after_the_previous_read_adds_all_it_counted(
+        standin, pods, container):
+    a, b = pods(2)
+    standin.add_pod("a", a.port)
+    late = _started(standin.add_pod("b", b.port, ready=False), NOW - 3600)
+    a.answer(1, n=30)
+    source = _source(standin)
+    start = source.scrape()
+    _started(late, NOW + 2, container=container)  # its server (re)started since: all new
+    late["status"]["conditions"][0]["status"] = "True"
+    b.answer(1, n=4)
+    end = source.scrape()
+    assert end.of(1).minus(start.of(1)).requests == 4
+
+
+@pytest.mark.parametrize("how", ["h2c-first", "annotation"])
+def test_the_metrics_are_read_on_the_servers_http_port_not_its_grpc_one(standin, pods, how):
+    [a] = pods(1)
+    pod = standin.add_pod("a", a.port)
+    server = pod["spec"]["containers"][1]
+    if how == "h2c-first":  # a gRPC InferenceService: its h2c port declared first
+        server["ports"].insert(0, {"name": "h2c", "containerPort": 9, "protocol": "TCP"})
+    else:  # KServe's annotation, from the ServingRuntime, names the port
+        server["ports"] = [{"name": "h2c", "containerPort": 9, "protocol": "TCP"}]
+        pod["metadata"]["annotations"] = {"prometheus.kserve.io/port": str(a.port)}
+    a.answer(1, n=3)
+    assert _source(standin).scrape().of(1).requests == 3
+    assert a.scrapes == 1
 
 
 def test_a_pod_that_cannot_be_read_is_skipped_for_that_poll(standin, pods, caplog):
