@@ -6,9 +6,10 @@ instead of ~0.7 ms. A version that only answers a few calls (tests, a quiet serv
 compiled; ``compile_after=None`` never compiles.
 
 The holder keeps the last versions it served loaded (``KEPT``), known by their files' digest
-(``repository.digest``): a rollback re-publishes a previous model under a new version number,
-and the server swaps to it at once, without loading TensorFlow's graph again, its LiteRT
-compilation kept.
+(``repository.digest``): a local rollback re-publishes a previous model under a new version
+number in the same repository, and the server swaps to it at once, without loading
+TensorFlow's graph again, its LiteRT compilation kept. (On KServe a rollback is another
+``storageUri``: new pods, which load it afresh.)
 """
 
 from __future__ import annotations
