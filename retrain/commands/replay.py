@@ -1,13 +1,17 @@
-"""``retrain replay --since TIME [--source S] [--dry-run] [--events-url URL] [--json]``: send
-again the ``dataset.updated`` events that started the runs recorded since TIME, so the runs
-they start now follow today's rules (after an outage, or a change of thresholds).
+"""``retrain replay --since TIME [--source S] [--dry-run] [--events-url URL]
+[--structured/--binary] [--json]``: send again the ``dataset.updated`` events that started
+the runs recorded since TIME, so the runs they start now follow today's rules (after an
+outage, or a change of thresholds).
 
-Each goes out as its source sent it (source, uri, digest, files, origin, trigger, and the
-parameters its run trained with), oldest first, with a new id and the extension attribute
-``replayof`` naming the original (a replay of a replay names the first original, and each
-original is sent once however many replays of it were recorded). Choosing what to send is
-pure (``replays``); sending goes through ``events.sinks.HttpSink`` and stops at the first
-event the trigger does not take, saying which were sent.
+Each goes out as its source sent it (source, uri, digest, files, origin, trigger, and only
+the parameters it carried: ``carried_parameters``), oldest first, with a new id and the
+extension attribute ``replayof`` naming the original (a replay of a replay names the first
+original, and each original is sent once however many replays of it were recorded).
+Choosing what to send is pure (``replays``); sending goes through ``events.sinks.HttpSink``
+(structured mode to an ``--events-url``, as ``retrain approve --events-url`` sends: an Argo
+Events Sensor reads the event from the request's body) and stops at the first event the
+trigger does not take, saying which were sent. Events of one source replayed together
+coalesce into its newest run (``workflows.coalesce``): the output says so.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import typer
 
 from core.errors import ConfigurationError, RetrainError
 from retrain.commands.support import console, load_settings
+from workflows.source import source_key
 
 if TYPE_CHECKING:
     from events import Event
+    from events.codec import Mode
 
 UPDATED = "dev.retrain.dataset.updated"
 REPLAY_OF = "replayof"  # the extension attribute naming the original event
@@ -97,13 +103,54 @@ def _replay(summary: dict[str, Any], event: dict[str, Any], original: str,
     from events.errors import EventError
 
     data = {name: event[name] for name in PAYLOAD if event.get(name) is not None}
-    data.update(uri=summary.get("data"), parameters=summary.get("parameters"))
+    data.update(uri=summary.get("data"), parameters=carried_parameters(summary, event))
     try:
         sent = make_event(UPDATED, data, source=str(event.get("source")),
                           id=new_id(), extensions={REPLAY_OF: original})
     except EventError as exc:  # a record written by an older retrain, say
         return Replay(summary["run_id"], original, str(event.get("time")), None, str(exc))
     return Replay(summary["run_id"], original, str(event.get("time")), sent)
+
+
+def carried_parameters(summary: dict[str, Any], event: dict[str, Any]) -> dict[str, Any] | None:
+    """Pure: the parameters the original event carried, as far as its run's record tells (a
+    run trained with the event's parameters, else its trigger's defaults of the time; a
+    replay must send only the former, so the replayed run takes today's defaults for the
+    rest). None: it carried none.
+
+    A record that keeps the event's own ``parameters`` is read as it is. Otherwise the
+    record does not say, and what it does say decides: an event whose ``trigger`` is not
+    ``manual`` came from the watcher (a folder, a Git push, a bucket, the nightly rescan),
+    which never sends parameters, so it carried none. A manual one (``retrain publish``) may
+    have: of the parameters its run trained with, the fields that differ from today's
+    defaults are sent (a person's choice, e.g. ``models: ["dropout"]``; possibly an old
+    default, which cannot be told apart), and a field equal to today's default is left out,
+    being the same either way.
+    """
+    if "parameters" in event:
+        return event["parameters"]
+    if event.get("trigger") != "manual":
+        return None
+    from events.payloads import RunParameters
+
+    today = RunParameters().model_dump(mode="json")
+    ran = summary.get("parameters") or {}
+    chosen = {k: v for k, v in ran.items() if k in today and v != today[k]}
+    return chosen or None
+
+
+def coalescing(chosen: Iterable[Replay]) -> dict[str, int]:
+    """Pure: per source with more than one event among ``chosen``, how many: replayed
+    together, they coalesce into the newest one's run (``workflows.coalesce``)."""
+    counts: dict[str, int] = {}
+    for one in chosen:
+        if one.event is None:
+            continue
+        said = {"type": UPDATED, **one.event.data.model_dump(mode="json")}
+        key = source_key(said, str(said["uri"]))
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    return {key: n for key, n in counts.items() if n > 1}
 
 
 def described(replay: Replay, status: str) -> dict[str, Any]:
@@ -129,7 +176,8 @@ def replay(
     since: Annotated[str, typer.Option(help="an ISO 8601 time (2024-05-01T10:00) or an age (2h, 1d)")],
     source: Annotated[Optional[str], typer.Option(help="only events with this source attribute, or from this repository, bucket or folder")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be sent; send nothing")] = False,
-    events_url: Annotated[Optional[str], typer.Option(help="where to send (default: this machine's trigger)")] = None,
+    events_url: Annotated[Optional[str], typer.Option(help="where to send (default: this machine's trigger); a cluster's webhook, e.g. http://localhost:12000/dataset-updated")] = None,
+    structured: Annotated[Optional[bool], typer.Option("--structured/--binary", help="CloudEvents mode (default: structured to an --events-url, which an Argo Events Sensor needs; binary to this machine's trigger, which takes both)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per event")] = False,
 ) -> None:
     """Send again the dataset.updated events of the runs recorded since TIME, oldest first,
@@ -148,7 +196,8 @@ def replay(
     show: Callable[[dict[str, Any]], None] = (
         (lambda said: print(json.dumps(said), flush=True)) if as_json
         else (lambda said: print(line(said), flush=True)))
-    sink = HttpSink(url, api_key=settings.api_key, attempts=3)
+    sink = HttpSink(url, mode=mode_for(events_url, structured), api_key=settings.api_key,
+                    attempts=3)
     sent: list[Replay] = []
     for n, chosen_one in enumerate(chosen):
         if chosen_one.event is None:
@@ -166,7 +215,29 @@ def replay(
     count = sum(c.event is not None for c in chosen)
     console.print(f"{'dry run: ' if dry_run else ''}{count} event(s) recorded since {when}"
                   + (f" from {source}" if source else "")
-                  + (" would be sent" if dry_run else " sent") + f" to {url}", highlight=False)
+                  + (" would be sent" if dry_run else " sent") + f" to {url}"
+                  + coalesced_note(coalescing(chosen)), highlight=False, soft_wrap=True)
+
+
+def mode_for(events_url: str | None, structured: bool | None) -> Mode:
+    """The CloudEvents mode a replay sends in: ``--structured``/``--binary`` when given, else
+    structured to an ``--events-url`` (as ``retrain approve --events-url``: a cluster's Argo
+    Events Sensor filters on, and names the Workflow from, the body's type, source and id)
+    and binary to this machine's trigger (as ``retrain publish``; it takes both)."""
+    if structured is None:
+        structured = events_url is not None
+    return "structured" if structured else "binary"
+
+
+def coalesced_note(sources: dict[str, int]) -> str:
+    """What the last line adds when events of one source went together: they start one run
+    (two when one was already working), the others ending ``coalesced``."""
+    if not sources:
+        return ""
+    each = ", ".join(f"{n} for {key}" for key, n in sources.items())
+    return (f"; {each}: events of one source coalesce, so each source gets one run (two if "
+            "one is already working), its newest event's, and the others are recorded "
+            "coalesced, covered by it (retrain status)")
 
 
 def _stopped(url: str, exc: Exception, sent: list[Replay], left: list[Replay]) -> str:
