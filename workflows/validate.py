@@ -357,21 +357,18 @@ def _champion_on_test_split(champion_uri: str, reference_uri: str,
 
 
 def _predict(model_uri: str, images: np.ndarray, digest: str | None = None) -> np.ndarray:
-    predict = _model(model_uri, digest)
-    out = [predict(images[i:i + 2048].astype(np.float32)) for i in range(0, len(images), 2048)]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    """The champion's class for each image."""
+    return _model(model_uri, digest)(images).argmax(axis=1)
 
 
 @functools.lru_cache(maxsize=2)
 def _model(model_uri: str, digest: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """The champion's class for each image (loaded once per process and files' ``digest``;
-    TensorFlow imported here, the first time agreement is measured)."""
+    """The champion's class probabilities (``services.selector.evaluate.predictor``, loaded
+    once per process and files' ``digest``; TensorFlow imported here, the first time
+    agreement is measured)."""
     from core.tf_start import configure
 
     configure()
-    import tensorflow as tf
+    from services.selector.evaluate import predictor
 
-    from repository.layout import ARRAYS_SIGNATURE, OUTPUT
-
-    signature = tf.saved_model.load(model_uri).signatures[ARRAYS_SIGNATURE]
-    return lambda images: np.argmax(signature(images=tf.constant(images))[OUTPUT].numpy(), axis=1)
+    return predictor(model_uri)

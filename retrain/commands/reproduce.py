@@ -6,8 +6,8 @@ pinned evaluation set.
 The training is new (the training cache is not asked) and runs as the runner runs one, with
 ``retrain train`` in a child process, into a temporary folder that is removed afterwards: it
 is never judged, promoted or copied into the model repository. The comparison scores both
-models on the pinned set's test split (``services.selector.evaluate.score_of``, the
-selector's own scoring): each one's accuracy and the difference, the share of images both
+models on the pinned set's test split (``services.selector.evaluate``'s ``predictor`` and
+``score_of``, the selector's own prediction and scoring): each one's accuracy and the difference, the share of images both
 put in the same class, and the largest difference of any class probability. A reproduction
 ``matches`` when the original ran with op determinism and the two agree on every image,
 their probabilities within ``TOLERANCE``.
@@ -139,20 +139,6 @@ def compare(served: np.ndarray, reproduced: np.ndarray, labels: np.ndarray,
             and largest <= TOLERANCE}
 
 
-def probabilities(model_uri: str, images: Any) -> np.ndarray:
-    """A model's class probabilities for ``images``, through its array signature."""
-    import numpy as np
-    import tensorflow as tf
-
-    from repository.layout import ARRAYS_SIGNATURE, OUTPUT
-    from services.selector.evaluate import BATCH
-
-    predict = tf.saved_model.load(model_uri).signatures[ARRAYS_SIGNATURE]
-    parts = [predict(images=images[start:start + BATCH, ..., 0])[OUTPUT].numpy()
-             for start in range(0, int(images.shape[0]), BATCH)]
-    return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
-
-
 def train_again(settings: Settings, options: TrainOptions) -> tuple[float, dict[str, Any]]:
     """The training, as the local runner starts one (``retrain train`` in a child process,
     the settings' train command), reporting nowhere: (seconds, what it printed)."""
@@ -202,10 +188,12 @@ def _reproduced(settings: Settings, found: Plan) -> dict[str, Any]:
         seconds, trained = train_again(settings, options)
         configure()
         from dataset.records import test_arrays
+        from services.selector.evaluate import predictor
 
         images, labels = test_arrays(evaluation_uri)
-        compared = compare(probabilities(found.served_model, images),
-                           probabilities(str(options.out), images), labels.numpy(),
+        images = images[..., 0]  # [n, 28, 28], as the array signature takes them
+        compared = compare(predictor(found.served_model)(images),
+                           predictor(str(options.out))(images), labels.numpy(),
                            found.deterministic)
     return {"version": found.version, "model_type": found.model_type,
             "dataset": {"digest": found.dataset_digest, "uri": found.dataset_uri},

@@ -1,8 +1,13 @@
-"""Scoring a SavedModel on a dataset's held-out test split: accuracy overall and per class."""
+"""Scoring a SavedModel on a dataset's held-out test split: accuracy overall and per class;
+and the one way retrain asks a SavedModel for its class probabilities outside the model
+server (``predictor``: the selector's scores, the data gate's champion, ``retrain
+reproduce``)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +20,23 @@ from services.selector.policy import Score
 
 KEEP_SPLITS = 2  # the test splits used last: the candidate's and the pinned evaluation set
 BATCH = 2048
+
+
+def predictor(model_uri: str) -> Callable[[Any], np.ndarray]:
+    """A SavedModel's class probabilities ([n, 10]) for images as its array signature takes
+    them ([n, 28, 28] pixels in [0, 255], a tensor or an array), ``BATCH`` at a time, the
+    model loaded once. Raises ``EvaluationError`` when the model cannot be loaded."""
+    try:
+        signature = tf.saved_model.load(model_uri).signatures[ARRAYS_SIGNATURE]
+    except (OSError, KeyError, ValueError) as exc:
+        raise EvaluationError(f"cannot load model {model_uri}: {exc}") from exc
+
+    def probabilities(images: Any) -> np.ndarray:
+        parts = [signature(images=tf.cast(images[start:start + BATCH], tf.float32))[OUTPUT].numpy()
+                 for start in range(0, int(images.shape[0]), BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, NUM_CLASSES), np.float32)
+
+    return probabilities
 
 
 def score_of(predicted: np.ndarray, labels: np.ndarray, classes: int = NUM_CLASSES) -> Score:
@@ -56,16 +78,7 @@ class Evaluator:
             if key in self._scores:
                 return self._scores[key]
             images, labels = self._split(dataset_uri)
-        try:
-            model = tf.saved_model.load(model_uri)
-            predict = model.signatures[ARRAYS_SIGNATURE]
-        except (OSError, KeyError, ValueError) as exc:
-            raise EvaluationError(f"cannot load model {model_uri}: {exc}") from exc
-        predicted = [tf.argmax(predict(images=images[start : start + BATCH, ..., 0])[OUTPUT],
-                               axis=1).numpy()
-                     for start in range(0, int(images.shape[0]), BATCH)]
-        score = score_of(np.concatenate(predicted) if predicted else np.zeros(0, np.int64),
-                         labels)
+        score = score_of(predictor(model_uri)(images[..., 0]).argmax(axis=1), labels)
         with self._lock:
             self._scores[key] = score
         return score
