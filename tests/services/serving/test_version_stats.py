@@ -390,3 +390,18 @@ def test_a_rollback_answers_under_its_new_version_at_once(repo, trained_models):
     assert loads == 2 and after.headers["x-model-version"] == "3"
     np.testing.assert_allclose(after.json()["predictions"], before["predictions"], atol=1e-6)
     assert stats[3]["codes"] == {200: 1} and stats[1]["codes"] == {200: 1}
+
+
+def test_a_large_answers_classes_are_counted_as_a_small_ones_are():
+    """Past COUNTED_BY_HAND images the classes are counted by bincount, outside the lock:
+    the same figures either way."""
+    from services.serving.version_stats import COUNTED_BY_HAND, VersionStats
+
+    probabilities = np.random.default_rng(7).random((1000, 10)).astype(np.float32)
+    large, small = VersionStats(), VersionStats()
+    large.answered(1, 200, 0.01, probabilities)
+    for start in range(0, 1000, COUNTED_BY_HAND):
+        small.answered(1, 200, 0.01, probabilities[start:start + COUNTED_BY_HAND])
+    expected = np.bincount(probabilities.argmax(axis=1), minlength=10).tolist()
+    assert large.snapshot()[1].classes == small.snapshot()[1].classes == expected
+    assert large.snapshot()[1].images == small.snapshot()[1].images == 1000
