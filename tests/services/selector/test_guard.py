@@ -137,7 +137,7 @@ def test_a_rolled_back_model_is_refused_until_approved(world):
     selector, store, server, guard, emitted, clock, base = world
     g = _promoted(world)
     for _ in range(5):
-        server.answer(2, code=503)
+        server.answer(2, code=500)
     assert g.poll() == "rolled back 2"
     again = selector.handle(_trained(base, "run-9", "second"))  # the same files, another run
     assert again.type is EventType.MODEL_REJECTED
