@@ -72,18 +72,6 @@ def start(client: redis.Redis, request: RunRequest) -> dict[str, Any]:
     return summary
 
 
-def event_time(request: RunRequest) -> float:
-    """When the run's event happened (its CloudEvent ``time``), as seconds; now if it says
-    none. What orders the changes of one source (``workflows.coalesce.note``)."""
-    from datetime import datetime
-
-    said = (request.event or {}).get("time")
-    try:
-        return datetime.fromisoformat(str(said)).timestamp() if said else time.time()
-    except ValueError:
-        return time.time()
-
-
 def trigger_of(client: redis.Redis, run_id: str, approves: str = "") -> str:
     """What triggered a run, as its plan recorded it (an approval is a person's: manual)."""
     if approves:

@@ -61,11 +61,10 @@ class RunRequest:
     # digest, files and origin): kept in the run's summary for the lineage of what it served
     event: dict[str, Any] | None = None
     # bursts coalesce (workflows.coalesce): what "the same source" is for this request (None:
-    # it never coalesces), the runs it covers ({run_id, event_id, time, digest}, oldest
-    # first), and the record of the one it replaced last, until the trigger has written it
+    # it never coalesces), and how many queued requests it replaced (their records wait in
+    # the list ``coalesce.covers_key(run_id)``, not in the request, which stays small)
     source: str | None = None
-    covers: tuple[dict[str, Any], ...] = ()
-    pending: dict[str, Any] | None = None
+    covered: int = 0
 
     @classmethod
     def from_event(cls, event: Event, defaults: RunParameters | None = None,
@@ -101,13 +100,15 @@ class RunRequest:
                            "trigger": self.trigger, "event_id": self.event_id,
                            "run_id": self.run_id, "attempt": self.attempt,
                            "resumes": self.resumes, "event": self.event, "source": self.source,
-                           "covers": list(self.covers), "pending": self.pending})
+                           "covered": self.covered})
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> RunRequest:
         fields = json.loads(raw)
+        fields.pop("pending", None)  # a request queued before covers moved out of it
+        covered = fields.pop("covers", None)
         return cls(**{**fields, "parameters": RunParameters(**fields["parameters"]),
-                      "covers": tuple(fields.get("covers") or ())})
+                      **({"covered": len(covered)} if covered else {})})
 
 
 @dataclass
@@ -128,7 +129,6 @@ class RunRecorder:
             "cache": None, "dataset_uri": None, "digest": None, "event": request.event,
             **({"attempt": request.attempt, "resumes": request.resumes} if request.resumes else {}),
             **({"source": request.source} if request.source else {}),
-            **({"covers": list(request.covers)} if request.covers else {}),
         }
         self.save()
         self._r.zadd(RUNS, {request.run_id: time.time()})
@@ -323,6 +323,34 @@ def create_if_absent(client: redis.Redis, summary: dict[str, Any]) -> bool:
         timeline.record(client, "run", "run", run_id=summary["run_id"], status=summary["status"],
                         error=summary.get("reason"))
     return bool(written)
+
+
+def cover_all(client: redis.Redis, covering: str, summaries: list[dict[str, Any]]) -> None:
+    """In one transaction: each of ``summaries`` (``coalesced`` records naming ``covering``)
+    written if its run has no record (the trigger died before writing it), and each stored
+    ``coalesced`` record pointed at ``covering`` (its replacer was replaced in turn)."""
+    keys = [_key(s["run_id"]) for s in summaries]
+    while True:
+        with client.pipeline() as pipe:
+            try:
+                pipe.watch(*keys)
+                stored = pipe.mget(keys)
+                pipe.multi()
+                created = []
+                for summary, raw in zip(summaries, stored):
+                    kept = json.loads(raw) if raw else None
+                    if kept is None:
+                        created.append(summary)
+                        save(pipe, summary, float(summary.get("started_at") or time.time()))
+                    elif kept.get("status") == "coalesced" and kept.get("covered_by") != covering:
+                        save(pipe, {**kept, "covered_by": covering})
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    for summary in created:
+        timeline.record(client, "run", "run", run_id=summary["run_id"], status=summary["status"],
+                        error=summary.get("reason"))
 
 
 def repoint(client: redis.Redis, run_id: str, covered_by: str) -> None:

@@ -121,7 +121,7 @@ class LocalRunner:
 
     def _run(self, request: RunRequest) -> dict[str, Any]:
         rec = RunRecorder(self._r, request)
-        self._covering(request)
+        self._covering(request, rec)
         started = time.perf_counter()
         params = request.parameters
         try:
@@ -227,14 +227,18 @@ class LocalRunner:
             return "deferred"
         return report.status
 
-    def _covering(self, request: RunRequest) -> None:
-        """A run that replaced queued ones: the last one's record written if the trigger
-        could not (``workflows.queue.RunQueue.put``), and every run it covers names it."""
-        from workflows import coalesce, record
+    def _covering(self, request: RunRequest, rec: RunRecorder) -> None:
+        """A run that replaced queued ones: every run it covers is recorded ``coalesced``
+        naming it (a record the trigger could not write is written now: ``RunQueue.put``),
+        and its summary lists them."""
+        from workflows import coalesce
 
-        if request.pending is not None:
-            record.create_if_absent(self._r, request.pending)
-        coalesce.point_covers(self._r, request.run_id, request.covers)
+        if request.source is None:
+            return
+        covers = coalesce.cover(self._r, request.run_id)
+        if covers:
+            rec.summary["covers"] = covers
+            rec.save()
 
     def _train(self, run_id: str, params: RunParameters, rec: RunRecorder,
                dataset_uri: str) -> None:

@@ -6,7 +6,11 @@ that copy's path as the event's ``uri``; the event's ``origin`` says where the c
 from. So successive revisions of a branch share one URI, and the key is the repository and
 branch for Git, the bucket and its mirror (whose path stands for the prefix, which the origin
 does not name) for a bucket, the folder for a folder, else the data URI. A
-``training.requested`` never coalesces: it has no key. Pure.
+``training.requested`` never coalesces: it has no key.
+
+What runs one at a time on a cluster is the data path (``lock_name``): every run of the
+watcher's copy, and a person's ``training.requested`` for the same path, share one mutex,
+whatever coalesces. Pure.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ def source_key(event: dict[str, Any] | None, data_uri: str) -> str | None:
     if kind == "folder" and origin.get("folder"):
         return f"folder:{str(origin['folder']).rstrip('/') or '/'}"
     return f"uri:{uri}"
+
+
+def lock_name(data_uri: str) -> str:
+    """The Argo mutex of a run's data path: one run works on a path at a time (the watcher's
+    runs of a source, whose copy is that path, and a person's requests for it alike)."""
+    return mutex_name("path:" + (data_uri.removeprefix("file://").rstrip("/") or "/"))
 
 
 def mutex_name(key: str) -> str:

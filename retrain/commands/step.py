@@ -76,13 +76,13 @@ def plan(
     triggering event as its source said it (a bad one fails the plan, as POST /events
     refuses it); a plan that fails is recorded failed, saying why.
 
-    The event is noted as its source's newest (``workflows.coalesce``): a Workflow of the
-    same source waiting for the mutex then finds it and ends coalesced.
+    The run is noted as its source's latest arrival (``workflows.coalesce``): a Workflow of
+    the same source that gets the mutex while this one waits ends coalesced.
 
     Outputs: trainings (JSON list of {model, warm-start}), cache-policy, epochs,
     steps-per-epoch, batch-size, learning-rate, workers, train-cache, force, round-size,
     validation (the data gate's mode), source (what "the same source" is for the run's
-    event; "" for one that never coalesces), mutex (the source's Argo mutex)."""
+    event; "" for one that never coalesces), mutex (the Argo mutex of the data path)."""
     from core.redis_store import open_redis
     from workflows import coalesce
 
@@ -93,10 +93,9 @@ def plan(
         with open_redis(settings.redis_url, settings.home) as handle:
             result, source = _begun(settings, handle.client, run_id, data, parameters, event,
                                     event_id, sender)
-    # a training.requested never coalesces, and waits for its data's mutex all the same
-    mutex = coalesce.mutex_name(source or coalesce.source_key(
-        {"type": "dataset.updated"}, data) or data)
-    emit_outputs({**result.outputs(), "source": source or "", "mutex": mutex}, outputs)
+    # coalesced by source, locked by path: a training.requested waits for its path's mutex
+    emit_outputs({**result.outputs(), "source": source or "",
+                  "mutex": coalesce.lock_name(data)}, outputs)
 
 
 def _plan(settings: Any, client: Any, data: str, parameters: str) -> Any:
@@ -141,7 +140,7 @@ def _begun(settings: Any, client: Any, run_id: str, data: str, parameters: str, 
     if request.source is not None:
         from workflows import coalesce
 
-        coalesce.note(client, request.source, run_id, cluster_run.event_time(request))
+        coalesce.note(client, request.source, run_id)
     return result, request.source
 
 
@@ -151,20 +150,24 @@ def supersede(
     run_id: Annotated[str, typer.Option(help="the run (the Workflow's name)")],
     outputs: OutputsOption = None,
 ) -> None:
-    """The first step under the source's mutex: when a newer change of the source was noted
-    while this Workflow waited, its run ends coalesced, naming the run that covers it (whose
-    record lists it), and nothing else runs.
+    """The first step under the mutex (the run's ``supersede`` step; failing, it fails the
+    run): when a run of the source noted later waits for the mutex (or ended having read the
+    source since), this run ends coalesced, naming the run covering it, and nothing runs.
 
     Outputs: coalesced (true|false), covered-by (the covering run, or "")."""
     setup_logging(True)
     from core.redis_store import open_redis
-    from workflows import coalesce
+    from workflows import cluster_run, coalesce
 
     settings = load_settings()
     covering = None
-    if source:
-        with open_redis(settings.redis_url, settings.home) as handle:
+    with open_redis(settings.redis_url, settings.home) as handle, \
+            cluster_run.WorkflowRun(handle.client, run_id).step("supersede") as step:
+        if source:
             covering = coalesce.supersede(handle.client, run_id, source)
+        step.detail.update(covered_by=covering)
+        if covering:
+            step.status = "coalesced"
     if covering:
         print(f"run {run_id} coalesced: run {covering} covers a newer change of {source}",
               file=sys.stderr)

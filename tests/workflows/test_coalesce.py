@@ -16,9 +16,9 @@ from events.codec import encode
 from events.payloads import DatasetUpdated, Origin, RunParameters, TrainingRequested
 from tests.conftest import wait_for, write_dataset
 from tests.workflows.argo import Argo
-from workflows import record
-from workflows.coalesce import mutex_name, source_key
-from workflows.queue import PROCESSING, QUEUE, RunQueue
+from workflows import coalesce, record
+from workflows.coalesce import lock_name, mutex_name, source_key
+from workflows.queue import PROCESSING, QUEUE, SOURCES, RunQueue
 from workflows.runner import LocalRunner, RunRequest
 from workflows.trigger import Trigger
 
@@ -56,14 +56,52 @@ def test_a_newer_change_replaces_the_queued_one_and_another_source_is_not_touche
     for request in (first, other, asked):
         assert queue.put(request) is None
     assert queue.put(newer).run_id == first.run_id
-    queued = [RunRequest.from_json(raw) for raw in r.lrange(QUEUE, 0, -1)]
+    queued = queue.queued()
     assert [q.run_id for q in queued] == [newer.run_id, other.run_id, asked.run_id]  # in place
-    assert queued[0].covers == ({"run_id": first.run_id, "event_id": first.event_id,
-                                 "time": first.event["time"], "digest": first.event["digest"]},)
+    assert queued[0].covered == 1
+    assert coalesce.cover(r, newer.run_id) == [{
+        "run_id": first.run_id, "event_id": first.event_id, "time": first.event["time"],
+        "digest": first.event["digest"]}]
     kept = record.get(r, first.run_id)
     assert kept["status"] == "coalesced" and kept["covered_by"] == newer.run_id
     assert kept["event"]["id"] == first.event_id  # the event it carried
     assert first.run_id in [s["run_id"] for s in record.recent_runs(r, 0, 10).runs]
+
+
+def test_a_long_burst_keeps_the_queued_request_small_and_the_covering_run_names_itself(r):
+    """Each replacement costs the same: the covered runs wait in a list, not in the request."""
+    queue = RunQueue(r)
+    requests = [RunRequest.from_event(_updated("/data/a", n)) for n in range(1, 302)]
+    sizes = []
+    for request in requests:
+        queue.put(request)
+        sizes.append(len(r.hget(SOURCES, "folder:/data/a")))
+    assert max(sizes[1:]) - min(sizes[1:]) <= 10  # the ids' and count's digits, no more
+    [queued] = queue.queued()
+    assert queued.run_id == requests[-1].run_id and queued.covered == 300
+    r.delete(f"retrain:run:{requests[5].run_id}")  # a trigger died before writing it
+    covers = coalesce.cover(r, queued.run_id)
+    assert [c["run_id"] for c in covers] == [q.run_id for q in requests[:-1]]
+    for request in requests[:-1]:
+        kept = record.get(r, request.run_id)
+        assert kept["status"] == "coalesced" and kept["covered_by"] == queued.run_id
+
+
+def test_a_request_resumed_behind_a_newer_one_of_its_source_is_covered_by_it(r):
+    """At most one waits per source, after a runner's death too."""
+    queue = RunQueue(r)
+    first = RunRequest.from_event(_updated("/data/a", 1))
+    queue.put(first)
+    taken = queue.take(timeout=1)  # its runner dies with it: no lease
+    record.RunRecorder(r, taken.request)
+    newer = RunRequest.from_event(_updated("/data/a", 2))
+    queue.put(newer)
+    lines = queue.recover(grace=0)
+    assert [q.run_id for q in queue.queued()] == [newer.run_id]
+    assert r.llen(PROCESSING) == 0 and len(lines) == 1
+    kept = record.get(r, first.run_id)
+    assert kept["status"] == "coalesced" and kept["covered_by"] == newer.run_id
+    assert [c["run_id"] for c in coalesce.cover(r, newer.run_id)] == [first.run_id]
 
 
 def test_a_replaced_event_whose_record_was_lost_is_recorded_by_the_run_covering_it(
@@ -141,7 +179,7 @@ def test_a_waiting_workflow_finds_a_newer_change_and_ends_coalesced(
         plan = argo.run("plan")  # each notes its event before waiting for the mutex
         assert plan.code == 0, plan.stderr
         runs.append((argo, plan.outputs))
-    assert {o["mutex"] for _, o in runs} == {mutex_name("git:https://git.example/fm/data.git#main")}
+    assert {o["mutex"] for _, o in runs} == {lock_name(str(data))}  # locked by path
     for argo, outputs in runs[:2]:  # they get the mutex in turn: a newer one is noted
         step = argo.run("supersede", source=outputs["source"])
         assert step.code == 0, step.stderr
@@ -154,3 +192,77 @@ def test_a_waiting_workflow_finds_a_newer_change_and_ends_coalesced(
     covers = record.get(r, "retrain-w3")["covers"]
     assert [c["run_id"] for c in covers] == ["retrain-w1", "retrain-w2"]
     assert record.get(r, "retrain-w3")["status"] == "running"  # it goes on to check-cache
+
+
+def _planned(settings, redis_handle, tmp_path, name, event, data):
+    """A Workflow of the template whose plan step has run (its run noted, its record begun)."""
+    _, body = encode(event, "structured")
+    argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", name, **{
+        "data-uri": str(data), "event-id": event.id, "event": body.decode(),
+        "parameters": PARAMS.model_dump_json()})
+    plan = argo.run("plan", here=True)
+    assert plan.code == 0, plan.stderr
+    return argo, plan.outputs
+
+
+def _ended(r, run_id, status):
+    record.update(r, run_id, lambda s: {**s, "status": status, "error": f"it {status}"})
+
+
+def test_a_later_run_that_ended_without_reading_the_source_covers_nothing(
+        settings, r, redis_handle, tmp_path):
+    """A later Workflow stopped, failed or past its deadline before it ran: the earlier one
+    runs (it would otherwise be covered by a run that never trains)."""
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    early, outputs = _planned(settings, redis_handle, tmp_path, "retrain-e1",
+                              _updated(str(data), 1), data)
+    _planned(settings, redis_handle, tmp_path, "retrain-e2", _updated(str(data), 2), data)
+    _ended(r, "retrain-e2", "failed")
+    step = early.run("supersede", here=True, source=outputs["source"])
+    assert step.outputs == {"coalesced": "false", "covered-by": ""}, step.stderr
+    assert record.get(r, "retrain-e1")["status"] == "running"
+    assert record.get(r, "retrain-e1")["steps"][-1]["name"] == "supersede"
+
+
+def test_a_future_dated_event_that_ran_does_not_cover_a_later_push(
+        settings, r, redis_handle, tmp_path):
+    """Changes are ordered by arrival, not by the sender's clock."""
+    from datetime import UTC, datetime, timedelta
+
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    ahead = replace(_updated(str(data), 1),
+                    time=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    future, outputs = _planned(settings, redis_handle, tmp_path, "retrain-f1", ahead, data)
+    assert future.run("supersede", here=True, source=outputs["source"]).outputs[
+        "coalesced"] == "false"
+    _ended(r, "retrain-f1", "succeeded")
+    later, outputs = _planned(settings, redis_handle, tmp_path, "retrain-f2",
+                              _updated(str(data), 2), data)
+    step = later.run("supersede", here=True, source=outputs["source"])
+    assert step.outputs == {"coalesced": "false", "covered-by": ""}, step.stderr
+
+
+def test_a_failed_supersede_records_the_run_failed(settings, r, redis_handle, tmp_path):
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    argo, outputs = _planned(settings, redis_handle, tmp_path, "retrain-x1",
+                             _updated(str(data), 1), data)
+    r.delete(coalesce.NEWEST + coalesce.hashed(outputs["source"]))
+    r.set(coalesce.NEWEST + coalesce.hashed(outputs["source"]), "not a sorted set")
+    step = argo.run("supersede", here=True, source=outputs["source"])
+    assert step.code != 0
+    kept = record.get(r, "retrain-x1")
+    assert kept["status"] == "failed" and "WRONGTYPE" in kept["error"]
+    assert kept["steps"][-1]["name"] == "supersede"
+
+
+def test_a_persons_request_waits_for_the_mutex_of_its_data_path(
+        settings, r, redis_handle, tmp_path):
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    push = Origin(kind="git", repository="https://git.example/fm/data.git", ref="refs/heads/main")
+    _, pushed = _planned(settings, redis_handle, tmp_path, "retrain-p1",
+                         _updated(str(data), 1, push), data)
+    asked = make_event("training.requested", TrainingRequested(uri=f"file://{data}/"),
+                       source="retrain/cli", id="t-1")
+    _, requested = _planned(settings, redis_handle, tmp_path, "retrain-p2", asked, data)
+    assert requested["source"] == "" and pushed["source"].startswith("git:")
+    assert requested["mutex"] == pushed["mutex"] == lock_name(str(data))
