@@ -6,7 +6,7 @@ validate``, ``retrain train``): one definition of each step, two orchestrators. 
 pure: ``build()`` returns the hera object and ``render()`` its YAML; nothing here talks to a
 cluster.
 
-    plan ─► source (one Workflow per source at a time: a mutex named by the plan)
+    plan ─► source (one Workflow per data path at a time: a mutex named by the plan)
               supersede ─coalesced─► ends (a newer change of the source covers this run)
                  └─► check-cache ──hit──────────────────────────► validate ─► train (per model,
                           └─miss──► ingest (when hit == false) ──┘   │       withParam; not
@@ -18,9 +18,11 @@ cluster.
 ``RunParameters`` (workflows/plan.py), begins the run's record (the Workflow's name) with the
 triggering CloudEvent, and notes that event as its source's newest (``workflows.coalesce``);
 each later step adds its part as the local runner would (workflows/cluster_run.py).
-``source`` holds the source's mutex (its name a hash of the source key, from the plan): a
-Workflow waits there while another of its source works, and ``supersede``, once it has the
-mutex, ends the run ``coalesced`` when a newer change of the source was noted meanwhile.
+``source`` holds the mutex of the run's data path (its name a hash of the path, from the
+plan: a person's request waits for the watcher's runs of its path): a Workflow waits there
+while another works, first come first served, and ``supersede``, once it has the mutex, ends
+the run ``coalesced`` when a run of its source noted later still waits (or has ended having
+read the source since).
 ``validate`` is the data gate: when a check blocks (the plan's ``validation`` is ``block``)
 the step fails with exit code 3, its message naming every failed check, and the trainings,
 which depend on ``validate.Succeeded``, are never started; the workflow ends Failed. A run
@@ -59,7 +61,11 @@ __all__ = ["HOME", "MODEL_OUT", "OUTPUTS", "TERMINATION_LOG", "TRAIN_DEADLINE_SE
            "TRAIN_PARAMETERS", "ClusterNames", "build", "render", "tfjob_manifest",
            "workflow_name"]  # where the manifests' tests and the CLI look for them
 
-SOURCE_DAG = "source"  # the template holding the source's mutex
+SOURCE_DAG = "source"  # the template holding the data path's mutex
+# A Workflow's whole life, the wait for its mutex included (Argo counts it): a day, so that a
+# run waiting behind a few full runs of its path is not ended before it runs, which would end
+# every change it covers untrained; its own work is bounded by each training's TFJob deadline
+WORKFLOW_DEADLINE_SECONDS = 24 * 3600
 MUTEX = "{{inputs.parameters.mutex}}"
 SOURCE_INPUTS = ("mutex", "source", "cache-policy", "validation", "trainings", *TRAIN_INPUTS)
 
@@ -111,7 +117,7 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
         volumes=[ExistingVolume(name="data", claim_name=names.volume_claim)],
         pod_gc=PodGC(strategy="OnPodSuccess"),
         ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
-        active_deadline_seconds=6 * 3600,
+        active_deadline_seconds=WORKFLOW_DEADLINE_SECONDS,
         pod_metadata=Metadata(labels=dict(POD_LABELS)),
     )
 

@@ -492,3 +492,22 @@ def test_model_trained_travels_by_the_redis_stream_on_the_cluster(overlay):
     assert worker["args"][worker["args"].index("--sink") + 1] == "stream"
     selector = _by_kind(docs, "Deployment")["retrain-selector"]["spec"]["template"]["spec"]["containers"][0]
     assert "--stream" in selector["args"]
+
+
+def test_the_source_mutex_is_the_field_argo_3_5_reads_and_its_wait_fits_the_deadline(overlay):
+    """No Argo runs here: the emitted ``synchronization`` is checked against the schema of the
+    Argo Workflows release the runbook installs (v3.5.11), which reads ``mutex`` (its
+    ``mutexes`` came with v3.6): the field as emitted passes, the v3.6 spelling does not."""
+    from tests.manifests.schemas import _argo_workflows_validator
+
+    _, docs = overlay
+    [template] = [d for d in docs if d["kind"] == "WorkflowTemplate"]
+    [source] = [t for t in template["spec"]["templates"] if t["name"] == "source"]
+    assert source["synchronization"] == {"mutex": {"name": "{{inputs.parameters.mutex}}"}}
+    validator = _argo_workflows_validator("WorkflowTemplate")
+    assert list(validator.iter_errors(template)) == []
+    newer = copy.deepcopy(template)
+    [moved] = [t for t in newer["spec"]["templates"] if t["name"] == "source"]
+    moved["synchronization"] = {"mutexes": [{"name": "{{inputs.parameters.mutex}}"}]}
+    assert list(validator.iter_errors(newer)) != []  # v3.5 would not read it
+    assert template["spec"]["activeDeadlineSeconds"] == 24 * 3600  # the wait counts
