@@ -71,7 +71,9 @@ def _replay(settings, redis_handle, *args, port=None):
 
 
 def _queued(r):
-    return [RunRequest.from_json(raw) for raw in r.lrange("retrain:queue", 0, -1)]
+    from workflows.queue import RunQueue
+
+    return RunQueue(r).queued()
 
 
 def test_replay_sends_each_recorded_event_again_and_the_trigger_starts_its_run(

@@ -24,7 +24,7 @@ from workflows.templates import (
 )
 
 _REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
-TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 6 h)
+TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 24 h)
 
 TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "workers", "round-size",
                 "train-cache", "force", "deterministic")

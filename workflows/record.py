@@ -85,8 +85,9 @@ class RunRequest:
         if event.extensions.get("replayof"):  # sent again by `retrain replay`
             said["replayof"] = event.extensions["replayof"]
         if isinstance(data, DatasetUpdated):
-            said.update(data.model_dump(mode="json", include={"digest", "previous_digest",
-                                                              "files", "origin", "trigger"}))
+            # parameters: what the event itself carried (None: none), what a replay sends again
+            said.update(data.model_dump(mode="json", include={
+                "digest", "previous_digest", "files", "origin", "trigger", "parameters"}))
         elif data.approves:
             said.update(approves=data.approves, approved_by=sender or data.approved_by,
                         digest=data.digest)
