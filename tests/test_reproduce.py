@@ -32,8 +32,10 @@ def served(redis_handle, tmp_path_factory):
     """Version 1: a cnn trained deterministic on 400 images (3 steps), served."""
     redis_handle.client.flushdb()
     tmp = tmp_path_factory.mktemp("reproduce")
+    # the real trainer, whatever test trainer an earlier test of this process put in the
+    # environment (a module's fixture runs before a test's own environment is set)
     settings = Settings(home=tmp / "home", redis_url=redis_handle.url, offline=True,
-                        _env_file=None)
+                        train_command=(), _env_file=None)
     selector = build_selector(settings, redis_handle.client, lambda e: None,
                               LocalBackend(settings.model_repo, MODEL_NAME))
 
@@ -50,7 +52,8 @@ def served(redis_handle, tmp_path_factory):
 
 
 def _reproduce(settings, redis_handle, *args):
-    env = {**os.environ, "RETRAIN_HOME": str(settings.home), "RETRAIN_REDIS_URL": redis_handle.url,
+    env = {**{k: v for k, v in os.environ.items() if k != "RETRAIN_TRAIN_COMMAND"},
+           "RETRAIN_HOME": str(settings.home), "RETRAIN_REDIS_URL": redis_handle.url,
            "RETRAIN_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "retrain.cli", "reproduce", *args],
                           capture_output=True, text=True, timeout=300, env=env, check=False)
