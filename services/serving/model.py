@@ -75,8 +75,8 @@ class LoadedModel:
         return out[OUTPUT].numpy()
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        if next(self.calls) == self.compile_after:  # one thread draws that number
-            threading.Thread(target=self._compile, name=f"compile-v{self.version}", daemon=True).start()
+        if next(self.calls) == self.compile_after and self.compiled is None:  # one thread draws it
+            threading.Thread(target=self.compile, name=f"compile-v{self.version}", daemon=True).start()
         compiled = self.compiled
         if compiled is not None:
             return compiled.predict(images)
@@ -85,7 +85,9 @@ class LoadedModel:
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
         return out[OUTPUT].numpy()
 
-    def _compile(self) -> None:
+    def compile(self) -> None:
+        """Compile for LiteRT (seconds); its model calls go there once done. A model LiteRT
+        cannot take stays on TensorFlow, said once."""
         started = time.perf_counter()
         try:
             self.compiled = CompiledModel.compile(Path(self.path))
@@ -208,6 +210,11 @@ class ModelHolder:
                 log.error("version %d cannot be loaded, skipping it: %s", newest, exc)
                 return current.version if current else None
             self.loads += 1
+            if current is not None and self.compile_after:
+                # it replaces a version under traffic, most likely compiled already: compiled
+                # before the swap, its first answer is as fast as its predecessor's last (and
+                # the live guard compares like with like: no compilation in its window)
+                model.compile()
             self._swap(model)
             log.info("serving version %d (loaded and warmed in %.2fs)", newest,
                      time.perf_counter() - started)

@@ -115,3 +115,22 @@ def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog):
     assert [a.status_code for a in answers] == [200] * 4 and again.status_code == 200
     assert again.json()["predictions"] == answers[0].json()["predictions"]
     assert app.state.holder.current.compiled is None
+
+
+def test_a_version_replacing_a_served_one_is_compiled_before_it_answers(tmp_path, saved_model):
+    """The first version is served at once and compiled after its calls; the next one, taking
+    traffic from a compiled one, is compiled before the swap: its first answer is LiteRT's."""
+    from services.serving.model import ModelHolder
+
+    repo = tmp_path / "fashion-mnist"
+    shutil.copytree(saved_model, repo / "1")
+    holder = ModelHolder(repo, compile_after=20)
+    assert holder.refresh() == 1 and not holder.compiled  # nothing to wait for: served now
+    shutil.copytree(saved_model, repo / "2")
+    (repo / "2" / "assets.extra").mkdir(exist_ok=True)
+    (repo / "2" / "assets.extra" / "other").write_text("other files: loaded, not relabelled")
+    assert holder.refresh() == 2 and holder.loads == 2
+    assert holder.compiled  # before any call reached it
+    images = np.random.default_rng(2).random((5, 28, 28), np.float32)
+    np.testing.assert_allclose(holder.current.predict_arrays(images),
+                               _reference(holder.current, images), rtol=1e-5, atol=1e-6)
