@@ -7,7 +7,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from services.selector.errors import LiveMetricsError
 from services.selector.live import (
@@ -18,38 +17,9 @@ from services.selector.live import (
     parse_metrics,
     to_json,
 )
+from tests.services.selector.live_standin import MetricsServer
 
-BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-           0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10)
-
-
-class Server:
-    """The contract's metrics in a registry of their own, as the model server keeps them."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter("retrain_serving_version_requests", "Answers",
-                                ["version", "code"], registry=self.registry)
-        self.latency = Histogram("retrain_serving_version_latency_seconds", "Latency",
-                                 ["version"], buckets=BUCKETS, registry=self.registry)
-        self.classes = Counter("retrain_serving_predicted_class", "Predicted classes",
-                               ["version", "class"], registry=self.registry)
-        self.streak = Gauge("retrain_serving_version_longest_error_streak", "Streak",
-                            ["version"], registry=self.registry)
-        self.refused = Counter("retrain_serving_version_refused", "Refusals at the door",
-                               ["version", "code"], registry=self.registry)
-        # what else the server exposes, which the guard must ignore
-        Counter("retrain_serving_requests", "Requests", ["protocol", "code"],
-                registry=self.registry).labels("v1", "200").inc(7)
-
-    def answer(self, version, code=200, seconds=0.004, label=None):
-        self.requests.labels(str(version), str(code)).inc()
-        self.latency.labels(str(version)).observe(seconds)
-        if label is not None:
-            self.classes.labels(str(version), str(label)).inc()
-
-    def text(self):
-        return generate_latest(self.registry).decode()
+Server = MetricsServer  # the contract's metrics in a registry of their own, as the server keeps them
 
 
 def test_each_versions_counters_are_read_from_prometheus_text():
