@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     guard_min_requests: int = Field(50, ge=1)
     guard_poll_seconds: float = Field(0.25, gt=0)
     guard_metrics_url: str | None = None
+    # where the figures come from: url (one model server's /metrics: METRICS_URL, else this
+    # machine's) or pods (every predictor pod of the InferenceService, summed per version:
+    # a cluster, whichever backend promotes)
+    guard_source: Literal["url", "pods"] = "url"
     # runs whose data changes less than this train nothing (status deferred) until the
     # changes add up: a count of changed images, new and removed ("600"), or a share of the
     # champion's training set ("1%"); "0": every change trains. A manual event or --force

@@ -111,20 +111,22 @@ def build_selector(settings: Settings, client: redis.Redis, emit: Callable[[Even
 def build_guard(settings: Settings, client: redis.Redis, selector: Selector,
                 emit: Callable[[Event], None], metrics_url: str | None = None) -> Guard | None:
     """The live guard beside ``selector``, reading ``metrics_url`` (default
-    ``RETRAIN_GUARD_METRICS_URL``, else this machine's model server); None with
-    ``RETRAIN_GUARD=false``."""
+    ``RETRAIN_GUARD_METRICS_URL``, else this machine's model server), or, with
+    ``RETRAIN_GUARD_SOURCE=pods`` (a cluster) or a KServe backend and no URL, every predictor
+    pod summed per version; None with ``RETRAIN_GUARD=false``."""
     if not settings.guard:
         return None
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = metrics_url or settings.guard_metrics_url
+    pods = settings.guard_source == "pods" or (url is None and settings.promotion_backend != "local")
     source: MetricsSource
-    if url or settings.promotion_backend == "local":
-        source = UrlSource(url or f"http://{host}:{settings.serve_port}/metrics", clock=time.time)
-    else:  # KServe: every predictor pod, summed per version
+    if pods:
         from core import kube
 
         source = cluster_metrics(settings, kube.api_client(settings.kube_api_url,
                                                            settings.kube_token), clock=time.time)
+    else:
+        source = UrlSource(url or f"http://{host}:{settings.serve_port}/metrics", clock=time.time)
     return Guard(ChampionStore(client, str(settings.model_repo.resolve())), selector.rollback,
                  emit, source, GuardThresholds.from_settings(settings),
                  Window(settings.guard_window_requests, settings.guard_window_seconds),

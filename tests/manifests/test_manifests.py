@@ -511,3 +511,26 @@ def test_the_source_mutex_is_the_field_argo_3_5_reads_and_its_wait_fits_the_dead
     moved["synchronization"] = {"mutexes": [{"name": "{{inputs.parameters.mutex}}"}]}
     assert list(validator.iter_errors(newer)) != []  # v3.5 would not read it
     assert template["spec"]["activeDeadlineSeconds"] == 24 * 3600  # the wait counts
+
+
+def test_the_clusters_live_guard_reads_every_predictor_pod(overlay, r, tmp_path):
+    """With the settings the cluster's pods get, the selector's guard reads the
+    InferenceService's predictor pods (summed per version), never a model server beside it
+    (the selector pod serves no model), whichever backend promotes."""
+    from core.settings import Settings
+    from services.selector.main import build_guard, build_selector
+    from services.selector.pods import PodsSource, predictor_selector
+
+    _, docs = overlay
+    config = _by_kind(docs, "ConfigMap")["retrain-config"]["data"]
+    settings = Settings(**{k.removeprefix("RETRAIN_").lower(): v for k, v in config.items()
+                           if k.startswith("RETRAIN_")},
+                        home=tmp_path, kube_api_url="http://127.0.0.1:9", _env_file=None)
+    assert settings.promotion_backend == "local"  # the runbook's default: versions on the volume
+    guard = build_guard(settings, r, build_selector(settings, r, lambda e: None), lambda e: None)
+    source = guard._source
+    assert isinstance(source, PodsSource)
+    assert source.label_selector == predictor_selector("fashion-mnist")
+    [selector] = [d for d in docs if d["kind"] == "Deployment"
+                  and d["metadata"]["name"] == "retrain-selector"]
+    assert selector["spec"]["strategy"] == {"type": "Recreate"}  # never two guards at once
