@@ -73,16 +73,22 @@ class VersionStats:
 
     @property
     def p99_seconds(self) -> float | None:
-        """The upper bound of the bucket holding the 99th percentile answer (a conservative
-        p99); one past the last finite bucket reads as that bucket's bound. None: no answers."""
+        """The 99th percentile as Prometheus's ``histogram_quantile`` reads it: linear within
+        the bucket holding the 99th percentile answer (the first bucket starting at zero); one
+        past the last finite bucket reads as that bucket's bound. None: no answers."""
         total = self.latency.get(math.inf, 0.0)
         if total <= 0:
             return None
-        finite = sorted(b for b in self.latency if b != math.inf)
-        for bound in finite:
-            if self.latency[bound] >= 0.99 * total:
-                return bound
-        return finite[-1] if finite else None
+        rank = 0.99 * total
+        lower, below = 0.0, 0.0
+        for bound in sorted(self.latency):
+            count = self.latency[bound]
+            if count >= rank:
+                if bound == math.inf:
+                    return lower if len(self.latency) > 1 else None
+                return lower + (bound - lower) * (rank - below) / (count - below)
+            lower, below = bound, count
+        return None
 
     @property
     def answers(self) -> float:

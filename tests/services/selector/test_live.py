@@ -37,7 +37,8 @@ def test_each_versions_counters_are_read_from_prometheus_text():
     assert three.error_rate == 0.02
     assert three.classes == {k: (10 if k < 8 else 9) for k in range(10)}
     assert three.latency[0.005] == 98 and three.latency[math.inf] == 100
-    assert three.p99_seconds == 0.2  # the 99th answer of 100 is one of the slow ones
+    # the 99th answer of 100 is the first of the two slow ones: halfway into (0.15, 0.2]
+    assert three.p99_seconds == pytest.approx(0.175)
     assert (stats[4].requests, stats[4].errors, stats[4].classes) == (1, 0, {})
 
 
@@ -74,7 +75,7 @@ def test_a_window_subtracts_counters_and_keeps_the_streak():
     assert (window.requests, window.errors, window.longest_error_streak) == (6, 1, 1)
     assert window.classes == {1: 0, 2: 5}
     assert window.latency[0.03] == 6 and window.latency[0.02] == 1
-    assert window.p99_seconds == 0.03
+    assert window.p99_seconds == pytest.approx(0.02 + 0.01 * 4.94 / 5)  # 5.94th of 6
 
 
 def test_counters_that_went_down_mean_a_restarted_server_whose_counts_are_all_new():
@@ -146,3 +147,12 @@ def test_an_unreachable_or_failing_server_is_a_live_metrics_error(metrics_server
         UrlSource(url).scrape()
     with pytest.raises(LiveMetricsError, match="cannot read http://127.0.0.1:9/metrics"):
         UrlSource("http://127.0.0.1:9/metrics", timeout=0.5).scrape()
+
+
+def test_the_p99_is_interpolated_within_its_bucket_as_histogram_quantile_does():
+    # 985 answers under 5 ms, 15 between 20 and 30 ms: the 990th is a third into that bucket
+    stats = VersionStats(latency={0.005: 985, 0.02: 985, 0.03: 1000, math.inf: 1000})
+    assert stats.p99_seconds == pytest.approx(0.02 + 0.01 * 5 / 15)
+    # the first bucket starts at zero; past the last finite bucket reads as its bound
+    assert VersionStats(latency={0.001: 100, math.inf: 100}).p99_seconds == pytest.approx(0.00099)
+    assert VersionStats(latency={0.01: 90, math.inf: 100}).p99_seconds == 0.01
