@@ -20,24 +20,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 
+from core.backoff import Backoff
 from events import Event, EventType, make_event
 from events.errors import EventError
-from events.payloads import GateRule, LiveFigures, ModelPromoted, ModelRolledBack
+from events.payloads import GateRule, ModelPromoted, ModelRolledBack
 from services.selector.champion import Champion, ChampionStore
 from services.selector.decisions import SOURCE
-from services.selector.errors import LiveMetricsError, SelectorError
+from services.selector.errors import LiveMetricsError, NothingToRollBackError, SelectorError
 from services.selector.guard_rules import GuardThresholds, judge, streak_rule
-from services.selector.guard_store import GuardStore, Watch
+from services.selector.guard_store import GuardStore, Watch, figures
 from services.selector.live import MetricsSource, Snapshot, VersionStats
 from services.selector.scores import content
 
 log = logging.getLogger(__name__)
-MAX_HISTORY = 20_000  # snapshots kept at most, whatever the window
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,14 @@ class Guard:
         self._window = window or Window()
         self._poll = poll_seconds
         self._clock = clock
-        self._history: deque[Snapshot] = deque(maxlen=MAX_HISTORY)
-        self._seen: int | None = None  # the champion generation last looked at
+        # the last minute's snapshots, then one a second: each reduced to the versions a
+        # baseline can need (the champion's, the watched one's)
+        self._recent: deque[Snapshot] = deque()
+        self._older: deque[Snapshot] = deque()
         self._unreachable: str | None = None  # the metrics' last problem, logged once
+        self._short: int | None = None  # the version said to be waiting for answers
+        self._retry = Backoff(first=max(poll_seconds, 1.0), cap=60.0)
+        self._retry_at = 0.0  # a failed rollback is tried again from then
         self._observers: list[Callable[[int, dict[str, Any]], None]] = []
 
     def on_outcome(self, observer: Callable[[int, dict[str, Any]], None]) -> None:
@@ -88,19 +93,18 @@ class Guard:
         Returns what it did (``watching N``, ``settled N``, ``rolled back N``) or None."""
         watch = self._records.watch()
         if watch is not None and watch.intent is not None:  # a rollback under way: finished
-            return self._finish(watch)  # first, whether or not the metrics can be read
+            if self._clock() < self._retry_at:  # first, whether or not the metrics can be read
+                return f"rolling back {watch.version}: trying again later"
+            return self._finish(watch)
         snapshot = self._scrape()
         if snapshot is None:
             return None
         champion = self._store.get()
-        if champion is not None and champion.generation != self._seen:
-            first_look = self._seen is None
-            self._seen = champion.generation
-            if watch is None or watch.version != champion.version:
-                if watch is not None:
-                    self._records.drop(watch.version, {"state": "superseded",
-                                                       "by": champion.version})
-                watch = None if first_look else self._open(champion, snapshot)
+        if champion is not None and champion.generation != self._records.seen():
+            # a champion not looked at yet (by this guard or one before it, in Redis)
+            watch = self._promoted(champion, watch, snapshot)
+            self._records.see(champion.generation)
+        self._keep(snapshot, champion, watch)
         if watch is None:
             return None
         if champion is None or champion.version != watch.version:
@@ -108,53 +112,92 @@ class Guard:
             return None
         return self._judge(watch, snapshot)
 
+    def _promoted(self, champion: Champion, watch: Watch | None,
+                  snapshot: Snapshot) -> Watch | None:
+        """The watch once ``champion`` serves: ``watch`` if it is the same version (a
+        failed promotion over it), else a new one (a promotion) or none (a rollback)."""
+        if watch is not None and watch.version == champion.version:
+            return watch
+        replaced = None if watch is None else (watch.version, {
+            "state": "superseded", "by": champion.version,
+            "reason": f"replaced by version {champion.version} before its window ended: "
+                      "never settled"})
+        opened = self._open(champion, snapshot, watch, replaced)
+        if opened is None and watch is not None:
+            self._records.drop(watch.version, replaced[1] if replaced else None)
+        return opened
+
     def _scrape(self) -> Snapshot | None:
         try:
             snapshot = self._source.scrape()
         except LiveMetricsError as exc:
             if self._unreachable is None:
                 log.warning("live guard: cannot read the model server's metrics (%s); still "
-                            "watching, never rolling back for want of figures", exc)
+                            "watching: no rule is judged and nothing rolled back until they "
+                            "can be read again", exc)
             self._unreachable = str(exc)
             return None
         if self._unreachable is not None:
             log.info("live guard: the model server's metrics are readable again")
             self._unreachable = None
-        self._history.append(snapshot)
-        horizon = snapshot.at - 2 * self._window.seconds
-        while len(self._history) > 2 and self._history[0].at < horizon:
-            self._history.popleft()
         return snapshot
 
-    def _open(self, champion: Champion, snapshot: Snapshot) -> Watch | None:
+    def _keep(self, snapshot: Snapshot, champion: Champion | None, watch: Watch | None) -> None:
+        """Keep ``snapshot`` for baselines to come, reduced to the champion's and the watched
+        version's counters; beyond the last minute, one snapshot a second; nothing older than
+        two windows."""
+        versions = {v for v in (champion and champion.version, watch and watch.version) if v}
+        self._recent.append(Snapshot(snapshot.at, {v: snapshot.versions[v] for v in versions
+                                                   if v in snapshot.versions}))
+        while len(self._recent) > 1 and self._recent[0].at < snapshot.at - 60.0:
+            moved = self._recent.popleft()
+            if not self._older or moved.at - self._older[-1].at >= 1.0:
+                self._older.append(moved)
+        horizon = snapshot.at - 2 * self._window.seconds
+        while len(self._older) > 1 and self._older[0].at < horizon:
+            self._older.popleft()
+
+    def _open(self, champion: Champion, snapshot: Snapshot, superseded: Watch | None,
+              replaced: tuple[int, dict[str, Any]] | None) -> Watch | None:
+        """A watch of ``champion`` if a promotion made it. Over a version still under watch
+        (``superseded``), it inherits that watch's baseline: the last settled version's
+        window, the version a rollback goes back to."""
         previous, _ = self._store.previous()
         if previous is None or previous.generation != champion.generation - 1:
             return None  # a first model, or a rollback: nothing to go back to, or back already
-        watch = Watch(champion.version, champion.generation, previous.version, champion.run_id,
-                      champion.model_type, content(champion.model_uri), self._clock(),
-                      VersionStats(),  # a new version number: everything it answered counts
-                      self._baseline(previous.version, snapshot))
-        self._records.open(watch)
+        digest = content(champion.model_uri)  # None while its files are being put in place
+        if superseded is not None and superseded.version in {
+                c.version for c in self._store.history()}:
+            between = superseded.between + (superseded.version,) + (
+                (previous.version,) if previous.version != superseded.version else ())
+            watch = Watch(champion.version, champion.generation, superseded.previous_version,
+                          champion.run_id, champion.model_type, digest, self._clock(),
+                          VersionStats(), superseded.baseline, between=between)
+        else:
+            watch = Watch(champion.version, champion.generation, previous.version,
+                          champion.run_id, champion.model_type, digest, self._clock(),
+                          VersionStats(),  # a new version number: everything it answered counts
+                          self._baseline(previous.version, snapshot))
+        self._records.open(watch, replaced)
         base = watch.baseline
-        log.info("live guard: watching version %d against version %d (%s)", watch.version,
-                 previous.version, f"baseline: {base.requests:.0f} answers" if base else
-                 "no baseline")
+        log.info("live guard: watching version %d against version %d (%s)%s", watch.version,
+                 watch.previous_version, f"baseline: {base.requests:.0f} answers" if base else
+                 "no baseline", f"; versions {list(watch.between)} replaced before settling"
+                 if watch.between else "")
         return watch
 
     def _baseline(self, version: int, now: Snapshot) -> VersionStats | None:
-        """``version``'s last window in the history: back from its latest counters as far as
-        ``window`` answers or seconds reach (its whole counters when the history is shorter)."""
+        """``version``'s last window in the history: back from its latest counters to the
+        first snapshot that reaches ``window`` answers or seconds (its whole counters when the
+        history is shorter)."""
         latest = now.of(version)
         if latest.requests <= 0:
             return None
-        earliest = latest
-        for snapshot in reversed(self._history):
-            earlier = snapshot.of(version)
-            window = latest.minus(earlier)
-            if (window.requests > self._window.requests
-                    or now.at - snapshot.at > self._window.seconds):
-                return latest.minus(earliest)
-            earliest = earlier
+        for snapshot in (*reversed(self._recent), *reversed(self._older)):
+            window = latest.minus(snapshot.of(version))
+            if (window.requests >= self._window.requests
+                    or now.at - snapshot.at >= self._window.seconds):
+                return window  # the step that reaches the limit, never an empty window
         return latest  # the history does not reach back a whole window: all it answered
 
     def _judge(self, watch: Watch, snapshot: Snapshot) -> str:
@@ -165,14 +208,21 @@ class Guard:
         seconds = self._clock() - watch.opened_at
         if window.requests < self._window.requests and seconds < self._window.seconds:
             return f"watching {watch.version}"
+        if window.requests < self._t.min_requests:  # never settled on nothing
+            if self._short != watch.version:
+                self._short = watch.version
+                log.info("live guard: version %d's window ended with %.0f answers < %d: still "
+                         "watching until it has answered %d", watch.version, window.requests,
+                         self._t.min_requests, self._t.min_requests)
+            return f"watching {watch.version}"
         rules = judge(window, watch.baseline, self._t)
         broken = [r for r in rules if not r.passed]
         if broken:
             return self._roll_back(watch, window, rules, broken[0])
         state = {"state": "settled", "previous_version": watch.previous_version,
                  "rules": [r.model_dump(mode="json") for r in rules],
-                 "window": self._figures(watch.version, window, seconds).model_dump(mode="json"),
-                 "baseline": self._figures(watch.previous_version, watch.baseline).model_dump(
+                 "window": figures(watch.version, window, seconds).model_dump(mode="json"),
+                 "baseline": figures(watch.previous_version, watch.baseline).model_dump(
                      mode="json") if watch.baseline else None}
         self._records.drop(watch.version, state)
         log.info("live guard: version %d settled after %.0f answers in %.1f s", watch.version,
@@ -187,13 +237,29 @@ class Guard:
         seconds = self._clock() - watch.opened_at
         reason = (f"live guard: version {watch.version} broke {rule.name} after "
                   f"{window.requests:.0f} answers in {seconds:.1f} s: {rule.detail}")
-        baseline = (self._figures(watch.previous_version, watch.baseline)
+        baseline = (figures(watch.previous_version, watch.baseline)
                     if watch.baseline else None)
         intent = {"rule": rule.name, "reason": reason,
                   "rules": [r.model_dump(mode="json") for r in rules],
-                  "window": self._figures(watch.version, window, seconds).model_dump(mode="json"),
+                  "window": figures(watch.version, window, seconds).model_dump(mode="json"),
                   "baseline": baseline.model_dump(mode="json") if baseline else None}
-        return self._finish(self._records.intend(watch, intent))
+        intended = self._records.intend(self._digested(watch), intent)
+        if intended is None:
+            return f"not rolled back {watch.version}: its watch was replaced"
+        return self._finish(intended)
+
+    def _digested(self, watch: Watch) -> Watch:
+        """``watch`` with its model's digest, read now if it could not be at the opening;
+        without one the model cannot be refused if it arrives again (logged)."""
+        if watch.model_digest is not None:
+            return watch
+        served = self._store.champion(watch.version)
+        digest = content(served.model_uri) if served else None
+        if digest is None:
+            log.warning("live guard: version %d's model files cannot be read (%s): it cannot "
+                        "be refused if it arrives again", watch.version,
+                        served.model_uri if served else "no record of it")
+        return replace(watch, model_digest=digest)
 
     def _finish(self, watch: Watch) -> str:
         """Carry out the watch's intent from where it stopped: the rollback, then its records
@@ -202,10 +268,13 @@ class Guard:
         intent = dict(watch.intent or {})
         if "restored_version" not in intent:
             restored = self._restore(watch, intent)
-            if restored is None:
-                return f"not rolled back {watch.version}"
+            if isinstance(restored, str):
+                return restored
             intent["restored_version"] = restored
-            watch = self._records.intend(watch, intent)
+            intended = self._records.intend(self._digested(watch), intent)
+            if intended is None:
+                return f"rolled back {watch.version}: its watch was replaced meanwhile"
+            watch = intended
         data = ModelRolledBack(
             version=watch.version, model_digest=watch.model_digest or "", run_id=watch.run_id,
             model_type=watch.model_type, restored_version=intent["restored_version"],
@@ -226,53 +295,91 @@ class Guard:
                         "be sent (%s); sending it again at the next poll", watch.version, exc)
             return f"rolled back {watch.version}, event not sent"
         self._records.drop(watch.version)
-        log.warning("%s; version %d serves the previous model (version %d's)", data.reason,
+        log.warning("%s; version %d serves the last settled model (version %d's)", data.reason,
                     data.restored_version, data.previous_version)
         self._tell(watch.version, {"state": "rolledback", **record})
         return f"rolled back {watch.version}"
 
-    def _restore(self, watch: Watch, intent: dict[str, Any]) -> int | None:
-        """The version the previous model serves as: rolled back now through
-        ``Selector.rollback``, or found already rolled back by a guard that died after doing
-        it. None when the version was replaced otherwise (its outcome recorded)."""
-        champion = self._store.get()
-        if champion is not None and (champion.generation, champion.version) == (
-                watch.generation, watch.version):
-            try:
-                restored = self._rollback(str(intent["reason"]), watch.version)
-            except SelectorError as exc:
-                problem = str(exc)
+    def _restore(self, watch: Watch, intent: dict[str, Any]) -> int | str:
+        """The version the last settled model serves as: rolled back now through
+        ``Selector.rollback`` (again while the model restored is one replaced before it
+        settled, each step recorded in ``intent`` as ``rolling``), or found already rolled
+        back by a guard that died after doing it. A string saying what happened when it
+        could not be: tried again later (a failed publish), or given up (the version was
+        replaced otherwise; its outcome recorded)."""
+        version = int(intent.get("rolling", watch.version))
+        while True:
+            champion = self._store.get()
+            if champion is not None and champion.version == version:
+                try:
+                    restored = self._rollback(str(intent["reason"]), version).data
+                except NothingToRollBackError as exc:
+                    if version != watch.version:
+                        return version  # nothing further back: as far as it could go
+                    return self._not_rolled_back(watch, intent, str(exc))
+                except SelectorError as exc:
+                    if self._still(version):
+                        return self._later(watch, exc)
+                    continue  # replaced meanwhile: look again
+                assert isinstance(restored, ModelPromoted)
             else:
-                assert isinstance(restored.data, ModelPromoted)
-                return restored.data.version
-        else:
-            problem = (f"version {champion.version} is the champion" if champion
-                       else "there is no champion")
-        done = self._rolled_back_before(watch)
-        if done is not None:
-            return done
+                restored = self._rolled_back_before(version)
+                if restored is None:
+                    if version != watch.version:
+                        return version  # an unsettled model restored, then replaced by hand
+                    return self._not_rolled_back(watch, intent, (
+                        f"version {champion.version} is the champion" if champion
+                        else "there is no champion"))
+            self._retry.reset()
+            self._retry_at = 0.0
+            if not self._unsettled(watch, restored.model_uri):
+                return restored.version
+            log.warning("live guard: version %d serves the model of a version replaced before "
+                        "it settled; rolling it back too", restored.version)
+            version = intent["rolling"] = restored.version
+            if self._records.intend(watch, intent) is None:
+                return f"rolled back {watch.version}: its watch was replaced meanwhile"
+
+    def _still(self, version: int) -> bool:
+        champion = self._store.get()
+        return champion is not None and champion.version == version
+
+    def _later(self, watch: Watch, exc: SelectorError) -> str:
+        delay = self._retry.next()
+        self._retry_at = self._clock() + delay
+        log.warning("live guard: version %d could not be rolled back (%s); trying again in "
+                    "%.0f s", watch.version, exc, delay)
+        return f"rollback of {watch.version} failed, trying again in {delay:.0f} s"
+
+    def _not_rolled_back(self, watch: Watch, intent: dict[str, Any], problem: str) -> str:
         log.warning("live guard: version %d broke a rule but was not rolled back: %s",
                     watch.version, problem)
         self._records.drop(watch.version, {"state": "not rolled back", "rule": intent["rule"],
                                            "reason": f"{intent['reason']}; {problem}"})
-        return None
+        return f"not rolled back {watch.version}"
 
-    def _rolled_back_before(self, watch: Watch) -> int | None:
-        """The version number of a rollback of ``watch.version`` already made (by a guard
-        that died before recording it), from the audit; its ``model.promoted`` sent again
-        (same id: dropped if it was sent)."""
-        previous = self._store.champion(watch.previous_version)
-        decisions = self._store.decisions_of(previous.run_id) if previous else []
-        done = next((d for d in reversed(decisions) if d.get("type") == "rollback"
-                     and d.get("champion_version") == watch.version), None)
+    def _unsettled(self, watch: Watch, model_uri: str) -> bool:
+        """Whether ``model_uri`` is the model of a version replaced before it settled."""
+        return any((c := self._store.champion(v)) is not None and c.model_uri == model_uri
+                   for v in watch.between)
+
+    def _rolled_back_before(self, version: int) -> ModelPromoted | None:
+        """The rollback of ``version`` already made (by a guard that died before recording
+        it), from the audit; its ``model.promoted`` sent again (same id: dropped if it was
+        sent)."""
+        done = next((d for d in reversed(self._store.decisions(last=200))
+                     if d.get("type") == "rollback" and d.get("champion_version") == version),
+                    None)
         if done is None:
             return None
         log.warning("live guard: version %d had been rolled back (as version %s) by a guard "
-                    "that stopped before finishing; finishing it", watch.version, done["version"])
-        fields = {k: v for k, v in done.items() if k not in ("type", "seconds", "at")}
-        self._emit(make_event(EventType.MODEL_PROMOTED, ModelPromoted(**fields), source=SOURCE,
-                              id=f"rollback/{watch.generation}"))
-        return int(done["version"])
+                    "that stopped before finishing; finishing it", version, done["version"])
+        data = ModelPromoted(**{k: v for k, v in done.items() if k not in ("type", "seconds",
+                                                                          "at")})
+        served = self._store.champion(version)
+        self._emit(make_event(EventType.MODEL_PROMOTED, data, source=SOURCE,
+                              id=f"rollback/{served.generation if served else version}"))
+        return data
 
     def _audited(self, watch: Watch) -> bool:
         return any(d.get("type") == "rolledback" and d.get("version") == watch.version
@@ -284,12 +391,3 @@ class Guard:
                 observer(version, state)
             except Exception:
                 log.debug("could not tell of version %d's outcome", version, exc_info=True)
-
-    @staticmethod
-    def _figures(version: int, stats: VersionStats, seconds: float = 0.0) -> LiveFigures:
-        return LiveFigures(version=version, requests=int(stats.requests),
-                           errors=int(stats.errors), error_rate=round(stats.error_rate, 6),
-                           p99_seconds=stats.p99_seconds,
-                           classes=tuple(int(stats.classes.get(k, 0))
-                                         for k in range(max(stats.classes, default=-1) + 1)),
-                           seconds=round(seconds, 3))

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from events.payloads import LiveFigures
 from services.selector.champion import ChampionStore, scoped_key
 from services.selector.errors import SelectorError
 from services.selector.live import VersionStats, from_json, to_json
@@ -25,8 +26,12 @@ class Watch:
     ``intent``: a rollback decided and not yet finished (recorded before the rollback, so a
     guard that dies on the way finishes it on resume): the rule broken, the reason, every
     rule and both windows' figures (``ModelRolledBack``'s fields as JSON), then
-    ``restored_version`` once the previous model serves again and ``recorded`` once the
-    refusal, the audit and the outcome are written (only the event is left to send)."""
+    ``rolling`` (a version a rollback serves an unsettled model as, to roll back in turn),
+    ``restored_version`` once a settled model serves again and ``recorded`` once the
+    refusal, the audit and the outcome are written (only the event is left to send).
+    ``previous_version``: the last settled version (the baseline's, what a rollback goes back
+    to); ``between``: the versions promoted after it and replaced before they settled.
+    ``model_digest``: None until the model's files could be read (digested again later)."""
 
     version: int
     generation: int
@@ -38,6 +43,7 @@ class Watch:
     start: VersionStats
     baseline: VersionStats | None
     intent: dict[str, Any] | None = None
+    between: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "start": to_json(self.start),
@@ -46,7 +52,7 @@ class Watch:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Watch:
         d = json.loads(raw)
-        return cls(**{**d, "start": from_json(d["start"]),
+        return cls(**{**d, "start": from_json(d["start"]), "between": tuple(d.get("between", ())),
                       "baseline": from_json(d["baseline"]) if d["baseline"] else None})
 
 
@@ -56,26 +62,40 @@ class GuardStore:
         self._watch = scoped_key(scope, "guard:watch")
         self._states = scoped_key(scope, "guard:versions")  # version -> outcome
         self._refused = scoped_key(scope, "guard:refused")  # model digest -> the rollback
+        self._seen = scoped_key(scope, "guard:seen")  # the champion generation last looked at
 
     # the watch under way ------------------------------------------------------------------------
     def watch(self) -> Watch | None:
         raw = self._r.get(self._watch)
         return Watch.from_json(raw) if raw else None
 
-    def open(self, watch: Watch) -> None:
+    def seen(self) -> int | None:
+        """The champion generation the guard last looked at (None: it never looked)."""
+        raw = self._r.get(self._seen)
+        return int(raw) if raw is not None else None
+
+    def see(self, generation: int) -> None:
+        self._r.set(self._seen, generation)
+
+    def open(self, watch: Watch, replaced: tuple[int, dict[str, Any]] | None = None) -> None:
+        """Watch ``watch``; ``replaced``: the version whose watch it replaces and its outcome,
+        recorded in the same transaction."""
         with self._r.pipeline(transaction=True) as pipe:
             pipe.set(self._watch, watch.to_json())
             pipe.hset(self._states, str(watch.version), json.dumps(
                 {"state": "watching", "at": round(time.time(), 3),
-                 "previous_version": watch.previous_version}))
+                 "previous_version": watch.previous_version, "between": list(watch.between)}))
+            if replaced is not None:
+                pipe.hset(self._states, str(replaced[0]),
+                          json.dumps({"at": round(time.time(), 3), **replaced[1]}))
             pipe.execute()
 
-    def intend(self, watch: Watch, intent: dict[str, Any]) -> Watch:
+    def intend(self, watch: Watch, intent: dict[str, Any]) -> Watch | None:
         """Record what the guard is about to do to the watched version (or how far it got),
-        before doing it; returns the watch as recorded."""
+        before doing it; returns the watch as recorded, or None when the watch under way is no
+        longer ``watch.version``'s (compare-and-set: nothing written then)."""
         intended = replace(watch, intent=intent)
-        self._r.set(self._watch, intended.to_json())
-        return intended
+        return intended if self._swap(watch.version, intended.to_json()) else None
 
     def rolled_back(self, watch: Watch, state: dict[str, Any]) -> Watch:
         """A rollback's records, in one transaction: the model's files refused until approved,
@@ -94,15 +114,32 @@ class GuardStore:
         return recorded
 
     def drop(self, version: int, state: dict[str, object] | None = None) -> None:
-        """End the watch of ``version`` (if it is the one under way), recording ``state``."""
-        with self._r.pipeline(transaction=True) as pipe:
-            current = self.watch()
-            if current is not None and current.version == version:
-                pipe.delete(self._watch)
-            if state is not None:
-                pipe.hset(self._states, str(version),
-                          json.dumps({"at": round(time.time(), 3), **state}))
-            pipe.execute()
+        """End the watch of ``version`` (if it is the one under way: compare-and-delete),
+        recording ``state``."""
+        self._swap(version, None, state)
+
+    def _swap(self, version: int, value: str | None,
+              state: dict[str, object] | None = None) -> bool:
+        """Set the watch to ``value`` (None: delete it) if the one under way is ``version``'s,
+        and record ``state`` as ``version``'s outcome either way, atomically (WATCH/MULTI)."""
+        while True:
+            with self._r.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self._watch)
+                    raw = pipe.get(self._watch)
+                    ours = raw is not None and Watch.from_json(raw).version == version
+                    pipe.multi()
+                    if ours and value is None:
+                        pipe.delete(self._watch)
+                    elif ours:
+                        pipe.set(self._watch, value)
+                    if state is not None:
+                        pipe.hset(self._states, str(version),
+                                  json.dumps({"at": round(time.time(), 3), **state}))
+                    pipe.execute()
+                    return ours
+                except redis.WatchError:
+                    continue  # changed meanwhile: read it again
 
     def state(self, version: int) -> dict[str, object] | None:
         raw = self._r.hget(self._states, str(version))
@@ -145,6 +182,15 @@ class GuardStore:
             if record.get("version") == version and self._r.hdel(self._refused, digest):
                 return digest, record
         return None
+
+
+def figures(version: int, stats: VersionStats, seconds: float = 0.0) -> LiveFigures:
+    """A window's figures as events and records show them."""
+    return LiveFigures(version=version, requests=int(stats.requests), errors=int(stats.errors),
+                       error_rate=round(stats.error_rate, 6), p99_seconds=stats.p99_seconds,
+                       classes=tuple(int(stats.classes.get(k, 0))
+                                     for k in range(max(stats.classes, default=-1) + 1)),
+                       seconds=round(seconds, 3))
 
 
 def guard_state(client: redis.Redis, scope: str, version: int) -> dict[str, object] | None:

@@ -14,8 +14,10 @@ from services.selector.champion import ChampionStore
 from services.selector.errors import SelectorError
 from services.selector.guard import Guard, Window
 from services.selector.guard_rules import GuardThresholds
-from services.selector.guard_store import approve, guard_state
-from services.selector.live import UrlSource
+from dataclasses import replace
+
+from services.selector.guard_store import GuardStore, approve, guard_state
+from services.selector.live import Snapshot, UrlSource, VersionStats
 from services.selector.policy import Score
 from services.selector.service import Selector
 from tests.services.selector.live_standin import MetricsServer
@@ -175,6 +177,7 @@ def test_metrics_out_of_reach_are_logged_once_and_never_roll_back(world, caplog)
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "cannot read the model server's metrics" in caplog.records[0].message
     assert store.get().version == 2
+    server.traffic(2, 60)
     server.status = 200
     assert g.poll() == "settled 2"  # the window ended while away: judged once figures are back
 
@@ -185,7 +188,8 @@ def test_a_promotion_over_a_watched_version_watches_the_new_one(world):
     server.traffic(2, 100)
     selector.handle(_trained(base, "run-3", "third"))
     assert g.poll() == "watching 3"
-    assert guard_state(store.client, store.scope, 2)["state"] == "superseded"
+    state = guard_state(store.client, store.scope, 2)
+    assert state["state"] == "superseded" and "never settled" in state["reason"]
 
 
 class Died(Exception):
@@ -302,3 +306,189 @@ def test_each_outcome_is_told_to_an_observer(world):
         server.answer(3, code=500)
     assert g.poll() == "rolled back 3"
     assert told == [(2, "settled"), (3, "rolledback")]
+
+
+SHIFTED = [0, 1, 2, 3, 5, 5, 6, 7, 8, 9]  # class 4 never predicted, class 5 twice as often
+
+
+def test_a_version_over_an_unsettled_one_is_judged_against_the_last_settled_window(world):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    server.traffic(2, 150, classes=SHIFTED)  # version 2 shifted, replaced before its window ends
+    assert g.poll() == "watching 2"
+    selector.handle(_trained(base, "run-3", "third"))
+    assert g.poll() == "watching 3"
+    server.traffic(3, 200)  # every class alike, as version 1 did
+    assert g.poll() == "settled 3"
+    state = guard_state(store.client, store.scope, 3)
+    assert state["previous_version"] == 1 and state["baseline"]["classes"] == [20] * 10
+    assert guard_state(store.client, store.scope, 2)["state"] == "superseded"
+
+
+def test_two_variants_of_one_bad_run_are_both_judged_against_the_last_settled_one(world):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    server.traffic(2, 100, classes=SHIFTED)
+    assert g.poll() == "watching 2"
+    selector.handle(_trained(base, "run-2", "third"))  # the same run's better variant
+    assert g.poll() == "watching 3"
+    server.traffic(3, 200, classes=SHIFTED)
+    assert g.poll() == "rolled back 3"
+    data = emitted[-1].data
+    assert (data.rule, data.previous_version) == ("class_distribution", 1)
+    champion = store.get()  # back past version 2 (unsettled) to version 1's model
+    assert (champion.run_id, champion.version, data.restored_version) == ("run-1", 5, 5)
+    assert [d["champion_version"] for d in store.decisions() if d["type"] == "rollback"] == [3, 4]
+    assert g.poll() is None and store.get().version == 5
+
+
+def test_a_guard_that_dies_inside_a_chain_of_rollbacks_finishes_it(world):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    selector.handle(_trained(base, "run-3", "third"))
+    assert g.poll() == "watching 3"
+    for _ in range(5):
+        server.answer(3, code=500)
+    calls = []
+
+    def once_then_die(reason, version):
+        calls.append(version)
+        if len(calls) == 2:
+            raise Died
+        return selector.rollback(reason, version)
+
+    with pytest.raises(Died):
+        _guard(world, rollback=once_then_die).poll()
+    assert store.get().run_id == "run-2"  # version 2's model serves again, as version 4
+    assert _guard(world).poll() == "rolled back 3"
+    assert (store.get().run_id, store.get().version) == ("run-1", 5)
+
+
+def test_a_guard_started_after_a_promotion_it_never_saw_watches_it(world):
+    selector, store, server, guard, emitted, clock, base = world
+    selector.handle(_trained(base, "run-1", "first"))
+    server.traffic(1, 300)
+    assert guard().poll() is None
+    selector.handle(_trained(base, "run-2", "second"))  # the selector dies before its guard polls
+    g = guard()  # the restarted selector's guard
+    for _ in range(5):
+        server.answer(2, code=500)
+    assert g.poll() == "rolled back 2"
+    assert store.get().run_id == "run-1"
+
+
+def test_a_rollback_that_cannot_be_published_is_tried_again(world, monkeypatch):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _breaking(world)
+    real = selector._backend.publish
+    calls = []
+
+    def flaky(staged, at_once=False):
+        calls.append(staged)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return real(staged, at_once)
+
+    monkeypatch.setattr(selector._backend, "publish", flaky)
+    assert g.poll() == "rollback of 2 failed, trying again in 1 s"
+    assert store.get().version == 2 and g.poll() == "rolling back 2: trying again later"
+    clock.now += 1
+    assert g.poll() == "rolled back 2"
+    assert store.get().run_id == "run-1"
+
+
+def test_a_failed_promotion_over_a_watched_version_keeps_its_watch(world, monkeypatch):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    real = selector._backend.publish
+
+    def fail_once(staged, at_once=False):
+        monkeypatch.setattr(selector._backend, "publish", real)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(selector._backend, "publish", fail_once)
+    assert selector.handle(_trained(base, "run-3", "third")).type is EventType.MODEL_REJECTED
+    assert store.get().version == 2 and store.get().generation == 4  # a new generation
+    assert g.poll() == "watching 2"
+    for _ in range(5):
+        server.answer(2, code=500)
+    assert g.poll() == "rolled back 2"
+
+
+def test_heavy_traffic_between_two_polls_still_gives_a_baseline(world):
+    selector, store, server, guard, emitted, clock, base = world
+    selector.handle(_trained(base, "run-1", "first"))
+    g = guard()  # a window of 200 answers
+    server.traffic(1, 300)
+    assert g.poll() is None
+    server.traffic(1, 300)  # more than a window between two polls
+    assert g.poll() is None
+    selector.handle(_trained(base, "run-2", "second"))
+    assert g.poll() == "watching 2"
+    server.traffic(2, 200, classes=SHIFTED)
+    assert g.poll() == "rolled back 2"
+    assert emitted[-1].data.rule == "class_distribution"
+    assert emitted[-1].data.baseline.requests == 300
+
+
+def test_a_window_without_enough_answers_keeps_watching(world, caplog):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    for _ in range(300):
+        server.refuse(2, 503)  # refused at the door: nothing said of the model
+    clock.now += 901
+    with caplog.at_level(logging.INFO, logger="services.selector.guard"):
+        assert g.poll() == "watching 2" and g.poll() == "watching 2"
+    said = [r.message for r in caplog.records if "< 50" in r.message]
+    assert len(said) == 1 and "0 answers < 50: still watching" in said[0]
+    assert guard_state(store.client, store.scope, 2)["state"] == "watching"
+    server.traffic(2, 50)
+    assert g.poll() == "settled 2"
+
+
+class _Sixteen:
+    """A server serving sixteen versions, version 16 the one promoted; its clock advancing half a
+    second a look."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def scrape(self):
+        self.clock.now += 0.5
+        return Snapshot(self.clock.now, {v: VersionStats(requests=self.clock.now)
+                                         for v in range(1, 17)})
+
+
+def test_the_history_keeps_only_what_baselines_need(world):
+    selector, store, server, guard, emitted, clock, base = world
+    selector.handle(_trained(base, "run-1", "first"))
+    g = Guard(store, selector.rollback, emitted.append, _Sixteen(clock), T, Window(10**6, 600.0),
+              clock=clock)
+    for _ in range(2400):  # twenty minutes, a look each half second
+        g.poll()
+    kept = [*g._older, *g._recent]
+    assert len(kept) <= 120 + 1 + 1140 + 1  # the last minute whole, then one a second
+    assert kept[0].at >= clock.now - 1200 - 1 and all(set(s.versions) == {1} for s in kept)
+
+
+def test_the_watch_is_changed_only_by_its_own_version(world):
+    selector, store, server, guard, emitted, clock, base = world
+    _promoted(world)
+    records = GuardStore(store.client, store.scope)
+    watch = records.watch()
+    records.drop(1, {"state": "superseded"})  # an older version's: the watch stays
+    assert records.watch() == watch
+    assert records.intend(replace(watch, version=7), {"rule": "x"}) is None
+    assert records.watch() == watch and records.intend(watch, {"rule": "x"}) is not None
+
+
+def test_a_model_not_digested_at_the_opening_is_digested_at_its_rollback(world):
+    selector, store, server, guard, emitted, clock, base = world
+    g = _promoted(world)
+    records = GuardStore(store.client, store.scope)
+    records.open(replace(records.watch(), model_digest=None))  # its files were not in place
+    for _ in range(5):
+        server.answer(2, code=500)
+    assert g.poll() == "rolled back 2" and emitted[-1].data.model_digest
+    again = selector.handle(_trained(base, "run-9", "second"))
+    assert "rolled back by the live guard" in again.data.reason
