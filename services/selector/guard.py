@@ -5,12 +5,14 @@ It runs beside the selector (``Guard.run`` in a thread until its stop event is s
 the model server's per-version statistics (``services.selector.live``) every poll, keeping a
 bounded history of them. A champion made by a promotion opens a watch (kept in Redis: a
 selector restarted mid-watch resumes it); its baseline is the previous version's last window
-on the same server. The fast rule (errors in a row) is read at every poll; at the window's
+on the same server, or, over a version still under watch, that watch's (the last settled
+version's, what a rollback goes back to). The fast rule (errors in a row) is read at every poll; at the window's
 end (so many answers or so many seconds) every rule is judged (``guard_rules.judge``). A
 broken rule rolls the version back through ``Selector.rollback`` (compare-and-set, only if it
 is still the champion), emits ``model.rolledback``, audits it and refuses the model's files
-until approved; a version that passes is marked settled. Metrics out of reach are logged once
-and waited out: the guard never rolls back for want of figures.
+until approved; a version that passes is marked settled (never on fewer than ``min_requests``
+answers: it is watched on). Metrics out of reach are logged once and waited out: no rule is
+judged on figures it could not read.
 """
 
 from __future__ import annotations
