@@ -130,7 +130,7 @@ def guard_line(state: dict[str, Any] | None) -> str:
     elif kind == "watching":
         said = f"watching against version {state.get('previous_version')}"
     elif kind == "superseded":
-        said = f"replaced by version {state.get('by')} before its window ended"
+        said = f"replaced by version {state.get('by')} before its window ended, never settled"
     else:
         said = str(state.get("reason") or "")
     return f"<p class=guard>live guard: {tag(kind)} {esc(said)}</p>"

@@ -163,7 +163,7 @@ def _guard(client: redis.Redis, scope: str, version: int | None,
             state["approved"] = {k: approved.get(k) for k in ("at", "by", "note")}
             said += f"; its model approved since by {approved.get('by')}"
     elif kind == "superseded":
-        said = f"replaced by version {state.get('by')} before its window ended"
+        said = f"replaced by version {state.get('by')} before its window ended, never settled"
     else:
         said = str(state.get("reason") or kind)
     return {**state, "summary": said}

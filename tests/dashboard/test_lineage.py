@@ -110,7 +110,7 @@ def test_the_guards_outcome_and_the_runs_covered_on_the_page_and_in_the_decision
     assert "settled after 500 answers, 1 errors: every rule passed" in settled
     assert "<td>window</td><td>2</td><td>500</td><td>1</td><td>0.20%</td><td>6.0 ms</td>" in settled
     covered = ui.get("/lineage/3").text
-    assert "replaced by version 4 before its window ended" in covered
+    assert "replaced by version 4 before its window ended, never settled" in covered
     assert "<h3 id=covers>the coalesced runs its data covers</h3>" in covered
     assert "<a href='/runs/run-c1'>run-c1</a>" in covered and "<code>ev-2</code>" in covered
     assert "<span class='tag watching'>watching</span>" in ui.get("/lineage/4").text

@@ -266,7 +266,7 @@ def test_a_version_says_what_the_live_guard_made_of_it_and_its_run_the_runs_it_c
     assert settled["summary"] == "settled after 500 answers, 1 errors: every rule passed"
     assert settled["baseline"]["version"] == 1
     third = lineage(r, "guarded", 3)
-    assert third["guard"]["summary"] == "replaced by version 4 before its window ended"
+    assert third["guard"]["summary"] == "replaced by version 4 before its window ended, never settled"
     assert third["run"]["covers"] == covers
     watching = lineage(r, "guarded", 4)["guard"]
     assert watching["state"] == "watching" and watching["summary"] == (
@@ -282,7 +282,7 @@ def test_retrain_lineage_prints_the_guards_state_and_the_runs_covered(r):
     guarded_history(r, "printed")
     lines = render(lineage(r, "printed", 3))
     guard = next(line for line in lines if line.startswith("guard"))
-    assert guard.split(None, 1)[1] == "replaced by version 4 before its window ended"
+    assert guard.split(None, 1)[1] == "replaced by version 4 before its window ended, never settled"
     assert [line.strip() for line in lines if "coalesced into this run" in line] == [
         "covers run-c1 (event ev-1, coalesced into this run)",
         "covers run-c2 (event ev-2, coalesced into this run)"]
