@@ -45,11 +45,18 @@ def section() -> Iterator[bool]:
     from tests.services.selector.live_load import Load, Rig, altered, nan_weight, trained
 
     heading("2. from the first bad answer to the rollback and to the restored version served "
-            "(fast rule, ~100 requests/s)")
+            "(fast rule, ~100 requests/s, the guard's default settings)")
     with tempfile.TemporaryDirectory() as tmp, loopback_redis(Path(tmp)) as (client, _url):
         base = Path(tmp)
         good = export.export(models.build("cnn"), base / "runs" / "good")
-        rig = Rig(client, base / "repo", Window(requests=500, seconds=900))
+        # the guard's defaults: window, thresholds and its poll (RETRAIN_GUARD_POLL_SECONDS)
+        from core.settings import Settings
+        from services.selector.guard_rules import GuardThresholds
+
+        defaults = Settings(_env_file=None)
+        rig = Rig(client, base / "repo", Window(defaults.guard_window_requests,
+                                                defaults.guard_window_seconds),
+                  GuardThresholds.from_settings(defaults), defaults.guard_poll_seconds)
         rig.table.scores.update({"good": 0.8, "nan": 0.9})
         rig.selector.handle(trained("run-1", good))
         deadline = time.monotonic() + 60
