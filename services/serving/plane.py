@@ -8,6 +8,9 @@ counted)."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +68,27 @@ def _model_call(model: LoadedModel, kind: str, inputs: list[bytes] | np.ndarray)
         raise ModelFailedError("internal server error", version=model.version) from exc
 
 
+class Repeated:
+    """An error said once per version, then once a minute with how many times it happened
+    since: a broken model answering every request must not write a log line per request."""
+
+    def __init__(self, message: str, every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._message, self._every, self._clock = message, every, clock
+        self._said: dict[int, tuple[float, int]] = {}  # version: (when last said, since then)
+        self._lock = threading.Lock()
+
+    def said(self, version: int) -> None:
+        now = self._clock()
+        with self._lock:
+            last, since = self._said.get(version, (None, 0))
+            if last is not None and now - last < self._every:
+                self._said[version] = (last, since + 1)
+                return
+            self._said[version] = (now, 0)
+        log.error(self._message + ("" if not since else f" ({since} more times since)"), version)
+
+
 class Plane:
     """``limiter`` None: no limits and no key checks. ``batching`` None: each request is its
     own model call; otherwise concurrent requests share calls between ``open`` and ``close``."""
@@ -80,6 +104,8 @@ class Plane:
         self._limiter = limiter
         self._batching = batching
         self._batcher: MicroBatcher | None = None
+        self._nonfinite = Repeated("version %d answered probabilities that are not finite "
+                                   "numbers")
 
     def check_name(self, name: str) -> None:
         """The model a request names must be the one served (404 otherwise)."""
@@ -181,7 +207,7 @@ class Plane:
                 served = model.version
                 self._called(len(inputs), served)
         if not np.isfinite(probs).all():
-            log.error("version %d answered probabilities that are not finite numbers", served)
+            self._nonfinite.said(served)
             raise ModelFailedError("internal server error", version=served)
         return probs, served
 

@@ -5,6 +5,7 @@ the door (bad input, keys, rates, sizes, a full backlog) neither end nor lengthe
 when turned off; the Open Inference Protocol's statistics extension over HTTP and gRPC
 (tritonclient); and the fast way back to a version still loaded."""
 
+import logging
 import shutil
 import threading
 import time
@@ -405,3 +406,22 @@ def test_a_large_answers_classes_are_counted_as_a_small_ones_are():
     expected = np.bincount(probabilities.argmax(axis=1), minlength=10).tolist()
     assert large.snapshot()[1].classes == small.snapshot()[1].classes == expected
     assert large.snapshot()[1].images == small.snapshot()[1].images == 1000
+
+
+def test_a_model_failing_every_request_writes_one_log_line_a_minute(caplog):
+    from services.serving.plane import Repeated
+
+    now = [0.0]
+    said = Repeated("version %d answered probabilities that are not finite numbers", every=60,
+                    clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="services.serving.plane"):
+        for _ in range(500):
+            said.said(2)
+        said.said(3)
+        now[0] = 61.0
+        said.said(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["version 2 answered probabilities that are not finite numbers",
+                     "version 3 answered probabilities that are not finite numbers",
+                     "version 2 answered probabilities that are not finite numbers "
+                     "(499 more times since)"]
