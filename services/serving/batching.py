@@ -157,9 +157,8 @@ class MicroBatcher:
             for request in group:  # find the culprit: each request on its own
                 self._call(model, kind, [request], outcomes)
             return
-        except Exception as exc:  # the model's failure: a 500 of that version for each request
-            log.exception("version %d failed a model call for a batch of %d requests",
-                          model.version, len(group))
+        except Exception as exc:  # noqa: BLE001 - the model's failure, whatever it raised: a
+            # 500 of that version for each request (logged by the plane, once a minute)
             failed = ModelFailedError("internal server error", version=model.version)
             failed.__cause__ = exc
             outcomes.extend((request, None, failed) for request in group)

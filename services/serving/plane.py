@@ -62,9 +62,7 @@ def _model_call(model: LoadedModel, kind: str, inputs: list[bytes] | np.ndarray)
         return model.predict(kind, [inputs])
     except ServingError:
         raise
-    except Exception as exc:
-        log.exception("version %d failed to answer a request of %d images", model.version,
-                      len(inputs))
+    except Exception as exc:  # said in the log by the plane (``Plane.predict``), not per request
         raise ModelFailedError("internal server error", version=model.version) from exc
 
 
@@ -78,7 +76,9 @@ class Repeated:
         self._said: dict[int, tuple[float, int]] = {}  # version: (when last said, since then)
         self._lock = threading.Lock()
 
-    def said(self, version: int) -> None:
+    def said(self, version: int, cause: BaseException | None = None) -> None:
+        """It happened again to ``version`` (``cause``: the exception, its traceback logged
+        with each line said)."""
         now = self._clock()
         with self._lock:
             last, since = self._said.get(version, (None, 0))
@@ -86,7 +86,8 @@ class Repeated:
                 self._said[version] = (last, since + 1)
                 return
             self._said[version] = (now, 0)
-        log.error(self._message + ("" if not since else f" ({since} more times since)"), version)
+        log.error(self._message + ("" if not since else f" ({since} more times since)"), version,
+                  exc_info=cause)
 
 
 class Plane:
@@ -106,6 +107,7 @@ class Plane:
         self._batcher: MicroBatcher | None = None
         self._nonfinite = Repeated("version %d answered probabilities that are not finite "
                                    "numbers")
+        self._raised = Repeated("version %d failed a model call")
 
     def check_name(self, name: str) -> None:
         """The model a request names must be the one served (404 otherwise)."""
@@ -199,13 +201,17 @@ class Plane:
         encoding: JSON, binary tensor data, gRPC)."""
         with self._backlog.admitted(len(inputs)):
             batcher = self._batcher
-            if batcher is not None:
-                probs, served = await batcher.predict(kind, inputs)
-            else:
-                model = self.holder.current  # the version answering, even if a swap happens
-                probs = await run_in_threadpool(_model_call, model, kind, inputs)
-                served = model.version
-                self._called(len(inputs), served)
+            try:
+                if batcher is not None:
+                    probs, served = await batcher.predict(kind, inputs)
+                else:
+                    model = self.holder.current  # the version answering, even if swapped
+                    probs = await run_in_threadpool(_model_call, model, kind, inputs)
+                    served = model.version
+                    self._called(len(inputs), served)
+            except ModelFailedError as exc:  # a model that fails every request: a line a minute
+                self._raised.said(exc.version or 0, exc.__cause__)
+                raise
         if not np.isfinite(probs).all():
             self._nonfinite.said(served)
             raise ModelFailedError("internal server error", version=served)

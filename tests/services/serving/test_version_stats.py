@@ -212,7 +212,7 @@ def test_a_model_answering_nan_counts_500s_and_refusals_at_the_door_leave_its_st
 
 
 def test_a_full_backlog_is_a_refusal_and_a_model_raising_is_its_versions_500(
-        tmp_path, trained_models):
+        tmp_path, trained_models, caplog):
     """503s while the model is busy with a full queue's worth of images are the door's, not
     the version's; a model call that raises is the version's failure."""
     from services.serving.model import LoadedModel
@@ -249,15 +249,21 @@ def test_a_full_backlog_is_a_refusal_and_a_model_raising_is_its_versions_500(
             raise RuntimeError("a kernel the model needs is missing")
 
         holder._current = LoadedModel(real.version, real.path, real.serve_bytes, raising)
-        failed = served.http.post(PREDICT, json={"instances": images[:1]})
+        with caplog.at_level(logging.ERROR, logger="services.serving.plane"):
+            failed = served.http.post(PREDICT, json={"instances": images[:1]})
+            broken = served.per_version()
+            again = [served.http.post(PREDICT, json={"instances": images[:1]}).status_code
+                     for _ in range(3)]
         holder._current = real
-        broken = served.per_version()
     finally:
         served.stop()
     assert overloaded == [503] * 5
     assert full[1]["codes"] == {200: 2} and full[1]["refused"] == {503: 5}
     assert full[1]["streak"] == 0
     assert failed.status_code == 500 and failed.json() == {"error": "internal server error"}
+    assert again == [500] * 3
+    said = [r for r in caplog.records if "failed a model call" in r.getMessage()]
+    assert len(said) == 1 and "kernel the model needs" in str(said[0].exc_info[1])  # once
     assert broken[1]["codes"] == {200: 2, 500: 1} and broken[1]["streak"] == 1
 
 
@@ -425,3 +431,15 @@ def test_a_model_failing_every_request_writes_one_log_line_a_minute(caplog):
                      "version 3 answered probabilities that are not finite numbers",
                      "version 2 answered probabilities that are not finite numbers "
                      "(499 more times since)"]
+
+
+def test_a_raising_model_is_logged_once_with_its_traceback(caplog):
+    from services.serving.plane import Repeated
+
+    said = Repeated("version %d failed a model call", clock=lambda: 0.0)
+    with caplog.at_level(logging.ERROR, logger="services.serving.plane"):
+        for _ in range(100):
+            said.said(4, ValueError("the graph is broken"))
+    [line] = caplog.records
+    assert line.getMessage() == "version 4 failed a model call"
+    assert line.exc_info[1].args == ("the graph is broken",)
