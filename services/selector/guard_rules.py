@@ -19,6 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from dataset.validation import js_distance
 from events.payloads import GateRule
 from services.selector.live import VersionStats
 
@@ -159,19 +162,13 @@ def _shares(counts: Mapping[int, float]) -> dict[int, float]:
 
 
 def class_distance(a: Mapping[int, float], b: Mapping[int, float]) -> float:
-    """The Jensen-Shannon distance (base 2: 0 alike, 1 disjoint) between two class counts."""
-    pa, pb = _shares(a), _shares(b)
-    if not pa or not pb:
+    """The Jensen-Shannon distance (base 2: 0 alike, 1 disjoint) between two class counts, as
+    the data gate measures drift (``dataset.validation.js_distance``); 0 when either is empty."""
+    keys = sorted({*a, *b})
+    if not keys or sum(a.values()) <= 0 or sum(b.values()) <= 0:
         return 0.0
-    divergence = 0.0
-    for k in {*pa, *pb}:
-        p, q = pa.get(k, 0.0), pb.get(k, 0.0)
-        m = (p + q) / 2
-        if p > 0:
-            divergence += 0.5 * p * math.log2(p / m)
-        if q > 0:
-            divergence += 0.5 * q * math.log2(q / m)
-    return math.sqrt(max(0.0, divergence))
+    return js_distance(np.array([a.get(k, 0.0) for k in keys], float),
+                       np.array([b.get(k, 0.0) for k in keys], float))
 
 
 def g_test(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, int, float]:
