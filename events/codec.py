@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 try:  # cloudevents >= 2
     from cloudevents.v1 import exceptions as ce_errors
@@ -59,8 +60,22 @@ def encode(event: Event, mode: Mode = "binary") -> tuple[dict[str, str], bytes]:
         raise MalformedEventError(problems)
     attributes.update(event.extensions)
     ce = CloudEvent(attributes, event.data.model_dump(mode="json"))
-    headers, body = to_structured(ce) if mode == "structured" else to_binary(ce)
-    return dict(headers), body
+    if mode == "structured":
+        headers, body = to_structured(ce)
+        return dict(headers), body
+    headers, body = to_binary(ce)
+    return {k: _header_value(k, v) for k, v in headers.items()}, body
+
+
+# what a ce-* header may carry as it is (the HTTP binding, 3.1.3.2: space, '"', '%' and
+# anything outside printable ASCII are percent-encoded by the sender, decoded by the receiver)
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+
+def _header_value(name: str, value: Any) -> Any:
+    if name.lower().startswith("ce-") and isinstance(value, str):
+        return quote(value, safe=_HEADER_SAFE)
+    return value
 
 
 def decode(headers: Mapping[str, str], body: bytes) -> list[Event]:
@@ -85,8 +100,10 @@ def decode(headers: Mapping[str, str], body: bytes) -> list[Event]:
         raise MalformedEventError(
             [f"missing required attribute {a!r} (header ce-{a})" for a in missing]
         )
+    decoded = {k: unquote(v) if k.startswith("ce-") and isinstance(v, str) else v
+               for k, v in lowered.items()}
     try:
-        ce = from_http(dict(lowered), body)
+        ce = from_http(decoded, body)
     except ce_errors.GenericException as exc:
         raise MalformedEventError([str(exc)]) from None
     return [_to_event(ce)]

@@ -4,6 +4,8 @@ import pytest
 
 from events import EventType, make_event
 from events.codec import BATCH, decode, encode
+from events.envelope import Event
+from events.payloads import DatasetUpdated
 from events.errors import InvalidPayloadError, MalformedEventError, UnknownEventTypeError
 
 
@@ -186,3 +188,25 @@ def test_retrain_sends_no_extension_the_spec_would_not_name():
         encode(event)
     assert any("at most 20" in p for p in info.value.problems)
     assert any("reserves" in p for p in info.value.problems)
+
+
+def test_binary_headers_are_percent_encoded_as_the_http_binding_asks():
+    """Space, '"', '%' and anything outside printable ASCII travel percent-encoded in ce-*
+    headers (the 2.x SDK's own binding encodes and decodes them): what one side sends, the
+    other reads back as it was."""
+    from cloudevents.core.bindings.http import to_binary_event as to_binary
+    from cloudevents.core.v1.event import CloudEvent
+
+    said = "run 5/ü \"50%\""
+    headers, body = encode(Event(type=EventType.DATASET_UPDATED, source=said,
+                                 data=DatasetUpdated(uri="/data/fm"),
+                                 extensions={"replayof": said}), "binary")
+    assert headers["ce-source"] == "run%205/%C3%BC%20%2250%25%22"
+    [event] = decode(headers, body)
+    assert event.source == said and event.extensions == {"replayof": said}
+
+    sent = to_binary(CloudEvent({"type": "dev.retrain.dataset.updated", "source": said,
+                                 "id": "x 1", "specversion": "1.0", "replayof": said},
+                                {"uri": "/data/fm"}))
+    [event] = decode(dict(sent.headers), sent.body)
+    assert (event.source, event.id, event.extensions) == (said, "x 1", {"replayof": said})
