@@ -263,7 +263,7 @@ def test_a_full_backlog_is_a_refusal_and_a_model_raising_is_its_versions_500(
     assert failed.status_code == 500 and failed.json() == {"error": "internal server error"}
     assert again == [500] * 3
     said = [r for r in caplog.records if "failed a model call" in r.getMessage()]
-    assert len(said) == 1 and "kernel the model needs" in str(said[0].exc_info[1])  # once
+    assert len(said) == 1 and "kernel the model needs" in _traceback(said[0])  # once
     assert broken[1]["codes"] == {200: 2, 500: 1} and broken[1]["streak"] == 1
 
 
@@ -442,4 +442,12 @@ def test_a_raising_model_is_logged_once_with_its_traceback(caplog):
             said.said(4, ValueError("the graph is broken"))
     [line] = caplog.records
     assert line.getMessage() == "version 4 failed a model call"
-    assert line.exc_info[1].args == ("the graph is broken",)
+    assert "ValueError: the graph is broken" in _traceback(line)
+
+
+def _traceback(record):
+    """The traceback a log line carries (the secrets filter, once installed by an earlier
+    test's logging set-up, keeps it redacted as text)."""
+    if record.exc_info:
+        return logging.Formatter().formatException(record.exc_info)
+    return record.exc_text or ""
