@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     kserve_canary_max_error_rate: float = Field(0.01, ge=0, le=1)
     kserve_canary_max_p99_ms: float = Field(500.0, gt=0)
     kserve_canary_metrics_url: str | None = None  # the canary's Prometheus /metrics
+    # `retrain step fetch`: the S3-compatible endpoint of the bucket a notification names
+    # (MinIO's; unset: AWS S3). Credentials are boto3's own (AWS_ACCESS_KEY_ID, ...)
+    s3_endpoint: str | None = None
 
     @field_validator("min_change")
     @classmethod
