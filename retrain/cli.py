@@ -24,7 +24,8 @@ from retrain.commands.replay import replay
 from retrain.commands.reproduce import reproduce
 from retrain.commands.selector import select_app
 from retrain.commands.step import step_app
-from retrain.commands.step_training import check_training, wait_training
+from retrain.commands.step_fetch import fetch
+from retrain.commands.step_training import check_training, create_training, finish, wait_training
 from retrain.commands.support import console
 from retrain.commands.workflow import workflow_app
 
@@ -47,6 +48,9 @@ app.add_typer(events_app, name="events")
 app.add_typer(golden_app, name="golden")
 step_app.command("check-training")(check_training)
 step_app.command("wait-training")(wait_training)
+step_app.command("create-training")(create_training)
+step_app.command("finish")(finish)
+step_app.command("fetch")(fetch)
 app.add_typer(step_app, name="step")
 app.add_typer(select_app, name="select")
 app.add_typer(workflow_app, name="workflow")
