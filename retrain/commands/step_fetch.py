@@ -27,7 +27,8 @@ def fetch(
     writes nothing.
 
     Outputs: data-uri, event."""
-    from workflows.fetch import FetchSpecError, fetch as fetch_revision, parse_spec
+    from workflows.fetch import FetchSpecError, parse_spec
+    from workflows.fetch import fetch as fetch_revision
 
     setup_logging(True)  # what was fetched, or found already here, in the step's log
     spec = parse_spec(fetch_spec)
@@ -35,8 +36,8 @@ def fetch(
         emit_outputs({"data-uri": data_uri, "event": event}, outputs)
         return
     if data_uri.strip() or event.strip():
-        raise FetchSpecError(["--data-uri and --event come from the fetch: give them empty "
-                              "with --fetch"])
+        why = "--data-uri and --event come from the fetch: give them empty with --fetch"
+        raise FetchSpecError([why])
     settings = load_settings()
     fetched = fetch_revision(spec, settings.home.resolve(), git_token=settings.git_credential,
                              s3_client=lambda: _s3_client(settings.s3_endpoint))
