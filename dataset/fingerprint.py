@@ -66,9 +66,13 @@ def diff(old: Fingerprint | None, new: Fingerprint) -> Changes:
 
 
 def hash_file(path: Path | str, size: int | None = None) -> str:
+    if size is not None and size < CHUNK:  # one read for the many small files of a push
+        fd = os.open(path, os.O_RDONLY)  # no file object: a push is thousands of small files
+        try:
+            return blake3(os.read(fd, size + 1)).hexdigest()
+        finally:
+            os.close(fd)
     with open(path, "rb", buffering=0) as handle:
-        if size is not None and size < CHUNK:  # one read for the many small files of a push
-            return blake3(handle.read(size + 1)).hexdigest()
         hasher = blake3()
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)

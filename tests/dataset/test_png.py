@@ -1,4 +1,5 @@
-"""The grayscale PNG fast path agrees with Pillow, and hands everything else to Pillow."""
+"""The 28x28 grayscale PNG fast path (libspng) agrees with Pillow, the reference decoder, and
+hands everything else to Pillow."""
 
 import io
 import struct
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from dataset import png
-from dataset.ingest import _decode_batch
+from dataset.example import records
+from dataset.ingest import _decode_batch, _pillow_decode
 
 
 def _pillow(data: bytes) -> np.ndarray:
@@ -47,13 +49,11 @@ def encode_gray(pixels: np.ndarray, filters: list[int]) -> bytes:
 
 def test_every_filter_type_decodes_as_pillow_does():
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(12)]
-    encoded = [encode_gray(img, list(rng.integers(0, 5, 28))) for img in images]
-    scanlines = np.stack([np.frombuffer(png.inflate_gray8(d)[2], np.uint8).reshape(28, 29)
-                          for d in encoded])
-    decoded = png.unfilter(scanlines)
-    for img, data, fast in zip(images, encoded, decoded, strict=True):
-        assert np.array_equal(fast, img) and np.array_equal(_pillow(data), img)
+    for _ in range(12):
+        img = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+        data = encode_gray(img, list(rng.integers(0, 5, 28)))
+        fast = png.decode_gray28(data)
+        assert fast is not None and np.array_equal(fast, img) and np.array_equal(_pillow(data), img)
 
 
 def test_pillow_written_pngs_take_the_fast_path():
@@ -61,46 +61,81 @@ def test_pillow_written_pngs_take_the_fast_path():
     img = rng.integers(0, 256, (28, 28), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(img, "L").save(buffer, "PNG", optimize=True)
-    width, height, raw = png.inflate_gray8(buffer.getvalue())
-    assert (width, height) == (28, 28)
-    pixels = png.unfilter(np.frombuffer(raw, np.uint8).reshape(1, 28, 29))
-    assert np.array_equal(pixels[0], img)
+    assert np.array_equal(png.decode_gray28(buffer.getvalue()), img)
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "I;16", "P"])
+def _with_chunk(data: bytes, chunk: bytes) -> bytes:
+    at = len(png.HEADER) + 4  # after IHDR's CRC
+    return data[:at] + chunk + data[at:]
+
+
+@pytest.mark.parametrize("kind, body", [(b"gAMA", struct.pack(">I", 100_000)), (b"sBIT", b"\x04"),
+                                        (b"tRNS", b"\x00\x05"), (b"bKGD", b"\x00\x05"),
+                                        (b"tEXt", b"Software\x00x")])
+def test_ancillary_chunks_change_no_pixel_on_either_path(kind, body):
+    img = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
+    data = _with_chunk(encode_gray(img, [4] * 28), _chunk(kind, body))
+    fast = png.decode_gray28(data)
+    assert fast is not None and np.array_equal(fast, _pillow(data)) and np.array_equal(fast, img)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "I;16", "P", "1"])
 def test_other_kinds_of_png_are_left_to_pillow(mode):
     buffer = io.BytesIO()
     Image.new(mode, (28, 28)).save(buffer, "PNG")
-    assert png.inflate_gray8(buffer.getvalue()) is None
+    assert png.decode_gray28(buffer.getvalue()) is None
 
 
-def test_damage_is_refused():
+def test_other_sizes_and_interlaced_pngs_are_left_to_pillow():
+    wide, interlaced = io.BytesIO(), io.BytesIO()
+    Image.new("L", (30, 28)).save(wide, "PNG")
+    img = encode_gray(np.zeros((28, 28), np.uint8), [0] * 28)
+    header = bytearray(img[:33])
+    header[28] = 1  # interlace method: Adam7
+    header[29:33] = struct.pack(">I", zlib.crc32(bytes(header[12:29])))
+    assert png.decode_gray28(wide.getvalue()) is None
+    assert png.decode_gray28(bytes(header) + img[33:]) is None
+
+
+def test_damage_is_left_to_pillow():
     data = encode_gray(np.zeros((28, 28), np.uint8), [0] * 28)
-    assert png.inflate_gray8(data[:-20]) is None  # truncated
+    assert png.decode_gray28(data) is not None
+    assert png.decode_gray28(data[:-20]) is None  # truncated
     flipped = bytearray(data)
     flipped[45] ^= 0xFF  # inside IDAT: its CRC no longer matches
-    assert png.inflate_gray8(bytes(flipped)) is None
-    bad_filter = np.zeros((1, 28, 29), np.uint8)
-    bad_filter[0, 3, 0] = 7
-    assert png.unfilter(bad_filter) is None
+    assert png.decode_gray28(bytes(flipped)) is None
+    text = _chunk(b"tEXt", b"a\x00b")
+    bad_text = text[:-1] + bytes([text[-1] ^ 0xFF])  # libspng would drop it; Pillow refuses
+    assert png.decode_gray28(_with_chunk(data, bad_text)) is None
+    assert png.decode_gray28(_with_chunk(data, _chunk(b"PLTE", b"\x00" * 3))) is None
+    rows = bytes([7] + [0] * 28) * 28  # filter type 7 does not exist
+    idat = _chunk(b"IDAT", zlib.compress(rows))
+    assert png.decode_gray28(data[:33] + idat + _chunk(b"IEND", b"")) is None
 
 
-def test_a_mixed_batch_keeps_order_and_matches_pillow(tmp_path):
+def test_a_mixed_batch_gives_the_records_and_errors_of_the_reference_decoder(tmp_path):
+    """Ingestion's decoding (libspng where it can, Pillow elsewhere) against Pillow alone on
+    every file: the same records, and each refused file with the reference's own words."""
     rng = np.random.default_rng(2)
+    kinds = [("PNG", "L"), ("PNG", "RGB"), ("JPEG", "L"), ("PNG", "L"), ("PNG", "LA"),
+             ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"), ("JPEG", "RGB"), ("PNG", "1")]
     files = []
-    for i, (fmt, mode) in enumerate([("PNG", "L"), ("PNG", "RGB"), ("JPEG", "L"), ("PNG", "L"),
-                                     ("PNG", "LA")]):
+    for i, (fmt, mode) in enumerate(kinds):
         img = Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), "L").convert(mode)
         path = tmp_path / f"{i}.{fmt.lower()}"
         img.save(path, fmt)
         files.append((path.name, i % 10))
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     Image.new("L", (30, 28)).save(tmp_path / "wide.png")
-    problems = []
-    images, labels = _decode_batch(tmp_path, files + [("bad.png", 1), ("wide.png", 2)], problems)
-    assert [int(x) for x in labels] == [0, 1, 2, 3, 4]
-    for (name, _), image in zip(files, images, strict=True):
-        assert np.array_equal(image, _pillow((tmp_path / name).read_bytes())), name
-    assert len(problems) == 2
+    plain = encode_gray(np.zeros((28, 28), np.uint8), [0] * 28)
+    (tmp_path / "cut.png").write_bytes(plain[:-20])
+    refused = [("bad.png", 1), ("wide.png", 2), ("cut.png", 3)]
+    problems: list[str] = []
+    images, labels = _decode_batch(tmp_path, files + refused, problems)
+    assert [int(x) for x in labels] == [label for _, label in files]
+    reference = np.stack([_pillow((tmp_path / name).read_bytes()) for name, _ in files])
+    assert bytes(b"".join(records(images, labels))) == bytes(b"".join(records(reference, labels)))
+    expected = [_pillow_decode(name, (tmp_path / name).read_bytes())[1] for name, _ in refused]
+    assert problems == expected
     assert problems[0].startswith("bad.png: not a decodable PNG/JPEG image")
     assert problems[1] == "wide.png: image is 30x28, expected 28x28"
