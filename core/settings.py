@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     serve_max_queued: int = Field(4096, ge=1)
     # per-version live statistics on /metrics (what the guard judges a new version by)
     serve_version_stats: bool = True
+    # compile (and warm) each version for LiteRT while it loads, before it takes traffic (the
+    # server is not ready until its first version is); false: after SERVE_COMPILE_AFTER calls
+    serve_compile_at_load: bool = True
 
     # the data gate (retrain validate): each check warns past its _warn and blocks past its
     # _block threshold. class_balance: the largest change of a class's share of a split;
