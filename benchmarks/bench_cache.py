@@ -4,7 +4,8 @@
 
 Prints, for a generated 70,000-image stand-in dataset:
   1. a re-run on unchanged data (fingerprint + cache decision) vs a full ingestion
-  2. pushing one 1,000-image PNG increment vs a full ingestion
+  2. pushing one 1,000-image PNG (2a) or JPEG (2b) increment vs a full ingestion, per image
+     too, each run's profile checked, and each decoder alone (before and now) on its files
   3. ingestion throughput vs simply reading and decompressing the IDX files (the floor)
   4. 50 concurrent runs (processes) on the same data, over --reps repetitions, every fourth
      with the lock holder SIGKILLed mid-ingestion: how many ingestions each repetition ran
@@ -22,35 +23,41 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from _common import ROOT, heading, line, loopback_redis, median, percentile, timed, verdict
 
-from dataset import idx
 from core.cache_policy import Policy
 from core.content_cache import ContentCache
+from dataset import idx, png
 from dataset.cache import PREFIX, CacheEntry, ingestion_cache
 from dataset.fingerprint import fingerprint
 from dataset.ingest import ingest
-from dataset.layout import BASE_FILES
-from dataset.seed import write_png_increment, write_standin
+from dataset.layout import BASE_FILES, CLASS_NAMES
+from dataset.profile import load as load_profile
+from dataset.seed import generate, write_png_increment, write_standin
 from dataset.store import TMP_PREFIX
 from workflows import steps
 
 
 def full_run(cache: ContentCache, root: Path, store: Path, state: Path) -> tuple[float, dict]:
     """fingerprint → check_cache → ingest, as the runner does; returns seconds and phases."""
-    phases: dict[str, float] = {}
+    phases: dict = {}
     t, fp = timed(lambda: steps.fingerprint_step(root, state))
     phases["fingerprint"] = t
     t, check = timed(lambda: steps.check_cache(cache, root, fp, Policy()))
     phases["check_cache"] = t
+    entry = check.decision.entry
     if not check.decision.hit:
         t, outcome = timed(lambda: steps.ingest_step(cache, root, store, fp, check.key))
         phases["ingest"] = t
         phases["new_units"] = outcome.result.new_units if outcome.result else 0
+        entry = outcome.entry
     phases["hit"] = check.decision.hit
+    phases["dataset_uri"] = entry.dataset_uri
     return sum(v for k, v in phases.items() if k in ("fingerprint", "check_cache", "ingest")), phases
 
 
@@ -167,6 +174,78 @@ def at_scale(client, entries: int, lookups: int, expire_seconds: int) -> tuple[f
     return p50, p99, visible == 0 and client.dbsize() == 0
 
 
+def write_jpeg_increment(root: Path, batch: str, n: int, seed: int) -> Path:
+    """Push ``n`` labelled images as class folders of (grayscale) JPEGs, as a camera would."""
+    from PIL import Image
+
+    images, labels = generate(n, seed)
+    staging = root / "increments" / f".{batch}"
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        target = staging / CLASS_NAMES[label] / f"{batch}-{i:05d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, "L").save(target, "JPEG", quality=90)
+    final = root / "increments" / batch
+    staging.rename(final)
+    return final
+
+
+def profiled_images(dataset_uri: str) -> int:
+    """How many images the dataset's stored profile covers (every unit's profile.npz)."""
+    return sum(int(u.labels.size) for u in load_profile(dataset_uri).units)
+
+
+def push_runs(cache, root: Path, work: Path, increment: int, write, expected: int) -> tuple:
+    """Three runs, each after one push on top of the base dataset alone: the median's
+    seconds and phases, the last push's files (kept), and whether every run profiled all."""
+    pushes, profiled = [], True
+    for n in range(3):
+        pushed = write(root, f"push-{n}", increment, 99 + n)
+        seconds, phases = full_run(cache, root, work / "store", work / "state")
+        assert phases["new_units"] == 1
+        profiled &= profiled_images(phases["dataset_uri"]) == expected
+        pushes.append((seconds, phases))
+        if n < 2:
+            shutil.rmtree(pushed)
+    seconds, phases = sorted(pushes, key=lambda f: f[0])[1]
+    return seconds, phases, pushed, profiled
+
+
+def previous_png_decoder():
+    """The PNG decoding ingestion used before libspng (zlib + numpy row filters, batched),
+    read from the commit before the change, or None outside a Git checkout."""
+    found = subprocess.run(["git", "-C", str(ROOT), "show", f"{PREVIOUS}:dataset/png.py"],
+                           capture_output=True, text=True, check=False)
+    if found.returncode:
+        return None
+    module = types.ModuleType("previous_png")
+    exec(compile(found.stdout, "previous_png.py", "exec"), module.__dict__)  # noqa: S102
+
+    def decode(datas: list[bytes]):
+        rows = [module.inflate_gray8(d)[2] for d in datas]
+        lines = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), idx.ROWS, idx.COLS + 1)
+        return module.unfilter(lines)
+
+    return decode
+
+
+PREVIOUS = "a82839c"  # the last commit with the numpy PNG decoder
+
+
+def decoders(pushed: Path) -> dict[str, float]:
+    """Microseconds per image of each decoder on the pushed files (bytes in memory)."""
+    from dataset.ingest import _pillow_decode
+
+    datas = [p.read_bytes() for p in sorted(pushed.rglob("*.*"))]
+    ways = {"Pillow (the reference)": lambda: [_pillow_decode("x", d) for d in datas]}
+    if datas[0].startswith(png.SIGNATURE):
+        previous = previous_png_decoder()
+        if previous is not None:
+            ways["zlib + numpy (before)"] = lambda: previous(datas)
+        ways["libspng (now)"] = lambda: [png.decode_gray28(d) for d in datas]
+    return {name: min(timed(way)[0] for _ in range(5)) / len(datas) * 1e6
+            for name, way in ways.items()}
+
+
 def section_reuse(cache, root: Path, work: Path, total: int, increment: int) -> list[bool]:
     heading(f"1. re-run on unchanged data vs full ingestion ({total:,} images)")
     fulls = []
@@ -179,26 +258,29 @@ def section_reuse(cache, root: Path, work: Path, total: int, increment: int) -> 
     full, phases = sorted(fulls, key=lambda f: f[0])[1]
     line("full run, median of 3 (cold: empty store)",
          f"{full:7.3f} s  (fingerprint {phases['fingerprint']:.2f}, "
-         f"ingest {phases['ingest']:.2f}; {total / phases['ingest']:,.0f} images/s)")
+         f"ingest {phases['ingest']:.2f}; {total / phases['ingest']:,.0f} images/s; "
+         f"{full / total * 1000:.4f} ms per image)")
+    line("profile computed in the full run", f"{profiled_images(phases['dataset_uri']):,} images")
     reruns = [full_run(cache, root, work / "store", work / "state") for _ in range(5)]
     assert all(p["hit"] for _, p in reruns)
     rerun = median([s for s, _ in reruns])
     line("re-run, unchanged, median of 5 (hit verified)", f"{rerun:7.3f} s")
-    results = [verdict("re-run / full", rerun / full, 0.02, "%")]
-
-    heading(f"2. one {increment:,}-image PNG increment vs full ingestion")
-    pushes = []
-    for n in range(3):  # each on top of the base dataset alone
-        pushed = write_png_increment(root, f"push-{n}", increment, seed=99 + n)
-        seconds, phases = full_run(cache, root, work / "store", work / "state")
-        assert phases["new_units"] == 1
-        pushes.append((seconds, phases))
+    results = [verdict("re-run / full (before: 0.46-0.88 %)", rerun / full, 0.005, "%")]
+    for kind, write in (("PNG", write_png_increment), ("JPEG", write_jpeg_increment)):
+        heading(f"2{'ab'[kind == 'JPEG']}. one {increment:,}-image {kind} increment vs full ingestion")
+        inc, phases, pushed, profiled = push_runs(cache, root, work, increment, write,
+                                                   total + increment)
+        line("run after each push, median of 3", f"{inc:7.3f} s  (new units: 1, fingerprint "
+             f"{phases['fingerprint']:.3f}, check {phases['check_cache']:.3f}, "
+             f"ingest {phases['ingest']:.3f})")
+        line("per image: increment vs full run", f"{inc / increment * 1000:.4f} ms vs "
+             f"{full / total * 1000:.4f} ms")
+        line("profile computed in each run", f"{'every image' if profiled else 'MISSING'}")
+        for name, micros in decoders(pushed).items():
+            line(f"decode alone, {name}", f"{micros:6.1f} µs per image")
         shutil.rmtree(pushed)
-    inc, phases = sorted(pushes, key=lambda f: f[0])[1]
-    line("run after each push, median of 3", f"{inc:7.3f} s  (new units: 1, fingerprint "
-         f"{phases['fingerprint']:.3f}, check {phases['check_cache']:.3f}, "
-         f"ingest {phases['ingest']:.3f})")
-    results.append(verdict("increment / full", inc / full, 0.10, "%"))
+        results.append(profiled)
+        results.append(verdict(f"{kind} increment / full", inc / full, 0.05, "%"))
     return results
 
 

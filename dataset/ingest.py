@@ -23,12 +23,12 @@ import numpy as np
 from blake3 import blake3
 
 from dataset import idx, png
-from dataset.example import records as _records
-from dataset.profile import Profiler
 from dataset.errors import DatasetNotFoundError, DatasetValidationError
+from dataset.example import records as _records
 from dataset.fingerprint import Fingerprint, hash_file
 from dataset.image_header import size_problem
 from dataset.layout import IdxPair, ImageFolder, Unit, discover
+from dataset.profile import Profiler
 from dataset.store import TMP_PREFIX, stat_signature
 
 log = logging.getLogger(__name__)

@@ -87,7 +87,7 @@ def test_other_kinds_of_png_are_left_to_pillow(mode):
 
 
 def test_other_sizes_and_interlaced_pngs_are_left_to_pillow():
-    wide, interlaced = io.BytesIO(), io.BytesIO()
+    wide = io.BytesIO()
     Image.new("L", (30, 28)).save(wide, "PNG")
     img = encode_gray(np.zeros((28, 28), np.uint8), [0] * 28)
     header = bytearray(img[:33])
