@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class TrainResult:
     weights_digest: str = ""  # equal on every worker when the all-reduce kept them in sync
     seed: int = SEED  # what the training was seeded with
     deterministic: bool = False  # whether it ran with TensorFlow's op determinism
+    # where the seconds went: import (TensorFlow), setup, first_step (tracing), steps,
+    # validation, checkpoint, tensorboard, export, finish; all but import add up to ``seconds``
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def warm_start_weights(source: str, model_type: str) -> tuple[Path | None, str]:

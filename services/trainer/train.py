@@ -6,6 +6,11 @@ global batch is the per-replica batch times the replicas, and only the chief kee
 model (the others write to a scratch folder that is removed). ``BackupAndRestore`` saves
 every ``checkpoint_every`` steps, so a run killed mid-epoch resumes from its last checkpoint
 when started again with the same output folder.
+
+Nothing is done each step that need not be: progress is read every ``PROGRESS_EVERY`` steps,
+TensorBoard writes once an epoch, the checkpoint is saved each epoch but the last (or every
+``checkpoint_every`` steps), and the validation split is evaluated once, after the last
+epoch. ``TrainResult.phases`` says where the seconds went.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import shutil
 import time
+from pathlib import Path
 
 import tensorflow as tf
 import tf_keras as keras
@@ -23,7 +28,9 @@ import tf_keras as keras
 from core.errors import RetrainError
 from dataset.store import load_metadata, verify
 from services.trainer import data, export, models
+from services.trainer.callbacks import Checkpoint, ProgressCallback
 from services.trainer.cluster import Role, role_from_tf_config
+from services.trainer.phases import FitClock
 from services.trainer.spec import Progress, TrainConfig, TrainResult, warm_start_weights
 
 log = logging.getLogger(__name__)
@@ -34,47 +41,6 @@ __all__ = ["TrainConfig", "TrainResult", "TrainingError", "train"]
 
 class TrainingError(RetrainError):
     """Training cannot go on; the message names the model and the cause."""
-
-
-class _ProgressCallback(keras.callbacks.Callback):
-    """Reports the optimizer's own step count, so a resumed run continues where it was."""
-
-    def __init__(self, report: Progress, planned: int, batch: int, replicas: int = 1,
-                 every: int = 10) -> None:
-        super().__init__()
-        self._report = report
-        self._replicas = replicas
-        self._planned = planned
-        self._batch = batch
-        self._every = every
-        self._first = 0
-        self._started = time.perf_counter()
-        self.resumed_from = 0
-
-    def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self._first = self.resumed_from = self._step()
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-        step = self._step()
-        if step % self._every == 0 or step == self._planned:
-            elapsed = time.perf_counter() - self._started
-            logs = logs or {}
-            self._report({
-                "step": step,
-                "planned": self._planned,
-                "resumed_from": self.resumed_from,
-                # batch logs under MultiWorkerMirroredStrategy hold the sum over the replicas
-                # of each one's value (an accuracy of 1.48 with two; tf_keras 2.21): average
-                "loss": round(float(logs.get("loss", 0.0)) / self._replicas, 4),
-                "accuracy": round(float(logs.get("accuracy", 0.0)) / self._replicas, 4),
-                "examples_per_second": round((step - self._first) * self._batch
-                                             / max(elapsed, 1e-9), 1),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            })
 
 
 def _strategy(role: Role, timeout: float) -> tf.distribute.Strategy:
@@ -134,41 +100,36 @@ def train(config: TrainConfig, progress: Progress | None = None,
                                                  config.deterministic)
     work = config.out.parent
     scratch = work / f".scratch-{role.name}"  # what a non-chief writes, then removes
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(work / "backup"),
-                                         save_freq=config.checkpoint_every or "epoch"),
-        keras.callbacks.TensorBoard(str((work if role.is_chief else scratch) / "tensorboard"),
-                                    update_freq="epoch"),
-    ]
-    tracker = _ProgressCallback(progress or (lambda _: None), steps * config.epochs, global_batch,
-                                strategy.num_replicas_in_sync)
-    callbacks.append(tracker)
+    clock = FitClock()
+    tracker = ProgressCallback(progress or (lambda _: None), steps * config.epochs, global_batch,
+                               strategy.num_replicas_in_sync)
+    callbacks = _callbacks(config, work if role.is_chief else scratch, clock, tracker)
+    phases = {"setup": round(time.perf_counter() - started, 3)}
+    clock.fit_called()
     fit_started = time.perf_counter()
-    try:
+    try:  # validated once, after the last epoch: only its figures are kept
         history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-                            validation_data=val_ds, callbacks=callbacks, verbose=0)
+                            validation_data=val_ds, validation_freq=config.epochs,
+                            callbacks=callbacks, verbose=0)
     except tf.errors.OpError as exc:
         raise TrainingError(f"training {config.model_type} failed ({role.name}): "
                             f"{exc.message}") from exc
     fit_seconds = time.perf_counter() - fit_started
+    phases.update(clock.phases(fit_seconds))
     val_loss = float(history.history["val_loss"][-1])
     val_acc = float(history.history["val_accuracy"][-1])
     info = {"model_type": config.model_type, "dataset_digest": meta["digest"],
             "val_accuracy": val_acc, "workers": role.workers, "seed": config.seed,
             "deterministic": config.deterministic}
-    if role.is_chief:
-        tmp = config.out.with_name(config.out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        export.export(model, tmp, info)
-        shutil.rmtree(config.out, ignore_errors=True)
-        tmp.rename(config.out)
-    else:  # every worker takes part in saving (variables are synchronised); only the chief keeps it
-        export.export(model, scratch / "model", info)
-    shutil.rmtree(scratch, ignore_errors=True)
+    exported = time.perf_counter()
+    _export(model, config.out, info, role, scratch)
+    phases["export"] = round(time.perf_counter() - exported, 3)
     if role.is_chief:
         shutil.rmtree(work / "backup", ignore_errors=True)  # finished: nothing to resume
-    seconds = time.perf_counter() - started
     total = steps * config.epochs
+    digest = weights_digest(model)
+    seconds = time.perf_counter() - started
+    phases["finish"] = round(seconds - sum(phases.values()), 3)
     return TrainResult(
         model_uri=str(config.out),
         val_accuracy=val_acc,
@@ -181,10 +142,41 @@ def train(config: TrainConfig, progress: Progress | None = None,
         workers=role.workers,
         resumed_from_step=tracker.resumed_from,
         warm_start=note,
-        weights_digest=weights_digest(model),
+        weights_digest=digest,
         seed=config.seed,
         deterministic=config.deterministic,
+        phases=phases,
     )
+
+
+def _callbacks(config: TrainConfig, logs: Path, clock: FitClock,
+               tracker: ProgressCallback) -> list[keras.callbacks.Callback]:
+    """Checkpoints (to resume), TensorBoard (into ``logs``) and progress, with the clock's
+    marks timing the first two."""
+    return [
+        clock.opening(),
+        Checkpoint(str(config.out.parent / "backup"),
+                   save_freq=config.checkpoint_every or "epoch"),
+        clock.after("checkpoint"),
+        keras.callbacks.TensorBoard(str(logs / "tensorboard"), update_freq="epoch"),
+        clock.after("tensorboard"),
+        tracker,
+    ]
+
+
+def _export(model: keras.Model, out: Path, info: dict[str, object], role: Role,
+            scratch: Path) -> None:
+    """The chief writes the model to ``out`` (whole or not at all); every other worker takes
+    part in saving too (variables are synchronised) but into ``scratch``, then removes it."""
+    if role.is_chief:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        export.export(model, tmp, info)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    else:
+        export.export(model, scratch / "model", info)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -24,6 +24,10 @@ def test_each_variant_trains_and_exports_a_serving_model(model_type, ingested, t
                                batch_size=32), progress.append)
     assert result.steps == 8 and 0.0 <= result.val_accuracy <= 1.0
     assert progress[-1]["step"] == 8 and progress[-1]["planned"] == 8
+    # where the seconds went, adding up to the training's own
+    assert {"setup", "first_step", "steps", "validation", "checkpoint", "tensorboard", "export",
+            "finish"} <= set(result.phases)
+    assert abs(sum(result.phases.values()) - result.seconds) < 0.01
     loaded = tf.saved_model.load(result.model_uri)
     png = io.BytesIO()
     Image.fromarray(np.full((28, 28), 200, np.uint8), "L").save(png, format="PNG")
