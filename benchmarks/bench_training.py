@@ -1,13 +1,19 @@
 """Training, side by side (issue: training).
 
     .venv/bin/python benchmarks/bench_training.py [--train 20000 --test 4000] [--steps 300]
+    .venv/bin/python benchmarks/bench_training.py --quick    (a smaller try)
 
 Prints, on a generated stand-in dataset ingested into TFRecord shards:
   1. examples/s of our input pipeline + training loop vs a plain ``model.fit`` on the same
      images as in-memory NumPy arrays (same model, same batch size), steady state
-  2. two local worker processes (all-reduce over 127.0.0.1) vs one: examples/s, and wall
+  2. ``retrain train`` itself, run as a user runs it (a process, progress to Redis), vs a bare
+     ``model.fit`` process on the same images and steps: steady-state examples/s (the
+     trainer's from its own progress records), process start to exit, and where each
+     process's seconds go (import, setup, tracing, steps, validation, checkpoint,
+     TensorBoard, export)
+  3. two local worker processes (all-reduce over 127.0.0.1) vs one: examples/s, and wall
      time to the same number of steps
-  3. test accuracy per variant after a fixed budget of steps
+  4. test accuracy per variant after a fixed budget of steps
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, heading, line, median, timed, verdict
+from _common import ROOT, heading, line, loopback_redis, median, timed, verdict
 
 from core.tf_start import configure
 from dataset.fingerprint import fingerprint
@@ -61,7 +67,7 @@ def pipeline_vs_numpy(dataset_uri: str, steps: int, batch: int, reps: int) -> li
             f"{steps} steps, first 30 not timed, median of {reps})")
     train_ds, _ = data.train_and_validation(dataset_uri, batch)
     images, labels = [], []
-    for x, y in data.records(dataset_uri, "train").map(data._parse).batch(8192):
+    for x, y in data.records(dataset_uri, "train").map(data.parse).batch(8192):
         images.append(x.numpy())
         labels.append(y.numpy())
     x_all, y_all = np.concatenate(images), np.concatenate(labels)
@@ -86,6 +92,96 @@ def pipeline_vs_numpy(dataset_uri: str, steps: int, batch: int, reps: int) -> li
     return [verdict("ours / plain", median(ours) / median(plain), 0.9, lower_is_better=False)]
 
 
+PHASES = (  # (label, the trainer's phase, the bare fit's) in the order a process goes through them
+    ("Python start, command line, result, exit", "start", "start"),
+    ("import TensorFlow", "import", "import"),
+    ("setup: verify shards, build model, pipeline", "setup", "setup"),
+    ("tracing and first step", "first_step", "first_step"),
+    ("the other steps", "steps", "steps"),
+    ("validation", "validation", None),
+    ("checkpoint (BackupAndRestore)", "checkpoint", None),
+    ("TensorBoard", "tensorboard", None),
+    ("export (SavedModel, weights)", "export", None),
+    ("the rest (weights digest, clean-up)", "finish", None),
+)
+
+
+def _steady(points: list[dict], skip: int, batch: int) -> float:
+    """Examples/s between the first progress record at or past step ``skip`` and the last."""
+    first = next(p for p in points if p["step"] >= skip)
+    last = points[-1]
+    return (last["step"] - first["step"]) * batch / (last["at"] - first["at"])
+
+
+def _retrain_train(uri: str, out: Path, steps: int, batch: int, redis_url: str, run_id: str
+                   ) -> tuple[float, dict]:
+    env = {**os.environ, "RETRAIN_HOME": str(out.parent / "home"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "RETRAIN_REDIS_URL": redis_url}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", uri,
+         "--out", str(out), "--steps-per-epoch", str(steps), "--batch-size", str(batch),
+         "--run-id", run_id], capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return wall, json.loads((out.parent / "result.json").read_text())
+
+
+def _bare_fit(root: Path, steps: int, batch: int, skip: int) -> tuple[float, dict]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "_bare_fit.py"), "--root", str(root),
+         "--steps", str(steps), "--batch", str(batch), "--skip", str(skip)],
+        capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return wall, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def trainer_vs_bare_fit(uri: str, root: Path, work: Path, steps: int, batch: int,
+                        reps: int, skip: int = 30) -> list[bool]:
+    """``retrain train`` as a user runs it vs a bare ``model.fit`` process, alternating."""
+    from services.trainer.progress import read
+
+    heading(f"2. retrain train (cnn, {steps} steps, batch {batch}) vs a bare model.fit process "
+            f"on the same data and steps, median of {reps}, alternating")
+    ours, bare = [], []
+    with loopback_redis(work / "redis") as (client, url):
+        for n in range(reps):
+            wall, result = _retrain_train(uri, work / f"train-{n}" / "model", steps, batch, url,
+                                          f"bench-{n}")
+            points = read(client, f"bench-{n}", "cnn").points
+            ours.append((wall, result, _steady(points, skip, batch)))
+            wall, fitted = _bare_fit(root, steps, batch, skip)
+            bare.append((wall, fitted, fitted["steady_examples_per_second"]))
+    ours_rate, bare_rate = median([o[2] for o in ours]), median([b[2] for b in bare])
+    ours_wall, bare_wall = median([o[0] for o in ours]), median([b[0] for b in bare])
+    line(f"retrain train, steady state from step {skip}", f"{ours_rate:8.0f} examples/s "
+         f"(its progress records; {[round(o[2]) for o in ours]})")
+    line("bare model.fit, the same steps", f"{bare_rate:8.0f} examples/s "
+         f"({[round(b[2]) for b in bare]})")
+    met = [verdict("steady state, retrain train / bare fit", ours_rate / bare_rate, 0.9,
+                   lower_is_better=False)]
+    line("process start to exit", f"{ours_wall:6.1f} s vs {bare_wall:5.1f} s → "
+         f"{ours_wall / bare_wall:.2f}x")
+    print("  where the seconds go (medians)          retrain train   bare fit   difference")
+    for label, mine, theirs in PHASES:
+        a = median([_phase(o[0], o[1], mine) for o in ours])
+        b = median([_phase(w, f, theirs) for w, f, _ in bare]) if theirs else 0.0
+        print(f"    {label:<44} {a:6.2f} s   {b:6.2f} s   {a - b:+6.2f} s")
+    return met
+
+
+def _phase(wall: float, result: dict, phase: str) -> float:
+    """A process's seconds in ``phase``; ``start``: what it spent outside its own clock."""
+    phases = result.get("phases") or {"steps": result.get("fit_seconds", 0.0)}
+    if phase == "start":
+        return wall - result["seconds"] - phases.get("import", 0.0)
+    return float(phases.get(phase, result.get(phase, 0.0)))
+
+
 def _train_cli(dataset_uri: str, out: Path, steps: int, batch: int, workers: int) -> dict:
     env = {**os.environ, "RETRAIN_HOME": str(out.parent / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("RETRAIN_REDIS_URL", None)
@@ -102,7 +198,7 @@ def _train_cli(dataset_uri: str, out: Path, steps: int, batch: int, workers: int
 
 
 def workers_two_vs_one(dataset_uri: str, work: Path, steps: int, batch: int) -> None:
-    heading(f"2. two local workers vs one (cnn, {steps} steps, batch {batch} per worker)")
+    heading(f"3. two local workers vs one (cnn, {steps} steps, batch {batch} per worker)")
     one = _train_cli(dataset_uri, work / "w1" / "model", steps, batch, 1)
     two = _train_cli(dataset_uri, work / "w2" / "model", steps, batch, 2)
     for label, r in (("one worker", one), ("two workers (all-reduce on 127.0.0.1)", two)):
@@ -124,7 +220,7 @@ def accuracy_per_variant(dataset_uri: str, work: Path, steps: int, batch: int) -
     from dataset.records import test_arrays
     from services.trainer.train import TrainConfig, train
 
-    heading(f"3. test accuracy per variant after {steps} steps of batch {batch}")
+    heading(f"4. test accuracy per variant after {steps} steps of batch {batch}")
     x_test, y_test = test_arrays(dataset_uri)
     for variant in ("cnn", "dropout", "batch_norm"):
         seconds, result = timed(lambda v=variant: train(
@@ -145,7 +241,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smaller try: 6,000 + 1,000 images, 100 steps, one repetition")
     args = parser.parse_args()
+    if args.quick:
+        args.train, args.test, args.steps, args.reps = 6_000, 1_000, 100, 1
     skip = {int(x) for x in args.skip.split(",") if x}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         work = Path(tmp)
@@ -158,8 +258,10 @@ def main() -> None:
         if 1 not in skip:
             results += pipeline_vs_numpy(uri, args.steps, args.batch, args.reps)
         if 2 not in skip:
-            workers_two_vs_one(uri, work, args.steps, args.batch)
+            results += trainer_vs_bare_fit(uri, root, work, args.steps, args.batch, args.reps)
         if 3 not in skip:
+            workers_two_vs_one(uri, work, args.steps, args.batch)
+        if 4 not in skip:
             accuracy_per_variant(uri, work, args.steps, args.batch)
         print(f"\n{sum(results)} of {len(results)} targets met")
 
