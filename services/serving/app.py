@@ -47,7 +47,8 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                batching: BatchConfig | None = BatchConfig(),
                model_dir: Path | None = None, max_queued: int = MAX_QUEUED,
                grpc: tuple[str, int] | None = None,
-               compile_after: int | None = None, version_stats: bool = True) -> FastAPI:
+               compile_after: int | None = None, compile_at_load: bool = False,
+               version_stats: bool = True) -> FastAPI:
     """The server. ``limiter`` (None: no limits, no key checks) guards the predict and infer
     endpoints, its ``ApiKeys`` telling keyed callers apart; ``batching`` (None: every request
     is its own model call) groups concurrent requests; past ``max_queued`` images waiting for
@@ -55,10 +56,12 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     ``app.state.grpc_port``) the Open Inference Protocol is also served over gRPC, from the
     same model and limits. The versions are read from ``model_repo/model_name/<version>/``,
     or, with ``model_dir``, from ``model_dir/<version>/`` (where KServe's storage initializer
-    puts them). A version that has answered ``compile_after`` model calls is compiled for
-    LiteRT (``model``). With ``version_stats``, each version's live statistics are kept
-    (``version_stats``: on ``/metrics`` and through the statistics extension)."""
-    holder = ModelHolder(model_dir or model_repo / model_name, compile_after)
+    puts them). With ``compile_at_load``, every version is compiled for LiteRT and warmed
+    before it takes traffic (the server is ready once its first version is); without, a
+    version that has answered ``compile_after`` model calls is (``model``). With
+    ``version_stats``, each version's live statistics are kept (``version_stats``: on
+    ``/metrics`` and through the statistics extension)."""
+    holder = ModelHolder(model_dir or model_repo / model_name, compile_after, compile_at_load)
     backlog = Backlog(max_queued)
     metrics = ServingMetrics(lambda: backlog.images, lambda: holder.compiled, version_stats)
     plane = Plane(holder, model_name, metrics, backlog, limiter=limiter, batching=batching)

@@ -5,12 +5,15 @@ runtime overhead (function dispatch, the executor, a hand-off to the op thread);
 ops in LiteRT's interpreter take ~0.1 ms (``benchmarks/README.md``). Under light load, where
 batches are a few images, that overhead was most of a request's latency.
 
-The model server compiles each version it loads in a background thread (1-2 s) and keeps
-answering with TensorFlow until the compiled model is there, or for good if compiling fails
-(an op LiteRT lacks, say). The compiled model gives the probabilities TensorFlow gives, to
-float32 rounding (``tests/services/serving/test_lite.py``). An interpreter is kept per batch
-size (1 to 8, then multiples of 8 up to 64, a batch padded with zeros to its size), each
-used by one thread at a time.
+The model server compiles each version while it loads it, before it takes traffic
+(``model.ModelHolder``), from the signature it has already loaded (``convert``: ~0.8 s; from
+the SavedModel's folder, ``compile``, the converter loads the model twice more: ~1.2 s), and
+warms every interpreter it will use (``warm``), so that no request pays for an interpreter's
+creation. A model LiteRT cannot take (an op it lacks, say) is answered by TensorFlow. The
+compiled model gives the probabilities TensorFlow gives, to float32 rounding
+(``tests/services/serving/test_lite.py``). An interpreter is kept per batch size (1 to 8,
+then multiples of 8 up to 64, a batch padded with zeros to its size), each used by one thread
+at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ def batch_size(n: int) -> int:
     return n if n <= 8 else -(-n // 8) * 8
 
 
+SIZES = tuple(sorted({batch_size(n) for n in range(1, MAX_BATCH + 1)}))  # 1..8, 16, ..., 64
+
+
 class CompiledModel:
     """``predict(images)``: (n, 28, 28) float32 → (n, 10) probabilities."""
 
@@ -47,14 +53,33 @@ class CompiledModel:
 
     @classmethod
     def compile(cls, saved_model: Path, threads: int = 1) -> CompiledModel:
-        """Convert the SavedModel's ``predict_images`` signature (raises what the converter
-        raises when it cannot)."""
+        """Convert the SavedModel's ``predict_images`` signature, read from its folder, and
+        warm it (raises what the converter raises when it cannot)."""
         with quiet_native():
             converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
                                                                  signature_keys=[SIGNATURE])
-            compiled = cls(converter.convert(), threads)
-            compiled.predict(np.zeros((1, 28, 28), np.float32))  # the interpreter starts here
-        return compiled
+            flatbuffer = converter.convert()
+        return cls(flatbuffer, threads).warm()
+
+    @classmethod
+    def convert(cls, signature: object, owner: object, threads: int = 1) -> CompiledModel:
+        """Convert ``signature`` (the loaded ``predict_images`` concrete function of the
+        SavedModel ``owner``, which holds its variables), and warm it (raises what the
+        converter raises when it cannot)."""
+        with quiet_native():
+            converter = tf.lite.TFLiteConverter.from_concrete_functions(
+                [signature], trackable_obj=owner)  # type: ignore[list-item]
+            flatbuffer = converter.convert()
+        return cls(flatbuffer, threads).warm()
+
+    def warm(self) -> CompiledModel:
+        """Create every interpreter (one per batch size) and run each once: its tensors
+        allocated and its delegate set up here, not in a request."""
+        with quiet_native():  # LiteRT's line for each delegate it creates, off the terminal
+            # (quiet_native is not re-entrant: never called under another)
+            for size in SIZES:
+                self.predict(np.zeros((size, 28, 28), np.float32))
+        return self
 
     def _interpreter(self, size: int) -> tuple[Interpreter, int, int, threading.Lock]:
         found = self._interpreters.get(size)

@@ -1,6 +1,7 @@
-"""A served version is compiled for LiteRT once it has answered ``compile_after`` model calls:
-the compiled model must give TensorFlow's probabilities (to float32 rounding) for every batch
-size, and a model LiteRT cannot compile goes on being answered by TensorFlow."""
+"""Every served version is compiled for LiteRT and warmed while it loads, before it takes
+traffic (``compile_at_load``), or, the other way, once it has answered ``compile_after`` model
+calls: the compiled model must give TensorFlow's probabilities (to float32 rounding) for every
+batch size, and a model LiteRT cannot compile is answered by TensorFlow."""
 
 import base64
 import io
@@ -16,8 +17,8 @@ from PIL import Image
 from core.http import BackgroundServer, bind
 from services.serving.app import create_app
 from services.serving.batching import BatchConfig
-from services.serving.lite import CompiledModel, batch_size
-from services.serving.model import load, tf
+from services.serving.lite import SIZES, CompiledModel, batch_size
+from services.serving.model import ModelHolder, load, tf
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -85,7 +86,9 @@ def test_a_busy_version_is_compiled_and_answers_as_before(tmp_path, saved_model)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
 
 
-def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog):
+@pytest.mark.parametrize("when", [{"compile_at_load": True}, {"compile_after": 2}],
+                         ids=["at-load", "after-calls"])
+def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, when):
     class Odd(tf.Module):  # string ops inside: LiteRT's built-in ops lack them
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(self, image_bytes):
@@ -103,7 +106,7 @@ def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog):
         "serving_default": odd.serve_bytes.get_concrete_function(),
         "predict_images": odd.serve_arrays.get_concrete_function()})
     with caplog.at_level(logging.WARNING, logger="services.serving.model"):
-        app, server = _serve(tmp_path / "repo", compile_after=2)
+        app, server = _serve(tmp_path / "repo", **when)
         try:
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 answers = [client.post(PREDICT, json={"instances": [np.full((28, 28), 0.5).tolist()]})
@@ -118,10 +121,9 @@ def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog):
 
 
 def test_a_version_replacing_a_served_one_is_compiled_before_it_answers(tmp_path, saved_model):
-    """The first version is served at once and compiled after its calls; the next one, taking
-    traffic from a compiled one, is compiled before the swap: its first answer is LiteRT's."""
-    from services.serving.model import ModelHolder
-
+    """Compiled after its calls (not at load), the first version is served at once; the next
+    one, taking traffic from a compiled one, is compiled before the swap: its first answer is
+    LiteRT's."""
     repo = tmp_path / "fashion-mnist"
     shutil.copytree(saved_model, repo / "1")
     holder = ModelHolder(repo, compile_after=20)
@@ -134,3 +136,43 @@ def test_a_version_replacing_a_served_one_is_compiled_before_it_answers(tmp_path
     images = np.random.default_rng(2).random((5, 28, 28), np.float32)
     np.testing.assert_allclose(holder.current.predict_arrays(images),
                                _reference(holder.current, images), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_at_load_every_version_answers_on_litert_from_its_first_call(tmp_path,
+                                                                              saved_model):
+    """The first version too: compiled from the signature already loaded (no second load of
+    its files) and warmed at every batch size before the holder serves it."""
+    repo = tmp_path / "fashion-mnist"
+    shutil.copytree(saved_model, repo / "1")
+    holder = ModelHolder(repo, compile_at_load=True)
+    assert not holder.ready
+    assert holder.refresh() == 1 and holder.ready and holder.compiled
+    compiled = holder.current.compiled
+    assert sorted(compiled._interpreters) == list(SIZES)  # no interpreter made in a request
+    images = np.random.default_rng(3).random((11, 28, 28), np.float32)
+    np.testing.assert_allclose(holder.current.predict_arrays(images),
+                               _reference(holder.current, images), rtol=1e-5, atol=1e-6)
+    shutil.copytree(saved_model, repo / "2")
+    (repo / "2" / "assets.extra").mkdir(exist_ok=True)
+    (repo / "2" / "assets.extra" / "other").write_text("other files: loaded, not relabelled")
+    assert holder.refresh() == 2 and holder.loads == 2
+    assert holder.current.compiled is not None and holder.current.compiled is not compiled
+
+
+def test_the_server_is_not_ready_until_its_first_version_is_compiled(tmp_path, saved_model):
+    """What a readiness probe (Knative's, KServe's) reads: 503 until a version is served, and
+    the first 200 already on LiteRT."""
+    repo = tmp_path / "repo"
+    (repo / "fashion-mnist").mkdir(parents=True)
+    app, server = _serve(repo, compile_at_load=True)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/v2/health/ready").status_code == 503
+            shutil.copytree(saved_model, repo / "fashion-mnist" / "1")
+            wait_for(lambda: client.get("/v2/health/ready").status_code == 200, seconds=60)
+            assert app.state.holder.current.compiled is not None
+            assert "retrain_serving_model_compiled 1.0" in client.get("/metrics").text
+            answer = client.post(PREDICT, json={"instances": [np.full((28, 28), 0.5).tolist()]})
+    finally:
+        server.stop()
+    assert answer.status_code == 200 and answer.headers["x-model-version"] == "1"
