@@ -178,14 +178,16 @@ def tag(text: str) -> str:
 
 
 def fetch(spec: GitFetch | BucketFetch, home: Path, *, git_token: str | None = None,
-          s3_client: Callable[[], Any] | None = None) -> Fetched:
+          s3_client: Callable[[], Any] | None = None, settle: float = 0.0) -> Fetched:
     """Bring the spec's revision under ``home`` (unless it is there) and say what it is.
-    ``s3_client`` makes the boto3 client a bucket is read with."""
+    ``s3_client`` makes the boto3 client a bucket is read with; a bucket's listing must stay
+    the same ``settle`` seconds first (the notifications of one upload of several objects
+    then mostly fetch one revision)."""
     if isinstance(spec, GitFetch):
         return _fetch_git(spec, home, git_token)
     if s3_client is None:
         raise FetchError("no S3 client to read the bucket with")
-    return _fetch_bucket(spec, home, s3_client())
+    return _fetch_bucket(spec, home, s3_client(), settle)
 
 
 class _CommitClone(Clone):
@@ -239,12 +241,12 @@ def _checkout(spec: GitFetch, part: Path, token: str | None) -> None:
                          f"folder {spec.path}")
 
 
-def _fetch_bucket(spec: BucketFetch, home: Path, client: Any) -> Fetched:
+def _fetch_bucket(spec: BucketFetch, home: Path, client: Any, settle: float) -> Fetched:
     source = BucketSource(spec.bucket, spec.prefix)
     root = home / "s3" / tag(source.uri)
     part = _part(root, "listing")
     mirror = BucketMirror(client, source, part / "data", settle=0.0)
-    listing = mirror.listing()
+    listing = mirror.settled_listing(settle)
     if not listing:
         raise FetchError(f"{source.uri} holds no objects to fetch")
     final = root / _revision(listing)

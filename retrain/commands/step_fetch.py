@@ -40,7 +40,8 @@ def fetch(
         raise FetchSpecError([why])
     settings = load_settings()
     fetched = fetch_revision(spec, settings.home.resolve(), git_token=settings.git_credential,
-                             s3_client=lambda: _s3_client(settings.s3_endpoint))
+                             s3_client=lambda: _s3_client(settings.s3_endpoint),
+                             settle=settings.watch_settle)
     emit_outputs({"data-uri": fetched.data_uri, "event": _structured(fetched.event)}, outputs)
 
 
