@@ -262,3 +262,16 @@ def test_an_empty_prefix_is_an_error(tmp_path, s3):  # noqa: F811
     with pytest.raises(FetchError, match="holds no objects"):
         fetch(parse_spec(bucket_spec(bucket)), tmp_path, s3_client=lambda: client)
     assert not (tmp_path / "s3").exists() or list((tmp_path / "s3").rglob("*")) == []
+
+
+def test_a_killed_fetchs_leftovers_are_swept_and_never_read(tmp_path, upstream):
+    push = upstream.push("first")
+    root = tmp_path / "git" / tag(upstream.bare.as_uri())
+    old, recent = root / f".{push['after']}.dead0001.part", root / f".{push['after']}.live0002.part"
+    for folder in (old, recent):
+        (folder / "data" / "fm").mkdir(parents=True)
+    os.utime(old, (1, 1))  # left by a fetch killed long ago
+    fetched = fetch(parse_spec(json.dumps(git_spec(upstream, push))), tmp_path)
+    assert not old.exists() and recent.exists()  # one running now keeps its folder
+    assert fetched.data_uri == str(root / push["after"] / "data" / "fm")
+    assert data_uri_problem(str(recent / "data" / "fm"), str(tmp_path)) is not None  # hidden
