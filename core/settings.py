@@ -153,6 +153,17 @@ class Settings(BaseSettings):
     # `retrain step fetch`: the S3-compatible endpoint of the bucket a notification names
     # (MinIO's; unset: AWS S3). Credentials are boto3's own (AWS_ACCESS_KEY_ID, ...)
     s3_endpoint: str | None = None
+    # `retrain step fetch`: the repositories (clone URLs, comma-separated) a fetch spec may
+    # name; a spec naming another is refused, so whoever may submit the workflow cannot have
+    # the Git token sent elsewhere. Empty: any (the Sensor's filter names the one watched)
+    fetch_repositories: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("fetch_repositories", mode="before")
+    @classmethod
+    def _split_repositories(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
 
     @field_validator("min_change")
     @classmethod

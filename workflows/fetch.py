@@ -101,9 +101,9 @@ class Fetched:
     fetched: bool  # False: the folder was there already (a redelivery)
 
 
-def parse_spec(text: str) -> GitFetch | BucketFetch | None:
+def parse_spec(text: str, repositories: tuple[str, ...] = ()) -> GitFetch | BucketFetch | None:
     """The spec a Sensor built (None for "": nothing to fetch); FetchSpecError names every
-    problem."""
+    problem. ``repositories``: the only ones a spec may name (empty: any)."""
     if not text.strip():
         return None
     try:
@@ -124,6 +124,9 @@ def parse_spec(text: str) -> GitFetch | BucketFetch | None:
         problems.append(f"delivery must be the delivery's id (1-{MAX_DELIVERY} characters), "
                         f"got {delivery!r}")
     spec, found = (_git_spec if kind == "git" else _bucket_spec)(raw)
+    if isinstance(spec, GitFetch) and repositories and spec.repository not in repositories:
+        found.append(f"repository {redact(spec.repository)!r} is not one this workflow fetches "
+                     f"(RETRAIN_FETCH_REPOSITORIES)")
     if problems or found:
         raise FetchSpecError(problems + found)
     return spec

@@ -31,14 +31,14 @@ def fetch(
     from workflows.fetch import fetch as fetch_revision
 
     setup_logging(True)  # what was fetched, or found already here, in the step's log
-    spec = parse_spec(fetch_spec)
-    if spec is None:
+    if not fetch_spec.strip():
         emit_outputs({"data-uri": data_uri, "event": event}, outputs)
         return
-    if data_uri.strip() or event.strip():
+    settings = load_settings()
+    spec = parse_spec(fetch_spec, settings.fetch_repositories)
+    if spec is None or data_uri.strip() or event.strip():
         why = "--data-uri and --event come from the fetch: give them empty with --fetch"
         raise FetchSpecError([why])
-    settings = load_settings()
     fetched = fetch_revision(spec, settings.home.resolve(), git_token=settings.git_credential,
                              s3_client=lambda: _s3_client(settings.s3_endpoint),
                              settle=settings.watch_settle)

@@ -275,3 +275,15 @@ def test_a_killed_fetchs_leftovers_are_swept_and_never_read(tmp_path, upstream):
     assert not old.exists() and recent.exists()  # one running now keeps its folder
     assert fetched.data_uri == str(root / push["after"] / "data" / "fm")
     assert data_uri_problem(str(recent / "data" / "fm"), str(tmp_path)) is not None  # hidden
+
+
+def test_only_the_configured_repositories_are_fetched(tmp_path, upstream):
+    """Whoever may submit the workflow cannot have the Git token sent to a repository of
+    their choosing (RETRAIN_FETCH_REPOSITORIES)."""
+    spec = json.dumps(git_spec(upstream, upstream.push("first")))
+    assert parse_spec(spec, (upstream.bare.as_uri(),)).repository == upstream.bare.as_uri()
+    done = _retrain("step", "fetch", "--fetch", spec, "--outputs", str(tmp_path / "out"),
+                    env={"RETRAIN_HOME": str(tmp_path / "home"),
+                         "RETRAIN_FETCH_REPOSITORIES": "https://github.com/retrain-dev/data.git"})
+    assert done.returncode == 2 and "is not one this workflow fetches" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
