@@ -11,9 +11,11 @@ report as ``summary["validation"]``, ``train:<model>`` and the model's outcome i
 ``summary["models"]``), and the last training to end sets the run's status, as the local
 runner does once its trainings have ended. The run id is the Workflow's name.
 
-What no step can know is left as the steps left it: a step whose pod was killed (out of
-memory, a node lost) records nothing, and a TFJob that could not even be created leaves its
-model without an outcome, so such a run stays ``running``.
+What no step can know is said by the Workflow's exit handler (``retrain step finish``): each
+planned training left without an outcome (its TFJob never created, its wait killed) is told
+failed and recorded so (``unended``), and a run still ``running`` once its Workflow ended
+otherwise than Succeeded (a step's pod killed, the Workflow's deadline) ends ``failed``
+(``ended_by_workflow``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ class WorkflowRun:
 
     def __init__(self, client: redis.Redis, run_id: str) -> None:
         self._r, self.run_id = client, run_id
+
+    def summary(self) -> dict[str, Any] | None:
+        """The run's record as stored (None: no step recorded it)."""
+        return record.get(self._r, self.run_id)
 
     @contextmanager
     def step(self, name: str, *, fatal: bool = True) -> Iterator[Step]:
@@ -234,3 +240,35 @@ def training_failed(step: Step, model: str, seconds: float, reason: str) -> None
     step.status = "failed"
     step.detail.update(error=reason, cached=False)
     step.summary["models"] = {model: {"status": "failed", "seconds": seconds, "reason": reason}}
+
+
+# the exit handler: what a Workflow that ended left unsaid ---------------------------------------
+NOT_TRAINING = ("blocked", "deferred", "coalesced")  # a run that ended so started no training
+
+
+def unended(summary: dict[str, Any] | None) -> list[str]:
+    """The planned trainings of a run that have no outcome yet, once its trainings could
+    have started (validated, and not blocked, deferred or coalesced): what the exit handler
+    reports. A run that never got that far sent nothing for any training: no round waits for
+    it. Pure."""
+    if not summary or summary.get("parameters") is None or (
+            summary.get("status") in NOT_TRAINING):
+        return []
+    steps_ = summary.get("steps") or []
+    started = any(s.get("name") == "validate" and s.get("status") not in ("failed", "blocked")
+                  for s in steps_) or any(str(s.get("name")).startswith("train:") for s in steps_)
+    outcomes = summary.get("models") or {}
+    return [m for m in summary["parameters"].get("models") or [] if started and m not in outcomes]
+
+
+def ended_by_workflow(run: WorkflowRun, status: str) -> dict[str, Any] | None:
+    """End a run whose record is still ``running`` once its Workflow has ended otherwise
+    than Succeeded (a step's pod killed, the deadline): ``failed``, saying how its Workflow
+    ended. A run already ended, or one whose Workflow succeeded, is left as it is."""
+    kept = run.summary()
+    if kept is None or kept.get("status") != "running" or status == "Succeeded":
+        return None
+    why = f"the workflow ended {status} before the run did"
+    step = Step("workflow", "failed", detail={"error": why},
+                summary={"status": "failed", "error": why})
+    return run.record(step, 0.0, time.time())

@@ -6,14 +6,19 @@ validate``, ``retrain train``): one definition of each step, two orchestrators. 
 pure: ``build()`` returns the hera object and ``render()`` its YAML; nothing here talks to a
 cluster.
 
-    plan ─► source (one Workflow per data path at a time: a mutex named by the plan)
+    fetch ─► plan ─► source (one Workflow per data path at a time: a mutex named by the plan)
               supersede ─coalesced─► ends (a newer change of the source covers this run)
                  └─► check-cache ──hit──────────────────────────► validate ─► train (per model,
                           └─miss──► ingest (when hit == false) ──┘   │       withParam; not
                                                                      │       when deferred)
                                                         blocked: exit 3, no training starts
                                                     each training emits model.trained → selector
+    on exit (whatever the outcome): finish ─► training.failed for each planned training that
+                                              never ended; the run's record ended
 
+``fetch`` brings the revision an Argo Events source announced (``--fetch``: the commit or the
+bucket state) into a folder of its own on the shared volume and passes on its data URI and
+event; with no ``fetch`` parameter (the watcher's events) it passes on the workflow's own.
 ``plan`` parses the event's whole ``parameters`` object with the local runner's
 ``RunParameters`` (workflows/plan.py), begins the run's record (the Workflow's name) with the
 triggering CloudEvent, and notes that event as its source's newest (``workflows.coalesce``);
@@ -23,6 +28,13 @@ plan: a person's request waits for the watcher's runs of its path): a Workflow w
 while another works, first come first served, and ``supersede``, once it has the mutex, ends
 the run ``coalesced`` when a run of its source noted later still waits (or has ended having
 read the source since).
+``finish`` is the Workflow's exit handler (``spec.onExit``): Argo runs it once the DAG has
+ended, however it ended (failed, or stopped by the Workflow's deadline; not after ``argo
+terminate``, which the round deadline in the shipped configuration covers). For every planned
+training of the run that never ended (never created, creation refused, its wait killed or
+failed) it deletes the training's TFJob, if any, tells the selector ``training.failed`` (the
+trainer's own id, so its round closes, and a second telling is the same event) and records it
+failed, then ends the run's record if nothing else did.
 ``validate`` is the data gate: when a check blocks (the plan's ``validation`` is ``block``)
 the step fails with exit code 3, its message naming every failed check, and the trainings,
 which depend on ``validate.Succeeded``, are never started; the workflow ends Failed. A run
@@ -36,8 +48,15 @@ import hashlib
 from typing import Any
 
 import yaml
-from hera.workflows import DAG, Container, ExistingVolume, Parameter, WorkflowTemplate
-from hera.workflows.models import Metadata, PodGC, TTLStrategy
+from hera.workflows import (
+    DAG,
+    Container,
+    EmptyDirVolume,
+    ExistingVolume,
+    Parameter,
+    WorkflowTemplate,
+)
+from hera.workflows.models import Metadata, PodGC, PodSecurityContext, TTLStrategy
 
 from workflows.definition_training import (
     MODEL_OUT,
@@ -55,6 +74,8 @@ from workflows.templates import (
     TERMINATION_LOG,
     ClusterNames,
     container,
+    fetch_env,
+    pod_security,
 )
 
 __all__ = ["HOME", "MODEL_OUT", "OUTPUTS", "TERMINATION_LOG", "TRAIN_DEADLINE_SECONDS",
@@ -67,7 +88,10 @@ SOURCE_DAG = "source"  # the template holding the data path's mutex
 # every change it covers untrained; its own work is bounded by each training's TFJob deadline
 WORKFLOW_DEADLINE_SECONDS = 24 * 3600
 MUTEX = "{{inputs.parameters.mutex}}"
-SOURCE_INPUTS = ("mutex", "source", "cache-policy", "validation", "trainings", *TRAIN_INPUTS)
+SOURCE_INPUTS = ("mutex", "source", "cache-policy", "validation", "trainings", "data-uri",
+                 *TRAIN_INPUTS)
+FETCHED = ("data-uri", "event")  # what the fetch step passes on: the plan's inputs
+EXIT_HANDLER = "finish"
 
 
 # What the Sensor names each Workflow (a Go template with sprig, evaluated by Argo Events on
@@ -88,10 +112,11 @@ def build(names: ClusterNames = ClusterNames()) -> WorkflowTemplate:
     DAG (the work, under the source's mutex) and the ``retrain`` DAG (the entry point: plan,
     then ``source``), each built inside the template's context, in the order they appear."""
     with _workflow_template(names) as template:
-        plan, supersede = _plan(names), _supersede(names)
+        fetch, plan, supersede = _fetch(names), _plan(names), _supersede(names)
         check, ingest = _check_cache(names), _ingest(names)
         work = _source_dag(supersede, check, ingest, _validate(names), train_dag(names))
-        _retrain_dag(plan, work)
+        _retrain_dag(fetch, plan, work)
+        _finish(names)
     return template
 
 
@@ -102,10 +127,13 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
         namespace=names.namespace,
         labels={"app.kubernetes.io/part-of": NAME},
         entrypoint="retrain",
+        on_exit=EXIT_HANDLER,
         service_account_name=names.service_account,
         arguments=[
             Parameter(name="data-uri", description="the dataset root to (re)train on"),
-            Parameter(name="digest", value="", description="the dataset digest the event saw"),
+            Parameter(name="fetch", value="",
+                      description="what the fetch step brings onto the shared volume first "
+                                  "(a Git push or a bucket notification); \"\": the data is there"),
             Parameter(name="parameters", value="{}",
                       description="the event's parameters object as JSON (RunParameters)"),
             Parameter(name="event-id", value="", description="the triggering CloudEvent's id"),
@@ -114,7 +142,9 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
             Parameter(name="approved-by", value="", description="the approval's --by: a note"),
             Parameter(name="event", value="", description="the triggering CloudEvent (JSON)"),
         ],
-        volumes=[ExistingVolume(name="data", claim_name=names.volume_claim)],
+        volumes=[ExistingVolume(name="data", claim_name=names.volume_claim),
+                 EmptyDirVolume(name="tmp")],  # every step's /tmp (its root filesystem is read-only)
+        security_context=PodSecurityContext(**pod_security()),
         pod_gc=PodGC(strategy="OnPodSuccess"),
         ttl_strategy=TTLStrategy(seconds_after_success=86400, seconds_after_failure=7 * 86400),
         active_deadline_seconds=WORKFLOW_DEADLINE_SECONDS,
@@ -122,15 +152,26 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
     )
 
 
+def _fetch(names: ClusterNames) -> Container:
+    """``fetch``: the announced revision onto the shared volume (read-write, with the
+    watcher's credentials); outputs the data URI and the event the run is about."""
+    return container(
+        "fetch",
+        ["step", "fetch", "--fetch", "{{workflow.parameters.fetch}}",
+         "--data-uri", "{{workflow.parameters.data-uri}}",
+         "--event", "{{workflow.parameters.event}}", "--outputs", OUTPUTS],
+        names, cpu="250m", memory="512Mi", outputs=list(FETCHED), env=fetch_env(names))
+
+
 def _plan(names: ClusterNames) -> Container:
     """``plan``: the parameters checked, one output each; the run's record begun."""
     return container(
         "plan",
-        ["step", "plan", "--data", "{{workflow.parameters.data-uri}}",
+        ["step", "plan", "--data", "{{inputs.parameters.data-uri}}",
          "--parameters", "{{workflow.parameters.parameters}}", "--run-id", "{{workflow.name}}",
-         "--event", "{{workflow.parameters.event}}", "--sender", names.approver,
+         "--event", "{{inputs.parameters.event}}", "--sender", names.approver,
          "--event-id", "{{workflow.parameters.event-id}}", "--outputs", OUTPUTS],
-        names, cpu="100m", memory="256Mi",
+        names, cpu="100m", memory="256Mi", inputs=[Parameter(name=n) for n in FETCHED],
         outputs=["trainings", "cache-policy", "validation", "source", "mutex", *TRAIN_INPUTS])
 
 
@@ -138,10 +179,11 @@ def _check_cache(names: ClusterNames) -> Container:
     """``check-cache``: fingerprint and the ingestion cache's decision."""
     return container(
         "check-cache",
-        ["step", "check-cache", "--data", "{{workflow.parameters.data-uri}}",
+        ["step", "check-cache", "--data", "{{inputs.parameters.data-uri}}",
          "--cache-policy", "{{inputs.parameters.cache-policy}}",
          "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
-        names, cpu="250m", memory="512Mi", inputs=[Parameter(name="cache-policy")],
+        names, cpu="250m", memory="512Mi",
+        inputs=[Parameter(name="cache-policy"), Parameter(name="data-uri")],
         outputs=["hit", "key", "digest", "dataset-uri", "reason"])
 
 
@@ -149,10 +191,10 @@ def _ingest(names: ClusterNames) -> Container:
     """``ingest``: validated ingestion into the store, recorded under the cache's key."""
     return container(
         "ingest",
-        ["step", "ingest", "--data", "{{workflow.parameters.data-uri}}",
+        ["step", "ingest", "--data", "{{inputs.parameters.data-uri}}",
          "--key", "{{inputs.parameters.key}}", "--run-id", "{{workflow.name}}",
          "--outputs", OUTPUTS],
-        names, cpu="1", memory="2Gi", inputs=[Parameter(name="key")],
+        names, cpu="1", memory="2Gi", inputs=[Parameter(name="key"), Parameter(name="data-uri")],
         outputs=["dataset-uri", "records", "ingested"])
 
 
@@ -165,15 +207,16 @@ def _validate(names: ClusterNames) -> Container:
         "validate",
         ["step", "validate", "--dataset-uri", "{{inputs.parameters.dataset-uri}}",
          "--mode", "{{inputs.parameters.validation}}",
-         "--data", "{{workflow.parameters.data-uri}}",
+         "--data", "{{inputs.parameters.data-uri}}",
          "--parameters", "{{workflow.parameters.parameters}}",
          "--run-id", "{{workflow.name}}", "--event-id", "{{workflow.parameters.event-id}}",
          "--approves", "{{workflow.parameters.approves}}",
          "--approved-by", names.approver, "--approval-note", "{{workflow.parameters.approved-by}}",
          "--sink", names.model_trained_sink, "--outputs", OUTPUTS,
          "--message-file", TERMINATION_LOG],
-        names, cpu="1", memory="2Gi",  # the champion judges the new labels (TensorFlow)
-        inputs=[Parameter(name="dataset-uri"), Parameter(name="validation")],
+        names, cpu="1", memory="2Gi", read_only=False,  # the champion judges (TensorFlow)
+        inputs=[Parameter(name="dataset-uri"), Parameter(name="validation"),
+                Parameter(name="data-uri")],
         outputs=["status", "report", "failed"])
 
 
@@ -200,17 +243,19 @@ def _source_dag(supersede: Container, check: Container, ingest: Container,
 
     with DAG(name=SOURCE_DAG, inputs=[Parameter(name=n) for n in SOURCE_INPUTS]) as source:
         superseded = supersede(name="supersede", arguments={"source": given("source")})
-        checked = check(name="check-cache", arguments={"cache-policy": given("cache-policy")},
+        data = {"data-uri": given("data-uri")}
+        checked = check(name="check-cache",
+                        arguments={"cache-policy": given("cache-policy"), **data},
                         when=f"{superseded.get_parameter('coalesced').value} == false")
         ingested = ingest(
             name="ingest",
-            arguments={"key": checked.get_parameter("key").value},
+            arguments={"key": checked.get_parameter("key").value, **data},
             when=f"{checked.get_parameter('hit').value} == false",
         )
         validated = validate(
             name="validate",
             arguments={"dataset-uri": checked.get_parameter("dataset-uri").value,
-                       "validation": given("validation")},
+                       "validation": given("validation"), **data},
         )
         trained = train(
             name="train",
@@ -232,15 +277,30 @@ def _source_dag(supersede: Container, check: Container, ingest: Container,
     return source
 
 
-def _retrain_dag(plan: Container, source: DAG) -> DAG:
-    """``retrain``, the entry point: ``plan`` (outside the mutex, so a waiting Workflow's
-    event is noted as its source's newest), then ``source`` with the plan's outputs."""
+def _retrain_dag(fetch: Container, plan: Container, source: DAG) -> DAG:
+    """``retrain``, the entry point: ``fetch``, then ``plan`` on what it fetched (outside
+    the mutex, so a waiting Workflow's event is noted as its source's newest), then
+    ``source`` with the plan's outputs and the fetched data URI."""
     with DAG(name="retrain") as retrain:
-        planned = plan(name="plan")
+        fetched = fetch(name="fetch")
+        planned = plan(name="plan", arguments={
+            n: fetched.get_parameter(n).value for n in FETCHED})
         worked = source(name="source", arguments={
-            n: planned.get_parameter(n).value for n in SOURCE_INPUTS})
-        planned >> worked
+            n: (fetched if n == "data-uri" else planned).get_parameter(n).value
+            for n in SOURCE_INPUTS})
+        fetched >> planned >> worked
     return retrain
+
+
+def _finish(names: ClusterNames) -> Container:
+    """``finish``, the exit handler: every planned training that never ended told failed
+    (its TFJob deleted first, so it cannot end later), the run's record ended."""
+    return container(
+        EXIT_HANDLER,
+        ["step", "finish", "--run-id", "{{workflow.name}}", "--workflow-uid", "{{workflow.uid}}",
+         "--namespace", "{{workflow.namespace}}", "--status", "{{workflow.status}}",
+         "--sink", names.model_trained_sink],
+        names, cpu="50m", memory="128Mi")
 
 
 def _with_mutex(doc: dict[str, Any]) -> dict[str, Any]:

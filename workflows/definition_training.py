@@ -4,15 +4,28 @@
 
     check-training ─hit──► model.trained (the cached model)
           └─miss─► create-training (a TFJob) ─► wait-training
+
+Each TFJob's name is the training's own (``workflows.tfjob.tfjob_name``: the Workflow's name
+and uid, the model), so a create retried after a lost answer finds its job (409) and adopts
+it, once it has checked the job is this training's, and the exit handler knows which job a
+training that never ended left behind.
+
+A killed worker (OOM, eviction, a lost node) takes MultiWorkerMirroredStrategy's collectives
+down with it: its peers' all-reduce fails, and they exit with an error too. The workers'
+restart policy is therefore ``OnFailure``: every worker that exits is restarted, all of them
+rejoin and resume from the last checkpoint (BackupAndRestore, every 100 steps), as
+TensorFlow's fault tolerance expects of a cluster manager. The TFJob's ``backoffLimit`` counts
+those restarts (``RESTARTS_PER_WORKER`` for each worker); a training that keeps failing (an
+error of ours) fails its job once they are spent, or at its deadline.
 """
 
 from __future__ import annotations
 
 import yaml
-from hera.workflows import DAG, Container, Parameter, Resource, RetryStrategy
-from hera.workflows.models import Backoff
+from hera.workflows import DAG, Container, Parameter
 
 from services.trainer.options import train_argv
+from workflows.tfjob import RESTARTS_PER_WORKER
 from workflows.templates import (
     HOME,
     NAME,
@@ -20,6 +33,8 @@ from workflows.templates import (
     POD_LABELS,
     ClusterNames,
     container,
+    container_security,
+    pod_security,
     secrets,
 )
 
@@ -30,6 +45,7 @@ TRAIN_INPUTS = ("epochs", "steps-per-epoch", "batch-size", "learning-rate", "wor
                 "train-cache", "force", "deterministic")
 TRAIN_PARAMETERS = ("model", "warm-start", "dataset-uri", *TRAIN_INPUTS)
 MODEL_OUT = f"{HOME}/runs/{{{{workflow.name}}}}/{{{{inputs.parameters.model}}}}/model"
+CLAIM = MODEL_OUT.removesuffix("/model") + "/claim.json"  # check-training's, for the next steps
 
 
 def tfjob_manifest(names: ClusterNames) -> str:
@@ -60,11 +76,14 @@ def tfjob_manifest(names: ClusterNames) -> str:
         "envFrom": [{"configMapRef": {"name": names.config_map}}],
         "volumeMounts": [{"name": "data", "mountPath": HOME}],
         "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
+        # TensorFlow may write caches under the home folder: the root filesystem stays writable
+        "securityContext": container_security(read_only=False),
     }
     pod = {
         "metadata": {"labels": dict(POD_LABELS)},
         "spec": {
             "serviceAccountName": names.trainer_service_account,
+            "securityContext": pod_security(),
             "containers": [trainer],
             "volumes": [{"name": "data",
                          "persistentVolumeClaim": {"claimName": names.volume_claim}}],
@@ -73,25 +92,25 @@ def tfjob_manifest(names: ClusterNames) -> str:
     job = {
         "apiVersion": "kubeflow.org/v1",
         "kind": "TFJob",
-        "metadata": {
-            "generateName": "{{workflow.name}}-train-",
+        "metadata": {  # its name, owner and workflow-uid label: create-training's to set
             "namespace": names.namespace,
             "labels": {"app.kubernetes.io/part-of": NAME,
                        "retrain.dev/run-id": "{{workflow.name}}",
                        "retrain.dev/model": "{{inputs.parameters.model}}"},
         },
         "spec": {
-            # the Training Operator fails the job after 3 restarts or past the deadline (its
+            # the Training Operator fails the job once its restarts are spent (backoffLimit:
+            # create-training sets RESTARTS_PER_WORKER per worker) or past the deadline (its
             # Failed condition ends the wait step), and removes its pods once it has ended
-            "runPolicy": {"cleanPodPolicy": "All", "backoffLimit": 3,
+            "runPolicy": {"cleanPodPolicy": "All", "backoffLimit": RESTARTS_PER_WORKER,
                           "activeDeadlineSeconds": TRAIN_DEADLINE_SECONDS,
                           "ttlSecondsAfterFinished": 86400},
             "tfReplicaSpecs": {
                 # all workers run the same code; worker 0 acts as chief and alone keeps the model.
-                # ExitCode: a worker killed from outside (exit 128+, e.g. OOM or eviction) is
-                # restarted and resumes from its checkpoint; an error of ours (1-127) is final
+                # OnFailure: a killed worker fails its peers' all-reduce; each is restarted and
+                # all resume together from the last checkpoint (see the module's docstring)
                 "Worker": {"replicas": _REPLICAS,
-                           "restartPolicy": "ExitCode", "template": pod},
+                           "restartPolicy": "OnFailure", "template": pod},
             },
         },
     }
@@ -100,19 +119,19 @@ def tfjob_manifest(names: ClusterNames) -> str:
         f"replicas: {_REPLICAS}", "replicas: {{inputs.parameters.workers}}")
 
 
-def create_training(names: ClusterNames) -> Resource:
-    """``create-training``: the TFJob of one model's training, owned by the Workflow."""
-    return Resource(
-        name="create-training",
-        inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
-        action="create",
-        set_owner_reference=True,  # deleted with the Workflow
-        manifest=tfjob_manifest(names),
-        outputs=[Parameter(name="job-name", value_from={"jsonPath": "{.metadata.name}"})],
-        retry_strategy=RetryStrategy(
-            limit=2, retry_policy="OnError",
-            backoff=Backoff(duration="30s", factor=2, max_duration="10m")),
-    )
+def create_training(names: ClusterNames) -> Container:
+    """``create-training``: the TFJob of one model's training, named for the training and
+    owned by the Workflow (deleted with it); an existing job of this training is adopted. A
+    job the API server refuses is the training's outcome: told to the selector, recorded."""
+    return container(
+        "create-training",
+        ["step", "create-training", "--manifest", tfjob_manifest(names),
+         "--workflow-uid", "{{workflow.uid}}", "--namespace", "{{workflow.namespace}}",
+         "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
+         "--round-size", "{{inputs.parameters.round-size}}",
+         "--sink", names.model_trained_sink, "--claim", CLAIM, "--outputs", OUTPUTS],
+        names, cpu="50m", memory="128Mi", inputs=[Parameter(name=n) for n in TRAIN_PARAMETERS],
+        outputs=["job-name"])
 
 
 def wait_training(names: ClusterNames) -> Container:
@@ -128,7 +147,7 @@ def wait_training(names: ClusterNames) -> Container:
          "--run-id", "{{workflow.name}}", "--model", "{{inputs.parameters.model}}",
          "--round-size", "{{inputs.parameters.round-size}}",
          "--sink", names.model_trained_sink,
-         "--claim", MODEL_OUT.removesuffix("/model") + "/claim.json"],
+         "--claim", CLAIM],
         names, cpu="50m", memory="128Mi",
         inputs=[Parameter(name=n) for n in ("job-name", "model", "round-size")])
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 from hera.workflows import ConfigMapEnvFrom, Container, Env, Parameter, RetryStrategy, SecretEnv
-from hera.workflows.models import Backoff, VolumeMount
+from hera.workflows.models import Backoff, SecurityContext, VolumeMount
 
 NAME = "retrain"
 HOME = "/var/lib/retrain"  # RETRAIN_HOME on the shared volume: store, runs, stat caches
@@ -15,6 +17,8 @@ OUTPUTS = "/tmp/outputs"
 # Kubernetes keeps what a container writes here as its termination message, and Argo shows a
 # failed step's as "main: Error (exit code N): <message>"
 TERMINATION_LOG = "/dev/termination-log"
+TMP = "/tmp"  # an emptyDir in every step's pod: the outputs and temporary files, never the image
+RUN_AS = 10001  # the Dockerfile's user (USER 10001): the image runs as no one else
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class ClusterNames:
     redis_secret: str = "retrain-redis"  # key url: RETRAIN_REDIS_URL, with its password
     api_keys_secret: str = "retrain-api-keys"  # key keys: RETRAIN_API_KEYS, sent with events
     webhook_token_secret: str = "retrain-webhook-token"  # the webhook EventSource's token
+    # what the fetch step reads a bucket or a private repository with: the watcher's own
+    # credentials (overlay local-bucket's MinIO Secret; a Git token where one is needed),
+    # optional, so an overlay without them still runs the steps that need none
+    s3_secret: str = "retrain-minio"  # keys accesskey, secretkey: AWS_ACCESS_KEY_ID, ..._SECRET
+    git_secret: str = "retrain-git"  # key token: RETRAIN_GIT_TOKEN
 
     @property
     def approver(self) -> str:  # who approved, as the cluster can tell: the webhook's token
@@ -48,9 +57,38 @@ def secrets(names: ClusterNames) -> list[tuple[str, str, str]]:
             ("RETRAIN_API_KEYS", names.api_keys_secret, "keys")]
 
 
+def pod_security() -> dict[str, Any]:
+    """Every pod of the workflow and its TFJobs: the image's own non-root user, the runtime's
+    default seccomp profile, the shared volume's files group-writable (fsGroup)."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security(read_only: bool) -> dict[str, Any]:
+    """Every container: no privilege escalation, no capability; ``read_only``: its root
+    filesystem too, for a step that writes only to mounted volumes (the shared volume, /tmp,
+    the termination log). TensorFlow's steps keep theirs writable: its libraries may write
+    caches under the home folder."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": read_only, "runAsNonRoot": True, "runAsUser": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def fetch_env(names: ClusterNames) -> list[Env]:
+    """The fetch step's credentials, as the watcher's Deployment gets them (each optional)."""
+    return [SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=names.s3_secret,
+                      secret_key="accesskey", optional=True),
+            SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=names.s3_secret,
+                      secret_key="secretkey", optional=True),
+            Env(name="AWS_DEFAULT_REGION", value="us-east-1"),
+            SecretEnv(name="RETRAIN_GIT_TOKEN", secret_name=names.git_secret,
+                      secret_key="token", optional=True)]
+
+
 def container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,
               inputs: list[Parameter] | None = None,
-              outputs: list[str] | None = None) -> Container:
+              outputs: list[str] | None = None, *, read_only: bool = True,
+              env: list[Env] | None = None) -> Container:
     from hera.workflows import Resources
 
     return Container(
@@ -61,9 +99,12 @@ def container(name: str, args: list[str], names: ClusterNames, cpu: str, memory:
         inputs=inputs,
         outputs=[Parameter(name=o, value_from={"path": f"{OUTPUTS}/{o}"}) for o in outputs or []],
         env=[Env(name="RETRAIN_HOME", value=HOME),
-             *(SecretEnv(name=n, secret_name=s, secret_key=k) for n, s, k in secrets(names))],
+             *(SecretEnv(name=n, secret_name=s, secret_key=k) for n, s, k in secrets(names)),
+             *(env or [])],
         env_from=[ConfigMapEnvFrom(name=names.config_map)],
-        volume_mounts=[VolumeMount(name="data", mount_path=HOME)],
+        volume_mounts=[VolumeMount(name="data", mount_path=HOME),
+                       VolumeMount(name="tmp", mount_path=TMP)],
+        security_context=SecurityContext(**container_security(read_only)),
         resources=Resources(cpu_request=cpu, memory_request=memory, memory_limit=memory),
         retry_strategy=RetryStrategy(
             limit=3, retry_policy="OnError",

@@ -1,7 +1,10 @@
-"""``retrain step check-training|wait-training``: one model's training on a cluster, as the
-WorkflowTemplate's ``train`` DAG runs it (check-training, then a TFJob on a miss, then
-wait-training), with the run's record given each training's outcome
-(``workflows.cluster_run``)."""
+"""``retrain step check-training|create-training|wait-training|finish``: one model's training
+on a cluster, as the WorkflowTemplate's ``train`` DAG runs it (check-training, then a TFJob on
+a miss, then wait-training), with the run's record given each training's outcome
+(``workflows.cluster_run``); and the Workflow's exit handler, which tells what a Workflow
+that ended left unsaid. Every training that ends without a model is told to the selector as
+``training.failed`` (the trainer's own id) by the step that saw it end, so its run's round
+closes."""
 
 from __future__ import annotations
 
@@ -60,6 +63,9 @@ def check_training(
             check, got, reason = _claim_training(settings, handle.client, options, train_cache,
                                                  force == "true", dataset_uri)
         except Exception as exc:  # no TFJob follows: this is the training's outcome
+            if sink and run_id:
+                _tell_failure(settings, sink, run_id, model, f"check-training failed: {exc}",
+                              round_size)
             if run is not None:
                 cluster_run.training_failed(step, model, 0.0, f"check-training failed: {exc}")
                 run.record(step, round(time.perf_counter() - started[0], 3), started[1])
@@ -120,7 +126,7 @@ def wait_training(
     --model (and RETRAIN_REDIS_URL), the run's record gets the training's outcome, and the
     run ends once every training has one."""
     setup_logging(True)
-    from core.kube import api_client
+    from core.kube import KubeError, api_client
     from services.trainer import outcome
     from workflows.tfjob import TrainingJobError, wait_for_training
 
@@ -134,11 +140,13 @@ def wait_training(
         message = wait_for_training(api_client(settings.kube_api_url, settings.kube_token),
                                     namespace, name, timeout, poll)
         result, ended = outcome.read_result(claim.parent / "model") if claim else None, True
-    except TrainingJobError as exc:
+    except (TrainingJobError, KubeError) as exc:  # a 403 or 404 says nothing will end it
         failure, ended = str(exc), True
+        if isinstance(exc, KubeError):
+            failure = f"cannot follow TFJob {name}: {exc}"
         if sink:
             _tell_failure(settings, sink, run_id, model, failure, round_size)  # type: ignore[arg-type]
-        raise
+        raise TrainingJobError(failure) from None
     finally:
         if memo is not None:
             _record_claim(memo, claim, result, run_id or "manual")  # type: ignore[arg-type]
@@ -208,3 +216,117 @@ def _tell_failure(settings: Any, sink: str, run_id: str, model: str, reason: str
 
     client = client_for(settings.redis_url) if sink == STREAM_SINK and settings.redis_url else None
     event_sink(settings, sink, client).send(failed_event(run_id, model, reason, round_size))
+
+
+def create_training(
+    manifest: Annotated[str, typer.Option(help="the TFJob, as YAML (the template's, filled in by Argo)")],
+    workflow_uid: Annotated[str, typer.Option(help="the Workflow's uid: the job's owner")],
+    run_id: Annotated[str, typer.Option(help="the run (the Workflow's name)")],
+    model: Annotated[str, typer.Option(help="the variant the job trains")],
+    namespace: Annotated[str, typer.Option(help="where to create it")] = "retrain",
+    round_size: Annotated[Optional[int], typer.Option(help="trainings the run started")] = None,
+    sink: Annotated[Optional[str], typer.Option(help="where training.failed goes when no job can be created (stream or a URL)")] = None,
+    claim: Annotated[Optional[Path], typer.Option(help="check-training's claim: its lease is let go when no job can be created")] = None,
+    outputs: OutputsOption = None,
+) -> None:
+    """Create the training's TFJob, named for the training (the Workflow's name and uid, the
+    model) and owned by the Workflow. A job of that name that is this training's (an earlier
+    try's, whose answer was lost) is adopted; an API server away or overloaded is tried
+    again, backing off. A job that cannot be created (refused, invalid, the name taken by
+    another job) ends the training: training.failed to --sink, the claim's lease let go, the
+    run's record given the failure, and the step fails (exit 1) saying why.
+
+    Outputs: job-name."""
+    setup_logging(True)
+    import yaml
+
+    from core.errors import ConfigurationError
+    from core.kube import KubeError, api_client
+    from workflows import tfjob
+
+    settings = load_settings()
+    try:
+        given = yaml.safe_load(manifest)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"--manifest is not YAML: {exc}") from None
+    if not isinstance(given, dict) or given.get("kind") != "TFJob":
+        raise ConfigurationError("--manifest is not a TFJob")
+    given = {**given, "metadata": {**(given.get("metadata") or {}), "namespace": namespace}}
+    job = tfjob.owned_job(given, run_id, workflow_uid, model)
+    started = (time.perf_counter(), time.time())
+    try:
+        name = tfjob.create_training(api_client(settings.kube_api_url, settings.kube_token), job)
+    except KubeError as exc:
+        failure = f"TFJob {job['metadata']['name']} could not be created: {exc}"
+        if sink:
+            _tell_failure(settings, sink, run_id, model, failure, round_size)
+        if claim is not None and claim.is_file():
+            _record_claim(_claimed(settings, claim), claim, None, run_id)
+        if settings.redis_url:
+            _record_training(settings, run_id, model, claim, started, None, failure)
+        raise tfjob.TrainingJobError(failure) from None
+    emit_outputs({"job-name": name}, outputs)
+
+
+def finish(
+    run_id: Annotated[str, typer.Option(help="the run (the Workflow's name)")],
+    workflow_uid: Annotated[str, typer.Option(help="the Workflow's uid (its TFJobs' names)")],
+    namespace: Annotated[str, typer.Option(help="where its TFJobs are")] = "retrain",
+    status: Annotated[str, typer.Option(help="how the Workflow ended: Succeeded, Failed or Error")] = "Failed",
+    sink: Annotated[Optional[str], typer.Option(help="where training.failed goes (stream or a URL)")] = None,
+) -> None:
+    """The Workflow's exit handler: every planned training of the run that never ended (its
+    TFJob never created, its wait killed by the Workflow's deadline or failed) has its TFJob
+    deleted, if there is one (so it cannot end later), is told to --sink as training.failed
+    (the trainer's own id: the selector takes it once) and is recorded failed; a training
+    whose trainer did finish (its result beside the model) is recorded trained instead. Then
+    a run whose record is still running ends failed, saying how its Workflow ended. Running
+    it again tells nothing again: each training it told has an outcome in the record."""
+    setup_logging(True)
+    from core.redis_store import open_redis
+    from services.trainer import outcome
+    from workflows import cluster_run
+
+    log = logging.getLogger(__name__)
+    settings = load_settings()
+    told = []
+    with open_redis(settings.redis_url, settings.home) as handle:
+        run = cluster_run.WorkflowRun(handle.client, run_id)
+        summary = run.summary()
+        planned = len(((summary or {}).get("parameters") or {}).get("models") or [])
+        for model in cluster_run.unended(summary):
+            step, out = cluster_run.training(model), settings.runs_dir / run_id / model / "model"
+            result = outcome.read_result(out)
+            if result is not None:  # the trainer ended and told the selector itself
+                cluster_run.trained(step, model, 0.0, result, None, "recorded on exit")
+                run.record(step, 0.0, time.time())
+                continue
+            reason = f"the workflow ended {status} before this training did" + _removed(
+                settings, namespace, run_id, workflow_uid, model, log)
+            if sink:
+                _tell_failure(settings, sink, run_id, model, reason, planned)
+            cluster_run.training_failed(step, model, 0.0, reason)
+            run.record(step, 0.0, time.time())
+            told.append(model)
+            log.info("run %s: %s never ended; told training.failed (%s)", run_id, model, reason)
+        ended = cluster_run.ended_by_workflow(run, status)
+    if ended is not None:
+        log.info("run %s ended %s: %s", run_id, ended["status"], ended.get("error"))
+    emit_outputs({"told": ",".join(told)}, None)
+
+
+def _removed(settings: Any, namespace: str, run_id: str, workflow_uid: str, model: str,
+             log: logging.Logger) -> str:
+    """Delete the training's TFJob, if it has one; what to add to the reason."""
+    from core.kube import KubeError, api_client
+    from workflows import tfjob
+
+    name = tfjob.tfjob_name(run_id, workflow_uid, model)
+    try:
+        if tfjob.delete_training(api_client(settings.kube_api_url, settings.kube_token),
+                                 namespace, name):
+            return f"; its TFJob {name} deleted"
+    except KubeError as exc:  # it may still end and send its model: judged alone then
+        log.warning("could not delete TFJob %s: %s", name, exc)
+        return f"; its TFJob {name} could not be deleted ({exc})"
+    return ""

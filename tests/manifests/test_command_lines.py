@@ -39,7 +39,12 @@ def _samples(template):
     """Values for Argo's placeholders: the template's own defaults, and plain samples."""
     values = {f"workflow.parameters.{p['name']}": p.get("value", "x")
               for p in template["spec"]["arguments"]["parameters"]}
-    values.update({"workflow.name": "retrain-x7k2p", "item": "cnn"})
+    values.update({"workflow.name": "retrain-x7k2p", "item": "cnn", "workflow.status": "Failed",
+                   "workflow.uid": "0d9f3c1e-6a8b-4e0f-9a57-1c2b3d4e5f60",
+                   "workflow.namespace": "retrain"})
+    # what the fetch step outputs with no --fetch: the workflow's own data URI and event
+    values.update({f"inputs.parameters.{k}": values[f"workflow.parameters.{k}"]
+                   for k in ("data-uri", "event")})
     # what the plan step outputs (tests/workflows/test_plan.py): a run's default parameters
     values.update({f"inputs.parameters.{k}": v for k, v in Plan(
         RunParameters(), ({"model": "cnn", "warm-start": ""},)).outputs().items()})
@@ -82,13 +87,16 @@ def test_every_command_line_in_the_manifests_is_accepted_by_the_cli(overlay):
         "Deployment/retrain-selector": "select serve",
         "Deployment/retrain-ui": "ui",
         "ServingRuntime/retrain-server": "serve",
+        "WorkflowTemplate step fetch": "step fetch",
         "WorkflowTemplate step plan": "step plan",
         "WorkflowTemplate step supersede": "step supersede",
         "WorkflowTemplate step check-cache": "step check-cache",
         "WorkflowTemplate step ingest": "step ingest",
         "WorkflowTemplate step validate": "step validate",
         "WorkflowTemplate step check-training": "step check-training",
+        "WorkflowTemplate step create-training": "step create-training",
         "WorkflowTemplate step wait-training": "step wait-training",
+        "WorkflowTemplate step finish": "step finish",
         "TFJob worker": "train",
     }
 

@@ -73,6 +73,7 @@ class Argo:
         pod.mkdir(parents=True)
         container = self.templates[name]["container"]
         declared = {p["name"] for p in self.templates[name].get("inputs", {}).get("parameters", [])}
+        inputs = {**self.fetched(declared), **inputs}
         assert set(inputs) == declared, name
         values = self.values(**inputs)
         args = [self._local(substitute(a, values), pod) for a in container["args"]]
@@ -91,9 +92,16 @@ class Argo:
         return Step(done.returncode, outputs, log.read_text() if log.is_file() else "",
                     done.stderr)
 
+    def fetched(self, declared: set[str]) -> dict[str, str]:
+        """The inputs a step takes from the fetch task's outputs (``data-uri``, ``event``),
+        as a fetch with no ``--fetch`` outputs them: the workflow's own arguments."""
+        return {k: self.arguments[k] for k in ("data-uri", "event") if k in declared}
+
     def tfjob(self, **inputs: str) -> dict:
-        """The TFJob the ``create-training`` template would create for ``inputs``."""
-        manifest = self.templates["create-training"]["resource"]["manifest"]
+        """The TFJob the ``create-training`` step would create for ``inputs`` (its name, owner
+        and backoff limit aside: ``workflows.tfjob.owned_job`` adds them)."""
+        args = self.templates["create-training"]["container"]["args"]
+        manifest = args[args.index("--manifest") + 1]
         return yaml.safe_load(substitute(manifest, self.values(**inputs)))
 
     def train(self, trainer: tuple[str, ...], env: dict[str, str], **inputs: str) -> Step:

@@ -29,6 +29,18 @@ def _templates():
     return {t["name"]: t for t in _doc()["spec"]["templates"]}
 
 
+def _mutex_problem():
+    """v3.5's ``mutex``, which hera's v3.6 models do not know, on the ``source`` template."""
+    index = [t["name"] for t in _doc()["spec"]["templates"]].index("source")
+    return f"spec.templates[{index}].synchronization.mutex: unknown field of Synchronization"
+
+
+def _manifest(templates):
+    """The TFJob manifest create-training is given (Argo fills in its placeholders)."""
+    args = templates["create-training"]["container"]["args"]
+    return args[args.index("--manifest") + 1]
+
+
 @pytest.mark.parametrize("overlay", GOLDEN)
 def test_the_committed_yaml_is_what_the_generator_renders(overlay):
     path = ROOT / "manifests" / "overlays" / overlay / "workflowtemplate.yaml"
@@ -41,8 +53,7 @@ def test_it_is_a_valid_workflow_template_with_no_unknown_fields():
     WorkflowTemplateModel.model_validate(doc)
     # hera's models follow Argo v3.6 (``mutexes``); the cluster runs v3.5, which reads
     # ``mutex`` (v3.6 still does): Argo's own v3.5 schema checks it (tests/manifests)
-    assert strict_problems(WorkflowTemplateModel, doc) == [
-        "spec.templates[9].synchronization.mutex: unknown field of Synchronization"]
+    assert strict_problems(WorkflowTemplateModel, doc) == [_mutex_problem()]
 
 
 def test_one_workflow_per_source_works_at_a_time_and_a_superseded_one_does_nothing():
@@ -50,7 +61,7 @@ def test_one_workflow_per_source_works_at_a_time_and_a_superseded_one_does_nothi
     source = templates["source"]
     assert source["synchronization"] == {"mutex": {"name": "{{inputs.parameters.mutex}}"}}
     entry = {t["name"]: t for t in templates["retrain"]["dag"]["tasks"]}
-    assert list(entry) == ["plan", "source"]  # the plan (noting the event) before the mutex
+    assert list(entry) == ["fetch", "plan", "source"]  # the plan (noting the event) before the mutex
     given = {p["name"]: p["value"] for p in entry["source"]["arguments"]["parameters"]}
     assert given["mutex"] == "{{tasks.plan.outputs.parameters.mutex}}"
     assert given["source"] == "{{tasks.plan.outputs.parameters.source}}"
@@ -73,7 +84,7 @@ def test_a_typo_is_caught():
     assert sorted(strict_problems(WorkflowTemplateModel, doc)) == [
         "spec.podGC.stratgy: unknown field of PodGC",
         "spec.templates[0].container.imagePullPolicyy: unknown field of Container",
-        "spec.templates[9].synchronization.mutex: unknown field of Synchronization",  # v3.5's
+        _mutex_problem(),  # v3.5's
     ]
 
 
@@ -97,7 +108,8 @@ def test_the_trainings_start_only_once_the_data_gate_let_the_run_through():
     arguments = {p["name"]: p["value"] for p in tasks["validate"]["arguments"]["parameters"]}
     trained_on = {p["name"]: p["value"] for p in tasks["train"]["arguments"]["parameters"]}
     assert arguments == {"dataset-uri": trained_on["dataset-uri"],  # what the trainings use
-                         "validation": "{{inputs.parameters.validation}}"}
+                         "validation": "{{inputs.parameters.validation}}",
+                         "data-uri": "{{inputs.parameters.data-uri}}"}
     validate = templates["validate"]
     args = validate["container"]["args"]
     flags = dict(zip(args[2::2], args[3::2], strict=True))
@@ -105,7 +117,7 @@ def test_the_trainings_start_only_once_the_data_gate_let_the_run_through():
     assert flags["--dataset-uri"] == "{{inputs.parameters.dataset-uri}}"
     assert flags["--mode"] == "{{inputs.parameters.validation}}"
     assert flags["--run-id"] == "{{workflow.name}}" and flags["--sink"] == "stream"
-    assert flags["--data"] == "{{workflow.parameters.data-uri}}"  # what an approval sends again
+    assert flags["--data"] == "{{inputs.parameters.data-uri}}"  # what an approval sends again
     assert flags["--approves"] == "{{workflow.parameters.approves}}"
     # the blocked step's reason becomes its message (Kubernetes' termination message)
     assert flags["--message-file"] == "/dev/termination-log"
@@ -143,7 +155,11 @@ def _substitute(value: str) -> str:
                "workflow.parameters.parameters": '{"epochs": 2}',
                "workflow.parameters.event-id": "fashion-mnist@1:0a1b",
                "workflow.parameters.approves": "", "workflow.parameters.approved-by": "",
-               "workflow.parameters.event": "",
+               "workflow.parameters.event": "", "workflow.parameters.fetch": "",
+               "inputs.parameters.data-uri": "/data", "inputs.parameters.event": "",
+               "workflow.uid": "0d9f3c1e-6a8b-4e0f-9a57-1c2b3d4e5f60",
+               "workflow.namespace": "retrain", "workflow.status": "Failed",
+               "inputs.parameters.job-name": "retrain-abc12-batch-norm-0a1b2c3d",
                "inputs.parameters.validation": "block",
                "inputs.parameters.source": "git:https://git.example/fm/data.git#main",
                "inputs.parameters.deterministic": "false", "inputs.parameters.force": "false",
@@ -163,7 +179,8 @@ def test_every_step_command_parses_with_the_real_cli():
     tfjob = yaml.safe_load(_substitute(tfjob_manifest(ClusterNames())))
     trainer = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     argvs = [templates[n]["container"]["args"]
-             for n in ("plan", "supersede", "check-cache", "ingest", "validate")] + [trainer["args"]]
+             for n in ("plan", "supersede", "check-cache", "ingest", "validate", "check-training",
+                       "create-training", "wait-training", "finish")] + [trainer["args"]]
     for argv in argvs:
         argv = [_substitute(a) for a in argv]
         ctx = command.make_context("retrain", list(argv))
@@ -184,13 +201,14 @@ def test_the_tfjob_has_integer_replicas_after_substitution():
 
 def test_a_training_ends_on_the_tfjobs_own_conditions_with_a_deadline():
     templates = _templates()
-    create = templates["create-training"]["resource"]
-    # replica counts never say "failed" while OnFailure/ExitCode restarts a worker
-    assert "successCondition" not in create and "failureCondition" not in create
-    job = yaml.safe_load(_substitute(create["manifest"]))
+    job = yaml.safe_load(_substitute(_manifest(templates)))
     run_policy = job["spec"]["runPolicy"]
-    assert run_policy["backoffLimit"] == 3 and run_policy["cleanPodPolicy"] == "All"
-    assert job["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "ExitCode"
+    assert run_policy["cleanPodPolicy"] == "All"
+    # a killed worker fails its peers' all-reduce: every worker restarts, all resume together
+    assert job["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] == "OnFailure"
+    create = templates["create-training"]["container"]["args"]
+    assert create[:2] == ["step", "create-training"]
+    assert [t["name"] for t in templates["train"]["dag"]["tasks"]] == ["check", "create", "wait"]
     tasks = {t["name"]: t for t in templates["train"]["dag"]["tasks"]}
     assert tasks["wait"]["depends"] == "create.Succeeded"  # "create" would match a skipped one
     wait = templates["wait-training"]["container"]["args"]
@@ -228,7 +246,127 @@ def test_each_model_checks_the_training_cache_and_a_hit_creates_no_tfjob():
     wait = templates["wait-training"]["container"]["args"]
     claim = wait[wait.index("--claim") + 1]
     assert claim == flags["--out"].removesuffix("/model") + "/claim.json"
-    create = yaml.safe_load(_substitute(templates["create-training"]["resource"]["manifest"]))
+    create = yaml.safe_load(_substitute(_manifest(templates)))
     [worker] = create["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
     assert worker["args"][worker["args"].index("--out") + 1] == _substitute(flags["--out"])
 
+
+
+def test_the_fetch_task_comes_first_and_every_later_step_reads_what_it_fetched():
+    doc, templates = _doc(), _templates()
+    assert {p["name"]: p.get("value") for p in doc["spec"]["arguments"]["parameters"]}[
+        "fetch"] == ""
+    entry = {t["name"]: t for t in templates["retrain"]["dag"]["tasks"]}
+    assert entry["plan"]["depends"] == "fetch" and entry["source"]["depends"] == "plan"
+    given = {p["name"]: p["value"] for p in entry["plan"]["arguments"]["parameters"]}
+    assert given == {"data-uri": "{{tasks.fetch.outputs.parameters.data-uri}}",
+                     "event": "{{tasks.fetch.outputs.parameters.event}}"}
+    to_source = {p["name"]: p["value"] for p in entry["source"]["arguments"]["parameters"]}
+    assert to_source["data-uri"] == "{{tasks.fetch.outputs.parameters.data-uri}}"
+    fetch = templates["fetch"]
+    args = fetch["container"]["args"]
+    assert args == ["step", "fetch", "--fetch", "{{workflow.parameters.fetch}}",
+                    "--data-uri", "{{workflow.parameters.data-uri}}",
+                    "--event", "{{workflow.parameters.event}}", "--outputs", "/tmp/outputs"]
+    assert {o["name"]: o["valueFrom"]["path"] for o in fetch["outputs"]["parameters"]} == {
+        "data-uri": "/tmp/outputs/data-uri", "event": "/tmp/outputs/event"}
+    # only the fetch step reads the workflow's own data URI and event
+    for name, template in templates.items():
+        body = yaml.safe_dump(template)
+        if name != "fetch":
+            assert "workflow.parameters.data-uri" not in body, name
+            assert "workflow.parameters.event}}" not in body, name
+    # the shared volume read-write, and the watcher's credentials (optional: overlay local
+    # has no bucket)
+    assert {"name": "data", "mountPath": "/var/lib/retrain"} in fetch["container"]["volumeMounts"]
+    env = {e["name"]: e for e in fetch["container"]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "retrain-minio", "key": "accesskey", "optional": True}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretkey"
+    assert env["RETRAIN_GIT_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_the_unused_digest_parameter_is_gone():
+    declared = {p["name"] for p in _doc()["spec"]["arguments"]["parameters"]}
+    assert "digest" not in declared
+    assert {"data-uri", "fetch", "parameters", "event", "event-id", "approves",
+            "approved-by"} == declared
+
+
+def test_the_exit_handler_reports_what_never_ended_whatever_the_outcome():
+    doc, templates = _doc(), _templates()
+    assert doc["spec"]["onExit"] == "finish"
+    finish = templates["finish"]
+    assert "when" not in finish  # whatever the workflow's status
+    args = finish["container"]["args"]
+    flags = dict(zip(args[2::2], args[3::2], strict=True))
+    assert args[:2] == ["step", "finish"]
+    assert flags == {"--run-id": "{{workflow.name}}", "--workflow-uid": "{{workflow.uid}}",
+                     "--namespace": "{{workflow.namespace}}", "--status": "{{workflow.status}}",
+                     "--sink": "stream"}
+    # create-training names each TFJob from the same Workflow name and uid the handler has
+    create = templates["create-training"]["container"]["args"]
+    created = dict(zip(create[4::2], create[5::2], strict=True))
+    assert created["--workflow-uid"] == "{{workflow.uid}}"
+    assert created["--run-id"] == "{{workflow.name}}"
+    assert created["--model"] == "{{inputs.parameters.model}}"
+    assert created["--claim"] == templates["wait-training"]["container"]["args"][-1]
+
+
+SECURE = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+          "runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def test_every_step_and_every_tfjob_replica_runs_as_the_images_user_with_nothing_more():
+    doc, templates = _doc(), _templates()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001" in dockerfile and "--uid 10001" in dockerfile
+    assert doc["spec"]["securityContext"] == {
+        "fsGroup": 10001, "runAsNonRoot": True, "runAsUser": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"}}
+    writable = set()
+    containers = {n: t["container"] for n, t in templates.items() if "container" in t}
+    assert set(containers) == {"fetch", "plan", "supersede", "check-cache", "ingest", "validate",
+                               "check-training", "create-training", "wait-training", "finish"}
+    for name, container in containers.items():
+        context = container["securityContext"]
+        assert {k: context[k] for k in SECURE} == SECURE, name
+        if not context["readOnlyRootFilesystem"]:
+            writable.add(name)
+        # what a step writes beside the shared volume goes to /tmp, an emptyDir
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], name
+    assert writable == {"validate"}  # TensorFlow's: it may write under the home folder
+    assert {"name": "tmp", "emptyDir": {}} in doc["spec"]["volumes"]
+    job = yaml.safe_load(_substitute(_manifest(templates)))
+    pod = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["securityContext"] == doc["spec"]["securityContext"]
+    [trainer] = pod["containers"]
+    assert {k: trainer["securityContext"][k] for k in SECURE} == SECURE
+
+
+def test_the_fetch_step_command_parses_with_the_real_cli():
+    """``retrain step fetch`` is another part of the work: this fails until it lands."""
+    command = typer.main.get_command(app)
+    argv = [_substitute(a) for a in _templates()["fetch"]["container"]["args"]]
+    ctx = command.make_context("retrain", list(argv))
+    step = command.get_command(ctx, "step")
+    fetch = step.get_command(ctx, "fetch")
+    assert fetch is not None, "retrain step fetch does not exist yet"
+    fetch.make_context("fetch", argv[2:], parent=ctx)
+
+
+def test_the_shipped_round_deadline_outlasts_a_training_and_the_selector_uses_it(monkeypatch,
+                                                                                 tmp_path):
+    from core.settings import Settings
+    from services.selector.main import champion_policy
+
+    config = yaml.safe_load((ROOT / "manifests" / "base" / "config.yaml").read_text())["data"]
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RETRAIN_HOME", str(tmp_path))
+    policy = champion_policy(Settings())
+    assert policy.rounds and policy.deadline_seconds == float(
+        config["RETRAIN_ROUND_DEADLINE_SECONDS"])
+    wait = _templates()["wait-training"]["container"]["args"]
+    gives_up = float(wait[wait.index("--timeout") + 1])  # the longest a training is waited for
+    assert gives_up < policy.deadline_seconds < _doc()["spec"]["activeDeadlineSeconds"]
