@@ -7,6 +7,7 @@ check that it is still what was written, and the clean-up of crashed writers' le
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,10 +29,10 @@ def shard_paths(dataset_uri: str | Path, split: str) -> list[str]:
     return [str(store / s["path"]) for s in meta["splits"][split]["shards"]]  # type: ignore[index]
 
 
-def stat_signature(path: Path) -> list[int]:
+def stat_signature(path: Path, st: os.stat_result | None = None) -> list[int]:
     """What changes whenever a file's bytes are written: mtime and ctime (which no user call
-    can set back) and the inode."""
-    st = path.stat()
+    can set back) and the inode (from ``st`` when the caller has stat'ed the file already)."""
+    st = st if st is not None else path.stat()
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
@@ -51,9 +52,10 @@ def verify(dataset_uri: str | Path, deep: bool = False) -> str | None:
         for shard in split["shards"]:
             path = store / shard["path"]
             try:
-                if path.stat().st_size != shard["size"]:
+                st = path.stat()
+                if st.st_size != shard["size"]:
                     return f"shard {shard['path']} has a different size than recorded"
-                signature = stat_signature(path)
+                signature = stat_signature(path, st)
                 # timestamps tick coarsely (a few ms): a signature from the last 100 ms proves
                 # nothing, as a second write may have landed in the same tick
                 unchanged = (not deep and shard.get("stat") == signature
