@@ -57,10 +57,13 @@ class Argo:
         self.home, self.folder, self.name = home, folder, name
         self.env = pod_env(home, redis_url)
         self.runs = 0
+        self.uid = f"uid-of-{name}"  # {{workflow.uid}}: the Workflow object's own
+        self.status = "Failed"  # {{workflow.status}}, as the exit handler is told it
 
     def values(self, **inputs: str) -> dict[str, str]:
         return {**{f"workflow.parameters.{k}": v for k, v in self.arguments.items()},
                 "workflow.name": self.name, "workflow.namespace": NAMESPACE,
+                "workflow.uid": self.uid, "workflow.status": self.status,
                 **{f"inputs.parameters.{k}": v for k, v in inputs.items()}}
 
     def run(self, name: str, env: dict[str, str] | None = None, here: bool = False,

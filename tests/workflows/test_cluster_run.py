@@ -191,3 +191,99 @@ def test_a_run_that_trains_nothing_ends_once_validated(r):
     run = _begun(r, "retrain-none", ())
     assert run.record(Step("check_cache", "succeeded"), 0.1, 0.0)["status"] == "running"
     assert run.record(Step("validate", "succeeded"), 0.1, 0.0)["status"] == "succeeded"
+
+
+# the exit handler ---------------------------------------------------------------------------------
+def _validated(r, run_id):
+    from workflows.cluster_run import Step, WorkflowRun
+
+    WorkflowRun(r, run_id).record(Step("validate", "succeeded"), 0.1, 0.0)
+
+
+def test_the_exit_handler_tells_each_training_that_never_ended_once_and_the_round_closes(
+        settings, r, redis_handle, tmp_path):
+    """cnn's TFJob failed (its wait step told the selector); batch_norm's wait was killed by
+    the Workflow's deadline while its job ran: the exit handler deletes that job and tells
+    training.failed, so the selector's round (size 2) closes; run again, it tells nothing."""
+    from events.sinks import read_stream
+    from services.selector.rounds import RoundStore
+    from tests.workflows.test_tfjob import TFJobsStandIn, _job
+    from workflows.tfjob import owned_job
+
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-late",
+                **{"data-uri": str(data), "parameters": '{"models": ["cnn", "batch_norm"]}'})
+    assert argo.run("plan").code == 0
+    _validated(r, "retrain-late")
+    with TFJobStandIn([FAILED]) as api:
+        waited = argo.run("wait-training", env={"RETRAIN_KUBE_API_URL": api.server.url,
+                                                "RETRAIN_KUBE_TOKEN": TOKEN},
+                          **{"job-name": NAME, "model": "cnn", "round-size": "2"})
+    assert waited.code == 1
+    running = owned_job(_job(), "retrain-late", argo.uid, "batch_norm")
+    kube = {"RETRAIN_KUBE_TOKEN": TOKEN}
+    with TFJobsStandIn([running]) as api:
+        finished = argo.run("finish", env={**kube, "RETRAIN_KUBE_API_URL": api.server.url})
+        again = argo.run("finish", env={**kube, "RETRAIN_KUBE_API_URL": api.server.url})
+    assert finished.code == 0 and again.code == 0, finished.stderr + again.stderr
+    assert api.jobs == {}  # deleted: it cannot send a model after its failure
+    events = read_stream(r)
+    assert [(e["id"], e["data"]["round_size"]) for e in events] == [
+        ("retrain-late/cnn/failed", 2), ("retrain-late/batch_norm/failed", 2)]
+    reason = events[1]["data"]["reason"]
+    assert reason.startswith("the workflow ended Failed before this training did")
+    assert running["metadata"]["name"] + " deleted" in reason
+    kept = record.get(r, "retrain-late")
+    assert kept["models"]["batch_norm"] == {"status": "failed", "seconds": 0.0, "reason": reason}
+    assert kept["status"] == "failed" and "batch_norm (the workflow ended" in kept["error"]
+    assert [s["name"] for s in kept["steps"]] == ["validate", "train:cnn", "train:batch_norm"]
+
+    # the cluster's selector, with the shipped round deadline: the round closes on both ends
+    selector = build_selector(settings.model_copy(update={"round_deadline_seconds": 16200.0}),
+                              r, [].append, LocalBackend(settings.model_repo, MODEL_NAME))
+    selector_consumer(r, selector, settings).poll()
+    rounds = RoundStore(r, str(settings.model_repo.resolve()))
+    assert rounds.open_rounds() == {}
+    assert rounds.ended("retrain-late", "cnn", "late", 2).late  # closed
+
+
+def test_the_exit_handler_records_a_training_whose_trainer_finished_and_tells_nothing(
+        settings, r, redis_handle, tmp_path):
+    """The Workflow's deadline killed the wait after the trainer had written its result (and
+    sent its own model.trained): the training ended; it is recorded trained, not told."""
+    from events.sinks import read_stream
+
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-done",
+                **{"data-uri": str(data), "parameters": '{"models": ["cnn"]}'})
+    assert argo.run("plan").code == 0
+    _validated(r, "retrain-done")
+    folder = settings.home / "runs" / "retrain-done" / "cnn"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({
+        "model_uri": str(folder / "model"), "val_accuracy": 0.81, "digest": "d" * 64}))
+    finished = argo.run("finish", env={"RETRAIN_KUBE_API_URL": "http://127.0.0.1:9"})
+    assert finished.code == 0, finished.stderr
+    assert read_stream(r) == []
+    kept = record.get(r, "retrain-done")
+    assert kept["models"]["cnn"]["status"] == "trained" and kept["status"] == "succeeded"
+
+
+def test_a_workflow_that_died_before_its_trainings_tells_nothing_and_ends_its_run(
+        settings, r, redis_handle, tmp_path):
+    """The ingest step's pod was OOM-killed: no training started, no round waits; the run's
+    record, which nothing else would end, ends failed saying how its Workflow ended."""
+    from events.sinks import read_stream
+
+    data = write_dataset(settings.home / "data" / "fashion-mnist")
+    argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-oom-ingest",
+                **{"data-uri": str(data)})
+    assert argo.run("plan").code == 0
+    argo.status = "Error"
+    finished = argo.run("finish")
+    assert finished.code == 0, finished.stderr
+    assert read_stream(r) == []
+    kept = record.get(r, "retrain-oom-ingest")
+    assert kept["status"] == "failed"
+    assert kept["error"] == "the workflow ended Error before the run did"
+    assert argo.run("finish").code == 0 and record.get(r, "retrain-oom-ingest") == kept

@@ -3,6 +3,7 @@ API server on loopback (no API server can run here) that checks every request: t
 verb, the bearer token, and a delete's propagation policy."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -303,3 +304,187 @@ def test_the_cluster_trains_a_key_once_and_a_hit_creates_no_job(tmp_path, r, red
     assert [(e["data"]["run_id"], e["data"]["cached"], e["data"]["model_uri"]) for e in events] == [
         ("wf-2", True, entry.model_uri), ("wf-3", True, entry.model_uri)]
     assert events[0]["data"]["round_size"] == 1 and events[0]["id"] == "wf-2/cnn/trained"
+
+
+# creating a training's TFJob ---------------------------------------------------------------------
+JOBS = "/apis/kubeflow.org/v1/namespaces/retrain/tfjobs"
+
+
+class TFJobsStandIn:
+    """The TFJobs of one namespace: created by POST (409 when the name is taken), read and
+    deleted by name (404 when there is none); ``errors``: statuses answered first, in order."""
+
+    def __init__(self, jobs=(), errors=()):
+        self.jobs = {j["metadata"]["name"]: j for j in jobs}
+        self.errors = list(errors)
+        self.requests = []
+        app = FastAPI()
+
+        @app.api_route("/{path:path}", methods=["GET", "DELETE", "POST"])
+        async def handle(path: str, request: Request):
+            path, body = "/" + path, await request.body()
+            self.requests.append((request.method, path))
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return _status(401, "no bearer token")
+            if self.errors:
+                return _status(self.errors.pop(0), "answered as the test asks")
+            if request.method == "POST" and path == JOBS:
+                job = json.loads(body)
+                name = job["metadata"]["name"]
+                if name in self.jobs:
+                    return _status(409, f'tfjobs.kubeflow.org "{name}" already exists')
+                self.jobs[name] = job
+                return JSONResponse(job, status_code=201)
+            name = path.removeprefix(JOBS + "/")
+            if path.startswith(JOBS + "/") and name in self.jobs:
+                return JSONResponse(self.jobs.pop(name) if request.method == "DELETE"
+                                    else self.jobs[name])
+            return _status(404, f'tfjobs.kubeflow.org "{name}" not found')
+
+        self.server = BackgroundServer(app, bind("127.0.0.1", 0, "tfjobs stand-in"), "kube-api")
+
+    def __enter__(self):
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop()
+
+
+def _status(code, message):
+    return JSONResponse({"kind": "Status", "status": "Failure", "code": code,
+                         "message": message}, status_code=code)
+
+
+def _job(workers=2):
+    return {"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+            "metadata": {"namespace": "retrain", "generateName": "x-",
+                         "labels": {"app.kubernetes.io/part-of": "retrain"}},
+            "spec": {"runPolicy": {"backoffLimit": 3},
+                     "tfReplicaSpecs": {"Worker": {"replicas": workers}}}}
+
+
+def test_a_tfjob_is_named_for_its_training_and_owned_by_its_workflow():
+    from workflows.tfjob import owned_job, tfjob_name
+
+    name = tfjob_name("retrain-0a1b2c3d4e5f60718293", "uid-1", "batch_norm")
+    assert name == tfjob_name("retrain-0a1b2c3d4e5f60718293", "uid-1", "batch_norm")
+    assert name.startswith("retrain-0a1b2c3d4e5f60718293-batch-norm-")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 50
+    assert name != tfjob_name("retrain-0a1b2c3d4e5f60718293", "uid-2", "batch_norm")
+    assert name != tfjob_name("retrain-0a1b2c3d4e5f60718293", "uid-1", "cnn")
+    long = tfjob_name("a-workflow-submitted-by-hand-with-a-very-long-name-x7k2p", "u", "cnn")
+    assert len(long) <= 50 and long != tfjob_name("a-workflow-submitted-by-hand-with-a-very-long"
+                                                  "-name-q9z4r", "v", "cnn")
+    given = _job(workers=4)
+    job = owned_job(given, "retrain-abc", "uid-1", "cnn")
+    assert given == _job(workers=4)  # not changed in place
+    assert "generateName" not in job["metadata"]
+    assert job["metadata"]["ownerReferences"] == [{
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "retrain-abc",
+        "uid": "uid-1"}]
+    assert job["metadata"]["labels"]["retrain.dev/workflow-uid"] == "uid-1"
+    # one lost worker restarts all four: each may restart three times
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 12
+
+
+def _create(api, job, **kwargs):
+    from workflows.tfjob import create_training
+
+    return create_training(api_client(api.server.url, TOKEN), job, sleep=lambda _s: None,
+                           **kwargs)
+
+
+def test_a_create_tried_again_adopts_the_job_its_first_try_made():
+    from workflows.tfjob import owned_job
+
+    job = owned_job(_job(), "retrain-abc", "uid-1", "cnn")
+    with TFJobsStandIn() as api:
+        assert _create(api, job) == job["metadata"]["name"]
+        assert _create(api, job) == job["metadata"]["name"]  # 409: ours, adopted
+    assert list(api.jobs) == [job["metadata"]["name"]]
+    assert [m for m, _ in api.requests] == ["POST", "POST", "GET"]
+
+
+def test_a_job_of_that_name_that_is_not_this_trainings_is_not_adopted():
+    from workflows.tfjob import owned_job
+
+    theirs = owned_job(_job(), "retrain-abc", "uid-1", "cnn")
+    theirs["metadata"]["labels"]["retrain.dev/workflow-uid"] = "uid-of-another"
+    with TFJobsStandIn([theirs]) as api:
+        with pytest.raises(KubeError, match="exists and is not this training's"):
+            _create(api, owned_job(_job(), "retrain-abc", "uid-1", "cnn"))
+
+
+def test_an_api_server_away_is_tried_again_and_a_refusal_is_not():
+    from workflows.tfjob import owned_job
+
+    job = owned_job(_job(), "retrain-abc", "uid-1", "cnn")
+    with TFJobsStandIn(errors=[503, 429]) as api:
+        assert _create(api, job) == job["metadata"]["name"]
+    with TFJobsStandIn(errors=[503, 503]) as api:
+        with pytest.raises(KubeError, match="answered 503"):
+            _create(api, job, attempts=2)
+    with TFJobsStandIn(errors=[403]) as api:
+        with pytest.raises(KubeError, match="answered 403 to POST"):
+            _create(api, job)
+    assert len(api.requests) == 1
+
+
+def _step(args, env):
+    return subprocess.run([sys.executable, "-m", "retrain.cli", "step", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_create_step_outputs_its_job_and_reports_a_refusal_as_the_trainings_end(
+        tmp_path, r, redis_handle):
+    import yaml
+
+    from events.sinks import read_stream
+    from workflows import record
+    from workflows.definition import ClusterNames, tfjob_manifest
+
+    manifest = re.sub(r"\{\{([^}]+)\}\}", lambda m: "2" if "workers" in m[1] else "x",
+                      tfjob_manifest(ClusterNames()))
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
+           "RETRAIN_REDIS_URL": redis_handle.url}
+    args = ["create-training", "--manifest", manifest, "--workflow-uid", "uid-1",
+            "--run-id", "retrain-abc", "--model", "batch_norm", "--round-size", "3",
+            "--sink", "stream", "--outputs", str(tmp_path / "outputs")]
+    with TFJobsStandIn() as api:
+        done = _step(args, {**env, "RETRAIN_KUBE_API_URL": api.server.url})
+        again = _step(args, {**env, "RETRAIN_KUBE_API_URL": api.server.url})
+    assert done.returncode == 0 and again.returncode == 0, done.stderr + again.stderr
+    [(name, job)] = api.jobs.items()
+    assert (tmp_path / "outputs" / "job-name").read_text() == name
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 6
+    assert job == {**yaml.safe_load(manifest) | {"metadata": job["metadata"]},
+                   "spec": job["spec"]}
+    assert read_stream(r) == []
+    with TFJobsStandIn(errors=[403]) as api:
+        refused = _step(args, {**env, "RETRAIN_KUBE_API_URL": api.server.url})
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "could not be created: Kubernetes API answered 403 to POST" in refused.stdout + refused.stderr
+    [event] = read_stream(r)
+    assert event["type"] == "dev.retrain.training.failed"
+    assert event["id"] == "retrain-abc/batch_norm/failed" and event["data"]["round_size"] == 3
+    kept = record.get(r, "retrain-abc")
+    assert kept["models"]["batch_norm"]["status"] == "failed"
+    assert "403" in kept["models"]["batch_norm"]["reason"]
+
+
+@pytest.mark.parametrize("code", [403, 404])
+def test_a_wait_the_api_refuses_is_the_trainings_end_told_to_the_selector(tmp_path, r,
+                                                                         redis_handle, code):
+    from events.sinks import read_stream
+
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
+           "RETRAIN_REDIS_URL": redis_handle.url}
+    with TFJobStandIn([RUNNING, code]) as api:
+        done = _step(["wait-training", "--name", NAME, "--poll", "0.05", "--run-id", "retrain-w",
+                      "--model", "cnn", "--round-size", "2", "--sink", "stream"],
+                     {**env, "RETRAIN_KUBE_API_URL": api.server.url})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"cannot follow TFJob {NAME}: Kubernetes API answered {code}" in done.stdout + done.stderr
+    [event] = read_stream(r)
+    assert event["id"] == "retrain-w/cnn/failed" and event["data"]["round_size"] == 2
