@@ -74,8 +74,18 @@ class ProgressCallback(keras.callbacks.Callback):
 
 class Checkpoint(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` without the backup at the last epoch's end (deleted unread when
-    the fit returns a moment later)."""
+    the fit returns a moment later), and, when it saves every ``save_freq`` steps, without
+    an assignment to a TensorFlow variable before every step: the batch a checkpoint was
+    saved at is written into its variable only when one is saved (the same checkpoint)."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if epoch + 1 < self.params.get("epochs", epoch + 2):
             super().on_epoch_end(epoch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        pass  # BackupAndRestore assigns ``batch`` to the training state's variable here
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.save_freq != "epoch" and self._batches_count + 1 >= self.save_freq:
+            self._training_state._ckpt_saved_batch.assign(batch)  # the one it saves next
+        super().on_train_batch_end(batch, logs)

@@ -110,3 +110,29 @@ def test_a_result_without_phases_still_reads():
     result = TrainResult(model_uri="m", val_accuracy=0.5, val_loss=1.0, seconds=1.0, steps=1,
                          examples_per_second=1.0, digest="d")
     assert result.phases == {}
+
+
+def test_a_fit_stopped_mid_epoch_resumes_after_the_last_steps_checkpoint(tmp_path):
+    """Every ``save_freq`` steps, the batch written into the checkpoint is the one it was
+    saved at (assigned only when saving): the resumed fit does only the epoch's rest."""
+    import tf_keras as keras
+
+    from services.trainer.callbacks import Checkpoint
+
+    class Killed(Exception):
+        pass
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 5:  # after the checkpoint of batches 0-5
+                raise Killed
+
+    x, y = _data()
+    backup = str(tmp_path / "backup")
+    with pytest.raises(Killed):
+        _model().fit(x, y, batch_size=4, epochs=1, steps_per_epoch=9, verbose=0,
+                     callbacks=[Checkpoint(backup, save_freq=3), Kill()])
+    resumed = _model()
+    resumed.fit(x, y, batch_size=4, epochs=1, steps_per_epoch=9, verbose=0,
+                callbacks=[Checkpoint(backup, save_freq=3)])
+    assert int(resumed.optimizer.iterations.numpy()) == 9  # 6 restored + the 3 left
