@@ -91,22 +91,22 @@ class StatCache:
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._dirty = False
-        self._entries: dict[str, tuple[int, int, int, str]] = {}
+        self._entries: dict[str, list] = {}  # path -> [size, mtime_ns, inode, hash]
         if path and path.exists():
             try:
-                raw = json.loads(path.read_text())
-                self._entries = {k: tuple(v) for k, v in raw.items()}  # type: ignore[misc]
+                raw = json.loads(path.read_text())  # kept as lists: no copy per file
+                self._entries = raw if isinstance(raw, dict) else {}
             except (OSError, ValueError):
                 self._entries = {}
 
     def lookup(self, relative: str, st: os.stat_result) -> str | None:
         hit = self._entries.get(relative)
-        if hit and hit[:3] == (st.st_size, st.st_mtime_ns, st.st_ino):
-            return hit[3]
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
+            return str(hit[3])
         return None
 
     def store(self, relative: str, st: os.stat_result, digest: str) -> None:
-        self._entries[relative] = (st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        self._entries[relative] = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
         self._dirty = True
 
     def retain(self, paths: set[str]) -> None:
