@@ -53,7 +53,7 @@ test-deep: $(STAMP) tools
 
 # Regenerate the committed manifests from their generators (tests check they are current).
 manifests: $(STAMP)
-	$(BIN)/retrain workflow render --image retrain:dev --out manifests/overlays/local/workflowtemplate.yaml
+	$(BIN)/retrain workflow render --image dev.local/retrain:dev --out manifests/overlays/local/workflowtemplate.yaml
 	$(BIN)/retrain workflow render --image ghcr.io/retrain-dev/retrain:0.1.0 --out manifests/overlays/production/workflowtemplate.yaml
 
 # Regenerate the model server's gRPC descriptors from its .proto, after an edit of it (a test
