@@ -3,8 +3,10 @@
 With ``compile_at_load`` (``retrain serve``'s default, ``RETRAIN_SERVE_COMPILE_AT_LOAD``),
 every version is compiled for LiteRT (``lite``) and warmed while it loads, before it takes
 any traffic, the first one at start included (the server is not ready until then): its first
-request takes the fast path, a model call of ~0.1 ms instead of TensorFlow's ~0.7 ms. A model
-LiteRT cannot take is answered by TensorFlow, said once in the log. Without it, a version
+request takes the fast path, a model call of ~0.1 ms instead of TensorFlow's ~0.7 ms. A
+version replacing one that serves is compiled in a child process (``compile_apart``), so that
+the converter does not hold up the requests answered meanwhile. A model LiteRT cannot take is
+answered by TensorFlow, said once in the log. Without it, a version
 that has answered ``compile_after`` model calls is compiled in the background, and one that
 replaces a served version is compiled before the swap; ``compile_after=None`` never compiles.
 
@@ -29,6 +31,7 @@ import tensorflow as tf  # configured by the entry point (core.tf_start), before
 
 from repository.digest import model_digest
 from repository.layout import ARRAYS_SIGNATURE, BYTES_SIGNATURE, OUTPUT, versions
+from services.serving.compile_apart import compile_apart
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28
 from services.serving.errors import BadRequestError, ModelNotReadyError
 from services.serving.lite import CompiledModel
@@ -89,12 +92,16 @@ class LoadedModel:
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
         return out[OUTPUT].numpy()
 
-    def compile(self) -> None:
-        """Compile for LiteRT and warm it (about a second); its model calls go there once
-        done. A model LiteRT cannot take stays on TensorFlow, said once."""
+    def compile(self, apart: bool = False) -> None:
+        """Compile for LiteRT and warm it (about a second; ``apart``: in a child process, a
+        few seconds, without holding up the requests another version answers meanwhile,
+        ``compile_apart``); its model calls go there once done. A model LiteRT cannot take
+        stays on TensorFlow, said once."""
         started = time.perf_counter()
         try:
-            if self.saved is not None:  # from the signature loaded: no second load of its files
+            if apart:
+                self.compiled = compile_apart(Path(self.path))
+            elif self.saved is not None:  # from the signature loaded: no second load of files
                 self.compiled = CompiledModel.convert(self.serve_arrays, self.saved)
             else:
                 self.compiled = CompiledModel.compile(Path(self.path))
@@ -114,9 +121,10 @@ class LoadedModel:
 
 
 def load(path: Path, version: int, compile_after: int | None = None,
-         digest: str | None = None, compile_now: bool = False) -> LoadedModel:
+         digest: str | None = None, compile_now: bool = False,
+         apart: bool = False) -> LoadedModel:
     """The version in ``path``, warmed (and with ``compile_now``, compiled for LiteRT and
-    warmed there) before it takes traffic."""
+    warmed there, ``apart``: in a child process) before it takes traffic."""
     loaded = tf.saved_model.load(str(path))
     arrays = loaded.signatures[ARRAYS_SIGNATURE]
     direct = tf.function(lambda images: arrays(images=images)[OUTPUT])
@@ -126,7 +134,7 @@ def load(path: Path, version: int, compile_after: int | None = None,
     # warm up before taking traffic: TensorFlow's call either way (the fallback), then LiteRT
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))
     if compile_now:
-        model.compile()
+        model.compile(apart)
     return model
 
 
@@ -221,8 +229,9 @@ class ModelHolder:
             # (and the live guard compares like with like: no compilation in its window);
             # without compile_at_load, only a version replacing one under traffic is
             compile_now = self.compile_at_load or (current is not None and bool(self.compile_after))
-            try:
-                model = load(path, newest, self.compile_after, digest, compile_now)
+            try:  # apart: a version answers meanwhile, and the converter would hold it up
+                model = load(path, newest, self.compile_after, digest, compile_now,
+                             apart=current is not None and self.compile_at_load)
             except Exception as exc:  # a broken version must not take the server down
                 self._unloadable.add(newest)
                 log.error("version %d cannot be loaded, skipping it: %s", newest, exc)

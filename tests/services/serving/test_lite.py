@@ -86,10 +86,10 @@ def test_a_busy_version_is_compiled_and_answers_as_before(tmp_path, saved_model)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("when", [{"compile_at_load": True}, {"compile_after": 2}],
-                         ids=["at-load", "after-calls"])
-def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, when):
-    class Odd(tf.Module):  # string ops inside: LiteRT's built-in ops lack them
+def _odd_model(path):
+    """A SavedModel with both signatures whose array signature has string ops inside:
+    LiteRT's built-in ops lack them."""
+    class Odd(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve_bytes(self, image_bytes):
             return {"probabilities": tf.zeros([tf.shape(image_bytes)[0], 10])}
@@ -101,10 +101,15 @@ def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, whe
             return {"probabilities": tf.tile(length[:, None], [1, 10]) / 100.0}
 
     odd = Odd()
-    path = tmp_path / "repo" / "fashion-mnist" / "1"
     tf.saved_model.save(odd, str(path), signatures={
         "serving_default": odd.serve_bytes.get_concrete_function(),
         "predict_images": odd.serve_arrays.get_concrete_function()})
+
+
+@pytest.mark.parametrize("when", [{"compile_at_load": True}, {"compile_after": 2}],
+                         ids=["at-load", "after-calls"])
+def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, when):
+    _odd_model(tmp_path / "repo" / "fashion-mnist" / "1")
     with caplog.at_level(logging.WARNING, logger="services.serving.model"):
         app, server = _serve(tmp_path / "repo", **when)
         try:
@@ -118,6 +123,23 @@ def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, whe
     assert [a.status_code for a in answers] == [200] * 4 and again.status_code == 200
     assert again.json()["predictions"] == answers[0].json()["predictions"]
     assert app.state.holder.current.compiled is None
+
+
+def test_a_replacing_version_litert_cannot_compile_apart_is_served_by_tensorflow(
+        tmp_path, saved_model, caplog):
+    """Compiled in a child process (another version serves meanwhile): the converter's refusal
+    comes back as the reason in the log, and TensorFlow answers."""
+    repo = tmp_path / "fashion-mnist"
+    shutil.copytree(saved_model, repo / "1")
+    holder = ModelHolder(repo, compile_at_load=True)
+    assert holder.refresh() == 1 and holder.compiled
+    _odd_model(repo / "2")
+    with caplog.at_level(logging.WARNING, logger="services.serving.model"):
+        assert holder.refresh() == 2
+    assert holder.current.compiled is None
+    assert "version 2 stays on TensorFlow: LiteRT cannot compile it:" in caplog.text
+    answer = holder.current.predict_arrays(np.full((1, 28, 28), 0.5, np.float32))
+    assert answer.shape == (1, 10)
 
 
 def test_a_version_replacing_a_served_one_is_compiled_before_it_answers(tmp_path, saved_model):
