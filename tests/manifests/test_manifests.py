@@ -675,9 +675,9 @@ def test_behind_knative_the_predictor_limits_no_client_and_serves_keyed_callers(
               if "value" in e and k != "RETRAIN_HOME"}
     key = _secrets(name, docs)["retrain-api-keys"]["keys"]
     settings = Settings(**values, api_keys=key, home=tmp_path, _env_file=None)
-    limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed, ApiKeys(settings.api_keys))
     clock = lambda: 0.0  # noqa: E731 (no time passes: a burst)
-    limiter._clock = clock
+    limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed,
+                          ApiKeys(settings.api_keys), clock=clock)
     queue_proxy = "127.0.0.1"
     assert all(limiter.check(queue_proxy, None).allowed for _ in range(500))
     assert limiter.check(queue_proxy, f"Bearer {key}").allowed
