@@ -25,7 +25,6 @@ import yaml
 from hera.workflows import DAG, Container, Parameter
 
 from services.trainer.options import train_argv
-from workflows.tfjob import RESTARTS_PER_WORKER
 from workflows.templates import (
     HOME,
     NAME,
@@ -37,6 +36,7 @@ from workflows.templates import (
     pod_security,
     secrets,
 )
+from workflows.tfjob import RESTARTS_PER_WORKER
 
 _REPLICAS = 987654321  # stands for the workers parameter while the manifest is dumped
 TRAIN_DEADLINE_SECONDS = 4 * 3600  # one training, on the TFJob (the workflow's is 24 h)

@@ -5,7 +5,6 @@ shared volume, where a step writes its outputs, and the one way a step's contain
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 from hera.workflows import ConfigMapEnvFrom, Container, Env, Parameter, RetryStrategy, SecretEnv

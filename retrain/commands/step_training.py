@@ -178,8 +178,8 @@ def _record_training(settings: Any, run_id: str, model: str, claim: Path | None,
 
 def _claimed(settings: Any, claim: Path) -> Any:
     """A Memo renewing the claim's lease while the TFJob runs."""
-    from core.redis_store import client_for
     from core.cache_policy import TRAINING, Policy
+    from core.redis_store import client_for
     from services.trainer.training_cache import training_cache
     from workflows.training import Memo, load_claim
 

@@ -213,18 +213,18 @@ def test_the_exit_handler_tells_each_training_that_never_ended_once_and_the_roun
     data = write_dataset(settings.home / "data" / "fashion-mnist")
     argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-late",
                 **{"data-uri": str(data), "parameters": '{"models": ["cnn", "batch_norm"]}'})
-    assert argo.run("plan").code == 0
+    assert argo.run("plan", here=True).code == 0
     _validated(r, "retrain-late")
     with TFJobStandIn([FAILED]) as api:
-        waited = argo.run("wait-training", env={"RETRAIN_KUBE_API_URL": api.server.url,
+        waited = argo.run("wait-training", here=True, env={"RETRAIN_KUBE_API_URL": api.server.url,
                                                 "RETRAIN_KUBE_TOKEN": TOKEN},
                           **{"job-name": NAME, "model": "cnn", "round-size": "2"})
     assert waited.code == 1
     running = owned_job(_job(), "retrain-late", argo.uid, "batch_norm")
     kube = {"RETRAIN_KUBE_TOKEN": TOKEN}
     with TFJobsStandIn([running]) as api:
-        finished = argo.run("finish", env={**kube, "RETRAIN_KUBE_API_URL": api.server.url})
-        again = argo.run("finish", env={**kube, "RETRAIN_KUBE_API_URL": api.server.url})
+        finished = argo.run("finish", here=True, env={**kube, "RETRAIN_KUBE_API_URL": api.server.url})
+        again = argo.run("finish", here=True, env={**kube, "RETRAIN_KUBE_API_URL": api.server.url})
     assert finished.code == 0 and again.code == 0, finished.stderr + again.stderr
     assert api.jobs == {}  # deleted: it cannot send a model after its failure
     events = read_stream(r)
@@ -256,13 +256,13 @@ def test_the_exit_handler_records_a_training_whose_trainer_finished_and_tells_no
     data = write_dataset(settings.home / "data" / "fashion-mnist")
     argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-done",
                 **{"data-uri": str(data), "parameters": '{"models": ["cnn"]}'})
-    assert argo.run("plan").code == 0
+    assert argo.run("plan", here=True).code == 0
     _validated(r, "retrain-done")
     folder = settings.home / "runs" / "retrain-done" / "cnn"
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({
         "model_uri": str(folder / "model"), "val_accuracy": 0.81, "digest": "d" * 64}))
-    finished = argo.run("finish", env={"RETRAIN_KUBE_API_URL": "http://127.0.0.1:9"})
+    finished = argo.run("finish", here=True, env={"RETRAIN_KUBE_API_URL": "http://127.0.0.1:9"})
     assert finished.code == 0, finished.stderr
     assert read_stream(r) == []
     kept = record.get(r, "retrain-done")
@@ -278,12 +278,31 @@ def test_a_workflow_that_died_before_its_trainings_tells_nothing_and_ends_its_ru
     data = write_dataset(settings.home / "data" / "fashion-mnist")
     argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-oom-ingest",
                 **{"data-uri": str(data)})
-    assert argo.run("plan").code == 0
+    assert argo.run("plan", here=True).code == 0
     argo.status = "Error"
-    finished = argo.run("finish")
+    finished = argo.run("finish", here=True)
     assert finished.code == 0, finished.stderr
     assert read_stream(r) == []
     kept = record.get(r, "retrain-oom-ingest")
     assert kept["status"] == "failed"
     assert kept["error"] == "the workflow ended Error before the run did"
-    assert argo.run("finish").code == 0 and record.get(r, "retrain-oom-ingest") == kept
+    assert argo.run("finish", here=True).code == 0 and record.get(r, "retrain-oom-ingest") == kept
+
+
+def test_a_check_training_that_fails_tells_the_selector_as_the_trainings_end(
+        settings, r, redis_handle, tmp_path):
+    """No TFJob follows a failed check: the check's failure is the training's, told under the
+    trainer's id with the round size (the exit handler then finds it ended)."""
+    from events.sinks import read_stream
+
+    argo = Argo(settings.home, redis_handle.url, tmp_path / "pods", "retrain-check")
+    inputs = {"model": "cnn", "warm-start": "", "dataset-uri": str(tmp_path / "none"),
+              "epochs": "1", "steps-per-epoch": "0", "batch-size": "64",
+              "learning-rate": "0.001", "workers": "1", "round-size": "2",
+              "train-cache": "sometimes", "force": "false", "deterministic": "false"}
+    checked = argo.run("check-training", here=True, **inputs)
+    assert checked.code != 0 and checked.outputs == {}
+    [event] = read_stream(r)
+    assert event["id"] == "retrain-check/cnn/failed" and event["data"]["round_size"] == 2
+    assert event["data"]["reason"].startswith("check-training failed: ")
+    assert record.get(r, "retrain-check")["models"]["cnn"]["status"] == "failed"
