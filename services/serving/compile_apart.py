@@ -14,7 +14,6 @@ The first version, with no traffic to disturb, is compiled in the server's own p
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,6 @@ if TYPE_CHECKING:  # TensorFlow: the child imports it only once configured (``ma
     from services.serving.lite import CompiledModel
 
 TIMEOUT = 600.0  # seconds; a child past it is killed and the version stays on TensorFlow
-CHILD_NICE = 5  # the child yields the cores to the requests when they are busy
 
 
 class CompileFailedError(Exception):
@@ -55,7 +53,7 @@ def compile_apart(saved_model: Path, timeout: float = TIMEOUT) -> CompiledModel:
 def main(argv: list[str] | None = None) -> None:
     """The child: convert ``SAVED_MODEL``'s signature, write the flatbuffer to ``OUT``."""
     saved_model, out = argv or sys.argv[1:]
-    os.nice(CHILD_NICE)
+    # not niced: on a saturated machine a niced child took 30 s and more to convert (measured)
     from core.tf_start import configure, quiet_native
 
     configure()
