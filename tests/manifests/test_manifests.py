@@ -702,9 +702,9 @@ def test_the_inferenceservice_pins_the_serverless_mode(overlay):
     assert backend.deployment_mode(isvc) in CANARY_MODES
 
 
-# the model server listens once its first version is loaded: ~12 s measured on the 2-core
-# development machines (importing TensorFlow is most of it), more on a busy node
-SERVER_START_SECONDS = 12
+# the model server listens once its first version is loaded and compiled for LiteRT: 17 to
+# 21 s measured on the busy 2-core development machines (importing TensorFlow much of it)
+SERVER_START_SECONDS = 21
 
 
 def test_the_predictor_is_probed_on_the_open_inference_protocols_health(overlay):
