@@ -1,0 +1,229 @@
+"""Every pod and step of an overlay runs here first (issue 29): the overlay's own containers,
+started from their rendered command, arguments and environment by an emulated kubelet, with
+only the cluster's controllers emulated (``tests/emulation``). For overlays ``local`` and
+``local-bucket``, in order, sharing one cluster per overlay:
+
+- the watcher, selector and dashboard Deployments answer their probes within the times they
+  declare;
+- the watcher's dataset event passes the webhook EventSource and the Sensor, which names the
+  Workflow from the event and passes its parameters;
+- the Workflow runs from its WorkflowTemplate, every step's outputs read where the next takes
+  them, the trainings as TFJobs, and the selector Deployment judges every model it trained;
+- a two-worker training's replicas read the TF_CONFIG the Training Operator gives them as the
+  real trainer reads it;
+- two predictor pods of one revision, laid out as KServe lays them out, serve the champion,
+  answer their probes, and the guard's reading (``PodsSource``) adds up both pods' figures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from events import make_event
+from events.codec import encode
+from events.payloads import RunParameters, TrainingRequested
+from services.selector.champion import ChampionStore
+from services.trainer.cluster import role_from_tf_config
+from tests.conftest import wait_for, write_dataset
+from tests.emulation.cluster import Cluster
+from tests.emulation.kubelet import Node
+from tests.emulation.overlay import Overlay
+from workflows.definition import workflow_name
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+OURS = ("retrain-watcher", "retrain-selector", "retrain-ui")  # started in this order's reverse
+PROBES = ("readinessProbe", "livenessProbe")
+TWO_WORKERS = {"models": ["cnn"], "workers": 2, "steps_per_epoch": 3, "batch_size": 32,
+               "force": True}
+
+
+def _argument(container: dict, flag: str) -> str:
+    args = container["args"]
+    return args[args.index(flag) + 1]
+
+
+def _put_data(cluster: Cluster, stack: list) -> None:
+    """The dataset where the runbook puts it: on the data volume, or in the bucket (MinIO
+    emulated by the S3-compatible server the watcher's bucket tests use)."""
+    [watcher] = cluster.overlay.deployment_pod("retrain-watcher")["spec"]["containers"]
+    if "--s3" not in watcher["args"]:
+        data = _argument(watcher, "--data")
+        [mount] = [m["mountPath"] for m in watcher["volumeMounts"] if m["name"] == "data"]
+        write_dataset(cluster.home / data.removeprefix(mount).strip("/"))
+        return
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    stack.append(server.stop)
+    endpoint = _argument(watcher, "--s3-endpoint")
+    service, port = endpoint.split("//")[1].split(".")[0], int(endpoint.rsplit(":", 1)[1])
+    cluster.node.expose(service, port, server.get_host_and_port()[1])
+    bucket, _, prefix = _argument(watcher, "--s3").removeprefix("s3://").partition("/")
+    keys = cluster.overlay.secret("retrain-minio")
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{server.get_host_and_port()[1]}",
+                          aws_access_key_id=keys["accesskey"],
+                          aws_secret_access_key=keys["secretkey"], region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)  # what the retrain-minio-setup Job does (mc mb)
+    local = write_dataset(cluster.node.root / "upload")
+    for path in sorted(local.iterdir()):  # the runbook's mc cp
+        client.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+
+
+@pytest.fixture(scope="module", params=["local", "local-bucket"])
+def cluster(request, tmp_path_factory, redis_handle, standin_trainer, trained_models):
+    redis_handle.client.flushdb()
+    overlay = Overlay.render(request.param)
+    node = Node(tmp_path_factory.mktemp(f"cluster-{request.param}"), redis_handle.url)
+    made = Cluster(overlay, node, list(standin_trainer),
+                   {"RETRAIN_STANDIN_MODELS": str(trained_models.folder)})
+    stack: list = []
+    made.started_at = time.monotonic()
+    made.redis = redis_handle.client
+    try:
+        _put_data(made, stack)
+        made.probed = {}
+        for name in reversed(OURS):  # one at a time, what the others call first
+            started = made.deployment(name)
+            made.probed[name] = {kind: started.probe(kind) for kind in PROBES}
+        yield made
+    finally:
+        logs = made.stop()
+        for stop in stack:
+            stop()
+        print(f"emulated overlay {request.param}: {time.monotonic() - made.started_at:.1f} s")
+        made.logs = logs
+
+
+def test_each_deployment_answers_its_probes_within_the_times_it_declares(cluster):
+    missing, late = [], []
+    for name in OURS:
+        for kind, answered in cluster.probed[name].items():
+            if answered is None:
+                missing.append(f"{name}: no {kind}")
+            elif not answered.in_time:
+                late.append(f"{name}: {answered}:\n"
+                            + cluster.running[name].log.read_text()[-1500:])
+    assert not late and not missing, (late, missing)
+
+
+def test_the_watchers_event_passes_the_sensor_which_names_and_parameterises_the_workflow(cluster):
+    wait_for(lambda: cluster.events.submitted, seconds=60)
+    assert not cluster.events.refused
+    [received] = cluster.events.received
+    event = received["body"]
+    [workflow] = cluster.events.submitted
+    assert workflow["metadata"]["name"] == workflow_name(event["source"], event["id"])
+    arguments = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+    assert arguments["data-uri"] == event["data"]["uri"]
+    assert arguments["data-uri"].startswith("/var/lib/retrain/")  # as the pods see the volume
+    assert json.loads(arguments["event"])["id"] == event["id"]
+
+
+def test_the_workflow_runs_every_step_and_the_selector_judges_every_model_it_trained(cluster):
+    [submitted] = cluster.events.submitted
+    run = cluster.submit(submitted)
+    phase = run.run()
+    failed = [(n.path, n.phase, n.stderr[-2000:]) for n in run.nodes if n.phase != "Succeeded"]
+    assert phase == "Succeeded" and not failed, (failed, _replica_logs(cluster))
+    assert not cluster.api.refusals, cluster.api.refusals
+    steps = [n.template for n in run.nodes]
+    # every output a step declares was where Argo reads it (a missing one would be Errored)
+    plan = run.step("plan")[0].outputs
+    trained = [item["model"] for item in json.loads(plan["trainings"])]
+    assert steps.count("create-training") == len(trained) == steps.count("wait-training")
+    for earlier, later in (("plan", "check-cache"), ("check-cache", "validate"),
+                           ("check-training", "create-training"),
+                           ("create-training", "wait-training")):
+        assert steps.index(earlier) < steps.index(later), steps
+    scope = str((cluster.home / "models").resolve())
+    store = ChampionStore(cluster.redis, scope)
+    wait_for(lambda: len(store.decisions_of(run.name)) >= len(trained), seconds=90)
+    decisions = store.decisions_of(run.name)
+    assert {d["model_type"] for d in decisions} == set(trained), decisions
+    assert store.get() is not None  # the first candidate judged better than none is served
+
+
+def test_two_worker_replicas_read_the_tf_config_the_training_operator_gives(cluster):
+    """A training.requested for two workers (as ``retrain publish`` sends it), through the
+    EventSource, the Sensor and the workflow: each replica's TF_CONFIG as the trainer reads it."""
+    token = cluster.overlay.value("Secret", "retrain-webhook-token", "token")
+    event = make_event("training.requested", TrainingRequested(
+        uri=cluster.events.received[0]["body"]["data"]["uri"],
+        parameters=RunParameters(**TWO_WORKERS)), source="retrain/cli", id="two-workers")
+    headers, body = encode(event, "structured")
+    port = cluster.node.services[("retrain-webhook-eventsource-svc", 12000)]
+    answer = httpx.post(f"http://127.0.0.1:{port}/dataset-updated", content=body,
+                        headers={**headers, "Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and len(cluster.events.submitted) == 2
+    before = len(cluster.operator.replicas)
+    run = cluster.submit(cluster.events.submitted[1])
+    assert run.run() == "Succeeded", ([(n.path, n.stderr[-2000:]) for n in run.nodes],
+                                      _replica_logs(cluster))
+    replicas = cluster.operator.replicas[before:]
+    roles = [role_from_tf_config(r.env.get("TF_CONFIG")) for r in replicas]
+    assert [(r.index, r.workers, r.is_chief) for r in roles] == [(0, 2, True), (1, 2, False)]
+    [job] = [n.outputs["job-name"] for n in run.step("create-training")]
+    assert json.loads(replicas[1].env["TF_CONFIG"])["cluster"]["worker"] == [
+        f"{job}-worker-{i}.retrain.svc:2222" for i in range(2)]
+    result = json.loads((cluster.home / "runs" / run.name / "cnn" / "result.json").read_text())
+    assert result["workers"] == 2
+
+
+def _replica_logs(cluster: Cluster) -> list[str]:
+    return [f"{r.name}: {r.log.read_text()[-1500:]}" for r in cluster.operator.replicas
+            if r.process is not None and r.process.returncode]
+
+
+def _png() -> dict:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (28, 28), 128).save(out, format="PNG")
+    return {"image_bytes": {"b64": base64.b64encode(out.getvalue()).decode()}}
+
+
+def test_two_predictor_pods_serve_the_champion_and_the_guard_adds_up_both(cluster):
+    """KServe's layout (the claim's models folder at /mnt/models), Knative's environment; each
+    pod's probes within their times; the guard's sum over the revision's pods (issue 29 item 5)."""
+    from core.kube import api_client
+    from services.selector.pods import PodsSource, predictor_selector
+
+    pods = [cluster.predictor(), cluster.predictor()]
+    probed = {p.name: {kind: p.probe(kind) for kind in PROBES} for p in pods}
+    for pod in pods:  # (Ready: what the probe says, else what the runbook checks)
+        wait_for(lambda pod=pod: _answers(pod, "/v2/health/ready"), seconds=120)
+        cluster.list_pod(pod)
+    counts = (3, 5)
+    for pod, n in zip(pods, counts):
+        for _ in range(n):
+            answer = httpx.post(f"http://127.0.0.1:{pod.port('8080')}/v1/models/fashion-mnist"
+                                ":predict", json={"instances": [_png()]}, timeout=30)
+            assert answer.status_code == 200, answer.text
+    version = ChampionStore(cluster.redis,
+                            str((cluster.home / "models").resolve())).get().version
+    account = cluster.overlay.deployment_pod("retrain-selector")["spec"]["serviceAccountName"]
+    source = PodsSource(api_client(cluster.api.url, cluster.node.tokens[account]), "retrain",
+                        predictor_selector("fashion-mnist"))
+    assert source.scrape().of(version).requests == sum(counts)
+    assert not cluster.api.refusals, cluster.api.refusals
+    missing = [f"{name}: no {kind}" for name, kinds in probed.items()
+               for kind, answer in kinds.items() if answer is None]
+    late = [answer for kinds in probed.values() for answer in kinds.values()
+            if answer is not None and not answer.in_time]
+    assert not missing and not late, (missing, late)  # item 7: without one Knative checks TCP
+
+
+def _answers(pod, path: str) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{pod.port('8080')}{path}", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        assert pod.process.poll() is None, Path(pod.log).read_text()[-3000:]
+        return False
