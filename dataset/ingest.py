@@ -147,6 +147,9 @@ def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | Non
         return None, f"{path}: not a decodable PNG/JPEG image ({exc})"
 
 
+_READ = 1 << 16  # one read takes a whole image of the sizes pushed
+
+
 def _read(path: str) -> bytes:
     """A small file's bytes in as few system calls as Python allows (no buffered file
     object: an increment is thousands of files of a few hundred bytes)."""
@@ -162,8 +165,6 @@ def _read(path: str) -> bytes:
     finally:
         os.close(fd)
 
-
-_READ = 1 << 16
 
 
 def _decode_batch(root: Path, items: list[tuple[str, int]],

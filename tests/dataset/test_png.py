@@ -139,3 +139,12 @@ def test_a_mixed_batch_gives_the_records_and_errors_of_the_reference_decoder(tmp
     assert problems == expected
     assert problems[0].startswith("bad.png: not a decodable PNG/JPEG image")
     assert problems[1] == "wide.png: image is 30x28, expected 28x28"
+
+
+def test_an_image_larger_than_one_read_is_read_whole(tmp_path):
+    img = np.random.default_rng(4).integers(0, 256, (28, 28), dtype=np.uint8)
+    big = _with_chunk(encode_gray(img, [1] * 28), _chunk(b"tEXt", b"Comment\x00" + b"x" * 200_000))
+    (tmp_path / "big.png").write_bytes(big)
+    problems: list[str] = []
+    images, _ = _decode_batch(tmp_path, [("big.png", 0)], problems)
+    assert problems == [] and np.array_equal(images[0], img)
