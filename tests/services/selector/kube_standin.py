@@ -72,8 +72,11 @@ def _selected(labels: dict[str, str], selector: str) -> bool:
 class KubeStandIn:
     def __init__(self, mode_annotation: str | None = None, default_mode: str = "Serverless") -> None:
         isvc = yaml.safe_load((ROOT / "manifests/base/inferenceservice.yaml").read_text())
-        if mode_annotation:
-            isvc["metadata"].setdefault("annotations", {})["serving.kserve.io/deploymentMode"] = mode_annotation
+        annotations = isvc["metadata"].setdefault("annotations", {})
+        if mode_annotation == "":  # an InferenceService left to the cluster's default mode
+            annotations.pop("serving.kserve.io/deploymentMode", None)
+        elif mode_annotation:
+            annotations["serving.kserve.io/deploymentMode"] = mode_annotation
         isvc["metadata"]["generation"] = 1
         self.isvc = isvc
         self._revision = 1

@@ -226,7 +226,7 @@ def test_a_canary_whose_figures_cannot_be_read_is_rolled_back(kube, tmp_path, sa
 
 @pytest.mark.parametrize("where", ["annotation", "cluster default"])
 def test_canary_is_refused_where_kserve_would_ignore_it(kube, tmp_path, saved_model, where):
-    standin = kube(mode_annotation="RawDeployment") if where == "annotation" else kube(default_mode="RawDeployment")
+    standin = kube(mode_annotation="RawDeployment") if where == "annotation" else kube(mode_annotation="", default_mode="RawDeployment")
     backend = _backend(standin, tmp_path, _canary(), _pods_source(standin))
     with pytest.raises(CanaryUnsupportedError, match="RawDeployment mode, where KServe ignores "
                                                      "canaryTrafficPercent"):
