@@ -568,3 +568,29 @@ def test_the_watchers_webhook_is_answered_once_the_bus_holds_the_event(overlays)
     assert trigger["atLeastOnce"] is True
     text = (ROOT / "manifests" / "base" / "events" / "eventsources.yaml").read_text()
     assert "answers a delivery only once the event is on the EventBus" in text
+
+
+def _config(docs):
+    return _by_kind(docs, "ConfigMap")["retrain-config"]["data"]
+
+
+def test_the_fetch_step_may_clone_exactly_what_the_git_sensors_admit(overlays):
+    from core.settings import Settings
+
+    allowed = Settings(_env_file=None, fetch_repositories=_config(overlays["production"])
+                       ["RETRAIN_FETCH_REPOSITORIES"]).fetch_repositories
+    admitted = set()
+    for name in ("retrain-github", "retrain-gitlab"):
+        for dependency in _sensor(overlays, name)["spec"]["dependencies"]:
+            for check in dependency["filters"]["data"]:
+                if check["path"] in ("body.repository.clone_url", "body.project.git_http_url"):
+                    [pattern] = check["value"]
+                    admitted.add(pattern.strip("^$").replace("\\.", "."))
+    assert admitted and set(allowed) == admitted
+
+
+def test_the_local_bucket_fetch_step_reads_the_minio_deployed_beside_it(overlays):
+    endpoint = _config(overlays["local-bucket"])["RETRAIN_S3_ENDPOINT"]
+    minio = _by_kind(overlays["local-bucket"], "Service")["retrain-minio"]
+    assert endpoint == f"http://retrain-minio.retrain.svc:{minio['spec']['ports'][0]['port']}"
+    assert "RETRAIN_S3_ENDPOINT" not in _config(overlays["production"])  # AWS itself
