@@ -33,10 +33,12 @@ redis.call('HSETNX', KEYS[1], 'opened_at', ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[1], 'size', ARGV[3]) end
-local entries, ended = 0, 0
+local entries, ended, models = 0, 0, {}
 for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(name, 1, 6) == 'entry:' then entries = entries + 1 end
-  if string.sub(name, 1, 6) == 'entry:' or string.sub(name, 1, 6) == 'ended:' then
+  local kind, model = string.sub(name, 1, 6), string.sub(name, 7)
+  if kind == 'entry:' then entries = entries + 1 end
+  if (kind == 'entry:' or kind == 'ended:') and not models[model] then
+    models[model] = true
     ended = ended + 1
   end
 end

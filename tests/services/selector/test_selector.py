@@ -331,6 +331,24 @@ def test_a_quorum_round_closes_when_all_the_runs_trainings_have_ended_failures_i
 
 
 @pytest.mark.integration
+def test_a_training_told_failed_whose_model_arrives_after_counts_once(r, repo_with_models):
+    """The cluster's exit handler tells training.failed for a training whose TFJob it could
+    not stop; if that job's model.trained arrives after, the run's trainings are not all
+    ended because one was counted twice."""
+    base = repo_with_models
+    emitted = []
+    selector = Selector(ChampionStore(r), LocalBackend(base / "repo", "fm"),
+                        _Scores({("a", "/ds1"): 0.7, ("b", "/ds1"): 0.9}), emitted.append,
+                        ChampionPolicy(quorum=3))
+    selector.handle(_failed("r1", "cnn", 3))
+    selector.handle(_sized(base, "a", "cnn", 3))
+    selector.handle(_failed("r1", "dropout", 3))
+    assert emitted == []  # cnn and dropout ended: two of three
+    decision = selector.handle(_sized(base, "b", "batch_norm", 3))
+    assert decision.type is EventType.MODEL_PROMOTED and decision.data.model_type == "batch_norm"
+
+
+@pytest.mark.integration
 def test_an_open_round_survives_a_selector_restart(r, repo_with_models):
     base = repo_with_models
     scores = _Scores({("a", "/ds1"): 0.9, ("b", "/ds1"): 0.7})
