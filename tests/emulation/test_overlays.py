@@ -145,15 +145,26 @@ def test_the_workflow_runs_every_step_and_the_selector_judges_every_model_it_tra
         assert steps.index(earlier) < steps.index(later), steps
     scope = str((cluster.home / "models").resolve())
     store = ChampionStore(cluster.redis, scope)
-    wait_for(lambda: len(store.decisions_of(run.name)) >= len(trained), seconds=90)
+    try:
+        wait_for(lambda: len(store.decisions_of(run.name)) >= len(trained), seconds=90)
+    except AssertionError:
+        raise AssertionError(cluster.running["retrain-selector"].log.read_text()[-3000:]) from None
     decisions = store.decisions_of(run.name)
     assert {d["model_type"] for d in decisions} == set(trained), decisions
     assert store.get() is not None  # the first candidate judged better than none is served
 
 
+def _once(cluster: Cluster, *kinds: str) -> None:
+    """Runs once: an overlay whose ``kinds`` are overlay local's own is not run again."""
+    if cluster.overlay.name != "local" and all(
+            cluster.overlay.all(k) == Overlay.render("local").all(k) for k in kinds):
+        pytest.skip(f"the same {', '.join(kinds)} as overlay local, run there")
+
+
 def test_two_worker_replicas_read_the_tf_config_the_training_operator_gives(cluster):
     """A training.requested for two workers (as ``retrain publish`` sends it), through the
     EventSource, the Sensor and the workflow: each replica's TF_CONFIG as the trainer reads it."""
+    _once(cluster, "WorkflowTemplate", "Sensor", "EventSource")
     token = cluster.overlay.value("Secret", "retrain-webhook-token", "token")
     event = make_event("training.requested", TrainingRequested(
         uri=cluster.events.received[0]["body"]["data"]["uri"],
@@ -195,6 +206,8 @@ def test_two_predictor_pods_serve_the_champion_and_the_guard_adds_up_both(cluste
     pod's probes within their times; the guard's sum over the revision's pods (issue 29 item 5)."""
     from core.kube import api_client
     from services.selector.pods import PodsSource, predictor_selector
+
+    _once(cluster, "ServingRuntime", "InferenceService", "Role", "RoleBinding")
 
     pods = [cluster.predictor(), cluster.predictor()]
     probed = {p.name: {kind: p.probe(kind) for kind in PROBES} for p in pods}
