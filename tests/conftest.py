@@ -24,6 +24,12 @@ import redis
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# A model server a test starts (``retrain up``, ``retrain serve``) serves each version at once
+# and compiles it for LiteRT after its calls, as it did before compiling at load was its
+# default: a compile (a TensorFlow child per promotion) costs seconds of CPU in every stack
+# whose subject is not serving speed. tests/services/serving/test_lite.py and test_main.py
+# test the default, compiled before the swap.
+os.environ.setdefault("RETRAIN_SERVE_COMPILE_AT_LOAD", "0")
 
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
