@@ -8,6 +8,7 @@ per-version statistics (``version_stats``), when kept, are what the live guard j
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,6 +42,10 @@ class ServingMetrics:
                                  registry=self.registry)
         self._latency = Histogram("retrain_serving_latency_seconds", "Latency", ["protocol"],
                                   registry=self.registry)
+        # each label set's child, found once (``labels()`` takes a lock and builds a key on
+        # every call: on the request path, twice per request)
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
         self._version = Gauge("retrain_serving_model_version", "Version being served",
                               registry=self.registry)
         Gauge("retrain_serving_queued_images", "Images accepted and not yet answered",
@@ -50,10 +55,16 @@ class ServingMetrics:
 
     def count(self, protocol: str, code: int) -> None:
         """One request answered: ``protocol`` is v1, v2 or grpc."""
-        self._requests.labels(protocol, str(code)).inc()
+        child = self._counted.get((protocol, code))
+        if child is None:
+            child = self._counted[protocol, code] = self._requests.labels(protocol, str(code))
+        child.inc()
 
     def timed(self, protocol: str, seconds: float) -> None:
-        self._latency.labels(protocol).observe(seconds)
+        timer = self._timers.get(protocol)
+        if timer is None:
+            timer = self._timers[protocol] = self._latency.labels(protocol)
+        timer.observe(seconds)
 
     def batch(self, images: int) -> None:
         """One model call of ``images`` images."""
