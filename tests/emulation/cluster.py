@@ -118,7 +118,7 @@ class Cluster:
         """What the API server lists for a predictor pod once it is Ready (KServe's labels,
         Knative's queue-proxy first, the server's port as the kubelet reports it)."""
         isvc = "fashion-mnist"
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         name = predictor.name
         self.api.put(PODS, {
             "apiVersion": "v1", "kind": "Pod",
