@@ -242,3 +242,27 @@ def _answers(pod, path: str) -> bool:
     except httpx.HTTPError:
         assert pod.process.poll() is None, Path(pod.log).read_text()[-3000:]
         return False
+
+
+def test_minios_bucket_notifications_are_taken_by_the_watcher(cluster):
+    """MinIO's webhook target (its endpoint and auth token, from the MinIO Deployment's own
+    environment) reaches the watcher's /webhooks/s3 and is accepted."""
+    from tests.emulation.kubelet import container_env
+
+    names = [d["metadata"]["name"] for d in cluster.overlay.all("Deployment")]
+    if "retrain-minio" not in names:
+        pytest.skip("no MinIO in this overlay")
+    [minio] = cluster.overlay.deployment_pod("retrain-minio")["spec"]["containers"]
+    env = container_env(cluster.overlay, minio, {})
+    endpoint = cluster.node.network(env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_RETRAIN"])
+    [watcher] = cluster.overlay.deployment_pod("retrain-watcher")["spec"]["containers"]
+    bucket, _, prefix = _argument(watcher, "--s3").removeprefix("s3://").partition("/")
+    record = {"eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "",
+              "eventName": "s3:ObjectCreated:Put", "s3": {
+                  "bucket": {"name": bucket}, "object": {
+                      "key": f"{prefix}/train-images-idx3-ubyte.gz", "size": 1, "eTag": "x"}}}
+    answer = httpx.post(endpoint, json={"EventName": "s3:ObjectCreated:Put",
+                                        "Key": f"{bucket}/{prefix}", "Records": [record]},
+                        headers={"Authorization": env["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_RETRAIN"]},
+                        timeout=10)
+    assert answer.status_code < 300, answer.text
