@@ -10,12 +10,14 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from blake3 import blake3
 
 CHUNK = 1 << 20
+KEEP_FILE = 1 << 16  # an image of the sizes pushed; larger files are streamed when ingested
+KEEP_BYTES = 32 << 20  # what one fingerprint keeps of the files it read, at most
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
 
@@ -30,6 +32,10 @@ class FileEntry:
 class Fingerprint:
     digest: str
     files: tuple[FileEntry, ...]
+    # the bytes of the small files read to fingerprint them (path -> bytes, at most
+    # KEEP_BYTES in all): the ingestion that follows in this process decodes these very
+    # bytes instead of opening each file again; not part of the value
+    contents: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def total_bytes(self) -> int:
@@ -65,13 +71,19 @@ def diff(old: Fingerprint | None, new: Fingerprint) -> Changes:
     )
 
 
+def read_small(path: str, size: int) -> bytes:
+    """A small file's bytes in one read (no file object: a push is thousands of small
+    files, and each system call counts); ``size`` is its stat'ed size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+
+
 def hash_file(path: Path | str, size: int | None = None) -> str:
     if size is not None and size < CHUNK:  # one read for the many small files of a push
-        fd = os.open(path, os.O_RDONLY)  # no file object: a push is thousands of small files
-        try:
-            return blake3(os.read(fd, size + 1)).hexdigest()
-        finally:
-            os.close(fd)
+        return blake3(read_small(str(path), size)).hexdigest()
     with open(path, "rb", buffering=0) as handle:
         hasher = blake3()
         while chunk := handle.read(CHUNK):
@@ -150,11 +162,20 @@ def fingerprint(root: Path, cache: StatCache | None = None) -> Fingerprint:
     """Fingerprint every dataset file under ``root``, reading only files the cache cannot vouch for."""
     cache = cache if cache is not None else StatCache()
     entries: list[FileEntry] = []
+    contents: dict[str, bytes] = {}
+    budget = KEEP_BYTES
     for relative, full, st in _walk(str(root), ""):
         digest = cache.lookup(relative, st)
         if digest is None:
             try:
-                digest = hash_file(full, st.st_size)
+                if st.st_size <= KEEP_FILE and st.st_size <= budget:
+                    data = read_small(full, st.st_size)
+                    digest = blake3(data).hexdigest()
+                    if len(data) == st.st_size:  # else it is being written: not kept
+                        contents[relative] = data
+                        budget -= len(data)
+                else:
+                    digest = hash_file(full, st.st_size)
             except FileNotFoundError:
                 continue
             cache.store(relative, st, digest)
@@ -162,4 +183,4 @@ def fingerprint(root: Path, cache: StatCache | None = None) -> Fingerprint:
     files = tuple(sorted(entries, key=lambda f: f.path))
     cache.retain({f.path for f in files})
     cache.save()
-    return Fingerprint(manifest_digest(files), files)
+    return Fingerprint(manifest_digest(files), files, contents)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +111,8 @@ def unit_id(unit: Unit, hashes: dict[str, str], shard_size: int) -> str:
     return hasher.hexdigest()[:32]
 
 
-def _batches(root: Path, unit: Unit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _batches(root: Path, unit: Unit,
+             contents: Mapping[str, bytes]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if isinstance(unit, IdxPair):
         labels = idx.read_labels(root / unit.labels, known_only=False)
         declared = idx.image_count(root / unit.images)
@@ -124,7 +125,7 @@ def _batches(root: Path, unit: Unit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             yield images, labels[offset : offset + len(images)]
             offset += len(images)
         return
-    yield from _folder_batches(root, unit)
+    yield from _folder_batches(root, unit, contents)
 
 
 def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | None]:
@@ -167,15 +168,18 @@ def _read(path: str) -> bytes:
 
 
 
-def _decode_batch(root: Path, items: list[tuple[str, int]],
-                  problems: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _decode_batch(root: Path, items: list[tuple[str, int]], problems: list[str],
+                  contents: Mapping[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Decode a batch of class-folder images in order: plain 28x28 grayscale PNGs with
-    libspng (dataset.png), everything else with Pillow."""
+    libspng (dataset.png), everything else with Pillow. An image's bytes are those the
+    fingerprint read (``contents``) when it kept them, so each new file is read once."""
     images = np.empty((len(items), idx.ROWS, idx.COLS), np.uint8)
     kept = np.zeros(len(items), bool)
     base = str(root)
     for i, (path, _) in enumerate(items):
-        data = _read(os.path.join(base, path))  # no pathlib: 1,000s of small files
+        data = contents.get(path)
+        if data is None:
+            data = _read(os.path.join(base, path))  # no pathlib: 1,000s of small files
         pixels = png.decode_gray28(data)
         if pixels is None:
             pixels, problem = _pillow_decode(path, data)
@@ -188,21 +192,24 @@ def _decode_batch(root: Path, items: list[tuple[str, int]],
     return images[kept], labels[kept]
 
 
-def _folder_batches(root: Path, unit: ImageFolder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _folder_batches(root: Path, unit: ImageFolder,
+                    contents: Mapping[str, bytes]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     problems: list[str] = []
     for start in range(0, len(unit.images), idx.BATCH):
-        images, labels = _decode_batch(root, list(unit.images[start:start + idx.BATCH]), problems)
+        images, labels = _decode_batch(root, list(unit.images[start:start + idx.BATCH]),
+                                       problems, contents)
         if len(images) and not problems:
             yield images, labels
     if problems:
         raise DatasetValidationError(problems)
 
 
-def _write_unit(root: Path, unit: Unit, tmp: Path, shard_size: int) -> dict[str, object]:
+def _write_unit(root: Path, unit: Unit, tmp: Path, shard_size: int,
+                contents: Mapping[str, bytes]) -> dict[str, object]:
     tmp.mkdir(parents=True)
     writer = _ShardWriter(tmp, shard_size)
     try:
-        for images, labels in _batches(root, unit):
+        for images, labels in _batches(root, unit, contents):
             writer.write(images, labels)
     finally:
         writer.close()
@@ -260,7 +267,7 @@ def ingest(
                 reused.append(uid)
             else:
                 try:
-                    meta = _write_unit(root, unit, work / uid, shard_size)
+                    meta = _write_unit(root, unit, work / uid, shard_size, fp.contents)
                 except idx.IdxError as exc:
                     problems.append(str(exc))
                     continue

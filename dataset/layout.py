@@ -141,8 +141,9 @@ def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Insid
                 f"(expected one of {', '.join(CLASS_NAMES)} or 0-9)"
             )
             continue
-        for relative in _files_under(folder, _rel(root, folder)):
-            if not inside(os.path.join(root, relative)):
+        for relative, link in _files_under(str(folder), _rel(root, folder)):
+            # the walk never enters a linked folder: only a linked file can lead elsewhere
+            if link and not inside(os.path.join(root, relative)):
                 problems.append(f"{relative}: {LEAVES_ROOT}")
                 continue
             if os.path.splitext(relative)[1].lower() not in IMAGE_SUFFIXES:
@@ -156,15 +157,25 @@ def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Insid
     return units
 
 
-def _files_under(folder: Path, relative: str) -> list[str]:
-    """Relative paths of the non-hidden files below ``folder``, sorted (hidden folders are
-    skipped, as fingerprinting skips them). Plain strings: a push can hold many files."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        sub = os.path.relpath(dirpath, folder)
-        prefix = relative + "/" if sub == "." else f"{relative}/{sub}/"
-        found.extend(prefix + name for name in filenames if not name.startswith("."))
+def _files_under(folder: str, relative: str) -> list[tuple[str, bool]]:
+    """(relative path, is a link) of the non-hidden files below ``folder``, sorted by path
+    (hidden folders are skipped, as fingerprinting skips them; linked folders are not
+    entered). Plain strings and scandir's own file types: a push can hold many files, and a
+    system call per file is the increment's main cost."""
+    found: list[tuple[str, bool]] = []
+    try:
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+    except OSError:  # removed or unreadable while we walked, as os.walk skips it
+        return found
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():  # a link to a folder counts as one, and is not entered
+            if not entry.is_symlink():
+                found.extend(_files_under(entry.path, f"{relative}/{entry.name}"))
+        else:
+            found.append((f"{relative}/{entry.name}", entry.is_symlink()))
     return sorted(found)
 
 

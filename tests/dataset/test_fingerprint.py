@@ -23,14 +23,38 @@ def test_unchanged_files_are_not_read_again(dataset, tmp_path, monkeypatch):
     cache = StatCache(tmp_path / "stat.json")
     fingerprint(dataset, cache)
     reads = []
-    real = fpmod.hash_file
-    monkeypatch.setattr(fpmod, "hash_file", lambda p, size=None: reads.append(p) or real(p, size))
+    real_small, real_hash = fpmod.read_small, fpmod.hash_file
+    monkeypatch.setattr(fpmod, "read_small", lambda p, size: reads.append(p) or real_small(p, size))
+    monkeypatch.setattr(fpmod, "hash_file", lambda p, size=None: reads.append(p) or real_hash(p, size))
     fingerprint(dataset, StatCache(tmp_path / "stat.json"))  # reloaded from disk, as on restart
     assert reads == []
     (dataset / "increments" / "b1").mkdir(parents=True)
     (dataset / "increments" / "b1" / "new.png").write_bytes(b"png")
     fingerprint(dataset, StatCache(tmp_path / "stat.json"))
     assert [Path(p).name for p in reads] == ["new.png"]
+
+
+def test_the_small_files_read_are_kept_for_the_ingestion_and_unchanged_ones_are_not(dataset, tmp_path):
+    cache = StatCache(tmp_path / "stat.json")
+    fingerprint(dataset, cache)
+    (dataset / "increments" / "b1").mkdir(parents=True)
+    (dataset / "increments" / "b1" / "new.png").write_bytes(b"png bytes")
+    (dataset / "increments" / "b1" / "big.png").write_bytes(b"x" * (fpmod.KEEP_FILE + 1))
+    second = fingerprint(dataset, cache)
+    assert second.contents == {"increments/b1/new.png": b"png bytes"}  # only what was read
+    assert fingerprint(dataset, cache).contents == {}  # vouched for by the stat cache: not read
+    assert second == fingerprint(dataset)  # the bytes kept are not part of the value
+
+
+def test_what_a_fingerprint_keeps_is_bounded(dataset, monkeypatch):
+    folder = dataset / "increments" / "b1"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(b"0123456789")
+    monkeypatch.setattr(fpmod, "KEEP_BYTES", 35)
+    fp = fingerprint(dataset)
+    assert sorted(fp.contents) == [f"increments/b1/{i}.png" for i in range(3)]
+    assert {f.path for f in fp.files} >= {f"increments/b1/{i}.png" for i in range(5)}
 
 
 def test_diff_names_added_changed_and_removed(dataset):

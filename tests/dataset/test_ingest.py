@@ -145,3 +145,30 @@ def test_a_bomb_and_links_out_of_the_folder_are_refused_with_the_files_named(dat
     assert "increments/b1/coat/stolen.png: a link leading out of the dataset folder" in text
     assert "increments/b2: a link leading out of the dataset folder" in text
     assert "fine.png" not in text
+
+
+def test_the_images_ingested_are_the_bytes_fingerprinted(dataset, tmp_path):
+    import tensorflow as tf
+
+    coat = dataset / "increments" / "b1" / "coat"
+    coat.mkdir(parents=True)
+    Image.new("L", (28, 28), 7).save(coat / "a.png")
+    fp = fingerprint(dataset)
+    Image.new("L", (28, 28), 200).save(coat / "a.png")  # rewritten after the fingerprint
+    result = ingest(dataset, tmp_path / "store", fp, dataset_key="k", shard_size=250)
+    pixels = [tf.io.parse_single_example(r, {"image": tf.io.FixedLenFeature([], tf.string)})
+              for r in tf.data.TFRecordDataset(shard_paths(result.dataset_uri, "train"))]
+    assert pixels[-1]["image"].numpy() == bytes([7]) * 784  # what the fingerprint names
+
+
+def test_links_inside_the_folder_are_followed_and_linked_folders_are_not_entered(dataset, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("L", (28, 28)).save(outside / "secret.png")
+    coat = dataset / "increments" / "b1" / "coat"
+    (coat / "deeper").mkdir(parents=True)
+    Image.new("L", (28, 28)).save(coat / "deeper" / "fine.png")
+    (coat / "again.png").symlink_to(coat / "deeper" / "fine.png")
+    (coat / "linked").symlink_to(outside)  # a folder: neither entered nor ingested
+    result = _ingest(dataset, tmp_path / "store")
+    assert result.records["train"] == 600 + 2
