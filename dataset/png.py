@@ -24,6 +24,9 @@ SIDE = 28
 # IHDR: 28 x 28, 8-bit, grayscale, deflate, adaptive filters, not interlaced
 HEADER = SIGNATURE + struct.pack(">I4sIIBBBBB", 13, b"IHDR", SIDE, SIDE, 8, 0, 0, 0, 0)
 _CRITICAL_AFTER_HEADER = (b"IDAT", b"IEND")
+# the signature and IHDR with its CRC: the same 33 bytes in every image the fast path takes
+_HEAD = HEADER + struct.pack(">I", zlib.crc32(HEADER[len(SIGNATURE) + 4:]))
+_IEND = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))
 
 
 def is_plain_gray28(data: bytes) -> bool:
@@ -31,6 +34,8 @@ def is_plain_gray28(data: bytes) -> bool:
     out (CRCs right, IEND reached, no critical chunk libspng and Pillow might read apart)."""
     if not data.startswith(HEADER):
         return False
+    if _one_idat(data):
+        return True
     at = len(SIGNATURE)
     while at + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, at)
@@ -46,6 +51,17 @@ def is_plain_gray28(data: bytes) -> bool:
             return False  # PLTE, a second IHDR, or a critical chunk we do not know
         at = end + 4
     return False
+
+
+def _one_idat(data: bytes) -> bool:
+    """The shape most encoders write (IHDR, one IDAT, IEND), checked in a few operations; any
+    other shape is left to the chunk walk of ``is_plain_gray28``."""
+    if len(data) < len(_HEAD) + 8 + 4 + len(_IEND) or not data.startswith(_HEAD):
+        return False
+    length, kind = struct.unpack_from(">I4s", data, len(_HEAD))
+    end = len(_HEAD) + 8 + length
+    return (kind == b"IDAT" and data[end + 4:end + 16] == _IEND
+            and zlib.crc32(data[len(_HEAD) + 4:end]) == struct.unpack_from(">I", data, end)[0])
 
 
 def decode_gray28(data: bytes) -> np.ndarray | None:

@@ -63,16 +63,24 @@ def explain_cache(
 ) -> CacheCheck:
     """The cache decision for ``fp`` under ``policy``, changing nothing (no hit recorded, no
     entry replaced): what ``retrain cache explain`` shows."""
+    return _explain(cache, root, fp, policy, dataset)[0]
+
+
+def _explain(
+    cache: ContentCache, root: Path, fp: Fingerprint, policy: Policy, dataset: str
+) -> tuple[CacheCheck, CacheEntry | None]:
+    """The decision, and the entry stored under its key (None if there is none)."""
     params = ingestion_params()
     key = key_for(fp)
     latest = cache.latest(dataset) if policy.kind == "min-change" else None
     new_records = record_count(root) if latest is not None else None
+    stored = cache.get(key)
     decision = decide(
-        policy, fp.digest, cache.get(key), latest,
+        policy, fp.digest, stored, latest,
         lambda e: verify(e.dataset_uri), time.time(), new_records,
     )
     parts = {"digest": fp.digest, "code_version": ingestion.CODE_VERSION, "params": params}
-    return CacheCheck(key, str(policy), decision, parts)
+    return CacheCheck(key, str(policy), decision, parts), stored
 
 
 def check_cache(
@@ -80,11 +88,11 @@ def check_cache(
 ) -> CacheCheck:
     """The workflow's cache step: decides, records a hit (sliding the TTL), and drops an entry
     that failed verification or is too old so the ingestion that follows replaces it."""
-    check = explain_cache(cache, root, fp, policy, dataset)
+    check, stored = _explain(cache, root, fp, policy, dataset)
     decision = check.decision
     if decision.hit and decision.entry is not None:
         decision = Decision(True, decision.reason, cache.touch(decision.entry))
-    elif cache.get(check.key) is not None:
+    elif stored is not None:  # as read for the decision: a miss costs one round trip, not two
         cache.delete(check.key)
     return CacheCheck(check.key, check.policy, decision, check.parts)
 

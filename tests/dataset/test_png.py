@@ -113,6 +113,26 @@ def test_damage_is_left_to_pillow():
     assert png.decode_gray28(data[:33] + idat + _chunk(b"IEND", b"")) is None
 
 
+def test_any_damaged_byte_or_cut_is_refused_on_the_one_idat_shortcut():
+    data = encode_gray(np.arange(784, dtype=np.uint8).reshape(28, 28) % 251, [1] * 28)
+    assert png.is_plain_gray28(data)
+    for at in range(len(data)):
+        damaged = bytearray(data)
+        damaged[at] ^= 0x10
+        assert not png.is_plain_gray28(bytes(damaged)), at
+    assert not any(png.is_plain_gray28(data[:n]) for n in range(len(data)))
+
+
+def test_an_image_data_split_over_chunks_takes_the_fast_path():
+    img = np.random.default_rng(5).integers(0, 256, (28, 28), dtype=np.uint8)
+    data = encode_gray(img, [2] * 28)
+    (length,) = struct.unpack_from(">I", data, 33)
+    stream = data[41:41 + length]
+    split = (data[:33] + _chunk(b"IDAT", stream[:100]) + _chunk(b"IDAT", stream[100:])
+             + _chunk(b"IEND", b""))
+    assert np.array_equal(png.decode_gray28(split), img)
+
+
 def test_a_mixed_batch_gives_the_records_and_errors_of_the_reference_decoder(tmp_path):
     """Ingestion's decoding (libspng where it can, Pillow elsewhere) against Pillow alone on
     every file: the same records, and each refused file with the reference's own words."""
