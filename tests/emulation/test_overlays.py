@@ -115,7 +115,11 @@ def test_each_deployment_answers_its_probes_within_the_times_it_declares(cluster
 
 
 def test_the_watchers_event_passes_the_sensor_which_names_and_parameterises_the_workflow(cluster):
-    wait_for(lambda: cluster.events.submitted, seconds=60)
+    try:
+        wait_for(lambda: cluster.events.submitted, seconds=60)
+    except AssertionError:  # what arrived and did not pass the Sensor, and what the watcher said
+        raise AssertionError((cluster.events.refused, cluster.events.received,
+                              cluster.running["retrain-watcher"].log.read_text()[-2000:])) from None
     assert not cluster.events.refused
     [received] = cluster.events.received
     event = received["body"]
@@ -210,6 +214,8 @@ def test_two_predictor_pods_serve_the_champion_and_the_guard_adds_up_both(cluste
     from services.selector.pods import PodsSource, predictor_selector
 
     _once(cluster, "ServingRuntime", "InferenceService", "Role", "RoleBinding")
+    champion = ChampionStore(cluster.redis, str((cluster.home / "models").resolve())).get()
+    assert champion is not None, "no champion to serve: the selector promoted nothing"
 
     pods = [cluster.predictor(), cluster.predictor()]
     probed = {p.name: {kind: p.probe(kind) for kind in PROBES} for p in pods}
@@ -222,8 +228,7 @@ def test_two_predictor_pods_serve_the_champion_and_the_guard_adds_up_both(cluste
             answer = httpx.post(f"http://127.0.0.1:{pod.port('8080')}/v1/models/fashion-mnist"
                                 ":predict", json={"instances": [_png()]}, timeout=30)
             assert answer.status_code == 200, answer.text
-    version = ChampionStore(cluster.redis,
-                            str((cluster.home / "models").resolve())).get().version
+    version = champion.version
     account = cluster.overlay.deployment_pod("retrain-selector")["spec"]["serviceAccountName"]
     source = PodsSource(api_client(cluster.api.url, cluster.node.tokens[account]), "retrain",
                         predictor_selector("fashion-mnist"))
