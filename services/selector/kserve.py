@@ -227,7 +227,12 @@ class KServeBackend:
         uri = f"{self._prefix}/{staged.version}"
         isvc = self._api.get_isvc(self._namespace, self._name)
         previous = self._storage_uri(isvc)
-        if self._rollout.strategy == "canary" and not at_once and previous and previous != uri:
+        # a canary needs a revision that serves beside it: KServe's first revision never
+        # becomes ready on an empty model folder, so the first release takes all traffic
+        serving = isvc.get("status", {}).get("components", {}).get("predictor", {}).get(
+            "latestReadyRevision")
+        if (self._rollout.strategy == "canary" and not at_once and serving and previous
+                and previous != uri):
             self._canary(uri, previous, staged.version)
         else:
             self._patch({"canaryTrafficPercent": None, "model": {"storageUri": uri}})

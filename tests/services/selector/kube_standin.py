@@ -70,7 +70,8 @@ def _selected(labels: dict[str, str], selector: str) -> bool:
 
 
 class KubeStandIn:
-    def __init__(self, mode_annotation: str | None = None, default_mode: str = "Serverless") -> None:
+    def __init__(self, mode_annotation: str | None = None, default_mode: str = "Serverless",
+                 first_ready: bool = True) -> None:
         isvc = yaml.safe_load((ROOT / "manifests/base/inferenceservice.yaml").read_text())
         annotations = isvc["metadata"].setdefault("annotations", {})
         if mode_annotation == "":  # an InferenceService left to the cluster's default mode
@@ -82,6 +83,7 @@ class KubeStandIn:
         self._revision = 1
         self._rolled_out = self._name(1)
         self._pending_ready = False
+        self._first_ready = first_ready  # False: the first revision never became ready
         self._set_status()
         self.config = {"apiVersion": "v1", "kind": "ConfigMap",
                        "metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
@@ -163,6 +165,12 @@ class KubeStandIn:
                        {"revisionName": latest, "percent": percent, "tag": "latest",
                         "latestRevision": True}]
         generation = self.isvc["metadata"]["generation"]
+        if self._revision == 1 and not self._first_ready:  # (an empty model folder)
+            self.isvc["status"] = {
+                "observedGeneration": generation,
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "components": {"predictor": {"latestCreatedRevision": latest}}}
+            return
         self.isvc["status"] = {
             "observedGeneration": generation - 1 if self._pending_ready else generation,
             "conditions": [{"type": "Ready", "status": "False" if self._pending_ready else "True"}],

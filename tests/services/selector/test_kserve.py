@@ -160,6 +160,20 @@ def test_canary_steps_up_and_takes_all_traffic_when_healthy(kube, tmp_path, save
     assert all(pod.scrapes >= 4 for pod in traffic.previous + traffic.canary)
 
 
+def test_the_first_release_takes_all_traffic_while_no_revision_has_ever_served(
+        kube, tmp_path, saved_model):
+    """The InferenceService is applied before any model exists: its first revision, on an
+    empty folder, never becomes ready, so the first release cannot be a canary beside it."""
+    standin = kube(first_ready=False)
+    backend = _backend(standin, tmp_path, _canary(), _pods_source(standin))
+    backend.publish(backend.stage(str(saved_model), backend.next_version()))
+    assert standin.patches == [{"canaryTrafficPercent": None,
+                                "model": {"storageUri": f"{RELEASES}/1"}}]
+    assert standin.pod_selectors == []  # no canary step read any pod
+    status = standin.isvc["status"]["components"]["predictor"]
+    assert status["latestReadyRevision"] == status["latestCreatedRevision"]
+
+
 def _errors_now_and_then(i):  # every other answer: never enough in a row for the fast rule
     return (503, 0.004, None) if i % 2 else (200, 0.004, i % 10)
 
