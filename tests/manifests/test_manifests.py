@@ -848,3 +848,14 @@ def test_redis_never_shows_its_password_in_a_process_argument(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_sensors_may_submit_and_then_list_the_workflows_they_made():
+    """Argo Events' Argo Workflow trigger runs ``argo submit`` and then lists the Workflows
+    it labelled: the Sensors' Role must allow both, or every submit counts as failed."""
+    from tests.services.selector.kube_standin import _allowed, _role_rules
+
+    rules = _role_rules("retrain-sensor")
+    for verb in ("create", "get", "list"):
+        assert _allowed(rules, "argoproj.io", "workflows", verb, "retrain-0123"), verb
+    assert not _allowed(rules, "argoproj.io", "workflows", "delete", "retrain-0123")
