@@ -39,7 +39,7 @@ from dataset.ingest import ingest
 from dataset.layout import BASE_FILES, CLASS_NAMES
 from dataset.profile import load as load_profile
 from dataset.seed import generate, write_png_increment, write_standin
-from dataset.store import TMP_PREFIX
+from dataset.store import RECENT_NS, TMP_PREFIX
 from workflows import steps
 
 
@@ -264,11 +264,18 @@ def section_reuse(cache, root: Path, work: Path, total: int, increment: int) -> 
          f"{full / total * 1000:.4f} ms per image)")
     line("profile computed in the full run", f"{profiled_images(phases['dataset_uri']):,} images")
     full_cpu = phases["cpu"]
+    at_once = [full_run(cache, root, work / "store", work / "state") for _ in range(5)]
+    line("re-run at once, median of 5 (hit verified)",
+         f"{median([s for s, _ in at_once]):7.3f} s  (= {median([s for s, _ in at_once]) / full:.2%};"
+         f" shards written < {RECENT_NS / 1e6:.0f} ms ago are re-hashed, by design)")
+    time.sleep(RECENT_NS / 1e9)  # a re-run as users make them: not within 100 ms of the last
     reruns = [full_run(cache, root, work / "store", work / "state") for _ in range(5)]
-    assert all(p["hit"] for _, p in reruns)
+    assert all(p["hit"] for _, p in at_once + reruns)
     rerun = median([s for s, _ in reruns])
-    line("re-run, unchanged, median of 5 (hit verified)", f"{rerun:7.3f} s")
-    results = [verdict("re-run / full (before: 0.46-0.88 %)", rerun / full, 0.005, "%")]
+    line("re-run, unchanged, median of 5 (hit verified)", f"{rerun:7.3f} s  (fingerprint "
+         f"{median([p['fingerprint'] for _, p in reruns]) * 1000:.2f} ms, check "
+         f"{median([p['check_cache'] for _, p in reruns]) * 1000:.2f} ms)")
+    results = [verdict("re-run / full (before: 0.16-0.88 %)", rerun / full, 0.005, "%")]
     for kind, write in (("PNG", write_png_increment), ("JPEG", write_jpeg_increment)):
         heading(f"2{'ab'[kind == 'JPEG']}. one {increment:,}-image {kind} increment vs full ingestion")
         inc, phases, pushed, profiled = push_runs(cache, root, work, increment, write,
@@ -286,7 +293,8 @@ def section_reuse(cache, root: Path, work: Path, total: int, increment: int) -> 
             line(f"decode alone, {name}", f"{micros:6.1f} µs per image")
         shutil.rmtree(pushed)
         results.append(profiled)
-        results.append(verdict(f"{kind} increment / full", inc / full, 0.05, "%"))
+        before = {"PNG": "14.0-16.7 %", "JPEG": "25-30 %"}[kind]
+        results.append(verdict(f"{kind} increment / full (before: {before})", inc / full, 0.05, "%"))
     return results
 
 

@@ -73,3 +73,13 @@ def test_partial_and_hidden_files_are_ignored(dataset):
     (dataset / "upload.png.part").write_bytes(b"half")
     (dataset / ".DS_Store").write_bytes(b"mac")
     assert fingerprint(dataset).digest == before
+
+
+def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
+    expected = fingerprint(dataset).digest
+    for content in (b'{"train-images-idx3-ubyte.gz": [1, 2, 3, "00"]}', b"\x00damaged", b""):
+        (tmp_path / "stat").write_bytes(content)
+        cache = StatCache(tmp_path / "stat")
+        assert fingerprint(dataset, cache).digest == expected
+        assert StatCache(tmp_path / "stat").lookup(  # rewritten in its own format
+            "train-labels-idx1-ubyte.gz", (dataset / "train-labels-idx1-ubyte.gz").stat())
