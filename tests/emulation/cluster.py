@@ -12,7 +12,7 @@ answers."""
 from __future__ import annotations
 
 import datetime
-import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 from tests.emulation.apiserver import ApiServer
 from tests.emulation.events import ArgoEvents
+from tests.emulation.image import Image, read
 from tests.emulation.kubelet import Container, Kubelet, Node
 from tests.emulation.operator import TrainingOperator
 from tests.emulation.overlay import NAMESPACE, ROOT, Overlay
@@ -29,17 +30,16 @@ RETRAIN = str(Path(sys.executable).with_name("retrain"))  # the image's `retrain
 OURS = "retrain"  # the image name every overlay gives our containers ends so
 MODELS = "/mnt/models"  # where KServe's storage initializer puts the model
 PODS = "/pods"  # the API server emulation's key for core pods
+IMAGE_VENV = "/opt/venv"  # where the Dockerfile installs us
 
 
-def image_entry(dockerfile: Path) -> tuple[list[str], list[str]]:
-    """The image's ENTRYPOINT and CMD (exec form), as a container without ``command`` and
-    ``args`` runs them."""
-    found = {"ENTRYPOINT": [], "CMD": []}
-    for line in dockerfile.read_text().splitlines():
-        word, _, rest = line.partition(" ")
-        if word in found:
-            found[word] = json.loads(rest)
-    return found["ENTRYPOINT"], found["CMD"]
+def image_here(dockerfile: Path) -> Image:
+    """The image as this machine runs it: its environment over this machine's (its base
+    image's ``PATH``), its virtual environment (``/opt/venv``) this checkout's."""
+    image = read(dockerfile, {"PATH": os.environ.get("PATH", "")})
+    env = {k: v.replace(IMAGE_VENV, sys.prefix) if k == "PATH" else v
+           for k, v in image.env.items()}
+    return Image(env, image.entrypoint, image.cmd, image.folders)
 
 
 @dataclass
@@ -53,9 +53,8 @@ class Cluster:
     def __post_init__(self) -> None:
         self.api = ApiServer(self.overlay, self.node.tokens, self.node.pod_path).start()
         self.node.kube_url = self.api.url
-        entrypoint, cmd = image_entry(ROOT / "Dockerfile")
         self.kubelet = Kubelet(self.overlay, self.node, executables={"retrain": RETRAIN},
-                               entrypoint=entrypoint, cmd=cmd)
+                               image=image_here(ROOT / "Dockerfile"))
         self.operator = TrainingOperator(self.api, self.kubelet, self.trainer, self.trainer_env)
         self.events = ArgoEvents(self.overlay, self.node)
         self.workflows: list[Workflow] = []

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tests.emulation.image import Image
 from tests.emulation.overlay import NAMESPACE, Overlay, OverlayError
 
 PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "failureThreshold": 3,
@@ -89,6 +90,13 @@ def container_env(overlay: Overlay, container: Mapping[str, Any],
         else:
             raise ValueError(f"env {var['name']}: unsupported valueFrom {ref}")
     return env
+
+
+def pod_env(image_env: Mapping[str, str], overlay: Overlay, container: Mapping[str, Any],
+            fields: Mapping[str, str]) -> dict[str, str]:
+    """What the container's process sees: the image's environment (``image.read``) with the
+    pod's ``envFrom`` and ``env`` over it, as the kubelet hands both to the runtime."""
+    return {**image_env, **container_env(overlay, container, fields)}
 
 
 @dataclass
@@ -280,8 +288,7 @@ class Kubelet:
     base_env: dict[str, str] = field(default_factory=lambda: {
         k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "TF_CONFIG"))})
     executables: dict[str, str] = field(default_factory=dict)  # image's command -> here
-    entrypoint: list[str] = field(default_factory=list)  # the image's ENTRYPOINT and CMD
-    cmd: list[str] = field(default_factory=list)
+    image: Image = field(default_factory=lambda: Image({}, [], [], ()))
 
     def container(self, name: str, pod: Mapping[str, Any], container: Mapping[str, Any],
                   extra_env: Mapping[str, str] | None = None,
@@ -296,14 +303,14 @@ class Kubelet:
         spec = pod.get("spec", pod)
         folders = self._mounts(spec, container, root)
         folders.update(mounts or {})
-        paths = _path_mapper(folders, root)
+        paths = _path_mapper(folders, root, self.image.folders)
         ports = {}
         for declared in container.get("ports", []):
             local = free_port()
             ports[str(declared["containerPort"])] = local
             if "name" in declared:
                 ports[declared["name"]] = local
-        env = container_env(self.overlay, container, {
+        env = pod_env(self.image.env, self.overlay, container, {
             "metadata.name": name, "metadata.namespace": NAMESPACE, "status.podIP": "127.0.0.1",
             "spec.serviceAccountName": spec.get("serviceAccountName", "default")})
         env = {k: self._here(v, ports, paths) for k, v in env.items()}
@@ -311,9 +318,9 @@ class Kubelet:
         for variable in UNDECLARED_PORTS:
             env.setdefault(variable, str(free_port()))
         env.update(self._service_account(spec))
-        image_command = [expand(c, env) for c in container.get("command", self.entrypoint)]
+        image_command = [expand(c, env) for c in container.get("command", self.image.entrypoint)]
         args = [self._here(expand(str(a), env), ports, paths)
-                for a in container.get("args", [] if "command" in container else self.cmd)]
+                for a in container.get("args", [] if "command" in container else self.image.cmd)]
         entry = command or [self.executables.get(c, c) for c in image_command]
         made = Container(name, [*entry, *args], {**self.base_env, **env}, root, ports, container)
         made._paths = paths  # type: ignore[method-assign]
@@ -354,9 +361,13 @@ class Kubelet:
         return folders
 
 
-def _path_mapper(folders: Mapping[str, Path], root: Path) -> Callable[[str], str]:
+def _path_mapper(folders: Mapping[str, Path], root: Path,
+                 image_folders: tuple[str, ...] = ()) -> Callable[[str], str]:
     """Paths inside the container written as this machine has them: under a mount, its
-    folder; the image's own ``/tmp`` and termination log, the pod's folder."""
+    folder; the image's own ``/tmp``, termination log and the folders it makes, the pod's."""
+    own = CONTAINER_OWN + image_folders
+    for folder in image_folders:
+        Path(str(root / "fs") + folder).mkdir(parents=True, exist_ok=True)
     mounts = {m.rstrip("/"): str(f) for m, f in folders.items()}
     pattern = re.compile("|".join(re.escape(m) for m in sorted(mounts, key=len, reverse=True))
                          + r"(?=/|$|[\"'\s,}])") if mounts else None
@@ -365,7 +376,7 @@ def _path_mapper(folders: Mapping[str, Path], root: Path) -> Callable[[str], str
         original = text
         if pattern:
             text = pattern.sub(lambda m: mounts[m[0]], text)
-        if text == original and text.startswith(CONTAINER_OWN):
+        if text == original and text.startswith(own):
             text = str(root / "fs") + text
             Path(text).parent.mkdir(parents=True, exist_ok=True)
         return text
