@@ -32,7 +32,7 @@ from _common import ROOT, heading, line, loopback_redis, median, percentile, tim
 
 from core.cache_policy import Policy
 from core.content_cache import ContentCache
-from dataset import idx, png
+from dataset import idx, jpeg, png
 from dataset.cache import PREFIX, CacheEntry, ingestion_cache
 from dataset.fingerprint import fingerprint
 from dataset.ingest import ingest
@@ -244,6 +244,8 @@ def decoders(pushed: Path) -> dict[str, float]:
         if previous is not None:
             ways["zlib + numpy (before)"] = lambda: previous(datas)
         ways["libspng (now)"] = lambda: [png.decode_gray28(d) for d in datas]
+    else:
+        ways["libjpeg-turbo (now)"] = lambda: [jpeg.decode_gray28(d) for d in datas]
     return {name: min(timed(way)[0] for _ in range(5)) / len(datas) * 1e6
             for name, way in ways.items()}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from blake3 import blake3
 
-from dataset import idx, png
+from dataset import idx, jpeg, png
 from dataset.errors import DatasetNotFoundError, DatasetValidationError
 from dataset.example import records as _records
 from dataset.fingerprint import Fingerprint, hash_file
@@ -171,7 +171,8 @@ def _read(path: str) -> bytes:
 def _decode_batch(root: Path, items: list[tuple[str, int]], problems: list[str],
                   contents: Mapping[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Decode a batch of class-folder images in order: plain 28x28 grayscale PNGs with
-    libspng (dataset.png), everything else with Pillow. An image's bytes are those the
+    libspng (dataset.png), 28x28 grayscale JPEGs with libjpeg-turbo (dataset.jpeg),
+    everything else with Pillow. An image's bytes are those the
     fingerprint read (``contents``) when it kept them, so each new file is read once."""
     images = np.empty((len(items), idx.ROWS, idx.COLS), np.uint8)
     kept = np.zeros(len(items), bool)
@@ -181,6 +182,8 @@ def _decode_batch(root: Path, items: list[tuple[str, int]], problems: list[str],
         if data is None:
             data = _read(os.path.join(base, path))  # no pathlib: 1,000s of small files
         pixels = png.decode_gray28(data)
+        if pixels is None:
+            pixels = jpeg.decode_gray28(data)
         if pixels is None:
             pixels, problem = _pillow_decode(path, data)
             if problem:
