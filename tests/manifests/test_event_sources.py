@@ -196,14 +196,18 @@ FUNCTIONS = {
 
 GIT_REPOSITORY = "https://github.com/retrain-dev/fashion-mnist-data.git"
 GITLAB_REPOSITORY = "https://gitlab.com/retrain-dev/fashion-mnist-data.git"
-SENSORS = {"retrain-github": "production", "retrain-gitlab": "production",
-           "retrain-s3": "production", "retrain-bucket": "local-bucket"}
+# each of Argo Events' own sources is an overlay of its own, opted into (production and the
+# watcher's modes, production-git and local-bucket, run none)
+SENSORS = {"retrain-github": "production-github", "retrain-gitlab": "production-gitlab",
+           "retrain-s3": "production-s3", "retrain-bucket": "local-bucket"}
+INGRESSES = {"retrain-github": "retrain-github-events", "retrain-gitlab": "retrain-gitlab-events"}
 
 
 @pytest.fixture(scope="module")
 def overlays():
     return {name: build(ROOT / "manifests" / "overlays" / name)
-            for name in ("production", "local-bucket", "production-git", "local")}
+            for name in ("production", "local-bucket", "production-git", "local",
+                         "production-github", "production-gitlab", "production-s3")}
 
 
 def _by_kind(docs, kind):
@@ -240,23 +244,31 @@ def test_the_sources_and_sensors_are_valid_against_the_released_schemas(overlays
         source = _by_kind(docs, "EventSource")[sensor["spec"]["dependencies"][0]["eventSourceName"]]
         assert problems(sensor) == [] and problems(source) == []
         assert problems(_trigger(sensor)["source"]["resource"]) == []  # the Workflow too
-    assert problems(_by_kind(overlays["production"], "Ingress")["retrain-git-events"]) == []
-    typo = json.loads(json.dumps(_by_kind(overlays["production"], "EventSource")["retrain-github"]))
+    for name, ingress in INGRESSES.items():
+        assert problems(_by_kind(overlays[SENSORS[name]], "Ingress")[ingress]) == []
+    typo = json.loads(json.dumps(_by_kind(overlays["production-github"], "EventSource")["retrain-github"]))
     typo["spec"]["github"]["dataset-push"]["webhookSecrett"] = typo["spec"]["github"][
         "dataset-push"].pop("webhookSecret")
     assert any("webhookSecrett" in p for p in problems(typo))
 
 
-def test_each_source_is_where_its_service_is(overlays):
-    """Git hosts and AWS reach a shared cluster (production, and production-git built on it);
-    the MinIO deployed in local-bucket is listened to there; the plain local overlay keeps
-    the watcher's folder and nothing more."""
+def test_each_source_is_opted_into_by_an_overlay_of_its_own(overlays):
+    """Git hosts and AWS reach a shared cluster, each through an overlay of its own on top of
+    production (a GitHub-only team runs no GitLab source failing in a loop, no SQS source
+    polls a queue that does not exist); production and production-git (the watcher's Git
+    mode, which a source beside would run each push twice with) run none; the MinIO deployed
+    in local-bucket is listened to there; the plain local overlay keeps the watcher's folder
+    and nothing more."""
     kinds = {name: {k for s in _by_kind(docs, "EventSource").values() for k in s["spec"]
                     if k in ("github", "gitlab", "minio", "sqs")}
              for name, docs in overlays.items()}
-    assert kinds == {"production": {"github", "gitlab", "sqs"},
-                     "production-git": {"github", "gitlab", "sqs"},
-                     "local-bucket": {"minio"}, "local": set()}
+    assert kinds == {"production": set(), "production-git": set(),
+                     "production-github": {"github"}, "production-gitlab": {"gitlab"},
+                     "production-s3": {"sqs"}, "local-bucket": {"minio"}, "local": set()}
+    for name in ("production-github", "production-gitlab", "production-s3"):
+        assert {d["kind"] for d in overlays[name]} - {"Ingress"} == {
+            d["kind"] for d in overlays["production"]}  # production's objects and its own
+        assert len(overlays[name]) == len(overlays["production"]) + (2 if name == "production-s3" else 3)
     minio = _by_kind(overlays["local-bucket"], "EventSource")["retrain-bucket"]["spec"]["minio"]
     host, port = minio["dataset-objects"]["endpoint"].split(":")
     service = _by_kind(overlays["local-bucket"], "Service")[host.removesuffix(".retrain.svc")]
@@ -264,16 +276,18 @@ def test_each_source_is_where_its_service_is(overlays):
 
 
 def test_the_webhooks_secrets_come_from_the_named_secrets(overlays):
-    sources = _by_kind(overlays["production"], "EventSource")
+    sources = {**_by_kind(overlays["production-github"], "EventSource"),
+               **_by_kind(overlays["production-gitlab"], "EventSource")}
     github = sources["retrain-github"]["spec"]["github"]["dataset-push"]
     gitlab = sources["retrain-gitlab"]["spec"]["gitlab"]["dataset-push"]
     assert github["webhookSecret"] == {"name": "retrain-github-webhook-secret", "key": "secret"}
     assert gitlab["secretToken"] == {"name": "retrain-gitlab-webhook-token", "key": "token"}
     assert github["events"] == ["push"] and gitlab["events"] == ["PushEvents"]
-    paths = {p["path"]: p["backend"]["service"] for rule in
-             _by_kind(overlays["production"], "Ingress")["retrain-git-events"]["spec"]["rules"]
-             for p in rule["http"]["paths"]}
     for name, source in (("retrain-github", github), ("retrain-gitlab", gitlab)):
+        ingress = _by_kind(overlays[SENSORS[name]], "Ingress")[INGRESSES[name]]["spec"]
+        assert ingress["ingressClassName"] == "nginx"  # the runbook installs ingress-nginx
+        paths = {p["path"]: p["backend"]["service"] for rule in ingress["rules"]
+                 for p in rule["http"]["paths"]}
         port = sources[name]["spec"]["service"]["ports"][0]["port"]
         assert paths[source["webhook"]["endpoint"]] == {
             "name": f"{name}-eventsource-svc", "port": {"number": port}}

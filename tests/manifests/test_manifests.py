@@ -16,8 +16,10 @@ from tests.manifests.schemas import problems
 from workflows.definition import WORKFLOW_NAME_TEMPLATE, ClusterNames, tfjob_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = ["local", "production", "local-bucket", "production-git"]
-PRODUCTION = {"production", "production-git"}
+OVERLAYS = ["local", "production", "local-bucket", "production-git", "production-github",
+            "production-gitlab", "production-s3"]
+PRODUCTION = {"production", "production-git", "production-github", "production-gitlab",
+              "production-s3"}
 # Knative resolves every tag to a digest from its registry, except under the prefixes its
 # `registries-skipping-tag-resolving` lists by default (kind.local, ko.local, dev.local)
 LOCAL_IMAGE = "dev.local/retrain:dev"
@@ -440,8 +442,10 @@ def test_a_serving_runtime_typo_fails():
     assert any("supportedModelFormat'" in p for p in found)
 
 
-@pytest.mark.parametrize(("name", "mode"), [("local", "--data"), ("production", "--data"),
-                                            ("local-bucket", "--s3"), ("production-git", "--git")])
+@pytest.mark.parametrize(("name", "mode"), [
+    ("local", "--data"), ("production", "--data"), ("local-bucket", "--s3"),
+    ("production-git", "--git"), ("production-github", "--data"), ("production-gitlab", "--data"),
+    ("production-s3", "--data")])
 def test_each_overlay_fills_the_watched_folder_from_its_source(name, mode):
     docs = build(ROOT / "manifests" / "overlays" / name)
     watcher = _by_kind(docs, "Deployment")["retrain-watcher"]["spec"]["template"]["spec"]["containers"][0]
@@ -859,3 +863,30 @@ def test_the_sensors_may_submit_and_then_list_the_workflows_they_made():
     for verb in ("create", "get", "list"):
         assert _allowed(rules, "argoproj.io", "workflows", verb, "retrain-0123"), verb
     assert not _allowed(rules, "argoproj.io", "workflows", "delete", "retrain-0123")
+
+
+def test_the_runbooks_secret_commands_refuse_an_unset_variable(tmp_path):
+    """Every value a shell variable gives a Secret is ``"${VAR:?}"``: with the variable unset
+    the command stops before kubectl runs, instead of creating a Secret with an empty value
+    (the runbook's own lines, run by bash with a kubectl that records its calls)."""
+    text = RUNBOOK.read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if "create secret generic" in line]
+    assert len(lines) >= 9
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n')
+    kubectl.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for line in lines:
+        variables = set(re.findall(r"\$\{?([A-Z_]+)", line))
+        assert all(f'"${{{v}:?}}"' in line or f'${{{v}:?}}' in line for v in variables), line
+        if not variables:
+            continue
+        done = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode != 0 and "parameter null or not set" in done.stderr, line
+        assert not (tmp_path / "calls").exists(), line  # kubectl never ran
+        given = {v: "x" for v in variables}
+        done = subprocess.run(["bash", "-c", line], env={**env, **given}, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        (tmp_path / "calls").unlink()
