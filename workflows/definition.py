@@ -66,6 +66,7 @@ from workflows.definition_training import (
     tfjob_manifest,
     train_dag,
 )
+from workflows.fetch import FetchUnavailable
 from workflows.templates import (
     HOME,
     NAME,
@@ -154,13 +155,16 @@ def _workflow_template(names: ClusterNames) -> WorkflowTemplate:
 
 def _fetch(names: ClusterNames) -> Container:
     """``fetch``: the announced revision onto the shared volume (read-write, with the
-    watcher's credentials); outputs the data URI and the event the run is about."""
+    watcher's credentials); outputs the data URI and the event the run is about. A source it
+    could not reach in any attempt (exit 75) is tried again by Argo too: the Workflow is named
+    from the delivery, so a redelivery would create nothing and the push would be lost."""
     return container(
         "fetch",
         ["step", "fetch", "--fetch", "{{workflow.parameters.fetch}}",
          "--data-uri", "{{workflow.parameters.data-uri}}",
          "--event", "{{workflow.parameters.event}}", "--outputs", OUTPUTS],
-        names, cpu="250m", memory="512Mi", outputs=list(FETCHED), env=fetch_env(names))
+        names, cpu="250m", memory="512Mi", outputs=list(FETCHED), env=fetch_env(names),
+        transient_exit=FetchUnavailable.exit_code)
 
 
 def _plan(names: ClusterNames) -> Container:
@@ -184,7 +188,7 @@ def _check_cache(names: ClusterNames) -> Container:
          "--run-id", "{{workflow.name}}", "--outputs", OUTPUTS],
         names, cpu="250m", memory="512Mi",
         inputs=[Parameter(name="cache-policy"), Parameter(name="data-uri")],
-        outputs=["hit", "key", "digest", "dataset-uri", "reason"])
+        outputs=["hit", "key", "dataset-uri", "reason"])
 
 
 def _ingest(names: ClusterNames) -> Container:

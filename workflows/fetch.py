@@ -21,6 +21,13 @@ watcher's own (``services.ingest_watcher.git.Clone``, ``services.ingest_watcher.
 The result is the folder's data URI and the ``dataset.updated`` the watcher would send for
 it (its id the delivery's, its origin the commit or the objects), which the plan step checks
 as ``POST /events`` would.
+
+A source that cannot be reached (GitHub, GitLab or the bucket answering with a network
+error, a 5xx or a throttle) is tried again here with a bounded backoff (``RETRY_DELAYS``);
+when every attempt failed the step exits ``FetchUnavailable.exit_code`` (75, EX_TEMPFAIL),
+which the template's retry strategy retries again later, while a bad spec (2) and a revision
+that is not there (1) stay final: the Workflow is named from the delivery, so a lost fetch
+would lose the push (a redelivery creates nothing).
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # SHA-1 or SHA-256
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 URL = re.compile(r"(https?|ssh|git|file)://\S+|[\w.-]+@[\w.-]+:\S+")
 MAX_DELIVERY = 200
+RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0)  # seconds between attempts: 5 attempts within ~30 s
+# S3 answers that say "later": throttled or the service's own failure (a 5xx)
+S3_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable"}
 STALE_PART_SECONDS = 24 * 3600  # a killed fetch's .part folder is removed after this
 
 
@@ -69,9 +80,20 @@ class FetchSpecError(WorkflowError):
 
 
 class FetchError(WorkflowError):
-    """The spec was fine but its revision could not be brought here."""
+    """The spec was fine but its revision could not be brought here (it is not there: final)."""
 
     exit_code = 1
+
+
+class FetchUnavailable(FetchError):
+    """The source could not be reached in any attempt: the step may succeed later (the
+    WorkflowTemplate retries this exit code, and no other failure of the fetch)."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class _Unreachable(Exception):
+    """One attempt could not reach the source (tried again, then ``FetchUnavailable``)."""
 
 
 @dataclass(frozen=True)
@@ -181,16 +203,55 @@ def tag(text: str) -> str:
 
 
 def fetch(spec: GitFetch | BucketFetch, home: Path, *, git_token: str | None = None,
-          s3_client: Callable[[], Any] | None = None, settle: float = 0.0) -> Fetched:
+          s3_client: Callable[[], Any] | None = None, settle: float = 0.0,
+          sleep: Callable[[float], None] = time.sleep,
+          delays: tuple[float, ...] = RETRY_DELAYS) -> Fetched:
     """Bring the spec's revision under ``home`` (unless it is there) and say what it is.
-    ``s3_client`` makes the boto3 client a bucket is read with; a bucket's listing must stay
-    the same ``settle`` seconds first (the notifications of one upload of several objects
-    then mostly fetch one revision)."""
+    ``s3_client`` makes the boto3 client a bucket is read with (one per attempt); a bucket's
+    listing must stay the same ``settle`` seconds first (the notifications of one upload of
+    several objects then mostly fetch one revision). An attempt that cannot reach the source
+    is made again after each of ``delays`` (``sleep``: how to wait), then FetchUnavailable."""
     if isinstance(spec, GitFetch):
-        return _fetch_git(spec, home, git_token)
+        where = redact(spec.repository)
+        return _retried(lambda: _fetch_git(spec, home, git_token), where, sleep, delays)
     if s3_client is None:
         raise FetchError("no S3 client to read the bucket with")
-    return _fetch_bucket(spec, home, s3_client(), settle)
+    make = s3_client
+    return _retried(lambda: _s3_attempt(spec, home, make, settle),
+                    f"s3://{spec.bucket}/{spec.prefix}", sleep, delays)
+
+
+def _retried(attempt: Callable[[], Fetched], where: str, sleep: Callable[[float], None],
+             delays: tuple[float, ...]) -> Fetched:
+    """``attempt()``, made again after each delay while the source cannot be reached."""
+    for number, delay in enumerate((*delays, None), start=1):
+        try:
+            return attempt()
+        except _Unreachable as exc:
+            if delay is None:
+                raise FetchUnavailable(f"{where} could not be reached in {number} attempts: "
+                                       f"{exc}") from None
+            log.warning("%s could not be reached (attempt %d of %d): %s; trying again in %g s",
+                        where, number, len(delays) + 1, exc, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _s3_attempt(spec: BucketFetch, home: Path, make: Callable[[], Any], settle: float) -> Fetched:
+    """One attempt at the bucket: a network error, a 5xx or a throttle is ``_Unreachable``;
+    any other answer (no such bucket, access denied) is final."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    try:
+        return _fetch_bucket(spec, home, make(), settle)
+    except (ConnectionError, HTTPClientError) as exc:
+        raise _Unreachable(str(exc)) from None
+    except ClientError as exc:
+        error, status = exc.response.get("Error", {}), exc.response.get(
+            "ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if error.get("Code") in S3_TRANSIENT or int(status or 0) >= 500:
+            raise _Unreachable(str(exc)) from None
+        raise FetchError(f"s3://{spec.bucket}/{spec.prefix}: {exc}") from None
 
 
 class _CommitClone(Clone):
@@ -202,7 +263,10 @@ class _CommitClone(Clone):
         try:  # GitHub, GitLab and git itself (protocol v2) serve a reachable commit by id
             self._git("fetch", "-q", "--depth", "1", self.source.url, commit, cwd=self.folder)
         except GitError:  # a server that serves only its refs: the branch's recent history
-            self._git("fetch", "-q", "--depth", "100", self.source.url, ref, cwd=self.folder)
+            try:
+                self._git("fetch", "-q", "--depth", "100", self.source.url, ref, cwd=self.folder)
+            except GitError as exc:  # neither: the server, or the way to it, is failing
+                raise _Unreachable(str(exc)) from None
         try:
             self._git("checkout", "-q", "--force", "--detach", commit, cwd=self.folder)
         except GitError:

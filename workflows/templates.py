@@ -84,10 +84,23 @@ def fetch_env(names: ClusterNames) -> list[Env]:
                       secret_key="token", optional=True)]
 
 
+def retry_strategy(transient_exit: int | None = None) -> RetryStrategy:
+    """Every step is retried on an error of the pod (Argo's, the node's), never on its own
+    failure (a blocked data gate, a bad spec). ``transient_exit``: the exit code by which a
+    step says "the source could not be reached, try later", retried too (retryPolicy Always
+    with an expression keeping every other failure final)."""
+    backoff = Backoff(duration="10s", factor=2, max_duration="5m")
+    if transient_exit is None:
+        return RetryStrategy(limit=3, retry_policy="OnError", backoff=backoff)
+    return RetryStrategy(
+        limit=3, retry_policy="Always", backoff=backoff,
+        expression=f'lastRetry.status == "Error" || lastRetry.exitCode == "{transient_exit}"')
+
+
 def container(name: str, args: list[str], names: ClusterNames, cpu: str, memory: str,
               inputs: list[Parameter] | None = None,
               outputs: list[str] | None = None, *, read_only: bool = True,
-              env: list[Env] | None = None) -> Container:
+              env: list[Env] | None = None, transient_exit: int | None = None) -> Container:
     from hera.workflows import Resources
 
     return Container(
@@ -105,7 +118,5 @@ def container(name: str, args: list[str], names: ClusterNames, cpu: str, memory:
                        VolumeMount(name="tmp", mount_path=TMP)],
         security_context=SecurityContext(**container_security(read_only)),
         resources=Resources(cpu_request=cpu, memory_request=memory, memory_limit=memory),
-        retry_strategy=RetryStrategy(
-            limit=3, retry_policy="OnError",
-            backoff=Backoff(duration="10s", factor=2, max_duration="5m")),
+        retry_strategy=retry_strategy(transient_exit),
     )

@@ -291,6 +291,49 @@ def test_the_unused_digest_parameter_is_gone():
     assert "digest" not in declared
     assert {"data-uri", "fetch", "parameters", "event", "event-id", "approves",
             "approved-by"} == declared
+    # nor is check-cache's digest output, which no step read
+    outputs = {o["name"] for o in _templates()["check-cache"]["outputs"]["parameters"]}
+    assert outputs == {"hit", "key", "dataset-uri", "reason"}
+    assert "check-cache.outputs.parameters.digest" not in yaml.safe_dump(_doc())
+
+
+def _retried(strategy, status, exit_code):
+    """Whether Argo retries a step ending ``status`` with ``exit_code`` under ``strategy``:
+    its retryPolicy, then its expression (the few expr operators it uses, evaluated with
+    ``lastRetry`` bound as Argo binds it: strings)."""
+    from types import SimpleNamespace
+
+    policy = strategy["retryPolicy"]
+    if not {"Always": True, "OnError": status == "Error",
+            "OnFailure": status == "Failed"}[policy]:
+        return False
+    expression = strategy.get("expression")
+    if not expression:
+        return True
+    assert set(re.findall(r"\|\||&&|==|!=", expression)) <= {"||", "==", "!="}
+    python = expression.replace("||", " or ")
+    return bool(eval(python, {}, {"lastRetry": SimpleNamespace(
+        status=status, exitCode=str(exit_code))}))
+
+
+def test_a_fetch_that_could_not_reach_its_source_is_retried_and_a_bad_spec_is_not():
+    """The Workflow is named from the delivery: a fetch lost to a network blip would lose the
+    push (a redelivery creates nothing). The step retries inside, then exits 75, which Argo
+    retries; a bad spec (2) and a revision that is not there (1) stay final."""
+    from workflows.fetch import FetchError, FetchSpecError, FetchUnavailable
+
+    templates = _templates()
+    fetch = templates["fetch"]["retryStrategy"]
+    assert FetchUnavailable.exit_code == 75 and issubclass(FetchUnavailable, FetchError)
+    assert _retried(fetch, "Failed", FetchUnavailable.exit_code)
+    assert not _retried(fetch, "Failed", FetchSpecError.exit_code)
+    assert not _retried(fetch, "Failed", FetchError.exit_code)
+    assert _retried(fetch, "Error", -1)  # the pod's error (evicted, node gone), as before
+    assert int(fetch["limit"]) >= 3 and fetch["backoff"]["duration"]
+    for name, template in templates.items():  # every other step: errors of the pod only
+        if "container" in template and name != "fetch":
+            assert template["retryStrategy"]["retryPolicy"] == "OnError", name
+            assert not _retried(template["retryStrategy"], "Failed", 75), name
 
 
 def test_the_exit_handler_reports_what_never_ended_whatever_the_outcome():

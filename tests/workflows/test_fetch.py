@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -287,3 +288,88 @@ def test_only_the_configured_repositories_are_fetched(tmp_path, upstream):
                          "RETRAIN_FETCH_REPOSITORIES": "https://github.com/retrain-dev/data.git"})
     assert done.returncode == 2 and "is not one this workflow fetches" in done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
+
+
+# -- a source that cannot be reached for a while ------------------------------------------------
+
+class Outage:
+    """The waits a fetch makes between attempts, recorded; the source comes back after
+    ``failures`` failed attempts (``restore`` called at that wait) or never."""
+
+    def __init__(self, failures=None, restore=lambda: None):
+        self.waits, self.failures, self.restore = [], failures, restore
+
+    def __call__(self, seconds):
+        self.waits.append(seconds)
+        if len(self.waits) == self.failures:
+            self.restore()
+
+
+def test_a_git_server_failing_twice_then_answering_is_fetched_on_the_third_attempt(
+        tmp_path, upstream, caplog):
+    """The repository unreachable for two attempts (moved away: git's fetch fails as for a
+    server down), then back: the push is fetched, not lost; the log says each failure."""
+    push = upstream.push("first")
+    spec = parse_spec(json.dumps(git_spec(upstream, push)))
+    away = upstream.bare.with_name("away.git")
+    upstream.bare.rename(away)
+    outage = Outage(failures=2, restore=lambda: away.rename(upstream.bare))
+    with caplog.at_level("WARNING", logger="workflows.fetch"):
+        fetched = fetch(spec, tmp_path / "home", sleep=outage, delays=(2.0, 4.0, 8.0))
+    assert outage.waits == [2.0, 4.0]  # bounded backoff, two waits, the third attempt worked
+    assert fetched.fetched and fetched.data_uri.endswith(f"/{push['after']}/data/fm")
+    assert files(upstream.work / "data" / "fm") == files(Path(fetched.data_uri))
+    assert "could not be reached (attempt 1 of 4)" in caplog.text
+    root = tmp_path / "home" / "git" / tag(upstream.bare.as_uri())
+    assert [p.name for p in root.iterdir()] == [push["after"]]  # the failed attempts left nothing
+
+
+def test_a_source_that_never_answers_is_unavailable_after_bounded_attempts(tmp_path, upstream):
+    from workflows.fetch import FetchUnavailable
+
+    push = upstream.push("first")
+    spec = parse_spec(json.dumps(git_spec(upstream, push)))
+    upstream.bare.rename(upstream.bare.with_name("gone.git"))
+    outage = Outage()
+    with pytest.raises(FetchUnavailable, match="could not be reached in 3 attempts") as caught:
+        fetch(spec, tmp_path / "home", sleep=outage, delays=(1.0, 2.0))
+    assert outage.waits == [1.0, 2.0] and caught.value.exit_code == 75
+    assert not list((tmp_path / "home").rglob("*.part"))
+
+
+def test_a_commit_that_is_not_there_is_final_and_not_retried(tmp_path, upstream):
+    push = upstream.push("first")
+    gone = dict(git_spec(upstream, push), commit="0123456789abcdef0123456789abcdef01234567")
+    outage = Outage()
+    with pytest.raises(FetchError) as caught:
+        fetch(parse_spec(json.dumps(gone)), tmp_path, sleep=outage)
+    assert caught.value.exit_code == 1 and outage.waits == []
+
+
+def test_a_bucket_endpoint_down_then_up_is_fetched(tmp_path, s3):  # noqa: F811
+    """The first two attempts reach an endpoint where nothing listens (connection refused:
+    S3 or MinIO down), the third the real server."""
+    import boto3
+    from botocore.config import Config
+
+    from tests.conftest import free_port
+
+    client, bucket = s3
+    upload_dataset(client, bucket, tmp_path, train=30, test=10)
+    down = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                        config=Config(retries={"max_attempts": 1}, connect_timeout=2))
+    clients = [down, down, client]
+    outage = Outage()
+    fetched = fetch(parse_spec(bucket_spec(bucket)), tmp_path / "home",
+                    s3_client=lambda: clients.pop(0), sleep=outage, delays=(1.0, 1.0, 1.0))
+    assert outage.waits == [1.0, 1.0] and fetched.fetched
+    assert len(list(Path(fetched.data_uri).iterdir())) == 4
+
+
+def test_a_bucket_that_does_not_exist_is_final(tmp_path, s3):  # noqa: F811
+    client, _ = s3
+    outage = Outage()
+    with pytest.raises(FetchError, match="NoSuchBucket") as caught:
+        fetch(parse_spec(bucket_spec("no-such-bucket-here")), tmp_path, s3_client=lambda: client,
+              sleep=outage)
+    assert caught.value.exit_code == 1 and outage.waits == []
