@@ -890,3 +890,20 @@ def test_the_runbooks_secret_commands_refuse_an_unset_variable(tmp_path):
                               text=True, timeout=30, check=False)
         assert done.returncode == 0, done.stderr
         (tmp_path / "calls").unlink()
+
+
+def test_every_argo_events_pod_runs_unprivileged(overlay):
+    """The pods Argo Events makes for our EventSources and Sensors: its image's non-root user
+    (9731, as Argo Events runs its own controller), the runtime's seccomp profile; its
+    container without privilege escalation or capabilities, on a read-only root."""
+    _, docs = overlay
+    for kind in ("EventSource", "Sensor"):
+        for name, doc in _by_kind(docs, kind).items():
+            template = doc["spec"].get("template", {})
+            assert template.get("securityContext") == {
+                "runAsNonRoot": True, "runAsUser": 9731,
+                "seccompProfile": {"type": "RuntimeDefault"}}, f"{kind}/{name}"
+            assert template.get("container", {}).get("securityContext") == {
+                "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]}}, f"{kind}/{name}"
+            assert problems(doc) == []  # fields the released schema knows
