@@ -907,3 +907,30 @@ def test_every_argo_events_pod_runs_unprivileged(overlay):
                 "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]}}, f"{kind}/{name}"
             assert problems(doc) == []  # fields the released schema knows
+
+
+KSERVE_STORAGE_INITIALIZER = {  # the entry KServe 0.12-0.15 ships, as one kept from an older install
+    "image": "kserve/storage-initializer:latest", "memoryRequest": "100Mi", "memoryLimit": "1Gi",
+    "cpuRequest": "100m", "cpuLimit": "1", "caBundleConfigMapName": "",
+    "caBundleVolumeMountPath": "/etc/ssl/custom-certs", "enableDirectPvcVolumeMount": False}
+
+
+def test_the_runbook_has_kserve_mount_the_model_volume_directly():
+    """Copied once by the storage initializer, the model folder would never show a version
+    the selector writes later: the runbook checks the entry and its own patch command, run
+    on an entry saying false, turns direct mounting on and keeps everything else."""
+    import json
+    import sys
+
+    runbook = RUNBOOK.read_text()
+    assert ("kubectl -n kserve get cm inferenceservice-config -o jsonpath="
+            "'{.data.storageInitializer}'") in runbook
+    [script] = re.findall(r"-o jsonpath='\{\.data\.storageInitializer\}' \\\n"
+                          r"\s*\| python3 -c '(.*?)'", runbook, re.S)
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(KSERVE_STORAGE_INITIALIZER),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    patch = json.loads(done.stdout)
+    assert json.loads(patch["data"]["storageInitializer"]) == {
+        **KSERVE_STORAGE_INITIALIZER, "enableDirectPvcVolumeMount": True}
+    assert "--patch-file kserve-storage.json" in runbook
