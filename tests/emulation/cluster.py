@@ -66,16 +66,19 @@ class Cluster:
         return self.node.claim("retrain-data")
 
     def stop(self) -> dict[str, str]:
+        for container in self.running.values():  # all at once, each given its grace
+            container.terminate()
         logs = {name: c.stop() for name, c in self.running.items()}
         self.events.stop()
         self.api.stop()
         return logs
 
-    def deployment(self, name: str) -> Container:
-        """Deployment ``name``'s container, started, its Service pointed at it."""
+    def deployment(self, name: str, overrides: dict[str, str] | None = None) -> Container:
+        """Deployment ``name``'s container, started, its Service pointed at it; ``overrides``:
+        variables a test sets over the pod's (each one said where it is used)."""
         pod = self.overlay.deployment_pod(name)
         [container] = pod["spec"]["containers"]
-        started = self.kubelet.container(name, pod, container).start()
+        started = self.kubelet.container(name, pod, container, overrides).start()
         self.running[name] = started
         for service in self.overlay.all("Service"):
             if service["spec"].get("selector", {}).items() <= pod["metadata"]["labels"].items():
@@ -85,8 +88,8 @@ class Cluster:
                                      started.port(target))
         return started
 
-    def submit(self, workflow: dict[str, Any]) -> Workflow:
-        run = Workflow(workflow, self.overlay, self.kubelet, self.api, self.operator)
+    def submit(self, workflow: dict[str, Any], omit: frozenset[str] = frozenset()) -> Workflow:
+        run = Workflow(workflow, self.overlay, self.kubelet, self.api, self.operator, omit=omit)
         self.workflows.append(run)
         return run
 

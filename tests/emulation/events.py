@@ -67,7 +67,7 @@ def go_template(template: str, event: dict[str, Any]) -> str:
     return re.sub(r"\{\{(.+?)\}\}", one, template)
 
 
-def _set(doc: dict[str, Any], dest: str, value: str) -> None:
+def set_at(doc: dict[str, Any], dest: str, value: str) -> None:
     keys = dest.split(".")
     for key in keys[:-1]:
         doc = doc[int(key)] if isinstance(doc, list) else doc.setdefault(key, {})
@@ -149,7 +149,7 @@ class ArgoEvents:
                     continue
                 workflow = copy.deepcopy(template["argoWorkflow"]["source"]["resource"])
                 for parameter in template["argoWorkflow"].get("parameters", []):
-                    _set(workflow, parameter["dest"], self._value(parameter["src"], event))
+                    set_at(workflow, parameter["dest"], self._value(parameter["src"], event))
                 self.submitted.append(workflow)
 
     @staticmethod

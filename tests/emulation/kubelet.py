@@ -194,6 +194,11 @@ class Container:
         self.log.write_text(done.stdout + done.stderr)
         return done
 
+    def terminate(self) -> None:
+        """SIGTERM, as the kubelet sends it first (``stop`` then waits)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> str:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -369,8 +374,11 @@ def _path_mapper(folders: Mapping[str, Path], root: Path,
     for folder in image_folders:
         Path(str(root / "fs") + folder).mkdir(parents=True, exist_ok=True)
     mounts = {m.rstrip("/"): str(f) for m, f in folders.items()}
-    pattern = re.compile("|".join(re.escape(m) for m in sorted(mounts, key=len, reverse=True))
-                         + r"(?=/|$|[\"'\s,}])") if mounts else None
+    # a file:// URL names a repository outside the pod (the Git host a local one stands in
+    # for), never a path under a mount
+    pattern = re.compile(r"(?<!file://)(?:" + "|".join(
+        re.escape(m) for m in sorted(mounts, key=len, reverse=True))
+        + r")(?=/|$|[\"'\s,}])") if mounts else None
 
     def paths(text: str) -> str:  # one pass: a folder put in is not mapped again
         original = text

@@ -1,18 +1,25 @@
 """Every pod and step of an overlay runs here first (issue 29): the overlay's own containers,
 started from their rendered command, arguments and environment by an emulated kubelet, with
 only the cluster's controllers emulated (``tests/emulation``). For overlays ``local`` and
-``local-bucket``, in order, sharing one cluster per overlay:
+``local-bucket``, in order, one cluster per overlay, each pod and step run once: what an
+overlay renders exactly as ``local`` does (a Deployment's object and the environment it
+resolves to; the WorkflowTemplate's trainings) is run in ``local`` only.
 
 - the watcher, selector and dashboard Deployments answer their probes within the times they
   declare;
 - the watcher's dataset event passes the webhook EventSource and the Sensor, which names the
   Workflow from the event and passes its parameters;
-- the Workflow runs from its WorkflowTemplate, every step's outputs read where the next takes
-  them, the trainings as TFJobs, and the selector Deployment judges every model it trained;
-- a two-worker training's replicas read the TF_CONFIG the Training Operator gives them as the
-  real trainer reads it;
+- a one-model, two-worker request for the same data (sent to the EventSource as ``retrain
+  publish`` sends it) runs the Workflow from its WorkflowTemplate, every step's outputs read
+  where the next takes them, the training as a TFJob whose two replicas read the TF_CONFIG the
+  Training Operator gives them, and the selector Deployment judges the model;
+- in ``local-bucket``, the watcher's event for the bucket's data runs the steps up to
+  validation (the trainings' templates are local's);
 - two predictor pods of one revision, laid out as KServe lays them out, serve the champion,
-  answer their probes, and the guard's reading (``PodsSource``) adds up both pods' figures."""
+  answer their probes, and the guard's reading (``PodsSource``) adds up both pods' figures.
+
+One setting is the test's, not the overlay's: the watcher's ``RETRAIN_WATCH_SETTLE`` is 0 (the
+ConfigMap's 10 s wait for an upload to settle would only add 10 s per overlay here)."""
 
 from __future__ import annotations
 
@@ -27,20 +34,24 @@ import pytest
 
 from events import make_event
 from events.codec import encode
-from events.payloads import RunParameters, TrainingRequested
+from events.payloads import DatasetUpdated, RunParameters
 from services.selector.champion import ChampionStore
 from services.trainer.cluster import role_from_tf_config
 from tests.conftest import wait_for, write_dataset
 from tests.emulation.cluster import Cluster
-from tests.emulation.kubelet import Node
+from tests.emulation.kubelet import Node, pod_env
 from tests.emulation.overlay import Overlay
 from workflows.definition import workflow_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-OURS = ("retrain-watcher", "retrain-selector", "retrain-ui")  # started in this order's reverse
+OURS = ("retrain-watcher", "retrain-selector", "retrain-ui")
 PROBES = ("readinessProbe", "livenessProbe")
-TWO_WORKERS = {"models": ["cnn"], "workers": 2, "steps_per_epoch": 3, "batch_size": 32,
-               "force": True}
+ONE_MODEL = {"models": ["cnn"], "workers": 2, "steps_per_epoch": 3, "batch_size": 32}
+WATCHER = "retrain-watcher"
+NO_SETTLE = {"RETRAIN_WATCH_SETTLE": "0"}  # the test's own (module docstring)
+LOCAL = "local"
+REQUESTER = "retrain/cli"  # the source of the test's own request
+LOCALS = frozenset({"source"})  # the DAG task of every step after the plan
 
 
 def _argument(container: dict, flag: str) -> str:
@@ -77,10 +88,18 @@ def _put_data(cluster: Cluster, stack: list) -> None:
         client.upload_file(str(path), bucket, f"{prefix}/{path.name}")
 
 
-@pytest.fixture(scope="module", params=["local", "local-bucket"])
+def _as_started(overlay: Overlay, name: str) -> tuple:
+    """Deployment ``name`` as the kubelet starts it: its object and the environment its
+    container resolves to (ConfigMaps and Secrets included)."""
+    pod = overlay.deployment_pod(name)
+    return pod, [pod_env({}, overlay, c, {}) for c in pod["spec"]["containers"]]
+
+
+@pytest.fixture(scope="module", params=[LOCAL, "local-bucket"])
 def cluster(request, tmp_path_factory, redis_handle, standin_trainer, trained_models):
     redis_handle.client.flushdb()
     overlay = Overlay.render(request.param)
+    local = overlay if overlay.name == LOCAL else Overlay.render(LOCAL)
     node = Node(tmp_path_factory.mktemp(f"cluster-{request.param}"), redis_handle.url)
     made = Cluster(overlay, node, list(standin_trainer),
                    {"RETRAIN_STANDIN_MODELS": str(trained_models.folder)})
@@ -89,10 +108,11 @@ def cluster(request, tmp_path_factory, redis_handle, standin_trainer, trained_mo
     made.redis = redis_handle.client
     try:
         _put_data(made, stack)
-        made.probed = {}
-        for name in reversed(OURS):  # one at a time, what the others call first
-            started = made.deployment(name)
-            made.probed[name] = {kind: started.probe(kind) for kind in PROBES}
+        started = {name: made.deployment(name, NO_SETTLE if name == WATCHER else None)
+                   for name in OURS if overlay is local  # all at once, as a rollout does
+                   or _as_started(overlay, name) != _as_started(local, name)}
+        made.probed = {name: {kind: c.probe(kind) for kind in PROBES}
+                       for name, c in started.items()}
         yield made
     finally:
         logs = made.stop()
@@ -102,50 +122,102 @@ def cluster(request, tmp_path_factory, redis_handle, standin_trainer, trained_mo
         made.logs = logs
 
 
+def _watchers(cluster: Cluster) -> tuple[dict, dict]:
+    """The watcher's dataset event as the EventSource received it, and the Workflow the Sensor
+    submitted for it."""
+    def arrived() -> list:
+        return [e["body"] for e in cluster.events.received if e["body"]["source"] != REQUESTER]
+    try:
+        wait_for(lambda: arrived() and len(cluster.events.submitted) == len(
+            cluster.events.received), seconds=60)
+    except AssertionError:  # what arrived and did not pass the Sensor, and what the watcher said
+        raise AssertionError((cluster.events.refused, cluster.events.received,
+                              cluster.running[WATCHER].log.read_text()[-2000:])) from None
+    event = arrived()[0]
+    name = workflow_name(event["source"], event["id"])
+    [workflow] = [w for w in cluster.events.submitted if w["metadata"]["name"] == name]
+    return event, workflow
+
+
+def _one_model_request(cluster: Cluster) -> dict:
+    """The watcher's dataset, for one model on two workers, sent to the webhook EventSource as
+    ``retrain publish`` sends it (not waiting for the watcher's own event); the Workflow the
+    Sensor submits for it."""
+    token = cluster.overlay.value("Secret", "retrain-webhook-token", "token")
+    [watcher] = cluster.overlay.deployment_pod(WATCHER)["spec"]["containers"]
+    event = make_event("dataset.updated", DatasetUpdated(
+        uri=_argument(watcher, "--data"), parameters=RunParameters(**ONE_MODEL)),
+        source=REQUESTER, id="one-model")
+    headers, body = encode(event, "structured")
+    port = cluster.node.services[("retrain-webhook-eventsource-svc", 12000)]
+    answer = httpx.post(f"http://127.0.0.1:{port}/dataset-updated", content=body,
+                        headers={**headers, "Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text
+    name = workflow_name(REQUESTER, "one-model")
+    [workflow] = [w for w in cluster.events.submitted if w["metadata"]["name"] == name]
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def run(cluster):
+    """The overlay's Workflow, run once: in local, a one-model request's, every step; in an
+    overlay whose WorkflowTemplate is local's, the watcher's own, its fetch and plan only (what
+    reads where the watcher put the data; the rest is local's)."""
+    local = Overlay.render(LOCAL)
+    if cluster.overlay.name == LOCAL or not _same(cluster.overlay, local, "WorkflowTemplate"):
+        made = cluster.submit(_one_model_request(cluster))
+    else:
+        made = cluster.submit(_watchers(cluster)[1], omit=LOCALS)
+    made.phase = made.run()
+    return made
+
+
+def _same(overlay: Overlay, local: Overlay, *kinds: str) -> bool:
+    """``overlay`` holds local's objects of ``kinds`` unchanged (and may add others)."""
+    return all(d in overlay.all(k) for k in kinds for d in local.all(k))
+
+
 def test_each_deployment_answers_its_probes_within_the_times_it_declares(cluster):
     missing, late = [], []
-    for name in OURS:
-        for kind, answered in cluster.probed[name].items():
+    for name, probed in cluster.probed.items():
+        for kind, answered in probed.items():
             if answered is None:
                 missing.append(f"{name}: no {kind}")
             elif not answered.in_time:
                 late.append(f"{name}: {answered}:\n"
                             + cluster.running[name].log.read_text()[-1500:])
     assert not late and not missing, (late, missing)
+    assert WATCHER in cluster.probed  # every overlay here has a watcher of its own
 
 
 def test_the_watchers_event_passes_the_sensor_which_names_and_parameterises_the_workflow(cluster):
-    try:
-        wait_for(lambda: cluster.events.submitted, seconds=60)
-    except AssertionError:  # what arrived and did not pass the Sensor, and what the watcher said
-        raise AssertionError((cluster.events.refused, cluster.events.received,
-                              cluster.running["retrain-watcher"].log.read_text()[-2000:])) from None
+    event, workflow = _watchers(cluster)
     assert not cluster.events.refused
-    [received] = cluster.events.received
-    event = received["body"]
-    [workflow] = cluster.events.submitted
-    assert workflow["metadata"]["name"] == workflow_name(event["source"], event["id"])
     arguments = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
     assert arguments["data-uri"] == event["data"]["uri"]
     assert arguments["data-uri"].startswith("/var/lib/retrain/")  # as the pods see the volume
     assert json.loads(arguments["event"])["id"] == event["id"]
 
 
-def test_the_workflow_runs_every_step_and_the_selector_judges_every_model_it_trained(cluster):
-    [submitted] = cluster.events.submitted
-    run = cluster.submit(submitted)
-    phase = run.run()
+def test_the_workflow_runs_every_step_and_the_selector_judges_every_model_it_trained(cluster, run):
     failed = [(n.path, n.phase, n.stderr[-2000:]) for n in run.nodes if n.phase != "Succeeded"]
-    assert phase == "Succeeded" and not failed, (failed, _replica_logs(cluster))
+    assert run.phase == "Succeeded" and not failed, (failed, _replica_logs(cluster))
     assert not cluster.api.refusals, cluster.api.refusals
     steps = [n.template for n in run.nodes]
     # every output a step declares was where Argo reads it (a missing one would be Errored)
-    plan = run.step("plan")[0].outputs
-    trained = [item["model"] for item in json.loads(plan["trainings"])]
+    plan = run.step("plan")[0]
+    assert plan.inputs["data-uri"] == run.arguments["data-uri"]  # fetch: nothing to fetch
+    if run.omit:  # what follows the plan: local's, run there
+        assert steps == ["fetch", "plan"] and plan.outputs["trainings"], steps
+        return
+    for earlier, later in (("fetch", "plan"), ("plan", "check-cache"),
+                           ("check-cache", "ingest"), ("ingest", "validate")):
+        assert steps.index(earlier) < steps.index(later), steps
+    trained = [item["model"] for item in json.loads(plan.outputs["trainings"])]
+    assert trained == ONE_MODEL["models"]
     assert steps.count("create-training") == len(trained) == steps.count("wait-training")
-    for earlier, later in (("plan", "check-cache"), ("check-cache", "validate"),
-                           ("check-training", "create-training"),
-                           ("create-training", "wait-training")):
+    for earlier, later in (("validate", "check-training"), ("check-training", "create-training"),
+                           ("create-training", "wait-training"), ("wait-training", "finish")):
         assert steps.index(earlier) < steps.index(later), steps
     scope = str((cluster.home / "models").resolve())
     store = ChampionStore(cluster.redis, scope)
@@ -167,24 +239,13 @@ def _once(cluster: Cluster, *kinds: str) -> None:
         pytest.skip(f"the same {', '.join(kinds)} as overlay local, run there")
 
 
-def test_two_worker_replicas_read_the_tf_config_the_training_operator_gives(cluster):
-    """A training.requested for two workers (as ``retrain publish`` sends it), through the
-    EventSource, the Sensor and the workflow: each replica's TF_CONFIG as the trainer reads it."""
-    _once(cluster, "WorkflowTemplate", "Sensor", "EventSource")
-    token = cluster.overlay.value("Secret", "retrain-webhook-token", "token")
-    event = make_event("training.requested", TrainingRequested(
-        uri=cluster.events.received[0]["body"]["data"]["uri"],
-        parameters=RunParameters(**TWO_WORKERS)), source="retrain/cli", id="two-workers")
-    headers, body = encode(event, "structured")
-    port = cluster.node.services[("retrain-webhook-eventsource-svc", 12000)]
-    answer = httpx.post(f"http://127.0.0.1:{port}/dataset-updated", content=body,
-                        headers={**headers, "Authorization": f"Bearer {token}"})
-    assert answer.status_code == 200 and len(cluster.events.submitted) == 2
-    before = len(cluster.operator.replicas)
-    run = cluster.submit(cluster.events.submitted[1])
-    assert run.run() == "Succeeded", ([(n.path, n.stderr[-2000:]) for n in run.nodes],
-                                      _replica_logs(cluster))
-    replicas = cluster.operator.replicas[before:]
+def test_two_worker_replicas_read_the_tf_config_the_training_operator_gives(cluster, run):
+    """The one-model request's training on two workers: each replica's TF_CONFIG as the
+    trainer reads it."""
+    if run.omit:
+        pytest.skip("the same trainings as overlay local, run there")
+    replicas = [r for r in cluster.operator.replicas if r.name.startswith(
+        tuple(n.outputs["job-name"] for n in run.step("create-training")))]
     roles = [role_from_tf_config(r.env.get("TF_CONFIG")) for r in replicas]
     assert [(r.index, r.workers, r.is_chief) for r in roles] == [(0, 2, True), (1, 2, False)]
     [job] = [n.outputs["job-name"] for n in run.step("create-training")]
