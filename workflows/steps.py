@@ -26,7 +26,7 @@ LEASE_MS = 30_000
 def fingerprint_step(root: Path, state_dir: Path) -> Fingerprint:
     import hashlib
 
-    cache_file = state_dir / f"statcache-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.json"
+    cache_file = state_dir / f"statcache-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.bin"
     return fingerprint(root, StatCache(cache_file))
 
 

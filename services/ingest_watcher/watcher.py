@@ -55,7 +55,7 @@ class DirectoryWatcher:
         self._settle = settle
         root_id = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
         self._state_key = f"retrain:watcher:{dataset}:{root_id}"
-        self._cache = StatCache(state_dir / f"statcache-{root_id}.json")
+        self._cache = StatCache(state_dir / f"statcache-{root_id}.bin")
         self._previous_scan: str | None = None
         self._wake = threading.Event()
         self.emitted = 0
