@@ -1,14 +1,17 @@
-"""What the kubelet does with a pod's spec, on this machine: the container's environment from
-``env`` and ``envFrom`` (ConfigMap and Secret references resolved from the overlay,
-``$(VAR)`` expanded as Kubernetes expands it), its command and arguments expanded the same
-way, each volume mount a folder (a PersistentVolumeClaim one folder shared by every pod that
-claims it, an ``emptyDir`` the pod's own), the container's own ``/tmp`` and
-``/dev/termination-log`` folders of the pod, each declared container port a free port of
+"""What the kubelet does with a pod's spec, on this machine: the container's environment, the
+image's ``ENV`` (``image.py``) beneath ``env`` and ``envFrom`` (ConfigMap and Secret
+references resolved from the overlay, ``$(VAR)`` expanded as Kubernetes expands it), its
+command and arguments expanded the same way, each volume mount a folder (a
+PersistentVolumeClaim one folder shared by every pod that claims it, an ``emptyDir`` the
+pod's own), the container's own ``/tmp``, ``/dev/termination-log`` and the folders the image
+makes, folders of the pod, each declared container port a free port of
 127.0.0.1 (pods do not share a network namespace; processes on one machine do), Services
 reached at the ports of what serves them, and probes answered within the time they declare.
 
-The one departure from the spec that a single machine forces: Redis's URL becomes the test's
-own Redis (which has no password), whatever the Secret's URL says besides its host."""
+The departures from the spec that a single machine forces: Redis's URL becomes the test's
+own Redis (which has no password), whatever the Secret's URL says besides its host; and a
+``file://`` URL (a local repository standing in for a Git host outside the cluster) is never
+read as a path under one of the pod's mounts (its ``/tmp`` emptyDir, say)."""
 
 from __future__ import annotations
 
