@@ -145,9 +145,10 @@ def _one_model_request(cluster: Cluster) -> dict:
     Sensor submits for it."""
     token = cluster.overlay.value("Secret", "retrain-webhook-token", "token")
     [watcher] = cluster.overlay.deployment_pod(WATCHER)["spec"]["containers"]
+    uri = (_argument(watcher, "--data") if "--data" in watcher["args"]
+           else _watchers(cluster)[0]["data"]["uri"])  # a mirror's folder: the watcher names it
     event = make_event("dataset.updated", DatasetUpdated(
-        uri=_argument(watcher, "--data"), parameters=RunParameters(**ONE_MODEL)),
-        source=REQUESTER, id="one-model")
+        uri=uri, parameters=RunParameters(**ONE_MODEL)), source=REQUESTER, id="one-model")
     headers, body = encode(event, "structured")
     port = cluster.node.services[("retrain-webhook-eventsource-svc", 12000)]
     answer = httpx.post(f"http://127.0.0.1:{port}/dataset-updated", content=body,
@@ -190,7 +191,8 @@ def test_each_deployment_answers_its_probes_within_the_times_it_declares(cluster
     assert WATCHER in cluster.probed  # every overlay here has a watcher of its own
 
 
-def test_the_watchers_event_passes_the_sensor_which_names_and_parameterises_the_workflow(cluster):
+def test_the_watchers_event_passes_the_sensor_which_names_and_parameterises_the_workflow(
+        cluster, run):  # (after the run: the watcher's first scan meanwhile, not waited for)
     event, workflow = _watchers(cluster)
     assert not cluster.events.refused
     arguments = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
