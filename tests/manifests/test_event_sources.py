@@ -199,7 +199,7 @@ GITLAB_REPOSITORY = "https://gitlab.com/retrain-dev/fashion-mnist-data.git"
 # each of Argo Events' own sources is an overlay of its own, opted into (production and the
 # watcher's modes, production-git and local-bucket, run none)
 SENSORS = {"retrain-github": "production-github", "retrain-gitlab": "production-gitlab",
-           "retrain-s3": "production-s3", "retrain-bucket": "local-bucket"}
+           "retrain-s3": "production-s3", "retrain-bucket": "local-bucket-events"}
 INGRESSES = {"retrain-github": "retrain-github-events", "retrain-gitlab": "retrain-gitlab-events"}
 
 
@@ -207,7 +207,8 @@ INGRESSES = {"retrain-github": "retrain-github-events", "retrain-gitlab": "retra
 def overlays():
     return {name: build(ROOT / "manifests" / "overlays" / name)
             for name in ("production", "local-bucket", "production-git", "local",
-                         "production-github", "production-gitlab", "production-s3")}
+                         "production-github", "production-gitlab", "production-s3",
+                         "local-bucket-events")}
 
 
 def _by_kind(docs, kind):
@@ -257,21 +258,23 @@ def test_each_source_is_opted_into_by_an_overlay_of_its_own(overlays):
     production (a GitHub-only team runs no GitLab source failing in a loop, no SQS source
     polls a queue that does not exist); production and production-git (the watcher's Git
     mode, which a source beside would run each push twice with) run none; the MinIO deployed
-    in local-bucket is listened to there; the plain local overlay keeps the watcher's folder
-    and nothing more."""
+    in local-bucket-events is listened to there (local-bucket, the watcher's bucket mode on the
+    same MinIO, runs none: with both, each change ran twice); the plain local overlay keeps the
+    watcher's folder and nothing more."""
     kinds = {name: {k for s in _by_kind(docs, "EventSource").values() for k in s["spec"]
                     if k in ("github", "gitlab", "minio", "sqs")}
              for name, docs in overlays.items()}
     assert kinds == {"production": set(), "production-git": set(),
                      "production-github": {"github"}, "production-gitlab": {"gitlab"},
-                     "production-s3": {"sqs"}, "local-bucket": {"minio"}, "local": set()}
+                     "production-s3": {"sqs"}, "local-bucket": set(),
+                     "local-bucket-events": {"minio"}, "local": set()}
     for name in ("production-github", "production-gitlab", "production-s3"):
         assert {d["kind"] for d in overlays[name]} - {"Ingress"} == {
             d["kind"] for d in overlays["production"]}  # production's objects and its own
         assert len(overlays[name]) == len(overlays["production"]) + (2 if name == "production-s3" else 3)
-    minio = _by_kind(overlays["local-bucket"], "EventSource")["retrain-bucket"]["spec"]["minio"]
+    minio = _by_kind(overlays["local-bucket-events"], "EventSource")["retrain-bucket"]["spec"]["minio"]
     host, port = minio["dataset-objects"]["endpoint"].split(":")
-    service = _by_kind(overlays["local-bucket"], "Service")[host.removesuffix(".retrain.svc")]
+    service = _by_kind(overlays["local-bucket-events"], "Service")[host.removesuffix(".retrain.svc")]
     assert int(port) in {p["port"] for p in service["spec"]["ports"]}
 
 
@@ -428,7 +431,7 @@ def test_the_sensors_watch_what_the_watchers_git_and_bucket_modes_watch(overlays
     _, spec = _templates(_sensor(overlays, "retrain-bucket"))
     bucket, prefix = bucket_uri.removeprefix("s3://").split("/", 1)
     assert f'"bucket":"{bucket}"' in spec and f'"prefix":"{prefix}/"' in spec
-    minio = _by_kind(overlays["local-bucket"], "EventSource")["retrain-bucket"]["spec"]["minio"]
+    minio = _by_kind(overlays["local-bucket-events"], "EventSource")["retrain-bucket"]["spec"]["minio"]
     assert minio["dataset-objects"]["bucket"]["name"] == bucket
     assert minio["dataset-objects"]["filter"]["prefix"] == prefix + "/"
 
@@ -604,7 +607,40 @@ def test_the_fetch_step_may_clone_exactly_what_the_git_sensors_admit(overlays):
 
 
 def test_the_local_bucket_fetch_step_reads_the_minio_deployed_beside_it(overlays):
-    endpoint = _config(overlays["local-bucket"])["RETRAIN_S3_ENDPOINT"]
-    minio = _by_kind(overlays["local-bucket"], "Service")["retrain-minio"]
+    endpoint = _config(overlays["local-bucket-events"])["RETRAIN_S3_ENDPOINT"]
+    minio = _by_kind(overlays["local-bucket-events"], "Service")["retrain-minio"]
     assert endpoint == f"http://retrain-minio.retrain.svc:{minio['spec']['ports'][0]['port']}"
     assert "RETRAIN_S3_ENDPOINT" not in _config(overlays["production"])  # AWS itself
+
+
+def _minio(docs):
+    return _by_kind(docs, "Deployment")["retrain-minio"]["spec"]["template"]
+
+
+def test_each_local_bucket_is_taken_one_way(overlays):
+    """local-bucket: MinIO notifies the watcher (bucket mode) and no Argo Events source
+    listens; local-bucket-events: Argo Events' MinIO source listens, the watcher keeps its
+    folder and MinIO notifies nothing. Otherwise the same MinIO, its data on a volume."""
+    watcher = overlays["local-bucket"]
+    events = overlays["local-bucket-events"]
+
+    def args(docs):
+        return _by_kind(docs, "Deployment")["retrain-watcher"]["spec"]["template"]["spec"][
+            "containers"][0]["args"]
+
+    def notifies(docs):
+        [minio] = _minio(docs)["spec"]["containers"]
+        return sorted(e["name"] for e in minio["env"] if e["name"].startswith("MINIO_NOTIFY_"))
+
+    assert args(watcher)[:2] == ["watch", "--s3"] and notifies(watcher)
+    assert _minio(watcher)["metadata"]["labels"]["retrain.dev/notifies-watcher"] == "true"
+    assert "minio" not in {k for s in _by_kind(watcher, "EventSource").values() for k in s["spec"]}
+    assert args(events)[:2] == ["watch", "--data"] and notifies(events) == []
+    assert "retrain.dev/notifies-watcher" not in _minio(events)["metadata"]["labels"]
+    assert "retrain-minio-webhook" not in _by_kind(events, "Secret")
+    [job] = _by_kind(events, "Job")["retrain-minio-setup"]["spec"]["template"]["spec"]["containers"]
+    assert "mc mb" in job["args"][0] and "mc event add" not in job["args"][0]
+    for docs in (watcher, events):  # a restart keeps the bucket's objects
+        volumes = {v["name"]: v for v in _minio(docs)["spec"]["volumes"]}
+        claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
+        assert claim in _by_kind(docs, "PersistentVolumeClaim")

@@ -16,8 +16,8 @@ from tests.manifests.schemas import problems
 from workflows.definition import WORKFLOW_NAME_TEMPLATE, ClusterNames, tfjob_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = ["local", "production", "local-bucket", "production-git", "production-github",
-            "production-gitlab", "production-s3"]
+OVERLAYS = ["local", "production", "local-bucket", "local-bucket-events", "production-git",
+            "production-github", "production-gitlab", "production-s3"]
 PRODUCTION = {"production", "production-git", "production-github", "production-gitlab",
               "production-s3"}
 # Knative resolves every tag to a digest from its registry, except under the prefixes its
@@ -382,12 +382,13 @@ def test_redis_needs_its_password_and_clients_take_the_url_from_the_same_secret(
 
 
 def test_network_policies_admit_exactly_the_pods_that_need_each_service(overlay):
-    _, docs = overlay
+    name, docs = overlay
     pods = _pods(docs)
+    notifying = {"retrain-minio"} if name == "local-bucket" else set()  # the watcher's bucket mode
     needs = {"retrain-redis": {"retrain-watcher", "retrain-selector", "retrain-ui",
                                "workflow-step", "tfjob-worker"},
              "retrain-selector": {"workflow-step", "tfjob-worker", "retrain-ui"},
-             "retrain-watcher": {"Sensor/retrain-rescan"} | ({"retrain-minio"} & set(pods)),
+             "retrain-watcher": {"Sensor/retrain-rescan"} | notifying,
              "retrain-webhook-eventsource": {"retrain-watcher"}}
     policies = _by_kind(docs, "NetworkPolicy")
     assert set(policies) == set(needs)
@@ -444,6 +445,7 @@ def test_a_serving_runtime_typo_fails():
 
 @pytest.mark.parametrize(("name", "mode"), [
     ("local", "--data"), ("production", "--data"), ("local-bucket", "--s3"),
+    ("local-bucket-events", "--data"),
     ("production-git", "--git"), ("production-github", "--data"), ("production-gitlab", "--data"),
     ("production-s3", "--data")])
 def test_each_overlay_fills_the_watched_folder_from_its_source(name, mode):
@@ -601,7 +603,7 @@ def _images_of_ours(docs):
             | _images(_by_kind(docs, "WorkflowTemplate")["retrain"]))
 
 
-@pytest.mark.parametrize("name", ["local", "local-bucket"])
+@pytest.mark.parametrize("name", ["local", "local-bucket", "local-bucket-events"])
 def test_the_local_image_is_one_knative_does_not_resolve_to_a_digest(name):
     """Knative resolves a tag to a digest through its registry before it creates a revision;
     an image built and imported by hand is in none, except under a prefix Knative skips."""
@@ -934,3 +936,22 @@ def test_the_runbook_has_kserve_mount_the_model_volume_directly():
     assert json.loads(patch["data"]["storageInitializer"]) == {
         **KSERVE_STORAGE_INITIALIZER, "enableDirectPvcVolumeMount": True}
     assert "--patch-file kserve-storage.json" in runbook
+
+
+def test_every_ingress_names_the_ingress_nginx_class(overlay):
+    """The runbook assumes ingress-nginx: an Ingress naming no class is served by no
+    controller on a cluster without a default IngressClass."""
+    _, docs = overlay
+    for name, ingress in _by_kind(docs, "Ingress").items():
+        assert ingress["spec"].get("ingressClassName") == "nginx", name
+
+
+def test_the_runbook_installs_the_mc_it_uses_the_release_the_setup_job_runs():
+    runbook = RUNBOOK.read_text()
+    [url] = re.findall(r"https://dl\.min\.io/client/mc/release/linux-amd64/archive/mc\.(\S+)", runbook)
+    first_use = min(m.start() for m in re.finditer(r"^\s*mc (alias|cp|mb|ls)\b", runbook, re.M))
+    assert runbook.index(url) < first_use  # installed before it is used
+    assert "chmod +x .venv/bin/mc" in runbook  # on the PATH section 1 sets
+    docs = build(ROOT / "manifests" / "overlays" / "minio")
+    [job] = _by_kind(docs, "Job")["retrain-minio-setup"]["spec"]["template"]["spec"]["containers"]
+    assert job["image"] == f"minio/mc:{url}"
