@@ -187,7 +187,7 @@ def check_cache(
     With --run-id the run's record gets the fingerprint and check_cache steps, and on a hit
     the ingest step, skipped, as the local runner records them.
 
-    Outputs: hit (true|false), reason, key, digest, dataset-uri (where the ingested dataset
+    Outputs: hit (true|false), reason, key, dataset-uri (where the ingested dataset
     is, or will be once the ingest step has run)."""
     from core.cache_policy import Policy
     from core.redis_store import open_redis
@@ -216,7 +216,7 @@ def check_cache(
         _send(settings, sink, ingestion_skipped(run_id or "manual", fp.digest, entry,
                                                 check.decision.reason))
     emit_outputs({"hit": "true" if check.decision.hit else "false",
-                   "reason": check.decision.reason, "key": check.key, "digest": fp.digest,
+                   "reason": check.decision.reason, "key": check.key,
                    "dataset-uri": dataset_uri}, outputs)
 
 
