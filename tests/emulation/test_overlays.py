@@ -232,20 +232,26 @@ def test_the_workflow_runs_every_step_and_the_selector_judges_every_model_it_tra
     assert store.get() is not None  # the first candidate judged better than none is served
 
 
-def _once(cluster: Cluster, *kinds: str) -> None:
-    """Runs once: an overlay holding overlay local's objects of ``kinds`` unchanged (adding
-    others of its own) is not run again."""
-    local = Overlay.render("local")
-    if cluster.overlay.name != "local" and all(
-            d in cluster.overlay.all(k) for k in kinds for d in local.all(k)):
-        pytest.skip(f"the same {', '.join(kinds)} as overlay local, run there")
+def _ran_in_local(cluster: Cluster, *kinds: str) -> bool:
+    """True in an overlay other than local, once it is checked to hold overlay local's objects
+    of ``kinds`` unchanged (adding others of its own): what local's run showed of them holds
+    here, so they are not started again. An overlay that changes one of them fails here, and
+    the test is to run for it too."""
+    if cluster.overlay.name == LOCAL:
+        return False
+    local = Overlay.render(LOCAL)
+    changed = [f"{k} {d['metadata']['name']}" for k in kinds for d in local.all(k)
+               if d not in cluster.overlay.all(k)]
+    assert not changed, f"{cluster.overlay.name} changes {changed}: run them here too"
+    return True
 
 
 def test_two_worker_replicas_read_the_tf_config_the_training_operator_gives(cluster, run):
     """The one-model request's training on two workers: each replica's TF_CONFIG as the
     trainer reads it."""
-    if run.omit:
-        pytest.skip("the same trainings as overlay local, run there")
+    if run.omit:  # the trainings are local's, run there
+        assert _ran_in_local(cluster, "WorkflowTemplate")
+        return
     replicas = [r for r in cluster.operator.replicas if r.name.startswith(
         tuple(n.outputs["job-name"] for n in run.step("create-training")))]
     roles = [role_from_tf_config(r.env.get("TF_CONFIG")) for r in replicas]
@@ -276,7 +282,8 @@ def test_two_predictor_pods_serve_the_champion_and_the_guard_adds_up_both(cluste
     from core.kube import api_client
     from services.selector.pods import PodsSource, predictor_selector
 
-    _once(cluster, "ServingRuntime", "InferenceService", "Role", "RoleBinding")
+    if _ran_in_local(cluster, "ServingRuntime", "InferenceService", "Role", "RoleBinding"):
+        return
     champion = ChampionStore(cluster.redis, str((cluster.home / "models").resolve())).get()
     assert champion is not None, "no champion to serve: the selector promoted nothing"
 
@@ -318,8 +325,10 @@ def test_minios_bucket_notifications_are_taken_by_the_watcher(cluster):
     from tests.emulation.kubelet import container_env
 
     names = [d["metadata"]["name"] for d in cluster.overlay.all("Deployment")]
-    if "retrain-minio" not in names:
-        pytest.skip("no MinIO in this overlay")
+    if "retrain-minio" not in names:  # a watched folder: no bucket, nothing notifies
+        [watcher] = cluster.overlay.deployment_pod("retrain-watcher")["spec"]["containers"]
+        assert "--s3" not in watcher["args"] and cluster.overlay.name == LOCAL
+        return
     [minio] = cluster.overlay.deployment_pod("retrain-minio")["spec"]["containers"]
     env = container_env(cluster.overlay, minio, {})
     endpoint = cluster.node.network(env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_RETRAIN"])
