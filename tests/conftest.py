@@ -214,23 +214,3 @@ def _trainer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     for name, value in _standin_environment(folder).items():
         monkeypatch.setenv(name, value)
 
-
-# The files that take longest (a whole stack, real trainings, the emulated cluster), started
-# first: pytest-xdist hands each worker whole files in collection order, so a long file left
-# to the end keeps one worker busy while the other has nothing left (``make test`` ends with
-# the slowest durations, to keep this list true).
-SLOW_FIRST = (
-    "tests/test_demo.py", "tests/emulation/test_overlays.py", "tests/reliability/test_secrets.py",
-    "tests/services/trainer/test_distributed.py", "tests/test_guard_stack.py",
-    "tests/reliability/test_runs.py", "tests/workflows/test_tfjob.py",
-    "tests/workflows/test_data_gate.py", "tests/test_cli_cache.py", "tests/test_reproduce.py",
-    "tests/test_quiet.py", "tests/emulation/test_fetch.py", "tests/test_promotion_gate.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slowest files first, each file's tests still in their own order."""
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    root = Path(str(config.rootpath))
-    items.sort(key=lambda item: rank.get(Path(str(item.path)).relative_to(root).as_posix(),
-                                         len(rank)))
