@@ -64,10 +64,29 @@ def _one_idat(data: bytes) -> bool:
             and zlib.crc32(data[len(_HEAD) + 4:end]) == struct.unpack_from(">I", data, end)[0])
 
 
+def _adler_ok(data: bytes) -> bool:
+    """The image data's zlib stream (its IDAT chunks joined) inflates whole and its Adler-32
+    trailer matches: what zlib, and so Pillow, checks; libspng does not. The chunks are
+    already known well formed (``is_plain_gray28``)."""
+    stream, at = [], len(_HEAD)
+    while at + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, at)
+        if kind == b"IDAT":
+            stream.append(data[at + 8:at + 8 + length])
+        at += 12 + length
+    try:
+        zlib.decompress(b"".join(stream))
+    except zlib.error:
+        return False
+    return True
+
+
 def decode_gray28(data: bytes) -> np.ndarray | None:
     """The (28, 28) uint8 pixels of a PNG ``is_plain_gray28`` accepts and libspng decodes,
     else None (the caller's reference decoder decides, and words any error)."""
     if not is_plain_gray28(data):
+        return None
+    if not _adler_ok(data):  # libspng does not check zlib's trailer
         return None
     try:
         pixels = pyspng.load(data)

@@ -130,7 +130,9 @@ def load(path: Path, version: int, compile_after: int | None = None,
     direct = tf.function(lambda images: arrays(images=images)[OUTPUT])
     model = LoadedModel(version, str(path), loaded.signatures[BYTES_SIGNATURE], arrays, loaded,
                         direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)),
-                        None if compile_now else compile_after, digest=digest)
+                        # compiled at load, ``compile_after`` stays: a compile that failed
+                        # (a child killed, a timeout on a busy node) is tried again later
+                        compile_after, digest=digest)
     # warm up before taking traffic: TensorFlow's call either way (the fallback), then LiteRT
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))
     if compile_now:

@@ -113,6 +113,21 @@ def test_damage_is_left_to_pillow():
     assert png.decode_gray28(data[:33] + idat + _chunk(b"IEND", b"")) is None
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one IDAT", "two IDATs"])
+def test_a_wrong_zlib_checksum_is_left_to_pillow_which_refuses_it(split):
+    """Every chunk's CRC right, the image data's Adler-32 wrong: libspng would decode it,
+    zlib (and so Pillow) refuses it, so the records refuse it too."""
+    rows = bytes([0] + [9] * 28) * 28
+    stream = bytearray(zlib.compress(rows))
+    stream[-4:] = b"\x00\x00\x00\x00"
+    parts = [bytes(stream[:40]), bytes(stream[40:])] if split else [bytes(stream)]
+    data = png._HEAD + b"".join(_chunk(b"IDAT", p) for p in parts) + _chunk(b"IEND", b"")
+    assert png.is_plain_gray28(data)  # well formed chunk by chunk
+    assert png.decode_gray28(data) is None
+    with pytest.raises(Exception):
+        _pillow(data)
+
+
 def test_any_damaged_byte_or_cut_is_refused_on_the_one_idat_shortcut():
     data = encode_gray(np.arange(784, dtype=np.uint8).reshape(28, 28) % 251, [1] * 28)
     assert png.is_plain_gray28(data)
