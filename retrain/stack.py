@@ -189,6 +189,9 @@ def run_until_stopped(settings: Settings, console: Console) -> None:
     root = Path(settings.data_uri) if settings.data_uri else settings.data_dir
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops it even when started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then raises no KeyboardInterrupt)
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     with LocalStack(settings, data_root=root, console=console, narrate=True) as stack:
         console.print(f"dashboard {stack.ui_url}\nwatching {root}\nevents  {stack.events_url}\nserving {stack.serve_url}"
                       f"/v1/models/fashion-mnist:predict\ngRPC    {stack.grpc_target} "

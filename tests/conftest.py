@@ -30,10 +30,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # whose subject is not serving speed. tests/services/serving/test_lite.py and test_main.py
 # test the default, compiled before the swap.
 os.environ.setdefault("RETRAIN_SERVE_COMPILE_AT_LOAD", "0")
-# ... and never compiles in the stacks of other tests (no compile child per promotion): twice,
-# in a whole fresh-clone suite, a `retrain up` did not stop within 60 s of its Ctrl-C while
-# its version was compiled beside it, and went on serving the next tests' Redis.
-os.environ.setdefault("RETRAIN_SERVE_COMPILE_AFTER", "0")
 
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
