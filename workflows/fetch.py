@@ -23,7 +23,7 @@ it (its id the delivery's, its origin the commit or the objects), which the plan
 as ``POST /events`` would.
 
 A source that cannot be reached (GitHub, GitLab or the bucket answering with a network
-error, a 5xx or a throttle) is tried again here with a bounded backoff (``RETRY_DELAYS``);
+error, a 5xx or a throttle) is tried again here with a bounded backoff (``RETRY_ATTEMPTS``);
 when every attempt failed the step exits ``FetchUnavailable.exit_code`` (75, EX_TEMPFAIL),
 which the template's retry strategy retries again later, while a bad spec (2) and a revision
 that is not there (1) stay final: the Workflow is named from the delivery, so a lost fetch
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from core.backoff import Backoff
 from core.redact import redact
 from events import Event, make_event
 from events.payloads import Origin, SourceObject
@@ -62,7 +63,7 @@ COMMIT = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # SHA-1 or SHA-256
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 URL = re.compile(r"(https?|ssh|git|file)://\S+|[\w.-]+@[\w.-]+:\S+")
 MAX_DELIVERY = 200
-RETRY_DELAYS = (2.0, 4.0, 8.0, 16.0)  # seconds between attempts: 5 attempts within ~30 s
+RETRY_ATTEMPTS = 5  # waiting 2, 4, 8 and 16 s between them (``core.backoff``): ~30 s
 # S3 answers that say "later": throttled or the service's own failure (a 5xx)
 S3_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                 "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable"}
@@ -204,36 +205,37 @@ def tag(text: str) -> str:
 
 def fetch(spec: GitFetch | BucketFetch, home: Path, *, git_token: str | None = None,
           s3_client: Callable[[], Any] | None = None, settle: float = 0.0,
-          sleep: Callable[[float], None] = time.sleep,
-          delays: tuple[float, ...] = RETRY_DELAYS) -> Fetched:
+          attempts: int = RETRY_ATTEMPTS, backoff: Backoff | None = None) -> Fetched:
     """Bring the spec's revision under ``home`` (unless it is there) and say what it is.
     ``s3_client`` makes the boto3 client a bucket is read with (one per attempt); a bucket's
     listing must stay the same ``settle`` seconds first (the notifications of one upload of
     several objects then mostly fetch one revision). An attempt that cannot reach the source
-    is made again after each of ``delays`` (``sleep``: how to wait), then FetchUnavailable."""
+    is made again, ``attempts`` in all, waiting as ``backoff`` says, then FetchUnavailable."""
+    backoff = backoff or Backoff(2.0, 16.0)
     if isinstance(spec, GitFetch):
         where = redact(spec.repository)
-        return _retried(lambda: _fetch_git(spec, home, git_token), where, sleep, delays)
+        return _retried(lambda: _fetch_git(spec, home, git_token), where, backoff, attempts)
     if s3_client is None:
         raise FetchError("no S3 client to read the bucket with")
     make = s3_client
     return _retried(lambda: _s3_attempt(spec, home, make, settle),
-                    f"s3://{spec.bucket}/{spec.prefix}", sleep, delays)
+                    f"s3://{spec.bucket}/{spec.prefix}", backoff, attempts)
 
 
-def _retried(attempt: Callable[[], Fetched], where: str, sleep: Callable[[float], None],
-             delays: tuple[float, ...]) -> Fetched:
-    """``attempt()``, made again after each delay while the source cannot be reached."""
-    for number, delay in enumerate((*delays, None), start=1):
+def _retried(attempt: Callable[[], Fetched], where: str, backoff: Backoff,
+             attempts: int) -> Fetched:
+    """``attempt()``, made again after each wait while the source cannot be reached."""
+    for number in range(1, attempts + 1):
         try:
             return attempt()
         except _Unreachable as exc:
-            if delay is None:
+            if number == attempts:
                 raise FetchUnavailable(f"{where} could not be reached in {number} attempts: "
                                        f"{exc}") from None
+            delay = backoff.next()
             log.warning("%s could not be reached (attempt %d of %d): %s; trying again in %g s",
-                        where, number, len(delays) + 1, exc, delay)
-            sleep(delay)
+                        where, number, attempts, exc, delay)
+            backoff.pause(delay)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 

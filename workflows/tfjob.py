@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import kube
+from core.backoff import Backoff
 from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def create_training(api_client: Any, job: dict[str, Any], attempts: int = 5,
     api = client.CustomObjectsApi(api_client)
     namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
     path = tfjob_path(namespace, name)
+    backoff = Backoff(5.0, 60.0, sleep=sleep)
     for attempt in range(1, attempts + 1):
         try:
             kube.call("POST", path, api.create_namespaced_custom_object, group=GROUP,
@@ -161,7 +163,7 @@ def create_training(api_client: Any, job: dict[str, Any], attempts: int = 5,
             if not transient(exc) or attempt == attempts:
                 raise
             log.warning("TFJob %s: cannot create it now (%s); trying again", name, exc)
-            sleep(min(60.0, 5.0 * 2 ** (attempt - 1)))
+            backoff.wait()
     raise AssertionError("unreachable")  # the loop returns or raises
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.backoff import Backoff
 from events.payloads import RunParameters
 from tests.conftest import write_dataset
 from tests.services.ingest_watcher.test_git import Upstream, gitlab_push
@@ -315,7 +316,8 @@ def test_a_git_server_failing_twice_then_answering_is_fetched_on_the_third_attem
     upstream.bare.rename(away)
     outage = Outage(failures=2, restore=lambda: away.rename(upstream.bare))
     with caplog.at_level("WARNING", logger="workflows.fetch"):
-        fetched = fetch(spec, tmp_path / "home", sleep=outage, delays=(2.0, 4.0, 8.0))
+        fetched = fetch(spec, tmp_path / "home", attempts=4,
+                        backoff=Backoff(2.0, 16.0, sleep=outage))
     assert outage.waits == [2.0, 4.0]  # bounded backoff, two waits, the third attempt worked
     assert fetched.fetched and fetched.data_uri.endswith(f"/{push['after']}/data/fm")
     assert files(upstream.work / "data" / "fm") == files(Path(fetched.data_uri))
@@ -332,7 +334,7 @@ def test_a_source_that_never_answers_is_unavailable_after_bounded_attempts(tmp_p
     upstream.bare.rename(upstream.bare.with_name("gone.git"))
     outage = Outage()
     with pytest.raises(FetchUnavailable, match="could not be reached in 3 attempts") as caught:
-        fetch(spec, tmp_path / "home", sleep=outage, delays=(1.0, 2.0))
+        fetch(spec, tmp_path / "home", attempts=3, backoff=Backoff(1.0, 16.0, sleep=outage))
     assert outage.waits == [1.0, 2.0] and caught.value.exit_code == 75
     assert not list((tmp_path / "home").rglob("*.part"))
 
@@ -342,7 +344,7 @@ def test_a_commit_that_is_not_there_is_final_and_not_retried(tmp_path, upstream)
     gone = dict(git_spec(upstream, push), commit="0123456789abcdef0123456789abcdef01234567")
     outage = Outage()
     with pytest.raises(FetchError) as caught:
-        fetch(parse_spec(json.dumps(gone)), tmp_path, sleep=outage)
+        fetch(parse_spec(json.dumps(gone)), tmp_path, backoff=Backoff(1.0, 1.0, sleep=outage))
     assert caught.value.exit_code == 1 and outage.waits == []
 
 
@@ -361,7 +363,8 @@ def test_a_bucket_endpoint_down_then_up_is_fetched(tmp_path, s3):  # noqa: F811
     clients = [down, down, client]
     outage = Outage()
     fetched = fetch(parse_spec(bucket_spec(bucket)), tmp_path / "home",
-                    s3_client=lambda: clients.pop(0), sleep=outage, delays=(1.0, 1.0, 1.0))
+                    s3_client=lambda: clients.pop(0), attempts=4,
+                    backoff=Backoff(1.0, 1.0, sleep=outage))
     assert outage.waits == [1.0, 1.0] and fetched.fetched
     assert len(list(Path(fetched.data_uri).iterdir())) == 4
 
@@ -371,5 +374,5 @@ def test_a_bucket_that_does_not_exist_is_final(tmp_path, s3):  # noqa: F811
     outage = Outage()
     with pytest.raises(FetchError, match="NoSuchBucket") as caught:
         fetch(parse_spec(bucket_spec("no-such-bucket-here")), tmp_path, s3_client=lambda: client,
-              sleep=outage)
+              backoff=Backoff(1.0, 1.0, sleep=outage))
     assert caught.value.exit_code == 1 and outage.waits == []
