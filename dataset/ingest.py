@@ -30,6 +30,7 @@ from dataset.image_header import size_problem
 from dataset.layout import IdxPair, ImageFolder, Unit, discover
 from dataset.profile import Profiler
 from dataset.store import TMP_PREFIX, stat_signature
+from dataset.tfrecord import TFRecordFile
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,9 @@ class _ShardWriter:
     """Writes records into numbered TFRecord shards of at most ``shard_size`` records."""
 
     def __init__(self, folder: Path, shard_size: int) -> None:
-        from core.tf_start import configure
-
-        configure()  # quietly, once
-        import tensorflow as tf  # TFRecord framing (length + masked CRC32C)
-
-        self._tf = tf
         self._folder = folder
         self._shard_size = shard_size
-        self._writer = None
+        self._writer: TFRecordFile | None = None
         self._in_shard = 0
         self.names: list[str] = []
         self.count = 0
@@ -76,9 +71,7 @@ class _ShardWriter:
             if self._writer is None or self._in_shard >= self._shard_size:
                 self._roll()
             take = min(self._shard_size - self._in_shard, len(records) - done)
-            write = self._writer.write  # type: ignore[union-attr]
-            for row in records[done:done + take]:
-                write(row if isinstance(row, bytes) else row.tobytes())
+            self._writer.write(records[done:done + take])  # type: ignore[union-attr]
             self._in_shard += take
             done += take
         self.count += len(records)
@@ -90,7 +83,7 @@ class _ShardWriter:
         self.close()
         name = f"shard-{len(self.names):05d}.tfrecord"
         self.names.append(name)
-        self._writer = self._tf.io.TFRecordWriter(str(self._folder / name))
+        self._writer = TFRecordFile(self._folder / name)
         self._in_shard = 0
 
     def close(self) -> None:

@@ -61,19 +61,20 @@ def test_retrain_up_tells_each_change_run_training_and_decision_and_nothing_else
     assert [n for n in NOISE if n in text] == [], text
 
 
+@pytest.mark.real_training
 @pytest.mark.parametrize("verbose", [False, True])
-def test_retrain_run_is_quiet_unless_verbose(tmp_path, redis_handle, r, verbose):
-    """Ingestion alone loads TensorFlow (its TFRecord writer) in the command's own process:
-    the same start-up lines as a selector or a trainer would print (those paths are in the
-    retrain up test above)."""
-    data = write_dataset(tmp_path / "data", train=600, test=200)
+def test_retrain_train_is_quiet_unless_verbose(tmp_path, redis_handle, ingested, verbose):
+    """A command that loads TensorFlow in its own process (here a one-step training) prints
+    TensorFlow's start-up lines only when asked. (``retrain run`` without a champion loads
+    none: ingestion frames its TFRecords itself.)"""
     done = subprocess.run(
-        [sys.executable, "-m", "retrain.cli", "run", "--data", str(data), "--models", "none",
+        [sys.executable, "-m", "retrain.cli", "train", "--model", "cnn", "--dataset", ingested,
+         "--out", str(tmp_path / "out" / "model"), "--steps-per-epoch", "1", "--batch-size", "16",
          *(["--verbose"] if verbose else [])],
         env=_env(tmp_path, redis_handle), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
-    assert "ingested" in output  # the run's own account is there either way
+    assert "step 1/1" in output  # the training's own account is there either way
     found = [n for n in ("oneDNN", "cuda drivers", "absl::InitializeLog") if n in output]
     # oneDNN announces itself only on processors with AVX-512 VNNI, AMX and the like
     if verbose:
@@ -84,6 +85,17 @@ def test_retrain_run_is_quiet_unless_verbose(tmp_path, redis_handle, r, verbose)
         assert "oneDNN" in found or not onednn, output
     else:
         assert found == [], output
+
+
+def test_retrain_run_without_a_champion_loads_no_tensorflow(tmp_path, redis_handle, r):
+    data = write_dataset(tmp_path / "data", train=600, test=200)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "retrain.cli", "run", "--data", str(data),
+         "--models", "none", "--verbose"],
+        env=_env(tmp_path, redis_handle), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ingested" in done.stdout + done.stderr
+    assert "| tensorflow\n" not in done.stderr, "retrain run imported TensorFlow"
 
 
 def test_two_threads_quieting_tensorflow_at_once_leave_stderr_working():
