@@ -1,14 +1,17 @@
-"""The demo scenario end to end, on real components, with a very small budget."""
+"""The demo scenario end to end, on real components, with a very small budget. Its trainings
+are the test trainer's (``tests/standin_trainer.py``: ``retrain train``'s process with the
+learning replaced), as the demo's subject is the chain around them; ``test_reproduce`` runs
+the real runner, trainer and selector together."""
 
 import pytest
 from rich.console import Console
 
 from retrain.demo import DemoConfig, run_demo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_training]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_demo_scenario(settings, tmp_path):
+def test_demo_scenario(settings, tmp_path, standin_trainer):
     console = Console(file=open(tmp_path / "demo.log", "w"), width=150)
     result = run_demo(settings.model_copy(update={"data_uri": None}),
                       DemoConfig(train_size=1500, test_size=300, steps=15, increment=120,
