@@ -27,7 +27,7 @@ def _env(tmp_path, redis_handle, **extra):
 def test_retrain_up_tells_each_change_run_training_and_decision_and_nothing_else(
         tmp_path, redis_handle, r, standin_trainer):
     """(Its trainings are the test trainer's: a training's own output goes to its train.log,
-    never to this terminal. The demo's test runs the whole stack with real trainings.)"""
+    never to this terminal; a real training's own lines are the next test's subject.)"""
     watched = tmp_path / "data" / "fashion-mnist"
     up = subprocess.Popen(
         [sys.executable, "-m", "retrain.cli", "up", "--data", str(watched)],
