@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     # TensorFlow threads of `retrain serve` (intra-op and inter-op each); 0: TensorFlow's own
     # choice (one per core). A call on a batch of 28x28 images is too short to share out.
     serve_tf_threads: int = Field(1, ge=0, le=256)
-    # model calls a version answers with TensorFlow before it is compiled for LiteRT (0: never)
+    # model calls a version answers with TensorFlow before it is compiled for LiteRT (0: never
+    # compiled, whatever SERVE_COMPILE_AT_LOAD says: no compile at load, no compile worker)
     serve_compile_after: int = Field(200, ge=0)
     # images accepted and not yet answered; past it a request is answered 503 + Retry-After
     serve_max_queued: int = Field(4096, ge=1)

@@ -1,5 +1,6 @@
 """What runs while the model server does: the first load, a thread that picks up new
-versions, the micro-batcher, and (when asked) the Open Inference Protocol over gRPC."""
+versions (and the worker process that compiles them), the micro-batcher, and (when asked)
+the Open Inference Protocol over gRPC."""
 
 from __future__ import annotations
 
@@ -83,4 +84,5 @@ class Lifespan:
             if grpc_server is not None:
                 await grpc_server.stop(grace=2)
             poller.stop()
+            plane.holder.close()  # its compile worker: no process outlives the server
             plane.close()

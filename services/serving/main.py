@@ -44,7 +44,9 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
                       max_queued=settings.serve_max_queued,
                       grpc=(settings.host, settings.grpc_port),
                       compile_after=settings.serve_compile_after or None,
-                      compile_at_load=settings.serve_compile_at_load,
+                      # RETRAIN_SERVE_COMPILE_AFTER=0: never compiled, at load neither
+                      compile_at_load=settings.serve_compile_at_load
+                      and settings.serve_compile_after > 0,
                       version_stats=settings.serve_version_stats)
 
 

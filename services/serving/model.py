@@ -4,11 +4,13 @@ With ``compile_at_load`` (``retrain serve``'s default, ``RETRAIN_SERVE_COMPILE_A
 every version is compiled for LiteRT (``lite``) and warmed while it loads, before it takes
 any traffic, the first one at start included (the server is not ready until then): its first
 request takes the fast path, a model call of ~0.1 ms instead of TensorFlow's ~0.7 ms. A
-version replacing one that serves is compiled in a child process (``compile_apart``), so that
-the converter does not hold up the requests answered meanwhile. A model LiteRT cannot take is
-answered by TensorFlow, said once in the log. Without it, a version
-that has answered ``compile_after`` model calls is compiled in the background, and one that
-replaces a served version is compiled before the swap; ``compile_after=None`` never compiles.
+version replacing one that serves is compiled by a worker process (``compile_apart``, started
+once the first version serves, so that it has imported TensorFlow when the next arrives), so
+that the converter does not hold up the requests answered meanwhile; ``close`` ends it. A
+model LiteRT cannot take is answered by TensorFlow, said once in the log. Without it, a
+version that has answered ``compile_after`` model calls is compiled in the background, and one
+that replaces a served version is compiled before the swap; ``compile_after=None`` never
+compiles.
 
 The holder keeps the last versions it served loaded (``KEPT``), known by their files' digest
 (``repository.digest``): a local rollback re-publishes a previous model under a new version
@@ -31,7 +33,7 @@ import tensorflow as tf  # configured by the entry point (core.tf_start), before
 
 from repository.digest import model_digest
 from repository.layout import ARRAYS_SIGNATURE, BYTES_SIGNATURE, OUTPUT, versions
-from services.serving.compile_apart import compile_apart
+from services.serving.compile_apart import CompileWorker
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28
 from services.serving.errors import BadRequestError, ModelNotReadyError
 from services.serving.lite import CompiledModel
@@ -92,15 +94,14 @@ class LoadedModel:
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
         return out[OUTPUT].numpy()
 
-    def compile(self, apart: bool = False) -> None:
-        """Compile for LiteRT and warm it (about a second; ``apart``: in a child process, a
-        few seconds, without holding up the requests another version answers meanwhile,
-        ``compile_apart``); its model calls go there once done. A model LiteRT cannot take
-        stays on TensorFlow, said once."""
+    def compile(self, worker: CompileWorker | None = None) -> None:
+        """Compile for LiteRT and warm it (about a second; by ``worker``, in its process,
+        without holding up the requests another version answers meanwhile); its model calls
+        go there once done. A model LiteRT cannot take stays on TensorFlow, said once."""
         started = time.perf_counter()
         try:
-            if apart:
-                self.compiled = compile_apart(Path(self.path))
+            if worker is not None:
+                self.compiled = worker.compile(Path(self.path))
             elif self.saved is not None:  # from the signature loaded: no second load of files
                 self.compiled = CompiledModel.convert(self.serve_arrays, self.saved)
             else:
@@ -122,9 +123,9 @@ class LoadedModel:
 
 def load(path: Path, version: int, compile_after: int | None = None,
          digest: str | None = None, compile_now: bool = False,
-         apart: bool = False) -> LoadedModel:
+         worker: CompileWorker | None = None) -> LoadedModel:
     """The version in ``path``, warmed (and with ``compile_now``, compiled for LiteRT and
-    warmed there, ``apart``: in a child process) before it takes traffic."""
+    warmed there, by ``worker`` when given) before it takes traffic."""
     loaded = tf.saved_model.load(str(path))
     arrays = loaded.signatures[ARRAYS_SIGNATURE]
     direct = tf.function(lambda images: arrays(images=images)[OUTPUT])
@@ -136,7 +137,7 @@ def load(path: Path, version: int, compile_after: int | None = None,
     # warm up before taking traffic: TensorFlow's call either way (the fallback), then LiteRT
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))
     if compile_now:
-        model.compile(apart)
+        model.compile(worker)
     return model
 
 
@@ -158,7 +159,8 @@ def _digest(path: Path) -> str | None:
 
 class ModelHolder:
     """Holds the serving version; a new one is loaded and warmed aside, then swapped in. The
-    last ``KEPT`` versions served before it stay loaded (``kept``, latest first)."""
+    last ``KEPT`` versions served before it stay loaded (``kept``, latest first). With
+    ``compile_at_load``, the worker that compiles replacing versions is ``compiler``."""
 
     def __init__(self, model_dir: Path, compile_after: int | None = None,
                  compile_at_load: bool = False) -> None:
@@ -171,6 +173,12 @@ class ModelHolder:
         self._unloadable: set[int] = set()
         self.loaded_at: float | None = None
         self.loads = 0  # versions loaded with TensorFlow (a swap to a kept one is not a load)
+        self.compiler = CompileWorker() if compile_at_load else None  # started with a version
+
+    def close(self) -> None:
+        """End the compile worker (the server stops)."""
+        if self.compiler is not None:
+            self.compiler.close()
 
     @property
     def served_version(self) -> int | None:
@@ -231,15 +239,17 @@ class ModelHolder:
             # (and the live guard compares like with like: no compilation in its window);
             # without compile_at_load, only a version replacing one under traffic is
             compile_now = self.compile_at_load or (current is not None and bool(self.compile_after))
-            try:  # apart: a version answers meanwhile, and the converter would hold it up
+            try:  # by the worker: a version answers meanwhile, the converter would hold it up
                 model = load(path, newest, self.compile_after, digest, compile_now,
-                             apart=current is not None and self.compile_at_load)
+                             self.compiler if current is not None else None)
             except Exception as exc:  # a broken version must not take the server down
                 self._unloadable.add(newest)
                 log.error("version %d cannot be loaded, skipping it: %s", newest, exc)
                 return current.version if current else None
             self.loads += 1
             self._swap(model)
+            if current is None and self.compiler is not None:  # warm for the next version
+                self.compiler.start()
             log.info("serving version %d (loaded%s and warmed in %.2fs)", newest,
                      ", compiled" if model.compiled is not None else "",
                      time.perf_counter() - started)

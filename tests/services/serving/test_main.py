@@ -9,9 +9,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from core.http import BackgroundServer, bind
+from core.settings import Settings
+from services.serving.main import create_server
+from tests.conftest import free_port, wait_for
+from tests.services.serving.test_compile_worker import alive, compile_workers
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,10 +55,38 @@ def test_serving_the_versions_kserves_storage_initializer_lays_out(tmp_path, sav
         names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()]
         assert names.count("tf_Compute") == 1 + len(os.sched_getaffinity(proc.pid)), names
         assert "retrain_serving_model_compiled 1.0" in metrics  # its first answer was LiteRT's
+        # the worker that will compile the next version, started once the first served
+        workers = compile_workers(proc.pid)
+        assert len(workers) == 1, workers
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM, as Kubernetes stops a pod
         output = proc.communicate(timeout=30)[0]
     assert "Traceback" not in output, output[-3000:]
+    wait_for(lambda: not alive(workers[0]), seconds=10)  # no orphan left behind
     assert "version 7 compiled for LiteRT" in output
     # LiteRT's own line ("INFO: Created TensorFlow Lite XNNPACK delegate") is kept off the terminal
     assert "TensorFlow Lite" not in output, output[-3000:]
+
+
+def test_compile_after_0_never_compiles_even_at_load(tmp_path, saved_model):
+    """RETRAIN_SERVE_COMPILE_AFTER=0 turns LiteRT off, whatever COMPILE_AT_LOAD says: each
+    version is served on TensorFlow, and no compile worker is started."""
+    settings = Settings(home=tmp_path / "home", serve_compile_after=0, serve_compile_at_load=True,
+                        grpc_port=0, _env_file=None)
+    repo = tmp_path / "repo" / "fashion-mnist"
+    shutil.copytree(saved_model, repo / "1")
+    app = create_server(settings, tmp_path / "repo", poll_seconds=0.05)
+    holder, before = app.state.holder, set(compile_workers(os.getpid()))
+    server = BackgroundServer(app, bind("127.0.0.1", 0, "model server"), "model-server").start()
+    try:
+        shutil.copytree(saved_model, repo / "2")
+        (repo / "2" / "assets.extra").mkdir(exist_ok=True)
+        (repo / "2" / "assets.extra" / "other").write_text("other files: loaded, not relabelled")
+        wait_for(lambda: holder.served_version == 2, seconds=60)
+        answer = httpx.post(f"{server.url}/v1/models/fashion-mnist:predict", timeout=30,
+                            json={"instances": [np.full((28, 28), 0.5).tolist()]})
+        assert answer.status_code == 200 and answer.headers["x-model-version"] == "2"
+        assert holder.current.compiled is None and holder.loads == 2
+        assert holder.compiler is None and set(compile_workers(os.getpid())) <= before
+    finally:
+        server.stop()
