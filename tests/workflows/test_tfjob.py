@@ -193,8 +193,6 @@ def test_a_failed_job_is_told_to_the_selectors_stream_with_the_runs_round_size(t
 def test_a_failed_job_is_told_even_when_redis_is_restarting_at_that_moment(tmp_path):
     """Hours into the wait, Redis may be away just when the job fails: the wait step waits
     for it instead of losing the training.failed."""
-    import time
-
     import redis
 
     from events.sinks import read_stream
@@ -204,24 +202,27 @@ def test_a_failed_job_is_told_even_when_redis_is_restarting_at_that_moment(tmp_p
     port = free_port()
     env = {**os.environ, "RETRAIN_HOME": str(tmp_path), "RETRAIN_KUBE_TOKEN": TOKEN,
            "RETRAIN_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    with TFJobStandIn([RUNNING, FAILED]) as api:
+    log = tmp_path / "step.err"
+    with TFJobStandIn([RUNNING, FAILED]) as api, log.open("w") as errors:
         step = subprocess.Popen(
             [sys.executable, "-m", "retrain.cli", "step", "wait-training", "--name", NAME,
              "--poll", "0.05", "--run-id", "retrain-r", "--model", "cnn", "--round-size", "2",
              "--sink", "stream"], env={**env, "RETRAIN_KUBE_API_URL": api.server.url},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=errors, text=True)
         wait_for(lambda: len(api.requests) >= 2, 60)  # the job has failed; Redis is not there
-        time.sleep(10)  # longer than redis-py's own retries of one command (about 7 s)
-        assert step.poll() is None, step.communicate()[1][-2000:]
+        # past redis-py's own retries of the command (about 7 s), the step waits on
+        wait_for(lambda: log.read_text().count("retrying in") >= 1, 60, every=0.1)
+        assert step.poll() is None, log.read_text()[-2000:]
         server = redis_server(port, tmp_path)
         try:
-            _out, err = step.communicate(timeout=120)
+            step.wait(timeout=120)
             client = redis.Redis(port=port)
             wait_for(lambda: client.xlen("retrain:events") == 1, 10)
             [event] = read_stream(client)
         finally:
             server.terminate()
             server.wait()
+    err = log.read_text()
     assert step.returncode == 1 and "backoff limit" in err
     assert event["id"] == "retrain-r/cnn/failed" and event["data"]["round_size"] == 2
 
