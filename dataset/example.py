@@ -79,18 +79,27 @@ def read_labelled_unit(store: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """The images and the labels of an ingested unit, in record order (``read_unit``)."""
     folder = store / "shards" / unit
     meta = json.loads((folder / "unit.json").read_text())
+    images, labels = read_shards([folder / shard["name"] for shard in meta["shards"]])
+    return images, labels.astype(np.uint8)  # an IDX label is one byte
+
+
+def read_shards(paths: list[Path] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The images (uint8, n x 28 x 28) and labels (int64) of TFRecord shards of our records,
+    in file then record order, read as arrays: a shard whose records all have one length is
+    one reshape, with no per-record work."""
     head, middle, _ = layout(idx.ROWS * idx.COLS)
     at, size = 12 + len(head), idx.ROWS * idx.COLS  # framing: length (8), its CRC (4)
     label_at = at + size + len(middle)
-    images, labels = [], []
-    for shard in meta["shards"]:
-        data = np.fromfile(folder / shard["name"], np.uint8)
+    images = [np.empty((0, size), np.uint8)]
+    labels = [np.empty(0, np.int64)]
+    for path in paths:
+        data = np.fromfile(path, np.uint8)
         length = int(data[:8].view("<u8")[0]) if data.size >= 8 else 0
         stride = 16 + length  # + the data's CRC (4)
         if data.size % stride == 0 and (data.reshape(-1, stride)[:, :8].view("<u8") == length).all():
             rows = data.reshape(-1, stride)
             images.append(rows[:, at:at + size])
-            labels.append(rows[:, label_at])
+            labels.append(rows[:, label_at].astype(np.int64))
             continue
         offsets, offset = [], 0  # records of different lengths: a label of 128 or more
         while offset < data.size:
@@ -98,8 +107,7 @@ def read_labelled_unit(store: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
             offset += 16 + int(data[offset:offset + 8].view("<u8")[0])
         images.append(np.stack([data[o + at:o + at + size] for o in offsets]))
         labels.append(np.array([_varint(data, o + label_at) for o in offsets], np.int64))
-    return (np.concatenate(images).reshape(-1, idx.ROWS, idx.COLS),
-            np.concatenate(labels).astype(np.uint8))  # an IDX label is one byte
+    return np.concatenate(images).reshape(-1, idx.ROWS, idx.COLS), np.concatenate(labels)
 
 
 def _varint(data: np.ndarray, at: int) -> int:

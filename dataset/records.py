@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from dataset.example import read_shards
 from dataset.store import shard_paths
 
 FEATURES = {
@@ -29,10 +30,7 @@ def records(dataset_uri: str, split: str) -> tf.data.Dataset:
 
 
 def test_arrays(dataset_uri: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """The whole test split as (images float32 [n,28,28,1], labels int64 [n])."""
-    ds = records(dataset_uri, "test").map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    images, labels = [], []
-    for x, y in ds.batch(4096):
-        images.append(x)
-        labels.append(y)
-    return tf.concat(images, 0), tf.concat(labels, 0)
+    """The whole test split as (images float32 [n,28,28,1], labels int64 [n]), its shards read
+    as arrays (``dataset.example.read_shards``), not record by record."""
+    images, labels = read_shards(shard_paths(dataset_uri, "test"))
+    return tf.constant(images[..., None], tf.float32) / 255.0, tf.constant(labels)

@@ -32,17 +32,17 @@ def test_the_code_version_hashes_every_module_the_learning_imports():
             targets = [n for n in names if training_cache.module_path(n).is_file()] or [node.module]
             todo += [t for t in targets if not t.startswith(NOT_THE_LEARNING)]
     assert seen - hashed == set()
-    assert {"dataset.records", "repository.layout", "services.trainer.data"} <= seen
+    assert {"dataset.example", "repository.layout", "services.trainer.data"} <= seen
 
 
 def test_a_change_to_the_record_parser_changes_the_code_version(monkeypatch, tmp_path):
     real = training_cache.module_path
 
     def edited(name):
-        if name != "dataset.records":
+        if name != "dataset.example":
             return real(name)
-        copy = tmp_path / "records.py"
-        copy.write_text(real(name).read_text().replace("/ 255.0", "/ 127.5"))
+        copy = tmp_path / "example.py"
+        copy.write_text(real(name).read_text().replace("at, size = 12 +", "at, size = 13 +"))
         return copy
 
     before = training_cache.code_version()
