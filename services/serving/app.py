@@ -57,11 +57,13 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     same model and limits. The versions are read from ``model_repo/model_name/<version>/``,
     or, with ``model_dir``, from ``model_dir/<version>/`` (where KServe's storage initializer
     puts them). With ``compile_at_load``, every version is compiled for LiteRT and warmed
-    before it takes traffic (the server is ready once its first version is); without, a
-    version that has answered ``compile_after`` model calls is (``model``). With
-    ``version_stats``, each version's live statistics are kept (``version_stats``: on
-    ``/metrics`` and through the statistics extension)."""
-    holder = ModelHolder(model_dir or model_repo / model_name, compile_after, compile_at_load)
+    before it takes traffic (the server is ready once its first version is; the worker
+    process that compiles the next ones is started then, but not with ``model_dir``, where
+    a new version is a new pod); without, a version that has answered ``compile_after``
+    model calls is (``model``). With ``version_stats``, each version's live statistics are
+    kept (``version_stats``: on ``/metrics`` and through the statistics extension)."""
+    holder = ModelHolder(model_dir or model_repo / model_name, compile_after, compile_at_load,
+                         worker_ahead=model_dir is None)
     backlog = Backlog(max_queued)
     metrics = ServingMetrics(lambda: backlog.images, lambda: holder.compiled, version_stats)
     plane = Plane(holder, model_name, metrics, backlog, limiter=limiter, batching=batching)

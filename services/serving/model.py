@@ -160,10 +160,12 @@ def _digest(path: Path) -> str | None:
 class ModelHolder:
     """Holds the serving version; a new one is loaded and warmed aside, then swapped in. The
     last ``KEPT`` versions served before it stay loaded (``kept``, latest first). With
-    ``compile_at_load``, the worker that compiles replacing versions is ``compiler``."""
+    ``compile_at_load``, the worker that compiles replacing versions is ``compiler``, started
+    once the first version serves (``worker_ahead``; else by the first version to replace
+    one, if any comes: a KServe predictor's pod serves one release)."""
 
     def __init__(self, model_dir: Path, compile_after: int | None = None,
-                 compile_at_load: bool = False) -> None:
+                 compile_at_load: bool = False, worker_ahead: bool = True) -> None:
         self.model_dir = model_dir
         self.compile_after = compile_after
         self.compile_at_load = compile_at_load
@@ -173,7 +175,8 @@ class ModelHolder:
         self._unloadable: set[int] = set()
         self.loaded_at: float | None = None
         self.loads = 0  # versions loaded with TensorFlow (a swap to a kept one is not a load)
-        self.compiler = CompileWorker() if compile_at_load else None  # started with a version
+        self.compiler = CompileWorker() if compile_at_load else None
+        self.worker_ahead = worker_ahead
 
     def close(self) -> None:
         """End the compile worker (the server stops)."""
@@ -248,8 +251,8 @@ class ModelHolder:
                 return current.version if current else None
             self.loads += 1
             self._swap(model)
-            if current is None and self.compiler is not None:  # warm for the next version
-                self.compiler.start()
+            if current is None and self.compiler is not None and self.worker_ahead:
+                self.compiler.start()  # TensorFlow imported by the time the next one comes
             log.info("serving version %d (loaded%s and warmed in %.2fs)", newest,
                      ", compiled" if model.compiled is not None else "",
                      time.perf_counter() - started)

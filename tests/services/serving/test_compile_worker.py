@@ -26,19 +26,23 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, ended and not yet reaped, does not)."""
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    return bool(stat) and stat.rsplit(b")", 1)[1].split()[0] != b"Z"
+
+
+def _read(path: Path) -> bytes:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return path.read_bytes()
+    except (FileNotFoundError, ProcessLookupError):  # a thread or process ended meanwhile
+        return b""
 
 
 def compile_workers(pid: int) -> list[int]:
-    """The compile workers among the children of process ``pid``."""
+    """The compile workers among the children of process ``pid`` (each thread's)."""
     children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
+                for child in _read(task / "children").split()]
     return [child for child in children if alive(child)
-            and b"services.serving.compile_apart" in Path(f"/proc/{child}/cmdline").read_bytes()]
+            and b"services.serving.compile_apart" in _read(Path(f"/proc/{child}/cmdline"))]
 
 
 @pytest.fixture(scope="module")

@@ -55,17 +55,48 @@ def test_serving_the_versions_kserves_storage_initializer_lays_out(tmp_path, sav
         names = [(task / "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()]
         assert names.count("tf_Compute") == 1 + len(os.sched_getaffinity(proc.pid)), names
         assert "retrain_serving_model_compiled 1.0" in metrics  # its first answer was LiteRT's
-        # the worker that will compile the next version, started once the first served
-        workers = compile_workers(proc.pid)
-        assert len(workers) == 1, workers
+        # no compile worker: a new version is a new pod (its TensorFlow import, CPU taken
+        # from the first requests, and its memory would buy nothing)
+        assert compile_workers(proc.pid) == []
     finally:
-        proc.terminate()  # SIGTERM, as Kubernetes stops a pod
+        proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert "Traceback" not in output, output[-3000:]
-    wait_for(lambda: not alive(workers[0]), seconds=10)  # no orphan left behind
     assert "version 7 compiled for LiteRT" in output
     # LiteRT's own line ("INFO: Created TensorFlow Lite XNNPACK delegate") is kept off the terminal
     assert "TensorFlow Lite" not in output, output[-3000:]
+
+
+def test_a_server_stopped_while_it_compiles_leaves_no_compile_process(tmp_path, saved_model):
+    """SIGTERM (how Kubernetes stops a pod) while a new version waits for its compile: the
+    server's shutdown ends its compile worker before the server exits."""
+    repo = tmp_path / "repo"
+    shutil.copytree(saved_model, repo / "fashion-mnist" / "1")
+    port = free_port()
+    env = {**os.environ, "RETRAIN_HOME": str(tmp_path / "home")}
+    env.pop("RETRAIN_SERVE_COMPILE_AT_LOAD", None)  # the default: compiled at load
+    proc = subprocess.Popen([sys.executable, "-m", "retrain.cli", "serve", "--model-repo",
+                             str(repo), "--port", str(port), "--grpc-port", str(free_port())],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def ready():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, seconds=120, every=0.3)
+        shutil.copytree(saved_model, repo / "fashion-mnist" / "2")
+        (repo / "fashion-mnist" / "2" / "assets.extra").mkdir(exist_ok=True)
+        (repo / "fashion-mnist" / "2" / "assets.extra" / "other").write_text("not relabelled")
+        wait_for(lambda: compile_workers(proc.pid), seconds=60)  # (before: once 2 is loaded)
+        workers = compile_workers(proc.pid)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "Application shutdown complete" in output, output[-3000:]  # uvicorn's, after ours
+    assert [w for w in workers if alive(w)] == []
 
 
 def test_compile_after_0_never_compiles_even_at_load(tmp_path, saved_model):
