@@ -9,8 +9,8 @@ first version, with no traffic to disturb, is compiled in the server's own proce
 (``model.LoadedModel.compile``): faster to ready.
 
 The other process is one long-lived worker (``CompileWorker``), started when the server has
-its first version, so that it has imported TensorFlow (2-4 s on an idle machine, 12 s and
-more on a busy one) before the next version arrives: a promotion then pays for the
+its first version, so that it has imported TensorFlow (3-4 s on 2 cores at load average 2,
+more on a busier machine) before the next version arrives: a promotion then pays for the
 conversion alone. It converts one SavedModel at a time and writes the flatbuffer to a file;
 the server loads and warms it (``CompiledModel.warm``). The worker costs its memory while
 it waits (TensorFlow imported: ~535 MB resident, ~180 MB of it its own, the rest
