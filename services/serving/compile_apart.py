@@ -30,6 +30,7 @@ say why a worker died):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -77,10 +78,10 @@ class _Worker:
             self.process.stdin.flush()
         except (OSError, ValueError):  # a broken pipe (it has ended), or closed meanwhile
             raise self._died() from None
-        line = self._line()
-        if not line:
-            raise self._died()
-        return json.loads(line)["error"]  # type: ignore[no-any-return]
+        try:
+            return json.loads(self._line())["error"]  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError):  # no answer (it ended), or not one
+            raise self._died() from None
 
     def wait_ready(self) -> None:
         if not self.ready:
@@ -96,6 +97,7 @@ class _Worker:
             return ""
 
     def _died(self) -> _WorkerDiedError:
+        self.process.kill()  # when it has not ended already: out of step, of no more use
         code = self.process.wait()
         try:
             self.errors.seek(0)
@@ -132,8 +134,10 @@ class CompileWorker:
         return None if worker is None else worker.process.pid
 
     def start(self) -> None:
-        """Start a worker unless one is running: it imports TensorFlow in the background."""
-        self._running()
+        """Start a worker unless one is running (or it is closed): it imports TensorFlow in
+        the background. One that cannot start is tried again by the next ``compile``."""
+        with contextlib.suppress(_WorkerDiedError, OSError):
+            self._running()
 
     def wait_ready(self) -> None:
         """Start a worker unless one is running, and wait until it has imported TensorFlow

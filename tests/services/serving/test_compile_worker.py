@@ -129,6 +129,18 @@ def test_the_server_compiles_by_its_worker_and_ends_it_when_it_stops(tmp_path, s
     assert not alive(pid) and pid not in compile_workers(os.getpid())
 
 
+def test_a_closed_worker_starts_no_process(saved_model):
+    """What a version arriving during the server's shutdown meets: no worker, a failed
+    compile (the version stays on TensorFlow), nothing raised by ``start``."""
+    closed = CompileWorker()
+    closed.close()
+    closed.start()
+    assert closed.pid is None and closed.started == 0
+    with pytest.raises(CompileFailedError, match="closed"):
+        closed.compile(saved_model)
+    assert closed.started == 0
+
+
 # a server's stand-in: starts a worker, says its pid (once it is ready, with "idle"), waits
 PARENT = """
 import sys, time
