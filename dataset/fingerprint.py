@@ -114,13 +114,17 @@ class StatCache:
                 raw = marshal.loads(path.read_bytes())
             except (OSError, ValueError, EOFError, TypeError):
                 raw = None
-            if isinstance(raw, tuple) and len(raw) == 2 and raw[0] == _FORMAT:
+            if isinstance(raw, tuple) and len(raw) == 2 and raw[0] == _FORMAT \
+                    and isinstance(raw[1], dict):
                 self._entries = raw[1]
 
     def lookup(self, relative: str, st: os.stat_result) -> str | None:
+        """The hash stored for ``relative`` if its size, mtime and inode are ``st``'s; an
+        entry of any other shape (a damaged file) is a miss, and the file is hashed again."""
         hit = self._entries.get(relative)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
-            return str(hit[3])
+        if type(hit) is list and len(hit) == 4 and hit[0] == st.st_size \
+                and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino and type(hit[3]) is str:
+            return hit[3]
         return None
 
     def store(self, relative: str, st: os.stat_result, digest: str) -> None:

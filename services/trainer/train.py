@@ -116,8 +116,7 @@ def train(config: TrainConfig, progress: Progress | None = None,
                             f"{exc.message}") from exc
     fit_seconds = time.perf_counter() - fit_started
     phases.update(clock.phases(fit_seconds))
-    val_loss = float(history.history["val_loss"][-1])
-    val_acc = float(history.history["val_accuracy"][-1])
+    val_loss, val_acc = _validation(model, history, val_ds)
     info = {"model_type": config.model_type, "dataset_digest": meta["digest"],
             "val_accuracy": val_acc, "workers": role.workers, "seed": config.seed,
             "deterministic": config.deterministic}
@@ -147,6 +146,17 @@ def train(config: TrainConfig, progress: Progress | None = None,
         deterministic=config.deterministic,
         phases=phases,
     )
+
+
+def _validation(model: keras.Model, history: keras.callbacks.History,
+                val_ds: tf.data.Dataset) -> tuple[float, float]:
+    """The last epoch's validation loss and accuracy; measured here when the fit had no step
+    left to run (resumed from a checkpoint of its last step), which Keras then skips."""
+    figures = history.history
+    if "val_loss" not in figures:
+        measured = model.evaluate(val_ds, verbose=0, return_dict=True)
+        figures = {"val_loss": [measured["loss"]], "val_accuracy": [measured["accuracy"]]}
+    return float(figures["val_loss"][-1]), float(figures["val_accuracy"][-1])
 
 
 def _callbacks(config: TrainConfig, logs: Path, clock: FitClock,

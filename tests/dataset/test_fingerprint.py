@@ -77,7 +77,16 @@ def test_partial_and_hidden_files_are_ignored(dataset):
 
 def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
     expected = fingerprint(dataset).digest
-    for content in (b'{"train-images-idx3-ubyte.gz": [1, 2, 3, "00"]}', b"\x00damaged", b""):
+    import marshal
+
+    from dataset.fingerprint import _FORMAT
+
+    name = "train-images-idx3-ubyte.gz"
+    odd_entries = (  # in the cache's own format, entries of any other shape
+        marshal.dumps((_FORMAT, [name])), marshal.dumps((_FORMAT, {name: 5})),
+        marshal.dumps((_FORMAT, {name: [1, 2]})), marshal.dumps((_FORMAT, {name: (1, 2, 3, 4)})))
+    for content in (b'{"train-images-idx3-ubyte.gz": [1, 2, 3, "00"]}', b"\x00damaged", b"",
+                    *odd_entries):
         (tmp_path / "stat").write_bytes(content)
         cache = StatCache(tmp_path / "stat")
         assert fingerprint(dataset, cache).digest == expected

@@ -69,3 +69,26 @@ def test_a_corrupt_shard_fails_training_with_its_name(tmp_path):
     assert "shard-00001.tfrecord has a different size than recorded" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_a_training_stopped_after_its_checkpoint_at_the_last_step_resumes_and_validates(
+        ingested, tmp_path):
+    """Checkpointed at its last step, then stopped before the fit returned (here the progress
+    report of that step raises, as a kill would leave it): started again, nothing is left to
+    train, and the validation the fit skips is still measured."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop_at_the_end(point):
+        if point["step"] == 6:
+            raise Stopped
+
+    config = TrainConfig("cnn", ingested, tmp_path / "run" / "model", steps_per_epoch=6,
+                         batch_size=32, checkpoint_every=6)
+    with pytest.raises(Stopped):
+        train(config, stop_at_the_end)
+    assert (tmp_path / "run" / "backup").is_dir()  # the checkpoint of step 6 is there
+    result = train(config)
+    assert result.resumed_from_step == 6 and result.steps == 6
+    assert 0.0 <= result.val_accuracy <= 1.0 and np.isfinite(result.val_loss)
