@@ -3,9 +3,11 @@ command prints TensorFlow's, absl's, CUDA's or gRPC's native lines, or the HTTP 
 between the stack's own parts, unless ``--verbose`` asks."""
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,24 +35,36 @@ def test_retrain_up_tells_each_change_run_training_and_decision_and_nothing_else
         [sys.executable, "-m", "retrain.cli", "up", "--data", str(watched)],
         env=_env(tmp_path, redis_handle), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True)
+    printed: queue.Queue[str] = queue.Queue()  # read by a thread: a silent stack fails the
+    reader = threading.Thread(target=lambda: [printed.put(x) for x in up.stdout], daemon=True)
+    reader.start()  # test at its deadline instead of blocking it on a read
     lines = []
+    deadline = time.monotonic() + 240
+
+    def next_line() -> str:
+        try:
+            line = printed.get(timeout=max(0.0, deadline - time.monotonic())).rstrip()
+        except queue.Empty:
+            raise AssertionError(f"nothing more printed in time: {lines}") from None
+        lines.append(line)
+        return line
+
     try:
-        deadline = time.monotonic() + 240
-        while not any(line.startswith("dashboard http://127.0.0.1:") for line in lines):
-            lines.append(up.stdout.readline().rstrip())
-            assert time.monotonic() < deadline and up.poll() is None, lines
+        while not next_line().startswith("dashboard http://127.0.0.1:"):
+            assert up.poll() is None, lines
         watched.parent.mkdir(parents=True)
         write_dataset(tmp_path / "staging", train=600, test=200).rename(watched)
         decisions = 0
         while decisions < 3:  # the three variants' decisions
-            line = up.stdout.readline().rstrip()
-            lines.append(line)
+            line = next_line()
             decisions += " PROMOTED to version " in line or " rejected: " in line
-            assert time.monotonic() < deadline and up.poll() is None, lines
+            assert up.poll() is None, lines
     finally:
         os.killpg(up.pid, signal.SIGINT)
-        rest, _ = up.communicate(timeout=60)
-    lines += rest.splitlines()
+        up.wait(timeout=60)
+        reader.join(timeout=10)
+    while not printed.empty():
+        lines.append(printed.get().rstrip())
     text = "\n".join(lines)
     assert f"change noticed (watcher): {watched}" in text
     assert " ingested 800 records in " in text
