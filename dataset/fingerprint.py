@@ -168,12 +168,15 @@ def _walk(folder: str, prefix: str) -> Iterator[tuple[str, str, os.stat_result]]
             continue
 
 
-def fingerprint(root: Path, cache: StatCache | None = None) -> Fingerprint:
-    """Fingerprint every dataset file under ``root``, reading only files the cache cannot vouch for."""
+def fingerprint(root: Path, cache: StatCache | None = None,
+                keep_contents: bool = True) -> Fingerprint:
+    """Fingerprint every dataset file under ``root``, reading only files the cache cannot vouch
+    for; ``keep_contents``: keep the small files' bytes for an ingestion that follows in this
+    process (a watcher, which only compares digests, keeps none)."""
     cache = cache if cache is not None else StatCache()
     entries: list[FileEntry] = []
     contents: dict[str, bytes] = {}
-    budget = KEEP_BYTES
+    budget = KEEP_BYTES if keep_contents else 0
     for relative, full, st in _walk(str(root), ""):
         digest = cache.lookup(relative, st)
         if digest is None:

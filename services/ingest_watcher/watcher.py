@@ -84,7 +84,7 @@ class DirectoryWatcher:
         the folder itself."""
         if not self.root.is_dir():
             return None
-        fp = fingerprint(self.root, self._cache)
+        fp = fingerprint(self.root, self._cache, keep_contents=False)  # digests compared only
         self.scans += 1
         self.last_scan = time.time()
         stable = fp.digest == self._previous_scan

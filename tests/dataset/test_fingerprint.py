@@ -92,3 +92,12 @@ def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
         assert fingerprint(dataset, cache).digest == expected
         assert StatCache(tmp_path / "stat").lookup(  # rewritten in its own format
             "train-labels-idx1-ubyte.gz", (dataset / "train-labels-idx1-ubyte.gz").stat())
+
+
+def test_a_fingerprint_keeps_the_bytes_it_read_only_when_asked(dataset):
+    (dataset / "increments" / "b1").mkdir(parents=True)
+    (dataset / "increments" / "b1" / "a.png").write_bytes(b"png bytes")
+    kept = fingerprint(dataset)
+    assert kept.contents["increments/b1/a.png"] == b"png bytes"
+    bare = fingerprint(dataset, keep_contents=False)  # the watcher's: digests compared only
+    assert bare.contents == {} and bare.digest == kept.digest and bare.files == kept.files
