@@ -31,10 +31,7 @@ def _retrain(*args, env=None):
 
 @pytest.fixture
 def upstream(tmp_path):
-    up = Upstream(tmp_path)
-    write_dataset(up.work / "data" / "fm", train=60, test=20)
-    (up.work / "README.md").write_text("hello\n")
-    return up
+    return Upstream.with_dataset(tmp_path)
 
 
 def git_spec(upstream, push, delivery="d-1", provider="github", path="data/fm"):

@@ -46,6 +46,14 @@ class Upstream:
             git("config", key, value, cwd=self.work)
         git("checkout", "-q", "-b", "main", cwd=self.work)
 
+    @classmethod
+    def with_dataset(cls, base):
+        """A working copy holding a small dataset under ``data/fm`` and a README, not pushed."""
+        up = cls(base)
+        write_dataset(up.work / "data" / "fm", train=60, test=20)
+        (up.work / "README.md").write_text("hello\n")
+        return up
+
     def push(self, message, branch="main"):
         """Commit everything and push; returns the push payload GitHub sends (its fields as
         GitHub's push event documents them; ``gitlab`` turns it into GitLab's Push Hook)."""
@@ -85,10 +93,7 @@ def gitlab_push(github_payload):
 
 @pytest.fixture
 def upstream(tmp_path):
-    up = Upstream(tmp_path)
-    write_dataset(up.work / "data" / "fm", train=60, test=20)
-    (up.work / "README.md").write_text("hello\n")
-    return up
+    return Upstream.with_dataset(tmp_path)
 
 
 @pytest.fixture
