@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from services.serving.inference_routes import InferenceRoutes
 from services.serving.lifespan import Lifespan
 from services.serving.limits import Backlog, RateLimiter
 from services.serving.metrics import ServingMetrics
-from services.serving.model import ModelHolder
+from services.serving.model import ModelHolder, import_tensorflow
 from services.serving.plane import Plane, server_version
 
 MAX_BODY = 8 * 1024 * 1024
@@ -48,7 +49,8 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
                model_dir: Path | None = None, max_queued: int = MAX_QUEUED,
                grpc: tuple[str, int] | None = None,
                compile_after: int | None = None, compile_at_load: bool = False,
-               version_stats: bool = True) -> FastAPI:
+               version_stats: bool = True,
+               start_tensorflow: Callable[[], object] = import_tensorflow) -> FastAPI:
     """The server. ``limiter`` (None: no limits, no key checks) guards the predict and infer
     endpoints, its ``ApiKeys`` telling keyed callers apart; ``batching`` (None: every request
     is its own model call) groups concurrent requests; past ``max_queued`` images waiting for
@@ -61,9 +63,11 @@ def create_app(model_repo: Path, *, poll_seconds: float = 1.0, model_name: str =
     process that compiles the next ones is started then, but not with ``model_dir``, where
     a new version is a new pod); without, a version that has answered ``compile_after``
     model calls is (``model``). With ``version_stats``, each version's live statistics are
-    kept (``version_stats``: on ``/metrics`` and through the statistics extension)."""
+    kept (``version_stats``: on ``/metrics`` and through the statistics extension).
+    TensorFlow is imported by ``start_tensorflow``, when the first version loads: until then
+    the server answers as it does without a model (live, not ready, 503 for the model)."""
     holder = ModelHolder(model_dir or model_repo / model_name, compile_after, compile_at_load,
-                         worker_ahead=model_dir is None)
+                         worker_ahead=model_dir is None, start_tensorflow=start_tensorflow)
     backlog = Backlog(max_queued)
     metrics = ServingMetrics(lambda: backlog.images, lambda: holder.compiled, version_stats)
     plane = Plane(holder, model_name, metrics, backlog, limiter=limiter, batching=batching)

@@ -5,6 +5,7 @@ the Open Inference Protocol over gRPC."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -75,6 +76,12 @@ class Lifespan:
         plane.open()
         grpc_server = None
         if self.grpc is not None:  # the same model, batching, limits and keys over gRPC
+            # before gRPC starts: its fork handlers restart its poller in a forked child, whose
+            # descriptors subprocess then closes before exec; the poller, its epoll gone,
+            # aborts the child (grpcio >= 1.81, grpc/grpc#43055: `retrain up`'s trainers died
+            # of SIGABRT once TensorFlow was no longer imported ahead of gRPC). Every child of
+            # the server's process execs at once and none uses its gRPC: no handler is needed.
+            os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
             from services.serving.grpc_api import start
 
             grpc_server, app.state.grpc_port = await start(plane, *self.grpc)

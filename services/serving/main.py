@@ -1,10 +1,13 @@
 """The model server, composed: one entry that ``retrain serve``, the local stack and the
-container all call. TensorFlow is configured here (``core.tf_start.configure``: Keras 2, a
-quiet start), once, before anything imports it: the server's modules configure nothing."""
+container all call. TensorFlow is imported when the first model version loads
+(``start_tensorflow``: ``core.tf_start.configure``, Keras 2 and a quiet start, then its thread
+pools), not before: a server with no version yet, ``retrain up``'s before its first
+promotion, starts without it (3-4 s of CPU)."""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,13 +32,14 @@ def batch_config(settings: Settings) -> BatchConfig | None:
 
 
 def create_server(settings: Settings, model_repo: Path | None = None, *,
-                  poll_seconds: float = 1.0, model_dir: Path | None = None) -> FastAPI:
+                  poll_seconds: float = 1.0, model_dir: Path | None = None,
+                  tf_threads: int = 0) -> FastAPI:
     """The server over ``model_repo`` (default: the settings' repository), or over the
-    versions directly under ``model_dir``, with the configured rate limits and batching.
-    (The local stack builds its server here, in a process it did not configure for
-    TensorFlow: configuring twice does nothing.)"""
-    configure()
-    from services.serving.app import create_app  # TensorFlow: after the ports are known free
+    versions directly under ``model_dir``, with the configured rate limits and batching;
+    ``tf_threads``: TensorFlow's thread pools (``limit_tf_threads``), set when the first
+    version loads. (The local stack builds its server here too: its process may have
+    imported TensorFlow already, for a score; configuring twice does nothing.)"""
+    from services.serving.app import create_app
 
     limiter = RateLimiter(settings.rate_limit_anon, settings.rate_limit_keyed,
                           ApiKeys(settings.api_keys))
@@ -47,7 +51,15 @@ def create_server(settings: Settings, model_repo: Path | None = None, *,
                       # RETRAIN_SERVE_COMPILE_AFTER=0: never compiled, at load neither
                       compile_at_load=settings.serve_compile_at_load
                       and settings.serve_compile_after > 0,
-                      version_stats=settings.serve_version_stats)
+                      version_stats=settings.serve_version_stats,
+                      start_tensorflow=partial(start_tensorflow, tf_threads))
+
+
+def start_tensorflow(threads: int) -> None:
+    """(When the first version loads.) TensorFlow imported, quietly (``configure``), its
+    thread pools limited to ``threads`` each before it runs anything."""
+    configure()
+    limit_tf_threads(threads)
 
 
 def limit_tf_threads(threads: int) -> None:
@@ -57,7 +69,7 @@ def limit_tf_threads(threads: int) -> None:
     on cores the event loop and the clients also need (benchmarks/README.md)."""
     if threads == 0:
         return
-    import tensorflow as tf  # after configure (run)
+    import tensorflow as tf  # after configure (start_tensorflow)
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -74,7 +86,6 @@ def run(settings: Settings, model_repo: Path | None = None, *,
     http = bind(settings.host, settings.serve_port, "model server")
     if settings.grpc_port:
         bind(settings.host, settings.grpc_port, "model server (gRPC)").close()
-    configure()  # before anything imports TensorFlow
-    limit_tf_threads(settings.serve_tf_threads)
-    serve_forever(create_server(settings, model_repo, model_dir=model_dir), settings.host,
-                  http, "model server")
+    serve_forever(create_server(settings, model_repo, model_dir=model_dir,
+                                tf_threads=settings.serve_tf_threads),
+                  settings.host, http, "model server")

@@ -17,6 +17,10 @@ The holder keeps the last versions it served loaded (``KEPT``), known by their f
 number in the same repository, and the server swaps to it at once, without loading
 TensorFlow's graph again, its LiteRT compilation kept. (On KServe a rollback is another
 ``storageUri``: new pods, which load it afresh.)
+
+TensorFlow (3-4 s of CPU to import) is imported when the first version is loaded, through
+``core.tf_start.configure`` (Keras 2, its native start-up lines kept off the terminal): a
+server with no version yet, ``retrain up``'s before its first promotion, has not imported it.
 """
 
 from __future__ import annotations
@@ -25,21 +29,41 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf  # configured by the entry point (core.tf_start), before this import
 
+from core.tf_start import configure
 from repository.digest import model_digest
 from repository.layout import ARRAYS_SIGNATURE, BYTES_SIGNATURE, OUTPUT, versions
 from services.serving.compile_apart import CompileWorker
 from services.serving.decode import UndecodableError, decode_plain_pngs, is_plain_png28
 from services.serving.errors import BadRequestError, ModelNotReadyError
-from services.serving.lite import CompiledModel
+
+if TYPE_CHECKING:  # TensorFlow's: imported when the first version loads
+    from services.serving.lite import CompiledModel
 
 log = logging.getLogger(__name__)
 KEPT = 2  # versions served before the current one, kept loaded for a fast way back
+
+
+def import_tensorflow() -> ModuleType:
+    """TensorFlow, imported (configured first: ``core.tf_start``) on the first call."""
+    configure()
+    import tensorflow as tf
+
+    return tf
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``model.tf``, for code that takes TensorFlow from here: imported on first use."""
+    if name == "tf":
+        return import_tensorflow()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -77,6 +101,8 @@ class LoadedModel:
         return probs
 
     def _decode_and_predict(self, images: list[bytes]) -> np.ndarray:
+        import tensorflow as tf  # imported by ``load``, which made this model
+
         try:
             out = self.serve_bytes(image_bytes=tf.constant(images))  # type: ignore[operator]
         except tf.errors.InvalidArgumentError as exc:
@@ -89,6 +115,8 @@ class LoadedModel:
         compiled = self.compiled
         if compiled is not None:
             return compiled.predict(images)
+        import tensorflow as tf  # imported by ``load``, which made this model
+
         if self.arrays_direct is not None:
             return self.arrays_direct(tf.constant(images, tf.float32)).numpy()  # type: ignore[operator]
         out = self.serve_arrays(images=tf.constant(images, tf.float32))  # type: ignore[operator]
@@ -98,6 +126,8 @@ class LoadedModel:
         """Compile for LiteRT and warm it (about a second; by ``worker``, in its process,
         without holding up the requests another version answers meanwhile); its model calls
         go there once done. A model LiteRT cannot take stays on TensorFlow, said once."""
+        from services.serving.lite import CompiledModel
+
         started = time.perf_counter()
         try:
             if worker is not None:
@@ -126,6 +156,7 @@ def load(path: Path, version: int, compile_after: int | None = None,
          worker: CompileWorker | None = None) -> LoadedModel:
     """The version in ``path``, warmed (and with ``compile_now``, compiled for LiteRT and
     warmed there, by ``worker`` when given) before it takes traffic."""
+    tf = import_tensorflow()
     loaded = tf.saved_model.load(str(path))
     arrays = loaded.signatures[ARRAYS_SIGNATURE]
     direct = tf.function(lambda images: arrays(images=images)[OUTPUT])
@@ -162,10 +193,13 @@ class ModelHolder:
     last ``KEPT`` versions served before it stay loaded (``kept``, latest first). With
     ``compile_at_load``, the worker that compiles replacing versions is ``compiler``, started
     once the first version serves (``worker_ahead``; else by the first version to replace
-    one, if any comes: a KServe predictor's pod serves one release)."""
+    one, if any comes: a KServe predictor's pod serves one release). ``start_tensorflow``
+    runs once, when the first version is about to load: it imports TensorFlow (through
+    ``core.tf_start``), and does what must come before TensorFlow's first op."""
 
     def __init__(self, model_dir: Path, compile_after: int | None = None,
-                 compile_at_load: bool = False, worker_ahead: bool = True) -> None:
+                 compile_at_load: bool = False, worker_ahead: bool = True,
+                 start_tensorflow: Callable[[], object] = import_tensorflow) -> None:
         self.model_dir = model_dir
         self.compile_after = compile_after
         self.compile_at_load = compile_at_load
@@ -177,6 +211,7 @@ class ModelHolder:
         self.loads = 0  # versions loaded with TensorFlow (a swap to a kept one is not a load)
         self.compiler = CompileWorker() if compile_at_load else None
         self.worker_ahead = worker_ahead
+        self._start_tensorflow: Callable[[], object] | None = start_tensorflow
 
     def close(self) -> None:
         """End the compile worker (the server stops)."""
@@ -237,12 +272,13 @@ class ModelHolder:
                 log.info("serving version %d: the files of version %d, still loaded", newest,
                          same.version)
                 return newest
-            started = time.perf_counter()
             # compiled before the swap, its first answer is as fast as its predecessor's last
             # (and the live guard compares like with like: no compilation in its window);
             # without compile_at_load, only a version replacing one under traffic is
             compile_now = self.compile_at_load or (current is not None and bool(self.compile_after))
             try:  # by the worker: a version answers meanwhile, the converter would hold it up
+                self._tensorflow_started()
+                started = time.perf_counter()
                 model = load(path, newest, self.compile_after, digest, compile_now,
                              self.compiler if current is not None else None)
             except Exception as exc:  # a broken version must not take the server down
@@ -257,6 +293,12 @@ class ModelHolder:
                      ", compiled" if model.compiled is not None else "",
                      time.perf_counter() - started)
             return newest
+
+    def _tensorflow_started(self) -> None:
+        """(Under the lock.) ``start_tensorflow``, before the first version loads."""
+        start, self._start_tensorflow = self._start_tensorflow, None
+        if start is not None:
+            start()
 
     def _swap(self, model: LoadedModel) -> None:
         """(Under the lock.) Serve ``model``; the one it replaces joins the kept versions (one
