@@ -64,9 +64,13 @@ class _Worker:
     def __init__(self) -> None:
         # the worker's stderr (closed by ``end``): read only to say why it ended
         self.errors: IO[bytes] = tempfile.TemporaryFile(prefix="retrain-worker-")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+        try:  # -P: the modules installed, never a same-named package in the current folder
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-m", __name__, str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+        except BaseException:
+            self.errors.close()
+            raise
         self.ready = False
 
     def ask(self, request: dict[str, str]) -> str | None:
@@ -126,6 +130,11 @@ class CompileWorker:
         self._worker: _Worker | None = None
         self._closed = False
         self.started = 0  # worker processes started (a second one: the first died)
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (the server is stopping): a compile under way ends unfinished."""
+        return self._closed
 
     @property
     def pid(self) -> int | None:

@@ -137,6 +137,9 @@ class LoadedModel:
             else:
                 self.compiled = CompiledModel.compile(Path(self.path))
         except Exception as exc:  # an op LiteRT lacks, say: TensorFlow goes on answering
+            if worker is not None and worker.closed:  # the server is stopping: not a verdict
+                log.info("version %d not compiled: the server is stopping", self.version)
+                return
             log.warning("version %d stays on TensorFlow: LiteRT cannot compile it: %s",
                         self.version, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return

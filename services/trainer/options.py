@@ -39,8 +39,9 @@ COMMAND = "train"
 SEED = 7  # a training's random seed unless --seed says another (part of the training cache's key)
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32 bits
 STREAM_SINK = "stream"  # --sink stream: model.trained goes to the Redis stream retrain:events
-# how a process on this machine runs the ``retrain`` console script (the image's entry point)
-LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-m", "retrain.cli")
+# how a process on this machine runs the ``retrain`` console script (the image's entry point);
+# -P: the modules installed, never a same-named package in the folder it was started from
+LOCAL_ENTRY: tuple[str, ...] = (sys.executable, "-P", "-m", "retrain.cli")
 
 
 def train_argv(values: Mapping[str, object]) -> list[str]:

@@ -141,6 +141,22 @@ def test_a_closed_worker_starts_no_process(saved_model):
     assert closed.started == 0
 
 
+def test_a_worker_started_from_a_folder_with_packages_of_the_same_names_runs_ours(
+        tmp_path, monkeypatch, saved_model, tensorflows):
+    """A user's project folder may hold its own ``core`` or ``services``: the worker, started
+    from there, still runs the installed modules (``python -P``)."""
+    for package in ("core", "services"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("raise ImportError('not ours')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = CompileWorker()
+    try:
+        _answers_as(tensorflows, worker.compile(saved_model))
+        assert worker.started == 1
+    finally:
+        worker.close()
+
+
 # a server's stand-in: starts a worker, says its pid (once it is ready, with "idle"), waits
 PARENT = """
 import sys, time

@@ -87,16 +87,38 @@ def test_a_server_stopped_while_it_compiles_leaves_no_compile_process(tmp_path, 
                 return False
 
         wait_for(ready, seconds=120, every=0.3)
+        wait_for(lambda: compile_workers(proc.pid), seconds=60)
+        workers = compile_workers(proc.pid)
+        idle = _settled_cpu(workers[0])  # TensorFlow imported, waiting for a version
         shutil.copytree(saved_model, repo / "fashion-mnist" / "2")
         (repo / "fashion-mnist" / "2" / "assets.extra").mkdir(exist_ok=True)
         (repo / "fashion-mnist" / "2" / "assets.extra" / "other").write_text("not relabelled")
-        wait_for(lambda: compile_workers(proc.pid), seconds=60)  # (before: once 2 is loaded)
-        workers = compile_workers(proc.pid)
+        # version 2 is being converted: the worker works (0.1 s of CPU; a conversion takes ~1 s)
+        wait_for(lambda: _cpu(workers[0]) > idle + 0.1, seconds=60, every=0.01)
     finally:
         proc.terminate()
         output = proc.communicate(timeout=30)[0]
     assert "Application shutdown complete" in output, output[-3000:]  # uvicorn's, after ours
     assert [w for w in workers if alive(w)] == []
+    assert "stays on TensorFlow" not in output, output[-3000:]  # a stop is not a verdict
+
+
+def _cpu(pid: int) -> float:
+    """Seconds of CPU process ``pid`` has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _settled_cpu(pid: int) -> float:
+    """``_cpu(pid)`` once it has stopped growing for 0.3 s (a worker done importing)."""
+    last = -1.0
+    while (now := _cpu(pid)) != last:
+        last = now
+        time.sleep(0.3)
+    return now
 
 
 def test_compile_after_0_never_compiles_even_at_load(tmp_path, saved_model):
