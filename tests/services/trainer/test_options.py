@@ -58,7 +58,7 @@ def test_the_runners_training_is_what_retrain_train_parses(parsed, tmp_path):
                                    learning_rate=0.01, workers=2,
                                    warm_start="/models/fashion-mnist/3")
     command = options.local_command()
-    assert command[1:3] == ["-m", "retrain.cli"] and command[3:] == options.argv()
+    assert command[1:4] == ["-P", "-m", "retrain.cli"] and command[4:] == options.argv()
     assert parsed(options.argv()) == options
 
 
