@@ -4,6 +4,7 @@ a model does; the first version, published later, is served as always, TensorFlo
 start-up lines kept off the terminal."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,8 @@ def tensorflow_loaded(pid: int) -> bool:
 
 def imported_tensorflow(importtime: str) -> bool:
     """Whether ``-X importtime``'s lines name the ``tensorflow`` package."""
-    return any(line.rstrip().endswith("| tensorflow") for line in importtime.splitlines())
+    # nested imports are indented after the bar: "|   tensorflow"
+    return re.search(r"\|\s*tensorflow\s*$", importtime, re.MULTILINE) is not None
 
 
 def _started(proc: subprocess.Popen, output: Path, line: str) -> str:
