@@ -18,6 +18,17 @@ class DatasetValidationError(DatasetError):
         self.problems = tuple(problems)
 
 
+class DamagedShardError(DatasetError):
+    """A shard whose bytes are not the records written (a length or a record that does not
+    match its CRC: the disk's damage, or a write cut short)."""
+
+    def __init__(self, path: str, record: int) -> None:
+        super().__init__(f"shard {path} is damaged at record {record} (its CRC does not "
+                         "match): ingest the dataset again")
+        self.path = path
+        self.record = record
+
+
 class DatasetNotFoundError(DatasetError):
     def __init__(self, uri: str) -> None:
         super().__init__(f"dataset not found: {uri} (no such folder)")

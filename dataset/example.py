@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from dataset import idx
+from dataset.errors import DamagedShardError
+from dataset.tfrecord import masked_crc
 
 
 def _example(image: bytes, label: int) -> bytes:
@@ -85,29 +87,67 @@ def read_labelled_unit(store: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_shards(paths: list[Path] | list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The images (uint8, n x 28 x 28) and labels (int64) of TFRecord shards of our records,
-    in file then record order, read as arrays: a shard whose records all have one length is
-    one reshape, with no per-record work."""
-    head, middle, _ = layout(idx.ROWS * idx.COLS)
+    in file then record order, read as arrays: a shard whose records all have the layout of a
+    one-byte label is one reshape. Every record's CRCs are checked, as TensorFlow's reader
+    checks them (``DamagedShardError`` names the shard and the record)."""
+    head, middle, tail = layout(idx.ROWS * idx.COLS)
     at, size = 12 + len(head), idx.ROWS * idx.COLS  # framing: length (8), its CRC (4)
     label_at = at + size + len(middle)
+    record = len(head) + size + len(middle) + 1 + len(tail)  # a label of 0-127
     images = [np.empty((0, size), np.uint8)]
     labels = [np.empty(0, np.int64)]
     for path in paths:
         data = np.fromfile(path, np.uint8)
-        length = int(data[:8].view("<u8")[0]) if data.size >= 8 else 0
-        stride = 16 + length  # + the data's CRC (4)
-        if data.size % stride == 0 and (data.reshape(-1, stride)[:, :8].view("<u8") == length).all():
-            rows = data.reshape(-1, stride)
+        if not data.size:
+            continue
+        rows = data.reshape(-1, 16 + record) if data.size % (16 + record) == 0 else None
+        if rows is not None and _uniform(rows, record, head, middle):
+            _check_crcs(path, rows, record)
             images.append(rows[:, at:at + size])
             labels.append(rows[:, label_at].astype(np.int64))
             continue
-        offsets, offset = [], 0  # records of different lengths: a label of 128 or more
-        while offset < data.size:
-            offsets.append(offset)
-            offset += 16 + int(data[offset:offset + 8].view("<u8")[0])
-        images.append(np.stack([data[o + at:o + at + size] for o in offsets]))
+        offsets = _offsets(path, data)  # records of other lengths: a label of 128 or more
+        images.append(np.stack([data[o + at:o + at + size] for o in offsets])
+                      if offsets else np.empty((0, size), np.uint8))
         labels.append(np.array([_varint(data, o + label_at) for o in offsets], np.int64))
     return np.concatenate(images).reshape(-1, idx.ROWS, idx.COLS), np.concatenate(labels)
+
+
+def _uniform(rows: np.ndarray, record: int, head: bytes, middle: bytes) -> bool:
+    """Whether every row is a framed record of ``record`` bytes with our Example's layout."""
+    lengths = rows[:, :8].copy().view("<u8").ravel()
+    image_end = 12 + len(head) + idx.ROWS * idx.COLS
+    return bool((lengths == record).all()
+                and (rows[:, 12:12 + len(head)] == np.frombuffer(head, np.uint8)).all()
+                and (rows[:, image_end:image_end + len(middle)]
+                     == np.frombuffer(middle, np.uint8)).all())
+
+
+def _check_crcs(path: Path | str, rows: np.ndarray, record: int) -> None:
+    length_crc = masked_crc(rows[0, :8].tobytes())
+    stored = rows[:, 8:12].copy().view("<u4").ravel()
+    data_crcs = rows[:, 12 + record:].copy().view("<u4").ravel()
+    computed = np.fromiter((masked_crc(row.tobytes()) for row in rows[:, 12:12 + record]),
+                           np.uint32, len(rows))
+    bad = np.flatnonzero((stored != length_crc) | (data_crcs != computed))
+    if bad.size:
+        raise DamagedShardError(str(path), int(bad[0]))
+
+
+def _offsets(path: Path | str, data: np.ndarray) -> list[int]:
+    """Where each record of a shard starts, every length and record checked by its CRC."""
+    offsets, offset = [], 0
+    while offset < data.size:
+        frame = data[offset:offset + 12].tobytes()
+        length = int.from_bytes(frame[:8], "little") if len(frame) == 12 else -1
+        end = offset + 12 + length + 4
+        if length < 0 or int.from_bytes(frame[8:], "little") != masked_crc(frame[:8]) \
+                or end > data.size or int(data[end - 4:end].view("<u4")[0]) != masked_crc(
+                    data[offset + 12:end - 4].tobytes()):
+            raise DamagedShardError(str(path), len(offsets))
+        offsets.append(offset)
+        offset = end
+    return offsets
 
 
 def _varint(data: np.ndarray, at: int) -> int:

@@ -73,3 +73,52 @@ def test_ingest_runs_where_tensorflow_cannot_be_imported(tmp_path):
 
     count = sum(1 for _ in tf.data.TFRecordDataset([str(s) for s in shards]))
     assert count == 160
+
+
+def _shard(path, images, labels):
+    path.write_bytes(frame(records(images, labels)))
+    return path
+
+
+def test_shards_read_as_arrays_are_what_tensorflow_parses(tmp_path):
+    import tensorflow as tf
+
+    from dataset.example import read_shards
+    from dataset.records import parse
+
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (50, 28, 28), np.uint8)
+    labels = rng.integers(0, 10, 50).astype(np.uint8)
+    paths = [_shard(tmp_path / "a", images[:30], labels[:30]),
+             _shard(tmp_path / "b", images[30:], labels[30:]), tmp_path / "empty"]
+    paths[2].write_bytes(b"")
+    got_images, got_labels = read_shards(paths)
+    parsed = list(tf.data.TFRecordDataset([str(p) for p in paths]).map(parse))
+    assert np.array_equal(got_images, np.stack([(x.numpy()[..., 0] * 255).round() for x, _ in parsed]))
+    assert got_labels.tolist() == [int(y) for _, y in parsed] == labels.tolist()
+
+
+@pytest.mark.parametrize("labels", [[300] * 4, [3, 200, 1000, 7]], ids=["uniform", "mixed"])
+def test_labels_past_one_varint_byte_read_back_whole(labels, tmp_path):
+    from dataset.example import read_shards
+
+    images = np.arange(4 * 784, dtype=np.uint32).astype(np.uint8).reshape(4, 28, 28)
+    got_images, got_labels = read_shards([_shard(tmp_path / "s", images, np.array(labels))])
+    assert got_labels.tolist() == labels and np.array_equal(got_images, images)
+
+
+@pytest.mark.parametrize("labels", [[1, 2, 3, 4], [1, 200, 3, 4]], ids=["uniform", "mixed"])
+@pytest.mark.parametrize("where", ["image", "length", "crc"])
+def test_a_damaged_record_is_refused_naming_its_shard_and_place(labels, where, tmp_path):
+    from dataset.errors import DamagedShardError
+    from dataset.example import read_shards
+
+    images = np.full((4, 28, 28), 9, np.uint8)
+    path = _shard(tmp_path / "s", images, np.array(labels))
+    data = bytearray(path.read_bytes())
+    second = 16 + int.from_bytes(data[:8], "little")  # where record 1 starts
+    offset = {"image": second + 100, "length": second + 3, "crc": second + 9}[where]
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedShardError, match=f"{path.name} is damaged at record 1"):
+        read_shards([path])
