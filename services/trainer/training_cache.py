@@ -38,8 +38,8 @@ CODE = "train-v1"  # bump by hand for a change the hashed modules below do not s
 _CODE_MODULES = ("services.trainer.train", "services.trainer.models", "services.trainer.data",
                  "services.trainer.export", "services.trainer.spec", "services.trainer.options",
                  "services.trainer.cluster", "services.trainer.callbacks",
-                 "services.trainer.phases", "dataset.example", "dataset.idx",
-                 "dataset.image_header", "repository.layout")
+                 "services.trainer.phases", "dataset.example", "dataset.tfrecord",
+                 "dataset.idx", "dataset.image_header", "repository.layout")
 _ROOT = Path(__file__).resolve().parents[2]
 _LIBRARIES = ("tensorflow", "tf_keras")
 

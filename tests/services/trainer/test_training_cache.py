@@ -5,7 +5,7 @@ import ast
 from services.trainer import training_cache
 
 # imported by the learning's modules, but nothing in them changes the weights or the files
-NOT_THE_LEARNING = ("core.", "events.", "dataset.store")
+NOT_THE_LEARNING = ("core.", "events.", "dataset.store", "dataset.errors")  # errors' words
 
 
 def _ours(name: str) -> bool:
