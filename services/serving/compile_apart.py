@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,13 @@ class CompileFailedError(Exception):
 
 
 class _WorkerDiedError(CompileFailedError):
-    """The worker ended before it answered (killed, crashed, or closed)."""
+    """The worker ended before it answered (killed, crashed, or closed); ``crashed``: it
+    ended by itself while it had the conversion (the converter may crash on this model: not
+    tried again), not killed from outside."""
+
+    def __init__(self, message: str, crashed: bool = False) -> None:
+        super().__init__(message)
+        self.crashed = crashed
 
 
 class _Worker:
@@ -85,7 +92,7 @@ class _Worker:
         try:
             return json.loads(self._line())["error"]  # type: ignore[no-any-return]
         except (ValueError, KeyError, TypeError):  # no answer (it ended), or not one
-            raise self._died() from None
+            raise self._died(converting=True) from None
 
     def wait_ready(self) -> None:
         if not self.ready:
@@ -100,7 +107,7 @@ class _Worker:
         except ValueError:  # closed meanwhile (``CompileWorker.close``)
             return ""
 
-    def _died(self) -> _WorkerDiedError:
+    def _died(self, converting: bool = False) -> _WorkerDiedError:
         self.process.kill()  # when it has not ended already: out of step, of no more use
         code = self.process.wait()
         try:
@@ -108,8 +115,9 @@ class _Worker:
             lines = self.errors.read().decode(errors="replace").strip().splitlines()
         except ValueError:  # closed meanwhile
             lines = []
+        crashed = converting and code not in (-signal.SIGKILL, -signal.SIGTERM)
         return _WorkerDiedError(f"the compile worker ended (exit code {code})"
-                                + (f": {lines[-1]}" if lines else ""))
+                                + (f": {lines[-1]}" if lines else ""), crashed)
 
     def end(self) -> None:
         self.process.kill()
@@ -167,7 +175,9 @@ class CompileWorker:
         for it to be ready), then loaded and warmed here (``CompiledModel.warm``);
         ``CompileFailedError`` when it cannot. Past ``timeout`` seconds the worker is
         killed (the next compile starts another); a worker that ends before it answers
-        (found dead, say) is replaced, once."""
+        (found dead, killed) is replaced, once; one that crashes converting is not tried
+        again (the model may crash the converter: the version stays on TensorFlow, and the
+        next compile starts another worker)."""
         from services.serving.lite import CompiledModel
 
         deadline = time.monotonic() + timeout
@@ -175,8 +185,10 @@ class CompileWorker:
             out = Path(folder) / "model.tflite"
             try:
                 error = self._convert(saved_model, out, deadline, timeout)
-            except _WorkerDiedError:  # it was dead already, say: a fresh one, once
-                error = self._convert(saved_model, out, deadline, timeout)
+            except _WorkerDiedError as died:
+                if died.crashed:
+                    raise
+                error = self._convert(saved_model, out, deadline, timeout)  # a fresh one
             if error is not None or not out.is_file():
                 raise CompileFailedError(error or "the compile worker wrote no model")
             flatbuffer = out.read_bytes()

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,41 @@ def test_a_killed_worker_is_replaced_by_the_next_compile(worker, saved_model, te
     os.kill(killed, signal.SIGKILL)  # not waited for: found dead, or dying as it is asked
     _answers_as(tensorflows, worker.compile(saved_model))
     assert worker.pid != killed and not alive(killed) and worker.started == started + 1
+
+
+def test_a_worker_that_crashes_converting_is_not_tried_again(worker, saved_model, tensorflows):
+    """A worker that ends by itself mid-conversion (a converter that crashes on this model):
+    that compile fails at once, with no second worker to crash; the next compile starts one."""
+    import threading
+
+    worker.wait_ready()
+    crashed, started = worker.pid, worker.started
+    idle = -1.0
+    while idle != (idle := cpu_seconds(crashed)):  # done with its start: waiting for requests
+        time.sleep(0.3)
+    outcome = []
+    compiling = threading.Thread(target=lambda: outcome.append(_attempt(worker, saved_model)))
+    compiling.start()
+    wait_for(lambda: cpu_seconds(crashed) > idle + 0.1, seconds=60, every=0.01)  # converting
+    os.kill(crashed, signal.SIGSEGV)
+    compiling.join(timeout=60)
+    assert isinstance(outcome[0], CompileFailedError) and "exit code -11" in str(outcome[0])
+    assert worker.started == started  # not tried again
+    _answers_as(tensorflows, worker.compile(saved_model))
+    assert worker.started == started + 1
+
+
+def _attempt(worker, saved_model):
+    try:
+        return worker.compile(saved_model)
+    except CompileFailedError as exc:
+        return exc
+
+
+def cpu_seconds(pid: int) -> float:
+    """Seconds of CPU process ``pid`` has used (0 once it is gone)."""
+    fields = _read(Path(f"/proc/{pid}/stat")).rsplit(b")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def test_a_compile_past_its_time_kills_the_worker_and_the_next_starts_another(
