@@ -158,7 +158,7 @@ def fetch_real(root: Path, timeout: float = 60.0) -> SeedResult | None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _REAL_LOADER, str(root)],
+            [sys.executable, "-P", "-c", _REAL_LOADER, str(root)],  # -P: our modules, not the cwd's
             capture_output=True, text=True, timeout=timeout,
         )
     except subprocess.TimeoutExpired:

@@ -82,6 +82,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # not its fork() notices on every training
+    # read when grpc is imported: before anything here imports it (services/serving/lifespan.py
+    # says why: a trainer forked after the gRPC server started died of SIGABRT)
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         code = app(standalone_mode=False)  # click returns Exit codes instead of raising here
     except RetrainError as exc:

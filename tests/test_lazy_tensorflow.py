@@ -144,3 +144,25 @@ def test_retrain_serve_imports_tensorflow_with_its_first_version_quietly(
     text = output.read_text()
     assert "Application startup complete." in text  # uvicorn's lines still reach the terminal
     assert [n for n in NOISE if n in text] == [], text
+
+
+def test_tensorflow_that_cannot_start_is_not_blamed_on_the_version(tmp_path, saved_model, caplog):
+    """A broken TensorFlow (its import fails) leaves the version loadable: it is tried again
+    at the next refresh, and once TensorFlow starts the version is served."""
+    from services.serving.model import ModelHolder, import_tensorflow
+
+    shutil.copytree(saved_model, tmp_path / "1")
+    attempts = []
+
+    def start():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ImportError("libtensorflow_framework.so.2: cannot open shared object file")
+        import_tensorflow()
+
+    holder = ModelHolder(tmp_path, start_tensorflow=start)
+    with caplog.at_level("ERROR", logger="services.serving.model"):
+        assert holder.refresh() is None and holder.refresh() == 1
+    assert len(attempts) == 2 and holder.current.version == 1
+    assert ["TensorFlow cannot start" in r.message for r in caplog.records] == [True]
+    assert holder.refresh() == 1 and len(attempts) == 2  # started once, for good

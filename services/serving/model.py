@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -215,6 +216,7 @@ class ModelHolder:
         self.compiler = CompileWorker() if compile_at_load else None
         self.worker_ahead = worker_ahead
         self._start_tensorflow: Callable[[], object] | None = start_tensorflow
+        self._tensorflow_failed_at = -math.inf  # when its failure was last said
 
     def close(self) -> None:
         """End the compile worker (the server stops)."""
@@ -279,8 +281,9 @@ class ModelHolder:
             # (and the live guard compares like with like: no compilation in its window);
             # without compile_at_load, only a version replacing one under traffic is
             compile_now = self.compile_at_load or (current is not None and bool(self.compile_after))
+            if not self._tensorflow_started():
+                return current.version if current else None
             try:  # by the worker: a version answers meanwhile, the converter would hold it up
-                self._tensorflow_started()
                 started = time.perf_counter()
                 model = load(path, newest, self.compile_after, digest, compile_now,
                              self.compiler if current is not None else None)
@@ -297,11 +300,23 @@ class ModelHolder:
                      time.perf_counter() - started)
             return newest
 
-    def _tensorflow_started(self) -> None:
-        """(Under the lock.) ``start_tensorflow``, before the first version loads."""
-        start, self._start_tensorflow = self._start_tensorflow, None
-        if start is not None:
-            start()
+    def _tensorflow_started(self) -> bool:
+        """(Under the lock.) ``start_tensorflow``, before the first version loads; False when
+        TensorFlow cannot start (a broken install): no version is blamed for it, and it is
+        tried again at the next refresh (said at the first failure, then once a minute)."""
+        if self._start_tensorflow is None:
+            return True
+        try:
+            self._start_tensorflow()
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._tensorflow_failed_at >= 60:
+                self._tensorflow_failed_at = now
+                log.error("TensorFlow cannot start, so no version can be loaded (tried again "
+                          "at each poll): %s", exc)
+            return False
+        self._start_tensorflow = None
+        return True
 
     def _swap(self, model: LoadedModel) -> None:
         """(Under the lock.) Serve ``model``; the one it replaces joins the kept versions (one
