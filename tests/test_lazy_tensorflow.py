@@ -166,3 +166,35 @@ def test_tensorflow_that_cannot_start_is_not_blamed_on_the_version(tmp_path, sav
     assert len(attempts) == 2 and holder.current.version == 1
     assert ["TensorFlow cannot start" in r.message for r in caplog.records] == [True]
     assert holder.refresh() == 1 and len(attempts) == 2  # started once, for good
+
+
+def test_a_server_whose_tensorflow_cannot_start_says_it_is_not_live(tmp_path, saved_model):
+    """Over HTTP and gRPC: not live, with the reason, while TensorFlow cannot start (so
+    Kubernetes restarts it, as it did when the server failed at start); live again once it
+    does."""
+    import tritonclient.grpc as triton
+    from fastapi.testclient import TestClient
+
+    from services.serving.app import create_app
+    from services.serving.model import import_tensorflow
+
+    shutil.copytree(saved_model, tmp_path / "repo" / "fashion-mnist" / "1")
+    broken = [True]
+
+    def start():
+        if broken[0]:
+            raise ImportError("libtensorflow_framework.so.2: cannot open shared object file")
+        import_tensorflow()
+
+    app = create_app(tmp_path / "repo", poll_seconds=0.05, grpc=("127.0.0.1", 0),
+                     start_tensorflow=start)
+    with TestClient(app) as client:
+        stub = triton.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+        live = client.get("/v2/health/live")
+        assert live.status_code == 503 and "TensorFlow cannot start" in live.json()["error"]
+        assert stub.is_server_live() is False
+        assert client.get("/v2/health/ready").status_code == 503
+        broken[0] = False
+        wait_for(lambda: client.get("/v2/health/ready").status_code == 200, 60)
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert stub.is_server_live() is True

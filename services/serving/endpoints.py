@@ -46,8 +46,13 @@ class V2Endpoints:
     def server_metadata(self) -> dict[str, Any]:
         return self.plane.server_metadata()
 
-    def live(self) -> dict[str, bool]:
-        return {"live": True}
+    def live(self) -> Response:
+        """200 while the server can serve; 503 with the reason when it never will (TensorFlow
+        cannot start), so that Kubernetes restarts it."""
+        broken = self.plane.holder.broken
+        if broken:
+            return JSONResponse({"live": False, "error": broken}, status_code=503)
+        return JSONResponse({"live": True})
 
     def ready(self) -> Response:
         """200 once a model version is loaded, 503 until then."""

@@ -72,7 +72,7 @@ class InferenceService:
         self._plane = plane
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
-        return protos.ServerLiveResponse(live=True)
+        return protos.ServerLiveResponse(live=not self._plane.holder.broken)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
         return protos.ServerReadyResponse(ready=self._plane.holder.ready)

@@ -217,6 +217,7 @@ class ModelHolder:
         self.worker_ahead = worker_ahead
         self._start_tensorflow: Callable[[], object] | None = start_tensorflow
         self._tensorflow_failed_at = -math.inf  # when its failure was last said
+        self._tensorflow_error: str | None = None
 
     def close(self) -> None:
         """End the compile worker (the server stops)."""
@@ -244,6 +245,12 @@ class ModelHolder:
     @property
     def ready(self) -> bool:
         return self._current is not None
+
+    @property
+    def broken(self) -> str | None:
+        """Why this server can serve no version, whatever is published (TensorFlow cannot
+        start: a broken install); None while it can. The liveness answers say so."""
+        return self._tensorflow_error
 
     @property
     def compiled(self) -> bool:
@@ -302,20 +309,23 @@ class ModelHolder:
 
     def _tensorflow_started(self) -> bool:
         """(Under the lock.) ``start_tensorflow``, before the first version loads; False when
-        TensorFlow cannot start (a broken install): no version is blamed for it, and it is
-        tried again at the next refresh (said at the first failure, then once a minute)."""
+        TensorFlow cannot start (a broken install): no version is blamed for it, the server
+        says it is not live (Kubernetes restarts it, as it did when this failed at start),
+        and it is tried again at the next refresh (said at the first failure, then once a
+        minute)."""
         if self._start_tensorflow is None:
             return True
         try:
             self._start_tensorflow()
         except Exception as exc:
+            self._tensorflow_error = f"TensorFlow cannot start: {exc}"
             now = time.monotonic()
             if now - self._tensorflow_failed_at >= 60:
                 self._tensorflow_failed_at = now
                 log.error("TensorFlow cannot start, so no version can be loaded (tried again "
                           "at each poll): %s", exc)
             return False
-        self._start_tensorflow = None
+        self._start_tensorflow = self._tensorflow_error = None
         return True
 
     def _swap(self, model: LoadedModel) -> None:
