@@ -25,6 +25,11 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def masked_crcs(rows: np.ndarray) -> np.ndarray:
+    """``masked_crc`` of each row of a 2-D uint8 array (uint32)."""
+    return np.fromiter((masked_crc(row.tobytes()) for row in rows), np.uint32, len(rows))
+
+
 def _header(length: int) -> bytes:
     size = struct.pack("<Q", length)
     return size + struct.pack("<I", masked_crc(size))
@@ -39,8 +44,7 @@ def frame(records: np.ndarray | list[bytes]) -> bytes:
     out = np.empty((count, 12 + length + 4), np.uint8)
     out[:, :12] = np.frombuffer(_header(length), np.uint8)
     out[:, 12:12 + length] = records
-    crcs = np.fromiter((masked_crc(row.tobytes()) for row in records), np.uint32, count)
-    out[:, 12 + length:] = crcs.astype("<u4").view(np.uint8).reshape(count, 4)
+    out[:, 12 + length:] = masked_crcs(records).astype("<u4").view(np.uint8).reshape(count, 4)
     return out.tobytes()
 
 

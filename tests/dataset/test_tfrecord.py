@@ -84,7 +84,14 @@ def test_shards_read_as_arrays_are_what_tensorflow_parses(tmp_path):
     import tensorflow as tf
 
     from dataset.example import read_shards
-    from dataset.records import parse
+
+    features = {"image": tf.io.FixedLenFeature([], tf.string),
+                "label": tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):  # TensorFlow's own reading of a tf.train.Example
+        parsed = tf.io.parse_single_example(record, features)
+        image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), (28, 28, 1))
+        return tf.cast(image, tf.float32) / 255.0, parsed["label"]
 
     rng = np.random.default_rng(9)
     images = rng.integers(0, 256, (50, 28, 28), np.uint8)
