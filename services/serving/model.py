@@ -60,13 +60,6 @@ def import_tensorflow() -> ModuleType:
     return tf
 
 
-def __getattr__(name: str) -> ModuleType:
-    """``model.tf``, for code that takes TensorFlow from here: imported on first use."""
-    if name == "tf":
-        return import_tensorflow()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class LoadedModel:
     version: int

@@ -174,7 +174,9 @@ def test_rate_limits_answer_429_with_retry_after_and_keys_get_their_own(tmp_path
 
 
 def test_a_model_answering_nan_is_a_500_over_every_door_and_encoding(tmp_path):
-    from services.serving.model import tf
+    from services.serving.model import import_tensorflow
+
+    tf = import_tensorflow()
 
     class Broken(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])

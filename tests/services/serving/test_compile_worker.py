@@ -17,9 +17,11 @@ import pytest
 from core.http import BackgroundServer, bind
 from services.serving.app import create_app
 from services.serving.compile_apart import CompileFailedError, CompileWorker
-from services.serving.model import load, tf
+from services.serving.model import import_tensorflow, load
 from tests.conftest import wait_for
 from tests.services.serving.test_lite import odd_model
+
+tf = import_tensorflow()  # (the server imports it with its first version)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]

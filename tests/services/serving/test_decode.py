@@ -17,7 +17,9 @@ from services.serving.decode import (
     is_plain_png28,
 )
 from services.serving.errors import BadRequestError
-from services.serving.model import load, tf
+from services.serving.model import import_tensorflow, load
+
+tf = import_tensorflow()  # (the server imports it with its first version)
 
 pytestmark = [pytest.mark.integration]
 

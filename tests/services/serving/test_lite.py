@@ -19,8 +19,10 @@ from core.http import BackgroundServer, bind
 from services.serving.app import create_app
 from services.serving.batching import BatchConfig
 from services.serving.lite import SIZES, CompiledModel, batch_size
-from services.serving.model import ModelHolder, load, tf
+from services.serving.model import ModelHolder, import_tensorflow, load
 from tests.conftest import wait_for
+
+tf = import_tensorflow()  # (the server imports it with its first version)
 
 pytestmark = [pytest.mark.integration]
 PREDICT = "/v1/models/fashion-mnist:predict"
