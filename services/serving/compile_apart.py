@@ -52,7 +52,10 @@ READY = "ready"
 
 class CompileFailedError(Exception):
     """The converter refused the model (its last line of error output is the message), or
-    the worker failed otherwise."""
+    the worker failed otherwise; ``passing``: a failure another try may not meet (the worker
+    killed, or past its time), not a verdict on the model."""
+
+    passing = False
 
 
 class _WorkerDiedError(CompileFailedError):
@@ -63,6 +66,7 @@ class _WorkerDiedError(CompileFailedError):
     def __init__(self, message: str, crashed: bool = False) -> None:
         super().__init__(message)
         self.crashed = crashed
+        self.passing = not crashed
 
 
 class _Worker:
@@ -211,8 +215,9 @@ class CompileWorker:
         except _WorkerDiedError:
             self._forget(worker)
             if late.is_set():
-                raise CompileFailedError(
-                    f"the LiteRT converter took more than {timeout:g}s") from None
+                late_error = CompileFailedError(f"the LiteRT converter took more than {timeout:g}s")
+                late_error.passing = True
+                raise late_error from None
             raise
         finally:
             timer.cancel()

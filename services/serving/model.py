@@ -71,6 +71,7 @@ class LoadedModel:
     # ~0.15 ms less than the signature's keyword call (its argument binding), per model call
     arrays_direct: object | None = None
     compile_after: int | None = None  # model calls before compiling for LiteRT (None: never)
+    compiler: CompileWorker | None = None  # what compiles it then (None: this process)
     compiled: CompiledModel | None = None
     calls: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
     digest: str | None = None  # the files' digest (repository.digest), when it could be read
@@ -105,7 +106,8 @@ class LoadedModel:
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         if next(self.calls) == self.compile_after and self.compiled is None:  # one thread draws it
-            threading.Thread(target=self.compile, name=f"compile-v{self.version}", daemon=True).start()
+            threading.Thread(target=self.compile, args=(self.compiler,),
+                             name=f"compile-v{self.version}", daemon=True).start()
         compiled = self.compiled
         if compiled is not None:
             return compiled.predict(images)
@@ -134,6 +136,8 @@ class LoadedModel:
             if worker is not None and worker.closed:  # the server is stopping: not a verdict
                 log.info("version %d not compiled: the server is stopping", self.version)
                 return
+            if not getattr(exc, "passing", False):  # refused: never tried again
+                self.compile_after = None
             log.warning("version %d stays on TensorFlow: LiteRT cannot compile it: %s",
                         self.version, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return
@@ -160,8 +164,9 @@ def load(path: Path, version: int, compile_after: int | None = None,
     model = LoadedModel(version, str(path), loaded.signatures[BYTES_SIGNATURE], arrays, loaded,
                         direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)),
                         # compiled at load, ``compile_after`` stays: a compile that failed
-                        # (a child killed, a timeout on a busy node) is tried again later
-                        compile_after, digest=digest)
+                        # for a passing reason (the worker killed, a timeout on a busy node)
+                        # is tried again later, by the same worker; a refusal is final
+                        compile_after, worker, digest=digest)
     # warm up before taking traffic: TensorFlow's call either way (the fallback), then LiteRT
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))
     if compile_now:

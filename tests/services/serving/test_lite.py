@@ -7,6 +7,7 @@ import base64
 import io
 import logging
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
@@ -109,9 +110,11 @@ def odd_model(path):
         "predict_images": odd.serve_arrays.get_concrete_function()})
 
 
-@pytest.mark.parametrize("when", [{"compile_at_load": True}, {"compile_after": 2}],
-                         ids=["at-load", "after-calls"])
+@pytest.mark.parametrize("when", [{"compile_at_load": True, "compile_after": 2},
+                                  {"compile_after": 2}], ids=["at-load", "after-calls"])
 def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, when):
+    """Refused once, for good: the calls that follow never convert it again (in the
+    server's own process, under traffic)."""
     odd_model(tmp_path / "repo" / "fashion-mnist" / "1")
     with caplog.at_level(logging.WARNING, logger="services.serving.model"):
         app, server = _serve(tmp_path / "repo", **when)
@@ -121,8 +124,11 @@ def test_a_model_litert_cannot_compile_stays_on_tensorflow(tmp_path, caplog, whe
                            for _ in range(4)]
                 wait_for(lambda: "stays on TensorFlow" in caplog.text, seconds=60)
                 again = client.post(PREDICT, json={"instances": [np.full((28, 28), 0.5).tolist()]})
+                wait_for(lambda: not any(t.name.startswith("compile-v")
+                                         for t in threading.enumerate()), seconds=60)
         finally:
             server.stop()
+    assert caplog.text.count("stays on TensorFlow") == 1, caplog.text
     assert [a.status_code for a in answers] == [200] * 4 and again.status_code == 200
     assert again.json()["predictions"] == answers[0].json()["predictions"]
     assert app.state.holder.current.compiled is None
