@@ -165,7 +165,7 @@ def trainer_vs_bare_fit(uri: str, root: Path, work: Path, steps: int, batch: int
     met = [verdict("steady state, retrain train / bare fit", ours_rate / bare_rate, 0.9,
                    lower_is_better=False)]
     fit = [median([(_phase(w, r, "first_step") + _phase(w, r, "steps")) for w, r, _ in side])
-           for side in (ours, [(w, f, x) for w, f, x in bare])]
+           for side in (ours, bare)]
     line("the whole fit (first step included), retrain train / bare fit",
          f"{fit[1] / fit[0]:.3f}x  ({fit[0]:.1f} s vs {fit[1]:.1f} s for the same "
          f"{steps} steps: what the steady state leaves out)")
