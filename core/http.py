@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from core import redact
+from core.http_writes import OneWriteHttpTools
 from core.errors import PortInUseError, RetrainError
 
 
@@ -39,7 +40,8 @@ class BackgroundServer:
         self.name = name
         self.port = sock.getsockname()[1]
         self.host = sock.getsockname()[0]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)  # type: ignore[arg-type]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,  # type: ignore[arg-type]
+                                http=OneWriteHttpTools)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=name, daemon=True)
@@ -69,7 +71,8 @@ def serve_forever(app: object, host: str, port: int | socket.socket, service: st
     sock = port if isinstance(port, socket.socket) else bind(host, port, service)
     # no access log: a line per request costs a model server at thousands of requests/s
     # more than its JSON (the request counters and latencies are in /metrics)
-    config = uvicorn.Config(app, log_level="info", lifespan="on", access_log=False)  # type: ignore[arg-type]
+    config = uvicorn.Config(app, log_level="info", lifespan="on", access_log=False,  # type: ignore[arg-type]
+                            http=OneWriteHttpTools)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # they have their own handlers
         redact.install(logging.getLogger(name))
     uvicorn.Server(config).run(sockets=[sock])

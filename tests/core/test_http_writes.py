@@ -1,0 +1,86 @@
+"""Each response in one write (``core.http_writes``), on a real uvicorn server of ours: counted
+by the kernel (the server thread's write system calls, ``/proc/self/task/TID/io``), and read
+back whole by a real client, whatever the response's size or shape."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core.http import BackgroundServer, bind
+from core.http_writes import HELD_BYTES
+
+BIG = bytes(range(256)) * (3 * HELD_BYTES // 256)  # three times what is ever held
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()
+    path = scope["path"]
+    if path == "/stream":  # chunked: no content-length, the body in pieces, then the end
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"one,", b"two,", b"three"):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = BIG if path == "/big" else b'{"ok":true}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": bytearray(body)})  # a mutable buffer
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[BackgroundServer]:
+    running = BackgroundServer(app, bind("127.0.0.1", 0, "test"), "http-writes-test").start()
+    yield running
+    running.stop()
+
+
+def writes(server: BackgroundServer) -> int:
+    """Write system calls made so far by the server's thread (its event loop)."""
+    native = server._thread.native_id
+    with open(f"/proc/self/task/{native}/io") as counters:
+        return next(int(line.split()[1]) for line in counters if line.startswith("syscw"))
+
+
+def test_a_response_is_one_write(server: BackgroundServer) -> None:
+    client = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    client.request("POST", "/small", body=b"{}")
+    assert client.getresponse().read() == b'{"ok":true}'
+    before = writes(server)
+    for _ in range(50):
+        client.request("POST", "/small", body=b"{}")
+        answer = client.getresponse()
+        assert (answer.status, answer.read()) == (200, b'{"ok":true}')
+    assert writes(server) - before == 50  # uvicorn alone writes each response's head apart
+
+
+def test_large_and_streamed_bodies_arrive_whole(server: BackgroundServer) -> None:
+    client = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    client.request("GET", "/big")
+    assert client.getresponse().read() == BIG
+    client.request("GET", "/stream")
+    streamed = client.getresponse()
+    assert streamed.getheader("transfer-encoding") == "chunked"
+    assert streamed.read() == b"one,two,three"
+    client.request("GET", "/small")  # the connection is still in step after both
+    assert client.getresponse().read() == b'{"ok":true}'
+
+
+def test_what_is_held_is_sent_before_the_connection_closes(server: BackgroundServer) -> None:
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+        raw.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+    assert body == b'{"ok":true}'
