@@ -12,8 +12,10 @@ warms every interpreter it will use (``warm``), so that no request pays for an i
 creation. A model LiteRT cannot take (an op it lacks, say) is answered by TensorFlow. The
 compiled model gives the probabilities TensorFlow gives, to float32 rounding
 (``tests/services/serving/test_lite.py``). An interpreter is kept per batch size (1 to 8,
-then multiples of 8 up to 64, a batch padded with zeros to its size), each used by one thread
-at a time.
+then multiples of 8 up to 64), each used by one thread at a time. A batch of another size runs
+as two calls, its multiple of 8 and the rest (13 images: 8, then 5), never padded: the
+network's cost is per image (~72 µs here, at every size), so a batch of 9 padded to 16 cost
+what 16 cost, and at 32 concurrent clients most batches are between 9 and 32 images.
 """
 
 from __future__ import annotations
@@ -34,12 +36,20 @@ SIGNATURE = ARRAYS_SIGNATURE
 MAX_BATCH = 64
 
 
-def batch_size(n: int) -> int:
-    """The interpreter size a batch of ``n`` (at most 64) images runs at."""
-    return n if n <= 8 else -(-n // 8) * 8
+SIZES = (*range(1, 9), *range(16, MAX_BATCH + 1, 8))  # 1..8, 16, ..., 64
 
 
-SIZES = tuple(sorted({batch_size(n) for n in range(1, MAX_BATCH + 1)}))  # 1..8, 16, ..., 64
+def calls(n: int) -> list[int]:
+    """The interpreter sizes a batch of ``n`` images runs as, in order (their sum is ``n``):
+    runs of 64, then the rest's multiple of 8, then what is left (at most 7)."""
+    sizes = [MAX_BATCH] * (n // MAX_BATCH)
+    rest = n % MAX_BATCH
+    if rest > 8 and rest % 8:
+        sizes.append(rest // 8 * 8)
+        rest %= 8
+    if rest:
+        sizes.append(rest)
+    return sizes
 
 
 class CompiledModel:
@@ -99,14 +109,12 @@ class CompiledModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         pieces = []
-        for start in range(0, len(images), MAX_BATCH):
-            piece = np.asarray(images[start:start + MAX_BATCH], np.float32)
-            size = batch_size(len(piece))
-            if size != len(piece):
-                piece = np.concatenate([piece, np.zeros((size - len(piece), 28, 28), np.float32)])
+        start = 0
+        for size in calls(len(images)):
             interpreter, given, answer, busy = self._interpreter(size)
             with busy:
-                interpreter.set_tensor(given, piece)
+                interpreter.set_tensor(given, np.asarray(images[start:start + size], np.float32))
                 interpreter.invoke()
-                pieces.append(interpreter.get_tensor(answer)[:min(MAX_BATCH, len(images) - start)])
+                pieces.append(interpreter.get_tensor(answer))  # a copy, the buffer is reused
+            start += size
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)

@@ -19,7 +19,7 @@ from PIL import Image
 from core.http import BackgroundServer, bind
 from services.serving.app import create_app
 from services.serving.batching import BatchConfig
-from services.serving.lite import SIZES, CompiledModel, batch_size
+from services.serving.lite import SIZES, CompiledModel, calls
 from services.serving.model import ModelHolder, import_tensorflow, load
 from tests.conftest import wait_for
 
@@ -39,15 +39,20 @@ def _png(pixels):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_batch_sizes_are_exact_up_to_8_then_multiples_of_8():
-    assert [batch_size(n) for n in (1, 2, 7, 8, 9, 16, 17, 63, 64)] == [1, 2, 7, 8, 16, 16, 24, 64, 64]
+def test_a_batch_runs_unpadded_on_the_interpreters_kept():
+    assert SIZES == (1, 2, 3, 4, 5, 6, 7, 8, 16, 24, 32, 40, 48, 56, 64)
+    assert [calls(n) for n in (1, 8, 9, 13, 16, 17, 63, 64, 75, 130)] == [
+        [1], [8], [8, 1], [8, 5], [16], [16, 1], [56, 7], [64], [64, 8, 3], [64, 64, 2]]
+    for n in range(1, 300):  # every image once, on a kept size, at most two calls past the 64s
+        sizes = calls(n)
+        assert sum(sizes) == n and set(sizes) <= set(SIZES) and len(sizes) <= n // 64 + 2
 
 
 def test_the_compiled_model_answers_as_tensorflow_for_every_batch_size(saved_model):
     model = load(saved_model, 1)
     compiled = CompiledModel.compile(saved_model)
     rng = np.random.default_rng(0)
-    for n in (1, 3, 8, 9, 64, 100):  # exact, padded, several pieces
+    for n in (1, 3, 8, 9, 13, 64, 100):  # one call, two, several
         images = rng.random((n, 28, 28), dtype=np.float32)
         answer = compiled.predict(images)
         assert answer.shape == (n, 10)
