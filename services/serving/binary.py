@@ -11,11 +11,11 @@ is what ``tritonclient`` does by default. Pure: bytes in, arrays out.
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 import numpy as np
+import orjson
 
 from services.serving.errors import BadRequestError
 
@@ -119,14 +119,31 @@ def wants_binary(body: dict[str, Any], output: str) -> bool:
     return isinstance(parameters, dict) and parameters.get("binary_data_output") is True
 
 
+def json_bytes(body: dict[str, Any]) -> bytes:
+    """``body`` as JSON, its NumPy arrays as lists: a float32 array's values written as the
+    shortest decimals that read back as the same float32 values (``0.1``, not the
+    ``0.10000000149011612`` of the value widened to a double), by orjson in ~1 µs where
+    ``json.dumps`` of ``tolist()`` took ~10. The data plane has refused answers that are not
+    finite numbers before they get here (orjson would write them as null)."""
+    return orjson.dumps(body, default=_listed, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _listed(value: Any) -> Any:
+    """What orjson does not write itself: an array that is not C-ordered (written as a copy
+    that is), or of a type orjson does not take (as a list)."""
+    if isinstance(value, np.ndarray):
+        ordered = np.ascontiguousarray(value)
+        return ordered if ordered is not value else value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def response(header: dict[str, Any], output: dict[str, Any], values: np.ndarray,
              binary: bool) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers, the output's data inline or after the JSON."""
     if not binary:
-        body = {**header, "outputs": [{**output, "data": values.ravel().tolist()}]}
-        # a model answering NaN is a 500, as over V1, not a 200 that is not JSON
-        return json.dumps(body, allow_nan=False).encode(), {"Content-Type": "application/json"}
+        body = {**header, "outputs": [{**output, "data": values.ravel()}]}
+        return json_bytes(body), {"Content-Type": "application/json"}
     data = np.ascontiguousarray(values, dtype="<f4").tobytes()
     described = {**output, "parameters": {"binary_data_size": len(data)}}
-    text = json.dumps({**header, "outputs": [described]}).encode()
+    text = json_bytes({**header, "outputs": [described]})
     return text + data, {HEADER: str(len(text)), "Content-Type": "application/octet-stream"}

@@ -125,8 +125,7 @@ class InferenceRoutes:
         if protocol == "v1":
             kind, inputs = v1_inputs(parse_json(raw))
             probs, version = await plane.predict(kind, inputs)
-            content = json.dumps({"predictions": probs.tolist(), "model_version": str(version)},
-                                 separators=(",", ":"), allow_nan=False).encode()  # NaN: a 500
+            content = wire.json_bytes({"predictions": probs, "model_version": str(version)})
             content_type, extra = JSON, {}
         else:
             declared = headers.get(_BINARY_HEADER)

@@ -33,6 +33,9 @@ def test_v1_predict_with_the_books_request(client):
     preds = r.json()["predictions"]
     assert len(preds) == 2 and len(preds[0]) == 10 and abs(sum(preds[0]) - 1) < 1e-4
     assert r.headers["x-model-version"] == "1"
+    # float32 values, each written as the shortest decimal that reads back as itself
+    # (not 0.10000000149011612, the value widened to a double)
+    assert all(float(str(np.float32(p))) == p for p in preds[0] + preds[1])
 
 
 def test_v1_predict_with_raw_arrays(client):
