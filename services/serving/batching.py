@@ -25,12 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from services.serving.errors import BadRequestError, ModelFailedError
+from services.serving.errors import BadRequestError, ModelFailedError, NotFiniteError
 
 if TYPE_CHECKING:  # the model (TensorFlow) is what the server loads, not what batching needs
     from services.serving.model import LoadedModel
 
 log = logging.getLogger(__name__)
+
+
+def check_finite(probabilities: np.ndarray, version: int) -> None:
+    """``NotFiniteError`` naming ``version`` unless every value is a finite number."""
+    if not np.isfinite(probabilities).all():
+        raise NotFiniteError("internal server error", version=version)
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,16 @@ class MicroBatcher:
             outcomes.extend((request, None, failed) for request in group)
             return
         self._observe(sum(r.size for r in group), model.version)
+        finite = bool(np.isfinite(probs).all())  # once per call; per request only if not
         start = 0
         for request in group:
-            outcomes.append((request, (probs[start : start + request.size], model.version), None))
+            answer = probs[start : start + request.size]
             start += request.size
+            try:
+                if not finite:
+                    check_finite(answer, model.version)
+            except NotFiniteError as exc:
+                outcomes.append((request, None, exc))
+                continue
+            outcomes.append((request, (answer, model.version), None))
 

@@ -58,6 +58,10 @@ class ModelFailedError(ServingError):
         self.version = version
 
 
+class NotFiniteError(ModelFailedError):
+    """The model's answer holds NaN or infinity (checked once per model call)."""
+
+
 class StatisticsOffError(ServingError):
     """The statistics extension asked of a server keeping no per-version statistics."""
 

@@ -16,8 +16,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from core.auth import ApiKeys
@@ -91,15 +90,32 @@ class Backlog:
         self.images = 0
         self._lock = threading.Lock()
 
-    @contextmanager
-    def admitted(self, images: int) -> Iterator[None]:
+    def admitted(self, images: int) -> _Share:
+        """``with backlog.admitted(n):`` holds ``n`` images' share while the block runs
+        (``OverloadedError`` when the backlog is full); a class, not a generator: every
+        inference request enters it."""
+        return _Share(self, images)
+
+    def _take(self, images: int) -> None:
         with self._lock:
             if self.images and self.images + images > self.limit:
                 raise OverloadedError(f"{self.images} images already wait for the model (the "
                                       f"limit is {self.limit}); retry shortly")
             self.images += images
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.images -= images
+
+    def _give_back(self, images: int) -> None:
+        with self._lock:
+            self.images -= images
+
+
+class _Share:
+    __slots__ = ("_backlog", "_images")
+
+    def __init__(self, backlog: Backlog, images: int) -> None:
+        self._backlog, self._images = backlog, images
+
+    def __enter__(self) -> None:
+        self._backlog._take(self._images)
+
+    def __exit__(self, *_: object) -> None:
+        self._backlog._give_back(self._images)

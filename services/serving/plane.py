@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from services.serving.batching import BatchConfig, MicroBatcher
+from services.serving.batching import BatchConfig, MicroBatcher, check_finite
 from services.serving.errors import (
     BadRequestError,
     ModelFailedError,
     ModelNotFoundError,
+    NotFiniteError,
     RateLimitedError,
     ServingError,
     StatisticsOffError,
@@ -209,12 +210,13 @@ class Plane:
                     probs = await run_in_threadpool(_model_call, model, kind, inputs)
                     served = model.version
                     self._called(len(inputs), served)
+                    check_finite(probs, served)
+            except NotFiniteError as exc:  # batched: checked once per model call
+                self._nonfinite.said(exc.version or 0)
+                raise
             except ModelFailedError as exc:  # a model that fails every request: a line a minute
                 self._raised.said(exc.version or 0, exc.__cause__)
                 raise
-        if not np.isfinite(probs).all():
-            self._nonfinite.said(served)
-            raise ModelFailedError("internal server error", version=served)
         return probs, served
 
     def open(self) -> None:

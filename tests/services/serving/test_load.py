@@ -236,6 +236,53 @@ def test_a_request_abandoned_while_queued_does_not_stop_the_batcher(saved_models
     assert version == 1 and probs.shape == (1, 10)
 
 
+def test_an_answer_that_is_not_a_number_fails_its_request_alone_inside_a_batch(saved_models):
+    """Finiteness is checked once per model call; when it fails, the requests whose own rows
+    hold NaN get the model's 500 (``NotFiniteError``, naming the version) and the others in
+    the same call their answers."""
+    import asyncio
+
+    from services.serving.batching import MicroBatcher
+    from services.serving.errors import NotFiniteError
+    from services.serving.model import LoadedModel, load
+
+    real = load(saved_models[0], 1)
+    gate = threading.Event()
+
+    def poisoned(**inputs):  # NaN for each image whose first pixel is 0.5
+        gate.wait(30)
+        import tensorflow as tf
+
+        out = {k: v.numpy() for k, v in real.serve_arrays(**inputs).items()}
+        images = inputs["images"].numpy()
+        for probs in out.values():
+            probs[images[:, 0, 0] == 0.5] = np.nan
+        return {k: tf.constant(v) for k, v in out.items()}
+
+    model = LoadedModel(4, real.path, real.serve_bytes, poisoned)
+    batcher = MicroBatcher(lambda: model, BatchConfig(max_batch=16, max_wait=0))
+    good, bad = np.zeros((2, 28, 28), np.float32), np.zeros((1, 28, 28), np.float32)
+    bad[0, 0, 0] = 0.5
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict("arrays", good))
+        await asyncio.sleep(0.2)  # the model thread holds the first; the next three queue
+        rest = [asyncio.create_task(batcher.predict("arrays", images)) for images in (good, bad, good)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    try:
+        first, before, poisoned_answer, after = asyncio.run(scenario())
+    finally:
+        gate.set()
+        batcher.close()
+    assert isinstance(poisoned_answer, NotFiniteError) and poisoned_answer.version == 4
+    assert poisoned_answer.status == 500
+    for probs, version in (first, before, after):
+        assert version == 4 and probs.shape == (2, 10) and np.isfinite(probs).all()
+
+
 def _rss_bytes():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
