@@ -14,8 +14,8 @@ from typing import Any
 import uvicorn
 
 from core import redact
-from core.http_writes import OneWriteHttpTools
 from core.errors import PortInUseError, RetrainError
+from core.http_writes import OneWriteHttpTools
 
 
 def bind(host: str, port: int, service: str) -> socket.socket:
@@ -45,6 +45,11 @@ class BackgroundServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=name, daemon=True)
+
+    @property
+    def thread_id(self) -> int | None:
+        """The operating system's id of the server's thread (its event loop), once started."""
+        return self._thread.native_id
 
     @property
     def url(self) -> str:

@@ -11,6 +11,7 @@ is what ``tritonclient`` does by default. Pure: bytes in, arrays out.
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -124,8 +125,13 @@ def json_bytes(body: dict[str, Any]) -> bytes:
     shortest decimals that read back as the same float32 values (``0.1``, not the
     ``0.10000000149011612`` of the value widened to a double), by orjson in ~1 µs where
     ``json.dumps`` of ``tolist()`` took ~10. The data plane has refused answers that are not
-    finite numbers before they get here (orjson would write them as null)."""
-    return orjson.dumps(body, default=_listed, option=orjson.OPT_SERIALIZE_NUMPY)
+    finite numbers before they get here (orjson would write them as null). What orjson
+    refuses, such as a request's ``id`` holding a lone surrogate (which ``json.loads``
+    accepted), is written by ``json.dumps``, escaped, as before."""
+    try:
+        return orjson.dumps(body, default=_listed, option=orjson.OPT_SERIALIZE_NUMPY)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(body, default=lambda value: value.tolist(), allow_nan=False).encode()
 
 
 def _listed(value: Any) -> Any:

@@ -54,6 +54,17 @@ def test_v2_infer_with_bytes_and_with_floats(client):
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 10]
 
 
+def test_a_v2_id_json_reads_is_echoed_whatever_it_holds(client):
+    """A lone surrogate is valid JSON text that ``json.loads`` reads (and orjson will not
+    write): the request is answered, its id echoed escaped as it came."""
+    text = json.dumps({"id": "\ud800-x", "inputs": [
+        {"name": "images", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]})
+    r = client.post("/v2/models/fashion-mnist/infer", content=text,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert b'"id": "\\ud800-x"' in r.content and r.json()["outputs"][0]["shape"] == [1, 10]
+
+
 def test_ready_and_metadata_endpoints(client):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").status_code == 200

@@ -260,7 +260,9 @@ def test_an_answer_that_is_not_a_number_fails_its_request_alone_inside_a_batch(s
         return {k: tf.constant(v) for k, v in out.items()}
 
     model = LoadedModel(4, real.path, real.serve_bytes, poisoned)
-    batcher = MicroBatcher(lambda: model, BatchConfig(max_batch=16, max_wait=0))
+    calls: list[int] = []  # images per model call
+    batcher = MicroBatcher(lambda: model, BatchConfig(max_batch=16, max_wait=0),
+                           lambda images, version: calls.append(images))
     good, bad = np.zeros((2, 28, 28), np.float32), np.zeros((1, 28, 28), np.float32)
     bad[0, 0, 0] = 0.5
 
@@ -277,6 +279,7 @@ def test_an_answer_that_is_not_a_number_fails_its_request_alone_inside_a_batch(s
     finally:
         gate.set()
         batcher.close()
+    assert calls == [2, 5]  # the first alone, then the three queued behind it in one call
     assert isinstance(poisoned_answer, NotFiniteError) and poisoned_answer.version == 4
     assert poisoned_answer.status == 500
     for probs, version in (first, before, after):
