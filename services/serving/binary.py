@@ -127,11 +127,19 @@ def json_bytes(body: dict[str, Any]) -> bytes:
     ``json.dumps`` of ``tolist()`` took ~10. The data plane has refused answers that are not
     finite numbers before they get here (orjson would write them as null). What orjson
     refuses, such as a request's ``id`` holding a lone surrogate (which ``json.loads``
-    accepted), is written by ``json.dumps``, escaped, as before."""
+    accepted), is written by ``json.dumps`` as before: the string escaped, the values as
+    the doubles they widen to."""
     try:
         return orjson.dumps(body, default=_listed, option=orjson.OPT_SERIALIZE_NUMPY)
     except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(body, default=lambda value: value.tolist(), allow_nan=False).encode()
+        return json.dumps(body, default=_as_doubles, separators=(",", ":"),
+                          allow_nan=False).encode()
+
+
+def _as_doubles(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float64).tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _listed(value: Any) -> Any:

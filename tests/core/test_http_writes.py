@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from core.http import BackgroundServer, bind
-from core.http_writes import HELD_BYTES
+from core.http_writes import JOINED_BYTES
 
 pytestmark = [pytest.mark.integration]
-BIG = bytes(range(256)) * (3 * HELD_BYTES // 256)  # three times what is ever held
+BIG = bytes(range(256)) * (3 * JOINED_BYTES // 256)  # three times what is ever held
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -33,8 +33,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"11")]})
         await send({"type": "http.response.body", "body": b'{"ok":true}'})
-        time.sleep(0.3)
+        time.sleep(0.3)  # noqa: ASYNC251 - the event loop busy on purpose
         return
+    if path == "/block":  # the loop blocked before answering (a synchronous call, say)
+        time.sleep(0.3)  # noqa: ASYNC251
+    if path == "/pause":
+        time.sleep(0.05)  # noqa: ASYNC251
     if path == "/stream":  # chunked: no content-length, the body in pieces, then the end
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for piece in (b"one,", b"two,", b"three"):
@@ -95,15 +99,43 @@ def test_what_is_held_is_sent_before_the_connection_closes(server: BackgroundSer
     assert body == b'{"ok":true}'
 
 
-def test_what_is_held_is_sent_when_the_client_half_closes(server: BackgroundServer) -> None:
-    """The client sends its request and shuts its sending side while the event loop is still
-    busy after the answer was written: the loop then closes the connection on its own, and
-    the answer must have gone out first (stock uvicorn had written it already)."""
+def test_a_head_without_a_body_is_sent_when_the_client_half_closes(server: BackgroundServer) -> None:
+    """A HEAD request's answer has no body write to join: its head is held until a callback.
+    The client shuts its sending side while the event loop is still busy after answering;
+    the loop then handles that end of stream first and closes the connection on its own, and
+    the head must have gone out before."""
     with socket.create_connection((server.host, server.port), timeout=10) as raw:
-        raw.sendall(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.sendall(b"HEAD /busy HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.2)  # the answer is written; the loop's turn goes on for 0.2 s more
         raw.shutdown(socket.SHUT_WR)
         received = b""
         while chunk := raw.recv(65536):
             received += chunk
-    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b'\r\n\r\n{"ok":true}')
+    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"content-length: 11\r\n\r\n")
+
+
+def test_a_finished_response_waits_for_no_other_request(server: BackgroundServer) -> None:
+    """A response goes out when its body is written, not after other requests' work. Two
+    requests reach the loop together while it is busy: this one, answered at once, then one
+    that blocks the loop 0.3 s before answering (a synchronous call, say)."""
+    conns = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(3)]
+    try:
+        busy, fast, slow = conns
+        for conn in conns:  # each accepted and idle
+            conn.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.recv(65536)
+        busy.sendall(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")  # the loop busy 50 ms
+        time.sleep(0.01)
+        started = time.perf_counter()
+        fast.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.002)
+        slow.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = fast.recv(65536)
+        waited = time.perf_counter() - started
+        slow.recv(65536)
+        busy.recv(65536)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert answer.endswith(b'{"ok":true}')
+    assert waited < 0.25  # /block holds the loop 0.3 s once /small is answered

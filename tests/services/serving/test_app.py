@@ -62,7 +62,7 @@ def test_a_v2_id_json_reads_is_echoed_whatever_it_holds(client):
     r = client.post("/v2/models/fashion-mnist/infer", content=text,
                     headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
-    assert b'"id": "\\ud800-x"' in r.content and r.json()["outputs"][0]["shape"] == [1, 10]
+    assert b'"id":"\\ud800-x"' in r.content and r.json()["outputs"][0]["shape"] == [1, 10]
 
 
 def test_ready_and_metadata_endpoints(client):

@@ -247,9 +247,10 @@ def test_an_answer_that_is_not_a_number_fails_its_request_alone_inside_a_batch(s
     from services.serving.model import LoadedModel, load
 
     real = load(saved_models[0], 1)
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
 
     def poisoned(**inputs):  # NaN for each image whose first pixel is 0.5
+        entered.set()
         gate.wait(30)
         import tensorflow as tf
 
@@ -268,9 +269,10 @@ def test_an_answer_that_is_not_a_number_fails_its_request_alone_inside_a_batch(s
 
     async def scenario():
         first = asyncio.create_task(batcher.predict("arrays", good))
-        await asyncio.sleep(0.2)  # the model thread holds the first; the next three queue
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        # the model thread holds the first; the next three queue behind it
         rest = [asyncio.create_task(batcher.predict("arrays", images)) for images in (good, bad, good)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # each task puts its request in the queue
         gate.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
