@@ -35,13 +35,14 @@ def bind(host: str, port: int, service: str) -> socket.socket:
 class BackgroundServer:
     """A uvicorn server in a thread, on an already-bound socket."""
 
-    def __init__(self, app: object, sock: socket.socket, name: str) -> None:
+    def __init__(self, app: object, sock: socket.socket, name: str,
+                 http: type[OneWriteHttpTools] = OneWriteHttpTools) -> None:
         self.sock = sock
         self.name = name
         self.port = sock.getsockname()[1]
         self.host = sock.getsockname()[0]
         config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,  # type: ignore[arg-type]
-                                http=OneWriteHttpTools)
+                                http=http)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name=name, daemon=True)
@@ -70,14 +71,15 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve_forever(app: object, host: str, port: int | socket.socket, service: str) -> None:
+def serve_forever(app: object, host: str, port: int | socket.socket, service: str,
+                  http: type[OneWriteHttpTools] = OneWriteHttpTools) -> None:
     """Foreground serving for ``retrain serve``/``watch``: binds first (``port``, or a socket
     the caller bound already), then runs uvicorn."""
     sock = port if isinstance(port, socket.socket) else bind(host, port, service)
     # no access log: a line per request costs a model server at thousands of requests/s
     # more than its JSON (the request counters and latencies are in /metrics)
     config = uvicorn.Config(app, log_level="info", lifespan="on", access_log=False,  # type: ignore[arg-type]
-                            http=OneWriteHttpTools)
+                            http=http)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # they have their own handlers
         redact.install(logging.getLogger(name))
     uvicorn.Server(config).run(sockets=[sock])

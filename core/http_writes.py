@@ -7,7 +7,8 @@ holds the event loop ~35 µs, and at thousands of requests a second the model se
 loop spent a third of its time in those two calls. Here a response's head is held until its
 body's first write, and the two go out as one ``send`` at that write: nothing waits for
 anything but its own body, which uvicorn writes in the same step when the app sends it at once
-(as every response of ours does). Interim responses (``100 Continue``, ``101`` of an upgrade)
+(as every response of ours does). The model server goes one step further
+(``WaveWriteHttpTools``). Interim responses (``100 Continue``, ``101`` of an upgrade)
 and everything that is not a response's head are written at once, as before; a body of more
 than ``JOINED_BYTES`` is written after the head rather than copied into it. A head whose body
 never comes in that step (a HEAD request, a body sent later) goes out from a callback
@@ -36,13 +37,16 @@ def _final_head(data: bytes | bytearray | memoryview) -> bool:
 
 
 class HeldWrites:
-    """A transport whose response heads wait for their bodies' first write."""
+    """A transport whose response heads wait for their bodies' first write; with ``wave``,
+    the joined response waits further, for the callback scheduled when its head was held."""
 
-    __slots__ = ("_head", "_loop", "_transport")
+    __slots__ = ("_head", "_loop", "_transport", "_wave")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
+                 wave: bool = False) -> None:
         self._transport = transport
         self._loop = loop
+        self._wave = wave
         self._head: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -50,7 +54,10 @@ class HeldWrites:
         if head is not None:
             self._head = None
             if len(data) <= JOINED_BYTES:
-                self._transport.write(head + bytes(data))
+                if self._wave:
+                    self._head = head + bytes(data)  # sent by the callback already scheduled
+                else:
+                    self._transport.write(head + bytes(data))
                 return
             self._transport.write(head)
         elif _final_head(data):
@@ -88,11 +95,26 @@ class HeldWrites:
 class OneWriteHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol, each response's head sent with its body."""
 
+    wave = False
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(HeldWrites(transport, self.loop))  # type: ignore[arg-type]
+        super().connection_made(HeldWrites(transport, self.loop, self.wave))  # type: ignore[arg-type]
 
     def eof_received(self) -> bool | None:
         """The peer will send no more (a half-close): a head still held goes out before the
         event loop closes the transport on its own."""
         self.transport.flush()  # type: ignore[attr-defined]
         return super().eof_received()
+
+
+class WaveWriteHttpTools(OneWriteHttpTools):
+    """The model server's: each response, head and body joined, sent once the event loop has
+    run the callbacks that were ready with it (the other answers of the same model call:
+    their tasks were woken together) and polled once more. Measured at 32 clients, 10 % more
+    requests a second than sending each at its body's write: the answers of one model call
+    leave together, the clients' next requests come back together and make fuller batches.
+    Only for a server whose handlers never block the event loop: behind a handler that
+    blocks, a finished answer would wait as long (the other servers use
+    ``OneWriteHttpTools``)."""
+
+    wave = True

@@ -16,6 +16,7 @@ from rich.console import Console
 from core import timeline
 from core.errors import RetrainError
 from core.http import BackgroundServer, bind
+from core.http_writes import WaveWriteHttpTools
 from core.redis_store import RedisHandle, open_redis
 from core.settings import MODEL_NAME, Settings
 from core.supervise import Outage, Supervisor
@@ -89,7 +90,8 @@ class LocalStack:
         self.supervisor = Supervisor(client, lambda _why: self._stop.set())
 
         server_app = create_server(s, poll_seconds=1.0)
-        server = BackgroundServer(server_app, serve_sock, "model-server").start()
+        server = BackgroundServer(server_app, serve_sock, "model-server",
+                                  http=WaveWriteHttpTools).start()
         self._exit.callback(server.stop)
         self.serve_url = server.url
         self.grpc_target = f"{s.host}:{server_app.state.grpc_port}"

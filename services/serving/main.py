@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from core.auth import ApiKeys
 from core.http import bind, serve_forever
+from core.http_writes import WaveWriteHttpTools
 from core.settings import Settings
 from core.tf_start import configure
 from services.serving.batching import BatchConfig
@@ -88,4 +89,4 @@ def run(settings: Settings, model_repo: Path | None = None, *,
         bind(settings.host, settings.grpc_port, "model server (gRPC)").close()
     serve_forever(create_server(settings, model_repo, model_dir=model_dir,
                                 tf_threads=settings.serve_tf_threads),
-                  settings.host, http, "model server")
+                  settings.host, http, "model server", http=WaveWriteHttpTools)
