@@ -40,28 +40,29 @@ class HeldWrites:
     """A transport whose response heads wait for their bodies' first write; with ``wave``,
     the joined response waits further, for the callback scheduled when its head was held."""
 
-    __slots__ = ("_head", "_loop", "_transport", "_wave")
+    __slots__ = ("_head", "_joined", "_loop", "_transport", "_wave")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
                  wave: bool = False) -> None:
         self._transport = transport
         self._loop = loop
         self._wave = wave
-        self._head: bytes | None = None
+        self._head: bytes | None = None  # what is held: a head, or (wave) a head and body
+        self._joined = False  # whether a body's first write is held with it
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        head = self._head
-        if head is not None:
+        held = self._head
+        if held is not None:
             self._head = None
-            if len(data) <= JOINED_BYTES:
-                if self._wave:
-                    self._head = head + bytes(data)  # sent by the callback already scheduled
+            if not self._joined and len(data) <= JOINED_BYTES:
+                if self._wave:  # sent by the callback scheduled with the head
+                    self._head, self._joined = held + bytes(data), True
                 else:
-                    self._transport.write(head + bytes(data))
+                    self._transport.write(held + bytes(data))
                 return
-            self._transport.write(head)
+            self._transport.write(held)  # a body's later writes go out as they come
         elif _final_head(data):
-            self._head = bytes(data)
+            self._head, self._joined = bytes(data), False
             self._loop.call_soon(self.flush)
             return
         self._transport.write(data)
@@ -115,6 +116,8 @@ class WaveWriteHttpTools(OneWriteHttpTools):
     leave together, the clients' next requests come back together and make fuller batches.
     Only for a server whose handlers never block the event loop: behind a handler that
     blocks, a finished answer would wait as long (the other servers use
-    ``OneWriteHttpTools``)."""
+    ``OneWriteHttpTools``); in the model server, the longest wait is another request's JSON
+    parsed in the same turn (its body is at most ``RETRAIN_SERVE_MAX_BODY``). Only a head
+    and its body's first write are held: a body's later writes go out as they come."""
 
     wave = True

@@ -45,6 +45,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/many":  # a body in 200 pieces of 1 KiB, all in one step of the loop
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(200 * 1024).encode())]})
+        for piece in range(200):
+            await send({"type": "http.response.body", "body": bytes([piece]) * 1024,
+                        "more_body": piece < 199})
+        return
     body = BIG if path == "/big" else b'{"ok":true}'
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(body)).encode())]})
@@ -88,6 +95,16 @@ def test_large_and_streamed_bodies_arrive_whole(server: BackgroundServer) -> Non
     assert streamed.read() == b"one,two,three"
     client.request("GET", "/small")  # the connection is still in step after both
     assert client.getresponse().read() == b'{"ok":true}'
+
+
+def test_only_a_head_and_its_first_piece_are_held(server: BackgroundServer) -> None:
+    """A body written in many pieces goes out as they come (each piece a write after the
+    first), not gathered into one growing buffer sent at the end: memory stays one piece."""
+    client = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    before = writes(server)
+    client.request("GET", "/many")
+    assert client.getresponse().read() == b"".join(bytes([n]) * 1024 for n in range(200))
+    assert writes(server) - before >= 199
 
 
 def test_what_is_held_is_sent_before_the_connection_closes(server: BackgroundServer) -> None:
