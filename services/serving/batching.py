@@ -175,11 +175,9 @@ class MicroBatcher:
         for request in group:
             answer = probs[start : start + request.size]
             start += request.size
-            try:
-                if not finite:
-                    check_finite(answer, model.version)
-            except NotFiniteError as exc:
-                outcomes.append((request, None, exc))
-                continue
-            outcomes.append((request, (answer, model.version), None))
+            if finite or np.isfinite(answer).all():
+                outcomes.append((request, (answer, model.version), None))
+            else:
+                outcomes.append((request, None, NotFiniteError("internal server error",
+                                                               version=model.version)))
 
