@@ -165,7 +165,8 @@ def load(path: Path, version: int, compile_after: int | None = None,
                         direct.get_concrete_function(tf.TensorSpec([None, 28, 28], tf.float32)),
                         # compiled at load, ``compile_after`` stays: a compile that failed
                         # for a passing reason (the worker killed, a timeout on a busy node)
-                        # is tried again later, by the same worker; a refusal is final
+                        # is tried once more after ``compile_after`` model calls, by the same
+                        # worker (that try is the last); a refusal is final
                         compile_after, worker, digest=digest)
     # warm up before taking traffic: TensorFlow's call either way (the fallback), then LiteRT
     model.predict_arrays(np.zeros((1, 28, 28), np.float32))

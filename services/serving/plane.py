@@ -211,7 +211,7 @@ class Plane:
                     served = model.version
                     self._called(len(inputs), served)
                     check_finite(probs, served)
-            except NotFiniteError as exc:  # batched: once per model call, on its thread
+            except NotFiniteError as exc:  # batched: checked once per model call, on its thread
                 self._nonfinite.said(exc.version or 0)
                 raise
             except ModelFailedError as exc:  # a model that fails every request: a line a minute
