@@ -1,11 +1,16 @@
 # syntax=docker/dockerfile:1
 # One image for every step and service: watcher, ingestion, trainer, selector, model server.
 FROM python:3.11-slim AS build
+# a C compiler and zlib's headers: the dataset package's C extension (setup.py) is built here
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev zlib1g-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY scripts/install.sh ./scripts/
 COPY core ./core
 COPY events ./events

@@ -4,16 +4,31 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-deep install tools manifests grpc bench clean
+.PHONY: demo test test-fast test-deep install compiler tools manifests grpc bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The one install step (the Dockerfile runs the same command).
-$(STAMP): $(BIN)/python pyproject.toml scripts/install.sh
+# The one install step (the Dockerfile runs the same command). It also builds the dataset
+# package's C extension (setup.py), so a C compiler and zlib's headers come first: from
+# Debian's packages when missing and root or sudo can install them (without them the install
+# goes on, the same work is done in Python, and the test that the extension is built fails).
+NATIVE := setup.py $(wildcard dataset/_native*.c dataset/_native*.h)
+$(STAMP): $(BIN)/python pyproject.toml scripts/install.sh $(NATIVE)
+	@$(MAKE) --no-print-directory compiler
 	sh scripts/install.sh $(BIN)/pip -e '.[test]'
 	touch $(STAMP)
+
+compiler:
+	@missing=""; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	[ -f /usr/include/zlib.h ] || missing="$$missing zlib1g-dev"; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "missing:$$missing (the C extension is not built): install them" >&2; exit 0; fi; \
+	  echo "installing$$missing (Debian packages)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 install: $(STAMP)
 
@@ -74,4 +89,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_guard.py
 
 clean:
-	rm -rf $(VENV) .retrain .pytest_cache
+	rm -rf $(VENV) .retrain .pytest_cache build dataset/_native*.so

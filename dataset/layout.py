@@ -146,7 +146,7 @@ def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Insid
             if link and not inside(os.path.join(root, relative)):
                 problems.append(f"{relative}: {LEAVES_ROOT}")
                 continue
-            if os.path.splitext(relative)[1].lower() not in IMAGE_SUFFIXES:
+            if not relative.lower().endswith(IMAGE_SUFFIXES):  # the name is not hidden
                 problems.append(f"{relative}: not a PNG or JPEG file")
                 continue
             images.append((relative, label))

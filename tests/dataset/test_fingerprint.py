@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 from dataset import fingerprint as fpmod
+from dataset import native
 from dataset.fingerprint import StatCache, diff, fingerprint
 
 
@@ -23,8 +24,8 @@ def test_unchanged_files_are_not_read_again(dataset, tmp_path, monkeypatch):
     cache = StatCache(tmp_path / "stat.json")
     fingerprint(dataset, cache)
     reads = []
-    real_small, real_hash = fpmod.read_small, fpmod.hash_file
-    monkeypatch.setattr(fpmod, "read_small", lambda p, size: reads.append(p) or real_small(p, size))
+    real_read, real_hash = native.read_files, fpmod.hash_file
+    monkeypatch.setattr(native, "read_files", lambda ps, sizes: reads.extend(ps) or real_read(ps, sizes))
     monkeypatch.setattr(fpmod, "hash_file", lambda p, size=None: reads.append(p) or real_hash(p, size))
     fingerprint(dataset, StatCache(tmp_path / "stat.json"))  # reloaded from disk, as on restart
     assert reads == []
@@ -90,8 +91,9 @@ def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
         (tmp_path / "stat").write_bytes(content)
         cache = StatCache(tmp_path / "stat")
         assert fingerprint(dataset, cache).digest == expected
+        st = (dataset / "train-labels-idx1-ubyte.gz").stat()
         assert StatCache(tmp_path / "stat").lookup(  # rewritten in its own format
-            "train-labels-idx1-ubyte.gz", (dataset / "train-labels-idx1-ubyte.gz").stat())
+            "train-labels-idx1-ubyte.gz", st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def test_a_fingerprint_keeps_the_bytes_it_read_only_when_asked(dataset):
@@ -101,3 +103,14 @@ def test_a_fingerprint_keeps_the_bytes_it_read_only_when_asked(dataset):
     assert kept.contents["increments/b1/a.png"] == b"png bytes"
     bare = fingerprint(dataset, keep_contents=False)  # the watcher's: digests compared only
     assert bare.contents == {} and bare.digest == kept.digest and bare.files == kept.files
+
+
+def test_a_file_name_that_is_not_utf8_is_fingerprinted_by_its_bytes(dataset):
+    folder = dataset / "increments" / "b1"
+    folder.mkdir(parents=True)
+    with open(os.fsencode(str(folder)) + b"/caf\xe9.png", "wb") as handle:  # Latin-1 bytes
+        handle.write(b"png")
+    before = fingerprint(dataset)
+    assert "increments/b1/caf\udce9.png" in {f.path for f in before.files}
+    os.rename(os.fsencode(str(folder)) + b"/caf\xe9.png", os.fsencode(str(folder)) + b"/caf\xe8.png")
+    assert fingerprint(dataset).digest != before.digest
