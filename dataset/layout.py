@@ -87,14 +87,22 @@ def discover(root: Path) -> Layout:
     if increments.is_dir() and not inside(str(increments)):
         problems.append(f"increments: {LEAVES_ROOT}")
     elif increments.is_dir():
-        for batch in sorted(p for p in increments.iterdir() if not p.name.startswith(".")):
-            if not inside(str(batch)):
+        for entry in _entries(increments):
+            batch = Path(entry.path)
+            if entry.is_symlink() and not inside(entry.path):
                 problems.append(f"{_rel(root, batch)}: {LEAVES_ROOT}")
-            elif batch.is_dir():
+            elif entry.is_dir():
                 units.extend(_discover_batch(root, batch, problems, inside))
             else:
                 problems.append(f"{_rel(root, batch)}: increments must be folders, found a file")
     return Layout(tuple(units), tuple(problems))
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` (inside the dataset folder, links followed) by name, hidden
+    ones left out: an entry that is not a link is inside too, so only links are resolved."""
+    with os.scandir(folder) as scan:
+        return sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
 
 
 class _Inside:
@@ -113,13 +121,13 @@ LEAVES_ROOT = "a link leading out of the dataset folder (refused)"
 
 def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Inside) -> list[Unit]:
     units: list[Unit] = []
-    entries = []
-    for entry in sorted(p for p in batch.iterdir() if not p.name.startswith(".")):
-        if inside(str(entry)):
-            entries.append(entry)
+    entries: list[os.DirEntry[str]] = []
+    for entry in _entries(batch):
+        if entry.is_symlink() and not inside(entry.path):
+            problems.append(f"{_rel(root, Path(entry.path))}: {LEAVES_ROOT}")
         else:
-            problems.append(f"{_rel(root, entry)}: {LEAVES_ROOT}")
-    idx_files = {p.name for p in entries if p.is_file()}
+            entries.append(entry)
+    idx_files = {e.name for e in entries if e.is_file()}
     for name in sorted(idx_files):
         match = _IMAGES_RE.match(name)
         if match:
@@ -133,7 +141,7 @@ def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Insid
         elif name.replace("-labels-idx1-", "-images-idx3-") not in idx_files:
             problems.append(f"{_rel(root, batch / name)}: no matching images file")
     images: list[tuple[str, int]] = []
-    for folder in (p for p in entries if p.is_dir()):
+    for folder in (Path(e.path) for e in entries if e.is_dir()):
         label = class_index(folder.name)
         if label is None:
             problems.append(

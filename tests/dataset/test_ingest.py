@@ -138,9 +138,11 @@ def test_a_bomb_and_links_out_of_the_folder_are_refused_with_the_files_named(dat
     (coat / "bomb.png").write_bytes(png_bomb(20_000, 20_000))
     (coat / "stolen.png").symlink_to(outside / "secret.png")
     (dataset / "increments" / "b2").symlink_to(outside)  # a whole increment elsewhere
+    (dataset / "increments" / "b1" / "bag").symlink_to(outside)  # a class folder elsewhere
     with pytest.raises(DatasetValidationError) as info:
         _ingest(dataset, tmp_path / "store")
     text = "\n".join(info.value.problems)
+    assert "increments/b1/bag: a link leading out of the dataset folder" in text
     assert "increments/b1/coat/bomb.png: the image declares 20000 x 20000 pixels" in text
     assert "increments/b1/coat/stolen.png: a link leading out of the dataset folder" in text
     assert "increments/b2: a link leading out of the dataset folder" in text
