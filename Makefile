@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # The one install step (the Dockerfile runs the same command). It also builds the dataset
-# package's C extension (setup.py), so a C compiler and zlib's headers come first: from
+# package's C extension (setup.py), so a C compiler and libdeflate's headers come first: from
 # Debian's packages when missing and root or sudo can install them (without them the install
 # goes on, the same work is done in Python, and the test that the extension is built fails).
 NATIVE := setup.py $(wildcard dataset/_native*.c dataset/_native*.h)
@@ -23,7 +23,7 @@ $(STAMP): $(BIN)/python pyproject.toml scripts/install.sh $(NATIVE)
 compiler:
 	@missing=""; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
-	[ -f /usr/include/zlib.h ] || missing="$$missing zlib1g-dev"; \
+	[ -f /usr/include/libdeflate.h ] || missing="$$missing libdeflate-dev"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
 	  else echo "missing:$$missing (the C extension is not built): install them" >&2; exit 0; fi; \

@@ -1,41 +1,32 @@
-/* The per-file work of an increment, in C threads: reading many small files, and decoding
- * the plainest 28x28 grayscale PNGs.
+/* dataset._native: an increment's per-file work in C (dataset/native.py wraps it, and does
+ * the same in Python where this optional extension was not built). Each function takes its
+ * inputs with the interpreter lock held and works without it, on up to `threads` threads.
  *
- * An optional extension (setup.py): where it is not built, dataset/native.py does the same
- * work in Python, with the same results. Both functions take their inputs with the
- * interpreter lock held, do the work without it on up to `threads` threads, and return.
- *
- * read_files(paths, sizes, threads) -> list
- *     For each path, its bytes read with one read(2) of size + 1 bytes (as
- *     dataset.fingerprint.read_small does), or the errno of the failed open or read.
- *
- * decode_png28(datas, out, threads) -> bytes
- *     Decodes each PNG of `datas` into its 784 bytes of `out` (a writable buffer of
- *     len(datas) * 784 bytes) when it has the one shape taken here: the 33 bytes of signature
- *     and IHDR every 28x28 8-bit grayscale non-interlaced PNG starts with, then IDAT chunks,
- *     then an empty IEND ending the data, every CRC right, the IDAT data one zlib stream that
- *     inflates to exactly 28 filtered rows with its Adler-32 right, and every row filter one
- *     of the five PNG defines. Returns one byte per image: 1 decoded, 0 not (left to the
- *     caller's other decoders, which also word any error). Taking less than a PNG decoder
- *     would is deliberate: what is taken here decodes to the same pixels in every decoder.
+ * read_files(paths, sizes, threads) -> list: each file's bytes, read with one read(2) of
+ *     size + 1 bytes, or the errno its open or read failed with.
+ * decode_png28(datas, out, threads) -> bytes: 1 for each PNG decoded into its 784 bytes of
+ *     `out`, 0 for one left to the caller's other decoders (which also word any error).
+ *     Taken: the 33 bytes of signature and IHDR of a 28x28 8-bit grayscale non-interlaced
+ *     PNG, then IDAT chunks, then an empty IEND ending the data; every CRC right; the IDAT
+ *     data one zlib stream (Adler-32 right, nothing after it) inflating to exactly 28
+ *     filtered rows; every row filter one of PNG's five. Less than a PNG decoder takes, on
+ *     purpose: what is taken here decodes to the same pixels in every decoder.
+ * scan, list_files: _native_scan.c.
  */
 #include "_native.h" /* first: it includes Python.h */
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
+
+#include <libdeflate.h>
 
 #define SIDE 28
 #define PIXELS (SIDE * SIDE)
 #define FILTERED (SIDE * (SIDE + 1)) /* each row: its filter byte, then its samples */
-#define MAX_THREADS 8
-#define GRAIN 16 /* items a thread takes at a time */
-#define ALONE 64 /* fewer items than this are done on the calling thread only */
 
 /* The signature, then IHDR: length 13, 28 x 28, depth 8, grayscale, deflate, adaptive
  * filtering, no interlace, and that chunk's CRC (set when the module loads). */
@@ -43,49 +34,6 @@ static unsigned char HEAD[33] = {
     0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n',
     0, 0, 0, 13, 'I', 'H', 'D', 'R', 0, 0, 0, SIDE, 0, 0, 0, SIDE, 8, 0, 0, 0, 0,
 };
-
-/* ---------------------------------------------------------------- a small thread pool */
-
-static void *worker(void *arg) {
-    Job *job = arg;
-    unsigned char scratch[256] __attribute__((aligned(16)));
-    if (job->scratch_init && job->scratch_init(scratch) != 0)
-        return (void *)1;
-    for (;;) {
-        Py_ssize_t start = __atomic_fetch_add(&job->next, GRAIN, __ATOMIC_RELAXED);
-        if (start >= job->n)
-            break;
-        Py_ssize_t stop = start + GRAIN < job->n ? start + GRAIN : job->n;
-        for (Py_ssize_t i = start; i < stop; i++)
-            job->item(job, i, scratch);
-    }
-    if (job->scratch_end)
-        job->scratch_end(scratch);
-    return NULL;
-}
-
-/* Runs every item on the calling thread and up to threads - 1 more; 0, or -1 when a
- * thread's scratch could not be set up (nothing is then known done). */
-int native_run(Job *job, int threads) {
-    pthread_t extra[MAX_THREADS];
-    int started = 0, failed = 0;
-    if (threads > MAX_THREADS)
-        threads = MAX_THREADS;
-    if (job->n < ALONE)
-        threads = 1;
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&extra[started], NULL, worker, job) != 0)
-            break; /* fewer threads: the others take the rest */
-        started++;
-    }
-    failed |= worker(job) != NULL;
-    for (int t = 0; t < started; t++) {
-        void *result = NULL;
-        pthread_join(extra[t], &result);
-        failed |= result != NULL;
-    }
-    return failed ? -1 : 0;
-}
 
 /* ---------------------------------------------------------------------- read_files */
 
@@ -212,14 +160,26 @@ static uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static int scratch_inflate_init(void *scratch) {
-    z_stream *z = scratch;
-    memset(z, 0, sizeof *z);
-    return inflateInit(z) == Z_OK ? 0 : -1;
+/* A thread's own: its inflater, and room for a stream split over several IDAT chunks. */
+typedef struct {
+    struct libdeflate_decompressor *inflater;
+    unsigned char *joined;
+} Scratch;
+
+#define JOINED (64 << 10) /* a longer stream split over chunks is left to the other decoders */
+
+static void scratch_end(void *scratch) {
+    Scratch *own = scratch;
+    if (own->inflater)
+        libdeflate_free_decompressor(own->inflater);
+    free(own->joined);
 }
 
-static void scratch_inflate_end(void *scratch) {
-    inflateEnd((z_stream *)scratch);
+static int scratch_init(void *scratch) {
+    Scratch *own = scratch;
+    own->inflater = libdeflate_alloc_decompressor();
+    own->joined = malloc(JOINED);
+    return own->inflater && own->joined ? 0 : -1;
 }
 
 static int paeth(int a, int b, int c) {
@@ -265,37 +225,39 @@ static int unfilter(const unsigned char *rows, unsigned char *px) {
 }
 
 /* One PNG of the shape taken here, inflated and unfiltered into px: 1, else 0. */
-static int decode_one(const unsigned char *d, Py_ssize_t len, z_stream *z, unsigned char *px) {
+static int decode_one(const unsigned char *d, Py_ssize_t len, Scratch *own, unsigned char *px) {
     unsigned char rows[FILTERED];
+    const unsigned char *stream = NULL;
+    size_t streamed = 0, used, made;
     Py_ssize_t at = sizeof HEAD;
-    int idat = 0, status = Z_OK;
+    int chunks = 0;
     if (len < (Py_ssize_t)sizeof HEAD || memcmp(d, HEAD, sizeof HEAD) != 0)
         return 0;
-    if (inflateReset(z) != Z_OK)
-        return 0;
-    z->next_out = rows;
-    z->avail_out = sizeof rows;
     while (at + 12 <= len) {
         uint32_t length = be32(d + at);
         const unsigned char *type = d + at + 4;
         if (length > 0x7fffffff || length > (uint32_t)(len - at - 12))
             return 0; /* longer than PNG allows, or cut short */
-        if (crc32(0, type, length + 4) != be32(d + at + 8 + length))
+        if (libdeflate_crc32(0, type, (size_t)length + 4) != be32(d + at + 8 + length))
             return 0;
-        if (memcmp(type, "IEND", 4) == 0)
-            /* empty, last, and after a whole stream */
-            return length == 0 && at + 12 == len && idat && status == Z_STREAM_END &&
-                   z->avail_out == 0 && unfilter(rows, px);
-        if (memcmp(type, "IDAT", 4) != 0 || status == Z_STREAM_END)
-            return 0; /* another chunk, or data after the stream's end */
-        idat = 1;
-        z->next_in = (unsigned char *)d + at + 8;
-        z->avail_in = length;
-        status = inflate(z, Z_NO_FLUSH);
-        if (status != Z_OK && status != Z_BUF_ERROR && status != Z_STREAM_END)
-            return 0; /* a damaged stream, or one needing a preset dictionary */
-        if (z->avail_in != 0)
-            return 0; /* bytes after the stream's end, or more than 28 rows */
+        if (memcmp(type, "IEND", 4) == 0) /* empty, last, after one whole zlib stream */
+            return length == 0 && at + 12 == len && chunks > 0 &&
+                   libdeflate_zlib_decompress_ex(own->inflater, stream, streamed, rows,
+                                                 sizeof rows, &used, &made) == LIBDEFLATE_SUCCESS &&
+                   used == streamed && made == sizeof rows && unfilter(rows, px);
+        if (memcmp(type, "IDAT", 4) != 0)
+            return 0; /* another chunk */
+        if (chunks++ == 0) {
+            stream = d + at + 8;
+            streamed = length;
+        } else { /* the stream continues in this chunk: joined, in order */
+            if (streamed + length > JOINED)
+                return 0;
+            if (stream != own->joined)
+                stream = memcpy(own->joined, stream, streamed);
+            memcpy(own->joined + streamed, d + at + 8, length);
+            streamed += length;
+        }
         at += 12 + (Py_ssize_t)length;
     }
     return 0; /* no IEND */
@@ -347,15 +309,15 @@ static PyObject *decode_png28(PyObject *self, PyObject *args) {
     if (!decoded)
         goto done;
     Decode dec = {data, length, out.buf, (unsigned char *)PyBytes_AS_STRING(decoded)};
-    Job job = {.n = n, .item = decode_item, .scratch_init = scratch_inflate_init,
-               .scratch_end = scratch_inflate_end, .data = &dec};
+    Job job = {.n = n, .item = decode_item, .scratch_init = scratch_init,
+               .scratch_end = scratch_end, .data = &dec};
     int failed;
     Py_BEGIN_ALLOW_THREADS
     failed = native_run(&job, threads);
     Py_END_ALLOW_THREADS
     if (failed) {
         Py_CLEAR(decoded);
-        PyErr_SetString(PyExc_MemoryError, "zlib could not set up an inflate stream");
+        PyErr_SetString(PyExc_MemoryError, "no memory for a decoding thread");
     }
 done:
     for (Py_ssize_t i = 0; held && i < n; i++)
@@ -373,6 +335,8 @@ done:
 static PyMethodDef methods[] = {
     {"read_files", read_files, METH_VARARGS,
      "read_files(paths, sizes, threads) -> list of bytes, or of errno for a failed file"},
+    {"list_files", native_list_files, METH_VARARGS,
+     "list_files(folder, prefix) -> sorted list of (prefix/relative path, is a link)"},
     {"scan", native_scan, METH_VARARGS,
      "scan(root, ignored_suffixes, threads) -> list of (relative, path, size, mtime_ns, inode)"},
     {"decode_png28", decode_png28, METH_VARARGS,
@@ -389,8 +353,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    _Static_assert(sizeof(z_stream) <= 256, "a worker's scratch holds a z_stream");
-    uLong crc = crc32(0, HEAD + 12, 17); /* also sets up zlib's tables before any thread */
+    _Static_assert(sizeof(Scratch) <= 256, "a worker's scratch holds a Scratch");
+    uint32_t crc = libdeflate_crc32(0, HEAD + 12, 17);
     for (int k = 0; k < 4; k++)
         HEAD[29 + k] = (unsigned char)(crc >> (24 - 8 * k));
     return PyModule_Create(&module);

@@ -21,7 +21,8 @@ struct Job {
  * scratch could not be set up (the items are then not known to be done). */
 int native_run(Job *job, int threads);
 
-/* scan(root, ignored_suffixes, threads): _native_scan.c */
+/* scan(root, ignored_suffixes, threads) and list_files(folder, prefix): _native_scan.c */
 PyObject *native_scan(PyObject *self, PyObject *args);
+PyObject *native_list_files(PyObject *self, PyObject *args);
 
 #endif

@@ -22,6 +22,7 @@ typedef struct {
     size_t relative; /* where the relative path starts in `path` */
     struct stat st;
     int error; /* errno of stat, or -1: not a file (a link to a folder, a FIFO...) */
+    int link;  /* list_files: the entry is a link */
 } Found;
 
 typedef struct {
@@ -30,6 +31,7 @@ typedef struct {
     char **ignored;
     Py_ssize_t n_ignored;
     size_t relative; /* the length of root and its slash */
+    int listing; /* list_files: every entry but folders, links to folders, hidden ones */
     int error; /* errno of a folder that could not be read */
     char *error_path;
 } Scan;
@@ -107,7 +109,7 @@ static char *joined(const char *folder, const char *name) {
     return path;
 }
 
-static int add(Scan *scan, char *path) {
+static int add(Scan *scan, char *path, int link) {
     if (scan->n == scan->capacity) {
         Py_ssize_t capacity = scan->capacity ? scan->capacity * 2 : 256;
         Found *items = realloc(scan->items, (size_t)capacity * sizeof *items);
@@ -116,15 +118,15 @@ static int add(Scan *scan, char *path) {
         scan->items = items;
         scan->capacity = capacity;
     }
-    scan->items[scan->n++] = (Found){.path = path, .relative = scan->relative};
+    scan->items[scan->n++] = (Found){.path = path, .relative = scan->relative, .link = link};
     return 0;
 }
 
 /* Lists `folder` (and the folders in it) into `scan`: 0, or -1 (ENOMEM, or scan->error). */
 static int walk(Scan *scan, const char *folder) {
     DIR *dir = opendir(folder);
-    if (!dir)
-        return errno == ENOENT || errno == ENOTDIR ? 0 : (scan->error = errno, -1);
+    if (!dir) /* a listing skips what it cannot read, as os.walk does */
+        return scan->listing || errno == ENOENT || errno == ENOTDIR ? 0 : (scan->error = errno, -1);
     char **names = NULL;
     size_t n = 0, capacity = 0;
     int status = 0;
@@ -154,15 +156,23 @@ static int walk(Scan *scan, const char *folder) {
         if (!path)
             goto fail;
         struct stat link;
-        if (type == DT_UNKNOWN) /* some file systems do not say: ask, not following links */
-            type = lstat(path, &link) != 0 ? DT_UNKNOWN : S_ISDIR(link.st_mode) ? DT_DIR : DT_REG;
-        if (type == DT_DIR) {
+        if (type == DT_UNKNOWN && lstat(path, &link) == 0) /* not said: ask, links not followed */
+            type = S_ISDIR(link.st_mode) ? DT_DIR : S_ISLNK(link.st_mode) ? DT_LNK : DT_REG;
+        if (scan->listing && type != DT_DIR) {
+            /* a link to a folder is neither entered nor listed; anything else is listed */
+            if (type == DT_LNK && stat(path, &link) == 0 && S_ISDIR(link.st_mode))
+                free(path);
+            else if (add(scan, path, type == DT_LNK) != 0) {
+                free(path);
+                goto fail;
+            }
+        } else if (type == DT_DIR) {
             status = walk(scan, path);
             if (status != 0 && scan->error && !scan->error_path)
                 scan->error_path = path, path = NULL;
             free(path);
         } else if ((type == DT_REG || type == DT_LNK) && !ignored(scan, names[i])) {
-            if (add(scan, path) != 0) {
+            if (add(scan, path, 0) != 0) {
                 free(path);
                 goto fail;
             }
@@ -258,5 +268,60 @@ done:
     free(scan.error_path);
     PyMem_Free(scan.ignored);
     Py_DECREF(fs_root);
+    return result;
+}
+
+static int by_relative(const void *a, const void *b) {
+    const Found *x = a, *y = b;
+    const char *p = x->path + x->relative, *q = y->path + y->relative;
+    return by_name(&p, &q);
+}
+
+/* list_files(folder, prefix) -> sorted list of (prefix/relative path, is a link): what
+ * dataset.layout._files_under lists, in one call (see there). */
+PyObject *native_list_files(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *folder_arg, *prefix_arg, *fs_folder = NULL, *fs_prefix = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OO:list_files", &folder_arg, &prefix_arg))
+        return NULL;
+    if (!PyUnicode_FSConverter(folder_arg, &fs_folder) ||
+        !PyUnicode_FSConverter(prefix_arg, &fs_prefix)) {
+        Py_XDECREF(fs_folder);
+        return NULL;
+    }
+    const char *folder = PyBytes_AS_STRING(fs_folder), *prefix = PyBytes_AS_STRING(fs_prefix);
+    size_t length = strlen(folder), head = strlen(prefix);
+    Scan scan = {.listing = 1, .relative = length + (length > 0 && folder[length - 1] != '/')};
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = walk(&scan, folder);
+    if (status == 0)
+        qsort(scan.items, (size_t)scan.n, sizeof *scan.items, by_relative);
+    Py_END_ALLOW_THREADS
+    result = status == 0 ? PyList_New(scan.n) : PyErr_NoMemory();
+    for (Py_ssize_t i = 0; result && i < scan.n; i++) {
+        const char *below = scan.items[i].path + scan.items[i].relative;
+        char *relative = malloc(head + 1 + strlen(below) + 1);
+        PyObject *row = NULL;
+        if (relative) {
+            memcpy(relative, prefix, head);
+            relative[head] = '/';
+            strcpy(relative + head + 1, below);
+            row = Py_BuildValue("(O&O)", PyUnicode_DecodeFSDefault, relative,
+                                scan.items[i].link ? Py_True : Py_False);
+            free(relative);
+        } else {
+            PyErr_NoMemory();
+        }
+        if (!row)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, row);
+    }
+    for (Py_ssize_t i = 0; i < scan.n; i++)
+        free(scan.items[i].path);
+    free(scan.items);
+    Py_DECREF(fs_folder);
+    Py_DECREF(fs_prefix);
     return result;
 }

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataset import native
 from dataset.errors import DatasetNotFoundError, UnsupportedSourceError
 
 CLASS_NAMES = (
@@ -168,23 +169,31 @@ def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Insid
 def _files_under(folder: str, relative: str) -> list[tuple[str, bool]]:
     """(relative path, is a link) of the non-hidden files below ``folder``, sorted by path
     (hidden folders are skipped, as fingerprinting skips them; linked folders are not
-    entered). Plain strings and scandir's own file types: a push can hold many files, and a
-    system call per file is the increment's main cost."""
+    entered). Listed in C where built (dataset.native); else plain strings and scandir's own
+    file types: a push can hold many files, and a system call per file is the increment's
+    main cost."""
+    if native.AVAILABLE:
+        return native.list_files(folder, relative)
     found: list[tuple[str, bool]] = []
+    _list_under(folder, relative, found)
+    return sorted(found)
+
+
+def _list_under(folder: str, relative: str, found: list[tuple[str, bool]]) -> None:
+    """``_files_under`` in Python, unsorted."""
     try:
         with os.scandir(folder) as scan:
             entries = list(scan)
     except OSError:  # removed or unreadable while we walked, as os.walk skips it
-        return found
+        return
     for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():  # a link to a folder counts as one, and is not entered
             if not entry.is_symlink():
-                found.extend(_files_under(entry.path, f"{relative}/{entry.name}"))
+                _list_under(entry.path, f"{relative}/{entry.name}", found)
         else:
             found.append((f"{relative}/{entry.name}", entry.is_symlink()))
-    return sorted(found)
 
 
 def _rel(root: Path, path: Path) -> str:

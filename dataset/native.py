@@ -1,18 +1,21 @@
-"""An increment's per-file work in C threads, where the optional extension was built.
+"""An increment's per-file work in C, where the optional extension was built.
 
-A 1,000-image push costs ingestion little per file, but in Python that little is spent
-1,000 times under one interpreter lock: open, read and close (~7 µs), zlib and libspng
-(~20 µs), the chunk checks (~4 µs). ``dataset/_native.c`` does the same for a whole batch
-on up to ``THREADS`` threads, without the lock:
+A 1,000-image push costs ingestion little per file, but in Python that little is paid 1,000
+times under one interpreter lock: a ``stat`` in the fingerprint's walk and its listing
+again by the layout, an ``open``, ``read`` and ``close``, zlib and libspng (~20 µs), the
+chunk checks. ``dataset/_native.c`` and ``_native_scan.c`` do it for a whole batch, on up to
+``THREADS`` threads without the lock:
 
+- ``scan``: the fingerprint's walk, every file ``stat``'ed (``fingerprint._walk``'s results);
+- ``list_files``: an increment's class folders listed (``layout._files_under``'s results);
 - ``read_files``: each file's bytes in one read, as ``fingerprint.read_small`` reads them;
 - ``decode_png28``: the plainest 28x28 grayscale PNGs (signature and IHDR, IDAT chunks, an
-  empty IEND ending the file; every CRC and the zlib stream's Adler-32 right), decoded to
-  the same pixels as libspng and Pillow. Every other image is left to ``dataset.png`` and
-  the decoders after it, which also word the errors.
+  empty IEND ending the file; every CRC and the zlib stream's Adler-32 right), inflated
+  with libdeflate, to the same pixels as libspng and Pillow. Every other image is left to
+  ``dataset.png`` and the decoders after it, which also word the errors.
 
-Where the extension is missing (no C compiler when the package was installed), both are done
-here in Python, with the same results; ``AVAILABLE`` says which.
+Where the extension is missing (no C compiler or libdeflate when the package was installed),
+the same is done in Python, with the same results; ``AVAILABLE`` says which.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def scan(root: str, ignored_suffixes: tuple[str, ...]) -> list[tuple[str, str, i
     """(relative path, path, size, mtime_ns, inode) of every dataset file under ``root``, as
     ``dataset.fingerprint._walk`` finds them (the C path; that function is the Python one)."""
     return _native.scan(root, ignored_suffixes, THREADS)  # type: ignore[union-attr]
+
+
+def list_files(folder: str, prefix: str) -> list[tuple[str, bool]]:
+    """(prefix/relative path, is a link) of every entry below ``folder`` but folders, links
+    to folders and hidden entries, sorted: ``dataset.layout._files_under`` (the C path; that
+    function is the Python one)."""
+    return _native.list_files(folder, prefix)  # type: ignore[union-attr]
 
 
 def read_files(paths: list[str], sizes: list[int]) -> list[bytes | int]:

@@ -184,3 +184,21 @@ def test_a_fingerprint_is_the_same_with_and_without_the_extension(tmp_path, monk
     assert in_c.digest == in_python.digest and in_c.files == in_python.files
     assert in_c.contents == in_python.contents and "a/b/y.png" in in_c.contents
     assert len(in_c.files) == len(list(_walk(str(tmp_path), "")))
+
+
+def test_a_listing_is_what_the_python_listing_gives(tmp_path):
+    from dataset.layout import _list_under
+
+    _tree(tmp_path)
+    (tmp_path / "b" / "é folder" / "ü.png").parent.mkdir(parents=True)
+    (tmp_path / "b" / "é folder" / "ü.png").write_bytes(b"x")
+    for folder, prefix in ((tmp_path, "increments/b1/coat"), (tmp_path / "z", "p"),
+                           (tmp_path / "missing", "q"), (tmp_path / "top.png", "r")):
+        python: list[tuple[str, bool]] = []
+        _list_under(str(folder), prefix, python)
+        listed = native.list_files(str(folder), prefix)
+        assert listed == sorted(python), folder
+    listed = dict(native.list_files(str(tmp_path), "p"))
+    assert listed["p/to-file"] is True and listed["p/broken"] is True and listed["p/fifo"] is False
+    assert "p/to-folder" not in listed and "p/.hidden-link" not in listed
+    assert listed["p/upload.tmp"] is False and listed["p/b/é folder/ü.png"] is False  # all listed
