@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,19 +39,28 @@ static unsigned char HEAD[33] = {
 /* ---------------------------------------------------------------------- read_files */
 
 typedef struct {
-    const char *path;
+    int dir;          /* the folder's descriptor, or AT_FDCWD */
+    const char *name; /* the name in that folder, or the whole path */
     char *buffer;
     Py_ssize_t want; /* size + 1: a file that grew is seen to have grown */
     Py_ssize_t got;  /* bytes read, or -errno */
 } Read;
 
+#define FOLDERS 64 /* folders held open while a batch is read; the others' files by path */
+
 static void read_one(Job *job, Py_ssize_t i, void *scratch) {
     (void)scratch;
     Read *r = (Read *)job->data + i;
-    int fd;
-    do
-        fd = open(r->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO does not block us */
-    while (fd < 0 && errno == EINTR);
+    /* no access time written (a metadata write per new file), where we may ask for that;
+     * no wait on a FIFO put there since it was stat'ed */
+    int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOATIME, fd;
+    do {
+        fd = openat(r->dir, r->name, flags);
+        if (fd < 0 && errno == EPERM && (flags & O_NOATIME)) {
+            flags &= ~O_NOATIME; /* not the file's owner */
+            errno = EINTR;
+        }
+    } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         r->got = -errno;
         return;
@@ -61,6 +71,37 @@ static void read_one(Job *job, Py_ssize_t i, void *scratch) {
     while (got < 0 && errno == EINTR);
     r->got = got < 0 ? -errno : got;
     close(fd);
+}
+
+/* Where read_one opens `path`: in the folder of the previous path when it is the same (an
+ * open of the name alone walks one path component, not all of them), else in a folder
+ * opened now, while fewer than FOLDERS are, else by the whole path. */
+static void place(Read *r, const char *path, int *folders, int *open_folders,
+                  const char **last, size_t *last_length) {
+    const char *slash = strrchr(path, '/');
+    size_t length = slash ? (size_t)(slash - path) + 1 : 0;
+    r->dir = AT_FDCWD;
+    r->name = path;
+    if (!slash || slash[1] == '\0')
+        return;
+    if (*last && length == *last_length && memcmp(path, *last, length) == 0 &&
+        folders[*open_folders - 1] >= 0) {
+        r->dir = folders[*open_folders - 1];
+        r->name = slash + 1;
+        return;
+    }
+    if (*open_folders == FOLDERS || length >= PATH_MAX)
+        return;
+    char folder[PATH_MAX];
+    memcpy(folder, path, length);
+    folder[length] = '\0';
+    folders[(*open_folders)++] = open(folder, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    *last = path;
+    *last_length = length;
+    if (folders[*open_folders - 1] >= 0) {
+        r->dir = folders[*open_folders - 1];
+        r->name = slash + 1;
+    }
 }
 
 static void release_reads(Read *reads, PyObject **names, PyObject **buffers, Py_ssize_t n) {
@@ -89,6 +130,9 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(paths);
     PyObject *result = NULL;
+    int folders[FOLDERS], open_folders = 0; /* the folders open (a descriptor, or -1) */
+    const char *last = NULL;
+    size_t last_length = 0;
     Read *reads = PyMem_Calloc((size_t)n + 1, sizeof *reads);
     PyObject **names = PyMem_Calloc((size_t)n + 1, sizeof *names);
     PyObject **buffers = PyMem_Calloc((size_t)n + 1, sizeof *buffers);
@@ -113,7 +157,8 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
         buffers[i] = PyBytes_FromStringAndSize(NULL, size + 1);
         if (!buffers[i])
             goto done;
-        reads[i].path = PyBytes_AS_STRING(names[i]);
+        place(&reads[i], PyBytes_AS_STRING(names[i]), folders, &open_folders, &last,
+              &last_length);
         reads[i].buffer = PyBytes_AS_STRING(buffers[i]);
         reads[i].want = size + 1;
     }
@@ -141,6 +186,9 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(result, i, item);
     }
 done:
+    for (int k = 0; k < open_folders; k++)
+        if (folders[k] >= 0)
+            close(folders[k]);
     release_reads(reads, names, buffers, n);
     Py_DECREF(paths);
     Py_DECREF(sizes);

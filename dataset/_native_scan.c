@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,11 @@ typedef struct {
     struct stat st;
     int error; /* errno of stat, or -1: not a file (a link to a folder, a FIFO...) */
     int link;  /* list_files: the entry is a link */
+    int dir;   /* its folder's descriptor while the stats run, or AT_FDCWD (then by path) */
+    const char *name; /* its name in that folder, or its path */
 } Found;
+
+#define FOLDERS 64 /* folders held open until their files are stat'ed; the others' by path */
 
 typedef struct {
     Found *items;
@@ -32,6 +37,8 @@ typedef struct {
     Py_ssize_t n_ignored;
     size_t relative; /* the length of root and its slash */
     int listing; /* list_files: every entry but folders, links to folders, hidden ones */
+    DIR *kept[FOLDERS]; /* folders kept open for the stats (fstatat: one path component) */
+    int n_kept;
     int error; /* errno of a folder that could not be read */
     char *error_path;
 } Scan;
@@ -109,7 +116,7 @@ static char *joined(const char *folder, const char *name) {
     return path;
 }
 
-static int add(Scan *scan, char *path, int link) {
+static int add(Scan *scan, char *path, int link, int dir, size_t name_length) {
     if (scan->n == scan->capacity) {
         Py_ssize_t capacity = scan->capacity ? scan->capacity * 2 : 256;
         Found *items = realloc(scan->items, (size_t)capacity * sizeof *items);
@@ -118,7 +125,9 @@ static int add(Scan *scan, char *path, int link) {
         scan->items = items;
         scan->capacity = capacity;
     }
-    scan->items[scan->n++] = (Found){.path = path, .relative = scan->relative, .link = link};
+    const char *name = dir == AT_FDCWD ? path : path + strlen(path) - name_length;
+    scan->items[scan->n++] = (Found){.path = path, .relative = scan->relative, .link = link,
+                                     .dir = dir, .name = name};
     return 0;
 }
 
@@ -129,7 +138,10 @@ static int walk(Scan *scan, const char *folder) {
         return scan->listing || errno == ENOENT || errno == ENOTDIR ? 0 : (scan->error = errno, -1);
     char **names = NULL;
     size_t n = 0, capacity = 0;
-    int status = 0;
+    int status = 0, kept = !scan->listing && scan->n_kept < FOLDERS;
+    int here = kept ? dirfd(dir) : AT_FDCWD;
+    if (kept)
+        scan->kept[scan->n_kept++] = dir;
     struct dirent *entry;
     while ((entry = readdir(dir)) != NULL) {
         if (entry->d_name[0] == '.')
@@ -162,7 +174,7 @@ static int walk(Scan *scan, const char *folder) {
             /* a link to a folder is neither entered nor listed; anything else is listed */
             if (type == DT_LNK && stat(path, &link) == 0 && S_ISDIR(link.st_mode))
                 free(path);
-            else if (add(scan, path, type == DT_LNK) != 0) {
+            else if (add(scan, path, type == DT_LNK, AT_FDCWD, 0) != 0) {
                 free(path);
                 goto fail;
             }
@@ -172,7 +184,7 @@ static int walk(Scan *scan, const char *folder) {
                 scan->error_path = path, path = NULL;
             free(path);
         } else if ((type == DT_REG || type == DT_LNK) && !ignored(scan, names[i])) {
-            if (add(scan, path, 0) != 0) {
+            if (add(scan, path, 0, here, strlen(names[i])) != 0) {
                 free(path);
                 goto fail;
             }
@@ -187,14 +199,15 @@ done:
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
-    closedir(dir);
+    if (!kept)
+        closedir(dir); /* else once its files are stat'ed */
     return status;
 }
 
 static void stat_item(Job *job, Py_ssize_t i, void *scratch) {
     (void)scratch;
     Found *found = (Found *)job->data + i;
-    if (stat(found->path, &found->st) != 0)
+    if (fstatat(found->dir, found->name, &found->st, 0) != 0) /* links followed */
         found->error = errno;
     else if (!S_ISREG(found->st.st_mode))
         found->error = -1;
@@ -262,6 +275,8 @@ PyObject *native_scan(PyObject *self, PyObject *args) {
         result = found_list(&scan);
     }
 done:
+    for (int k = 0; k < scan.n_kept; k++)
+        closedir(scan.kept[k]);
     for (Py_ssize_t i = 0; i < scan.n; i++)
         free(scan.items[i].path);
     free(scan.items);

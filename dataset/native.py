@@ -57,9 +57,17 @@ def read_files(paths: list[str], sizes: list[int]) -> list[bytes | int]:
     return [_read(path, size) for path, size in zip(paths, sizes, strict=True)]
 
 
+_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO put there meanwhile: no wait
+
+
 def _read(path: str, size: int) -> bytes | int:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no wait
+    try:  # no access time written (a metadata write per new file) where we may ask for that
+        fd = os.open(path, _FLAGS | os.O_NOATIME)
+    except PermissionError:  # not the file's owner
+        try:
+            fd = os.open(path, _FLAGS)
+        except OSError as exc:
+            return exc.errno or 0
     except OSError as exc:
         return exc.errno or 0
     try:

@@ -202,3 +202,26 @@ def test_a_listing_is_what_the_python_listing_gives(tmp_path):
     assert listed["p/to-file"] is True and listed["p/broken"] is True and listed["p/fifo"] is False
     assert "p/to-folder" not in listed and "p/.hidden-link" not in listed
     assert listed["p/upload.tmp"] is False and listed["p/b/é folder/ü.png"] is False  # all listed
+
+
+def test_files_in_more_folders_than_are_held_open_are_all_scanned_and_read(tmp_path):
+    for k in range(150):  # past the folders the C code keeps open: the rest by path
+        (tmp_path / f"d{k:03d}").mkdir()
+        for name in ("a.png", "b.png"):
+            (tmp_path / f"d{k:03d}" / name).write_bytes(f"{k}{name}".encode())
+    scanned = native.scan(str(tmp_path), IGNORED_SUFFIXES)
+    assert scanned == list(_walk(str(tmp_path), "")) and len(scanned) == 300
+    read = native.read_files([found[1] for found in scanned], [found[2] for found in scanned])
+    assert read == [Path(found[1]).read_bytes() for found in scanned]
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_reading_a_file_leaves_its_access_time_alone(tmp_path, monkeypatch, built):
+    if not built:
+        _python_only(monkeypatch)
+    path = tmp_path / "new.png"
+    path.write_bytes(b"png")
+    st = path.stat()
+    os.utime(path, ns=(st.st_mtime_ns - 10**10, st.st_mtime_ns))  # read before its last write
+    assert native.read_files([str(path)], [3]) == [b"png"]
+    assert path.stat().st_atime_ns == st.st_mtime_ns - 10**10  # no metadata write per file
