@@ -198,24 +198,28 @@ def profiled_images(dataset_uri: str) -> int:
     return sum(int(u.labels.size) for u in load_profile(dataset_uri).units)
 
 
-PUSHES = 5  # runs after a push, each: the median is kept (a push's writeback moves them)
+PUSHES = 5  # runs after a push on each side: the median is kept (writeback moves them)
 
 
-def push_runs(cache, root: Path, work: Path, increment: int, write, expected: int,
-              seed: int = 99) -> tuple:
-    """PUSHES runs, each after one push on top of the base dataset alone: the median's
-    seconds and phases, the last push's files (kept), and whether every run profiled all."""
-    pushes, profiled = [], True
-    for n in range(PUSHES):
-        pushed = write(root, f"push-{n}", increment, seed + n)
-        seconds, phases = full_run(cache, root, work / "store", work / "state")
+def push_runs(cache, root: Path, work: Path, increment: int, write, expected: int) -> tuple:
+    """PUSHES runs on each side, each after one push on top of the base dataset alone, the
+    two sides alternating (as where the C extension is not built, then as it is) so that a
+    drift of the machine or the store weighs on both: each side's median seconds and phases,
+    the last push's files (kept), and whether every run profiled all."""
+    runs: dict[bool, list] = {False: [], True: []}
+    profiled, pushed = True, None
+    for n in range(2 * PUSHES):
+        if pushed is not None:
+            shutil.rmtree(pushed)
+        pushed = write(root, f"push-{n}", increment, 99 + n)
+        built = bool(n % 2)
+        with contextlib.nullcontext() if built else python_path():
+            seconds, phases = full_run(cache, root, work / "store", work / "state")
         assert phases["new_units"] == 1
         profiled &= profiled_images(phases["dataset_uri"]) == expected
-        pushes.append((seconds, phases))
-        if n < PUSHES - 1:
-            shutil.rmtree(pushed)
-    seconds, phases = sorted(pushes, key=lambda f: f[0])[PUSHES // 2]
-    return seconds, phases, pushed, profiled
+        runs[built].append((seconds, phases))
+    slow, fast = (sorted(runs[side], key=lambda f: f[0])[PUSHES // 2] for side in (False, True))
+    return slow, fast, pushed, profiled
 
 
 @contextlib.contextmanager
@@ -299,15 +303,11 @@ def section_reuse(cache, root: Path, work: Path, total: int, increment: int) -> 
     results = [verdict("re-run / full (before: 0.16-0.88 %)", rerun / full, 0.005, "%")]
     for kind, write in (("PNG", write_png_increment), ("JPEG", write_jpeg_increment)):
         heading(f"2{'ab'[kind == 'JPEG']}. one {increment:,}-image {kind} increment vs full ingestion")
-        with python_path():  # before: as on a machine where the C extension was not built
-            slow, slow_phases, pushed, _ = push_runs(cache, root, work, increment, write,
-                                                     total + increment, seed=999)
-        shutil.rmtree(pushed)
+        (slow, slow_phases), (inc, phases), pushed, profiled = push_runs(
+            cache, root, work, increment, write, total + increment)
         line(f"run after each push, median of {PUSHES}, Python path (no C extension)",
              f"{slow:7.3f} s  (fingerprint {slow_phases['fingerprint']:.3f}, ingest "
              f"{slow_phases['ingest']:.3f}) = {slow / full:.2%} of the full run")
-        inc, phases, pushed, profiled = push_runs(cache, root, work, increment, write,
-                                                   total + increment)
         line(f"run after each push, median of {PUSHES}", f"{inc:7.3f} s  (new units: 1, fingerprint "
              f"{phases['fingerprint']:.3f}, check {phases['check_cache']:.3f}, "
              f"ingest {phases['ingest']:.3f})")

@@ -80,12 +80,12 @@ def discover(root: Path) -> Layout:
         missing = [name for name in (images, labels) if not (root / name).is_file()]
         problems.extend(f"{name}: missing (required in the dataset root)" for name in missing)
         outside = [name for name in (images, labels) if name not in missing
-                   and not inside(str(root / name))]
+                   and inside.leaves(os.path.join(root, name))]
         problems.extend(f"{name}: {LEAVES_ROOT}" for name in outside)
         if not missing and not outside:
             units.append(IdxPair(split, images, labels))
     increments = root / "increments"
-    if increments.is_dir() and not inside(str(increments)):
+    if increments.is_dir() and inside.leaves(str(increments)):
         problems.append(f"increments: {LEAVES_ROOT}")
     elif increments.is_dir():
         for entry in _entries(increments):
@@ -115,6 +115,10 @@ class _Inside:
 
     def __call__(self, path: str) -> bool:
         return os.path.realpath(path).startswith(self._root)
+
+    def leaves(self, path: str) -> bool:
+        """Whether ``path``, an entry of a folder inside, leads out: only a link can."""
+        return os.path.islink(path) and not self(path)
 
 
 LEAVES_ROOT = "a link leading out of the dataset folder (refused)"

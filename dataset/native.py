@@ -20,14 +20,18 @@ the same is done in Python, with the same results; ``AVAILABLE`` says which.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 try:
     from dataset import _native
-except ImportError:  # not built: the Python path below
+except ImportError as missing:  # not built (or libdeflate gone): the Python path below
     _native = None
+    log.debug("dataset._native is not available (%s): per-file work in Python", missing)
 
 AVAILABLE = _native is not None
 SIDE = 28

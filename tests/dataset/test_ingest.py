@@ -174,3 +174,24 @@ def test_links_inside_the_folder_are_followed_and_linked_folders_are_not_entered
     (coat / "linked").symlink_to(outside)  # a folder: neither entered nor ingested
     result = _ingest(dataset, tmp_path / "store")
     assert result.records["train"] == 600 + 2
+
+
+def test_a_base_file_or_the_increments_folder_linked_out_is_refused_and_linked_in_is_taken(
+        dataset, tmp_path):
+    from dataset.layout import discover
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    name = "t10k-labels-idx1-ubyte.gz"
+    shutil.move(dataset / name, outside / name)
+    (dataset / name).symlink_to(outside / name)
+    (outside / "increments").mkdir()
+    (dataset / "increments").symlink_to(outside / "increments")
+    problems = discover(dataset).problems
+    assert f"{name}: a link leading out of the dataset folder (refused)" in problems
+    assert "increments: a link leading out of the dataset folder (refused)" in problems
+    (dataset / name).unlink()
+    (dataset / "kept").mkdir()
+    shutil.move(outside / name, dataset / "kept" / name)
+    (dataset / name).symlink_to(dataset / "kept" / name)  # a link that stays inside
+    assert not any(p.startswith(name) for p in discover(dataset).problems)
