@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 # One image for every step and service: watcher, ingestion, trainer, selector, model server.
 FROM python:3.11-slim AS build
-# a C compiler and libdeflate's headers: the dataset package's C extension (setup.py)
+# a C compiler and zlib's headers: the dataset package's C extension (setup.py)
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -21,14 +21,14 @@ COPY workflows ./workflows
 COPY dashboard ./dashboard
 COPY retrain ./retrain
 # The same install step as the Makefile (scripts/install.sh), without the test extra.
-RUN sh scripts/install.sh pip .
+RUN sh scripts/install.sh pip . \
+    && python -c "import dataset.native as n, sys; sys.exit(not n.AVAILABLE)"
 
 FROM python:3.11-slim
-# git: the watcher's Git mode (retrain watch --git) fetches the dataset repository with it;
-# libdeflate0: the library the dataset package's C extension inflates PNG data with
+# git: the watcher's Git mode (retrain watch --git) fetches the dataset repository with it
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates libdeflate0 \
+    && apt-get install -y --no-install-recommends git ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 retrain
 COPY --from=build /opt/venv /opt/venv

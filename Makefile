@@ -11,19 +11,23 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # The one install step (the Dockerfile runs the same command). It also builds the dataset
-# package's C extension (setup.py), so a C compiler and libdeflate's headers come first: from
-# Debian's packages when missing and root or sudo can install them (without them the install
-# goes on, the same work is done in Python, and the test that the extension is built fails).
+# package's C extension (setup.py), so a C compiler and Python's and zlib's headers come
+# first: from Debian's packages when missing and root or sudo can install them (without them
+# the install goes on, the same work is done in Python, and the test that the extension is
+# built fails). A build left by older sources is removed first, never used.
 NATIVE := setup.py $(wildcard dataset/_native*.c dataset/_native*.h)
 $(STAMP): $(BIN)/python pyproject.toml scripts/install.sh $(NATIVE)
 	@$(MAKE) --no-print-directory compiler
+	rm -f dataset/_native*.so
 	sh scripts/install.sh $(BIN)/pip -e '.[test]'
 	touch $(STAMP)
 
-compiler:
+compiler: $(BIN)/python
 	@missing=""; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
-	[ -f /usr/include/libdeflate.h ] || missing="$$missing libdeflate-dev"; \
+	$(BIN)/python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
+	[ -f /usr/include/zlib.h ] || missing="$$missing zlib1g-dev"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
 	  else echo "missing:$$missing (the C extension is not built): install them" >&2; exit 0; fi; \

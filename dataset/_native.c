@@ -22,8 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include <libdeflate.h>
+#include <zlib.h>
 
 #define SIDE 28
 #define PIXELS (SIDE * SIDE)
@@ -46,17 +45,24 @@ typedef struct {
     Py_ssize_t got;  /* bytes read, or -errno */
 } Read;
 
-#define FOLDERS 64 /* folders held open while a batch is read; the others' files by path */
+#define FOLDERS 16 /* folders held open while a batch is read; the others' files by path */
+
+/* Whether O_NOATIME was refused once (files we do not own: a volume another user wrote):
+ * not asked for again, so that each file costs one open. */
+static int noatime_refused;
 
 static void read_one(Job *job, Py_ssize_t i, void *scratch) {
     (void)scratch;
     Read *r = (Read *)job->data + i;
     /* no access time written (a metadata write per new file), where we may ask for that;
      * no wait on a FIFO put there since it was stat'ed */
-    int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOATIME, fd;
+    int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK, fd;
+    if (!__atomic_load_n(&noatime_refused, __ATOMIC_RELAXED))
+        flags |= O_NOATIME;
     do {
         fd = openat(r->dir, r->name, flags);
         if (fd < 0 && errno == EPERM && (flags & O_NOATIME)) {
+            __atomic_store_n(&noatime_refused, 1, __ATOMIC_RELAXED);
             flags &= ~O_NOATIME; /* not the file's owner */
             errno = EINTR;
         }
@@ -84,10 +90,11 @@ static void place(Read *r, const char *path, int *folders, int *open_folders,
     r->name = path;
     if (!slash || slash[1] == '\0')
         return;
-    if (*last && length == *last_length && memcmp(path, *last, length) == 0 &&
-        folders[*open_folders - 1] >= 0) {
-        r->dir = folders[*open_folders - 1];
-        r->name = slash + 1;
+    if (*last && length == *last_length && memcmp(path, *last, length) == 0) {
+        if (folders[*open_folders - 1] >= 0) { /* else it could not be opened: by path */
+            r->dir = folders[*open_folders - 1];
+            r->name = slash + 1;
+        }
         return;
     }
     if (*open_folders == FOLDERS || length >= PATH_MAX)
@@ -120,15 +127,16 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
     int threads;
     if (!PyArg_ParseTuple(args, "OOi:read_files", &paths_arg, &sizes_arg, &threads))
         return NULL;
-    PyObject *paths = PySequence_Fast(paths_arg, "paths must be a sequence");
+    /* copies: converting a path can run Python code (__fspath__) that changes a list */
+    PyObject *paths = PySequence_Tuple(paths_arg);
     if (!paths)
         return NULL;
-    PyObject *sizes = PySequence_Fast(sizes_arg, "sizes must be a sequence");
+    PyObject *sizes = PySequence_Tuple(sizes_arg);
     if (!sizes) {
         Py_DECREF(paths);
         return NULL;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(paths);
+    Py_ssize_t n = PyTuple_GET_SIZE(paths);
     PyObject *result = NULL;
     int folders[FOLDERS], open_folders = 0; /* the folders open (a descriptor, or -1) */
     const char *last = NULL;
@@ -140,19 +148,19 @@ static PyObject *read_files(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    if (PySequence_Fast_GET_SIZE(sizes) != n) {
+    if (PyTuple_GET_SIZE(sizes) != n) {
         PyErr_SetString(PyExc_ValueError, "paths and sizes differ in length");
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t size = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(sizes, i));
+        Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, i));
         if (size == -1 && PyErr_Occurred())
             goto done;
         if (size < 0 || size >= (1 << 24)) {
             PyErr_SetString(PyExc_ValueError, "a size is negative or over 16 MiB");
             goto done;
         }
-        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(paths, i), &names[i]))
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(paths, i), &names[i]))
             goto done;
         buffers[i] = PyBytes_FromStringAndSize(NULL, size + 1);
         if (!buffers[i])
@@ -208,33 +216,19 @@ static uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* A thread's own: its inflater, and room for a stream split over several IDAT chunks. */
-typedef struct {
-    struct libdeflate_decompressor *inflater;
-    unsigned char *joined;
-} Scratch;
-
-#define JOINED (64 << 10) /* a longer stream split over chunks is left to the other decoders */
-
+/* A thread's own zlib stream, reset for each image. zlib (what libspng and Pillow use) and
+ * not a faster inflater: libdeflate decodes invalid streams zlib refuses (symbols 286-287). */
 static void scratch_end(void *scratch) {
-    Scratch *own = scratch;
-    if (own->inflater)
-        libdeflate_free_decompressor(own->inflater);
-    free(own->joined);
+    inflateEnd((z_stream *)scratch);
 }
 
 static int scratch_init(void *scratch) {
-    Scratch *own = scratch;
-    own->inflater = libdeflate_alloc_decompressor();
-    own->joined = malloc(JOINED);
-    return own->inflater && own->joined ? 0 : -1;
+    return inflateInit((z_stream *)scratch) == Z_OK ? 0 : -1;
 }
 
 static int paeth(int a, int b, int c) {
     int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
-    if (pa <= pb && pa <= pc)
-        return a;
-    return pb <= pc ? b : c;
+    return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
 }
 
 /* The rows' filters undone: 1, or 0 for a filter type PNG does not define. */
@@ -273,39 +267,36 @@ static int unfilter(const unsigned char *rows, unsigned char *px) {
 }
 
 /* One PNG of the shape taken here, inflated and unfiltered into px: 1, else 0. */
-static int decode_one(const unsigned char *d, Py_ssize_t len, Scratch *own, unsigned char *px) {
+static int decode_one(const unsigned char *d, Py_ssize_t len, z_stream *z, unsigned char *px) {
     unsigned char rows[FILTERED];
-    const unsigned char *stream = NULL;
-    size_t streamed = 0, used, made;
     Py_ssize_t at = sizeof HEAD;
-    int chunks = 0;
+    int idat = 0, status = Z_OK;
     if (len < (Py_ssize_t)sizeof HEAD || memcmp(d, HEAD, sizeof HEAD) != 0)
         return 0;
+    if (inflateReset(z) != Z_OK)
+        return 0;
+    z->next_out = rows;
+    z->avail_out = sizeof rows;
     while (at + 12 <= len) {
         uint32_t length = be32(d + at);
         const unsigned char *type = d + at + 4;
         if (length > 0x7fffffff || length > (uint32_t)(len - at - 12))
             return 0; /* longer than PNG allows, or cut short */
-        if (libdeflate_crc32(0, type, (size_t)length + 4) != be32(d + at + 8 + length))
+        if (crc32(0, type, length + 4) != be32(d + at + 8 + length))
             return 0;
         if (memcmp(type, "IEND", 4) == 0) /* empty, last, after one whole zlib stream */
-            return length == 0 && at + 12 == len && chunks > 0 &&
-                   libdeflate_zlib_decompress_ex(own->inflater, stream, streamed, rows,
-                                                 sizeof rows, &used, &made) == LIBDEFLATE_SUCCESS &&
-                   used == streamed && made == sizeof rows && unfilter(rows, px);
-        if (memcmp(type, "IDAT", 4) != 0)
-            return 0; /* another chunk */
-        if (chunks++ == 0) {
-            stream = d + at + 8;
-            streamed = length;
-        } else { /* the stream continues in this chunk: joined, in order */
-            if (streamed + length > JOINED)
-                return 0;
-            if (stream != own->joined)
-                stream = memcpy(own->joined, stream, streamed);
-            memcpy(own->joined + streamed, d + at + 8, length);
-            streamed += length;
-        }
+            return length == 0 && at + 12 == len && idat && status == Z_STREAM_END &&
+                   z->avail_out == 0 && unfilter(rows, px);
+        if (memcmp(type, "IDAT", 4) != 0 || status == Z_STREAM_END)
+            return 0; /* another chunk, or data after the stream's end */
+        idat = 1;
+        z->next_in = (unsigned char *)d + at + 8;
+        z->avail_in = length;
+        status = inflate(z, Z_NO_FLUSH);
+        if (status != Z_OK && status != Z_BUF_ERROR && status != Z_STREAM_END)
+            return 0; /* a damaged stream, or one needing a preset dictionary */
+        if (z->avail_in != 0)
+            return 0; /* bytes after the stream's end, or more than 28 rows */
         at += 12 + (Py_ssize_t)length;
     }
     return 0; /* no IEND */
@@ -359,14 +350,10 @@ static PyObject *decode_png28(PyObject *self, PyObject *args) {
     Decode dec = {data, length, out.buf, (unsigned char *)PyBytes_AS_STRING(decoded)};
     Job job = {.n = n, .item = decode_item, .scratch_init = scratch_init,
                .scratch_end = scratch_end, .data = &dec};
-    int failed;
+    memset(dec.decoded, 0, (size_t)n); /* an item no thread could take: left to the others */
     Py_BEGIN_ALLOW_THREADS
-    failed = native_run(&job, threads);
+    native_run(&job, threads);
     Py_END_ALLOW_THREADS
-    if (failed) {
-        Py_CLEAR(decoded);
-        PyErr_SetString(PyExc_MemoryError, "no memory for a decoding thread");
-    }
 done:
     for (Py_ssize_t i = 0; held && i < n; i++)
         Py_XDECREF(held[i]);
@@ -401,9 +388,12 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    _Static_assert(sizeof(Scratch) <= 256, "a worker's scratch holds a Scratch");
-    uint32_t crc = libdeflate_crc32(0, HEAD + 12, 17);
+    _Static_assert(sizeof(z_stream) <= 256, "a worker's scratch holds a z_stream");
+    uLong crc = crc32(0, HEAD + 12, 17); /* also sets up zlib's tables before any thread */
     for (int k = 0; k < 4; k++)
         HEAD[29 + k] = (unsigned char)(crc >> (24 - 8 * k));
-    return PyModule_Create(&module);
+    PyObject *made = PyModule_Create(&module);
+    if (made && PyModule_AddIntConstant(made, "ABI", NATIVE_ABI) != 0)
+        Py_CLEAR(made);
+    return made;
 }

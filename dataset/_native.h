@@ -5,6 +5,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* What dataset/native.py expects: a module built from older sources (a stale build left in
+ * the tree) says another number and is not used. */
+#define NATIVE_ABI 2
+
 typedef struct Job Job;
 
 struct Job {
@@ -18,7 +22,7 @@ struct Job {
 
 /* Runs every item of `job` on the calling thread and up to threads - 1 more, without using
  * the Python API (call it with the interpreter lock released): 0, or -1 when a thread's
- * scratch could not be set up (the items are then not known to be done). */
+ * scratch could not be set up (the items it would have taken may then be left undone). */
 int native_run(Job *job, int threads);
 
 /* scan(root, ignored_suffixes, threads) and list_files(folder, prefix): _native_scan.c */

@@ -39,6 +39,7 @@ typedef struct {
     int listing; /* list_files: every entry but folders, links to folders, hidden ones */
     DIR *kept[FOLDERS]; /* folders kept open for the stats (fstatat: one path component) */
     int n_kept;
+    int released; /* out of descriptors once: every folder closed, every file by path */
     int error; /* errno of a folder that could not be read */
     char *error_path;
 } Scan;
@@ -125,20 +126,39 @@ static int add(Scan *scan, char *path, int link, int dir, size_t name_length) {
         scan->items = items;
         scan->capacity = capacity;
     }
+    if (scan->released)
+        dir = AT_FDCWD;
     const char *name = dir == AT_FDCWD ? path : path + strlen(path) - name_length;
     scan->items[scan->n++] = (Found){.path = path, .relative = scan->relative, .link = link,
                                      .dir = dir, .name = name};
     return 0;
 }
 
+/* Closes the folders kept open (the process is out of descriptors): their files are
+ * stat'ed by path, and no folder is kept from now on. */
+static void release(Scan *scan) {
+    for (Py_ssize_t i = 0; i < scan->n; i++) {
+        scan->items[i].dir = AT_FDCWD;
+        scan->items[i].name = scan->items[i].path;
+    }
+    for (int k = 0; k < scan->n_kept; k++)
+        closedir(scan->kept[k]);
+    scan->n_kept = 0;
+    scan->released = 1;
+}
+
 /* Lists `folder` (and the folders in it) into `scan`: 0, or -1 (ENOMEM, or scan->error). */
 static int walk(Scan *scan, const char *folder) {
     DIR *dir = opendir(folder);
+    if (!dir && (errno == EMFILE || errno == ENFILE) && scan->n_kept > 0) {
+        release(scan);
+        dir = opendir(folder);
+    }
     if (!dir) /* a listing skips what it cannot read, as os.walk does */
         return scan->listing || errno == ENOENT || errno == ENOTDIR ? 0 : (scan->error = errno, -1);
     char **names = NULL;
     size_t n = 0, capacity = 0;
-    int status = 0, kept = !scan->listing && scan->n_kept < FOLDERS;
+    int status = 0, kept = !scan->listing && !scan->released && scan->n_kept < FOLDERS;
     int here = kept ? dirfd(dir) : AT_FDCWD;
     if (kept)
         scan->kept[scan->n_kept++] = dir;

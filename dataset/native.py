@@ -10,34 +10,36 @@ chunk checks. ``dataset/_native.c`` and ``_native_scan.c`` do it for a whole bat
 - ``list_files``: an increment's class folders listed (``layout._files_under``'s results);
 - ``read_files``: each file's bytes in one read, as ``fingerprint.read_small`` reads them;
 - ``decode_png28``: the plainest 28x28 grayscale PNGs (signature and IHDR, IDAT chunks, an
-  empty IEND ending the file; every CRC and the zlib stream's Adler-32 right), inflated
-  with libdeflate, to the same pixels as libspng and Pillow. Every other image is left to
+  empty IEND ending the file; every CRC and the zlib stream's Adler-32 right), inflated by
+  zlib as libspng and Pillow inflate it, to the same pixels. Every other image is left to
   ``dataset.png`` and the decoders after it, which also word the errors.
 
-Where the extension is missing (no C compiler or libdeflate when the package was installed),
-the same is done in Python, with the same results; ``AVAILABLE`` says which.
+Where the extension is missing (no C compiler or headers when the package was installed, or
+a build from older sources), the same is done in Python, with the same results;
+``AVAILABLE`` says which.
 """
 
 from __future__ import annotations
 
-import logging
+import errno
 import os
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
+ABI = 2  # NATIVE_ABI in dataset/_native.h: a build from older sources is not used
 try:
     from dataset import _native
-except ImportError as missing:  # not built (or libdeflate gone): the Python path below
+except ImportError:  # not built: the Python path below
     _native = None
-    log.debug("dataset._native is not available (%s): per-file work in Python", missing)
+if getattr(_native, "ABI", None) != ABI:  # a stale build left in the tree
+    _native = None
 
 AVAILABLE = _native is not None
 SIDE = 28
 # the threads a batch uses: the CPUs this process may run on, up to 4 (past 2 the small
 # files' system calls, not the CPU, bound it)
-THREADS = max(1, min(len(os.sched_getaffinity(0)), 4))
+_CPUS = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+THREADS = max(1, min(len(_CPUS), 4))
 
 
 def scan(root: str, ignored_suffixes: tuple[str, ...]) -> list[tuple[str, str, int, int, int]]:
@@ -62,17 +64,19 @@ def read_files(paths: list[str], sizes: list[int]) -> list[bytes | int]:
 
 
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO put there meanwhile: no wait
+# no access time written (a metadata write per new file), where we may ask for that: not
+# asked again once refused (files another user owns), so that each file costs one open
+_no_atime = getattr(os, "O_NOATIME", 0)
 
 
 def _read(path: str, size: int) -> bytes | int:
-    try:  # no access time written (a metadata write per new file) where we may ask for that
-        fd = os.open(path, _FLAGS | os.O_NOATIME)
-    except PermissionError:  # not the file's owner
-        try:
-            fd = os.open(path, _FLAGS)
-        except OSError as exc:
-            return exc.errno or 0
+    global _no_atime
+    try:
+        fd = os.open(path, _FLAGS | _no_atime)
     except OSError as exc:
+        if exc.errno == errno.EPERM and _no_atime:  # not the file's owner
+            _no_atime = 0
+            return _read(path, size)
         return exc.errno or 0
     try:
         return os.read(fd, size + 1)

@@ -228,6 +228,41 @@ def _refusals() -> dict[str, bytes]:
     }
 
 
+def _fixed_huffman(length_symbol: int) -> bytes:
+    """A zlib stream of 812 zero bytes in one fixed-Huffman block: a literal 0, three copies
+    at distance 1 of the length ``length_symbol`` stands for (285: 258; 286 and 287 are in
+    no valid stream, though some inflaters read them as 258), one copy of 37; Adler-32 right."""
+    bits: list[int] = [1, 1, 0]  # the last block; fixed codes (2 bits, least significant first)
+
+    def code(value: int, width: int) -> None:  # a Huffman code: most significant bit first
+        bits.extend((value >> k) & 1 for k in reversed(range(width)))
+
+    def symbol(value: int) -> None:
+        code(*((0x30 + value, 8) if value < 144 else (value - 256, 7) if value < 280
+               else (0xC0 + value - 280, 8)))
+
+    symbol(0)
+    for _ in range(3):
+        symbol(length_symbol)
+        code(0, 5)  # distance 1
+    symbol(273)  # 35 + 2 extra bits
+    bits.extend([0, 1, 0])
+    code(0, 5)
+    symbol(256)  # the block's end
+    bits.extend([0] * (-len(bits) % 8))
+    body = bytes(sum(b << k for k, b in enumerate(bits[at:at + 8])) for at in range(0, len(bits), 8))
+    return b"\x78\x01" + body + struct.pack(">I", zlib.adler32(bytes(812)))
+
+
+def test_a_fixed_huffman_stream_is_taken_and_an_invalid_length_symbol_is_refused():
+    assert zlib.decompress(_fixed_huffman(285)) == bytes(812)
+    assert np.array_equal(_native(_png([_fixed_huffman(285)])), np.zeros((28, 28), np.uint8))
+    for invalid in (286, 287):  # zlib, libspng and Pillow refuse these streams
+        data = _png([_fixed_huffman(invalid)])
+        assert _native(data) is None and png.decode_gray28(data) is None
+        _same_with_native_off([PLAIN, data])
+
+
 def _rgb_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(RGB, "RGB").save(buffer, "PNG")

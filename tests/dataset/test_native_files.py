@@ -77,7 +77,7 @@ def test_the_python_fallback_reads_the_same(tmp_path, monkeypatch):
     assert in_c[-2:] == [errno.ENOENT, errno.EISDIR]
 
 
-def _tree(root: Path, undecodable: bool = True) -> None:
+def _tree(root: Path) -> None:
     """A dataset tree with every kind of entry a scan meets."""
     for folder in ("a/b/c", "a/empty", "z", "with space", "é", ".hidden", "a/.git", "odd.tmp"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -99,9 +99,8 @@ def _tree(root: Path, undecodable: bool = True) -> None:
     (root / "to-ignored").symlink_to(root / "upload.tmp")
     os.mkfifo(root / "fifo")
     (root / "to-fifo").symlink_to(root / "fifo")
-    if undecodable:
-        with open(os.fsencode(str(root)) + b"/z\xffraw.png", "wb") as handle:
-            handle.write(b"undecodable name")
+    with open(os.fsencode(str(root)) + b"/z\xffraw.png", "wb") as handle:
+        handle.write(b"undecodable name")
 
 
 def _scanned(root: str) -> list:
@@ -176,7 +175,7 @@ def test_folders_are_listed_in_the_order_python_sorts_their_names(tmp_path):
 
 
 def test_a_fingerprint_is_the_same_with_and_without_the_extension(tmp_path, monkeypatch):
-    _tree(tmp_path, undecodable=False)  # a manifest line is UTF-8 text, on both paths
+    _tree(tmp_path)  # an undecodable name too: a manifest line holds a name's own bytes
     (tmp_path / "big.bin").write_bytes(b"b" * (fpmod.KEEP_FILE + 10))
     in_c = fingerprint(tmp_path)
     _python_only(monkeypatch)
@@ -225,3 +224,41 @@ def test_reading_a_file_leaves_its_access_time_alone(tmp_path, monkeypatch, buil
     os.utime(path, ns=(st.st_mtime_ns - 10**10, st.st_mtime_ns))  # read before its last write
     assert native.read_files([str(path)], [3]) == [b"png"]
     assert path.stat().st_atime_ns == st.st_mtime_ns - 10**10  # no metadata write per file
+
+
+def _child(code: str, *args: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2], check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_build_from_older_sources_is_not_used():
+    code = ("import sys, types\n"
+            "stale = types.ModuleType('dataset._native')\n"
+            "stale.ABI = int(sys.argv[1]) if sys.argv[1] else None\n"
+            "sys.modules['dataset._native'] = stale\n"
+            "from dataset import native\n"
+            "print(native.AVAILABLE)\n")
+    assert _child(code, "1") == "False" and _child(code, "") == "False"
+    assert _child(code, str(native.ABI)) == "True"
+
+
+def test_a_scan_near_the_descriptor_limit_lets_its_folders_go_and_finds_everything(tmp_path):
+    for k in range(100):
+        (tmp_path / f"d{k:03d}").mkdir()
+        (tmp_path / f"d{k:03d}" / "a.png").write_bytes(bytes(k))
+    code = ("import os, resource, sys\n"
+            "from dataset import fingerprint, native\n"
+            "root = sys.argv[1]\n"
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir('/proc/self/fd')) + 24, hard))\n"
+            "found = native.scan(root, fingerprint.IGNORED_SUFFIXES)\n"
+            "assert found == list(fingerprint._walk(root, '')), 'not what the Python walk finds'\n"
+            "read = native.read_files([f[1] for f in found], [f[2] for f in found])\n"
+            "assert read == [bytes(k) for k in range(100)], read[:3]\n"
+            "print(len(found))\n")
+    assert _child(code, str(tmp_path)) == "100"
