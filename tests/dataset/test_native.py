@@ -15,32 +15,11 @@ from PIL import Image
 
 from dataset import native, png
 from dataset.ingest import _decode_batch, _pillow_decode
+from tests.dataset.pngs import chunk as _chunk
+from tests.dataset.pngs import filtered_rows
 
 EXAMPLES = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 IEND = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    return a if pa <= pb and pa <= pc else b if pb <= pc else c
-
-
-def _rows(pixels: np.ndarray, filters: list[int]) -> bytes:
-    """The filtered rows of ``pixels``, each with the filter type given for it."""
-    out, prior = [], [0] * pixels.shape[1]
-    for y, kind in enumerate(filters):
-        line, row = [int(v) for v in pixels[y]], [kind]
-        for x, value in enumerate(line):
-            a, b, c = (line[x - 1] if x else 0), prior[x], (prior[x - 1] if x else 0)
-            row.append((value - [0, a, b, (a + b) // 2, _paeth(a, b, c)][kind]) % 256)
-        out.append(bytes(row))
-        prior = line
-    return b"".join(out)
 
 
 def _png(parts: list[bytes], middle: bytes = b"", end: bytes = IEND) -> bytes:
@@ -49,7 +28,7 @@ def _png(parts: list[bytes], middle: bytes = b"", end: bytes = IEND) -> bytes:
 
 
 def _encode(pixels: np.ndarray, filters: list[int], level: int = 6) -> bytes:
-    return _png([zlib.compress(_rows(pixels, filters), level)])
+    return _png([zlib.compress(filtered_rows(pixels, filters), level)])
 
 
 def _pillow_png(img: np.ndarray, mode: str = "L", **options) -> bytes:
@@ -148,18 +127,18 @@ def test_each_filter_type_of_a_hand_rolled_encoder_decodes_as_pillow_does(kind):
 
 def test_the_stream_split_over_idat_chunks_decodes_wherever_it_is_cut():
     img = IMAGES[4]
-    stream = zlib.compress(_rows(img, [4, 3, 2, 1, 0] * 5 + [3, 3, 3]), 9)
+    stream = zlib.compress(filtered_rows(img, [4, 3, 2, 1, 0] * 5 + [3, 3, 3]), 9)
     for cut in range(len(stream)):  # from an empty first IDAT to a last one of 1 byte
         _decodes_as_libspng_and_pillow_do(_png([stream[:cut], stream[cut:]]), img)
     _decodes_as_libspng_and_pillow_do(_png([stream[i:i + 1] for i in range(len(stream))]), img)
     _decodes_as_libspng_and_pillow_do(_png([b"", stream[:50], b"", stream[50:]]), img)
-    stored = zlib.compress(_rows(img, [1] * 28), 0)  # a stored stream: the rows as they are
+    stored = zlib.compress(filtered_rows(img, [1] * 28), 0)  # a stored stream: the rows as they are
     _decodes_as_libspng_and_pillow_do(_png([stored[:7], b"", stored[7:400], stored[400:]]), img)
 
 
 def test_an_empty_idat_after_the_stream_decodes_as_pillow_does_or_is_left_to_it():
     """libspng and Pillow take it; the C decoder may leave it to them (it does today)."""
-    data = _png([zlib.compress(_rows(IMAGES[4], [1] * 28)), b""])
+    data = _png([zlib.compress(filtered_rows(IMAGES[4], [1] * 28)), b""])
     fast = _native(data)
     assert fast is None or np.array_equal(fast, IMAGES[4])
     assert np.array_equal(png.decode_gray28(data), IMAGES[4])
@@ -167,7 +146,7 @@ def test_an_empty_idat_after_the_stream_decodes_as_pillow_does_or_is_left_to_it(
 
 
 def _refusals() -> dict[str, bytes]:
-    img, rows = IMAGES[1], _rows(IMAGES[1], [2] * 28)
+    img, rows = IMAGES[1], filtered_rows(IMAGES[1], [2] * 28)
     stream = zlib.compress(rows)
     bad_adler = stream[:-4] + bytes(b ^ 0x5A for b in stream[-4:])
     dictionary = zlib.compressobj(zdict=rows[:64])
@@ -280,7 +259,7 @@ def test_anything_but_the_plainest_png_is_left_to_the_other_decoders(name):
 
 
 def test_every_cut_and_every_damaged_byte_is_refused():
-    stream = zlib.compress(_rows(IMAGES[5], [3] * 28))
+    stream = zlib.compress(filtered_rows(IMAGES[5], [3] * 28))
     for base in (PLAIN, _pillow_png(IMAGES[3], optimize=True),
                  _png([stream[:40], b"", stream[40:]])):
         assert _native(base) is not None
@@ -294,7 +273,7 @@ def test_every_cut_and_every_damaged_byte_is_refused():
 
 
 def test_a_damaged_stream_under_right_crcs_decodes_only_as_pillow_does():
-    stream = zlib.compress(_rows(IMAGES[0], [1, 4] * 14), 9)
+    stream = zlib.compress(filtered_rows(IMAGES[0], [1, 4] * 14), 9)
     decoded_some = 0
     for at in range(len(stream)):
         for xor in (0x01, 0x10, 0x80, 0xFF):

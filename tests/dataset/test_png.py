@@ -12,6 +12,8 @@ from PIL import Image
 from dataset import png
 from dataset.example import records
 from dataset.ingest import _decode_batch, _pillow_decode
+from tests.dataset.pngs import chunk as _chunk
+from tests.dataset.pngs import filtered_rows
 
 
 def _pillow(data: bytes) -> np.ndarray:
@@ -19,32 +21,13 @@ def _pillow(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    return a if pa <= pb and pa <= pc else b if pb <= pc else c
-
-
 def encode_gray(pixels: np.ndarray, filters: list[int]) -> bytes:
     """A PNG written with the given filter type on each row (an independent encoder)."""
     height, width = pixels.shape
-    rows, prior = [], [0] * width
-    for y in range(height):
-        line, kind, out = [int(v) for v in pixels[y]], filters[y], []
-        for x in range(width):
-            a = line[x - 1] if x else 0
-            b, c = prior[x], prior[x - 1] if x else 0
-            predicted = [0, a, b, (a + b) // 2, _paeth(a, b, c)][kind]
-            out.append((line[x] - predicted) % 256)
-        rows.append(bytes([kind] + out))
-        prior = line
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (png.SIGNATURE + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(b"".join(rows))) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", zlib.compress(filtered_rows(pixels, filters)))
+            + _chunk(b"IEND", b""))
 
 
 def test_every_filter_type_decodes_as_pillow_does():
