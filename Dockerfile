@@ -21,8 +21,9 @@ COPY workflows ./workflows
 COPY dashboard ./dashboard
 COPY retrain ./retrain
 # The same install step as the Makefile (scripts/install.sh), without the test extra.
+# then the installed package's extension must load (-P: not the sources in /src)
 RUN sh scripts/install.sh pip . \
-    && python -c "import dataset.native as n, sys; sys.exit(not n.AVAILABLE)"
+    && python -P -c "import dataset.native as n, sys; sys.exit(not n.AVAILABLE)"
 
 FROM python:3.11-slim
 # git: the watcher's Git mode (retrain watch --git) fetches the dataset repository with it

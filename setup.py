@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[
     Extension("dataset._native", ["dataset/_native.c", "dataset/_native_pool.c",
-                                  "dataset/_native_scan.c"],
+                                  "dataset/_native_read.c", "dataset/_native_scan.c"],
               depends=["dataset/_native.h"], libraries=["z"], optional=True,
               extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"]),
 ])

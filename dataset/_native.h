@@ -25,6 +25,9 @@ struct Job {
  * scratch could not be set up (the items it would have taken may then be left undone). */
 int native_run(Job *job, int threads);
 
+/* read_files(paths, sizes, threads): _native_read.c */
+PyObject *native_read_files(PyObject *self, PyObject *args);
+
 /* scan(root, ignored_suffixes, threads) and list_files(folder, prefix): _native_scan.c */
 PyObject *native_scan(PyObject *self, PyObject *args);
 PyObject *native_list_files(PyObject *self, PyObject *args);

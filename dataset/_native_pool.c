@@ -32,7 +32,7 @@ static void *worker(void *arg) {
 }
 
 /* Runs every item on the calling thread and up to threads - 1 more; 0, or -1 when a
- * thread's scratch could not be set up (nothing is then known done). */
+ * thread's scratch could not be set up (the items it would have taken may be undone). */
 int native_run(Job *job, int threads) {
     pthread_t extra[MAX_THREADS];
     int started = 0, failed = 0;

@@ -247,18 +247,51 @@ def test_a_build_from_older_sources_is_not_used():
     assert _child(code, str(native.ABI)) == "True"
 
 
-def test_a_scan_near_the_descriptor_limit_lets_its_folders_go_and_finds_everything(tmp_path):
-    for k in range(100):
-        (tmp_path / f"d{k:03d}").mkdir()
-        (tmp_path / f"d{k:03d}" / "a.png").write_bytes(bytes(k))
+def test_near_the_descriptor_limit_a_scan_and_its_reads_find_what_python_finds(tmp_path):
+    """The C code holds folders open (to open and stat by name in them): near the limit it
+    lets them go and goes on by path, as Python needs one descriptor at a time."""
+    for k in range(6):
+        for j in range(20):
+            (tmp_path / f"a{k}" / f"b{j:02d}").mkdir(parents=True)
+            (tmp_path / f"a{k}" / f"b{j:02d}" / "x.png").write_bytes(bytes([k, j]))
+        (tmp_path / f"a{k}" / "zz.png").write_bytes(bytes([k]))  # after its folders, in a kept one
+    (tmp_path / "zz.png").write_bytes(b"last")
     code = ("import os, resource, sys\n"
             "from dataset import fingerprint, native\n"
-            "root = sys.argv[1]\n"
+            "root, spare = sys.argv[1], int(sys.argv[2])\n"
+            "expected = list(fingerprint._walk(root, ''))\n"
             "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir('/proc/self/fd')) + 24, hard))\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir('/proc/self/fd')) + spare, hard))\n"
             "found = native.scan(root, fingerprint.IGNORED_SUFFIXES)\n"
-            "assert found == list(fingerprint._walk(root, '')), 'not what the Python walk finds'\n"
+            "assert found == expected, 'not what the Python walk finds'\n"
             "read = native.read_files([f[1] for f in found], [f[2] for f in found])\n"
-            "assert read == [bytes(k) for k in range(100)], read[:3]\n"
+            "assert read == [open(f[1], 'rb').read() for f in found], [r for r in read if type(r) is int][:3]\n"
             "print(len(found))\n")
-    assert _child(code, str(tmp_path)) == "100"
+    for spare in (4, 8, 24, 70):
+        assert _child(code, str(tmp_path), str(spare)) == "127", spare
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs to become another user (runs as root in CI)")
+def test_files_another_user_owns_read_the_same_on_both_paths():
+    """O_NOATIME is refused (EPERM) for a file we do not own: read anyway, on both paths, and
+    not asked for again."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        for name in ("root.png", "own.png"):
+            (folder / name).write_bytes(name.encode())
+            (folder / name).chmod(0o644)
+        os.chown(folder / "own.png", 65534, 65534)
+        code = ("import os, sys\n"
+                "from dataset import native\n"  # imported first: root's Python stays closed to us
+                "os.setgid(65534); os.setuid(65534)\n"
+                "paths = [os.path.join(sys.argv[1], n) for n in ('root.png', 'own.png')]\n"
+                "built = native.read_files(paths, [8, 7])\n"
+                "native._native = None\n"
+                "print(built == native.read_files(paths, [8, 7]) == [b'root.png', b'own.png'])\n")
+        assert _child(code, str(folder)) == "True"
+    finally:
+        shutil.rmtree(folder)
