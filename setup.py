@@ -2,7 +2,7 @@
 
 ``dataset._native`` reads an increment's small files and decodes its plain 28x28 grayscale
 PNGs in C threads (``dataset/native.py`` says when and why). It needs a C compiler, Python's
-headers and zlib's (Debian: gcc, python3-dev, zlib1g-dev); where one is missing, ``pip
+headers and zlib's (Debian: gcc, python3.X-dev, zlib1g-dev); where one is missing, ``pip
 install`` goes on without it and the same work is done in Python.
 """
 
