@@ -75,19 +75,9 @@ def diff(old: Fingerprint | None, new: Fingerprint) -> Changes:
     )
 
 
-def read_small(path: str, size: int) -> bytes:
-    """A small file's bytes in one read (no file object: a push is thousands of small
-    files, and each system call counts); ``size`` is its stat'ed size."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, size + 1)
-    finally:
-        os.close(fd)
-
-
 def hash_file(path: Path | str, size: int | None = None) -> str:
     if size is not None and size < CHUNK:  # one read for the many small files of a push
-        return blake3(read_small(str(path), size)).hexdigest()
+        return blake3(native.read_small(str(path), size)).hexdigest()
     with open(path, "rb", buffering=0) as handle:
         hasher = blake3()
         while chunk := handle.read(CHUNK):

@@ -166,19 +166,19 @@ def _decode_batch(root: Path, items: list[tuple[str, int]], problems: list[str],
     with Pillow. An image's bytes are those the fingerprint read (``contents``) when it kept
     them, so each new file is read once."""
     base = str(root)
-    datas = [contents.get(path) for path, _ in items]
-    for i, data in enumerate(datas):
-        if data is None:
-            datas[i] = _read(os.path.join(base, items[i][0]))  # no pathlib: 1,000s of files
-    images, decoded = native.decode_png28(datas)  # type: ignore[arg-type]
+    datas: list[bytes] = []
+    for path, _ in items:
+        data = contents.get(path)
+        datas.append(data if data is not None else _read(os.path.join(base, path)))  # no pathlib
+    images, decoded = native.decode_png28(datas)
     kept = decoded.copy()
     for i in np.flatnonzero(~decoded):
         data = datas[i]
-        pixels = png.decode_gray28(data)  # type: ignore[arg-type]
+        pixels = png.decode_gray28(data)
         if pixels is None:
-            pixels = jpeg.decode_gray28(data)  # type: ignore[arg-type]
+            pixels = jpeg.decode_gray28(data)
         if pixels is None:
-            pixels, problem = _pillow_decode(items[i][0], data)  # type: ignore[arg-type]
+            pixels, problem = _pillow_decode(items[i][0], data)
             if problem:
                 problems.append(problem)
                 continue

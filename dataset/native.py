@@ -8,7 +8,7 @@ chunk checks. ``dataset/_native.c`` and ``_native_scan.c`` do it for a whole bat
 
 - ``scan``: the fingerprint's walk, every file ``stat``'ed (``fingerprint._walk``'s results);
 - ``list_files``: an increment's class folders listed (``layout._files_under``'s results);
-- ``read_files``: each file's bytes in one read, as ``fingerprint.read_small`` reads them;
+- ``read_files``: each file's bytes in one read, as ``read_small`` reads them;
 - ``decode_png28``: the plainest 28x28 grayscale PNGs (signature and IHDR, IDAT chunks, an
   empty IEND ending the file; every CRC and the zlib stream's Adler-32 right), inflated by
   zlib as libspng and Pillow inflate it, to the same pixels. Every other image is left to
@@ -56,8 +56,8 @@ def list_files(folder: str, prefix: str) -> list[tuple[str, bool]]:
 
 
 def read_files(paths: list[str], sizes: list[int]) -> list[bytes | int]:
-    """Each file's bytes, read with one read of its stat'ed size + 1 (a file that grew
-    meanwhile reads longer than its size), or the ``errno`` its open or read failed with."""
+    """Each file's bytes, read as ``read_small`` reads them, or the ``errno`` its open or
+    read failed with."""
     if _native is not None:
         return _native.read_files(paths, sizes, THREADS)
     return [_read(path, size) for path, size in zip(paths, sizes, strict=True)]
@@ -69,21 +69,29 @@ _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO put there meanwhil
 _no_atime = getattr(os, "O_NOATIME", 0)
 
 
-def _read(path: str, size: int) -> bytes | int:
+def read_small(path: str, size: int) -> bytes:
+    """A small file's bytes in one read of its stat'ed ``size`` + 1 (a file that grew
+    meanwhile reads longer than its size), with no file object: a push is thousands of small
+    files, and each system call counts."""
     global _no_atime
     try:
         fd = os.open(path, _FLAGS | _no_atime)
-    except OSError as exc:
-        if exc.errno == errno.EPERM and _no_atime:  # not the file's owner
-            _no_atime = 0
-            return _read(path, size)
-        return exc.errno or 0
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM or not _no_atime:
+            raise
+        _no_atime = 0  # not the file's owner
+        fd = os.open(path, _FLAGS)
     try:
         return os.read(fd, size + 1)
-    except OSError as exc:
-        return exc.errno or 0
     finally:
         os.close(fd)
+
+
+def _read(path: str, size: int) -> bytes | int:
+    try:
+        return read_small(path, size)
+    except OSError as exc:
+        return exc.errno or 0
 
 
 def decode_png28(datas: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
