@@ -16,7 +16,7 @@ $(BIN)/python:
 # the install goes on, the same work is done in Python, and the test that the extension is
 # built fails). A build left by older sources is removed first, never used.
 NATIVE := setup.py $(wildcard dataset/_native*.c dataset/_native*.h)
-$(STAMP): $(BIN)/python pyproject.toml scripts/install.sh $(NATIVE)
+$(STAMP): $(BIN)/python pyproject.toml scripts/install.sh scripts/apt-missing.sh $(NATIVE)
 	@$(MAKE) --no-print-directory compiler
 	rm -f dataset/_native*.so
 	sh scripts/install.sh $(BIN)/pip -e '.[test]'
@@ -28,11 +28,7 @@ compiler: $(BIN)/python
 	$(BIN)/python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || missing="$$missing $$($(BIN)/python -c 'import sys; print("python%d.%d-dev" % sys.version_info[:2])')"; \
 	[ -f /usr/include/zlib.h ] || missing="$$missing zlib1g-dev"; \
-	[ -z "$$missing" ] || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
-	  else echo "missing:$$missing (the C extension is not built): install them" >&2; exit 0; fi; \
-	  echo "installing$$missing (Debian packages)"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
+	sh scripts/apt-missing.sh optional "without them the C extension is not built" $$missing
 
 install: $(STAMP)
 
@@ -57,11 +53,7 @@ tools:
 	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
-	[ -z "$$missing" ] || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
-	  else echo "missing:$$missing, and apt-get needs root: install them" >&2; exit 1; fi; \
-	  echo "installing$$missing (Debian packages)"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
+	sh scripts/apt-missing.sh required "the tests run them" $$missing
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not integration and not slow"
