@@ -23,7 +23,7 @@ COPY retrain ./retrain
 # The same install step as the Makefile (scripts/install.sh), without the test extra.
 # then the installed package's extension must load (-P: not the sources in /src)
 RUN sh scripts/install.sh pip . \
-    && python -P -c "import dataset.native as n, sys; sys.exit(not n.AVAILABLE)"
+    && python -P -c "import dataset.native as n, sys; sys.exit(not n.available())"
 
 FROM python:3.11-slim
 # git: the watcher's Git mode (retrain watch --git) fetches the dataset repository with it

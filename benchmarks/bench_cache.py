@@ -226,11 +226,11 @@ def push_runs(cache, root: Path, work: Path, increment: int, write, expected: in
 def python_path():
     """Ingestion as on a machine where ``dataset._native`` was not built (dataset.native)."""
     built = native._native
-    native._native, native.AVAILABLE = None, False
+    native._native = None
     try:
         yield
     finally:
-        native._native, native.AVAILABLE = built, built is not None
+        native._native = built
 
 
 def previous_png_decoder():
@@ -265,7 +265,7 @@ def decoders(pushed: Path) -> dict[str, float]:
         if previous is not None:
             ways["zlib + numpy (before)"] = lambda: previous(datas)
         ways["libspng (Python path)"] = lambda: [png.decode_gray28(d) for d in datas]
-        if native.AVAILABLE:
+        if native.available():
             ways["C threads (now), batch"] = lambda: native.decode_png28(datas)
     else:
         ways["libjpeg-turbo (now)"] = lambda: [jpeg.decode_gray28(d) for d in datas]

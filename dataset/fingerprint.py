@@ -147,7 +147,7 @@ def walk(root: str) -> list[Found]:
     """Every dataset file under ``root``: hidden entries and IGNORED_SUFFIXES skipped, links to
     files followed, links to folders not entered; stat'ed in C threads where built (this is
     the scan that runs over every file on every run)."""
-    if native.AVAILABLE:
+    if native.available():
         return native.scan(root, IGNORED_SUFFIXES)
     return list(_walk(root, ""))
 

@@ -176,7 +176,7 @@ def _files_under(folder: str, relative: str) -> list[tuple[str, bool]]:
     entered). Listed in C where built (dataset.native); else plain strings and scandir's own
     file types: a push can hold many files, and a system call per file is the increment's
     main cost."""
-    if native.AVAILABLE:
+    if native.available():
         return native.list_files(folder, relative)
     found: list[tuple[str, bool]] = []
     _list_under(folder, relative, found)

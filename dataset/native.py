@@ -16,7 +16,7 @@ chunk checks. ``dataset/_native.c`` and ``_native_scan.c`` do it for a whole bat
 
 Where the extension is missing (no C compiler or headers when the package was installed, or
 a build from older sources), the same is done in Python, with the same results;
-``AVAILABLE`` says which.
+``available()`` says which.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ except ImportError:  # not built: the Python path below
 if getattr(_native, "ABI", None) != ABI:  # a stale build left in the tree
     _native = None
 
-AVAILABLE = _native is not None
+
+def available() -> bool:
+    """Whether the C extension does the work (else this module's Python)."""
+    return _native is not None
+
+
 SIDE = 28
 # the threads a batch uses: the CPUs this process may run on, up to 4 (past 2 the small
 # files' system calls, not the CPU, bound it)

@@ -75,7 +75,6 @@ def _batch(datas: list[bytes], native_on: bool) -> tuple[np.ndarray, np.ndarray,
     with pytest.MonkeyPatch.context() as mp:
         if not native_on:
             mp.setattr(native, "_native", None)
-            mp.setattr(native, "AVAILABLE", False)
         images, labels = _decode_batch(Path("/nowhere"), items, problems, contents)
     return images, labels, problems
 
@@ -100,7 +99,7 @@ def _decodes_as_libspng_and_pillow_do(data: bytes, expected: np.ndarray | None =
 
 
 def test_the_extension_is_built():
-    assert native.AVAILABLE and native._native is not None, (
+    assert native.available() and native._native is not None, (
         "dataset._native, the C extension, was not built: a C compiler and the zlib headers "
         "are needed when the package is installed (setup.py build_ext)")
 
@@ -366,6 +365,5 @@ def test_an_item_that_is_not_bytes_is_a_type_error(item):
 
 def test_without_the_extension_nothing_is_decoded_here(monkeypatch):
     monkeypatch.setattr(native, "_native", None)
-    monkeypatch.setattr(native, "AVAILABLE", False)
     pixels, decoded = native.decode_png28([PLAIN, b""])
     assert pixels.shape == (2, 28, 28) and not decoded.any()

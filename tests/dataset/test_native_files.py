@@ -15,7 +15,6 @@ from dataset.fingerprint import IGNORED_SUFFIXES, _walk, fingerprint
 
 def _python_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "_native", None)
-    monkeypatch.setattr(native, "AVAILABLE", False)
 
 
 def _files(folder: Path, count: int) -> list[tuple[str, bytes]]:
@@ -242,7 +241,7 @@ def test_a_build_from_older_sources_is_not_used():
             "stale.ABI = int(sys.argv[1]) if sys.argv[1] else None\n"
             "sys.modules['dataset._native'] = stale\n"
             "from dataset import native\n"
-            "print(native.AVAILABLE)\n")
+            "print(native.available())\n")
     assert _child(code, "1") == "False" and _child(code, "") == "False"
     assert _child(code, str(native.ABI)) == "True"
 
