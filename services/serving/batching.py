@@ -33,12 +33,6 @@ if TYPE_CHECKING:  # the model (TensorFlow) is what the server loads, not what b
 log = logging.getLogger(__name__)
 
 
-def check_finite(probabilities: np.ndarray, version: int) -> None:
-    """``NotFiniteError`` naming ``version`` unless every value is a finite number."""
-    if not np.isfinite(probabilities).all():
-        raise NotFiniteError("internal server error", version=version)
-
-
 @dataclass(frozen=True)
 class BatchConfig:
     max_batch: int = 64  # images per model call

@@ -131,7 +131,7 @@ def json_bytes(body: dict[str, Any]) -> bytes:
     the doubles they widen to."""
     try:
         return orjson.dumps(body, default=_listed, option=orjson.OPT_SERIALIZE_NUMPY)
-    except (TypeError, orjson.JSONEncodeError):
+    except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(body, default=_as_doubles, separators=(",", ":"),
                           allow_nan=False).encode()
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from services.serving.batching import BatchConfig, MicroBatcher, check_finite
+from services.serving.batching import BatchConfig, MicroBatcher
 from services.serving.errors import (
     BadRequestError,
     ModelFailedError,
@@ -89,6 +89,13 @@ class Repeated:
             self._said[version] = (now, 0)
         log.error(self._message + ("" if not since else f" ({since} more times since)"), version,
                   exc_info=cause)
+
+
+def check_finite(probabilities: np.ndarray, version: int) -> None:
+    """``NotFiniteError`` naming ``version`` unless every value is a finite number (an
+    unbatched call's; the micro-batcher checks its calls itself, request by request)."""
+    if not np.isfinite(probabilities).all():
+        raise NotFiniteError("internal server error", version=version)
 
 
 class Plane:
