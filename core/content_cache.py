@@ -24,12 +24,14 @@ import redis
 
 from core.lease import Lease, Leases
 
-# Set the entry only if the writer's fencing token is the newest issued for the key.
+# Set the entry only if the writer's fencing token is the newest issued for the key; then tell
+# its waiters (the channel ARGV[5]).
 _PUT = """
 local fence = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[2]) < fence then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[5], '1')
 return 1
 """
 
@@ -63,10 +65,9 @@ class ContentCache:
         ok = self._put(
             keys=[self._prefix + "entry:" + entry.key, self.leases.fence_key(entry.key),
                   self._prefix + "latest:" + entry.group],
-            args=[json.dumps(asdict(entry)), entry.fence, self.ttl, entry.key],
+            args=[json.dumps(asdict(entry)), entry.fence, self.ttl, entry.key,
+                  self._prefix + "ready:" + entry.key],  # its waiters are told, by the script
         )
-        if ok:
-            self._r.publish(self._prefix + "ready:" + entry.key, "1")
         return bool(ok)
 
     def touch(self, entry: Any, now: float | None = None) -> Any:
@@ -110,8 +111,7 @@ class ContentCache:
 
     def release(self, lease: Lease) -> None:
         """Let the key go and wake its waiters (they take over, or find the entry)."""
-        self.leases.release(lease)
-        self._r.publish(self._prefix + "ready:" + lease.key, "released")
+        self.leases.release(lease, tell=(self._prefix + "ready:" + lease.key, "released"))
 
     def locked(self, key: str) -> bool:
         return self.leases.held(key)

@@ -41,10 +41,21 @@ if not holder and ARGV[3] == '1' then
 end
 return 0
 """
-# Release only if we still hold it.
+# Release only if we still hold it; then, given a channel (ARGV[2]), tell it ARGV[3].
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then released = redis.call('DEL', KEYS[1]) end
+if ARGV[2] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return released
+"""
+# Take the lease if nobody holds it and, with a fence key (KEYS[2]), the next fence: one round
+# trip. -1 while another holds it.
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+if not KEYS[2] then return 0 end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return fence
 """
 
 
@@ -66,6 +77,7 @@ class Leases:
         self._reclaim = reclaim
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._acquire = client.register_script(_ACQUIRE)
 
     def fence_key(self, key: str) -> str:
         """Where the newest fence of ``key`` is (for the owner's write that checks it)."""
@@ -76,24 +88,21 @@ class Leases:
     def acquire(self, key: str, ms: int, token: str | None = None) -> Lease | None:
         """The lease on ``key`` for ``ms`` milliseconds, or None while another holds it."""
         token = token or uuid.uuid4().hex
-        if not self._r.set(self._lock + key, token, nx=True, px=ms):
-            return None
-        fence = 0
-        if self._fence is not None:
-            with self._r.pipeline(transaction=False) as pipe:  # one round trip
-                pipe.incr(self._fence + key)
-                pipe.expire(self._fence + key, self._fence_ttl)
-                fence = int(pipe.execute()[0])
-        return Lease(key, token, fence)
+        fences = [] if self._fence is None else [self._fence + key]
+        fence = int(self._acquire(keys=[self._lock + key, *fences],
+                                  args=[token, ms, self._fence_ttl]))
+        return None if fence < 0 else Lease(key, token, fence)
 
     def renew(self, lease: Lease, ms: int) -> bool:
         """Another ``ms`` milliseconds; False when the lease is no longer ours."""
         return bool(self._renew(keys=[self._lock + lease.key],
                                 args=[lease.token, ms, "1" if self._reclaim else "0"]))
 
-    def release(self, lease: Lease) -> bool:
-        """Let the lease go; False when it was no longer ours (it lapsed, or another took it)."""
-        return bool(self._release(keys=[self._lock + lease.key], args=[lease.token]))
+    def release(self, lease: Lease, tell: tuple[str, str] | None = None) -> bool:
+        """Let the lease go; False when it was no longer ours (it lapsed, or another took it).
+        ``tell``: a channel and a message published either way, in the same round trip."""
+        return bool(self._release(keys=[self._lock + lease.key],
+                                  args=[lease.token, *(tell or ())]))
 
     def holder(self, key: str) -> str | None:
         """The token of whoever holds the lease on ``key``, or None."""
