@@ -84,9 +84,11 @@ def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
 
     name = "train-images-idx3-ubyte.gz"
     odd_entries = (  # in the cache's own format, entries of any other shape
-        marshal.dumps((_FORMAT, [name])), marshal.dumps((_FORMAT, {name: 5})),
-        marshal.dumps((_FORMAT, {name: [1, 2]})), marshal.dumps((_FORMAT, {name: (1, 2, 3, 4)})))
+        _framed((_FORMAT, [name])), _framed((_FORMAT, {name: 5})),
+        _framed((_FORMAT, {name: [1, 2]})), _framed((_FORMAT, {name: (1, 2, 3, 4)})),
+        _framed((_FORMAT, {name: None})), _framed(("retrain-statcache-1", {name: [1, 2, 3, "0"]})))
     for content in (b'{"train-images-idx3-ubyte.gz": [1, 2, 3, "00"]}', b"\x00damaged", b"",
+                    marshal.dumps(("retrain-statcache-1", {})), (1 << 62).to_bytes(8, "little"),
                     *odd_entries):
         (tmp_path / "stat").write_bytes(content)
         cache = StatCache(tmp_path / "stat")
@@ -94,6 +96,87 @@ def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
         st = (dataset / "train-labels-idx1-ubyte.gz").stat()
         assert StatCache(tmp_path / "stat").lookup(  # rewritten in its own format
             "train-labels-idx1-ubyte.gz", st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _framed(value) -> bytes:
+    import marshal
+
+    data = marshal.dumps(value)
+    return len(data).to_bytes(8, "little") + data
+
+
+def _push(dataset, batch: str, n: int) -> None:
+    folder = dataset / "increments" / batch / "bag"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"{batch}-{i:04d}.png").write_bytes(f"{batch} {i}".encode())
+
+
+def test_a_run_writes_to_the_stat_cache_what_changed_not_the_whole_cache(dataset, tmp_path,
+                                                                        monkeypatch):
+    path = tmp_path / "stat"
+    _push(dataset, "b1", 200)
+    fingerprint(dataset, StatCache(path))
+    first = path.stat().st_size
+    fingerprint(dataset, StatCache(path))  # nothing changed: nothing written
+    assert path.stat().st_size == first
+    _push(dataset, "b2", 10)
+    fingerprint(dataset, StatCache(path))
+    grown = path.stat().st_size - first
+    assert 0 < grown < first / 10  # ten entries appended, not 214 written again
+    (dataset / "increments" / "b2" / "bag" / "b2-0000.png").unlink()  # a removal is recorded
+    expected = fingerprint(dataset, StatCache(path))
+    assert path.stat().st_size > first + grown
+    reads = []
+    real = native.read_files
+    monkeypatch.setattr(native, "read_files", lambda ps, sizes: reads.extend(ps) or real(ps, sizes))
+    again = fingerprint(dataset, StatCache(path))  # every record loaded: nothing read
+    assert reads == [] and again == expected
+    assert "increments/b2/bag/b2-0000.png" not in StatCache(path)._entries
+
+
+def test_the_stat_cache_is_written_anew_once_what_was_appended_outweighs_it(dataset, tmp_path):
+    path = tmp_path / "stat"
+    fingerprint(dataset, StatCache(path))  # the four base files
+    loaded = []
+    for n in range(6):
+        _push(dataset, f"b{n}", 3)
+        fingerprint(dataset, StatCache(path))
+        loaded.append(StatCache(path))
+    appended = [cache._appended for cache in loaded]
+    assert appended[0] > 0 and 0 in appended[1:]  # appended, then written anew
+    assert all(0 < cache._appended <= cache._first or cache._appended == 0 for cache in loaded)
+    assert path.stat().st_size <= 2 * loaded[-1]._first  # what is loaded stays bounded
+    assert len(loaded[-1]._entries) == 4 + 6 * 3
+
+
+def test_a_record_cut_short_ends_what_is_loaded_and_the_cache_is_written_anew(dataset, tmp_path):
+    path = tmp_path / "stat"
+    _push(dataset, "b1", 50)
+    fingerprint(dataset, StatCache(path))
+    _push(dataset, "b2", 2)
+    fingerprint(dataset, StatCache(path))
+    with path.open("r+b") as handle:  # a run killed in the middle of its append
+        handle.truncate(path.stat().st_size - 5)
+    cache = StatCache(path)
+    assert "increments/b1/bag/b1-0049.png" in cache._entries
+    assert "increments/b2/bag/b2-0001.png" not in cache._entries  # hashed once more
+    expected = fingerprint(dataset)
+    assert fingerprint(dataset, cache) == expected
+    assert StatCache(path)._entries.keys() == {f.path for f in expected.files}  # whole again
+
+
+def test_runs_saving_one_stat_cache_at_once_lose_no_record(dataset, tmp_path):
+    path = tmp_path / "stat"
+    _push(dataset, "b1", 100)
+    fingerprint(dataset, StatCache(path))
+    caches = [StatCache(path), StatCache(path)]  # both loaded before either saves
+    for n, cache in enumerate(caches):
+        cache.store(f"x{n}", 1, 2, 3, "f" * 64)
+    for cache in caches:
+        cache.save()
+    loaded = StatCache(path)
+    assert loaded.lookup("x0", 1, 2, 3) == loaded.lookup("x1", 1, 2, 3) == "f" * 64
 
 
 def test_a_fingerprint_keeps_the_bytes_it_read_only_when_asked(dataset):
