@@ -97,15 +97,15 @@ class StatCache:
     (several times faster than JSON to load: the whole file is read on every run). The first
     record holds every entry; a run that changed some appends one record of those alone (a
     removed path's entry None), so what a run writes grows with what changed, not with the
-    dataset; the file is written anew once the appended records outweigh the first. A record
-    that cannot be read (a damaged file, a run killed mid-append, any other format) ends what
-    is loaded: the files it covered are hashed once more."""
+    dataset; the file is written anew once the appended records hold more entries than the
+    first. A record that cannot be read (a damaged file, a run killed mid-append, any other
+    format) ends what is loaded: the files it covered are hashed once more."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._entries: dict[str, list] = {}  # path -> [size, mtime_ns, inode, hash]
         self._changed: dict[str, list | None] = {}  # since loaded or saved; None: removed
-        self._first = self._appended = 0  # bytes of the first record, and of those after it
+        self._first = self._appended = 0  # entries in the first record, and in those after it
         self._whole = False  # the file must be written anew (unreadable, or none yet)
         if path is not None:
             self._load(path)
@@ -129,9 +129,9 @@ class StatCache:
                 else:
                     self._entries[key] = entry
             if at == 0:
-                self._first = _LENGTH + size
+                self._first = len(record)
             else:
-                self._appended += _LENGTH + size
+                self._appended += len(record)
             at += _LENGTH + size
         self._whole = at == 0 or at < len(data)
 
@@ -158,22 +158,20 @@ class StatCache:
         if self._path is None or not (self._changed or self._whole):
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        record = _framed(self._changed)
-        if not self._whole and self._appended + len(record) <= self._first:
+        if not self._whole and self._appended + len(self._changed) <= self._first:
             # one write with O_APPEND: runs saving at once each add a whole record
             fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
             try:
-                os.write(fd, record)
+                os.write(fd, _framed(self._changed))
             finally:
                 os.close(fd)
-            self._appended += len(record)
+            self._appended += len(self._changed)
         else:
-            first = _framed(self._entries)
             # a name of its own: concurrent runs may save the same cache; the last rename wins
             tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(first)
+            tmp.write_bytes(_framed(self._entries))
             tmp.replace(self._path)
-            self._first, self._appended, self._whole = len(first), 0, False
+            self._first, self._appended, self._whole = len(self._entries), 0, False
         self._changed = {}
 
 
