@@ -11,6 +11,7 @@ import marshal
 import os
 import uuid
 from collections.abc import Iterator
+from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +32,9 @@ class FileEntry(NamedTuple):  # a tuple: made for every file on every run, at ha
     path: str
     size: int
     hash: str
+
+
+Found = tuple[str, str, int, int, int]  # relative path, path, size, mtime_ns, inode
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,19 @@ class StatCache:
             return hit[3]
         return None
 
+    def known(self, found: list[Found]) -> list[str | None]:
+        """``lookup`` of each file found by ``walk``, in order."""
+        lookup = self.lookup
+        return [lookup(f[0], f[2], f[3], f[4]) for f in found]
+
     def store(self, relative: str, size: int, mtime_ns: int, inode: int, digest: str) -> None:
         self._entries[relative] = self._changed[relative] = [size, mtime_ns, inode, digest]
+
+    def store_all(self, found: list[Found], digests: list[str]) -> None:
+        """``store`` of each file found by ``walk``, with its hash."""
+        stored = {f[0]: [f[2], f[3], f[4], digest] for f, digest in zip(found, digests)}
+        self._entries.update(stored)
+        self._changed.update(stored)
 
     def retain(self, paths: set[str]) -> None:
         if len(paths) != len(self._entries) or any(k not in paths for k in self._entries):
@@ -194,9 +209,6 @@ def _record(data: memoryview) -> dict | None:
     return None
 
 
-Found = tuple[str, str, int, int, int]  # relative path, path, size, mtime_ns, inode
-
-
 def walk(root: str) -> list[Found]:
     """Every dataset file under ``root``: hidden entries and IGNORED_SUFFIXES skipped, links to
     files followed, links to folders not entered; stat'ed in C threads where built (this is
@@ -233,19 +245,23 @@ def fingerprint(root: Path, cache: StatCache | None = None,
     for; ``keep_contents``: keep the small files' bytes for an ingestion that follows in this
     process (a watcher, which only compares digests, keeps none)."""
     cache = cache if cache is not None else StatCache()
-    entries: list[FileEntry] = []
-    misses: list[Found] = []
-    for found in walk(str(root)):
-        digest = cache.lookup(found[0], *found[2:])
-        if digest is None:
-            misses.append(found)
-        else:
-            entries.append(FileEntry(found[0], found[2], digest))
+    found = walk(str(root))
+    known = cache.known(found)
+    entries = _entries([f for f, digest in zip(found, known) if digest is not None],
+                       [digest for digest in known if digest is not None])
+    misses = [f for f, digest in zip(found, known) if digest is None]
     contents = _hash_misses(misses, cache, entries, KEEP_BYTES if keep_contents else 0)
     files = tuple(sorted(entries))  # by path: a path is listed once
     cache.retain({f.path for f in files})
     cache.save()
     return Fingerprint(manifest_digest(files), files, contents)
+
+
+def _entries(found: list[Found], digests: list[str]) -> list[FileEntry]:
+    """The manifest's entries of files found, with their hashes (tuples made in C: a run makes
+    one for every file)."""
+    return list(map(tuple.__new__, repeat(FileEntry),
+                    zip([f[0] for f in found], [f[2] for f in found], digests)))
 
 
 def _hash_misses(misses: list[Found], cache: StatCache, entries: list[FileEntry],
@@ -254,7 +270,6 @@ def _hash_misses(misses: list[Found], cache: StatCache, entries: list[FileEntry]
     the small ones are read READ_BATCH at a time (in C threads where built), and kept, up to
     ``budget`` bytes, for the ingestion that follows. A file removed meanwhile is left out."""
     contents: dict[str, bytes] = {}
-    small = [m for m in misses if m[2] <= KEEP_FILE]
     for relative, full, size, mtime_ns, inode in misses:
         if size > KEEP_FILE:
             try:
@@ -263,18 +278,27 @@ def _hash_misses(misses: list[Found], cache: StatCache, entries: list[FileEntry]
                 continue
             cache.store(relative, size, mtime_ns, inode, digest)
             entries.append(FileEntry(relative, size, digest))
+    small = [m for m in misses if m[2] <= KEEP_FILE]
     for start in range(0, len(small), READ_BATCH):
         batch = small[start:start + READ_BATCH]
-        read = native.read_files([m[1] for m in batch], [m[2] for m in batch])
-        for (relative, full, size, mtime_ns, inode), data in zip(batch, read, strict=True):
-            if type(data) is int:
-                if data == errno.ENOENT:
-                    continue
-                raise OSError(data, os.strerror(data), full)
-            digest = blake3(data).hexdigest()
+        datas = native.read_files([m[1] for m in batch], [m[2] for m in batch])
+        if any(type(data) is int for data in datas):
+            batch, datas = _read_ones(batch, datas)
+        digests = [blake3(data).hexdigest() for data in datas]
+        cache.store_all(batch, digests)
+        entries.extend(_entries(batch, digests))
+        for (relative, _, size, _, _), data in zip(batch, datas):
             if len(data) == size <= budget:  # else being written, or over: not kept
                 contents[relative] = data
-                budget -= len(data)
-            cache.store(relative, size, mtime_ns, inode, digest)
-            entries.append(FileEntry(relative, size, digest))
+                budget -= size
     return contents
+
+
+def _read_ones(batch: list[Found], datas: list[bytes | int]) -> tuple[list[Found], list[bytes]]:
+    """The files of ``batch`` that were read, and their bytes: a file removed meanwhile is left
+    out; any other failure raises."""
+    for found, data in zip(batch, datas, strict=True):
+        if type(data) is int and data != errno.ENOENT:
+            raise OSError(data, os.strerror(data), found[1])
+    read = [(found, data) for found, data in zip(batch, datas) if type(data) is bytes]
+    return [found for found, _ in read], [data for _, data in read]  # type: ignore[misc]

@@ -209,3 +209,36 @@ def test_a_file_name_that_is_not_utf8_is_fingerprinted_by_its_bytes(dataset):
     assert "increments/b1/caf\udce9.png" in {f.path for f in before.files}
     os.rename(os.fsencode(str(folder)) + b"/caf\xe9.png", os.fsencode(str(folder)) + b"/caf\xe8.png")
     assert fingerprint(dataset).digest != before.digest
+
+
+def test_a_file_removed_before_it_is_read_is_left_out_and_any_other_failure_raises(dataset,
+                                                                                   monkeypatch):
+    import errno
+
+    import pytest
+
+    folder = dataset / "increments" / "b1"
+    folder.mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        (folder / name).write_bytes(name.encode())
+    real = fpmod.walk
+
+    def walk_then_remove(root: str):
+        found = real(root)
+        (folder / "b.png").unlink()
+        return found
+
+    monkeypatch.setattr(fpmod, "walk", walk_then_remove)
+    cache = StatCache()
+    fp = fingerprint(dataset, cache)
+    paths = [f.path for f in fp.files]
+    assert "increments/b1/a.png" in paths and "increments/b1/c.png" in paths
+    assert "increments/b1/b.png" not in paths and "increments/b1/b.png" not in fp.contents
+    assert cache.lookup("increments/b1/b.png", 5, 0, 0) is None
+    assert fp.contents["increments/b1/c.png"] == b"c.png"  # the bytes are the file's own
+    monkeypatch.setattr(fpmod, "walk", real)
+    assert fp == fingerprint(dataset)
+    monkeypatch.setattr(fpmod, "walk", lambda root: [("x", str(folder), 1, 0, 0)])  # a folder
+    with pytest.raises(OSError) as raised:
+        fingerprint(dataset)
+    assert raised.value.errno == errno.EISDIR and raised.value.filename == str(folder)
