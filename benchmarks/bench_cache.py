@@ -96,8 +96,9 @@ def single_flight(url: str, client, data: Path, work: Path, reps: int, runs: int
                     [sys.executable, str(ROOT / "benchmarks" / "_flight_worker.py"), "holder", url,
                      str(data), str(store)], stderr=subprocess.DEVNULL)
                 deadline = time.monotonic() + 120
-                while not (client.keys(PREFIX + "lock:*") and store.is_dir()
-                           and any(p.name.startswith(TMP_PREFIX) for p in store.iterdir())):
+                shards = store / "shards"  # new units are written there, under hidden names
+                while not (client.keys(PREFIX + "lock:*") and shards.is_dir()
+                           and any(p.name.startswith(TMP_PREFIX) for p in shards.iterdir())):
                     if time.monotonic() > deadline or holder.poll() is not None:
                         raise RuntimeError("the holder never started ingesting")
                     time.sleep(0.002)

@@ -211,7 +211,7 @@ def _write_unit(root: Path, unit: Unit, tmp: Path, shard_size: int,
         writer.close()
     if writer.count == 0:
         raise idx.IdxError(unit.files[0], "holds no records")
-    writer.profile.save(tmp)
+    writer.profile.save(tmp, unpublished=True)
     shards = [{"name": n, "size": (tmp / n).stat().st_size, "blake3": hash_file(tmp / n),
                "stat": stat_signature(tmp / n)} for n in writer.names]
     meta = {
@@ -242,11 +242,11 @@ def ingest(
         raise DatasetNotFoundError(str(root))
     layout = discover(root)
     problems = list(layout.problems)
-    hashes = {f.path: f.hash for f in fp.files}
+    hashes = {path: digest for path, _, digest in fp.files}
     shards_root = store / "shards"
     shards_root.mkdir(parents=True, exist_ok=True)
-    work = store / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    pending: list[tuple[Path, Path]] = []
+    pending: list[tuple[Path, Path]] = []  # each new unit, written under a hidden name beside
+    # where it is published (shards/.tmp-*: clean_temporaries removes what a crash leaves)
     units_meta: list[dict[str, object]] = []
     reused: list[str] = []
     try:
@@ -262,15 +262,16 @@ def ingest(
                 os.utime(final / "unit.json")  # recently used: `cache gc` keeps it
                 reused.append(uid)
             else:
+                tmp = shards_root / f"{TMP_PREFIX}{uid}-{uuid.uuid4().hex[:8]}"
+                pending.append((tmp, final))
                 try:
-                    meta = _write_unit(root, unit, work / uid, shard_size, fp.contents)
+                    meta = _write_unit(root, unit, tmp, shard_size, fp.contents)
                 except idx.IdxError as exc:
                     problems.append(str(exc))
                     continue
                 except DatasetValidationError as exc:
                     problems.extend(exc.problems)
                     continue
-                pending.append((work / uid, final))
             units_meta.append({"id": uid, **meta})
         if problems:
             raise DatasetValidationError(problems)
@@ -282,7 +283,9 @@ def ingest(
                     raise
         result = _publish_dataset(store, dataset_key, fp, units_meta, shard_size)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for tmp, _ in pending:  # unpublished: a problem, or a concurrent run published it
+            if os.path.lexists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - started
     log.info(
         "ingested %s: %s records, %d unit(s) reused, %d new, %.2fs",

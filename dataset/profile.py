@@ -107,14 +107,16 @@ class Profiler:
                            joined(self._hashes, np.zeros(0, np.uint64)),
                            joined(self._pixels, np.zeros((0, BINS), np.uint8)))
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, *, unpublished: bool = False) -> None:
         """Write the profile into ``folder``, whole or not at all (a hidden name, then a
-        rename: a reader never sees half of one)."""
+        rename: a reader never sees half of one); straight to its name in an ``unpublished``
+        folder, which no reader sees before it is renamed (an ingestion's new unit)."""
         done = self.unit(folder.name, "")
-        tmp = folder / f".{PROFILE_FILE}.{uuid.uuid4().hex[:8]}"
+        tmp = folder / (PROFILE_FILE if unpublished else f".{PROFILE_FILE}.{uuid.uuid4().hex[:8]}")
         with tmp.open("wb") as handle:
             np.savez(handle, labels=done.labels, hashes=done.hashes, pixels=done.pixels)
-        os.replace(tmp, folder / PROFILE_FILE)
+        if not unpublished:
+            os.replace(tmp, folder / PROFILE_FILE)
 
 
 @dataclass(frozen=True)

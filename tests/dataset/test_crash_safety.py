@@ -74,8 +74,8 @@ def test_a_killed_lock_holder_is_taken_over_and_its_late_fence_is_refused(
     store = tmp_path / "store"
     holder = _child(redis_handle.url, big_dataset, store)
     # kill it mid-ingestion: it holds the lease and has started writing shards
-    _wait_for(lambda: r.keys(PREFIX + "lock:*") and store.is_dir()
-              and any(p.name.startswith(TMP_PREFIX) for p in store.iterdir()))
+    _wait_for(lambda: r.keys(PREFIX + "lock:*") and (store / "shards").is_dir()
+              and any(p.name.startswith(TMP_PREFIX) for p in (store / "shards").iterdir()))
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert _visible(store) == [] or all((p / "unit.json").is_file() for p in _visible(store))

@@ -62,7 +62,9 @@ def test_validation_collects_every_problem_and_publishes_nothing(dataset, tmp_pa
                      "broken.png: not a decodable", "increments/empty: empty increment"):
         assert expected in text
     assert not (store / "datasets").exists() or not any((store / "datasets").iterdir())
-    assert not any(p.name.startswith(".tmp") for p in store.iterdir())
+    for folder in (store, store / "shards"):  # what was written is gone: nothing half-done
+        assert not any(p.name.startswith(".tmp") for p in folder.iterdir())
+    assert not any((store / "shards").iterdir())
 
 
 def test_image_label_count_mismatch(dataset, tmp_path):
