@@ -64,8 +64,8 @@ class Changes:
 
 def manifest_digest(files: tuple[FileEntry, ...]) -> str:
     """The dataset digest: pure function of the sorted manifest."""
-    lines = "".join(f"{path}\t{size}\t{digest}\n"
-                    for path, size, digest in sorted(files, key=lambda f: f[0]))
+    lines = "".join(f"{path}\t{size}\t{digest}\n"  # by path: a path is listed once
+                    for path, size, digest in sorted(files))
     return blake3(lines.encode(errors="surrogateescape")).hexdigest()  # a name's own bytes
 
 
