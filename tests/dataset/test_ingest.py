@@ -108,6 +108,23 @@ def test_metadata_records_digest_and_manifest(dataset, tmp_path):
     meta = json.loads((tmp_path / "store" / "datasets" / "k" / "metadata.json").read_text())
     assert meta["digest"] == fp.digest == result.digest
     assert len(meta["manifest"]) == 4
+    assert meta["manifest"] == [list(f) for f in fp.files]
+
+
+def test_an_image_whose_name_is_not_utf8_is_ingested_and_listed_in_the_manifest(dataset,
+                                                                                  tmp_path):
+    import os
+
+    folder = dataset / "increments" / "b1" / "coat"
+    folder.mkdir(parents=True)
+    Image.new("L", (28, 28), 7).save(folder / "plain.png")
+    os.rename(folder / "plain.png", os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    fp = fingerprint(dataset)
+    result = ingest(dataset, tmp_path / "store", fp, dataset_key="k")
+    assert result.records["train"] == 601
+    meta = json.loads((tmp_path / "store" / "datasets" / "k" / "metadata.json").read_text())
+    image = next(f for f in fp.files if f.path == "increments/b1/coat/caf\udce9.png")
+    assert [image.path, image.size, image.hash] in meta["manifest"]
 
 
 def test_leftovers_of_a_crashed_ingestion_are_invisible_and_cleaned(dataset, tmp_path):
