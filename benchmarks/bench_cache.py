@@ -6,7 +6,8 @@ Prints, for a generated 70,000-image stand-in dataset:
   1. a re-run on unchanged data (fingerprint + cache decision) vs a full ingestion
   2. pushing one 1,000-image PNG (2a) or JPEG (2b) increment vs a full ingestion, per image
      too, each run's profile checked, and each decoder alone (before and now) on its files;
-     first as where the C extension (dataset._native) is not built, then as it is
+     first as where the C extension (dataset._native) is not built, then as it is; and (2a)
+     the same push on top of 20 earlier ones, all kept
   3. ingestion throughput vs simply reading and decompressing the IDX files (the floor)
   4. 50 concurrent runs (processes) on the same data, over --reps repetitions, every fourth
      with the lock holder SIGKILLed mid-ingestion: how many ingestions each repetition ran
@@ -34,9 +35,10 @@ from _common import ROOT, heading, line, loopback_redis, median, percentile, tim
 
 from core.cache_policy import Policy
 from core.content_cache import ContentCache
+from core.tf_start import quiet_native
 from dataset import idx, jpeg, native, png
 from dataset.cache import PREFIX, CacheEntry, ingestion_cache
-from dataset.fingerprint import fingerprint
+from dataset.fingerprint import fingerprint, walk
 from dataset.ingest import ingest
 from dataset.layout import BASE_FILES, CLASS_NAMES
 from dataset.profile import load as load_profile
@@ -199,7 +201,8 @@ def profiled_images(dataset_uri: str) -> int:
     return sum(int(u.labels.size) for u in load_profile(dataset_uri).units)
 
 
-PUSHES = 5  # runs after a push on each side: the median is kept (writeback moves them)
+PUSHES = 7  # runs after a push on each side: the median is kept (writeback moves them)
+HISTORY = 20  # earlier pushes, all kept, under the increment measured on top of them
 
 
 def push_runs(cache, root: Path, work: Path, increment: int, write, expected: int) -> tuple:
@@ -232,6 +235,26 @@ def python_path():
         yield
     finally:
         native._native = built
+
+
+def on_history(cache, root: Path, work: Path, increment: int) -> tuple[float, dict, int]:
+    """The run after a push on top of HISTORY earlier pushes, each ingested as it came and all
+    kept (median of 3, the one measured removed before the next): what still grows with the
+    files already there. Returns its seconds, its phases and how many files the data held."""
+    history = []
+    for n in range(HISTORY):
+        history.append(write_png_increment(root, f"history-{n:03d}", increment, 500 + n))
+        full_run(cache, root, work / "store", work / "state")
+    runs, files = [], 0
+    for n in range(3):
+        pushed = write_png_increment(root, f"on-top-{n}", increment, 600 + n)
+        runs.append(full_run(cache, root, work / "store", work / "state"))
+        files = len(walk(str(root)))
+        shutil.rmtree(pushed)
+    for folder in history:
+        shutil.rmtree(folder)
+    seconds, phases = sorted(runs, key=lambda r: r[0])[1]
+    return seconds, phases, files
 
 
 def previous_png_decoder():
@@ -321,6 +344,12 @@ def section_reuse(cache, root: Path, work: Path, total: int, increment: int) -> 
         for name, micros in decoders(pushed).items():
             line(f"decode alone, {name}", f"{micros:6.1f} µs per image")
         shutil.rmtree(pushed)
+        if kind == "PNG":
+            top, top_phases, files = on_history(cache, root, work, increment)
+            line(f"the same on top of {HISTORY} earlier pushes, all kept ({files:,} files)",
+                 f"{top:7.3f} s  (fingerprint {top_phases['fingerprint']:.3f}, ingest "
+                 f"{top_phases['ingest']:.3f}) = {top / full:.2%} of the full run: "
+                 f"+{(top - inc) / HISTORY * 1000:.1f} ms per earlier push (no target)")
         results.append(profiled)
         before = {"PNG": "12.8 %", "JPEG": "10.7 %"}[kind]  # round 4, the Python path
         results.append(verdict(f"{kind} increment / full (before: {before})", inc / full, 0.05, "%"))
@@ -342,6 +371,11 @@ def section_floor(root: Path, work: Path, total: int) -> list[bool]:
     return [verdict("ingestion / floor", seconds / floor, 3.0)]
 
 
+def import_tensorflow() -> None:
+    with quiet_native():  # TensorFlow's native start-up lines kept off the terminal
+        __import__("tensorflow")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=60_000)
@@ -360,7 +394,7 @@ def main() -> None:
         total = args.train + args.test
         t, _ = timed(lambda: write_standin(root, args.train, args.test))
         print(f"generated a {total:,}-image stand-in dataset in {t:.1f} s under {root}")
-        t, _ = timed(lambda: __import__("tensorflow"))  # both sides run with TensorFlow loaded
+        t, _ = timed(import_tensorflow)  # both sides run with TensorFlow loaded
         print(f"imported TensorFlow in {t:.1f} s (kept out of every timing below)")
         with loopback_redis(work / "redis") as (client, url):
             cache = ingestion_cache(client, ttl_seconds=3600)
