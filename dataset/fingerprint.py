@@ -11,8 +11,8 @@ import marshal
 import os
 import uuid
 from collections.abc import Iterator
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,7 +102,7 @@ class StatCache:
     record holds every entry; a run that changed some appends one record of those alone (a
     removed path's entry None), so what a run writes grows with what changed, not with the
     dataset; the file is written anew once the appended records hold more entries than the
-    first. A record that cannot be read (a damaged file, a run killed mid-append, any other
+    first, or than are live (what is loaded stays under twice what is kept). A record that cannot be read (a damaged file, a run killed mid-append, any other
     format) ends what is loaded: the files it covered are hashed once more."""
 
     def __init__(self, path: Path | None = None) -> None:
@@ -173,24 +173,35 @@ class StatCache:
         if self._path is None or not (self._changed or self._whole):
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._whole and self._appended + len(self._changed) <= self._first:
-            # one write with O_APPEND: runs saving at once each add a whole record
-            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
-            try:
-                os.write(fd, _framed(self._changed))
-            finally:
-                os.close(fd)
-            self._appended += len(self._changed)
-        else:
+        # appended while what is loaded stays under twice the entries (first and live alike)
+        if self._whole or self._appended + len(self._changed) > min(self._first,
+                                                                    len(self._entries)) \
+                or not _append(self._path, _framed(self._changed)):
             # a name of its own: concurrent runs may save the same cache; the last rename wins
             tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
             tmp.write_bytes(_framed(self._entries))
             tmp.replace(self._path)
             self._first, self._appended, self._whole = len(self._entries), 0, False
+        else:
+            self._appended += len(self._changed)
         self._changed = {}
 
 
 _LENGTH = 8  # a record's length, before it
+
+
+def _append(path: Path, record: bytes) -> bool:
+    """``record`` added in one write with O_APPEND (runs saving at once each add a whole
+    record); False when the file is gone (removed since it was loaded) or the write fell short
+    (a full disk): the cache is then written anew."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:
+        return False
+    try:
+        return os.write(fd, record) == len(record)
+    finally:
+        os.close(fd)
 
 
 def _framed(entries: dict) -> bytes:

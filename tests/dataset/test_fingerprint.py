@@ -1,5 +1,10 @@
+import errno
+import marshal
 import os
+import shutil
 from pathlib import Path
+
+import pytest
 
 from dataset import fingerprint as fpmod
 from dataset import native
@@ -78,7 +83,6 @@ def test_partial_and_hidden_files_are_ignored(dataset):
 
 def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
     expected = fingerprint(dataset).digest
-    import marshal
 
     from dataset.fingerprint import _FORMAT
 
@@ -99,16 +103,12 @@ def test_a_stat_cache_in_another_format_is_an_empty_cache(dataset, tmp_path):
 
 
 def _framed(value) -> bytes:
-    import marshal
-
     data = marshal.dumps(value)
     return len(data).to_bytes(8, "little") + data
 
 
 def _records(path: Path) -> list[dict]:
     """The entries of each record of a stat cache file."""
-    import marshal
-
     data, at, records = path.read_bytes(), 0, []
     while at < len(data):
         size = int.from_bytes(data[at:at + 8], "little")
@@ -178,7 +178,7 @@ def test_a_record_cut_short_ends_what_is_loaded_and_the_cache_is_written_anew(da
     assert StatCache(path)._entries.keys() == {f.path for f in expected.files}  # whole again
 
 
-def test_runs_saving_one_stat_cache_at_once_lose_no_record(dataset, tmp_path):
+def test_two_runs_that_loaded_one_stat_cache_both_add_their_records(dataset, tmp_path):
     path = tmp_path / "stat"
     _push(dataset, "b1", 100)
     fingerprint(dataset, StatCache(path))
@@ -189,6 +189,26 @@ def test_runs_saving_one_stat_cache_at_once_lose_no_record(dataset, tmp_path):
         cache.save()
     loaded = StatCache(path)
     assert loaded.lookup("x0", 1, 2, 3) == loaded.lookup("x1", 1, 2, 3) == "f" * 64
+
+
+def test_a_stat_cache_removed_since_it_was_loaded_is_written_anew(dataset, tmp_path):
+    path = tmp_path / "stat"
+    _push(dataset, "b1", 20)
+    cache = StatCache(path)  # a watcher's: one cache for its whole life
+    fingerprint(dataset, cache)
+    path.unlink()  # an operator's reset, a cleaner
+    _push(dataset, "b2", 1)
+    expected = fingerprint(dataset, cache)
+    assert StatCache(path)._entries.keys() == {f.path for f in expected.files}
+
+
+def test_a_stat_cache_is_written_anew_when_the_data_shrinks(dataset, tmp_path):
+    path = tmp_path / "stat"
+    _push(dataset, "b1", 40)
+    fingerprint(dataset, StatCache(path))
+    shutil.rmtree(dataset / "increments")  # 40 removals: fewer than the first record's 44
+    fingerprint(dataset, StatCache(path))
+    assert len(_records(path)) == 1 and len(_records(path)[0]) == 4  # not 44 loaded for 4
 
 
 def test_a_fingerprint_keeps_the_bytes_it_read_only_when_asked(dataset):
@@ -213,10 +233,6 @@ def test_a_file_name_that_is_not_utf8_is_fingerprinted_by_its_bytes(dataset):
 
 def test_a_file_removed_before_it_is_read_is_left_out_and_any_other_failure_raises(dataset,
                                                                                    monkeypatch):
-    import errno
-
-    import pytest
-
     folder = dataset / "increments" / "b1"
     folder.mkdir(parents=True)
     for name in ("a.png", "b.png", "c.png"):
