@@ -101,9 +101,10 @@ class StatCache:
     (several times faster than JSON to load: the whole file is read on every run). The first
     record holds every entry; a run that changed some appends one record of those alone (a
     removed path's entry None), so what a run writes grows with what changed, not with the
-    dataset; the file is written anew once the appended records hold more entries than the
-    first, or than are live (what is loaded stays under twice what is kept). A record that cannot be read (a damaged file, a run killed mid-append, any other
-    format) ends what is loaded: the files it covered are hashed once more."""
+    dataset. The file is written anew once the appended records hold more entries than the
+    first or than are live, so what is loaded stays under twice what is kept. A record that
+    cannot be read (a damaged file, a run killed mid-append, any other format) ends what is
+    loaded: the files it covered are hashed once more."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
