@@ -80,7 +80,7 @@ def plan(store: Path, live: set[str], grace_seconds: float, now: float) -> tuple
     used: set[str] = set()
     for ds in kept_datasets:
         try:
-            meta = json.loads((ds / "metadata.json").read_text())
+            meta = json.loads((ds / "metadata.json").read_bytes())
         except (OSError, ValueError):
             continue
         used.update(unit["id"] for unit in meta.get("units", []))

@@ -19,7 +19,7 @@ RECENT_NS = 100_000_000  # a shard changed this recently is re-hashed whatever i
 
 
 def load_metadata(dataset_uri: str | Path) -> dict[str, object]:
-    return json.loads((Path(dataset_uri) / "metadata.json").read_text())
+    return json.loads((Path(dataset_uri) / "metadata.json").read_bytes())  # UTF-8, any locale
 
 
 def shard_paths(dataset_uri: str | Path, split: str) -> list[str]:
@@ -76,7 +76,11 @@ def clean_temporaries(store: Path, older_than: float = 3600.0) -> int:
         if not folder.is_dir():
             continue
         for tmp in folder.glob(f"{TMP_PREFIX}*"):
-            if now - tmp.stat().st_mtime > older_than:
+            try:
+                age = now - tmp.stat().st_mtime
+            except FileNotFoundError:  # published (renamed) or removed by a concurrent run
+                continue
+            if age > older_than:
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed += 1
     return removed

@@ -93,6 +93,20 @@ def test_waiters_wake_when_the_holder_publishes(r):
 
 
 @pytest.mark.integration
+def test_waiters_wake_when_the_holder_lets_go_without_an_entry(r):
+    cache = ingestion_cache(r, ttl_seconds=100)
+    lease = cache.acquire("k")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(cache.wait("k", timeout=10)))
+    waiter.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    cache.release(lease)  # its ingestion failed: a waiter takes over at once, not after a poll
+    waiter.join()
+    assert got == [None] and time.monotonic() - started < 0.5
+
+
+@pytest.mark.integration
 def test_entries_expire_by_themselves_unless_hit(r):
     cache = ingestion_cache(r, ttl_seconds=1)
     cache.put(_entry(key="cold"))
