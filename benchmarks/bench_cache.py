@@ -34,7 +34,7 @@ from _decoders import decoders, write_jpeg_increment
 
 from core.cache_policy import Policy
 from core.content_cache import ContentCache
-from core.tf_start import quiet_native
+from core.tf_start import configure
 from dataset import idx, native
 from dataset.cache import PREFIX, CacheEntry, ingestion_cache
 from dataset.fingerprint import fingerprint, walk
@@ -316,8 +316,9 @@ def section_floor(root: Path, work: Path, total: int) -> list[bool]:
 
 
 def import_tensorflow() -> None:
-    with quiet_native():  # TensorFlow's native start-up lines kept off the terminal
-        __import__("tensorflow")
+    """TensorFlow loaded as a runner loads it (``core.tf_start.configure``: its start-up lines
+    kept off the terminal, its objects out of the collector's sight)."""
+    configure()
 
 
 def main() -> None:
