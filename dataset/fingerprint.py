@@ -101,8 +101,9 @@ class StatCache:
     (several times faster than JSON to load: the whole file is read on every run). The first
     record holds every entry; a run that changed some appends one record of those alone (a
     removed path's entry None), so what a run writes grows with what changed, not with the
-    dataset. The file is written anew once the appended records hold more entries than the
-    first or than are live, so what is loaded stays under twice what is kept. A record that
+    dataset. The file is written anew once the appended records hold more than a quarter of
+    the entries of the first or of those live, so what is loaded stays under 1.25 times what
+    is kept (and the whole is written every few pushes, not every one). A record that
     cannot be read (a damaged file, a run killed mid-append, any other format) ends what is
     loaded: the files it covered are hashed once more."""
 
@@ -174,9 +175,10 @@ class StatCache:
         if self._path is None or not (self._changed or self._whole):
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        # appended while what is loaded stays under twice the entries (first and live alike)
+        # appended while the appended entries stay under a quarter of the first record's and
+        # of those live: each run loads at most 1.25 times what is kept
         if self._whole or self._appended + len(self._changed) > min(self._first,
-                                                                    len(self._entries)) \
+                                                                    len(self._entries)) // 4 \
                 or not _append(self._path, _framed(self._changed)):
             # a name of its own: concurrent runs may save the same cache; the last rename wins
             tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")

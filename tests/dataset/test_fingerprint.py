@@ -149,17 +149,17 @@ def test_a_run_writes_to_the_stat_cache_what_changed_not_the_whole_cache(dataset
 
 def test_the_stat_cache_is_written_anew_once_what_was_appended_outweighs_it(dataset, tmp_path):
     path = tmp_path / "stat"
-    fingerprint(dataset, StatCache(path))  # the four base files
+    _push(dataset, "first", 40)
+    fingerprint(dataset, StatCache(path))  # the four base files and 40: 44 entries
     loaded = []
     for n in range(6):
         _push(dataset, f"b{n}", 3)
         fingerprint(dataset, StatCache(path))
         loaded.append(StatCache(path))
-    appended = [cache._appended for cache in loaded]
-    assert appended[0] > 0 and 0 in appended[1:]  # appended, then written anew
-    assert all(0 < cache._appended <= cache._first or cache._appended == 0 for cache in loaded)
-    assert sum(len(r) for r in _records(path)) <= 2 * loaded[-1]._first  # bounded: what is loaded
-    assert len(loaded[-1]._entries) == 4 + 6 * 3
+    assert [cache._appended for cache in loaded] == [3, 6, 9, 0, 3, 6]  # 12 > 44 / 4: anew
+    assert all(cache._appended <= cache._first / 4 for cache in loaded)
+    assert sum(len(r) for r in _records(path)) <= 1.25 * loaded[-1]._first  # what is loaded
+    assert len(loaded[-1]._entries) == 4 + 40 + 6 * 3
 
 
 def test_a_record_cut_short_ends_what_is_loaded_and_the_cache_is_written_anew(dataset, tmp_path):
