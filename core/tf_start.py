@@ -40,18 +40,25 @@ def configure() -> None:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _lock:
-        if _started or "tensorflow" in sys.modules or native_logs_wanted():
-            _started = True
+        if _started:
             return
         _started = True
-        with _quiet_fd2():
-            import tensorflow as tf
+        if "tensorflow" not in sys.modules:
+            with quiet_native():
+                import tensorflow as tf
 
-            tf.config.list_physical_devices()  # the CUDA probe, and its complaint, happen here
-        # TensorFlow's modules are some 300,000 objects that live as long as the process: out
-        # of the collector's sight, a full collection no longer walks them (in a runner that
-        # measured agreement, each later ingestion of 20,000 files paid ~150 ms of them)
-        gc.freeze()
+                tf.config.list_physical_devices()  # the CUDA probe, and its complaint, here
+        # in a runner that measured agreement, each later ingestion of 20,000 files paid
+        # ~150 ms of full collections walking TensorFlow's objects
+        freeze_what_is_loaded()
+
+
+def freeze_what_is_loaded() -> None:
+    """What the process holds now (TensorFlow's modules: some 300,000 objects that live as
+    long as it does) moved out of the collector's sight, its garbage collected first: a full
+    collection no longer walks them all. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def quiet_native():  # type: ignore[no-untyped-def]

@@ -137,14 +137,13 @@ def test_two_threads_quieting_tensorflow_at_once_leave_stderr_working():
     assert done.stderr == b"still on the terminal\n"
 
 
-
 def test_tensorflow_s_objects_are_kept_out_of_the_collector_s_sight_once_it_is_loaded():
     """A process that loads TensorFlow (a runner measuring agreement, a trainer) keeps its
     modules' objects out of every later full collection (``gc.freeze``)."""
     script = ("import gc\nfrom core.tf_start import configure\nconfigure()\n"
               "print(gc.get_freeze_count(), len(gc.get_objects()))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "RETRAIN_LOG_LEVEL": "info"})
+                          timeout=120, check=False, env={**os.environ, "RETRAIN_LOG_LEVEL": "info"})
     assert done.returncode == 0, done.stderr
     frozen, tracked = map(int, done.stdout.split())
     assert frozen > 100_000 and tracked < frozen / 10, done.stdout

@@ -13,18 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
+from core.tf_start import freeze_what_is_loaded
 from services.serving.plane import Plane
 
 if TYPE_CHECKING:
     from services.serving.model import ModelHolder
-
-
-def freeze_what_is_loaded() -> None:
-    """TensorFlow leaves millions of long-lived objects: moved out of the collector's sight, a
-    full collection no longer walks them all (a pause of ~100 ms every so often under load,
-    which was most of the p99)."""
-    gc.collect()
-    gc.freeze()
 
 
 class VersionPoller:
