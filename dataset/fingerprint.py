@@ -101,11 +101,10 @@ class StatCache:
     (several times faster than JSON to load: the whole file is read on every run). The first
     record holds every entry; a run that changed some appends one record of those alone (a
     removed path's entry None), so what a run writes grows with what changed, not with the
-    dataset. The file is written anew once the appended records hold more than a quarter of
-    the entries of the first or of those live, so what is loaded stays under 1.25 times what
-    is kept (and the whole is written every few pushes, not every one). A record that
-    cannot be read (a damaged file, a run killed mid-append, any other format) ends what is
-    loaded: the files it covered are hashed once more."""
+    dataset. The file is written anew once the entries a run would load (kept, replaced or
+    removed) pass 1.25 times those kept: pushes that only add files only append. A record
+    that cannot be read (a damaged file, a run killed mid-append, any other format) ends what
+    is loaded: the files it covered are hashed once more."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
@@ -175,15 +174,16 @@ class StatCache:
         if self._path is None or not (self._changed or self._whole):
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        # appended while the appended entries stay under a quarter of the first record's and
-        # of those live: each run loads at most 1.25 times what is kept
-        if self._whole or self._appended + len(self._changed) > min(self._first,
-                                                                    len(self._entries)) // 4 \
+        loaded = self._first + self._appended + len(self._changed)  # by the next run
+        if self._whole or loaded > len(self._entries) * 5 / 4 \
                 or not _append(self._path, _framed(self._changed)):
             # a name of its own: concurrent runs may save the same cache; the last rename wins
             tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(_framed(self._entries))
-            tmp.replace(self._path)
+            try:
+                tmp.write_bytes(_framed(self._entries))
+                tmp.replace(self._path)
+            finally:
+                tmp.unlink(missing_ok=True)  # a full disk: no half-written file left
             self._first, self._appended, self._whole = len(self._entries), 0, False
         else:
             self._appended += len(self._changed)
@@ -195,14 +195,16 @@ _LENGTH = 8  # a record's length, before it
 
 def _append(path: Path, record: bytes) -> bool:
     """``record`` added in one write with O_APPEND (runs saving at once each add a whole
-    record); False when the file is gone (removed since it was loaded) or the write fell short
-    (a full disk): the cache is then written anew."""
+    record); False when the file is gone (removed since it was loaded) or the write failed or
+    fell short (a full disk): the cache is then written anew."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except FileNotFoundError:
         return False
     try:
         return os.write(fd, record) == len(record)
+    except OSError:  # ENOSPC, EDQUOT: the whole is tried, and says why if it fails too
+        return False
     finally:
         os.close(fd)
 

@@ -147,19 +147,31 @@ def test_a_run_writes_to_the_stat_cache_what_changed_not_the_whole_cache(dataset
     assert "increments/b2/bag/b2-0000.png" not in StatCache(path)._entries
 
 
+def test_pushes_that_only_add_files_only_append_to_the_stat_cache(dataset, tmp_path):
+    path = tmp_path / "stat"
+    fingerprint(dataset, StatCache(path))  # the four base files
+    for n in range(5):
+        _push(dataset, f"b{n}", 100)
+        fingerprint(dataset, StatCache(path))
+    assert [len(r) for r in _records(path)] == [4, 100, 100, 100, 100, 100]  # nothing twice
+
+
 def test_the_stat_cache_is_written_anew_once_what_was_appended_outweighs_it(dataset, tmp_path):
     path = tmp_path / "stat"
     _push(dataset, "first", 40)
     fingerprint(dataset, StatCache(path))  # the four base files and 40: 44 entries
     loaded = []
-    for n in range(6):
+    for n in range(6):  # each push replaces the one before: 3 entries removed, 3 added
+        if n:
+            shutil.rmtree(dataset / "increments" / f"b{n - 1}")
         _push(dataset, f"b{n}", 3)
         fingerprint(dataset, StatCache(path))
         loaded.append(StatCache(path))
-    assert [cache._appended for cache in loaded] == [3, 6, 9, 0, 3, 6]  # 12 > 44 / 4: anew
-    assert all(cache._appended <= cache._first / 4 for cache in loaded)
-    assert sum(len(r) for r in _records(path)) <= 1.25 * loaded[-1]._first  # what is loaded
-    assert len(loaded[-1]._entries) == 4 + 40 + 6 * 3
+    assert [cache._appended for cache in loaded] == [3, 9, 0, 6, 0, 6]  # 47 + 6 + 6 > 1.25 * 47
+    for cache in loaded:  # what a run loads stays under 1.25 times what is kept
+        assert cache._first + cache._appended <= 1.25 * len(cache._entries)
+    assert sum(len(r) for r in _records(path)) == loaded[-1]._first + 6
+    assert len(loaded[-1]._entries) == 4 + 40 + 3
 
 
 def test_a_record_cut_short_ends_what_is_loaded_and_the_cache_is_written_anew(dataset, tmp_path):
@@ -258,3 +270,26 @@ def test_a_file_removed_before_it_is_read_is_left_out_and_any_other_failure_rais
     with pytest.raises(OSError) as raised:
         fingerprint(dataset)
     assert raised.value.errno == errno.EISDIR and raised.value.filename == str(folder)
+
+
+def test_a_full_disk_fails_the_save_and_leaves_no_half_written_file(dataset, tmp_path,
+                                                                   monkeypatch):
+    path = tmp_path / "state" / "stat"
+    _push(dataset, "b1", 20)
+    fingerprint(dataset, StatCache(path))
+    before = path.read_bytes()
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for change in (lambda: _push(dataset, "b2", 1),  # appended
+                   lambda: shutil.rmtree(dataset / "increments")):  # written anew
+        change()
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", full)  # an append
+            patch.setattr(Path, "write_bytes", lambda self, data: (
+                self.open("wb").write(data[:10]), full())[1])  # the whole, cut short
+            with pytest.raises(OSError) as raised:
+                fingerprint(dataset, StatCache(path))
+        assert raised.value.errno == errno.ENOSPC
+        assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["stat"]
