@@ -11,14 +11,13 @@ protects (the champions': the promotion gate and the lineage refer to them).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.content_cache import ContentCache
 from dataset import pinned
-from dataset.store import TMP_PREFIX
+from dataset.store import TMP_PREFIX, remove
 
 PINNED = "the pinned evaluation set"
 
@@ -106,7 +105,7 @@ def collect(store: Path, live: set[str], grace_seconds: float = 3600.0,
     freed = sum(_size(p) for p in (*datasets, *units, *temporaries))
     if not dry_run:
         for path in (*datasets, *units, *temporaries):  # datasets first: they point at units
-            shutil.rmtree(path, ignore_errors=True)
+            remove(path)
     return GcReport(dry_run, [str(p) for p in datasets], [p.name for p in units],
                     [str(p) for p in temporaries], kept_datasets, kept_units, freed, kept)
 

@@ -68,6 +68,14 @@ def verify(dataset_uri: str | Path, deep: bool = False) -> str | None:
     return None
 
 
+def remove(path: Path) -> None:
+    """A folder with what it holds, or a file (``.tmp-pinned...`` is one)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def clean_temporaries(store: Path, older_than: float = 3600.0) -> int:
     """Remove leftovers of crashed ingestions (hidden temporary folders)."""
     removed = 0
@@ -81,6 +89,6 @@ def clean_temporaries(store: Path, older_than: float = 3600.0) -> int:
             except FileNotFoundError:  # published (renamed) or removed by a concurrent run
                 continue
             if age > older_than:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove(tmp)
                 removed += 1
     return removed

@@ -116,7 +116,7 @@ def find_dataset(store: Path, digest: str) -> str:
     """The ingested dataset in ``store`` whose content digest is (or starts with) ``digest``."""
     found = []
     for meta_file in sorted((store / "datasets").glob("*/metadata.json")):
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_bytes())
         if str(meta.get("digest", "")).startswith(digest):
             found.append((meta.get("created_at", 0), str(meta_file.parent)))
     if not found:

@@ -137,12 +137,15 @@ def test_leftovers_of_a_crashed_ingestion_are_invisible_and_cleaned(dataset, tmp
     crashed = store / "shards" / ".tmp-deadbeef"
     crashed.mkdir(parents=True)
     (crashed / "shard-00000.tfrecord").write_bytes(b"half written")
+    pinned = store / ".tmp-pinned.json-0badf00d"  # a file: the pinned set's, half written
+    pinned.write_text("{")
     old = time.time() - 7200
-    os.utime(crashed, (old, old))
+    for leftover in (crashed, pinned):
+        os.utime(leftover, (old, old))
     result = _ingest(dataset, store)
     assert not any(".tmp" in path for path in shard_paths(result.dataset_uri, "train"))
     assert verify(result.dataset_uri) is None
-    assert clean_temporaries(store) == 1 and not crashed.exists()
+    assert clean_temporaries(store) == 2 and not crashed.exists() and not pinned.exists()
 
 
 def test_a_bomb_and_links_out_of_the_folder_are_refused_with_the_files_named(dataset, tmp_path):
