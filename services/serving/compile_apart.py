@@ -83,6 +83,8 @@ class _Worker:
             self.errors.close()
             raise
         self.ready = False
+        self._ending = threading.Lock()  # one ``end`` at a time
+        self._ended = False
 
     def ask(self, request: dict[str, str]) -> str | None:
         """Send a conversion, wait for its answer: the converter's error, or None."""
@@ -124,11 +126,18 @@ class _Worker:
                                 + (f": {lines[-1]}" if lines else ""), crashed)
 
     def end(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        for pipe in (self.process.stdin, self.process.stdout, self.errors):
-            if pipe is not None:
-                pipe.close()
+        """Kill the process and close its pipes, once: the server's stop (``close``) and a
+        compile that failed meanwhile (``_forget``) may both ask, from two threads, and two
+        closes of one pipe at once fail ("I/O operation on closed file")."""
+        with self._ending:  # the second waits until the process is gone, then has nothing to do
+            if self._ended:
+                return
+            self.process.kill()
+            self.process.wait()
+            for pipe in (self.process.stdin, self.process.stdout, self.errors):
+                if pipe is not None:
+                    pipe.close()
+            self._ended = True
 
 
 class CompileWorker:

@@ -219,3 +219,30 @@ def test_a_worker_whose_parent_is_killed_ends_by_itself(when):
         parent.kill()
         parent.communicate()
     wait_for(lambda: not alive(pid), seconds=60)
+
+
+def test_a_worker_ended_from_two_threads_at_once_ends_once_without_an_error():
+    """The server's stop (``close``) and a compile failing meanwhile (``_forget``) both end
+    the worker: two closes of one pipe at once used to fail the server's shutdown."""
+    import threading
+
+    from services.serving.compile_apart import _Worker
+
+    for _ in range(10):
+        worker = _Worker()
+        start, errors = threading.Barrier(2), []
+
+        def end(worker=worker, start=start, errors=errors):
+            start.wait()
+            try:
+                worker.end()
+            except Exception as exc:  # noqa: BLE001 -- what the shutdown would have raised
+                errors.append(exc)
+
+        threads = [threading.Thread(target=end) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and worker.process.poll() is not None
+        assert worker.process.stdout.closed and worker.errors.closed
