@@ -154,12 +154,7 @@ def _discover_batch(root: Path, batch: Path, problems: list[str], inside: _Insid
                 f"(expected one of {', '.join(CLASS_NAMES)} or 0-9)"
             )
             continue
-        files = _files_under(str(folder), _rel(root, folder))
-        if not any(link for _, link in files) \
-                and all(relative.lower().endswith(IMAGE_SUFFIXES) for relative, _ in files):
-            images.extend([(relative, label) for relative, _ in files])  # the usual push
-            continue
-        for relative, link in files:
+        for relative, link in _files_under(str(folder), _rel(root, folder)):
             # the walk never enters a linked folder: only a linked file can lead elsewhere
             if link and not inside(os.path.join(root, relative)):
                 problems.append(f"{relative}: {LEAVES_ROOT}")
