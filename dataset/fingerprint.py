@@ -164,11 +164,9 @@ class StatCache:
         self._changed.update(stored)
 
     def retain(self, paths: set[str]) -> None:
-        if len(paths) != len(self._entries) or any(k not in paths for k in self._entries):
-            gone = [k for k in self._entries if k not in paths]
-            for key in gone:
-                del self._entries[key]
-                self._changed[key] = None
+        for key in [k for k in self._entries if k not in paths]:
+            del self._entries[key]
+            self._changed[key] = None
 
     def save(self) -> None:
         if self._path is None or not (self._changed or self._whole):

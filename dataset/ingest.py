@@ -285,8 +285,7 @@ def ingest(
         result = _publish_dataset(store, dataset_key, fp, units_meta, shard_size)
     finally:
         for tmp, _ in pending:  # unpublished: a problem, or a concurrent run published it
-            if os.path.lexists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # (gone once renamed)
     seconds = time.perf_counter() - started
     log.info(
         "ingested %s: %s records, %d unit(s) reused, %d new, %.2fs",
