@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 ABI = 2  # NATIVE_ABI in dataset/_native.h: a build from older sources is not used
 try:
@@ -63,9 +65,13 @@ def list_files(folder: str, prefix: str) -> list[tuple[str, bool]]:
 def read_files(paths: list[str], sizes: list[int]) -> list[bytes | int]:
     """Each file's bytes, read as ``read_small`` reads them, or the ``errno`` its open or
     read failed with."""
-    if _native is not None:
+    if _native is not None and 0 <= min(sizes, default=0) \
+            and max(sizes, default=0) <= _C_READ_MAX:
         return _native.read_files(paths, sizes, THREADS)
     return [_read(path, size) for path, size in zip(paths, sizes, strict=True)]
+
+
+_C_READ_MAX = 16 << 20  # the C reader's bound on a file's size (a batch of larger: in Python)
 
 
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO put there meanwhile: no wait
@@ -102,6 +108,7 @@ def _read(path: str, size: int) -> bytes | int:
 def decode_png28(datas: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """(pixels (N, 28, 28) uint8, decoded (N,) bool): the images of ``datas`` this module
     decodes; the rows of the others are left unset, for the caller's other decoders."""
+    import numpy as np  # here: the fingerprint (a watcher, `cache` commands) needs no numpy
     pixels = np.empty((len(datas), SIDE, SIDE), np.uint8)
     if _native is None or not datas:
         return pixels, np.zeros(len(datas), bool)
