@@ -103,8 +103,8 @@ def unit_id(unit: Unit, hashes: dict[str, str], shard_size: int) -> str:
     return hasher.hexdigest()[:32]
 
 
-def _batches(root: Path, unit: Unit,
-             contents: Mapping[str, bytes]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _batches(root: Path, unit: Unit, contents: Mapping[str, bytes],
+             sizes: Mapping[str, int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if isinstance(unit, IdxPair):
         labels = idx.read_labels(root / unit.labels, known_only=False)
         declared = idx.image_count(root / unit.images)
@@ -117,7 +117,7 @@ def _batches(root: Path, unit: Unit,
             yield images, labels[offset : offset + len(images)]
             offset += len(images)
         return
-    yield from _folder_batches(root, unit, contents)
+    yield from _folder_batches(root, unit, contents, sizes)
 
 
 def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | None]:
@@ -140,40 +140,43 @@ def _pillow_decode(path: str, data: bytes) -> tuple[np.ndarray | None, str | Non
         return None, f"{path}: not a decodable PNG/JPEG image ({exc})"
 
 
-_READ = 1 << 16  # one read takes a whole image of the sizes pushed
-
-
-def _read(path: str) -> bytes:
-    """A small file's bytes in as few system calls as Python allows (no buffered file
-    object: an increment is thousands of files of a few hundred bytes)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, _READ)
-        if len(data) < _READ:
-            return data
-        parts = [data]
-        while part := os.read(fd, _READ):
-            parts.append(part)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
+def _read_unkept(root: Path, paths: list[str], sizes: Mapping[str, int],
+                 problems: list[str]) -> dict[str, bytes]:
+    """The files the fingerprint did not keep, read in one batch (``native.read_files``) at
+    the size it found: one that changed since, or cannot be read, is a problem."""
+    base = str(root)
+    read = native.read_files([os.path.join(base, p) for p in paths], [sizes[p] for p in paths])
+    got: dict[str, bytes] = {}
+    for path, data in zip(paths, read, strict=True):
+        if type(data) is int:
+            problems.append(f"{path}: cannot be read ({os.strerror(data)})")
+        elif len(data) != sizes[path]:
+            problems.append(f"{path}: changed since the dataset was fingerprinted")
+        else:
+            got[path] = data
+    return got
 
 
 def _decode_batch(root: Path, items: list[tuple[str, int]], problems: list[str],
-                  contents: Mapping[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
+                  contents: Mapping[str, bytes],
+                  sizes: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """Decode a batch of class-folder images in order: the plainest PNGs all at once in C
     threads (dataset.native, where built), the other 28x28 grayscale PNGs with libspng
     (dataset.png), 28x28 grayscale JPEGs with libjpeg-turbo (dataset.jpeg), everything else
     with Pillow. An image's bytes are those the fingerprint read (``contents``) when it kept
-    them, so each new file is read once."""
-    base = str(root)
+    them, so each new file is read once; the others are read here, at the fingerprinted
+    ``sizes``."""
+    read = _read_unkept(root, [path for path, _ in items if path not in contents], sizes,
+                        problems)
     datas: list[bytes] = []
     for path, _ in items:
         data = contents.get(path)
-        datas.append(data if data is not None else _read(os.path.join(base, path)))  # no pathlib
+        datas.append(read.get(path, b"") if data is None else data)  # b"": a problem said
     images, decoded = native.decode_png28(datas)
     kept = decoded.copy()
     for i in np.flatnonzero(~decoded):
+        if items[i][0] not in contents and items[i][0] not in read:
+            continue  # not read: its problem is said
         data = datas[i]
         pixels = png.decode_gray28(data)
         if pixels is None:
@@ -189,12 +192,12 @@ def _decode_batch(root: Path, items: list[tuple[str, int]], problems: list[str],
     return images[kept], labels[kept]
 
 
-def _folder_batches(root: Path, unit: ImageFolder,
-                    contents: Mapping[str, bytes]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _folder_batches(root: Path, unit: ImageFolder, contents: Mapping[str, bytes],
+                    sizes: Mapping[str, int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     problems: list[str] = []
     for start in range(0, len(unit.images), idx.BATCH):
         images, labels = _decode_batch(root, list(unit.images[start:start + idx.BATCH]),
-                                       problems, contents)
+                                       problems, contents, sizes)
         if len(images) and not problems:
             yield images, labels
     if problems:
@@ -202,11 +205,11 @@ def _folder_batches(root: Path, unit: ImageFolder,
 
 
 def _write_unit(root: Path, unit: Unit, tmp: Path, shard_size: int,
-                contents: Mapping[str, bytes]) -> dict[str, object]:
+                contents: Mapping[str, bytes], sizes: Mapping[str, int]) -> dict[str, object]:
     tmp.mkdir(parents=True)
     writer = _ShardWriter(tmp, shard_size)
     try:
-        for images, labels in _batches(root, unit, contents):
+        for images, labels in _batches(root, unit, contents, sizes):
             writer.write(images, labels)
     finally:
         writer.close()
@@ -244,6 +247,7 @@ def ingest(
     layout = discover(root)
     problems = list(layout.problems)
     hashes = {path: digest for path, _, digest in fp.files}
+    sizes = {path: size for path, size, _ in fp.files}
     shards_root = store / "shards"
     shards_root.mkdir(parents=True, exist_ok=True)
     pending: list[tuple[Path, Path]] = []  # each new unit, written under a hidden name beside
@@ -266,7 +270,7 @@ def ingest(
                 tmp = shards_root / f"{TMP_PREFIX}{uid}-{uuid.uuid4().hex[:8]}"
                 pending.append((tmp, final))
                 try:
-                    meta = _write_unit(root, unit, tmp, shard_size, fp.contents)
+                    meta = _write_unit(root, unit, tmp, shard_size, fp.contents, sizes)
                 except idx.IdxError as exc:
                     problems.append(str(exc))
                     continue

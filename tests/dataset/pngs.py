@@ -28,3 +28,12 @@ def filtered_rows(pixels: np.ndarray, filters: list[int]) -> bytes:
         out.append(bytes(row))
         prior = line
     return b"".join(out)
+
+
+def decode_from_disk(root, items: list[tuple[str, int]], problems: list[str]):
+    """``dataset.ingest._decode_batch`` on files under ``root`` the fingerprint did not keep,
+    at their sizes on disk."""
+    from dataset.ingest import _decode_batch
+
+    sizes = {name: (root / name).stat().st_size for name, _ in items}
+    return _decode_batch(root, items, problems, {}, sizes)

@@ -217,3 +217,18 @@ def test_a_base_file_or_the_increments_folder_linked_out_is_refused_and_linked_i
     shutil.move(outside / name, dataset / "kept" / name)
     (dataset / name).symlink_to(dataset / "kept" / name)  # a link that stays inside
     assert not any(p.startswith(name) for p in discover(dataset).problems)
+
+
+def test_an_image_changed_since_it_was_fingerprinted_is_refused_not_ingested(dataset, tmp_path):
+    folder = dataset / "increments" / "b1" / "coat"
+    folder.mkdir(parents=True)
+    for name, shade in (("a.png", 1), ("b.png", 2)):
+        Image.new("L", (28, 28), shade).save(folder / name)
+    fp = fingerprint(dataset, keep_contents=False)  # a watcher's: no bytes kept, read again
+    (folder / "b.png").write_bytes((folder / "b.png").read_bytes() + b"\0")  # grown since
+    with pytest.raises(DatasetValidationError) as info:
+        ingest(dataset, tmp_path / "store", fp, dataset_key="k")
+    assert list(info.value.problems) == [
+        "increments/b1/coat/b.png: changed since the dataset was fingerprinted"]
+    fp = fingerprint(dataset, keep_contents=False)
+    assert ingest(dataset, tmp_path / "store", fp, dataset_key="k").records["train"] == 602

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from dataset import jpeg
-from dataset.ingest import _decode_batch, _pillow_decode
+from dataset.ingest import _pillow_decode
 from dataset.seed import generate
+from tests.dataset.pngs import decode_from_disk
 
 
 def _jpeg(pixels: np.ndarray, mode: str = "L", **options) -> bytes:
@@ -45,7 +46,7 @@ def test_a_batch_of_jpegs_gives_the_records_and_errors_of_the_reference_decoder(
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     problems: list[str] = []
-    got, labels = _decode_batch(tmp_path, [(name, 1) for name in files], problems, {})
+    got, labels = decode_from_disk(tmp_path, [(name, 1) for name in files], problems)
     expected = [_pillow_decode(name, data) for name, data in files.items()]
     assert np.array_equal(got, np.stack([p for p, e in expected if e is None]))
     assert problems == [e for _, e in expected if e is not None] and len(problems) == 1

@@ -75,7 +75,7 @@ def _batch(datas: list[bytes], native_on: bool) -> tuple[np.ndarray, np.ndarray,
     with pytest.MonkeyPatch.context() as mp:
         if not native_on:
             mp.setattr(native, "_native", None)
-        images, labels = _decode_batch(Path("/nowhere"), items, problems, contents)
+        images, labels = _decode_batch(Path("/nowhere"), items, problems, contents, {})
     return images, labels, problems
 
 

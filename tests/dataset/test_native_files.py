@@ -294,3 +294,13 @@ def test_files_another_user_owns_read_the_same_on_both_paths():
         assert _child(code, str(folder)) == "True"
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_file_over_the_c_readers_bound_is_read_whole(tmp_path):
+    """The C reader takes files up to 16 MiB; a batch holding a larger one (an image nobody
+    should push, that ingestion must still word a problem for) is read in Python."""
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    big.write_bytes(b"\x89PNG" + b"x" * (16 << 20))
+    small.write_bytes(b"png")
+    got = native.read_files([str(big), str(small)], [big.stat().st_size, 3])
+    assert got == [big.read_bytes(), b"png"]

@@ -11,9 +11,9 @@ from PIL import Image
 
 from dataset import png
 from dataset.example import records
-from dataset.ingest import _decode_batch, _pillow_decode
+from dataset.ingest import _pillow_decode
 from tests.dataset.pngs import chunk as _chunk
-from tests.dataset.pngs import filtered_rows
+from tests.dataset.pngs import decode_from_disk, filtered_rows
 
 
 def _pillow(data: bytes) -> np.ndarray:
@@ -149,7 +149,7 @@ def test_a_mixed_batch_gives_the_records_and_errors_of_the_reference_decoder(tmp
     (tmp_path / "cut.png").write_bytes(plain[:-20])
     refused = [("bad.png", 1), ("wide.png", 2), ("cut.png", 3)]
     problems: list[str] = []
-    images, labels = _decode_batch(tmp_path, files + refused, problems, {})
+    images, labels = decode_from_disk(tmp_path, files + refused, problems)
     assert [int(x) for x in labels] == [label for _, label in files]
     reference = np.stack([_pillow((tmp_path / name).read_bytes()) for name, _ in files])
     assert bytes(b"".join(records(images, labels))) == bytes(b"".join(records(reference, labels)))
@@ -164,5 +164,5 @@ def test_an_image_larger_than_one_read_is_read_whole(tmp_path):
     big = _with_chunk(encode_gray(img, [1] * 28), _chunk(b"tEXt", b"Comment\x00" + b"x" * 200_000))
     (tmp_path / "big.png").write_bytes(big)
     problems: list[str] = []
-    images, _ = _decode_batch(tmp_path, [("big.png", 0)], problems, {})
+    images, _ = decode_from_disk(tmp_path, [("big.png", 0)], problems)
     assert problems == [] and np.array_equal(images[0], img)
